@@ -1,0 +1,247 @@
+//! Types shared by the kernel programs and userspace: event layouts, map
+//! keys and values, limits. No logic lives here.
+//!
+//! Every event starts with an [`EventHeader`]; its `kind` says which struct
+//! follows. File and exec events carry variable-length bytes after their fixed
+//! part (see [`FileEvent`]), so the ring-buffer record is only as long as the
+//! path it carries.
+#![no_std]
+
+/// Bytes reserved for the path string a process passed to the syscall. One
+/// more than `PATH_MAX`, so that a path the kernel would refuse with
+/// `ENAMETOOLONG` shows up as truncated rather than silently cut.
+pub const PATH_CAPACITY: usize = 4096;
+/// Bytes reserved for a directory resolved in the kernel (components stored
+/// leaf first, each followed by a NUL byte).
+pub const DIR_CAPACITY: usize = 4096;
+/// Longest single path component the kernel accepts (`NAME_MAX` + NUL).
+pub const NAME_CAPACITY: usize = 256;
+/// How many directory levels the kernel walks before marking a directory
+/// truncated.
+pub const MAX_DIR_DEPTH: u32 = 48;
+/// How many cgroup scopes (parents of actions, or action roots) the kernel
+/// filter checks.
+pub const MAX_SCOPES: u32 = 16;
+pub const COMM_LEN: usize = 16;
+
+/// What an event is; the numbering leaves room per hook family.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    FileOpen = 1,
+    Connect = 100,
+    Exec = 200,
+    Exit = 201,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::FileOpen),
+            100 => Some(Self::Connect),
+            200 => Some(Self::Exec),
+            201 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// `EventHeader::flags`: the path string was longer than [`PATH_CAPACITY`].
+pub const FLAG_PATH_TRUNCATED: u32 = 1 << 0;
+/// The resolved directory did not fit (too deep or too long).
+pub const FLAG_DIR_TRUNCATED: u32 = 1 << 1;
+/// The path was relative but its base directory could not be resolved
+/// (bad dirfd, fd table unreadable).
+pub const FLAG_DIR_UNRESOLVED: u32 = 1 << 2;
+/// The user-space path could not be read at all.
+pub const FLAG_PATH_UNREADABLE: u32 = 1 << 3;
+
+/// Common first part of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// The task's own (leaf) cgroup id.
+    pub cgroup_id: u64,
+    /// The cgroup id of the action the task belongs to (the leaf itself or an
+    /// ancestor), as the kernel filter matched it.
+    pub action_cgroup_id: u64,
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// Parent process id (tgid of `real_parent`).
+    pub ppid: u32,
+    /// Index of the scope entry that matched (see [`Scope`]).
+    pub scope: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Which syscall produced a [`FileEvent`].
+pub const SYSCALL_OPEN: u32 = 0;
+pub const SYSCALL_OPENAT: u32 = 1;
+pub const SYSCALL_OPENAT2: u32 = 2;
+pub const SYSCALL_CREAT: u32 = 3;
+
+/// A file open, reported at syscall exit with its result. A successful exec
+/// uses the same layout (kind `Exec`): `dir` holds the executable's path
+/// components and `path` is empty.
+///
+/// Followed in the record by `dir_len` bytes of resolved base directory
+/// (components leaf first, NUL after each; empty when the path was absolute),
+/// then `path_len` bytes of the path as passed (no NUL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    pub syscall: u32,
+    pub dirfd: i32,
+    pub open_flags: u64,
+    pub mode: u32,
+    pub path_len: u32,
+    pub dir_len: u32,
+    pub _pad: u32,
+    /// Syscall return value: fd (>= 0) or -errno.
+    pub result: i64,
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A connect on an inet socket, reported at syscall exit with its result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub family: u16,
+    /// Socket type (`SOCK_STREAM` = 1, `SOCK_DGRAM` = 2, `SOCK_RAW` = 3), or 0
+    /// when unknown.
+    pub sock_type: u16,
+    /// Destination port in host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    pub result: i64,
+    /// Inode number of the task's network namespace.
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+/// A monitored process ended (`header` only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
+/// Scope flag: the cgroup's *children* are actions (a configured parent);
+/// without it the cgroup itself is one action (e.g. `monitor exec`'s job).
+pub const SCOPE_CHILDREN_ARE_ACTIONS: u32 = 1 << 0;
+/// Scope flag: report file opens (without it, only network and process
+/// events: a job judged against the network policy only).
+pub const SCOPE_FILES: u32 = 1 << 1;
+
+/// One entry of the kernel filter: a task belongs to an action when its cgroup
+/// ancestor at `level` is `cgroup_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope {
+    pub cgroup_id: u64,
+    /// Depth of `cgroup_id` below the cgroup v2 root (root = 0).
+    pub level: u32,
+    pub flags: u32,
+}
+
+/// Kernel structure offsets, read by userspace from the running kernel's BTF
+/// before the programs run (the Rust BPF target has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub task_mm: u32,
+    pub task_nsproxy: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    /// Offset of `struct vfsmount mnt` inside `struct mount`.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub vfsmount_root: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_path: u32,
+    pub file_private_data: u32,
+    pub socket_type: u32,
+    pub mm_exe_file: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
+}
+
+/// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
+/// against BTF before loading).
+pub const PT_REGS_R10: u32 = 56;
+pub const PT_REGS_DX: u32 = 96;
+pub const PT_REGS_SI: u32 = 104;
+pub const PT_REGS_DI: u32 = 112;
+pub const PT_REGS_ORIG_AX: u32 = 120;
+
+/// x86_64 syscall numbers the kernel side dispatches on.
+pub const NR_OPEN: u64 = 2;
+pub const NR_CONNECT: u64 = 42;
+pub const NR_CREAT: u64 = 85;
+pub const NR_OPENAT: u64 = 257;
+pub const NR_OPENAT2: u64 = 437;
+
+/// Runtime settings written by userspace into a one-entry map before attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    pub offsets: KernelOffsets,
+    /// How many entries of the scope map are valid.
+    pub scope_count: u32,
+    /// The monitor's own tgid: never reported.
+    pub monitor_tgid: u32,
+    /// Submit without waking the reader until this many bytes are waiting.
+    pub wakeup_threshold: u64,
+}
+
+/// Indexes of the per-CPU lost-event counters.
+pub const LOST_RINGBUF_FULL: u32 = 0;
+/// A syscall's entry could not be remembered until its exit.
+pub const LOST_PENDING_FULL: u32 = 1;
+pub const LOST_REASONS: u32 = 2;
+
+/// Per-thread state kept between syscall entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingSyscall {
+    pub nr: u64,
+    pub action_cgroup_id: u64,
+    pub args: [u64; 4],
+    pub scope: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain data with explicit padding fields.
+    unsafe impl aya::Pod for Scope {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for PendingSyscall {}
+}

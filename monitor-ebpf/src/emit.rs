@@ -1,0 +1,46 @@
+//! Filling event headers and handing events to the ring buffer, waking the
+//! reader only in batches.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
+use monitor_common::{EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
+
+use crate::{
+    filter::Match,
+    maps::{EVENTS, count_lost},
+    task::parent_tgid,
+};
+
+#[inline(always)]
+pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    h.kind = kind;
+    h.flags = 0;
+    // SAFETY: plain helper calls.
+    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.action_cgroup_id = m.action_cgroup_id;
+    h.pid = (pid_tgid >> 32) as u32;
+    h.tid = pid_tgid as u32;
+    h.ppid = parent_tgid(o);
+    h.scope = m.scope;
+    h.comm = bpf_get_current_comm().unwrap_or_default();
+}
+
+/// Copies `len` bytes at `data` into the ring buffer. The reader is woken
+/// only when the ring holds more than `wakeup_threshold` bytes; otherwise it
+/// drains on its own short timer. A full ring is counted, never silent.
+#[inline(always)]
+pub fn submit(settings: &Settings, data: *const u8, len: usize) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= settings.wakeup_threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // SAFETY: the caller guarantees `data` points at `len` readable bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(data, len) };
+    if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
+        count_lost(LOST_RINGBUF_FULL);
+    }
+}

@@ -1,0 +1,55 @@
+//! The in-kernel filter: is the current task part of a monitored action?
+//!
+//! Userspace fills `SCOPES` with cgroups and their depth. A task matches a
+//! scope when its cgroup ancestor at that depth is the scope's cgroup, so a
+//! process in any descendant cgroup (nested cgroups) still matches. For a
+//! parent scope the action is the ancestor one level below the parent: the
+//! kernel derives the action id itself, so a cgroup created a moment ago is
+//! monitored before userspace has even seen it.
+use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
+use monitor_common::{MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, Settings};
+
+use crate::maps::SCOPES;
+
+#[derive(Clone, Copy)]
+pub struct Match {
+    pub action_cgroup_id: u64,
+    pub scope: u32,
+    pub flags: u32,
+}
+
+/// Returns the deepest matching scope, or `None` for a task outside every
+/// monitored action. Costs one helper call per configured scope.
+#[inline(always)]
+pub fn current_action(settings: &Settings) -> Option<Match> {
+    let count = settings.scope_count;
+    let mut best: Option<Match> = None;
+    let mut best_level: u32 = 0;
+    for i in 0..MAX_SCOPES {
+        if i >= count {
+            break;
+        }
+        let Some(scope) = SCOPES.get(i) else { break };
+        // SAFETY: plain helper call.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(scope.level as i32) };
+        if ancestor != scope.cgroup_id || ancestor == 0 {
+            continue;
+        }
+        let action = if scope.flags & SCOPE_CHILDREN_ARE_ACTIONS != 0 {
+            // SAFETY: plain helper call.
+            let child = unsafe { bpf_get_current_ancestor_cgroup_id(scope.level as i32 + 1) };
+            if child == 0 {
+                // In the parent itself: not inside any action.
+                continue;
+            }
+            child
+        } else {
+            scope.cgroup_id
+        };
+        if best.is_none() || scope.level >= best_level {
+            best_level = scope.level;
+            best = Some(Match { action_cgroup_id: action, scope: i, flags: scope.flags });
+        }
+    }
+    best
+}

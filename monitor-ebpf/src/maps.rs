@@ -1,0 +1,48 @@
+//! Maps shared by all hook families.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{
+    FileEvent, LOST_REASONS, MAX_SCOPES, PendingSyscall, Scope, Settings, DIR_CAPACITY,
+    PATH_CAPACITY,
+};
+
+/// Events of monitored actions, read by userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Runtime settings and kernel offsets (one entry, written before attach).
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Which cgroups hold actions (see `filter.rs`).
+#[map]
+pub static SCOPES: Array<Scope> = Array::with_max_entries(MAX_SCOPES, 0);
+
+/// Events that could not be delivered, per reason (`LOST_*`).
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
+
+/// Syscall arguments of monitored threads, kept from entry until exit. LRU so
+/// that a thread killed inside a syscall cannot leak its entry forever.
+#[map]
+pub static PENDING: LruHashMap<u64, PendingSyscall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Room to build one variable-length event before copying it to the ring.
+#[repr(C)]
+pub struct Scratch {
+    pub event: FileEvent,
+    /// Directory components, then the path string.
+    pub data: [u8; DIR_CAPACITY + PATH_CAPACITY],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn count_lost(reason: u32) {
+    if let Some(slot) = LOST.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}

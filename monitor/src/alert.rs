@@ -1,0 +1,651 @@
+//! The `monitor.alert/v1` object: one JSON line per difference between what an
+//! action declared and what it did.
+//!
+//! The key set and key order are a contract (DESIGN.md, "JSON alert"): log
+//! pipelines and CI reports parse these lines, so the JSON is built from
+//! `Serialize` structs whose field order *is* the contract order, and every
+//! string goes through serde_json so that quotes, control characters and
+//! newlines are escaped and a line is never split.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::paths::escape_for_display;
+
+/// The `schema` value of every alert line; bump only with a new contract.
+pub const SCHEMA: &str = "monitor.alert/v1";
+
+/// What kind of difference was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// The action opened a file it did not declare as an input.
+    UndeclaredFile,
+    /// The action connected somewhere the network policy does not allow.
+    NetworkEgress,
+}
+
+impl AlertKind {
+    /// The contract spelling, also used as the `kind` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::UndeclaredFile => "undeclared_file",
+            AlertKind::NetworkEgress => "network_egress",
+        }
+    }
+}
+
+/// Whether the access only happened (and was seen) or was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Observed,
+    Blocked,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Observed => "observed",
+            Verdict::Blocked => "blocked",
+        }
+    }
+}
+
+/// Which build action did it.
+#[derive(Clone, Debug)]
+pub struct ActionInfo {
+    pub id: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// Bazel target label, when a declaration or the execution log named it.
+    pub label: Option<String>,
+    pub mnemonic: Option<String>,
+}
+
+/// Which process of the action did it.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+}
+
+/// The file access behind an `undeclared_file` alert.
+#[derive(Clone, Debug)]
+pub struct FileInfo {
+    /// Raw path bytes as the kernel saw them; may be non-UTF-8.
+    pub path: Vec<u8>,
+    /// The operation, e.g. `"open"`.
+    pub op: &'static str,
+    /// Raw open(2) flags.
+    pub flags: u64,
+    /// Syscall result: fd or `-errno`.
+    pub result: i64,
+}
+
+/// The connection behind a `network_egress` alert.
+#[derive(Clone, Debug)]
+pub struct NetInfo {
+    /// `"tcp"`, `"udp"`, `"raw"` or `"unknown"`.
+    pub proto: &'static str,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Syscall result: 0 or `-errno`.
+    pub result: i64,
+    /// Network namespace inode, when known: a connect inside a private netns
+    /// (e.g. the sandbox's) cannot reach the host network.
+    pub netns: Option<u32>,
+}
+
+/// One alert; `file` is set for `UndeclaredFile`, `net` for `NetworkEgress`.
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub time: SystemTime,
+    pub kind: AlertKind,
+    pub action: ActionInfo,
+    pub process: ProcessInfo,
+    pub file: Option<FileInfo>,
+    pub net: Option<NetInfo>,
+    pub verdict: Verdict,
+    /// How many identical (action, kind, target) events this alert folds.
+    pub count: u64,
+}
+
+// Wire structs: field order here is the contract's key order.
+
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    schema: &'static str,
+    time: String,
+    kind: &'static str,
+    action: ActionJson<'a>,
+    process: ProcessJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<NetJson>,
+    verdict: &'static str,
+    count: u64,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct ActionJson<'a> {
+    id: &'a str,
+    cgroup: &'a str,
+    cgroup_id: u64,
+    label: Option<&'a str>,
+    mnemonic: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ProcessJson<'a> {
+    pid: u32,
+    ppid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct FileJson {
+    path: String,
+    op: &'static str,
+    flags: String,
+    result: i64,
+}
+
+#[derive(Serialize)]
+struct NetJson {
+    proto: &'static str,
+    family: &'static str,
+    addr: String,
+    port: u16,
+    result: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+}
+
+impl Alert {
+    /// The alert as one JSON line (no trailing newline).
+    ///
+    /// `file` appears only for `undeclared_file` and `net` only for
+    /// `network_egress`, as the contract says; a payload that does not match
+    /// the kind is left out rather than confusing consumers.
+    pub fn to_json_line(&self) -> String {
+        let file = match (self.kind, &self.file) {
+            (AlertKind::UndeclaredFile, Some(f)) => Some(FileJson {
+                path: escape_for_display(&f.path),
+                op: f.op,
+                flags: open_flags_to_string(f.flags),
+                result: f.result,
+            }),
+            _ => None,
+        };
+        let net = match (self.kind, &self.net) {
+            (AlertKind::NetworkEgress, Some(n)) => Some(NetJson {
+                proto: n.proto,
+                family: family(n.addr),
+                addr: n.addr.to_string(),
+                port: n.port,
+                result: n.result,
+                netns: n.netns,
+            }),
+            _ => None,
+        };
+        let json = AlertJson {
+            schema: SCHEMA,
+            time: format_time(self.time),
+            kind: self.kind.as_str(),
+            action: ActionJson {
+                id: &self.action.id,
+                cgroup: &self.action.cgroup,
+                cgroup_id: self.action.cgroup_id,
+                label: self.action.label.as_deref(),
+                mnemonic: self.action.mnemonic.as_deref(),
+            },
+            process: ProcessJson {
+                pid: self.process.pid,
+                ppid: self.process.ppid,
+                comm: &self.process.comm,
+                exe: self.process.exe.as_deref(),
+            },
+            file,
+            net,
+            verdict: self.verdict.as_str(),
+            count: self.count,
+            message: self.message(),
+        };
+        // Only strings, integers and options of them: serialisation cannot fail.
+        serde_json::to_string(&json).expect("alert JSON serialisation is infallible")
+    }
+
+    /// A sentence a person reads in a CI log or report, e.g.
+    /// `//pkg:t (Genrule) opened /etc/shadow (O_RDONLY), which it did not declare`.
+    pub fn message(&self) -> String {
+        let mut m = self.who();
+        let blocked = self.verdict == Verdict::Blocked;
+        let result = match (self.kind, &self.file, &self.net) {
+            (AlertKind::UndeclaredFile, Some(f), _) => {
+                let verb = if blocked {
+                    " was blocked from opening "
+                } else {
+                    " opened "
+                };
+                let _ = write!(
+                    m,
+                    "{verb}{} ({}), which it did not declare",
+                    escape_for_display(&f.path),
+                    open_flags_to_string(f.flags)
+                );
+                f.result
+            }
+            (AlertKind::NetworkEgress, _, Some(n)) => {
+                let verb = if blocked {
+                    " was blocked from connecting to "
+                } else {
+                    " connected to "
+                };
+                let dest = std::net::SocketAddr::new(n.addr, n.port);
+                let _ = write!(
+                    m,
+                    "{verb}{dest} over {}, which the network policy does not allow",
+                    n.proto
+                );
+                n.result
+            }
+            (AlertKind::UndeclaredFile, ..) => {
+                m.push_str(" opened a file it did not declare");
+                0
+            }
+            (AlertKind::NetworkEgress, ..) => {
+                m.push_str(" made a connection the network policy does not allow");
+                0
+            }
+        };
+        // A blocked attempt fails by design (EPERM); saying so again is noise.
+        if result < 0 && !blocked {
+            let _ = write!(m, " ({})", failure_note(result));
+        }
+        if self.count > 1 {
+            let _ = write!(m, " ({} times)", self.count);
+        }
+        m
+    }
+
+    /// The action named by its label when known, else by id and cgroup.
+    fn who(&self) -> String {
+        let a = &self.action;
+        match (&a.label, &a.mnemonic) {
+            (Some(l), Some(mn)) => format!("{l} ({mn})"),
+            (Some(l), None) => l.clone(),
+            (None, Some(mn)) => format!("{mn} action {} (cgroup {})", a.id, a.cgroup),
+            (None, None) => format!("action {} (cgroup {})", a.id, a.cgroup),
+        }
+    }
+}
+
+fn family(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "inet",
+        IpAddr::V6(_) => "inet6",
+    }
+}
+
+/// RFC 3339 UTC with milliseconds. Times humantime cannot print (before 1970,
+/// after 9999) are clamped so a bad clock never panics the alert path.
+fn format_time(t: SystemTime) -> String {
+    const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let max = UNIX_EPOCH + Duration::from_secs(MAX_SECS);
+    let t = t.clamp(UNIX_EPOCH, max);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The failure of an attempt, e.g. `attempt failed: ECONNREFUSED`.
+fn failure_note(result: i64) -> String {
+    let errno = result.unsigned_abs();
+    if errno == libc::EINPROGRESS as u64 {
+        // Non-blocking connect: the attempt was made, its outcome comes later.
+        return "non-blocking, in progress".to_string();
+    }
+    match errno_name(errno) {
+        Some(name) => format!("attempt failed: {name}"),
+        None => format!("attempt failed: errno {errno}"),
+    }
+}
+
+fn errno_name(errno: u64) -> Option<&'static str> {
+    const NAMES: &[(i32, &str)] = &[
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EACCES, "EACCES"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::ENOTDIR, "ENOTDIR"),
+        (libc::EISDIR, "EISDIR"),
+        (libc::EROFS, "EROFS"),
+        (libc::ELOOP, "ELOOP"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n as u64 == errno)
+        .map(|(_, name)| *name)
+}
+
+/// Kernel (x86_64, asm-generic) value of O_LARGEFILE. glibc defines it as 0
+/// on 64-bit, but the kernel may still report the bit (e.g. io_uring opens).
+const O_LARGEFILE_KERNEL: u64 = 0o100000;
+
+/// Open flags as `O_WRONLY|O_CREAT|O_TRUNC`: the access mode first, then the
+/// known flags in bit order, then any leftover bits as one hex number.
+pub fn open_flags_to_string(flags: u64) -> String {
+    let f = |v: libc::c_int| v as u64;
+    // Multi-bit flags (O_SYNC, O_TMPFILE) come before their single-bit parts
+    // so that the whole name is used and the part is consumed with it.
+    let table: [(u64, &str); 17] = [
+        (f(libc::O_CREAT), "O_CREAT"),
+        (f(libc::O_EXCL), "O_EXCL"),
+        (f(libc::O_NOCTTY), "O_NOCTTY"),
+        (f(libc::O_TRUNC), "O_TRUNC"),
+        (f(libc::O_APPEND), "O_APPEND"),
+        (f(libc::O_NONBLOCK), "O_NONBLOCK"),
+        (f(libc::O_SYNC), "O_SYNC"),
+        (f(libc::O_DSYNC), "O_DSYNC"),
+        (f(libc::O_ASYNC), "O_ASYNC"),
+        (f(libc::O_DIRECT), "O_DIRECT"),
+        (O_LARGEFILE_KERNEL, "O_LARGEFILE"),
+        (f(libc::O_TMPFILE), "O_TMPFILE"),
+        (f(libc::O_DIRECTORY), "O_DIRECTORY"),
+        (f(libc::O_NOFOLLOW), "O_NOFOLLOW"),
+        (f(libc::O_NOATIME), "O_NOATIME"),
+        (f(libc::O_CLOEXEC), "O_CLOEXEC"),
+        (f(libc::O_PATH), "O_PATH"),
+    ];
+    let accmode = f(libc::O_ACCMODE);
+    let mut parts: Vec<String> = Vec::new();
+    parts.push(
+        match flags & accmode {
+            0 => "O_RDONLY",
+            1 => "O_WRONLY",
+            2 => "O_RDWR",
+            _ => "O_ACCMODE",
+        }
+        .to_string(),
+    );
+    let mut rest = flags & !accmode;
+    for (bits, name) in table {
+        if rest & bits == bits {
+            parts.push(name.to_string());
+            rest &= !bits;
+        }
+    }
+    if rest != 0 {
+        parts.push(format!("{rest:#x}"));
+    }
+    parts.join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn action(label: bool) -> ActionInfo {
+        ActionInfo {
+            id: "build-42".into(),
+            cgroup: "/sys/fs/cgroup/unified/build/build-42".into(),
+            cgroup_id: 123,
+            label: label.then(|| "//pkg:target".into()),
+            mnemonic: label.then(|| "Genrule".into()),
+        }
+    }
+
+    fn process() -> ProcessInfo {
+        ProcessInfo {
+            pid: 42,
+            ppid: 41,
+            comm: "cat".into(),
+            exe: Some("/usr/bin/cat".into()),
+        }
+    }
+
+    fn file_alert(path: &[u8], label: bool) -> Alert {
+        Alert {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_341_600_123),
+            kind: AlertKind::UndeclaredFile,
+            action: action(label),
+            process: process(),
+            file: Some(FileInfo {
+                path: path.to_vec(),
+                op: "open",
+                flags: libc::O_RDONLY as u64,
+                result: 3,
+            }),
+            net: None,
+            verdict: Verdict::Observed,
+            count: 1,
+        }
+    }
+
+    fn net_alert(addr: IpAddr, result: i64) -> Alert {
+        Alert {
+            time: UNIX_EPOCH,
+            kind: AlertKind::NetworkEgress,
+            action: action(true),
+            process: process(),
+            file: None,
+            net: Some(NetInfo {
+                proto: "tcp",
+                addr,
+                port: 9,
+                result,
+                netns: None,
+            }),
+            verdict: Verdict::Observed,
+            count: 1,
+        }
+    }
+
+    fn parse(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).expect("alert line is valid JSON")
+    }
+
+    /// Keys of a JSON object in the order they appear in `text`.
+    fn key_order(text: &str, keys: &[&str]) -> Vec<usize> {
+        keys.iter()
+            .map(|k| text.find(&format!("\"{k}\":")).expect(k))
+            .collect()
+    }
+
+    #[test]
+    fn file_alert_has_contract_keys_in_order() {
+        let line = file_alert(b"/home/ci/.aws/credentials", true).to_json_line();
+        let top = [
+            "schema", "time", "kind", "action", "process", "file", "verdict", "count", "message",
+        ];
+        let pos = key_order(&line, &top);
+        assert!(pos.is_sorted(), "top-level order wrong: {line}");
+        let v = parse(&line);
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), top.len());
+        assert!(!obj.contains_key("net"));
+        let inner = key_order(&line, &["id", "cgroup", "cgroup_id", "label", "mnemonic"]);
+        assert!(inner.is_sorted());
+        let inner = key_order(&line, &["pid", "ppid", "comm", "exe"]);
+        assert!(inner.is_sorted());
+        let inner = key_order(&line, &["path", "op", "flags", "result"]);
+        assert!(inner.is_sorted());
+    }
+
+    #[test]
+    fn file_alert_values_follow_contract() {
+        let v = parse(&file_alert(b"/home/ci/.aws/credentials", true).to_json_line());
+        assert_eq!(v["schema"], "monitor.alert/v1");
+        assert_eq!(v["time"], "2026-11-22T10:00:00.123Z");
+        assert_eq!(v["kind"], "undeclared_file");
+        assert_eq!(v["action"]["id"], "build-42");
+        assert_eq!(v["action"]["cgroup_id"], 123);
+        assert_eq!(v["action"]["label"], "//pkg:target");
+        assert_eq!(v["action"]["mnemonic"], "Genrule");
+        assert_eq!(v["process"]["pid"], 42);
+        assert_eq!(v["process"]["ppid"], 41);
+        assert_eq!(v["process"]["exe"], "/usr/bin/cat");
+        assert_eq!(v["file"]["path"], "/home/ci/.aws/credentials");
+        assert_eq!(v["file"]["op"], "open");
+        assert_eq!(v["file"]["flags"], "O_RDONLY");
+        assert_eq!(v["file"]["result"], 3);
+        assert_eq!(v["verdict"], "observed");
+        assert_eq!(v["count"], 1);
+        assert_eq!(
+            v["message"],
+            "//pkg:target (Genrule) opened /home/ci/.aws/credentials (O_RDONLY), \
+             which it did not declare"
+        );
+    }
+
+    #[test]
+    fn unknown_label_and_exe_are_null() {
+        let mut a = file_alert(b"/x", false);
+        a.process.exe = None;
+        let v = parse(&a.to_json_line());
+        assert!(v["action"]["label"].is_null());
+        assert!(v["action"]["mnemonic"].is_null());
+        assert!(v["process"]["exe"].is_null());
+        assert_eq!(
+            v["message"],
+            "action build-42 (cgroup /sys/fs/cgroup/unified/build/build-42) opened /x \
+             (O_RDONLY), which it did not declare"
+        );
+    }
+
+    #[test]
+    fn non_utf8_path_is_escaped_not_dropped() {
+        let line = file_alert(b"/tmp/\xffx", true).to_json_line();
+        assert!(line.contains(r#""path":"/tmp/\\xffx""#), "{line}");
+        assert_eq!(parse(&line)["file"]["path"], "/tmp/\\xffx");
+        assert!(
+            parse(&line)["message"]
+                .as_str()
+                .unwrap()
+                .contains("/tmp/\\xffx")
+        );
+    }
+
+    #[test]
+    fn newline_in_path_stays_on_one_line() {
+        let line = file_alert(b"/tmp/a\nb\"c", true).to_json_line();
+        assert!(!line.contains('\n'));
+        let v = parse(&line);
+        assert_eq!(v["file"]["path"], "/tmp/a\nb\"c");
+    }
+
+    #[test]
+    fn net_alert_ipv4_with_failure_note() {
+        let a = net_alert(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            -(libc::ECONNREFUSED as i64),
+        );
+        let line = a.to_json_line();
+        let pos = key_order(&line, &["process", "net", "verdict"]);
+        assert!(pos.is_sorted());
+        let inner = key_order(&line, &["proto", "family", "addr", "port"]);
+        assert!(inner.is_sorted());
+        let v = parse(&line);
+        assert!(v.get("file").is_none());
+        assert_eq!(v["kind"], "network_egress");
+        assert_eq!(v["net"]["proto"], "tcp");
+        assert_eq!(v["net"]["family"], "inet");
+        assert_eq!(v["net"]["addr"], "127.0.0.1");
+        assert_eq!(v["net"]["port"], 9);
+        assert_eq!(v["net"]["result"], -111);
+        assert!(v["net"].get("netns").is_none());
+        assert_eq!(
+            v["message"],
+            "//pkg:target (Genrule) connected to 127.0.0.1:9 over tcp, which the network \
+             policy does not allow (attempt failed: ECONNREFUSED)"
+        );
+    }
+
+    #[test]
+    fn net_alert_ipv6_family_count_and_netns() {
+        let mut a = net_alert(IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap()), 0);
+        a.count = 3;
+        a.net.as_mut().unwrap().netns = Some(4026531840);
+        let v = parse(&a.to_json_line());
+        assert_eq!(v["net"]["family"], "inet6");
+        assert_eq!(v["net"]["addr"], "2001:db8::1");
+        assert_eq!(v["net"]["netns"], 4026531840u32);
+        assert_eq!(v["count"], 3);
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("[2001:db8::1]:9 over tcp"), "{msg}");
+        assert!(msg.ends_with("(3 times)"), "{msg}");
+    }
+
+    #[test]
+    fn blocked_and_unknown_errno_messages() {
+        let mut a = net_alert(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            -(libc::EPERM as i64),
+        );
+        a.verdict = Verdict::Blocked;
+        let v = parse(&a.to_json_line());
+        assert_eq!(v["verdict"], "blocked");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains("was blocked from connecting to 10.0.0.1:9"),
+            "{msg}"
+        );
+        assert!(!msg.contains("attempt failed"), "{msg}");
+
+        let b = net_alert(IpAddr::V4(Ipv4Addr::LOCALHOST), -9999);
+        assert!(b.message().ends_with("(attempt failed: errno 9999)"));
+    }
+
+    #[test]
+    fn times_outside_humantime_range_are_clamped() {
+        let mut a = file_alert(b"/x", true);
+        a.time = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(parse(&a.to_json_line())["time"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn open_flags_render_like_strace() {
+        let f = |v: libc::c_int| v as u64;
+        assert_eq!(open_flags_to_string(0), "O_RDONLY");
+        assert_eq!(
+            open_flags_to_string(f(libc::O_RDONLY | libc::O_CLOEXEC)),
+            "O_RDONLY|O_CLOEXEC"
+        );
+        assert_eq!(
+            open_flags_to_string(f(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)),
+            "O_WRONLY|O_CREAT|O_TRUNC"
+        );
+        assert_eq!(
+            open_flags_to_string(f(libc::O_RDWR | libc::O_TMPFILE)),
+            "O_RDWR|O_TMPFILE"
+        );
+        assert_eq!(
+            open_flags_to_string(f(libc::O_DIRECTORY | libc::O_NOFOLLOW)),
+            "O_RDONLY|O_DIRECTORY|O_NOFOLLOW"
+        );
+        assert_eq!(open_flags_to_string(f(libc::O_SYNC)), "O_RDONLY|O_SYNC");
+        assert_eq!(open_flags_to_string(f(libc::O_DSYNC)), "O_RDONLY|O_DSYNC");
+        assert_eq!(
+            open_flags_to_string(0o100000 | f(libc::O_PATH)),
+            "O_RDONLY|O_LARGEFILE|O_PATH"
+        );
+        assert_eq!(
+            open_flags_to_string(f(libc::O_WRONLY) | 1 << 40),
+            "O_WRONLY|0x10000000000"
+        );
+    }
+}

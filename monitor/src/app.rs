@@ -1,0 +1,139 @@
+//! Assembling the parts shared by `monitor run` and `monitor exec`: scopes
+//! from the config, the kernel programs, the metrics endpoint, the pipeline.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use monitor_common::{SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES};
+use tokio::sync::watch;
+
+use crate::{
+    cgroup,
+    config::Config,
+    judge::Policy,
+    loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
+    metrics::{self, Metrics},
+    pipeline::Pipeline,
+    policy::{NetMatcher, PathMatcher},
+    registry::{Registry, Scope, ScopeKind},
+    sinks::AlertSinks,
+};
+
+/// Why the monitor could not start; decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Usage or configuration (exit 2).
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    /// The kernel side (exit 3).
+    #[error("{0:#}")]
+    Kernel(anyhow::Error),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            StartError::Kernel(_) => 3,
+        }
+    }
+}
+
+pub struct Running {
+    pub kernel: Kernel,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+    stop_metrics: watch::Sender<bool>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The configured parents as scopes (created when missing, so the kernel
+/// filter is in place before the first action appears).
+pub fn parent_scopes(config: &Config, root: &Path) -> Result<Vec<Scope>, StartError> {
+    config
+        .attribution
+        .cgroup_parents
+        .iter()
+        .map(|path| {
+            let level = cgroup::level_of(root, path)
+                .map_err(|e| StartError::Config(e.context("attribution.cgroup_parents")))?;
+            if !path.exists() {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    StartError::Kernel(anyhow::anyhow!("cannot create cgroup parent {}: {e}", path.display()))
+                })?;
+                log::info!("created cgroup parent {}", path.display());
+            }
+            let id = cgroup::id_of(path).map_err(StartError::Kernel)?;
+            Ok(Scope { path: path.clone(), id, level, kind: ScopeKind::Parent })
+        })
+        .collect()
+}
+
+pub async fn start(config: &Config, scopes: Vec<Scope>, keep_alerts: bool, metrics_required: bool) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let (stop_metrics, stop_rx) = watch::channel(false);
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                metrics_task = Some(tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx)));
+            }
+            Err(e) if metrics_required => {
+                return Err(StartError::Config(anyhow::anyhow!("metrics.listen: cannot listen on {addr}: {e}")));
+            }
+            Err(e) => log::warn!("metrics.listen: cannot listen on {addr} ({e}); continuing without /metrics"),
+        }
+    }
+    let policy = Policy {
+        files_allow: PathMatcher::new(&config.files.allow).map_err(|e| StartError::Config(e.into()))?,
+        network_allow: NetMatcher::new(config.network.allow.clone()),
+    };
+    let kernel_scopes: Vec<monitor_common::Scope> = scopes
+        .iter()
+        .map(|s| monitor_common::Scope {
+            cgroup_id: s.id,
+            level: s.level,
+            flags: match s.kind {
+                ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,
+                ScopeKind::Job { .. } => 0,
+            },
+        })
+        .collect();
+    let kernel = Kernel::load(&kernel_scopes, DEFAULT_WAKEUP_THRESHOLD).map_err(StartError::Kernel)?;
+    let registry = Registry::new(
+        scopes,
+        config.attribution.declarations_dir.clone(),
+        Duration::from_millis(config.attribution.declaration_wait_ms),
+        metrics.clone(),
+    );
+    let sinks = AlertSinks::new(config.alerts.stdout, config.alerts.file.clone(), metrics.clone());
+    let pipeline = Pipeline::new(
+        registry,
+        policy,
+        sinks,
+        metrics.clone(),
+        Duration::from_millis(config.alerts.fold_window_ms.max(1)),
+        keep_alerts,
+    );
+    Ok(Running { kernel, pipeline, metrics, stop_metrics, metrics_task })
+}
+
+impl Running {
+    pub async fn stop_metrics(&mut self) {
+        let _ = self.stop_metrics.send(true);
+        if let Some(task) = self.metrics_task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        log::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
+        _ = int.recv() => log::info!("SIGINT: stopping"),
+    }
+}

@@ -1,0 +1,667 @@
+//! The TOML configuration (a contract: see DESIGN.md "Config").
+//!
+//! Every field has a default so that `monitor exec -- CMD` works without a
+//! file, and unknown keys are errors: a misspelt key silently ignored would
+//! leave a build-farm node enforcing a policy nobody wrote. Errors name the
+//! file, the 1-based line and the key path, because the person reading them
+//! is editing that file.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{NetRule, PathMatcher};
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub attribution: Attribution,
+    pub files: Files,
+    pub network: Network,
+    pub alerts: Alerts,
+    pub metrics: Metrics,
+}
+
+/// How kernel events are tied to build actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attribution {
+    /// Each leaf cgroup below one of these is one action.
+    pub cgroup_parents: Vec<PathBuf>,
+    /// Lineage mode: a process exec'ing one of these starts an action.
+    pub sandbox_launchers: Vec<String>,
+    /// Where `*.json` action declarations are dropped.
+    pub declarations_dir: PathBuf,
+    /// How long events of an action are held back waiting for its
+    /// declaration before they are judged without one.
+    pub declaration_wait_ms: u64,
+}
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Attribution {
+            cgroup_parents: Vec::new(),
+            sandbox_launchers: vec!["linux-sandbox".into(), "process-wrapper".into()],
+            declarations_dir: PathBuf::from("/run/monitor/declarations"),
+            declaration_wait_ms: 2000,
+        }
+    }
+}
+
+/// Files every action may open, whatever it declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    /// Path patterns (see [`PathMatcher`]). Setting this *replaces* the
+    /// default system set rather than extending it, so that a strict policy
+    /// can be written; copy the defaults from `monitor check-config` output.
+    pub allow: Vec<String>,
+}
+
+/// What every dynamically linked tool touches just to start and resolve
+/// names: loader, libraries, basic /etc files, standard devices, its own
+/// /proc entries and CPU topology.
+const DEFAULT_FILES_ALLOW: &[&str] = &[
+    "/usr/**",
+    "/lib/**",
+    "/lib32/**",
+    "/lib64/**",
+    "/libx32/**",
+    "/bin/**",
+    "/sbin/**",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.preload",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d/**",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
+    "/etc/locale.alias",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/pts/**",
+    "/proc/self/**",
+    "/proc/thread-self/**",
+    "/sys/devices/system/cpu/**",
+];
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            allow: DEFAULT_FILES_ALLOW.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Destinations every action may connect to. Empty (the default) denies all.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    pub allow: Vec<NetRule>,
+}
+
+/// Where JSON alerts go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    pub stdout: bool,
+    /// Appended to, one JSON object a line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Identical alerts within this window are folded into one with a count,
+    /// so a tool that stats the same file in a loop does not flood the log.
+    pub fold_window_ms: u64,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            stdout: true,
+            file: None,
+            fold_window_ms: 1000,
+        }
+    }
+}
+
+/// The Prometheus endpoint (`/metrics`, `/healthz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `"HOST:PORT"`; `""` or `"off"` disables the endpoint.
+    #[serde(with = "listen_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9464))),
+        }
+    }
+}
+
+/// `metrics.listen` as a string, with `"off"` standing for `None` because
+/// TOML has no null and `to_toml` must round-trip.
+mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "" | "off" => Ok(None),
+            _ => text.parse().map(Some).map_err(|e| {
+                D::Error::custom(format!(
+                    "invalid listen address {text:?} (want IP:PORT, or \"off\"): {e}"
+                ))
+            }),
+        }
+    }
+}
+
+/// A configuration that could not be used. Displays as one line naming the
+/// file, and for content errors the line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {}", path.display(), io_reason(source))]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}{}: {message}", origin.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        origin: PathBuf,
+        /// 1-based line of the offending key or value, when known.
+        line: Option<usize>,
+        /// Dotted key path, e.g. `network.allow[0].cidr`, when known.
+        key: Option<String>,
+        /// The whole sentence after `file:line: `.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Invalid { line, .. } => *line,
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => key.as_deref(),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// `No such file or directory`, without Rust's ` (os error 2)` suffix.
+fn io_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `origin` is only used in messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let invalid =
+            |offset: Option<usize>, key: Option<String>, message: String| ConfigError::Invalid {
+                origin: origin.to_path_buf(),
+                line: offset.map(|o| line_of(text, o)),
+                key,
+                message,
+            };
+        // Parsed separately (keeping spans) only to map offsets to key paths.
+        let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', "; ");
+            invalid(
+                e.span().map(|s| s.start),
+                None,
+                format!("invalid TOML: {message}"),
+            )
+        })?;
+        let mut nodes = Vec::new();
+        walk_table(doc.as_table(), "", &mut nodes);
+
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start);
+            let key = offset.and_then(|o| locate(&nodes, o));
+            let message = describe(e.message(), key.as_deref());
+            invalid(offset, key, message)
+        })?;
+        config.validate().map_err(|(key, message)| {
+            let offset = nodes
+                .iter()
+                .find(|n| n.path == key)
+                .and_then(|n| n.value.as_ref().or(n.key.as_ref()))
+                .map(|s| s.start);
+            invalid(offset, Some(key.clone()), format!("{key}: {message}"))
+        })?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML that parses back to `self`
+    /// (printed by `monitor check-config`).
+    ///
+    /// # Panics
+    /// If a path is not UTF-8, which cannot happen for a parsed config.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config paths are UTF-8")
+    }
+
+    /// Checks serde cannot express; errors are (key path, reason).
+    fn validate(&self) -> Result<(), (String, String)> {
+        if let Err(e) = PathMatcher::new(&self.files.allow) {
+            return Err((format!("files.allow[{}]", e.index), e.to_string()));
+        }
+        let a = &self.attribution;
+        for (i, p) in a.cgroup_parents.iter().enumerate() {
+            if !p.is_absolute() {
+                let msg = format!(
+                    "must be an absolute path, got {:?}",
+                    p.display().to_string()
+                );
+                return Err((format!("attribution.cgroup_parents[{i}]"), msg));
+            }
+        }
+        if !a.declarations_dir.is_absolute() {
+            let msg = format!(
+                "must be an absolute path, got {:?}",
+                a.declarations_dir.display().to_string()
+            );
+            return Err(("attribution.declarations_dir".into(), msg));
+        }
+        if let Some(i) = a.sandbox_launchers.iter().position(|s| s.is_empty()) {
+            return Err((
+                format!("attribution.sandbox_launchers[{i}]"),
+                "must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line containing byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// Prefixes serde's message with the key path, or for an unknown key says
+/// where it was found (`unknown field `x` in [alerts], expected …`).
+fn describe(message: &str, key: Option<&str>) -> String {
+    let message = message.trim();
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let path = key.unwrap_or("");
+        let parent = match path.strip_suffix(field) {
+            Some(p) if p.is_empty() || p.ends_with('.') => p.trim_end_matches('.'),
+            _ => path,
+        };
+        let place = match parent {
+            "" => "at top level".to_string(),
+            p if p.contains('[') => format!("in {p}"),
+            p => format!("in [{p}]"),
+        };
+        return format!("unknown field `{field}` {place}{tail}");
+    }
+    match key {
+        Some(key) => format!("{key}: {message}"),
+        None => message.to_string(),
+    }
+}
+
+/// A key or array element of the document and where it is.
+struct Node {
+    path: String,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+}
+
+fn walk_table(table: &dyn toml_edit::TableLike, path: &str, out: &mut Vec<Node>) {
+    for (name, item) in table.iter() {
+        let child = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        out.push(Node {
+            path: child.clone(),
+            key: table.key(name).and_then(|k| k.span()),
+            value: item.span(),
+        });
+        walk_item(item, &child, out);
+    }
+}
+
+fn walk_item(item: &toml_edit::Item, path: &str, out: &mut Vec<Node>) {
+    use toml_edit::{Item, Value};
+    match item {
+        Item::Table(t) => walk_table(t, path, out),
+        Item::ArrayOfTables(tables) => {
+            for (i, t) in tables.iter().enumerate() {
+                let child = format!("{path}[{i}]");
+                out.push(Node {
+                    path: child.clone(),
+                    key: None,
+                    value: t.span(),
+                });
+                walk_table(t, &child, out);
+            }
+        }
+        Item::Value(Value::InlineTable(t)) => walk_table(t, path, out),
+        Item::Value(Value::Array(values)) => {
+            for (i, v) in values.iter().enumerate() {
+                let child = format!("{path}[{i}]");
+                out.push(Node {
+                    path: child.clone(),
+                    key: None,
+                    value: v.span(),
+                });
+                if let Value::InlineTable(t) = v {
+                    walk_table(t, &child, out);
+                }
+            }
+        }
+        Item::Value(_) | Item::None => {}
+    }
+}
+
+/// The deepest key path whose key or value covers `offset`. Nodes are in
+/// pre-order and siblings do not overlap, so the last hit is the deepest.
+fn locate(nodes: &[Node], offset: usize) -> Option<String> {
+    let covers = |s: &Option<Range<usize>>| {
+        s.as_ref()
+            .is_some_and(|s| s.contains(&offset) || s.start == offset)
+    };
+    nodes
+        .iter()
+        .rev()
+        .find(|n| covers(&n.key) || covers(&n.value))
+        .map(|n| n.path.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/monitor.toml"))
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be rejected")
+    }
+
+    const DESIGN_EXAMPLE: &str = r#"
+[attribution]
+cgroup_parents = ["/sys/fs/cgroup/unified/build"]  # each leaf cgroup below = one action
+                                                  # (Bazel 7+ per-spawn scopes recognised)
+sandbox_launchers = ["linux-sandbox", "process-wrapper"]  # lineage mode: a process
+                                                  # exec'ing one of these starts an action
+declarations_dir = "/run/monitor/declarations"    # *.json action declarations
+
+[files]
+allow = ["/usr/**", "/lib/**", "/etc/ld.so.cache"]  # every action may open these
+                                                  # (the default is a sensible system set)
+
+[network]
+allow = [{ cidr = "127.0.0.1/32", port = 8080 }]  # port optional; default: deny all
+
+[alerts]
+stdout = true
+file = "/var/log/monitor/alerts.jsonl"            # appended, one JSON object a line
+
+[metrics]
+listen = "127.0.0.1:9464"                         # /metrics and /healthz
+"#;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.attribution.cgroup_parents.is_empty());
+        assert_eq!(
+            c.attribution.sandbox_launchers,
+            ["linux-sandbox", "process-wrapper"]
+        );
+        assert_eq!(
+            c.attribution.declarations_dir,
+            Path::new("/run/monitor/declarations")
+        );
+        assert_eq!(c.attribution.declaration_wait_ms, 2000);
+        assert_eq!(c.files.allow.len(), 30);
+        assert!(
+            PathMatcher::new(&c.files.allow)
+                .unwrap()
+                .matches(b"/usr/lib/libc.so.6")
+        );
+        assert!(c.network.allow.is_empty());
+        assert!(c.alerts.stdout);
+        assert_eq!(c.alerts.file, None);
+        assert_eq!(c.alerts.fold_window_ms, 1000);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(
+            c.attribution.cgroup_parents,
+            [PathBuf::from("/sys/fs/cgroup/unified/build")]
+        );
+        assert_eq!(
+            c.files.allow,
+            ["/usr/**", "/lib/**", "/etc/ld.so.cache"],
+            "replaces defaults"
+        );
+        assert_eq!(c.network.allow.len(), 1);
+        assert_eq!(c.network.allow[0].cidr.to_string(), "127.0.0.1/32");
+        assert_eq!(c.network.allow[0].port, Some(8080));
+        assert_eq!(
+            c.alerts.file,
+            Some(PathBuf::from("/var/log/monitor/alerts.jsonl"))
+        );
+        assert_eq!(
+            c.attribution.declaration_wait_ms, 2000,
+            "unset keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_nested_key_names_line_table_and_key() {
+        let e = err("[alerts]\nstdout = true\n\n\n\n\ncolour = \"red\"\n");
+        assert_eq!(e.line(), Some(7));
+        assert_eq!(e.key(), Some("alerts.colour"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/monitor.toml:7: unknown field `colour` in [alerts], expected one of \
+             `stdout`, `file`, `fold_window_ms`"
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let e = err("# comment\n[metrics]\nlisten = \"off\"\n[webhook]\nurl = \"x\"\n");
+        assert_eq!(e.line(), Some(4));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/monitor.toml:4: unknown field `webhook` at top level, expected"),
+            "{text}"
+        );
+        let e = err("colour = 1\n");
+        assert_eq!(e.line(), Some(1));
+        assert!(e.to_string().contains("`colour` at top level"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_net_rule() {
+        let e = err(
+            "[network]\nallow = [\n  { cidr = \"::1\" },\n  { cidr = \"::1\", proto = \"tcp\" },\n]\n",
+        );
+        assert_eq!(e.line(), Some(4));
+        assert!(
+            e.to_string()
+                .contains("unknown field `proto` in network.allow[1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let e = err("[alerts]\nstdout = \"yes\"\n");
+        assert_eq!(e.line(), Some(2));
+        assert_eq!(e.key(), Some("alerts.stdout"));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/monitor.toml:2: alerts.stdout: invalid type: string"),
+            "{text}"
+        );
+        let e = err("[attribution]\nsandbox_launchers = \"linux-sandbox\"\n");
+        assert_eq!(e.line(), Some(2));
+        assert_eq!(e.key(), Some("attribution.sandbox_launchers"));
+    }
+
+    #[test]
+    fn bad_cidr_names_element() {
+        let e = err("[network]\n\nallow = [{ cidr = \"300.1.1.1/8\" }]\n");
+        assert_eq!(e.line(), Some(3));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "/etc/monitor.toml:3: network.allow[0].cidr: invalid CIDR \"300.1.1.1/8\": "
+            ),
+            "{text}"
+        );
+        let e = err(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\n[[network.allow]]\ncidr = \"10.0.0.0/99\"\n",
+        );
+        assert_eq!(e.line(), Some(4));
+        assert_eq!(e.key(), Some("network.allow[1].cidr"));
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_value() {
+        let e =
+            err("[attribution]\ncgroup_parents = [\n  \"/sys/fs/cgroup/a\",\n  \"build\",\n]\n");
+        assert_eq!(e.line(), Some(4));
+        assert_eq!(
+            e.to_string(),
+            "/etc/monitor.toml:4: attribution.cgroup_parents[1]: must be an absolute path, got \"build\""
+        );
+        let e = err("[attribution]\ndeclarations_dir = \"decl\"\n");
+        assert_eq!(e.line(), Some(2));
+        let e = err("[files]\nallow = [\"/ok\", \"tmp/*\"]\n");
+        assert_eq!(e.line(), Some(2));
+        assert_eq!(e.key(), Some("files.allow[1]"));
+        assert!(e.to_string().contains("not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("[alerts]\nstdout = true\nfile = \n");
+        assert_eq!(e.line(), Some(3));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/monitor.toml:3: invalid TOML: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_off_and_invalid() {
+        assert_eq!(
+            parse("[metrics]\nlisten = \"off\"\n")
+                .unwrap()
+                .metrics
+                .listen,
+            None
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"\"\n").unwrap().metrics.listen,
+            None
+        );
+        let v6 = parse("[metrics]\nlisten = \"[::1]:9000\"\n").unwrap();
+        assert_eq!(v6.metrics.listen, Some("[::1]:9000".parse().unwrap()));
+        let e = err("[metrics]\nlisten = \"localhost\"\n");
+        assert_eq!(e.line(), Some(2));
+        assert!(
+            e.to_string()
+                .contains("metrics.listen: invalid listen address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        for text in [
+            "",
+            DESIGN_EXAMPLE,
+            "[metrics]\nlisten = \"off\"\n[network]\nallow = [{ cidr = \"::/0\" }, { cidr = \"10.1.0.0/16\", port = 53 }]\n",
+        ] {
+            let c = parse(text).unwrap();
+            let out = c.to_toml();
+            let back = parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+            assert_eq!(back, c, "{out}");
+        }
+        assert!(
+            Config::default()
+                .to_toml()
+                .contains("listen = \"127.0.0.1:9464\"")
+        );
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let e = Config::load(Path::new("/nonexistent/monitor.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read /nonexistent/monitor.toml: No such file or directory"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[alerts]\nfold_window_ms = 5\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().alerts.fold_window_ms, 5);
+        std::fs::write(&path, "[alerts]\nfold_window_ms = -5\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:2: alerts.fold_window_ms: ", path.display())),
+            "{e}"
+        );
+    }
+}

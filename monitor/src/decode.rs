@@ -1,0 +1,269 @@
+//! Turning ring-buffer records into typed events: fixed parts read from the
+//! `#[repr(C)]` layouts of monitor-common, paths made absolute and
+//! normalised, kernel timestamps turned into wall-clock time.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::OnceLock,
+    time::{Duration, SystemTime},
+};
+
+use monitor_common::{
+    AF_INET, AF_INET6, ConnectEvent, EventHeader, EventKind, FLAG_DIR_TRUNCATED,
+    FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
+};
+
+use crate::paths;
+
+/// Who did it: the common part of every event.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub time: SystemTime,
+    pub cgroup_id: u64,
+    pub action_cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub scope: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct FileOpen {
+    pub origin: Origin,
+    /// Absolute, normalised path (raw bytes: may be non-UTF-8).
+    pub path: Vec<u8>,
+    pub open_flags: u64,
+    pub result: i64,
+    /// The path was longer than the kernel buffer: `path` is its beginning.
+    pub truncated: bool,
+    /// A relative path whose base directory could not be resolved; `path`
+    /// is then the relative path as passed.
+    pub unresolved: bool,
+    /// The path pointer could not be read.
+    pub unreadable: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Connect {
+    pub origin: Origin,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub sock_type: u16,
+    pub result: i64,
+    pub netns: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Exec {
+    pub origin: Origin,
+    pub exe: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    File(FileOpen),
+    Connect(Connect),
+    Exec(Exec),
+    Exit(Origin),
+}
+
+impl Event {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Event::File(e) => &e.origin,
+            Event::Connect(e) => &e.origin,
+            Event::Exec(e) => &e.origin,
+            Event::Exit(o) => o,
+        }
+    }
+
+    /// The `kind` label of `build_monitor_events_total`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            Event::File(_) => "file",
+            Event::Connect(_) => "net",
+            Event::Exec(_) => "exec",
+            Event::Exit(_) => "exit",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("record lengths do not add up ({0} bytes)")]
+    BadLength(usize),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; T is a #[repr(C)] plain-data type and the
+    // read is unaligned-safe.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let origin = origin(&header);
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::FileOpen) => decode_file(bytes, origin, header.flags).map(Event::File),
+        Some(EventKind::Exec) => {
+            let (ev, dir, _) = split_path_event(bytes)?;
+            let exe = (ev.header.flags & FLAG_DIR_UNRESOLVED == 0)
+                .then(|| paths::dir_from_components(dir));
+            Ok(Event::Exec(Exec { origin, exe }))
+        }
+        Some(EventKind::Connect) => {
+            let ev: ConnectEvent = read(bytes)?;
+            let addr = match ev.family {
+                AF_INET => IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3])),
+                AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
+                other => return Err(DecodeError::UnknownKind(other as u32)),
+            };
+            Ok(Event::Connect(Connect {
+                origin,
+                addr,
+                port: ev.port,
+                sock_type: ev.sock_type,
+                result: ev.result,
+                netns: ev.netns,
+            }))
+        }
+        Some(EventKind::Exit) => Ok(Event::Exit(origin)),
+        None => Err(DecodeError::UnknownKind(header.kind)),
+    }
+}
+
+/// Splits a file-layout record into its fixed part, directory components
+/// and path bytes.
+fn split_path_event(bytes: &[u8]) -> Result<(FileEvent, &[u8], &[u8]), DecodeError> {
+    let ev: FileEvent = read(bytes)?;
+    let fixed = size_of::<FileEvent>();
+    let dir_end = fixed + ev.dir_len as usize;
+    let path_end = dir_end + ev.path_len as usize;
+    if bytes.len() < path_end {
+        return Err(DecodeError::BadLength(bytes.len()));
+    }
+    Ok((ev, &bytes[fixed..dir_end], &bytes[dir_end..path_end]))
+}
+
+fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, DecodeError> {
+    let (ev, dir, raw) = split_path_event(bytes)?;
+    let unresolved = flags & FLAG_DIR_UNRESOLVED != 0 && !raw.starts_with(b"/");
+    let path = if unresolved {
+        raw.to_vec()
+    } else {
+        paths::resolve(&paths::dir_from_components(dir), raw)
+    };
+    Ok(FileOpen {
+        origin,
+        path,
+        open_flags: ev.open_flags,
+        result: ev.result,
+        truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_DIR_TRUNCATED) != 0,
+        unresolved,
+        unreadable: flags & FLAG_PATH_UNREADABLE != 0,
+    })
+}
+
+fn origin(h: &EventHeader) -> Origin {
+    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
+    Origin {
+        time: wall_clock(h.ktime_ns),
+        cgroup_id: h.cgroup_id,
+        action_cgroup_id: h.action_cgroup_id,
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        scope: h.scope,
+        comm: paths::escape_for_display(&h.comm[..comm_len]),
+    }
+}
+
+/// Converts a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp to wall-clock
+/// time, with the offset between the two clocks taken once.
+pub fn wall_clock(ktime_ns: u64) -> SystemTime {
+    static BOOT: OnceLock<SystemTime> = OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        SystemTime::now() - mono
+    });
+    boot + Duration::from_nanos(ktime_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{EventKind, SYSCALL_OPENAT};
+
+    use super::*;
+
+    fn file_record(flags: u32, dir: &[u8], path: &[u8]) -> Vec<u8> {
+        // SAFETY: all-zero is a valid FileEvent.
+        let mut ev: FileEvent = unsafe { std::mem::zeroed() };
+        ev.header.kind = EventKind::FileOpen as u32;
+        ev.header.flags = flags;
+        ev.header.pid = 42;
+        ev.header.comm[..3].copy_from_slice(b"cat");
+        ev.syscall = SYSCALL_OPENAT;
+        ev.open_flags = 0o2000000;
+        ev.result = -2;
+        ev.dir_len = dir.len() as u32;
+        ev.path_len = path.len() as u32;
+        // SAFETY: plain data viewed as bytes.
+        let mut out = unsafe {
+            std::slice::from_raw_parts((&ev as *const FileEvent).cast::<u8>(), size_of::<FileEvent>())
+        }
+        .to_vec();
+        out.extend_from_slice(dir);
+        out.extend_from_slice(path);
+        out
+    }
+
+    #[test]
+    fn relative_path_is_joined_with_reversed_dir_components() {
+        let rec = file_record(0, b"work\0home\0", b"../etc/./passwd");
+        let Event::File(f) = decode(&rec).unwrap() else { panic!("not a file event") };
+        assert_eq!(f.path, b"/home/etc/passwd");
+        assert_eq!(f.origin.comm, "cat");
+        assert_eq!(f.origin.pid, 42);
+        assert_eq!(f.result, -2);
+        assert!(!f.truncated && !f.unresolved);
+    }
+
+    #[test]
+    fn absolute_path_ignores_dir_and_keeps_non_utf8_bytes() {
+        let rec = file_record(0, b"", b"/tmp//\xff\xfe");
+        let Event::File(f) = decode(&rec).unwrap() else { panic!("not a file event") };
+        assert_eq!(f.path, b"/tmp/\xff\xfe");
+    }
+
+    #[test]
+    fn flags_mark_truncated_and_unresolved() {
+        let rec = file_record(FLAG_PATH_TRUNCATED, b"", b"/a");
+        let Event::File(f) = decode(&rec).unwrap() else { panic!() };
+        assert!(f.truncated);
+        let rec = file_record(FLAG_DIR_UNRESOLVED, b"", b"rel/x");
+        let Event::File(f) = decode(&rec).unwrap() else { panic!() };
+        assert!(f.unresolved);
+        assert_eq!(f.path, b"rel/x");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(decode(&[1, 2, 3]).unwrap_err(), DecodeError::Short(3));
+        let mut rec = file_record(0, b"", b"/abc");
+        rec.truncate(rec.len() - 2);
+        assert!(matches!(decode(&rec), Err(DecodeError::BadLength(_))));
+        let mut rec = file_record(0, b"", b"/abc");
+        rec[0] = 77;
+        assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownKind(77));
+    }
+}

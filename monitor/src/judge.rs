@@ -1,0 +1,89 @@
+//! Verdicts: is an observed open or connect allowed for its action? Turns
+//! violations into alerts; decides nothing about where they go.
+use std::{net::IpAddr, sync::Arc};
+
+use crate::{
+    alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
+    decode::{Connect, FileOpen},
+    policy::{NetMatcher, PathMatcher},
+    registry::ActionView,
+};
+
+/// The host-wide policy from the config.
+pub struct Policy {
+    pub files_allow: PathMatcher,
+    pub network_allow: NetMatcher,
+}
+
+/// What identifies "the same" violation for folding.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    File(Vec<u8>),
+    Net(IpAddr, u16, &'static str),
+}
+
+pub struct Violation {
+    pub target: Target,
+    pub alert: Alert,
+}
+
+const EFAULT: i64 = 14;
+
+impl Policy {
+    pub fn judge_file(&self, ev: &FileOpen, process: ProcessInfo, action: &Arc<ActionView>) -> Option<Violation> {
+        if !action.judge_files {
+            return None;
+        }
+        // A bad pointer is the caller's own bug, not an access.
+        if ev.unreadable && ev.result == -EFAULT {
+            return None;
+        }
+        // A truncated or unresolved path cannot be proven declared.
+        let provable = !ev.truncated && !ev.unresolved && !ev.unreadable;
+        if provable {
+            let declared = action.declaration.as_ref().is_some_and(|d| d.inputs.matches(&ev.path));
+            if declared || self.files_allow.matches(&ev.path) {
+                return None;
+            }
+        }
+        Some(Violation {
+            target: Target::File(ev.path.clone()),
+            alert: Alert {
+                time: ev.origin.time,
+                kind: AlertKind::UndeclaredFile,
+                action: action.info.clone(),
+                process,
+                file: Some(FileInfo { path: ev.path.clone(), op: "open", flags: ev.open_flags, result: ev.result }),
+                net: None,
+                verdict: Verdict::Observed,
+                count: 1,
+            },
+        })
+    }
+
+    pub fn judge_connect(&self, ev: &Connect, process: ProcessInfo, action: &Arc<ActionView>) -> Option<Violation> {
+        let declared = action.declaration.as_ref().is_some_and(|d| d.network.allows(ev.addr, ev.port));
+        if declared || self.network_allow.allows(ev.addr, ev.port) {
+            return None;
+        }
+        let proto = match ev.sock_type {
+            1 => "tcp",
+            2 => "udp",
+            3 => "raw",
+            _ => "unknown",
+        };
+        Some(Violation {
+            target: Target::Net(ev.addr, ev.port, proto),
+            alert: Alert {
+                time: ev.origin.time,
+                kind: AlertKind::NetworkEgress,
+                action: action.info.clone(),
+                process,
+                file: None,
+                net: Some(NetInfo { proto, addr: ev.addr, port: ev.port, result: ev.result, netns: Some(ev.netns) }),
+                verdict: Verdict::Observed,
+                count: 1,
+            },
+        })
+    }
+}

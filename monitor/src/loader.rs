@@ -1,0 +1,187 @@
+//! Loading the kernel programs: offsets from BTF, settings and scopes into
+//! their maps, attach order, and access to the ring buffer and the lost
+//! counters. Errors here are "the kernel side could not be loaded" (exit 3).
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
+use monitor_common::{
+    KernelOffsets, LOST_REASONS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10,
+    PT_REGS_SI, Scope, Settings,
+};
+
+use crate::btf::Btf;
+
+/// The programs and the hooks they attach to, in attach order: process
+/// tracking first, so that no exec of a monitored process is missed once
+/// file events start flowing.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("proc_exec", "sched_process_exec"),
+    ("proc_exit", "sched_process_exit"),
+    ("sys_exit", "sys_exit"),
+    ("sys_enter", "sys_enter"),
+];
+
+/// Default: wake the reader once 256 KiB are waiting; below that it drains
+/// on its own timer.
+pub const DEFAULT_WAKEUP_THRESHOLD: u64 = 256 * 1024;
+
+pub struct Kernel {
+    /// `None` once detached.
+    ebpf: Option<Ebpf>,
+    settings_map: Array<MapData, Settings>,
+    scopes_map: Array<MapData, Scope>,
+    lost_map: PerCpuArray<MapData, u64>,
+    settings: Settings,
+    pub events: Option<RingBuf<MapData>>,
+}
+
+impl Kernel {
+    /// Loads and attaches everything. `scopes` may be empty and set later.
+    pub fn load(scopes: &[Scope], wakeup_threshold: u64) -> anyhow::Result<Kernel> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run the monitor as root");
+        }
+        raise_memlock_limit();
+        let offsets = kernel_offsets()?;
+        let object = crate::ebpf_object();
+        if object.is_empty() {
+            bail!("this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .context("loading the kernel programs failed")?;
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).with_context(|| format!("map {name} missing from the kernel object"))
+        };
+        let settings_map = Array::try_from(take(&mut ebpf, "SETTINGS")?)?;
+        let scopes_map = Array::try_from(take(&mut ebpf, "SCOPES")?)?;
+        let lost_map = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let settings = Settings {
+            offsets,
+            scope_count: 0,
+            monitor_tgid: std::process::id(),
+            wakeup_threshold,
+        };
+        let mut kernel = Kernel {
+            ebpf: None,
+            settings_map,
+            scopes_map,
+            lost_map,
+            settings,
+            events: Some(events),
+        };
+        kernel.set_scopes(scopes)?;
+        for (program, hook) in PROGRAMS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the kernel object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {program}"))?;
+            prog.attach(hook)
+                .with_context(|| format!("attaching {program} to raw tracepoint {hook} failed"))?;
+        }
+        kernel.ebpf = Some(ebpf);
+        Ok(kernel)
+    }
+
+    /// Replaces the kernel filter's scopes. Entries are written before the
+    /// count grows, so the kernel never reads a half-written entry.
+    pub fn set_scopes(&mut self, scopes: &[Scope]) -> anyhow::Result<()> {
+        if scopes.len() > MAX_SCOPES as usize {
+            bail!("at most {MAX_SCOPES} cgroup scopes can be monitored, {} given", scopes.len());
+        }
+        for (i, scope) in scopes.iter().enumerate() {
+            self.scopes_map.set(i as u32, scope, 0)?;
+        }
+        self.settings.scope_count = scopes.len() as u32;
+        self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Events the kernel could not deliver, per `LOST_*` reason, summed over
+    /// CPUs since load.
+    pub fn lost_counts(&self) -> [u64; LOST_REASONS as usize] {
+        let mut out = [0; LOST_REASONS as usize];
+        for (reason, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.lost_map.get(&(reason as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Detaches every program; the ring buffer stays readable so that what
+    /// is already in it can be drained.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+}
+
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK (kernels since 5.11 do not need it)");
+    }
+}
+
+/// Reads the struct offsets the kernel programs need from the running
+/// kernel's BTF, and checks the syscall register layout they assume.
+pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
+    if !Path::new(crate::btf::SYS_FS_VMLINUX).exists() {
+        bail!("kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)", crate::btf::SYS_FS_VMLINUX);
+    }
+    let btf = Btf::from_sys_fs()?;
+    let off = |ty: &str, member: &str| {
+        btf.member_offset(ty, member)
+            .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
+    };
+    for (member, expected) in [
+        ("r10", PT_REGS_R10),
+        ("dx", PT_REGS_DX),
+        ("si", PT_REGS_SI),
+        ("di", PT_REGS_DI),
+        ("orig_ax", PT_REGS_ORIG_AX),
+    ] {
+        let found = off("pt_regs", member)?;
+        if found != expected {
+            bail!("unsupported kernel: pt_regs.{member} is at offset {found}, the programs expect {expected} (x86_64 only)");
+        }
+    }
+    Ok(KernelOffsets {
+        task_real_parent: off("task_struct", "real_parent")?,
+        task_tgid: off("task_struct", "tgid")?,
+        task_fs: off("task_struct", "fs")?,
+        task_files: off("task_struct", "files")?,
+        task_mm: off("task_struct", "mm")?,
+        task_nsproxy: off("task_struct", "nsproxy")?,
+        fs_pwd: off("fs_struct", "pwd")?,
+        path_mnt: off("path", "mnt")?,
+        path_dentry: off("path", "dentry")?,
+        dentry_parent: off("dentry", "d_parent")?,
+        dentry_name: off("dentry", "d_name")?,
+        qstr_len: off("qstr", "len")?,
+        qstr_name: off("qstr", "name")?,
+        mount_mnt: off("mount", "mnt")?,
+        mount_parent: off("mount", "mnt_parent")?,
+        mount_mountpoint: off("mount", "mnt_mountpoint")?,
+        vfsmount_root: off("vfsmount", "mnt_root")?,
+        files_fdt: off("files_struct", "fdt")?,
+        fdtable_max_fds: off("fdtable", "max_fds")?,
+        fdtable_fd: off("fdtable", "fd")?,
+        file_path: off("file", "f_path")?,
+        file_private_data: off("file", "private_data")?,
+        socket_type: off("socket", "type")?,
+        mm_exe_file: off("mm_struct", "exe_file")?,
+        nsproxy_net_ns: off("nsproxy", "net_ns")?,
+        net_ns_inum: off("net", "ns.inum")?,
+    })
+}

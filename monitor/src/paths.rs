@@ -1,0 +1,161 @@
+//! Path handling on raw bytes.
+//!
+//! Linux paths are byte strings, not UTF-8: a build may create files with any
+//! name, and an undeclared access to such a file must still be reported with
+//! its exact name. So everything here works on `&[u8]`, and only
+//! [`escape_for_display`] turns bytes into text, losslessly.
+//!
+//! Normalisation is lexical (no symlinks are followed): the kernel hands us
+//! the path a process *asked* for, and policy patterns are written against
+//! the same lexical form.
+
+/// Lexically normalises an absolute path: collapses repeated `/`, drops `.`,
+/// resolves `..` (never above `/`) and removes any trailing `/` except for
+/// `/` itself. Input that does not start with `/` is taken relative to `/`,
+/// so the result is always absolute.
+pub fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    join_absolute(parts)
+}
+
+/// Resolves `path` against the directory `base_dir` (for `openat(dirfd, …)`
+/// and relative paths): an absolute `path` stands alone, a relative one is
+/// appended to `base_dir`. The result is normalised.
+pub fn resolve(base_dir: &[u8], path: &[u8]) -> Vec<u8> {
+    if path.first() == Some(&b'/') {
+        return normalize(path);
+    }
+    let mut joined = Vec::with_capacity(base_dir.len() + 1 + path.len());
+    joined.extend_from_slice(base_dir);
+    joined.push(b'/');
+    joined.extend_from_slice(path);
+    normalize(&joined)
+}
+
+/// Decodes a directory captured by the kernel. The kernel walks dentries from
+/// leaf to root (it cannot know the depth up front) and writes each name
+/// followed by a NUL: `b"c\0b\0a\0"` is `/a/b/c`. Empty components are
+/// ignored, and so is a component `/` (the root dentry's own name), so an
+/// empty buffer is `/`.
+pub fn dir_from_components(buf: &[u8]) -> Vec<u8> {
+    let parts = buf
+        .split(|&b| b == 0)
+        .filter(|c| !c.is_empty() && *c != b"/")
+        .rev();
+    join_absolute(parts)
+}
+
+/// Renders a path for humans and JSON: valid UTF-8 passes through unchanged,
+/// every byte that is not part of valid UTF-8 becomes `\xNN` (lowercase hex).
+/// No byte is ever dropped, so two different paths never look the same
+/// unless one of them literally contains `\x..` text.
+pub fn escape_for_display(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// `/` followed by the parts joined with `/`; `/` alone when there are none.
+fn join_absolute<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> String {
+        String::from_utf8(normalize(p.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn normalize_dots_and_slashes() {
+        assert_eq!(n("/a/./b"), "/a/b");
+        assert_eq!(n("/a/b/../c"), "/a/c");
+        assert_eq!(n("//a///b//"), "/a/b");
+        assert_eq!(n("/a/b/"), "/a/b");
+        assert_eq!(n("/"), "/");
+        assert_eq!(n(""), "/");
+        assert_eq!(n("/."), "/");
+        assert_eq!(n("/a/.."), "/");
+    }
+
+    #[test]
+    fn normalize_never_goes_above_root() {
+        assert_eq!(n("/.."), "/");
+        assert_eq!(n("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(n("/a/../../b"), "/b");
+    }
+
+    #[test]
+    fn normalize_relative_is_rooted() {
+        assert_eq!(n("a/b"), "/a/b");
+        assert_eq!(n("./a/../b"), "/b");
+    }
+
+    #[test]
+    fn resolve_joins_relative_only() {
+        assert_eq!(resolve(b"/work/dir", b"x/../y.txt"), b"/work/dir/y.txt");
+        assert_eq!(resolve(b"/work/dir", b"../up"), b"/work/up");
+        assert_eq!(resolve(b"/work/dir", b"/etc//hosts"), b"/etc/hosts");
+        assert_eq!(resolve(b"/", b"a"), b"/a");
+        assert_eq!(resolve(b"/work/", b"."), b"/work");
+    }
+
+    #[test]
+    fn components_decode_leaf_to_root() {
+        assert_eq!(dir_from_components(b"c\0b\0a\0"), b"/a/b/c");
+        assert_eq!(dir_from_components(b"only\0"), b"/only");
+        assert_eq!(dir_from_components(b""), b"/");
+        assert_eq!(dir_from_components(b"\0\0"), b"/");
+        assert_eq!(dir_from_components(b"c\0\0b\0\0a\0"), b"/a/b/c");
+        assert_eq!(dir_from_components(b"c\0a\0/\0"), b"/a/c");
+        assert_eq!(dir_from_components(b"c\0b"), b"/b/c");
+        assert_eq!(dir_from_components(b"\xff\0tmp\0"), b"/tmp/\xff");
+    }
+
+    #[test]
+    fn escape_keeps_every_byte() {
+        assert_eq!(escape_for_display(b"/tmp/\xff\xfeok"), "/tmp/\\xff\\xfeok");
+        assert_eq!(escape_for_display("/tmp/é✓".as_bytes()), "/tmp/é✓");
+        // A truncated multi-byte sequence is escaped byte by byte.
+        assert_eq!(escape_for_display(b"a\xe2\x9c"), "a\\xe2\\x9c");
+        assert_eq!(escape_for_display(b"\x80"), "\\x80");
+        assert_eq!(escape_for_display(b""), "");
+    }
+
+    #[test]
+    fn long_paths_are_kept_whole() {
+        let mut long = Vec::new();
+        while long.len() < 5000 {
+            long.extend_from_slice(b"/component");
+        }
+        long.truncate(5000);
+        let norm = normalize(&long);
+        assert_eq!(norm, long);
+        assert_eq!(resolve(b"/base", &long[1..]).len(), 5000 + 5);
+        assert_eq!(escape_for_display(&long).len(), 5000);
+    }
+}

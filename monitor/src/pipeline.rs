@@ -1,0 +1,218 @@
+//! The event loop: drain the ring buffer (woken in batches by the kernel,
+//! and on a short timer), decode, enrich with process info, route through
+//! the registry, judge, fold, and write alerts. One task owns all state.
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{LOST_PENDING_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    alert::{Alert, ProcessInfo},
+    decode::{self, Event},
+    fold::Folder,
+    judge::Policy,
+    loader::Kernel,
+    metrics::Metrics,
+    processes::ProcessTable,
+    registry::{ActionView, Registry},
+    sinks::AlertSinks,
+};
+
+/// How often the reader drains without being woken: bounds alert latency
+/// while the kernel batches wakeups.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often cgroups and declarations are rescanned.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Records handled per wakeup before the loop looks at its timers again.
+const DRAIN_BATCH: usize = 8192;
+
+/// An event with the process facts resolved at the time it was read.
+pub struct Observed {
+    pub event: Event,
+    pub process: ProcessInfo,
+}
+
+pub struct Pipeline {
+    pub registry: Registry<Observed>,
+    pub policy: Policy,
+    pub processes: ProcessTable,
+    pub folder: Folder,
+    pub sinks: AlertSinks,
+    pub metrics: Arc<Metrics>,
+    pub fold_window: Duration,
+    /// Every alert written, kept for `monitor exec`'s summary and report.
+    pub keep_alerts: bool,
+    pub alerts: Vec<Alert>,
+    pub violations: u64,
+    lost_seen: [u64; LOST_REASONS as usize],
+}
+
+impl Pipeline {
+    pub fn new(
+        registry: Registry<Observed>,
+        policy: Policy,
+        sinks: AlertSinks,
+        metrics: Arc<Metrics>,
+        fold_window: Duration,
+        keep_alerts: bool,
+    ) -> Self {
+        Pipeline {
+            registry,
+            policy,
+            processes: ProcessTable::default(),
+            folder: Folder::default(),
+            sinks,
+            metrics,
+            fold_window,
+            keep_alerts,
+            alerts: Vec::new(),
+            violations: 0,
+            lost_seen: [0; LOST_REASONS as usize],
+        }
+    }
+
+    fn handle_record(&mut self, bytes: &[u8], now: Instant) {
+        let event = match decode::decode(bytes) {
+            Ok(event) => event,
+            Err(e) => {
+                log::warn!("undecodable event: {e}");
+                self.metrics.events_lost_total.with_label_values(&["decode_error"]).inc();
+                return;
+            }
+        };
+        self.metrics.events_total.with_label_values(&[event.metric_kind()]).inc();
+        let origin = event.origin().clone();
+        match &event {
+            Event::Exec(exec) => {
+                self.processes.exec(origin.pid, exec.exe.as_deref());
+                return;
+            }
+            Event::Exit(_) => {
+                self.processes.exit(origin.pid);
+                return;
+            }
+            Event::File(_) | Event::Connect(_) => {}
+        }
+        let process = ProcessInfo {
+            pid: origin.pid,
+            ppid: origin.ppid,
+            comm: origin.comm.clone(),
+            exe: self.processes.exe(origin.pid, origin.ppid),
+        };
+        let ready = self.registry.route(origin.action_cgroup_id, origin.scope as usize, Observed { event, process }, now);
+        self.judge_all(ready);
+    }
+
+    fn judge_all(&mut self, ready: Vec<(Observed, Arc<ActionView>)>) {
+        for (observed, action) in ready {
+            let violation = match &observed.event {
+                Event::File(f) => self.policy.judge_file(f, observed.process, &action),
+                Event::Connect(c) => self.policy.judge_connect(c, observed.process, &action),
+                Event::Exec(_) | Event::Exit(_) => None,
+            };
+            if let Some(v) = violation {
+                self.violations += 1;
+                let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
+                self.metrics
+                    .violations_total
+                    .with_label_values(&[v.alert.kind.as_str(), mnemonic])
+                    .inc();
+                self.folder.add(v.target, v.alert);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let ready = self.registry.tick(now);
+        self.judge_all(ready);
+    }
+
+    fn flush_alerts(&mut self) {
+        let alerts = self.folder.take();
+        if alerts.is_empty() {
+            return;
+        }
+        self.sinks.write(&alerts);
+        if self.keep_alerts {
+            self.alerts.extend(alerts);
+        }
+    }
+
+    /// Copies the kernel's lost-event counters into the metrics.
+    fn sync_lost(&mut self, kernel: &Kernel) {
+        let now = kernel.lost_counts();
+        for (reason, name) in [(LOST_RINGBUF_FULL, "ringbuf_full"), (LOST_PENDING_FULL, "pending_full")] {
+            let i = reason as usize;
+            let delta = now[i].saturating_sub(self.lost_seen[i]);
+            if delta > 0 {
+                log::warn!("kernel could not deliver {delta} events ({name})");
+                self.metrics.events_lost_total.with_label_values(&[name]).inc_by(delta);
+            }
+            self.lost_seen[i] = now[i];
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> usize {
+        let now = Instant::now();
+        let mut n = 0;
+        while n < limit {
+            let Some(item) = ring.next() else { break };
+            self.handle_record(&item, now);
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs until `stop` completes, then detaches the programs, drains what
+    /// is left, judges every held event and flushes every alert.
+    pub async fn run(&mut self, kernel: &mut Kernel, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let ring = kernel.events.take().expect("ring buffer taken once");
+        // SAFETY: the ring buffer map owns its fd and keeps it open for as
+        // long as the AsyncFd owns the map.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rescan = Instant::now();
+        let mut last_flush = Instant::now();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    if self.drain(guard.get_inner_mut(), DRAIN_BATCH) < DRAIN_BATCH {
+                        guard.clear_ready();
+                    }
+                }
+                _ = drain_timer.tick() => {
+                    while self.drain(ring.get_mut(), DRAIN_BATCH) == DRAIN_BATCH {}
+                    let now = Instant::now();
+                    if now.duration_since(last_rescan) >= RESCAN_INTERVAL {
+                        last_rescan = now;
+                        self.tick(now);
+                        self.sync_lost(kernel);
+                    }
+                    if now.duration_since(last_flush) >= self.fold_window {
+                        last_flush = now;
+                        self.flush_alerts();
+                    }
+                }
+            }
+        }
+        kernel.detach();
+        while self.drain(ring.get_mut(), usize::MAX) > 0 {}
+        self.sync_lost(kernel);
+        let ready = self.registry.release_all();
+        self.judge_all(ready);
+        self.flush_alerts();
+        self.sinks.flush();
+        Ok(())
+    }
+}

@@ -1,0 +1,425 @@
+//! Matching events against what is allowed: file path patterns and network
+//! rules. Pure logic, no I/O, so the verdict for any event can be unit-tested.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::str::FromStr;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::paths;
+
+/// A path pattern that could not be compiled: which one (by position and
+/// text) and why, so a config or declaration error can point at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid path pattern {pattern:?}: {reason}")]
+pub struct PatternError {
+    /// Position of the pattern in the list given to [`PathMatcher::new`].
+    pub index: usize,
+    pub pattern: String,
+    pub reason: String,
+}
+
+/// A set of absolute path patterns: exact paths (`/etc/ld.so.cache`) or globs
+/// where `*` and `?` stay within one component and `**` spans any number of
+/// components (globset syntax, so `[abc]` and `{a,b}` work too).
+///
+/// `/usr/**` matches everything *below* `/usr` but not `/usr` itself: opening
+/// a directory to list it is a different access from reading the files in
+/// it, and a user who wants both writes `/usr` as well.
+///
+/// Patterns are normalised like paths (`/usr//bin/` = `/usr/bin`), because
+/// the paths matched against them are normalised; callers pass normalised
+/// paths to [`PathMatcher::matches`]. Matching is on bytes, so non-UTF-8
+/// paths match wildcards (and `?` matches one byte of such a name).
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    set: GlobSet,
+}
+
+impl PathMatcher {
+    pub fn new(patterns: &[String]) -> Result<PathMatcher, PatternError> {
+        let mut builder = GlobSetBuilder::new();
+        for (index, pattern) in patterns.iter().enumerate() {
+            let error = |reason: String| PatternError {
+                index,
+                pattern: pattern.clone(),
+                reason,
+            };
+            if !pattern.starts_with('/') {
+                return Err(error("not an absolute path (must start with '/')".into()));
+            }
+            // Normalising only removes ASCII bytes and whole components from
+            // valid UTF-8, so the result is still valid UTF-8.
+            let normalized = String::from_utf8(paths::normalize(pattern.as_bytes()))
+                .expect("normalising UTF-8 keeps it UTF-8");
+            let glob = GlobBuilder::new(&normalized)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| error(e.kind().to_string()))?;
+            builder.add(glob);
+        }
+        // Only fails when the combined patterns exceed the regex size limit.
+        let set = builder.build().map_err(|e| PatternError {
+            index: patterns.len().saturating_sub(1),
+            pattern: patterns.last().cloned().unwrap_or_default(),
+            reason: format!("too many or too complex patterns: {e}"),
+        })?;
+        Ok(PathMatcher { set })
+    }
+
+    /// Whether the (normalised, absolute) path matches any pattern.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        self.set
+            .is_match(Path::new(std::ffi::OsStr::from_bytes(path)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+/// Why a CIDR string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR {input:?}: {reason}")]
+pub struct CidrError {
+    pub input: String,
+    pub reason: String,
+}
+
+/// An address block, `10.0.0.0/8` or `::1/128`. Host bits beyond the prefix
+/// are accepted and masked off (`10.1.2.3/8` is `10.0.0.0/8`): rejecting them
+/// would only annoy. IPv4-mapped IPv6 blocks (`::ffff:10.0.0.0/104`) are
+/// stored as their IPv4 equivalent, so the two spellings behave the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network address (host bits zero).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` lies in the block. An IPv4-mapped IPv6 address
+    /// (`::ffff:127.0.0.1`, what a dual-stack socket connects to) is judged
+    /// as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_v4(ip, self.prefix) == net,
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_v6(ip, self.prefix) == net,
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses become IPv4; everything else is unchanged.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+fn mask_v6(ip: Ipv6Addr, prefix: u8) -> Ipv6Addr {
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    Ipv6Addr::from(u128::from(ip) & mask)
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    /// `ADDR/PREFIX`, or a bare `ADDR` meaning a single host (/32 or /128).
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
+        let error = |reason: &str| CidrError {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (addr_text, prefix_text) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| error("not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max && p.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| error(&format!("prefix must be a number from 0 to {max}")))?,
+        };
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+                _ => (addr, prefix),
+            },
+            IpAddr::V4(_) => (addr, prefix),
+        };
+        let addr = match addr {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, prefix)),
+            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix)),
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Cidr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One allowed destination: an address block and, optionally, one port
+/// (no port = every port). Written `{ cidr = "127.0.0.1/32", port = 8080 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRule {
+    pub cidr: Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// An allow-list of destinations. Empty means deny all: an action that was
+/// not granted network access must not have any.
+#[derive(Debug, Clone, Default)]
+pub struct NetMatcher {
+    rules: Vec<NetRule>,
+}
+
+impl NetMatcher {
+    pub fn new(rules: Vec<NetRule>) -> NetMatcher {
+        NetMatcher { rules }
+    }
+
+    /// Whether some rule admits a connection to `ip`:`port`.
+    pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.cidr.contains(ip) && r.port.is_none_or(|p| p == port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(patterns: &[&str]) -> PathMatcher {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        PathMatcher::new(&patterns).unwrap()
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn exact_paths_match_only_themselves() {
+        let m = matcher(&["/etc/ld.so.cache"]);
+        assert!(m.matches(b"/etc/ld.so.cache"));
+        assert!(!m.matches(b"/etc/ld.so.cache2"));
+        assert!(!m.matches(b"/etc/ld.so"));
+        assert!(!m.matches(b"/etc/ldXso.cache"), "'.' is literal");
+        assert!(!m.is_empty());
+        assert!(matcher(&[]).is_empty());
+        assert!(!matcher(&[]).matches(b"/"));
+    }
+
+    #[test]
+    fn star_stays_within_one_component() {
+        let m = matcher(&["/tmp/*.txt"]);
+        assert!(m.matches(b"/tmp/a.txt"));
+        assert!(m.matches(b"/tmp/.txt"));
+        assert!(!m.matches(b"/tmp/sub/a.txt"));
+        assert!(!m.matches(b"/tmp/a.txt/x"));
+    }
+
+    #[test]
+    fn question_mark_is_one_char_not_slash() {
+        let m = matcher(&["/dev/tty?"]);
+        assert!(m.matches(b"/dev/tty1"));
+        assert!(!m.matches(b"/dev/tty"));
+        assert!(!m.matches(b"/dev/tty12"));
+        assert!(!matcher(&["/a?b"]).matches(b"/a/b"));
+    }
+
+    #[test]
+    fn double_star_spans_components_but_not_the_dir_itself() {
+        let m = matcher(&["/usr/**"]);
+        assert!(m.matches(b"/usr/bin/cat"));
+        assert!(m.matches(b"/usr/a/b/c"));
+        assert!(m.matches(b"/usr/x"));
+        assert!(
+            !m.matches(b"/usr"),
+            "documented: the directory itself is not matched"
+        );
+        assert!(!m.matches(b"/usrlocal/x"));
+        assert!(!m.matches(b"/opt/usr/x"));
+        let mid = matcher(&["/src/**/BUILD"]);
+        assert!(mid.matches(b"/src/BUILD"));
+        assert!(mid.matches(b"/src/a/b/BUILD"));
+        assert!(!mid.matches(b"/src/a/BUILD.bak"));
+    }
+
+    #[test]
+    fn patterns_are_normalised() {
+        let m = matcher(&["/usr//lib/./x/"]);
+        assert!(m.matches(b"/usr/lib/x"));
+    }
+
+    #[test]
+    fn non_utf8_paths_match() {
+        let m = matcher(&["/tmp/*", "/exact/\u{e9}"]);
+        assert!(m.matches(b"/tmp/\xff\xfe"));
+        assert!(!m.matches(b"/tmp/\xff/x"));
+        assert!(m.matches("/exact/é".as_bytes()));
+        assert!(
+            !m.matches(b"/exact/\xe9"),
+            "Latin-1 byte is not the UTF-8 char"
+        );
+    }
+
+    #[test]
+    fn relative_or_broken_patterns_are_errors() {
+        let patterns = vec!["/ok".to_string(), "usr/**".to_string()];
+        let err = PathMatcher::new(&patterns).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert_eq!(err.pattern, "usr/**");
+        assert!(err.to_string().contains("\"usr/**\""), "{err}");
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err = PathMatcher::new(&["/a/[b".to_string()]).unwrap_err();
+        assert_eq!(err.index, 0);
+        assert!(err.reason.contains("unclosed"), "{err}");
+        assert!(PathMatcher::new(&[String::new()]).is_err());
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(
+            cidr("10.1.2.3/8").to_string(),
+            "10.0.0.0/8",
+            "host bits masked"
+        );
+        assert_eq!(cidr("127.0.0.1").to_string(), "127.0.0.1/32");
+        assert_eq!(cidr("::1").to_string(), "::1/128");
+        assert_eq!(cidr("2001:db8::1/32").to_string(), "2001:db8::/32");
+        assert_eq!(cidr("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(cidr("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/8");
+        for bad in [
+            "300.1.1.1/8",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/x",
+            "",
+            "/8",
+            "10.0.0.0/+8",
+        ] {
+            let err = bad.parse::<Cidr>().unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid CIDR {bad:?}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn cidr_contains_v4_v6_and_mapped() {
+        let lo = cidr("127.0.0.0/8");
+        assert!(lo.contains(ip("127.0.0.1")));
+        assert!(lo.contains(ip("127.255.0.9")));
+        assert!(!lo.contains(ip("128.0.0.1")));
+        assert!(
+            lo.contains(ip("::ffff:127.0.0.1")),
+            "mapped address matches v4 block"
+        );
+        assert!(!lo.contains(ip("::1")));
+        let v6 = cidr("2001:db8::/32");
+        assert!(v6.contains(ip("2001:db8:1::5")));
+        assert!(!v6.contains(ip("2001:db9::5")));
+        assert!(!v6.contains(ip("32.1.13.184")));
+        assert!(cidr("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!cidr("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(cidr("::/0").contains(ip("2001:db8::1")));
+        assert!(cidr("::ffff:127.0.0.1").contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn net_rules_and_ports() {
+        let rules: Vec<NetRule> = serde_json::from_str(
+            r#"[{"cidr": "127.0.0.1/32", "port": 8080}, {"cidr": "10.0.0.0/8"}]"#,
+        )
+        .unwrap();
+        let m = NetMatcher::new(rules);
+        assert!(m.allows(ip("127.0.0.1"), 8080));
+        assert!(m.allows(ip("::ffff:127.0.0.1"), 8080));
+        assert!(!m.allows(ip("127.0.0.1"), 8081));
+        assert!(!m.allows(ip("127.0.0.2"), 8080));
+        assert!(m.allows(ip("10.9.9.9"), 1), "no port = any port");
+        assert!(m.allows(ip("10.9.9.9"), 65535));
+        assert!(!m.allows(ip("11.0.0.1"), 80));
+        let none = NetMatcher::new(Vec::new());
+        assert!(none.is_empty());
+        assert!(!none.allows(ip("127.0.0.1"), 80), "empty = deny all");
+    }
+
+    #[test]
+    fn net_rule_serde() {
+        let rule: NetRule = serde_json::from_str(r#"{"cidr": "::1"}"#).unwrap();
+        assert_eq!(rule.port, None);
+        assert_eq!(
+            serde_json::to_string(&rule).unwrap(),
+            r#"{"cidr":"::1/128"}"#
+        );
+        let bad = serde_json::from_str::<NetRule>(r#"{"cidr": "::1", "proto": "tcp"}"#);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("unknown field `proto`")
+        );
+        let bad = serde_json::from_str::<NetRule>(r#"{"cidr": "1.2.3.4/40"}"#);
+        assert!(bad.unwrap_err().to_string().contains("invalid CIDR"));
+        let bad = serde_json::from_str::<NetRule>(r#"{"cidr": "::1", "port": 70000}"#);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,328 @@
+//! `cargo xtask demo`: a short live demonstration on this machine only
+//! (loopback). One action, in its own cgroup, reads a declared and an
+//! undeclared file and connects to an allowed and a denied port; the monitor
+//! must raise exactly one `undeclared_file` and one `network_egress` alert.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use serde_json::{Value, json};
+
+use crate::{
+    build, setup,
+    util::{
+        CgroupGuard, Daemon, display, free_port, get_metrics, is_root, join_cgroup_on_spawn,
+        target_dir, wait_healthz, write_atomic,
+    },
+};
+
+/// Debian's interpreter, not whatever `python3` is first on PATH: a pyenv or
+/// venv shim would open many files outside `/usr` and raise alerts of its own.
+const PYTHON: &str = "/usr/bin/python3";
+const ACTION: &str = "demo-action-1";
+
+pub fn run() -> Result<()> {
+    match demo() {
+        Ok(summary) => {
+            println!("{summary}");
+            println!("DEMO OK");
+            Ok(())
+        }
+        Err(error) => {
+            println!("DEMO FAILED: {error:#}");
+            bail!("the demo failed")
+        }
+    }
+}
+
+/// Binds 127.0.0.1:0 and accepts (and closes) connections in a thread for the
+/// rest of the process; returns the port.
+fn spawn_listener() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a listener on 127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    Ok(port)
+}
+
+/// `path` as a double-quoted string literal, valid in Python and TOML (a JSON
+/// string is both).
+fn quoted(path: &Path) -> Result<String> {
+    let path = path
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?;
+    Ok(serde_json::to_string(path)?)
+}
+
+fn demo() -> Result<String> {
+    ensure!(
+        is_root(),
+        "the demo needs root (it loads eBPF programs and creates cgroups): run `sudo -E cargo xtask demo`"
+    );
+    setup::run()?;
+    build::run(build::Options { release: false })?;
+    let monitor_bin = target_dir()?.join("debug").join("monitor");
+    ensure!(
+        monitor_bin.is_file(),
+        "{} does not exist after the build",
+        monitor_bin.display()
+    );
+
+    let tmp = tempfile::Builder::new()
+        .prefix("monitor-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let tmp = tmp
+        .path()
+        .canonicalize()
+        .context("canonicalising the temporary directory")?;
+    let declarations = tmp.join("declarations");
+    let src = tmp.join("src");
+    let secret = tmp.join("secret");
+    for dir in [&declarations, &src, &secret] {
+        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let declared = src.join("declared.txt");
+    let undeclared = secret.join("undeclared.txt");
+    let alerts = tmp.join("alerts.jsonl");
+
+    // Declared after the guards they need, so that the monitor and the
+    // listeners stop before the cgroups go.
+    let cgroups = CgroupGuard::create_fresh("monitor-demo")?;
+    let allowed_port = spawn_listener()?;
+    let denied_port = spawn_listener()?;
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+
+    let config = format!(
+        r#"[attribution]
+cgroup_parents = [{parent}]
+declarations_dir = {declarations}
+
+[network]
+allow = [{{ cidr = "127.0.0.1/32", port = {allowed_port} }}]
+
+[alerts]
+stdout = true
+file = {alerts}
+fold_window_ms = 300
+
+[metrics]
+listen = "{metrics_addr}"
+"#,
+        parent = quoted(cgroups.path())?,
+        declarations = quoted(&declarations)?,
+        alerts = quoted(&alerts)?,
+    );
+    let config_path = tmp.join("monitor.toml");
+    fs::write(&config_path, &config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    println!("demo: config {}:\n{config}", config_path.display());
+    println!("demo: allowed port {allowed_port}, denied port {denied_port}");
+
+    let mut cmd = Command::new(&monitor_bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null());
+    println!("demo: starting `{}`", display(&cmd));
+    let mut monitor = Daemon::spawn("the monitor", &mut cmd)?;
+    wait_healthz(&mut monitor, metrics_addr, Duration::from_secs(20))?;
+    println!("demo: the monitor is up (http://{metrics_addr}/healthz answers)");
+
+    let action = cgroups.create_child(ACTION)?;
+    fs::write(&declared, "declared input\n")
+        .with_context(|| format!("writing {}", declared.display()))?;
+    fs::write(&undeclared, "not for this action\n")
+        .with_context(|| format!("writing {}", undeclared.display()))?;
+    let declaration = json!({
+        "cgroup": action,
+        "label": "//demo:hello",
+        "mnemonic": "Genrule",
+        "inputs": [declared],
+    });
+    let declaration_path = declarations.join(format!("{ACTION}.json"));
+    write_atomic(
+        &declaration_path,
+        serde_json::to_string_pretty(&declaration)?.as_bytes(),
+    )?;
+    println!(
+        "demo: action cgroup {} declared in {}",
+        action.display(),
+        declaration_path.display()
+    );
+    // Give the monitor a moment to pick up the new declaration.
+    thread::sleep(Duration::from_millis(500));
+
+    let script = format!(
+        r#"import socket
+open({declared}).read()
+open({undeclared}).read()
+print("demo action: read declared.txt and undeclared.txt")
+for port in ({allowed_port}, {denied_port}):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        print(f"demo action: connected to 127.0.0.1:{{port}}")
+    except OSError as error:
+        print(f"demo action: connecting to 127.0.0.1:{{port}} failed: {{error}}")
+"#,
+        declared = quoted(&declared)?,
+        undeclared = quoted(&undeclared)?,
+    );
+    let mut child = Command::new(PYTHON);
+    // -I -S: no user site, no cwd on sys.path, no site import: the
+    // interpreter opens only its own files under /usr and /lib. TZ avoids
+    // /etc/localtime.
+    child
+        .args(["-I", "-S", "-c", &script])
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    join_cgroup_on_spawn(&mut child, &action)?;
+    println!(
+        "demo: running the action ({PYTHON}) in {}",
+        action.display()
+    );
+    let status = child
+        .status()
+        .with_context(|| format!("failed to start {PYTHON} in cgroup {}", action.display()))?;
+    ensure!(
+        status.success(),
+        "the demo action ({PYTHON} -c …) failed: {status}"
+    );
+
+    // Let the fold window (300 ms) close.
+    thread::sleep(Duration::from_secs(1));
+
+    let metrics = get_metrics(metrics_addr)?;
+    println!("demo: metrics (http://{metrics_addr}/metrics):");
+    for line in metrics
+        .lines()
+        .filter(|line| line.starts_with("build_monitor_"))
+    {
+        println!("  {line}");
+    }
+
+    let status = monitor.stop(libc::SIGTERM, Duration::from_secs(15))?;
+    ensure!(
+        status.success(),
+        "the monitor exited with {status} after SIGTERM (expected 0)"
+    );
+    println!("demo: the monitor stopped cleanly");
+
+    let text = match fs::read_to_string(&alerts) {
+        Ok(text) => text,
+        // A monitor may create the file with its first alert.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            println!(
+                "demo: the monitor wrote no alerts file ({})",
+                alerts.display()
+            );
+            String::new()
+        }
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("reading the alerts file {}", alerts.display()));
+        }
+    };
+    println!("demo: alerts file {}:", alerts.display());
+    for line in text.lines() {
+        println!("  {line}");
+    }
+
+    summarise(&text, &undeclared, denied_port)
+}
+
+/// Counts the alerts by kind and checks that exactly the two expected ones
+/// were raised.
+fn summarise(alerts: &str, undeclared: &Path, denied_port: u16) -> Result<String> {
+    let mut kinds = BTreeMap::<String, Vec<Value>>::new();
+    for (number, line) in alerts.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let alert: Value = serde_json::from_str(line)
+            .with_context(|| format!("alert line {} is not JSON: {line}", number + 1))?;
+        let kind = alert["kind"].as_str().unwrap_or("<no kind>").to_owned();
+        kinds.entry(kind).or_default().push(alert);
+    }
+    let mut summary = String::from("demo: alerts by kind:");
+    for (kind, list) in &kinds {
+        summary.push_str(&format!("\n  {kind}: {}", list.len()));
+    }
+    if kinds.is_empty() {
+        summary.push_str("\n  (none)");
+    }
+
+    let mut problems = Vec::new();
+    let target = |alert: &Value| match alert["kind"].as_str() {
+        Some("undeclared_file") => alert["file"]["path"].to_string(),
+        Some("network_egress") => format!("{}:{}", alert["net"]["addr"], alert["net"]["port"]),
+        _ => alert.to_string(),
+    };
+    let files = kinds
+        .get("undeclared_file")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let undeclared = undeclared.to_string_lossy();
+    if files.len() != 1 || files[0]["file"]["path"].as_str() != Some(&*undeclared) {
+        let seen: Vec<_> = files.iter().map(target).collect();
+        problems.push(format!(
+            "expected exactly 1 undeclared_file alert, for {undeclared}; got {}: {seen:?}",
+            files.len()
+        ));
+    }
+    let egress = kinds
+        .get("network_egress")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if egress.len() != 1 || egress[0]["net"]["port"].as_u64() != Some(u64::from(denied_port)) {
+        let seen: Vec<_> = egress.iter().map(target).collect();
+        problems.push(format!(
+            "expected exactly 1 network_egress alert, for 127.0.0.1:{denied_port}; got {}: {seen:?}",
+            egress.len()
+        ));
+    }
+    for (kind, list) in &kinds {
+        if kind != "undeclared_file" && kind != "network_egress" {
+            problems.push(format!("unexpected {} alert(s) of kind {kind}", list.len()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(summary)
+    } else {
+        println!("{summary}");
+        Err(anyhow!(problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_exactly_the_two_expected_alerts() {
+        let alerts = r#"{"kind":"undeclared_file","file":{"path":"/tmp/x/secret/undeclared.txt"}}
+{"kind":"network_egress","net":{"addr":"127.0.0.1","port":4242}}
+"#;
+        let undeclared = Path::new("/tmp/x/secret/undeclared.txt");
+        assert!(summarise(alerts, undeclared, 4242).is_ok());
+        assert!(summarise(alerts, undeclared, 4243).is_err());
+        let extra = format!(
+            "{alerts}{}\n",
+            r#"{"kind":"undeclared_file","file":{"path":"/etc/localtime"}}"#
+        );
+        let error = summarise(&extra, undeclared, 4242).unwrap_err().to_string();
+        assert!(error.contains("/etc/localtime"), "{error}");
+    }
+}

@@ -1,0 +1,205 @@
+//! `cargo xtask setup`: everything building and testing need, each step
+//! checked before it is done, so that a warm machine pays nothing and root is
+//! needed only when something must be installed.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{display, exec, is_root, output};
+
+/// Debian packages the build and the tests need. Add new ones here.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    // LLVM matching rustc's, for bpf-linker.
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // Benchmark baseline and test tools.
+    "bpftrace",
+    "iproute2",
+    "python3",
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn run() -> Result<()> {
+    debian_packages().context("setup: Debian packages")?;
+    nightly().context("setup: rustup nightly toolchain")?;
+    bpf_linker().context("setup: bpf-linker")?;
+    tracefs().context("setup: tracefs")?;
+    Ok(())
+}
+
+fn is_installed(package: &str) -> Result<bool> {
+    let mut cmd = Command::new("dpkg-query");
+    cmd.args(["-W", "-f=${Status}", package]);
+    let out = cmd
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("failed to start `{}`", display(&cmd)))?;
+    // dpkg-query fails for packages it has never heard of: not installed.
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn debian_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in DEBIAN_PACKAGES {
+        if !is_installed(package)? {
+            missing.push(*package);
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: Debian packages: ok ({})", DEBIAN_PACKAGES.join(" "));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing {}; installing them needs root: run `sudo cargo xtask setup` or \
+             `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("setup: Debian packages: installing {}", missing.join(" "));
+    exec(Command::new("apt-get").arg("update"))?;
+    exec(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing),
+    )?;
+    let still_missing: Vec<_> = missing
+        .iter()
+        .filter(|package| !is_installed(package).unwrap_or(false))
+        .collect();
+    if !still_missing.is_empty() {
+        bail!("apt-get install succeeded but {still_missing:?} are still not installed");
+    }
+    println!("setup: Debian packages: installed {}", missing.join(" "));
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let has_nightly = toolchains.lines().any(|line| {
+        line.starts_with("nightly-") || line.split_whitespace().next() == Some("nightly")
+    });
+    if has_nightly {
+        println!("setup: rustup nightly toolchain: ok");
+    } else {
+        println!("setup: rustup nightly toolchain: installing");
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if components.lines().any(|line| line.trim() == "rust-src") {
+        println!("setup: nightly rust-src: ok");
+    } else {
+        println!("setup: nightly rust-src: installing");
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The version line of the bpf-linker on PATH, if any.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn bpf_linker() -> Result<()> {
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let found = bpf_linker_version();
+    if found.as_deref() == Some(wanted.as_str()) {
+        println!("setup: {wanted}: ok");
+        return Ok(());
+    }
+    match &found {
+        Some(other) => println!("setup: bpf-linker: found {other:?}, installing {wanted}"),
+        None => println!("setup: bpf-linker: installing {wanted} (about a minute)"),
+    }
+    // Without LLVM 22's bin directory first on PATH the build finds no LLVM
+    // (`unable to find library -lLLVM`).
+    let mut path = OsString::from(LLVM_BIN);
+    if let Some(old) = env::var_os("PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    exec(Command::new("cargo").env("PATH", path).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))?;
+    if bpf_linker_version().as_deref() != Some(wanted.as_str()) {
+        let cargo_bin = env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+            .map(|home| home.join("bin").display().to_string())
+            .unwrap_or_else(|| "cargo's bin directory".to_owned());
+        bail!(
+            "installed {wanted}, but `bpf-linker --version` does not say so: is {cargo_bin} on PATH?"
+        );
+    }
+    println!("setup: {wanted}: installed");
+    Ok(())
+}
+
+fn tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.exists() {
+        println!("setup: tracefs: ok ({TRACEFS})");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "tracefs is not mounted ({} is missing) and mounting it needs root: run \
+             `sudo mount -t tracefs tracefs {TRACEFS}` or `sudo cargo xtask setup`",
+            events.display()
+        );
+    }
+    exec(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
+    if !events.exists() {
+        bail!(
+            "mounted tracefs on {TRACEFS}, but {} is still missing",
+            events.display()
+        );
+    }
+    println!("setup: tracefs: mounted on {TRACEFS}");
+    Ok(())
+}
