@@ -2,66 +2,124 @@
 //! up the dentry tree, crossing mount points. Components are written leaf
 //! first, each followed by NUL, which keeps every write at a growing, bounded
 //! offset the verifier accepts; userspace reverses them.
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel_str;
+//!
+//! The walk runs under `bpf_loop`, so the verifier checks one step once
+//! instead of every unrolled iteration.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 use monitor_common::{DIR_CAPACITY, KernelOffsets, MAX_DIR_DEPTH, NAME_CAPACITY};
 
-use crate::task::read;
+use crate::{
+    maps::{SCRATCH, SETTINGS},
+    task::read,
+};
 
 pub struct Walk {
     pub len: u32,
     pub truncated: bool,
 }
 
-/// Walks the path whose `struct path` starts at `path_ptr` (kernel address)
-/// into `buf[0..DIR_CAPACITY]`.
-#[inline(always)]
-pub fn walk_path(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Option<Walk> {
-    let dentry: u64 = read(path_ptr, o.path_dentry);
-    let vfsmnt: u64 = read(path_ptr, o.path_mnt);
-    walk(o, dentry, vfsmnt, buf)
+const RUNNING: u64 = 0;
+const DONE: u64 = 1;
+const TRUNCATED: u64 = 2;
+const FAILED: u64 = 3;
+
+/// Loop state shared with the `bpf_loop` callback (lives on the stack).
+#[repr(C)]
+struct WalkState {
+    dentry: u64,
+    vfsmnt: u64,
+    mount: u64,
+    pos: u64,
+    status: u64,
 }
 
+/// Walks the path whose `struct path` starts at `path_ptr` (kernel address)
+/// into the per-CPU scratch `data[0..DIR_CAPACITY]`.
 #[inline(always)]
-fn walk(o: &KernelOffsets, mut dentry: u64, mut vfsmnt: u64, buf: *mut u8) -> Option<Walk> {
+pub fn walk_path(o: &KernelOffsets, path_ptr: u64) -> Option<Walk> {
+    let dentry: u64 = read(path_ptr, o.path_dentry);
+    let vfsmnt: u64 = read(path_ptr, o.path_mnt);
     if dentry == 0 || vfsmnt == 0 {
         return None;
     }
-    let mut mount = vfsmnt - o.mount_mnt as u64;
-    let mut pos: usize = 0;
-    for _ in 0..MAX_DIR_DEPTH {
-        let mnt_root: u64 = read(vfsmnt, o.vfsmount_root);
-        if dentry == mnt_root {
-            let parent: u64 = read(mount, o.mount_parent);
-            if parent == mount || parent == 0 {
-                return Some(Walk { len: pos as u32, truncated: false });
-            }
-            dentry = read(mount, o.mount_mountpoint);
-            mount = parent;
-            vfsmnt = parent + o.mount_mnt as u64;
-            continue;
-        }
-        let parent: u64 = read(dentry, o.dentry_parent);
-        if parent == dentry || parent == 0 {
-            return Some(Walk { len: pos as u32, truncated: false });
-        }
-        if pos >= DIR_CAPACITY - NAME_CAPACITY {
-            return Some(Walk { len: pos as u32, truncated: true });
-        }
-        let name: u64 = read(dentry, o.dentry_name + o.qstr_name);
-        // SAFETY: `pos < DIR_CAPACITY - NAME_CAPACITY`, so the write of at
-        // most NAME_CAPACITY bytes stays inside buf[0..DIR_CAPACITY].
-        let n = unsafe {
-            bpf_probe_read_kernel_str(
-                buf.add(pos & (DIR_CAPACITY - 1)).cast(),
-                NAME_CAPACITY as u32,
-                name as *const _,
-            )
-        };
-        if n <= 0 {
-            return None;
-        }
-        pos += n as usize;
-        dentry = parent;
+    let mut state = WalkState {
+        dentry,
+        vfsmnt,
+        mount: vfsmnt - o.mount_mnt as u64,
+        pos: 0,
+        status: RUNNING,
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects and only
+    // touches `state` through the pointer given here.
+    unsafe {
+        bpf_loop(
+            MAX_DIR_DEPTH,
+            step as *mut c_void,
+            (&mut state as *mut WalkState).cast(),
+            0,
+        )
+    };
+    match state.status {
+        DONE => Some(Walk { len: state.pos as u32, truncated: false }),
+        // Ran out of iterations or of room: what we have is the leaf end.
+        RUNNING | TRUNCATED => Some(Walk { len: state.pos as u32, truncated: true }),
+        _ => None,
     }
-    Some(Walk { len: pos as u32, truncated: true })
+}
+
+/// One step up the tree. Returns 1 to stop the loop.
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the WalkState passed to bpf_loop above.
+    let s = unsafe { &mut *(ctx as *mut WalkState) };
+    let Some(settings) = SETTINGS.get(0) else {
+        s.status = FAILED;
+        return 1;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        s.status = FAILED;
+        return 1;
+    };
+    let o = &settings.offsets;
+    let mnt_root: u64 = read(s.vfsmnt, o.vfsmount_root);
+    if s.dentry == mnt_root {
+        let parent: u64 = read(s.mount, o.mount_parent);
+        if parent == s.mount || parent == 0 {
+            s.status = DONE;
+            return 1;
+        }
+        s.dentry = read(s.mount, o.mount_mountpoint);
+        s.mount = parent;
+        s.vfsmnt = parent + o.mount_mnt as u64;
+        return 0;
+    }
+    let parent: u64 = read(s.dentry, o.dentry_parent);
+    if parent == s.dentry || parent == 0 {
+        s.status = DONE;
+        return 1;
+    }
+    let pos = s.pos as usize;
+    if pos >= DIR_CAPACITY - NAME_CAPACITY {
+        s.status = TRUNCATED;
+        return 1;
+    }
+    let name: u64 = read(s.dentry, o.dentry_name + o.qstr_name);
+    // SAFETY: pos < DIR_CAPACITY - NAME_CAPACITY, so at most NAME_CAPACITY
+    // bytes from there stay inside `data`.
+    let n = unsafe {
+        let data = (*scratch).data.as_mut_ptr();
+        bpf_probe_read_kernel_str(
+            data.add(pos & (DIR_CAPACITY - 1)).cast(),
+            NAME_CAPACITY as u32,
+            name as *const _,
+        )
+    };
+    if n <= 0 {
+        s.status = FAILED;
+        return 1;
+    }
+    s.pos = (pos + n as usize) as u64;
+    s.dentry = parent;
+    0
 }

@@ -73,7 +73,7 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
                 let file = file_of_fd(o, dirfd);
                 if file == 0 { 0 } else { file + o.file_path as u64 }
             };
-            match if base == 0 { None } else { walk_path(o, base, data) } {
+            match if base == 0 { None } else { walk_path(o, base) } {
                 None => hflags |= FLAG_DIR_UNRESOLVED,
                 Some(w) => {
                     dir_len = w.len as usize & (DIR_CAPACITY - 1);

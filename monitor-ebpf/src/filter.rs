@@ -23,7 +23,10 @@ pub struct Match {
 #[inline(always)]
 pub fn current_action(settings: &Settings) -> Option<Match> {
     let count = settings.scope_count;
-    let mut best: Option<Match> = None;
+    // Plain initialised locals rather than an Option<Match>: the verifier
+    // rejects reads of the uninitialised payload LLVM spills for `None`.
+    let mut found = false;
+    let mut best = Match { action_cgroup_id: 0, scope: 0, flags: 0 };
     let mut best_level: u32 = 0;
     for i in 0..MAX_SCOPES {
         if i >= count {
@@ -46,10 +49,11 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
         } else {
             scope.cgroup_id
         };
-        if best.is_none() || scope.level >= best_level {
+        if !found || scope.level >= best_level {
+            found = true;
             best_level = scope.level;
-            best = Some(Match { action_cgroup_id: action, scope: i, flags: scope.flags });
+            best = Match { action_cgroup_id: action, scope: i, flags: scope.flags };
         }
     }
-    best
+    if found { Some(best) } else { None }
 }

@@ -31,7 +31,7 @@ pub fn on_exec(settings: &Settings, m: &Match) -> Option<()> {
     if exe == 0 {
         ev.header.flags |= FLAG_DIR_UNRESOLVED;
     } else {
-        match walk_path(o, exe + o.file_path as u64, scratch.data.as_mut_ptr()) {
+        match walk_path(o, exe + o.file_path as u64) {
             None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
             Some(w) => {
                 len = w.len as usize & (DIR_CAPACITY - 1);
