@@ -3,5 +3,8 @@ use which::which;
 
 fn main() {
     let bpf_linker = which("bpf-linker").expect("bpf-linker not found: run `cargo xtask setup`");
-    println!("cargo:rerun-if-changed={}", bpf_linker.to_str().unwrap_or_default());
+    println!(
+        "cargo:rerun-if-changed={}",
+        bpf_linker.to_str().unwrap_or_default()
+    );
 }

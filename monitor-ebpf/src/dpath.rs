@@ -62,9 +62,15 @@ pub fn walk_path(o: &KernelOffsets, path_ptr: u64) -> Option<Walk> {
         )
     };
     match state.status {
-        DONE => Some(Walk { len: state.pos as u32, truncated: false }),
+        DONE => Some(Walk {
+            len: state.pos as u32,
+            truncated: false,
+        }),
         // Ran out of iterations or of room: what we have is the leaf end.
-        RUNNING | TRUNCATED => Some(Walk { len: state.pos as u32, truncated: true }),
+        RUNNING | TRUNCATED => Some(Walk {
+            len: state.pos as u32,
+            truncated: true,
+        }),
         _ => None,
     }
 }

@@ -1,9 +1,7 @@
 //! File opens: `open`, `creat`, `openat`, `openat2`, reported at exit with
 //! the result. Relative paths get their base directory (cwd or dirfd)
 //! resolved here, while the task still exists.
-use aya_ebpf::helpers::{
-    bpf_probe_read_user, generated::bpf_probe_read_user_str,
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
     DIR_CAPACITY, EventKind, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED,
     FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY,
@@ -27,14 +25,26 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
     let a = &pending.args;
     let (syscall, dirfd, path, flags, mode) = match pending.nr {
         NR_OPEN => (SYSCALL_OPEN, AT_FDCWD, a[0], a[1], a[2] as u32),
-        NR_CREAT => (SYSCALL_CREAT, AT_FDCWD, a[0], O_CREAT_WRONLY_TRUNC, a[1] as u32),
+        NR_CREAT => (
+            SYSCALL_CREAT,
+            AT_FDCWD,
+            a[0],
+            O_CREAT_WRONLY_TRUNC,
+            a[1] as u32,
+        ),
         NR_OPENAT => (SYSCALL_OPENAT, a[0] as i32, a[1], a[2], a[3] as u32),
         NR_OPENAT2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
             // SAFETY: bpf_probe_read_user checks the address.
             let how_flags = unsafe { bpf_probe_read_user(a[2] as *const u64) }.unwrap_or(0);
             let how_mode = unsafe { bpf_probe_read_user((a[2] + 8) as *const u64) }.unwrap_or(0);
-            (SYSCALL_OPENAT2, a[0] as i32, a[1], how_flags, how_mode as u32)
+            (
+                SYSCALL_OPENAT2,
+                a[0] as i32,
+                a[1],
+                how_flags,
+                how_mode as u32,
+            )
         }
         _ => return None,
     };
@@ -71,7 +81,11 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
                 if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
             } else {
                 let file = file_of_fd(o, dirfd);
-                if file == 0 { 0 } else { file + o.file_path as u64 }
+                if file == 0 {
+                    0
+                } else {
+                    file + o.file_path as u64
+                }
             };
             match if base == 0 { None } else { walk_path(o, base) } {
                 None => hflags |= FLAG_DIR_UNRESOLVED,
@@ -109,6 +123,10 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
     ev.dir_len = dir_len as u32;
     ev.path_len = path_len as u32;
     let total = core::mem::size_of::<FileEvent>() + dir_len + path_len;
-    submit(settings, (scratch as *const crate::maps::Scratch).cast(), total);
+    submit(
+        settings,
+        (scratch as *const crate::maps::Scratch).cast(),
+        total,
+    );
     Some(())
 }

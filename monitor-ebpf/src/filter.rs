@@ -26,7 +26,11 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
     // Plain initialised locals rather than an Option<Match>: the verifier
     // rejects reads of the uninitialised payload LLVM spills for `None`.
     let mut found = false;
-    let mut best = Match { action_cgroup_id: 0, scope: 0, flags: 0 };
+    let mut best = Match {
+        action_cgroup_id: 0,
+        scope: 0,
+        flags: 0,
+    };
     let mut best_level: u32 = 0;
     for i in 0..MAX_SCOPES {
         if i >= count {
@@ -52,7 +56,11 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
         if !found || scope.level >= best_level {
             found = true;
             best_level = scope.level;
-            best = Match { action_cgroup_id: action, scope: i, flags: scope.flags };
+            best = Match {
+                action_cgroup_id: action,
+                scope: i,
+                flags: scope.flags,
+            };
         }
     }
     if found { Some(best) } else { None }

@@ -58,11 +58,17 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     }
     let regs: u64 = ctx.arg(0);
     // SAFETY: bpf_probe_read_kernel checks the addresses.
-    let arg = |off: u32| unsafe { bpf_probe_read_kernel((regs + off as u64) as *const u64) }.unwrap_or(0);
+    let arg =
+        |off: u32| unsafe { bpf_probe_read_kernel((regs + off as u64) as *const u64) }.unwrap_or(0);
     let pending = PendingSyscall {
         nr,
         action_cgroup_id: m.action_cgroup_id,
-        args: [arg(PT_REGS_DI), arg(PT_REGS_SI), arg(PT_REGS_DX), arg(PT_REGS_R10)],
+        args: [
+            arg(PT_REGS_DI),
+            arg(PT_REGS_SI),
+            arg(PT_REGS_DX),
+            arg(PT_REGS_R10),
+        ],
         scope: m.scope,
         _pad: 0,
     };

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    FileEvent, LOST_REASONS, MAX_SCOPES, PendingSyscall, Scope, Settings, DIR_CAPACITY,
-    PATH_CAPACITY,
+    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, PendingSyscall, Scope,
+    Settings,
 };
 
 /// Events of monitored actions, read by userspace.

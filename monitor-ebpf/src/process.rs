@@ -1,7 +1,10 @@
 //! Process lifecycle of monitored tasks: exec (with the executable's path
 //! resolved from `mm->exe_file`) and exit, so userspace knows each pid's
 //! executable and can forget it when the process ends.
-use monitor_common::{EventKind, ExitEvent, FileEvent, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, DIR_CAPACITY, Settings};
+use monitor_common::{
+    DIR_CAPACITY, EventKind, ExitEvent, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FileEvent,
+    Settings,
+};
 
 use crate::{
     dpath::walk_path,

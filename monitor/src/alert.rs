@@ -84,6 +84,9 @@ pub struct FileInfo {
     pub flags: u64,
     /// Syscall result: fd or `-errno`.
     pub result: i64,
+    /// Why the path is less than certain (truncated, unresolved base
+    /// directory); said in the message.
+    pub caveat: Option<&'static str>,
 }
 
 /// The connection behind a `network_egress` alert.
@@ -240,6 +243,9 @@ impl Alert {
                     escape_for_display(&f.path),
                     open_flags_to_string(f.flags)
                 );
+                if let Some(caveat) = f.caveat {
+                    let _ = write!(m, " [{caveat}]");
+                }
                 f.result
             }
             (AlertKind::NetworkEgress, _, Some(n)) => {
@@ -429,6 +435,7 @@ mod tests {
                 op: "open",
                 flags: libc::O_RDONLY as u64,
                 result: 3,
+                caveat: None,
             }),
             net: None,
             verdict: Verdict::Observed,

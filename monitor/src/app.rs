@@ -57,33 +57,50 @@ pub fn parent_scopes(config: &Config, root: &Path) -> Result<Vec<Scope>, StartEr
                 .map_err(|e| StartError::Config(e.context("attribution.cgroup_parents")))?;
             if !path.exists() {
                 std::fs::create_dir_all(path).map_err(|e| {
-                    StartError::Kernel(anyhow::anyhow!("cannot create cgroup parent {}: {e}", path.display()))
+                    StartError::Kernel(anyhow::anyhow!(
+                        "cannot create cgroup parent {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 log::info!("created cgroup parent {}", path.display());
             }
             let id = cgroup::id_of(path).map_err(StartError::Kernel)?;
-            Ok(Scope { path: path.clone(), id, level, kind: ScopeKind::Parent })
+            Ok(Scope {
+                path: path.clone(),
+                id,
+                level,
+                kind: ScopeKind::Parent,
+            })
         })
         .collect()
 }
 
-pub async fn start(config: &Config, scopes: Vec<Scope>, keep_alerts: bool, metrics_required: bool) -> Result<Running, StartError> {
+pub async fn start(
+    config: &Config,
+    scopes: Vec<Scope>,
+    keep_alerts: bool,
+    metrics_required: bool,
+) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let (stop_metrics, stop_rx) = watch::channel(false);
-    let mut metrics_task = None;
+    // Bind now (a bad address is a config error, reported before loading),
+    // serve only once the programs are attached, so /healthz means "watching".
+    let mut listener = None;
     if let Some(addr) = config.metrics.listen {
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                metrics_task = Some(tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx)));
-            }
+            Ok(l) => listener = Some(l),
             Err(e) if metrics_required => {
-                return Err(StartError::Config(anyhow::anyhow!("metrics.listen: cannot listen on {addr}: {e}")));
+                return Err(StartError::Config(anyhow::anyhow!(
+                    "metrics.listen: cannot listen on {addr}: {e}"
+                )));
             }
-            Err(e) => log::warn!("metrics.listen: cannot listen on {addr} ({e}); continuing without /metrics"),
+            Err(e) => log::warn!(
+                "metrics.listen: cannot listen on {addr} ({e}); continuing without /metrics"
+            ),
         }
     }
     let policy = Policy {
-        files_allow: PathMatcher::new(&config.files.allow).map_err(|e| StartError::Config(e.into()))?,
+        files_allow: PathMatcher::new(&config.files.allow)
+            .map_err(|e| StartError::Config(e.into()))?,
         network_allow: NetMatcher::new(config.network.allow.clone()),
     };
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
@@ -97,14 +114,21 @@ pub async fn start(config: &Config, scopes: Vec<Scope>, keep_alerts: bool, metri
             },
         })
         .collect();
-    let kernel = Kernel::load(&kernel_scopes, DEFAULT_WAKEUP_THRESHOLD).map_err(StartError::Kernel)?;
+    let kernel =
+        Kernel::load(&kernel_scopes, DEFAULT_WAKEUP_THRESHOLD).map_err(StartError::Kernel)?;
+    let (stop_metrics, stop_rx) = watch::channel(false);
+    let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
         scopes,
         config.attribution.declarations_dir.clone(),
         Duration::from_millis(config.attribution.declaration_wait_ms),
         metrics.clone(),
     );
-    let sinks = AlertSinks::new(config.alerts.stdout, config.alerts.file.clone(), metrics.clone());
+    let sinks = AlertSinks::new(
+        config.alerts.stdout,
+        config.alerts.file.clone(),
+        metrics.clone(),
+    );
     let pipeline = Pipeline::new(
         registry,
         policy,
@@ -113,7 +137,13 @@ pub async fn start(config: &Config, scopes: Vec<Scope>, keep_alerts: bool, metri
         Duration::from_millis(config.alerts.fold_window_ms.max(1)),
         keep_alerts,
     );
-    Ok(Running { kernel, pipeline, metrics, stop_metrics, metrics_task })
+    Ok(Running {
+        kernel,
+        pipeline,
+        metrics,
+        stop_metrics,
+        metrics_task,
+    })
 }
 
 impl Running {
@@ -128,7 +158,10 @@ impl Running {
 /// Completes on SIGTERM or SIGINT.
 pub async fn termination_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         log::error!("cannot install signal handlers");
         return std::future::pending().await;
     };

@@ -12,8 +12,10 @@ use anyhow::{Context as _, bail};
 /// The cgroup v2 mount point, read from `/proc/self/mountinfo` (hybrid hosts
 /// mount it at `/sys/fs/cgroup/unified`, pure-v2 hosts at `/sys/fs/cgroup`).
 pub fn v2_root() -> anyhow::Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    v2_root_from_mountinfo(&info).context("no cgroup2 file system is mounted (the monitor needs cgroup v2)")
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    v2_root_from_mountinfo(&info)
+        .context("no cgroup2 file system is mounted (the monitor needs cgroup v2)")
 }
 
 fn v2_root_from_mountinfo(info: &str) -> Option<PathBuf> {
@@ -37,18 +39,31 @@ pub fn id_of(path: &Path) -> anyhow::Result<u64> {
 /// Depth of `path` below the cgroup v2 root `root` (the root is level 0).
 pub fn level_of(root: &Path, path: &Path) -> anyhow::Result<u32> {
     let rel = path.strip_prefix(root).with_context(|| {
-        format!("{} is not inside the cgroup v2 hierarchy at {}", path.display(), root.display())
+        format!(
+            "{} is not inside the cgroup v2 hierarchy at {}",
+            path.display(),
+            root.display()
+        )
     })?;
     let level = rel.components().count();
-    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        bail!("{} must be a plain path below {}", path.display(), root.display());
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        bail!(
+            "{} must be a plain path below {}",
+            path.display(),
+            root.display()
+        );
     }
     Ok(level as u32)
 }
 
 /// Child cgroups of `parent` with their ids.
 pub fn children(parent: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = fs::read_dir(parent) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| {
@@ -78,8 +93,14 @@ mod tests {
     fn finds_cgroup2_in_hybrid_mountinfo() {
         let info = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory\n\
                     36 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw\n";
-        assert_eq!(v2_root_from_mountinfo(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(v2_root_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            v2_root_from_mountinfo(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            v2_root_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 
     #[test]

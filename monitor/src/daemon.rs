@@ -16,9 +16,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "monitoring {} cgroup parent(s); declarations from {}; metrics on {}",
         config.attribution.cgroup_parents.len(),
         config.attribution.declarations_dir.display(),
-        config.metrics.listen.map(|a| a.to_string()).unwrap_or_else(|| "(off)".into()),
+        config
+            .metrics
+            .listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "(off)".into()),
     );
-    let app::Running { kernel, pipeline, .. } = &mut running;
+    let app::Running {
+        kernel, pipeline, ..
+    } = &mut running;
     pipeline
         .run(kernel, app::termination_signal())
         .await

@@ -48,7 +48,9 @@ pub fn parse(text: &str, source: &Path) -> Result<Declaration, String> {
         return Err(format!("cgroup {:?} is not an absolute path", raw.cgroup));
     }
     let inputs = PathMatcher::new(&raw.inputs).map_err(|e| e.to_string())?;
-    let cgroup = PathBuf::from(OsString::from_vec(paths::normalize(raw.cgroup.as_os_str().as_bytes())));
+    let cgroup = PathBuf::from(OsString::from_vec(paths::normalize(
+        raw.cgroup.as_os_str().as_bytes(),
+    )));
     Ok(Declaration {
         cgroup,
         label: raw.label,
@@ -69,12 +71,17 @@ pub struct DeclarationStore {
 
 impl DeclarationStore {
     pub fn new(dir: PathBuf) -> Self {
-        DeclarationStore { dir, ..Default::default() }
+        DeclarationStore {
+            dir,
+            ..Default::default()
+        }
     }
 
     /// Reads new and changed `*.json` files. Returns how many were invalid.
     pub fn rescan(&mut self) -> u64 {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
         let mut invalid = 0;
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
@@ -82,7 +89,10 @@ impl DeclarationStore {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
-            let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
             if self.seen.get(&path) == Some(&stamp) {
                 continue;
             }
@@ -119,7 +129,10 @@ mod tests {
             "inputs": ["/abs/path/a.txt", "/abs/dir/**"],
             "network": [{"cidr": "127.0.0.1/32", "port": 8080}]}"#;
         let d = parse(text, Path::new("/d/a.json")).unwrap();
-        assert_eq!(d.cgroup, Path::new("/sys/fs/cgroup/unified/ci/job-1/action-7"));
+        assert_eq!(
+            d.cgroup,
+            Path::new("/sys/fs/cgroup/unified/ci/job-1/action-7")
+        );
         assert_eq!(d.label.as_deref(), Some("//pkg:target"));
         assert!(d.inputs.matches(b"/abs/path/a.txt"));
         assert!(d.inputs.matches(b"/abs/dir/x/y"));
@@ -130,9 +143,18 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
-        for text in ["", "{", "[]", r#"{"cgroup": "rel/x"}"#, r#"{"cgroup": "/x", "bogus": 1}"#,
-                     r#"{"cgroup": "/x", "inputs": ["relative"]}"#] {
-            assert!(parse(text, Path::new("/d/x.json")).is_err(), "accepted {text:?}");
+        for text in [
+            "",
+            "{",
+            "[]",
+            r#"{"cgroup": "rel/x"}"#,
+            r#"{"cgroup": "/x", "bogus": 1}"#,
+            r#"{"cgroup": "/x", "inputs": ["relative"]}"#,
+        ] {
+            assert!(
+                parse(text, Path::new("/d/x.json")).is_err(),
+                "accepted {text:?}"
+            );
         }
     }
 
@@ -141,11 +163,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = DeclarationStore::new(dir.path().to_path_buf());
         assert_eq!(store.rescan(), 0);
-        fs::write(dir.path().join("a.json"), r#"{"cgroup": "/cg/a", "label": "//a"}"#).unwrap();
+        fs::write(
+            dir.path().join("a.json"),
+            r#"{"cgroup": "/cg/a", "label": "//a"}"#,
+        )
+        .unwrap();
         fs::write(dir.path().join("b.json"), "not json").unwrap();
         fs::write(dir.path().join("ignored.txt"), "not json").unwrap();
         assert_eq!(store.rescan(), 1);
-        assert_eq!(store.for_cgroup(Path::new("/cg/a")).unwrap().label.as_deref(), Some("//a"));
+        assert_eq!(
+            store
+                .for_cgroup(Path::new("/cg/a"))
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("//a")
+        );
         // Unchanged files are not re-read (and not re-counted).
         assert_eq!(store.rescan(), 0);
     }

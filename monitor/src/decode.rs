@@ -121,7 +121,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Some(EventKind::Connect) => {
             let ev: ConnectEvent = read(bytes)?;
             let addr = match ev.family {
-                AF_INET => IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3])),
+                AF_INET => IpAddr::V4(Ipv4Addr::new(
+                    ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+                )),
                 AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
                 other => return Err(DecodeError::UnknownKind(other as u32)),
             };
@@ -190,7 +192,10 @@ fn origin(h: &EventHeader) -> Origin {
 pub fn wall_clock(ktime_ns: u64) -> SystemTime {
     static BOOT: OnceLock<SystemTime> = OnceLock::new();
     let boot = *BOOT.get_or_init(|| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid pointer to a timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
@@ -219,7 +224,10 @@ mod tests {
         ev.path_len = path.len() as u32;
         // SAFETY: plain data viewed as bytes.
         let mut out = unsafe {
-            std::slice::from_raw_parts((&ev as *const FileEvent).cast::<u8>(), size_of::<FileEvent>())
+            std::slice::from_raw_parts(
+                (&ev as *const FileEvent).cast::<u8>(),
+                size_of::<FileEvent>(),
+            )
         }
         .to_vec();
         out.extend_from_slice(dir);
@@ -230,7 +238,9 @@ mod tests {
     #[test]
     fn relative_path_is_joined_with_reversed_dir_components() {
         let rec = file_record(0, b"work\0home\0", b"../etc/./passwd");
-        let Event::File(f) = decode(&rec).unwrap() else { panic!("not a file event") };
+        let Event::File(f) = decode(&rec).unwrap() else {
+            panic!("not a file event")
+        };
         assert_eq!(f.path, b"/home/etc/passwd");
         assert_eq!(f.origin.comm, "cat");
         assert_eq!(f.origin.pid, 42);
@@ -241,17 +251,23 @@ mod tests {
     #[test]
     fn absolute_path_ignores_dir_and_keeps_non_utf8_bytes() {
         let rec = file_record(0, b"", b"/tmp//\xff\xfe");
-        let Event::File(f) = decode(&rec).unwrap() else { panic!("not a file event") };
+        let Event::File(f) = decode(&rec).unwrap() else {
+            panic!("not a file event")
+        };
         assert_eq!(f.path, b"/tmp/\xff\xfe");
     }
 
     #[test]
     fn flags_mark_truncated_and_unresolved() {
         let rec = file_record(FLAG_PATH_TRUNCATED, b"", b"/a");
-        let Event::File(f) = decode(&rec).unwrap() else { panic!() };
+        let Event::File(f) = decode(&rec).unwrap() else {
+            panic!()
+        };
         assert!(f.truncated);
         let rec = file_record(FLAG_DIR_UNRESOLVED, b"", b"rel/x");
-        let Event::File(f) = decode(&rec).unwrap() else { panic!() };
+        let Event::File(f) = decode(&rec).unwrap() else {
+            panic!()
+        };
         assert!(f.unresolved);
         assert_eq!(f.path, b"rel/x");
     }

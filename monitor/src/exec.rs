@@ -41,7 +41,11 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
         path: job_dir.clone(),
         id: cgroup::id_of(&job_dir).map_err(StartError::Kernel)?,
         level: cgroup::level_of(&root, &job_dir).map_err(StartError::Kernel)?,
-        kind: ScopeKind::Job { id: job_id, label: None, mnemonic: Some("Command".into()) },
+        kind: ScopeKind::Job {
+            id: job_id,
+            label: None,
+            mnemonic: Some("Command".into()),
+        },
     });
     let mut running = app::start(&config, scopes, true, false).await?;
 
@@ -51,21 +55,43 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
     let stop = async {
         status = Some(child.wait().await);
     };
-    let app::Running { kernel, pipeline, .. } = &mut running;
-    pipeline.run(kernel, stop).await.map_err(StartError::Kernel)?;
+    let app::Running {
+        kernel, pipeline, ..
+    } = &mut running;
+    pipeline
+        .run(kernel, stop)
+        .await
+        .map_err(StartError::Kernel)?;
     running.stop_metrics().await;
 
-    let status = status.expect("the command was awaited").map_err(|e| StartError::Kernel(e.into()))?;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
+    let status = status
+        .expect("the command was awaited")
+        .map_err(|e| StartError::Kernel(e.into()))?;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
     let lost: u64 = ["ringbuf_full", "pending_full", "decode_error"]
         .iter()
-        .map(|r| running.metrics.events_lost_total.with_label_values(&[r]).get())
+        .map(|r| {
+            running
+                .metrics
+                .events_lost_total
+                .with_label_values(&[r])
+                .get()
+        })
         .sum();
     let pipeline = &running.pipeline;
     eprint!("{}", summary(&pipeline.alerts, pipeline.violations, lost));
     if let Some(path) = &opts.report {
-        write_report(path, &opts.command, code, pipeline.violations, lost, &pipeline.alerts)
-            .map_err(StartError::Config)?;
+        write_report(
+            path,
+            &opts.command,
+            code,
+            pipeline.violations,
+            lost,
+            &pipeline.alerts,
+        )
+        .map_err(StartError::Config)?;
     }
     Ok(if pipeline.violations > 0 { 1 } else { code })
 }
@@ -84,7 +110,11 @@ fn spawn_in_cgroup(command: &[OsString], cgroup: &Path) -> anyhow::Result<tokio:
             }
             let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
             libc::close(fd);
-            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
     Ok(cmd.spawn()?)
@@ -143,7 +173,7 @@ fn write_report(
         "events_lost": lost,
         "alerts": alerts,
     });
-    std::fs::write(path, serde_json::to_vec_pretty(&report)? )
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("--report: cannot write {}", path.display()))
 }
 

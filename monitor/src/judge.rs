@@ -29,8 +29,25 @@ pub struct Violation {
 
 const EFAULT: i64 = 14;
 
+fn caveat(ev: &FileOpen) -> Option<&'static str> {
+    if ev.unreadable {
+        Some("the path could not be read from the process")
+    } else if ev.unresolved {
+        Some("relative path; its base directory could not be resolved")
+    } else if ev.truncated {
+        Some("path truncated: longer than the kernel buffer")
+    } else {
+        None
+    }
+}
+
 impl Policy {
-    pub fn judge_file(&self, ev: &FileOpen, process: ProcessInfo, action: &Arc<ActionView>) -> Option<Violation> {
+    pub fn judge_file(
+        &self,
+        ev: &FileOpen,
+        process: ProcessInfo,
+        action: &Arc<ActionView>,
+    ) -> Option<Violation> {
         if !action.judge_files {
             return None;
         }
@@ -41,7 +58,10 @@ impl Policy {
         // A truncated or unresolved path cannot be proven declared.
         let provable = !ev.truncated && !ev.unresolved && !ev.unreadable;
         if provable {
-            let declared = action.declaration.as_ref().is_some_and(|d| d.inputs.matches(&ev.path));
+            let declared = action
+                .declaration
+                .as_ref()
+                .is_some_and(|d| d.inputs.matches(&ev.path));
             if declared || self.files_allow.matches(&ev.path) {
                 return None;
             }
@@ -53,7 +73,13 @@ impl Policy {
                 kind: AlertKind::UndeclaredFile,
                 action: action.info.clone(),
                 process,
-                file: Some(FileInfo { path: ev.path.clone(), op: "open", flags: ev.open_flags, result: ev.result }),
+                file: Some(FileInfo {
+                    path: ev.path.clone(),
+                    op: "open",
+                    flags: ev.open_flags,
+                    result: ev.result,
+                    caveat: caveat(ev),
+                }),
                 net: None,
                 verdict: Verdict::Observed,
                 count: 1,
@@ -61,8 +87,16 @@ impl Policy {
         })
     }
 
-    pub fn judge_connect(&self, ev: &Connect, process: ProcessInfo, action: &Arc<ActionView>) -> Option<Violation> {
-        let declared = action.declaration.as_ref().is_some_and(|d| d.network.allows(ev.addr, ev.port));
+    pub fn judge_connect(
+        &self,
+        ev: &Connect,
+        process: ProcessInfo,
+        action: &Arc<ActionView>,
+    ) -> Option<Violation> {
+        let declared = action
+            .declaration
+            .as_ref()
+            .is_some_and(|d| d.network.allows(ev.addr, ev.port));
         if declared || self.network_allow.allows(ev.addr, ev.port) {
             return None;
         }
@@ -80,7 +114,13 @@ impl Policy {
                 action: action.info.clone(),
                 process,
                 file: None,
-                net: Some(NetInfo { proto, addr: ev.addr, port: ev.port, result: ev.result, netns: Some(ev.netns) }),
+                net: Some(NetInfo {
+                    proto,
+                    addr: ev.addr,
+                    port: ev.port,
+                    result: ev.result,
+                    netns: Some(ev.netns),
+                }),
                 verdict: Verdict::Observed,
                 count: 1,
             },

@@ -45,19 +45,24 @@ impl Kernel {
     pub fn load(scopes: &[Scope], wakeup_threshold: u64) -> anyhow::Result<Kernel> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            bail!("loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run the monitor as root");
+            bail!(
+                "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run the monitor as root"
+            );
         }
         raise_memlock_limit();
         let offsets = kernel_offsets()?;
         let object = crate::ebpf_object();
         if object.is_empty() {
-            bail!("this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable");
+            bail!(
+                "this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable"
+            );
         }
         let mut ebpf = EbpfLoader::new()
             .load(object)
             .context("loading the kernel programs failed")?;
         let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).with_context(|| format!("map {name} missing from the kernel object"))
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the kernel object"))
         };
         let settings_map = Array::try_from(take(&mut ebpf, "SETTINGS")?)?;
         let scopes_map = Array::try_from(take(&mut ebpf, "SCOPES")?)?;
@@ -96,7 +101,10 @@ impl Kernel {
     /// count grows, so the kernel never reads a half-written entry.
     pub fn set_scopes(&mut self, scopes: &[Scope]) -> anyhow::Result<()> {
         if scopes.len() > MAX_SCOPES as usize {
-            bail!("at most {MAX_SCOPES} cgroup scopes can be monitored, {} given", scopes.len());
+            bail!(
+                "at most {MAX_SCOPES} cgroup scopes can be monitored, {} given",
+                scopes.len()
+            );
         }
         for (i, scope) in scopes.iter().enumerate() {
             self.scopes_map.set(i as u32, scope, 0)?;
@@ -126,7 +134,10 @@ impl Kernel {
 }
 
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (kernels since 5.11 do not need it)");
@@ -137,7 +148,10 @@ fn raise_memlock_limit() {
 /// kernel's BTF, and checks the syscall register layout they assume.
 pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
     if !Path::new(crate::btf::SYS_FS_VMLINUX).exists() {
-        bail!("kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)", crate::btf::SYS_FS_VMLINUX);
+        bail!(
+            "kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)",
+            crate::btf::SYS_FS_VMLINUX
+        );
     }
     let btf = Btf::from_sys_fs()?;
     let off = |ty: &str, member: &str| {
@@ -153,7 +167,9 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
     ] {
         let found = off("pt_regs", member)?;
         if found != expected {
-            bail!("unsupported kernel: pt_regs.{member} is at offset {found}, the programs expect {expected} (x86_64 only)");
+            bail!(
+                "unsupported kernel: pt_regs.{member} is at offset {found}, the programs expect {expected} (x86_64 only)"
+            );
         }
     }
     Ok(KernelOffsets {

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use monitor::{app::StartError, config::Config, daemon, exec};
 
 #[derive(Parser)]
-#[command(name = "monitor", version, about = "Watches, from the kernel, what build actions open and connect to, and reports what they did not declare.")]
+#[command(
+    name = "monitor",
+    version,
+    about = "Watches, from the kernel, what build actions open and connect to, and reports what they did not declare."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("monitor: cannot start the async runtime: {e}");
@@ -80,9 +87,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Exec { config, report, enforce, command } => {
+        Command::Exec {
+            config,
+            report,
+            enforce,
+            command,
+        } => {
             if enforce {
-                eprintln!("monitor: --enforce is not available yet: egress is reported, not blocked");
+                eprintln!(
+                    "monitor: --enforce is not available yet: egress is reported, not blocked"
+                );
                 return ExitCode::from(2);
             }
             let config = match load_config(config.as_ref()) {

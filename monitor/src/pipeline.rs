@@ -81,11 +81,17 @@ impl Pipeline {
             Ok(event) => event,
             Err(e) => {
                 log::warn!("undecodable event: {e}");
-                self.metrics.events_lost_total.with_label_values(&["decode_error"]).inc();
+                self.metrics
+                    .events_lost_total
+                    .with_label_values(&["decode_error"])
+                    .inc();
                 return;
             }
         };
-        self.metrics.events_total.with_label_values(&[event.metric_kind()]).inc();
+        self.metrics
+            .events_total
+            .with_label_values(&[event.metric_kind()])
+            .inc();
         let origin = event.origin().clone();
         match &event {
             Event::Exec(exec) => {
@@ -104,7 +110,12 @@ impl Pipeline {
             comm: origin.comm.clone(),
             exe: self.processes.exe(origin.pid, origin.ppid),
         };
-        let ready = self.registry.route(origin.action_cgroup_id, origin.scope as usize, Observed { event, process }, now);
+        let ready = self.registry.route(
+            origin.action_cgroup_id,
+            origin.scope as usize,
+            Observed { event, process },
+            now,
+        );
         self.judge_all(ready);
     }
 
@@ -146,12 +157,18 @@ impl Pipeline {
     /// Copies the kernel's lost-event counters into the metrics.
     fn sync_lost(&mut self, kernel: &Kernel) {
         let now = kernel.lost_counts();
-        for (reason, name) in [(LOST_RINGBUF_FULL, "ringbuf_full"), (LOST_PENDING_FULL, "pending_full")] {
+        for (reason, name) in [
+            (LOST_RINGBUF_FULL, "ringbuf_full"),
+            (LOST_PENDING_FULL, "pending_full"),
+        ] {
             let i = reason as usize;
             let delta = now[i].saturating_sub(self.lost_seen[i]);
             if delta > 0 {
                 log::warn!("kernel could not deliver {delta} events ({name})");
-                self.metrics.events_lost_total.with_label_values(&[name]).inc_by(delta);
+                self.metrics
+                    .events_lost_total
+                    .with_label_values(&[name])
+                    .inc_by(delta);
             }
             self.lost_seen[i] = now[i];
         }
@@ -170,12 +187,17 @@ impl Pipeline {
 
     /// Runs until `stop` completes, then detaches the programs, drains what
     /// is left, judges every held event and flushes every alert.
-    pub async fn run(&mut self, kernel: &mut Kernel, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        &mut self,
+        kernel: &mut Kernel,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let ring = kernel.events.take().expect("ring buffer taken once");
         // SAFETY: the ring buffer map owns its fd and keeps it open for as
         // long as the AsyncFd owns the map.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)?;
         let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
         drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rescan = Instant::now();

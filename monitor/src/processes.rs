@@ -34,7 +34,9 @@ impl ProcessTable {
         }
         let found = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
-            .map(|p| paths::escape_for_display(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())))
+            .map(|p| {
+                paths::escape_for_display(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+            })
             .or_else(|| self.exe.get(&ppid).cloned())?;
         self.exe.insert(pid, found.clone());
         Some(found)

@@ -26,7 +26,11 @@ pub enum ScopeKind {
     Parent,
     /// The cgroup itself is one job, judged against the network policy only
     /// (`monitor exec`'s command tree).
-    Job { id: String, label: Option<String>, mnemonic: Option<String> },
+    Job {
+        id: String,
+        label: Option<String>,
+        mnemonic: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -70,7 +74,12 @@ pub struct Registry<T> {
 }
 
 impl<T> Registry<T> {
-    pub fn new(scopes: Vec<Scope>, declarations_dir: PathBuf, wait: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        scopes: Vec<Scope>,
+        declarations_dir: PathBuf,
+        wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut registry = Registry {
             scopes,
             cgroup_paths: HashMap::new(),
@@ -98,7 +107,13 @@ impl<T> Registry<T> {
         now: Instant,
     ) -> Vec<(T, Arc<ActionView>)> {
         if !self.actions.contains_key(&action_id) {
-            let state = ActionState { scope, view: None, held: Vec::new(), deadline: None, gone_since: None };
+            let state = ActionState {
+                scope,
+                view: None,
+                held: Vec::new(),
+                deadline: None,
+                gone_since: None,
+            };
             self.actions.insert(action_id, state);
             self.try_resolve(action_id, now);
         }
@@ -109,7 +124,9 @@ impl<T> Registry<T> {
         state.deadline.get_or_insert(now + self.wait);
         state.held.push(item);
         if state.held.len() >= MAX_HELD_PER_ACTION {
-            log::warn!("action cgroup {action_id}: {MAX_HELD_PER_ACTION} events waiting for a declaration; judging without one");
+            log::warn!(
+                "action cgroup {action_id}: {MAX_HELD_PER_ACTION} events waiting for a declaration; judging without one"
+            );
             self.resolve(action_id, None, None);
         } else {
             self.try_resolve(action_id, now);
@@ -150,7 +167,9 @@ impl<T> Registry<T> {
 
     fn take_released(&mut self, id: u64) -> Vec<(T, Arc<ActionView>)> {
         let state = self.actions.get_mut(&id).expect("known action");
-        let Some(view) = state.view.clone() else { return Vec::new() };
+        let Some(view) = state.view.clone() else {
+            return Vec::new();
+        };
         std::mem::take(&mut state.held)
             .into_iter()
             .map(|item| (item, view.clone()))
@@ -188,7 +207,8 @@ impl<T> Registry<T> {
             let since = *state.gone_since.get_or_insert(now);
             !(state.held.is_empty() && now.duration_since(since) > FORGET_AFTER)
         });
-        self.cgroup_paths.retain(|id, _| present.contains(id) || self.actions.contains_key(id));
+        self.cgroup_paths
+            .retain(|id, _| present.contains(id) || self.actions.contains_key(id));
     }
 
     fn try_resolve(&mut self, id: u64, now: Instant) {
@@ -211,7 +231,9 @@ impl<T> Registry<T> {
             }
         }
         let path = self.cgroup_paths.get(&id).cloned();
-        let declaration = path.as_deref().and_then(|p| self.declarations.for_cgroup(p));
+        let declaration = path
+            .as_deref()
+            .and_then(|p| self.declarations.for_cgroup(p));
         if declaration.is_some() || (already.is_none() && deadline_passed) {
             self.resolve(id, path, declaration);
         }
@@ -224,7 +246,11 @@ impl<T> Registry<T> {
         let scope = &self.scopes[state.scope];
         let first_time = state.view.is_none();
         let (info, judge_files) = match &scope.kind {
-            ScopeKind::Job { id: job_id, label, mnemonic } => (
+            ScopeKind::Job {
+                id: job_id,
+                label,
+                mnemonic,
+            } => (
                 ActionInfo {
                     id: job_id.clone(),
                     cgroup: scope.path.display().to_string(),
@@ -241,7 +267,10 @@ impl<T> Registry<T> {
                         .and_then(Path::file_name)
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| format!("cgroup-{id}")),
-                    cgroup: path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    cgroup: path
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                     cgroup_id: id,
                     label: declaration.as_ref().and_then(|d| d.label.clone()),
                     mnemonic: declaration.as_ref().and_then(|d| d.mnemonic.clone()),
@@ -251,9 +280,16 @@ impl<T> Registry<T> {
         };
         if first_time {
             let mnemonic = info.mnemonic.as_deref().unwrap_or("unknown");
-            self.metrics.actions_total.with_label_values(&[mnemonic]).inc();
+            self.metrics
+                .actions_total
+                .with_label_values(&[mnemonic])
+                .inc();
         }
-        state.view = Some(Arc::new(ActionView { info, declaration, judge_files }));
+        state.view = Some(Arc::new(ActionView {
+            info,
+            declaration,
+            judge_files,
+        }));
         state.deadline = None;
     }
 }

@@ -239,6 +239,7 @@ mod tests {
                 op: "open",
                 flags: 0,
                 result: 3,
+                caveat: None,
             }),
             net: None,
             verdict: Verdict::Observed,

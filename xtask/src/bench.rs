@@ -27,7 +27,7 @@ use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
-        output, target_dir, wait_healthz, workspace_root, write_atomic,
+        output, target_dir, wait_healthz, wait_until_tracing, workspace_root, write_atomic,
     },
 };
 
@@ -375,6 +375,14 @@ listen = "{addr}"
         let mut daemon = Daemon::spawn("the monitor", &mut cmd)?;
         wait_healthz(&mut daemon, addr, Duration::from_secs(20))
             .with_context(|| format!("starting the monitor; {}", tail(&stderr_path)))?;
+        wait_until_tracing(
+            &mut daemon,
+            addr,
+            &self.action_cgroup,
+            &self.file,
+            Duration::from_secs(20),
+        )
+        .with_context(|| format!("starting the monitor; {}", tail(&stderr_path)))?;
         Ok(RunningMonitor {
             daemon,
             addr,

@@ -20,7 +20,7 @@ use crate::{
     build, setup,
     util::{
         CgroupGuard, Daemon, display, free_port, get_metrics, is_root, join_cgroup_on_spawn,
-        target_dir, wait_healthz, write_atomic,
+        target_dir, wait_healthz, wait_until_tracing, write_atomic,
     },
 };
 
@@ -97,8 +97,8 @@ fn demo() -> Result<String> {
     let undeclared = secret.join("undeclared.txt");
     let alerts = tmp.join("alerts.jsonl");
 
-    // Declared after the guards they need, so that the monitor and the
-    // listeners stop before the cgroups go.
+    // Locals drop in reverse order: the monitor stops before the cgroups
+    // are removed, and those before the temporary directory.
     let cgroups = CgroupGuard::create_fresh("monitor-demo")?;
     let allowed_port = spawn_listener()?;
     let denied_port = spawn_listener()?;
@@ -161,8 +161,18 @@ listen = "{metrics_addr}"
         action.display(),
         declaration_path.display()
     );
-    // Give the monitor a moment to pick up the new declaration.
-    thread::sleep(Duration::from_millis(500));
+    // /healthz may answer before the kernel programs are attached: wait until
+    // an open of the declared input, from the action cgroup, is counted.
+    let probes = wait_until_tracing(
+        &mut monitor,
+        metrics_addr,
+        &action,
+        &declared,
+        Duration::from_secs(20),
+    )?;
+    println!(
+        "demo: the monitor traces the action cgroup ({probes} probe open(s) of the declared input)"
+    );
 
     let script = format!(
         r#"import socket

@@ -455,6 +455,64 @@ pub fn wait_healthz(daemon: &mut Daemon, addr: SocketAddr, timeout: Duration) ->
     }
 }
 
+/// Waits until the monitor really traces `cgroup`: `/healthz` may answer as
+/// soon as the metrics listener is up, before the kernel programs are
+/// attached. Runs `cargo xtask bench-worker` (this binary) in `cgroup` to open
+/// `path` once, until `build_monitor_events_total{kind="file"}` moves; `path`
+/// should be one the action may open (declared), so that no alert is raised.
+/// Returns how many probe opens were issued.
+pub fn wait_until_tracing(
+    daemon: &mut Daemon,
+    addr: SocketAddr,
+    cgroup: &Path,
+    path: &Path,
+    timeout: Duration,
+) -> Result<u64> {
+    let exe = std::env::current_exe().context("locating the xtask binary (current_exe)")?;
+    let file_events =
+        |text: &str| metric_sum(text, "build_monitor_events_total", Some(("kind", "file")));
+    let before = file_events(&get_metrics(addr)?);
+    let deadline = Instant::now() + timeout;
+    let mut probes = 0;
+    loop {
+        if let Some(status) = daemon.try_wait()? {
+            bail!(
+                "{} exited ({status}) before it traced anything",
+                daemon.name
+            );
+        }
+        let mut probe = Command::new(&exe);
+        probe
+            .arg("bench-worker")
+            .arg("--path")
+            .arg(path)
+            .arg("--cgroup")
+            .arg(cgroup)
+            .args(["--iterations", "1", "--warmup", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        exec(&mut probe).context("running the readiness probe")?;
+        probes += 1;
+        // The monitor drains its ring buffer every few milliseconds.
+        let probe_deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < probe_deadline {
+            if file_events(&get_metrics(addr)?) > before {
+                return Ok(probes);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} counted none of {probes} probe opens of {} from cgroup {} within {timeout:?} \
+                 (build_monitor_events_total{{kind=\"file\"}} did not move)",
+                daemon.name,
+                path.display(),
+                cgroup.display()
+            );
+        }
+    }
+}
+
 /// `GET /metrics` on `addr`, as text.
 pub fn get_metrics(addr: SocketAddr) -> Result<String> {
     match http_get(addr, "/metrics", Duration::from_secs(5))? {
