@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         // kernel side is being edited: the embedded object is empty and the
         // loader refuses to start with a message saying so.
         let out = std::env::var("OUT_DIR")?;
-        std::fs::write(format!("{out}/monitor"), b"")?;
+        std::fs::write(format!("{out}/monitor-ebpf"), b"")?;
         return Ok(());
     }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

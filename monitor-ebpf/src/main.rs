@@ -5,8 +5,8 @@
 //! the syscall with its result. The first check on every syscall is the
 //! syscall number (a register read), so unmonitored work pays as little as a
 //! syscall hook can. `sched_process_exec`/`exit` track monitored processes.
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod dpath;
 mod emit;
@@ -141,12 +141,18 @@ fn try_proc_exit() -> Option<()> {
     Some(())
 }
 
-#[cfg(not(test))]
+/// Host builds (`cargo build --workspace`) compile the crate as a plain
+/// binary; only the BPF target produces the programs.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+#[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

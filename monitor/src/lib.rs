@@ -26,5 +26,5 @@ pub mod sinks;
 
 /// The kernel programs, built by build.rs for the BPF target.
 pub fn ebpf_object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"))
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"))
 }

@@ -106,15 +106,14 @@ impl<T> Registry<T> {
         item: T,
         now: Instant,
     ) -> Vec<(T, Arc<ActionView>)> {
-        if !self.actions.contains_key(&action_id) {
-            let state = ActionState {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.actions.entry(action_id) {
+            slot.insert(ActionState {
                 scope,
                 view: None,
                 held: Vec::new(),
                 deadline: None,
                 gone_since: None,
-            };
-            self.actions.insert(action_id, state);
+            });
             self.try_resolve(action_id, now);
         }
         let state = self.actions.get_mut(&action_id).expect("inserted above");
