@@ -17,10 +17,10 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::{
-    build, setup,
+    setup,
     util::{
-        CgroupGuard, Daemon, display, free_port, get_metrics, is_root, join_cgroup_on_spawn,
-        target_dir, wait_healthz, wait_until_tracing, write_atomic,
+        CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root,
+        join_cgroup_on_spawn, target_dir, wait_healthz, write_atomic,
     },
 };
 
@@ -71,7 +71,8 @@ fn demo() -> Result<String> {
         "the demo needs root (it loads eBPF programs and creates cgroups): run `sudo -E cargo xtask demo`"
     );
     setup::run()?;
-    build::run(build::Options { release: false })?;
+    // Only the monitor: rebuilding xtask here would replace the running binary.
+    exec(cargo().args(["build", "-p", "monitor"]))?;
     let monitor_bin = target_dir()?.join("debug").join("monitor");
     ensure!(
         monitor_bin.is_file(),
@@ -161,19 +162,6 @@ listen = "{metrics_addr}"
         action.display(),
         declaration_path.display()
     );
-    // /healthz may answer before the kernel programs are attached: wait until
-    // an open of the declared input, from the action cgroup, is counted.
-    let probes = wait_until_tracing(
-        &mut monitor,
-        metrics_addr,
-        &action,
-        &declared,
-        Duration::from_secs(20),
-    )?;
-    println!(
-        "demo: the monitor traces the action cgroup ({probes} probe open(s) of the declared input)"
-    );
-
     let script = format!(
         r#"import socket
 open({declared}).read()
@@ -192,9 +180,13 @@ for port in ({allowed_port}, {denied_port}):
     let mut child = Command::new(PYTHON);
     // -I -S: no user site, no cwd on sys.path, no site import: the
     // interpreter opens only its own files under /usr and /lib. TZ avoids
-    // /etc/localtime.
+    // /etc/localtime. A clean environment: `cargo run` sets LD_LIBRARY_PATH,
+    // which would send the dynamic loader probing target/ (undeclared opens
+    // the monitor rightly reports).
     child
         .args(["-I", "-S", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
         .stdin(Stdio::null());
