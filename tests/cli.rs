@@ -79,3 +79,20 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("monitor "));
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/monitor.toml");
+    let out = Command::new(monitor_bin())
+        .arg("check-config")
+        .arg(example)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/run/monitor/declarations"));
+}

@@ -221,20 +221,7 @@ pub struct Settings {
 
 /// Indexes of the per-CPU lost-event counters.
 pub const LOST_RINGBUF_FULL: u32 = 0;
-/// A syscall's entry could not be remembered until its exit.
-pub const LOST_PENDING_FULL: u32 = 1;
-pub const LOST_REASONS: u32 = 2;
-
-/// Per-thread state kept between syscall entry and exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PendingSyscall {
-    pub nr: u64,
-    pub action_cgroup_id: u64,
-    pub args: [u64; 4],
-    pub scope: u32,
-    pub _pad: u32,
-}
+pub const LOST_REASONS: u32 = 1;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -243,5 +230,4 @@ mod pod {
     unsafe impl aya::Pod for Scope {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for PendingSyscall {}
 }

@@ -5,10 +5,11 @@ use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str}
 use monitor_common::{
     DIR_CAPACITY, EventKind, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED,
     FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY,
-    PendingSyscall, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
+    SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
 };
 
 use crate::{
+    Syscall,
     dpath::walk_path,
     emit::{fill_header, submit},
     filter::Match,
@@ -20,10 +21,11 @@ const AT_FDCWD: i32 = -100;
 const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
 
-pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Option<()> {
+pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    let ret = call.ret;
     let o = &settings.offsets;
-    let a = &pending.args;
-    let (syscall, dirfd, path, flags, mode) = match pending.nr {
+    let a = &call.args;
+    let (syscall, dirfd, path, flags, mode) = match call.nr {
         NR_OPEN => (SYSCALL_OPEN, AT_FDCWD, a[0], a[1], a[2] as u32),
         NR_CREAT => (
             SYSCALL_CREAT,
@@ -53,8 +55,8 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let m = Match {
-        action_cgroup_id: pending.action_cgroup_id,
-        scope: pending.scope,
+        action_cgroup_id: call.action_cgroup_id,
+        scope: call.scope,
         flags: 0,
     };
     let ev: &mut FileEvent = &mut scratch.event;

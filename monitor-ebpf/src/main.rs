@@ -1,10 +1,10 @@
 //! Kernel programs of the build-action monitor.
 //!
-//! `sys_enter`/`sys_exit` raw tracepoints dispatch on the syscall number:
-//! the entry remembers the arguments of monitored threads, the exit reports
-//! the syscall with its result. The first check on every syscall is the
-//! syscall number (a register read), so unmonitored work pays as little as a
-//! syscall hook can. `sched_process_exec`/`exit` track monitored processes.
+//! One `sys_exit` raw tracepoint reports every monitored open and connect
+//! with its result. On x86_64 the syscall's arguments are still in the saved
+//! `pt_regs` at exit, so no entry hook and no per-thread map are needed: the
+//! first check on every syscall of every process is the syscall number, read
+//! from `orig_ax`. `sched_process_exec`/`exit` track monitored processes.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -18,64 +18,28 @@ mod process;
 mod task;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use monitor_common::{
-    LOST_PENDING_FULL, NR_CONNECT, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, PendingSyscall, SCOPE_FILES,
+    NR_CONNECT, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX,
+    PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
 };
 
-use crate::maps::{PENDING, SETTINGS, count_lost};
+use crate::{maps::SETTINGS, task::read};
+
+/// A finished syscall of a monitored task.
+pub struct Syscall {
+    pub nr: u64,
+    /// The first four arguments (rdi, rsi, rdx, r10).
+    pub args: [u64; 4],
+    pub ret: i64,
+    pub action_cgroup_id: u64,
+    pub scope: u32,
+}
 
 #[inline(always)]
 fn is_file_syscall(nr: u64) -> bool {
     nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sys_enter(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
-    let nr: u64 = ctx.arg(1);
-    let is_file = is_file_syscall(nr);
-    if !is_file && nr != NR_CONNECT {
-        return None;
-    }
-    let settings = SETTINGS.get(0)?;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == settings.monitor_tgid {
-        return None;
-    }
-    let m = filter::current_action(settings)?;
-    if is_file && m.flags & SCOPE_FILES == 0 {
-        return None;
-    }
-    let regs: u64 = ctx.arg(0);
-    // SAFETY: bpf_probe_read_kernel checks the addresses.
-    let arg =
-        |off: u32| unsafe { bpf_probe_read_kernel((regs + off as u64) as *const u64) }.unwrap_or(0);
-    let pending = PendingSyscall {
-        nr,
-        action_cgroup_id: m.action_cgroup_id,
-        args: [
-            arg(PT_REGS_DI),
-            arg(PT_REGS_SI),
-            arg(PT_REGS_DX),
-            arg(PT_REGS_R10),
-        ],
-        scope: m.scope,
-        _pad: 0,
-    };
-    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
-        count_lost(LOST_PENDING_FULL);
-    }
-    Some(())
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -87,26 +51,43 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     let regs: u64 = ctx.arg(0);
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let nr: u64 =
-        unsafe { bpf_probe_read_kernel((regs + PT_REGS_ORIG_AX as u64) as *const u64) }.ok()?;
-    if !is_file_syscall(nr) && nr != NR_CONNECT {
+    let nr: u64 = read(regs, PT_REGS_ORIG_AX);
+    let is_file = is_file_syscall(nr);
+    if !is_file && nr != NR_CONNECT {
         return None;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let pending = unsafe { *PENDING.get(&pid_tgid)? };
-    let _ = PENDING.remove(&pid_tgid);
-    if pending.nr != nr {
-        return None;
-    }
-    let ret: i64 = ctx.arg(1);
     let settings = SETTINGS.get(0)?;
-    if nr == NR_CONNECT {
-        net::on_exit(settings, &pending, ret)
-    } else {
-        files::on_exit(settings, &pending, ret)
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == settings.monitor_tgid {
+        return None;
     }
+    let m = filter::current_action(settings)?;
+    if is_file && m.flags & SCOPE_FILES == 0 {
+        return None;
+    }
+    let call = Syscall {
+        nr,
+        args: [
+            read(regs, PT_REGS_DI),
+            read(regs, PT_REGS_SI),
+            read(regs, PT_REGS_DX),
+            read(regs, PT_REGS_R10),
+        ],
+        ret: ctx.arg(1),
+        action_cgroup_id: m.action_cgroup_id,
+        scope: m.scope,
+    };
+    if is_file {
+        files::on_exit(settings, &call)
+    } else {
+        net::on_exit(settings, &call)
+    }
+}
+
+/// The cost floor for benchmarks (`monitor bench-floor`): an empty program
+/// on the same hook. Never attached by the monitor itself.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor(_ctx: RawTracePointContext) -> i32 {
+    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]

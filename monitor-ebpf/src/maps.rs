@@ -1,11 +1,10 @@
 //! Maps shared by all hook families.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, PendingSyscall, Scope,
-    Settings,
+    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, Scope, Settings,
 };
 
 /// Events of monitored actions, read by userspace.
@@ -23,11 +22,6 @@ pub static SCOPES: Array<Scope> = Array::with_max_entries(MAX_SCOPES, 0);
 /// Events that could not be delivered, per reason (`LOST_*`).
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
-
-/// Syscall arguments of monitored threads, kept from entry until exit. LRU so
-/// that a thread killed inside a syscall cannot leak its entry forever.
-#[map]
-pub static PENDING: LruHashMap<u64, PendingSyscall> = LruHashMap::with_max_entries(16384, 0);
 
 /// Room to build one variable-length event before copying it to the ring.
 #[repr(C)]

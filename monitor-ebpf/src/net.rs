@@ -2,18 +2,20 @@
 //! families (unix sockets, AF_UNSPEC disconnects) are not egress and are
 //! skipped here.
 use aya_ebpf::helpers::bpf_probe_read_user;
-use monitor_common::{AF_INET, AF_INET6, ConnectEvent, EventKind, PendingSyscall, Settings};
+use monitor_common::{AF_INET, AF_INET6, ConnectEvent, EventKind, Settings};
 
 use crate::{
+    Syscall,
     emit::{fill_header, submit},
     filter::Match,
     task::{file_of_fd, netns_inum, read},
 };
 
-pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Option<()> {
+pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    let ret = call.ret;
     let o = &settings.offsets;
-    let fd = pending.args[0] as i32;
-    let uaddr = pending.args[1];
+    let fd = call.args[0] as i32;
+    let uaddr = call.args[1];
     // SAFETY: bpf_probe_read_user checks every address.
     let family = unsafe { bpf_probe_read_user(uaddr as *const u16) }.ok()?;
     let mut addr = [0u8; 16];
@@ -32,8 +34,8 @@ pub fn on_exit(settings: &Settings, pending: &PendingSyscall, ret: i64) -> Optio
     let sock_type: i16 = read(socket, o.socket_type);
 
     let m = Match {
-        action_cgroup_id: pending.action_cgroup_id,
-        scope: pending.scope,
+        action_cgroup_id: call.action_cgroup_id,
+        scope: call.scope,
         flags: 0,
     };
     // SAFETY: all-zero is a valid ConnectEvent.

@@ -19,11 +19,10 @@ use crate::btf::Btf;
 /// The programs and the hooks they attach to, in attach order: process
 /// tracking first, so that no exec of a monitored process is missed once
 /// file events start flowing.
-const PROGRAMS: [(&str, &str); 4] = [
+const PROGRAMS: [(&str, &str); 3] = [
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
     ("sys_exit", "sys_exit"),
-    ("sys_enter", "sys_enter"),
 ];
 
 /// Default: wake the reader once 256 KiB are waiting; below that it drains
@@ -124,6 +123,28 @@ impl Kernel {
             }
         }
         out
+    }
+
+    /// Loads only the empty `floor` program on the same hook, for
+    /// benchmarks: the cost any syscall hook puts on every process. The
+    /// returned object keeps it attached until dropped.
+    pub fn load_floor() -> anyhow::Result<Ebpf> {
+        let object = crate::ebpf_object();
+        if object.is_empty() {
+            bail!("this monitor binary carries no kernel programs");
+        }
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .context("loading the kernel programs failed")?;
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("floor")
+            .context("program floor missing")?
+            .try_into()?;
+        prog.load().context("the kernel refused program floor")?;
+        prog.attach("sys_exit")
+            .context("attaching floor to sys_exit failed")?;
+        Ok(ebpf)
     }
 
     /// Detaches every program; the ring buffer stays readable so that what

@@ -37,6 +37,10 @@ enum Command {
     },
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
+    /// Benchmark helper: attach only an empty program to the same hook until
+    /// SIGTERM/SIGINT (the cost floor of any syscall hook).
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -87,6 +91,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::BenchFloor => match monitor::loader::Kernel::load_floor() {
+            Ok(ebpf) => {
+                eprintln!("monitor: floor program attached");
+                runtime.block_on(monitor::app::termination_signal());
+                drop(ebpf);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("monitor: {e:#}");
+                ExitCode::from(3)
+            }
+        },
         Command::Exec {
             config,
             report,

@@ -119,7 +119,7 @@ impl Metrics {
 
         // Series that alert rules use must exist from the start: an absent
         // series makes `rate()`/`increase()` silently evaluate to nothing.
-        for reason in ["ringbuf_full", "pending_full", "decode_error"] {
+        for reason in ["ringbuf_full", "decode_error"] {
             events_lost_total.with_label_values(&[reason]);
         }
         for sink in ["stdout", "file"] {
@@ -350,7 +350,7 @@ mod tests {
         let text = Metrics::new().render();
         for series in [
             r#"build_monitor_events_lost_total{reason="ringbuf_full"} 0"#,
-            r#"build_monitor_events_lost_total{reason="pending_full"} 0"#,
+            r#"build_monitor_events_lost_total{reason="decode_error"} 0"#,
             r#"build_monitor_alerts_dropped_total{sink="stdout"} 0"#,
             r#"build_monitor_alerts_dropped_total{sink="file"} 0"#,
             r#"build_monitor_violations_total{kind="undeclared_file",mnemonic="unknown"} 0"#,

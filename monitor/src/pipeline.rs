@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use monitor_common::{LOST_PENDING_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
+use monitor_common::{LOST_REASONS, LOST_RINGBUF_FULL};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -157,10 +157,7 @@ impl Pipeline {
     /// Copies the kernel's lost-event counters into the metrics.
     fn sync_lost(&mut self, kernel: &Kernel) {
         let now = kernel.lost_counts();
-        for (reason, name) in [
-            (LOST_RINGBUF_FULL, "ringbuf_full"),
-            (LOST_PENDING_FULL, "pending_full"),
-        ] {
+        for (reason, name) in [(LOST_RINGBUF_FULL, "ringbuf_full")] {
             let i = reason as usize;
             let delta = now[i].saturating_sub(self.lost_seen[i]);
             if delta > 0 {
