@@ -467,3 +467,44 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
 }
+
+/// The raw-tracepoint fallback (for kernels that refuse BTF tracepoints)
+/// reports the same events.
+#[test]
+fn raw_tracepoint_fallback_reports_files_and_connects() {
+    require_root();
+    let parent = test_parent("rawtp");
+    let denied = listener();
+    let daemon = Daemon::start_env(&parent.path, "", 300, &[("MONITOR_SYSCALL_HOOK", "raw")]);
+    let action = parent.child("raw-1");
+    daemon.declare(&action.path, "//pkg:raw", "Genrule", &[], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    write(&secret, "x");
+    let script = "import os, socket, sys\n\
+        os.chdir(os.path.dirname(sys.argv[1]))\n\
+        open(os.path.basename(sys.argv[1])).read()\n\
+        socket.create_connection(('127.0.0.1', int(sys.argv[2]))).close()\n";
+    let out = run_in(
+        &action.path,
+        &mut python(script, &[secret.to_str().unwrap(), &denied.to_string()]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle();
+    let (_, alerts, stderr) = daemon.stop();
+    assert!(
+        stderr.contains("via Raw syscall hook"),
+        "fallback not used: {stderr}"
+    );
+    assert_eq!(file_alerts(&alerts, &secret).len(), 1, "{alerts:#?}");
+    let net: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "network_egress")
+        .collect();
+    assert_eq!(net.len(), 1, "{alerts:#?}");
+    assert_eq!(net[0]["net"]["port"], denied);
+}

@@ -1,6 +1,7 @@
 //! Kernel programs of the build-action monitor.
 //!
-//! One `sys_exit` raw tracepoint reports every monitored open and connect
+//! One `sys_exit` tracepoint (BTF, or raw as a fallback) reports every
+//! monitored open and connect
 //! with its result. On x86_64 the syscall's arguments are still in the saved
 //! `pt_regs` at exit, so no entry hook and no per-thread map are needed: the
 //! first check on every syscall of every process is the syscall number, read
@@ -18,7 +19,9 @@ mod process;
 mod task;
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
     NR_CONNECT, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX,
@@ -42,16 +45,54 @@ fn is_file_syscall(nr: u64) -> bool {
     nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT
 }
 
+/// How the saved user registers are read: directly through the typed
+/// pointer a BTF tracepoint gets, or with a probe read from a raw tracepoint.
+trait Regs {
+    fn get(&self, offset: u32) -> u64;
+}
+
+/// `tp_btf`: `regs` is a trusted `struct pt_regs *`; a load is a plain load
+/// (the verifier checks each offset against BTF). Offsets must be constants.
+struct BtfRegs(*const u8);
+
+impl Regs for BtfRegs {
+    #[inline(always)]
+    fn get(&self, offset: u32) -> u64 {
+        // SAFETY: the verifier turns this into a checked kernel load.
+        unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<u64>()) }
+    }
+}
+
+/// `raw_tp`: `regs` is an untyped kernel address.
+struct ProbedRegs(u64);
+
+impl Regs for ProbedRegs {
+    #[inline(always)]
+    fn get(&self, offset: u32) -> u64 {
+        read(self.0, offset)
+    }
+}
+
+/// Preferred: the BTF tracepoint (no helper call on the path every syscall
+/// of every process takes).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = on_sys_exit(&BtfRegs(regs), ret);
+    0
+}
+
+/// Fallback for kernels that refuse BTF tracepoints.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sys_exit(&ctx);
+    let _ = on_sys_exit(&ProbedRegs(ctx.arg(0)), ctx.arg(1));
     0
 }
 
 #[inline(always)]
-fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
-    let regs: u64 = ctx.arg(0);
-    let nr: u64 = read(regs, PT_REGS_ORIG_AX);
+fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
+    let nr = regs.get(PT_REGS_ORIG_AX);
     let is_file = is_file_syscall(nr);
     if !is_file && nr != NR_CONNECT {
         return None;
@@ -67,12 +108,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     let call = Syscall {
         nr,
         args: [
-            read(regs, PT_REGS_DI),
-            read(regs, PT_REGS_SI),
-            read(regs, PT_REGS_DX),
-            read(regs, PT_REGS_R10),
+            regs.get(PT_REGS_DI),
+            regs.get(PT_REGS_SI),
+            regs.get(PT_REGS_DX),
+            regs.get(PT_REGS_R10),
         ],
-        ret: ctx.arg(1),
+        ret,
         action_cgroup_id: m.action_cgroup_id,
         scope: m.scope,
     };

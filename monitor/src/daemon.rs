@@ -13,8 +13,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let mut running = app::start(&config, scopes, false, true).await?;
     log::info!(
-        "monitoring {} cgroup parent(s); declarations from {}; metrics on {}",
+        "monitoring {} cgroup parent(s) via {:?} syscall hook; declarations from {}; metrics on {}",
         config.attribution.cgroup_parents.len(),
+        running.kernel.syscall_hook,
         config.attribution.declarations_dir.display(),
         config
             .metrics

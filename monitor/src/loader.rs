@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{BtfTracePoint, RawTracePoint},
 };
 use monitor_common::{
     KernelOffsets, LOST_REASONS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10,
@@ -16,14 +16,26 @@ use monitor_common::{
 
 use crate::btf::Btf;
 
-/// The programs and the hooks they attach to, in attach order: process
-/// tracking first, so that no exec of a monitored process is missed once
-/// file events start flowing.
-const PROGRAMS: [(&str, &str); 3] = [
+/// Process tracking programs and their raw tracepoints, attached before the
+/// syscall hook so that no exec of a monitored process is missed once file
+/// events flow.
+const PROCESS_PROGRAMS: [(&str, &str); 2] = [
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
-    ("sys_exit", "sys_exit"),
 ];
+
+/// Which program carries the syscall hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallHook {
+    /// `tp_btf/sys_exit`: registers read with plain loads.
+    Btf,
+    /// `raw_tp/sys_exit`: registers read with probe reads (fallback).
+    Raw,
+}
+
+/// `MONITOR_SYSCALL_HOOK=raw|btf` forces one hook (troubleshooting and
+/// tests); by default the BTF tracepoint is tried first.
+const HOOK_ENV: &str = "MONITOR_SYSCALL_HOOK";
 
 /// Default: wake the reader once 256 KiB are waiting; below that it drains
 /// on its own timer.
@@ -37,6 +49,7 @@ pub struct Kernel {
     lost_map: PerCpuArray<MapData, u64>,
     settings: Settings,
     pub events: Option<RingBuf<MapData>>,
+    pub syscall_hook: SyscallHook,
 }
 
 impl Kernel {
@@ -80,18 +93,13 @@ impl Kernel {
             lost_map,
             settings,
             events: Some(events),
+            syscall_hook: SyscallHook::Btf,
         };
         kernel.set_scopes(scopes)?;
-        for (program, hook) in PROGRAMS {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the kernel object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel refused program {program}"))?;
-            prog.attach(hook)
-                .with_context(|| format!("attaching {program} to raw tracepoint {hook} failed"))?;
+        for (program, hook) in PROCESS_PROGRAMS {
+            attach_raw(&mut ebpf, program, hook)?;
         }
+        kernel.syscall_hook = attach_syscall_hook(&mut ebpf)?;
         kernel.ebpf = Some(ebpf);
         Ok(kernel)
     }
@@ -152,6 +160,50 @@ impl Kernel {
     pub fn detach(&mut self) {
         self.ebpf = None;
     }
+}
+
+fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> anyhow::Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the kernel object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("the kernel refused program {program}"))?;
+    prog.attach(hook)
+        .with_context(|| format!("attaching {program} to raw tracepoint {hook} failed"))?;
+    Ok(())
+}
+
+fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("sys_exit_btf")
+        .context("program sys_exit_btf missing from the kernel object")?
+        .try_into()?;
+    prog.load("sys_exit", &btf)
+        .context("the kernel refused program sys_exit_btf")?;
+    prog.attach().context("attaching sys_exit_btf failed")?;
+    Ok(())
+}
+
+/// Attaches the syscall hook: the BTF tracepoint when the kernel takes it,
+/// else the raw tracepoint (one of the two, never both).
+fn attach_syscall_hook(ebpf: &mut Ebpf) -> anyhow::Result<SyscallHook> {
+    let forced = std::env::var(HOOK_ENV).ok();
+    match forced.as_deref() {
+        Some("raw") => {}
+        Some("btf") => {
+            attach_btf(ebpf)?;
+            return Ok(SyscallHook::Btf);
+        }
+        Some(other) if !other.is_empty() => bail!("{HOOK_ENV}={other}: expected `btf` or `raw`"),
+        _ => match attach_btf(ebpf) {
+            Ok(()) => return Ok(SyscallHook::Btf),
+            Err(e) => log::warn!("BTF tracepoint unavailable ({e:#}); using the raw tracepoint"),
+        },
+    }
+    attach_raw(ebpf, "sys_exit", "sys_exit")?;
+    Ok(SyscallHook::Raw)
 }
 
 fn raise_memlock_limit() {

@@ -214,6 +214,16 @@ impl Daemon {
     }
 
     pub fn start_with(parent: &Path, extra: &str, fold_window_ms: u64) -> Daemon {
+        Self::start_env(parent, extra, fold_window_ms, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for the daemon.
+    pub fn start_env(
+        parent: &Path,
+        extra: &str,
+        fold_window_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let alerts = dir.path().join("alerts.jsonl");
         let declarations = dir.path().join("declarations");
@@ -234,6 +244,7 @@ impl Daemon {
         .unwrap();
         let stderr = dir.path().join("stderr.txt");
         let child = Command::new(monitor_bin())
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())

@@ -174,14 +174,16 @@ pub fn worker(options: WorkerOptions) -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Bare,
+    Floor,
     MonitorOutside,
     MonitorInside,
     BpftraceOutside,
     BpftraceInside,
 }
 
-const SETUPS: [Setup; 5] = [
+const SETUPS: [Setup; 6] = [
     Setup::Bare,
+    Setup::Floor,
     Setup::MonitorOutside,
     Setup::MonitorInside,
     Setup::BpftraceOutside,
@@ -192,6 +194,7 @@ impl Setup {
     fn label(self) -> &'static str {
         match self {
             Self::Bare => "bare (no tracer)",
+            Self::Floor => "floor: empty program on raw_tracepoint sys_exit",
             Self::MonitorOutside => "monitor, worker outside monitored cgroups",
             Self::MonitorInside => "monitor, worker in an action cgroup (declared file)",
             Self::BpftraceOutside => "bpftrace, worker outside the filtered cgroup",
@@ -336,6 +339,39 @@ impl Bench {
             seconds = seconds.max(report.elapsed_ns as f64 / 1e9);
         }
         Ok((opens, seconds))
+    }
+
+    /// `monitor bench-floor`: the same hook with an empty program, the cost
+    /// any syscall hook puts on every process.
+    fn start_floor(&self, tag: &str) -> Result<Daemon> {
+        let stderr_path = self.tmp.join(format!("floor-{tag}.stderr"));
+        let stderr = File::create(&stderr_path)
+            .with_context(|| format!("creating {}", stderr_path.display()))?;
+        let mut daemon = Daemon::spawn(
+            "monitor bench-floor",
+            Command::new(&self.monitor_bin)
+                .arg("bench-floor")
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if fs::read_to_string(&stderr_path).is_ok_and(|t| t.contains("floor program attached"))
+            {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.try_wait()? {
+                bail!(
+                    "monitor bench-floor exited early ({status}): {}",
+                    tail(&stderr_path)
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "monitor bench-floor did not attach within 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn start_monitor(&self, tag: &str) -> Result<RunningMonitor> {
@@ -623,6 +659,14 @@ pub fn run(options: Options) -> Result<()> {
 
         record(Setup::Bare, bench.timed_run(None)?, None);
 
+        let floor = bench.start_floor(&tag)?;
+        record(Setup::Floor, bench.timed_run(None)?, None);
+        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
+        ensure!(
+            status.success(),
+            "monitor bench-floor exited with {status} (round {round})"
+        );
+
         let monitor = bench.start_monitor(&tag)?;
         let (file0, _) = file_counters(monitor.addr)?;
         let outside = bench.timed_run(None)?;
@@ -825,6 +869,8 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
         input.alert_count
     )?;
 
+    write_targets(&mut md, input, bare)?;
+
     writeln!(md, "## Event throughput (monitor)\n")?;
     writeln!(
         md,
@@ -884,6 +930,8 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
          monitored action pays (inside rows) per open+close, relative to no tracer at all. Any \
          syscall tracepoint puts every syscall on the kernel's slow path, so the outside rows are \
          not free for either tool.\n\
+         * The floor is an empty BPF program on the monitor's own hook (raw tracepoint \
+         `sys_exit`): what attaching any syscall hook costs every process, before any work.\n\
          * bpftrace is the do-it-yourself baseline: the same cgroup-filtered openat entry/exit \
          tracepoints, printing pid, path and result for each open.\n\
          * The worker is the debug-built xtask binary; its loop overhead is in every row alike.\n\
@@ -930,4 +978,45 @@ mod tests {
         let missing = CString::new(dir.path().join("missing").as_os_str().as_bytes()).unwrap();
         assert!(open_close(&missing).is_err());
     }
+}
+
+/// Checks this run's figures against the issue's targets, in words.
+fn write_targets(md: &mut String, input: &ReportInput<'_>, bare: f64) -> Result<()> {
+    let added =
+        |setup: Setup| (median(&input.samples[setup.index()].ns_per_pair) - bare) / bare * 100.0;
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let outside = added(Setup::MonitorOutside);
+    let bt_outside = added(Setup::BpftraceOutside);
+    let inside = added(Setup::MonitorInside);
+    let bt_inside = added(Setup::BpftraceInside);
+    writeln!(md, "### Targets\n")?;
+    writeln!(
+        md,
+        "* Unmonitored processes: {outside:+.1} % (target: under +20 % and no more than bpftrace's \
+         {bt_outside:+.1} %): {}.",
+        verdict(outside < 20.0 && outside <= bt_outside)
+    )?;
+    writeln!(
+        md,
+        "* Monitored action: {inside:+.1} % (target: under +50 % and at most a quarter of \
+         bpftrace's {bt_inside:+.1} %, i.e. {:+.1} %): {}.",
+        bt_inside / 4.0,
+        verdict(inside < 50.0 && inside <= bt_inside / 4.0)
+    )?;
+    let at_100k = input
+        .rows
+        .iter()
+        .find(|row| row.label.starts_with("100000"));
+    match at_100k {
+        Some(row) => writeln!(
+            md,
+            "* No event lost at 100k opens/s: {} received of {} issued, {} lost: {}.\n",
+            row.received,
+            row.opens,
+            row.lost,
+            verdict(row.lossless())
+        )?,
+        None => writeln!(md, "* No 100k opens/s row in this run.\n")?,
+    }
+    Ok(())
 }
