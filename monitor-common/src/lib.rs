@@ -90,9 +90,9 @@ pub const SYSCALL_CREAT: u32 = 3;
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
 /// components and `path` is empty.
 ///
-/// Followed in the record by `dir_len` bytes of resolved base directory
-/// (components leaf first, NUL after each; empty when the path was absolute),
-/// then `path_len` bytes of the path as passed (no NUL).
+/// Followed in the record by `path_len` bytes of the path as passed (no
+/// NUL), then `dir_len` bytes of resolved base directory (components leaf
+/// first, NUL after each; empty when the path was absolute).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileEvent {

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
-use monitor_common::{DIR_CAPACITY, KernelOffsets, MAX_DIR_DEPTH, NAME_CAPACITY};
+use monitor_common::{DIR_CAPACITY, KernelOffsets, MAX_DIR_DEPTH, NAME_CAPACITY, PATH_CAPACITY};
 
 use crate::{
     maps::{SCRATCH, SETTINGS},
@@ -31,14 +31,17 @@ struct WalkState {
     dentry: u64,
     vfsmnt: u64,
     mount: u64,
+    /// Where in `data` the components start (after the path string).
+    base: u64,
     pos: u64,
     status: u64,
 }
 
 /// Walks the path whose `struct path` starts at `path_ptr` (kernel address)
-/// into the per-CPU scratch `data[0..DIR_CAPACITY]`.
+/// into the per-CPU scratch `data[base..base + DIR_CAPACITY]`, where `base`
+/// (below PATH_CAPACITY) is the length of the path string before it.
 #[inline(always)]
-pub fn walk_path(o: &KernelOffsets, path_ptr: u64) -> Option<Walk> {
+pub fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
     let dentry: u64 = read(path_ptr, o.path_dentry);
     let vfsmnt: u64 = read(path_ptr, o.path_mnt);
     if dentry == 0 || vfsmnt == 0 {
@@ -48,6 +51,7 @@ pub fn walk_path(o: &KernelOffsets, path_ptr: u64) -> Option<Walk> {
         dentry,
         vfsmnt,
         mount: vfsmnt - o.mount_mnt as u64,
+        base: base as u64,
         pos: 0,
         status: RUNNING,
     };
@@ -111,12 +115,13 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let name: u64 = read(s.dentry, o.dentry_name + o.qstr_name);
-    // SAFETY: pos < DIR_CAPACITY - NAME_CAPACITY, so at most NAME_CAPACITY
-    // bytes from there stay inside `data`.
+    let base = s.base as usize & (PATH_CAPACITY - 1);
+    // SAFETY: base < PATH_CAPACITY and pos < DIR_CAPACITY - NAME_CAPACITY,
+    // so at most NAME_CAPACITY bytes from there stay inside `data`.
     let n = unsafe {
         let data = (*scratch).data.as_mut_ptr();
         bpf_probe_read_kernel_str(
-            data.add(pos & (DIR_CAPACITY - 1)).cast(),
+            data.add(base + (pos & (DIR_CAPACITY - 1))).cast(),
             NAME_CAPACITY as u32,
             name as *const _,
         )

@@ -70,14 +70,20 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.path_len = 0;
     let data = scratch.data.as_mut_ptr();
 
-    // SAFETY: bpf_probe_read_user checks the address.
-    let first = unsafe { bpf_probe_read_user(path as *const u8) };
     let mut hflags = 0;
+    let mut path_len: usize = 0;
     let mut dir_len: usize = 0;
-    match first {
-        Err(_) => hflags |= FLAG_PATH_UNREADABLE,
-        Ok(b'/') => {}
-        Ok(_) => {
+    // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
+    let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };
+    if n <= 0 {
+        hflags |= FLAG_PATH_UNREADABLE;
+    } else {
+        path_len = (n as usize - 1) & (PATH_CAPACITY - 1);
+        if n as usize == PATH_CAPACITY && ret == -ENAMETOOLONG {
+            hflags |= FLAG_PATH_TRUNCATED;
+        }
+        // SAFETY: n > 0, so data[0] was written.
+        if unsafe { *data } != b'/' {
             let base = if dirfd == AT_FDCWD {
                 let fs: u64 = read(current_task(), o.task_fs);
                 if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
@@ -89,7 +95,11 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
                     file + o.file_path as u64
                 }
             };
-            match if base == 0 { None } else { walk_path(o, base) } {
+            match if base == 0 {
+                None
+            } else {
+                walk_path(o, base, path_len)
+            } {
                 None => hflags |= FLAG_DIR_UNRESOLVED,
                 Some(w) => {
                     dir_len = w.len as usize & (DIR_CAPACITY - 1);
@@ -97,27 +107,6 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
                         hflags |= FLAG_DIR_TRUNCATED;
                     }
                 }
-            }
-        }
-    }
-
-    let mut path_len: usize = 0;
-    if hflags & FLAG_PATH_UNREADABLE == 0 {
-        // SAFETY: dir_len < DIR_CAPACITY, so PATH_CAPACITY bytes from there
-        // stay inside `data`.
-        let n = unsafe {
-            bpf_probe_read_user_str(
-                data.add(dir_len).cast(),
-                PATH_CAPACITY as u32,
-                path as *const _,
-            )
-        };
-        if n <= 0 {
-            hflags |= FLAG_PATH_UNREADABLE;
-        } else {
-            path_len = (n as usize - 1) & (PATH_CAPACITY - 1);
-            if n as usize == PATH_CAPACITY && ret == -ENAMETOOLONG {
-                hflags |= FLAG_PATH_TRUNCATED;
             }
         }
     }

@@ -27,7 +27,7 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 
 #[repr(C)]
 pub struct Scratch {
     pub event: FileEvent,
-    /// Directory components, then the path string.
+    /// The path string, then directory components.
     pub data: [u8; DIR_CAPACITY + PATH_CAPACITY],
 }
 

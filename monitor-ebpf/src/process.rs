@@ -34,7 +34,7 @@ pub fn on_exec(settings: &Settings, m: &Match) -> Option<()> {
     if exe == 0 {
         ev.header.flags |= FLAG_DIR_UNRESOLVED;
     } else {
-        match walk_path(o, exe + o.file_path as u64) {
+        match walk_path(o, exe + o.file_path as u64, 0) {
             None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
             Some(w) => {
                 len = w.len as usize & (DIR_CAPACITY - 1);

@@ -77,13 +77,14 @@ impl Event {
         }
     }
 
-    /// The `kind` label of `build_monitor_events_total`.
-    pub fn metric_kind(&self) -> &'static str {
+    /// Index into the `kind` labels of `build_monitor_events_total`:
+    /// file, net, exec, exit.
+    pub fn metric_index(&self) -> usize {
         match self {
-            Event::File(_) => "file",
-            Event::Connect(_) => "net",
-            Event::Exec(_) => "exec",
-            Event::Exit(_) => "exit",
+            Event::File(_) => 0,
+            Event::Connect(_) => 1,
+            Event::Exec(_) => 2,
+            Event::Exit(_) => 3,
         }
     }
 }
@@ -142,16 +143,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 /// Splits a file-layout record into its fixed part, directory components
-/// and path bytes.
+/// and path bytes (the record holds the path first, then the directory).
 fn split_path_event(bytes: &[u8]) -> Result<(FileEvent, &[u8], &[u8]), DecodeError> {
     let ev: FileEvent = read(bytes)?;
     let fixed = size_of::<FileEvent>();
-    let dir_end = fixed + ev.dir_len as usize;
-    let path_end = dir_end + ev.path_len as usize;
-    if bytes.len() < path_end {
+    let path_end = fixed + ev.path_len as usize;
+    let dir_end = path_end + ev.dir_len as usize;
+    if bytes.len() < dir_end {
         return Err(DecodeError::BadLength(bytes.len()));
     }
-    Ok((ev, &bytes[fixed..dir_end], &bytes[dir_end..path_end]))
+    Ok((ev, &bytes[path_end..dir_end], &bytes[fixed..path_end]))
 }
 
 fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, DecodeError> {
@@ -230,8 +231,8 @@ mod tests {
             )
         }
         .to_vec();
-        out.extend_from_slice(dir);
         out.extend_from_slice(path);
+        out.extend_from_slice(dir);
         out
     }
 

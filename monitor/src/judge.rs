@@ -42,10 +42,11 @@ fn caveat(ev: &FileOpen) -> Option<&'static str> {
 }
 
 impl Policy {
+    /// `process` is only called for a violation (it allocates).
     pub fn judge_file(
         &self,
         ev: &FileOpen,
-        process: ProcessInfo,
+        process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
         if !action.judge_files {
@@ -72,7 +73,7 @@ impl Policy {
                 time: ev.origin.time,
                 kind: AlertKind::UndeclaredFile,
                 action: action.info.clone(),
-                process,
+                process: process(),
                 file: Some(FileInfo {
                     path: ev.path.clone(),
                     op: "open",
@@ -90,7 +91,7 @@ impl Policy {
     pub fn judge_connect(
         &self,
         ev: &Connect,
-        process: ProcessInfo,
+        process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
         let declared = action
@@ -112,7 +113,7 @@ impl Policy {
                 time: ev.origin.time,
                 kind: AlertKind::NetworkEgress,
                 action: action.info.clone(),
-                process,
+                process: process(),
                 file: None,
                 net: Some(NetInfo {
                     proto,

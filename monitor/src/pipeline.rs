@@ -28,13 +28,28 @@ use crate::{
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often cgroups and declarations are rescanned.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// The kernel's loss counters and their `events_lost_total` reasons.
+const LOST_NAMES: [(u32, &str); LOST_REASONS as usize] = [(LOST_RINGBUF_FULL, "ringbuf_full")];
 /// Records handled per wakeup before the loop looks at its timers again.
 const DRAIN_BATCH: usize = 8192;
 
 /// An event with the process facts resolved at the time it was read.
 pub struct Observed {
     pub event: Event,
-    pub process: ProcessInfo,
+    pub exe: Option<Arc<str>>,
+}
+
+impl Observed {
+    /// The alert's process object (built only for violations).
+    fn process(&self) -> ProcessInfo {
+        let o = self.event.origin();
+        ProcessInfo {
+            pid: o.pid,
+            ppid: o.ppid,
+            comm: o.comm.clone(),
+            exe: self.exe.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -50,6 +65,8 @@ pub struct Pipeline {
     pub alerts: Vec<Alert>,
     pub violations: u64,
     lost_seen: [u64; LOST_REASONS as usize],
+    /// `events_total` by kind, resolved once (the per-event hot path).
+    event_counters: [prometheus::IntCounter; 4],
 }
 
 impl Pipeline {
@@ -61,6 +78,8 @@ impl Pipeline {
         fold_window: Duration,
         keep_alerts: bool,
     ) -> Self {
+        let event_counters = ["file", "net", "exec", "exit"]
+            .map(|kind| metrics.events_total.with_label_values(&[kind]));
         Pipeline {
             registry,
             policy,
@@ -73,6 +92,7 @@ impl Pipeline {
             alerts: Vec::new(),
             violations: 0,
             lost_seen: [0; LOST_REASONS as usize],
+            event_counters,
         }
     }
 
@@ -88,42 +108,40 @@ impl Pipeline {
                 return;
             }
         };
-        self.metrics
-            .events_total
-            .with_label_values(&[event.metric_kind()])
-            .inc();
-        let origin = event.origin().clone();
+        let (counter, pid, ppid, action, scope) = {
+            let o = event.origin();
+            (
+                event.metric_index(),
+                o.pid,
+                o.ppid,
+                o.action_cgroup_id,
+                o.scope as usize,
+            )
+        };
+        self.event_counters[counter].inc();
         match &event {
             Event::Exec(exec) => {
-                self.processes.exec(origin.pid, exec.exe.as_deref());
+                self.processes.exec(pid, exec.exe.as_deref());
                 return;
             }
             Event::Exit(_) => {
-                self.processes.exit(origin.pid);
+                self.processes.exit(pid);
                 return;
             }
             Event::File(_) | Event::Connect(_) => {}
         }
-        let process = ProcessInfo {
-            pid: origin.pid,
-            ppid: origin.ppid,
-            comm: origin.comm.clone(),
-            exe: self.processes.exe(origin.pid, origin.ppid),
-        };
-        let ready = self.registry.route(
-            origin.action_cgroup_id,
-            origin.scope as usize,
-            Observed { event, process },
-            now,
-        );
+        let exe = self.processes.exe(pid, ppid);
+        let ready = self
+            .registry
+            .route(action, scope, Observed { event, exe }, now);
         self.judge_all(ready);
     }
 
     fn judge_all(&mut self, ready: Vec<(Observed, Arc<ActionView>)>) {
         for (observed, action) in ready {
             let violation = match &observed.event {
-                Event::File(f) => self.policy.judge_file(f, observed.process, &action),
-                Event::Connect(c) => self.policy.judge_connect(c, observed.process, &action),
+                Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
+                Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(_) | Event::Exit(_) => None,
             };
             if let Some(v) = violation {
@@ -157,7 +175,7 @@ impl Pipeline {
     /// Copies the kernel's lost-event counters into the metrics.
     fn sync_lost(&mut self, kernel: &Kernel) {
         let now = kernel.lost_counts();
-        for (reason, name) in [(LOST_RINGBUF_FULL, "ringbuf_full")] {
+        for (reason, name) in LOST_NAMES {
             let i = reason as usize;
             let delta = now[i].saturating_sub(self.lost_seen[i]);
             if delta > 0 {

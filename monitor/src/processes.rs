@@ -1,20 +1,20 @@
 //! What each monitored process runs: pid → executable, from exec events,
 //! falling back to `/proc/<pid>/exe` for processes that had already exec'd
 //! when they entered a monitored cgroup.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::paths;
 
 #[derive(Default)]
 pub struct ProcessTable {
-    exe: HashMap<u32, String>,
+    exe: HashMap<u32, Arc<str>>,
 }
 
 impl ProcessTable {
     pub fn exec(&mut self, pid: u32, exe: Option<&[u8]>) {
         match exe {
             Some(exe) => {
-                self.exe.insert(pid, paths::escape_for_display(exe));
+                self.exe.insert(pid, paths::escape_for_display(exe).into());
             }
             None => {
                 self.exe.remove(&pid);
@@ -28,14 +28,15 @@ impl ProcessTable {
 
     /// The executable of `pid`; a forked child that has not exec'd runs its
     /// parent's executable.
-    pub fn exe(&mut self, pid: u32, ppid: u32) -> Option<String> {
+    pub fn exe(&mut self, pid: u32, ppid: u32) -> Option<Arc<str>> {
         if let Some(exe) = self.exe.get(&pid) {
             return Some(exe.clone());
         }
-        let found = std::fs::read_link(format!("/proc/{pid}/exe"))
+        let found: Arc<str> = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| {
                 paths::escape_for_display(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+                    .into()
             })
             .or_else(|| self.exe.get(&ppid).cloned())?;
         self.exe.insert(pid, found.clone());

@@ -942,44 +942,6 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
     Ok(md)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_worker_report() {
-        let report =
-            WorkerReport::parse("opens=210000 elapsed_ns=400000000 ns_per_pair=2000.0\n").unwrap();
-        assert_eq!(report.opens, 210_000);
-        assert_eq!(report.elapsed_ns, 400_000_000);
-        assert!((report.ns_per_pair - 2000.0).abs() < 1e-9);
-        assert!(WorkerReport::parse("garbage").is_err());
-    }
-
-    #[test]
-    fn counts_bpftrace_lines_for_the_file() {
-        let text = "Attaching 2 probes...\n12 /tmp/b/input.txt 3\n12 /tmp/b/input.txt 3\n13 /etc/passwd 3\n";
-        assert_eq!(count_printed_events(text, "/tmp/b/input.txt"), 2);
-        assert_eq!(count_printed_events(text, ""), 3);
-    }
-
-    #[test]
-    fn takes_the_median() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-    }
-
-    #[test]
-    fn the_worker_opens_and_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, "x").unwrap();
-        open_close(&CString::new(path.as_os_str().as_bytes()).unwrap()).unwrap();
-        let missing = CString::new(dir.path().join("missing").as_os_str().as_bytes()).unwrap();
-        assert!(open_close(&missing).is_err());
-    }
-}
-
 /// Checks this run's figures against the targets, in words.
 fn write_targets(md: &mut String, input: &ReportInput<'_>, bare: f64) -> Result<()> {
     let added =
@@ -1019,4 +981,42 @@ fn write_targets(md: &mut String, input: &ReportInput<'_>, bare: f64) -> Result<
         None => writeln!(md, "* No 100k opens/s row in this run.\n")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_worker_report() {
+        let report =
+            WorkerReport::parse("opens=210000 elapsed_ns=400000000 ns_per_pair=2000.0\n").unwrap();
+        assert_eq!(report.opens, 210_000);
+        assert_eq!(report.elapsed_ns, 400_000_000);
+        assert!((report.ns_per_pair - 2000.0).abs() < 1e-9);
+        assert!(WorkerReport::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn counts_bpftrace_lines_for_the_file() {
+        let text = "Attaching 2 probes...\n12 /tmp/b/input.txt 3\n12 /tmp/b/input.txt 3\n13 /etc/passwd 3\n";
+        assert_eq!(count_printed_events(text, "/tmp/b/input.txt"), 2);
+        assert_eq!(count_printed_events(text, ""), 3);
+    }
+
+    #[test]
+    fn takes_the_median() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn the_worker_opens_and_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "x").unwrap();
+        open_close(&CString::new(path.as_os_str().as_bytes()).unwrap()).unwrap();
+        let missing = CString::new(dir.path().join("missing").as_os_str().as_bytes()).unwrap();
+        assert!(open_close(&missing).is_err());
+    }
 }
