@@ -64,8 +64,6 @@ pub struct EventHeader {
     pub flags: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
-    /// The task's own (leaf) cgroup id.
-    pub cgroup_id: u64,
     /// The cgroup id of the action the task belongs to (the leaf itself or an
     /// ancestor), as the kernel filter matched it.
     pub action_cgroup_id: u64,

@@ -2,9 +2,7 @@
 //! reader only in batches.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use monitor_common::{EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
 
@@ -21,7 +19,6 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
     h.flags = 0;
     // SAFETY: plain helper calls.
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.action_cgroup_id = m.action_cgroup_id;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;

@@ -18,7 +18,6 @@ use crate::paths;
 #[derive(Clone, Debug)]
 pub struct Origin {
     pub time: SystemTime,
-    pub cgroup_id: u64,
     pub action_cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
@@ -178,7 +177,6 @@ fn origin(h: &EventHeader) -> Origin {
     let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
     Origin {
         time: wall_clock(h.ktime_ns),
-        cgroup_id: h.cgroup_id,
         action_cgroup_id: h.action_cgroup_id,
         pid: h.pid,
         tid: h.tid,
