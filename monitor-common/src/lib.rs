@@ -32,6 +32,10 @@ pub enum EventKind {
     Connect = 100,
     Exec = 200,
     Exit = 201,
+    /// A sandbox launcher (`attribution.sandbox_launchers`) started: a new
+    /// lineage action. File-event layout: `path` holds the argv (NUL after
+    /// each argument), `dir` the working directory's components.
+    Launch = 202,
 }
 
 impl EventKind {
@@ -41,6 +45,7 @@ impl EventKind {
             100 => Some(Self::Connect),
             200 => Some(Self::Exec),
             201 => Some(Self::Exit),
+            202 => Some(Self::Launch),
             _ => None,
         }
     }
@@ -67,6 +72,11 @@ pub struct EventHeader {
     /// The cgroup id of the action the task belongs to (the leaf itself or an
     /// ancestor), as the kernel filter matched it.
     pub action_cgroup_id: u64,
+    /// The task's cgroup ancestors one and two levels below the matched
+    /// scope (0 when the task is not that deep): userspace recognises Bazel's
+    /// per-spawn cgroups (`blaze_*_spawns.slice/sandbox_*.scope`) from them.
+    pub child_cgroup_id: u64,
+    pub grandchild_cgroup_id: u64,
     /// Process id (kernel tgid).
     pub pid: u32,
     /// Thread id (kernel pid).
@@ -75,6 +85,10 @@ pub struct EventHeader {
     pub ppid: u32,
     /// Index of the scope entry that matched (see [`Scope`]).
     pub scope: u32,
+    /// tgid of the sandbox launcher whose process tree the task is in (its
+    /// lineage action), or 0.
+    pub launcher: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -187,6 +201,8 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     pub nsproxy_net_ns: u32,
     pub net_ns_inum: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
@@ -215,11 +231,23 @@ pub struct Settings {
     pub monitor_tgid: u32,
     /// Submit without waking the reader until this many bytes are waiting.
     pub wakeup_threshold: u64,
+    /// Process names (comm, NUL-padded) that start a lineage action when a
+    /// monitored task execs them.
+    pub launchers: [[u8; COMM_LEN]; MAX_LAUNCHERS],
+    pub launcher_count: u32,
+    pub _pad: u32,
 }
+
+/// How many sandbox launcher names the kernel matches.
+pub const MAX_LAUNCHERS: usize = 4;
+/// How many processes lineage tracking can hold at once.
+pub const MAX_LINEAGE: u32 = 65536;
 
 /// Indexes of the per-CPU lost-event counters.
 pub const LOST_RINGBUF_FULL: u32 = 0;
-pub const LOST_REASONS: u32 = 1;
+/// A process of a lineage action could not be tracked (map full).
+pub const LOST_LINEAGE_FULL: u32 = 1;
+pub const LOST_REASONS: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

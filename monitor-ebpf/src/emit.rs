@@ -20,6 +20,9 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
     // SAFETY: plain helper calls.
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.action_cgroup_id = m.action_cgroup_id;
+    h.child_cgroup_id = m.child_cgroup_id;
+    h.grandchild_cgroup_id = m.grandchild_cgroup_id;
+    h.launcher = m.launcher;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
     h.ppid = parent_tgid(o);
@@ -32,7 +35,14 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
 /// drains on its own short timer. A full ring is counted, never silent.
 #[inline(always)]
 pub fn submit(settings: &Settings, data: *const u8, len: usize) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= settings.wakeup_threshold {
+    submit_with(settings, data, len, false);
+}
+
+/// As `submit`, waking the reader at once when `urgent` (an event userspace
+/// must act on while the process still exists).
+#[inline(always)]
+pub fn submit_with(settings: &Settings, data: *const u8, len: usize, urgent: bool) {
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= settings.wakeup_threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

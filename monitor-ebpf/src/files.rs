@@ -12,7 +12,6 @@ use crate::{
     Syscall,
     dpath::walk_path,
     emit::{fill_header, submit},
-    filter::Match,
     maps::SCRATCH,
     task::{current_task, file_of_fd, read},
 };
@@ -54,13 +53,8 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
-    let m = Match {
-        action_cgroup_id: call.action_cgroup_id,
-        scope: call.scope,
-        flags: 0,
-    };
     let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, EventKind::FileOpen as u32, &m, o);
+    fill_header(&mut ev.header, EventKind::FileOpen as u32, &call.m, o);
     ev.syscall = syscall;
     ev.dirfd = dirfd;
     ev.open_flags = flags;

@@ -14,8 +14,13 @@ use crate::maps::SCOPES;
 #[derive(Clone, Copy)]
 pub struct Match {
     pub action_cgroup_id: u64,
+    /// Ancestors one and two levels below the scope (0 if not that deep).
+    pub child_cgroup_id: u64,
+    pub grandchild_cgroup_id: u64,
     pub scope: u32,
     pub flags: u32,
+    /// The lineage action's launcher tgid, or 0 (filled in by the caller).
+    pub launcher: u32,
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
@@ -28,8 +33,11 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
     let mut found = false;
     let mut best = Match {
         action_cgroup_id: 0,
+        child_cgroup_id: 0,
+        grandchild_cgroup_id: 0,
         scope: 0,
         flags: 0,
+        launcher: 0,
     };
     let mut best_level: u32 = 0;
     for i in 0..MAX_SCOPES {
@@ -56,12 +64,18 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
         if !found || scope.level >= best_level {
             found = true;
             best_level = scope.level;
-            best = Match {
-                action_cgroup_id: action,
-                scope: i,
-                flags: scope.flags,
-            };
+            best.action_cgroup_id = action;
+            best.scope = i;
+            best.flags = scope.flags;
         }
     }
-    if found { Some(best) } else { None }
+    if !found {
+        return None;
+    }
+    // SAFETY: plain helper calls.
+    unsafe {
+        best.child_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1);
+        best.grandchild_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 2);
+    }
+    Some(best)
 }

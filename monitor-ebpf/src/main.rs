@@ -28,7 +28,10 @@ use monitor_common::{
     PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
 };
 
-use crate::{maps::SETTINGS, task::read};
+use crate::{
+    maps::{LINEAGE, SETTINGS},
+    task::read,
+};
 
 /// A finished syscall of a monitored task.
 pub struct Syscall {
@@ -36,8 +39,7 @@ pub struct Syscall {
     /// The first four arguments (rdi, rsi, rdx, r10).
     pub args: [u64; 4],
     pub ret: i64,
-    pub action_cgroup_id: u64,
-    pub scope: u32,
+    pub m: filter::Match,
 }
 
 #[inline(always)]
@@ -98,11 +100,16 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    if (bpf_get_current_pid_tgid() >> 32) as u32 == settings.monitor_tgid {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == settings.monitor_tgid {
         return None;
     }
-    let m = filter::current_action(settings)?;
-    if is_file && m.flags & SCOPE_FILES == 0 {
+    let mut m = filter::current_action(settings)?;
+    // SAFETY: the value is copied out at once.
+    m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+    // Network-only jobs: their files matter only inside a sandbox launcher's
+    // tree or in nested cgroups (Bazel's per-spawn scopes).
+    if is_file && m.flags & SCOPE_FILES == 0 && m.launcher == 0 && m.grandchild_cgroup_id == 0 {
         return None;
     }
     let call = Syscall {
@@ -114,8 +121,7 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
             regs.get(PT_REGS_R10),
         ],
         ret,
-        action_cgroup_id: m.action_cgroup_id,
-        scope: m.scope,
+        m,
     };
     if is_file {
         files::on_exit(settings, &call)
@@ -140,8 +146,20 @@ pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_proc_exec() -> Option<()> {
     let settings = SETTINGS.get(0)?;
-    let m = filter::current_action(settings)?;
-    process::on_exec(settings, &m)
+    let mut m = filter::current_action(settings)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    process::on_exec(settings, &mut m, tgid)
+}
+
+/// `sched_process_fork(parent, child)`: runs for every fork on the host, so
+/// it only does a lineage lookup.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn proc_fork(ctx: RawTracePointContext) -> i32 {
+    if let Some(settings) = SETTINGS.get(0) {
+        let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        process::on_fork(parent_tgid, ctx.arg(1), settings);
+    }
+    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -153,13 +171,14 @@ pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_proc_exit() -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     // Threads end too; only the end of the whole process matters.
-    if (pid_tgid >> 32) as u32 != pid_tgid as u32 {
+    if tgid != pid_tgid as u32 {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    let m = filter::current_action(settings)?;
-    process::on_exit(settings, &m);
+    let mut m = filter::current_action(settings)?;
+    process::on_exit(settings, &mut m, tgid);
     Some(())
 }
 

@@ -7,7 +7,6 @@ use monitor_common::{AF_INET, AF_INET6, ConnectEvent, EventKind, Settings};
 use crate::{
     Syscall,
     emit::{fill_header, submit},
-    filter::Match,
     task::{file_of_fd, netns_inum, read},
 };
 
@@ -33,14 +32,9 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let socket: u64 = read(file_of_fd(o, fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
-    let m = Match {
-        action_cgroup_id: call.action_cgroup_id,
-        scope: call.scope,
-        flags: 0,
-    };
     // SAFETY: all-zero is a valid ConnectEvent.
     let mut ev: ConnectEvent = unsafe { core::mem::zeroed() };
-    fill_header(&mut ev.header, EventKind::Connect as u32, &m, o);
+    fill_header(&mut ev.header, EventKind::Connect as u32, &call.m, o);
     ev.fd = fd;
     ev.family = family;
     ev.sock_type = sock_type as u16;

@@ -1,38 +1,55 @@
-//! Process lifecycle of monitored tasks: exec (with the executable's path
-//! resolved from `mm->exe_file`) and exit, so userspace knows each pid's
-//! executable and can forget it when the process ends.
+//! Process lifecycle of monitored tasks.
+//!
+//! * exec: report the executable (from `mm->exe_file`); when the new program
+//!   is a sandbox launcher (matched by comm against the configured names),
+//!   start a lineage action: remember the launcher's tgid and report its argv
+//!   and working directory at once (userspace reads the sandbox from them
+//!   while it still exists).
+//! * fork: a child of a lineage process joins its lineage, in the kernel, so
+//!   no short-lived child is missed.
+//! * exit: forget the process.
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{
-    DIR_CAPACITY, EventKind, ExitEvent, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FileEvent,
+    COMM_LEN, DIR_CAPACITY, EventKind, ExitEvent, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED,
+    FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, LOST_LINEAGE_FULL, PATH_CAPACITY,
     Settings,
 };
 
 use crate::{
     dpath::walk_path,
-    emit::{fill_header, submit},
+    emit::{fill_header, submit, submit_with},
     filter::Match,
-    maps::{SCRATCH, Scratch},
+    maps::{LINEAGE, SCRATCH, Scratch, count_lost},
     task::{current_task, read},
 };
 
-pub fn on_exec(settings: &Settings, m: &Match) -> Option<()> {
+pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let o = &settings.offsets;
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
-    let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, EventKind::Exec as u32, m, o);
-    ev.syscall = 0;
-    ev.dirfd = 0;
-    ev.open_flags = 0;
-    ev.mode = 0;
-    ev.result = 0;
-    ev.path_len = 0;
-    ev.dir_len = 0;
     let mm: u64 = read(current_task(), o.task_mm);
+
+    let launcher = is_launcher(
+        settings,
+        &aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+    );
+    if launcher {
+        // A launcher inside a lineage starts a new, innermost action.
+        if LINEAGE.insert(&tgid, &tgid, 0).is_err() {
+            count_lost(LOST_LINEAGE_FULL);
+        }
+        m.launcher = tgid;
+    } else {
+        // SAFETY: the value is copied out at once.
+        m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+    }
+
+    start_event(scratch, EventKind::Exec, m, settings);
     let exe: u64 = read(mm, o.mm_exe_file);
     let mut len = 0usize;
     if exe == 0 {
-        ev.header.flags |= FLAG_DIR_UNRESOLVED;
+        scratch.event.header.flags |= FLAG_DIR_UNRESOLVED;
     } else {
         match walk_path(o, exe + o.file_path as u64, 0) {
             None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
@@ -45,12 +62,105 @@ pub fn on_exec(settings: &Settings, m: &Match) -> Option<()> {
         }
     }
     scratch.event.dir_len = len as u32;
-    let total = core::mem::size_of::<FileEvent>() + len;
-    submit(settings, (scratch as *const Scratch).cast(), total);
+    submit(
+        settings,
+        (scratch as *const Scratch).cast(),
+        core::mem::size_of::<FileEvent>() + len,
+    );
+
+    if launcher {
+        launch_event(settings, scratch, m, mm);
+    }
     Some(())
 }
 
-pub fn on_exit(settings: &Settings, m: &Match) {
+/// The launcher's argv (from `mm->arg_start..arg_end`) and cwd.
+fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64) {
+    let o = &settings.offsets;
+    start_event(scratch, EventKind::Launch, m, settings);
+    let start: u64 = read(mm, o.mm_arg_start);
+    let end: u64 = read(mm, o.mm_arg_end);
+    let mut len = end.saturating_sub(start) as usize;
+    if len >= PATH_CAPACITY {
+        len = PATH_CAPACITY - 1;
+        scratch.event.header.flags |= FLAG_PATH_TRUNCATED;
+    }
+    let data = scratch.data.as_mut_ptr();
+    // SAFETY: len < PATH_CAPACITY fits at the start of `data`.
+    if len == 0 || unsafe { bpf_probe_read_user(data.cast(), len as u32, start as *const _) } != 0 {
+        scratch.event.header.flags |= FLAG_PATH_UNREADABLE;
+        len = 0;
+    }
+    let fs: u64 = read(current_task(), o.task_fs);
+    let mut dir_len = 0usize;
+    match if fs == 0 {
+        None
+    } else {
+        walk_path(o, fs + o.fs_pwd as u64, len)
+    } {
+        None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
+        Some(w) => {
+            dir_len = w.len as usize & (DIR_CAPACITY - 1);
+            if w.truncated {
+                scratch.event.header.flags |= FLAG_DIR_TRUNCATED;
+            }
+        }
+    }
+    scratch.event.path_len = len as u32;
+    scratch.event.dir_len = dir_len as u32;
+    let total = core::mem::size_of::<FileEvent>() + len + dir_len;
+    submit_with(settings, (scratch as *const Scratch).cast(), total, true);
+}
+
+fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match, settings: &Settings) {
+    let ev: &mut FileEvent = &mut scratch.event;
+    fill_header(&mut ev.header, kind as u32, m, &settings.offsets);
+    ev.syscall = 0;
+    ev.dirfd = 0;
+    ev.open_flags = 0;
+    ev.mode = 0;
+    ev.result = 0;
+    ev.path_len = 0;
+    ev.dir_len = 0;
+}
+
+const _: () = assert!(
+    monitor_common::MAX_LAUNCHERS == 4,
+    "is_launcher checks four slots"
+);
+
+fn is_launcher(settings: &Settings, comm: &[u8; COMM_LEN]) -> bool {
+    // Constant indices: a loop bounded by `launcher_count` compiles to an
+    // equality test the verifier cannot bound.
+    let n = settings.launcher_count;
+    let l = &settings.launchers;
+    (n > 0 && l[0] == *comm)
+        || (n > 1 && l[1] == *comm)
+        || (n > 2 && l[2] == *comm)
+        || (n > 3 && l[3] == *comm)
+}
+
+/// A new process forked by a lineage process joins its lineage.
+pub fn on_fork(parent_tgid: u32, child_task: u64, settings: &Settings) {
+    // SAFETY: the value is copied out at once.
+    let Some(launcher) = (unsafe { LINEAGE.get(&parent_tgid) }).copied() else {
+        return;
+    };
+    let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
+    if child_tgid == 0 || child_tgid == parent_tgid {
+        return; // a thread, not a process
+    }
+    if LINEAGE.insert(&child_tgid, &launcher, 0).is_err() {
+        count_lost(LOST_LINEAGE_FULL);
+    }
+}
+
+pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
+    // SAFETY: the value is copied out at once.
+    m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+    if m.launcher != 0 {
+        let _ = LINEAGE.remove(&tgid);
+    }
     // SAFETY: all-zero is a valid ExitEvent.
     let mut ev: ExitEvent = unsafe { core::mem::zeroed() };
     fill_header(&mut ev.header, EventKind::Exit as u32, m, &settings.offsets);

@@ -114,8 +114,12 @@ pub async fn start(
             },
         })
         .collect();
-    let kernel =
-        Kernel::load(&kernel_scopes, DEFAULT_WAKEUP_THRESHOLD).map_err(StartError::Kernel)?;
+    let kernel = Kernel::load(
+        &kernel_scopes,
+        &config.attribution.sandbox_launchers,
+        DEFAULT_WAKEUP_THRESHOLD,
+    )
+    .map_err(StartError::Kernel)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(

@@ -19,6 +19,11 @@ use crate::paths;
 pub struct Origin {
     pub time: SystemTime,
     pub action_cgroup_id: u64,
+    /// cgroup ancestors one and two levels below the matched scope.
+    pub child_cgroup_id: u64,
+    pub grandchild_cgroup_id: u64,
+    /// tgid of the sandbox launcher whose tree the process is in, or 0.
+    pub launcher: u32,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -58,12 +63,23 @@ pub struct Exec {
     pub exe: Option<Vec<u8>>,
 }
 
+/// A sandbox launcher started (a new lineage action).
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub origin: Origin,
+    /// NUL-separated, as in `/proc/<pid>/cmdline`.
+    pub argv: Vec<u8>,
+    pub argv_truncated: bool,
+    pub cwd: Option<Vec<u8>>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Event {
     File(FileOpen),
     Connect(Connect),
     Exec(Exec),
     Exit(Origin),
+    Launch(Launch),
 }
 
 impl Event {
@@ -73,17 +89,19 @@ impl Event {
             Event::Connect(e) => &e.origin,
             Event::Exec(e) => &e.origin,
             Event::Exit(o) => o,
+            Event::Launch(e) => &e.origin,
         }
     }
 
     /// Index into the `kind` labels of `build_monitor_events_total`:
-    /// file, net, exec, exit.
+    /// file, net, exec, exit, launch.
     pub fn metric_index(&self) -> usize {
         match self {
             Event::File(_) => 0,
             Event::Connect(_) => 1,
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
+            Event::Launch(_) => 4,
         }
     }
 }
@@ -137,6 +155,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
+        Some(EventKind::Launch) => {
+            let (ev, dir, argv) = split_path_event(bytes)?;
+            let flags = ev.header.flags;
+            Ok(Event::Launch(Launch {
+                origin,
+                argv: argv.to_vec(),
+                argv_truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_PATH_UNREADABLE) != 0,
+                cwd: (flags & (FLAG_DIR_UNRESOLVED | FLAG_DIR_TRUNCATED) == 0)
+                    .then(|| paths::dir_from_components(dir)),
+            }))
+        }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
@@ -178,6 +207,9 @@ fn origin(h: &EventHeader) -> Origin {
     Origin {
         time: wall_clock(h.ktime_ns),
         action_cgroup_id: h.action_cgroup_id,
+        child_cgroup_id: h.child_cgroup_id,
+        grandchild_cgroup_id: h.grandchild_cgroup_id,
+        launcher: h.launcher,
         pid: h.pid,
         tid: h.tid,
         ppid: h.ppid,

@@ -70,7 +70,7 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
-    let lost: u64 = ["ringbuf_full", "decode_error"]
+    let lost: u64 = ["ringbuf_full", "lineage_full", "decode_error"]
         .iter()
         .map(|r| {
             running

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod declarations;
 pub mod decode;
 pub mod exec;
+pub mod execlog;
 pub mod fold;
 pub mod judge;
 pub mod loader;
@@ -22,6 +23,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod processes;
 pub mod registry;
+pub mod sandbox;
 pub mod sinks;
 
 /// The kernel programs, built by build.rs for the BPF target.

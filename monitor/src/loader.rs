@@ -10,8 +10,8 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use monitor_common::{
-    KernelOffsets, LOST_REASONS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10,
-    PT_REGS_SI, Scope, Settings,
+    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX,
+    PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Scope, Settings,
 };
 
 use crate::btf::Btf;
@@ -19,7 +19,8 @@ use crate::btf::Btf;
 /// Process tracking programs and their raw tracepoints, attached before the
 /// syscall hook so that no exec of a monitored process is missed once file
 /// events flow.
-const PROCESS_PROGRAMS: [(&str, &str); 2] = [
+const PROCESS_PROGRAMS: [(&str, &str); 3] = [
+    ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
 ];
@@ -54,7 +55,13 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads and attaches everything. `scopes` may be empty and set later.
-    pub fn load(scopes: &[Scope], wakeup_threshold: u64) -> anyhow::Result<Kernel> {
+    /// `launchers`: process names that start a lineage action (compared with
+    /// the kernel's 15-byte comm, so longer names are cut to 15 bytes).
+    pub fn load(
+        scopes: &[Scope],
+        launchers: &[String],
+        wakeup_threshold: u64,
+    ) -> anyhow::Result<Kernel> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!(
@@ -80,12 +87,24 @@ impl Kernel {
         let scopes_map = Array::try_from(take(&mut ebpf, "SCOPES")?)?;
         let lost_map = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
-        let settings = Settings {
+        let mut settings = Settings {
             offsets,
             scope_count: 0,
             monitor_tgid: std::process::id(),
             wakeup_threshold,
+            ..Default::default()
         };
+        if launchers.len() > MAX_LAUNCHERS {
+            bail!(
+                "at most {MAX_LAUNCHERS} attribution.sandbox_launchers are supported, {} given",
+                launchers.len()
+            );
+        }
+        for (slot, name) in settings.launchers.iter_mut().zip(launchers) {
+            let bytes = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
+            slot[..bytes.len()].copy_from_slice(bytes);
+        }
+        settings.launcher_count = launchers.len() as u32;
         let mut kernel = Kernel {
             ebpf: None,
             settings_map,
@@ -272,5 +291,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         mm_exe_file: off("mm_struct", "exe_file")?,
         nsproxy_net_ns: off("nsproxy", "net_ns")?,
         net_ns_inum: off("net", "ns.inum")?,
+        mm_arg_start: off("mm_struct", "arg_start")?,
+        mm_arg_end: off("mm_struct", "arg_end")?,
     })
 }

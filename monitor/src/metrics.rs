@@ -119,7 +119,7 @@ impl Metrics {
 
         // Series that alert rules use must exist from the start: an absent
         // series makes `rate()`/`increase()` silently evaluate to nothing.
-        for reason in ["ringbuf_full", "decode_error"] {
+        for reason in ["ringbuf_full", "lineage_full", "decode_error"] {
             events_lost_total.with_label_values(&[reason]);
         }
         for sink in ["stdout", "file"] {

@@ -7,8 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::ffi::OsStrExt as _;
+
 use aya::maps::{MapData, RingBuf};
-use monitor_common::{LOST_REASONS, LOST_RINGBUF_FULL};
+use monitor_common::{LOST_LINEAGE_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -29,9 +31,32 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often cgroups and declarations are rescanned.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// The kernel's loss counters and their `events_lost_total` reasons.
-const LOST_NAMES: [(u32, &str); LOST_REASONS as usize] = [(LOST_RINGBUF_FULL, "ringbuf_full")];
+const LOST_NAMES: [(u32, &str); LOST_REASONS as usize] = [
+    (LOST_RINGBUF_FULL, "ringbuf_full"),
+    (LOST_LINEAGE_FULL, "lineage_full"),
+];
 /// Records handled per wakeup before the loop looks at its timers again.
 const DRAIN_BATCH: usize = 8192;
+
+/// The spawn a launcher describes; what the kernel could not capture whole
+/// (a very long argv) is read from /proc while the launcher still runs.
+fn spawn_of(launch: &decode::Launch) -> crate::sandbox::Spawn {
+    let pid = launch.origin.pid;
+    let argv = if launch.argv_truncated {
+        std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_else(|_| launch.argv.clone())
+    } else {
+        launch.argv.clone()
+    };
+    let cwd = match &launch.cwd {
+        Some(cwd) => std::path::PathBuf::from(std::ffi::OsStr::from_bytes(cwd)),
+        None => std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
+    };
+    let mut spawn = crate::sandbox::parse_launch(&argv, &cwd);
+    // The kernel matched the launcher by comm; a script launcher has the
+    // interpreter as argv[0].
+    spawn.launcher = launch.origin.comm.clone();
+    spawn
+}
 
 /// An event with the process facts resolved at the time it was read.
 pub struct Observed {
@@ -66,7 +91,7 @@ pub struct Pipeline {
     pub violations: u64,
     lost_seen: [u64; LOST_REASONS as usize],
     /// `events_total` by kind, resolved once (the per-event hot path).
-    event_counters: [prometheus::IntCounter; 4],
+    event_counters: [prometheus::IntCounter; 5],
 }
 
 impl Pipeline {
@@ -78,7 +103,7 @@ impl Pipeline {
         fold_window: Duration,
         keep_alerts: bool,
     ) -> Self {
-        let event_counters = ["file", "net", "exec", "exit"]
+        let event_counters = ["file", "net", "exec", "exit", "launch"]
             .map(|kind| metrics.events_total.with_label_values(&[kind]));
         Pipeline {
             registry,
@@ -108,32 +133,27 @@ impl Pipeline {
                 return;
             }
         };
-        let (counter, pid, ppid, action, scope) = {
-            let o = event.origin();
-            (
-                event.metric_index(),
-                o.pid,
-                o.ppid,
-                o.action_cgroup_id,
-                o.scope as usize,
-            )
-        };
-        self.event_counters[counter].inc();
+        self.event_counters[event.metric_index()].inc();
+        let (pid, ppid) = (event.origin().pid, event.origin().ppid);
         match &event {
             Event::Exec(exec) => {
                 self.processes.exec(pid, exec.exe.as_deref());
                 return;
             }
-            Event::Exit(_) => {
+            Event::Exit(origin) => {
                 self.processes.exit(pid);
+                self.registry.exit(origin, now);
+                return;
+            }
+            Event::Launch(launch) => {
+                self.registry.launch(&launch.origin, spawn_of(launch));
                 return;
             }
             Event::File(_) | Event::Connect(_) => {}
         }
         let exe = self.processes.exe(pid, ppid);
-        let ready = self
-            .registry
-            .route(action, scope, Observed { event, exe }, now);
+        let origin = event.origin().clone();
+        let ready = self.registry.route(&origin, Observed { event, exe }, now);
         self.judge_all(ready);
     }
 
@@ -142,7 +162,7 @@ impl Pipeline {
             let violation = match &observed.event {
                 Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
-                Event::Exec(_) | Event::Exit(_) => None,
+                Event::Exec(_) | Event::Exit(_) | Event::Launch(_) => None,
             };
             if let Some(v) = violation {
                 self.violations += 1;

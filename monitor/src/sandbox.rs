@@ -1,0 +1,336 @@
+//! Bazel sandboxes: from a spawn's launcher command line and working
+//! directory to what the spawn declared.
+//!
+//! Bazel materialises a spawn's declared inputs in a sandbox directory
+//! (`<output_base>/sandbox/<strategy>/<id>/execroot/<workspace>`), mostly as
+//! symlinks to the real files. What the spawn may open is therefore: anything
+//! below its sandbox directory (its inputs, its outputs, its own scratch
+//! space), the targets those symlinks point to (tools that resolve links
+//! before opening), and the writable directories the launcher was given.
+use std::{
+    ffi::OsStr,
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{paths, policy::PathMatcher};
+
+/// Most sandbox entries read for one spawn; a larger tree is truncated with a
+/// warning (its remaining inputs would show up as undeclared, never hidden).
+const MAX_ENTRIES: usize = 200_000;
+
+/// One sandboxed spawn, as its launcher described it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spawn {
+    /// `linux-sandbox`, `process-wrapper`, … (argv[0]'s file name).
+    pub launcher: String,
+    /// The spawn's execroot inside the sandbox (linux-sandbox `-W`, else the
+    /// launcher's working directory).
+    pub execroot: PathBuf,
+    /// `<output_base>/sandbox/<strategy>/<id>` when the execroot is inside
+    /// one; the whole directory belongs to the spawn.
+    pub sandbox_dir: Option<PathBuf>,
+    /// The sandbox's numeric id (also in Bazel 7's `sandbox_<id>.scope`).
+    pub sandbox_id: Option<u64>,
+    /// Directories the launcher made writable (linux-sandbox `-w`).
+    pub writable: Vec<PathBuf>,
+    /// The spawned command: the launcher's arguments after `--`.
+    pub command: Vec<String>,
+    /// linux-sandbox `-N`: the spawn has a network namespace of its own.
+    pub own_network: bool,
+}
+
+/// Reads a launcher's argv (NUL-separated, as in `/proc/<pid>/cmdline`) and
+/// working directory.
+pub fn parse_launch(argv: &[u8], cwd: &Path) -> Spawn {
+    let args: Vec<String> = argv
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let launcher = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let mut spawn = Spawn {
+        launcher,
+        execroot: cwd.to_path_buf(),
+        ..Default::default()
+    };
+    let mut i = 1;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--" {
+            spawn.command = args[i + 1..].to_vec();
+            break;
+        }
+        // linux-sandbox options (getopt style: "-W DIR" or "-WDIR").
+        let value = |flag: &str| -> Option<String> {
+            if arg == flag {
+                args.get(i + 1).cloned()
+            } else {
+                arg.strip_prefix(flag)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            }
+        };
+        if let Some(dir) = value("-W") {
+            spawn.execroot = absolute(cwd, &dir);
+            i += if arg == "-W" { 2 } else { 1 };
+            continue;
+        }
+        if let Some(dir) = value("-w") {
+            spawn.writable.push(absolute(cwd, &dir));
+            i += if arg == "-w" { 2 } else { 1 };
+            continue;
+        }
+        if arg == "-N" {
+            spawn.own_network = true;
+        }
+        i += 1;
+    }
+    if let Some((dir, id)) = sandbox_dir_of(&spawn.execroot) {
+        spawn.sandbox_dir = Some(dir);
+        spawn.sandbox_id = Some(id);
+    }
+    spawn
+}
+
+fn absolute(cwd: &Path, p: &str) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(&paths::resolve(
+        cwd.as_os_str().as_bytes(),
+        p.as_bytes(),
+    )))
+}
+
+/// `…/sandbox/<strategy>/<id>/execroot/…` → (`…/sandbox/<strategy>/<id>`, id).
+pub fn sandbox_dir_of(execroot: &Path) -> Option<(PathBuf, u64)> {
+    let parts: Vec<_> = execroot.components().collect();
+    for i in (0..parts.len()).rev() {
+        if parts[i].as_os_str() == "execroot" && i >= 3 && parts[i - 3].as_os_str() == "sandbox" {
+            let id: u64 = parts[i - 1].as_os_str().to_str()?.parse().ok()?;
+            let dir: PathBuf = parts[..i].iter().collect();
+            return Some((dir, id));
+        }
+    }
+    None
+}
+
+/// The spawn's declared paths: its sandbox (or execroot) tree, every symlink
+/// target found in it, and its writable directories.
+pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
+    let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
+    let mut patterns = vec![pattern_below(root), root.display().to_string()];
+    for dir in &spawn.writable {
+        patterns.push(pattern_below(dir));
+    }
+    let mut seen = 0;
+    let mut stack = vec![spawn.execroot.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                log::warn!(
+                    "sandbox {} has more than {MAX_ENTRIES} entries; reading stopped",
+                    root.display()
+                );
+                return patterns;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_symlink()
+                && let Ok(target) = fs::read_link(&path)
+            {
+                let target = absolute(
+                    path.parent().unwrap_or(Path::new("/")),
+                    &target.to_string_lossy(),
+                );
+                let is_dir = fs::metadata(&target).is_ok_and(|m| m.is_dir());
+                patterns.push(if is_dir {
+                    pattern_below(&target)
+                } else {
+                    target.display().to_string()
+                });
+            }
+        }
+    }
+    patterns
+}
+
+/// `dir/**`, with glob metacharacters in `dir` escaped.
+fn pattern_below(dir: &Path) -> String {
+    format!("{}/**", escape_glob(&dir.display().to_string()))
+}
+
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Compiles the declared patterns; a pattern that does not compile (a path
+/// with odd bytes) is skipped, so it shows up as undeclared rather than
+/// breaking the spawn's whole declaration.
+pub fn matcher(patterns: &[String]) -> PathMatcher {
+    match PathMatcher::new(patterns) {
+        Ok(m) => m,
+        Err(e) => {
+            log::warn!("sandbox declaration: {e}; skipping that pattern");
+            let kept: Vec<String> = patterns
+                .iter()
+                .filter(|p| PathMatcher::new(&[(*p).clone()]).is_ok())
+                .cloned()
+                .collect();
+            PathMatcher::new(&kept)
+                .unwrap_or_else(|_| PathMatcher::new(&[]).expect("empty matcher"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in args {
+            out.extend_from_slice(a.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn linux_sandbox_argv_gives_execroot_writable_dirs_and_command() {
+        let ob = "/tmp/ob/sandbox/linux-sandbox/7/execroot/ws";
+        let spawn = parse_launch(
+            &argv(&[
+                "/tmp/ob/install/abc/linux-sandbox",
+                "-t",
+                "15",
+                "-w",
+                ob,
+                "-w",
+                "/dev/shm",
+                "-W",
+                ob,
+                "-N",
+                "-D",
+                "--",
+                "/bin/bash",
+                "-c",
+                "cat a > $@",
+            ]),
+            Path::new("/tmp/ob/execroot/ws"),
+        );
+        assert_eq!(spawn.launcher, "linux-sandbox");
+        assert_eq!(spawn.execroot, Path::new(ob));
+        assert_eq!(
+            spawn.sandbox_dir.as_deref(),
+            Some(Path::new("/tmp/ob/sandbox/linux-sandbox/7"))
+        );
+        assert_eq!(spawn.sandbox_id, Some(7));
+        assert_eq!(
+            spawn.writable,
+            vec![PathBuf::from(ob), PathBuf::from("/dev/shm")]
+        );
+        assert_eq!(spawn.command, vec!["/bin/bash", "-c", "cat a > $@"]);
+        assert!(spawn.own_network);
+    }
+
+    #[test]
+    fn process_wrapper_uses_its_working_directory() {
+        let cwd = Path::new("/tmp/ob/sandbox/processwrapper-sandbox/12/execroot/ws");
+        let spawn = parse_launch(
+            &argv(&[
+                "/x/process-wrapper",
+                "--timeout=0",
+                "--kill_delay=15",
+                "--",
+                "/bin/bash",
+                "-c",
+                "true",
+            ]),
+            cwd,
+        );
+        assert_eq!(spawn.launcher, "process-wrapper");
+        assert_eq!(spawn.execroot, cwd);
+        assert_eq!(spawn.sandbox_id, Some(12));
+        assert_eq!(spawn.command, vec!["/bin/bash", "-c", "true"]);
+        assert!(!spawn.own_network);
+    }
+
+    #[test]
+    fn execroot_outside_a_sandbox_has_no_sandbox_dir() {
+        assert_eq!(sandbox_dir_of(Path::new("/tmp/ob/execroot/ws")), None);
+        assert_eq!(
+            sandbox_dir_of(Path::new("/a/sandbox/s/x/execroot/ws")),
+            None,
+            "non-numeric id"
+        );
+    }
+
+    #[test]
+    fn declared_patterns_cover_the_sandbox_and_symlink_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::write(src.join("in.txt"), "x").unwrap();
+        let execroot = tmp.path().join("ob/sandbox/linux-sandbox/3/execroot/ws");
+        fs::create_dir_all(execroot.join("pkg")).unwrap();
+        std::os::unix::fs::symlink(src.join("in.txt"), execroot.join("pkg/in.txt")).unwrap();
+        std::os::unix::fs::symlink(src.join("dir"), execroot.join("pkg/dir")).unwrap();
+        let spawn = parse_launch(
+            &argv(&[
+                "linux-sandbox",
+                "-W",
+                execroot.to_str().unwrap(),
+                "--",
+                "true",
+            ]),
+            Path::new("/"),
+        );
+        let m = matcher(&declared_patterns(&spawn));
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert!(m.matches(&b(&execroot.join("pkg/in.txt"))));
+        assert!(
+            m.matches(&b(&execroot.join("bazel-out/k8/bin/out.txt"))),
+            "outputs live in the sandbox"
+        );
+        assert!(m.matches(&b(&src.join("in.txt"))), "symlink target");
+        assert!(
+            m.matches(&b(&src.join("dir/deeper/f"))),
+            "directory symlink target"
+        );
+        assert!(!m.matches(&b(&src.join("other.txt"))), "undeclared source");
+        assert!(!m.matches(b"/etc/shadow"));
+    }
+
+    #[test]
+    fn glob_metacharacters_in_paths_are_literal() {
+        let m = matcher(&[pattern_below(Path::new("/tmp/a*[b]"))]);
+        assert!(m.matches(b"/tmp/a*[b]/x"));
+        assert!(!m.matches(b"/tmp/aXb/x"));
+    }
+}
