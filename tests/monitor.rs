@@ -508,3 +508,146 @@ fn raw_tracepoint_fallback_reports_files_and_connects() {
     assert_eq!(net.len(), 1, "{alerts:#?}");
     assert_eq!(net[0]["net"]["port"], denied);
 }
+
+/// A fake Bazel sandbox: `<tmp>/ob/sandbox/<strategy>/<id>/execroot/ws` with
+/// `pkg/in.txt` a symlink to a real source file, as Bazel materialises it.
+struct FakeSandbox {
+    _tmp: tempfile::TempDir,
+    execroot: std::path::PathBuf,
+    source: std::path::PathBuf,
+    undeclared: std::path::PathBuf,
+}
+
+fn fake_sandbox(strategy: &str, id: u32) -> FakeSandbox {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let undeclared = tmp.path().join("workspace/pkg/secret.txt");
+    write(&source, "in");
+    write(&undeclared, "secret");
+    let execroot = tmp
+        .path()
+        .join(format!("ob/sandbox/{strategy}/{id}/execroot/ws"));
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    FakeSandbox {
+        _tmp: tmp,
+        execroot,
+        source,
+        undeclared,
+    }
+}
+
+/// Lineage mode: a process that execs a sandbox launcher (here a script named
+/// `process-wrapper`) starts an action; its children, however short-lived,
+/// belong to it and are judged against the sandbox it works in.
+#[test]
+fn lineage_actions_are_judged_against_their_sandbox() {
+    require_root();
+    let parent = test_parent("lineage");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    // The job's own declaration allows nothing: only the spawn's sandbox
+    // makes `pkg/in.txt` legitimate.
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let sb = fake_sandbox("processwrapper-sandbox", 5);
+    let bin = tempfile::tempdir().unwrap();
+    let launcher = bin.path().join("process-wrapper");
+    fs::write(
+        &launcher,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        &launcher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let undeclared = sb.undeclared.display().to_string();
+    let out = run_in(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&sb.execroot)
+            .args(["--timeout=0", "--kill_delay=15", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "cat pkg/in.txt > /dev/null; (cat {undeclared}) > /dev/null; cat {} > /dev/null",
+                sb.source.display()
+            )),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle();
+    let metrics = daemon.metrics_text();
+    let (_, alerts, stderr) = daemon.stop();
+    assert!(
+        file_alerts(&alerts, &sb.execroot.join("pkg/in.txt")).is_empty(),
+        "declared input alerted: {alerts:#?}"
+    );
+    assert!(
+        file_alerts(&alerts, &sb.source).is_empty(),
+        "symlink target alerted: {alerts:#?}"
+    );
+    let hits = file_alerts(&alerts, &sb.undeclared);
+    assert_eq!(hits.len(), 1, "{alerts:#?}\n{stderr}");
+    let a = hits[0];
+    assert!(
+        a["action"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("process-wrapper-"),
+        "{a}"
+    );
+    assert_eq!(a["process"]["comm"], "cat");
+    assert_eq!(
+        metric(
+            &metrics,
+            "build_monitor_events_total",
+            &[("kind", "launch")]
+        ),
+        1.0
+    );
+}
+
+/// Bazel 7+ cgroup mode: `blaze_<pid>_spawns.slice/sandbox_<id>.scope` below
+/// a monitored parent. The spawn scope (not the slice) is the action, tied to
+/// the sandbox with the same id that its processes work in.
+#[test]
+fn bazel7_spawn_cgroups_are_actions_tied_to_their_sandbox() {
+    require_root();
+    let parent = test_parent("spawncg");
+    let daemon = Daemon::start(&parent.path, "");
+    let slice = parent.child("blaze_4242_spawns.slice");
+    let scope = slice.child("sandbox_9.scope");
+    let sb = fake_sandbox("linux-sandbox", 9);
+    let out = run_in(
+        &scope.path,
+        Command::new("/bin/sh")
+            .current_dir(&sb.execroot)
+            .arg("-c")
+            .arg(format!(
+                "sleep 0.3; cat pkg/in.txt {} > /dev/null",
+                sb.undeclared.display()
+            )),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle();
+    let (_, alerts, _) = daemon.stop();
+    assert!(
+        file_alerts(&alerts, &sb.execroot.join("pkg/in.txt")).is_empty(),
+        "declared input alerted: {alerts:#?}"
+    );
+    let hits = file_alerts(&alerts, &sb.undeclared);
+    assert_eq!(hits.len(), 1, "{alerts:#?}");
+    assert_eq!(hits[0]["action"]["id"], "sandbox_9.scope");
+    assert_eq!(
+        hits[0]["action"]["cgroup"],
+        scope.path.display().to_string()
+    );
+    drop(scope);
+}
