@@ -101,6 +101,9 @@ pub struct NetInfo {
     /// Network namespace inode, when known: a connect inside a private netns
     /// (e.g. the sandbox's) cannot reach the host network.
     pub netns: Option<u32>,
+    /// The connect came from a network namespace other than the host's (a
+    /// sandbox without network): an egress attempt; said in the message.
+    pub private_netns: bool,
 }
 
 /// One alert; `file` is set for `UndeclaredFile`, `net` for `NetworkEgress`.
@@ -260,6 +263,9 @@ impl Alert {
                     "{verb}{dest} over {}, which the network policy does not allow",
                     n.proto
                 );
+                if n.private_netns {
+                    m.push_str(" [attempted from a network namespace of its own (sandbox without network)]");
+                }
                 n.result
             }
             (AlertKind::UndeclaredFile, ..) => {
@@ -456,6 +462,7 @@ mod tests {
                 port: 9,
                 result,
                 netns: None,
+                private_netns: false,
             }),
             verdict: Verdict::Observed,
             count: 1,

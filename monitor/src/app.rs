@@ -102,6 +102,7 @@ pub async fn start(
         files_allow: PathMatcher::new(&config.files.allow)
             .map_err(|e| StartError::Config(e.into()))?,
         network_allow: NetMatcher::new(config.network.allow.clone()),
+        host_netns: crate::judge::own_netns(),
     };
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
         .iter()

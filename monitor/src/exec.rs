@@ -1,6 +1,12 @@
 //! `monitor exec -- CMD`: the CI sidecar. Runs CMD in a fresh cgroup of its
-//! own, monitors it (network policy for the whole tree; configured parents
-//! as usual), prints a readable summary and exits 1 on violations.
+//! own, monitors it (network policy for the whole tree; sandboxed spawns
+//! inside it against what they declared; configured parents as usual),
+//! prints a readable summary and exits 1 on violations.
+//!
+//! For `bazel build|test|run|coverage` it also asks Bazel for its JSON
+//! execution log (unless one is given) to label spawns with their targets,
+//! and stops the Bazel server the build started when the command ends, so
+//! that no unmonitored server serves the next build.
 use std::{
     collections::BTreeMap,
     ffi::{CString, OsString},
@@ -25,15 +31,30 @@ pub struct ExecOptions {
 }
 
 /// Returns the process exit code.
-pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartError> {
+pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, StartError> {
     // Alerts of a sidecar go to the report and the alert file; stdout
-    // belongs to the command.
+    // belongs to the command. They are held until the command ends, so that
+    // labels learnt from Bazel's execution log reach every one of them.
     config.alerts.stdout = false;
+    config.alerts.fold_window_ms = HOLD_ALERTS_MS;
+    let bazel = is_bazel(&opts.command);
+    let scratch = tempdir_for_exec().map_err(StartError::Kernel)?;
+    let exec_log = if bazel {
+        add_execution_log(&mut opts.command, &scratch)
+    } else {
+        None
+    };
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let job_id = format!("exec-{}", std::process::id());
     let job_dir = root.join("build-monitor").join(&job_id);
     std::fs::create_dir_all(&job_dir)
         .with_context(|| format!("cannot create cgroup {}", job_dir.display()))
+        .map_err(StartError::Kernel)?;
+    // The command runs one level down, so that cgroups Bazel 7+ creates next
+    // to its server's (per-spawn slices) land inside the job.
+    let command_dir = job_dir.join("cmd");
+    std::fs::create_dir_all(&command_dir)
+        .with_context(|| format!("cannot create cgroup {}", command_dir.display()))
         .map_err(StartError::Kernel)?;
     let _cleanup = CgroupGuard(job_dir.clone());
     let mut scopes = app::parent_scopes(&config, &root)?;
@@ -41,15 +62,24 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
         path: job_dir.clone(),
         id: cgroup::id_of(&job_dir).map_err(StartError::Kernel)?,
         level: cgroup::level_of(&root, &job_dir).map_err(StartError::Kernel)?,
-        kind: ScopeKind::Job {
-            id: job_id,
-            label: None,
-            mnemonic: Some("Command".into()),
+        kind: if bazel {
+            ScopeKind::Job {
+                id: job_id,
+                label: Some("@bazel".into()),
+                mnemonic: Some("BazelServer".into()),
+            }
+        } else {
+            ScopeKind::Job {
+                id: job_id,
+                label: None,
+                mnemonic: Some("Command".into()),
+            }
         },
     });
     let mut running = app::start(&config, scopes, true, false).await?;
+    running.pipeline.exec_log = exec_log;
 
-    let mut child = spawn_in_cgroup(&opts.command, &job_dir)
+    let mut child = spawn_in_cgroup(&opts.command, &command_dir)
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let stop = async {
@@ -63,6 +93,8 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
         .await
         .map_err(StartError::Kernel)?;
     running.stop_metrics().await;
+    stop_leftovers(&job_dir);
+    let _ = std::fs::remove_dir_all(&scratch);
 
     let status = status
         .expect("the command was awaited")
@@ -94,6 +126,85 @@ pub async fn exec(mut config: Config, opts: ExecOptions) -> Result<u8, StartErro
         .map_err(StartError::Config)?;
     }
     Ok(if pipeline.violations > 0 { 1 } else { code })
+}
+
+/// Alerts are held this long at most before being written (in practice:
+/// until the command ends).
+const HOLD_ALERTS_MS: u64 = 24 * 3600 * 1000;
+
+fn is_bazel(command: &[OsString]) -> bool {
+    Path::new(&command[0])
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == "bazel" || n == "bazelisk" || n.starts_with("bazel-"))
+}
+
+/// Adds `--execution_log_json_file=…` after the Bazel command (`build`,
+/// `test`, `run`, `coverage`) unless the user gave one; returns the log path.
+fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<PathBuf> {
+    const FLAG: &str = "--execution_log_json_file";
+    let verb = command
+        .iter()
+        .skip(1)
+        .position(|a| !a.as_bytes().starts_with(b"-"))?
+        + 1;
+    if !matches!(
+        command[verb].to_str(),
+        Some("build" | "test" | "run" | "coverage")
+    ) {
+        return None;
+    }
+    for (i, arg) in command.iter().enumerate().skip(verb) {
+        let Some(arg) = arg.to_str() else { continue };
+        if let Some(path) = arg.strip_prefix(FLAG).and_then(|r| r.strip_prefix('=')) {
+            return Some(PathBuf::from(path));
+        }
+        if arg == FLAG {
+            return command.get(i + 1).map(PathBuf::from);
+        }
+        if arg == "--" {
+            break;
+        }
+    }
+    let path = scratch.join("execution_log.json");
+    command.insert(
+        verb + 1,
+        OsString::from(format!("{FLAG}={}", path.display())),
+    );
+    Some(path)
+}
+
+fn tempdir_for_exec() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("monitor-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Ends what the command left running in its cgroup (a Bazel server), so
+/// the cgroup can go and no unmonitored server serves the next build.
+fn stop_leftovers(job: &Path) {
+    let procs = || std::fs::read_to_string(job.join("cmd/cgroup.procs")).unwrap_or_default();
+    if procs().trim().is_empty() {
+        return;
+    }
+    log::info!(
+        "stopping processes the command left running in {}",
+        job.display()
+    );
+    let kill = job.join("cgroup.kill");
+    if std::fs::write(&kill, "1").is_err() {
+        log::warn!(
+            "cannot write {} (kernel before 5.14?); leaving them running",
+            kill.display()
+        );
+        return;
+    }
+    for _ in 0..100 {
+        if procs().trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn spawn_in_cgroup(command: &[OsString], cgroup: &Path) -> anyhow::Result<tokio::process::Child> {
@@ -181,6 +292,77 @@ struct CgroupGuard(PathBuf);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        cgroup::remove(&self.0);
+        // Children first: the command's own cgroup and any Bazel spawn slices.
+        remove_tree(&self.0);
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    for (_, child) in cgroup::children(dir) {
+        remove_tree(&child);
+    }
+    cgroup::remove(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn execution_log_flag_goes_after_the_bazel_command() {
+        let mut cmd = args(&[
+            "bazel",
+            "--output_base=/ob",
+            "build",
+            "--config=ci",
+            "//...",
+        ]);
+        let log = add_execution_log(&mut cmd, Path::new("/s")).unwrap();
+        assert_eq!(log, Path::new("/s/execution_log.json"));
+        assert_eq!(
+            cmd,
+            args(&[
+                "bazel",
+                "--output_base=/ob",
+                "build",
+                "--execution_log_json_file=/s/execution_log.json",
+                "--config=ci",
+                "//..."
+            ])
+        );
+    }
+
+    #[test]
+    fn a_log_the_user_asked_for_is_used_as_is() {
+        let mut cmd = args(&[
+            "bazel",
+            "test",
+            "--execution_log_json_file=/mine.json",
+            "//t",
+        ]);
+        assert_eq!(
+            add_execution_log(&mut cmd, Path::new("/s")),
+            Some(PathBuf::from("/mine.json"))
+        );
+        assert_eq!(cmd.len(), 4);
+        let mut cmd = args(&["bazel", "build", "--execution_log_json_file", "/other.json"]);
+        assert_eq!(
+            add_execution_log(&mut cmd, Path::new("/s")),
+            Some(PathBuf::from("/other.json"))
+        );
+    }
+
+    #[test]
+    fn other_bazel_commands_and_other_tools_are_left_alone() {
+        let mut cmd = args(&["bazel", "shutdown"]);
+        assert_eq!(add_execution_log(&mut cmd, Path::new("/s")), None);
+        assert_eq!(cmd, args(&["bazel", "shutdown"]));
+        assert!(is_bazel(&args(&["/usr/bin/bazel", "build"])));
+        assert!(is_bazel(&args(&["bazelisk"])));
+        assert!(!is_bazel(&args(&["make"])));
     }
 }

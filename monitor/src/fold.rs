@@ -22,6 +22,11 @@ impl Folder {
         }
     }
 
+    /// The alerts waiting in this window (e.g. to add labels learnt late).
+    pub fn pending_mut(&mut self) -> impl Iterator<Item = &mut Alert> {
+        self.pending.iter_mut()
+    }
+
     /// The folded alerts of the window, in first-seen order.
     pub fn take(&mut self) -> Vec<Alert> {
         self.index.clear();

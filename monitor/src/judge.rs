@@ -13,6 +13,17 @@ use crate::{
 pub struct Policy {
     pub files_allow: PathMatcher,
     pub network_allow: NetMatcher,
+    /// The host's network namespace (the monitor's own), to tell sandboxed
+    /// attempts apart.
+    pub host_netns: Option<u32>,
+}
+
+/// Inode number of the calling process's network namespace.
+pub fn own_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| m.ino() as u32)
 }
 
 /// What identifies "the same" violation for folding.
@@ -121,6 +132,7 @@ impl Policy {
                     port: ev.port,
                     result: ev.result,
                     netns: Some(ev.netns),
+                    private_netns: self.host_netns.is_some_and(|h| h != ev.netns),
                 }),
                 verdict: Verdict::Observed,
                 count: 1,

@@ -89,6 +89,11 @@ pub struct Pipeline {
     pub keep_alerts: bool,
     pub alerts: Vec<Alert>,
     pub violations: u64,
+    /// Bazel's JSON execution log, read at the end to label spawns whose
+    /// alerts are still pending (`monitor exec` holds them until then).
+    pub exec_log: Option<std::path::PathBuf>,
+    /// The command line of every spawn that raised an alert, by action id.
+    spawn_commands: std::collections::HashMap<String, Vec<String>>,
     lost_seen: [u64; LOST_REASONS as usize],
     /// `events_total` by kind, resolved once (the per-event hot path).
     event_counters: [prometheus::IntCounter; 5],
@@ -116,6 +121,8 @@ impl Pipeline {
             keep_alerts,
             alerts: Vec::new(),
             violations: 0,
+            exec_log: None,
+            spawn_commands: std::collections::HashMap::new(),
             lost_seen: [0; LOST_REASONS as usize],
             event_counters,
         }
@@ -166,6 +173,12 @@ impl Pipeline {
             };
             if let Some(v) = violation {
                 self.violations += 1;
+                if let Some(spawn) = &action.spawn
+                    && !self.spawn_commands.contains_key(&action.info.id)
+                {
+                    self.spawn_commands
+                        .insert(action.info.id.clone(), spawn.command.clone());
+                }
                 let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
                 self.metrics
                     .violations_total
@@ -189,6 +202,36 @@ impl Pipeline {
         self.sinks.write(&alerts);
         if self.keep_alerts {
             self.alerts.extend(alerts);
+        }
+    }
+
+    /// Labels pending spawn alerts from Bazel's execution log, joined on the
+    /// spawn's command line (no log records a pid or sandbox id).
+    fn label_from_exec_log(&mut self) {
+        let Some(path) = &self.exec_log else { return };
+        let log = match crate::execlog::ExecLog::load_json(path) {
+            Ok((log, None)) => log,
+            Ok((log, Some(e))) => {
+                log::warn!(
+                    "execution log {}: {e}; using the {} entries before it",
+                    path.display(),
+                    log.entries.len()
+                );
+                log
+            }
+            Err(e) => {
+                log::warn!("no labels for spawns: {e}");
+                return;
+            }
+        };
+        for alert in self.folder.pending_mut() {
+            let Some(command) = self.spawn_commands.get(&alert.action.id) else {
+                continue;
+            };
+            if let Some(entry) = log.find_by_command(command, None) {
+                alert.action.label = entry.label.clone().or(alert.action.label.take());
+                alert.action.mnemonic = entry.mnemonic.clone().or(alert.action.mnemonic.take());
+            }
         }
     }
 
@@ -268,6 +311,7 @@ impl Pipeline {
         self.sync_lost(kernel);
         let ready = self.registry.release_all();
         self.judge_all(ready);
+        self.label_from_exec_log();
         self.flush_alerts();
         self.sinks.flush();
         Ok(())
