@@ -26,6 +26,9 @@ pub struct Declaration {
     pub label: Option<String>,
     pub mnemonic: Option<String>,
     pub inputs: PathMatcher,
+    /// Directories the action may write to and read back what it created
+    /// there (a sandbox's host `/tmp`); empty for declaration files.
+    pub writable: PathMatcher,
     pub network: NetMatcher,
     pub source: PathBuf,
 }
@@ -56,6 +59,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Declaration, String> {
         label: raw.label,
         mnemonic: raw.mnemonic,
         inputs,
+        writable: PathMatcher::new(&[]).expect("empty matcher"),
         network: NetMatcher::new(raw.network),
         source: source.to_path_buf(),
     })

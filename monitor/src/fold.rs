@@ -6,13 +6,14 @@ use crate::{alert::Alert, judge::Target};
 
 #[derive(Default)]
 pub struct Folder {
-    index: HashMap<(u64, Target), usize>,
+    /// By action id (unique; spawns of one job share its cgroup id) and target.
+    index: HashMap<(String, Target), usize>,
     pending: Vec<Alert>,
 }
 
 impl Folder {
     pub fn add(&mut self, target: Target, alert: Alert) {
-        let key = (alert.action.cgroup_id, target);
+        let key = (alert.action.id.clone(), target);
         match self.index.get(&key) {
             Some(&i) => self.pending[i].count += alert.count,
             None => {
@@ -41,14 +42,15 @@ mod tests {
     use super::*;
     use crate::alert::{ActionInfo, AlertKind, FileInfo, ProcessInfo, Verdict};
 
-    fn alert(cgroup_id: u64, path: &[u8]) -> Alert {
+    fn alert(action: u64, path: &[u8]) -> Alert {
         Alert {
             time: SystemTime::now(),
             kind: AlertKind::UndeclaredFile,
             action: ActionInfo {
-                id: "a".into(),
+                id: format!("a{action}"),
                 cgroup: "/cg".into(),
-                cgroup_id,
+                // Spawns of one job share the job's cgroup id.
+                cgroup_id: 7,
                 label: None,
                 mnemonic: None,
             },
@@ -80,8 +82,11 @@ mod tests {
         f.add(Target::File(b"/y".to_vec()), alert(1, b"/y"));
         f.add(Target::File(b"/x".to_vec()), alert(2, b"/x"));
         let out = f.take();
-        let counts: Vec<(u64, u64)> = out.iter().map(|a| (a.action.cgroup_id, a.count)).collect();
-        assert_eq!(counts, vec![(1, 3), (1, 1), (2, 1)]);
+        let counts: Vec<(&str, u64)> = out
+            .iter()
+            .map(|a| (a.action.id.as_str(), a.count))
+            .collect();
+        assert_eq!(counts, vec![("a1", 3), ("a1", 1), ("a2", 1)]);
         assert!(f.take().is_empty());
     }
 }

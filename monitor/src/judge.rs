@@ -1,6 +1,6 @@
 //! Verdicts: is an observed open or connect allowed for its action? Turns
 //! violations into alerts; decides nothing about where they go.
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::HashSet, net::IpAddr, sync::Arc};
 
 use crate::{
     alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
@@ -39,6 +39,9 @@ pub struct Violation {
 }
 
 const EFAULT: i64 = 14;
+const O_CREAT: u64 = 0o100;
+/// O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE's directory bit.
+const WRITE_FLAGS: u64 = 0o1 | 0o2 | O_CREAT | 0o1000 | 0o2000 | 0o20000000;
 
 fn caveat(ev: &FileOpen) -> Option<&'static str> {
     if ev.unreadable {
@@ -54,11 +57,14 @@ fn caveat(ev: &FileOpen) -> Option<&'static str> {
 
 impl Policy {
     /// `process` is only called for a violation (it allocates).
+    /// `created`: files this action created in its writable directories so
+    /// far (it may read those back); updated here.
     pub fn judge_file(
         &self,
         ev: &FileOpen,
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
+        created: &mut HashSet<Vec<u8>>,
     ) -> Option<Violation> {
         if !action.judge_files {
             return None;
@@ -76,6 +82,21 @@ impl Policy {
                 .is_some_and(|d| d.inputs.matches(&ev.path));
             if declared || self.files_allow.matches(&ev.path) {
                 return None;
+            }
+            let writable = action
+                .declaration
+                .as_ref()
+                .is_some_and(|d| d.writable.matches(&ev.path));
+            if writable {
+                if ev.open_flags & WRITE_FLAGS != 0 {
+                    if ev.result >= 0 && ev.open_flags & O_CREAT != 0 {
+                        created.insert(ev.path.clone());
+                    }
+                    return None;
+                }
+                if created.contains(&ev.path) {
+                    return None;
+                }
             }
         }
         Some(Violation {
@@ -105,6 +126,17 @@ impl Policy {
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
+        // A job talking to itself over loopback (the Bazel client to its own
+        // server) is not egress.
+        if !action.judge_files
+            && crate::localnet::listener_in_cgroup(
+                ev.addr,
+                ev.port,
+                std::path::Path::new(&action.info.cgroup),
+            )
+        {
+            return None;
+        }
         let declared = action
             .declaration
             .as_ref()

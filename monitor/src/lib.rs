@@ -17,6 +17,7 @@ pub mod execlog;
 pub mod fold;
 pub mod judge;
 pub mod loader;
+pub mod localnet;
 pub mod metrics;
 pub mod paths;
 pub mod pipeline;

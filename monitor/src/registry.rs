@@ -155,6 +155,7 @@ impl<T> Registry<T> {
             label: None,
             mnemonic: None,
             inputs: sandbox::matcher(&sandbox::declared_patterns(&spawn)),
+            writable: sandbox::matcher(&sandbox::writable_patterns(&spawn)),
             network: NetMatcher::default(),
             source: spawn
                 .sandbox_dir
@@ -390,6 +391,7 @@ impl<T> Registry<T> {
                 label: None,
                 mnemonic: None,
                 inputs: sandbox::matcher(&sandbox::declared_patterns(&found)),
+                writable: sandbox::matcher(&sandbox::writable_patterns(&found)),
                 network: NetMatcher::default(),
                 source: found
                     .sandbox_dir

@@ -70,6 +70,12 @@ pub fn parse_launch(argv: &[u8], cwd: &Path) -> Spawn {
             spawn.command = args[i + 1..].to_vec();
             break;
         }
+        // process-wrapper takes only `--name=value` options and no `--`:
+        // the command starts at its first other argument.
+        if spawn.launcher == "process-wrapper" && !arg.starts_with('-') {
+            spawn.command = args[i..].to_vec();
+            break;
+        }
         // linux-sandbox options (getopt style: "-W DIR" or "-WDIR").
         let value = |flag: &str| -> Option<String> {
             if arg == flag {
@@ -122,14 +128,25 @@ pub fn sandbox_dir_of(execroot: &Path) -> Option<(PathBuf, u64)> {
     None
 }
 
-/// The spawn's declared paths: its sandbox (or execroot) tree, every symlink
-/// target found in it, and its writable directories.
+/// Writable directories the launcher gave the spawn outside its sandbox
+/// (linux-sandbox: the host's `/tmp`, `/dev/shm`): the spawn may write there,
+/// and read back what it created, but reading other files there is undeclared.
+pub fn writable_patterns(spawn: &Spawn) -> Vec<String> {
+    let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
+    spawn
+        .writable
+        .iter()
+        .filter(|d| !d.starts_with(root))
+        .map(|d| pattern_below(d))
+        .collect()
+}
+
+/// The spawn's declared paths: its sandbox (or execroot) tree and every
+/// symlink target found in it, each hop of a chain included (Bazel links
+/// sandbox inputs to the main execroot, which links to the source tree).
 pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
     let mut patterns = vec![pattern_below(root), root.display().to_string()];
-    for dir in &spawn.writable {
-        patterns.push(pattern_below(dir));
-    }
     let mut seen = 0;
     let mut stack = vec![spawn.execroot.clone()];
     while let Some(dir) = stack.pop() {
@@ -151,23 +168,33 @@ pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
             let path = entry.path();
             if kind.is_dir() {
                 stack.push(path);
-            } else if kind.is_symlink()
-                && let Ok(target) = fs::read_link(&path)
-            {
-                let target = absolute(
-                    path.parent().unwrap_or(Path::new("/")),
-                    &target.to_string_lossy(),
-                );
-                let is_dir = fs::metadata(&target).is_ok_and(|m| m.is_dir());
-                patterns.push(if is_dir {
-                    pattern_below(&target)
-                } else {
-                    target.display().to_string()
-                });
+            } else if kind.is_symlink() {
+                push_link_chain(&path, &mut patterns);
             }
         }
     }
     patterns
+}
+
+/// Every hop of the symlink chain starting at `link` (a few at most).
+fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
+    let mut current = link.to_path_buf();
+    for _ in 0..8 {
+        let Ok(target) = fs::read_link(&current) else {
+            break;
+        };
+        let target = absolute(
+            current.parent().unwrap_or(Path::new("/")),
+            &target.to_string_lossy(),
+        );
+        let is_dir = fs::metadata(&target).is_ok_and(|m| m.is_dir());
+        patterns.push(if is_dir {
+            pattern_below(&target)
+        } else {
+            escape_glob(&target.display().to_string())
+        });
+        current = target;
+    }
 }
 
 /// `dir/**`, with glob metacharacters in `dir` escaped.
@@ -267,7 +294,6 @@ mod tests {
                 "/x/process-wrapper",
                 "--timeout=0",
                 "--kill_delay=15",
-                "--",
                 "/bin/bash",
                 "-c",
                 "true",
@@ -297,9 +323,13 @@ mod tests {
         let src = tmp.path().join("src");
         fs::create_dir_all(src.join("dir")).unwrap();
         fs::write(src.join("in.txt"), "x").unwrap();
+        // As Bazel does: sandbox → main execroot → source tree.
+        let main = tmp.path().join("ob/execroot/ws/pkg");
+        fs::create_dir_all(&main).unwrap();
+        std::os::unix::fs::symlink(src.join("in.txt"), main.join("in.txt")).unwrap();
         let execroot = tmp.path().join("ob/sandbox/linux-sandbox/3/execroot/ws");
         fs::create_dir_all(execroot.join("pkg")).unwrap();
-        std::os::unix::fs::symlink(src.join("in.txt"), execroot.join("pkg/in.txt")).unwrap();
+        std::os::unix::fs::symlink(main.join("in.txt"), execroot.join("pkg/in.txt")).unwrap();
         std::os::unix::fs::symlink(src.join("dir"), execroot.join("pkg/dir")).unwrap();
         let spawn = parse_launch(
             &argv(&[
@@ -318,13 +348,37 @@ mod tests {
             m.matches(&b(&execroot.join("bazel-out/k8/bin/out.txt"))),
             "outputs live in the sandbox"
         );
-        assert!(m.matches(&b(&src.join("in.txt"))), "symlink target");
+        assert!(m.matches(&b(&src.join("in.txt"))), "symlink chain's end");
+        assert!(
+            m.matches(&b(&main.join("in.txt"))),
+            "symlink chain's middle"
+        );
         assert!(
             m.matches(&b(&src.join("dir/deeper/f"))),
             "directory symlink target"
         );
         assert!(!m.matches(&b(&src.join("other.txt"))), "undeclared source");
         assert!(!m.matches(b"/etc/shadow"));
+    }
+
+    #[test]
+    fn writable_dirs_outside_the_sandbox_are_kept_apart() {
+        let ob = "/tmp/ob/sandbox/linux-sandbox/7/execroot/ws";
+        let spawn = parse_launch(
+            &argv(&[
+                "linux-sandbox",
+                "-w",
+                ob,
+                "-w",
+                "/tmp",
+                "-w",
+                "/dev/shm",
+                "--",
+                "true",
+            ]),
+            Path::new(ob),
+        );
+        assert_eq!(writable_patterns(&spawn), vec!["/tmp/**", "/dev/shm/**"]);
     }
 
     #[test]

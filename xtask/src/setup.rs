@@ -22,6 +22,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     // Benchmark baseline and test tools.
     "bpftrace",
+    "bazel-bootstrap", // Bazel 4.2.3: tests/bazel (docs/bazel-4.2.3.md)
     "iproute2",
     "python3",
 ];

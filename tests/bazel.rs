@@ -1,0 +1,210 @@
+//! End to end with real Bazel (Debian's bazel-bootstrap 4.2.3, installed by
+//! `cargo xtask setup`): the fixture in `tests/bazel/workspace` built under
+//! `monitor exec`, once per sandbox strategy. Each genrule is one case:
+//! (a) `clean` reads only its srcs, (b) `abs_workspace` reads a workspace
+//! file by absolute path, (c) `host_file` reads a host file, (d)
+//! `net_default` connects from the default no-network sandbox, (e)
+//! `net_requires` connects with `requires-network`.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use monitor_integration_tests::*;
+use serde_json::Value;
+
+const BAZEL: &str = "/usr/bin/bazel";
+
+struct Build {
+    _tmp: tempfile::TempDir,
+    ws: PathBuf,
+    host_file: PathBuf,
+    port: u16,
+    code: Option<i32>,
+    stderr: String,
+    alerts: Vec<Value>,
+}
+
+impl Build {
+    fn alerts_of(&self, label: &str) -> Vec<&Value> {
+        self.alerts
+            .iter()
+            .filter(|a| a["action"]["label"] == label)
+            .collect()
+    }
+}
+
+fn copy_fixture(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel/workspace");
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(&from).unwrap().flatten() {
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Builds the fixture under `monitor exec` with `strategy`; the output base
+/// and every Bazel file stay in the test's temp dir, and the server is gone
+/// afterwards.
+fn build(strategy: &str) -> Build {
+    require_root();
+    assert!(
+        Path::new(BAZEL).exists(),
+        "{BAZEL} missing: run `cargo xtask setup` (installs bazel-bootstrap)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ws = t.join("ws");
+    copy_fixture(&ws);
+    let host_file = t.join("host-secret.txt");
+    fs::write(&host_file, "host secret\n").unwrap();
+    let port = listener();
+    let report = t.join("report.json");
+    let startup = [
+        format!("--output_base={}", t.join("ob").display()),
+        format!("--output_user_root={}", t.join("root").display()),
+        format!(
+            "--host_jvm_args=-Djava.io.tmpdir={}",
+            t.join("jtmp").display()
+        ),
+    ];
+    let out = Command::new(monitor_bin())
+        .current_dir(&ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", t)
+        .args(["exec", "--report"])
+        .arg(&report)
+        .arg("--")
+        .arg(BAZEL)
+        .args(&startup)
+        .args([
+            "build",
+            &format!("--spawn_strategy={strategy}"),
+            "--sandbox_default_allow_network=false",
+            "--symlink_prefix=/",
+            "--incompatible_strict_action_env",
+            &format!(
+                "--action_env=MONITOR_FIXTURE_WORKSPACE_FILE={}",
+                ws.join("undeclared.txt").display()
+            ),
+            &format!(
+                "--action_env=MONITOR_FIXTURE_HOST_FILE={}",
+                host_file.display()
+            ),
+            &format!("--action_env=MONITOR_FIXTURE_PORT={port}"),
+            "//:all",
+        ])
+        .output()
+        .unwrap();
+    // `monitor exec` stops the server the build started; make sure.
+    let _ = Command::new(BAZEL)
+        .current_dir(&ws)
+        .env("HOME", t)
+        .args(&startup)
+        .arg("shutdown")
+        .output();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
+    let alerts = report["alerts"].as_array().cloned().unwrap_or_default();
+    Build {
+        _tmp: tmp,
+        ws,
+        host_file,
+        port,
+        code: out.status.code(),
+        stderr,
+        alerts,
+    }
+}
+
+fn check_common(b: &Build) {
+    assert_eq!(b.code, Some(1), "violations must exit 1:\n{}", b.stderr);
+    assert!(
+        b.alerts_of("//:clean").is_empty(),
+        "(a) clean raised alerts: {:#?}",
+        b.alerts_of("//:clean")
+    );
+
+    let abs = b.alerts_of("//:abs_workspace");
+    assert_eq!(abs.len(), 1, "(b) {abs:#?}\nall: {:#?}", b.alerts);
+    assert_eq!(abs[0]["kind"], "undeclared_file");
+    assert_eq!(
+        abs[0]["file"]["path"],
+        b.ws.join("undeclared.txt").display().to_string()
+    );
+    assert_eq!(abs[0]["action"]["mnemonic"], "Genrule");
+
+    let host = b.alerts_of("//:host_file");
+    assert_eq!(host.len(), 1, "(c) {host:#?}");
+    assert_eq!(host[0]["kind"], "undeclared_file");
+    assert_eq!(host[0]["file"]["path"], b.host_file.display().to_string());
+    assert_eq!(host[0]["action"]["mnemonic"], "Genrule");
+
+    for label in ["//:net_default", "//:net_requires"] {
+        let net = b.alerts_of(label);
+        assert_eq!(net.len(), 1, "{label}: {net:#?}");
+        assert_eq!(net[0]["kind"], "network_egress");
+        assert_eq!(net[0]["net"]["port"], b.port);
+        assert_eq!(net[0]["action"]["mnemonic"], "Genrule");
+    }
+    // Nothing else: no alert without a target, none from Bazel itself.
+    let expected = [
+        "//:abs_workspace",
+        "//:host_file",
+        "//:net_default",
+        "//:net_requires",
+    ];
+    let stray: Vec<&Value> = b
+        .alerts
+        .iter()
+        .filter(|a| !expected.contains(&a["action"]["label"].as_str().unwrap_or("")))
+        .collect();
+    assert!(stray.is_empty(), "unexpected alerts: {stray:#?}");
+    assert!(
+        b.stderr.contains("//:abs_workspace (Genrule)"),
+        "summary not grouped by target:\n{}",
+        b.stderr
+    );
+}
+
+#[test]
+fn linux_sandbox_spawns_are_judged_against_what_bazel_declared() {
+    let b = build("linux-sandbox");
+    check_common(&b);
+    let d = &b.alerts_of("//:net_default")[0];
+    assert_eq!(
+        d["net"]["result"], -111,
+        "ECONNREFUSED inside the sandbox's own network namespace"
+    );
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace of its own"),
+        "{d}"
+    );
+    let e = &b.alerts_of("//:net_requires")[0];
+    assert_eq!(
+        e["net"]["result"], 0,
+        "requires-network reaches the host listener"
+    );
+    assert!(
+        !e["message"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace of its own"),
+        "{e}"
+    );
+}
+
+#[test]
+fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
+    let b = build("processwrapper-sandbox");
+    check_common(&b);
+    // processwrapper-sandbox isolates nothing: both connects reach the host.
+    for label in ["//:net_default", "//:net_requires"] {
+        assert_eq!(b.alerts_of(label)[0]["net"]["result"], 0, "{label}");
+    }
+}
