@@ -8,7 +8,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
-use monitor_common::{DIR_CAPACITY, KernelOffsets, MAX_DIR_DEPTH, NAME_CAPACITY, PATH_CAPACITY};
+use monitor_common::{
+    DIR_CAPACITY, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, KernelOffsets, MAX_DIR_DEPTH,
+    NAME_CAPACITY, PATH_CAPACITY,
+};
 
 use crate::{
     maps::{SCRATCH, SETTINGS},
@@ -133,4 +136,27 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     s.pos = (pos + n as usize) as u64;
     s.dentry = parent;
     0
+}
+
+/// Walks the `struct path` at `path_ptr` (0: none) into `data[base..]` and
+/// returns the length written, marking `flags` when the directory could not
+/// be resolved or was cut short.
+#[inline(always)]
+pub fn walk_dir(o: &KernelOffsets, path_ptr: u64, base: usize, flags: &mut u32) -> usize {
+    match if path_ptr == 0 {
+        None
+    } else {
+        walk_path(o, path_ptr, base)
+    } {
+        None => {
+            *flags |= FLAG_DIR_UNRESOLVED;
+            0
+        }
+        Some(w) => {
+            if w.truncated {
+                *flags |= FLAG_DIR_TRUNCATED;
+            }
+            w.len as usize & (DIR_CAPACITY - 1)
+        }
+    }
 }

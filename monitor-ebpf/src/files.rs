@@ -3,14 +3,14 @@
 //! resolved here, while the task still exists.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
-    DIR_CAPACITY, EventKind, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED,
-    FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY,
-    SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
+    EventKind, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT, NR_OPEN, NR_OPENAT,
+    NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2,
+    Settings,
 };
 
 use crate::{
     Syscall,
-    dpath::walk_path,
+    dpath::walk_dir,
     emit::{fill_header, submit},
     maps::SCRATCH,
     task::{current_task, file_of_fd, read},
@@ -89,19 +89,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
                     file + o.file_path as u64
                 }
             };
-            match if base == 0 {
-                None
-            } else {
-                walk_path(o, base, path_len)
-            } {
-                None => hflags |= FLAG_DIR_UNRESOLVED,
-                Some(w) => {
-                    dir_len = w.len as usize & (DIR_CAPACITY - 1);
-                    if w.truncated {
-                        hflags |= FLAG_DIR_TRUNCATED;
-                    }
-                }
-            }
+            dir_len = walk_dir(o, base, path_len, &mut hflags);
         }
     }
     ev.header.flags = hflags;

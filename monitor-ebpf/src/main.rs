@@ -13,6 +13,7 @@ mod dpath;
 mod emit;
 mod files;
 mod filter;
+mod lineage;
 mod maps;
 mod net;
 mod process;
@@ -28,10 +29,7 @@ use monitor_common::{
     PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
 };
 
-use crate::{
-    maps::{LINEAGE, SETTINGS},
-    task::read,
-};
+use crate::{maps::SETTINGS, task::read};
 
 /// A finished syscall of a monitored task.
 pub struct Syscall {
@@ -106,7 +104,7 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     }
     let mut m = filter::current_action(settings)?;
     // SAFETY: the value is copied out at once.
-    m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+    m.launcher = lineage::launcher_of(tgid);
     // Network-only jobs: their files matter only inside a sandbox launcher's
     // tree or in nested cgroups (Bazel's per-spawn scopes).
     if is_file && m.flags & SCOPE_FILES == 0 && m.launcher == 0 && m.grandchild_cgroup_id == 0 {

@@ -1,10 +1,10 @@
 //! Maps shared by all hook families.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_LINEAGE, MAX_SCOPES, PATH_CAPACITY, Scope, Settings,
+    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, Scope, Settings,
 };
 
 /// Events of monitored actions, read by userspace.
@@ -22,11 +22,6 @@ pub static SCOPES: Array<Scope> = Array::with_max_entries(MAX_SCOPES, 0);
 /// Events that could not be delivered, per reason (`LOST_*`).
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
-
-/// Lineage actions: tgid of every process descending from a sandbox
-/// launcher (inside a monitored scope) → the launcher's tgid.
-#[map]
-pub static LINEAGE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LINEAGE, 0);
 
 /// Room to build one variable-length event before copying it to the ring.
 #[repr(C)]

@@ -10,16 +10,16 @@
 //! * exit: forget the process.
 use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{
-    COMM_LEN, DIR_CAPACITY, EventKind, ExitEvent, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED,
-    FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, LOST_LINEAGE_FULL, PATH_CAPACITY,
-    Settings,
+    COMM_LEN, EventKind, ExitEvent, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
+    PATH_CAPACITY, Settings,
 };
 
 use crate::{
-    dpath::walk_path,
+    dpath::walk_dir,
     emit::{fill_header, submit, submit_with},
     filter::Match,
-    maps::{LINEAGE, SCRATCH, Scratch, count_lost},
+    lineage,
+    maps::{SCRATCH, Scratch},
     task::{current_task, read},
 };
 
@@ -36,31 +36,21 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     );
     if launcher {
         // A launcher inside a lineage starts a new, innermost action.
-        if LINEAGE.insert(&tgid, &tgid, 0).is_err() {
-            count_lost(LOST_LINEAGE_FULL);
-        }
+        lineage::join(tgid, tgid);
         m.launcher = tgid;
     } else {
         // SAFETY: the value is copied out at once.
-        m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+        m.launcher = lineage::launcher_of(tgid);
     }
 
     start_event(scratch, EventKind::Exec, m, settings);
     let exe: u64 = read(mm, o.mm_exe_file);
-    let mut len = 0usize;
-    if exe == 0 {
-        scratch.event.header.flags |= FLAG_DIR_UNRESOLVED;
+    let exe_path = if exe == 0 {
+        0
     } else {
-        match walk_path(o, exe + o.file_path as u64, 0) {
-            None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
-            Some(w) => {
-                len = w.len as usize & (DIR_CAPACITY - 1);
-                if w.truncated {
-                    scratch.event.header.flags |= FLAG_DIR_TRUNCATED;
-                }
-            }
-        }
-    }
+        exe + o.file_path as u64
+    };
+    let len = walk_dir(o, exe_path, 0, &mut scratch.event.header.flags);
     scratch.event.dir_len = len as u32;
     submit(
         settings,
@@ -92,20 +82,8 @@ fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64) 
         len = 0;
     }
     let fs: u64 = read(current_task(), o.task_fs);
-    let mut dir_len = 0usize;
-    match if fs == 0 {
-        None
-    } else {
-        walk_path(o, fs + o.fs_pwd as u64, len)
-    } {
-        None => scratch.event.header.flags |= FLAG_DIR_UNRESOLVED,
-        Some(w) => {
-            dir_len = w.len as usize & (DIR_CAPACITY - 1);
-            if w.truncated {
-                scratch.event.header.flags |= FLAG_DIR_TRUNCATED;
-            }
-        }
-    }
+    let cwd = if fs == 0 { 0 } else { fs + o.fs_pwd as u64 };
+    let dir_len = walk_dir(o, cwd, len, &mut scratch.event.header.flags);
     scratch.event.path_len = len as u32;
     scratch.event.dir_len = dir_len as u32;
     let total = core::mem::size_of::<FileEvent>() + len + dir_len;
@@ -142,24 +120,22 @@ fn is_launcher(settings: &Settings, comm: &[u8; COMM_LEN]) -> bool {
 
 /// A new process forked by a lineage process joins its lineage.
 pub fn on_fork(parent_tgid: u32, child_task: u64, settings: &Settings) {
-    // SAFETY: the value is copied out at once.
-    let Some(launcher) = (unsafe { LINEAGE.get(&parent_tgid) }).copied() else {
+    let launcher = lineage::launcher_of(parent_tgid);
+    if launcher == 0 {
         return;
-    };
+    }
     let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
     if child_tgid == 0 || child_tgid == parent_tgid {
         return; // a thread, not a process
     }
-    if LINEAGE.insert(&child_tgid, &launcher, 0).is_err() {
-        count_lost(LOST_LINEAGE_FULL);
-    }
+    lineage::join(child_tgid, launcher);
 }
 
 pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
     // SAFETY: the value is copied out at once.
-    m.launcher = unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0);
+    m.launcher = lineage::launcher_of(tgid);
     if m.launcher != 0 {
-        let _ = LINEAGE.remove(&tgid);
+        lineage::leave(tgid);
     }
     // SAFETY: all-zero is a valid ExitEvent.
     let mut ev: ExitEvent = unsafe { core::mem::zeroed() };

@@ -150,18 +150,7 @@ impl<T> Registry<T> {
             .get(&o.action_cgroup_id)
             .cloned()
             .unwrap_or_else(|| scope.path.clone());
-        let declaration = Declaration {
-            cgroup: cgroup.clone(),
-            label: None,
-            mnemonic: None,
-            inputs: sandbox::matcher(&sandbox::declared_patterns(&spawn)),
-            writable: sandbox::matcher(&sandbox::writable_patterns(&spawn)),
-            network: NetMatcher::default(),
-            source: spawn
-                .sandbox_dir
-                .clone()
-                .unwrap_or_else(|| spawn.execroot.clone()),
-        };
+        let declaration = spawn_declaration(&cgroup, &spawn);
         let info = ActionInfo {
             id: format!("{}-{}", spawn.launcher, o.pid),
             cgroup: cgroup.display().to_string(),
@@ -386,18 +375,7 @@ impl<T> Registry<T> {
             && let (Some(path), Some(pid)) = (path.as_deref(), pid)
             && let Some(found) = spawn_of_scope(path, pid)
         {
-            declaration = Some(Arc::new(Declaration {
-                cgroup: path.to_path_buf(),
-                label: None,
-                mnemonic: None,
-                inputs: sandbox::matcher(&sandbox::declared_patterns(&found)),
-                writable: sandbox::matcher(&sandbox::writable_patterns(&found)),
-                network: NetMatcher::default(),
-                source: found
-                    .sandbox_dir
-                    .clone()
-                    .unwrap_or_else(|| found.execroot.clone()),
-            }));
+            declaration = Some(Arc::new(spawn_declaration(path, &found)));
             spawn = Some(found);
         }
         if declaration.is_some() || (already.is_none() && deadline_passed) {
@@ -465,6 +443,22 @@ impl<T> Registry<T> {
             spawn,
         }));
         state.deadline = None;
+    }
+}
+
+/// What a sandboxed spawn declared: its sandbox, read now.
+fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
+    Declaration {
+        cgroup: cgroup.to_path_buf(),
+        label: None,
+        mnemonic: None,
+        inputs: sandbox::matcher(&sandbox::declared_patterns(spawn)),
+        writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
+        network: NetMatcher::default(),
+        source: spawn
+            .sandbox_dir
+            .clone()
+            .unwrap_or_else(|| spawn.execroot.clone()),
     }
 }
 
