@@ -42,7 +42,14 @@ pub fn submit(settings: &Settings, data: *const u8, len: usize) {
 /// must act on while the process still exists).
 #[inline(always)]
 pub fn submit_with(settings: &Settings, data: *const u8, len: usize, urgent: bool) {
-    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= settings.wakeup_threshold {
+    // Wake the reader once, when this event makes the waiting data cross the
+    // threshold: waking it for every event above the threshold costs more
+    // than the syscall itself while the reader catches up (measured: ~7 µs
+    // per open with the reader stopped), and it drains on its timer anyway.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = settings.wakeup_threshold;
+    let crossing = waiting < threshold && waiting + len as u64 >= threshold;
+    let flags = if urgent || crossing {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -15,7 +15,7 @@ use monitor_common::{
 use crate::paths;
 
 /// Who did it: the common part of every event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Origin {
     pub time: SystemTime,
     pub action_cgroup_id: u64,
@@ -28,7 +28,20 @@ pub struct Origin {
     pub tid: u32,
     pub ppid: u32,
     pub scope: u32,
-    pub comm: String,
+    /// The thread's name as the kernel has it (NUL-padded).
+    pub comm: [u8; monitor_common::COMM_LEN],
+}
+
+impl Origin {
+    /// The name for humans (non-UTF-8 bytes escaped).
+    pub fn comm_str(&self) -> String {
+        let len = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
+        paths::escape_for_display(&self.comm[..len])
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +216,6 @@ fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, Dec
 }
 
 fn origin(h: &EventHeader) -> Origin {
-    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
     Origin {
         time: wall_clock(h.ktime_ns),
         action_cgroup_id: h.action_cgroup_id,
@@ -214,7 +226,7 @@ fn origin(h: &EventHeader) -> Origin {
         tid: h.tid,
         ppid: h.ppid,
         scope: h.scope,
-        comm: paths::escape_for_display(&h.comm[..comm_len]),
+        comm: h.comm,
     }
 }
 
@@ -273,7 +285,7 @@ mod tests {
             panic!("not a file event")
         };
         assert_eq!(f.path, b"/home/etc/passwd");
-        assert_eq!(f.origin.comm, "cat");
+        assert_eq!(f.origin.comm_str(), "cat");
         assert_eq!(f.origin.pid, 42);
         assert_eq!(f.result, -2);
         assert!(!f.truncated && !f.unresolved);

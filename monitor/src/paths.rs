@@ -14,6 +14,9 @@
 /// `/` itself. Input that does not start with `/` is taken relative to `/`,
 /// so the result is always absolute.
 pub fn normalize(path: &[u8]) -> Vec<u8> {
+    if is_normal(path) {
+        return path.to_vec();
+    }
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|&b| b == b'/') {
         match part {
@@ -25,6 +28,19 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
         }
     }
     join_absolute(parts)
+}
+
+/// Already absolute and normal (the common case, checked without
+/// allocating): no empty, `.` or `..` component, no trailing `/`.
+fn is_normal(path: &[u8]) -> bool {
+    if path == b"/" {
+        return true;
+    }
+    path.first() == Some(&b'/')
+        && path.last() != Some(&b'/')
+        && path[1..]
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Resolves `path` against the directory `base_dir` (for `openat(dirfd, …)`

@@ -54,7 +54,7 @@ fn spawn_of(launch: &decode::Launch) -> crate::sandbox::Spawn {
     let mut spawn = crate::sandbox::parse_launch(&argv, &cwd);
     // The kernel matched the launcher by comm; a script launcher has the
     // interpreter as argv[0].
-    spawn.launcher = launch.origin.comm.clone();
+    spawn.launcher = launch.origin.comm_str();
     spawn
 }
 
@@ -71,7 +71,7 @@ impl Observed {
         ProcessInfo {
             pid: o.pid,
             ppid: o.ppid,
-            comm: o.comm.clone(),
+            comm: o.comm_str(),
             exe: self.exe.as_deref().map(str::to_owned),
         }
     }
@@ -97,6 +97,8 @@ pub struct Pipeline {
     /// The command line of every spawn that raised an alert, by action id.
     spawn_commands: std::collections::HashMap<String, Vec<String>>,
     lost_seen: [u64; LOST_REASONS as usize],
+    /// Reused buffer of events ready to judge (the per-event hot path).
+    ready: Vec<(Observed, Arc<ActionView>)>,
     /// `events_total` by kind, resolved once (the per-event hot path).
     event_counters: [prometheus::IntCounter; 5],
 }
@@ -128,6 +130,7 @@ impl Pipeline {
             spawn_commands: std::collections::HashMap::new(),
             lost_seen: [0; LOST_REASONS as usize],
             event_counters,
+            ready: Vec::new(),
         }
     }
 
@@ -162,12 +165,15 @@ impl Pipeline {
             Event::File(_) | Event::Connect(_) => {}
         }
         let exe = self.processes.exe(pid, ppid);
-        let origin = event.origin().clone();
-        let ready = self.registry.route(&origin, Observed { event, exe }, now);
-        self.judge_all(ready);
+        let origin = *event.origin();
+        let mut ready = std::mem::take(&mut self.ready);
+        self.registry
+            .route(&origin, Observed { event, exe }, now, &mut ready);
+        self.judge_all(ready.drain(..));
+        self.ready = ready;
     }
 
-    fn judge_all(&mut self, ready: Vec<(Observed, Arc<ActionView>)>) {
+    fn judge_all(&mut self, ready: impl IntoIterator<Item = (Observed, Arc<ActionView>)>) {
         for (observed, action) in ready {
             let violation = match &observed.event {
                 Event::File(f) => {

@@ -187,9 +187,16 @@ impl<T> Registry<T> {
         }
     }
 
-    /// Routes one event. Returns the events now ready to judge, in order:
-    /// the action's held events first, then this one; empty if it is held.
-    pub fn route(&mut self, o: &Origin, item: T, now: Instant) -> Vec<(T, Arc<ActionView>)> {
+    /// Routes one event. Appends the events now ready to judge to `ready`,
+    /// in order: the action's held events first, then this one; nothing if it
+    /// is held. (An out-parameter: this runs for every event.)
+    pub fn route(
+        &mut self,
+        o: &Origin,
+        item: T,
+        now: Instant,
+        ready: &mut Vec<(T, Arc<ActionView>)>,
+    ) {
         let key = self.key_of(o);
         if let Entry::Vacant(slot) = self.actions.entry(key) {
             slot.insert(ActionState {
@@ -209,7 +216,8 @@ impl<T> Registry<T> {
         }
         let state = self.actions.get_mut(&key).expect("inserted above");
         if let Some(view) = &state.view {
-            return vec![(item, view.clone())];
+            ready.push((item, view.clone()));
+            return;
         }
         state.deadline.get_or_insert(now + self.wait);
         state.held.push(item);
@@ -222,7 +230,7 @@ impl<T> Registry<T> {
         } else {
             self.try_resolve(key, Some(o.pid), now);
         }
-        self.take_released(key)
+        ready.extend(self.take_released(key));
     }
 
     /// Periodic work: rescan cgroups and declarations, release actions whose
