@@ -38,9 +38,10 @@ pub enum SyscallHook {
 /// tests); by default the BTF tracepoint is tried first.
 const HOOK_ENV: &str = "MONITOR_SYSCALL_HOOK";
 
-/// Default: wake the reader once 256 KiB are waiting; below that it drains
-/// on its own timer.
-pub const DEFAULT_WAKEUP_THRESHOLD: u64 = 256 * 1024;
+/// Default: wake the reader when 2 MiB are waiting (about 10 ms of events
+/// at 1.4M events/s); below that it drains on its own 10 ms timer. Measured
+/// against 256 KiB: slightly cheaper for monitored actions, within noise.
+pub const DEFAULT_WAKEUP_THRESHOLD: u64 = 2 * 1024 * 1024;
 
 pub struct Kernel {
     /// `None` once detached.
