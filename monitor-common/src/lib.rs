@@ -23,6 +23,9 @@ pub const MAX_DIR_DEPTH: u32 = 48;
 /// filter checks.
 pub const MAX_SCOPES: u32 = 16;
 pub const COMM_LEN: usize = 16;
+/// Size of the events ring buffer (a power of two, a multiple of the page
+/// size).
+pub const RING_BYTES: u32 = 16 * 1024 * 1024;
 
 /// What an event is; the numbering leaves room per hook family.
 #[repr(u32)]

@@ -4,12 +4,12 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, Scope, Settings,
+    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, RING_BYTES, Scope, Settings,
 };
 
 /// Events of monitored actions, read by userspace.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Runtime settings and kernel offsets (one entry, written before attach).
 #[map]

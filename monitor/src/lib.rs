@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod processes;
 pub mod registry;
+pub mod ring;
 pub mod sandbox;
 pub mod sinks;
 

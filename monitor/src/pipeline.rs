@@ -9,7 +9,6 @@ use std::{
 
 use std::os::unix::ffi::OsStrExt as _;
 
-use aya::maps::{MapData, RingBuf};
 use monitor_common::{LOST_LINEAGE_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
 use tokio::io::unix::AsyncFd;
 
@@ -22,6 +21,7 @@ use crate::{
     metrics::Metrics,
     processes::ProcessTable,
     registry::{ActionView, Registry},
+    ring::EventRing,
     sinks::AlertSinks,
 };
 
@@ -265,15 +265,9 @@ impl Pipeline {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> usize {
+    fn drain(&mut self, ring: &mut EventRing, limit: usize) -> usize {
         let now = Instant::now();
-        let mut n = 0;
-        while n < limit {
-            let Some(item) = ring.next() else { break };
-            self.handle_record(&item, now);
-            n += 1;
-        }
-        n
+        ring.drain(limit, |record| self.handle_record(record, now))
     }
 
     /// Runs until `stop` completes, then detaches the programs, drains what
@@ -284,6 +278,7 @@ impl Pipeline {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let ring = kernel.events.take().expect("ring buffer taken once");
+        let ring = EventRing::new(ring, monitor_common::RING_BYTES as u64)?;
         // SAFETY: the ring buffer map owns its fd and keeps it open for as
         // long as the AsyncFd owns the map.
         let mut ring =
