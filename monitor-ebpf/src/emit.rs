@@ -2,7 +2,7 @@
 //! reader only in batches.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
 };
 use monitor_common::{EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
 
@@ -14,7 +14,8 @@ use crate::{
 
 #[inline(always)]
 pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = m.pid_tgid;
+
     h.kind = kind;
     h.flags = 0;
     // SAFETY: plain helper calls.

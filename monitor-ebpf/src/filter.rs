@@ -21,12 +21,14 @@ pub struct Match {
     pub flags: u32,
     /// The lineage action's launcher tgid, or 0 (filled in by the caller).
     pub launcher: u32,
+    /// `bpf_get_current_pid_tgid()`, taken once per event.
+    pub pid_tgid: u64,
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
 /// monitored action. Costs one helper call per configured scope.
 #[inline(always)]
-pub fn current_action(settings: &Settings) -> Option<Match> {
+pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let count = settings.scope_count;
     // Plain initialised locals rather than an Option<Match>: the verifier
     // rejects reads of the uninitialised payload LLVM spills for `None`.
@@ -38,6 +40,7 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
         scope: 0,
         flags: 0,
         launcher: 0,
+        pid_tgid,
     };
     let mut best_level: u32 = 0;
     for i in 0..MAX_SCOPES {
@@ -50,21 +53,22 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
         if ancestor != scope.cgroup_id || ancestor == 0 {
             continue;
         }
-        let action = if scope.flags & SCOPE_CHILDREN_ARE_ACTIONS != 0 {
+        let (action, child) = if scope.flags & SCOPE_CHILDREN_ARE_ACTIONS != 0 {
             // SAFETY: plain helper call.
             let child = unsafe { bpf_get_current_ancestor_cgroup_id(scope.level as i32 + 1) };
             if child == 0 {
                 // In the parent itself: not inside any action.
                 continue;
             }
-            child
+            (child, child)
         } else {
-            scope.cgroup_id
+            (scope.cgroup_id, 0)
         };
         if !found || scope.level >= best_level {
             found = true;
             best_level = scope.level;
             best.action_cgroup_id = action;
+            best.child_cgroup_id = child;
             best.scope = i;
             best.flags = scope.flags;
         }
@@ -74,7 +78,9 @@ pub fn current_action(settings: &Settings) -> Option<Match> {
     }
     // SAFETY: plain helper calls.
     unsafe {
-        best.child_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1);
+        if best.child_cgroup_id == 0 {
+            best.child_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1);
+        }
         best.grandchild_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 2);
     }
     Some(best)

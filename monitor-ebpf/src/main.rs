@@ -98,11 +98,12 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if tgid == settings.monitor_tgid {
         return None;
     }
-    let mut m = filter::current_action(settings)?;
+    let mut m = filter::current_action(settings, pid_tgid)?;
     // SAFETY: the value is copied out at once.
     m.launcher = lineage::launcher_of(tgid);
     // Network-only jobs: their files matter only inside a sandbox launcher's
@@ -144,9 +145,9 @@ pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_proc_exec() -> Option<()> {
     let settings = SETTINGS.get(0)?;
-    let mut m = filter::current_action(settings)?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    process::on_exec(settings, &mut m, tgid)
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut m = filter::current_action(settings, pid_tgid)?;
+    process::on_exec(settings, &mut m, (pid_tgid >> 32) as u32)
 }
 
 /// `sched_process_fork(parent, child)`: runs for every fork on the host, so
@@ -175,7 +176,7 @@ fn try_proc_exit() -> Option<()> {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    let mut m = filter::current_action(settings)?;
+    let mut m = filter::current_action(settings, pid_tgid)?;
     process::on_exit(settings, &mut m, tgid);
     Some(())
 }
