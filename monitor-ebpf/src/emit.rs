@@ -31,9 +31,10 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
     h.comm = bpf_get_current_comm().unwrap_or_default();
 }
 
-/// Copies `len` bytes at `data` into the ring buffer. The reader is woken
-/// only when the ring holds more than `wakeup_threshold` bytes; otherwise it
-/// drains on its own short timer. A full ring is counted, never silent.
+/// Copies `len` bytes at `data` into the ring buffer without waking the
+/// reader, except for the event that makes the waiting data cross
+/// `wakeup_threshold`; the reader also drains on its own short timer. A full
+/// ring is counted, never silent.
 #[inline(always)]
 pub fn submit(settings: &Settings, data: *const u8, len: usize) {
     submit_with(settings, data, len, false);

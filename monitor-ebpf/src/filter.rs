@@ -26,7 +26,8 @@ pub struct Match {
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
-/// monitored action. Costs one helper call per configured scope.
+/// monitored action. Costs one helper call per configured scope, and two or
+/// three more (the ancestors below the scope) for a task inside one.
 #[inline(always)]
 pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let count = settings.scope_count;
