@@ -81,14 +81,17 @@ impl DeclarationStore {
         }
     }
 
-    /// Reads new and changed `*.json` files. Returns how many were invalid.
+    /// Reads new and changed `*.json` files and forgets removed ones.
+    /// Returns how many were invalid.
     pub fn rescan(&mut self) -> u64 {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return 0;
         };
         let mut invalid = 0;
+        let mut present = std::collections::HashSet::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
+            present.insert(path.clone());
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
@@ -114,6 +117,9 @@ impl DeclarationStore {
                 }
             }
         }
+        self.seen.retain(|path, _| present.contains(path));
+        self.by_cgroup
+            .retain(|_, decl| present.contains(&decl.source));
         invalid
     }
 
@@ -185,5 +191,9 @@ mod tests {
         );
         // Unchanged files are not re-read (and not re-counted).
         assert_eq!(store.rescan(), 0);
+        // A removed file's declaration is forgotten.
+        fs::remove_file(dir.path().join("a.json")).unwrap();
+        store.rescan();
+        assert!(store.for_cgroup(Path::new("/cg/a")).is_none());
     }
 }

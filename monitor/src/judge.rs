@@ -1,6 +1,6 @@
 //! Verdicts: is an observed open or connect allowed for its action? Turns
 //! violations into alerts; decides nothing about where they go.
-use std::{collections::HashSet, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use crate::{
     alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
@@ -57,14 +57,11 @@ fn caveat(ev: &FileOpen) -> Option<&'static str> {
 
 impl Policy {
     /// `process` is only called for a violation (it allocates).
-    /// `created`: files this action created in its writable directories so
-    /// far (it may read those back); updated here.
     pub fn judge_file(
         &self,
         ev: &FileOpen,
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
-        created: &mut HashSet<Vec<u8>>,
     ) -> Option<Violation> {
         if !action.judge_files {
             return None;
@@ -88,6 +85,7 @@ impl Policy {
                 .as_ref()
                 .is_some_and(|d| d.writable.matches(&ev.path));
             if writable {
+                let mut created = action.created.lock().unwrap_or_else(|e| e.into_inner());
                 if ev.open_flags & WRITE_FLAGS != 0 {
                     if ev.result >= 0 && ev.open_flags & O_CREAT != 0 {
                         created.insert(ev.path.clone());
@@ -170,5 +168,136 @@ impl Policy {
                 count: 1,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, time::SystemTime};
+
+    use super::*;
+    use crate::{alert::ActionInfo, declarations::Declaration, decode::Origin};
+
+    fn policy() -> Policy {
+        Policy {
+            files_allow: PathMatcher::new(&["/usr/**".into()]).unwrap(),
+            network_allow: NetMatcher::default(),
+            host_netns: None,
+        }
+    }
+
+    fn spawn_view() -> Arc<ActionView> {
+        let declaration = Declaration {
+            cgroup: PathBuf::from("/cg"),
+            label: Some("//p:t".into()),
+            mnemonic: Some("Genrule".into()),
+            inputs: PathMatcher::new(&["/ob/sandbox/linux-sandbox/1/**".into()]).unwrap(),
+            writable: PathMatcher::new(&["/tmp/**".into()]).unwrap(),
+            network: NetMatcher::default(),
+            source: PathBuf::from("/ob/sandbox/linux-sandbox/1"),
+        };
+        Arc::new(ActionView {
+            info: ActionInfo {
+                id: "linux-sandbox-1".into(),
+                cgroup: "/cg".into(),
+                cgroup_id: 1,
+                label: None,
+                mnemonic: None,
+            },
+            declaration: Some(Arc::new(declaration)),
+            judge_files: true,
+            spawn: None,
+            created: Default::default(),
+        })
+    }
+
+    fn open(path: &str, flags: u64, result: i64) -> FileOpen {
+        FileOpen {
+            origin: Origin {
+                time: SystemTime::now(),
+                action_cgroup_id: 1,
+                child_cgroup_id: 0,
+                grandchild_cgroup_id: 0,
+                launcher: 1,
+                pid: 2,
+                tid: 2,
+                ppid: 1,
+                scope: 0,
+                comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
+            path: path.as_bytes().to_vec(),
+            open_flags: flags,
+            result,
+            truncated: false,
+            unresolved: false,
+            unreadable: false,
+        }
+    }
+
+    fn judge(p: &Policy, view: &Arc<ActionView>, ev: &FileOpen) -> bool {
+        let process = || ProcessInfo {
+            pid: 2,
+            ppid: 1,
+            comm: "bash".into(),
+            exe: None,
+        };
+        p.judge_file(ev, process, view).is_some()
+    }
+
+    #[test]
+    fn sandbox_inputs_and_allow_list_pass_other_files_do_not() {
+        let (p, view) = (policy(), spawn_view());
+        assert!(!judge(
+            &p,
+            &view,
+            &open("/ob/sandbox/linux-sandbox/1/execroot/ws/in.txt", 0, 3)
+        ));
+        assert!(!judge(&p, &view, &open("/usr/lib/libc.so.6", 0, 3)));
+        assert!(judge(&p, &view, &open("/home/ci/.aws/credentials", 0, 3)));
+        assert!(
+            judge(&p, &view, &open("/home/ci/missing", 0, -2)),
+            "failed attempts count too"
+        );
+    }
+
+    #[test]
+    fn writable_dirs_allow_writes_and_reading_back_only_what_the_action_created() {
+        let (p, view) = (policy(), spawn_view());
+        assert!(
+            judge(&p, &view, &open("/tmp/someone-elses-secret", 0, 3)),
+            "reading a host /tmp file"
+        );
+        assert!(
+            !judge(&p, &view, &open("/tmp/scratch", O_CREAT | 0o1, 3)),
+            "creating scratch space"
+        );
+        assert!(
+            !judge(&p, &view, &open("/tmp/scratch", 0, 4)),
+            "reading back its own file"
+        );
+        let other = spawn_view();
+        assert!(
+            judge(&p, &other, &open("/tmp/scratch", 0, 4)),
+            "another action did not create it"
+        );
+    }
+
+    #[test]
+    fn network_only_views_ignore_files() {
+        let p = policy();
+        let job = Arc::new(ActionView {
+            info: ActionInfo {
+                id: "exec-1".into(),
+                cgroup: "/cg".into(),
+                cgroup_id: 1,
+                label: None,
+                mnemonic: None,
+            },
+            declaration: None,
+            judge_files: false,
+            spawn: None,
+            created: Default::default(),
+        });
+        assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
     }
 }

@@ -92,8 +92,7 @@ pub struct Pipeline {
     /// Bazel's JSON execution log, read at the end to label spawns whose
     /// alerts are still pending (`monitor exec` holds them until then).
     pub exec_log: Option<std::path::PathBuf>,
-    /// Files each action created in its writable directories, by action id.
-    created: std::collections::HashMap<String, std::collections::HashSet<Vec<u8>>>,
+
     /// The command line of every spawn that raised an alert, by action id.
     spawn_commands: std::collections::HashMap<String, Vec<String>>,
     lost_seen: [u64; LOST_REASONS as usize],
@@ -126,7 +125,7 @@ impl Pipeline {
             alerts: Vec::new(),
             violations: 0,
             exec_log: None,
-            created: std::collections::HashMap::new(),
+
             spawn_commands: std::collections::HashMap::new(),
             lost_seen: [0; LOST_REASONS as usize],
             event_counters,
@@ -176,17 +175,15 @@ impl Pipeline {
     fn judge_all(&mut self, ready: impl IntoIterator<Item = (Observed, Arc<ActionView>)>) {
         for (observed, action) in ready {
             let violation = match &observed.event {
-                Event::File(f) => {
-                    let created = self.created.entry(action.info.id.clone()).or_default();
-                    self.policy
-                        .judge_file(f, || observed.process(), &action, created)
-                }
+                Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(_) | Event::Exit(_) | Event::Launch(_) => None,
             };
             if let Some(v) = violation {
                 self.violations += 1;
-                if let Some(spawn) = &action.spawn
+                // Kept only when a log will be read (`monitor exec`).
+                if self.exec_log.is_some()
+                    && let Some(spawn) = &action.spawn
                     && !self.spawn_commands.contains_key(&action.info.id)
                 {
                     self.spawn_commands

@@ -64,6 +64,9 @@ pub struct ActionView {
     pub judge_files: bool,
     /// The sandboxed spawn behind the action, when it is one.
     pub spawn: Option<Arc<Spawn>>,
+    /// Files the action created in its writable directories (it may read
+    /// those back); lives and dies with the action.
+    pub created: std::sync::Mutex<HashSet<Vec<u8>>>,
 }
 
 /// Registry keys of lineage actions: this bit plus the launcher's tgid
@@ -167,6 +170,7 @@ impl<T> Registry<T> {
             declaration: Some(Arc::new(declaration)),
             judge_files: true,
             spawn: Some(Arc::new(spawn)),
+            created: Default::default(),
         };
         let state = ActionState {
             scope: o.scope as usize,
@@ -449,6 +453,7 @@ impl<T> Registry<T> {
             declaration,
             judge_files,
             spawn,
+            created: Default::default(),
         }));
         state.deadline = None;
     }
