@@ -25,6 +25,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bazel-bootstrap", // Bazel 4.2.3: tests/bazel (docs/bazel-4.2.3.md)
     "iproute2",
     "python3",
+    "prometheus", // promtool and a real server: tests/deploy.rs
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
