@@ -29,6 +29,7 @@ pub struct EventRing {
     consumer: Mapping,
     producer: Mapping,
     size: u64,
+    page: usize,
 }
 
 struct Mapping {
@@ -77,6 +78,7 @@ impl EventRing {
             consumer,
             producer,
             size,
+            page,
         })
     }
 
@@ -93,9 +95,7 @@ impl EventRing {
     /// Hands up to `limit` committed records to `f`, then publishes the new
     /// consumer position once. Returns how many records were read.
     pub fn drain(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let data = self.producer.ptr.as_ptr().wrapping_add(page);
+        let data = self.producer.ptr.as_ptr().wrapping_add(self.page);
         let mask = self.size - 1;
         let mut cons = self.consumer_pos().load(Ordering::Acquire);
         let prod = self.producer_pos().load(Ordering::Acquire);
