@@ -24,6 +24,7 @@ struct Build {
     code: Option<i32>,
     stderr: String,
     alerts: Vec<Value>,
+    report: Value,
 }
 
 impl Build {
@@ -47,6 +48,12 @@ fn copy_fixture(to: &Path) {
 /// and every Bazel file stay in the test's temp dir, and the server is gone
 /// afterwards.
 fn build(strategy: &str, extra: &[&str]) -> Build {
+    build_with(strategy, extra, false)
+}
+
+/// `server_outside`: start the Bazel server before `monitor exec`, outside
+/// the job, as a CI runner with a warm server would.
+fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
     require_root();
     assert!(
         Path::new(BAZEL).exists(),
@@ -60,14 +67,21 @@ fn build(strategy: &str, extra: &[&str]) -> Build {
     fs::write(&host_file, "host secret\n").unwrap();
     let port = listener();
     let report = t.join("report.json");
-    let startup = [
-        format!("--output_base={}", t.join("ob").display()),
-        format!("--output_user_root={}", t.join("root").display()),
-        format!(
-            "--host_jvm_args=-Djava.io.tmpdir={}",
-            t.join("jtmp").display()
-        ),
-    ];
+    if server_outside {
+        let out = Command::new(BAZEL)
+            .current_dir(&ws)
+            .env("HOME", t)
+            .args(startup_args(t))
+            .args(["info", "output_base"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "starting a Bazel server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let startup = startup_args(t);
     let out = Command::new(monitor_bin())
         .current_dir(&ws)
         .env_clear()
@@ -117,11 +131,25 @@ fn build(strategy: &str, extra: &[&str]) -> Build {
         code: out.status.code(),
         stderr,
         alerts,
+        report,
     }
+}
+
+/// Bazel startup options that keep every file in the test's temp dir.
+fn startup_args(t: &Path) -> [String; 3] {
+    [
+        format!("--output_base={}", t.join("ob").display()),
+        format!("--output_user_root={}", t.join("root").display()),
+        format!(
+            "--host_jvm_args=-Djava.io.tmpdir={}",
+            t.join("jtmp").display()
+        ),
+    ]
 }
 
 fn check_common(b: &Build) {
     assert_eq!(b.code, Some(1), "violations must exit 1:\n{}", b.stderr);
+    assert_eq!(b.report["unmonitored_spawns"], 0, "every spawn was seen");
     assert!(
         b.alerts_of("//:clean").is_empty(),
         "(a) clean raised alerts: {:#?}",
@@ -210,4 +238,18 @@ fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
     for label in ["//:net_default", "//:net_requires"] {
         assert_eq!(b.alerts_of(label)[0]["net"]["result"], 0, "{label}");
     }
+}
+
+/// A Bazel server already running outside the job serves the build: its
+/// spawns are not monitored, and `monitor exec` must say so, not pass quietly.
+#[test]
+fn spawns_of_a_server_started_outside_the_job_are_reported_unmonitored() {
+    let b = build_with("processwrapper-sandbox", &[], true);
+    assert_eq!(b.report["unmonitored_spawns"], 5, "{}", b.stderr);
+    assert!(b.stderr.contains("were NOT monitored"), "{}", b.stderr);
+    assert!(
+        b.alerts_of("//:abs_workspace").is_empty(),
+        "the spawns ran unseen: {:#?}",
+        b.alerts
+    );
 }

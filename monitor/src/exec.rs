@@ -114,6 +114,14 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .sum();
     let pipeline = &running.pipeline;
     eprint!("{}", summary(&pipeline.alerts, pipeline.violations, lost));
+    let unmonitored = pipeline.unmonitored_spawns;
+    if unmonitored > 0 {
+        eprintln!(
+            "monitor: WARNING: {unmonitored} sandboxed spawn(s) in Bazel's execution log were NOT monitored: \
+             they ran outside this job, in a Bazel server started before it. Use a dedicated \
+             --output_base or run `bazel shutdown` first."
+        );
+    }
     if let Some(path) = &opts.report {
         write_report(
             path,
@@ -121,6 +129,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             code,
             pipeline.violations,
             lost,
+            unmonitored,
             &pipeline.alerts,
         )
         .map_err(StartError::Config)?;
@@ -270,6 +279,7 @@ fn write_report(
     exit_status: u8,
     violations: u64,
     lost: u64,
+    unmonitored_spawns: usize,
     alerts: &[Alert],
 ) -> anyhow::Result<()> {
     let alerts: Vec<serde_json::Value> = alerts
@@ -281,7 +291,8 @@ fn write_report(
         "command": command.iter().map(|c| crate::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
         "violations": violations,
-        "events_lost": lost,
+                "events_lost": lost,
+        "unmonitored_spawns": unmonitored_spawns,
         "alerts": alerts,
     });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)

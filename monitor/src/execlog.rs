@@ -42,6 +42,19 @@ pub struct SpawnEntry {
     pub progress_message: Option<String>,
     /// E.g. "linux-sandbox", "processwrapper-sandbox", "remote cache hit".
     pub runner: Option<String>,
+    /// The result came from a cache (`remoteCacheHit`, `cacheHit`): nothing ran.
+    pub cache_hit: bool,
+}
+
+impl SpawnEntry {
+    /// The spawn ran locally under a sandbox launcher the monitor follows.
+    pub fn ran_sandboxed(&self) -> bool {
+        !self.cache_hit
+            && matches!(
+                self.runner.as_deref(),
+                Some("linux-sandbox" | "processwrapper-sandbox")
+            )
+    }
 }
 
 /// A parsed execution log. Build one with [`ExecLog::parse_json`],
@@ -297,6 +310,10 @@ struct RawSpawnExec {
     #[serde(alias = "target_label")]
     target_label: Option<String>,
     runner: Option<String>,
+    #[serde(alias = "remote_cache_hit")]
+    remote_cache_hit: Option<bool>,
+    #[serde(alias = "cache_hit")]
+    cache_hit: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -334,6 +351,7 @@ impl From<RawSpawnExec> for SpawnEntry {
             outputs,
             progress_message,
             runner: non_empty(raw.runner),
+            cache_hit: raw.remote_cache_hit.unwrap_or(false) || raw.cache_hit.unwrap_or(false),
         }
     }
 }

@@ -93,6 +93,11 @@ pub struct Pipeline {
     /// alerts are still pending (`monitor exec` holds them until then).
     pub exec_log: Option<std::path::PathBuf>,
 
+    /// Sandboxed spawns seen starting (launchers working in a sandbox dir).
+    sandboxed_launches: usize,
+    /// Sandboxed spawns in the execution log that were never seen: they ran
+    /// outside the monitored job (a Bazel server started elsewhere).
+    pub unmonitored_spawns: usize,
     /// The command line of every spawn that raised an alert, by action id.
     spawn_commands: std::collections::HashMap<String, Vec<String>>,
     lost_seen: [u64; LOST_REASONS as usize],
@@ -125,6 +130,8 @@ impl Pipeline {
             alerts: Vec::new(),
             violations: 0,
             exec_log: None,
+            sandboxed_launches: 0,
+            unmonitored_spawns: 0,
 
             spawn_commands: std::collections::HashMap::new(),
             lost_seen: [0; LOST_REASONS as usize],
@@ -158,7 +165,11 @@ impl Pipeline {
                 return;
             }
             Event::Launch(launch) => {
-                self.registry.launch(&launch.origin, spawn_of(launch));
+                let spawn = spawn_of(launch);
+                if spawn.sandbox_dir.is_some() {
+                    self.sandboxed_launches += 1;
+                }
+                self.registry.launch(&launch.origin, spawn);
                 return;
             }
             Event::File(_) | Event::Connect(_) => {}
@@ -234,6 +245,8 @@ impl Pipeline {
                 return;
             }
         };
+        let ran = log.entries.iter().filter(|e| e.ran_sandboxed()).count();
+        self.unmonitored_spawns = ran.saturating_sub(self.sandboxed_launches);
         for alert in self.folder.pending_mut() {
             let Some(command) = self.spawn_commands.get(&alert.action.id) else {
                 continue;
