@@ -650,3 +650,39 @@ fn bazel7_spawn_cgroups_are_actions_tied_to_their_sandbox() {
     );
     drop(scope);
 }
+
+/// Opens submitted through io_uring bypass the syscall hook; setting one up
+/// is reported (log and metric) so the gap is never silent.
+#[test]
+fn io_uring_use_is_reported() {
+    require_root();
+    let parent = test_parent("uring");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("uring-1");
+    daemon.declare(&action.path, "//pkg:uring", "Genrule", &[], "");
+    // io_uring_setup(4, &params) through libc's syscall(); params is 120 bytes.
+    let script = "import ctypes, os\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        params = ctypes.create_string_buffer(120)\n\
+        fd = libc.syscall(425, 4, params)\n\
+        assert fd >= 0, os.strerror(ctypes.get_errno())\n\
+        os.close(fd)\n";
+    let out = run_in(&action.path, &mut python(script, &[]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle();
+    let metrics = daemon.metrics_text();
+    let (_, _, stderr) = daemon.stop();
+    assert_eq!(
+        metric(
+            &metrics,
+            "build_monitor_events_total",
+            &[("kind", "io_uring")]
+        ),
+        1.0
+    );
+    assert!(stderr.contains("set up an io_uring"), "{stderr}");
+}

@@ -32,6 +32,9 @@ pub const RING_BYTES: u32 = 16 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     FileOpen = 1,
+    /// A monitored process set up an io_uring (`header` only): file opens
+    /// it submits through the ring bypass the syscall hook.
+    IoUring = 2,
     Connect = 100,
     Exec = 200,
     Exit = 201,
@@ -45,6 +48,7 @@ impl EventKind {
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::FileOpen),
+            2 => Some(Self::IoUring),
             100 => Some(Self::Connect),
             200 => Some(Self::Exec),
             201 => Some(Self::Exit),
@@ -222,6 +226,7 @@ pub const NR_CONNECT: u64 = 42;
 pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
 pub const NR_OPENAT2: u64 = 437;
+pub const NR_IO_URING_SETUP: u64 = 425;
 
 /// Runtime settings written by userspace into a one-entry map before attach.
 #[repr(C)]

@@ -25,8 +25,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX,
-    PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
 };
 
 use crate::{maps::SETTINGS, task::read};
@@ -94,7 +94,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     let nr = regs.get(PT_REGS_ORIG_AX);
     let is_file = is_file_syscall(nr);
-    if !is_file && nr != NR_CONNECT {
+    if !is_file && nr != NR_CONNECT && nr != NR_IO_URING_SETUP {
         return None;
     }
     let settings = SETTINGS.get(0)?;
@@ -124,8 +124,10 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     };
     if is_file {
         files::on_exit(settings, &call)
-    } else {
+    } else if nr == NR_CONNECT {
         net::on_exit(settings, &call)
+    } else {
+        process::on_io_uring(settings, &call)
     }
 }
 

@@ -146,3 +146,25 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
         core::mem::size_of::<ExitEvent>(),
     );
 }
+
+/// A monitored process set up an io_uring: its file opens through the ring
+/// are not seen by the syscall hook, so say so rather than stay silent.
+pub fn on_io_uring(settings: &Settings, call: &crate::Syscall) -> Option<()> {
+    if call.ret < 0 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid ExitEvent (a header-only event).
+    let mut ev: ExitEvent = unsafe { core::mem::zeroed() };
+    fill_header(
+        &mut ev.header,
+        EventKind::IoUring as u32,
+        &call.m,
+        &settings.offsets,
+    );
+    submit(
+        settings,
+        (&ev as *const ExitEvent).cast(),
+        core::mem::size_of::<ExitEvent>(),
+    );
+    Some(())
+}

@@ -93,6 +93,8 @@ pub enum Event {
     Exec(Exec),
     Exit(Origin),
     Launch(Launch),
+    /// The process set up an io_uring: its opens through it are not seen.
+    IoUring(Origin),
 }
 
 impl Event {
@@ -103,11 +105,12 @@ impl Event {
             Event::Exec(e) => &e.origin,
             Event::Exit(o) => o,
             Event::Launch(e) => &e.origin,
+            Event::IoUring(o) => o,
         }
     }
 
     /// Index into the `kind` labels of `build_monitor_events_total`:
-    /// file, net, exec, exit, launch.
+    /// file, net, exec, exit, launch, io_uring.
     pub fn metric_index(&self) -> usize {
         match self {
             Event::File(_) => 0,
@@ -115,6 +118,7 @@ impl Event {
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
             Event::Launch(_) => 4,
+            Event::IoUring(_) => 5,
         }
     }
 }
@@ -168,6 +172,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
+        Some(EventKind::IoUring) => Ok(Event::IoUring(origin)),
         Some(EventKind::Launch) => {
             let (ev, dir, argv) = split_path_event(bytes)?;
             let flags = ev.header.flags;

@@ -114,6 +114,12 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .sum();
     let pipeline = &running.pipeline;
     eprint!("{}", summary(&pipeline.alerts, pipeline.violations, lost));
+    if pipeline.io_uring_processes > 0 {
+        eprintln!(
+            "monitor: WARNING: {} process(es) set up an io_uring; file opens submitted through it are not monitored",
+            pipeline.io_uring_processes
+        );
+    }
     let unmonitored = pipeline.unmonitored_spawns;
     if unmonitored > 0 {
         eprintln!(

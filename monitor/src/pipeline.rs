@@ -93,6 +93,9 @@ pub struct Pipeline {
     /// alerts are still pending (`monitor exec` holds them until then).
     pub exec_log: Option<std::path::PathBuf>,
 
+    /// Processes that set up an io_uring (file opens through it are not
+    /// seen): warned about once each.
+    pub io_uring_processes: u64,
     /// Sandboxed spawns seen starting (launchers working in a sandbox dir).
     sandboxed_launches: usize,
     /// Sandboxed spawns in the execution log that were never seen: they ran
@@ -104,7 +107,7 @@ pub struct Pipeline {
     /// Reused buffer of events ready to judge (the per-event hot path).
     ready: Vec<(Observed, Arc<ActionView>)>,
     /// `events_total` by kind, resolved once (the per-event hot path).
-    event_counters: [prometheus::IntCounter; 5],
+    event_counters: [prometheus::IntCounter; 6],
 }
 
 impl Pipeline {
@@ -116,7 +119,7 @@ impl Pipeline {
         fold_window: Duration,
         keep_alerts: bool,
     ) -> Self {
-        let event_counters = ["file", "net", "exec", "exit", "launch"]
+        let event_counters = ["file", "net", "exec", "exit", "launch", "io_uring"]
             .map(|kind| metrics.events_total.with_label_values(&[kind]));
         Pipeline {
             registry,
@@ -131,6 +134,7 @@ impl Pipeline {
             violations: 0,
             exec_log: None,
             sandboxed_launches: 0,
+            io_uring_processes: 0,
             unmonitored_spawns: 0,
 
             spawn_commands: std::collections::HashMap::new(),
@@ -164,6 +168,17 @@ impl Pipeline {
                 self.registry.exit(origin, now);
                 return;
             }
+            Event::IoUring(o) => {
+                if self.processes.note_io_uring(pid) {
+                    self.io_uring_processes += 1;
+                    log::warn!(
+                        "process {pid} ({}) of monitored cgroup {} set up an io_uring: file opens it submits through the ring are not seen",
+                        o.comm_str(),
+                        o.action_cgroup_id
+                    );
+                }
+                return;
+            }
             Event::Launch(launch) => {
                 let spawn = spawn_of(launch);
                 if spawn.sandbox_dir.is_some() {
@@ -188,7 +203,7 @@ impl Pipeline {
             let violation = match &observed.event {
                 Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
-                Event::Exec(_) | Event::Exit(_) | Event::Launch(_) => None,
+                Event::Exec(_) | Event::Exit(_) | Event::Launch(_) | Event::IoUring(_) => None,
             };
             if let Some(v) = violation {
                 self.violations += 1;

@@ -8,6 +8,8 @@ use crate::paths;
 #[derive(Default)]
 pub struct ProcessTable {
     exe: HashMap<u32, Arc<str>>,
+    /// Processes already reported for setting up an io_uring.
+    io_uring: std::collections::HashSet<u32>,
 }
 
 impl ProcessTable {
@@ -24,6 +26,12 @@ impl ProcessTable {
 
     pub fn exit(&mut self, pid: u32) {
         self.exe.remove(&pid);
+        self.io_uring.remove(&pid);
+    }
+
+    /// Notes that `pid` set up an io_uring; true the first time.
+    pub fn note_io_uring(&mut self, pid: u32) -> bool {
+        self.io_uring.insert(pid)
     }
 
     /// The executable of `pid`; a forked child that has not exec'd runs its
