@@ -44,7 +44,7 @@ struct WalkState {
 /// into the per-CPU scratch `data[base..base + DIR_CAPACITY]`, where `base`
 /// (below PATH_CAPACITY) is the length of the path string before it.
 #[inline(always)]
-pub fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
+fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
     let dentry: u64 = read(path_ptr, o.path_dentry);
     let vfsmnt: u64 = read(path_ptr, o.path_mnt);
     if dentry == 0 || vfsmnt == 0 {

@@ -85,6 +85,27 @@ pub fn remove(cgroup: &Path) {
     log::warn!("could not remove cgroup {}", cgroup.display());
 }
 
+/// Removes `dir` and every cgroup below it, children first.
+pub fn remove_tree(dir: &Path) {
+    for (_, child) in children(dir) {
+        remove_tree(&child);
+    }
+    remove(dir);
+}
+
+/// Every process in `cgroup` and the cgroups below it.
+pub fn pids_below(cgroup: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for (_, child) in children(cgroup) {
+        pids.extend(pids_below(&child));
+    }
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

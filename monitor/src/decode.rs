@@ -206,6 +206,9 @@ fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, Dec
     let unresolved = flags & FLAG_DIR_UNRESOLVED != 0 && !raw.starts_with(b"/");
     let path = if unresolved {
         raw.to_vec()
+    } else if raw.starts_with(b"/") {
+        // The common case: no base directory to build (the kernel sent none).
+        paths::normalize(raw)
     } else {
         paths::resolve(&paths::dir_from_components(dir), raw)
     };

@@ -310,15 +310,8 @@ struct CgroupGuard(PathBuf);
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         // Children first: the command's own cgroup and any Bazel spawn slices.
-        remove_tree(&self.0);
+        cgroup::remove_tree(&self.0);
     }
-}
-
-fn remove_tree(dir: &Path) {
-    for (_, child) in cgroup::children(dir) {
-        remove_tree(&child);
-    }
-    cgroup::remove(dir);
 }
 
 #[cfg(test)]

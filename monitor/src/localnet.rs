@@ -21,7 +21,7 @@ pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    pids_below(cgroup).into_iter().any(|pid| {
+    crate::cgroup::pids_below(cgroup).into_iter().any(|pid| {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             return false;
         };
@@ -55,18 +55,6 @@ fn socket_inode(link: &str) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-fn pids_below(cgroup: &Path) -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for (_, child) in crate::cgroup::children(cgroup) {
-        pids.extend(pids_below(&child));
-    }
-    pids
 }
 
 #[cfg(test)]
