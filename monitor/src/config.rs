@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{NetRule, PathMatcher};
+use crate::policy::matchers::{NetRule, PathMatcher};
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -1,32 +1,21 @@
 //! Userspace side of the build-action monitor.
 //!
-//! Data flows one way: loader (kernel programs, ring buffer) → decode →
-//! registry (which action) → judge (allowed?) → fold → sinks (JSON alerts)
-//! and metrics.
+//! Folders follow the data flow, one way (docs/architecture.md):
+//! `kernel` (load, attach, ring) → `events` (decode, paths, process facts) →
+//! `actions` (which action, what it declared; `bazel` for Bazel's own
+//! sources) → `policy` (verdicts) → `output` (alerts, folding, sinks,
+//! metrics). `pipeline` is the loop that moves records through them;
+//! `commands` assembles the stages for each CLI mode.
 
-pub mod alert;
-pub mod app;
-pub mod btf;
-pub mod cgroup;
+pub mod actions;
+pub mod bazel;
+pub mod commands;
 pub mod config;
-pub mod daemon;
-pub mod declarations;
-pub mod decode;
-pub mod exec;
-pub mod execlog;
-pub mod fold;
-pub mod judge;
-pub mod loader;
-pub mod localnet;
-pub mod metrics;
-pub mod paths;
+pub mod events;
+pub mod kernel;
+pub mod output;
 pub mod pipeline;
 pub mod policy;
-pub mod processes;
-pub mod registry;
-pub mod ring;
-pub mod sandbox;
-pub mod sinks;
 
 /// The kernel programs, built by build.rs for the BPF target.
 pub fn ebpf_object() -> &'static [u8] {

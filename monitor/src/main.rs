@@ -2,7 +2,10 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use monitor::{app::StartError, config::Config, daemon, exec};
+use monitor::{
+    commands::{exec, run as daemon, start::StartError},
+    config::Config,
+};
 
 #[derive(Parser)]
 #[command(
@@ -91,10 +94,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::BenchFloor => match monitor::loader::Kernel::load_floor() {
+        Command::BenchFloor => match monitor::kernel::loader::Kernel::load_floor() {
             Ok(ebpf) => {
                 eprintln!("monitor: floor program attached");
-                runtime.block_on(monitor::app::termination_signal());
+                runtime.block_on(monitor::commands::start::termination_signal());
                 drop(ebpf);
                 ExitCode::SUCCESS
             }

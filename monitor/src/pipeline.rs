@@ -13,16 +13,16 @@ use monitor_common::{LOST_LINEAGE_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    alert::{Alert, ProcessInfo},
-    decode::{self, Event},
-    fold::Folder,
-    judge::Policy,
-    loader::Kernel,
-    metrics::Metrics,
-    processes::ProcessTable,
-    registry::{ActionView, Registry},
-    ring::EventRing,
-    sinks::AlertSinks,
+    actions::registry::{ActionView, Registry},
+    events::decode::{self, Event},
+    events::processes::ProcessTable,
+    kernel::loader::Kernel,
+    kernel::ring::EventRing,
+    output::alert::{Alert, ProcessInfo},
+    output::fold::Folder,
+    output::metrics::Metrics,
+    output::sinks::AlertSinks,
+    policy::judge::Policy,
 };
 
 /// How often the reader drains without being woken: bounds alert latency
@@ -40,7 +40,7 @@ const DRAIN_BATCH: usize = 8192;
 
 /// The spawn a launcher describes; what the kernel could not capture whole
 /// (a very long argv) is read from /proc while the launcher still runs.
-fn spawn_of(launch: &decode::Launch) -> crate::sandbox::Spawn {
+fn spawn_of(launch: &decode::Launch) -> crate::bazel::sandbox::Spawn {
     let pid = launch.origin.pid;
     let argv = if launch.argv_truncated {
         std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_else(|_| launch.argv.clone())
@@ -51,7 +51,7 @@ fn spawn_of(launch: &decode::Launch) -> crate::sandbox::Spawn {
         Some(cwd) => std::path::PathBuf::from(std::ffi::OsStr::from_bytes(cwd)),
         None => std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
     };
-    let mut spawn = crate::sandbox::parse_launch(&argv, &cwd);
+    let mut spawn = crate::bazel::sandbox::parse_launch(&argv, &cwd);
     // The kernel matched the launcher by comm; a script launcher has the
     // interpreter as argv[0].
     spawn.launcher = launch.origin.comm_str();
@@ -245,7 +245,7 @@ impl Pipeline {
     /// spawn's command line (no log records a pid or sandbox id).
     fn label_from_exec_log(&mut self) {
         let Some(path) = &self.exec_log else { return };
-        let log = match crate::execlog::ExecLog::load_json(path) {
+        let log = match crate::bazel::execlog::ExecLog::load_json(path) {
             Ok((log, None)) => log,
             Ok((log, Some(e))) => {
                 log::warn!(

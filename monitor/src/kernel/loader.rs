@@ -14,7 +14,7 @@ use monitor_common::{
     PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Scope, Settings,
 };
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// Process tracking programs and their raw tracepoints, attached before the
 /// syscall hook so that no exec of a monitored process is missed once file
@@ -240,10 +240,10 @@ fn raise_memlock_limit() {
 /// Reads the struct offsets the kernel programs need from the running
 /// kernel's BTF, and checks the syscall register layout they assume.
 pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
-    if !Path::new(crate::btf::SYS_FS_VMLINUX).exists() {
+    if !Path::new(crate::kernel::btf::SYS_FS_VMLINUX).exists() {
         bail!(
             "kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)",
-            crate::btf::SYS_FS_VMLINUX
+            crate::kernel::btf::SYS_FS_VMLINUX
         );
     }
     let btf = Btf::from_sys_fs()?;

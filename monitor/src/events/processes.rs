@@ -3,7 +3,7 @@
 //! when they entered a monitored cgroup.
 use std::{collections::HashMap, sync::Arc};
 
-use crate::paths;
+use crate::events::paths;
 
 #[derive(Default)]
 pub struct ProcessTable {

@@ -24,13 +24,13 @@ use std::{
 };
 
 use crate::{
-    alert::ActionInfo,
-    cgroup,
-    declarations::{Declaration, DeclarationStore},
-    decode::Origin,
-    metrics::Metrics,
-    policy::NetMatcher,
-    sandbox::{self, Spawn},
+    actions::cgroup,
+    actions::declarations::{Declaration, DeclarationStore},
+    bazel::sandbox::{self, Spawn},
+    events::decode::Origin,
+    output::alert::ActionInfo,
+    output::metrics::Metrics,
+    policy::matchers::NetMatcher,
 };
 
 /// How a monitored cgroup relates to actions.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::paths::escape_for_display;
+use crate::events::paths::escape_for_display;
 
 /// The `schema` value of every alert line; bump only with a new contract.
 pub const SCHEMA: &str = "monitor.alert/v1";

@@ -12,7 +12,7 @@ use monitor_common::{
     FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
 };
 
-use crate::paths;
+use crate::events::paths;
 
 /// Who did it: the common part of every event.
 #[derive(Clone, Copy, Debug)]

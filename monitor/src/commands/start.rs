@@ -6,15 +6,15 @@ use monitor_common::{SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES};
 use tokio::sync::watch;
 
 use crate::{
-    cgroup,
+    actions::cgroup,
+    actions::registry::{Registry, Scope, ScopeKind},
     config::Config,
-    judge::Policy,
-    loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
-    metrics::{self, Metrics},
+    kernel::loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
+    output::metrics::{self, Metrics},
+    output::sinks::AlertSinks,
     pipeline::Pipeline,
-    policy::{NetMatcher, PathMatcher},
-    registry::{Registry, Scope, ScopeKind},
-    sinks::AlertSinks,
+    policy::judge::Policy,
+    policy::matchers::{NetMatcher, PathMatcher},
 };
 
 /// Why the monitor could not start; decides the exit code.
@@ -102,7 +102,7 @@ pub async fn start(
         files_allow: PathMatcher::new(&config.files.allow)
             .map_err(|e| StartError::Config(e.into()))?,
         network_allow: NetMatcher::new(config.network.allow.clone()),
-        host_netns: crate::judge::own_netns(),
+        host_netns: crate::policy::judge::own_netns(),
     };
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
         .iter()

@@ -2,7 +2,7 @@
 //! within one window become one alert with a `count`.
 use std::collections::HashMap;
 
-use crate::{alert::Alert, judge::Target};
+use crate::{output::alert::Alert, policy::judge::Target};
 
 #[derive(Default)]
 pub struct Folder {
@@ -40,7 +40,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::alert::{ActionInfo, AlertKind, FileInfo, ProcessInfo, Verdict};
+    use crate::output::alert::{ActionInfo, AlertKind, FileInfo, ProcessInfo, Verdict};
 
     fn alert(action: u64, path: &[u8]) -> Alert {
         Alert {

@@ -18,11 +18,11 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    alert::Alert,
-    app::{self, StartError},
-    cgroup,
+    actions::cgroup,
+    actions::registry::{Scope, ScopeKind},
+    commands::start::{self, StartError},
     config::Config,
-    registry::{Scope, ScopeKind},
+    output::alert::Alert,
 };
 
 pub struct ExecOptions {
@@ -57,7 +57,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .with_context(|| format!("cannot create cgroup {}", command_dir.display()))
         .map_err(StartError::Kernel)?;
     let _cleanup = CgroupGuard(job_dir.clone());
-    let mut scopes = app::parent_scopes(&config, &root)?;
+    let mut scopes = start::parent_scopes(&config, &root)?;
     scopes.push(Scope {
         path: job_dir.clone(),
         id: cgroup::id_of(&job_dir).map_err(StartError::Kernel)?,
@@ -76,7 +76,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             }
         },
     });
-    let mut running = app::start(&config, scopes, true, false).await?;
+    let mut running = start::start(&config, scopes, true, false).await?;
     running.pipeline.exec_log = exec_log;
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
@@ -85,7 +85,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let stop = async {
         status = Some(child.wait().await);
     };
-    let app::Running {
+    let start::Running {
         kernel, pipeline, ..
     } = &mut running;
     pipeline
@@ -294,7 +294,7 @@ fn write_report(
         .collect::<Result<_, _>>()?;
     let report = serde_json::json!({
         "schema": "monitor.report/v1",
-        "command": command.iter().map(|c| crate::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
+        "command": command.iter().map(|c| crate::events::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
         "violations": violations,
                 "events_lost": lost,

@@ -21,17 +21,19 @@ pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    crate::cgroup::pids_below(cgroup).into_iter().any(|pid| {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
-        fds.flatten().any(|fd| {
-            fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| socket_inode(&l.to_string_lossy()))
-                .is_some_and(|i| inodes.contains(&i))
+    crate::actions::cgroup::pids_below(cgroup)
+        .into_iter()
+        .any(|pid| {
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                return false;
+            };
+            fds.flatten().any(|fd| {
+                fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| socket_inode(&l.to_string_lossy()))
+                    .is_some_and(|i| inodes.contains(&i))
+            })
         })
-    })
 }
 
 /// Inodes of sockets in state LISTEN (0A) on `port`, from a /proc/net/tcp
@@ -83,7 +85,8 @@ mod tests {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/")
             .to_string();
-        let root = crate::cgroup::v2_root().expect("cgroup v2 is mounted on the project machines");
+        let root = crate::actions::cgroup::v2_root()
+            .expect("cgroup v2 is mounted on the project machines");
         let dir = root.join(v2.trim_start_matches('/'));
         assert!(listener_in_cgroup("127.0.0.1".parse().unwrap(), port, &dir));
         assert!(

@@ -15,8 +15,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    paths,
-    policy::{NetMatcher, NetRule, PathMatcher},
+    events::paths,
+    policy::matchers::{NetMatcher, NetRule, PathMatcher},
 };
 
 /// What one action declared.

@@ -5,8 +5,8 @@ use aya_ebpf::helpers::bpf_probe_read_user;
 use monitor_common::{AF_INET, AF_INET6, ConnectEvent, EventKind, Settings};
 
 use crate::{
-    Syscall,
     emit::{fill_header, submit},
+    probes::syscalls::Syscall,
     task::{file_of_fd, netns_inum, read},
 };
 

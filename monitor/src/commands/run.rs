@@ -1,17 +1,17 @@
 //! `monitor run --config FILE`: the node agent.
 use crate::{
-    app::{self, StartError},
-    cgroup,
+    actions::cgroup,
+    commands::start::{self, StartError},
     config::Config,
 };
 
 pub async fn run(config: Config) -> Result<(), StartError> {
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
-    let scopes = app::parent_scopes(&config, &root)?;
+    let scopes = start::parent_scopes(&config, &root)?;
     if scopes.is_empty() {
         log::warn!("attribution.cgroup_parents is empty: no action can be monitored");
     }
-    let mut running = app::start(&config, scopes, false, true).await?;
+    let mut running = start::start(&config, scopes, false, true).await?;
     log::info!(
         "monitoring {} cgroup parent(s) via {:?} syscall hook; declarations from {}; metrics on {}",
         config.attribution.cgroup_parents.len(),
@@ -23,11 +23,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "(off)".into()),
     );
-    let app::Running {
+    let start::Running {
         kernel, pipeline, ..
     } = &mut running;
     pipeline
-        .run(kernel, app::termination_signal())
+        .run(kernel, start::termination_signal())
         .await
         .map_err(StartError::Kernel)?;
     running.stop_metrics().await;

@@ -3,10 +3,10 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::{
-    alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
-    decode::{Connect, FileOpen},
-    policy::{NetMatcher, PathMatcher},
-    registry::ActionView,
+    actions::registry::ActionView,
+    events::decode::{Connect, FileOpen},
+    output::alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
+    policy::matchers::{NetMatcher, PathMatcher},
 };
 
 /// The host-wide policy from the config.
@@ -127,7 +127,7 @@ impl Policy {
         // A job talking to itself over loopback (the Bazel client to its own
         // server) is not egress.
         if !action.judge_files
-            && crate::localnet::listener_in_cgroup(
+            && crate::policy::localnet::listener_in_cgroup(
                 ev.addr,
                 ev.port,
                 std::path::Path::new(&action.info.cgroup),
@@ -176,7 +176,9 @@ mod tests {
     use std::{path::PathBuf, time::SystemTime};
 
     use super::*;
-    use crate::{alert::ActionInfo, declarations::Declaration, decode::Origin};
+    use crate::{
+        actions::declarations::Declaration, events::decode::Origin, output::alert::ActionInfo,
+    };
 
     fn policy() -> Policy {
         Policy {

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{paths, policy::PathMatcher};
+use crate::{events::paths, policy::matchers::PathMatcher};
 
 /// Most sandbox entries read for one spawn; a larger tree is truncated with a
 /// warning (its remaining inputs would show up as undeclared, never hidden).

@@ -12,8 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::alert::Alert;
-use crate::metrics::Metrics;
+use crate::output::alert::Alert;
+use crate::output::metrics::Metrics;
 
 /// The configured alert outputs.
 pub struct AlertSinks {
@@ -214,7 +214,7 @@ impl FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{ActionInfo, AlertKind, FileInfo, ProcessInfo, Verdict};
+    use crate::output::alert::{ActionInfo, AlertKind, FileInfo, ProcessInfo, Verdict};
     use std::time::SystemTime;
 
     fn alert(path: &str) -> Alert {

@@ -8,7 +8,11 @@
 //! * fork: a child of a lineage process joins its lineage, in the kernel, so
 //!   no short-lived child is missed.
 //! * exit: forget the process.
-use aya_ebpf::helpers::generated::bpf_probe_read_user;
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
 use monitor_common::{
     COMM_LEN, EventKind, ExitEvent, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
     PATH_CAPACITY, Settings,
@@ -17,11 +21,56 @@ use monitor_common::{
 use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit, submit_with},
-    filter::Match,
+    filter::{self, Match},
     lineage,
-    maps::{SCRATCH, Scratch},
+    maps::{SCRATCH, SETTINGS, Scratch},
     task::{current_task, read},
 };
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
+    let _ = try_proc_exec();
+    0
+}
+
+#[inline(always)]
+fn try_proc_exec() -> Option<()> {
+    let settings = SETTINGS.get(0)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut m = filter::current_action(settings, pid_tgid)?;
+    on_exec(settings, &mut m, (pid_tgid >> 32) as u32)
+}
+
+/// `sched_process_fork(parent, child)`: runs for every fork on the host, so
+/// it only does a lineage lookup.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn proc_fork(ctx: RawTracePointContext) -> i32 {
+    if let Some(settings) = SETTINGS.get(0) {
+        let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        on_fork(parent_tgid, ctx.arg(1), settings);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
+    let _ = try_proc_exit();
+    0
+}
+
+#[inline(always)]
+fn try_proc_exit() -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Threads end too; only the end of the whole process matters.
+    if tgid != pid_tgid as u32 {
+        return None;
+    }
+    let settings = SETTINGS.get(0)?;
+    let mut m = filter::current_action(settings, pid_tgid)?;
+    on_exit(settings, &mut m, tgid);
+    Some(())
+}
 
 pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let o = &settings.offsets;
@@ -149,7 +198,7 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
 
 /// A monitored process set up an io_uring: its file opens through the ring
 /// are not seen by the syscall hook, so say so rather than stay silent.
-pub fn on_io_uring(settings: &Settings, call: &crate::Syscall) -> Option<()> {
+pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall) -> Option<()> {
     if call.ret < 0 {
         return None;
     }

@@ -9,10 +9,10 @@ use monitor_common::{
 };
 
 use crate::{
-    Syscall,
     dpath::walk_dir,
     emit::{fill_header, submit},
     maps::SCRATCH,
+    probes::syscalls::Syscall,
     task::{current_task, file_of_fd, read},
 };
 

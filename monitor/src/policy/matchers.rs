@@ -10,7 +10,7 @@ use std::str::FromStr;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::paths;
+use crate::events::paths;
 
 /// A path pattern that could not be compiled: which one (by position and
 /// text) and why, so a config or declaration error can point at it.

@@ -1,0 +1,127 @@
+//! The one syscall hook: `sys_exit` (BTF tracepoint, raw tracepoint as the
+//! fallback). The first check on every syscall of every process is the
+//! syscall number; monitored opens, connects and io_uring set-ups go on to
+//! their family's module.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use monitor_common::{
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
+};
+
+use crate::{
+    filter, lineage,
+    maps::SETTINGS,
+    probes::{files, net, process},
+    task::read,
+};
+
+/// A finished syscall of a monitored task.
+pub struct Syscall {
+    pub nr: u64,
+    /// The first four arguments (rdi, rsi, rdx, r10).
+    pub args: [u64; 4],
+    pub ret: i64,
+    pub m: filter::Match,
+}
+
+#[inline(always)]
+fn is_file_syscall(nr: u64) -> bool {
+    nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT
+}
+
+/// How the saved user registers are read: directly through the typed
+/// pointer a BTF tracepoint gets, or with a probe read from a raw tracepoint.
+trait Regs {
+    fn get(&self, offset: u32) -> u64;
+}
+
+/// `tp_btf`: `regs` is a trusted `struct pt_regs *`; a load is a plain load
+/// (the verifier checks each offset against BTF). Offsets must be constants.
+struct BtfRegs(*const u8);
+
+impl Regs for BtfRegs {
+    #[inline(always)]
+    fn get(&self, offset: u32) -> u64 {
+        // SAFETY: the verifier turns this into a checked kernel load.
+        unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<u64>()) }
+    }
+}
+
+/// `raw_tp`: `regs` is an untyped kernel address.
+struct ProbedRegs(u64);
+
+impl Regs for ProbedRegs {
+    #[inline(always)]
+    fn get(&self, offset: u32) -> u64 {
+        read(self.0, offset)
+    }
+}
+
+/// Preferred: the BTF tracepoint (no helper call on the path every syscall
+/// of every process takes).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = on_sys_exit(&BtfRegs(regs), ret);
+    0
+}
+
+/// Fallback for kernels that refuse BTF tracepoints.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = on_sys_exit(&ProbedRegs(ctx.arg(0)), ctx.arg(1));
+    0
+}
+
+#[inline(always)]
+fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
+    let nr = regs.get(PT_REGS_ORIG_AX);
+    let is_file = is_file_syscall(nr);
+    if !is_file && nr != NR_CONNECT && nr != NR_IO_URING_SETUP {
+        return None;
+    }
+    let settings = SETTINGS.get(0)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == settings.monitor_tgid {
+        return None;
+    }
+    let mut m = filter::current_action(settings, pid_tgid)?;
+    // SAFETY: the value is copied out at once.
+    m.launcher = lineage::launcher_of(tgid);
+    // Network-only jobs: their files matter only inside a sandbox launcher's
+    // tree or in nested cgroups (Bazel's per-spawn scopes).
+    if is_file && m.flags & SCOPE_FILES == 0 && m.launcher == 0 && m.grandchild_cgroup_id == 0 {
+        return None;
+    }
+    let call = Syscall {
+        nr,
+        args: [
+            regs.get(PT_REGS_DI),
+            regs.get(PT_REGS_SI),
+            regs.get(PT_REGS_DX),
+            regs.get(PT_REGS_R10),
+        ],
+        ret,
+        m,
+    };
+    if is_file {
+        files::on_exit(settings, &call)
+    } else if nr == NR_CONNECT {
+        net::on_exit(settings, &call)
+    } else {
+        process::on_io_uring(settings, &call)
+    }
+}
+
+/// The cost floor for benchmarks (`monitor bench-floor`): an empty program
+/// on the same hook. Never attached by the monitor itself.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor(_ctx: RawTracePointContext) -> i32 {
+    0
+}

@@ -1,0 +1,5 @@
+//! Bazel-specific attribution: sandbox trees and launcher command lines, the
+//! JSON execution log (labels and mnemonics).
+//! Must not judge events or write output; generic attribution lives in `actions`.
+pub mod execlog;
+pub mod sandbox;

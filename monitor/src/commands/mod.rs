@@ -1,0 +1,5 @@
+//! The CLI's modes: `monitor run` (node agent), `monitor exec` (CI sidecar)
+//! and the start-up they share. Assembles the stages; holds no stage logic.
+pub mod exec;
+pub mod run;
+pub mod start;
