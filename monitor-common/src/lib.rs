@@ -42,6 +42,10 @@ pub enum EventKind {
     /// lineage action. File-event layout: `path` holds the argv (NUL after
     /// each argument), `dir` the working directory's components.
     Launch = 202,
+    /// A cgroup was created below a monitored scope ([`CgroupEvent`]).
+    CgroupMkdir = 300,
+    /// A cgroup below a monitored scope was removed ([`CgroupEvent`]).
+    CgroupRmdir = 301,
 }
 
 impl EventKind {
@@ -53,6 +57,8 @@ impl EventKind {
             200 => Some(Self::Exec),
             201 => Some(Self::Exit),
             202 => Some(Self::Launch),
+            300 => Some(Self::CgroupMkdir),
+            301 => Some(Self::CgroupRmdir),
             _ => None,
         }
     }
@@ -151,6 +157,23 @@ pub struct ConnectEvent {
     pub _pad2: u32,
 }
 
+/// A cgroup created or removed below a monitored scope (from the
+/// `cgroup_mkdir`/`cgroup_rmdir` tracepoints): its id and path arrive
+/// together, even for a cgroup that lives a millisecond. The header carries
+/// the kind, time and creating task; its action fields are 0.
+///
+/// Followed in the record by `path_len` bytes of the cgroup's path relative
+/// to the cgroup2 root (`/a/b`, no NUL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    pub header: EventHeader,
+    pub cgroup_id: u64,
+    /// Depth below the cgroup2 root (root = 0).
+    pub level: u32,
+    pub path_len: u32,
+}
+
 /// A monitored process ended (`header` only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -210,6 +233,12 @@ pub struct KernelOffsets {
     pub net_ns_inum: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub cgroup_kn: u32,
+    pub cgroup_root: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_root_hierarchy_id: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them

@@ -1,7 +1,9 @@
 //! Entry points, one module per hook family: `syscalls` (the `sys_exit`
 //! hook and its dispatch), `files` (opens), `net` (connects), `process`
-//! (exec, fork, exit, io_uring set-up). Shared helpers (filter, lineage,
+//! (exec, fork, exit, io_uring set-up), `cgroups` (cgroup mkdir/rmdir
+//! below monitored scopes). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
+pub mod cgroups;
 pub mod files;
 pub mod net;
 pub mod process;

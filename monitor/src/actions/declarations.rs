@@ -1,5 +1,6 @@
 //! Action declarations dropped as JSON files in `attribution.declarations_dir`
-//! (format in DESIGN.md). The directory is rescanned often; a file is
+//! (format in docs/declarations.md). The directory is rescanned when inotify
+//! reports a change (and every few seconds as a safety net); a file is
 //! re-read when its size or mtime changes. A garbage file is reported once
 //! (log + metric) and otherwise ignored: it never stops the monitor.
 use std::{
@@ -121,6 +122,15 @@ impl DeclarationStore {
         self.by_cgroup
             .retain(|_, decl| present.contains(&decl.source));
         invalid
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every declaration currently valid.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Declaration>> {
+        self.by_cgroup.values()
     }
 
     pub fn for_cgroup(&self, cgroup: &Path) -> Option<Arc<Declaration>> {

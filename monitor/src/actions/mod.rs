@@ -1,6 +1,8 @@
 //! Which action an event belongs to and what that action declared: the
-//! registry, the cgroup tree and declaration files.
+//! registry (pure state), the cgroup tree, declaration files and the
+//! watcher that reads them off the event path.
 //! Must not judge events or write output.
 pub mod cgroup;
 pub mod declarations;
 pub mod registry;
+pub mod watch;

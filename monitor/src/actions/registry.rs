@@ -1,5 +1,8 @@
 //! The action registry: which action an event belongs to, and what that
-//! action declared.
+//! action declared. Pure state: it never touches the file system or `/proc`.
+//! What it needs read (a sandbox tree, a process's working directory) it asks
+//! for as a [`Need`]; the answers, cgroup changes and declaration files come
+//! back as calls, so its hold/release logic is unit-tested below.
 //!
 //! The kernel tags every event with its scope, the cgroup ancestors below
 //! that scope and its sandbox launcher (if any), so the registry never races
@@ -15,7 +18,8 @@
 //! * a **job** (`monitor exec`'s command tree), judged on the network only.
 //!
 //! Events of an action whose declaration has not arrived yet are held (up to
-//! `declaration_wait`) rather than judged against nothing.
+//! `declaration_wait`, or until a pending read answers) rather than judged
+//! against nothing.
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     path::{Path, PathBuf},
@@ -24,13 +28,10 @@ use std::{
 };
 
 use crate::{
-    actions::cgroup,
-    actions::declarations::{Declaration, DeclarationStore},
-    bazel::sandbox::{self, Spawn},
-    events::decode::Origin,
-    output::alert::ActionInfo,
-    output::metrics::Metrics,
-    policy::matchers::NetMatcher,
+    actions::declarations::Declaration,
+    bazel::{sandbox::Spawn, spawns::is_spawn_slice_name},
+    events::decode::{Launch, Origin},
+    output::{alert::ActionInfo, metrics::Metrics},
 };
 
 /// How a monitored cgroup relates to actions.
@@ -69,12 +70,31 @@ pub struct ActionView {
     pub created: std::sync::Mutex<HashSet<Vec<u8>>>,
 }
 
+/// Slow work the registry needs done off the event path; the answer comes
+/// back through [`Registry::spawn_read`].
+#[derive(Debug)]
+pub enum Need {
+    /// Read the sandbox a launcher describes (argv, cwd, sandbox tree).
+    LaunchSpawn {
+        key: u64,
+        cgroup: PathBuf,
+        launch: Box<Launch>,
+    },
+    /// Find the Bazel sandbox a process of this cgroup works in.
+    ScopeSpawn { key: u64, cgroup: PathBuf, pid: u32 },
+}
+
 /// Registry keys of lineage actions: this bit plus the launcher's tgid
 /// (cgroup ids never have it set).
 const LINEAGE_KEY: u64 = 1 << 63;
+
+/// Is this registry key a lineage (sandbox launcher) action?
+pub fn is_lineage_key(key: u64) -> bool {
+    key & LINEAGE_KEY != 0
+}
 /// Held events per action before the action is judged without its
 /// declaration anyway (bounds memory when a declaration never comes).
-const MAX_HELD_PER_ACTION: usize = 65_536;
+pub const MAX_HELD_PER_ACTION: usize = 65_536;
 /// How long an ended action is remembered.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
@@ -84,102 +104,192 @@ struct ActionState<T> {
     held: Vec<T>,
     deadline: Option<Instant>,
     gone_since: Option<Instant>,
+    /// A [`Need`] was issued and not answered yet: hold without a deadline.
+    reading: bool,
+    /// A sandbox lookup was already asked for (at most once per action).
+    looked_up: bool,
+    /// Counted in `actions_total` (a launch is counted when it starts).
+    counted: bool,
+    /// A lineage action's cgroup (its launcher's) and that cgroup's id.
+    lineage_cgroup: Option<(u64, PathBuf)>,
+}
+
+impl<T> ActionState<T> {
+    fn new(scope: usize) -> Self {
+        ActionState {
+            scope,
+            view: None,
+            held: Vec::new(),
+            deadline: None,
+            gone_since: None,
+            reading: false,
+            looked_up: false,
+            counted: false,
+            lineage_cgroup: None,
+        }
+    }
+}
+
+/// A cgroup below a scope, and when the registry learnt of it.
+struct KnownCgroup {
+    path: PathBuf,
+    since: Instant,
 }
 
 pub struct Registry<T> {
     scopes: Vec<Scope>,
-    cgroup_paths: HashMap<u64, PathBuf>,
-    /// Bazel's per-server `blaze_<pid>_spawns.slice` cgroups seen so far.
+    cgroups: HashMap<u64, KnownCgroup>,
+    ids_by_path: HashMap<PathBuf, u64>,
+    /// Bazel's per-server `blaze_<pid>_spawns.slice` cgroups.
     spawn_slices: HashSet<u64>,
-    declarations: DeclarationStore,
+    declarations: HashMap<PathBuf, Arc<Declaration>>,
     actions: HashMap<u64, ActionState<T>>,
     wait: Duration,
     metrics: Arc<Metrics>,
 }
 
+/// Events ready to judge, each with its action.
+pub type Ready<T> = Vec<(T, Arc<ActionView>)>;
+
 impl<T> Registry<T> {
-    pub fn new(
-        scopes: Vec<Scope>,
-        declarations_dir: PathBuf,
-        wait: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let mut registry = Registry {
+    pub fn new(scopes: Vec<Scope>, wait: Duration, metrics: Arc<Metrics>) -> Self {
+        Registry {
             scopes,
-            cgroup_paths: HashMap::new(),
+            cgroups: HashMap::new(),
+            ids_by_path: HashMap::new(),
             spawn_slices: HashSet::new(),
-            declarations: DeclarationStore::new(declarations_dir),
+            declarations: HashMap::new(),
             actions: HashMap::new(),
             wait,
             metrics,
-        };
-        registry.rescan(Instant::now());
-        registry
+        }
     }
 
     pub fn scopes(&self) -> &[Scope] {
         &self.scopes
     }
 
-    /// Which action an event belongs to.
-    fn key_of(&mut self, o: &Origin) -> u64 {
-        if o.launcher != 0 {
-            return LINEAGE_KEY | o.launcher as u64;
+    /// A cgroup below a scope exists (kernel event or scan).
+    pub fn cgroup_created(&mut self, id: u64, path: PathBuf, now: Instant) {
+        if is_spawn_slice_name(&path) {
+            self.spawn_slices.insert(id);
         }
-        if o.grandchild_cgroup_id != 0 && self.is_spawn_slice(o.scope as usize, o.child_cgroup_id) {
-            return o.grandchild_cgroup_id;
+        if let Some(state) = self.actions.get_mut(&id) {
+            state.gone_since = None;
         }
-        match self.scopes[o.scope as usize].kind {
-            ScopeKind::Parent => o.action_cgroup_id,
-            ScopeKind::Job { .. } => self.scopes[o.scope as usize].id,
+        self.ids_by_path.insert(path.clone(), id);
+        self.cgroups
+            .entry(id)
+            .or_insert(KnownCgroup { path, since: now });
+    }
+
+    /// A cgroup below a scope was removed: its action has ended.
+    pub fn cgroup_removed(&mut self, id: u64, now: Instant) {
+        if let Some(state) = self.actions.get_mut(&id) {
+            state.gone_since.get_or_insert(now);
+        } else {
+            self.forget_cgroup(id);
         }
     }
 
-    fn is_spawn_slice(&mut self, scope: usize, id: u64) -> bool {
-        if !self.spawn_slices.contains(&id) && !self.cgroup_paths.contains_key(&id) {
-            let path = self.scopes[scope].path.clone();
-            self.scan_below(&path);
+    /// A full scan of the scopes' trees that started at `started` (the
+    /// safety net behind the kernel's cgroup events): unknown cgroups are
+    /// added; known ones learnt before the scan and absent from it are gone.
+    pub fn cgroups_scanned(&mut self, found: Vec<(u64, PathBuf)>, started: Instant) {
+        let present: HashSet<u64> = found.iter().map(|(id, _)| *id).collect();
+        for (id, path) in found {
+            self.cgroup_created(id, path, started);
         }
-        self.spawn_slices.contains(&id)
+        let gone: Vec<u64> = self
+            .cgroups
+            .iter()
+            .filter(|(id, c)| c.since < started && !present.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.cgroup_removed(id, started);
+        }
     }
 
-    /// A sandbox launcher started: its process tree is a new action whose
-    /// declaration is its sandbox, read now while it exists.
-    pub fn launch(&mut self, o: &Origin, spawn: Spawn) {
-        let key = LINEAGE_KEY | o.pid as u64;
-        let scope = &self.scopes[o.scope as usize];
-        let cgroup = self
-            .cgroup_paths
-            .get(&o.action_cgroup_id)
-            .cloned()
-            .unwrap_or_else(|| scope.path.clone());
-        let declaration = spawn_declaration(&cgroup, &spawn);
-        let info = ActionInfo {
-            id: format!("{}-{}", spawn.launcher, o.pid),
-            cgroup: cgroup.display().to_string(),
-            cgroup_id: o.action_cgroup_id,
-            label: None,
-            mnemonic: None,
+    fn forget_cgroup(&mut self, id: u64) {
+        if let Some(known) = self.cgroups.remove(&id) {
+            self.ids_by_path.remove(&known.path);
+        }
+        self.spawn_slices.remove(&id);
+    }
+
+    /// A declaration file was read (new or changed). Returns the held events
+    /// of its action, now ready.
+    pub fn declaration_set(&mut self, declaration: Arc<Declaration>) -> Ready<T> {
+        let path = declaration.cgroup.clone();
+        self.declarations.insert(path.clone(), declaration.clone());
+        let Some(&key) = self.ids_by_path.get(&path) else {
+            return Vec::new();
         };
+        let Some(state) = self.actions.get(&key) else {
+            return Vec::new();
+        };
+        let already = state.view.as_ref().is_some_and(|v| v.declaration.is_some());
+        if key & LINEAGE_KEY != 0 || already || self.is_job(key) {
+            return Vec::new();
+        }
+        self.resolve(key, Some(path), Some(declaration), None);
+        self.take_released(key)
+    }
+
+    /// A declaration file was removed.
+    pub fn declaration_removed(&mut self, cgroup: &Path) {
+        self.declarations.remove(cgroup);
+    }
+
+    /// A sandbox launcher started: its process tree is a new action. Its
+    /// events are held until its sandbox has been read (the returned need).
+    pub fn launch(&mut self, launch: Launch) -> Need {
+        let o = launch.origin;
+        let key = LINEAGE_KEY | o.pid as u64;
+        let cgroup = self
+            .cgroups
+            .get(&o.action_cgroup_id)
+            .map(|c| c.path.clone())
+            .unwrap_or_else(|| self.scopes[o.scope as usize].path.clone());
+        let mut state = ActionState::new(o.scope as usize);
+        state.reading = true;
+        state.looked_up = true;
+        state.counted = true;
+        state.lineage_cgroup = Some((o.action_cgroup_id, cgroup.clone()));
+        self.actions.insert(key, state);
         self.metrics
             .actions_total
             .with_label_values(&["unknown"])
             .inc();
-        let view = ActionView {
-            info,
-            declaration: Some(Arc::new(declaration)),
-            judge_files: true,
-            spawn: Some(Arc::new(spawn)),
-            created: Default::default(),
+        Need::LaunchSpawn {
+            key,
+            cgroup,
+            launch: Box::new(launch),
+        }
+    }
+
+    /// The answer to a [`Need`]: the spawn and what it declared (or nothing
+    /// found). Returns the action's held events, now ready.
+    pub fn spawn_read(&mut self, key: u64, found: Option<(Spawn, Declaration)>) -> Ready<T> {
+        let Some(state) = self.actions.get_mut(&key) else {
+            return Vec::new();
         };
-        let state = ActionState {
-            scope: o.scope as usize,
-            view: Some(Arc::new(view)),
-            held: Vec::new(),
-            deadline: None,
-            gone_since: None,
-        };
-        self.actions.insert(key, state);
+        state.reading = false;
+        if state.view.as_ref().is_some_and(|v| v.declaration.is_some()) {
+            return Vec::new();
+        }
+        let path = self.cgroup_path(key);
+        match found {
+            Some((spawn, declaration)) => {
+                self.resolve(key, path, Some(Arc::new(declaration)), Some(spawn));
+            }
+            // A launcher whose sandbox could not be read is still an action:
+            // judged against the host policy only.
+            None if key & LINEAGE_KEY != 0 => self.resolve(key, path, None, None),
+            None => {}
+        }
+        self.take_released(key)
     }
 
     /// A process ended; a launcher's end ends its lineage action.
@@ -191,31 +301,57 @@ impl<T> Registry<T> {
         }
     }
 
+    /// Which action an event belongs to.
+    fn key_of(&self, o: &Origin) -> u64 {
+        if o.launcher != 0 {
+            return LINEAGE_KEY | o.launcher as u64;
+        }
+        if o.grandchild_cgroup_id != 0 && self.spawn_slices.contains(&o.child_cgroup_id) {
+            return o.grandchild_cgroup_id;
+        }
+        match self.scopes[o.scope as usize].kind {
+            ScopeKind::Parent => o.action_cgroup_id,
+            ScopeKind::Job { .. } => self.scopes[o.scope as usize].id,
+        }
+    }
+
+    fn is_job(&self, key: u64) -> bool {
+        self.actions.get(&key).is_some_and(|s| {
+            let scope = &self.scopes[s.scope];
+            matches!(scope.kind, ScopeKind::Job { .. }) && key == scope.id
+        })
+    }
+
+    fn cgroup_path(&self, key: u64) -> Option<PathBuf> {
+        if let Some((_, path)) = self
+            .actions
+            .get(&key)
+            .and_then(|s| s.lineage_cgroup.as_ref())
+        {
+            return Some(path.clone());
+        }
+        self.cgroups.get(&key).map(|c| c.path.clone())
+    }
+
     /// Routes one event. Appends the events now ready to judge to `ready`,
     /// in order: the action's held events first, then this one; nothing if it
-    /// is held. (An out-parameter: this runs for every event.)
+    /// is held. Slow reads it needs go to `needs`. (Out-parameters: this runs
+    /// for every event.)
     pub fn route(
         &mut self,
         o: &Origin,
         item: T,
         now: Instant,
-        ready: &mut Vec<(T, Arc<ActionView>)>,
+        ready: &mut Ready<T>,
+        needs: &mut Vec<Need>,
     ) {
         let key = self.key_of(o);
         if let Entry::Vacant(slot) = self.actions.entry(key) {
-            slot.insert(ActionState {
-                scope: o.scope as usize,
-                view: None,
-                held: Vec::new(),
-                deadline: None,
-                gone_since: None,
-            });
+            slot.insert(ActionState::new(o.scope as usize));
             if key & LINEAGE_KEY != 0 {
                 // Its launch was not seen (monitor started mid-build, or the
                 // event was lost): judge against the host policy only.
                 self.resolve(key, None, None, None);
-            } else {
-                self.try_resolve(key, Some(o.pid), now);
             }
         }
         let state = self.actions.get_mut(&key).expect("inserted above");
@@ -229,47 +365,69 @@ impl<T> Registry<T> {
             log::warn!(
                 "action {key}: {MAX_HELD_PER_ACTION} events waiting for a declaration; judging without one"
             );
-            let path = self.cgroup_paths.get(&key).cloned();
+            let path = self.cgroup_path(key);
             self.resolve(key, path, None, None);
         } else {
-            self.try_resolve(key, Some(o.pid), now);
+            self.try_resolve(key, Some(o.pid), now, needs);
         }
         ready.extend(self.take_released(key));
     }
 
-    /// Periodic work: rescan cgroups and declarations, release actions whose
-    /// declaration arrived or whose wait is over.
-    pub fn tick(&mut self, now: Instant) -> Vec<(T, Arc<ActionView>)> {
-        self.rescan(now);
+    /// Periodic work: release actions whose wait is over, forget actions
+    /// that ended a while ago, update the active-actions gauge.
+    pub fn tick(&mut self, now: Instant) -> Ready<T> {
         let keys: Vec<u64> = self.actions.keys().copied().collect();
         let mut out = Vec::new();
+        let mut needs = Vec::new();
         for key in keys {
-            self.try_resolve(key, None, now);
+            self.try_resolve(key, None, now, &mut needs);
             out.extend(self.take_released(key));
         }
+        self.forget_ended(now);
         out
+    }
+
+    fn forget_ended(&mut self, now: Instant) {
+        let mut forgotten = Vec::new();
+        self.actions.retain(|key, state| {
+            let gone = state
+                .gone_since
+                .is_some_and(|since| now.duration_since(since) > FORGET_AFTER);
+            let forget = gone && state.held.is_empty() && !state.reading;
+            if forget {
+                forgotten.push(*key);
+            }
+            !forget
+        });
+        for key in forgotten {
+            self.forget_cgroup(key);
+        }
+        let active = self
+            .actions
+            .iter()
+            .filter(|(key, s)| s.gone_since.is_none() && !self.is_job(**key))
+            .count();
+        self.metrics.actions_active.set(active as i64);
     }
 
     /// Judges everything still held with what is known (at shutdown).
-    pub fn release_all(&mut self) -> Vec<(T, Arc<ActionView>)> {
-        let now = Instant::now();
-        self.rescan(now);
+    pub fn release_all(&mut self) -> Ready<T> {
         let keys: Vec<u64> = self.actions.keys().copied().collect();
         let mut out = Vec::new();
         for key in keys {
             if self.actions[&key].view.is_none() {
-                self.try_resolve(key, None, now);
-            }
-            if self.actions[&key].view.is_none() {
-                let path = self.cgroup_paths.get(&key).cloned();
-                self.resolve(key, path, None, None);
+                let path = self.cgroup_path(key);
+                let declaration = path
+                    .as_ref()
+                    .and_then(|p| self.declarations.get(p).cloned());
+                self.resolve(key, path, declaration, None);
             }
             out.extend(self.take_released(key));
         }
         out
     }
 
-    fn take_released(&mut self, key: u64) -> Vec<(T, Arc<ActionView>)> {
+    fn take_released(&mut self, key: u64) -> Ready<T> {
         let state = self.actions.get_mut(&key).expect("known action");
         let Some(view) = state.view.clone() else {
             return Vec::new();
@@ -280,123 +438,46 @@ impl<T> Registry<T> {
             .collect()
     }
 
-    /// Children of `dir` into the id → path table; Bazel spawn slices are
-    /// noted and their children (the spawn scopes) read too.
-    fn scan_below(&mut self, dir: &Path) -> Vec<u64> {
-        let mut ids = Vec::new();
-        for (id, path) in cgroup::children(dir) {
-            if is_spawn_slice_name(&path) {
-                self.spawn_slices.insert(id);
-                for (scope_id, scope_path) in cgroup::children(&path) {
-                    self.cgroup_paths.insert(scope_id, scope_path);
-                    ids.push(scope_id);
-                }
-            } else {
-                ids.push(id);
-            }
-            self.cgroup_paths.insert(id, path);
-        }
-        ids
-    }
-
-    fn rescan(&mut self, now: Instant) {
-        let invalid = self.declarations.rescan();
-        self.metrics.declarations_invalid_total.inc_by(invalid);
-        let mut present = HashSet::new();
-        let scopes = self.scopes.clone();
-        for scope in &scopes {
-            let below = self.scan_below(&scope.path);
-            match scope.kind {
-                ScopeKind::Parent => present.extend(below),
-                ScopeKind::Job { .. } => {
-                    present.extend(
-                        below
-                            .into_iter()
-                            .filter(|id| !self.is_plain_child(*id, &scope.path)),
-                    );
-                    if scope.path.exists() {
-                        present.insert(scope.id);
-                    }
-                }
-            }
-        }
-        let live_lineage = self
-            .actions
-            .iter()
-            .filter(|(k, s)| *k & LINEAGE_KEY != 0 && s.gone_since.is_none())
-            .count();
-        self.metrics
-            .actions_active
-            .set((present.len() + live_lineage) as i64);
-        self.actions.retain(|key, state| {
-            if *key & LINEAGE_KEY == 0 {
-                if present.contains(key) {
-                    state.gone_since = None;
-                    return true;
-                }
-                state.gone_since.get_or_insert(now);
-            }
-            let gone = state
-                .gone_since
-                .is_some_and(|since| now.duration_since(since) > FORGET_AFTER);
-            !(state.held.is_empty() && gone)
-        });
-        let actions = &self.actions;
-        let slices = &self.spawn_slices;
-        self.cgroup_paths.retain(|id, _| {
-            present.contains(id) || actions.contains_key(id) || slices.contains(id)
-        });
-    }
-
-    /// A direct child of a job (e.g. the command's own cgroup): not an action.
-    fn is_plain_child(&self, id: u64, job: &Path) -> bool {
-        self.cgroup_paths
-            .get(&id)
-            .is_some_and(|p| p.parent() == Some(job))
-    }
-
-    fn try_resolve(&mut self, key: u64, pid: Option<u32>, now: Instant) {
+    /// Resolves a cgroup action when what it needs is known: its declaration
+    /// file, or (asked once, answered later) the Bazel sandbox its processes
+    /// work in; at its deadline, without a declaration.
+    fn try_resolve(&mut self, key: u64, pid: Option<u32>, now: Instant, needs: &mut Vec<Need>) {
         let Some(state) = self.actions.get(&key) else {
             return;
         };
-        if key & LINEAGE_KEY != 0 {
-            return; // fixed at launch
+        if key & LINEAGE_KEY != 0 || state.view.is_some() {
+            return; // lineage: fixed at launch; others: resolved already
         }
-        let scope = self.scopes[state.scope].clone();
-        let already = state.view.as_ref().map(|v| v.declaration.is_some());
+        if self.is_job(key) {
+            let path = self.scopes[state.scope].path.clone();
+            self.resolve(key, Some(path), None, None);
+            return;
+        }
+        let (reading, looked_up) = (state.reading, state.looked_up);
         let deadline_passed = state.deadline.is_some_and(|d| now >= d);
-        let is_job = matches!(scope.kind, ScopeKind::Job { .. }) && key == scope.id;
-        if is_job {
-            if state.view.is_none() {
-                self.resolve(key, Some(scope.path.clone()), None, None);
-            }
+        let path = self.cgroup_path(key);
+        if let Some(declaration) = path.as_ref().and_then(|p| self.declarations.get(p)) {
+            let declaration = declaration.clone();
+            self.resolve(key, path, Some(declaration), None);
             return;
         }
-        if already == Some(true) {
+        if let (Some(cgroup), Some(pid), false) = (&path, pid, looked_up) {
+            let state = self.actions.get_mut(&key).expect("checked above");
+            state.looked_up = true;
+            state.reading = true;
+            needs.push(Need::ScopeSpawn {
+                key,
+                cgroup: cgroup.clone(),
+                pid,
+            });
             return;
         }
-        if !self.cgroup_paths.contains_key(&key) {
-            self.scan_below(&scope.path);
-        }
-        let path = self.cgroup_paths.get(&key).cloned();
-        let mut declaration = path
-            .as_deref()
-            .and_then(|p| self.declarations.for_cgroup(p));
-        let mut spawn = None;
-        if declaration.is_none()
-            && let (Some(path), Some(pid)) = (path.as_deref(), pid)
-            && let Some(found) = spawn_of_scope(path, pid)
-        {
-            declaration = Some(Arc::new(spawn_declaration(path, &found)));
-            spawn = Some(found);
-        }
-        if declaration.is_some() || (already.is_none() && deadline_passed) {
-            self.resolve(key, path, declaration, spawn);
+        if deadline_passed && !reading {
+            self.resolve(key, path, None, None);
         }
     }
 
-    /// Fixes the action's view. An action first judged without a declaration
-    /// gets it when the declaration shows up later.
+    /// Fixes the action's view.
     fn resolve(
         &mut self,
         key: u64,
@@ -404,127 +485,81 @@ impl<T> Registry<T> {
         declaration: Option<Arc<Declaration>>,
         spawn: Option<Spawn>,
     ) {
+        let is_job = self.is_job(key);
         let state = self.actions.get_mut(&key).expect("known action");
         let scope = &self.scopes[state.scope];
-        let first_time = state.view.is_none();
-        let (info, judge_files) = match &scope.kind {
+        let count_it = !state.counted;
+        state.counted = true;
+        let cgroup_id = match &state.lineage_cgroup {
+            Some((id, _)) => *id,
+            None => key & !LINEAGE_KEY,
+        };
+        let info = match &scope.kind {
             ScopeKind::Job {
                 id: job_id,
                 label,
                 mnemonic,
-            } if key == scope.id => (
-                ActionInfo {
-                    id: job_id.clone(),
-                    cgroup: scope.path.display().to_string(),
-                    cgroup_id: key,
-                    label: label.clone(),
-                    mnemonic: mnemonic.clone(),
-                },
-                false,
-            ),
-            _ => (
-                ActionInfo {
-                    id: path
-                        .as_deref()
-                        .and_then(Path::file_name)
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| format!("cgroup-{}", key & !LINEAGE_KEY)),
-                    cgroup: path
-                        .as_deref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    cgroup_id: key & !LINEAGE_KEY,
-                    label: declaration.as_ref().and_then(|d| d.label.clone()),
-                    mnemonic: declaration.as_ref().and_then(|d| d.mnemonic.clone()),
-                },
-                true,
-            ),
+            } if is_job => ActionInfo {
+                id: job_id.clone(),
+                cgroup: scope.path.display().to_string(),
+                cgroup_id: key,
+                label: label.clone(),
+                mnemonic: mnemonic.clone(),
+            },
+            _ => {
+                let id = action_id(key, path.as_deref(), spawn.as_ref());
+                action_info(id, cgroup_id, path.as_deref(), declaration.as_deref())
+            }
         };
-        if first_time {
+        if count_it {
             let mnemonic = info.mnemonic.as_deref().unwrap_or("unknown");
             self.metrics
                 .actions_total
                 .with_label_values(&[mnemonic])
                 .inc();
         }
-        let spawn = spawn.map(Arc::new);
         state.view = Some(Arc::new(ActionView {
             info,
             declaration,
-            judge_files,
-            spawn,
+            judge_files: !is_job,
+            spawn: spawn.map(Arc::new),
             created: Default::default(),
         }));
         state.deadline = None;
     }
 }
 
-/// What a sandboxed spawn declared: its sandbox, read now.
-fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
-    Declaration {
-        cgroup: cgroup.to_path_buf(),
-        label: None,
-        mnemonic: None,
-        inputs: sandbox::matcher(&sandbox::declared_patterns(spawn)),
-        writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
-        network: NetMatcher::default(),
-        source: spawn
-            .sandbox_dir
-            .clone()
-            .unwrap_or_else(|| spawn.execroot.clone()),
+/// How an action is called in alerts: `<launcher>-<pid>` for a spawn,
+/// else its cgroup's name.
+fn action_id(key: u64, path: Option<&Path>, spawn: Option<&Spawn>) -> String {
+    let number = key & !LINEAGE_KEY;
+    match (key & LINEAGE_KEY != 0, spawn) {
+        (true, Some(spawn)) => format!("{}-{number}", spawn.launcher),
+        _ => path
+            .filter(|_| key & LINEAGE_KEY == 0)
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("cgroup-{number}")),
     }
 }
 
-/// `blaze_<digits>_spawns.slice`: where Bazel 7+ puts per-spawn cgroups.
-pub fn is_spawn_slice_name(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("blaze_"))
-        .and_then(|n| n.strip_suffix("_spawns.slice"))
-        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `sandbox_<id>.scope` → id.
-pub fn spawn_scope_id(path: &Path) -> Option<u64> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix("sandbox_")?
-        .strip_suffix(".scope")?
-        .parse()
-        .ok()
-}
-
-/// The sandbox a process in a Bazel spawn cgroup works in, from its working
-/// directory; checked against the scope's id (`sandbox_<id>.scope` belongs
-/// to `…/sandbox/<strategy>/<id>/`).
-fn spawn_of_scope(scope_path: &Path, pid: u32) -> Option<Spawn> {
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-    let spawn = sandbox::parse_launch(b"", &cwd);
-    match (spawn_scope_id(scope_path), spawn.sandbox_id) {
-        (Some(a), Some(b)) if a == b => Some(spawn),
-        (None, Some(_)) => Some(spawn),
-        _ => None,
+fn action_info(
+    id: String,
+    cgroup_id: u64,
+    path: Option<&Path>,
+    declaration: Option<&Declaration>,
+) -> ActionInfo {
+    ActionInfo {
+        id,
+        cgroup: path
+            .or(declaration.map(|d| d.cgroup.as_path()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        cgroup_id,
+        label: declaration.and_then(|d| d.label.clone()),
+        mnemonic: declaration.and_then(|d| d.mnemonic.clone()),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_bazel_spawn_cgroup_names() {
-        assert!(is_spawn_slice_name(Path::new(
-            "/cg/blaze_1234_spawns.slice"
-        )));
-        assert!(!is_spawn_slice_name(Path::new("/cg/blaze__spawns.slice")));
-        assert!(!is_spawn_slice_name(Path::new(
-            "/cg/blaze_12x_spawns.slice"
-        )));
-        assert!(!is_spawn_slice_name(Path::new("/cg/action-1")));
-        assert_eq!(
-            spawn_scope_id(Path::new("/cg/blaze_1_spawns.slice/sandbox_42.scope")),
-            Some(42)
-        );
-        assert_eq!(spawn_scope_id(Path::new("/cg/sandbox_x.scope")), None);
-    }
-}
+mod tests;

@@ -2,4 +2,6 @@
 //! JSON execution log (labels and mnemonics).
 //! Must not judge events or write output; generic attribution lives in `actions`.
 pub mod execlog;
+pub mod labels;
 pub mod sandbox;
+pub mod spawns;

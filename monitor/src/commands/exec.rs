@@ -77,7 +77,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         },
     });
     let mut running = start::start(&config, scopes, true, false).await?;
-    running.pipeline.exec_log = exec_log;
+    running.pipeline.set_exec_log(exec_log);
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
@@ -112,15 +112,15 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
                 .get()
         })
         .sum();
-    let pipeline = &running.pipeline;
-    eprint!("{}", summary(&pipeline.alerts, pipeline.violations, lost));
-    if pipeline.io_uring_processes > 0 {
+    let run = &running.pipeline.handler.summary;
+    eprint!("{}", summary(&run.alerts, run.violations, lost));
+    if run.io_uring_processes > 0 {
         eprintln!(
             "monitor: WARNING: {} process(es) set up an io_uring; file opens submitted through it are not monitored",
-            pipeline.io_uring_processes
+            run.io_uring_processes
         );
     }
-    let unmonitored = pipeline.unmonitored_spawns;
+    let unmonitored = run.unmonitored_spawns;
     if unmonitored > 0 {
         eprintln!(
             "monitor: WARNING: {unmonitored} sandboxed spawn(s) in Bazel's execution log were NOT monitored: \
@@ -133,14 +133,14 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             path,
             &opts.command,
             code,
-            pipeline.violations,
+            run.violations,
             lost,
             unmonitored,
-            &pipeline.alerts,
+            &run.alerts,
         )
         .map_err(StartError::Config)?;
     }
-    Ok(if pipeline.violations > 0 { 1 } else { code })
+    Ok(if run.violations > 0 { 1 } else { code })
 }
 
 /// Alerts are held this long at most before being written (in practice:

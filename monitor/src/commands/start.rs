@@ -11,8 +11,8 @@ use crate::{
     config::Config,
     kernel::loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
     output::metrics::{self, Metrics},
-    output::sinks::AlertSinks,
-    pipeline::Pipeline,
+    output::{sinks::AlertSinks, writer::SinkWriter},
+    pipeline::{Pipeline, handle::Handler},
     policy::judge::Policy,
     policy::matchers::{NetMatcher, PathMatcher},
 };
@@ -125,22 +125,22 @@ pub async fn start(
     let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
         scopes,
-        config.attribution.declarations_dir.clone(),
         Duration::from_millis(config.attribution.declaration_wait_ms),
         metrics.clone(),
     );
-    let sinks = AlertSinks::new(
+    let cgroup_root = cgroup::v2_root().map_err(StartError::Kernel)?;
+    let handler = Handler::new(registry, policy, metrics.clone(), cgroup_root, keep_alerts);
+    let sinks = SinkWriter::start(AlertSinks::new(
         config.alerts.stdout,
         config.alerts.file.clone(),
         metrics.clone(),
-    );
+    ));
     let pipeline = Pipeline::new(
-        registry,
-        policy,
+        handler,
         sinks,
         metrics.clone(),
         Duration::from_millis(config.alerts.fold_window_ms.max(1)),
-        keep_alerts,
+        config.attribution.declarations_dir.clone(),
     );
     Ok(Running {
         kernel,

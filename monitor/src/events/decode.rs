@@ -8,7 +8,7 @@ use std::{
 };
 
 use monitor_common::{
-    AF_INET, AF_INET6, ConnectEvent, EventHeader, EventKind, FLAG_DIR_TRUNCATED,
+    AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_TRUNCATED,
     FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
 };
 
@@ -86,6 +86,17 @@ pub struct Launch {
     pub cwd: Option<Vec<u8>>,
 }
 
+/// A cgroup below a monitored scope was created or removed.
+#[derive(Clone, Debug)]
+pub struct CgroupChange {
+    pub origin: Origin,
+    pub created: bool,
+    pub cgroup_id: u64,
+    pub level: u32,
+    /// Relative to the cgroup2 root (`/a/b`), raw bytes.
+    pub path: Vec<u8>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Event {
     File(FileOpen),
@@ -95,6 +106,7 @@ pub enum Event {
     Launch(Launch),
     /// The process set up an io_uring: its opens through it are not seen.
     IoUring(Origin),
+    Cgroup(CgroupChange),
 }
 
 impl Event {
@@ -106,11 +118,12 @@ impl Event {
             Event::Exit(o) => o,
             Event::Launch(e) => &e.origin,
             Event::IoUring(o) => o,
+            Event::Cgroup(c) => &c.origin,
         }
     }
 
     /// Index into the `kind` labels of `build_monitor_events_total`:
-    /// file, net, exec, exit, launch, io_uring.
+    /// file, net, exec, exit, launch, io_uring, cgroup.
     pub fn metric_index(&self) -> usize {
         match self {
             Event::File(_) => 0,
@@ -119,6 +132,7 @@ impl Event {
             Event::Exit(_) => 3,
             Event::Launch(_) => 4,
             Event::IoUring(_) => 5,
+            Event::Cgroup(_) => 6,
         }
     }
 }
@@ -182,6 +196,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 argv_truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_PATH_UNREADABLE) != 0,
                 cwd: (flags & (FLAG_DIR_UNRESOLVED | FLAG_DIR_TRUNCATED) == 0)
                     .then(|| paths::dir_from_components(dir)),
+            }))
+        }
+        Some(kind @ (EventKind::CgroupMkdir | EventKind::CgroupRmdir)) => {
+            let ev: CgroupEvent = read(bytes)?;
+            let fixed = size_of::<CgroupEvent>();
+            let end = fixed + ev.path_len as usize;
+            let path = bytes
+                .get(fixed..end)
+                .ok_or(DecodeError::BadLength(bytes.len()))?;
+            Ok(Event::Cgroup(CgroupChange {
+                origin,
+                created: kind == EventKind::CgroupMkdir,
+                cgroup_id: ev.cgroup_id,
+                level: ev.level,
+                path: path.to_vec(),
             }))
         }
         None => Err(DecodeError::UnknownKind(header.kind)),

@@ -19,7 +19,11 @@ use crate::kernel::btf::Btf;
 /// Process tracking programs and their raw tracepoints, attached before the
 /// syscall hook so that no exec of a monitored process is missed once file
 /// events flow.
-const PROCESS_PROGRAMS: [(&str, &str); 3] = [
+/// The cgroup programs come first of all: a cgroup created below a scope is
+/// known (id and path) before any process in it can run.
+const PROCESS_PROGRAMS: [(&str, &str); 5] = [
+    ("cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup_rmdir"),
     ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
@@ -294,5 +298,11 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         net_ns_inum: off("net", "ns.inum")?,
         mm_arg_start: off("mm_struct", "arg_start")?,
         mm_arg_end: off("mm_struct", "arg_end")?,
+        cgroup_kn: off("cgroup", "kn")?,
+        cgroup_root: off("cgroup", "root")?,
+        cgroup_level: off("cgroup", "level")?,
+        cgroup_ancestors: off("cgroup", "ancestors")?,
+        cgroup_root_hierarchy_id: off("cgroup_root", "hierarchy_id")?,
+        kernfs_node_id: off("kernfs_node", "id")?,
     })
 }

@@ -5,3 +5,5 @@ pub mod alert;
 pub mod fold;
 pub mod metrics;
 pub mod sinks;
+pub mod summary;
+pub mod writer;

@@ -1,0 +1,281 @@
+//! Hold/release logic of the registry, driven by calls alone (no kernel, no
+//! file system): what is held, when it is released, against what.
+use super::*;
+use crate::{
+    events::decode::Launch,
+    policy::matchers::{NetMatcher, PathMatcher},
+};
+
+const PARENT_ID: u64 = 100;
+const WAIT: Duration = Duration::from_millis(2000);
+
+fn registry() -> Registry<u32> {
+    let scopes = vec![
+        Scope {
+            path: "/cg/parent".into(),
+            id: PARENT_ID,
+            level: 1,
+            kind: ScopeKind::Parent,
+        },
+        Scope {
+            path: "/cg/job".into(),
+            id: 200,
+            level: 1,
+            kind: ScopeKind::Job {
+                id: "exec-1".into(),
+                label: Some("@bazel".into()),
+                mnemonic: Some("BazelServer".into()),
+            },
+        },
+    ];
+    Registry::new(scopes, WAIT, Arc::new(Metrics::new()))
+}
+
+fn origin(scope: u32, action: u64, pid: u32) -> Origin {
+    Origin {
+        time: std::time::SystemTime::UNIX_EPOCH,
+        action_cgroup_id: action,
+        child_cgroup_id: action,
+        grandchild_cgroup_id: 0,
+        launcher: 0,
+        pid,
+        tid: pid,
+        ppid: 1,
+        scope,
+        comm: [0; 16],
+    }
+}
+
+fn declaration(cgroup: &str, label: &str) -> Declaration {
+    Declaration {
+        cgroup: cgroup.into(),
+        label: Some(label.into()),
+        mnemonic: Some("Genrule".into()),
+        inputs: PathMatcher::new(&["/in/**".to_string()]).unwrap(),
+        writable: PathMatcher::new(&[]).unwrap(),
+        network: NetMatcher::default(),
+        source: "/decl/a.json".into(),
+    }
+}
+
+/// Routes one event; returns (ready items, needs issued).
+fn route(
+    r: &mut Registry<u32>,
+    o: &Origin,
+    item: u32,
+    now: Instant,
+) -> (Vec<(u32, Arc<ActionView>)>, Vec<Need>) {
+    let (mut ready, mut needs) = (Vec::new(), Vec::new());
+    r.route(o, item, now, &mut ready, &mut needs);
+    (ready, needs)
+}
+
+fn items(ready: &[(u32, Arc<ActionView>)]) -> Vec<u32> {
+    ready.iter().map(|(i, _)| *i).collect()
+}
+
+#[test]
+fn events_wait_for_the_declaration_and_are_released_in_order() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(7, "/cg/parent/a".into(), t0);
+    let o = origin(0, 7, 42);
+    let (ready, needs) = route(&mut r, &o, 1, t0);
+    assert!(ready.is_empty(), "held until declared");
+    // One lookup of the Bazel sandbox its process may work in.
+    assert!(matches!(
+        needs.as_slice(),
+        [Need::ScopeSpawn {
+            key: 7,
+            pid: 42,
+            ..
+        }]
+    ));
+    assert!(
+        r.spawn_read(7, None).is_empty(),
+        "no sandbox: still waiting"
+    );
+    let (ready, needs) = route(&mut r, &o, 2, t0);
+    assert!(ready.is_empty() && needs.is_empty(), "asked once only");
+    let released = r.declaration_set(Arc::new(declaration("/cg/parent/a", "//a")));
+    assert_eq!(items(&released), [1, 2]);
+    let view = &released[0].1;
+    assert_eq!(view.info.label.as_deref(), Some("//a"));
+    assert_eq!(view.info.id, "a");
+    assert_eq!(view.info.cgroup_id, 7);
+    assert!(view.judge_files);
+    // Later events go straight through.
+    assert_eq!(items(&route(&mut r, &o, 3, t0).0), [3]);
+}
+
+#[test]
+fn a_declaration_known_before_the_first_event_is_used_at_once() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    assert!(
+        r.declaration_set(Arc::new(declaration("/cg/parent/b", "//b")))
+            .is_empty()
+    );
+    r.cgroup_created(8, "/cg/parent/b".into(), t0);
+    let (ready, needs) = route(&mut r, &origin(0, 8, 1), 1, t0);
+    assert_eq!(items(&ready), [1]);
+    assert!(needs.is_empty());
+    assert_eq!(ready[0].1.info.label.as_deref(), Some("//b"));
+}
+
+#[test]
+fn at_the_deadline_held_events_are_judged_without_a_declaration() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(7, "/cg/parent/a".into(), t0);
+    let _ = route(&mut r, &origin(0, 7, 42), 1, t0);
+    r.spawn_read(7, None);
+    assert!(r.tick(t0 + WAIT / 2).is_empty(), "still within the wait");
+    let released = r.tick(t0 + WAIT);
+    assert_eq!(items(&released), [1]);
+    assert!(released[0].1.declaration.is_none());
+    // A declaration that shows up later applies from then on.
+    r.declaration_set(Arc::new(declaration("/cg/parent/a", "//late")));
+    let ready = route(&mut r, &origin(0, 7, 42), 2, t0 + WAIT).0;
+    assert_eq!(ready[0].1.info.label.as_deref(), Some("//late"));
+}
+
+#[test]
+fn an_unanswered_read_holds_past_the_deadline_until_it_answers() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(9, "/cg/parent/blaze_1_spawns.slice".into(), t0);
+    r.cgroup_created(
+        10,
+        "/cg/parent/blaze_1_spawns.slice/sandbox_3.scope".into(),
+        t0,
+    );
+    let mut o = origin(0, 9, 42);
+    o.child_cgroup_id = 9;
+    o.grandchild_cgroup_id = 10;
+    let (ready, needs) = route(&mut r, &o, 1, t0);
+    assert!(ready.is_empty());
+    // The spawn scope, not the slice, is the action.
+    assert!(matches!(
+        needs.as_slice(),
+        [Need::ScopeSpawn { key: 10, .. }]
+    ));
+    assert!(
+        r.tick(t0 + WAIT * 3).is_empty(),
+        "a read in flight is waited for"
+    );
+    let spawn = Spawn {
+        launcher: "linux-sandbox".into(),
+        ..Default::default()
+    };
+    let released = r.spawn_read(10, Some((spawn, declaration("/cg/x", "//spawn"))));
+    assert_eq!(items(&released), [1]);
+    assert!(released[0].1.spawn.is_some());
+}
+
+#[test]
+fn a_lineage_action_is_held_until_its_sandbox_is_read() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(7, "/cg/parent/a".into(), t0);
+    let launch = Launch {
+        origin: origin(0, 7, 50),
+        argv: b"linux-sandbox\0-W\0/s\0".to_vec(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let need = r.launch(launch);
+    let Need::LaunchSpawn { key, cgroup, .. } = need else {
+        panic!("expected a sandbox read, got {need:?}");
+    };
+    assert_eq!(cgroup, Path::new("/cg/parent/a"));
+    let mut o = origin(0, 7, 51);
+    o.launcher = 50;
+    let (ready, needs) = route(&mut r, &o, 1, t0);
+    assert!(ready.is_empty() && needs.is_empty());
+    let spawn = Spawn {
+        launcher: "linux-sandbox".into(),
+        ..Default::default()
+    };
+    let released = r.spawn_read(key, Some((spawn, declaration("/cg/parent/a", "//x"))));
+    assert_eq!(items(&released), [1]);
+    let info = &released[0].1.info;
+    assert_eq!(info.id, "linux-sandbox-50");
+    assert_eq!(info.cgroup_id, 7, "the launcher's cgroup, not its pid");
+    assert_eq!(info.cgroup, "/cg/parent/a");
+}
+
+#[test]
+fn a_lineage_whose_launch_was_not_seen_is_judged_at_once() {
+    let mut r = registry();
+    let mut o = origin(0, 7, 51);
+    o.launcher = 77;
+    let (ready, _) = route(&mut r, &o, 1, Instant::now());
+    assert_eq!(items(&ready), [1]);
+    assert!(ready[0].1.declaration.is_none());
+}
+
+#[test]
+fn the_job_itself_is_judged_at_once_on_the_network_only() {
+    let mut r = registry();
+    let (ready, needs) = route(&mut r, &origin(1, 200, 5), 1, Instant::now());
+    assert_eq!(items(&ready), [1]);
+    assert!(needs.is_empty());
+    let view = &ready[0].1;
+    assert!(!view.judge_files);
+    assert_eq!(view.info.id, "exec-1");
+    assert_eq!(view.info.label.as_deref(), Some("@bazel"));
+}
+
+#[test]
+fn too_many_held_events_are_judged_without_waiting() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    let o = origin(0, 7, 1);
+    let mut released = Vec::new();
+    for i in 0..MAX_HELD_PER_ACTION as u32 {
+        released.extend(items(&route(&mut r, &o, i, t0).0));
+    }
+    assert_eq!(released.len(), MAX_HELD_PER_ACTION, "released, in order");
+    assert!(released.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn release_all_judges_what_is_held_with_what_is_known() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(7, "/cg/parent/a".into(), t0);
+    let _ = route(&mut r, &origin(0, 7, 1), 1, t0);
+    let _ = route(&mut r, &origin(0, 8, 1), 2, t0);
+    let mut released = items(&r.release_all());
+    released.sort();
+    assert_eq!(released, [1, 2]);
+}
+
+#[test]
+fn cgroups_missing_from_a_later_scan_end_and_are_forgotten() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    r.cgroup_created(7, "/cg/parent/a".into(), t0);
+    let _ = route(&mut r, &origin(0, 7, 1), 1, t0);
+    r.spawn_read(7, None);
+    let _ = r.tick(t0 + WAIT);
+    assert_eq!(r.metrics.actions_active.get(), 1);
+    // A cgroup created after the scan started is not taken for gone.
+    let scan_start = t0 + Duration::from_secs(1);
+    r.cgroup_created(
+        11,
+        "/cg/parent/new".into(),
+        scan_start + Duration::from_millis(1),
+    );
+    r.cgroups_scanned(Vec::new(), scan_start);
+    assert!(r.cgroups.contains_key(&11));
+    let _ = r.tick(scan_start);
+    assert_eq!(r.metrics.actions_active.get(), 0, "action 7 ended");
+    let _ = r.tick(scan_start + FORGET_AFTER + Duration::from_secs(1));
+    assert!(
+        !r.actions.contains_key(&7),
+        "forgotten a while after it ended"
+    );
+    assert!(!r.cgroups.contains_key(&7));
+}

@@ -1,0 +1,40 @@
+//! What one run saw, for `monitor exec`'s summary and report: the alerts
+//! written, violation and coverage counts, and the spawn command lines that
+//! the execution log is joined on.
+use std::collections::HashMap;
+
+use crate::output::alert::Alert;
+
+#[derive(Default)]
+pub struct RunSummary {
+    /// Every alert written is kept (`monitor exec` only).
+    pub keep_alerts: bool,
+    pub alerts: Vec<Alert>,
+    pub violations: u64,
+    /// Processes that set up an io_uring (file opens through it are not
+    /// seen): warned about once each.
+    pub io_uring_processes: u64,
+    /// Sandboxed spawns seen starting (launchers working in a sandbox dir).
+    pub sandboxed_launches: usize,
+    /// Sandboxed spawns in the execution log that were never seen: they ran
+    /// outside the monitored job (a Bazel server started elsewhere).
+    pub unmonitored_spawns: usize,
+    /// The command line of every spawn that raised an alert, by action id
+    /// (kept only when an execution log will be read).
+    pub spawn_commands: HashMap<String, Vec<String>>,
+}
+
+impl RunSummary {
+    pub fn new(keep_alerts: bool) -> Self {
+        RunSummary {
+            keep_alerts,
+            ..Default::default()
+        }
+    }
+
+    pub fn written(&mut self, alerts: &[Alert]) {
+        if self.keep_alerts {
+            self.alerts.extend_from_slice(alerts);
+        }
+    }
+}

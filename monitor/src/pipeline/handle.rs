@@ -1,0 +1,214 @@
+//! What happens to one decoded event, and to one update from the file-system
+//! side: process facts → registry (which action) → policy (allowed?) →
+//! folder. Runs on the event loop; nothing here blocks (the registry asks
+//! for slow reads as needs, which the loop hands to the watcher side).
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use std::os::unix::ffi::OsStrExt as _;
+
+use crate::{
+    actions::{
+        registry::{ActionView, Need, Ready, Registry, is_lineage_key},
+        watch::Update,
+    },
+    events::{
+        decode::{CgroupChange, Event},
+        processes::ProcessTable,
+    },
+    output::{alert::ProcessInfo, fold::Folder, metrics::Metrics, summary::RunSummary},
+    policy::judge::Policy,
+};
+
+/// An event with the process facts resolved at the time it was handled.
+pub struct Observed {
+    pub event: Event,
+    pub exe: Option<Arc<str>>,
+}
+
+impl Observed {
+    /// The alert's process object (built only for violations).
+    fn process(&self) -> ProcessInfo {
+        let o = self.event.origin();
+        ProcessInfo {
+            pid: o.pid,
+            ppid: o.ppid,
+            comm: o.comm_str(),
+            exe: self.exe.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// The `kind` labels of `events_total`, in `Event::metric_index` order.
+const EVENT_KINDS: [&str; 7] = [
+    "file", "net", "exec", "exit", "launch", "io_uring", "cgroup",
+];
+
+pub struct Handler {
+    pub registry: Registry<Observed>,
+    pub policy: Policy,
+    pub processes: ProcessTable,
+    pub folder: Folder,
+    pub summary: RunSummary,
+    pub metrics: Arc<Metrics>,
+    /// The cgroup2 mount, to make kernel cgroup paths absolute.
+    cgroup_root: PathBuf,
+    /// An execution log will be read at the end (`monitor exec` of Bazel):
+    /// keep the command lines of spawns that raised alerts.
+    pub keep_spawn_commands: bool,
+    /// Slow reads the registry asked for, taken by the loop.
+    pub needs: Vec<Need>,
+    /// Reused buffer of events ready to judge (the per-event hot path).
+    ready: Ready<Observed>,
+    /// `events_total` by kind, resolved once (the per-event hot path).
+    event_counters: [prometheus::IntCounter; EVENT_KINDS.len()],
+}
+
+impl Handler {
+    pub fn new(
+        registry: Registry<Observed>,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        cgroup_root: PathBuf,
+        keep_alerts: bool,
+    ) -> Self {
+        let event_counters =
+            EVENT_KINDS.map(|kind| metrics.events_total.with_label_values(&[kind]));
+        Handler {
+            registry,
+            policy,
+            processes: ProcessTable::default(),
+            folder: Folder::default(),
+            summary: RunSummary::new(keep_alerts),
+            metrics,
+            cgroup_root,
+            keep_spawn_commands: false,
+            needs: Vec::new(),
+            ready: Vec::new(),
+            event_counters,
+        }
+    }
+
+    pub fn event(&mut self, event: Event, now: Instant) {
+        self.event_counters[event.metric_index()].inc();
+        let (pid, ppid) = (event.origin().pid, event.origin().ppid);
+        match event {
+            Event::Exec(exec) => self.processes.exec(pid, exec.exe.as_deref()),
+            Event::Exit(origin) => {
+                self.processes.exit(pid);
+                self.registry.exit(&origin, now);
+            }
+            Event::IoUring(o) => {
+                if self.processes.note_io_uring(pid) {
+                    self.summary.io_uring_processes += 1;
+                    log::warn!(
+                        "process {pid} ({}) of monitored cgroup {} set up an io_uring: file opens it submits through the ring are not seen",
+                        o.comm_str(),
+                        o.action_cgroup_id
+                    );
+                }
+            }
+            Event::Launch(launch) => {
+                let need = self.registry.launch(launch);
+                self.needs.push(need);
+            }
+            Event::Cgroup(change) => self.cgroup(change, now),
+            event @ (Event::File(_) | Event::Connect(_)) => {
+                let exe = self.processes.exe(pid, ppid);
+                let origin = *event.origin();
+                let mut ready = std::mem::take(&mut self.ready);
+                self.registry.route(
+                    &origin,
+                    Observed { event, exe },
+                    now,
+                    &mut ready,
+                    &mut self.needs,
+                );
+                self.judge_all(ready.drain(..));
+                self.ready = ready;
+            }
+        }
+    }
+
+    fn cgroup(&mut self, change: CgroupChange, now: Instant) {
+        if change.created {
+            let relative = std::ffi::OsStr::from_bytes(&change.path);
+            let path = self.cgroup_root.join(
+                std::path::Path::new(relative)
+                    .strip_prefix("/")
+                    .unwrap_or(relative.as_ref()),
+            );
+            self.registry.cgroup_created(change.cgroup_id, path, now);
+        } else {
+            self.registry.cgroup_removed(change.cgroup_id, now);
+        }
+    }
+
+    /// An answer from the file-system side.
+    pub fn update(&mut self, update: Update, now: Instant) {
+        let ready = match update {
+            Update::Cgroups { found, started } => {
+                self.registry.cgroups_scanned(found, started.min(now));
+                return;
+            }
+            Update::DeclarationSet(declaration) => self.registry.declaration_set(declaration),
+            Update::DeclarationRemoved(cgroup) => {
+                self.registry.declaration_removed(&cgroup);
+                return;
+            }
+            Update::SpawnRead { key, found } => {
+                let sandboxed = found.as_ref().is_some_and(|b| b.0.sandbox_dir.is_some());
+                if sandboxed && is_lineage_key(key) {
+                    self.summary.sandboxed_launches += 1;
+                }
+                self.registry.spawn_read(key, found.map(|b| *b))
+            }
+        };
+        self.judge_all(ready);
+    }
+
+    /// Periodic work: held events whose wait is over.
+    pub fn tick(&mut self, now: Instant) {
+        let ready = self.registry.tick(now);
+        self.judge_all(ready);
+    }
+
+    /// At shutdown: judge everything still held.
+    pub fn release_all(&mut self) {
+        let ready = self.registry.release_all();
+        self.judge_all(ready);
+    }
+
+    fn judge_all(&mut self, ready: impl IntoIterator<Item = (Observed, Arc<ActionView>)>) {
+        for (observed, action) in ready {
+            let violation = match &observed.event {
+                Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
+                Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
+                _ => None,
+            };
+            let Some(v) = violation else { continue };
+            self.summary.violations += 1;
+            if self.keep_spawn_commands
+                && let Some(spawn) = &action.spawn
+                && !self.summary.spawn_commands.contains_key(&action.info.id)
+            {
+                self.summary
+                    .spawn_commands
+                    .insert(action.info.id.clone(), spawn.command.clone());
+            }
+            let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
+            self.metrics
+                .violations_total
+                .with_label_values(&[v.alert.kind.as_str(), mnemonic])
+                .inc();
+            self.folder.add(v.target, v.alert);
+        }
+    }
+}
+
+/// How often the loop does its periodic work (held-event deadlines, loss
+/// counters).
+pub const TICK: Duration = Duration::from_millis(100);

@@ -1,0 +1,226 @@
+//! The event loop, and only the loop. Four parties, none waiting on another:
+//!
+//! * the ring reader thread (`kernel::reader`) reads, decodes and hands
+//!   batches of events over;
+//! * the watcher (`actions::watch`) reads declaration files on inotify,
+//!   rescans as a safety net, and does the slow reads the registry asks for
+//!   (sandbox trees, `/proc`) on the blocking pool;
+//! * this loop routes events and updates through `handle::Handler`
+//!   (registry → policy → folder) and ticks the held-event deadlines;
+//! * the sink thread (`output::writer`) writes the alerts of each fold
+//!   window.
+//!
+//! At stop: detach the programs, let the reader drain the ring to the end,
+//! wait for outstanding reads, judge everything held, label from Bazel's
+//! execution log, write the last alerts.
+pub mod handle;
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use monitor_common::{LOST_LINEAGE_FULL, LOST_REASONS, LOST_RINGBUF_FULL};
+use tokio::sync::mpsc;
+
+use crate::{
+    actions::watch::{self, Update},
+    events::decode::Event,
+    kernel::{loader::Kernel, reader::Reader, ring::EventRing},
+    output::{metrics::Metrics, writer::SinkWriter},
+    pipeline::handle::{Handler, TICK},
+};
+
+/// Batches of decoded events in flight between the reader and this loop
+/// (each up to 4096 events). When full, the reader waits and the kernel
+/// counts what the ring cannot hold.
+const BATCHES_IN_FLIGHT: usize = 256;
+/// How long a stop waits for outstanding sandbox reads.
+const READS_AT_STOP: Duration = Duration::from_secs(10);
+/// The kernel's loss counters and their `events_lost_total` reasons.
+const LOST_NAMES: [(u32, &str); LOST_REASONS as usize] = [
+    (LOST_RINGBUF_FULL, "ringbuf_full"),
+    (LOST_LINEAGE_FULL, "lineage_full"),
+];
+
+pub struct Pipeline {
+    pub handler: Handler,
+    sinks: SinkWriter,
+    metrics: Arc<Metrics>,
+    fold_window: Duration,
+    declarations_dir: PathBuf,
+    /// Bazel's JSON execution log, read at the end to label spawns whose
+    /// alerts are still pending (`monitor exec` holds them until then).
+    exec_log: Option<PathBuf>,
+    lost_seen: [u64; LOST_REASONS as usize],
+    /// Needs handed to the watcher side and not answered yet.
+    outstanding: usize,
+}
+
+impl Pipeline {
+    pub fn new(
+        handler: Handler,
+        sinks: SinkWriter,
+        metrics: Arc<Metrics>,
+        fold_window: Duration,
+        declarations_dir: PathBuf,
+    ) -> Self {
+        Pipeline {
+            handler,
+            sinks,
+            metrics,
+            fold_window,
+            declarations_dir,
+            exec_log: None,
+            lost_seen: [0; LOST_REASONS as usize],
+            outstanding: 0,
+        }
+    }
+
+    /// Alerts will be labelled from this execution log when the run ends.
+    pub fn set_exec_log(&mut self, path: Option<PathBuf>) {
+        self.handler.keep_spawn_commands = path.is_some();
+        self.exec_log = path;
+    }
+
+    /// Runs until `stop` completes, then detaches the programs, drains what
+    /// is left, judges every held event and writes every alert.
+    pub async fn run(
+        &mut self,
+        kernel: &mut Kernel,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let ring = kernel.events.take().expect("ring buffer taken once");
+        let ring = EventRing::new(ring, monitor_common::RING_BYTES as u64)?;
+        let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());
+        let (update_tx, mut updates) = mpsc::unbounded_channel();
+        let watcher = watch::start(
+            self.handler.registry.scopes().to_vec(),
+            self.declarations_dir.clone(),
+            update_tx.clone(),
+            self.metrics.clone(),
+        );
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = Instant::now();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                Some(batch) = batches.recv() => self.events(batch, &update_tx),
+                Some(update) = updates.recv() => self.update(update, &update_tx),
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    self.handler.tick(now);
+                    self.sync_lost(kernel);
+                    if now.duration_since(last_flush) >= self.fold_window {
+                        last_flush = now;
+                        self.flush_alerts();
+                    }
+                }
+            }
+        }
+        kernel.detach();
+        reader.finish();
+        while let Some(batch) = batches.recv().await {
+            self.events(batch, &update_tx);
+        }
+        reader.join();
+        self.sync_lost(kernel);
+        self.await_outstanding(&mut updates, &update_tx).await;
+        drop(watcher);
+        self.finish();
+        Ok(())
+    }
+
+    fn events(&mut self, batch: Vec<Event>, updates: &mpsc::UnboundedSender<Update>) {
+        let now = Instant::now();
+        for event in batch {
+            self.handler.event(event, now);
+        }
+        self.serve_needs(updates);
+    }
+
+    fn update(&mut self, update: Update, updates: &mpsc::UnboundedSender<Update>) {
+        if matches!(update, Update::SpawnRead { .. }) {
+            self.outstanding = self.outstanding.saturating_sub(1);
+        }
+        self.handler.update(update, Instant::now());
+        self.serve_needs(updates);
+    }
+
+    fn serve_needs(&mut self, updates: &mpsc::UnboundedSender<Update>) {
+        for need in self.handler.needs.drain(..) {
+            self.outstanding += 1;
+            watch::serve(need, updates.clone());
+        }
+    }
+
+    /// Sandbox reads still running at stop are waited for (bounded), so the
+    /// spawns they belong to are judged against what they declared.
+    async fn await_outstanding(
+        &mut self,
+        updates: &mut mpsc::UnboundedReceiver<Update>,
+        update_tx: &mpsc::UnboundedSender<Update>,
+    ) {
+        let deadline = tokio::time::Instant::now() + READS_AT_STOP;
+        while self.outstanding > 0 {
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Some(update)) => self.update(update, update_tx),
+                Ok(None) | Err(_) => {
+                    log::warn!(
+                        "{} sandbox read(s) did not finish in time; their spawns are judged without them",
+                        self.outstanding
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Judges what is still held, labels from the execution log, writes the
+    /// last alerts and waits for the sinks.
+    fn finish(&mut self) {
+        self.handler.release_all();
+        if let Some(path) = &self.exec_log {
+            let handler = &mut self.handler;
+            crate::bazel::labels::label_from_exec_log(
+                path,
+                handler.folder.pending_mut(),
+                &mut handler.summary,
+            );
+        }
+        self.flush_alerts();
+        self.sinks.finish();
+    }
+
+    fn flush_alerts(&mut self) {
+        let alerts = self.handler.folder.take();
+        if alerts.is_empty() {
+            return;
+        }
+        self.handler.summary.written(&alerts);
+        self.sinks.write(alerts);
+    }
+
+    /// Copies the kernel's lost-event counters into the metrics.
+    fn sync_lost(&mut self, kernel: &Kernel) {
+        let now = kernel.lost_counts();
+        for (reason, name) in LOST_NAMES {
+            let i = reason as usize;
+            let delta = now[i].saturating_sub(self.lost_seen[i]);
+            if delta > 0 {
+                log::warn!("kernel could not deliver {delta} events ({name})");
+                self.metrics
+                    .events_lost_total
+                    .with_label_values(&[name])
+                    .inc_by(delta);
+            }
+            self.lost_seen[i] = now[i];
+        }
+    }
+}
