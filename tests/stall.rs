@@ -1,0 +1,178 @@
+//! The reader never waits on slow work: a spawn whose sandbox holds 100,000
+//! entries starts (its tree is read while it runs) while another action
+//! opens files as fast as it can, and no event is lost; both actions are
+//! judged correctly (the big sandbox's declaration is complete, the busy
+//! action's one undeclared open is reported once).
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use monitor_integration_tests::*;
+
+const SANDBOX_ENTRIES: usize = 100_000;
+const BUSY_OPENS: usize = 200_000;
+
+fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// Polls `condition` until it holds or `limit` passes.
+fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A processwrapper-style sandbox with `SANDBOX_ENTRIES` symlinks to one
+/// shared input, and one more to `unique` (found only by a complete walk).
+fn big_sandbox(root: &Path, unique: &Path) -> std::path::PathBuf {
+    let shared = root.join("workspace/shared.txt");
+    write(&shared, "shared");
+    let execroot = root.join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
+    let inputs = execroot.join("inputs");
+    fs::create_dir_all(&inputs).unwrap();
+    for i in 0..SANDBOX_ENTRIES {
+        symlink(&shared, inputs.join(format!("in-{i}"))).unwrap();
+    }
+    symlink(unique, inputs.join("the-one")).unwrap();
+    execroot
+}
+
+fn launcher_script(dir: &Path) -> std::path::PathBuf {
+    let launcher = dir.join("process-wrapper");
+    fs::write(
+        &launcher,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755)).unwrap();
+    launcher
+}
+
+#[test]
+fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
+    require_root();
+    let parent = test_parent("stall");
+    let daemon = Daemon::start(&parent.path, "");
+    let tmp = tempfile::tempdir().unwrap();
+    let unique = tmp.path().join("workspace/unique.txt");
+    let spawn_secret = tmp.path().join("secret/spawn.txt");
+    let busy_secret = tmp.path().join("secret/busy.txt");
+    write(&unique, "unique");
+    write(&spawn_secret, "s");
+    write(&busy_secret, "s");
+    let execroot = big_sandbox(tmp.path(), &unique);
+    let busy_dir = tmp.path().join("busy");
+    for i in 0..8 {
+        write(&busy_dir.join(format!("f{i}")), "x");
+    }
+
+    let busy = parent.child("busy");
+    let spawns = parent.child("spawns");
+    daemon.declare(
+        &busy.path,
+        "//t:busy",
+        "Genrule",
+        &[&busy_dir.join("**")],
+        "",
+    );
+    daemon.declare(&spawns.path, "//t:job", "Job", &[], "");
+
+    let script = "import os,sys\nd,n,secret=sys.argv[1],int(sys.argv[2]),sys.argv[3]\n\
+                  names=[os.path.join(d,'f%d'%i) for i in range(8)]\n\
+                  for i in range(n):\n  os.close(os.open(names[i%8],os.O_RDONLY))\n\
+                  os.close(os.open(secret,os.O_RDONLY))\n";
+    let mut flood = in_cgroup(
+        &mut python(
+            script,
+            &[
+                &busy_dir.display().to_string(),
+                &BUSY_OPENS.to_string(),
+                &busy_secret.display().to_string(),
+            ],
+        ),
+        &busy.path,
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("start the flood");
+    // The spawn starts while the flood runs.
+    wait_until(Duration::from_secs(20), "the flood to be seen", || {
+        metric(
+            &daemon.metrics_text(),
+            "build_monitor_events_total",
+            &[("kind", "file")],
+        ) > 10_000.0
+    });
+    let launcher = launcher_script(tmp.path());
+    let out = run_in(
+        &spawns.path,
+        Command::new(&launcher)
+            .current_dir(&execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "cat {} {} > /dev/null; cat {} > /dev/null",
+                unique.display(),
+                execroot.join("inputs/in-77").display(),
+                spawn_secret.display()
+            )),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(flood.wait().unwrap().success(), "the flood failed");
+
+    wait_until(
+        Duration::from_secs(30),
+        "both undeclared opens alerted",
+        || {
+            let alerts = read_alerts(&daemon.alerts);
+            !file_alerts(&alerts, &spawn_secret).is_empty()
+                && !file_alerts(&alerts, &busy_secret).is_empty()
+        },
+    );
+    let metrics = daemon.metrics_text();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+
+    assert_eq!(
+        metric(&metrics, "build_monitor_events_lost_total", &[]),
+        0.0,
+        "events were lost: {stderr}"
+    );
+    let file_events = metric(&metrics, "build_monitor_events_total", &[("kind", "file")]);
+    assert!(
+        file_events >= BUSY_OPENS as f64,
+        "only {file_events} file events"
+    );
+    assert_eq!(file_alerts(&alerts, &busy_secret).len(), 1, "{alerts:#?}");
+    let spawn_hits = file_alerts(&alerts, &spawn_secret);
+    assert_eq!(spawn_hits.len(), 1, "{alerts:#?}");
+    assert!(
+        spawn_hits[0]["action"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("process-wrapper-"),
+        "{}",
+        spawn_hits[0]
+    );
+    // Declared only through a link the walk of 100,001 entries had to find.
+    assert!(
+        file_alerts(&alerts, &unique).is_empty(),
+        "sandbox read incomplete: {alerts:#?}"
+    );
+    assert!(
+        file_alerts(&alerts, &busy_dir.join("f0")).is_empty(),
+        "{alerts:#?}"
+    );
+}
