@@ -31,7 +31,7 @@ use crate::{
     actions::declarations::Declaration,
     bazel::{sandbox::Spawn, spawns::is_spawn_slice_name},
     events::decode::{Launch, Origin},
-    output::{alert::ActionInfo, metrics::Metrics},
+    output::metrics::Metrics,
 };
 
 /// How a monitored cgroup relates to actions.
@@ -54,6 +54,17 @@ pub struct Scope {
     pub id: u64,
     pub level: u32,
     pub kind: ScopeKind,
+}
+
+/// Which build action an event belongs to, as alerts name it.
+#[derive(Clone, Debug)]
+pub struct ActionInfo {
+    pub id: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// Bazel target label, when a declaration or the execution log named it.
+    pub label: Option<String>,
+    pub mnemonic: Option<String>,
 }
 
 /// What judging an event needs to know about its action.

@@ -1,17 +1,25 @@
-//! Labels for spawn alerts from Bazel's JSON execution log, read when the
-//! build ended: joined on the spawn's command line (no log records a pid or
+//! Labels for spawns from Bazel's JSON execution log, read when the build
+//! ended: joined on the spawn's command line (no log records a pid or
 //! sandbox id).
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
-use crate::{bazel::execlog::ExecLog, output::alert::Alert, output::summary::RunSummary};
+use crate::bazel::execlog::ExecLog;
 
-/// Labels `pending` alerts of spawns in `summary.spawn_commands` and counts
-/// the sandboxed spawns of the log that were never seen starting.
-pub fn label_from_exec_log<'a>(
+/// What the execution log says about the spawns that raised alerts.
+#[derive(Debug, Default)]
+pub struct SpawnLabels {
+    /// Action id → (label, mnemonic), for the spawns found in the log.
+    pub by_action: HashMap<String, (Option<String>, Option<String>)>,
+    /// Spawns the log says ran sandboxed.
+    pub sandboxed_in_log: usize,
+}
+
+/// Looks up each spawn's command line (by action id) in the log at `path`;
+/// `None` when the log cannot be read at all (logged).
+pub fn labels_from_exec_log(
     path: &Path,
-    pending: impl Iterator<Item = &'a mut Alert>,
-    summary: &mut RunSummary,
-) {
+    spawn_commands: &HashMap<String, Vec<String>>,
+) -> Option<SpawnLabels> {
     let log = match ExecLog::load_json(path) {
         Ok((log, None)) => log,
         Ok((log, Some(e))) => {
@@ -24,18 +32,18 @@ pub fn label_from_exec_log<'a>(
         }
         Err(e) => {
             log::warn!("no labels for spawns: {e}");
-            return;
+            return None;
         }
     };
-    let ran = log.entries.iter().filter(|e| e.ran_sandboxed()).count();
-    summary.unmonitored_spawns = ran.saturating_sub(summary.sandboxed_launches);
-    for alert in pending {
-        let Some(command) = summary.spawn_commands.get(&alert.action.id) else {
-            continue;
-        };
-        if let Some(entry) = log.find_by_command(command, None) {
-            alert.action.label = entry.label.clone().or(alert.action.label.take());
-            alert.action.mnemonic = entry.mnemonic.clone().or(alert.action.mnemonic.take());
-        }
-    }
+    let by_action = spawn_commands
+        .iter()
+        .filter_map(|(id, command)| {
+            let entry = log.find_by_command(command, None)?;
+            Some((id.clone(), (entry.label.clone(), entry.mnemonic.clone())))
+        })
+        .collect();
+    Some(SpawnLabels {
+        by_action,
+        sandboxed_in_log: log.entries.iter().filter(|e| e.ran_sandboxed()).count(),
+    })
 }

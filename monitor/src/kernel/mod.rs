@@ -3,5 +3,4 @@
 //! Owns the maps and the raw records; must not decode, attribute or judge.
 pub mod btf;
 pub mod loader;
-pub mod reader;
 pub mod ring;

@@ -53,16 +53,8 @@ impl Verdict {
     }
 }
 
-/// Which build action did it.
-#[derive(Clone, Debug)]
-pub struct ActionInfo {
-    pub id: String,
-    pub cgroup: String,
-    pub cgroup_id: u64,
-    /// Bazel target label, when a declaration or the execution log named it.
-    pub label: Option<String>,
-    pub mnemonic: Option<String>,
-}
+/// Which build action did it (named by the registry).
+pub use crate::actions::registry::ActionInfo;
 
 /// Which process of the action did it.
 #[derive(Clone, Debug)]

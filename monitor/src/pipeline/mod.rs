@@ -1,6 +1,6 @@
 //! The event loop, and only the loop. Four parties, none waiting on another:
 //!
-//! * the ring reader thread (`kernel::reader`) reads, decodes and hands
+//! * the ring reader thread (`reader`) reads, decodes and hands
 //!   batches of events over;
 //! * the watcher (`actions::watch`) reads declaration files on inotify,
 //!   rescans as a safety net, and does the slow reads the registry asks for
@@ -14,6 +14,7 @@
 //! wait for outstanding reads, judge everything held, label from Bazel's
 //! execution log, write the last alerts.
 pub mod handle;
+pub mod reader;
 
 use std::{
     future::Future,
@@ -27,10 +28,14 @@ use tokio::sync::mpsc;
 
 use crate::{
     actions::watch::{self, Update},
+    bazel::labels::labels_from_exec_log,
     events::decode::Event,
-    kernel::{loader::Kernel, reader::Reader, ring::EventRing},
+    kernel::{loader::Kernel, ring::EventRing},
     output::{metrics::Metrics, writer::SinkWriter},
-    pipeline::handle::{Handler, TICK},
+    pipeline::{
+        handle::{Handler, TICK},
+        reader::Reader,
+    },
 };
 
 /// Batches of decoded events in flight between the reader and this loop
@@ -187,15 +192,29 @@ impl Pipeline {
     fn finish(&mut self) {
         self.handler.release_all();
         if let Some(path) = &self.exec_log {
-            let handler = &mut self.handler;
-            crate::bazel::labels::label_from_exec_log(
-                path,
-                handler.folder.pending_mut(),
-                &mut handler.summary,
-            );
+            self.label_pending(path.clone());
         }
         self.flush_alerts();
         self.sinks.finish();
+    }
+
+    /// Labels the spawns' pending alerts from Bazel's execution log, and
+    /// counts the sandboxed spawns in it that were never seen starting (they
+    /// ran outside the monitored job).
+    fn label_pending(&mut self, path: PathBuf) {
+        let summary = &mut self.handler.summary;
+        let Some(labels) = labels_from_exec_log(&path, &summary.spawn_commands) else {
+            return;
+        };
+        summary.unmonitored_spawns = labels
+            .sandboxed_in_log
+            .saturating_sub(summary.sandboxed_launches);
+        for alert in self.handler.folder.pending_mut() {
+            if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
+                alert.action.label = label.clone().or(alert.action.label.take());
+                alert.action.mnemonic = mnemonic.clone().or(alert.action.mnemonic.take());
+            }
+        }
     }
 
     fn flush_alerts(&mut self) {
