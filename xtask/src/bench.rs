@@ -544,26 +544,98 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-pub fn run(options: Options) -> Result<()> {
-    let Options {
-        quick,
-        rounds,
-        iterations,
-        output: report_path,
-    } = options;
-    let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
-    let iterations = iterations.unwrap_or(if quick { 50_000 } else { 200_000 });
-    let rate_duration = Duration::from_secs(if quick { 1 } else { 2 });
-    ensure!(
-        rounds > 0 && iterations > 0,
-        "--rounds and --iterations must be positive"
-    );
-    let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
-    let command = format!(
-        "cargo xtask {}",
-        env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
+/// What one `cargo xtask bench` run does, from its options.
+struct RunSettings {
+    rounds: usize,
+    iterations: u64,
+    rate_duration: Duration,
+    report_path: PathBuf,
+    /// The command line, as the report's "Reproduce" section shows it.
+    command: String,
+}
 
+impl RunSettings {
+    fn from_options(options: Options) -> Result<Self> {
+        let Options {
+            quick,
+            rounds,
+            iterations,
+            output: report_path,
+        } = options;
+        let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
+        let iterations = iterations.unwrap_or(if quick { 50_000 } else { 200_000 });
+        let rate_duration = Duration::from_secs(if quick { 1 } else { 2 });
+        ensure!(
+            rounds > 0 && iterations > 0,
+            "--rounds and --iterations must be positive"
+        );
+        let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
+        let command = format!(
+            "cargo xtask {}",
+            env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        Ok(Self {
+            rounds,
+            iterations,
+            rate_duration,
+            report_path,
+            command,
+        })
+    }
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let settings = RunSettings::from_options(options)?;
+    let monitor_bin = prepare_tools(&settings.command)?;
+    let worker_exe = env::current_exe().context("locating the xtask binary (current_exe)")?;
+    let tmp_dir = tempfile::Builder::new()
+        .prefix("monitor-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    // Dropped last (after every daemon and worker): the cgroups.
+    let cgroups = CgroupGuard::create_fresh("monitor-bench")?;
+    let bench = Bench::prepare(
+        tmp_dir.path(),
+        &cgroups,
+        monitor_bin,
+        worker_exe,
+        settings.iterations,
+    )?;
+
+    println!(
+        "bench: {} round(s) of {} setups, {} open+close pairs per run",
+        settings.rounds,
+        SETUPS.len(),
+        settings.iterations
+    );
+    let samples = cost_rounds(&bench, settings.rounds)?;
+    let rows = throughput_test(&bench, settings.rate_duration)?;
+    let alert_count = count_alerts(&bench.alerts);
+
+    let report = render_report(&ReportInput {
+        command: &settings.command,
+        rounds: settings.rounds,
+        iterations: settings.iterations,
+        warmup: bench.warmup,
+        rate_duration: settings.rate_duration,
+        samples: &samples,
+        rows: &rows,
+        alert_count,
+        monitor_bin: &bench.monitor_bin,
+    })?;
+    let report_path = &settings.report_path;
+    fs::write(report_path, &report)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    println!("\n{report}");
+    println!("bench: wrote {}", report_path.display());
+    drop(bench);
+    drop(cgroups);
+    Ok(())
+}
+
+/// Checks root, runs setup, checks bpftrace and builds the release monitor;
+/// returns the monitor binary.
+fn prepare_tools(command: &str) -> Result<PathBuf> {
     ensure!(
         is_root(),
         "the benchmark needs root (it loads eBPF programs, runs bpftrace and creates cgroups): \
@@ -581,25 +653,50 @@ pub fn run(options: Options) -> Result<()> {
         "{} does not exist after the build",
         monitor_bin.display()
     );
-    let worker_exe = env::current_exe().context("locating the xtask binary (current_exe)")?;
+    Ok(monitor_bin)
+}
 
-    let tmp_dir = tempfile::Builder::new()
-        .prefix("monitor-bench-")
-        .tempdir()
-        .context("creating a temporary directory")?;
-    let tmp = tmp_dir
-        .path()
-        .canonicalize()
-        .context("canonicalising the temporary directory")?;
-    let file = tmp.join("input.txt");
-    fs::write(&file, "benchmark input\n").with_context(|| format!("writing {}", file.display()))?;
-    let declarations = tmp.join("declarations");
-    fs::create_dir(&declarations)
-        .with_context(|| format!("creating {}", declarations.display()))?;
+impl Bench {
+    /// The input file, its declaration and the bpftrace script in `tmp_dir`,
+    /// and the action cgroup below `cgroups`.
+    fn prepare(
+        tmp_dir: &Path,
+        cgroups: &CgroupGuard,
+        monitor_bin: PathBuf,
+        worker_exe: PathBuf,
+        iterations: u64,
+    ) -> Result<Bench> {
+        let tmp = tmp_dir
+            .canonicalize()
+            .context("canonicalising the temporary directory")?;
+        let file = tmp.join("input.txt");
+        fs::write(&file, "benchmark input\n")
+            .with_context(|| format!("writing {}", file.display()))?;
+        let declarations = tmp.join("declarations");
+        fs::create_dir(&declarations)
+            .with_context(|| format!("creating {}", declarations.display()))?;
+        let action_cgroup = cgroups.create_child("act")?;
+        write_declaration(&declarations, &action_cgroup, &file)?;
+        let bpftrace_script = tmp.join("openat.bt");
+        write_bpftrace_script(&bpftrace_script, &action_cgroup)?;
+        Ok(Bench {
+            monitor_bin,
+            worker_exe,
+            alerts: tmp.join("alerts.jsonl"),
+            tmp,
+            file,
+            parent_cgroup: cgroups.path().to_path_buf(),
+            action_cgroup,
+            declarations,
+            bpftrace_script,
+            iterations,
+            warmup: 10_000,
+        })
+    }
+}
 
-    // Dropped last (after every daemon and worker): the cgroups.
-    let cgroups = CgroupGuard::create_fresh("monitor-bench")?;
-    let action_cgroup = cgroups.create_child("act")?;
+/// Declares `file` as the only input of the action in `action_cgroup`.
+fn write_declaration(declarations: &Path, action_cgroup: &Path, file: &Path) -> Result<()> {
     let declaration = serde_json::json!({
         "cgroup": action_cgroup,
         "label": "//bench:open_close",
@@ -609,37 +706,25 @@ pub fn run(options: Options) -> Result<()> {
     write_atomic(
         &declarations.join("act.json"),
         serde_json::to_string_pretty(&declaration)?.as_bytes(),
-    )?;
+    )
+}
 
-    let bpftrace_script = tmp.join("openat.bt");
+/// bpftrace doing the monitor's job: cgroup-filtered openat entry/exit,
+/// printing pid, path and result of each open.
+fn write_bpftrace_script(script: &Path, action_cgroup: &Path) -> Result<()> {
     fs::write(
-        &bpftrace_script,
+        script,
         format!(
             "tracepoint:syscalls:sys_enter_openat /cgroup == cgroupid({cg})/ {{ @p[tid] = args->filename; }}\n\
              tracepoint:syscalls:sys_exit_openat /@p[tid]/ {{ printf(\"%d %s %d\\n\", pid, str(@p[tid]), args->ret); delete(@p[tid]); }}\n",
-            cg = quoted(&action_cgroup)?,
+            cg = quoted(action_cgroup)?,
         ),
     )
-    .with_context(|| format!("writing {}", bpftrace_script.display()))?;
+    .with_context(|| format!("writing {}", script.display()))
+}
 
-    let bench = Bench {
-        monitor_bin,
-        worker_exe,
-        alerts: tmp.join("alerts.jsonl"),
-        tmp,
-        file,
-        parent_cgroup: cgroups.path().to_path_buf(),
-        action_cgroup,
-        declarations,
-        bpftrace_script,
-        iterations,
-        warmup: 10_000,
-    };
-
-    println!(
-        "bench: {rounds} round(s) of {} setups, {iterations} open+close pairs per run",
-        SETUPS.len()
-    );
+/// The cost test: every setup once per round, setups interleaved.
+fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Vec<Samples>> {
     let mut samples: Vec<Samples> = SETUPS.iter().map(|_| Samples::default()).collect();
     for round in 1..=rounds {
         let tag = format!("round{round}");
@@ -656,35 +741,55 @@ pub fn run(options: Options) -> Result<()> {
                 sample.events.push(events);
             }
         };
-
         record(Setup::Bare, bench.timed_run(None)?, None);
+        bench.floor_round(&tag, round, &mut record)?;
+        bench.monitor_round(&tag, round, &mut record)?;
+        bench.bpftrace_round(&tag, round, &mut record)?;
+    }
+    Ok(samples)
+}
 
-        let floor = bench.start_floor(&tag)?;
-        record(Setup::Floor, bench.timed_run(None)?, None);
+/// Where a round's measurements go: setup, worker report, events seen.
+type Record<'a> = dyn FnMut(Setup, WorkerReport, Option<u64>) + 'a;
+
+impl Bench {
+    /// The worker with only the empty program on the monitor's hook.
+    fn floor_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+        let floor = self.start_floor(tag)?;
+        record(Setup::Floor, self.timed_run(None)?, None);
         let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
         ensure!(
             status.success(),
             "monitor bench-floor exited with {status} (round {round})"
         );
+        Ok(())
+    }
 
-        let monitor = bench.start_monitor(&tag)?;
+    /// The worker outside, then inside, the monitored action cgroup; events
+    /// seen are the increase of the monitor's file event counter.
+    fn monitor_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+        let monitor = self.start_monitor(tag)?;
         let (file0, _) = file_counters(monitor.addr)?;
-        let outside = bench.timed_run(None)?;
+        let outside = self.timed_run(None)?;
         let (file1, _) = file_counters(monitor.addr)?;
         record(
             Setup::MonitorOutside,
             outside,
             Some(file1 - file0.min(file1)),
         );
-        let inside = bench.timed_run(Some(&bench.action_cgroup))?;
+        let inside = self.timed_run(Some(&self.action_cgroup))?;
         let (file2, _) = drained(monitor.addr, file1 + inside.opens)?;
         record(Setup::MonitorInside, inside, Some(file2 - file1.min(file2)));
-        Bench::stop_monitor(monitor).with_context(|| format!("round {round}"))?;
+        Bench::stop_monitor(monitor).with_context(|| format!("round {round}"))
+    }
 
-        let (bpftrace, stdout) = bench.start_bpftrace(&tag)?;
-        let outside = bench.timed_run(None)?;
+    /// The worker outside, then inside, bpftrace's filtered cgroup; events
+    /// seen are the lines bpftrace printed for the file.
+    fn bpftrace_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+        let (bpftrace, stdout) = self.start_bpftrace(tag)?;
+        let outside = self.timed_run(None)?;
         record(Setup::BpftraceOutside, outside, None);
-        let inside = bench.timed_run(Some(&bench.action_cgroup))?;
+        let inside = self.timed_run(Some(&self.action_cgroup))?;
         let status = bpftrace.stop(libc::SIGINT, Duration::from_secs(30))?;
         ensure!(
             status.success(),
@@ -692,14 +797,16 @@ pub fn run(options: Options) -> Result<()> {
         );
         let text =
             fs::read_to_string(&stdout).with_context(|| format!("reading {}", stdout.display()))?;
-        let printed = count_printed_events(&text, &bench.file.to_string_lossy());
+        let printed = count_printed_events(&text, &self.file.to_string_lossy());
         drop(text);
         fs::remove_file(&stdout).with_context(|| format!("removing {}", stdout.display()))?;
         record(Setup::BpftraceInside, inside, Some(printed));
+        Ok(())
     }
+}
 
-    println!("bench: throughput test ({rate_duration:?} per rate)");
-    let monitor = bench.start_monitor("throughput")?;
+/// The rows of the throughput test: (label, workers, opens/s; 0 = unlimited).
+fn throughput_plan() -> Vec<(String, usize, u64)> {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     let mut plan: Vec<(String, usize, u64)> = RATES
         .iter()
@@ -709,8 +816,16 @@ pub fn run(options: Options) -> Result<()> {
     if cpus > 1 {
         plan.push((format!("unlimited, {cpus} workers"), cpus, 0));
     }
+    plan
+}
+
+/// Workers in the action cgroup at each planned rate, against one monitor;
+/// received and lost are read once the reader has drained.
+fn throughput_test(bench: &Bench, rate_duration: Duration) -> Result<Vec<RateRow>> {
+    println!("bench: throughput test ({rate_duration:?} per rate)");
+    let monitor = bench.start_monitor("throughput")?;
     let mut rows = Vec::new();
-    for (label, workers, rate) in plan {
+    for (label, workers, rate) in throughput_plan() {
         let (file0, lost0) = file_counters(monitor.addr)?;
         let (opens, seconds) = bench
             .throughput_run(workers, rate, rate_duration)
@@ -735,31 +850,16 @@ pub fn run(options: Options) -> Result<()> {
         rows.push(row);
     }
     Bench::stop_monitor(monitor).context("after the throughput test")?;
+    Ok(rows)
+}
 
-    let alerts = fs::read_to_string(&bench.alerts).unwrap_or_default();
-    let alert_count = alerts
+/// Alert lines in the alerts file (0 when there is none).
+fn count_alerts(alerts: &Path) -> usize {
+    let alerts = fs::read_to_string(alerts).unwrap_or_default();
+    alerts
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .count();
-
-    let report = render_report(&ReportInput {
-        command: &command,
-        rounds,
-        iterations,
-        warmup: bench.warmup,
-        rate_duration,
-        samples: &samples,
-        rows: &rows,
-        alert_count,
-        monitor_bin: &bench.monitor_bin,
-    })?;
-    fs::write(&report_path, &report)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    println!("\n{report}");
-    println!("bench: wrote {}", report_path.display());
-    drop(bench);
-    drop(cgroups);
-    Ok(())
+        .count()
 }
 
 struct ReportInput<'a> {
@@ -782,6 +882,17 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 fn render_report(input: &ReportInput<'_>) -> Result<String> {
+    let mut md = String::new();
+    write_machine(&mut md, input)?;
+    let bare = write_cost(&mut md, input)?;
+    write_targets(&mut md, input, bare)?;
+    write_throughput(&mut md, input)?;
+    write_how_to_read(&mut md)?;
+    Ok(md)
+}
+
+/// The title, the machine table and how to reproduce the run.
+fn write_machine(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|text| text.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -800,7 +911,6 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
     let monitor_version = first_line(Command::new(input.monitor_bin).arg("--version"));
     let bpftrace_version = first_line(Command::new(BPFTRACE).arg("--version"));
 
-    let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
@@ -816,7 +926,11 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
     writeln!(md, "| bpftrace | {bpftrace_version} ({BPFTRACE}) |")?;
     writeln!(md, "\nReproduce (as root, from the workspace root):\n")?;
     writeln!(md, "```\n{}\n```\n", input.command)?;
+    Ok(())
+}
 
+/// The cost table, one row per setup; returns the bare median (ns/pair).
+fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<f64> {
     writeln!(md, "## Cost added to open()+close()\n")?;
     writeln!(
         md,
@@ -831,35 +945,7 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
     writeln!(md, "| --- | --- | --- | --- |")?;
     let bare = median(&input.samples[Setup::Bare.index()].ns_per_pair);
     for setup in SETUPS {
-        let sample = &input.samples[setup.index()];
-        let med = median(&sample.ns_per_pair);
-        let min = sample
-            .ns_per_pair
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let max = sample
-            .ns_per_pair
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let added = if setup == Setup::Bare {
-            "—".to_owned()
-        } else {
-            format!("{:+.1} %", (med - bare) / bare * 100.0)
-        };
-        let events = if sample.events.is_empty() {
-            "—".to_owned()
-        } else {
-            let seen: u64 = sample.events.iter().sum();
-            let issued: u64 = sample.opens.iter().sum();
-            format!("{seen} / {issued}")
-        };
-        writeln!(
-            md,
-            "| {} | {med:.0} ({min:.0}–{max:.0}) | {added} | {events} |",
-            setup.label()
-        )?;
+        write_cost_row(md, setup, &input.samples[setup.index()], bare)?;
     }
     writeln!(
         md,
@@ -868,9 +954,43 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
          for the file. Alerts raised during the whole benchmark: {} (expected 0: the file is declared).\n",
         input.alert_count
     )?;
+    Ok(bare)
+}
 
-    write_targets(&mut md, input, bare)?;
+fn write_cost_row(md: &mut String, setup: Setup, sample: &Samples, bare: f64) -> Result<()> {
+    let med = median(&sample.ns_per_pair);
+    let min = sample
+        .ns_per_pair
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let max = sample
+        .ns_per_pair
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let added = if setup == Setup::Bare {
+        "—".to_owned()
+    } else {
+        format!("{:+.1} %", (med - bare) / bare * 100.0)
+    };
+    let events = if sample.events.is_empty() {
+        "—".to_owned()
+    } else {
+        let seen: u64 = sample.events.iter().sum();
+        let issued: u64 = sample.opens.iter().sum();
+        format!("{seen} / {issued}")
+    };
+    writeln!(
+        md,
+        "| {} | {med:.0} ({min:.0}–{max:.0}) | {added} | {events} |",
+        setup.label()
+    )?;
+    Ok(())
+}
 
+/// The throughput table and the lossless maximum.
+fn write_throughput(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     writeln!(md, "## Event throughput (monitor)\n")?;
     writeln!(
         md,
@@ -897,8 +1017,11 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
             if row.lossless() { "yes" } else { "no" }
         )?;
     }
-    let lossless_max = input
-        .rows
+    write_lossless_max(md, input.rows)
+}
+
+fn write_lossless_max(md: &mut String, rows: &[RateRow]) -> Result<()> {
+    let lossless_max = rows
         .iter()
         .filter(|row| row.lossless())
         .map(RateRow::achieved)
@@ -906,7 +1029,7 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
             Some(best.map_or(rate, |b| b.max(rate)))
         });
     match lossless_max {
-        Some(rate) if input.rows.iter().all(RateRow::lossless) => writeln!(
+        Some(rate) if rows.iter().all(RateRow::lossless) => writeln!(
             md,
             "\n**Lossless max: ≥ {rate:.0} opens/s** (no run lost or missed an event, unlimited ones included).\n"
         )?,
@@ -919,7 +1042,10 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
             "\n**Lossless max: none** — every run missed or lost events.\n"
         )?,
     }
+    Ok(())
+}
 
+fn write_how_to_read(md: &mut String) -> Result<()> {
     writeln!(md, "## How to read\n")?;
     writeln!(
         md,
@@ -939,7 +1065,7 @@ fn render_report(input: &ReportInput<'_>) -> Result<String> {
          and counted no loss; above it, lost events are counted in \
          `build_monitor_events_lost_total`, never silent."
     )?;
-    Ok(md)
+    Ok(())
 }
 
 /// Checks this run's figures against the issue's targets, in words.

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     net::{SocketAddr, TcpListener},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -65,12 +65,59 @@ fn quoted(path: &Path) -> Result<String> {
     Ok(serde_json::to_string(path)?)
 }
 
+/// The demo's files, all in one temporary directory.
+struct DemoFiles {
+    declarations: PathBuf,
+    declared: PathBuf,
+    undeclared: PathBuf,
+    alerts: PathBuf,
+    config: PathBuf,
+}
+
 fn demo() -> Result<String> {
     ensure!(
         is_root(),
         "the demo needs root (it loads eBPF programs and creates cgroups): run `sudo -E cargo xtask demo`"
     );
     setup::run()?;
+    let monitor_bin = build_monitor()?;
+    let tmp_dir = tempfile::Builder::new()
+        .prefix("monitor-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let files = create_files(tmp_dir.path())?;
+
+    // Locals drop in reverse order: the monitor stops before the cgroups
+    // are removed, and those before the temporary directory.
+    let cgroups = CgroupGuard::create_fresh("monitor-demo")?;
+    let allowed_port = spawn_listener()?;
+    let denied_port = spawn_listener()?;
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    write_config(&files, cgroups.path(), allowed_port, metrics_addr)?;
+    println!("demo: allowed port {allowed_port}, denied port {denied_port}");
+
+    let monitor = start_monitor(&monitor_bin, &files.config, metrics_addr)?;
+    let action = cgroups.create_child(ACTION)?;
+    declare_action(&files, &action)?;
+    run_action(&files, &action, allowed_port, denied_port)?;
+
+    // Let the fold window (300 ms) close.
+    thread::sleep(Duration::from_secs(1));
+    print_metrics(metrics_addr)?;
+
+    let status = monitor.stop(libc::SIGTERM, Duration::from_secs(15))?;
+    ensure!(
+        status.success(),
+        "the monitor exited with {status} after SIGTERM (expected 0)"
+    );
+    println!("demo: the monitor stopped cleanly");
+
+    let text = read_alerts(&files.alerts)?;
+    summarise(&text, &files.undeclared, denied_port)
+}
+
+/// Builds the monitor (debug) and returns its binary.
+fn build_monitor() -> Result<PathBuf> {
     // Only the monitor: rebuilding xtask here would replace the running binary.
     exec(cargo().args(["build", "-p", "monitor"]))?;
     let monitor_bin = target_dir()?.join("debug").join("monitor");
@@ -79,13 +126,13 @@ fn demo() -> Result<String> {
         "{} does not exist after the build",
         monitor_bin.display()
     );
+    Ok(monitor_bin)
+}
 
-    let tmp = tempfile::Builder::new()
-        .prefix("monitor-demo-")
-        .tempdir()
-        .context("creating a temporary directory")?;
-    let tmp = tmp
-        .path()
+/// The directories (declarations, sources, secrets) in `tmp_dir` and the
+/// names of the files the demo writes there.
+fn create_files(tmp_dir: &Path) -> Result<DemoFiles> {
+    let tmp = tmp_dir
         .canonicalize()
         .context("canonicalising the temporary directory")?;
     let declarations = tmp.join("declarations");
@@ -94,17 +141,23 @@ fn demo() -> Result<String> {
     for dir in [&declarations, &src, &secret] {
         fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let declared = src.join("declared.txt");
-    let undeclared = secret.join("undeclared.txt");
-    let alerts = tmp.join("alerts.jsonl");
+    Ok(DemoFiles {
+        declarations,
+        declared: src.join("declared.txt"),
+        undeclared: secret.join("undeclared.txt"),
+        alerts: tmp.join("alerts.jsonl"),
+        config: tmp.join("monitor.toml"),
+    })
+}
 
-    // Locals drop in reverse order: the monitor stops before the cgroups
-    // are removed, and those before the temporary directory.
-    let cgroups = CgroupGuard::create_fresh("monitor-demo")?;
-    let allowed_port = spawn_listener()?;
-    let denied_port = spawn_listener()?;
-    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-
+/// The monitor's config: one cgroup parent, one allowed port, alerts to
+/// stdout and a file, a short fold window.
+fn write_config(
+    files: &DemoFiles,
+    parent: &Path,
+    allowed_port: u16,
+    metrics_addr: SocketAddr,
+) -> Result<()> {
     let config = format!(
         r#"[attribution]
 cgroup_parents = [{parent}]
@@ -121,38 +174,44 @@ fold_window_ms = 300
 [metrics]
 listen = "{metrics_addr}"
 "#,
-        parent = quoted(cgroups.path())?,
-        declarations = quoted(&declarations)?,
-        alerts = quoted(&alerts)?,
+        parent = quoted(parent)?,
+        declarations = quoted(&files.declarations)?,
+        alerts = quoted(&files.alerts)?,
     );
-    let config_path = tmp.join("monitor.toml");
-    fs::write(&config_path, &config)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    println!("demo: config {}:\n{config}", config_path.display());
-    println!("demo: allowed port {allowed_port}, denied port {denied_port}");
+    fs::write(&files.config, &config)
+        .with_context(|| format!("writing {}", files.config.display()))?;
+    println!("demo: config {}:\n{config}", files.config.display());
+    Ok(())
+}
 
-    let mut cmd = Command::new(&monitor_bin);
+/// Starts `monitor run` and waits until `/healthz` answers.
+fn start_monitor(monitor_bin: &Path, config: &Path, metrics_addr: SocketAddr) -> Result<Daemon> {
+    let mut cmd = Command::new(monitor_bin);
     cmd.arg("run")
         .arg("--config")
-        .arg(&config_path)
+        .arg(config)
         .stdin(Stdio::null());
     println!("demo: starting `{}`", display(&cmd));
     let mut monitor = Daemon::spawn("the monitor", &mut cmd)?;
     wait_healthz(&mut monitor, metrics_addr, Duration::from_secs(20))?;
     println!("demo: the monitor is up (http://{metrics_addr}/healthz answers)");
+    Ok(monitor)
+}
 
-    let action = cgroups.create_child(ACTION)?;
-    fs::write(&declared, "declared input\n")
-        .with_context(|| format!("writing {}", declared.display()))?;
-    fs::write(&undeclared, "not for this action\n")
-        .with_context(|| format!("writing {}", undeclared.display()))?;
+/// Writes both input files and the action's declaration (only the declared
+/// file is an input).
+fn declare_action(files: &DemoFiles, action: &Path) -> Result<()> {
+    fs::write(&files.declared, "declared input\n")
+        .with_context(|| format!("writing {}", files.declared.display()))?;
+    fs::write(&files.undeclared, "not for this action\n")
+        .with_context(|| format!("writing {}", files.undeclared.display()))?;
     let declaration = json!({
         "cgroup": action,
         "label": "//demo:hello",
         "mnemonic": "Genrule",
-        "inputs": [declared],
+        "inputs": [files.declared],
     });
-    let declaration_path = declarations.join(format!("{ACTION}.json"));
+    let declaration_path = files.declarations.join(format!("{ACTION}.json"));
     write_atomic(
         &declaration_path,
         serde_json::to_string_pretty(&declaration)?.as_bytes(),
@@ -162,6 +221,12 @@ listen = "{metrics_addr}"
         action.display(),
         declaration_path.display()
     );
+    Ok(())
+}
+
+/// The action: Python in the action cgroup reads both files and connects
+/// to both ports.
+fn run_action(files: &DemoFiles, action: &Path, allowed_port: u16, denied_port: u16) -> Result<()> {
     let script = format!(
         r#"import socket
 open({declared}).read()
@@ -174,8 +239,8 @@ for port in ({allowed_port}, {denied_port}):
     except OSError as error:
         print(f"demo action: connecting to 127.0.0.1:{{port}} failed: {{error}}")
 "#,
-        declared = quoted(&declared)?,
-        undeclared = quoted(&undeclared)?,
+        declared = quoted(&files.declared)?,
+        undeclared = quoted(&files.undeclared)?,
     );
     let mut child = Command::new(PYTHON);
     // -I -S: no user site, no cwd on sys.path, no site import: the
@@ -190,7 +255,7 @@ for port in ({allowed_port}, {denied_port}):
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
         .stdin(Stdio::null());
-    join_cgroup_on_spawn(&mut child, &action)?;
+    join_cgroup_on_spawn(&mut child, action)?;
     println!(
         "demo: running the action ({PYTHON}) in {}",
         action.display()
@@ -202,10 +267,11 @@ for port in ({allowed_port}, {denied_port}):
         status.success(),
         "the demo action ({PYTHON} -c …) failed: {status}"
     );
+    Ok(())
+}
 
-    // Let the fold window (300 ms) close.
-    thread::sleep(Duration::from_secs(1));
-
+/// Prints the monitor's own metrics as scraped now.
+fn print_metrics(metrics_addr: SocketAddr) -> Result<()> {
     let metrics = get_metrics(metrics_addr)?;
     println!("demo: metrics (http://{metrics_addr}/metrics):");
     for line in metrics
@@ -214,15 +280,12 @@ for port in ({allowed_port}, {denied_port}):
     {
         println!("  {line}");
     }
+    Ok(())
+}
 
-    let status = monitor.stop(libc::SIGTERM, Duration::from_secs(15))?;
-    ensure!(
-        status.success(),
-        "the monitor exited with {status} after SIGTERM (expected 0)"
-    );
-    println!("demo: the monitor stopped cleanly");
-
-    let text = match fs::read_to_string(&alerts) {
+/// The alerts file, printed; empty when the monitor wrote none.
+fn read_alerts(alerts: &Path) -> Result<String> {
+    let text = match fs::read_to_string(alerts) {
         Ok(text) => text,
         // A monitor may create the file with its first alert.
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -241,8 +304,7 @@ for port in ({allowed_port}, {denied_port}):
     for line in text.lines() {
         println!("  {line}");
     }
-
-    summarise(&text, &undeclared, denied_port)
+    Ok(text)
 }
 
 /// Counts the alerts by kind and checks that exactly the two expected ones

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod lint;
 mod setup;
 mod test;
 mod util;
@@ -41,6 +42,8 @@ enum Command {
     /// Measure the monitor's overhead next to bpftrace, and its lossless event
     /// rate; writes BENCHMARKS.md.
     Bench(bench::Options),
+    /// List every function over ~80 lines in the workspace; fails if any.
+    Lint(lint::Options),
     /// The process `bench` times (internal).
     #[command(hide = true)]
     BenchWorker(bench::WorkerOptions),
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench(options) => bench::run(options),
+        Command::Lint(options) => lint::run(options),
         Command::BenchWorker(options) => bench::worker(options),
     };
     match result {
