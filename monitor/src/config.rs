@@ -1,4 +1,4 @@
-//! The TOML configuration (a contract: see DESIGN.md "Config").
+//! The TOML configuration (a contract: see docs/config.md).
 //!
 //! Every field has a default so that `monitor exec -- CMD` works without a
 //! file, and unknown keys are errors: a misspelt key silently ignored would

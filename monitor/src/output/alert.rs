@@ -1,7 +1,7 @@
 //! The `monitor.alert/v1` object: one JSON line per difference between what an
 //! action declared and what it did.
 //!
-//! The key set and key order are a contract (DESIGN.md, "JSON alert"): log
+//! The key set and key order are a contract (docs/alerts.md): log
 //! pipelines and CI reports parse these lines, so the JSON is built from
 //! `Serialize` structs whose field order *is* the contract order, and every
 //! string goes through serde_json so that quotes, control characters and

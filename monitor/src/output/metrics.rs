@@ -1,4 +1,4 @@
-//! Prometheus metrics (contract: DESIGN.md, "Prometheus metrics") and the
+//! Prometheus metrics (contract: docs/metrics.md) and the
 //! small HTTP endpoint that serves them.
 //!
 //! The server is hand-rolled on tokio: it answers two fixed GET paths, one
