@@ -82,9 +82,7 @@ fn every_config_key_is_documented() {
     let doc = doc("config.md");
     let missing: Vec<String> = keys
         .iter()
-        .filter(|(section, key)| {
-            !doc.contains(&format!("`[{section}]`")) || !mentions(&doc, key)
-        })
+        .filter(|(section, key)| !doc.contains(&format!("`[{section}]`")) || !mentions(&doc, key))
         .map(|(section, key)| format!("{section}.{key}"))
         .collect();
     assert!(missing.is_empty(), "not in docs/config.md: {missing:?}");
