@@ -57,6 +57,48 @@ fn launcher_script(dir: &Path) -> std::path::PathBuf {
     launcher
 }
 
+/// Opens the 8 files of `dir` `BUSY_OPENS` times in all, then `secret`,
+/// from a process in `cgroup`.
+fn start_flood(cgroup: &Path, dir: &Path, secret: &Path) -> std::process::Child {
+    let script = "import os,sys\nd,n,secret=sys.argv[1],int(sys.argv[2]),sys.argv[3]\n\
+                  names=[os.path.join(d,'f%d'%i) for i in range(8)]\n\
+                  for i in range(n):\n  os.close(os.open(names[i%8],os.O_RDONLY))\n\
+                  os.close(os.open(secret,os.O_RDONLY))\n";
+    let args = [
+        dir.display().to_string(),
+        BUSY_OPENS.to_string(),
+        secret.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    in_cgroup(&mut python(script, &args), cgroup)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the flood")
+}
+
+/// Runs a `process-wrapper` spawn in `execroot` that reads `declared` files
+/// and then `secret`.
+fn run_spawn(cgroup: &Path, root: &Path, execroot: &Path, declared: &[&Path], secret: &Path) {
+    let launcher = launcher_script(root);
+    let declared: Vec<String> = declared.iter().map(|p| p.display().to_string()).collect();
+    let out = run_in(
+        cgroup,
+        Command::new(&launcher)
+            .current_dir(execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "cat {} > /dev/null; cat {} > /dev/null",
+                declared.join(" "),
+                secret.display()
+            )),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     require_root();
@@ -66,15 +108,14 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     let unique = tmp.path().join("workspace/unique.txt");
     let spawn_secret = tmp.path().join("secret/spawn.txt");
     let busy_secret = tmp.path().join("secret/busy.txt");
-    write(&unique, "unique");
-    write(&spawn_secret, "s");
-    write(&busy_secret, "s");
+    for file in [&unique, &spawn_secret, &busy_secret] {
+        write(file, "x");
+    }
     let execroot = big_sandbox(tmp.path(), &unique);
     let busy_dir = tmp.path().join("busy");
     for i in 0..8 {
         write(&busy_dir.join(format!("f{i}")), "x");
     }
-
     let busy = parent.child("busy");
     let spawns = parent.child("spawns");
     daemon.declare(
@@ -86,24 +127,7 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     );
     daemon.declare(&spawns.path, "//t:job", "Job", &[], "");
 
-    let script = "import os,sys\nd,n,secret=sys.argv[1],int(sys.argv[2]),sys.argv[3]\n\
-                  names=[os.path.join(d,'f%d'%i) for i in range(8)]\n\
-                  for i in range(n):\n  os.close(os.open(names[i%8],os.O_RDONLY))\n\
-                  os.close(os.open(secret,os.O_RDONLY))\n";
-    let mut flood = in_cgroup(
-        &mut python(
-            script,
-            &[
-                &busy_dir.display().to_string(),
-                &BUSY_OPENS.to_string(),
-                &busy_secret.display().to_string(),
-            ],
-        ),
-        &busy.path,
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("start the flood");
+    let mut flood = start_flood(&busy.path, &busy_dir, &busy_secret);
     // The spawn starts while the flood runs.
     wait_until(Duration::from_secs(20), "the flood to be seen", || {
         metric(
@@ -112,23 +136,13 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
             &[("kind", "file")],
         ) > 10_000.0
     });
-    let launcher = launcher_script(tmp.path());
-    let out = run_in(
+    let in_77 = execroot.join("inputs/in-77");
+    run_spawn(
         &spawns.path,
-        Command::new(&launcher)
-            .current_dir(&execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "cat {} {} > /dev/null; cat {} > /dev/null",
-                unique.display(),
-                execroot.join("inputs/in-77").display(),
-                spawn_secret.display()
-            )),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        tmp.path(),
+        &execroot,
+        &[&unique, &in_77],
+        &spawn_secret,
     );
     assert!(flood.wait().unwrap().success(), "the flood failed");
 
@@ -144,19 +158,34 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     let metrics = daemon.metrics_text();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
+    check_nothing_lost_and_judged_right(
+        &metrics,
+        &alerts,
+        &stderr,
+        [&busy_secret, &spawn_secret, &unique, &busy_dir.join("f0")],
+    );
+}
 
+/// `paths`: the busy action's secret, the spawn's secret, the input only a
+/// complete sandbox walk declares, a declared file of the busy action.
+fn check_nothing_lost_and_judged_right(
+    metrics: &str,
+    alerts: &[serde_json::Value],
+    stderr: &str,
+    [busy_secret, spawn_secret, unique, busy_declared]: [&Path; 4],
+) {
     assert_eq!(
-        metric(&metrics, "build_monitor_events_lost_total", &[]),
+        metric(metrics, "build_monitor_events_lost_total", &[]),
         0.0,
         "events were lost: {stderr}"
     );
-    let file_events = metric(&metrics, "build_monitor_events_total", &[("kind", "file")]);
+    let file_events = metric(metrics, "build_monitor_events_total", &[("kind", "file")]);
     assert!(
         file_events >= BUSY_OPENS as f64,
         "only {file_events} file events"
     );
-    assert_eq!(file_alerts(&alerts, &busy_secret).len(), 1, "{alerts:#?}");
-    let spawn_hits = file_alerts(&alerts, &spawn_secret);
+    assert_eq!(file_alerts(alerts, busy_secret).len(), 1, "{alerts:#?}");
+    let spawn_hits = file_alerts(alerts, spawn_secret);
     assert_eq!(spawn_hits.len(), 1, "{alerts:#?}");
     assert!(
         spawn_hits[0]["action"]["id"]
@@ -168,11 +197,8 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     );
     // Declared only through a link the walk of 100,001 entries had to find.
     assert!(
-        file_alerts(&alerts, &unique).is_empty(),
+        file_alerts(alerts, unique).is_empty(),
         "sandbox read incomplete: {alerts:#?}"
     );
-    assert!(
-        file_alerts(&alerts, &busy_dir.join("f0")).is_empty(),
-        "{alerts:#?}"
-    );
+    assert!(file_alerts(alerts, busy_declared).is_empty(), "{alerts:#?}");
 }

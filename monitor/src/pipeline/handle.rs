@@ -1,7 +1,9 @@
 //! What happens to one decoded event, and to one update from the file-system
 //! side: process facts → registry (which action) → policy (allowed?) →
-//! folder. Runs on the event loop; nothing here blocks (the registry asks
-//! for slow reads as needs, which the loop hands to the watcher side).
+//! folder. Runs on the event loop. The registry asks for slow reads (sandbox
+//! trees, `/proc/<pid>/cwd`) as needs, which the loop hands to the watcher
+//! side; the one read left here is `/proc/<pid>/exe`, once per process that
+//! was not seen exec'ing (a single readlink, cached).
 use std::{
     path::PathBuf,
     sync::Arc,
