@@ -12,21 +12,7 @@ use anyhow::{Context as _, bail};
 /// The cgroup v2 mount point, read from `/proc/self/mountinfo` (hybrid hosts
 /// mount it at `/sys/fs/cgroup/unified`, pure-v2 hosts at `/sys/fs/cgroup`).
 pub fn v2_root() -> anyhow::Result<PathBuf> {
-    let info =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    v2_root_from_mountinfo(&info)
-        .context("no cgroup2 file system is mounted (the monitor needs cgroup v2)")
-}
-
-fn v2_root_from_mountinfo(info: &str) -> Option<PathBuf> {
-    info.lines().find_map(|line| {
-        // "... mountpoint options - fstype source superoptions"
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    testkit::cgroup::v2_root().context("the monitor needs cgroup v2")
 }
 
 /// A cgroup directory's id.
@@ -73,24 +59,12 @@ pub fn children(parent: &Path) -> Vec<(u64, PathBuf)> {
         .collect()
 }
 
-/// Removes an empty cgroup, retrying briefly while its last processes exit.
-pub fn remove(cgroup: &Path) {
-    for _ in 0..50 {
-        match fs::remove_dir(cgroup) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    }
-    log::warn!("could not remove cgroup {}", cgroup.display());
-}
-
-/// Removes `dir` and every cgroup below it, children first.
+/// Removes `dir` and every cgroup below it, children first, retrying
+/// briefly while the last processes exit.
 pub fn remove_tree(dir: &Path) {
-    for (_, child) in children(dir) {
-        remove_tree(&child);
+    if let Err(e) = testkit::cgroup::remove_tree(dir, std::time::Duration::from_secs(1)) {
+        log::warn!("could not remove cgroup {}: {e}", dir.display());
     }
-    remove(dir);
 }
 
 /// Every process in `cgroup` and the cgroups below it.
@@ -109,20 +83,6 @@ pub fn pids_below(cgroup: &Path) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_mountinfo() {
-        let info = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory\n\
-                    36 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            v2_root_from_mountinfo(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            v2_root_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
-            None
-        );
-    }
 
     #[test]
     fn levels_count_components_below_root() {

@@ -9,7 +9,7 @@
 //! that no unmonitored server serves the next build.
 use std::{
     collections::BTreeMap,
-    ffi::{CString, OsString},
+    ffi::OsString,
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
     process::ExitStatus,
@@ -223,26 +223,9 @@ fn stop_leftovers(job: &Path) {
 }
 
 fn spawn_in_cgroup(command: &[OsString], cgroup: &Path) -> anyhow::Result<tokio::process::Child> {
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())?;
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // SAFETY: the closure only makes async-signal-safe syscalls on data
-    // prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    testkit::cgroup::join_on_spawn(cmd.as_std_mut(), cgroup)?;
     Ok(cmd.spawn()?)
 }
 
