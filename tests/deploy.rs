@@ -7,12 +7,15 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use monitor_integration_tests::*;
 use serde_json::Value;
+use testkit::{
+    ports::{Attempt, on_free_port},
+    wait::poll_until,
+};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -62,6 +65,8 @@ impl Drop for Prometheus {
     }
 }
 
+/// Starts Prometheus scraping `target` on a free port; another port if that
+/// one was taken before Prometheus bound it.
 fn start_prometheus(target: SocketAddr) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
     fs::copy(
@@ -77,22 +82,43 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
         ),
     )
     .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(tool("prometheus"))
-        .current_dir(dir.path())
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("start prometheus");
+    let log = dir.path().join("prometheus.log");
+    let (child, addr) = on_free_port(5, |port| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Command::new(tool("prometheus"))
+            .current_dir(dir.path())
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .spawn()?;
+        let ready = poll_until(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            matches!(http_get(addr, "/-/ready"), Some((200, _))).then_some(Ok(()))
+        });
+        let log_text = || fs::read_to_string(&log).unwrap_or_default();
+        match ready {
+            Some(Ok(())) => Ok(Attempt::Started((child, addr))),
+            Some(Err(_)) if log_text().contains("address already in use") => {
+                Ok(Attempt::PortTaken(log_text()))
+            }
+            Some(Err(status)) => anyhow::bail!("prometheus exited ({status}): {}", log_text()),
+            None => {
+                let _ = child.kill();
+                anyhow::bail!("prometheus not ready within 60 s: {}", log_text())
+            }
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     Prometheus {
         child,
         addr,
@@ -102,18 +128,13 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
 
 /// GET a Prometheus API path until `check` accepts the JSON `data`.
 fn wait_for(prom: &Prometheus, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Some((200, body)) = http_get(prom.addr, path) {
-            last = serde_json::from_str(&body).unwrap_or(Value::Null);
-            if check(&last["data"]) {
-                return last;
-            }
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out waiting for {what}; last answer: {last}");
+    poll_until(Duration::from_secs(60), || {
+        let (status, body) = http_get(prom.addr, path)?;
+        last = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status == 200 && check(&last["data"])).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("timed out waiting for {what}; last answer: {last}"))
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! The daemon end to end, as root: real kernel programs, real cgroups, real
 //! processes. Each test has its own parent cgroup and daemon.
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use monitor_integration_tests::*;
 
@@ -27,7 +32,8 @@ fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() 
         Command::new("/usr/bin/cat").arg(&declared).arg(&undeclared),
     );
     assert!(out.status.success(), "cat failed: {out:?}");
-    settle();
+    daemon.wait_for_file_alert(&undeclared);
+    daemon.wait_for_metric("build_monitor_alerts_total", &[("sink", "file")], 1.0);
     let metrics = daemon.metrics_text();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "monitor exit {status}: {stderr}");
@@ -115,7 +121,7 @@ fn relative_opens_after_chdir_and_dirfd_opens_get_absolute_paths() {
         "python failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_file_alert(&other.join("missing.txt"));
     let (_, alerts, _) = daemon.stop();
     for path in [
         work.join("a.txt"),
@@ -176,13 +182,13 @@ fn connects_are_judged_against_the_network_policy() {
         "python failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_metric("build_monitor_events_total", &[("kind", "net")], 3.0);
+    daemon.wait_for_alerts("the denied connect's alert", |a| !net_alerts(a).is_empty());
     let metrics = daemon.metrics_text();
+    // Stopping drains and judges everything: the allowed and declared
+    // connects (traced, as the count shows) raised nothing.
     let (_, alerts, _) = daemon.stop();
-    let net: Vec<_> = alerts
-        .iter()
-        .filter(|a| a["kind"] == "network_egress")
-        .collect();
+    let net = net_alerts(&alerts);
     assert_eq!(
         net.len(),
         1,
@@ -223,13 +229,10 @@ fn ipv6_connects_are_reported() {
         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
         try: s.connect(('::1', int(sys.argv[1])))\n\
         except OSError: pass\n";
-    run_in(&action.path, &mut python(script, &[&port.to_string()]));
-    settle();
+    run_ok_in(&action.path, &mut python(script, &[&port.to_string()]));
+    daemon.wait_for_alerts("the IPv6 connect's alert", |a| !net_alerts(a).is_empty());
     let (_, alerts, _) = daemon.stop();
-    let net: Vec<_> = alerts
-        .iter()
-        .filter(|a| a["kind"] == "network_egress")
-        .collect();
+    let net = net_alerts(&alerts);
     assert_eq!(net.len(), 1, "{alerts:#?}");
     assert_eq!(net[0]["net"]["family"], "inet6");
     assert_eq!(net[0]["net"]["addr"], "::1");
@@ -244,32 +247,55 @@ fn processes_outside_every_action_produce_no_event() {
     let daemon = Daemon::start(&parent.path, "");
     let tmp = tempfile::tempdir().unwrap();
     let secret = tmp.path().join("secret");
+    let inside = tmp.path().join("inside");
     write(&secret, "x");
+    write(&inside, "y");
+    let port = listener();
+    let open_and_connect = "import socket, sys\n\
+        open(sys.argv[1]).read()\n\
+        socket.create_connection(('127.0.0.1', int(sys.argv[2]))).close()\n";
     // Outside every monitored cgroup, and in the parent itself (a parent is
     // not an action).
     let out = Command::new("/usr/bin/cat").arg(&secret).output().unwrap();
     assert!(out.status.success());
-    let out = run_in(&parent.path, Command::new("/usr/bin/cat").arg(&secret));
-    assert!(out.status.success());
-    let port = listener();
-    run_in(
+    run_ok_in(&parent.path, Command::new("/usr/bin/cat").arg(&secret));
+    let port_arg = port.to_string();
+    let secret_arg = secret.to_str().unwrap();
+    run_ok_in(
         &parent.path,
-        &mut python(
-            "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])))",
-            &[&port.to_string()],
-        ),
+        &mut python(open_and_connect, &[secret_arg, &port_arg]),
     );
-    settle();
+    // Positive control, after them in the same run: the same work inside an
+    // action is seen. Events are read in order, so once the control's are
+    // judged, the outside ones would have been counted.
+    let action = parent.child("inside-1");
+    daemon.declare(&action.path, "//pkg:inside", "Genrule", &[], "");
+    let inside_arg = inside.to_str().unwrap();
+    run_ok_in(
+        &action.path,
+        &mut python(open_and_connect, &[inside_arg, &port_arg]),
+    );
+    daemon.wait_for_alerts("the control's file and connect alerts", |a| {
+        !file_alerts(a, &inside).is_empty() && !net_alerts(a).is_empty()
+    });
     let metrics = daemon.metrics_text();
     let (_, alerts, _) = daemon.stop();
-    assert!(alerts.is_empty(), "{alerts:#?}");
-    for kind in ["file", "net", "exec", "exit"] {
+    assert_eq!(alerts.len(), 2, "only the control alerts: {alerts:#?}");
+    assert!(
+        alerts.iter().all(|a| a["action"]["id"] == "inside-1"),
+        "{alerts:#?}"
+    );
+    assert_eq!(file_alerts(&alerts, &inside).len(), 1, "{alerts:#?}");
+    assert!(file_alerts(&alerts, &secret).is_empty(), "{alerts:#?}");
+    // The control's one process and one connect, nothing from outside.
+    for kind in ["exec", "net"] {
         assert_eq!(
             metric(&metrics, "build_monitor_events_total", &[("kind", kind)]),
-            0.0,
-            "{kind} events seen"
+            1.0,
+            "{kind} events other than the control's seen"
         );
     }
+    assert!(metric(&metrics, "build_monitor_events_total", &[("kind", "exit")]) <= 1.0);
 }
 
 #[test]
@@ -283,9 +309,8 @@ fn nested_cgroups_stay_attributed_to_their_action() {
     let tmp = tempfile::tempdir().unwrap();
     let secret = tmp.path().join("secret");
     write(&secret, "x");
-    let out = run_in(&inner.path, Command::new("/usr/bin/cat").arg(&secret));
-    assert!(out.status.success());
-    settle();
+    run_ok_in(&inner.path, Command::new("/usr/bin/cat").arg(&secret));
+    daemon.wait_for_file_alert(&secret);
     let (_, alerts, _) = daemon.stop();
     let hits = file_alerts(&alerts, &secret);
     assert_eq!(hits.len(), 1, "{alerts:#?}");
@@ -312,9 +337,11 @@ fn events_wait_for_a_declaration_that_arrives_late() {
         &action.path,
         Command::new("/usr/bin/cat").arg(&declared).arg(&undeclared),
     );
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // cat's exit comes after its opens: once it is counted, they are held
+    // waiting for the declaration.
+    daemon.wait_for_metric("build_monitor_events_total", &[("kind", "exit")], 1.0);
     daemon.declare(&action.path, "//pkg:late", "Genrule", &[&declared], "");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    daemon.wait_for_file_alert(&undeclared);
     let (_, alerts, _) = daemon.stop();
     assert!(
         file_alerts(&alerts, &declared).is_empty(),
@@ -342,8 +369,13 @@ fn repeats_fold_into_one_alert_with_a_count() {
             .arg(&secret)
             .arg(&secret),
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // SIGTERM before the fold window ends: pending alerts must be flushed.
+    // All three opens are judged; SIGTERM before the 2 s fold window ends:
+    // the pending alert must be flushed.
+    daemon.wait_for_metric(
+        "build_monitor_violations_total",
+        &[("kind", "undeclared_file")],
+        3.0,
+    );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let hits = file_alerts(&alerts, &secret);
@@ -381,7 +413,9 @@ fn odd_paths_are_escaped_or_marked_never_dropped() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_alerts("the over-long path's alert", |a| {
+        a.iter().any(|a| a["file"]["result"] == -36)
+    });
     let (_, alerts, _) = daemon.stop();
     let base = tmp.path().display().to_string();
     let paths: Vec<&str> = alerts
@@ -448,10 +482,38 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     assert_eq!(alerts[0]["net"]["port"], denied);
     assert_eq!(alerts[0]["action"]["mnemonic"], "Command");
 
-    // File opens of the command tree are not judged, and a clean command
-    // passes its own exit status through.
+    // File opens of the command tree are not judged: /etc/shadow raises
+    // nothing, while the connect after it in the same run (the control) is
+    // reported.
+    let shadow_then_connect =
+        format!("cat /etc/shadow > /dev/null && /usr/bin/python3 -S -c \"{script}\"");
+    let report = tmp.path().join("report2.json");
     let out = Command::new(monitor_bin())
-        .args(["exec", "--", "/usr/bin/cat", "/etc/shadow"])
+        .args(["exec", "--report"])
+        .arg(&report)
+        .args(["--", "/bin/sh", "-c", &shadow_then_connect])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let alerts = report["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "only the connect: {report:#}");
+    assert_eq!(alerts[0]["kind"], "network_egress");
+
+    // A command without violations passes its own exit status through.
+    let out = Command::new(monitor_bin())
+        .args(["exec", "--", "/bin/sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(monitor_bin())
+        .args(["exec", "--", "/bin/true"])
         .output()
         .unwrap();
     assert_eq!(
@@ -460,11 +522,6 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(monitor_bin())
-        .args(["exec", "--", "/bin/sh", "-c", "exit 7"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(7));
 }
 
 /// The raw-tracepoint fallback (for kernels that refuse BTF tracepoints)
@@ -493,17 +550,14 @@ fn raw_tracepoint_fallback_reports_files_and_connects() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_alerts("the connect's alert", |a| !net_alerts(a).is_empty());
     let (_, alerts, stderr) = daemon.stop();
     assert!(
         stderr.contains("via Raw syscall hook"),
         "fallback not used: {stderr}"
     );
     assert_eq!(file_alerts(&alerts, &secret).len(), 1, "{alerts:#?}");
-    let net: Vec<_> = alerts
-        .iter()
-        .filter(|a| a["kind"] == "network_egress")
-        .collect();
+    let net = net_alerts(&alerts);
     assert_eq!(net.len(), 1, "{alerts:#?}");
     assert_eq!(net[0]["net"]["port"], denied);
 }
@@ -577,8 +631,9 @@ fn lineage_actions_are_judged_against_their_sandbox() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_file_alert(&sb.undeclared);
     let metrics = daemon.metrics_text();
+    // Stopping drains and judges the rest (the symlink target's open).
     let (_, alerts, stderr) = daemon.stop();
     assert!(
         file_alerts(&alerts, &sb.execroot.join("pkg/in.txt")).is_empty(),
@@ -620,22 +675,33 @@ fn bazel7_spawn_cgroups_are_actions_tied_to_their_sandbox() {
     let slice = parent.child("blaze_4242_spawns.slice");
     let scope = slice.child("sandbox_9.scope");
     let sb = fake_sandbox("linux-sandbox", 9);
-    let out = run_in(
-        &scope.path,
+    // The monitor finds the sandbox through the first process's working
+    // directory: the shell waits on stdin until its first opens (the
+    // loader's) have been counted, so it is still alive when they are
+    // routed.
+    let mut shell = in_cgroup(
         Command::new("/bin/sh")
             .current_dir(&sb.execroot)
             .arg("-c")
             .arg(format!(
-                "sleep 0.3; cat pkg/in.txt {} > /dev/null",
+                "read go; cat pkg/in.txt {} > /dev/null",
                 sb.undeclared.display()
             )),
-    );
+        &scope.path,
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    daemon.wait_for_metric("build_monitor_events_total", &[("kind", "file")], 1.0);
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = shell.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_file_alert(&sb.undeclared);
     let (_, alerts, _) = daemon.stop();
     assert!(
         file_alerts(&alerts, &sb.execroot.join("pkg/in.txt")).is_empty(),
@@ -673,7 +739,7 @@ fn io_uring_use_is_reported() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle();
+    daemon.wait_for_metric("build_monitor_events_total", &[("kind", "io_uring")], 1.0);
     let metrics = daemon.metrics_text();
     let (_, _, stderr) = daemon.stop();
     assert_eq!(

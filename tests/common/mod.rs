@@ -1,17 +1,22 @@
 //! Helpers shared by the integration tests: a real monitor daemon started
-//! from its binary, real cgroups, processes placed in them, and raw HTTP to
-//! the metrics endpoint. Tests panic (not `Result`) to keep backtraces.
+//! from its binary, real cgroups and processes placed in them. The general
+//! pieces live in `testkit`; these are thin, test-shaped wrappers that panic
+//! (not `Result`) to keep backtraces.
 use std::{
-    ffi::CString,
     fs,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, ExitStatus, Output, Stdio},
+    time::Duration,
 };
+
+use serde_json::Value;
+use testkit::{cgroup, http, monitor::Monitor};
+pub use testkit::{prom::Metrics, wait::wait_until};
+
+/// How long a test waits for something the monitor should do within a fold
+/// window or two: generous for a loaded machine, yet a failure still ends.
+pub const PATIENCE: Duration = Duration::from_secs(15);
 
 /// The monitor binary: `MONITOR_BIN` (set by `cargo xtask test`), else the
 /// one next to this test executable's target directory.
@@ -46,16 +51,7 @@ pub fn require_root() {
 }
 
 pub fn cgroup2_root() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .expect("cgroup2 must be mounted")
+    cgroup::v2_root().expect("cgroup2 must be mounted")
 }
 
 /// A cgroup that is removed (children first) when dropped.
@@ -65,7 +61,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(path: PathBuf) -> TestCgroup {
-        let _ = remove_tree(&path);
+        let _ = cgroup::remove_tree(&path, Duration::from_secs(2));
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         TestCgroup { path }
     }
@@ -77,26 +73,8 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = remove_tree(&self.path);
+        let _ = cgroup::remove_tree(&self.path, Duration::from_secs(2));
     }
-}
-
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    for entry in fs::read_dir(path)?.flatten() {
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            remove_tree(&entry.path())?;
-        }
-    }
-    for _ in 0..100 {
-        if fs::remove_dir(path).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    fs::remove_dir(path)
 }
 
 /// Makes `cmd` move itself into `cgroup` before exec. The environment is
@@ -106,23 +84,8 @@ pub fn in_cgroup<'a>(cmd: &'a mut Command, cgroup: &Path) -> &'a mut Command {
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("LC_ALL", "C");
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
-    // SAFETY: only async-signal-safe syscalls on data prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
+    cgroup::join_on_spawn(cmd, cgroup).unwrap();
+    cmd
 }
 
 /// Runs `cmd` inside `cgroup` and returns its output (panics if it could not
@@ -133,6 +96,17 @@ pub fn run_in(cgroup: &Path, cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
+/// As `run_in`, and the command must succeed.
+pub fn run_ok_in(cgroup: &Path, cmd: &mut Command) {
+    let out = run_in(cgroup, cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `/usr/bin/python3 -S -c SCRIPT ARGS…` (system python: its files are under
 /// the default `files.allow`).
 pub fn python(script: &str, args: &[&str]) -> Command {
@@ -141,68 +115,36 @@ pub fn python(script: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// A loopback port that was free a moment ago (for connects that must find
+/// nobody listening; daemons get theirs through `testkit::ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::ports::free_port().unwrap()
 }
 
 /// A loopback listener that accepts and closes connections in the
 /// background for as long as the test runs.
 pub fn listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            drop(conn);
-        }
-    });
-    port
+    testkit::ports::listener().unwrap()
 }
 
-/// Plain HTTP/1.0 GET; returns (status code, body).
+/// Plain HTTP GET to loopback; (status code, body), `None` if it failed.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    http::get(addr, path, Duration::from_secs(5)).ok()
 }
 
-/// Value of one sample in Prometheus text format, e.g.
+/// Value of one series in Prometheus text format, e.g.
 /// `metric(body, "build_monitor_events_total", &[("kind", "file")])`;
 /// 0 when the series is absent.
 pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
+    testkit::prom::sum(body, name, labels)
 }
 
 /// A running `monitor run` with its own config, alert file and metrics port.
 pub struct Daemon {
-    pub child: Child,
+    monitor: Monitor,
     pub dir: tempfile::TempDir,
-    pub alerts: PathBuf,
     pub metrics: SocketAddr,
     pub declarations: PathBuf,
-    pub stderr: PathBuf,
 }
 
 impl Daemon {
@@ -228,59 +170,36 @@ impl Daemon {
         let alerts = dir.path().join("alerts.jsonl");
         let declarations = dir.path().join("declarations");
         fs::create_dir_all(&declarations).unwrap();
-        let port = free_port();
-        let config = dir.path().join("monitor.toml");
-        fs::write(
-            &config,
+        let config = |metrics: SocketAddr| {
             format!(
                 "[attribution]\ncgroup_parents = [\"{}\"]\ndeclarations_dir = \"{}\"\ndeclaration_wait_ms = 1500\n\
                  [alerts]\nstdout = false\nfile = \"{}\"\nfold_window_ms = {fold_window_ms}\n\
-                 [metrics]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n",
+                 [metrics]\nlisten = \"{metrics}\"\n{extra}\n",
                 parent.display(),
                 declarations.display(),
                 alerts.display()
-            ),
-        )
-        .unwrap();
-        let stderr = dir.path().join("stderr.txt");
-        let child = Command::new(monitor_bin())
-            .envs(env.iter().copied())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start monitor");
-        let mut daemon = Daemon {
-            child,
-            dir,
-            alerts,
-            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
-            declarations,
-            stderr,
+            )
         };
-        daemon.wait_healthy();
-        daemon
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "monitor exited early ({status}): {}",
-                    fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            if let Some((200, _)) = http_get(self.metrics, "/healthz") {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
+        let base = || {
+            let mut cmd = Command::new(monitor_bin());
+            cmd.envs(env.iter().copied()).stdout(Stdio::null());
+            cmd
+        };
+        let monitor = Monitor::start(
+            base,
+            dir.path(),
+            "monitor",
+            config,
+            &alerts,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        Daemon {
+            metrics: monitor.metrics,
+            monitor,
+            dir,
+            declarations,
         }
-        panic!(
-            "monitor did not become healthy: {}",
-            fs::read_to_string(&self.stderr).unwrap_or_default()
-        );
     }
 
     /// Writes a declaration file for `cgroup`.
@@ -309,43 +228,43 @@ impl Daemon {
     }
 
     pub fn metrics_text(&self) -> String {
-        let (status, body) = http_get(self.metrics, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200);
-        body
+        self.monitor
+            .metrics_text()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until the sum of series `name` with `labels` reaches `at_least`;
+    /// the metrics then.
+    pub fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> Metrics {
+        let what = format!("{name}{labels:?} >= {at_least}");
+        self.monitor
+            .wait_for_metrics(PATIENCE, &what, |m| m.sum(name, labels) >= at_least)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until the alerts written so far satisfy `condition`.
+    pub fn wait_for_alerts(&self, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        self.monitor
+            .wait_for_alerts(PATIENCE, what, condition)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until an undeclared-file alert for `path` has been written.
+    pub fn wait_for_file_alert(&self, path: &Path) -> Vec<Value> {
+        self.wait_for_alerts(&format!("an alert for {}", path.display()), |a| {
+            !file_alerts(a, path).is_empty()
+        })
     }
 
     /// SIGTERM, wait for exit; returns the exit status and every alert
     /// written.
-    pub fn stop(mut self) -> (ExitStatus, Vec<serde_json::Value>, String) {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let alerts = read_alerts(&self.alerts);
-        let stderr = fs::read_to_string(&self.stderr).unwrap_or_default();
-        (status, alerts, stderr)
+    pub fn stop(self) -> (ExitStatus, Vec<Value>, String) {
+        let stopped = self
+            .monitor
+            .stop(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (stopped.status, stopped.alerts, stopped.stderr)
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn read_alerts(path: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {l}"))
-        })
-        .collect()
-}
-
-/// Waits until the folded alerts of the window have been written.
-pub fn settle() {
-    thread::sleep(Duration::from_millis(800));
 }
 
 /// A parent cgroup unique to one test.
@@ -353,10 +272,17 @@ pub fn test_parent(test: &str) -> TestCgroup {
     TestCgroup::create(cgroup2_root().join(format!("monitor-it-{}-{test}", std::process::id())))
 }
 
-pub fn file_alerts<'a>(alerts: &'a [serde_json::Value], path: &Path) -> Vec<&'a serde_json::Value> {
+pub fn file_alerts<'a>(alerts: &'a [Value], path: &Path) -> Vec<&'a Value> {
     let p = path.display().to_string();
     alerts
         .iter()
         .filter(|a| a["kind"] == "undeclared_file" && a["file"]["path"] == p.as_str())
+        .collect()
+}
+
+pub fn net_alerts(alerts: &[Value]) -> Vec<&Value> {
+    alerts
+        .iter()
+        .filter(|a| a["kind"] == "network_egress")
         .collect()
 }
