@@ -84,40 +84,9 @@ impl Monitor {
         })
     }
 
-    /// Waits until `/healthz` answers 200 (the kernel programs are attached);
-    /// fails early if the monitor exits.
+    /// Waits until `/healthz` answers 200; fails early if the monitor exits.
     fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let addr = self.metrics;
-        let mut last = String::from("no answer yet");
-        let outcome = poll_until(timeout, || {
-            match self.daemon.try_wait() {
-                Ok(Some(status)) => return Some(Err(status)),
-                Ok(None) => {}
-                Err(error) => last = format!("{error:#}"),
-            }
-            match http::get(addr, "/healthz", Duration::from_secs(2)) {
-                Ok((200, _)) => Some(Ok(())),
-                Ok((code, body)) => {
-                    last = format!("HTTP {code}: {}", body.trim());
-                    None
-                }
-                Err(error) => {
-                    last = format!("{error:#}");
-                    None
-                }
-            }
-        });
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(status)) => bail!(
-                "the monitor exited ({status}) before http://{addr}/healthz answered: {}",
-                self.stderr_text()
-            ),
-            None => bail!(
-                "http://{addr}/healthz did not answer 200 within {timeout:?} (last: {last}): {}",
-                self.stderr_text()
-            ),
-        }
+        wait_healthz(&mut self.daemon, self.metrics, timeout).with_context(|| self.stderr_text())
     }
 
     /// What the monitor has printed to stderr so far.
@@ -193,6 +162,34 @@ impl Monitor {
             alerts: read_alerts(&self.alerts)?,
             stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
         })
+    }
+}
+
+/// Waits until `GET /healthz` on `addr` answers 200 (the monitor serves it
+/// once its kernel programs are attached); fails early, with the exit
+/// status, if `daemon` exits first.
+pub fn wait_healthz(daemon: &mut Daemon, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let mut last = String::from("no answer yet");
+    let outcome = poll_until(timeout, || {
+        match daemon.try_wait() {
+            Ok(Some(status)) => return Some(Err(status)),
+            Ok(None) => {}
+            Err(error) => last = format!("{error:#}"),
+        }
+        match http::get(addr, "/healthz", Duration::from_secs(2)) {
+            Ok((200, _)) => return Some(Ok(())),
+            Ok((code, body)) => last = format!("HTTP {code}: {}", body.trim()),
+            Err(error) => last = format!("{error:#}"),
+        }
+        None
+    });
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(status)) => bail!(
+            "{} exited ({status}) before http://{addr}/healthz answered",
+            daemon.name()
+        ),
+        None => bail!("http://{addr}/healthz did not answer 200 within {timeout:?} (last: {last})"),
     }
 }
 
