@@ -10,7 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::{cgroup, wait::poll_until};
+use testkit::cgroup;
+pub use testkit::wait::poll_until;
 pub use testkit::{
     cgroup::join_on_spawn as join_cgroup_on_spawn, daemon::Daemon,
     http::metrics_text as get_metrics, monitor::wait_healthz, ports::free_port,
