@@ -1,7 +1,7 @@
 //! CLI contract: configuration errors exit 2 with file, line and key.
 use std::{fs, process::Command};
 
-use monitor_integration_tests::monitor_bin;
+use monitor_integration_tests::{assert_exit, monitor_bin, run_monitor};
 
 fn check_config(text: &str) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,39 +60,23 @@ fn check_config_prints_the_effective_config() {
 
 #[test]
 fn missing_config_file_exits_2() {
-    let out = Command::new(monitor_bin())
-        .args(["run", "--config", "/nonexistent/monitor.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = run_monitor(["run", "--config", "/nonexistent/monitor.toml"]);
+    assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/monitor.toml"));
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(monitor_bin()).args(["exec"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(monitor_bin())
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_exit(&run_monitor(["exec"]), 2);
+    let out = run_monitor(["--version"]);
+    assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("monitor "));
 }
 
 #[test]
 fn shipped_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/monitor.toml");
-    let out = Command::new(monitor_bin())
-        .arg("check-config")
-        .arg(example)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_monitor(["check-config", example]);
+    assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("/run/monitor/declarations"));
 }

@@ -27,11 +27,10 @@ fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() 
     write(&undeclared, "secret");
     daemon.declare(&action.path, "//pkg:hello", "Genrule", &[&declared], "");
 
-    let out = run_in(
+    run_ok_in(
         &action.path,
         Command::new("/usr/bin/cat").arg(&declared).arg(&undeclared),
     );
-    assert!(out.status.success(), "cat failed: {out:?}");
     daemon.wait_for_file_alert(&undeclared);
     daemon.wait_for_metric("build_monitor_alerts_total", &[("sink", "file")], 1.0);
     let metrics = daemon.metrics_text();
@@ -112,14 +111,9 @@ fn relative_opens_after_chdir_and_dirfd_opens_get_absolute_paths() {
         try: os.open('missing.txt', os.O_RDONLY, dir_fd=d)\n\
         except FileNotFoundError: pass\n";
     let other = tmp.path().join("other");
-    let out = run_in(
+    run_ok_in(
         &action.path,
         &mut python(script, &[work.to_str().unwrap(), other.to_str().unwrap()]),
-    );
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     daemon.wait_for_file_alert(&other.join("missing.txt"));
     let (_, alerts, _) = daemon.stop();
@@ -166,7 +160,7 @@ fn connects_are_judged_against_the_network_policy() {
     );
     let script = "import socket, sys\n\
         for p in sys.argv[1:]:\n    socket.create_connection(('127.0.0.1', int(p))).close()\n";
-    let out = run_in(
+    run_ok_in(
         &action.path,
         &mut python(
             script,
@@ -176,11 +170,6 @@ fn connects_are_judged_against_the_network_policy() {
                 &declared_port.to_string(),
             ],
         ),
-    );
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     daemon.wait_for_metric("build_monitor_events_total", &[("kind", "net")], 3.0);
     daemon.wait_for_alerts("the denied connect's alert", |a| !net_alerts(a).is_empty());
@@ -404,14 +393,9 @@ fn odd_paths_are_escaped_or_marked_never_dropped() {
         open(b'leaf.txt', 'wb').close()\n\
         try: os.open(b'/' + b'x' * 5000, os.O_RDONLY)\n\
         except OSError: pass\n";
-    let out = run_in(
+    run_ok_in(
         &action.path,
         &mut python(script, &[tmp.path().to_str().unwrap()]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     daemon.wait_for_alerts("the over-long path's alert", |a| {
         a.iter().any(|a| a["file"]["result"] == -36)
@@ -502,26 +486,8 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     assert_eq!(alerts[0]["kind"], "network_egress");
 
     // A command without violations passes its own exit status through.
-    let out = Command::new(monitor_bin())
-        .args(["exec", "--", "/bin/sh", "-c", "exit 7"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(monitor_bin())
-        .args(["exec", "--", "/bin/true"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&run_monitor(["exec", "--", "/bin/sh", "-c", "exit 7"]), 7);
+    assert_exit(&run_monitor(["exec", "--", "/bin/true"]), 0);
 }
 
 /// The raw-tracepoint fallback (for kernels that refuse BTF tracepoints)
@@ -541,14 +507,9 @@ fn raw_tracepoint_fallback_reports_files_and_connects() {
         os.chdir(os.path.dirname(sys.argv[1]))\n\
         open(os.path.basename(sys.argv[1])).read()\n\
         socket.create_connection(('127.0.0.1', int(sys.argv[2]))).close()\n";
-    let out = run_in(
+    run_ok_in(
         &action.path,
         &mut python(script, &[secret.to_str().unwrap(), &denied.to_string()]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     daemon.wait_for_alerts("the connect's alert", |a| !net_alerts(a).is_empty());
     let (_, alerts, stderr) = daemon.stop();
@@ -616,7 +577,7 @@ fn lineage_actions_are_judged_against_their_sandbox() {
     )
     .unwrap();
     let undeclared = sb.undeclared.display().to_string();
-    let out = run_in(
+    run_ok_in(
         &job.path,
         Command::new(&launcher)
             .current_dir(&sb.execroot)
@@ -625,11 +586,6 @@ fn lineage_actions_are_judged_against_their_sandbox() {
                 "cat pkg/in.txt > /dev/null; (cat {undeclared}) > /dev/null; cat {} > /dev/null",
                 sb.source.display()
             )),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     daemon.wait_for_file_alert(&sb.undeclared);
     let metrics = daemon.metrics_text();
@@ -733,12 +689,7 @@ fn io_uring_use_is_reported() {
         fd = libc.syscall(425, 4, params)\n\
         assert fd >= 0, os.strerror(ctypes.get_errno())\n\
         os.close(fd)\n";
-    let out = run_in(&action.path, &mut python(script, &[]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok_in(&action.path, &mut python(script, &[]));
     daemon.wait_for_metric("build_monitor_events_total", &[("kind", "io_uring")], 1.0);
     let metrics = daemon.metrics_text();
     let (_, _, stderr) = daemon.stop();

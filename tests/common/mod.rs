@@ -39,6 +39,24 @@ pub fn monitor_bin() -> PathBuf {
     bin
 }
 
+/// Runs the monitor binary with `args`; its output.
+pub fn run_monitor<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> Output {
+    Command::new(monitor_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running the monitor: {e}"))
+}
+
+/// Asserts that `out` is an exit with `code`, showing stderr if not.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Integration tests load eBPF programs: without root they must fail, never
 /// pass silently.
 pub fn require_root() {
