@@ -27,7 +27,8 @@ use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
-        output, target_dir, wait_healthz, wait_until_tracing, workspace_root, write_atomic,
+        output, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
+        workspace_root, write_atomic,
     },
 };
 
@@ -485,9 +486,13 @@ listen = "{addr}"
             );
             thread::sleep(Duration::from_millis(50));
         }
-        // "Attaching N probes..." is printed just before the probes are
-        // attached; give the attach a moment.
-        thread::sleep(Duration::from_millis(500));
+        wait_until_bpftrace_prints(
+            &mut daemon,
+            &stdout_path,
+            &self.action_cgroup,
+            &self.tmp.join("bpftrace-probe.txt"),
+            Duration::from_secs(20),
+        )?;
         Ok((daemon, stdout_path))
     }
 }

@@ -171,10 +171,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// Waits until the monitor really traces `cgroup`: `/healthz` may answer as
 /// soon as the metrics listener is up, before the kernel programs are
-/// attached. Runs `cargo xtask bench-worker` (this binary) in `cgroup` to open
-/// `path` once, until `build_monitor_events_total{kind="file"}` moves; `path`
-/// should be one the action may open (declared), so that no alert is raised.
-/// Returns how many probe opens were issued.
+/// attached. Probes (see [`probe_until`]) until
+/// `build_monitor_events_total{kind="file"}` moves; `path` should be one the
+/// action may open (declared), so that no alert is raised. Returns how many
+/// probe opens were issued.
 pub fn wait_until_tracing(
     daemon: &mut Daemon,
     addr: SocketAddr,
@@ -182,7 +182,6 @@ pub fn wait_until_tracing(
     path: &Path,
     timeout: Duration,
 ) -> Result<u64> {
-    let exe = std::env::current_exe().context("locating the xtask binary (current_exe)")?;
     let file_events = || -> Result<f64> {
         let text = get_metrics(addr)?;
         Ok(metric_sum(
@@ -192,6 +191,47 @@ pub fn wait_until_tracing(
         ))
     };
     let before = file_events()?;
+    probe_until(
+        daemon,
+        cgroup,
+        path,
+        timeout,
+        || Ok(file_events()? > before),
+    )
+    .context("build_monitor_events_total{kind=\"file\"} did not move")
+}
+
+/// Waits until bpftrace (`daemon`, printing `pid path ret` lines to
+/// `stdout`) has attached: "Attaching N probes" is printed just before the
+/// attach, so probes (see [`probe_until`]) open `probe`, a file created here
+/// that the measured runs never open, until a line for it is printed.
+pub fn wait_until_bpftrace_prints(
+    daemon: &mut Daemon,
+    stdout: &Path,
+    cgroup: &Path,
+    probe: &Path,
+    timeout: Duration,
+) -> Result<u64> {
+    fs::write(probe, "probe\n").with_context(|| format!("writing {}", probe.display()))?;
+    let needle = format!(" {} ", probe.display());
+    probe_until(daemon, cgroup, probe, timeout, || {
+        Ok(fs::read_to_string(stdout).is_ok_and(|text| text.contains(&needle)))
+    })
+    .with_context(|| format!("bpftrace printed no line for {}", probe.display()))
+}
+
+/// Runs `cargo xtask bench-worker` (this binary) in `cgroup` to open `path`
+/// once, then polls `seen` for up to a second (the tracer drains its buffer
+/// every few milliseconds), again until `seen` holds or `timeout` passes.
+/// Returns how many probe opens were issued.
+fn probe_until(
+    daemon: &mut Daemon,
+    cgroup: &Path,
+    path: &Path,
+    timeout: Duration,
+    mut seen: impl FnMut() -> Result<bool>,
+) -> Result<u64> {
+    let exe = std::env::current_exe().context("locating the xtask binary (current_exe)")?;
     let deadline = Instant::now() + timeout;
     let mut probes = 0;
     loop {
@@ -213,17 +253,17 @@ pub fn wait_until_tracing(
             .stdout(Stdio::null());
         exec(&mut probe).context("running the readiness probe")?;
         probes += 1;
-        // The monitor drains its ring buffer every few milliseconds.
-        let moved = poll_until(Duration::from_secs(1), || {
-            file_events().ok().filter(|&n| n > before)
+        let mut last = Ok(false);
+        poll_until(Duration::from_secs(1), || {
+            last = seen();
+            (!matches!(last, Ok(false))).then_some(())
         });
-        if moved.is_some() {
+        if last? {
             return Ok(probes);
         }
         if Instant::now() >= deadline {
             bail!(
-                "{} counted none of {probes} probe opens of {} from cgroup {} within {timeout:?} \
-                 (build_monitor_events_total{{kind=\"file\"}} did not move)",
+                "{} traced none of {probes} probe opens of {} from cgroup {} within {timeout:?}",
                 daemon.name(),
                 path.display(),
                 cgroup.display()
