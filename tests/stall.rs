@@ -5,31 +5,15 @@
 //! action's one undeclared open is reported once).
 use std::{
     fs,
-    os::unix::fs::{PermissionsExt as _, symlink},
+    os::unix::fs::symlink,
     path::Path,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use monitor_integration_tests::*;
 
 const SANDBOX_ENTRIES: usize = 100_000;
 const BUSY_OPENS: usize = 200_000;
-
-fn write(path: &Path, text: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
-
-/// Polls `condition` until it holds or `limit` passes.
-fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A processwrapper-style sandbox with `SANDBOX_ENTRIES` symlinks to one
 /// shared input, and one more to `unique` (found only by a complete walk).
@@ -44,17 +28,6 @@ fn big_sandbox(root: &Path, unique: &Path) -> std::path::PathBuf {
     }
     symlink(unique, inputs.join("the-one")).unwrap();
     execroot
-}
-
-fn launcher_script(dir: &Path) -> std::path::PathBuf {
-    let launcher = dir.join("process-wrapper");
-    fs::write(
-        &launcher,
-        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755)).unwrap();
-    launcher
 }
 
 /// Opens the 8 files of `dir` `BUSY_OPENS` times in all, then `secret`,
@@ -79,9 +52,9 @@ fn start_flood(cgroup: &Path, dir: &Path, secret: &Path) -> std::process::Child 
 /// Runs a `process-wrapper` spawn in `execroot` that reads `declared` files
 /// and then `secret`.
 fn run_spawn(cgroup: &Path, root: &Path, execroot: &Path, declared: &[&Path], secret: &Path) {
-    let launcher = launcher_script(root);
+    let launcher = process_wrapper(root);
     let declared: Vec<String> = declared.iter().map(|p| p.display().to_string()).collect();
-    let out = run_in(
+    run_ok_in(
         cgroup,
         Command::new(&launcher)
             .current_dir(execroot)
@@ -91,11 +64,6 @@ fn run_spawn(cgroup: &Path, root: &Path, execroot: &Path, declared: &[&Path], se
                 declared.join(" "),
                 secret.display()
             )),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -129,13 +97,7 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
 
     let mut flood = start_flood(&busy.path, &busy_dir, &busy_secret);
     // The spawn starts while the flood runs.
-    wait_until(Duration::from_secs(20), "the flood to be seen", || {
-        metric(
-            &daemon.metrics_text(),
-            "build_monitor_events_total",
-            &[("kind", "file")],
-        ) > 10_000.0
-    });
+    daemon.wait_for_metric("build_monitor_events_total", &[("kind", "file")], 10_001.0);
     let in_77 = execroot.join("inputs/in-77");
     run_spawn(
         &spawns.path,
@@ -146,15 +108,10 @@ fn a_huge_sandbox_read_while_another_action_floods_loses_nothing() {
     );
     assert!(flood.wait().unwrap().success(), "the flood failed");
 
-    wait_until(
-        Duration::from_secs(30),
-        "both undeclared opens alerted",
-        || {
-            let alerts = read_alerts(&daemon.alerts);
-            !file_alerts(&alerts, &spawn_secret).is_empty()
-                && !file_alerts(&alerts, &busy_secret).is_empty()
-        },
-    );
+    daemon.wait_for_alerts("both undeclared opens alerted", |alerts| {
+        !file_alerts(alerts, &spawn_secret).is_empty()
+            && !file_alerts(alerts, &busy_secret).is_empty()
+    });
     let metrics = daemon.metrics_text();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");

@@ -16,7 +16,7 @@ pub use testkit::{prom::Metrics, wait::wait_until};
 
 /// How long a test waits for something the monitor should do within a fold
 /// window or two: generous for a loaded machine, yet a failure still ends.
-pub const PATIENCE: Duration = Duration::from_secs(15);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The monitor binary: `MONITOR_BIN` (set by `cargo xtask test`), else the
 /// one next to this test executable's target directory.
