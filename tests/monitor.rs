@@ -3,16 +3,10 @@
 use std::{
     fs,
     io::Write as _,
-    path::Path,
     process::{Command, Stdio},
 };
 
 use monitor_integration_tests::*;
-
-fn write(path: &Path, text: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
 
 #[test]
 fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() {
@@ -565,17 +559,7 @@ fn lineage_actions_are_judged_against_their_sandbox() {
     daemon.declare(&job.path, "//ci:job", "Job", &[], "");
     let sb = fake_sandbox("processwrapper-sandbox", 5);
     let bin = tempfile::tempdir().unwrap();
-    let launcher = bin.path().join("process-wrapper");
-    fs::write(
-        &launcher,
-        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(
-        &launcher,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let launcher = process_wrapper(bin.path());
     let undeclared = sb.undeclared.display().to_string();
     run_ok_in(
         &job.path,

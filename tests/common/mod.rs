@@ -285,6 +285,29 @@ impl Daemon {
     }
 }
 
+/// Writes `text` to `path`, creating its directory.
+pub fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// A stand-in for Bazel's sandbox launcher: a script named `process-wrapper`
+/// in `dir` that skips its options up to `--` and execs the rest.
+pub fn process_wrapper(dir: &Path) -> PathBuf {
+    let launcher = dir.join("process-wrapper");
+    fs::write(
+        &launcher,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        &launcher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    launcher
+}
+
 /// A parent cgroup unique to one test.
 pub fn test_parent(test: &str) -> TestCgroup {
     TestCgroup::create(cgroup2_root().join(format!("monitor-it-{}-{test}", std::process::id())))
