@@ -687,3 +687,54 @@ fn io_uring_use_is_reported() {
     );
     assert!(stderr.contains("set up an io_uring"), "{stderr}");
 }
+
+/// The harness's port scheme: a metrics port taken by someone else is
+/// reported as taken (so another is tried), not as a failure, and a free
+/// one starts the monitor.
+#[test]
+fn a_taken_metrics_port_is_retried_by_the_harness() {
+    use testkit::{monitor::Monitor, ports::Attempt};
+    require_root();
+    let parent = test_parent("port");
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let config = |metrics: std::net::SocketAddr| {
+        format!(
+            "[attribution]\ncgroup_parents = [{:?}]\n[alerts]\nstdout = false\nfile = {:?}\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            parent.path.display().to_string(),
+            alerts.display().to_string()
+        )
+    };
+    let base = || {
+        let mut cmd = Command::new(monitor_bin());
+        cmd.stdout(Stdio::null());
+        cmd
+    };
+    let start = |port| {
+        Monitor::start_on(
+            port,
+            &base,
+            dir.path(),
+            "monitor",
+            &config,
+            &alerts,
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    match start(taken.local_addr().unwrap().port()) {
+        Attempt::PortTaken(stderr) => assert!(stderr.contains("metrics.listen"), "{stderr}"),
+        Attempt::Started(_) => panic!("the monitor started on a port that was taken"),
+    }
+    drop(taken);
+    // Control: the same launch on a free port starts.
+    match start(testkit::ports::free_port().unwrap()) {
+        Attempt::Started(monitor) => {
+            let stopped = monitor.stop(std::time::Duration::from_secs(30)).unwrap();
+            assert!(stopped.status.success(), "{}", stopped.stderr);
+        }
+        Attempt::PortTaken(stderr) => panic!("a free port was reported taken: {stderr}"),
+    }
+}

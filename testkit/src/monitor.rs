@@ -55,33 +55,47 @@ impl Monitor {
         alerts: &Path,
         timeout: Duration,
     ) -> Result<Monitor> {
+        on_free_port(5, |port| {
+            Self::start_on(port, &base, dir, tag, &config, alerts, timeout)
+        })
+    }
+
+    /// One attempt of [`Monitor::start`] on `port`: `PortTaken` if the
+    /// monitor could not listen there (it exits 2 naming `metrics.listen`).
+    pub fn start_on(
+        port: u16,
+        base: &dyn Fn() -> Command,
+        dir: &Path,
+        tag: &str,
+        config: &dyn Fn(SocketAddr) -> String,
+        alerts: &Path,
+        timeout: Duration,
+    ) -> Result<Attempt<Monitor>> {
         let config_path = dir.join(format!("{tag}.toml"));
         let stderr = dir.join(format!("{tag}.stderr"));
-        on_free_port(5, |port| {
-            let metrics = SocketAddr::from(([127, 0, 0, 1], port));
-            fs::write(&config_path, config(metrics))
-                .with_context(|| format!("writing {}", config_path.display()))?;
-            let stderr_file = fs::File::create(&stderr)
-                .with_context(|| format!("creating {}", stderr.display()))?;
-            let mut cmd = base();
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&config_path)
-                .stderr(stderr_file);
-            let mut monitor = Monitor {
-                daemon: Daemon::spawn("the monitor", &mut cmd)?,
-                metrics,
-                alerts: alerts.to_path_buf(),
-                stderr: stderr.clone(),
-            };
-            match monitor.wait_healthy(timeout) {
-                Ok(()) => Ok(Attempt::Started(monitor)),
-                Err(_) if monitor.stderr_text().contains(CANNOT_LISTEN) => {
-                    Ok(Attempt::PortTaken(monitor.stderr_text()))
-                }
-                Err(error) => Err(error),
+        let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+        fs::write(&config_path, config(metrics))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let stderr_file =
+            fs::File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        let mut cmd = base();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stderr(stderr_file);
+        let mut monitor = Monitor {
+            daemon: Daemon::spawn("the monitor", &mut cmd)?,
+            metrics,
+            alerts: alerts.to_path_buf(),
+            stderr,
+        };
+        match monitor.wait_healthy(timeout) {
+            Ok(()) => Ok(Attempt::Started(monitor)),
+            Err(_) if monitor.stderr_text().contains(CANNOT_LISTEN) => {
+                Ok(Attempt::PortTaken(monitor.stderr_text()))
             }
-        })
+            Err(error) => Err(error),
+        }
     }
 
     /// Waits until `/healthz` answers 200; fails early if the monitor exits.
