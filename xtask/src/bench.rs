@@ -27,7 +27,7 @@ use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
-        output, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
+        output, quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
         workspace_root, write_atomic,
     },
 };
@@ -266,13 +266,6 @@ fn tail(path: &Path) -> String {
         }
         Err(error) => format!("{}: unreadable: {error}", path.display()),
     }
-}
-
-fn quoted(path: &Path) -> Result<String> {
-    let path = path
-        .to_str()
-        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?;
-    Ok(serde_json::to_string(path)?)
 }
 
 impl Bench {

@@ -20,7 +20,8 @@ use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root,
-        join_cgroup_on_spawn, metric_sum, poll_until, target_dir, wait_healthz, write_atomic,
+        join_cgroup_on_spawn, metric_sum, poll_until, quoted, target_dir, wait_healthz,
+        write_atomic,
     },
 };
 
@@ -54,15 +55,6 @@ fn spawn_listener() -> Result<u16> {
         }
     });
     Ok(port)
-}
-
-/// `path` as a double-quoted string literal, valid in Python and TOML (a JSON
-/// string is both).
-fn quoted(path: &Path) -> Result<String> {
-    let path = path
-        .to_str()
-        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?;
-    Ok(serde_json::to_string(path)?)
 }
 
 /// The demo's files, all in one temporary directory.

@@ -154,6 +154,15 @@ pub fn remove_cgroup_tree(dir: &Path, root: &Path) -> Result<()> {
         .with_context(|| format!("removing cgroup {}", dir.display()))
 }
 
+/// `path` as a double-quoted string literal, valid in Python and TOML (a JSON
+/// string is both).
+pub fn quoted(path: &Path) -> Result<String> {
+    let path = path
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))?;
+    Ok(serde_json::to_string(path)?)
+}
+
 /// Writes `contents` to `path` through a temporary name in the same directory
 /// and a rename, so that a watcher never sees a half-written file.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
