@@ -320,29 +320,15 @@ fn failure_note(result: i64) -> String {
     }
 }
 
-fn errno_name(errno: u64) -> Option<&'static str> {
-    const NAMES: &[(i32, &str)] = &[
-        (libc::EPERM, "EPERM"),
-        (libc::ENOENT, "ENOENT"),
-        (libc::EACCES, "EACCES"),
-        (libc::EEXIST, "EEXIST"),
-        (libc::ENOTDIR, "ENOTDIR"),
-        (libc::EISDIR, "EISDIR"),
-        (libc::EROFS, "EROFS"),
-        (libc::ELOOP, "ELOOP"),
-        (libc::EAGAIN, "EAGAIN"),
-        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
-        (libc::ENETDOWN, "ENETDOWN"),
-        (libc::ENETUNREACH, "ENETUNREACH"),
-        (libc::ECONNRESET, "ECONNRESET"),
-        (libc::ETIMEDOUT, "ETIMEDOUT"),
-        (libc::ECONNREFUSED, "ECONNREFUSED"),
-        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
-    ];
-    NAMES
-        .iter()
-        .find(|(n, _)| *n as u64 == errno)
-        .map(|(_, name)| *name)
+/// The symbolic name (`ECONNREFUSED`) of an errno, from nix's table of the
+/// platform's errnos (its `Debug` is the variant name); `None` for numbers
+/// it does not know.
+fn errno_name(errno: u64) -> Option<String> {
+    let errno = i32::try_from(errno).ok()?;
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => None,
+        known => Some(format!("{known:?}")),
+    }
 }
 
 /// Kernel (x86_64, asm-generic) value of O_LARGEFILE. glibc defines it as 0
@@ -614,6 +600,20 @@ mod tests {
 
         let b = net_alert(IpAddr::V4(Ipv4Addr::LOCALHOST), -9999);
         assert!(b.message().ends_with("(attempt failed: errno 9999)"));
+    }
+
+    #[test]
+    fn errno_names_come_from_nix() {
+        assert_eq!(errno_name(libc::ENOENT as u64).as_deref(), Some("ENOENT"));
+        assert_eq!(errno_name(libc::EACCES as u64).as_deref(), Some("EACCES"));
+        assert_eq!(
+            errno_name(libc::ECONNREFUSED as u64).as_deref(),
+            Some("ECONNREFUSED")
+        );
+        assert_eq!(errno_name(libc::EAGAIN as u64).as_deref(), Some("EAGAIN"));
+        assert_eq!(errno_name(0), None);
+        assert_eq!(errno_name(9999), None);
+        assert_eq!(errno_name(u64::MAX), None);
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! rules. Pure logic, no I/O, so the verdict for any event can be unit-tested.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::str::FromStr;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::events::paths;
@@ -91,35 +92,32 @@ pub struct CidrError {
     pub reason: String,
 }
 
-/// An address block, `10.0.0.0/8` or `::1/128`. Host bits beyond the prefix
+/// An address block, `10.0.0.0/8` or `::1/128`, held as an [`ipnet::IpNet`]
+/// (parsing and containment are the crate's). Host bits beyond the prefix
 /// are accepted and masked off (`10.1.2.3/8` is `10.0.0.0/8`): rejecting them
 /// would only annoy. IPv4-mapped IPv6 blocks (`::ffff:10.0.0.0/104`) are
-/// stored as their IPv4 equivalent, so the two spellings behave the same.
+/// stored as their IPv4 equivalent, so the two spellings behave the same;
+/// ipnet knows nothing of mapped addresses, so that part stays here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+    net: IpNet,
 }
 
 impl Cidr {
     /// The network address (host bits zero).
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.net.network()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.net.prefix_len()
     }
 
     /// Whether `ip` lies in the block. An IPv4-mapped IPv6 address
     /// (`::ffff:127.0.0.1`, what a dual-stack socket connects to) is judged
     /// as the IPv4 address it carries.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_v4(ip, self.prefix) == net,
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_v6(ip, self.prefix) == net,
-            _ => false,
-        }
+        self.net.contains(&canonical(ip))
     }
 }
 
@@ -131,14 +129,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn mask_v4(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    Ipv4Addr::from(u32::from(ip) & mask)
-}
-
-fn mask_v6(ip: Ipv6Addr, prefix: u8) -> Ipv6Addr {
-    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-    Ipv6Addr::from(u128::from(ip) & mask)
+/// A mapped IPv6 block (`::ffff:a.b.c.d/96+n`) as the IPv4 block `a.b.c.d/n`.
+/// Mapped blocks shorter than /96 also cover non-mapped addresses, so they
+/// stay IPv6.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 impl FromStr for Cidr {
@@ -146,44 +149,39 @@ impl FromStr for Cidr {
 
     /// `ADDR/PREFIX`, or a bare `ADDR` meaning a single host (/32 or /128).
     fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let error = |reason: &str| CidrError {
+        let error = |reason: String| CidrError {
             input: s.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
-        let (addr_text, prefix_text) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let net = match s.split_once('/') {
+            Some((addr, prefix)) => {
+                // ipnet's own error says only "invalid IP address syntax";
+                // tell the user which half is wrong.
+                let addr: IpAddr = addr
+                    .parse()
+                    .map_err(|_| error("not an IPv4 or IPv6 address".into()))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let bad_prefix = || error(format!("prefix must be a number from 0 to {max}"));
+                if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad_prefix());
+                }
+                let len = prefix.parse::<u8>().map_err(|_| bad_prefix())?;
+                IpNet::new(addr, len).map_err(|_| bad_prefix())?
+            }
+            None => IpNet::from(
+                s.parse::<IpAddr>()
+                    .map_err(|_| error("not an IPv4 or IPv6 address".into()))?,
+            ),
         };
-        let addr: IpAddr = addr_text
-            .parse()
-            .map_err(|_| error("not an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix_text {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max && p.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| error(&format!("prefix must be a number from 0 to {max}")))?,
-        };
-        let (addr, prefix) = match addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
-                _ => (addr, prefix),
-            },
-            IpAddr::V4(_) => (addr, prefix),
-        };
-        let addr = match addr {
-            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, prefix)),
-            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix)),
-        };
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr {
+            net: unmap(net).trunc(),
+        })
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
 }
 
@@ -382,6 +380,22 @@ mod tests {
         assert!(!cidr("0.0.0.0/0").contains(ip("2001:db8::1")));
         assert!(cidr("::/0").contains(ip("2001:db8::1")));
         assert!(cidr("::ffff:127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(cidr("127.0.0.1/32").contains(ip("::ffff:127.0.0.1")));
+        assert!(!cidr("127.0.0.1/32").contains(ip("::ffff:127.0.0.2")));
+    }
+
+    #[test]
+    fn mapped_blocks_become_ipv4_only_from_slash_96() {
+        let mapped = cidr("::ffff:0.0.0.0/96");
+        assert_eq!(mapped.to_string(), "0.0.0.0/0");
+        assert!(mapped.addr().is_ipv4());
+        assert_eq!(mapped.prefix(), 0);
+        // Shorter than /96 also covers non-mapped IPv6, so it stays IPv6.
+        let wide = cidr("::ffff:0.0.0.0/80");
+        assert_eq!(wide.to_string(), "::/80");
+        assert!(wide.contains(ip("::1")));
+        assert!(!wide.contains(ip("127.0.0.1")), "v4 is not judged by a v6 block");
+        assert_eq!(cidr("::ffff:10.1.2.3/120").to_string(), "10.1.2.0/24");
     }
 
     #[test]
