@@ -10,7 +10,8 @@ use crate::{
     actions::registry::{Registry, Scope, ScopeKind},
     config::Config,
     kernel::loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
-    output::metrics::{self, Metrics},
+    output::http,
+    output::metrics::Metrics,
     output::{sinks::AlertSinks, writer::SinkWriter},
     pipeline::{Pipeline, handle::Handler},
     policy::judge::Policy,
@@ -122,7 +123,7 @@ pub async fn start(
     )
     .map_err(StartError::Kernel)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
-    let metrics_task = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone(), stop_rx)));
+    let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
         scopes,
         Duration::from_millis(config.attribution.declaration_wait_ms),

@@ -1,8 +1,9 @@
 //! What leaves the monitor: the alert contract (docs/alerts.md), folding of
-//! repeats, alert sinks and Prometheus metrics.
+//! repeats, alert sinks, Prometheus metrics and the HTTP endpoint serving them.
 //! Must not decide verdicts or attribution.
 pub mod alert;
 pub mod fold;
+pub mod http;
 pub mod metrics;
 pub mod sinks;
 pub mod summary;

@@ -394,7 +394,10 @@ mod tests {
         let wide = cidr("::ffff:0.0.0.0/80");
         assert_eq!(wide.to_string(), "::/80");
         assert!(wide.contains(ip("::1")));
-        assert!(!wide.contains(ip("127.0.0.1")), "v4 is not judged by a v6 block");
+        assert!(
+            !wide.contains(ip("127.0.0.1")),
+            "v4 is not judged by a v6 block"
+        );
         assert_eq!(cidr("::ffff:10.1.2.3/120").to_string(), "10.1.2.0/24");
     }
 
