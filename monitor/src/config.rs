@@ -4,7 +4,14 @@
 //! file, and unknown keys are errors: a misspelt key silently ignored would
 //! leave a build-farm node enforcing a policy nobody wrote. Errors name the
 //! file, the 1-based line and the key path, because the person reading them
-//! is editing that file.
+//! is editing that file: `FILE:LINE: KEY: what is wrong`.
+//!
+//! Positions are structural, not read out of serde's English: the key path
+//! comes from `serde_path_to_error`, the byte offset from the span toml puts
+//! on its error, and the line from that offset. The small walk over
+//! `toml_edit`'s document below stays hand-written because no crate maps
+//! spans back to key paths; it names keys serde never entered (unknown
+//! ones) and places the errors of checks serde cannot express.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -253,12 +260,17 @@ impl Config {
         let mut nodes = Vec::new();
         walk_table(doc.as_table(), "", &mut nodes);
 
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start);
-            let key = offset.and_then(|o| locate(&nodes, o));
-            let message = describe(e.message(), key.as_deref());
-            invalid(offset, key, message)
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let offset = e.inner().span().map(|s| s.start);
+                let key = error_key(e.path(), offset.and_then(|o| locate(&nodes, o)));
+                let message = e.inner().message().trim();
+                let message = match &key {
+                    Some(key) => format!("{key}: {message}"),
+                    None => message.to_string(),
+                };
+                invalid(offset, key, message)
+            })?;
         config.validate().map_err(|(key, message)| {
             let offset = nodes
                 .iter()
@@ -320,28 +332,37 @@ fn line_of(text: &str, offset: usize) -> usize {
         .count()
 }
 
-/// Prefixes serde's message with the key path, or for an unknown key says
-/// where it was found (`unknown field `x` in [alerts], expected …`).
-fn describe(message: &str, key: Option<&str>) -> String {
-    let message = message.trim();
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((field, tail)) = rest.split_once('`')
-    {
-        let path = key.unwrap_or("");
-        let parent = match path.strip_suffix(field) {
-            Some(p) if p.is_empty() || p.ends_with('.') => p.trim_end_matches('.'),
-            _ => path,
-        };
-        let place = match parent {
-            "" => "at top level".to_string(),
-            p if p.contains('[') => format!("in {p}"),
-            p => format!("in [{p}]"),
-        };
-        return format!("unknown field `{field}` {place}{tail}");
+/// The key path of a deserialisation error. serde's path (from
+/// serde_path_to_error) ends at the last key serde entered; a key serde
+/// refused to enter (unknown) is one level deeper, and the span of the error
+/// sits on it, so a node found there one level below serde's path names it.
+fn error_key(path: &serde_path_to_error::Path, at_span: Option<String>) -> Option<String> {
+    let mut serde_path = String::new();
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => {
+                serde_path.push_str(&format!("[{index}]"));
+            }
+            serde_path_to_error::Segment::Map { key } => {
+                if !serde_path.is_empty() {
+                    serde_path.push('.');
+                }
+                serde_path.push_str(key);
+            }
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
     }
-    match key {
-        Some(key) => format!("{key}: {message}"),
-        None => message.to_string(),
+    let is_child = |found: &str| match found.strip_prefix(serde_path.as_str()) {
+        Some(rest) if serde_path.is_empty() => !rest.contains(['.', '[']),
+        Some(rest) => rest
+            .strip_prefix('.')
+            .is_some_and(|name| !name.contains(['.', '['])),
+        None => false,
+    };
+    match at_span {
+        Some(found) if is_child(&found) => Some(found),
+        _ if serde_path.is_empty() => None,
+        _ => Some(serde_path),
     }
 }
 
@@ -509,7 +530,7 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
         assert_eq!(e.key(), Some("alerts.colour"));
         assert_eq!(
             e.to_string(),
-            "/etc/monitor.toml:7: unknown field `colour` in [alerts], expected one of \
+            "/etc/monitor.toml:7: alerts.colour: unknown field `colour`, expected one of \
              `stdout`, `file`, `fold_window_ms`"
         );
     }
@@ -520,12 +541,16 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
         assert_eq!(e.line(), Some(4));
         let text = e.to_string();
         assert!(
-            text.starts_with("/etc/monitor.toml:4: unknown field `webhook` at top level, expected"),
+            text.starts_with("/etc/monitor.toml:4: webhook: unknown field `webhook`, expected"),
             "{text}"
         );
         let e = err("colour = 1\n");
         assert_eq!(e.line(), Some(1));
-        assert!(e.to_string().contains("`colour` at top level"), "{e}");
+        assert_eq!(e.key(), Some("colour"));
+        assert!(
+            e.to_string().contains("colour: unknown field `colour`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -536,7 +561,7 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
         assert_eq!(e.line(), Some(4));
         assert!(
             e.to_string()
-                .contains("unknown field `proto` in network.allow[1]"),
+                .contains(":4: network.allow[1].proto: unknown field `proto`"),
             "{e}"
         );
     }
