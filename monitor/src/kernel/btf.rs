@@ -5,78 +5,37 @@
 //! they dereference (e.g. `task_struct.real_parent`, `dentry.d_name`) in
 //! `/sys/kernel/btf/vmlinux` and hands them to the programs.
 //!
-//! This is a small, self-contained parser of the raw BTF format (see the
-//! kernel's `Documentation/bpf/btf.rst`). It makes one linear pass over the
-//! type section, remembering where each type record starts and indexing the
-//! names of structs and unions; member lookups then walk only the records
-//! they need.
+//! Parsing is the `btfparse` crate's. Both candidate crates were measured
+//! on this machine's vmlinux (kernel 6.18, 126,699 types) for every offset
+//! the loader reads, including those inside anonymous members (`qstr.len`,
+//! the `mm_struct` fields in its anonymous struct): `btf-rs` 2.0 and
+//! `btfparse` 1.3 both gave the same offsets as the hand-written parser
+//! this replaced. `btf-rs` only parses, so the anonymous-member walk would
+//! stay hand-written anyway; `btfparse` has a walk (`offset_of`), but it
+//! gives up on a whole struct as soon as it meets an unnamed bitfield
+//! (`unsigned :5;` padding) ahead of the member — see the test
+//! `btfparse_offset_of_gives_up_at_unnamed_bitfields`. So the small walk
+//! stays here ([`Btf::find_member`]), with what else the crate lacks:
+//! choosing *the* struct of a name (btfparse's name index keeps the last
+//! type of any kind with that name; BTF has forward declarations and
+//! duplicates), refusing bitfields (incl. old-style ones), refusing to step
+//! through pointers, and errors that name the container and member.
+//! Parsing vmlinux with btfparse takes about 0.17 s in a release build and
+//! 0.5-1 s in a debug build (the hand-written parser took 0.07 s in debug),
+//! once at start.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
+use btfparse::{Offset, TypeInformation, TypeVariant};
+
 /// Where the running kernel exposes its own BTF.
 pub const SYS_FS_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-const BTF_MAGIC: u16 = 0xEB9F;
-const BTF_VERSION: u8 = 1;
-/// `struct btf_header` up to and including `str_len`.
-const HEADER_LEN: usize = 24;
-/// `struct btf_type`: name_off, info, size_or_type.
-const TYPE_LEN: usize = 12;
-/// `struct btf_member`: name_off, type, offset.
-const MEMBER_LEN: usize = 12;
-/// Bound on typedef/modifier chains and anonymous-member nesting, so that a
-/// malformed (cyclic) blob cannot make a lookup loop forever.
+/// Bound on typedef/modifier chains, so that a malformed (cyclic) blob
+/// cannot make a lookup loop forever.
 const MAX_DEPTH: usize = 64;
-
-mod kind {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
-
-    pub fn name(kind: u32) -> &'static str {
-        match kind {
-            0 => "void",
-            INT => "int",
-            PTR => "pointer",
-            ARRAY => "array",
-            STRUCT => "struct",
-            UNION => "union",
-            ENUM => "enum",
-            FWD => "forward declaration",
-            TYPEDEF => "typedef",
-            VOLATILE => "volatile",
-            CONST => "const",
-            RESTRICT => "restrict",
-            FUNC => "function",
-            FUNC_PROTO => "function prototype",
-            VAR => "variable",
-            DATASEC => "data section",
-            FLOAT => "float",
-            DECL_TAG => "decl tag",
-            TYPE_TAG => "type tag",
-            ENUM64 => "enum64",
-            _ => "unknown kind",
-        }
-    }
-}
 
 /// Errors from loading BTF or looking up a member offset in it.
 #[derive(Debug, thiserror::Error)]
@@ -93,15 +52,6 @@ pub enum BtfError {
         #[source]
         source: io::Error,
     },
-
-    #[error("not BTF data: magic is {magic:#06x}, expected 0xeb9f")]
-    BadMagic { magic: u16 },
-
-    #[error("BTF data is big-endian; only little-endian BTF is supported")]
-    BigEndian,
-
-    #[error("unsupported BTF version {version} (only version 1 is supported)")]
-    UnsupportedVersion { version: u8 },
 
     #[error("malformed BTF: {0}")]
     Malformed(String),
@@ -138,22 +88,11 @@ pub enum BtfError {
         kind: &'static str,
         next: String,
     },
-
-    #[error("`{path}`: offset of {bits} bits does not fit in a u32 byte offset")]
-    OffsetOverflow { path: String, bits: u64 },
 }
 
-/// Parsed BTF: the raw bytes plus an index of type records and of
-/// struct/union names.
+/// Parsed BTF and, for each struct/union name, the type that name means.
 pub struct Btf {
-    data: Vec<u8>,
-    /// Absolute offset of the string section in `data`.
-    str_start: usize,
-    /// Length of the string section.
-    str_len: usize,
-    /// Absolute offset in `data` of the record of each type id; index 0 is
-    /// the implicit `void` and holds a dummy value.
-    type_offsets: Vec<usize>,
+    types: TypeInformation,
     /// Struct/union name → (type id, preference rank; lower is better).
     composites: HashMap<String, (u32, u8)>,
 }
@@ -161,172 +100,41 @@ pub struct Btf {
 impl fmt::Debug for Btf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Btf")
-            .field("bytes", &self.data.len())
-            .field("types", &(self.type_offsets.len() - 1))
+            .field("types", &self.types.get().len())
             .field("named_structs_and_unions", &self.composites.len())
             .finish()
     }
 }
 
-/// One `btf_type` record, decoded.
-#[derive(Clone, Copy, Debug)]
-struct TypeRec {
-    id: u32,
-    name_off: u32,
-    kind: u32,
-    vlen: usize,
-    kind_flag: bool,
-    size_or_type: u32,
-    /// Absolute offset of the kind-specific data following the record.
-    extra: usize,
-}
+/// The bytes btfparse reads from.
+struct Bytes(Vec<u8>);
 
-impl TypeRec {
-    fn is_composite(&self) -> bool {
-        self.kind == kind::STRUCT || self.kind == kind::UNION
+impl btfparse::Readable for Bytes {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).ok();
+        let bytes = start.and_then(|s| self.0.get(s..s.checked_add(buffer.len())?));
+        let bytes = bytes.ok_or_else(|| {
+            btfparse::Error::new(btfparse::ErrorKind::InvalidOffset, "read past the end")
+        })?;
+        buffer.copy_from_slice(bytes);
+        Ok(())
     }
 }
 
-/// A member found by name, possibly inside anonymous members.
-struct Found {
-    /// Bit offset from the start of the containing struct/union.
-    bit_offset: u64,
-    /// Bitfield size in bits (0 for an ordinary member).
-    bitfield_size: u32,
-    type_id: u32,
-}
-
-fn malformed(msg: impl Into<String>) -> BtfError {
-    BtfError::Malformed(msg.into())
-}
-
-fn read_u32(data: &[u8], off: usize) -> Option<u32> {
-    let bytes = data.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(bytes.try_into().ok()?))
-}
-
-/// Size of the kind-specific data that follows a `btf_type` record.
-fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
-    Some(match kind {
-        kind::INT => 4,
-        kind::ARRAY => 12,
-        kind::STRUCT | kind::UNION => 12 * vlen,
-        kind::ENUM => 8 * vlen,
-        kind::FUNC_PROTO => 8 * vlen,
-        kind::VAR => 4,
-        kind::DATASEC => 12 * vlen,
-        kind::DECL_TAG => 4,
-        kind::ENUM64 => 12 * vlen,
-        kind::PTR
-        | kind::FWD
-        | kind::TYPEDEF
-        | kind::VOLATILE
-        | kind::CONST
-        | kind::RESTRICT
-        | kind::FUNC
-        | kind::FLOAT
-        | kind::TYPE_TAG => 0,
-        _ => return None,
-    })
+/// A struct or union: its type id and how to name it in errors.
+#[derive(Clone, Copy)]
+struct Composite {
+    id: u32,
 }
 
 impl Btf {
     /// Parses raw BTF (as found in `/sys/kernel/btf/vmlinux` or a `.BTF`
     /// ELF section).
     pub fn from_bytes(data: Vec<u8>) -> Result<Btf, BtfError> {
-        if data.len() < HEADER_LEN {
-            return Err(malformed(format!(
-                "{} bytes is too short for the {HEADER_LEN}-byte header",
-                data.len()
-            )));
-        }
-        let magic = u16::from_le_bytes([data[0], data[1]]);
-        if magic != BTF_MAGIC {
-            if magic == BTF_MAGIC.swap_bytes() {
-                return Err(BtfError::BigEndian);
-            }
-            return Err(BtfError::BadMagic { magic });
-        }
-        let version = data[2];
-        if version != BTF_VERSION {
-            return Err(BtfError::UnsupportedVersion { version });
-        }
-        let field = |off: usize| read_u32(&data, off).unwrap_or(0) as usize;
-        let hdr_len = field(4);
-        let type_off = field(8);
-        let type_len = field(12);
-        let str_off = field(16);
-        let str_len = field(20);
-        if hdr_len < HEADER_LEN || hdr_len > data.len() {
-            return Err(malformed(format!(
-                "header length {hdr_len} is out of range (data is {} bytes)",
-                data.len()
-            )));
-        }
-        let section = |name: &str, off: usize, len: usize| -> Result<usize, BtfError> {
-            let start = hdr_len.checked_add(off);
-            match start.and_then(|s| s.checked_add(len)) {
-                Some(end) if end <= data.len() => Ok(hdr_len + off),
-                _ => Err(malformed(format!(
-                    "{name} section (offset {off}, length {len}) lies outside the {} bytes of data",
-                    data.len()
-                ))),
-            }
-        };
-        let type_start = section("type", type_off, type_len)?;
-        let str_start = section("string", str_off, str_len)?;
-        if type_len % 4 != 0 {
-            return Err(malformed(format!(
-                "type section length {type_len} is not a multiple of 4"
-            )));
-        }
-        if str_len > 0 && data[str_start] != 0 {
-            return Err(malformed(
-                "string section does not start with an empty string",
-            ));
-        }
-
-        let mut btf = Btf {
-            data: Vec::new(),
-            str_start,
-            str_len,
-            // Roughly one type per 40 bytes on vmlinux; avoids most regrowth.
-            type_offsets: Vec::with_capacity(type_len / 32 + 1),
-            composites: HashMap::new(),
-        };
-        btf.type_offsets.push(0); // id 0: void
-
-        let type_end = type_start + type_len;
-        let mut pos = type_start;
-        while pos < type_end {
-            let id = btf.type_offsets.len();
-            if pos + TYPE_LEN > type_end {
-                return Err(malformed(format!(
-                    "type {id} at section offset {} is truncated",
-                    pos - type_start
-                )));
-            }
-            let info = read_u32(&data, pos + 4).unwrap_or(0);
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let extra = extra_len(kind, vlen)
-                .ok_or_else(|| malformed(format!("type {id} has unknown kind {kind}")))?;
-            let next = pos + TYPE_LEN + extra;
-            if next > type_end {
-                return Err(malformed(format!(
-                    "type {id} ({}) runs past the end of the type section",
-                    kind::name(kind)
-                )));
-            }
-            btf.type_offsets.push(pos);
-            pos = next;
-        }
-        if btf.type_offsets.len() > u32::MAX as usize {
-            return Err(malformed("too many types"));
-        }
-        btf.data = data;
-        btf.index_composites();
-        Ok(btf)
+        let types = TypeInformation::new(&Bytes(data))
+            .map_err(|e| BtfError::Malformed(e.message().to_string()))?;
+        let composites = index_composites(&types);
+        Ok(Btf { types, composites })
     }
 
     /// Reads and parses the running kernel's BTF from
@@ -351,248 +159,232 @@ impl Btf {
     /// "d_name.name") inside the struct or union named `type_name`.
     ///
     /// Members inside anonymous struct/union members are found
-    /// transparently (e.g. qstr's `len` lives in an anonymous
-    /// union->struct; task_struct fields may be in anonymous structs);
-    /// intermediate members are followed through
+    /// transparently; intermediate members are followed through
     /// typedef/const/volatile/restrict/type_tag to their struct/union.
     /// Bitfield members are an error (not byte-addressable). Pointers are
     /// never followed: every step of the path must be embedded in its
     /// parent.
     pub fn member_offset(&self, type_name: &str, member_path: &str) -> Result<u32, BtfError> {
-        let &(root_id, _) =
-            self.composites
-                .get(type_name)
-                .ok_or_else(|| BtfError::TypeNotFound {
-                    type_name: type_name.to_owned(),
-                })?;
-        let full_path = || format!("{type_name}.{member_path}");
-        let mut container = self.type_rec(root_id)?;
-        let mut total_bits: u64 = 0;
-        let mut parts = member_path.split('.').peekable();
-        while let Some(member) = parts.next() {
-            if member.is_empty() {
-                return Err(BtfError::EmptyMember { path: full_path() });
-            }
-            let found = self.find_member(container, member, 0)?.ok_or_else(|| {
-                BtfError::MemberNotFound {
-                    path: full_path(),
-                    container: self.describe(container),
-                    member: member.to_owned(),
-                }
+        let &(root, _) = self
+            .composites
+            .get(type_name)
+            .ok_or_else(|| BtfError::TypeNotFound {
+                type_name: type_name.to_owned(),
             })?;
-            if found.bitfield_size != 0
-                || found.bit_offset % 8 != 0
-                || self.is_legacy_bitfield(found.type_id)?
-            {
-                return Err(BtfError::Bitfield {
-                    path: full_path(),
-                    container: self.describe(container),
-                    member: member.to_owned(),
-                });
-            }
-            total_bits += found.bit_offset;
-            if let Some(&next) = parts.peek() {
-                let target = self.skip_modifiers(found.type_id)?;
-                match target {
-                    Some(rec) if rec.is_composite() => container = rec,
+        let full_path = || format!("{type_name}.{member_path}");
+        let steps: Vec<&str> = member_path.split('.').collect();
+        if steps.iter().any(|s| s.is_empty()) {
+            return Err(BtfError::EmptyMember { path: full_path() });
+        }
+        let mut container = Composite { id: root };
+        let mut total: u32 = 0;
+        for (i, &member) in steps.iter().enumerate() {
+            let (type_id, offset) = self.step(container, member, &full_path)?;
+            total = total.checked_add(offset).ok_or_else(|| {
+                BtfError::Malformed(format!("`{}`: offset overflows", full_path()))
+            })?;
+            if let Some(&next) = steps.get(i + 1) {
+                container = match self.skip_modifiers(type_id) {
+                    Some((id, TypeVariant::Struct(_) | TypeVariant::Union(_))) => Composite { id },
                     other => {
                         return Err(BtfError::NotComposite {
                             path: full_path(),
                             container: self.describe(container),
                             member: member.to_owned(),
-                            kind: kind::name(other.map_or(0, |r| r.kind)),
+                            kind: other.map_or("void", |(_, t)| kind_name(t)),
                             next: next.to_owned(),
                         });
                     }
-                }
+                };
             }
         }
-        u32::try_from(total_bits / 8).map_err(|_| BtfError::OffsetOverflow {
-            path: full_path(),
-            bits: total_bits,
-        })
+        Ok(total)
     }
 
-    /// Fills `composites`: for each struct/union name, the best candidate
-    /// is a non-empty STRUCT, then a non-empty UNION, then empty ones; ties
-    /// go to the lowest id. (FWD records are never indexed.)
-    fn index_composites(&mut self) {
-        let mut composites: HashMap<String, (u32, u8)> = HashMap::new();
-        for id in 1..self.type_offsets.len() as u32 {
-            let rec = self.rec_unchecked(id);
-            if !rec.is_composite() || rec.name_off == 0 {
-                continue;
+    /// One member of `container`: its type id and byte offset.
+    fn step(
+        &self,
+        container: Composite,
+        member: &str,
+        full_path: &dyn Fn() -> String,
+    ) -> Result<(u32, u32), BtfError> {
+        let bitfield = || BtfError::Bitfield {
+            path: full_path(),
+            container: self.describe(container),
+            member: member.to_owned(),
+        };
+        let found = self.find_member(container.id, member, 0);
+        match found {
+            None => Err(BtfError::MemberNotFound {
+                path: full_path(),
+                container: self.describe(container),
+                member: member.to_owned(),
+            }),
+            Some((_, Offset::BitOffsetAndSize(..))) => Err(bitfield()),
+            Some((type_id, Offset::ByteOffset(_))) if self.is_legacy_bitfield(type_id) => {
+                Err(bitfield())
             }
-            let Some(name) = self.str_at(rec.name_off) else {
-                continue;
-            };
-            if name.is_empty() {
-                continue;
-            }
-            let rank = match (rec.kind == kind::STRUCT, rec.vlen > 0) {
-                (true, true) => 0,
-                (false, true) => 1,
-                (true, false) => 2,
-                (false, false) => 3,
-            };
-            match composites.get_mut(name) {
-                Some(entry) => {
-                    if rank < entry.1 {
-                        *entry = (id, rank);
+            Some((type_id, Offset::ByteOffset(offset))) => Ok((type_id, offset)),
+        }
+    }
+
+    /// `name` among the members of struct/union `id`, looking inside its
+    /// anonymous struct/union members: the type id and offset from the
+    /// start of `id`. (btfparse's own `offset_of` gives up on the whole
+    /// struct when it meets an unnamed bitfield, e.g. `unsigned :5` padding,
+    /// before the member; hence this walk.)
+    fn find_member(&self, id: u32, name: &str, depth: usize) -> Option<(u32, Offset)> {
+        let members = match self.types.get().get(&id)? {
+            TypeVariant::Struct(s) => s.member_list(),
+            TypeVariant::Union(u) => u.member_list(),
+            _ => return None,
+        };
+        for m in members {
+            match m.name() {
+                Some(n) if n == name => return Some((m.tid(), m.offset())),
+                Some(_) => {}
+                None if depth < MAX_DEPTH => {
+                    let Some((inner, TypeVariant::Struct(_) | TypeVariant::Union(_))) =
+                        self.skip_modifiers(m.tid())
+                    else {
+                        continue; // unnamed padding bitfield
+                    };
+                    let Offset::ByteOffset(base) = m.offset() else {
+                        continue;
+                    };
+                    if let Some((tid, offset)) = self.find_member(inner, name, depth + 1) {
+                        return Some((tid, add(base, offset)?));
                     }
                 }
-                None => {
-                    composites.insert(name.to_owned(), (id, rank));
-                }
+                None => {}
             }
         }
-        self.composites = composites;
+        None
     }
 
-    /// Decodes the record of `id`, which must be a valid non-void id.
-    fn rec_unchecked(&self, id: u32) -> TypeRec {
-        let pos = self.type_offsets[id as usize];
-        // Bounds were checked while parsing.
-        let word = |off: usize| read_u32(&self.data, pos + off).unwrap_or(0);
-        let info = word(4);
-        TypeRec {
-            id,
-            name_off: word(0),
-            kind: (info >> 24) & 0x1f,
-            vlen: (info & 0xffff) as usize,
-            kind_flag: info >> 31 != 0,
-            size_or_type: word(8),
-            extra: pos + TYPE_LEN,
-        }
-    }
-
-    /// The record of `id`; `None` for void (id 0).
-    fn type_opt(&self, id: u32) -> Result<Option<TypeRec>, BtfError> {
-        if id == 0 {
-            return Ok(None);
-        }
-        if id as usize >= self.type_offsets.len() {
-            return Err(malformed(format!(
-                "reference to type id {id}, but there are only {} types",
-                self.type_offsets.len() - 1
-            )));
-        }
-        Ok(Some(self.rec_unchecked(id)))
-    }
-
-    fn type_rec(&self, id: u32) -> Result<TypeRec, BtfError> {
-        self.type_opt(id)?
-            .ok_or_else(|| malformed("unexpected reference to void"))
-    }
-
-    /// Follows typedef/const/volatile/restrict/type_tag to the underlying
-    /// type; `None` means void.
-    fn skip_modifiers(&self, mut id: u32) -> Result<Option<TypeRec>, BtfError> {
+    /// Follows typedef/const/volatile/restrict/type_tag to the real type;
+    /// `None` for void, a dangling id or a cycle.
+    fn skip_modifiers(&self, mut id: u32) -> Option<(u32, &TypeVariant)> {
         for _ in 0..MAX_DEPTH {
-            let Some(rec) = self.type_opt(id)? else {
-                return Ok(None);
+            let ty = self.types.get().get(&id)?;
+            id = match ty {
+                TypeVariant::Typedef(t) => *t.tid(),
+                TypeVariant::Const(t) => *t.tid(),
+                TypeVariant::Volatile(t) => *t.tid(),
+                TypeVariant::Restrict(t) => *t.tid(),
+                TypeVariant::TypeTag(t) => *t.tid(),
+                TypeVariant::Void => return None,
+                _ => return Some((id, ty)),
             };
-            match rec.kind {
-                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
-                    id = rec.size_or_type;
-                }
-                _ => return Ok(Some(rec)),
+        }
+        None
+    }
+
+    /// An int narrower than its storage is an old-style bitfield (before
+    /// BTF's kind_flag); it has no byte offset of its own either.
+    fn is_legacy_bitfield(&self, id: u32) -> bool {
+        match self.skip_modifiers(id) {
+            Some((_, TypeVariant::Int(int))) => {
+                *int.offset() != 0 || *int.bits() != *int.size() * 8
             }
+            _ => false,
         }
-        Err(malformed(format!(
-            "type chain starting at id {id} is longer than {MAX_DEPTH} (cycle?)"
-        )))
     }
 
-    /// Looks for `name` among the members of `container`, descending into
-    /// anonymous struct/union members.
-    fn find_member(
-        &self,
-        container: TypeRec,
-        name: &str,
-        depth: usize,
-    ) -> Result<Option<Found>, BtfError> {
-        if depth > MAX_DEPTH {
-            return Err(malformed(format!(
-                "anonymous members nested deeper than {MAX_DEPTH} below type {} (cycle?)",
-                container.id
-            )));
-        }
-        for i in 0..container.vlen {
-            let m = container.extra + i * MEMBER_LEN;
-            let name_off = read_u32(&self.data, m).unwrap_or(0);
-            let type_id = read_u32(&self.data, m + 4).unwrap_or(0);
-            let raw_offset = read_u32(&self.data, m + 8).unwrap_or(0);
-            let (bit_offset, bitfield_size) = if container.kind_flag {
-                (raw_offset & 0x00ff_ffff, raw_offset >> 24)
-            } else {
-                (raw_offset, 0)
-            };
-            let member_name = self.str_at(name_off).unwrap_or("");
-            if member_name.is_empty() {
-                if bitfield_size != 0 {
-                    continue; // unnamed padding bitfield
-                }
-                if let Some(inner) = self.skip_modifiers(type_id)?
-                    && inner.is_composite()
-                    && let Some(found) = self.find_member(inner, name, depth + 1)?
-                {
-                    return Ok(Some(Found {
-                        bit_offset: found.bit_offset + u64::from(bit_offset),
-                        ..found
-                    }));
-                }
-            } else if member_name == name {
-                return Ok(Some(Found {
-                    bit_offset: u64::from(bit_offset),
-                    bitfield_size,
-                    type_id,
-                }));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Old-style bitfields (struct without kind_flag) are encoded in the
-    /// member's INT type: a bit offset or a bit count narrower than the
-    /// int's size.
-    fn is_legacy_bitfield(&self, type_id: u32) -> Result<bool, BtfError> {
-        let Some(rec) = self.skip_modifiers(type_id)? else {
-            return Ok(false);
-        };
-        if rec.kind != kind::INT {
-            return Ok(false);
-        }
-        let encoding = read_u32(&self.data, rec.extra).unwrap_or(0);
-        let bits = encoding & 0xff;
-        let offset = (encoding >> 16) & 0xff;
-        Ok(offset != 0 || u64::from(bits) != u64::from(rec.size_or_type) * 8)
-    }
-
-    /// The NUL-terminated string at `off` in the string section.
-    fn str_at(&self, off: u32) -> Option<&str> {
-        let off = off as usize;
-        if off >= self.str_len {
-            return None;
-        }
-        let section = &self.data[self.str_start + off..self.str_start + self.str_len];
-        let end = section.iter().position(|&b| b == 0)?;
-        std::str::from_utf8(&section[..end]).ok()
-    }
-
-    /// "struct foo", "union bar" or "anonymous struct (type id N)".
-    fn describe(&self, rec: TypeRec) -> String {
-        let what = kind::name(rec.kind);
-        match self.str_at(rec.name_off) {
+    fn describe(&self, container: Composite) -> String {
+        let what = self
+            .types
+            .get()
+            .get(&container.id)
+            .map_or("type", kind_name);
+        match self.types.name_of(container.id) {
             Some(name) if !name.is_empty() => format!("{what} {name}"),
-            _ => format!("anonymous {what} (BTF type id {})", rec.id),
+            _ => format!("anonymous {what} (BTF type id {})", container.id),
         }
+    }
+}
+
+/// For each struct/union name, the best candidate: a non-empty STRUCT, then
+/// a non-empty UNION, then empty ones; ties go to the lowest id. Forward
+/// declarations, typedefs and everything else are never candidates.
+fn index_composites(types: &TypeInformation) -> HashMap<String, (u32, u8)> {
+    let mut composites: HashMap<String, (u32, u8)> = HashMap::new();
+    for (&id, ty) in types.get() {
+        let (name, rank) = match ty {
+            TypeVariant::Struct(s) => (s.name(), if s.member_list().is_empty() { 2 } else { 0 }),
+            TypeVariant::Union(u) => (u.name(), if u.member_list().is_empty() { 3 } else { 1 }),
+            _ => continue,
+        };
+        let Some(name) = name.as_ref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        // Ids come in ascending order, so only a strictly better rank wins.
+        match composites.get(name) {
+            Some(&(_, best)) if best <= rank => {}
+            _ => {
+                composites.insert(name.clone(), (id, rank));
+            }
+        }
+    }
+    composites
+}
+
+/// `base` bytes plus an offset found below it.
+fn add(base: u32, offset: Offset) -> Option<Offset> {
+    Some(match offset {
+        Offset::ByteOffset(o) => Offset::ByteOffset(base.checked_add(o)?),
+        Offset::BitOffsetAndSize(bits, size) => {
+            Offset::BitOffsetAndSize(base.checked_mul(8)?.checked_add(bits)?, size)
+        }
+    })
+}
+
+fn kind_name(ty: &TypeVariant) -> &'static str {
+    match ty {
+        TypeVariant::Void => "void",
+        TypeVariant::Int(_) => "int",
+        TypeVariant::Ptr(_) => "pointer",
+        TypeVariant::Array(_) => "array",
+        TypeVariant::Struct(_) => "struct",
+        TypeVariant::Union(_) => "union",
+        TypeVariant::Enum(_) => "enum",
+        TypeVariant::Enum64(_) => "enum64",
+        TypeVariant::Fwd(_) => "forward declaration",
+        TypeVariant::Typedef(_) => "typedef",
+        TypeVariant::Volatile(_) => "volatile",
+        TypeVariant::Const(_) => "const",
+        TypeVariant::Restrict(_) => "restrict",
+        TypeVariant::Func(_) => "function",
+        TypeVariant::FuncProto(_) => "function prototype",
+        TypeVariant::Var(_) => "variable",
+        TypeVariant::DataSec(_) => "data section",
+        TypeVariant::Float(_) => "float",
+        TypeVariant::DeclTag(_) => "decl tag",
+        TypeVariant::TypeTag(_) => "type tag",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BTF_MAGIC: u16 = 0xEB9F;
+    /// `struct btf_header` up to and including `str_len`.
+    const HEADER_LEN: usize = 24;
+
+    /// BTF kind numbers (kernel `Documentation/bpf/btf.rst`).
+    mod kind {
+        pub const INT: u32 = 1;
+        pub const PTR: u32 = 2;
+        pub const ARRAY: u32 = 3;
+        pub const STRUCT: u32 = 4;
+        pub const UNION: u32 = 5;
+        pub const ENUM: u32 = 6;
+        pub const FWD: u32 = 7;
+        pub const TYPEDEF: u32 = 8;
+        pub const VOLATILE: u32 = 9;
+        pub const CONST: u32 = 10;
+    }
 
     /// Builds raw little-endian BTF blobs by hand.
     struct Builder {
@@ -898,6 +690,25 @@ mod tests {
         ));
     }
 
+    /// Why the member walk is ours: with an unnamed bitfield in `outer`,
+    /// btfparse's `offset_of` finds no member at all. If this starts to
+    /// fail, btfparse was fixed and `find_member` may go.
+    #[test]
+    fn btfparse_offset_of_gives_up_at_unnamed_bitfields() {
+        let btf = sample();
+        let &(outer, _) = btf.composites.get("outer").unwrap();
+        assert!(btf.types.offset_of(outer, "x").is_err());
+        assert!(btf.types.offset_of(outer, "name").is_err());
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "name").unwrap(), 40);
+        // Without such a member, btfparse agrees with us.
+        let &(inner, _) = btf.composites.get("inner").unwrap();
+        assert!(matches!(
+            btf.types.offset_of(inner, "b"),
+            Ok((_, Offset::ByteOffset(8)))
+        ));
+    }
+
     #[test]
     fn rejects_bad_blobs() {
         let good = {
@@ -913,44 +724,24 @@ mod tests {
                 .unwrap(),
             0
         );
+        let malformed = |data: Vec<u8>| match Btf::from_bytes(data) {
+            Err(BtfError::Malformed(reason)) => reason,
+            other => panic!("expected Malformed, got {other:?}"),
+        };
 
-        assert!(matches!(
-            Btf::from_bytes(good[..10].to_vec()),
-            Err(BtfError::Malformed(_))
-        ));
-
-        let mut swapped = good.clone();
-        swapped.swap(0, 1);
-        assert!(matches!(Btf::from_bytes(swapped), Err(BtfError::BigEndian)));
-
+        malformed(good[..10].to_vec());
         let mut bad_magic = good.clone();
         bad_magic[0] = 0x12;
-        assert!(matches!(
-            Btf::from_bytes(bad_magic),
-            Err(BtfError::BadMagic { .. })
-        ));
-
-        let mut bad_version = good.clone();
-        bad_version[2] = 7;
-        assert!(matches!(
-            Btf::from_bytes(bad_version),
-            Err(BtfError::UnsupportedVersion { version: 7 })
-        ));
-
+        malformed(bad_magic);
         // Sections claiming more bytes than exist.
-        let truncated = good[..good.len() - 3].to_vec();
-        assert!(matches!(
-            Btf::from_bytes(truncated),
-            Err(BtfError::Malformed(_))
-        ));
-
+        malformed(good[..good.len() - 3].to_vec());
         // Unknown kind 31 in the first type.
         let mut unknown = good.clone();
         unknown[HEADER_LEN + 7] = 31;
-        let e = Btf::from_bytes(unknown).unwrap_err();
-        assert!(e.to_string().contains("unknown kind"), "{e}");
+        malformed(unknown);
 
-        // A member referencing a type id that does not exist.
+        // A member referencing a type id that does not exist is not found
+        // (and does not panic).
         let dangling = {
             let mut b = Builder::new();
             b.composite(kind::STRUCT, "s", 4, false, &[("", 99, 0, 0)]);
@@ -959,7 +750,7 @@ mod tests {
         let btf = Btf::from_bytes(dangling).unwrap();
         assert!(matches!(
             btf.member_offset("s", "i"),
-            Err(BtfError::Malformed(_))
+            Err(BtfError::MemberNotFound { .. })
         ));
     }
 
@@ -991,6 +782,12 @@ mod tests {
         ("mm_struct", "exe_file"),
         ("nsproxy", "net_ns"),
         ("net", "ns.inum"),
+        ("mm_struct", "arg_start"),
+        ("mm_struct", "arg_end"),
+        ("pt_regs", "r10"),
+        ("pt_regs", "dx"),
+        ("pt_regs", "si"),
+        ("pt_regs", "di"),
         ("pt_regs", "orig_ax"),
     ];
 
