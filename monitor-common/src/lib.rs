@@ -73,6 +73,14 @@ pub const FLAG_DIR_TRUNCATED: u32 = 1 << 1;
 pub const FLAG_DIR_UNRESOLVED: u32 = 1 << 2;
 /// The user-space path could not be read at all.
 pub const FLAG_PATH_UNREADABLE: u32 = 1 << 3;
+/// A successful open: `dir` holds the path of the object opened (the
+/// `struct file` behind the returned fd), not a base directory, and the
+/// identity fields of [`FileEvent`] are filled in.
+pub const FLAG_OBJECT: u32 = 1 << 4;
+/// The walk ended at a mount attached to no mount namespace (pipes,
+/// sockets, memfds, namespace files, lazily unmounted trees): the object is
+/// not reachable by any path.
+pub const FLAG_DIR_INTERNAL: u32 = 1 << 5;
 
 /// Common first part of every event.
 #[repr(C)]
@@ -113,11 +121,14 @@ pub const SYSCALL_CREAT: u32 = 3;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
-/// components and `path` is empty.
+/// components, `path` is empty and the identity fields describe the
+/// executable.
 ///
 /// Followed in the record by `path_len` bytes of the path as passed (no
-/// NUL), then `dir_len` bytes of resolved base directory (components leaf
-/// first, NUL after each; empty when the path was absolute).
+/// NUL), then `dir_len` bytes of directory components (leaf first, NUL after
+/// each). With [`FLAG_OBJECT`] (a successful open) they are the path of the
+/// object actually opened, walked from its `struct file`; otherwise the
+/// resolved base directory of a relative name (empty for an absolute one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileEvent {
@@ -131,7 +142,27 @@ pub struct FileEvent {
     pub _pad: u32,
     /// Syscall return value: fd (>= 0) or -errno.
     pub result: i64,
+    /// Identity of the object (with [`FLAG_OBJECT`], and for exec): inode
+    /// number, its super block's `s_dev` (kernel encoding: major << 20 |
+    /// minor), `f_mode` of the open file (bit 20: the kernel created it),
+    /// the file system's magic (low 32 bits of `s_magic`) and link count.
+    pub ino: u64,
+    pub dev: u32,
+    pub f_mode: u32,
+    pub fs_magic: u32,
+    pub nlink: u32,
+    /// For an object on procfs that belongs to a process (`/proc/<pid>/…`):
+    /// that process's tgid (host view); 0 otherwise.
+    pub proc_tgid: u32,
+    /// `i_mode` of the inode (file type and permissions).
+    pub i_mode: u32,
 }
+
+/// `f_mode` bit: the open created the file (`FMODE_CREATED`, a macro, not
+/// in BTF).
+pub const FMODE_CREATED: u32 = 1 << 20;
+/// `s_magic` of procfs.
+pub const PROC_SUPER_MAGIC: u32 = 0x9fa0;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -239,6 +270,22 @@ pub struct KernelOffsets {
     pub cgroup_ancestors: u32,
     pub cgroup_root_hierarchy_id: u32,
     pub kernfs_node_id: u32,
+    pub file_f_inode: u32,
+    pub file_f_mode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_mode: u32,
+    pub sb_s_dev: u32,
+    pub sb_s_magic: u32,
+    /// `struct proc_inode`: its `pid` and where the embedded inode starts.
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs_inode: u32,
+    /// `struct pid.tasks[PIDTYPE_PID]` and `task_struct.pid_links[PIDTYPE_PID]`.
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
+    pub mount_mnt_ns: u32,
+    pub vfsmount_mnt_flags: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them

@@ -1,5 +1,7 @@
 //! Resolving a `struct path` (dentry + vfsmount) to its components by walking
-//! up the dentry tree, crossing mount points. Components are written leaf
+//! up the dentry tree, crossing mount points through their parents up to the
+//! root mount of the tree (not the task's root: a chroot or
+//! `/proc/<pid>/root` does not shorten the path). Components are written leaf
 //! first, each followed by NUL, which keeps every write at a growing, bounded
 //! offset the verifier accepts; userspace reverses them.
 //!
@@ -9,8 +11,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 use monitor_common::{
-    DIR_CAPACITY, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, KernelOffsets, MAX_DIR_DEPTH,
-    NAME_CAPACITY, PATH_CAPACITY,
+    DIR_CAPACITY, FLAG_DIR_INTERNAL, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, KernelOffsets,
+    MAX_DIR_DEPTH, NAME_CAPACITY, PATH_CAPACITY,
 };
 
 use crate::{
@@ -21,12 +23,21 @@ use crate::{
 pub struct Walk {
     pub len: u32,
     pub truncated: bool,
+    /// The top mount belongs to no mount namespace (see `FLAG_DIR_INTERNAL`).
+    pub internal: bool,
 }
 
 const RUNNING: u64 = 0;
 const DONE: u64 = 1;
 const TRUNCATED: u64 = 2;
 const FAILED: u64 = 3;
+/// Done, at the root of a mount attached to no namespace.
+const DONE_INTERNAL: u64 = 4;
+/// `IS_ERR_OR_NULL` for `mount.mnt_ns` (detached mounts have none).
+const MAX_ERRNO: u64 = 4095;
+/// `vfsmount.mnt_flags` of a kernel-internal mount (`kern_mount`: pipes,
+/// sockets, memfds, namespace files).
+const MNT_INTERNAL: i32 = 0x4000;
 
 /// Loop state shared with the `bpf_loop` callback (lives on the stack).
 #[repr(C)]
@@ -69,16 +80,31 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
         )
     };
     match state.status {
-        DONE => Some(Walk {
+        DONE | DONE_INTERNAL => Some(Walk {
             len: state.pos as u32,
             truncated: false,
+            internal: state.status == DONE_INTERNAL,
         }),
         // Ran out of iterations or of room: what we have is the leaf end.
         RUNNING | TRUNCATED => Some(Walk {
             len: state.pos as u32,
             truncated: true,
+            internal: false,
         }),
         _ => None,
+    }
+}
+
+/// How a walk that reached the top ends: on a mount of some namespace, or
+/// on a kernel-internal or detached one (no path leads there).
+#[inline(always)]
+fn top_status(o: &KernelOffsets, s: &WalkState) -> u64 {
+    let ns: u64 = read(s.mount, o.mount_mnt_ns);
+    let flags: i32 = read(s.vfsmnt, o.vfsmount_mnt_flags);
+    if flags & MNT_INTERNAL != 0 || ns == 0 || ns > u64::MAX - MAX_ERRNO {
+        DONE_INTERNAL
+    } else {
+        DONE
     }
 }
 
@@ -99,7 +125,7 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     if s.dentry == mnt_root {
         let parent: u64 = read(s.mount, o.mount_parent);
         if parent == s.mount || parent == 0 {
-            s.status = DONE;
+            s.status = top_status(o, s);
             return 1;
         }
         s.dentry = read(s.mount, o.mount_mountpoint);
@@ -109,7 +135,8 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let parent: u64 = read(s.dentry, o.dentry_parent);
     if parent == s.dentry || parent == 0 {
-        s.status = DONE;
+        // A dentry of its own (pipes, sockets: never in a directory).
+        s.status = top_status(o, s);
         return 1;
     }
     let pos = s.pos as usize;
@@ -155,6 +182,9 @@ pub fn walk_dir(o: &KernelOffsets, path_ptr: u64, base: usize, flags: &mut u32) 
         Some(w) => {
             if w.truncated {
                 *flags |= FLAG_DIR_TRUNCATED;
+            }
+            if w.internal {
+                *flags |= FLAG_DIR_INTERNAL;
             }
             w.len as usize & (DIR_CAPACITY - 1)
         }

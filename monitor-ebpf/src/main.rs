@@ -3,7 +3,7 @@
 //! `probes/` holds the entry points, one module per hook family (see its
 //! `mod.rs`); beside it are the helpers they share: `filter` (is this task
 //! in a monitored action?), `lineage` (sandbox launcher trees), `dpath`
-//! (dentry walks), `task` (kernel struct reads), `emit` (ring records),
+//! (dentry walks), `object` (identity of an open file), `task` (kernel struct reads), `emit` (ring records),
 //! `maps`. The kernel filters and reports; userspace decides.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -13,6 +13,7 @@ mod emit;
 mod filter;
 mod lineage;
 mod maps;
+mod object;
 mod probes;
 mod task;
 

@@ -111,6 +111,10 @@ fn alert(kind: AlertKind) -> Alert {
             flags: 0,
             result: 3,
             caveat: None,
+            requested: Some(b"/src/link".to_vec()),
+            dev: Some("254:0".into()),
+            ino: Some(131077),
+            note: None,
         }),
         net: Some(NetInfo {
             proto: "tcp",
@@ -171,7 +175,11 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
         .filter_map(|row| row.split('`').next())
         .map(str::to_string)
         .collect();
-    for kind in [AlertKind::UndeclaredFile, AlertKind::NetworkEgress] {
+    for kind in [
+        AlertKind::UndeclaredFile,
+        AlertKind::UndeclaredWrite,
+        AlertKind::NetworkEgress,
+    ] {
         let line = alert(kind).to_json_line();
         let written = keys_in_order(&line);
         assert!(written.len() >= 9, "{line}");

@@ -1,17 +1,21 @@
 //! File opens: `open`, `creat`, `openat`, `openat2`, reported at exit with
-//! the result. Relative paths get their base directory (cwd or dirfd)
-//! resolved here, while the task still exists.
+//! the result. A successful open reports the object actually opened: the
+//! path of the `struct file` behind the returned fd, walked in the kernel,
+//! and its identity (device, inode, mode); the name passed rides along. A
+//! failed open reports the name passed, with its base directory (cwd or
+//! dirfd) resolved here while the task still exists.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
-    EventKind, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT, NR_OPEN, NR_OPENAT,
-    NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2,
-    Settings,
+    EventKind, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT,
+    NR_OPEN, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT,
+    SYSCALL_OPENAT2, Settings,
 };
 
 use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit},
-    maps::SCRATCH,
+    maps::{SCRATCH, Scratch},
+    object,
     probes::syscalls::Syscall,
     task::{current_task, file_of_fd, read},
 };
@@ -20,9 +24,17 @@ const AT_FDCWD: i32 = -100;
 const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
 
-pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
-    let ret = call.ret;
-    let o = &settings.offsets;
+/// The arguments of an open-family call, whatever its syscall.
+struct OpenArgs {
+    syscall: u32,
+    dirfd: i32,
+    path: u64,
+    flags: u64,
+    mode: u32,
+}
+
+#[inline(always)]
+fn open_args(call: &Syscall) -> Option<OpenArgs> {
     let a = &call.args;
     let (syscall, dirfd, path, flags, mode) = match call.nr {
         NR_OPEN => (SYSCALL_OPEN, AT_FDCWD, a[0], a[1], a[2] as u32),
@@ -49,57 +61,100 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         }
         _ => return None,
     };
+    Some(OpenArgs {
+        syscall,
+        dirfd,
+        path,
+        flags,
+        mode,
+    })
+}
 
+pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    let o = &settings.offsets;
+    let args = open_args(call)?;
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let ev: &mut FileEvent = &mut scratch.event;
     fill_header(&mut ev.header, EventKind::FileOpen as u32, &call.m, o);
-    ev.syscall = syscall;
-    ev.dirfd = dirfd;
-    ev.open_flags = flags;
-    ev.mode = mode;
-    ev.result = ret;
-    ev.dir_len = 0;
-    ev.path_len = 0;
-    let data = scratch.data.as_mut_ptr();
+    ev.syscall = args.syscall;
+    ev.dirfd = args.dirfd;
+    ev.open_flags = args.flags;
+    ev.mode = args.mode;
+    ev.result = call.ret;
+    clear_identity(ev);
 
     let mut hflags = 0;
-    let mut path_len: usize = 0;
-    let mut dir_len: usize = 0;
-    // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
-    let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };
-    if n <= 0 {
-        hflags |= FLAG_PATH_UNREADABLE;
+    let path_len = read_name(scratch, args.path, call.ret, &mut hflags);
+    // The object the kernel opened, when there is one; else the name's base.
+    let file = if call.ret >= 0 {
+        file_of_fd(o, call.ret as i32)
     } else {
-        path_len = (n as usize - 1) & (PATH_CAPACITY - 1);
-        if n as usize == PATH_CAPACITY && ret == -ENAMETOOLONG {
-            hflags |= FLAG_PATH_TRUNCATED;
-        }
-        // SAFETY: n > 0, so data[0] was written.
-        if unsafe { *data } != b'/' {
-            let base = if dirfd == AT_FDCWD {
-                let fs: u64 = read(current_task(), o.task_fs);
-                if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
-            } else {
-                let file = file_of_fd(o, dirfd);
-                if file == 0 {
-                    0
-                } else {
-                    file + o.file_path as u64
-                }
-            };
-            dir_len = walk_dir(o, base, path_len, &mut hflags);
-        }
-    }
+        0
+    };
+    let dir_len = if file != 0 {
+        hflags |= FLAG_OBJECT;
+        object::describe(o, file, &mut scratch.event);
+        walk_dir(o, file + o.file_path as u64, path_len, &mut hflags)
+    } else if path_len > 0 && scratch.data[0] != b'/' {
+        walk_dir(o, name_base(settings, args.dirfd), path_len, &mut hflags)
+    } else {
+        0
+    };
+    let ev = &mut scratch.event;
     ev.header.flags = hflags;
     ev.dir_len = dir_len as u32;
     ev.path_len = path_len as u32;
     let total = core::mem::size_of::<FileEvent>() + dir_len + path_len;
-    submit(
-        settings,
-        (scratch as *const crate::maps::Scratch).cast(),
-        total,
-    );
+    submit(settings, (scratch as *const Scratch).cast(), total);
     Some(())
+}
+
+#[inline(always)]
+fn clear_identity(ev: &mut FileEvent) {
+    ev.ino = 0;
+    ev.dev = 0;
+    ev.f_mode = 0;
+    ev.fs_magic = 0;
+    ev.nlink = 0;
+    ev.proc_tgid = 0;
+    ev.i_mode = 0;
+    ev.dir_len = 0;
+    ev.path_len = 0;
+}
+
+/// Copies the name passed into the start of `data`; returns its length
+/// (0 when unreadable, marked in `hflags`).
+#[inline(always)]
+fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
+    let data = scratch.data.as_mut_ptr();
+    // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
+    let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };
+    if n <= 0 {
+        *hflags |= FLAG_PATH_UNREADABLE;
+        return 0;
+    }
+    if n as usize == PATH_CAPACITY && ret == -ENAMETOOLONG {
+        *hflags |= FLAG_PATH_TRUNCATED;
+    }
+    (n as usize - 1) & (PATH_CAPACITY - 1)
+}
+
+/// The `struct path` a relative name is resolved against: the cwd or the
+/// dirfd's file (0 when unknown).
+#[inline(always)]
+fn name_base(settings: &Settings, dirfd: i32) -> u64 {
+    let o = &settings.offsets;
+    if dirfd == AT_FDCWD {
+        let fs: u64 = read(current_task(), o.task_fs);
+        if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
+    } else {
+        let file = file_of_fd(o, dirfd);
+        if file == 0 {
+            0
+        } else {
+            file + o.file_path as u64
+        }
+    }
 }

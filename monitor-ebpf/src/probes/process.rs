@@ -24,6 +24,7 @@ use crate::{
     filter::{self, Match},
     lineage,
     maps::{SCRATCH, SETTINGS, Scratch},
+    object,
     task::{current_task, read},
 };
 
@@ -97,6 +98,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let exe_path = if exe == 0 {
         0
     } else {
+        object::describe(o, exe, &mut scratch.event);
         exe + o.file_path as u64
     };
     let len = walk_dir(o, exe_path, 0, &mut scratch.event.header.flags);
@@ -149,6 +151,13 @@ fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match, settings: &Set
     ev.result = 0;
     ev.path_len = 0;
     ev.dir_len = 0;
+    ev.ino = 0;
+    ev.dev = 0;
+    ev.f_mode = 0;
+    ev.fs_magic = 0;
+    ev.nlink = 0;
+    ev.proc_tgid = 0;
+    ev.i_mode = 0;
 }
 
 const _: () = assert!(

@@ -7,7 +7,10 @@ use std::{
     collections::HashMap,
     ffi::OsString,
     fs,
-    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
+    os::unix::{
+        ffi::{OsStrExt as _, OsStringExt as _},
+        fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -15,6 +18,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::actions::identities::{self, Identities};
+use crate::actions::trust;
 use crate::{
     events::paths,
     policy::matchers::{NetMatcher, NetRule, PathMatcher},
@@ -27,11 +32,17 @@ pub struct Declaration {
     pub label: Option<String>,
     pub mnemonic: Option<String>,
     pub inputs: PathMatcher,
-    /// Directories the action may write to and read back what it created
-    /// there (a sandbox's host `/tmp`); empty for declaration files.
+    /// Where the action may write (and read back anything): its outputs and
+    /// scratch space (a sandbox's own directory).
+    pub outputs: PathMatcher,
+    /// Where the action may create files and read back only what it created
+    /// (a sandbox's host `/tmp`; a declaration file's `writable`).
     pub writable: PathMatcher,
     pub network: NetMatcher,
     pub source: PathBuf,
+    /// Which objects the declared names stood for when the declaration was
+    /// read (empty when not recorded, e.g. for sandboxes).
+    pub identities: Identities,
 }
 
 #[derive(Deserialize)]
@@ -43,15 +54,42 @@ struct RawDeclaration {
     #[serde(default)]
     inputs: Vec<String>,
     #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    writable: Vec<String>,
+    #[serde(default)]
     network: Vec<NetRule>,
 }
 
+/// Parses a declaration without looking at the file system.
 pub fn parse(text: &str, source: &Path) -> Result<Declaration, String> {
+    parse_at(text, source, None)
+}
+
+/// Parses a declaration; with `written` (the declaration file's mtime) also
+/// records what its declared names are now: the identity (device, inode)
+/// of each file, and the targets of symlinks among them, which count as
+/// declared. Entries changed after `written` are not trusted: the action
+/// may have planted them.
+pub fn parse_at(
+    text: &str,
+    source: &Path,
+    written: Option<SystemTime>,
+) -> Result<Declaration, String> {
     let raw: RawDeclaration = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if !raw.cgroup.is_absolute() {
         return Err(format!("cgroup {:?} is not an absolute path", raw.cgroup));
     }
-    let inputs = PathMatcher::new(&raw.inputs).map_err(|e| e.to_string())?;
+    PathMatcher::new(&raw.inputs).map_err(|e| e.to_string())?;
+    let outputs = PathMatcher::new(&raw.outputs).map_err(|e| format!("outputs: {e}"))?;
+    let writable = PathMatcher::new(&raw.writable).map_err(|e| format!("writable: {e}"))?;
+    let (identities, targets) = match written {
+        Some(t) => identities::record(&raw.inputs, t),
+        None => (Identities::default(), Vec::new()),
+    };
+    let mut patterns = raw.inputs.clone();
+    patterns.extend(targets);
+    let inputs = PathMatcher::new(&patterns).map_err(|e| e.to_string())?;
     let cgroup = PathBuf::from(OsString::from_vec(paths::normalize(
         raw.cgroup.as_os_str().as_bytes(),
     )));
@@ -60,17 +98,24 @@ pub fn parse(text: &str, source: &Path) -> Result<Declaration, String> {
         label: raw.label,
         mnemonic: raw.mnemonic,
         inputs,
-        writable: PathMatcher::new(&[]).expect("empty matcher"),
+        outputs,
+        writable,
         network: NetMatcher::new(raw.network),
         source: source.to_path_buf(),
+        identities,
     })
 }
+
+/// What makes a declaration file worth re-reading: mtime, size, ctime.
+type Stamp = (SystemTime, u64, (i64, i64));
 
 /// The declarations found so far, by cgroup path.
 #[derive(Default)]
 pub struct DeclarationStore {
     dir: PathBuf,
-    seen: HashMap<PathBuf, (SystemTime, u64)>,
+    seen: HashMap<PathBuf, Stamp>,
+    /// Why the directory is not trusted (logged and counted once).
+    dir_error: Option<String>,
     by_cgroup: HashMap<PathBuf, Arc<Declaration>>,
 }
 
@@ -83,8 +128,25 @@ impl DeclarationStore {
     }
 
     /// Reads new and changed `*.json` files and forgets removed ones.
-    /// Returns how many were invalid.
+    /// Returns how many were invalid (a directory that cannot be trusted
+    /// counts once, until it is fixed).
     pub fn rescan(&mut self) -> u64 {
+        if let Err(why) = trust::check_dir(&self.dir) {
+            if self.dir_error.as_ref() == Some(&why) {
+                return 0;
+            }
+            if self.dir.exists() {
+                log::error!(
+                    "ignoring declarations directory {}: {why}",
+                    self.dir.display()
+                );
+            }
+            self.dir_error = Some(why);
+            self.seen.clear();
+            self.by_cgroup.clear();
+            return u64::from(self.dir.exists());
+        }
+        self.dir_error = None;
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -97,19 +159,27 @@ impl DeclarationStore {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
+            // ctime too: a chown or chmod makes a rejected file worth
+            // another look.
             let stamp = (
                 meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 meta.len(),
+                (meta.ctime(), meta.ctime_nsec()),
             );
             if self.seen.get(&path) == Some(&stamp) {
                 continue;
             }
             self.seen.insert(path.clone(), stamp);
-            let parsed = fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|text| parse(&text, &path));
+            let parsed =
+                trust::read_file(&path).and_then(|text| parse_at(&text, &path, Some(stamp.0)));
             match parsed {
                 Ok(decl) => {
+                    log::info!(
+                        "declaration {} read for {} ({} declared files recorded)",
+                        path.display(),
+                        decl.cgroup.display(),
+                        decl.identities.count()
+                    );
                     self.by_cgroup.insert(decl.cgroup.clone(), Arc::new(decl));
                 }
                 Err(e) => {
@@ -205,5 +275,40 @@ mod tests {
         fs::remove_file(dir.path().join("a.json")).unwrap();
         store.rescan();
         assert!(store.for_cgroup(Path::new("/cg/a")).is_none());
+    }
+
+    #[test]
+    fn untrusted_directories_and_files_are_rejected_and_counted() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"{"cgroup": "/cg/a", "label": "//a"}"#;
+        fs::write(dir.path().join("a.json"), good).unwrap();
+        // Owned by someone else, writable by others, a symlink: rejected.
+        let other = dir.path().join("other.json");
+        fs::write(&other, r#"{"cgroup": "/cg/b"}"#).unwrap();
+        std::os::unix::fs::chown(&other, Some(4242), None).unwrap();
+        let open = dir.path().join("open.json");
+        fs::write(&open, r#"{"cgroup": "/cg/c"}"#).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).unwrap();
+        symlink(dir.path().join("a.json"), dir.path().join("link.json")).unwrap();
+        let mut store = DeclarationStore::new(dir.path().to_path_buf());
+        assert_eq!(store.rescan(), 3);
+        assert!(store.for_cgroup(Path::new("/cg/a")).is_some());
+        assert!(store.for_cgroup(Path::new("/cg/b")).is_none());
+        assert!(store.for_cgroup(Path::new("/cg/c")).is_none());
+        assert_eq!(store.rescan(), 0, "counted once");
+        // Fixed: read on the next scan.
+        std::os::unix::fs::chown(&other, Some(0), None).unwrap();
+        assert_eq!(store.rescan(), 0);
+        assert!(store.for_cgroup(Path::new("/cg/b")).is_some());
+
+        // A directory others can write to is not trusted at all.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(store.rescan(), 1);
+        assert!(store.for_cgroup(Path::new("/cg/a")).is_none());
+        assert_eq!(store.rescan(), 0, "counted once");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        store.rescan();
+        assert!(store.for_cgroup(Path::new("/cg/a")).is_some());
     }
 }

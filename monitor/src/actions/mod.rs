@@ -4,5 +4,7 @@
 //! Must not judge events or write output.
 pub mod cgroup;
 pub mod declarations;
+pub mod identities;
 pub mod registry;
+pub mod trust;
 pub mod watch;

@@ -39,6 +39,9 @@ pub struct Spawn {
     pub command: Vec<String>,
     /// linux-sandbox `-N`: the spawn has a network namespace of its own.
     pub own_network: bool,
+    /// When the launcher exec'd: symlinks in the sandbox changed after it
+    /// were planted by the spawn, not by Bazel, and declare nothing.
+    pub launched_at: Option<std::time::SystemTime>,
 }
 
 /// Reads a launcher's argv (NUL-separated, as in `/proc/<pid>/cmdline`) and
@@ -141,6 +144,14 @@ pub fn writable_patterns(spawn: &Spawn) -> Vec<String> {
         .collect()
 }
 
+/// Where the spawn may write: its own sandbox (or execroot) tree, which
+/// holds its outputs and scratch space. The real input files its symlinks
+/// lead to are inputs only.
+pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
+    let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
+    vec![pattern_below(root), root.display().to_string()]
+}
+
 /// The spawn's declared paths: its sandbox (or execroot) tree and every
 /// symlink target found in it, each hop of a chain included (Bazel links
 /// sandbox inputs to the main execroot, which links to the source tree).
@@ -169,11 +180,31 @@ pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_symlink() {
+                if planted(&entry, spawn.launched_at) {
+                    log::warn!(
+                        "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
+                        path.display()
+                    );
+                    continue;
+                }
                 push_link_chain(&path, &mut patterns);
             }
         }
     }
     patterns
+}
+
+/// Whether a sandbox entry changed after the launch (its inode's ctime is
+/// later). The kernel's file times are coarse (a clock tick behind at
+/// most), so an entry from before the launch never looks planted.
+fn planted(entry: &fs::DirEntry, launched_at: Option<std::time::SystemTime>) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Some(launch), Ok(meta)) = (launched_at, entry.metadata()) else {
+        return false;
+    };
+    let ctime = std::time::UNIX_EPOCH
+        + std::time::Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
+    ctime > launch
 }
 
 /// Every hop of the symlink chain starting at `link` (a few at most).
@@ -314,6 +345,32 @@ mod tests {
             sandbox_dir_of(Path::new("/a/sandbox/s/x/execroot/ws")),
             None,
             "non-numeric id"
+        );
+    }
+
+    #[test]
+    fn links_newer_than_the_launch_declare_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let execroot = tmp.path().join("ob/sandbox/linux-sandbox/4/execroot/ws");
+        fs::create_dir_all(&execroot).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", execroot.join("old")).unwrap();
+        let launch = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        let mut spawn = parse_launch(
+            &argv(&[
+                "linux-sandbox",
+                "-W",
+                execroot.to_str().unwrap(),
+                "--",
+                "true",
+            ]),
+            Path::new("/"),
+        );
+        spawn.launched_at = Some(launch);
+        assert!(matcher(&declared_patterns(&spawn)).matches(b"/etc/hostname"));
+        spawn.launched_at = Some(launch - std::time::Duration::from_secs(60));
+        assert!(
+            !matcher(&declared_patterns(&spawn)).matches(b"/etc/hostname"),
+            "a link from after the launch was followed"
         );
     }
 

@@ -29,6 +29,9 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
         None => std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
     };
     let mut spawn = sandbox::parse_launch(&argv, &cwd);
+    spawn.launched_at = Some(crate::events::decode::wall_clock_recent(
+        launch.origin.ktime_ns,
+    ));
     // The kernel matched the launcher by comm; a script launcher has the
     // interpreter as argv[0].
     spawn.launcher = launch.origin.comm_str();
@@ -42,7 +45,9 @@ pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
         label: None,
         mnemonic: None,
         inputs: sandbox::matcher(&sandbox::declared_patterns(spawn)),
+        outputs: sandbox::matcher(&sandbox::output_patterns(spawn)),
         writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
+        identities: Default::default(),
         network: NetMatcher::default(),
         source: spawn
             .sandbox_dir

@@ -40,7 +40,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let bazel = is_bazel(&opts.command);
     let scratch = tempdir_for_exec().map_err(StartError::Kernel)?;
     let exec_log = if bazel {
-        add_execution_log(&mut opts.command, &scratch)
+        add_execution_log(&mut opts.command, scratch.path())
     } else {
         None
     };
@@ -94,7 +94,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .map_err(StartError::Kernel)?;
     running.stop_metrics().await;
     stop_leftovers(&job_dir);
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
 
     let status = status
         .expect("the command was awaited")
@@ -189,10 +189,18 @@ fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<Path
     Some(path)
 }
 
-fn tempdir_for_exec() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("monitor-exec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A fresh private directory (random name, mode 0700, created exclusively):
+/// a predictable `/tmp` name could be pre-created by another user.
+fn tempdir_for_exec() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("monitor-exec-")
+        .tempdir()
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                std::env::temp_dir().display()
+            )
+        })
 }
 
 /// Ends what the command left running in its cgroup (a Bazel server), so

@@ -8,8 +8,9 @@ use std::{
 };
 
 use monitor_common::{
-    AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_TRUNCATED,
-    FLAG_DIR_UNRESOLVED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
+    AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_INTERNAL,
+    FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
+    FLAG_PATH_UNREADABLE, FileEvent,
 };
 
 use crate::events::paths;
@@ -18,6 +19,8 @@ use crate::events::paths;
 #[derive(Clone, Copy, Debug)]
 pub struct Origin {
     pub time: SystemTime,
+    /// `bpf_ktime_get_ns()` of the event (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
     pub action_cgroup_id: u64,
     /// cgroup ancestors one and two levels below the matched scope.
     pub child_cgroup_id: u64,
@@ -44,11 +47,68 @@ impl Origin {
     }
 }
 
+/// What the kernel says an opened file (or executable) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Device in `stat(2)`'s `st_dev` encoding.
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u32,
+    pub f_mode: u32,
+    pub fs_magic: u32,
+    /// For a per-process procfs entry: that process's tgid; else 0.
+    pub proc_tgid: u32,
+    /// `st_mode`: file type and permissions.
+    pub mode: u32,
+    /// On a mount attached to no namespace (pipe, socket, memfd, nsfs):
+    /// reachable by no path.
+    pub internal: bool,
+}
+
+impl Identity {
+    /// `major:minor`, as in `/proc/self/mountinfo`.
+    pub fn dev_string(&self) -> String {
+        format!("{}:{}", libc::major(self.dev), libc::minor(self.dev))
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// The open created the file (`FMODE_CREATED`), as opposed to `O_CREAT`
+    /// being passed for a file that already existed.
+    pub fn created(&self) -> bool {
+        self.f_mode & monitor_common::FMODE_CREATED != 0
+    }
+}
+
+fn identity(ev: &FileEvent) -> Identity {
+    // The kernel's s_dev is major << 20 | minor.
+    let dev = libc::makedev(ev.dev >> 20, ev.dev & 0xfffff);
+    Identity {
+        dev,
+        ino: ev.ino,
+        nlink: ev.nlink,
+        f_mode: ev.f_mode,
+        fs_magic: ev.fs_magic,
+        proc_tgid: ev.proc_tgid,
+        mode: ev.i_mode,
+        internal: ev.header.flags & FLAG_DIR_INTERNAL != 0,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FileOpen {
     pub origin: Origin,
-    /// Absolute, normalised path (raw bytes: may be non-UTF-8).
+    /// Absolute, normalised path (raw bytes: may be non-UTF-8): for a
+    /// successful open the path of the object the kernel opened, else the
+    /// name passed, resolved against the cwd or dirfd.
     pub path: Vec<u8>,
+    /// The name passed, as passed, when it names something else than
+    /// `path` (for a relative name: when `path` does not end with it).
+    pub requested: Option<Vec<u8>>,
+    /// The opened object's identity (successful opens only).
+    pub object: Option<Identity>,
     pub open_flags: u64,
     pub result: i64,
     /// The path was longer than the kernel buffer: `path` is its beginning.
@@ -74,6 +134,7 @@ pub struct Connect {
 pub struct Exec {
     pub origin: Origin,
     pub exe: Option<Vec<u8>>,
+    pub identity: Option<Identity>,
 }
 
 /// A sandbox launcher started (a new lineage action).
@@ -163,9 +224,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Some(EventKind::FileOpen) => decode_file(bytes, origin, header.flags).map(Event::File),
         Some(EventKind::Exec) => {
             let (ev, dir, _) = split_path_event(bytes)?;
-            let exe = (ev.header.flags & FLAG_DIR_UNRESOLVED == 0)
-                .then(|| paths::dir_from_components(dir));
-            Ok(Event::Exec(Exec { origin, exe }))
+            let resolved = ev.header.flags & FLAG_DIR_UNRESOLVED == 0;
+            let exe = resolved.then(|| paths::dir_from_components(dir));
+            let identity = (resolved && ev.ino != 0).then(|| identity(&ev));
+            Ok(Event::Exec(Exec {
+                origin,
+                exe,
+                identity,
+            }))
         }
         Some(EventKind::Connect) => {
             let ev: ConnectEvent = read(bytes)?;
@@ -232,8 +298,11 @@ fn split_path_event(bytes: &[u8]) -> Result<(FileEvent, &[u8], &[u8]), DecodeErr
 
 fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, DecodeError> {
     let (ev, dir, raw) = split_path_event(bytes)?;
+    if flags & FLAG_OBJECT != 0 && flags & FLAG_DIR_UNRESOLVED == 0 {
+        return Ok(decode_object(&ev, dir, raw, origin, flags));
+    }
     let unresolved = flags & FLAG_DIR_UNRESOLVED != 0 && !raw.starts_with(b"/");
-    let path = if unresolved {
+    let path = if unresolved || flags & FLAG_OBJECT != 0 && !raw.starts_with(b"/") {
         raw.to_vec()
     } else if raw.starts_with(b"/") {
         // The common case: no base directory to build (the kernel sent none).
@@ -244,17 +313,54 @@ fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, Dec
     Ok(FileOpen {
         origin,
         path,
+        requested: None,
+        object: None,
         open_flags: ev.open_flags,
         result: ev.result,
         truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_DIR_TRUNCATED) != 0,
-        unresolved,
+        unresolved: unresolved || flags & FLAG_OBJECT != 0 && !raw.starts_with(b"/"),
         unreadable: flags & FLAG_PATH_UNREADABLE != 0,
     })
+}
+
+/// A successful open: the path is the object's, walked by the kernel; the
+/// name passed is kept when it says something else.
+fn decode_object(ev: &FileEvent, dir: &[u8], raw: &[u8], origin: Origin, flags: u32) -> FileOpen {
+    let path = paths::dir_from_components(dir);
+    let requested = if flags & FLAG_PATH_UNREADABLE != 0 {
+        None
+    } else if raw.starts_with(b"/") {
+        (paths::normalize(raw) != path).then(|| raw.to_vec())
+    } else {
+        (!names_same_object(&path, raw)).then(|| raw.to_vec())
+    };
+    FileOpen {
+        origin,
+        path,
+        requested,
+        object: Some(identity(ev)),
+        open_flags: ev.open_flags,
+        result: ev.result,
+        truncated: flags & FLAG_DIR_TRUNCATED != 0,
+        unresolved: false,
+        unreadable: false,
+    }
+}
+
+/// A relative name without `..` whose components end the object path names
+/// nothing else (its base directory is not walked for successful opens).
+fn names_same_object(object: &[u8], relative: &[u8]) -> bool {
+    let rel = paths::normalize(relative);
+    if relative.split(|&b| b == b'/').any(|c| c == b"..") {
+        return false;
+    }
+    rel == b"/" || object.ends_with(&rel)
 }
 
 fn origin(h: &EventHeader) -> Origin {
     Origin {
         time: wall_clock(h.ktime_ns),
+        ktime_ns: h.ktime_ns,
         action_cgroup_id: h.action_cgroup_id,
         child_cgroup_id: h.child_cgroup_id,
         grandchild_cgroup_id: h.grandchild_cgroup_id,
@@ -265,6 +371,21 @@ fn origin(h: &EventHeader) -> Origin {
         scope: h.scope,
         comm: h.comm,
     }
+}
+
+/// The wall-clock time of a recent `bpf_ktime_get_ns()` stamp, measured
+/// back from now (no drift between the clocks since start-up): for
+/// comparing with file timestamps.
+pub fn wall_clock_recent(ktime_ns: u64) -> SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = SystemTime::now();
+    let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    now - mono.saturating_sub(Duration::from_nanos(ktime_ns))
 }
 
 /// Converts a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp to wall-clock

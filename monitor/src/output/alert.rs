@@ -23,6 +23,9 @@ pub const SCHEMA: &str = "monitor.alert/v1";
 pub enum AlertKind {
     /// The action opened a file it did not declare as an input.
     UndeclaredFile,
+    /// The action opened for writing (or created) a file outside its
+    /// outputs and writable directories.
+    UndeclaredWrite,
     /// The action connected somewhere the network policy does not allow.
     NetworkEgress,
 }
@@ -32,6 +35,7 @@ impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::UndeclaredFile => "undeclared_file",
+            AlertKind::UndeclaredWrite => "undeclared_write",
             AlertKind::NetworkEgress => "network_egress",
         }
     }
@@ -79,6 +83,16 @@ pub struct FileInfo {
     /// Why the path is less than certain (truncated, unresolved base
     /// directory); said in the message.
     pub caveat: Option<&'static str>,
+    /// The name the process passed, when it differs from `path` (the object
+    /// opened).
+    pub requested: Option<Vec<u8>>,
+    /// The object's device (`major:minor`) and inode, when the kernel
+    /// reported them (successful opens, exec).
+    pub dev: Option<String>,
+    pub ino: Option<u64>,
+    /// Why the object counts as undeclared although its name does not say
+    /// so (a hard link, something mounted over a declared name).
+    pub note: Option<&'static str>,
 }
 
 /// The connection behind a `network_egress` alert.
@@ -153,6 +167,12 @@ struct FileJson {
     op: &'static str,
     flags: String,
     result: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ino: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -174,11 +194,14 @@ impl Alert {
     /// the kind is left out rather than confusing consumers.
     pub fn to_json_line(&self) -> String {
         let file = match (self.kind, &self.file) {
-            (AlertKind::UndeclaredFile, Some(f)) => Some(FileJson {
+            (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f)) => Some(FileJson {
                 path: escape_for_display(&f.path),
                 op: f.op,
                 flags: open_flags_to_string(f.flags),
                 result: f.result,
+                requested_path: f.requested.as_deref().map(escape_for_display),
+                dev: f.dev.clone(),
+                ino: f.ino,
             }),
             _ => None,
         };
@@ -226,21 +249,8 @@ impl Alert {
         let mut m = self.who();
         let blocked = self.verdict == Verdict::Blocked;
         let result = match (self.kind, &self.file, &self.net) {
-            (AlertKind::UndeclaredFile, Some(f), _) => {
-                let verb = if blocked {
-                    " was blocked from opening "
-                } else {
-                    " opened "
-                };
-                let _ = write!(
-                    m,
-                    "{verb}{} ({}), which it did not declare",
-                    escape_for_display(&f.path),
-                    open_flags_to_string(f.flags)
-                );
-                if let Some(caveat) = f.caveat {
-                    let _ = write!(m, " [{caveat}]");
-                }
+            (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f), _) => {
+                file_sentence(&mut m, self.kind, f, blocked);
                 f.result
             }
             (AlertKind::NetworkEgress, _, Some(n)) => {
@@ -260,7 +270,7 @@ impl Alert {
                 }
                 n.result
             }
-            (AlertKind::UndeclaredFile, ..) => {
+            (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, ..) => {
                 m.push_str(" opened a file it did not declare");
                 0
             }
@@ -288,6 +298,34 @@ impl Alert {
             (None, Some(mn)) => format!("{mn} action {} (cgroup {})", a.id, a.cgroup),
             (None, None) => format!("action {} (cgroup {})", a.id, a.cgroup),
         }
+    }
+}
+
+/// `… opened /x (O_RDONLY) as /link, which it did not declare [caveat]`.
+fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
+    let verb = match (blocked, f.op) {
+        (true, _) => " was blocked from opening ",
+        (false, "exec") => " executed ",
+        (false, _) => " opened ",
+    };
+    let _ = write!(
+        m,
+        "{verb}{} ({})",
+        escape_for_display(&f.path),
+        open_flags_to_string(f.flags)
+    );
+    if let Some(requested) = &f.requested {
+        let _ = write!(m, " as {}", escape_for_display(requested));
+    }
+    m.push_str(match kind {
+        AlertKind::UndeclaredWrite => ", outside its outputs and writable directories",
+        _ => ", which it did not declare",
+    });
+    if let Some(note) = f.note {
+        let _ = write!(m, " ({note})");
+    }
+    if let Some(caveat) = f.caveat {
+        let _ = write!(m, " [{caveat}]");
     }
 }
 
@@ -420,6 +458,10 @@ mod tests {
                 flags: libc::O_RDONLY as u64,
                 result: 3,
                 caveat: None,
+                requested: None,
+                dev: None,
+                ino: None,
+                note: None,
             }),
             net: None,
             verdict: Verdict::Observed,

@@ -96,9 +96,15 @@ impl Handler {
 
     pub fn event(&mut self, event: Event, now: Instant) {
         self.event_counters[event.metric_index()].inc();
-        let (pid, ppid) = (event.origin().pid, event.origin().ppid);
+        let pid = event.origin().pid;
         match event {
-            Event::Exec(exec) => self.processes.exec(pid, exec.exe.as_deref()),
+            Event::Exec(exec) => {
+                self.processes.exec(pid, exec.exe.as_deref());
+                // The program file is an input: judged like an open.
+                if exec.exe.is_some() {
+                    self.route(Event::Exec(exec), now);
+                }
+            }
             Event::Exit(origin) => {
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
@@ -118,21 +124,25 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::Cgroup(change) => self.cgroup(change, now),
-            event @ (Event::File(_) | Event::Connect(_)) => {
-                let exe = self.processes.exe(pid, ppid);
-                let origin = *event.origin();
-                let mut ready = std::mem::take(&mut self.ready);
-                self.registry.route(
-                    &origin,
-                    Observed { event, exe },
-                    now,
-                    &mut ready,
-                    &mut self.needs,
-                );
-                self.judge_all(ready.drain(..));
-                self.ready = ready;
-            }
+            event @ (Event::File(_) | Event::Connect(_)) => self.route(event, now),
         }
+    }
+
+    /// Hands an event to its action (held until the action is known).
+    fn route(&mut self, event: Event, now: Instant) {
+        let (pid, ppid) = (event.origin().pid, event.origin().ppid);
+        let exe = self.processes.exe(pid, ppid);
+        let origin = *event.origin();
+        let mut ready = std::mem::take(&mut self.ready);
+        self.registry.route(
+            &origin,
+            Observed { event, exe },
+            now,
+            &mut ready,
+            &mut self.needs,
+        );
+        self.judge_all(ready.drain(..));
+        self.ready = ready;
     }
 
     fn cgroup(&mut self, change: CgroupChange, now: Instant) {
@@ -189,6 +199,7 @@ impl Handler {
             let violation = match &observed.event {
                 Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
+                Event::Exec(e) => self.policy.judge_exec(e, || observed.process(), &action),
                 _ => None,
             };
             let Some(v) = violation else { continue };

@@ -4,9 +4,12 @@ use std::{net::IpAddr, sync::Arc};
 
 use crate::{
     actions::registry::ActionView,
-    events::decode::{Connect, FileOpen},
+    events::decode::{Connect, Exec, FileOpen},
     output::alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
-    policy::matchers::{NetMatcher, PathMatcher},
+    policy::{
+        access,
+        matchers::{NetMatcher, PathMatcher},
+    },
 };
 
 /// The host-wide policy from the config.
@@ -30,6 +33,8 @@ pub fn own_netns() -> Option<u32> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     File(Vec<u8>),
+    /// An undeclared write (folded apart from reads of the same file).
+    Write(Vec<u8>),
     Net(IpAddr, u16, &'static str),
 }
 
@@ -38,13 +43,8 @@ pub struct Violation {
     pub alert: Alert,
 }
 
-const EFAULT: i64 = 14;
-const O_CREAT: u64 = 0o100;
-/// O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE's directory bit.
-const WRITE_FLAGS: u64 = 0o1 | 0o2 | O_CREAT | 0o1000 | 0o2000 | 0o20000000;
-
 fn caveat(ev: &FileOpen) -> Option<&'static str> {
-    if ev.unreadable {
+    if ev.object.is_none() && ev.unreadable {
         Some("the path could not be read from the process")
     } else if ev.unresolved {
         Some("relative path; its base directory could not be resolved")
@@ -55,6 +55,9 @@ fn caveat(ev: &FileOpen) -> Option<&'static str> {
     }
 }
 
+/// Which violation an open is, and why when its name does not say.
+type FileVerdict = (AlertKind, Option<&'static str>);
+
 impl Policy {
     /// `process` is only called for a violation (it allocates).
     pub fn judge_file(
@@ -63,59 +66,119 @@ impl Policy {
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
-        if !action.judge_files {
+        self.judge_object(ev, "open", process, action)
+    }
+
+    /// An exec: the program file is an input, judged like an open for
+    /// reading (a script's interpreter is the program file; the script
+    /// itself is judged when the interpreter opens it). The sandbox
+    /// launcher's own program is not the spawn's.
+    pub fn judge_exec(
+        &self,
+        ev: &Exec,
+        process: impl FnOnce() -> ProcessInfo,
+        action: &Arc<ActionView>,
+    ) -> Option<Violation> {
+        let exe = ev.exe.as_ref()?;
+        if ev.origin.launcher == ev.origin.pid {
             return None;
         }
-        // A bad pointer is the caller's own bug, not an access.
-        if ev.unreadable && ev.result == -EFAULT {
+        let open = FileOpen {
+            origin: ev.origin,
+            path: exe.clone(),
+            requested: None,
+            object: ev.identity,
+            open_flags: 0,
+            result: 0,
+            truncated: false,
+            unresolved: false,
+            unreadable: false,
+        };
+        self.judge_object(&open, "exec", process, action)
+    }
+
+    fn judge_object(
+        &self,
+        ev: &FileOpen,
+        op: &'static str,
+        process: impl FnOnce() -> ProcessInfo,
+        action: &Arc<ActionView>,
+    ) -> Option<Violation> {
+        if !action.judge_files || access::exempt(ev) {
             return None;
         }
-        // A truncated or unresolved path cannot be proven declared.
-        let provable = !ev.truncated && !ev.unresolved && !ev.unreadable;
-        if provable {
-            let declared = action
-                .declaration
-                .as_ref()
-                .is_some_and(|d| d.inputs.matches(&ev.path));
-            if declared || self.files_allow.matches(&ev.path) {
-                return None;
-            }
-            let writable = action
-                .declaration
-                .as_ref()
-                .is_some_and(|d| d.writable.matches(&ev.path));
-            if writable {
-                let mut created = action.created.lock().unwrap_or_else(|e| e.into_inner());
-                if ev.open_flags & WRITE_FLAGS != 0 {
-                    if ev.result >= 0 && ev.open_flags & O_CREAT != 0 {
-                        created.insert(ev.path.clone());
-                    }
-                    return None;
-                }
-                if created.contains(&ev.path) {
-                    return None;
-                }
-            }
-        }
+        let (kind, note) = self.file_verdict(ev, action)?;
+        let target = match kind {
+            AlertKind::UndeclaredWrite => Target::Write(ev.path.clone()),
+            _ => Target::File(ev.path.clone()),
+        };
         Some(Violation {
-            target: Target::File(ev.path.clone()),
+            target,
             alert: Alert {
                 time: ev.origin.time,
-                kind: AlertKind::UndeclaredFile,
+                kind,
                 action: action.info.clone(),
                 process: process(),
                 file: Some(FileInfo {
                     path: ev.path.clone(),
-                    op: "open",
+                    op,
                     flags: ev.open_flags,
                     result: ev.result,
                     caveat: caveat(ev),
+                    requested: ev.requested.clone(),
+                    dev: ev.object.as_ref().map(|o| o.dev_string()),
+                    ino: ev.object.as_ref().map(|o| o.ino),
+                    note,
                 }),
                 net: None,
                 verdict: Verdict::Observed,
                 count: 1,
             },
         })
+    }
+
+    /// Writes need an output, a writable directory or the allow list; reads
+    /// need a declared input, an output, the allow list, or a file the
+    /// action itself created in a writable directory. A declared name whose
+    /// object is not the declared one (hard link, bind mount) is neither.
+    fn file_verdict(&self, ev: &FileOpen, action: &ActionView) -> Option<FileVerdict> {
+        let access = access::classify(ev);
+        let write_kind = if access.writes {
+            AlertKind::UndeclaredWrite
+        } else {
+            AlertKind::UndeclaredFile
+        };
+        // A truncated or unresolved path cannot be proven declared.
+        let provable = !ev.truncated && !ev.unresolved && (ev.object.is_some() || !ev.unreadable);
+        if !provable {
+            return Some((write_kind, None));
+        }
+        let path = &ev.path;
+        let decl = action.declaration.as_deref();
+        let allowed = self.files_allow.matches(path);
+        let inputs = decl.is_some_and(|d| d.inputs.matches(path));
+        let outputs = decl.is_some_and(|d| d.outputs.matches(path));
+        let writable = decl.is_some_and(|d| d.writable.matches(path));
+        let mut created = action.created.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(d), Some(id)) = (decl, &ev.object)
+            && (inputs || outputs)
+            && let Some(note) = d
+                .identities
+                .mismatch(path, id, || created.contains(&access::identity_key(id)))
+        {
+            return Some((write_kind, Some(note)));
+        }
+        if access.writes && !(allowed || outputs || writable) {
+            return Some((AlertKind::UndeclaredWrite, None));
+        }
+        if access.created {
+            created.insert(path.clone());
+            if let Some(id) = &ev.object {
+                created.insert(access::identity_key(id));
+            }
+        }
+        let readable = allowed || inputs || outputs || (writable && created.contains(path));
+        (access.reads && !readable).then_some((AlertKind::UndeclaredFile, None))
     }
 
     pub fn judge_connect(
@@ -177,8 +240,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        actions::declarations::Declaration, events::decode::Origin, output::alert::ActionInfo,
+        actions::declarations::Declaration,
+        events::decode::{Identity, Origin},
+        output::alert::ActionInfo,
     };
+
+    const O_WRONLY: u64 = 0o1;
+    const O_RDWR: u64 = 0o2;
+    const O_CREAT: u64 = 0o100;
+    const O_APPEND: u64 = 0o2000;
 
     fn policy() -> Policy {
         Policy {
@@ -193,10 +263,13 @@ mod tests {
             cgroup: PathBuf::from("/cg"),
             label: Some("//p:t".into()),
             mnemonic: Some("Genrule".into()),
-            inputs: PathMatcher::new(&["/ob/sandbox/linux-sandbox/1/**".into()]).unwrap(),
+            inputs: PathMatcher::new(&["/ob/sandbox/linux-sandbox/1/**".into(), "/src/**".into()])
+                .unwrap(),
+            outputs: PathMatcher::new(&["/ob/sandbox/linux-sandbox/1/**".into()]).unwrap(),
             writable: PathMatcher::new(&["/tmp/**".into()]).unwrap(),
             network: NetMatcher::default(),
             source: PathBuf::from("/ob/sandbox/linux-sandbox/1"),
+            identities: Default::default(),
         };
         Arc::new(ActionView {
             info: ActionInfo {
@@ -217,6 +290,7 @@ mod tests {
         FileOpen {
             origin: Origin {
                 time: SystemTime::now(),
+                ktime_ns: 0,
                 action_cgroup_id: 1,
                 child_cgroup_id: 0,
                 grandchild_cgroup_id: 0,
@@ -228,12 +302,43 @@ mod tests {
                 comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
             },
             path: path.as_bytes().to_vec(),
+            requested: None,
+            object: (result >= 0).then_some(Identity {
+                dev: 1,
+                ino: 1,
+                nlink: 1,
+                f_mode: 0,
+                fs_magic: 0,
+                proc_tgid: 0,
+                mode: libc::S_IFREG,
+                internal: false,
+            }),
             open_flags: flags,
             result,
             truncated: false,
             unresolved: false,
             unreadable: false,
         }
+    }
+
+    /// An open in which the kernel created the file.
+    fn creating(path: &str, flags: u64, result: i64) -> FileOpen {
+        let mut ev = open(path, flags, result);
+        if let Some(o) = &mut ev.object {
+            o.f_mode |= monitor_common::FMODE_CREATED;
+        }
+        ev
+    }
+
+    fn kind(p: &Policy, view: &Arc<ActionView>, ev: &FileOpen) -> Option<&'static str> {
+        let process = || ProcessInfo {
+            pid: 2,
+            ppid: 1,
+            comm: "bash".into(),
+            exe: None,
+        };
+        p.judge_file(ev, process, view)
+            .map(|v| v.alert.kind.as_str())
     }
 
     fn judge(p: &Policy, view: &Arc<ActionView>, ev: &FileOpen) -> bool {
@@ -270,7 +375,7 @@ mod tests {
             "reading a host /tmp file"
         );
         assert!(
-            !judge(&p, &view, &open("/tmp/scratch", O_CREAT | 0o1, 3)),
+            !judge(&p, &view, &creating("/tmp/scratch", O_CREAT | O_WRONLY, 3)),
             "creating scratch space"
         );
         assert!(
@@ -282,6 +387,66 @@ mod tests {
             judge(&p, &other, &open("/tmp/scratch", 0, 4)),
             "another action did not create it"
         );
+    }
+
+    #[test]
+    fn read_back_of_a_file_the_action_did_not_create_is_a_read() {
+        let (p, view) = (policy(), spawn_view());
+        // O_CREAT passed, but the file existed: the kernel did not create it.
+        assert_eq!(
+            kind(&p, &view, &open("/tmp/left", O_CREAT | O_RDWR, 3)),
+            Some("undeclared_file")
+        );
+        assert_eq!(
+            kind(&p, &view, &open("/tmp/left", O_APPEND, 3)),
+            Some("undeclared_file"),
+            "O_RDONLY|O_APPEND reads"
+        );
+        assert_eq!(
+            kind(&p, &view, &open("/tmp/left", O_APPEND | O_WRONLY, 3)),
+            None,
+            "appending to it is a write, allowed there"
+        );
+        assert_eq!(
+            kind(&p, &view, &open("/tmp/left", 0, 3)),
+            Some("undeclared_file")
+        );
+    }
+
+    #[test]
+    fn writes_outside_outputs_and_writable_dirs_are_undeclared_writes() {
+        let (p, view) = (policy(), spawn_view());
+        let out = "/ob/sandbox/linux-sandbox/1/execroot/ws/bazel-out/o.txt";
+        assert_eq!(kind(&p, &view, &creating(out, O_CREAT | O_WRONLY, 3)), None);
+        assert_eq!(
+            kind(&p, &view, &open("/src/pkg/in.txt", O_WRONLY, 3)),
+            Some("undeclared_write"),
+            "writing a declared input (the source tree)"
+        );
+        assert_eq!(kind(&p, &view, &open("/src/pkg/in.txt", 0, 3)), None);
+        assert_eq!(
+            kind(&p, &view, &open("/home/ci/x", O_CREAT | O_WRONLY, -13)),
+            Some("undeclared_write"),
+            "a failed attempt to create"
+        );
+    }
+
+    #[test]
+    fn own_proc_entries_and_pipes_are_no_file_access() {
+        let (p, view) = (policy(), spawn_view());
+        let mut own = open("/proc/1234/status", 0, 3);
+        own.object.as_mut().unwrap().proc_tgid = 2;
+        assert!(!judge(&p, &view, &own));
+        let mut other = open("/proc/77/environ", 0, 3);
+        other.object.as_mut().unwrap().proc_tgid = 77;
+        assert!(judge(&p, &view, &other));
+        let mut pipe = open("/", 0, 3);
+        pipe.object.as_mut().unwrap().internal = true;
+        assert!(!judge(&p, &view, &pipe));
+        // A failed open has no object: its own /proc names pass, what lies
+        // through /proc/self/root does not.
+        assert!(!judge(&p, &view, &open("/proc/self/nothing", 0, -2)));
+        assert!(judge(&p, &view, &open("/proc/self/root/etc/shadow", 0, -2)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Verdicts: path and network matchers, and the judge that turns an event of
 //! a known action into a violation (or nothing).
 //! Must not read the ring, attribute events or write output.
+pub mod access;
 pub mod judge;
 pub mod localnet;
 pub mod matchers;

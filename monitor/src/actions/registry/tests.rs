@@ -34,6 +34,7 @@ fn registry() -> Registry<u32> {
 fn origin(scope: u32, action: u64, pid: u32) -> Origin {
     Origin {
         time: std::time::SystemTime::UNIX_EPOCH,
+        ktime_ns: 0,
         action_cgroup_id: action,
         child_cgroup_id: action,
         grandchild_cgroup_id: 0,
@@ -52,7 +53,9 @@ fn declaration(cgroup: &str, label: &str) -> Declaration {
         label: Some(label.into()),
         mnemonic: Some("Genrule".into()),
         inputs: PathMatcher::new(&["/in/**".to_string()]).unwrap(),
+        outputs: PathMatcher::new(&[]).unwrap(),
         writable: PathMatcher::new(&[]).unwrap(),
+        identities: Default::default(),
         network: NetMatcher::default(),
         source: "/decl/a.json".into(),
     }

@@ -1,0 +1,242 @@
+//! What a declaration's names stood for when it was read: the (device,
+//! inode) of each declared file, so that an object reached under a declared
+//! name can be told apart from the one declared. A hard link made to an
+//! undeclared file inside a declared directory, or a file bind-mounted over
+//! a declared name, carries its own identity, whatever its path says.
+//!
+//! Recorded for exact paths and `dir/**` patterns (other globs are judged by
+//! name only). Entries whose inode changed after the declaration file was
+//! written are not trusted: the action may have planted them.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::events::decode::Identity;
+
+/// Most entries recorded for one declaration; beyond it, names are judged
+/// by name only (logged).
+const MAX_ENTRIES: usize = 100_000;
+
+type Key = (u64, u64);
+
+#[derive(Debug, Default)]
+pub struct Identities {
+    by_path: HashMap<Vec<u8>, Key>,
+    all: HashSet<Key>,
+    recorded: bool,
+}
+
+impl Identities {
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
+    /// How many declared files were recorded.
+    pub fn count(&self) -> usize {
+        self.by_path.len()
+    }
+
+    /// Why the object `id` found at the declared name `path` is not what was
+    /// declared, if it is not. `created` says whether the action itself
+    /// created the object (its own files may have several names).
+    pub fn mismatch(
+        &self,
+        path: &[u8],
+        id: &Identity,
+        created: impl FnOnce() -> bool,
+    ) -> Option<&'static str> {
+        if !self.recorded {
+            return None;
+        }
+        let key = (id.dev, id.ino);
+        if let Some(&declared) = self.by_path.get(path) {
+            // Another declared file mounted over a declared name is still
+            // a declared file.
+            return (declared != key && !self.all.contains(&key)).then_some(
+                "not the file declared under this name: something is mounted over it or it was replaced",
+            );
+        }
+        if id.nlink > 1 && !id.is_dir() && !self.all.contains(&key) && !created() {
+            return Some("a hard link to a file that was not declared");
+        }
+        None
+    }
+}
+
+/// Records the identities behind `patterns`; returns them and the patterns
+/// of trusted symlinks' targets (which count as declared).
+pub fn record(patterns: &[String], written: SystemTime) -> (Identities, Vec<String>) {
+    let mut rec = Recorder {
+        ids: Identities {
+            recorded: true,
+            ..Default::default()
+        },
+        targets: Vec::new(),
+        written: since_epoch(written),
+        seen: 0,
+    };
+    for pattern in patterns {
+        if !has_glob(pattern) {
+            rec.entry(Path::new(pattern), false);
+        } else if let Some(dir) = pattern.strip_suffix("/**")
+            && !has_glob(dir)
+        {
+            rec.entry(Path::new(dir), true);
+        }
+    }
+    if rec.seen > MAX_ENTRIES {
+        log::warn!(
+            "declaration names more than {MAX_ENTRIES} files; the rest are judged by name only"
+        );
+    }
+    (rec.ids, rec.targets)
+}
+
+struct Recorder {
+    ids: Identities,
+    targets: Vec<String>,
+    written: (i64, i64),
+    seen: usize,
+}
+
+impl Recorder {
+    /// Records `path`; a directory's entries too when `walk`.
+    fn entry(&mut self, path: &Path, walk: bool) {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            self.seen += 1;
+            if self.seen > MAX_ENTRIES {
+                return;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            // A directory changes whenever an entry does; its entries are
+            // judged one by one.
+            if !meta.is_dir() && (meta.ctime(), meta.ctime_nsec()) > self.written {
+                log::debug!("{} changed after its declaration", path.display());
+                continue;
+            }
+            if meta.file_type().is_symlink() {
+                self.link(&path);
+            } else if meta.is_dir() {
+                if walk && let Ok(entries) = fs::read_dir(&path) {
+                    stack.extend(entries.flatten().map(|e| e.path()));
+                }
+            } else {
+                self.add(&path, &meta);
+            }
+        }
+    }
+
+    /// A trusted symlink: its final target is declared, and recorded.
+    fn link(&mut self, link: &Path) {
+        let Ok(target) = fs::canonicalize(link) else {
+            return;
+        };
+        let Ok(meta) = fs::metadata(&target) else {
+            return;
+        };
+        let escaped = escape_glob(&target);
+        if meta.is_dir() {
+            self.targets.push(format!("{escaped}/**"));
+            self.targets.push(escaped);
+            self.entry(&target, true);
+        } else {
+            self.targets.push(escaped);
+            self.add(&target, &meta);
+        }
+    }
+
+    fn add(&mut self, path: &Path, meta: &fs::Metadata) {
+        let key = (meta.dev(), meta.ino());
+        self.ids
+            .by_path
+            .insert(path.as_os_str().as_bytes().to_vec(), key);
+        self.ids.all.insert(key);
+    }
+}
+
+fn since_epoch(t: SystemTime) -> (i64, i64) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i64)
+}
+
+fn has_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// `path` as a pattern that matches only itself.
+fn escape_glob(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn id_of(path: &Path) -> Identity {
+        let m = fs::metadata(path).unwrap();
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            nlink: m.nlink() as u32,
+            f_mode: 0,
+            fs_magic: 0,
+            proc_tgid: 0,
+            mode: m.mode(),
+            internal: false,
+        }
+    }
+
+    #[test]
+    fn hard_links_and_replaced_names_are_told_apart_from_declared_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("a"), "a").unwrap();
+        let secret = tmp.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let outside = tmp.path().join("lib.txt");
+        fs::write(&outside, "l").unwrap();
+        symlink(&outside, d.join("link")).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+        let (ids, targets) = record(&[format!("{}/**", d.display())], later);
+        assert_eq!(targets, vec![outside.display().to_string()]);
+
+        let a = d.join("a");
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert_eq!(ids.mismatch(&b(&a), &id_of(&a), || false), None);
+        assert_eq!(ids.mismatch(&b(&outside), &id_of(&outside), || false), None);
+        // Something else under a declared name.
+        assert!(ids.mismatch(&b(&a), &id_of(&secret), || false).is_some());
+        // A new hard link to the secret inside the declared directory.
+        fs::hard_link(&secret, d.join("x")).unwrap();
+        let x = d.join("x");
+        assert!(ids.mismatch(&b(&x), &id_of(&x), || false).is_some());
+        assert_eq!(ids.mismatch(&b(&x), &id_of(&x), || true), None);
+    }
+
+    #[test]
+    fn entries_newer_than_the_declaration_are_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let early = SystemTime::now() - std::time::Duration::from_secs(60);
+        symlink("/etc/hostname", tmp.path().join("planted")).unwrap();
+        let (ids, targets) = record(&[format!("{}/**", tmp.path().display())], early);
+        assert!(targets.is_empty(), "planted link followed: {targets:?}");
+        assert!(ids.is_recorded());
+    }
+}

@@ -1,0 +1,585 @@
+//! The object, not the name: hostile actions whose declaration covers a
+//! directory D reach a secret outside it by symlink, `..` through a
+//! symlinked directory, `/proc/self/{root,fd}`, a path buffer rewritten
+//! while the open blocks, a hard link, a bind mount, exec; each must alert on
+//! the secret itself. The same programs pointed at declared files are the
+//! positive controls of each run: they must raise nothing.
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use monitor_integration_tests::*;
+use serde_json::Value;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain mkfifo(3) on a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
+/// Writes a declaration file with inputs, outputs and writable patterns,
+/// then waits until the daemon says it read it (so that what the action
+/// does afterwards is judged against it, and entries the action plants are
+/// newer than the declaration).
+fn declare(
+    daemon: &Daemon,
+    cgroup: &Path,
+    inputs: &[String],
+    outputs: &[String],
+    writable: &[String],
+) {
+    let name = cgroup.file_name().unwrap().to_string_lossy().to_string();
+    let text = serde_json::json!({
+        "cgroup": s(cgroup), "label": format!("//objects:{name}"), "mnemonic": "Genrule",
+        "inputs": inputs, "outputs": outputs, "writable": writable,
+    });
+    let tmp = daemon.declarations.join(format!(".{name}.tmp"));
+    fs::write(&tmp, text.to_string()).unwrap();
+    let file = daemon.declarations.join(format!("{name}.json"));
+    fs::rename(&tmp, &file).unwrap();
+    let needle = format!("declaration {} read", file.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if fs::read_to_string(&daemon.stderr).is_ok_and(|e| e.contains(&needle)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "declaration never read: {}",
+        fs::read_to_string(&daemon.stderr).unwrap_or_default()
+    );
+}
+
+/// File alerts (any kind) whose object path is `path`.
+fn on<'a>(alerts: &'a [Value], path: &Path) -> Vec<&'a Value> {
+    let p = s(path);
+    alerts
+        .iter()
+        .filter(|a| a["file"]["path"] == p.as_str())
+        .collect()
+}
+
+fn one_read_alert<'a>(alerts: &'a [Value], path: &Path) -> &'a Value {
+    let hits: Vec<_> = on(alerts, path)
+        .into_iter()
+        .filter(|a| a["kind"] == "undeclared_file")
+        .collect();
+    assert_eq!(hits.len(), 1, "one read alert on {path:?}: {alerts:#?}");
+    hits[0]
+}
+
+fn under<'a>(alerts: &'a [Value], dir: &Path) -> Vec<&'a Value> {
+    let prefix = format!("{}/", dir.display());
+    alerts
+        .iter()
+        .filter(|a| {
+            a["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&prefix))
+        })
+        .collect()
+}
+
+fn run_ok(cgroup: &Path, cmd: &mut Command) {
+    let out = run_in(cgroup, cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Opens `path` read-only without O_CLOEXEC, so children inherit the fd.
+fn inheritable_fd(path: &Path) -> i32 {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain open(2).
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "open {path:?}");
+    fd
+}
+
+fn compile_fifo_race(out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fifo_race.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+}
+
+/// The files of one scene: D (declared inputs), W (declared outputs), the
+/// secrets outside both.
+struct Scene {
+    _tmp: tempfile::TempDir,
+    d: PathBuf,
+    w: PathBuf,
+    secret: PathBuf,
+}
+
+fn scene() -> Scene {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("decl");
+    let w = tmp.path().join("work");
+    let secret = tmp.path().join("secret");
+    write(&d.join("ok.txt"), "ok");
+    write(&d.join("inner/ok2.txt"), "ok2");
+    fs::create_dir_all(d.join("inner/deep")).unwrap();
+    fs::create_dir_all(&w).unwrap();
+    for name in ["one", "two", "three", "four", "six", "seven"] {
+        write(&secret.join(name), "secret");
+    }
+    fs::create_dir_all(secret.join("a")).unwrap();
+    Scene {
+        _tmp: tmp,
+        d,
+        w,
+        secret,
+    }
+}
+
+fn declare_scene(daemon: &Daemon, cgroup: &Path, sc: &Scene, writable: &[String]) {
+    declare(
+        daemon,
+        cgroup,
+        &[format!("{}/**", s(&sc.d)), format!("{}/**", s(&sc.w))],
+        &[format!("{}/**", s(&sc.w))],
+        writable,
+    );
+}
+
+const DISGUISES: &str = r#"
+import os, sys
+d, s, fd_secret, fd_ok = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def read(p):
+    with open(p, 'rb') as f: f.read()
+os.symlink(s + '/one', d + '/link')
+read(d + '/link')
+os.symlink(d + '/ok.txt', d + '/link-ok')
+read(d + '/link-ok')
+read('/proc/self/root' + s + '/two')
+read('/proc/self/root' + d + '/ok.txt')
+read('/proc/self/fd/%d' % fd_secret)
+read('/proc/self/fd/%d' % fd_ok)
+os.symlink(s + '/a', d + '/sub')
+read(d + '/sub/../four')
+os.symlink(d + '/inner/deep', d + '/sub-ok')
+read(d + '/sub-ok/../ok2.txt')
+"#;
+
+/// Each disguise alerted on the secret's real path, with the name passed.
+fn assert_disguises_seen(alerts: &[Value], sc: &Scene, fd_secret: i32) {
+    let (d, secret) = (&sc.d, &sc.secret);
+    let link = one_read_alert(alerts, &secret.join("one"));
+    assert_eq!(link["file"]["requested_path"], s(&d.join("link")));
+    let ino = fs::metadata(secret.join("one")).unwrap().ino();
+    assert_eq!(link["file"]["ino"], ino);
+    assert!(
+        link["file"]["dev"]
+            .as_str()
+            .is_some_and(|v| v.contains(':'))
+    );
+    assert!(
+        link["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("as {}", d.join("link").display())),
+        "{}",
+        link["message"]
+    );
+    let root = one_read_alert(alerts, &secret.join("two"));
+    assert_eq!(
+        root["file"]["requested_path"],
+        format!("/proc/self/root{}", secret.join("two").display())
+    );
+    let fd = one_read_alert(alerts, &secret.join("three"));
+    assert_eq!(
+        fd["file"]["requested_path"],
+        format!("/proc/self/fd/{fd_secret}")
+    );
+    let dotdot = one_read_alert(alerts, &secret.join("four"));
+    assert_eq!(
+        dotdot["file"]["requested_path"],
+        format!("{}/sub/../four", d.display())
+    );
+    let raced = one_read_alert(alerts, &secret.join("fifo"));
+    assert_eq!(raced["file"]["requested_path"], s(&d.join("ok.txt")));
+    assert_eq!(raced["process"]["comm"], "fifo_race");
+}
+
+#[test]
+fn disguised_names_alert_on_the_object_actually_opened() {
+    require_root();
+    let parent = test_parent("objects");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("disguise");
+    let sc = scene();
+    let (d, w, secret) = (&sc.d, &sc.w, &sc.secret);
+    let race = d.join("bin/fifo_race");
+    fs::create_dir_all(race.parent().unwrap()).unwrap();
+    compile_fifo_race(&race);
+    mkfifo(&secret.join("fifo"));
+    mkfifo(&w.join("pipe"));
+    declare_scene(&daemon, &action.path, &sc, &[]);
+
+    // Descriptors opened outside the action, inherited by it.
+    let fd_secret = inheritable_fd(&secret.join("three"));
+    let fd_ok = inheritable_fd(&d.join("ok.txt"));
+    let args = [s(d), s(secret), fd_secret.to_string(), fd_ok.to_string()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ok(&action.path, &mut python(DISGUISES, &args));
+    // SAFETY: closing our own descriptors.
+    unsafe {
+        libc::close(fd_secret);
+        libc::close(fd_ok);
+    }
+    // A buffer rewritten while the open blocks on a FIFO: the secret's,
+    // then a declared one's.
+    run_ok(
+        &action.path,
+        Command::new(&race)
+            .arg(secret.join("fifo"))
+            .arg(d.join("ok.txt")),
+    );
+    run_ok(
+        &action.path,
+        Command::new(&race)
+            .arg(w.join("pipe"))
+            .arg(d.join("ok.txt")),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+
+    assert_disguises_seen(&alerts, &sc, fd_secret);
+    // Positive controls: the same routes to declared files.
+    assert!(
+        under(&alerts, d).is_empty(),
+        "declared alerted: {alerts:#?}"
+    );
+    assert!(
+        under(&alerts, w).is_empty(),
+        "declared alerted: {alerts:#?}"
+    );
+}
+
+#[test]
+fn own_proc_entries_pass_and_other_processes_entries_do_not() {
+    require_root();
+    let parent = test_parent("ownproc");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("ownproc");
+    let sc = scene();
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let me = std::process::id();
+    let script = r#"
+import os, sys, threading
+for p in ['/proc/self/status', '/proc/self/maps', '/proc/self/cmdline',
+          '/proc/thread-self/stat', '/proc/self/mountinfo', '/proc/%d/stat' % os.getpid()]:
+    open(p, 'rb').read()
+os.listdir('/proc/self/fd')
+t = threading.Thread(target=lambda: open('/proc/thread-self/status').read())
+t.start(); t.join()
+for tid in os.listdir('/proc/self/task'):
+    try: open('/proc/self/task/%s/stat' % tid).read()
+    except FileNotFoundError: pass  # a thread that just ended
+try: open('/proc/self/no-such-entry')
+except OSError: pass
+open('/proc/%s/status' % sys.argv[1]).read()
+"#;
+    let me_text = me.to_string();
+    run_ok(
+        &action.path,
+        python(script, &[&me_text]).current_dir(sc.d.join("inner")),
+    );
+    run_ok(
+        &action.path,
+        Command::new("/bin/sh")
+            .current_dir(sc.d.join("inner"))
+            .arg("-c")
+            .arg(
+                "read l < /proc/self/status; cat /proc/self/status /proc/self/cmdline > /dev/null; \
+             ls /proc/self/fd /proc/self/ > /dev/null; echo x | cat /proc/self/fd/0 > /dev/null",
+            ),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    // Positive control: another process's entry (the test's own) alerts.
+    let other = one_read_alert(&alerts, &PathBuf::from(format!("/proc/{me}/status")));
+    assert_eq!(other["process"]["comm"], "python3");
+    let proc_alerts: Vec<_> = alerts
+        .iter()
+        .filter(|a| {
+            a["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/proc/"))
+        })
+        .collect();
+    assert_eq!(
+        proc_alerts.len(),
+        1,
+        "own /proc entries alerted: {proc_alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 1, "unexpected alerts: {alerts:#?}");
+}
+
+#[test]
+fn hard_links_and_bind_mounts_over_declared_names_alert_on_the_secret() {
+    require_root();
+    let parent = test_parent("links");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("links");
+    let sc = scene();
+    let (d, secret) = (&sc.d, &sc.secret);
+    write(&d.join("z"), "declared z");
+    write(&d.join("z2"), "declared z2");
+    // A declared file with a second declared name, both older than the
+    // declaration.
+    fs::hard_link(d.join("ok.txt"), d.join("ok-twin.txt")).unwrap();
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let script = format!(
+        "ln {six} {d}/x && cat {d}/x && cat {d}/ok-twin.txt {d}/ok.txt && \
+         unshare -Urm sh -c 'mount --bind {seven} {d}/z && cat {d}/z && \
+                             mount --bind {d}/ok.txt {d}/z2 && cat {d}/z2'",
+        six = secret.join("six").display(),
+        seven = secret.join("seven").display(),
+        d = d.display()
+    );
+    run_ok(
+        &action.path,
+        Command::new("/bin/sh")
+            .current_dir(d.join("inner"))
+            .arg("-c")
+            .arg(&script),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+
+    let secret_id = |name: &str| {
+        let m = fs::metadata(secret.join(name)).unwrap();
+        (
+            m.ino(),
+            format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())),
+        )
+    };
+    let linked = one_read_alert(&alerts, &d.join("x"));
+    let (ino, dev) = secret_id("six");
+    assert_eq!(linked["file"]["ino"], ino, "{linked:#}");
+    assert_eq!(linked["file"]["dev"], dev.as_str());
+    assert!(
+        linked["message"].as_str().unwrap().contains("hard link"),
+        "{}",
+        linked["message"]
+    );
+    let mounted = one_read_alert(&alerts, &d.join("z"));
+    let (ino, dev) = secret_id("seven");
+    assert_eq!(mounted["file"]["ino"], ino, "{mounted:#}");
+    assert_eq!(mounted["file"]["dev"], dev.as_str());
+    assert!(
+        mounted["message"]
+            .as_str()
+            .unwrap()
+            .contains("mounted over"),
+        "{}",
+        mounted["message"]
+    );
+    // Positive controls: a declared file under two declared names, and a
+    // declared file mounted over another declared name.
+    for ok in ["ok.txt", "ok-twin.txt", "z2"] {
+        assert!(on(&alerts, &d.join(ok)).is_empty(), "{ok}: {alerts:#?}");
+    }
+}
+
+#[test]
+fn exec_of_undeclared_programs_and_interpreters_alerts() {
+    require_root();
+    let parent = test_parent("exec");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("exec");
+    let sc = scene();
+    let (d, secret) = (&sc.d, &sc.secret);
+    let copy = |from: &str, to: &Path| {
+        fs::copy(from, to).unwrap();
+    };
+    copy("/usr/bin/true", &secret.join("tool"));
+    copy("/usr/bin/true", &d.join("tool"));
+    copy("/usr/bin/dash", &secret.join("interp"));
+    write(
+        &d.join("undeclared-interp.sh"),
+        &format!("#!{}\nexit 0\n", secret.join("interp").display()),
+    );
+    write(&d.join("ok.sh"), "#!/bin/sh\nexit 0\n");
+    for f in ["tool", "undeclared-interp.sh", "ok.sh"] {
+        fs::set_permissions(
+            d.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    for prog in [
+        secret.join("tool"),
+        d.join("tool"),
+        d.join("undeclared-interp.sh"),
+        d.join("ok.sh"),
+    ] {
+        run_ok(
+            &action.path,
+            Command::new(&prog).current_dir(d.join("inner")),
+        );
+    }
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let tool = one_read_alert(&alerts, &secret.join("tool"));
+    assert_eq!(tool["file"]["op"], "exec");
+    assert!(tool["message"].as_str().unwrap().contains(" executed "));
+    let interp = one_read_alert(&alerts, &secret.join("interp"));
+    assert_eq!(interp["file"]["op"], "exec");
+    // Positive controls: a declared program, a declared script run by an
+    // allowed interpreter.
+    assert!(
+        under(&alerts, d).is_empty(),
+        "declared alerted: {alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 2, "unexpected alerts: {alerts:#?}");
+}
+
+const WRITES: &str = r#"
+import os, sys
+d, w, t, elsewhere = sys.argv[1:5]
+open(d + '/new.txt', 'w').write('poison')             # into declared inputs
+open(elsewhere + '/out.txt', 'w').write('x')          # undeclared directory
+open(w + '/out.txt', 'w').write('fine')               # declared output
+open(t + '/mine.txt', 'w').write('mine')              # created in a writable dir...
+open(t + '/mine.txt').read()                          # ...and read back
+os.close(os.open(t + '/left-append.txt', os.O_RDONLY | os.O_APPEND))
+os.close(os.open(t + '/left-rdwr.txt', os.O_RDWR | os.O_CREAT))
+os.close(os.open(t + '/left-wronly.txt', os.O_WRONLY | os.O_APPEND))
+"#;
+
+#[test]
+fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
+    require_root();
+    let parent = test_parent("writes");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("writes");
+    let sc = scene();
+    let (d, w) = (&sc.d, &sc.w);
+    let t = sc.secret.join("writable");
+    let elsewhere = sc.secret.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    // Files another action left in the writable directory.
+    for name in ["left-append.txt", "left-rdwr.txt", "left-wronly.txt"] {
+        write(&t.join(name), "left by another action");
+    }
+    declare_scene(&daemon, &action.path, &sc, &[format!("{}/**", t.display())]);
+    let args = [s(d), s(w), s(&t), s(&elsewhere)];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ok(
+        &action.path,
+        python(WRITES, &args).current_dir(d.join("inner")),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let kind_on = |p: &Path| -> Vec<String> {
+        on(&alerts, p)
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kind_on(&d.join("new.txt")), ["undeclared_write"]);
+    assert_eq!(kind_on(&elsewhere.join("out.txt")), ["undeclared_write"]);
+    assert_eq!(kind_on(&t.join("left-append.txt")), ["undeclared_file"]);
+    assert_eq!(kind_on(&t.join("left-rdwr.txt")), ["undeclared_file"]);
+    // Positive controls: declared output, own file read back, a write-only
+    // append in the writable directory.
+    for p in [
+        w.join("out.txt"),
+        t.join("mine.txt"),
+        t.join("left-wronly.txt"),
+    ] {
+        assert!(on(&alerts, &p).is_empty(), "{p:?}: {alerts:#?}");
+    }
+    assert_eq!(alerts.len(), 4, "unexpected alerts: {alerts:#?}");
+}
+
+/// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
+/// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
+/// spawn plants there after its launch declares nothing.
+#[test]
+fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
+    require_root();
+    let parent = test_parent("planted");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let secret = tmp.path().join("home/secret.txt");
+    write(&source, "in");
+    write(&secret, "secret");
+    let execroot = tmp
+        .path()
+        .join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    let launcher = tmp.path().join("bin/process-wrapper");
+    write(
+        &launcher,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+    );
+    fs::set_permissions(
+        &launcher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    run_ok(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "ln -s {} pkg/planted.txt && cat pkg/planted.txt pkg/in.txt > /dev/null",
+                secret.display()
+            )),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let planted = one_read_alert(&alerts, &secret);
+    assert_eq!(planted["file"]["requested_path"], "pkg/planted.txt");
+    assert!(
+        planted["action"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("process-wrapper-"),
+        "{planted}"
+    );
+    // Positive control: the link Bazel made before the launch declares.
+    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+}
