@@ -71,8 +71,9 @@ pub struct Files {
 
 /// What every dynamically linked tool touches just to start and resolve
 /// names: loader, libraries, basic /etc files, standard devices, the list
-/// of file system types (libselinux reads it in every coreutils tool) and
-/// CPU topology. A process's own `/proc/<pid>/…` entries are allowed by the
+/// of file system types (libselinux reads it in every coreutils tool), and
+/// the memory, CPU and cgroup limits a runtime sizes itself by (every JVM
+/// reads them). Reading only: of these, only devices may be written. A process's own `/proc/<pid>/…` entries are allowed by the
 /// judge itself (the kernel says whose they are), not by name: a name such
 /// as `/proc/self/root/…` leads elsewhere.
 const DEFAULT_FILES_ALLOW: &[&str] = &[
@@ -104,6 +105,13 @@ const DEFAULT_FILES_ALLOW: &[&str] = &[
     "/dev/tty",
     "/dev/pts/**",
     "/proc/filesystems",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/cpuinfo",
+    "/proc/cgroups",
+    "/sys/fs/cgroup/**",
+    "/sys/kernel/mm/transparent_hugepage/**",
+    "/sys/kernel/mm/hugepages",
     "/sys/devices/system/cpu/**",
 ];
 
@@ -487,7 +495,7 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
             Path::new("/run/monitor/declarations")
         );
         assert_eq!(c.attribution.declaration_wait_ms, 2000);
-        assert_eq!(c.files.allow.len(), 29);
+        assert_eq!(c.files.allow.len(), 36);
         assert!(
             PathMatcher::new(&c.files.allow)
                 .unwrap()

@@ -75,6 +75,10 @@ impl Identity {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
 
+    pub fn is_char_device(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFCHR
+    }
+
     /// The open created the file (`FMODE_CREATED`), as opposed to `O_CREAT`
     /// being passed for a file that already existed.
     pub fn created(&self) -> bool {

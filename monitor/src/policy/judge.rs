@@ -137,7 +137,7 @@ impl Policy {
         })
     }
 
-    /// Writes need an output, a writable directory or the allow list; reads
+    /// Writes need an output, a writable directory or an allowed device; reads
     /// need a declared input, an output, the allow list, or a file the
     /// action itself created in a writable directory. A declared name whose
     /// object is not the declared one (hard link, bind mount) is neither.
@@ -168,7 +168,10 @@ impl Policy {
         {
             return Some((write_kind, Some(note)));
         }
-        if access.writes && !(allowed || outputs || writable) {
+        // The allow list is for reading; of it, only devices (`/dev/null`,
+        // terminals) may be written.
+        let device = ev.object.as_ref().is_some_and(|o| o.is_char_device());
+        if access.writes && !((allowed && device) || outputs || writable) {
             return Some((AlertKind::UndeclaredWrite, None));
         }
         if access.created {
@@ -429,6 +432,19 @@ mod tests {
             Some("undeclared_write"),
             "a failed attempt to create"
         );
+    }
+
+    #[test]
+    fn the_allow_list_is_read_only_except_for_devices() {
+        let (p, view) = (policy(), spawn_view());
+        assert_eq!(kind(&p, &view, &open("/usr/lib/libc.so.6", 0, 3)), None);
+        assert_eq!(
+            kind(&p, &view, &open("/usr/lib/libc.so.6", O_WRONLY, 3)),
+            Some("undeclared_write")
+        );
+        let mut null = open("/usr/null-device", O_WRONLY, 3);
+        null.object.as_mut().unwrap().mode = libc::S_IFCHR | 0o666;
+        assert_eq!(kind(&p, &view, &null), None);
     }
 
     #[test]
