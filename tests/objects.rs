@@ -583,3 +583,41 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     // Positive control: the link Bazel made before the launch declares.
     assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
 }
+
+/// A g++ action (driver, cc1plus, as, ld, then the program) raises nothing:
+/// its /proc reads are its own, its temporaries go to its outputs. The
+/// same action reading a secret is the positive control.
+#[test]
+fn a_gxx_action_raises_nothing_but_its_secret_read() {
+    require_root();
+    let parent = test_parent("gxx");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("gxx");
+    let sc = scene();
+    write(
+        &sc.d.join("m.cc"),
+        "#include <iostream>\nint main() { std::cout << \"hi\" << std::endl; }\n",
+    );
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let out = sc.w.join("m");
+    run_ok(
+        &action.path,
+        // run_in clears the environment: TMPDIR goes through env(1).
+        Command::new("/usr/bin/env")
+            .current_dir(&sc.d)
+            .arg(format!("TMPDIR={}", sc.w.display()))
+            .args(["/usr/bin/g++", "-O1", "-o"])
+            .arg(&out)
+            .arg("m.cc"),
+    );
+    run_ok(&action.path, Command::new(&out).current_dir(&sc.d));
+    run_ok(
+        &action.path,
+        Command::new("/bin/cat").arg(sc.secret.join("one")),
+    );
+    settle();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    one_read_alert(&alerts, &sc.secret.join("one"));
+    assert_eq!(alerts.len(), 1, "unexpected alerts: {alerts:#?}");
+}
