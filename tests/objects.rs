@@ -21,11 +21,6 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn write(path: &Path, text: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
-
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: plain mkfifo(3) on a NUL-terminated path.
@@ -59,14 +54,16 @@ fn declare(
     let needle = format!("declaration {} read", file.display());
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if fs::read_to_string(&daemon.stderr).is_ok_and(|e| e.contains(&needle)) {
+        if fs::read_to_string(daemon.dir.path().join("monitor.stderr"))
+            .is_ok_and(|e| e.contains(&needle))
+        {
             return;
         }
         thread::sleep(Duration::from_millis(20));
     }
     panic!(
         "declaration never read: {}",
-        fs::read_to_string(&daemon.stderr).unwrap_or_default()
+        fs::read_to_string(daemon.dir.path().join("monitor.stderr")).unwrap_or_default()
     );
 }
 
@@ -268,7 +265,6 @@ fn disguised_names_alert_on_the_object_actually_opened() {
             .arg(w.join("pipe"))
             .arg(d.join("ok.txt")),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
 
@@ -323,7 +319,6 @@ open('/proc/%s/status' % sys.argv[1]).read()
              ls /proc/self/fd /proc/self/ > /dev/null; echo x | cat /proc/self/fd/0 > /dev/null",
             ),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     // Positive control: another process's entry (the test's own) alerts.
@@ -374,7 +369,6 @@ fn hard_links_and_bind_mounts_over_declared_names_alert_on_the_secret() {
             .arg("-c")
             .arg(&script),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
 
@@ -451,7 +445,6 @@ fn exec_of_undeclared_programs_and_interpreters_alerts() {
             Command::new(&prog).current_dir(d.join("inner")),
         );
     }
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let tool = one_read_alert(&alerts, &secret.join("tool"));
@@ -503,7 +496,6 @@ fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
         &action.path,
         python(WRITES, &args).current_dir(d.join("inner")),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let kind_on = |p: &Path| -> Vec<String> {
@@ -568,7 +560,6 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
                 secret.display()
             )),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let planted = one_read_alert(&alerts, &secret);
@@ -615,7 +606,6 @@ fn a_gxx_action_raises_nothing_but_its_secret_read() {
         &action.path,
         Command::new("/bin/cat").arg(sc.secret.join("one")),
     );
-    settle();
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     one_read_alert(&alerts, &sc.secret.join("one"));
