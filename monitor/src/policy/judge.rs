@@ -169,8 +169,12 @@ impl Policy {
             return Some((write_kind, Some(note)));
         }
         // The allow list is for reading; of it, only devices (`/dev/null`,
-        // terminals) may be written.
-        let device = ev.object.as_ref().is_some_and(|o| o.is_char_device());
+        // terminals) may be written. A failed open has no object: its name
+        // says whether it was a device.
+        let device = match &ev.object {
+            Some(o) => o.is_char_device(),
+            None => path.starts_with(b"/dev/"),
+        };
         if access.writes && !((allowed && device) || outputs || writable) {
             return Some((AlertKind::UndeclaredWrite, None));
         }
@@ -445,6 +449,15 @@ mod tests {
         let mut null = open("/usr/null-device", O_WRONLY, 3);
         null.object.as_mut().unwrap().mode = libc::S_IFCHR | 0o666;
         assert_eq!(kind(&p, &view, &null), None);
+        let p = Policy {
+            files_allow: PathMatcher::new(&["/dev/tty".into()]).unwrap(),
+            ..policy()
+        };
+        assert_eq!(
+            kind(&p, &view, &open("/dev/tty", O_RDWR, -6)),
+            None,
+            "no controlling terminal (ENXIO)"
+        );
     }
 
     #[test]
