@@ -26,7 +26,17 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "prometheus", // promtool and a real server: tests/deploy.rs
+    // REAPI end-to-end (tests/reapi.rs): BuildGrid's database and its venv.
+    "postgresql",
+    "python3-venv",
 ];
+
+/// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it
+/// here, or at `$MONITOR_REAPI_VENV`).
+pub const REAPI_VENV: &str = "/opt/build-monitor/reapi-venv";
+/// What goes into it: BuildGrid with its SQL extras, and psycopg2 (the
+/// `postgresql+psycopg2://` driver; psycopg 3 stalls its LISTEN/NOTIFY).
+const REAPI_REQUIREMENTS: &[&str] = &["buildgrid[database]==0.4.4", "psycopg2-binary==2.9.13"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -37,6 +47,7 @@ pub fn run() -> Result<()> {
     nightly().context("setup: rustup nightly toolchain")?;
     bpf_linker().context("setup: bpf-linker")?;
     tracefs().context("setup: tracefs")?;
+    reapi_venv().context("setup: BuildGrid venv")?;
     Ok(())
 }
 
@@ -203,5 +214,44 @@ fn tracefs() -> Result<()> {
         );
     }
     println!("setup: tracefs: mounted on {TRACEFS}");
+    Ok(())
+}
+
+/// BuildGrid in a venv of its own. A stamp file records what was installed,
+/// so a warm machine only reads it.
+fn reapi_venv() -> Result<()> {
+    let venv = Path::new(REAPI_VENV);
+    let stamp = venv.join("build-monitor.requirements");
+    let wanted = REAPI_REQUIREMENTS.join("\n");
+    let bgd = venv.join("bin").join("bgd");
+    if bgd.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        println!("setup: BuildGrid venv: ok ({REAPI_VENV})");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{REAPI_VENV} is missing or stale; creating it needs root: run `sudo cargo xtask setup`"
+        );
+    }
+    println!(
+        "setup: BuildGrid venv: installing {} into {REAPI_VENV}",
+        REAPI_REQUIREMENTS.join(" ")
+    );
+    // Debian's interpreter (python3-venv), not whatever `python3` is first on PATH.
+    exec(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(venv),
+    )?;
+    exec(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet"])
+            .args(REAPI_REQUIREMENTS),
+    )?;
+    if !bgd.is_file() {
+        bail!("pip installed BuildGrid but {} is missing", bgd.display());
+    }
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    println!("setup: BuildGrid venv: installed");
     Ok(())
 }
