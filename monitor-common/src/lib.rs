@@ -46,6 +46,13 @@ pub enum EventKind {
     CgroupMkdir = 300,
     /// A cgroup below a monitored scope was removed ([`CgroupEvent`]).
     CgroupRmdir = 301,
+    /// A process forked by a worker runner (`attribution.worker_runners`)
+    /// exec'd its command: a new remote-execution action, rooted at that
+    /// process. Launch layout: `path` holds the argv, `dir` the working
+    /// directory (the action's input root).
+    WorkerLaunch = 400,
+    /// A worker action's root process ended ([`WorkerExitEvent`]).
+    WorkerExit = 401,
 }
 
 impl EventKind {
@@ -59,6 +66,8 @@ impl EventKind {
             202 => Some(Self::Launch),
             300 => Some(Self::CgroupMkdir),
             301 => Some(Self::CgroupRmdir),
+            400 => Some(Self::WorkerLaunch),
+            401 => Some(Self::WorkerExit),
             _ => None,
         }
     }
@@ -212,6 +221,20 @@ pub struct ExitEvent {
     pub header: EventHeader,
 }
 
+/// The root of a worker action ended, with its exit status.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerExitEvent {
+    pub header: EventHeader,
+    /// `task->exit_code` as `wait` reports it (`code << 8`, or the signal).
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+
+/// `EventHeader::scope` of a worker action's process outside every
+/// monitored cgroup (worker lineage is followed wherever it runs).
+pub const SCOPE_NONE: u32 = u32::MAX;
+
 /// Scope flag: the cgroup's *children* are actions (a configured parent);
 /// without it the cgroup itself is one action (e.g. `monitor exec`'s job).
 pub const SCOPE_CHILDREN_ARE_ACTIONS: u32 = 1 << 0;
@@ -286,6 +309,8 @@ pub struct KernelOffsets {
     pub task_pid_links: u32,
     pub mount_mnt_ns: u32,
     pub vfsmount_mnt_flags: u32,
+    pub binprm_filename: u32,
+    pub task_exit_code: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
@@ -319,11 +344,17 @@ pub struct Settings {
     /// monitored task execs them.
     pub launchers: [[u8; COMM_LEN]; MAX_LAUNCHERS],
     pub launcher_count: u32,
-    pub _pad: u32,
+    /// How many worker runner paths are in `RUNNER_PATHS` (0: worker
+    /// attribution off, and its lookups skipped).
+    pub runner_count: u32,
 }
 
 /// How many sandbox launcher names the kernel matches.
 pub const MAX_LAUNCHERS: usize = 4;
+/// How many worker runner executables the kernel matches.
+pub const MAX_RUNNERS: u32 = 8;
+/// Bytes of a runner path key (NUL-padded; longer paths are refused).
+pub const RUNNER_PATH_LEN: usize = 256;
 /// How many processes lineage tracking can hold at once.
 pub const MAX_LINEAGE: u32 = 65536;
 

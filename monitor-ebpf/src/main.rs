@@ -16,6 +16,7 @@ mod maps;
 mod object;
 mod probes;
 mod task;
+mod workers;
 
 /// Host builds (`cargo build --workspace`) compile the crate as a plain
 /// binary; only the BPF target produces the programs.

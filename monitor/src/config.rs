@@ -46,6 +46,12 @@ pub struct Attribution {
     /// How long events of an action are held back waiting for its
     /// declaration before they are judged without one.
     pub declaration_wait_ms: u64,
+    /// Remote-execution worker runners (REAPI bots), by the absolute path
+    /// they are exec'd by: every command a runner forks is an action.
+    pub worker_runners: Vec<PathBuf>,
+    /// Where runners write one record per action (digest, input root,
+    /// outputs, RequestMetadata): see docs/reapi.md.
+    pub worker_records_dir: PathBuf,
 }
 
 impl Default for Attribution {
@@ -55,6 +61,8 @@ impl Default for Attribution {
             sandbox_launchers: vec!["linux-sandbox".into(), "process-wrapper".into()],
             declarations_dir: PathBuf::from("/run/monitor/declarations"),
             declaration_wait_ms: 2000,
+            worker_runners: Vec::new(),
+            worker_records_dir: PathBuf::from("/run/monitor/reapi"),
         }
     }
 }
@@ -323,6 +331,9 @@ impl Config {
             );
             return Err(("attribution.declarations_dir".into(), msg));
         }
+        if let Some(e) = validate_worker_runners(a) {
+            return Err(e);
+        }
         if let Some(i) = a.sandbox_launchers.iter().position(|s| s.is_empty()) {
             return Err((
                 format!("attribution.sandbox_launchers[{i}]"),
@@ -331,6 +342,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_worker_runners(a: &Attribution) -> Option<(String, String)> {
+    const MAX: usize = monitor_common::MAX_RUNNERS as usize;
+    if a.worker_runners.len() > MAX {
+        let msg = format!("at most {MAX} runners, got {}", a.worker_runners.len());
+        return Some(("attribution.worker_runners".into(), msg));
+    }
+    for (i, p) in a.worker_runners.iter().enumerate() {
+        let len = p.as_os_str().len();
+        if !p.is_absolute() || len >= monitor_common::RUNNER_PATH_LEN {
+            let msg = format!(
+                "must be an absolute path shorter than {} bytes, got {:?}",
+                monitor_common::RUNNER_PATH_LEN,
+                p.display().to_string()
+            );
+            return Some((format!("attribution.worker_runners[{i}]"), msg));
+        }
+    }
+    if !a.worker_records_dir.is_absolute() {
+        let msg = format!(
+            "must be an absolute path, got {:?}",
+            a.worker_records_dir.display().to_string()
+        );
+        return Some(("attribution.worker_records_dir".into(), msg));
+    }
+    None
 }
 
 /// 1-based line containing byte `offset`.

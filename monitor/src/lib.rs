@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
+pub mod reapi;
 
 /// The kernel programs, built by build.rs for the BPF target.
 pub fn ebpf_object() -> &'static [u8] {

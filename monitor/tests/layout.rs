@@ -6,11 +6,12 @@ use std::{collections::BTreeSet, fs, path::Path};
 
 /// The stages in flow order; `bazel` is an attribution source beside
 /// `actions`.
-const STAGES: [(&str, u32); 6] = [
+const STAGES: [(&str, u32); 7] = [
     ("kernel", 0),
     ("events", 1),
     ("actions", 2),
     ("bazel", 2),
+    ("reapi", 2),
     ("policy", 3),
     ("output", 4),
 ];

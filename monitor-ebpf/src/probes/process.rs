@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COMM_LEN, EventKind, ExitEvent, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent,
-    PATH_CAPACITY, Settings,
+    PATH_CAPACITY, Settings, WorkerExitEvent,
 };
 
 use crate::{
@@ -26,20 +26,30 @@ use crate::{
     maps::{SCRATCH, SETTINGS, Scratch},
     object,
     task::{current_task, read},
+    workers,
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
-    let _ = try_proc_exec();
+pub fn proc_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = try_proc_exec(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_proc_exec() -> Option<()> {
+fn try_proc_exec(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut m = filter::current_action(settings, pid_tgid)?;
-    on_exec(settings, &mut m, (pid_tgid >> 32) as u32)
+    let tgid = (pid_tgid >> 32) as u32;
+    if workers::enabled(settings) {
+        // sched_process_exec(p, old_pid, bprm)
+        workers::on_exec_any(settings, tgid, ctx.arg(2));
+        if workers::is_runner(tgid) {
+            return None;
+        }
+    }
+    let mut m = filter::current_action(settings, pid_tgid)
+        .or_else(|| workers::lineage_match(settings, pid_tgid))?;
+    on_exec(settings, &mut m, tgid)
 }
 
 /// `sched_process_fork(parent, child)`: runs for every fork on the host, so
@@ -68,7 +78,12 @@ fn try_proc_exit() -> Option<()> {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    let mut m = filter::current_action(settings, pid_tgid)?;
+    if workers::enabled(settings) && workers::is_runner(tgid) {
+        workers::on_exit(tgid);
+        return None;
+    }
+    let mut m = filter::current_action(settings, pid_tgid)
+        .or_else(|| workers::lineage_match(settings, pid_tgid))?;
     on_exit(settings, &mut m, tgid);
     Some(())
 }
@@ -80,6 +95,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let scratch = unsafe { &mut *scratch };
     let mm: u64 = read(current_task(), o.task_mm);
 
+    let worker_launch = workers::enabled(settings) && workers::first_exec_of_root(tgid);
     let launcher = is_launcher(
         settings,
         &aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
@@ -110,15 +126,17 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     );
 
     if launcher {
-        launch_event(settings, scratch, m, mm);
+        launch_event(settings, scratch, m, mm, EventKind::Launch);
+    } else if worker_launch {
+        launch_event(settings, scratch, m, mm, EventKind::WorkerLaunch);
     }
     Some(())
 }
 
 /// The launcher's argv (from `mm->arg_start..arg_end`) and cwd.
-fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64) {
+fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, kind: EventKind) {
     let o = &settings.offsets;
-    start_event(scratch, EventKind::Launch, m, settings);
+    start_event(scratch, kind, m, settings);
     let start: u64 = read(mm, o.mm_arg_start);
     let end: u64 = read(mm, o.mm_arg_end);
     let mut len = end.saturating_sub(start) as usize;
@@ -178,6 +196,13 @@ fn is_launcher(settings: &Settings, comm: &[u8; COMM_LEN]) -> bool {
 
 /// A new process forked by a lineage process joins its lineage.
 pub fn on_fork(parent_tgid: u32, child_task: u64, settings: &Settings) {
+    if workers::enabled(settings) && workers::is_runner(parent_tgid) {
+        let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
+        if child_tgid != 0 && child_tgid != parent_tgid {
+            workers::on_fork(parent_tgid, child_tgid);
+        }
+        return;
+    }
     let launcher = lineage::launcher_of(parent_tgid);
     if launcher == 0 {
         return;
@@ -202,6 +227,25 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
         settings,
         (&ev as *const ExitEvent).cast(),
         core::mem::size_of::<ExitEvent>(),
+    );
+    if workers::enabled(settings) && workers::is_root(tgid) {
+        worker_exit(settings, m);
+        workers::on_exit(tgid);
+    }
+}
+
+/// A worker action's root ended: its exit status decides whether its result
+/// may now be in the action cache. Urgent: the action is over.
+fn worker_exit(settings: &Settings, m: &Match) {
+    // SAFETY: all-zero is a valid WorkerExitEvent.
+    let mut ev: WorkerExitEvent = unsafe { core::mem::zeroed() };
+    fill_header(&mut ev.header, EventKind::WorkerExit as u32, m, &settings.offsets);
+    ev.exit_code = read(current_task(), settings.offsets.task_exit_code);
+    submit_with(
+        settings,
+        (&ev as *const WorkerExitEvent).cast(),
+        core::mem::size_of::<WorkerExitEvent>(),
+        true,
     );
 }
 

@@ -17,6 +17,7 @@ use crate::{
     maps::SETTINGS,
     probes::{files, net, process},
     task::read,
+    workers,
 };
 
 /// A finished syscall of a monitored task.
@@ -91,7 +92,12 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     if tgid == settings.monitor_tgid {
         return None;
     }
-    let mut m = filter::current_action(settings, pid_tgid)?;
+    let mut m = match filter::current_action(settings, pid_tgid) {
+        // A worker runner is no action, even inside a monitored cgroup.
+        Some(_) if workers::enabled(settings) && workers::is_runner(tgid) => return None,
+        Some(m) => m,
+        None => workers::lineage_match(settings, pid_tgid)?,
+    };
     // SAFETY: the value is copied out at once.
     m.launcher = lineage::launcher_of(tgid);
     // Network-only jobs: their files matter only inside a sandbox launcher's

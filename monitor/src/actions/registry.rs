@@ -65,6 +65,19 @@ pub struct ActionInfo {
     /// Bazel target label, when a declaration or the execution log named it.
     pub label: Option<String>,
     pub mnemonic: Option<String>,
+    /// A remote-execution worker action: its REAPI identity.
+    pub worker: Option<Arc<WorkerIdentity>>,
+}
+
+/// Who a remote-execution worker action is (from its runner's record).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerIdentity {
+    /// The action's root process (forked by the runner).
+    pub root_pid: u32,
+    /// REAPI action digest, `<sha256>/<size>`.
+    pub digest: String,
+    /// Bazel's `tool_invocation_id` (RequestMetadata), when known.
+    pub invocation_id: Option<String>,
 }
 
 /// What judging an event needs to know about its action.
@@ -93,6 +106,12 @@ pub enum Need {
     },
     /// Find the Bazel sandbox a process of this cgroup works in.
     ScopeSpawn { key: u64, cgroup: PathBuf, pid: u32 },
+    /// Read a worker action's input root and its runner's record.
+    WorkerSpawn {
+        key: u64,
+        launch: Box<Launch>,
+        records_dir: PathBuf,
+    },
 }
 
 /// Registry keys of lineage actions: this bit plus the launcher's tgid
@@ -123,6 +142,8 @@ struct ActionState<T> {
     counted: bool,
     /// A lineage action's cgroup (its launcher's) and that cgroup's id.
     lineage_cgroup: Option<(u64, PathBuf)>,
+    /// A remote-execution worker action's identity.
+    worker: Option<Arc<WorkerIdentity>>,
 }
 
 impl<T> ActionState<T> {
@@ -137,6 +158,7 @@ impl<T> ActionState<T> {
             looked_up: false,
             counted: false,
             lineage_cgroup: None,
+            worker: None,
         }
     }
 }
@@ -262,7 +284,8 @@ impl<T> Registry<T> {
             .cgroups
             .get(&o.action_cgroup_id)
             .map(|c| c.path.clone())
-            .unwrap_or_else(|| self.scopes[o.scope as usize].path.clone());
+            .or_else(|| self.scopes.get(o.scope as usize).map(|s| s.path.clone()))
+            .unwrap_or_default();
         let mut state = ActionState::new(o.scope as usize);
         state.reading = true;
         state.looked_up = true;
@@ -278,6 +301,53 @@ impl<T> Registry<T> {
             cgroup,
             launch: Box::new(launch),
         }
+    }
+
+    /// A worker runner's child started its command: a remote-execution
+    /// action (possibly outside every monitored cgroup), held until its
+    /// input root and record are read (the returned need).
+    pub fn worker_launch(&mut self, launch: Launch, records_dir: &Path) -> Need {
+        let o = launch.origin;
+        let key = LINEAGE_KEY | o.pid as u64;
+        let cgroup = self
+            .cgroups
+            .get(&o.action_cgroup_id)
+            .map(|c| c.path.clone())
+            .unwrap_or_default();
+        let mut state = ActionState::new(o.scope as usize);
+        state.reading = true;
+        state.looked_up = true;
+        state.lineage_cgroup = Some((o.action_cgroup_id, cgroup));
+        // Events of the forked child before its exec may have created it.
+        if let Some(old) = self.actions.insert(key, state) {
+            self.actions.get_mut(&key).expect("inserted").held = old.held;
+        }
+        Need::WorkerSpawn {
+            key,
+            launch: Box::new(launch),
+            records_dir: records_dir.to_path_buf(),
+        }
+    }
+
+    /// The answer to a [`Need::WorkerSpawn`].
+    pub fn worker_read(
+        &mut self,
+        key: u64,
+        found: (Spawn, Declaration),
+        identity: Option<WorkerIdentity>,
+    ) -> Ready<T> {
+        if let Some(state) = self.actions.get_mut(&key) {
+            state.worker = identity.map(Arc::new);
+        }
+        self.spawn_read(key, Some(found))
+    }
+
+    /// Have all events of the worker action rooted at `root_pid` been
+    /// judged (nothing held, nothing being read)?
+    pub fn is_settled(&self, root_pid: u32) -> bool {
+        self.actions
+            .get(&(LINEAGE_KEY | root_pid as u64))
+            .is_none_or(|s| s.view.is_some() && s.held.is_empty() && !s.reading)
     }
 
     /// The answer to a [`Need`]: the spawn and what it declared (or nothing
@@ -320,16 +390,17 @@ impl<T> Registry<T> {
         if o.grandchild_cgroup_id != 0 && self.spawn_slices.contains(&o.child_cgroup_id) {
             return o.grandchild_cgroup_id;
         }
-        match self.scopes[o.scope as usize].kind {
-            ScopeKind::Parent => o.action_cgroup_id,
-            ScopeKind::Job { .. } => self.scopes[o.scope as usize].id,
+        match self.scopes.get(o.scope as usize).map(|s| &s.kind) {
+            Some(ScopeKind::Job { .. }) => self.scopes[o.scope as usize].id,
+            Some(ScopeKind::Parent) | None => o.action_cgroup_id,
         }
     }
 
     fn is_job(&self, key: u64) -> bool {
         self.actions.get(&key).is_some_and(|s| {
-            let scope = &self.scopes[s.scope];
-            matches!(scope.kind, ScopeKind::Job { .. }) && key == scope.id
+            self.scopes
+                .get(s.scope)
+                .is_some_and(|scope| matches!(scope.kind, ScopeKind::Job { .. }) && key == scope.id)
         })
     }
 
@@ -460,7 +531,7 @@ impl<T> Registry<T> {
             return; // lineage: fixed at launch; others: resolved already
         }
         if self.is_job(key) {
-            let path = self.scopes[state.scope].path.clone();
+            let path = self.scopes[state.scope].path.clone(); // is_job: a valid index
             self.resolve(key, Some(path), None, None);
             return;
         }
@@ -498,30 +569,35 @@ impl<T> Registry<T> {
     ) {
         let is_job = self.is_job(key);
         let state = self.actions.get_mut(&key).expect("known action");
-        let scope = &self.scopes[state.scope];
+        let scope = self.scopes.get(state.scope);
         let count_it = !state.counted;
         state.counted = true;
         let cgroup_id = match &state.lineage_cgroup {
             Some((id, _)) => *id,
             None => key & !LINEAGE_KEY,
         };
-        let info = match &scope.kind {
-            ScopeKind::Job {
-                id: job_id,
-                label,
-                mnemonic,
-            } if is_job => ActionInfo {
+        let mut info = match scope.map(|s| (s, &s.kind)) {
+            Some((
+                scope,
+                ScopeKind::Job {
+                    id: job_id,
+                    label,
+                    mnemonic,
+                },
+            )) if is_job => ActionInfo {
                 id: job_id.clone(),
                 cgroup: scope.path.display().to_string(),
                 cgroup_id: key,
                 label: label.clone(),
                 mnemonic: mnemonic.clone(),
+                worker: None,
             },
             _ => {
                 let id = action_id(key, path.as_deref(), spawn.as_ref());
                 action_info(id, cgroup_id, path.as_deref(), declaration.as_deref())
             }
         };
+        info.worker = state.worker.clone();
         if count_it {
             let mnemonic = info.mnemonic.as_deref().unwrap_or("unknown");
             self.metrics
@@ -569,6 +645,7 @@ fn action_info(
         cgroup_id,
         label: declaration.and_then(|d| d.label.clone()),
         mnemonic: declaration.and_then(|d| d.mnemonic.clone()),
+        worker: None,
     }
 }
 

@@ -19,13 +19,14 @@ use crate::{
     actions::{
         cgroup,
         declarations::{Declaration, DeclarationStore},
-        registry::{Need, Scope},
+        registry::{Need, Scope, WorkerIdentity},
     },
     bazel::{
         sandbox::Spawn,
         spawns::{is_spawn_slice_name, spawn_declaration, spawn_of_launch, spawn_of_scope},
     },
     output::metrics::Metrics,
+    reapi::records::worker_action,
 };
 
 /// How often the trees are rescanned although no event said so.
@@ -45,6 +46,12 @@ pub enum Update {
     SpawnRead {
         key: u64,
         found: Option<Box<(Spawn, Declaration)>>,
+    },
+    /// The answer to a [`Need::WorkerSpawn`].
+    WorkerRead {
+        key: u64,
+        found: Box<(Spawn, Declaration)>,
+        identity: Option<WorkerIdentity>,
     },
 }
 
@@ -204,7 +211,7 @@ fn scan_below(dir: &Path, found: &mut Vec<(u64, PathBuf)>) {
 /// the answer back.
 pub fn serve(need: Need, updates: UnboundedSender<Update>) {
     tokio::task::spawn_blocking(move || {
-        let (key, found) = match need {
+        let update = match need {
             Need::LaunchSpawn {
                 key,
                 cgroup,
@@ -212,19 +219,35 @@ pub fn serve(need: Need, updates: UnboundedSender<Update>) {
             } => {
                 let spawn = spawn_of_launch(&launch);
                 let declaration = spawn_declaration(&cgroup, &spawn);
-                (key, Some((spawn, declaration)))
+                spawn_read(key, Some((spawn, declaration)))
             }
             Need::ScopeSpawn { key, cgroup, pid } => {
                 let found = spawn_of_scope(&cgroup, pid).map(|spawn| {
                     let declaration = spawn_declaration(&cgroup, &spawn);
                     (spawn, declaration)
                 });
-                (key, found)
+                spawn_read(key, found)
+            }
+            Need::WorkerSpawn {
+                key,
+                launch,
+                records_dir,
+            } => {
+                let (spawn, declaration, identity) = worker_action(&launch, &records_dir);
+                Update::WorkerRead {
+                    key,
+                    found: Box::new((spawn, declaration)),
+                    identity,
+                }
             }
         };
-        let _ = updates.send(Update::SpawnRead {
-            key,
-            found: found.map(Box::new),
-        });
+        let _ = updates.send(update);
     });
+}
+
+fn spawn_read(key: u64, found: Option<(Spawn, Declaration)>) -> Update {
+    Update::SpawnRead {
+        key,
+        found: found.map(Box::new),
+    }
 }

@@ -122,6 +122,10 @@ pub async fn start(
         DEFAULT_WAKEUP_THRESHOLD,
     )
     .map_err(StartError::Kernel)?;
+    let mut kernel = kernel;
+    kernel
+        .set_runners(&config.attribution.worker_runners)
+        .map_err(StartError::Kernel)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
@@ -130,7 +134,8 @@ pub async fn start(
         metrics.clone(),
     );
     let cgroup_root = cgroup::v2_root().map_err(StartError::Kernel)?;
-    let handler = Handler::new(registry, policy, metrics.clone(), cgroup_root, keep_alerts);
+    let mut handler = Handler::new(registry, policy, metrics.clone(), cgroup_root, keep_alerts);
+    handler.worker_records_dir = config.attribution.worker_records_dir.clone();
     let sinks = SinkWriter::start(AlertSinks::new(
         config.alerts.stdout,
         config.alerts.file.clone(),

@@ -10,7 +10,7 @@ use std::{
 use monitor_common::{
     AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_INTERNAL,
     FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
-    FLAG_PATH_UNREADABLE, FileEvent,
+    FLAG_PATH_UNREADABLE, FileEvent, WorkerExitEvent,
 };
 
 use crate::events::paths;
@@ -172,6 +172,11 @@ pub enum Event {
     /// The process set up an io_uring: its opens through it are not seen.
     IoUring(Origin),
     Cgroup(CgroupChange),
+    /// A worker runner's child exec'd its command: a remote-execution
+    /// action rooted at `origin.pid`, working in its input root (`cwd`).
+    WorkerLaunch(Launch),
+    /// A worker action's root process ended with this `wait` status.
+    WorkerExit { origin: Origin, status: i32 },
 }
 
 impl Event {
@@ -184,6 +189,8 @@ impl Event {
             Event::Launch(e) => &e.origin,
             Event::IoUring(o) => o,
             Event::Cgroup(c) => &c.origin,
+            Event::WorkerLaunch(e) => &e.origin,
+            Event::WorkerExit { origin, .. } => origin,
         }
     }
 
@@ -198,6 +205,8 @@ impl Event {
             Event::Launch(_) => 4,
             Event::IoUring(_) => 5,
             Event::Cgroup(_) => 6,
+            Event::WorkerLaunch(_) => 4,
+            Event::WorkerExit { .. } => 3,
         }
     }
 }
@@ -257,16 +266,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
         Some(EventKind::IoUring) => Ok(Event::IoUring(origin)),
-        Some(EventKind::Launch) => {
-            let (ev, dir, argv) = split_path_event(bytes)?;
-            let flags = ev.header.flags;
-            Ok(Event::Launch(Launch {
+        Some(EventKind::Launch) => decode_launch(bytes, origin).map(Event::Launch),
+        Some(EventKind::WorkerLaunch) => decode_launch(bytes, origin).map(Event::WorkerLaunch),
+        Some(EventKind::WorkerExit) => {
+            let ev: WorkerExitEvent = read(bytes)?;
+            Ok(Event::WorkerExit {
                 origin,
-                argv: argv.to_vec(),
-                argv_truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_PATH_UNREADABLE) != 0,
-                cwd: (flags & (FLAG_DIR_UNRESOLVED | FLAG_DIR_TRUNCATED) == 0)
-                    .then(|| paths::dir_from_components(dir)),
-            }))
+                status: ev.exit_code,
+            })
         }
         Some(kind @ (EventKind::CgroupMkdir | EventKind::CgroupRmdir)) => {
             let ev: CgroupEvent = read(bytes)?;
@@ -285,6 +292,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
+}
+
+fn decode_launch(bytes: &[u8], origin: Origin) -> Result<Launch, DecodeError> {
+    let (ev, dir, argv) = split_path_event(bytes)?;
+    let flags = ev.header.flags;
+    Ok(Launch {
+        origin,
+        argv: argv.to_vec(),
+        argv_truncated: flags & (FLAG_PATH_TRUNCATED | FLAG_PATH_UNREADABLE) != 0,
+        cwd: (flags & (FLAG_DIR_UNRESOLVED | FLAG_DIR_TRUNCATED) == 0)
+            .then(|| paths::dir_from_components(dir)),
+    })
 }
 
 /// Splits a file-layout record into its fixed part, directory components

@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, RawTracePoint},
 };
 use monitor_common::{
     COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX,
-    PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Scope, Settings,
+    MAX_RUNNERS, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
 };
 
 use crate::kernel::btf::Btf;
@@ -53,6 +53,7 @@ pub struct Kernel {
     settings_map: Array<MapData, Settings>,
     scopes_map: Array<MapData, Scope>,
     lost_map: PerCpuArray<MapData, u64>,
+    runner_paths: HashMap<MapData, [u8; RUNNER_PATH_LEN], u8>,
     settings: Settings,
     pub events: Option<RingBuf<MapData>>,
     pub syscall_hook: SyscallHook,
@@ -92,6 +93,7 @@ impl Kernel {
         let scopes_map = Array::try_from(take(&mut ebpf, "SCOPES")?)?;
         let lost_map = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
         let mut settings = Settings {
             offsets,
             scope_count: 0,
@@ -115,6 +117,7 @@ impl Kernel {
             settings_map,
             scopes_map,
             lost_map,
+            runner_paths,
             settings,
             events: Some(events),
             syscall_hook: SyscallHook::Btf,
@@ -141,6 +144,34 @@ impl Kernel {
             self.scopes_map.set(i as u32, scope, 0)?;
         }
         self.settings.scope_count = scopes.len() as u32;
+        self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Worker runners (`attribution.worker_runners`): the paths they are
+    /// exec'd by. Set before any runner starts: a runner already running is
+    /// not recognised.
+    pub fn set_runners(&mut self, runners: &[std::path::PathBuf]) -> anyhow::Result<()> {
+        if runners.len() > MAX_RUNNERS as usize {
+            bail!(
+                "at most {MAX_RUNNERS} attribution.worker_runners are supported, {} given",
+                runners.len()
+            );
+        }
+        for runner in runners {
+            let bytes = runner.as_os_str().as_encoded_bytes();
+            if bytes.len() >= RUNNER_PATH_LEN {
+                bail!(
+                    "worker runner path {} is longer than {} bytes",
+                    runner.display(),
+                    RUNNER_PATH_LEN - 1
+                );
+            }
+            let mut key = [0u8; RUNNER_PATH_LEN];
+            key[..bytes.len()].copy_from_slice(bytes);
+            self.runner_paths.insert(key, 1, 0)?;
+        }
+        self.settings.runner_count = runners.len() as u32;
         self.settings_map.set(0, self.settings, 0)?;
         Ok(())
     }
@@ -318,5 +349,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         task_pid_links: off("task_struct", "pid_links")?,
         mount_mnt_ns: off("mount", "mnt_ns")?,
         vfsmount_mnt_flags: off("vfsmount", "mnt_flags")?,
+        binprm_filename: off("linux_binprm", "filename")?,
+        task_exit_code: off("task_struct", "exit_code")?,
     })
 }

@@ -28,6 +28,9 @@ pub enum AlertKind {
     UndeclaredWrite,
     /// The action connected somewhere the network policy does not allow.
     NetworkEgress,
+    /// A remote-execution action with violations completed successfully:
+    /// its result may be in the shared action cache (follow-up alert).
+    CacheRisk,
 }
 
 impl AlertKind {
@@ -37,6 +40,7 @@ impl AlertKind {
             AlertKind::UndeclaredFile => "undeclared_file",
             AlertKind::UndeclaredWrite => "undeclared_write",
             AlertKind::NetworkEgress => "network_egress",
+            AlertKind::CacheRisk => "cache_risk",
         }
     }
 }
@@ -112,7 +116,27 @@ pub struct NetInfo {
     pub private_netns: bool,
 }
 
-/// One alert; `file` is set for `UndeclaredFile`, `net` for `NetworkEgress`.
+/// What a `cache_risk` alert refers to.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheRiskInfo {
+    /// The REAPI action digest (`<sha256>/<size>`): the action cache key.
+    pub action_digest: String,
+    pub exit_code: i32,
+    /// The action's violations (distinct kind and target, the first 64).
+    pub violations: Vec<ViolationRef>,
+    pub violations_total: u64,
+}
+
+/// One violation a `cache_risk` alert refers to.
+#[derive(Clone, Debug, Serialize)]
+pub struct ViolationRef {
+    pub kind: &'static str,
+    /// The file path, or `addr:port`.
+    pub target: String,
+}
+
+/// One alert; `file` is set for `UndeclaredFile`, `net` for `NetworkEgress`,
+/// `cache_risk` for `CacheRisk`.
 #[derive(Clone, Debug)]
 pub struct Alert {
     pub time: SystemTime,
@@ -124,6 +148,7 @@ pub struct Alert {
     pub verdict: Verdict,
     /// How many identical (action, kind, target) events this alert folds.
     pub count: u64,
+    pub cache_risk: Option<CacheRiskInfo>,
 }
 
 // Wire structs: field order here is the contract's key order.
@@ -139,6 +164,8 @@ struct AlertJson<'a> {
     file: Option<FileJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     net: Option<NetJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_risk: Option<&'a CacheRiskInfo>,
     verdict: &'static str,
     count: u64,
     message: String,
@@ -151,6 +178,11 @@ struct ActionJson<'a> {
     cgroup_id: u64,
     label: Option<&'a str>,
     mnemonic: Option<&'a str>,
+    /// Remote-execution actions only (additive keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invocation_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -226,6 +258,12 @@ impl Alert {
                 cgroup_id: self.action.cgroup_id,
                 label: self.action.label.as_deref(),
                 mnemonic: self.action.mnemonic.as_deref(),
+                digest: self.action.worker.as_ref().map(|w| w.digest.as_str()),
+                invocation_id: self
+                    .action
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.invocation_id.as_deref()),
             },
             process: ProcessJson {
                 pid: self.process.pid,
@@ -235,6 +273,10 @@ impl Alert {
             },
             file,
             net,
+            cache_risk: match self.kind {
+                AlertKind::CacheRisk => self.cache_risk.as_ref(),
+                _ => None,
+            },
             verdict: self.verdict.as_str(),
             count: self.count,
             message: self.message(),
@@ -270,6 +312,10 @@ impl Alert {
                 }
                 n.result
             }
+            (AlertKind::CacheRisk, ..) => {
+                self.cache_risk_message(&mut m);
+                0
+            }
             (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, ..) => {
                 m.push_str(" opened a file it did not declare");
                 0
@@ -287,6 +333,26 @@ impl Alert {
             let _ = write!(m, " ({} times)", self.count);
         }
         m
+    }
+
+    fn cache_risk_message(&self, m: &mut String) {
+        let Some(c) = &self.cache_risk else {
+            m.push_str(" completed successfully after violations: its result may be in the action cache");
+            return;
+        };
+        let _ = write!(
+            m,
+            " completed successfully (exit {}) after {} violation(s) ({}): its result may be in the \
+             action cache under action digest {}; evict that entry",
+            c.exit_code,
+            c.violations_total,
+            c.violations
+                .iter()
+                .map(|v| format!("{} {}", v.kind, v.target))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.action_digest
+        );
     }
 
     /// The action named by its label when known, else by id and cgroup.
@@ -434,6 +500,7 @@ mod tests {
             cgroup_id: 123,
             label: label.then(|| "//pkg:target".into()),
             mnemonic: label.then(|| "Genrule".into()),
+            worker: None,
         }
     }
 
@@ -466,6 +533,7 @@ mod tests {
             net: None,
             verdict: Verdict::Observed,
             count: 1,
+            cache_risk: None,
         }
     }
 
@@ -486,6 +554,7 @@ mod tests {
             }),
             verdict: Verdict::Observed,
             count: 1,
+            cache_risk: None,
         }
     }
 

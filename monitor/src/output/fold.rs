@@ -23,6 +23,11 @@ impl Folder {
         }
     }
 
+    /// An alert that is never folded (one per action, e.g. `cache_risk`).
+    pub fn push(&mut self, alert: Alert) {
+        self.pending.push(alert);
+    }
+
     /// The alerts waiting in this window (e.g. to add labels learnt late).
     pub fn pending_mut(&mut self) -> impl Iterator<Item = &mut Alert> {
         self.pending.iter_mut()
@@ -53,6 +58,7 @@ mod tests {
                 cgroup_id: 7,
                 label: None,
                 mnemonic: None,
+                worker: None,
             },
             process: ProcessInfo {
                 pid: 1,
@@ -74,6 +80,7 @@ mod tests {
             net: None,
             verdict: Verdict::Observed,
             count: 1,
+            cache_risk: None,
         }
     }
 

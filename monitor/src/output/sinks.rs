@@ -227,6 +227,7 @@ mod tests {
                 cgroup_id: 7,
                 label: Some("//pkg:t".into()),
                 mnemonic: Some("Genrule".into()),
+                worker: None,
             },
             process: ProcessInfo {
                 pid: 2,
@@ -248,6 +249,7 @@ mod tests {
             net: None,
             verdict: Verdict::Observed,
             count: 1,
+            cache_risk: None,
         }
     }
 

@@ -21,8 +21,13 @@ use crate::{
         decode::{CgroupChange, Event},
         processes::ProcessTable,
     },
-    output::{alert::ProcessInfo, fold::Folder, metrics::Metrics, summary::RunSummary},
-    policy::judge::Policy,
+    output::{
+        alert::{Alert, ProcessInfo},
+        fold::Folder,
+        metrics::Metrics,
+        summary::RunSummary,
+    },
+    policy::{cache_risk::CacheRisks, judge::Policy},
 };
 
 /// An event with the process facts resolved at the time it was handled.
@@ -67,6 +72,10 @@ pub struct Handler {
     ready: Ready<Observed>,
     /// `events_total` by kind, resolved once (the per-event hot path).
     event_counters: [prometheus::IntCounter; EVENT_KINDS.len()],
+    /// Where worker runners write their per-action records.
+    pub worker_records_dir: PathBuf,
+    /// Violations of worker actions, for the verdict when they end.
+    cache_risks: CacheRisks,
 }
 
 impl Handler {
@@ -91,6 +100,8 @@ impl Handler {
             needs: Vec::new(),
             ready: Vec::new(),
             event_counters,
+            worker_records_dir: PathBuf::from("/run/monitor/reapi"),
+            cache_risks: CacheRisks::default(),
         }
     }
 
@@ -124,6 +135,21 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::Cgroup(change) => self.cgroup(change, now),
+            Event::WorkerLaunch(launch) => {
+                let need = self
+                    .registry
+                    .worker_launch(launch, &self.worker_records_dir);
+                self.needs.push(need);
+            }
+            Event::WorkerExit { origin, status } => {
+                let process = ProcessInfo {
+                    pid,
+                    ppid,
+                    comm: origin.comm_str(),
+                    exe: self.processes.exe(pid, ppid).as_deref().map(str::to_owned),
+                };
+                self.cache_risks.ended(pid, status, process, now);
+            }
             event @ (Event::File(_) | Event::Connect(_)) => self.route(event, now),
         }
     }
@@ -171,6 +197,11 @@ impl Handler {
                 self.registry.declaration_removed(&cgroup);
                 return;
             }
+            Update::WorkerRead {
+                key,
+                found,
+                identity,
+            } => self.registry.worker_read(key, *found, identity),
             Update::SpawnRead { key, found } => {
                 let sandboxed = found.as_ref().is_some_and(|b| b.0.sandbox_dir.is_some());
                 if sandboxed && is_lineage_key(key) {
@@ -186,12 +217,26 @@ impl Handler {
     pub fn tick(&mut self, now: Instant) {
         let ready = self.registry.tick(now);
         self.judge_all(ready);
+        self.cache_verdicts(now, false);
+    }
+
+    /// `cache_risk` alerts for worker actions that ended (after their last
+    /// events were judged, so they follow the alerts they refer to).
+    fn cache_verdicts(&mut self, now: Instant, all: bool) {
+        let registry = &self.registry;
+        for alert in self
+            .cache_risks
+            .ready(now, all, |pid| registry.is_settled(pid))
+        {
+            self.folder.push(alert);
+        }
     }
 
     /// At shutdown: judge everything still held.
     pub fn release_all(&mut self) {
         let ready = self.registry.release_all();
         self.judge_all(ready);
+        self.cache_verdicts(Instant::now(), true);
     }
 
     fn judge_all(&mut self, ready: impl IntoIterator<Item = (Observed, Arc<ActionView>)>) {
@@ -212,6 +257,8 @@ impl Handler {
                     .spawn_commands
                     .insert(action.info.id.clone(), spawn.command.clone());
             }
+            self.cache_risks
+                .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
             let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
             self.metrics
                 .violations_total
@@ -219,6 +266,15 @@ impl Handler {
                 .inc();
             self.folder.add(v.target, v.alert);
         }
+    }
+}
+
+/// What a violation touched, as a `cache_risk` alert lists it.
+fn violation_target(alert: &Alert) -> String {
+    match (&alert.file, &alert.net) {
+        (Some(f), _) => crate::events::paths::escape_for_display(&f.path),
+        (None, Some(n)) => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+        (None, None) => String::new(),
     }
 }
 

@@ -133,6 +133,7 @@ impl Policy {
                 net: None,
                 verdict: Verdict::Observed,
                 count: 1,
+                cache_risk: None,
             },
         })
     }
@@ -236,6 +237,7 @@ impl Policy {
                 }),
                 verdict: Verdict::Observed,
                 count: 1,
+                cache_risk: None,
             },
         })
     }
@@ -285,6 +287,7 @@ mod tests {
                 cgroup_id: 1,
                 label: None,
                 mnemonic: None,
+                worker: None,
             },
             declaration: Some(Arc::new(declaration)),
             judge_files: true,
@@ -488,6 +491,7 @@ mod tests {
                 cgroup_id: 1,
                 label: None,
                 mnemonic: None,
+                worker: None,
             },
             declaration: None,
             judge_files: false,

@@ -5,3 +5,5 @@ pub mod access;
 pub mod judge;
 pub mod localnet;
 pub mod matchers;
+/// The cache-poisoning verdict on remote-execution actions that ended.
+pub mod cache_risk;
