@@ -22,8 +22,7 @@ use crate::{filter::Match, lineage, task::read};
 
 /// Configured runner paths (NUL-padded), written by userspace.
 #[map]
-static RUNNER_PATHS: HashMap<[u8; RUNNER_PATH_LEN], u8> =
-    HashMap::with_max_entries(MAX_RUNNERS, 0);
+static RUNNER_PATHS: HashMap<[u8; RUNNER_PATH_LEN], u8> = HashMap::with_max_entries(MAX_RUNNERS, 0);
 
 /// tgids of running runners.
 #[map]

@@ -175,6 +175,9 @@ def main():
     channel = grpc.insecure_channel(args.server)
     bots = bots_pb2_grpc.BotsStub(channel)
     cas = Cas(channel, args.instance)
+    # BuildGrid answers CreateBotSession once it has work for the bot (or
+    # its long poll ends): the session exists before the answer comes.
+    log("started", args.bot_id)
     session = bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
         parent=args.instance,
         bot_session=bots_pb2.BotSession(bot_id=args.bot_id, status=bots_pb2.BotStatus.OK)))

@@ -220,6 +220,11 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
     if m.launcher != 0 {
         lineage::leave(tgid);
     }
+    // Before the plain exit: userspace still knows the process then.
+    if workers::enabled(settings) && workers::is_root(tgid) {
+        worker_exit(settings, m);
+        workers::on_exit(tgid);
+    }
     // SAFETY: all-zero is a valid ExitEvent.
     let mut ev: ExitEvent = unsafe { core::mem::zeroed() };
     fill_header(&mut ev.header, EventKind::Exit as u32, m, &settings.offsets);
@@ -228,10 +233,6 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
         (&ev as *const ExitEvent).cast(),
         core::mem::size_of::<ExitEvent>(),
     );
-    if workers::enabled(settings) && workers::is_root(tgid) {
-        worker_exit(settings, m);
-        workers::on_exit(tgid);
-    }
 }
 
 /// A worker action's root ended: its exit status decides whether its result
@@ -239,7 +240,12 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
 fn worker_exit(settings: &Settings, m: &Match) {
     // SAFETY: all-zero is a valid WorkerExitEvent.
     let mut ev: WorkerExitEvent = unsafe { core::mem::zeroed() };
-    fill_header(&mut ev.header, EventKind::WorkerExit as u32, m, &settings.offsets);
+    fill_header(
+        &mut ev.header,
+        EventKind::WorkerExit as u32,
+        m,
+        &settings.offsets,
+    );
     ev.exit_code = read(current_task(), settings.offsets.task_exit_code);
     submit_with(
         settings,

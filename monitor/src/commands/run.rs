@@ -8,13 +8,17 @@ use crate::{
 pub async fn run(config: Config) -> Result<(), StartError> {
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let scopes = start::parent_scopes(&config, &root)?;
-    if scopes.is_empty() {
-        log::warn!("attribution.cgroup_parents is empty: no action can be monitored");
+    let runners = &config.attribution.worker_runners;
+    if scopes.is_empty() && runners.is_empty() {
+        log::warn!(
+            "attribution.cgroup_parents and attribution.worker_runners are empty: no action can be monitored"
+        );
     }
     let mut running = start::start(&config, scopes, false, true).await?;
     log::info!(
-        "monitoring {} cgroup parent(s) via {:?} syscall hook; declarations from {}; metrics on {}",
+        "monitoring {} cgroup parent(s) and {} worker runner(s) via {:?} syscall hook; declarations from {}; metrics on {}",
         config.attribution.cgroup_parents.len(),
+        runners.len(),
         running.kernel.syscall_hook,
         config.attribution.declarations_dir.display(),
         config

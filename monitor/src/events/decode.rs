@@ -176,7 +176,10 @@ pub enum Event {
     /// action rooted at `origin.pid`, working in its input root (`cwd`).
     WorkerLaunch(Launch),
     /// A worker action's root process ended with this `wait` status.
-    WorkerExit { origin: Origin, status: i32 },
+    WorkerExit {
+        origin: Origin,
+        status: i32,
+    },
 }
 
 impl Event {

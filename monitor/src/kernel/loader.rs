@@ -10,8 +10,8 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use monitor_common::{
-    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_SCOPES, PT_REGS_DI, PT_REGS_DX,
-    MAX_RUNNERS, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
+    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
 };
 
 use crate::kernel::btf::Btf;

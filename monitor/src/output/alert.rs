@@ -337,7 +337,9 @@ impl Alert {
 
     fn cache_risk_message(&self, m: &mut String) {
         let Some(c) = &self.cache_risk else {
-            m.push_str(" completed successfully after violations: its result may be in the action cache");
+            m.push_str(
+                " completed successfully after violations: its result may be in the action cache",
+            );
             return;
         };
         let _ = write!(

@@ -151,7 +151,7 @@ impl Pipeline {
     }
 
     fn update(&mut self, update: Update, updates: &mpsc::UnboundedSender<Update>) {
-        if matches!(update, Update::SpawnRead { .. }) {
+        if matches!(update, Update::SpawnRead { .. } | Update::WorkerRead { .. }) {
             self.outstanding = self.outstanding.saturating_sub(1);
         }
         self.handler.update(update, Instant::now());

@@ -150,8 +150,16 @@ mod tests {
         let now = Instant::now();
         let mut risks = CacheRisks::default();
         for pid in [1, 2] {
-            risks.note(&worker_action(pid), AlertKind::UndeclaredFile, "/etc/x".into());
-            risks.note(&worker_action(pid), AlertKind::UndeclaredFile, "/etc/x".into());
+            risks.note(
+                &worker_action(pid),
+                AlertKind::UndeclaredFile,
+                "/etc/x".into(),
+            );
+            risks.note(
+                &worker_action(pid),
+                AlertKind::UndeclaredFile,
+                "/etc/x".into(),
+            );
         }
         risks.ended(1, 0, process(1), now); // success, violations
         risks.ended(2, 1 << 8, process(2), now); // failed
@@ -169,7 +177,11 @@ mod tests {
     fn the_verdict_waits_until_the_action_is_settled_or_too_long() {
         let now = Instant::now();
         let mut risks = CacheRisks::default();
-        risks.note(&worker_action(1), AlertKind::UndeclaredFile, "/etc/x".into());
+        risks.note(
+            &worker_action(1),
+            AlertKind::UndeclaredFile,
+            "/etc/x".into(),
+        );
         risks.ended(1, 0, process(1), now);
         assert!(risks.ready(now, false, |_| false).is_empty());
         assert_eq!(risks.ready(now + SETTLE_LIMIT, false, |_| false).len(), 1);

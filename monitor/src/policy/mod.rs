@@ -2,8 +2,8 @@
 //! a known action into a violation (or nothing).
 //! Must not read the ring, attribute events or write output.
 pub mod access;
+/// The cache-poisoning verdict on remote-execution actions that ended.
+pub mod cache_risk;
 pub mod judge;
 pub mod localnet;
 pub mod matchers;
-/// The cache-poisoning verdict on remote-execution actions that ended.
-pub mod cache_risk;

@@ -86,7 +86,9 @@ pub fn worker_action(
 ) -> (Spawn, Declaration, Option<WorkerIdentity>) {
     let pid = launch.origin.pid;
     let cwd = match &launch.cwd {
-        Some(cwd) => PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(cwd)),
+        Some(cwd) => {
+            PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(cwd))
+        }
         None => fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
     };
     let record = read_record(records_dir, &cwd)
@@ -179,7 +181,11 @@ mod tests {
         };
         let (spawn, declaration, identity) = worker_action(&launch, &records);
         assert_eq!(spawn.execroot, root);
-        assert!(declaration.inputs.matches(root.join("in.txt").as_os_str().as_encoded_bytes()));
+        assert!(
+            declaration
+                .inputs
+                .matches(root.join("in.txt").as_os_str().as_encoded_bytes())
+        );
         assert!(!declaration.inputs.matches(b"/etc/hostname"));
         assert_eq!(declaration.label.as_deref(), Some("//:leaky"));
         let identity = identity.unwrap();

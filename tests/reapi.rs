@@ -1,0 +1,284 @@
+//! The node agent on a remote-execution worker, end to end and offline:
+//! real Bazel 4.2.3 builds genrules on a real BuildGrid 0.4.4 (on a
+//! PostgreSQL cluster this test initialises) through the test suite's own
+//! Remote Workers API bot; a real `monitor run` with
+//! `attribution.worker_runners` naming the bot watches from the kernel.
+//! Everything is started and stopped here, on loopback only.
+#[path = "reapi/harness.rs"]
+mod harness;
+
+use std::{
+    fs,
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use monitor_integration_tests::{monitor_bin, read_alerts, require_root};
+use serde_json::Value;
+
+const BAZEL: &str = "/usr/bin/bazel";
+
+/// The agent, with worker attribution on and no cgroup parents.
+struct Agent {
+    child: Child,
+    alerts: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, bot: &Path, records: &Path) -> Agent {
+        let alerts = dir.join("alerts.jsonl");
+        let stderr = dir.join("monitor.stderr");
+        let config = dir.join("monitor.toml");
+        fs::write(
+            &config,
+            format!(
+                "[attribution]\nworker_runners = [{:?}]\nworker_records_dir = {:?}\n\
+                 declarations_dir = {:?}\n\
+                 [alerts]\nstdout = false\nfile = {:?}\nfold_window_ms = 200\n\
+                 [metrics]\nlisten = \"off\"\n",
+                bot.display().to_string(),
+                records.display().to_string(),
+                dir.join("declarations").display().to_string(),
+                alerts.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(monitor_bin())
+            .env("RUST_LOG", "info")
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start monitor");
+        let mut agent = Agent {
+            child,
+            alerts,
+            stderr,
+        };
+        // Attached once it says what it monitors (no metrics port here).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.stderr_text().contains("worker runner(s)") {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("monitor exited ({status}): {}", agent.stderr_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "monitor did not start: {}",
+                agent.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Polls the alert file until `done` holds for what it holds.
+    fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alerts = read_alerts(&self.alerts);
+            if done(&alerts) {
+                return alerts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 30 s; alerts: {alerts:#?}\nmonitor: {}",
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) -> Vec<Value> {
+        // SAFETY: plain kill(2) of our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "monitor: {status}\n{}",
+            self.stderr_text()
+        );
+        read_alerts(&self.alerts)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workspace with three genrules: `clean` reads only its input, `leaky`
+/// also reads a host file it did not declare, `egress` connects to the
+/// REAPI server's own port (the destination the bot talks to).
+fn workspace(ws: &Path, host_file: &Path, server_port: u16) {
+    fs::create_dir_all(ws).unwrap();
+    fs::write(ws.join("WORKSPACE"), "").unwrap();
+    // A fresh input per run: no cache hit can skip the execution.
+    let nonce = format!("{:?}\n", std::time::SystemTime::now());
+    fs::write(ws.join("in.txt"), nonce).unwrap();
+    fs::write(
+        ws.join("BUILD"),
+        format!(
+            r#"genrule(name = "clean", srcs = ["in.txt"], outs = ["clean.out"],
+    cmd = "cat $(location in.txt) > $@")
+genrule(name = "leaky", srcs = ["in.txt"], outs = ["leaky.out"],
+    cmd = "cat $(location in.txt) {host} > $@")
+genrule(name = "egress", srcs = ["in.txt"], outs = ["egress.out"],
+    cmd = "(exec 3<>/dev/tcp/127.0.0.1/{server_port}) 2>/dev/null; cat $(location in.txt) > $@")
+"#,
+            host = host_file.display()
+        ),
+    )
+    .unwrap();
+}
+
+fn bazel_build(t: &Path, ws: &Path, port: u16, targets: &[&str]) {
+    let out = Command::new(BAZEL)
+        .current_dir(ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", t)
+        .arg(format!("--output_base={}", t.join("ob").display()))
+        .arg(format!("--output_user_root={}", t.join("root").display()))
+        .arg(format!(
+            "--host_jvm_args=-Djava.io.tmpdir={}",
+            t.join("jtmp").display()
+        ))
+        .arg("--batch")
+        .arg("build")
+        .arg(format!("--remote_executor=grpc://127.0.0.1:{port}"))
+        .arg(format!("--remote_instance_name={}", harness::INSTANCE))
+        .args(targets)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bazel build failed:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{} remote", targets.len())),
+        "every genrule must run remotely:\n{stderr}"
+    );
+}
+
+fn of_label<'a>(alerts: &'a [Value], label: &str) -> Vec<&'a Value> {
+    alerts
+        .iter()
+        .filter(|a| a["action"]["label"] == label)
+        .collect()
+}
+
+#[test]
+fn remote_actions_are_attributed_labelled_and_judged() {
+    require_root();
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let pg = harness::Postgres::start(t);
+    let (mut server, port) = harness::buildgrid(t, &pg);
+    let records = t.join("records");
+    fs::create_dir_all(&records).unwrap();
+    let bot_path = harness::install_bot(t);
+    let agent = Agent::start(t, &bot_path, &records);
+    let mut bot = harness::start_bot(&bot_path, t, port, &records);
+    let farm_ready = started.elapsed();
+
+    let host_file = t.join("host-secret.txt");
+    fs::write(&host_file, "host secret\n").unwrap();
+    let ws = t.join("ws");
+    workspace(&ws, &host_file, port);
+    bazel_build(t, &ws, port, &["//:clean", "//:leaky", "//:egress"]);
+    let built = started.elapsed();
+    let host = host_file.display().to_string();
+    agent.wait_for("cache_risk alert for //:leaky and egress alert", |alerts| {
+        of_label(alerts, "//:leaky")
+            .iter()
+            .any(|a| a["kind"] == "cache_risk")
+            && of_label(alerts, "//:egress")
+                .iter()
+                .any(|a| a["kind"] == "network_egress")
+    });
+    let alerted = started.elapsed();
+    server.check_running();
+    bot.check_running();
+    // The bot is still connected to the server: its traffic kept flowing.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let alerts = agent.stop();
+
+    // (1) The undeclared read: digest, label, mnemonic, invocation id.
+    let leaky = of_label(&alerts, "//:leaky");
+    let read: Vec<_> = leaky
+        .iter()
+        .filter(|a| a["kind"] == "undeclared_file" && a["file"]["path"] == host.as_str())
+        .collect();
+    assert_eq!(read.len(), 1, "{alerts:#?}");
+    let action = &read[0]["action"];
+    assert_eq!(action["mnemonic"], "Genrule");
+    let digest = action["digest"].as_str().expect("digest");
+    let (hash, size) = digest.split_once('/').expect("<hash>/<size>");
+    assert_eq!(hash.len(), 64, "{digest}");
+    assert!(size.parse::<u64>().is_ok(), "{digest}");
+    let invocation = action["invocation_id"].as_str().expect("invocation_id");
+    assert_eq!(invocation.len(), 36, "a UUID: {invocation}");
+    // The digest is the server's: BuildGrid ran an action under it.
+    assert!(
+        server.log_text().contains(hash) || bot.log_text().contains(hash),
+        "digest {hash} unknown to the farm"
+    );
+
+    // (2) Its cache_risk follow-up, after it, naming the same digest.
+    let risk_at = alerts
+        .iter()
+        .position(|a| a["kind"] == "cache_risk" && a["action"]["label"] == "//:leaky")
+        .expect("cache_risk");
+    let read_at = alerts.iter().position(|a| a == *read[0]).unwrap();
+    assert!(read_at < risk_at, "the follow-up comes after the alert");
+    let risk = &alerts[risk_at];
+    assert_eq!(risk["cache_risk"]["action_digest"], digest);
+    assert_eq!(risk["cache_risk"]["exit_code"], 0);
+    assert!(
+        risk["cache_risk"]["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["kind"] == "undeclared_file" && v["target"] == host.as_str()),
+        "{risk:#}"
+    );
+    assert_eq!(risk["action"]["invocation_id"], invocation);
+
+    // (3) The clean genrule raised nothing, in the same build (control: 1, 2).
+    assert!(of_label(&alerts, "//:clean").is_empty(), "{alerts:#?}");
+
+    // (4) Egress: the action's connect to the server's port is reported;
+    // the bot's own traffic to that same port is not an action's.
+    let egress: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "network_egress")
+        .collect();
+    assert!(!egress.is_empty());
+    for a in &egress {
+        assert_eq!(
+            a["action"]["label"], "//:egress",
+            "only the action's: {a:#}"
+        );
+        assert_eq!(a["net"]["port"], port);
+        assert_ne!(a["process"]["pid"], bot.pid(), "{a:#}");
+    }
+    // Every alert belongs to one of the genrules (none to the bot).
+    for a in &alerts {
+        let label = a["action"]["label"].as_str().unwrap_or("");
+        assert!(["//:leaky", "//:egress"].contains(&label), "{a:#}");
+    }
+    eprintln!(
+        "reapi: farm ready in {farm_ready:?}, build done at {built:?}, alerts at {alerted:?}, test {:?}",
+        started.elapsed()
+    );
+}
