@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_integration_tests::{monitor_bin, read_alerts, require_root};
+use monitor_integration_tests::{
+    free_port, http_get, metric, monitor_bin, read_alerts, require_root,
+};
 use serde_json::Value;
 
 const BAZEL: &str = "/usr/bin/bazel";
@@ -24,6 +26,7 @@ const BAZEL: &str = "/usr/bin/bazel";
 /// The agent, with worker attribution on and no cgroup parents.
 struct Agent {
     child: Child,
+    metrics: std::net::SocketAddr,
     alerts: std::path::PathBuf,
     stderr: std::path::PathBuf,
 }
@@ -33,13 +36,14 @@ impl Agent {
         let alerts = dir.join("alerts.jsonl");
         let stderr = dir.join("monitor.stderr");
         let config = dir.join("monitor.toml");
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         fs::write(
             &config,
             format!(
                 "[attribution]\nworker_runners = [{:?}]\nworker_records_dir = {:?}\n\
                  declarations_dir = {:?}\n\
                  [alerts]\nstdout = false\nfile = {:?}\nfold_window_ms = 200\n\
-                 [metrics]\nlisten = \"off\"\n",
+                 [metrics]\nlisten = \"{metrics}\"\n",
                 bot.display().to_string(),
                 records.display().to_string(),
                 dir.join("declarations").display().to_string(),
@@ -57,10 +61,11 @@ impl Agent {
             .expect("start monitor");
         let mut agent = Agent {
             child,
+            metrics,
             alerts,
             stderr,
         };
-        // Attached once it says what it monitors (no metrics port here).
+        // Attached once it says what it monitors.
         let deadline = Instant::now() + Duration::from_secs(30);
         while !agent.stderr_text().contains("worker runner(s)") {
             if let Some(status) = agent.child.try_wait().unwrap() {
@@ -74,6 +79,12 @@ impl Agent {
             thread::sleep(Duration::from_millis(50));
         }
         agent
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, body) = http_get(self.metrics, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        metric(&body, name, labels)
     }
 
     fn stderr_text(&self) -> String {
@@ -198,19 +209,27 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     bazel_build(t, &ws, port, &["//:clean", "//:leaky", "//:egress"]);
     let built = started.elapsed();
     let host = host_file.display().to_string();
-    agent.wait_for("cache_risk alert for //:leaky and egress alert", |alerts| {
-        of_label(alerts, "//:leaky")
-            .iter()
-            .any(|a| a["kind"] == "cache_risk")
-            && of_label(alerts, "//:egress")
+    agent.wait_for("cache_risk alerts for //:leaky and //:egress", |alerts| {
+        ["//:leaky", "//:egress"].iter().all(|l| {
+            of_label(alerts, l)
                 .iter()
-                .any(|a| a["kind"] == "network_egress")
+                .any(|a| a["kind"] == "cache_risk")
+        })
     });
     let alerted = started.elapsed();
     server.check_running();
     bot.check_running();
     // The bot is still connected to the server: its traffic kept flowing.
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let genrule = [("mnemonic", "Genrule")];
+    assert_eq!(
+        agent.metric("build_monitor_worker_actions_total", &genrule),
+        3.0
+    );
+    assert_eq!(
+        agent.metric("build_monitor_cache_risks_total", &genrule),
+        2.0
+    );
     let alerts = agent.stop();
 
     // (1) The undeclared read: digest, label, mnemonic, invocation id.

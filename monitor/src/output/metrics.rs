@@ -25,6 +25,11 @@ pub struct Metrics {
     /// Declaration files that could not be parsed; their actions are judged
     /// as if they declared nothing, so this explains surprising alerts.
     pub declarations_invalid_total: IntCounter,
+    /// Remote-execution worker actions seen starting, by `mnemonic`.
+    pub worker_actions_total: IntCounterVec,
+    /// `cache_risk` verdicts (successful worker actions with violations),
+    /// by `mnemonic`.
+    pub cache_risks_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -84,6 +89,16 @@ impl Metrics {
                     "Action declaration files that could not be read or parsed.",
                 )),
             ),
+            worker_actions_total: counter_vec(
+                "worker_actions_total",
+                "Remote-execution actions a worker runner started under monitoring.",
+                &["mnemonic"],
+            ),
+            cache_risks_total: counter_vec(
+                "cache_risks_total",
+                "Remote-execution actions that completed successfully after violations: their results may be in the action cache.",
+                &["mnemonic"],
+            ),
             registry,
         };
         metrics.create_zero_series();
@@ -109,6 +124,8 @@ impl Metrics {
             self.events_total.with_label_values(&[kind]);
         }
         self.actions_total.with_label_values(&["unknown"]);
+        self.worker_actions_total.with_label_values(&["unknown"]);
+        self.cache_risks_total.with_label_values(&["unknown"]);
     }
 
     /// The registry in the Prometheus text exposition format (0.0.4).

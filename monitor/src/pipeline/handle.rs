@@ -201,7 +201,14 @@ impl Handler {
                 key,
                 found,
                 identity,
-            } => self.registry.worker_read(key, *found, identity),
+            } => {
+                let mnemonic = found.1.mnemonic.as_deref().unwrap_or("unknown");
+                self.metrics
+                    .worker_actions_total
+                    .with_label_values(&[mnemonic])
+                    .inc();
+                self.registry.worker_read(key, *found, identity)
+            }
             Update::SpawnRead { key, found } => {
                 let sandboxed = found.as_ref().is_some_and(|b| b.0.sandbox_dir.is_some());
                 if sandboxed && is_lineage_key(key) {
@@ -228,6 +235,11 @@ impl Handler {
             .cache_risks
             .ready(now, all, |pid| registry.is_settled(pid))
         {
+            let mnemonic = alert.action.mnemonic.as_deref().unwrap_or("unknown");
+            self.metrics
+                .cache_risks_total
+                .with_label_values(&[mnemonic])
+                .inc();
             self.folder.push(alert);
         }
     }

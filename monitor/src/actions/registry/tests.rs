@@ -282,3 +282,88 @@ fn cgroups_missing_from_a_later_scan_end_and_are_forgotten() {
     );
     assert!(!r.cgroups.contains_key(&7));
 }
+
+fn worker_origin(root: u32, pid: u32) -> Origin {
+    Origin {
+        launcher: root,
+        scope: monitor_common::SCOPE_NONE,
+        ..origin(0, 0, pid)
+    }
+}
+
+fn worker_spawn(root: &str) -> Spawn {
+    Spawn {
+        launcher: "reapi".into(),
+        execroot: root.into(),
+        sandbox_dir: Some(root.into()),
+        sandbox_id: None,
+        writable: Vec::new(),
+        command: vec!["/bin/bash".into()],
+        own_network: false,
+    }
+}
+
+#[test]
+fn worker_actions_outside_every_scope_wait_for_their_record_and_carry_their_identity() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    let launch = Launch {
+        origin: worker_origin(42, 42),
+        argv: b"/bin/bash\0".to_vec(),
+        argv_truncated: false,
+        cwd: Some(b"/w/action-1".to_vec()),
+    };
+    let need = r.worker_launch(launch, Path::new("/records"));
+    assert!(matches!(&need, Need::WorkerSpawn { key, records_dir, .. }
+        if *key == LINEAGE_KEY | 42 && records_dir == Path::new("/records")));
+    let (ready, _) = route(&mut r, &worker_origin(42, 43), 2, t0);
+    assert!(ready.is_empty(), "held while the record is read");
+    assert!(!r.is_settled(42));
+    // Long past the declaration wait, still held: the read decides.
+    assert!(r.tick(t0 + WAIT * 3).is_empty());
+
+    let mut declaration = declaration("", "//:leaky");
+    declaration.inputs = PathMatcher::new(&["/w/action-1/**".to_string()]).unwrap();
+    let identity = WorkerIdentity {
+        root_pid: 42,
+        digest: "abc/144".into(),
+        invocation_id: Some("inv-1".into()),
+    };
+    let ready = r.worker_read(
+        LINEAGE_KEY | 42,
+        (worker_spawn("/w/action-1"), declaration),
+        Some(identity.clone()),
+    );
+    assert_eq!(items(&ready), vec![2]);
+    let info = &ready[0].1.info;
+    assert_eq!(info.id, "reapi-42");
+    assert_eq!(info.label.as_deref(), Some("//:leaky"));
+    assert_eq!(info.worker.as_deref(), Some(&identity));
+    assert!(r.is_settled(42));
+    // Later events go straight through, with the same identity.
+    let (ready, _) = route(&mut r, &worker_origin(42, 44), 3, t0);
+    assert_eq!(items(&ready), vec![3]);
+    assert_eq!(ready[0].1.info.worker.as_deref(), Some(&identity));
+}
+
+#[test]
+fn a_worker_action_without_a_record_is_judged_on_its_input_root_alone() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    let launch = Launch {
+        origin: worker_origin(7, 7),
+        argv: Vec::new(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    r.worker_launch(launch, Path::new("/records"));
+    route(&mut r, &worker_origin(7, 8), 1, t0);
+    let ready = r.worker_read(
+        LINEAGE_KEY | 7,
+        (worker_spawn("/w/x"), declaration("", "x")),
+        None,
+    );
+    assert_eq!(items(&ready), vec![1]);
+    assert!(ready[0].1.info.worker.is_none());
+    assert!(r.release_all().is_empty());
+}
