@@ -126,6 +126,10 @@ pub async fn start(
     kernel
         .set_runners(&config.attribution.worker_runners)
         .map_err(StartError::Kernel)?;
+    for pid in crate::reapi::runners::running_runners(&config.attribution.worker_runners) {
+        log::info!("worker runner {pid} was already running: its new actions are followed");
+        kernel.mark_runner(pid).map_err(StartError::Kernel)?;
+    }
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(

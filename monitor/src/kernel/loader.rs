@@ -54,6 +54,7 @@ pub struct Kernel {
     scopes_map: Array<MapData, Scope>,
     lost_map: PerCpuArray<MapData, u64>,
     runner_paths: HashMap<MapData, [u8; RUNNER_PATH_LEN], u8>,
+    runners: HashMap<MapData, u32, u8>,
     settings: Settings,
     pub events: Option<RingBuf<MapData>>,
     pub syscall_hook: SyscallHook,
@@ -94,6 +95,7 @@ impl Kernel {
         let lost_map = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
+        let runners = HashMap::try_from(take(&mut ebpf, "RUNNERS")?)?;
         let mut settings = Settings {
             offsets,
             scope_count: 0,
@@ -118,6 +120,7 @@ impl Kernel {
             scopes_map,
             lost_map,
             runner_paths,
+            runners,
             settings,
             events: Some(events),
             syscall_hook: SyscallHook::Btf,
@@ -173,6 +176,13 @@ impl Kernel {
         }
         self.settings.runner_count = runners.len() as u32;
         self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Marks a runner that was already running when the programs attached
+    /// (its exec was not seen). Actions it forks from now on are followed.
+    pub fn mark_runner(&mut self, tgid: u32) -> anyhow::Result<()> {
+        self.runners.insert(tgid, 1, 0)?;
         Ok(())
     }
 

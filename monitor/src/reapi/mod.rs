@@ -5,3 +5,4 @@
 //! Sits beside `actions` and `bazel` as an attribution source.
 
 pub mod records;
+pub mod runners;
