@@ -11,121 +11,41 @@ use std::{
     fs,
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Instant,
 };
 
-use monitor_integration_tests::{
-    free_port, http_get, metric, monitor_bin, read_alerts, require_root,
-};
+use monitor_integration_tests::{PATIENCE, monitor_bin, require_root};
 use serde_json::Value;
+use testkit::monitor::Monitor;
 
 const BAZEL: &str = "/usr/bin/bazel";
 
 /// The agent, with worker attribution on and no cgroup parents.
-struct Agent {
-    child: Child,
-    metrics: std::net::SocketAddr,
-    alerts: std::path::PathBuf,
-    stderr: std::path::PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, bot: &Path, records: &Path) -> Agent {
-        let alerts = dir.join("alerts.jsonl");
-        let stderr = dir.join("monitor.stderr");
-        let config = dir.join("monitor.toml");
-        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        fs::write(
-            &config,
-            format!(
-                "[attribution]\nworker_runners = [{:?}]\nworker_records_dir = {:?}\n\
-                 declarations_dir = {:?}\n\
-                 [alerts]\nstdout = false\nfile = {:?}\nfold_window_ms = 200\n\
-                 [metrics]\nlisten = \"{metrics}\"\n",
-                bot.display().to_string(),
-                records.display().to_string(),
-                dir.join("declarations").display().to_string(),
-                alerts.display().to_string(),
-            ),
+fn start_agent(dir: &Path, bot: &Path, records: &Path) -> Monitor {
+    let alerts = dir.join("alerts.jsonl");
+    let config = |metrics| {
+        format!(
+            "[attribution]\nworker_runners = [{:?}]\nworker_records_dir = {:?}\n\
+             declarations_dir = {:?}\n\
+             [alerts]\nstdout = false\nfile = {:?}\nfold_window_ms = 200\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            bot.display().to_string(),
+            records.display().to_string(),
+            dir.join("declarations").display().to_string(),
+            alerts.display().to_string(),
         )
-        .unwrap();
-        let child = Command::new(monitor_bin())
-            .env("RUST_LOG", "info")
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start monitor");
-        let mut agent = Agent {
-            child,
-            metrics,
-            alerts,
-            stderr,
-        };
-        // Attached once it says what it monitors.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.stderr_text().contains("worker runner(s)") {
-            if let Some(status) = agent.child.try_wait().unwrap() {
-                panic!("monitor exited ({status}): {}", agent.stderr_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "monitor did not start: {}",
-                agent.stderr_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (status, body) = http_get(self.metrics, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200);
-        metric(&body, name, labels)
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Polls the alert file until `done` holds for what it holds.
-    fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let alerts = read_alerts(&self.alerts);
-            if done(&alerts) {
-                return alerts;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within 30 s; alerts: {alerts:#?}\nmonitor: {}",
-                self.stderr_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: plain kill(2) of our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "monitor: {status}\n{}",
-            self.stderr_text()
-        );
-        read_alerts(&self.alerts)
-    }
+    };
+    let base = || {
+        let mut cmd = Command::new(monitor_bin());
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null());
+        cmd
+    };
+    Monitor::start(base, dir, "agent", config, &alerts, PATIENCE).expect("starting the agent")
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn agent_metric(agent: &Monitor, name: &str, labels: &[(&str, &str)]) -> f64 {
+    agent.metrics().expect("GET /metrics").sum(name, labels)
 }
 
 /// A workspace with three genrules: `clean` reads only its input, `leaky`
@@ -198,7 +118,7 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     let records = t.join("records");
     fs::create_dir_all(&records).unwrap();
     let bot_path = harness::install_bot(t);
-    let agent = Agent::start(t, &bot_path, &records);
+    let agent = start_agent(t, &bot_path, &records);
     let mut bot = harness::start_bot(&bot_path, t, port, &records);
     let farm_ready = started.elapsed();
 
@@ -209,13 +129,14 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     bazel_build(t, &ws, port, &["//:clean", "//:leaky", "//:egress"]);
     let built = started.elapsed();
     let host = host_file.display().to_string();
-    agent.wait_for("cache_risk alerts for //:leaky and //:egress", |alerts| {
+    let waited = agent.wait_for_alerts(PATIENCE, "cache_risks", |alerts| {
         ["//:leaky", "//:egress"].iter().all(|l| {
             of_label(alerts, l)
                 .iter()
                 .any(|a| a["kind"] == "cache_risk")
         })
     });
+    waited.expect("cache_risk alerts for //:leaky and //:egress");
     let alerted = started.elapsed();
     server.check_running();
     bot.check_running();
@@ -223,14 +144,21 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
     let genrule = [("mnemonic", "Genrule")];
     assert_eq!(
-        agent.metric("build_monitor_worker_actions_total", &genrule),
+        agent_metric(&agent, "build_monitor_worker_actions_total", &genrule),
         3.0
     );
     assert_eq!(
-        agent.metric("build_monitor_cache_risks_total", &genrule),
+        agent_metric(&agent, "build_monitor_cache_risks_total", &genrule),
         2.0
     );
-    let alerts = agent.stop();
+    let stopped = agent.stop(PATIENCE).expect("stopping the agent");
+    assert!(
+        stopped.status.success(),
+        "agent: {}\n{}",
+        stopped.status,
+        stopped.stderr
+    );
+    let alerts = stopped.alerts;
 
     // (1) The undeclared read: digest, label, mnemonic, invocation id.
     let leaky = of_label(&alerts, "//:leaky");

@@ -10,7 +10,10 @@ use std::{
 use monitor::{
     config::Config,
     output::{
-        alert::{ActionInfo, Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
+        alert::{
+            ActionInfo, Alert, AlertKind, CacheRiskInfo, FileInfo, NetInfo, ProcessInfo, Verdict,
+            ViolationRef,
+        },
         metrics::Metrics,
     },
 };
@@ -98,6 +101,14 @@ fn alert(kind: AlertKind) -> Alert {
             cgroup_id: 1,
             label: Some("//p:t".into()),
             mnemonic: Some("Genrule".into()),
+            // A remote-execution action: every optional key is written.
+            worker: Some(std::sync::Arc::new(
+                monitor::actions::registry::WorkerIdentity {
+                    root_pid: 2,
+                    digest: "ab/1".into(),
+                    invocation_id: Some("inv".into()),
+                },
+            )),
         },
         process: ProcessInfo {
             pid: 2,
@@ -126,6 +137,15 @@ fn alert(kind: AlertKind) -> Alert {
         }),
         verdict: Verdict::Observed,
         count: 1,
+        cache_risk: Some(CacheRiskInfo {
+            action_digest: "ab/1".into(),
+            exit_code: 0,
+            violations: vec![ViolationRef {
+                kind: "undeclared_file",
+                target: "/etc/shadow".into(),
+            }],
+            violations_total: 1,
+        }),
     }
 }
 
@@ -179,6 +199,7 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
         AlertKind::UndeclaredFile,
         AlertKind::UndeclaredWrite,
         AlertKind::NetworkEgress,
+        AlertKind::CacheRisk,
     ] {
         let line = alert(kind).to_json_line();
         let written = keys_in_order(&line);
@@ -190,7 +211,7 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
             "docs/alerts.md key table vs {line}"
         );
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for object in ["action", "process", "file", "net"] {
+        for object in ["action", "process", "file", "net", "cache_risk"] {
             let Some(inner) = value.get(object).and_then(|v| v.as_object()) else {
                 continue;
             };
