@@ -128,7 +128,30 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     workspace(&ws, &host_file, port);
     bazel_build(t, &ws, port, &["//:clean", "//:leaky", "//:egress"]);
     let built = started.elapsed();
+    let alerts = finish(agent, &mut server, &mut bot, port);
+    let alerted = started.elapsed();
+
     let host = host_file.display().to_string();
+    let (digest, invocation) = check_undeclared_read(&alerts, &host, &bot);
+    check_cache_risk(&alerts, &host, &digest, &invocation);
+    // The clean genrule raised nothing, in the same build (the positive
+    // controls: the two checks above).
+    assert!(of_label(&alerts, "//:clean").is_empty(), "{alerts:#?}");
+    check_egress(&alerts, port, bot.pid());
+    eprintln!(
+        "reapi: farm ready in {farm_ready:?}, build done at {built:?}, alerts at {alerted:?}, test {:?}",
+        started.elapsed()
+    );
+}
+
+/// Waits for both verdicts, checks the farm kept running and the metrics,
+/// stops the agent; every alert it wrote.
+fn finish(
+    agent: Monitor,
+    server: &mut harness::Guard,
+    bot: &mut harness::Guard,
+    port: u16,
+) -> Vec<Value> {
     let waited = agent.wait_for_alerts(PATIENCE, "cache_risks", |alerts| {
         ["//:leaky", "//:egress"].iter().all(|l| {
             of_label(alerts, l)
@@ -137,10 +160,9 @@ fn remote_actions_are_attributed_labelled_and_judged() {
         })
     });
     waited.expect("cache_risk alerts for //:leaky and //:egress");
-    let alerted = started.elapsed();
     server.check_running();
     bot.check_running();
-    // The bot is still connected to the server: its traffic kept flowing.
+    // The server still serves: the bot's traffic to it kept flowing.
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
     let genrule = [("mnemonic", "Genrule")];
     assert_eq!(
@@ -158,13 +180,15 @@ fn remote_actions_are_attributed_labelled_and_judged() {
         stopped.status,
         stopped.stderr
     );
-    let alerts = stopped.alerts;
+    stopped.alerts
+}
 
-    // (1) The undeclared read: digest, label, mnemonic, invocation id.
-    let leaky = of_label(&alerts, "//:leaky");
-    let read: Vec<_> = leaky
-        .iter()
-        .filter(|a| a["kind"] == "undeclared_file" && a["file"]["path"] == host.as_str())
+/// The undeclared read carries the action digest, label, mnemonic and
+/// Bazel's invocation id; returns the digest and the invocation id.
+fn check_undeclared_read(alerts: &[Value], host: &str, bot: &harness::Guard) -> (String, String) {
+    let read: Vec<_> = of_label(alerts, "//:leaky")
+        .into_iter()
+        .filter(|a| a["kind"] == "undeclared_file" && a["file"]["path"] == host)
         .collect();
     assert_eq!(read.len(), 1, "{alerts:#?}");
     let action = &read[0]["action"];
@@ -173,59 +197,59 @@ fn remote_actions_are_attributed_labelled_and_judged() {
     let (hash, size) = digest.split_once('/').expect("<hash>/<size>");
     assert_eq!(hash.len(), 64, "{digest}");
     assert!(size.parse::<u64>().is_ok(), "{digest}");
+    // The digest is the one the farm executed (the bot logs each it runs).
+    assert!(
+        bot.log_text().contains(hash),
+        "digest {hash} unknown to the bot"
+    );
     let invocation = action["invocation_id"].as_str().expect("invocation_id");
     assert_eq!(invocation.len(), 36, "a UUID: {invocation}");
-    // The digest is the server's: BuildGrid ran an action under it.
-    assert!(
-        server.log_text().contains(hash) || bot.log_text().contains(hash),
-        "digest {hash} unknown to the farm"
-    );
+    (digest.to_owned(), invocation.to_owned())
+}
 
-    // (2) Its cache_risk follow-up, after it, naming the same digest.
-    let risk_at = alerts
-        .iter()
-        .position(|a| a["kind"] == "cache_risk" && a["action"]["label"] == "//:leaky")
-        .expect("cache_risk");
-    let read_at = alerts.iter().position(|a| a == *read[0]).unwrap();
-    assert!(read_at < risk_at, "the follow-up comes after the alert");
-    let risk = &alerts[risk_at];
+/// The `cache_risk` follow-up comes after the read and names it.
+fn check_cache_risk(alerts: &[Value], host: &str, digest: &str, invocation: &str) {
+    let position = |kind: &str| {
+        alerts
+            .iter()
+            .position(|a| a["kind"] == kind && a["action"]["label"] == "//:leaky")
+            .unwrap_or_else(|| panic!("no {kind} for //:leaky: {alerts:#?}"))
+    };
+    assert!(
+        position("undeclared_file") < position("cache_risk"),
+        "the follow-up comes after"
+    );
+    let risk = &alerts[position("cache_risk")];
     assert_eq!(risk["cache_risk"]["action_digest"], digest);
     assert_eq!(risk["cache_risk"]["exit_code"], 0);
+    let violations = risk["cache_risk"]["violations"].as_array().unwrap();
     assert!(
-        risk["cache_risk"]["violations"]
-            .as_array()
-            .unwrap()
+        violations
             .iter()
-            .any(|v| v["kind"] == "undeclared_file" && v["target"] == host.as_str()),
+            .any(|v| v["kind"] == "undeclared_file" && v["target"] == host),
         "{risk:#}"
     );
     assert_eq!(risk["action"]["invocation_id"], invocation);
+}
 
-    // (3) The clean genrule raised nothing, in the same build (control: 1, 2).
-    assert!(of_label(&alerts, "//:clean").is_empty(), "{alerts:#?}");
-
-    // (4) Egress: the action's connect to the server's port is reported;
-    // the bot's own traffic to that same port is not an action's.
+/// The action's connect to the server's port is reported; the bot's own
+/// traffic to that same port is not an action's: no alert is the bot's.
+fn check_egress(alerts: &[Value], port: u16, bot_pid: u32) {
     let egress: Vec<_> = alerts
         .iter()
         .filter(|a| a["kind"] == "network_egress")
         .collect();
-    assert!(!egress.is_empty());
+    assert!(!egress.is_empty(), "{alerts:#?}");
     for a in &egress {
         assert_eq!(
             a["action"]["label"], "//:egress",
             "only the action's: {a:#}"
         );
         assert_eq!(a["net"]["port"], port);
-        assert_ne!(a["process"]["pid"], bot.pid(), "{a:#}");
+        assert_ne!(a["process"]["pid"], bot_pid, "{a:#}");
     }
-    // Every alert belongs to one of the genrules (none to the bot).
-    for a in &alerts {
+    for a in alerts {
         let label = a["action"]["label"].as_str().unwrap_or("");
         assert!(["//:leaky", "//:egress"].contains(&label), "{a:#}");
     }
-    eprintln!(
-        "reapi: farm ready in {farm_ready:?}, build done at {built:?}, alerts at {alerted:?}, test {:?}",
-        started.elapsed()
-    );
 }

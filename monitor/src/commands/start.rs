@@ -123,13 +123,7 @@ pub async fn start(
     )
     .map_err(StartError::Kernel)?;
     let mut kernel = kernel;
-    kernel
-        .set_runners(&config.attribution.worker_runners)
-        .map_err(StartError::Kernel)?;
-    for pid in crate::reapi::runners::running_runners(&config.attribution.worker_runners) {
-        log::info!("worker runner {pid} was already running: its new actions are followed");
-        kernel.mark_runner(pid).map_err(StartError::Kernel)?;
-    }
+    attach_runners(&mut kernel, &config.attribution.worker_runners).map_err(StartError::Kernel)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
@@ -159,6 +153,17 @@ pub async fn start(
         stop_metrics,
         metrics_task,
     })
+}
+
+/// Worker runners: the kernel matches those started from now on; those
+/// already running are found in `/proc`.
+fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    kernel.set_runners(runners)?;
+    for pid in crate::reapi::runners::running_runners(runners) {
+        log::info!("worker runner {pid} was already running: its new actions are followed");
+        kernel.mark_runner(pid)?;
+    }
+    Ok(())
 }
 
 impl Running {
