@@ -230,6 +230,9 @@ fn check_cache_risk(alerts: &[Value], host: &str, digest: &str, invocation: &str
         "{risk:#}"
     );
     assert_eq!(risk["action"]["invocation_id"], invocation);
+    // Its process is the action's root: the genrule's bash, not the bot.
+    assert_eq!(risk["process"]["comm"], "bash", "{risk:#}");
+    assert_eq!(risk["process"]["exe"], "/usr/bin/bash", "{risk:#}");
 }
 
 /// The action's connect to the server's port is reported; the bot's own
