@@ -18,7 +18,7 @@ use crate::{
         watch::Update,
     },
     events::{
-        decode::{CgroupChange, Event},
+        decode::{CgroupChange, Event, Origin},
         processes::ProcessTable,
     },
     output::{
@@ -141,17 +141,22 @@ impl Handler {
                     .worker_launch(launch, &self.worker_records_dir);
                 self.needs.push(need);
             }
-            Event::WorkerExit { origin, status } => {
-                let process = ProcessInfo {
-                    pid,
-                    ppid,
-                    comm: origin.comm_str(),
-                    exe: self.processes.exe(pid, ppid).as_deref().map(str::to_owned),
-                };
-                self.cache_risks.ended(pid, status, process, now);
-            }
+            Event::WorkerExit { origin, status } => self.worker_exit(&origin, status, now),
             event @ (Event::File(_) | Event::Connect(_)) => self.route(event, now),
         }
+    }
+
+    /// A worker action's root ended: its verdict follows once its events
+    /// are judged.
+    fn worker_exit(&mut self, origin: &Origin, status: i32, now: Instant) {
+        let (pid, ppid) = (origin.pid, origin.ppid);
+        let process = ProcessInfo {
+            pid,
+            ppid,
+            comm: origin.comm_str(),
+            exe: self.processes.exe(pid, ppid).as_deref().map(str::to_owned),
+        };
+        self.cache_risks.ended(pid, status, process, now);
     }
 
     /// Hands an event to its action (held until the action is known).

@@ -119,6 +119,8 @@ pub fn worker_action(
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
         own_network: false,
+        // Links the action plants in its input root declare nothing.
+        launched_at: Some(launch.origin.time),
     };
     let mut declaration = spawn_declaration(Path::new(""), &spawn);
     let identity = record.map(|r| {
@@ -197,6 +199,7 @@ mod tests {
     fn test_origin() -> crate::events::decode::Origin {
         crate::events::decode::Origin {
             time: std::time::SystemTime::now(),
+            ktime_ns: 0,
             action_cgroup_id: 0,
             child_cgroup_id: 0,
             grandchild_cgroup_id: 0,

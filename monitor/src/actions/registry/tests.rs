@@ -300,6 +300,7 @@ fn worker_spawn(root: &str) -> Spawn {
         writable: Vec::new(),
         command: vec!["/bin/bash".into()],
         own_network: false,
+        launched_at: None,
     }
 }
 
