@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -42,6 +43,10 @@ enum Command {
     /// Measure the monitor's overhead next to bpftrace, and its lossless event
     /// rate; writes BENCHMARKS.md.
     Bench(bench::Options),
+    /// Run the cargo-fuzz targets in fuzz/ (decoder, config, declarations,
+    /// paths, execution log), each replaying its regression inputs and then
+    /// fuzzing for a bounded time; fails on a crash and names its input.
+    Fuzz(fuzz::Options),
     /// List every function over ~80 lines in the workspace; fails if any.
     Lint(lint::Options),
     /// The process `bench` times (internal).
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench(options) => bench::run(options),
+        Command::Fuzz(options) => fuzz::run(options),
         Command::Lint(options) => lint::run(options),
         Command::BenchWorker(options) => bench::worker(options),
     };

@@ -101,7 +101,8 @@ fn debian_packages() -> Result<()> {
     Ok(())
 }
 
-fn nightly() -> Result<()> {
+/// The nightly toolchain with rust-src (the eBPF build and `cargo fuzz`).
+pub fn nightly() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     let has_nightly = toolchains.lines().any(|line| {
         line.starts_with("nightly-") || line.split_whitespace().next() == Some("nightly")

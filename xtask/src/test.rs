@@ -1,21 +1,26 @@
 //! `cargo xtask test`: setup, build every target (fails fast), then the unit
-//! tests and the integration tests. Both test phases run even if the first
-//! fails; all failures are reported at the end. The integration tests load
-//! eBPF programs: without root that phase fails, it is never skipped.
+//! tests, a short run of every fuzz target (its regression inputs first) and
+//! the integration tests. Every phase runs even if an earlier one fails; all
+//! failures are reported at the end. The integration tests load eBPF
+//! programs: without root that phase fails, it is never skipped.
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    setup,
+    fuzz, setup,
     util::{cargo, exec, is_root, target_dir},
 };
 
 const INTEGRATION_PACKAGE: &str = "monitor-integration-tests";
+/// How long each fuzz target runs here (`cargo xtask fuzz` runs longer).
+const CI_FUZZ_SECONDS: u64 = 5;
+const PHASES: usize = 3;
 
 pub fn run() -> Result<()> {
     setup::run()?;
@@ -32,11 +37,65 @@ pub fn run() -> Result<()> {
         failures.push(format!("unit tests: {error:#}"));
     }
 
+    println!("test: fuzz targets ({CI_FUZZ_SECONDS} s each, regression inputs first)");
+    if let Err(error) = fuzz_phase(&mut tally) {
+        eprintln!("test: FAILED: fuzz: {error:#}");
+        failures.push(format!("fuzz targets: {error:#}"));
+    }
+
     println!(
         "test: integration tests (MONITOR_BIN={})",
         monitor_bin.display()
     );
-    let integration = if !is_root() {
+    if let Err(error) = integration_phase(&mut tally, &monitor_bin) {
+        eprintln!("test: FAILED: {error:#}");
+        failures.push(format!("integration tests: {error:#}"));
+    }
+
+    let closing = format!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    if failures.is_empty() {
+        println!("test: all phases passed");
+        // The closing line counts every cargo test binary (cargo's own last
+        // line is often a doc-test run of 0 tests) and each fuzz target as
+        // one test.
+        println!("{closing}");
+        return Ok(());
+    }
+    eprintln!("test: {} phase(s) failed:", failures.len());
+    for failure in &failures {
+        eprintln!("  - {failure}");
+    }
+    println!("{closing}");
+    bail!("{} of {PHASES} test phases failed", failures.len())
+}
+
+/// Each fuzz target is one test: passed when its regression inputs and its
+/// short run found no crash. A failed install or build fails them all.
+fn fuzz_phase(tally: &mut Tally) -> Result<()> {
+    let outcomes = fuzz::fuzz(fuzz::TARGETS, CI_FUZZ_SECONDS).inspect_err(|_| {
+        tally.failed += fuzz::TARGETS.len() as u64;
+    })?;
+    let mut crashed = Vec::new();
+    for fuzz::Outcome { target, result } in outcomes {
+        match result {
+            Ok(runs) => {
+                tally.passed += 1;
+                println!("test: fuzz {target}: ok ({runs} executions)");
+            }
+            Err(error) => {
+                tally.failed += 1;
+                crashed.push(format!("{target}: {error:#}"));
+            }
+        }
+    }
+    if !crashed.is_empty() {
+        bail!("{}", crashed.join("; "));
+    }
+    Ok(())
+}
+
+fn integration_phase(tally: &mut Tally, monitor_bin: &Path) -> Result<()> {
+    if !is_root() {
         Err(anyhow::anyhow!(
             "integration tests need root (they load eBPF programs): run `sudo -E cargo xtask test`"
         ))
@@ -46,33 +105,14 @@ pub fn run() -> Result<()> {
             monitor_bin.display()
         ))
     } else {
-        tally.run(cargo().env("MONITOR_BIN", &monitor_bin).args([
+        tally.run(cargo().env("MONITOR_BIN", monitor_bin).args([
             "test",
             "-p",
             INTEGRATION_PACKAGE,
             "--",
             "--test-threads=1",
         ]))
-    };
-    if let Err(error) = integration {
-        eprintln!("test: FAILED: {error:#}");
-        failures.push(format!("integration tests: {error:#}"));
     }
-
-    let closing = format!("summary: {} passed, {} failed", tally.passed, tally.failed);
-    if failures.is_empty() {
-        println!("test: all phases passed");
-        // The closing line counts every cargo test binary (cargo's own last
-        // line is often a doc-test run of 0 tests).
-        println!("{closing}");
-        return Ok(());
-    }
-    eprintln!("test: {} phase(s) failed:", failures.len());
-    for failure in &failures {
-        eprintln!("  - {failure}");
-    }
-    println!("{closing}");
-    bail!("{} of 2 test phases failed", failures.len())
 }
 
 /// Passed/failed counts summed over cargo's "test result:" lines.

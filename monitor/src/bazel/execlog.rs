@@ -365,10 +365,12 @@ fn parse_bytes(bytes: &[u8]) -> (ExecLog, Option<ExecLogError>) {
             None => return (ExecLog::new(entries), None),
             Some(Ok(raw)) => entries.push(SpawnEntry::from(raw)),
             Some(Err(e)) => {
+                // JSON's whitespace only: `is_ascii_whitespace` also skips
+                // form feed, which is part of the malformed entry.
                 let offset = start
                     + bytes[start..]
                         .iter()
-                        .take_while(|b| b.is_ascii_whitespace())
+                        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
                         .count();
                 let what = if e.is_eof() { "truncated: " } else { "" };
                 let message = format!("entry {} {what}{e}", entries.len() + 1);
