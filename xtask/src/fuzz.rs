@@ -177,12 +177,18 @@ fn libfuzzer(target: &str, corpora: &[PathBuf], artifacts: &Path, flag: &str) ->
         .with_context(|| format!("failed to start `{shown}`"))?;
     let stderr = child.stderr.take().expect("piped stderr");
     let mut runs = None;
+    let mut in_dictionary = false;
     for line in BufReader::new(stderr).lines() {
         let line = line?;
         if let Some(n) = done_runs(&line) {
             runs = Some(n);
         }
-        if !is_progress(&line) {
+        // The closing "Recommended dictionary" block is long and not needed.
+        if line.starts_with("###### ") {
+            in_dictionary = !line.contains("End of");
+            continue;
+        }
+        if !in_dictionary && !is_progress(&line) {
             eprintln!("{line}");
         }
     }
