@@ -23,7 +23,7 @@ fuzz_target!(|record: &[u8]| {
                 assert!(exe.starts_with(b"/"), "exe not absolute: {exe:?}");
             }
         }
-        Event::Launch(launch) => {
+        Event::Launch(launch) | Event::WorkerLaunch(launch) => {
             if let Some(cwd) = &launch.cwd {
                 assert!(cwd.starts_with(b"/"), "cwd not absolute: {cwd:?}");
             }
@@ -31,5 +31,6 @@ fuzz_target!(|record: &[u8]| {
         _ => {}
     }
     let _ = event.origin().comm_str();
+    // It indexes the 7 `events_total` kinds (pipeline/handle.rs).
     assert!(event.metric_index() < 7);
 });
