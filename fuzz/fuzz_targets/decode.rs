@@ -17,6 +17,11 @@ fn assert_absolute_normal(what: &str, path: &[u8]) {
 fuzz_target!(|record: &[u8]| {
     let Ok(event) = decode(record) else { return };
     match &event {
+        // An opened object's path is the kernel's dentry walk, normal only
+        // because dentry names never are `.`, `..` or hold `/`.
+        Event::File(file) if file.object.is_some() => {
+            assert!(file.path.starts_with(b"/"), "object path not absolute");
+        }
         Event::File(file) if !file.unresolved => assert_absolute_normal("file path", &file.path),
         Event::Exec(exec) => {
             if let Some(exe) = &exec.exe {
