@@ -26,6 +26,9 @@ use crate::policy::matchers::{NetRule, PathMatcher};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// This node's name in every alert (`node`); default: the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub attribution: Attribution,
     pub files: Files,
     pub network: Network,
@@ -149,6 +152,20 @@ pub struct Alerts {
     /// Identical alerts within this window are folded into one with a count,
     /// so a tool that stats the same file in a loop does not flood the log.
     pub fold_window_ms: u64,
+    /// New alerts one action may raise per `budget_window_s`; past it its
+    /// violations are summarised (0: no budget).
+    pub budget_per_action: u32,
+    pub budget_window_s: u64,
+    /// Rotate `file` when it would grow past this size (0: never).
+    pub file_max_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.N`).
+    pub file_keep: u32,
+    /// POST batches of alerts to an HTTP receiver, spooled on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<HttpSink>,
+    /// Alertmanager's v2 API, spooled on disk like the webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<HttpSink>,
 }
 
 impl Default for Alerts {
@@ -157,8 +174,49 @@ impl Default for Alerts {
             stdout: true,
             file: None,
             fold_window_ms: 1000,
+            budget_per_action: 300,
+            budget_window_s: 60,
+            file_max_bytes: 0,
+            file_keep: 5,
+            webhook: None,
+            alertmanager: None,
         }
     }
+}
+
+/// An HTTP alert receiver (`[alerts.webhook]`, `[alerts.alertmanager]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSink {
+    /// `http://` or `https://` URL (for Alertmanager: its base URL).
+    pub url: String,
+    /// File holding a bearer token (sent as `Authorization: Bearer …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// PEM CA certificates to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Where alerts wait until the receiver took them (kept across restarts).
+    pub spool_dir: PathBuf,
+    /// The spool's size limit; alerts that do not fit are dropped and counted.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Alerts per POST.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Per request.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_batch_max() -> usize {
+    500
+}
+fn default_timeout_ms() -> u64 {
+    10_000
 }
 
 /// The Prometheus endpoint (`/metrics`, `/healthz`).
@@ -334,6 +392,20 @@ impl Config {
         if let Some(e) = validate_worker_runners(a) {
             return Err(e);
         }
+        for (name, sink) in [
+            ("webhook", &self.alerts.webhook),
+            ("alertmanager", &self.alerts.alertmanager),
+        ] {
+            let Some(sink) = sink else { continue };
+            sink.validate()
+                .map_err(|(key, msg)| (format!("alerts.{name}.{key}"), msg))?;
+        }
+        if self.node.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(("node".into(), "must not be empty".into()));
+        }
+        if self.alerts.budget_per_action > 0 && self.alerts.budget_window_s == 0 {
+            return Err(("alerts.budget_window_s".into(), "must be at least 1".into()));
+        }
         if let Some(i) = a.sandbox_launchers.iter().position(|s| s.is_empty()) {
             return Err((
                 format!("attribution.sandbox_launchers[{i}]"),
@@ -369,6 +441,29 @@ fn validate_worker_runners(a: &Attribution) -> Option<(String, String)> {
         return Some(("attribution.worker_records_dir".into(), msg));
     }
     None
+}
+
+impl HttpSink {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !scheme_ok || self.url.parse::<ureq::http::Uri>().is_err() {
+            return Err((
+                "url",
+                format!("invalid URL {:?} (want http:// or https://)", self.url),
+            ));
+        }
+        if !self.spool_dir.is_absolute() {
+            let msg = format!(
+                "must be an absolute path, got {:?}",
+                self.spool_dir.display().to_string()
+            );
+            return Err(("spool_dir", msg));
+        }
+        if self.batch_max == 0 {
+            return Err(("batch_max", "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// 1-based line containing byte `offset`.
@@ -579,7 +674,8 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
         assert_eq!(
             e.to_string(),
             "/etc/monitor.toml:7: alerts.colour: unknown field `colour`, expected one of \
-             `stdout`, `file`, `fold_window_ms`"
+             `stdout`, `file`, `fold_window_ms`, `budget_per_action`, `budget_window_s`, \
+             `file_max_bytes`, `file_keep`, `webhook`, `alertmanager`"
         );
     }
 
@@ -736,5 +832,31 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
                 .starts_with(&format!("{}:2: alerts.fold_window_ms: ", path.display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn node_and_http_sinks_parse_round_trip_and_are_checked() {
+        let c = parse(
+            "node = \"w17\"\n[alerts]\nbudget_per_action = 5\n[alerts.webhook]\n\
+             url = \"https://x.example/a\"\nspool_dir = \"/var/lib/m/w\"\n\
+             [alerts.alertmanager]\nurl = \"http://127.0.0.1:9093\"\nspool_dir = \"/var/lib/m/a\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.node.as_deref(), Some("w17"));
+        assert_eq!(c.alerts.budget_per_action, 5);
+        let w = c.alerts.webhook.as_ref().unwrap();
+        assert_eq!(w.spool_max_bytes, 64 << 20);
+        assert_eq!(w.batch_max, 500);
+        assert!(c.alerts.alertmanager.is_some());
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = err("[alerts.webhook]\nurl = \"ftp://x\"\nspool_dir = \"/s\"\n");
+        assert_eq!(e.key(), Some("alerts.webhook.url"));
+        assert_eq!(e.line(), Some(2));
+        let e = err("[alerts.webhook]\nurl = \"http://x\"\nspool_dir = \"rel\"\n");
+        assert_eq!(e.key(), Some("alerts.webhook.spool_dir"));
+        let e = err("[alerts.webhook]\nurl = \"http://x\"\n");
+        assert!(e.to_string().contains("spool_dir"), "{e}");
+        let e = err("node = \"\"\n");
+        assert_eq!(e.key(), Some("node"));
     }
 }

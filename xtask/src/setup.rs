@@ -29,6 +29,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // REAPI end-to-end (tests/reapi.rs): BuildGrid's database and its venv.
     "postgresql",
     "python3-venv",
+    "prometheus-alertmanager", // a real Alertmanager: tests/delivery.rs
+    "openssl",                 // a TLS receiver's certificate: tests/delivery.rs
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it

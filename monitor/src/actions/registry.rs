@@ -125,6 +125,9 @@ pub fn is_lineage_key(key: u64) -> bool {
 /// Held events per action before the action is judged without its
 /// declaration anyway (bounds memory when a declaration never comes).
 pub const MAX_HELD_PER_ACTION: usize = 65_536;
+/// Files an action created in its writable directories that are remembered
+/// (so that reading them back is not an alert); bounds its memory.
+pub const MAX_CREATED_PER_ACTION: usize = 65_536;
 /// How long an ended action is remembered.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 

@@ -12,7 +12,11 @@ use crate::{
     kernel::loader::{DEFAULT_WAKEUP_THRESHOLD, Kernel},
     output::http,
     output::metrics::Metrics,
-    output::{sinks::AlertSinks, writer::SinkWriter},
+    output::{
+        fold::{Budget, Folder},
+        sinks::AlertSinks,
+        writer::SinkWriter,
+    },
     pipeline::{Pipeline, handle::Handler},
     policy::judge::Policy,
     policy::matchers::{NetMatcher, PathMatcher},
@@ -76,6 +80,33 @@ pub fn parent_scopes(config: &Config, root: &Path) -> Result<Vec<Scope>, StartEr
         .collect()
 }
 
+/// Folding with the configured per-action alert budget.
+fn alert_folder(config: &Config) -> Folder {
+    Folder::with_budget(Budget {
+        per_action: config.alerts.budget_per_action,
+        window: Duration::from_secs(config.alerts.budget_window_s.max(1)),
+    })
+}
+
+/// `build_info{version,kernel,hook} 1`: what runs on this node.
+fn set_build_info(metrics: &Metrics, kernel: &Kernel) {
+    metrics
+        .build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            &kernel_release(),
+            kernel.syscall_hook.as_label(),
+        ])
+        .set(1);
+}
+
+/// `uname -r`, for `build_info{kernel}`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub async fn start(
     config: &Config,
     scopes: Vec<Scope>,
@@ -83,6 +114,9 @@ pub async fn start(
     metrics_required: bool,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    if let Some(node) = &config.node {
+        crate::output::alert::set_node(node);
+    }
     // Bind now (a bad address is a config error, reported before loading),
     // serve only once the programs are attached, so /healthz means "watching".
     let mut listener = None;
@@ -134,11 +168,11 @@ pub async fn start(
     let cgroup_root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let mut handler = Handler::new(registry, policy, metrics.clone(), cgroup_root, keep_alerts);
     handler.worker_records_dir = config.attribution.worker_records_dir.clone();
-    let sinks = SinkWriter::start(AlertSinks::new(
-        config.alerts.stdout,
-        config.alerts.file.clone(),
-        metrics.clone(),
-    ));
+    handler.folder = alert_folder(config);
+    set_build_info(&metrics, &kernel);
+    let sinks = SinkWriter::start(
+        AlertSinks::from_config(&config.alerts, metrics.clone()).map_err(StartError::Config)?,
+    );
     let pipeline = Pipeline::new(
         handler,
         sinks,

@@ -38,6 +38,16 @@ pub enum SyscallHook {
     Raw,
 }
 
+impl SyscallHook {
+    /// The `hook` label of `build_info`.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            SyscallHook::Btf => "tp_btf",
+            SyscallHook::Raw => "raw_tp",
+        }
+    }
+}
+
 /// `MONITOR_SYSCALL_HOOK=raw|btf` forces one hook (troubleshooting and
 /// tests); by default the BTF tracepoint is tried first.
 const HOOK_ENV: &str = "MONITOR_SYSCALL_HOOK";

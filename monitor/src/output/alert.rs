@@ -146,9 +146,51 @@ pub struct Alert {
     pub file: Option<FileInfo>,
     pub net: Option<NetInfo>,
     pub verdict: Verdict,
-    /// How many identical (action, kind, target) events this alert folds.
+    /// How many identical (action, kind, target) events this alert folds;
+    /// for a summary, how many events it stands for.
     pub count: u64,
     pub cache_risk: Option<CacheRiskInfo>,
+    /// Set on a summary of violations suppressed past the action's alert
+    /// budget (`output::fold`); `file`/`net` then hold the first of them.
+    pub summary: Option<SummaryInfo>,
+}
+
+/// What a summary alert stands for: violations of one action and kind that
+/// were not written one by one because its alert budget was spent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryInfo {
+    /// Violation events summarised (equal to the alert's `count`).
+    pub suppressed: u64,
+    /// Distinct targets among them.
+    pub distinct: u64,
+    /// Where they went: `/common/dir/**` for files, an address block
+    /// (`10.0.0.0/8`) for connects, `*` when nothing is common.
+    pub prefix: String,
+    /// The budget that was spent: alerts per window, and the window.
+    pub budget: u32,
+    pub window_s: u64,
+}
+
+/// The name of this node (`node` key): set once at start from the config,
+/// else the host name.
+static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the `node` of every alert; the first call wins (config at start).
+pub fn set_node(name: &str) {
+    let _ = NODE.set(name.to_string());
+}
+
+pub fn node() -> &'static str {
+    NODE.get_or_init(host_name)
+}
+
+/// The kernel's host name (`uname -n`), `"unknown"` if it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 // Wire structs: field order here is the contract's key order.
@@ -158,6 +200,9 @@ struct AlertJson<'a> {
     schema: &'static str,
     time: String,
     kind: &'static str,
+    node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     action: ActionJson<'a>,
     process: ProcessJson<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,7 +213,18 @@ struct AlertJson<'a> {
     cache_risk: Option<&'a CacheRiskInfo>,
     verdict: &'static str,
     count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<SummaryJson<'a>>,
     message: String,
+}
+
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    suppressed: u64,
+    distinct: u64,
+    prefix: &'a str,
+    budget: u32,
+    window_s: u64,
 }
 
 #[derive(Serialize)]
@@ -225,6 +281,11 @@ impl Alert {
     /// `network_egress`, as the contract says; a payload that does not match
     /// the kind is left out rather than confusing consumers.
     pub fn to_json_line(&self) -> String {
+        self.to_json_line_with_id(None)
+    }
+
+    /// The line with an idempotency key (`id`), as the sinks write it.
+    pub fn to_json_line_with_id(&self, id: Option<&str>) -> String {
         let file = match (self.kind, &self.file) {
             (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f)) => Some(FileJson {
                 path: escape_for_display(&f.path),
@@ -252,6 +313,8 @@ impl Alert {
             schema: SCHEMA,
             time: format_time(self.time),
             kind: self.kind.as_str(),
+            node: node(),
+            id,
             action: ActionJson {
                 id: &self.action.id,
                 cgroup: &self.action.cgroup,
@@ -279,6 +342,13 @@ impl Alert {
             },
             verdict: self.verdict.as_str(),
             count: self.count,
+            summary: self.summary.as_ref().map(|s| SummaryJson {
+                suppressed: s.suppressed,
+                distinct: s.distinct,
+                prefix: &s.prefix,
+                budget: s.budget,
+                window_s: s.window_s,
+            }),
             message: self.message(),
         };
         // Only strings, integers and options of them: serialisation cannot fail.
@@ -288,6 +358,9 @@ impl Alert {
     /// A sentence a person reads in a CI log or report, e.g.
     /// `//pkg:t (Genrule) opened /etc/shadow (O_RDONLY), which it did not declare`.
     pub fn message(&self) -> String {
+        if let Some(s) = &self.summary {
+            return self.summary_message(s);
+        }
         let mut m = self.who();
         let blocked = self.verdict == Verdict::Blocked;
         let result = match (self.kind, &self.file, &self.net) {
@@ -355,6 +428,32 @@ impl Alert {
                 .join(", "),
             c.action_digest
         );
+    }
+
+    /// E.g. `//pkg:t (Genrule): 199742 more undeclared opens under
+    /// /nonexistent/** suppressed (alert budget: 300 per 60 s; first: /nonexistent/a)`.
+    fn summary_message(&self, s: &SummaryInfo) -> String {
+        let what = match self.kind {
+            AlertKind::UndeclaredFile => "undeclared opens under",
+            AlertKind::UndeclaredWrite => "undeclared writes under",
+            // Never summarised (written past the budget); for completeness.
+            AlertKind::CacheRisk => "cache risks for",
+            AlertKind::NetworkEgress => "disallowed connections to",
+        };
+        let first = match (&self.file, &self.net) {
+            (Some(f), _) => escape_for_display(&f.path),
+            (_, Some(n)) => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+            _ => String::new(),
+        };
+        format!(
+            "{}: {} more {what} {} suppressed ({} distinct; alert budget: {} per {} s; first: {first})",
+            self.who(),
+            s.suppressed,
+            s.prefix,
+            s.distinct,
+            s.budget,
+            s.window_s
+        )
     }
 
     /// The action named by its label when known, else by id and cgroup.
@@ -536,6 +635,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            summary: None,
         }
     }
 
@@ -557,6 +657,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            summary: None,
         }
     }
 
@@ -575,7 +676,8 @@ mod tests {
     fn file_alert_has_contract_keys_in_order() {
         let line = file_alert(b"/home/ci/.aws/credentials", true).to_json_line();
         let top = [
-            "schema", "time", "kind", "action", "process", "file", "verdict", "count", "message",
+            "schema", "time", "kind", "node", "action", "process", "file", "verdict", "count",
+            "message",
         ];
         let pos = key_order(&line, &top);
         assert!(pos.is_sorted(), "top-level order wrong: {line}");

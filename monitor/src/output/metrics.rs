@@ -1,7 +1,7 @@
 //! Prometheus metrics (contract: docs/metrics.md): the registry and its
 //! series. The HTTP endpoint that serves them is [`super::http`].
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 const NAMESPACE: &str = "build_monitor";
 
@@ -30,6 +30,10 @@ pub struct Metrics {
     /// `cache_risk` verdicts (successful worker actions with violations),
     /// by `mnemonic`.
     pub cache_risks_total: IntCounterVec,
+    /// Always 1; its labels say what runs (`version`, `kernel`, `hook`).
+    pub build_info: IntGaugeVec,
+    /// Alerts handed to a sink and not written (delivered) yet, by `sink`.
+    pub alerts_queued: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -99,6 +103,26 @@ impl Metrics {
                 "Remote-execution actions that completed successfully after violations: their results may be in the action cache.",
                 &["mnemonic"],
             ),
+            build_info: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "build_info",
+                        "Always 1: the monitor version, kernel release and syscall hook of this node.",
+                    ),
+                    &["version", "kernel", "hook"],
+                ),
+            ),
+            alerts_queued: register(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "alerts_queued",
+                        "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
+                    ),
+                    &["sink"],
+                ),
+            ),
             registry,
         };
         metrics.create_zero_series();
@@ -113,9 +137,10 @@ impl Metrics {
         for reason in ["ringbuf_full", "lineage_full", "decode_error"] {
             self.events_lost_total.with_label_values(&[reason]);
         }
-        for sink in ["stdout", "file"] {
+        for sink in ["stdout", "file", "webhook", "alertmanager"] {
             self.alerts_dropped_total.with_label_values(&[sink]);
             self.alerts_total.with_label_values(&[sink]);
+            self.alerts_queued.with_label_values(&[sink]);
         }
         for kind in ["undeclared_file", "network_egress"] {
             self.violations_total.with_label_values(&[kind, "unknown"]);

@@ -2,9 +2,12 @@
 //! repeats, alert sinks, Prometheus metrics and the HTTP endpoint serving them.
 //! Must not decide verdicts or attribution.
 pub mod alert;
+pub mod alertmanager;
+pub mod delivery;
 pub mod fold;
 pub mod http;
 pub mod metrics;
 pub mod sinks;
+pub mod spool;
 pub mod summary;
 pub mod writer;

@@ -1,4 +1,8 @@
-//! Where alerts go: JSON lines on stdout and/or appended to a file.
+//! Where alerts go: JSON lines on stdout and/or appended to a file (rotated
+//! by size when configured), and batches to HTTP receivers through their
+//! spools (`output::delivery`). Every line gets an `id` here, the same on
+//! every sink, unique across restarts (`<run>-<n>`): receivers de-duplicate
+//! retried batches by it.
 //!
 //! Sinks never fail the monitor: an alert that cannot be written is counted in
 //! `build_monitor_alerts_dropped_total{sink}` (nothing lost silently) and the
@@ -12,14 +16,29 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config;
 use crate::output::alert::Alert;
+use crate::output::delivery::{Format, HttpDelivery};
 use crate::output::metrics::Metrics;
+
+/// This run's prefix of alert ids: start time (µs) and pid, in hex, so ids
+/// of a restarted monitor never repeat earlier ones.
+fn run_id() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{micros:x}{:x}", std::process::id())
+}
 
 /// The configured alert outputs.
 pub struct AlertSinks {
     stdout: Option<StdoutSink>,
     file: Option<FileSink>,
+    http: Vec<HttpDelivery>,
     metrics: Arc<Metrics>,
+    /// This run's part of every `id`, and the next sequence number.
+    run_id: String,
+    next_seq: u64,
 }
 
 struct StdoutSink {
@@ -36,6 +55,10 @@ struct FileSink {
     /// The last write stopped mid-line: the next write first ends that line
     /// so the torn fragment cannot glue itself to a good alert.
     torn: bool,
+    /// Rotate before the file would grow past this (0: never), keeping
+    /// `keep` old files `<file>.1` (newest) … `<file>.<keep>`.
+    max_bytes: u64,
+    keep: u32,
 }
 
 impl AlertSinks {
@@ -48,6 +71,8 @@ impl AlertSinks {
             identity: None,
             failing: false,
             torn: false,
+            max_bytes: 0,
+            keep: 0,
         });
         if let Some(sink) = &mut file
             && let Err(e) = sink.open()
@@ -57,8 +82,32 @@ impl AlertSinks {
         AlertSinks {
             stdout: stdout.then_some(StdoutSink { failing: false }),
             file,
+            http: Vec::new(),
             metrics,
+            run_id: run_id(),
+            next_seq: 1,
         }
+    }
+
+    /// The sinks `[alerts]` configures. Errors (an HTTP sink's spool, token
+    /// or CA file) are configuration errors.
+    pub fn from_config(cfg: &config::Alerts, metrics: Arc<Metrics>) -> anyhow::Result<AlertSinks> {
+        let mut sinks = AlertSinks::new(cfg.stdout, cfg.file.clone(), metrics.clone());
+        if let Some(file) = &mut sinks.file {
+            file.max_bytes = cfg.file_max_bytes;
+            file.keep = cfg.file_keep;
+        }
+        for (format, sink) in [
+            (Format::Webhook, &cfg.webhook),
+            (Format::Alertmanager, &cfg.alertmanager),
+        ] {
+            if let Some(sink) = sink {
+                sinks
+                    .http
+                    .push(HttpDelivery::start(format, sink, metrics.clone())?);
+            }
+        }
+        Ok(sinks)
     }
 
     /// Writes one JSON line per alert to every enabled sink, the batch in one
@@ -67,9 +116,23 @@ impl AlertSinks {
         if alerts.is_empty() {
             return;
         }
-        let mut buf = Vec::with_capacity(alerts.len() * 512);
-        for alert in alerts {
-            buf.extend_from_slice(alert.to_json_line().as_bytes());
+        let lines: Vec<String> = alerts
+            .iter()
+            .map(|alert| {
+                let id = format!("{}-{}", self.run_id, self.next_seq);
+                self.next_seq += 1;
+                alert.to_json_line_with_id(Some(&id))
+            })
+            .collect();
+        for http in &self.http {
+            http.push(&lines);
+        }
+        if self.stdout.is_none() && self.file.is_none() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in &lines {
+            buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
         }
         let n = alerts.len() as u64;
@@ -113,6 +176,28 @@ impl AlertSinks {
                 }
             };
             self.count(ok, "file", n);
+        }
+    }
+
+    /// The `alerts_queued` gauges of the enabled line sinks (stdout, file),
+    /// for the sink thread to keep.
+    pub fn line_sink_queues(&self) -> Vec<prometheus::IntGauge> {
+        [
+            ("stdout", self.stdout.is_some()),
+            ("file", self.file.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(sink, _)| self.metrics.alerts_queued.with_label_values(&[sink]))
+        .collect()
+    }
+
+    /// At stop: the HTTP sinks deliver what their receivers take now and
+    /// keep the rest spooled.
+    pub fn finish(&mut self) {
+        self.flush();
+        for http in &mut self.http {
+            http.finish();
         }
     }
 
@@ -173,7 +258,37 @@ impl FileSink {
         result
     }
 
+    /// Moves `<file>` to `<file>.1` (and older ones one up, dropping the
+    /// oldest) when `buf` would take it past `max_bytes`.
+    fn rotate_if_full(&mut self, incoming: usize) -> io::Result<()> {
+        if self.max_bytes == 0 {
+            return Ok(());
+        }
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size == 0 || size + incoming as u64 <= self.max_bytes {
+            return Ok(());
+        }
+        let numbered = |i: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(numbered(self.keep));
+            for i in (1..self.keep).rev() {
+                let _ = std::fs::rename(numbered(i), numbered(i + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = None;
+        self.torn = false;
+        Ok(())
+    }
+
     fn try_write(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.rotate_if_full(buf.len())?;
         let torn = self.torn;
         let file = self.current()?;
         if torn {
@@ -250,6 +365,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            summary: None,
         }
     }
 
@@ -345,5 +461,43 @@ mod tests {
         let new = lines(&path);
         assert_eq!(new.len(), 1);
         assert!(new[0].contains("\"path\":\"/b\""));
+    }
+
+    #[test]
+    fn file_rotates_by_size_and_keeps_a_bounded_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let cfg = config::Alerts {
+            stdout: false,
+            file: Some(path.clone()),
+            file_max_bytes: 2000,
+            file_keep: 2,
+            ..Default::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let mut sinks = AlertSinks::from_config(&cfg, metrics.clone()).unwrap();
+        for i in 0..40 {
+            sinks.write(&[alert(&format!("/f{i}"))]);
+        }
+        let mut total = 0;
+        let mut ids = Vec::new();
+        for name in ["alerts.jsonl", "alerts.jsonl.1", "alerts.jsonl.2"] {
+            let p = dir.path().join(name);
+            assert!(std::fs::metadata(&p).unwrap().len() <= 2000, "{name}");
+            for l in lines(&p) {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                ids.push(v["id"].as_str().unwrap().to_string());
+                total += 1;
+            }
+        }
+        assert!(!dir.path().join("alerts.jsonl.3").exists());
+        assert!(
+            (3..40).contains(&total),
+            "{total}: older files were dropped"
+        );
+        assert_eq!(counter(&metrics, true, "file"), 40);
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), total, "ids are unique");
     }
 }

@@ -9,28 +9,40 @@ use crate::output::{alert::Alert, sinks::AlertSinks};
 pub struct SinkWriter {
     batches: Option<mpsc::Sender<Vec<Alert>>>,
     thread: Option<thread::JoinHandle<()>>,
+    /// `alerts_queued{sink}` of the line sinks (stdout, file) this thread
+    /// writes: alerts handed over and not written yet.
+    queued: Vec<prometheus::IntGauge>,
 }
 
 impl SinkWriter {
     pub fn start(mut sinks: AlertSinks) -> SinkWriter {
+        let queued = sinks.line_sink_queues();
+        let written = queued.clone();
         let (batches, received) = mpsc::channel::<Vec<Alert>>();
         let thread = thread::Builder::new()
             .name("monitor-sinks".into())
             .spawn(move || {
                 for batch in received {
                     sinks.write(&batch);
+                    for gauge in &written {
+                        gauge.sub(batch.len() as i64);
+                    }
                 }
-                sinks.flush();
+                sinks.finish();
             })
             .expect("spawning the sink thread");
         SinkWriter {
             batches: Some(batches),
             thread: Some(thread),
+            queued,
         }
     }
 
     pub fn write(&self, alerts: Vec<Alert>) {
         if let Some(batches) = &self.batches {
+            for gauge in &self.queued {
+                gauge.add(alerts.len() as i64);
+            }
             // The thread outlives every sender; a send fails only if it
             // panicked, and then there is nobody to write to anyway.
             let _ = batches.send(alerts);

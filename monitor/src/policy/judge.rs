@@ -134,6 +134,7 @@ impl Policy {
                 verdict: Verdict::Observed,
                 count: 1,
                 cache_risk: None,
+                summary: None,
             },
         })
     }
@@ -179,7 +180,9 @@ impl Policy {
         if access.writes && !((allowed && device) || outputs || writable) {
             return Some((AlertKind::UndeclaredWrite, None));
         }
-        if access.created {
+        // Bounded: past the cap, reading back a file the action created is
+        // reported (noise, never a miss).
+        if access.created && created.len() < crate::actions::registry::MAX_CREATED_PER_ACTION {
             created.insert(path.clone());
             if let Some(id) = &ev.object {
                 created.insert(access::identity_key(id));
@@ -238,6 +241,7 @@ impl Policy {
                 verdict: Verdict::Observed,
                 count: 1,
                 cache_risk: None,
+                summary: None,
             },
         })
     }
