@@ -76,6 +76,8 @@ pub struct Handler {
     pub worker_records_dir: PathBuf,
     /// Violations of worker actions, for the verdict when they end.
     cache_risks: CacheRisks,
+    /// Hook connects waiting for their syscall result.
+    net_join: crate::events::netjoin::ResultJoin,
 }
 
 impl Handler {
@@ -102,20 +104,44 @@ impl Handler {
             event_counters,
             worker_records_dir: PathBuf::from("/run/monitor/reapi"),
             cache_risks: CacheRisks::default(),
+            net_join: Default::default(),
         }
     }
 
     pub fn event(&mut self, event: Event, now: Instant) {
+        // One report per connect: the hook's waits for its syscall result.
+        let Some(event) = self.net_join.offer(event, now) else {
+            return;
+        };
+        if let Some(released) = self.net_join.take_released() {
+            for early in released {
+                self.dispatch(early, now);
+            }
+        }
+        self.dispatch(event, now);
+    }
+
+    fn dispatch(&mut self, mut event: Event, now: Instant) {
         self.event_counters[event.metric_index()].inc();
         let pid = event.origin().pid;
+        if let Event::UnixConnect(u) = &mut event {
+            // Now, while the listener still runs (it may be gone by the
+            // time the event is judged).
+            u.peer_in_action = u.peer_tgid != 0
+                && self.processes.action_of(u.peer_tgid) == Some(u.origin.action_cgroup_id);
+        }
         match event {
             Event::Exec(exec) => {
                 self.processes.exec(pid, exec.exe.as_deref());
+                self.processes
+                    .note_action(pid, exec.origin.action_cgroup_id);
                 // The program file is an input: judged like an open.
                 if exec.exe.is_some() {
                     self.route(Event::Exec(exec), now);
                 }
             }
+            // Merged by `net_join`; one left over has nothing to add.
+            Event::ConnectResult(_) => {}
             Event::Exit(origin) => {
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
@@ -142,7 +168,9 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::WorkerExit { origin, status } => self.worker_exit(&origin, status, now),
-            event @ (Event::File(_) | Event::Connect(_)) => self.route(event, now),
+            event @ (Event::File(_) | Event::Connect(_) | Event::UnixConnect(_)) => {
+                self.route(event, now)
+            }
         }
     }
 
@@ -227,6 +255,9 @@ impl Handler {
 
     /// Periodic work: held events whose wait is over.
     pub fn tick(&mut self, now: Instant) {
+        for event in self.net_join.expired(now) {
+            self.dispatch(event, now);
+        }
         let ready = self.registry.tick(now);
         self.judge_all(ready);
         self.cache_verdicts(now, false);
@@ -251,6 +282,10 @@ impl Handler {
 
     /// At shutdown: judge everything still held.
     pub fn release_all(&mut self) {
+        let now = Instant::now();
+        for event in self.net_join.take_all() {
+            self.dispatch(event, now);
+        }
         let ready = self.registry.release_all();
         self.judge_all(ready);
         self.cache_verdicts(Instant::now(), true);
@@ -262,6 +297,7 @@ impl Handler {
                 Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(e) => self.policy.judge_exec(e, || observed.process(), &action),
+                Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
                 _ => None,
             };
             let Some(v) = violation else { continue };

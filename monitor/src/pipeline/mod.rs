@@ -98,7 +98,7 @@ impl Pipeline {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let ring = kernel.events.take().expect("ring buffer taken once");
-        let ring = EventRing::new(ring, monitor_common::RING_BYTES as u64)?;
+        let ring = EventRing::new(ring, u64::from(kernel.ring_bytes))?;
         let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
         let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());
         let (update_tx, mut updates) = mpsc::unbounded_channel();
