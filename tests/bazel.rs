@@ -323,7 +323,11 @@ fn check_markdown(b: &Build, md: &str) {
         md.contains("| //:net_requires (Genrule) | network_egress | `tcp 127.0.0.1:"),
         "{md}"
     );
-    assert!(md.contains("### Egress outside the policy"), "{md}");
+    assert!(md.contains("### Egress inventory"), "{md}");
+    assert!(
+        md.contains("| //:net_requires (Genrule) |"),
+        "inventory labelled: {md}"
+    );
     assert!(md.contains("### Completeness: complete"), "{md}");
     assert!(md.contains("| Sandboxed spawns monitored | 5 |"), "{md}");
     assert!(md.contains("| Egress enforced | yes |"), "{md}");

@@ -141,6 +141,8 @@ struct Run {
     stdout: String,
     stderr: String,
     alerts: Vec<Value>,
+    /// The report's egress inventory.
+    egress: Vec<Value>,
 }
 
 fn run_job(enforce: bool, allowed: &[&Sink], denied: &[&Sink], uring: &Path) -> Run {
@@ -188,6 +190,7 @@ fn run_job(enforce: bool, allowed: &[&Sink], denied: &[&Sink], uring: &Path) -> 
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
         alerts: report["alerts"].as_array().cloned().unwrap_or_default(),
+        egress: report["egress"].as_array().cloned().unwrap_or_default(),
     }
 }
 
@@ -249,6 +252,28 @@ fn check_alerts(run: &Run, s: &Setup, verdict: &str) {
     );
 }
 
+/// The report's egress inventory lists every destination, allowed or not,
+/// and not the job's own listener.
+fn check_inventory(run: &Run, s: &Setup) {
+    let entry = |port: u16| {
+        let suffix = format!(":{port}");
+        run.egress
+            .iter()
+            .find(|d| d["destination"].as_str().unwrap().ends_with(&suffix))
+            .unwrap_or_else(|| panic!("port {port} not in the inventory: {:#?}", run.egress))
+    };
+    for (a, d) in s.allowed.iter().zip(&s.denied) {
+        assert_eq!(entry(a.port)["verdict"], "allowed");
+        assert_eq!(entry(d.port)["verdict"], "blocked");
+    }
+    assert_eq!(
+        run.egress.len(),
+        2 * ROUTES.len(),
+        "every destination once, the internal one not at all: {:#?}",
+        run.egress
+    );
+}
+
 #[test]
 fn every_route_is_seen_and_reaches_the_listener_without_enforce() {
     let s = setup();
@@ -298,6 +323,7 @@ fn enforce_blocks_every_disallowed_route_in_the_kernel_and_passes_the_rest() {
         assert_eq!(d.received(), "", "{route}: blocked traffic arrived");
     }
     check_alerts(&run, &s, "blocked");
+    check_inventory(&run, &s);
     eprintln!("job output:\n{}", run.stdout);
 }
 

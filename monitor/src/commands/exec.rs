@@ -131,15 +131,7 @@ fn report_run(
     eprint!("{}", summary(&run.alerts, run.violations, lost));
     coverage_warnings(run);
     if let Some(path) = &opts.report {
-        write_report(
-            path,
-            &opts.command,
-            code,
-            run.violations,
-            &completeness,
-            &run.alerts,
-        )
-        .map_err(StartError::Config)?;
+        write_report(path, &opts.command, code, run, &completeness).map_err(StartError::Config)?;
     }
     write_summaries(opts, code, run, &completeness).map_err(StartError::Config)?;
     if let Some(path) = &opts.learn {
@@ -208,6 +200,7 @@ fn write_summaries(
                 command_exit_status: code,
                 violations: run.violations,
                 completeness,
+                inventory: &run.inventory,
             },
         );
         std::fs::write(path, text)
@@ -394,11 +387,12 @@ fn write_report(
     path: &Path,
     command: &[OsString],
     exit_status: u8,
-    violations: u64,
+    run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
-    alerts: &[Alert],
 ) -> anyhow::Result<()> {
-    let alerts: Vec<serde_json::Value> = alerts
+    let violations = run.violations;
+    let alerts: Vec<serde_json::Value> = run
+        .alerts
         .iter()
         .map(|a| serde_json::from_str(&a.to_json_line()))
         .collect::<Result<_, _>>()?;
@@ -410,6 +404,7 @@ fn write_report(
         "events_lost": completeness.events_lost.values().sum::<u64>(),
         "unmonitored_spawns": completeness.spawns_unmonitored,
         "completeness": completeness.to_json(),
+        "egress": run.inventory.to_json(),
         "alerts": alerts,
     });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)

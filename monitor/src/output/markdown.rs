@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use crate::output::{
     alert::{Alert, AlertKind},
     completeness::Completeness,
+    inventory::Inventory,
 };
 
 /// What the summary is about, besides the alerts.
@@ -14,6 +15,7 @@ pub struct RunFacts<'a> {
     pub command_exit_status: u8,
     pub violations: u64,
     pub completeness: &'a Completeness,
+    pub inventory: &'a Inventory,
 }
 
 /// `proto address:port`, or `unix /path`.
@@ -46,9 +48,7 @@ fn what(a: &Alert) -> String {
         (AlertKind::UndeclaredFile, Some(f), _) => {
             crate::events::paths::escape_for_display(&f.path)
         }
-        (AlertKind::NetworkEgress, _, Some(n)) => {
-            format!("{} {}", n.proto, std::net::SocketAddr::new(n.addr, n.port))
-        }
+        (AlertKind::NetworkEgress, _, Some(n)) => destination(n),
         _ => String::new(),
     }
 }
@@ -69,7 +69,7 @@ pub fn render(alerts: &[Alert], facts: &RunFacts<'_>) -> String {
         facts.command_exit_status
     );
     violations_table(&mut out, alerts);
-    inventory_table(&mut out, alerts);
+    inventory_table(&mut out, facts.inventory);
     completeness_table(&mut out, facts.completeness);
     out
 }
@@ -99,49 +99,31 @@ fn violations_table(out: &mut String, alerts: &[Alert]) {
     out.push('\n');
 }
 
-/// One destination outside the policy and who reached it.
-#[derive(Default)]
-struct Destination {
-    targets: Vec<String>,
-    processes: Vec<String>,
-    count: u64,
-    verdict: &'static str,
-}
-
-/// Destinations outside the policy, with who reached them.
-fn inventory_table(out: &mut String, alerts: &[Alert]) {
-    let mut dests: BTreeMap<String, Destination> = BTreeMap::new();
-    for a in alerts {
-        let Some(n) = &a.net else { continue };
-        let key = destination(n);
-        let d = dests.entry(key).or_default();
-        d.verdict = a.verdict.as_str();
-        let target = target_of(a);
-        if !d.targets.contains(&target) {
-            d.targets.push(target);
-        }
-        if !d.processes.contains(&a.process.comm) {
-            d.processes.push(a.process.comm.clone());
-        }
-        d.count += a.count;
-    }
-    if dests.is_empty() {
+/// Every destination the job reached or tried, with who and the verdict.
+fn inventory_table(out: &mut String, inventory: &Inventory) {
+    if inventory.destinations().next().is_none() {
         return;
     }
-    out.push_str("### Egress outside the policy\n\n| Destination | Targets | Processes | Verdict | Count |\n| --- | --- | --- | --- | --- |\n");
-    for (dest, d) in &dests {
+    out.push_str("### Egress inventory\n\n| Destination | Proto | Targets | Processes | Verdict | Count |\n| --- | --- | --- | --- | --- | --- |\n");
+    for d in inventory.destinations() {
+        let join = |set: &std::collections::BTreeSet<String>| {
+            set.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} |",
-            cell(dest),
-            cell(&d.targets.join(", ")),
-            cell(&d.processes.join(", ")),
+            "| `{}` | {} | {} | {} | {} | {} |",
+            cell(&d.destination),
+            d.proto,
+            cell(&join(&d.targets)),
+            cell(&join(&d.processes)),
             d.verdict,
             d.count
         );
     }
     out.push_str(
-        "\nTo allow a destination, add it to `[network] allow` (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`).\n\n",
+        "\nHost names are not shown: the monitor sees addresses, not the DNS answers they came from. \
+         To allow a destination, add it to `[network] allow` (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`), \
+         or let `--learn` write the policy.\n\n",
     );
 }
 
@@ -240,6 +222,15 @@ pub(crate) mod tests {
         let mut c = Completeness::default();
         c.events_lost.insert("ringbuf_full".into(), 3);
         let alerts = [net_alert(Some("//p:t"), 9)];
+        let mut inventory = Inventory::default();
+        inventory.record(crate::output::inventory::Seen {
+            proto: "tcp",
+            destination: "127.0.0.1:9".into(),
+            verdict: "blocked",
+            action_id: "a1",
+            target: "//p:t (Genrule)".into(),
+            process: "curl|x",
+        });
         let md = render(
             &alerts,
             &RunFacts {
@@ -247,6 +238,7 @@ pub(crate) mod tests {
                 command_exit_status: 0,
                 violations: 1,
                 completeness: &c,
+                inventory: &inventory,
             },
         );
         assert!(md.starts_with("## build-monitor: 1 violation(s)"), "{md}");
@@ -255,7 +247,7 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| `tcp 127.0.0.1:9` | //p:t (Genrule) | curl\\|x | blocked | 2 |"),
+            md.contains("| `127.0.0.1:9` | tcp | //p:t (Genrule) | curl\\|x | blocked | 1 |"),
             "{md}"
         );
         assert!(md.contains("### Completeness: INCOMPLETE"), "{md}");

@@ -7,6 +7,7 @@ pub mod alert;
 pub mod completeness;
 pub mod fold;
 pub mod http;
+pub mod inventory;
 pub mod learn;
 pub mod markdown;
 pub mod metrics;

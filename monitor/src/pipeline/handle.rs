@@ -300,16 +300,12 @@ impl Handler {
                 Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
                 _ => None,
             };
+            if self.summary.keep_alerts {
+                self.take_inventory(&observed, &action, violation.as_ref());
+            }
             let Some(v) = violation else { continue };
             self.summary.violations += 1;
-            if self.keep_spawn_commands
-                && let Some(spawn) = &action.spawn
-                && !self.summary.spawn_commands.contains_key(&action.info.id)
-            {
-                self.summary
-                    .spawn_commands
-                    .insert(action.info.id.clone(), spawn.command.clone());
-            }
+            self.keep_spawn_command(&action);
             self.cache_risks
                 .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
             let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
@@ -326,8 +322,59 @@ impl Handler {
 fn violation_target(alert: &Alert) -> String {
     match (&alert.file, &alert.net) {
         (Some(f), _) => crate::events::paths::escape_for_display(&f.path),
-        (None, Some(n)) => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+        (None, Some(n)) => match &n.unix_path {
+            Some(path) => path.clone(),
+            None => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+        },
         (None, None) => String::new(),
+    }
+}
+
+impl Handler {
+    /// Kept when an execution log will label the spawn later.
+    fn keep_spawn_command(&mut self, action: &ActionView) {
+        if self.keep_spawn_commands
+            && let Some(spawn) = &action.spawn
+            && !self.summary.spawn_commands.contains_key(&action.info.id)
+        {
+            self.summary
+                .spawn_commands
+                .insert(action.info.id.clone(), spawn.command.clone());
+        }
+    }
+
+    /// A network event into the egress inventory (not the action's own
+    /// internal traffic).
+    fn take_inventory(
+        &mut self,
+        observed: &Observed,
+        action: &ActionView,
+        violation: Option<&crate::policy::judge::Violation>,
+    ) {
+        let Some((proto, destination)) = crate::policy::judge::egress_destination(&observed.event)
+        else {
+            return;
+        };
+        let verdict = violation.map_or("allowed", |v| v.alert.verdict.as_str());
+        let comm = observed.event.origin().comm_str();
+        let info = &action.info;
+        let target = match (&info.label, &info.mnemonic) {
+            (Some(l), Some(m)) => format!("{l} ({m})"),
+            (Some(l), None) => l.clone(),
+            (None, Some(m)) => format!("{} ({m})", info.id),
+            (None, None) => info.id.clone(),
+        };
+        self.summary
+            .inventory
+            .record(crate::output::inventory::Seen {
+                proto,
+                destination,
+                verdict,
+                action_id: &info.id,
+                target,
+                process: &comm,
+            });
+        self.keep_spawn_command(action);
     }
 }
 

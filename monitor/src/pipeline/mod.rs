@@ -209,6 +209,7 @@ impl Pipeline {
         summary.unmonitored_spawns = labels
             .sandboxed_in_log
             .saturating_sub(summary.sandboxed_launches);
+        summary.inventory.relabel(&labels.by_action);
         for alert in self.handler.folder.pending_mut() {
             if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
                 alert.action.label = label.clone().or(alert.action.label.take());

@@ -305,6 +305,29 @@ impl Policy {
     }
 }
 
+/// For the egress inventory: the (proto, destination) of a network event
+/// that is egress — not the action's own internal traffic.
+pub fn egress_destination(event: &crate::events::decode::Event) -> Option<(&'static str, String)> {
+    use crate::events::decode::Event;
+    match event {
+        Event::Connect(c) => {
+            if c.kernel_verdict.unwrap_or(0) & SOCK_INTERNAL != 0 {
+                return None;
+            }
+            let dest = if c.port == 0 && c.send {
+                c.addr.to_string()
+            } else {
+                std::net::SocketAddr::new(c.addr, c.port).to_string()
+            };
+            Some((proto_name(c.protocol, c.sock_type), dest))
+        }
+        Event::UnixConnect(u) if !u.peer_in_action => {
+            Some(("unix", crate::events::paths::escape_for_display(&u.path)))
+        }
+        _ => None,
+    }
+}
+
 /// `net.proto`: from the IP protocol when the socket hook gave it, else
 /// from the socket type.
 fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
