@@ -324,10 +324,11 @@ fn check_markdown(b: &Build, md: &str) {
         "{md}"
     );
     assert!(md.contains("### Egress inventory"), "{md}");
-    assert!(
-        md.contains("| //:net_requires (Genrule) |"),
-        "inventory labelled: {md}"
+    let row = format!(
+        "| `127.0.0.1:{}` | tcp | //:net_default (Genrule), //:net_requires (Genrule) | bash | blocked | 2 |",
+        b.port
     );
+    assert!(md.contains(&row), "inventory row, labelled: {row}\n{md}");
     assert!(md.contains("### Completeness: complete"), "{md}");
     assert!(md.contains("| Sandboxed spawns monitored | 5 |"), "{md}");
     assert!(md.contains("| Egress enforced | yes |"), "{md}");
