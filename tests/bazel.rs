@@ -19,6 +19,7 @@ const BAZEL: &str = "/usr/bin/bazel";
 struct Build {
     _tmp: tempfile::TempDir,
     ws: PathBuf,
+    ob: PathBuf,
     host_file: PathBuf,
     port: u16,
     code: Option<i32>,
@@ -54,6 +55,11 @@ fn build(strategy: &str, extra: &[&str]) -> Build {
 /// `server_outside`: start the Bazel server before `monitor exec`, outside
 /// the job, as a CI runner with a warm server would.
 fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
+    build_opts(strategy, extra, server_outside, &[])
+}
+
+/// As `build_with`, with extra `monitor exec` options (e.g. `--enforce`).
+fn build_opts(strategy: &str, extra: &[&str], server_outside: bool, monitor: &[&str]) -> Build {
     require_root();
     assert!(
         Path::new(BAZEL).exists(),
@@ -68,18 +74,7 @@ fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
     let port = listener();
     let report = t.join("report.json");
     if server_outside {
-        let out = Command::new(BAZEL)
-            .current_dir(&ws)
-            .env("HOME", t)
-            .args(startup_args(t))
-            .args(["info", "output_base"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "starting a Bazel server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_server_outside(&ws, t);
     }
     let startup = startup_args(t);
     let out = Command::new(monitor_bin())
@@ -87,7 +82,9 @@ fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", t)
-        .args(["exec", "--report"])
+        .arg("exec")
+        .args(monitor)
+        .arg("--report")
         .arg(&report)
         .arg("--")
         .arg(BAZEL)
@@ -124,6 +121,7 @@ fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
         .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
     let alerts = report["alerts"].as_array().cloned().unwrap_or_default();
     Build {
+        ob: t.join("ob"),
         _tmp: tmp,
         ws,
         host_file,
@@ -133,6 +131,22 @@ fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
         alerts,
         report,
     }
+}
+
+/// Starts the Bazel server before (outside) the monitored job.
+fn start_server_outside(ws: &Path, t: &Path) {
+    let out = Command::new(BAZEL)
+        .current_dir(ws)
+        .env("HOME", t)
+        .args(startup_args(t))
+        .args(["info", "output_base"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "starting a Bazel server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Bazel startup options that keep every file in the test's temp dir.
@@ -252,4 +266,103 @@ fn spawns_of_a_server_started_outside_the_job_are_reported_unmonitored() {
         "the spawns ran unseen: {:#?}",
         b.alerts
     );
+}
+
+/// `--enforce` with no config (no egress allowed): the Bazel client and
+/// server talk over loopback undisturbed and the build succeeds, while the
+/// spawns' connects to the host listener are refused in the kernel.
+#[test]
+fn enforced_build_with_no_config_succeeds_and_blocks_spawn_egress() {
+    let out = tempfile::tempdir().unwrap();
+    let md = out.path().join("summary.md");
+    let sarif = out.path().join("findings.sarif");
+    let (md_arg, sarif_arg) = (md.display().to_string(), sarif.display().to_string());
+    let b = build_opts(
+        "processwrapper-sandbox",
+        &[],
+        false,
+        &["--enforce", "--markdown", &md_arg, "--sarif", &sarif_arg],
+    );
+    assert!(
+        b.stderr.contains("Build completed successfully"),
+        "the build must succeed under --enforce:\n{}",
+        b.stderr
+    );
+    assert_eq!(b.code, Some(1), "violations exit 1:\n{}", b.stderr);
+    for label in ["//:net_default", "//:net_requires"] {
+        let net = b.alerts_of(label);
+        assert_eq!(net.len(), 1, "{label}: {:#?}", b.alerts);
+        assert_eq!(net[0]["verdict"], "blocked", "{label}");
+        assert_eq!(net[0]["net"]["port"], b.port, "{label}");
+        assert_eq!(net[0]["net"]["result"], -1, "{label}: EPERM");
+        let out = b.ob.join(format!(
+            "execroot/fixture/bazel-out/k8-fastbuild/bin/{}.out",
+            &label[3..]
+        ));
+        let text = fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+        assert!(text.contains("failed"), "{label} connected anyway: {text}");
+    }
+    let clean =
+        b.ob.join("execroot/fixture/bazel-out/k8-fastbuild/bin/clean.out");
+    assert!(clean.exists(), "positive control: the clean rule's output");
+    let stray: Vec<&Value> = b
+        .alerts
+        .iter()
+        .filter(|a| a["kind"] == "network_egress" && a["net"]["port"] != b.port)
+        .collect();
+    assert!(stray.is_empty(), "Bazel's own traffic alerted: {stray:#?}");
+    check_markdown(&b, &fs::read_to_string(&md).expect("--markdown written"));
+    check_sarif(&b, &fs::read(&sarif).expect("--sarif written"));
+}
+
+fn check_markdown(b: &Build, md: &str) {
+    let headline = format!("## build-monitor: {} violation(s)", b.report["violations"]);
+    assert!(md.starts_with(&headline), "{md}");
+    assert!(md.contains("### Violations by target"), "{md}");
+    assert!(
+        md.contains("| //:net_requires (Genrule) | network_egress | `tcp 127.0.0.1:"),
+        "{md}"
+    );
+    assert!(md.contains("### Egress inventory"), "{md}");
+    let row = format!(
+        "| `127.0.0.1:{}` | tcp | //:net_default (Genrule), //:net_requires (Genrule) | bash | blocked | 2 |",
+        b.port
+    );
+    assert!(md.contains(&row), "inventory row, labelled: {row}\n{md}");
+    assert!(md.contains("### Completeness: complete"), "{md}");
+    assert!(md.contains("| Sandboxed spawns monitored | 5 |"), "{md}");
+    assert!(md.contains("| Egress enforced | yes |"), "{md}");
+}
+
+fn check_sarif(b: &Build, bytes: &[u8]) {
+    let s: Value = serde_json::from_slice(bytes).expect("SARIF is JSON");
+    assert_eq!(s["version"], "2.1.0");
+    assert_eq!(
+        s["$schema"],
+        "https://json.schemastore.org/sarif-2.1.0.json"
+    );
+    let run = &s["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "build-monitor");
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), b.alerts.len(), "{s:#}");
+    let r = results
+        .iter()
+        .find(|r| {
+            r["message"]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("//:net_requires")
+        })
+        .expect("a result for //:net_requires");
+    assert_eq!(r["ruleId"], "network_egress");
+    assert_eq!(r["level"], "error");
+    let loc = &r["locations"][0]["physicalLocation"];
+    assert_eq!(loc["artifactLocation"]["uri"], "BUILD");
+    let build = fs::read_to_string(b.ws.join("BUILD")).unwrap();
+    let line = build
+        .lines()
+        .position(|l| l.contains("name = \"net_requires\""))
+        .unwrap()
+        + 1;
+    assert_eq!(loc["region"]["startLine"], line);
 }

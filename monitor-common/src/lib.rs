@@ -36,6 +36,14 @@ pub enum EventKind {
     /// it submits through the ring bypass the syscall hook.
     IoUring = 2,
     Connect = 100,
+    /// A connect or datagram send seen by a cgroup socket-address hook
+    /// ([`SockEvent`]): every route (syscall, io_uring, TCP fast open) and
+    /// the verdict the kernel applied.
+    SockAddr = 101,
+    /// A `connect(2)` on a unix socket ([`UnixConnectEvent`]), seen at the
+    /// syscall (aya 0.14 cannot attach `cgroup/connect_unix`): observed,
+    /// never blocked.
+    UnixConnect = 102,
     Exec = 200,
     Exit = 201,
     /// A sandbox launcher (`attribution.sandbox_launchers`) started: a new
@@ -61,6 +69,8 @@ impl EventKind {
             1 => Some(Self::FileOpen),
             2 => Some(Self::IoUring),
             100 => Some(Self::Connect),
+            101 => Some(Self::SockAddr),
+            102 => Some(Self::UnixConnect),
             200 => Some(Self::Exec),
             201 => Some(Self::Exit),
             202 => Some(Self::Launch),
@@ -90,6 +100,10 @@ pub const FLAG_OBJECT: u32 = 1 << 4;
 /// sockets, memfds, namespace files, lazily unmounted trees): the object is
 /// not reachable by any path.
 pub const FLAG_DIR_INTERNAL: u32 = 1 << 5;
+/// On a `Connect` event: the socket-address hook already reported this
+/// connect (a [`SockEvent`] of the same thread); this event only brings the
+/// syscall's result.
+pub const FLAG_SEEN_BY_SOCK_HOOK: u32 = 1 << 6;
 
 /// Common first part of every event.
 #[repr(C)]
@@ -173,6 +187,7 @@ pub const FMODE_CREATED: u32 = 1 << 20;
 /// `s_magic` of procfs.
 pub const PROC_SUPER_MAGIC: u32 = 0x9fa0;
 
+pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
@@ -213,6 +228,92 @@ pub struct CgroupEvent {
     pub level: u32,
     pub path_len: u32,
 }
+
+/// `sizeof(sockaddr_un.sun_path)`.
+pub const UNIX_PATH_CAPACITY: usize = 108;
+
+/// A connect on a unix socket, reported at syscall exit with its result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixConnectEvent {
+    pub header: EventHeader,
+    pub result: i64,
+    /// Bytes of `path` that are the address (`addrlen` - 2, at most
+    /// [`UNIX_PATH_CAPACITY`]); a leading NUL is an abstract name.
+    pub path_len: u32,
+    /// tgid of the process that listens on the socket (its peer
+    /// credentials), or 0 when unknown (e.g. the connect failed).
+    pub peer_tgid: u32,
+    pub path: [u8; UNIX_PATH_CAPACITY],
+    pub _pad2: [u8; 4],
+}
+
+/// [`SockEvent::op`]: a connect (`connect(2)`, io_uring, TCP fast open).
+pub const SOCK_OP_CONNECT: u16 = 0;
+/// [`SockEvent::op`]: a datagram sent to an address (`sendto`, `sendmsg`).
+pub const SOCK_OP_SENDMSG: u16 = 1;
+/// [`SockEvent::op`]: a packet of a socket the address hooks do not see
+/// (ICMP "ping", raw), caught leaving by the `cgroup_skb/egress` backstop.
+pub const SOCK_OP_PACKET: u16 = 2;
+
+/// [`SockEvent::verdict`] bits.
+/// The destination is allowed by `network.allow` (as compiled into the
+/// kernel's allow maps).
+pub const SOCK_ALLOWED: u32 = 1 << 0;
+/// The destination is a loopback port the same action listens on (its own
+/// traffic, e.g. the Bazel client and server): never egress.
+pub const SOCK_INTERNAL: u32 = 1 << 1;
+/// The kernel refused the call (enforcement on, destination not allowed).
+pub const SOCK_BLOCKED: u32 = 1 << 2;
+
+/// A destination seen by a cgroup socket-address hook (`connect4/6`,
+/// `sendmsg4/6`), before the call goes on: the address is the one the
+/// kernel will use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEvent {
+    pub header: EventHeader,
+    /// `SOCK_OP_*`.
+    pub op: u16,
+    /// `AF_INET` or `AF_INET6` (IPv4-mapped addresses keep `AF_INET6`).
+    pub family: u16,
+    /// Socket type (`SOCK_STREAM` = 1, `SOCK_DGRAM` = 2, …).
+    pub sock_type: u16,
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP, …).
+    pub protocol: u16,
+    /// Destination port in host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// `SOCK_*` verdict bits.
+    pub verdict: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    /// Inode number of the task's network namespace.
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+/// Key of the kernel's allow-list tries: `port` (network byte order; only
+/// in the port trie) then the address as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+pub const ALLOW_KEY_ANY_BYTES: usize = 16;
+pub const ALLOW_KEY_PORT_BYTES: usize = 18;
+/// How many allow-list prefixes each trie holds.
+pub const MAX_ALLOW_RULES: u32 = 1024;
+
+/// A listening (bound) socket of a monitored action: loopback connects to it
+/// are the action's own traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns_cookie: u64,
+    pub action_cgroup_id: u64,
+    pub port: u16,
+    /// Reserved (0): a port bound for either protocol counts.
+    pub protocol: u16,
+    pub _pad: u32,
+}
+/// How many bound sockets of monitored actions are remembered.
+pub const MAX_LISTENERS: u32 = 16384;
 
 /// A monitored process ended (`header` only).
 #[repr(C)]
@@ -311,6 +412,12 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_flags: u32,
     pub binprm_filename: u32,
     pub task_exit_code: u32,
+    pub socket_sk: u32,
+    pub sock_peer_pid: u32,
+    /// Offset of `numbers[0].nr` in `struct pid` (the pid in the initial
+    /// namespace).
+    pub pid_nr: u32,
+    pub _pad: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
@@ -347,6 +454,10 @@ pub struct Settings {
     /// How many worker runner paths are in `RUNNER_PATHS` (0: worker
     /// attribution off, and its lookups skipped).
     pub runner_count: u32,
+    /// Non-zero: the socket-address hooks refuse destinations outside the
+    /// allow list (`--enforce`).
+    pub enforce: u32,
+    pub _pad_enforce: u32,
 }
 
 /// How many sandbox launcher names the kernel matches.
@@ -371,4 +482,5 @@ mod pod {
     unsafe impl aya::Pod for Scope {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ListenerKey {}
 }

@@ -135,10 +135,35 @@ impl Default for Files {
 }
 
 /// Destinations every action may connect to. Empty (the default) denies all.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
     pub allow: Vec<NetRule>,
+    /// Refuse, in the kernel, every connect and datagram send of a
+    /// monitored action that `allow` does not admit (the caller gets
+    /// EPERM). `monitor exec --enforce` sets it too.
+    pub enforce: bool,
+    /// Unix sockets every action may connect to (path patterns, as in
+    /// `files.allow`). Setting this replaces the default: the host's
+    /// journald and nscd sockets.
+    pub allow_unix: Vec<String>,
+}
+
+const DEFAULT_UNIX_ALLOW: &[&str] = &[
+    "/run/systemd/journal/**",
+    "/dev/log",
+    "/run/nscd/socket",
+    "/var/run/nscd/socket",
+];
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            allow: Vec::new(),
+            enforce: false,
+            allow_unix: DEFAULT_UNIX_ALLOW.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 /// Where JSON alerts go.
@@ -371,6 +396,9 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         if let Err(e) = PathMatcher::new(&self.files.allow) {
             return Err((format!("files.allow[{}]", e.index), e.to_string()));
+        }
+        if let Err(e) = PathMatcher::new(&self.network.allow_unix) {
+            return Err((format!("network.allow_unix[{}]", e.index), e.to_string()));
         }
         let a = &self.attribution;
         for (i, p) in a.cgroup_parents.iter().enumerate() {

@@ -26,24 +26,48 @@ enum Command {
         config: PathBuf,
     },
     /// Run CMD in a fresh cgroup and report what it did; exit 1 on violations.
-    Exec {
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Write the full JSON report here.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        /// Block disallowed egress (not available yet).
-        #[arg(long)]
-        enforce: bool,
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<OsString>,
-    },
+    Exec(ExecArgs),
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
     /// Benchmark helper: attach only an empty program to the same hook until
     /// SIGTERM/SIGINT (the cost floor of any syscall hook).
     #[command(hide = true)]
     BenchFloor,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write the full JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write a Markdown summary here (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Write the findings as SARIF 2.1.0 here (code-scanning UIs).
+    #[arg(long, value_name = "FILE")]
+    sarif: Option<PathBuf>,
+    /// Write the policy under which this job runs clean here (a config
+    /// file: the given one plus every destination and file it needed).
+    #[arg(long, value_name = "FILE")]
+    learn: Option<PathBuf>,
+    /// Refuse, in the kernel, every connect and datagram send the
+    /// network policy does not allow (the process gets EPERM; the alert
+    /// says "blocked"). Same as `[network] enforce = true`.
+    #[arg(long)]
+    enforce: bool,
+    /// Exit code when there were violations (and the command itself
+    /// succeeded), to tell them apart from the command's own exit 1.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    violation_exit_code: u8,
+    /// Exit 0 even when monitoring was incomplete (events lost, spawns
+    /// not monitored); the report and summary still say so.
+    #[arg(long)]
+    allow_incomplete: bool,
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -106,26 +130,29 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         },
-        Command::Exec {
-            config,
-            report,
-            enforce,
-            command,
-        } => {
-            if enforce {
-                eprintln!(
-                    "monitor: --enforce is not available yet: egress is reported, not blocked"
-                );
-                return ExitCode::from(2);
-            }
-            let config = match load_config(config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match runtime.block_on(exec::exec(config, exec::ExecOptions { report, command })) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => fail(e),
-            }
-        }
+        Command::Exec(args) => run_exec(&runtime, args),
+    }
+}
+
+fn run_exec(runtime: &tokio::runtime::Runtime, args: ExecArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    config.network.enforce |= args.enforce;
+    let opts = exec::ExecOptions {
+        report: args.report,
+        markdown: args.markdown,
+        sarif: args.sarif,
+        learn: args.learn,
+        command: args.command,
+        exit: monitor::commands::outcome::ExitPolicy {
+            violation_code: args.violation_exit_code,
+            allow_incomplete: args.allow_incomplete,
+        },
+    };
+    match runtime.block_on(exec::exec(config, opts)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(e),
     }
 }

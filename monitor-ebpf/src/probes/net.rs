@@ -1,12 +1,18 @@
-//! `connect` on inet sockets, reported at exit with the result. Other
-//! families (unix sockets, AF_UNSPEC disconnects) are not egress and are
-//! skipped here.
-use aya_ebpf::helpers::bpf_probe_read_user;
-use monitor_common::{AF_INET, AF_INET6, ConnectEvent, EventKind, Settings};
+//! `connect` on inet and unix sockets, reported at exit with the result.
+//! Other families (AF_UNSPEC disconnects, netlink …) are skipped. An inet
+//! connect the socket-address hook already reported (`sock.rs`) is marked `FLAG_SEEN_BY_SOCK_HOOK`: this event then only
+//! brings its result. Without the mark it is a connect the hook did not see
+//! (a socket created outside the monitored cgroups).
+use aya_ebpf::helpers::{bpf_probe_read_user, generated};
+use monitor_common::{
+    AF_INET, AF_INET6, AF_UNIX, ConnectEvent, EventKind, FLAG_SEEN_BY_SOCK_HOOK, Settings,
+    UNIX_PATH_CAPACITY, UnixConnectEvent,
+};
 
 use crate::{
     emit::{fill_header, submit},
-    probes::syscalls::Syscall,
+    maps::SCRATCH,
+    probes::{sock::SEEN_CONNECT, syscalls::Syscall},
     task::{file_of_fd, netns_inum, read},
 };
 
@@ -26,6 +32,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         AF_INET6 => {
             addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }.ok()?;
         }
+        AF_UNIX => return on_unix_connect(settings, call, uaddr),
         _ => return None,
     }
     let port = u16::from_be(unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.ok()?);
@@ -42,10 +49,63 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.addr = addr;
     ev.result = ret;
     ev.netns = netns_inum(o);
+    let pid_tgid = call.m.pid_tgid;
+    // SAFETY: the value is copied out at once.
+    if let Some(seen) = unsafe { SEEN_CONNECT.get(&pid_tgid) }.copied() {
+        if seen.addr == addr && seen.port == port {
+            ev.header.flags |= FLAG_SEEN_BY_SOCK_HOOK;
+        }
+        let _ = SEEN_CONNECT.remove(&pid_tgid);
+    }
     submit(
         settings,
         (&ev as *const ConnectEvent).cast(),
         core::mem::size_of::<ConnectEvent>(),
+    );
+    Some(())
+}
+
+/// A unix-socket connect: the socket path (or abstract name) and result.
+/// Built in the per-CPU scratch buffer: the event does not fit the stack
+/// beside the syscall dispatch.
+fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs; the
+    // data area is 8-byte aligned and larger than the event.
+    let ev = unsafe { &mut *((*scratch).data.as_mut_ptr() as *mut UnixConnectEvent) };
+    fill_header(
+        &mut ev.header,
+        EventKind::UnixConnect as u32,
+        &call.m,
+        &settings.offsets,
+    );
+    ev.result = call.ret;
+    let addrlen = call.args[2] as usize;
+    ev.path_len = addrlen.saturating_sub(2).min(UNIX_PATH_CAPACITY) as u32;
+    // The listener's tgid, from the peer credentials the connect copied
+    // onto this socket: userspace tells the job's own listeners by it.
+    let o = &settings.offsets;
+    let socket: u64 = read(file_of_fd(o, call.args[0] as i32), o.file_private_data);
+    let sk: u64 = read(socket, o.socket_sk);
+    let peer: u64 = read(sk, o.sock_peer_pid);
+    ev.peer_tgid = if call.ret == 0 {
+        read(peer, o.pid_nr)
+    } else {
+        0
+    };
+    // SAFETY: the helper checks the user address and writes at most
+    // UNIX_PATH_CAPACITY bytes into `path`; on failure it zeroes them.
+    unsafe {
+        generated::bpf_probe_read_user(
+            ev.path.as_mut_ptr().cast(),
+            UNIX_PATH_CAPACITY as u32,
+            (uaddr + 2) as *const _,
+        )
+    };
+    submit(
+        settings,
+        (ev as *const UnixConnectEvent).cast(),
+        core::mem::size_of::<UnixConnectEvent>(),
     );
     Some(())
 }

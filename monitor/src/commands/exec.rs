@@ -20,18 +20,30 @@ use anyhow::Context as _;
 use crate::{
     actions::cgroup,
     actions::registry::{Scope, ScopeKind},
-    commands::start::{self, StartError},
+    commands::{
+        outcome::{self, ExitPolicy},
+        start::{self, StartError},
+    },
     config::Config,
-    output::alert::Alert,
+    output::{alert::Alert, completeness::Completeness},
 };
 
 pub struct ExecOptions {
     pub report: Option<PathBuf>,
+    /// `--markdown FILE`: a summary for `$GITHUB_STEP_SUMMARY`.
+    pub markdown: Option<PathBuf>,
+    /// `--sarif FILE`: SARIF 2.1.0 for code-scanning UIs.
+    pub sarif: Option<PathBuf>,
+    /// `--learn FILE`: the policy under which this job runs clean.
+    pub learn: Option<PathBuf>,
     pub command: Vec<OsString>,
+    pub exit: ExitPolicy,
 }
 
 /// Returns the process exit code.
 pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, StartError> {
+    // The policy as given, before the sidecar's own alert settings.
+    let given = config.clone();
     // Alerts of a sidecar go to the report and the alert file; stdout
     // belongs to the command. They are held until the command ends, so that
     // labels learnt from Bazel's execution log reach every one of them.
@@ -102,18 +114,56 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
-    let lost: u64 = ["ringbuf_full", "lineage_full", "decode_error"]
-        .iter()
-        .map(|r| {
-            running
-                .metrics
-                .events_lost_total
-                .with_label_values(&[r])
-                .get()
-        })
-        .sum();
+    report_run(&running, &opts, &given, code)
+}
+
+/// Everything said and written once the command has ended; returns the
+/// exit code (see `outcome`).
+fn report_run(
+    running: &start::Running,
+    opts: &ExecOptions,
+    given: &Config,
+    code: u8,
+) -> Result<u8, StartError> {
+    let completeness = completeness(running);
+    let lost: u64 = completeness.events_lost.values().sum();
     let run = &running.pipeline.handler.summary;
     eprint!("{}", summary(&run.alerts, run.violations, lost));
+    coverage_warnings(run);
+    if let Some(path) = &opts.report {
+        write_report(path, &opts.command, code, run, &completeness).map_err(StartError::Config)?;
+    }
+    write_summaries(opts, code, run, &completeness).map_err(StartError::Config)?;
+    if let Some(path) = &opts.learn {
+        let text = crate::output::learn::learned_config(given, &run.alerts);
+        std::fs::write(path, text)
+            .with_context(|| format!("--learn: cannot write {}", path.display()))
+            .map_err(StartError::Config)?;
+        eprintln!(
+            "monitor: wrote the learned policy to {} (run again with --config {0})",
+            path.display()
+        );
+    }
+    let gaps = completeness.gaps();
+    let exit = outcome::exit_code(code, run.violations, &gaps, opts.exit);
+    if !gaps.is_empty() {
+        let verdict = if opts.exit.allow_incomplete {
+            "accepted (--allow-incomplete)"
+        } else if exit == 1 && code == 0 && run.violations == 0 {
+            "exiting 1; pass --allow-incomplete to accept"
+        } else {
+            "see the report"
+        };
+        eprintln!(
+            "monitor: monitoring was incomplete: {}; {verdict}",
+            gaps.join("; ")
+        );
+    }
+    Ok(exit)
+}
+
+/// The coverage warnings of the summary.
+fn coverage_warnings(run: &crate::output::summary::RunSummary) {
     if run.io_uring_processes > 0 {
         eprintln!(
             "monitor: WARNING: {} process(es) set up an io_uring; file opens submitted through it are not monitored",
@@ -128,19 +178,77 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
              --output_base or run `bazel shutdown` first."
         );
     }
-    if let Some(path) = &opts.report {
-        write_report(
-            path,
-            &opts.command,
-            code,
-            run.violations,
-            lost,
-            unmonitored,
+}
+
+/// `--markdown` and `--sarif`, when asked for.
+fn write_summaries(
+    opts: &ExecOptions,
+    code: u8,
+    run: &crate::output::summary::RunSummary,
+    completeness: &Completeness,
+) -> anyhow::Result<()> {
+    if let Some(path) = &opts.markdown {
+        let command: Vec<String> = opts
+            .command
+            .iter()
+            .map(|c| crate::events::paths::escape_for_display(c.as_bytes()))
+            .collect();
+        let text = crate::output::markdown::render(
             &run.alerts,
-        )
-        .map_err(StartError::Config)?;
+            &crate::output::markdown::RunFacts {
+                command: &command.join(" "),
+                command_exit_status: code,
+                violations: run.violations,
+                completeness,
+                inventory: &run.inventory,
+            },
+        );
+        std::fs::write(path, text)
+            .with_context(|| format!("--markdown: cannot write {}", path.display()))?;
     }
-    Ok(if run.violations > 0 { 1 } else { code })
+    if let Some(path) = &opts.sarif {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let workspace = crate::output::sarif::workspace_root(&cwd);
+        let sarif = crate::output::sarif::render(&run.alerts, workspace.as_deref());
+        std::fs::write(path, serde_json::to_vec_pretty(&sarif)?)
+            .with_context(|| format!("--sarif: cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What the run watched, from the pipeline's counts and the metrics.
+fn completeness(running: &start::Running) -> Completeness {
+    let m = &running.metrics;
+    let count = |v: &prometheus::IntCounterVec, label: &str| v.with_label_values(&[label]).get();
+    let events_by_kind = [
+        "file", "net", "exec", "exit", "launch", "io_uring", "cgroup",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), count(&m.events_total, k)))
+    .collect();
+    let events_lost = ["ringbuf_full", "lineage_full", "decode_error"]
+        .iter()
+        .map(|r| (r.to_string(), count(&m.events_lost_total, r)))
+        .collect();
+    let kernel = &running.kernel;
+    let mut hooks = vec![
+        format!("sys_exit ({:?} tracepoint)", kernel.syscall_hook),
+        "sched_process_fork, sched_process_exec, sched_process_exit".to_string(),
+    ];
+    if !kernel.sock_hooks.is_empty() {
+        hooks.push(format!(
+            "cgroup connect4, connect6, sendmsg4, sendmsg6, post_bind4, post_bind6, sock_release, skb egress on {} cgroup(s)",
+            kernel.sock_hooks.len()
+        ));
+    }
+    Completeness {
+        spawns_monitored: running.pipeline.handler.summary.sandboxed_launches,
+        spawns_unmonitored: running.pipeline.handler.summary.unmonitored_spawns,
+        events_by_kind,
+        events_lost,
+        hooks,
+        enforced: running.enforce,
+    }
 }
 
 /// Alerts are held this long at most before being written (in practice:
@@ -263,6 +371,11 @@ pub fn summary(alerts: &[Alert], violations: u64, lost: u64) -> String {
                 out.push_str(&format!("    - {}\n", a.message()));
             }
         }
+        out.push_str(
+            "monitor: to allow what this job did, add the destinations to `[network] allow` \
+             (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`) and the files to `[files] allow` \
+             in a config file, or let `--learn policy.toml` write one, then pass `--config`\n",
+        );
     }
     if lost > 0 {
         out.push_str(&format!("monitor: WARNING: {lost} event(s) could not be delivered; see build_monitor_events_lost_total\n"));
@@ -274,12 +387,12 @@ fn write_report(
     path: &Path,
     command: &[OsString],
     exit_status: u8,
-    violations: u64,
-    lost: u64,
-    unmonitored_spawns: usize,
-    alerts: &[Alert],
+    run: &crate::output::summary::RunSummary,
+    completeness: &Completeness,
 ) -> anyhow::Result<()> {
-    let alerts: Vec<serde_json::Value> = alerts
+    let violations = run.violations;
+    let alerts: Vec<serde_json::Value> = run
+        .alerts
         .iter()
         .map(|a| serde_json::from_str(&a.to_json_line()))
         .collect::<Result<_, _>>()?;
@@ -288,8 +401,10 @@ fn write_report(
         "command": command.iter().map(|c| crate::events::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
         "violations": violations,
-                "events_lost": lost,
-        "unmonitored_spawns": unmonitored_spawns,
+        "events_lost": completeness.events_lost.values().sum::<u64>(),
+        "unmonitored_spawns": completeness.spawns_unmonitored,
+        "completeness": completeness.to_json(),
+        "egress": run.inventory.to_json(),
         "alerts": alerts,
     });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -44,6 +44,8 @@ impl StartError {
 
 pub struct Running {
     pub kernel: Kernel,
+    /// `network.enforce`: the socket hooks refuse what is not allowed.
+    pub enforce: bool,
     pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
     stop_metrics: watch::Sender<bool>,
@@ -137,6 +139,8 @@ pub async fn start(
         files_allow: PathMatcher::new(&config.files.allow)
             .map_err(|e| StartError::Config(e.into()))?,
         network_allow: NetMatcher::new(config.network.allow.clone()),
+        unix_allow: PathMatcher::new(&config.network.allow_unix)
+            .map_err(|e| StartError::Config(e.into()))?,
         host_netns: crate::policy::judge::own_netns(),
     };
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
@@ -150,14 +154,14 @@ pub async fn start(
             },
         })
         .collect();
-    let kernel = Kernel::load(
+    let mut kernel = Kernel::load(
         &kernel_scopes,
         &config.attribution.sandbox_launchers,
         DEFAULT_WAKEUP_THRESHOLD,
     )
     .map_err(StartError::Kernel)?;
-    let mut kernel = kernel;
     attach_runners(&mut kernel, &config.attribution.worker_runners).map_err(StartError::Kernel)?;
+    attach_network_hooks(&mut kernel, config, &scopes)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(
@@ -182,6 +186,7 @@ pub async fn start(
     );
     Ok(Running {
         kernel,
+        enforce: config.network.enforce,
         pipeline,
         metrics,
         stop_metrics,
@@ -198,6 +203,28 @@ fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow
         kernel.mark_runner(pid)?;
     }
     Ok(())
+}
+
+/// The allow list into the kernel, then the socket hooks onto every scope:
+/// every egress route of a monitored action is seen (and, with
+/// `network.enforce`, refused when not allowed).
+fn attach_network_hooks(
+    kernel: &mut Kernel,
+    config: &Config,
+    scopes: &[Scope],
+) -> Result<(), StartError> {
+    let rules = crate::policy::kernel_rules::compile(&config.network.allow);
+    let entries = crate::kernel::loader::AllowEntries {
+        any_port: &rules.any_port,
+        by_port: &rules.by_port,
+    };
+    kernel
+        .set_network_policy(entries, config.network.enforce)
+        .map_err(StartError::Kernel)?;
+    let cgroups: Vec<std::path::PathBuf> = scopes.iter().map(|s| s.path.clone()).collect();
+    kernel
+        .attach_sock_hooks(&cgroups)
+        .map_err(StartError::Kernel)
 }
 
 impl Running {

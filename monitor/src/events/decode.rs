@@ -10,7 +10,8 @@ use std::{
 use monitor_common::{
     AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_INTERNAL,
     FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
-    FLAG_PATH_UNREADABLE, FileEvent, WorkerExitEvent,
+    FLAG_PATH_UNREADABLE, FLAG_SEEN_BY_SOCK_HOOK, FileEvent, SOCK_OP_CONNECT, SockEvent,
+    UnixConnectEvent, WorkerExitEvent,
 };
 
 use crate::events::paths;
@@ -124,14 +125,48 @@ pub struct FileOpen {
     pub unreadable: bool,
 }
 
+/// A connect or a datagram sent to an address.
 #[derive(Clone, Debug)]
 pub struct Connect {
     pub origin: Origin,
     pub addr: IpAddr,
     pub port: u16,
     pub sock_type: u16,
-    pub result: i64,
+    /// IP protocol (6 TCP, 17 UDP, …) when the socket hook saw it, else 0.
+    pub protocol: u16,
+    /// A datagram send (`sendto`/`sendmsg`) rather than a connect.
+    pub send: bool,
+    /// The syscall's result (0 or -errno), when known: io_uring and
+    /// datagram sends have none.
+    pub result: Option<i64>,
     pub netns: u32,
+    /// The socket hook's verdict bits (`SOCK_*`), or `None` for a connect
+    /// seen only at the syscall (a socket from outside the monitored
+    /// cgroups).
+    pub kernel_verdict: Option<u32>,
+}
+
+/// A `connect(2)` on a unix socket.
+#[derive(Clone, Debug)]
+pub struct UnixConnect {
+    pub origin: Origin,
+    /// The socket path; an abstract name starts with `@` (its leading NUL).
+    pub path: Vec<u8>,
+    pub result: i64,
+    /// tgid of the listening process (0: unknown).
+    pub peer_tgid: u32,
+    /// The listener is a live process of the same action (set when the
+    /// event is read, while the listener still runs): not egress.
+    pub peer_in_action: bool,
+}
+
+/// The result of a `connect(2)` the socket hook already reported.
+#[derive(Clone, Debug)]
+pub struct ConnectResult {
+    pub origin: Origin,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub result: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +201,9 @@ pub struct CgroupChange {
 pub enum Event {
     File(FileOpen),
     Connect(Connect),
+    /// Joined with the hook's `Connect` of the same thread (`events::netjoin`).
+    ConnectResult(ConnectResult),
+    UnixConnect(UnixConnect),
     Exec(Exec),
     Exit(Origin),
     Launch(Launch),
@@ -187,6 +225,8 @@ impl Event {
         match self {
             Event::File(e) => &e.origin,
             Event::Connect(e) => &e.origin,
+            Event::ConnectResult(e) => &e.origin,
+            Event::UnixConnect(e) => &e.origin,
             Event::Exec(e) => &e.origin,
             Event::Exit(o) => o,
             Event::Launch(e) => &e.origin,
@@ -202,7 +242,7 @@ impl Event {
     pub fn metric_index(&self) -> usize {
         match self {
             Event::File(_) => 0,
-            Event::Connect(_) => 1,
+            Event::Connect(_) | Event::ConnectResult(_) | Event::UnixConnect(_) => 1,
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
             Event::Launch(_) => 4,
@@ -249,23 +289,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 identity,
             }))
         }
-        Some(EventKind::Connect) => {
-            let ev: ConnectEvent = read(bytes)?;
-            let addr = match ev.family {
-                AF_INET => IpAddr::V4(Ipv4Addr::new(
-                    ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
-                )),
-                AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
-                other => return Err(DecodeError::UnknownKind(other as u32)),
-            };
-            Ok(Event::Connect(Connect {
-                origin,
-                addr,
-                port: ev.port,
-                sock_type: ev.sock_type,
-                result: ev.result,
-                netns: ev.netns,
-            }))
+        Some(kind @ (EventKind::Connect | EventKind::SockAddr | EventKind::UnixConnect)) => {
+            decode_net(kind, bytes, origin, header.flags)
         }
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
         Some(EventKind::IoUring) => Ok(Event::IoUring(origin)),
@@ -307,6 +332,91 @@ fn decode_launch(bytes: &[u8], origin: Origin) -> Result<Launch, DecodeError> {
         cwd: (flags & (FLAG_DIR_UNRESOLVED | FLAG_DIR_TRUNCATED) == 0)
             .then(|| paths::dir_from_components(dir)),
     })
+}
+
+/// The network family: a syscall connect (or the result of one the socket
+/// hook reported), a socket-hook event, a unix-socket connect.
+fn decode_net(
+    kind: EventKind,
+    bytes: &[u8],
+    origin: Origin,
+    flags: u32,
+) -> Result<Event, DecodeError> {
+    match kind {
+        EventKind::Connect => {
+            let ev: ConnectEvent = read(bytes)?;
+            let addr = ip(ev.family, &ev.addr)?;
+            if flags & FLAG_SEEN_BY_SOCK_HOOK != 0 {
+                return Ok(Event::ConnectResult(ConnectResult {
+                    origin,
+                    addr,
+                    port: ev.port,
+                    result: ev.result,
+                }));
+            }
+            Ok(Event::Connect(Connect {
+                origin,
+                addr,
+                port: ev.port,
+                sock_type: ev.sock_type,
+                protocol: 0,
+                send: false,
+                result: Some(ev.result),
+                netns: ev.netns,
+                kernel_verdict: None,
+            }))
+        }
+        EventKind::SockAddr => {
+            let ev: SockEvent = read(bytes)?;
+            Ok(Event::Connect(Connect {
+                origin,
+                addr: ip(ev.family, &ev.addr)?,
+                port: ev.port,
+                sock_type: ev.sock_type,
+                protocol: ev.protocol,
+                // Datagram sends and backstop packets alike.
+                send: ev.op != SOCK_OP_CONNECT,
+                result: None,
+                netns: ev.netns,
+                kernel_verdict: Some(ev.verdict),
+            }))
+        }
+        EventKind::UnixConnect => {
+            let ev: UnixConnectEvent = read(bytes)?;
+            Ok(Event::UnixConnect(UnixConnect {
+                origin,
+                path: unix_path(&ev.path[..(ev.path_len as usize).min(ev.path.len())]),
+                result: ev.result,
+                peer_tgid: ev.peer_tgid,
+                peer_in_action: false,
+            }))
+        }
+        _ => Err(DecodeError::UnknownKind(kind as u32)),
+    }
+}
+
+/// A `sun_path` as people write it: up to its NUL for a path, `@name` for
+/// an abstract socket (leading NUL; the rest is the name, NULs and all).
+fn unix_path(raw: &[u8]) -> Vec<u8> {
+    match raw.split_first() {
+        Some((0, name)) => {
+            let mut out = b"@".to_vec();
+            out.extend_from_slice(name);
+            out
+        }
+        _ => raw.split(|&b| b == 0).next().unwrap_or_default().to_vec(),
+    }
+}
+
+/// An address from the kernel's 16 bytes (IPv4 in the first four).
+fn ip(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        other => Err(DecodeError::UnknownKind(other as u32)),
+    }
 }
 
 /// Splits a file-layout record into its fixed part, directory components
@@ -497,6 +607,13 @@ mod tests {
         };
         assert!(f.unresolved);
         assert_eq!(f.path, b"rel/x");
+    }
+
+    #[test]
+    fn unix_paths_stop_at_nul_and_abstract_names_get_an_at() {
+        assert_eq!(unix_path(b"/run/x.sock\0\0junk"), b"/run/x.sock");
+        assert_eq!(unix_path(b"\0abstract"), b"@abstract");
+        assert_eq!(unix_path(b""), b"");
     }
 
     #[test]

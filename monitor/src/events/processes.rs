@@ -10,6 +10,8 @@ pub struct ProcessTable {
     exe: HashMap<u32, Arc<str>>,
     /// Processes already reported for setting up an io_uring.
     io_uring: std::collections::HashSet<u32>,
+    /// The action (cgroup id) each live monitored process exec'd in.
+    action: HashMap<u32, u64>,
 }
 
 impl ProcessTable {
@@ -27,6 +29,17 @@ impl ProcessTable {
     pub fn exit(&mut self, pid: u32) {
         self.exe.remove(&pid);
         self.io_uring.remove(&pid);
+        self.action.remove(&pid);
+    }
+
+    /// Notes which action `pid` runs in (from its exec event).
+    pub fn note_action(&mut self, pid: u32, action_cgroup_id: u64) {
+        self.action.insert(pid, action_cgroup_id);
+    }
+
+    /// The action of a live monitored process, when it exec'd in one.
+    pub fn action_of(&self, pid: u32) -> Option<u64> {
+        self.action.get(&pid).copied()
     }
 
     /// Notes that `pid` set up an io_uring; true the first time.

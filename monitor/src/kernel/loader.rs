@@ -1,13 +1,19 @@
 //! Loading the kernel programs: offsets from BTF, settings and scopes into
 //! their maps, attach order, and access to the ring buffer and the lost
 //! counters. Errors here are "the kernel side could not be loaded" (exit 3).
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, RawTracePoint,
+    },
 };
 use monitor_common::{
     COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_DI,
@@ -28,6 +34,24 @@ const PROCESS_PROGRAMS: [(&str, &str); 5] = [
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
 ];
+
+/// Socket-address hooks (every egress route; enforcement) attached to each
+/// monitored cgroup scope.
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_connect6",
+    "sock_sendmsg4",
+    "sock_sendmsg6",
+];
+/// Socket hooks that track the listeners of monitored actions.
+const SOCK_PROGRAMS: [&str; 3] = ["sock_post_bind4", "sock_post_bind6", "sock_release"];
+
+/// The compiled allow list (see `policy::kernel_rules`): (prefix length,
+/// key, 1 = allowed / 0 = not) for the any-port and the per-port trie.
+pub struct AllowEntries<'a> {
+    pub any_port: &'a [(u32, [u8; 16], u8)],
+    pub by_port: &'a [(u32, [u8; 18], u8)],
+}
 
 /// Which program carries the syscall hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +76,29 @@ impl SyscallHook {
 /// tests); by default the BTF tracepoint is tried first.
 const HOOK_ENV: &str = "MONITOR_SYSCALL_HOOK";
 
+/// `MONITOR_RING_BYTES=N` (hidden; tests and troubleshooting) sizes the
+/// events ring buffer (a power of two, at least the page size) instead of
+/// `RING_BYTES`: a tiny ring forces losses, to check they are reported.
+const RING_ENV: &str = "MONITOR_RING_BYTES";
+
+/// The ring size to use: `RING_BYTES` unless overridden by `RING_ENV`.
+fn ring_bytes() -> anyhow::Result<u32> {
+    let Ok(text) = std::env::var(RING_ENV) else {
+        return Ok(monitor_common::RING_BYTES);
+    };
+    let page = page_size();
+    match text.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n >= page => Ok(n),
+        _ => bail!("{RING_ENV}={text}: expected a power of two of at least {page} bytes"),
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
+}
+
 /// Default: wake the reader when 2 MiB are waiting (about 10 ms of events
 /// at 1.4M events/s); below that it drains on its own 10 ms timer. Measured
 /// against 256 KiB: slightly cheaper for monitored actions, within noise.
@@ -67,7 +114,11 @@ pub struct Kernel {
     runners: HashMap<MapData, u32, u8>,
     settings: Settings,
     pub events: Option<RingBuf<MapData>>,
+    /// Size of the events ring buffer in bytes.
+    pub ring_bytes: u32,
     pub syscall_hook: SyscallHook,
+    /// Cgroups the socket hooks are attached to.
+    pub sock_hooks: Vec<PathBuf>,
 }
 
 impl Kernel {
@@ -93,7 +144,9 @@ impl Kernel {
                 "this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable"
             );
         }
+        let ring_bytes = ring_bytes()?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
             .load(object)
             .context("loading the kernel programs failed")?;
         let take = |ebpf: &mut Ebpf, name: &str| {
@@ -133,7 +186,9 @@ impl Kernel {
             runners,
             settings,
             events: Some(events),
+            ring_bytes,
             syscall_hook: SyscallHook::Btf,
+            sock_hooks: Vec::new(),
         };
         kernel.set_scopes(scopes)?;
         for (program, hook) in PROCESS_PROGRAMS {
@@ -189,10 +244,97 @@ impl Kernel {
         Ok(())
     }
 
+    /// Writes the allow list into the kernel's tries and turns enforcement
+    /// on or off. Call before `attach_sock_hooks`, so that no call is judged
+    /// against an empty list.
+    pub fn set_network_policy(
+        &mut self,
+        allow: AllowEntries<'_>,
+        enforce: bool,
+    ) -> anyhow::Result<()> {
+        let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        let limit = monitor_common::MAX_ALLOW_RULES as usize;
+        if allow.any_port.len() > limit || allow.by_port.len() > limit {
+            bail!(
+                "network.allow: at most {limit} rules with and {limit} without a port are supported"
+            );
+        }
+        let mut any: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
+            ebpf.map_mut("ALLOW_ANY")
+                .context("map ALLOW_ANY missing from the kernel object")?,
+        )?;
+        for (len, key, value) in allow.any_port {
+            any.insert(&Key::new(*len, *key), value, 0)
+                .context("writing the allow list into the kernel")?;
+        }
+        let mut by_port: LpmTrie<_, [u8; 18], u8> = LpmTrie::try_from(
+            ebpf.map_mut("ALLOW_PORT")
+                .context("map ALLOW_PORT missing from the kernel object")?,
+        )?;
+        for (len, key, value) in allow.by_port {
+            by_port
+                .insert(&Key::new(*len, *key), value, 0)
+                .context("writing the allow list into the kernel")?;
+        }
+        self.settings.enforce = u32::from(enforce);
+        self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
     /// Marks a runner that was already running when the programs attached
     /// (its exec was not seen). Actions it forks from now on are followed.
     pub fn mark_runner(&mut self, tgid: u32) -> anyhow::Result<()> {
         self.runners.insert(tgid, 1, 0)?;
+        Ok(())
+    }
+
+    /// Attaches the socket hooks to each cgroup. aya attaches through a BPF
+    /// link where the kernel has them, and cgroup links are always one of
+    /// possibly several programs ("multi" with flags 0): other tools'
+    /// programs keep running, and any of them refusing refuses the call.
+    pub fn attach_sock_hooks(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
+        let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the kernel object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            for cgroup in cgroups {
+                let file = std::fs::File::open(cgroup)
+                    .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+                prog.attach(&file, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            }
+        }
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the kernel object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            for cgroup in cgroups {
+                let file = std::fs::File::open(cgroup)
+                    .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+                prog.attach(&file, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            }
+        }
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut("sock_skb_egress")
+            .context("program sock_skb_egress missing from the kernel object")?
+            .try_into()?;
+        prog.load()
+            .context("the kernel refused program sock_skb_egress")?;
+        for cgroup in cgroups {
+            let file = std::fs::File::open(cgroup)
+                .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+            prog.attach(&file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching sock_skb_egress to {}", cgroup.display()))?;
+        }
+        self.sock_hooks = cgroups.to_vec();
         Ok(())
     }
 
@@ -371,5 +513,9 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         vfsmount_mnt_flags: off("vfsmount", "mnt_flags")?,
         binprm_filename: off("linux_binprm", "filename")?,
         task_exit_code: off("task_struct", "exit_code")?,
+        socket_sk: off("socket", "sk")?,
+        sock_peer_pid: off("sock", "sk_peer_pid")?,
+        pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
+        _pad: 0,
     })
 }

@@ -106,8 +106,14 @@ pub struct NetInfo {
     pub proto: &'static str,
     pub addr: IpAddr,
     pub port: u16,
-    /// Syscall result: 0 or `-errno`.
-    pub result: i64,
+    /// Syscall result: 0 or `-errno`; `None` when the call has none the
+    /// monitor can see (io_uring, datagram sends, a connect still blocked).
+    pub result: Option<i64>,
+    /// A datagram sent to the address rather than a connect.
+    pub send: bool,
+    /// For `proto` "unix": the socket path (`@name` when abstract); `addr`
+    /// and `port` are then unused.
+    pub unix_path: Option<String>,
     /// Network namespace inode, when known: a connect inside a private netns
     /// (e.g. the sandbox's) cannot reach the host network.
     pub netns: Option<u32>,
@@ -269,9 +275,13 @@ struct NetJson {
     family: &'static str,
     addr: String,
     port: u16,
-    result: i64,
+    /// Absent when the call has no result the monitor sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u32>,
+    /// `"connect"` or `"send"` (additive key).
+    op: &'static str,
 }
 
 impl Alert {
@@ -301,11 +311,16 @@ impl Alert {
         let net = match (self.kind, &self.net) {
             (AlertKind::NetworkEgress, Some(n)) => Some(NetJson {
                 proto: n.proto,
-                family: family(n.addr),
-                addr: n.addr.to_string(),
+                family: if n.unix_path.is_some() {
+                    "unix"
+                } else {
+                    family(n.addr)
+                },
+                addr: n.unix_path.clone().unwrap_or_else(|| n.addr.to_string()),
                 port: n.port,
                 result: n.result,
                 netns: n.netns,
+                op: if n.send { "send" } else { "connect" },
             }),
             _ => None,
         };
@@ -369,12 +384,18 @@ impl Alert {
                 f.result
             }
             (AlertKind::NetworkEgress, _, Some(n)) => {
-                let verb = if blocked {
-                    " was blocked from connecting to "
-                } else {
-                    " connected to "
+                let verb = match (blocked, n.send) {
+                    (true, false) => " was blocked from connecting to ",
+                    (true, true) => " was blocked from sending to ",
+                    (false, false) => " connected to ",
+                    (false, true) => " sent to ",
                 };
-                let dest = std::net::SocketAddr::new(n.addr, n.port);
+                let dest = match &n.unix_path {
+                    Some(path) => format!("unix socket {path}"),
+                    // ICMP and raw packets have no port.
+                    None if n.port == 0 && n.send => n.addr.to_string(),
+                    None => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+                };
                 let _ = write!(
                     m,
                     "{verb}{dest} over {}, which the network policy does not allow",
@@ -383,7 +404,7 @@ impl Alert {
                 if n.private_netns {
                     m.push_str(" [attempted from a network namespace of its own (sandbox without network)]");
                 }
-                n.result
+                n.result.unwrap_or(0)
             }
             (AlertKind::CacheRisk, ..) => {
                 self.cache_risk_message(&mut m);
@@ -650,7 +671,9 @@ mod tests {
                 proto: "tcp",
                 addr,
                 port: 9,
-                result,
+                result: Some(result),
+                send: false,
+                unix_path: None,
                 netns: None,
                 private_netns: false,
             }),

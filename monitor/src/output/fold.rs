@@ -201,14 +201,16 @@ static FIXED: std::sync::LazyLock<std::collections::hash_map::RandomState> =
 impl Scope {
     fn of(target: &Target) -> Scope {
         match target {
-            Target::File(path) | Target::Write(path) => Scope::Dir(parent(path).to_vec()),
+            Target::File(path) | Target::Write(path) | Target::Unix(path) => {
+                Scope::Dir(parent(path).to_vec())
+            }
             Target::Net(addr, ..) => Scope::Block(*addr, max_bits(*addr)),
         }
     }
 
     fn widen(&mut self, target: &Target) {
         match (&mut *self, target) {
-            (Scope::Dir(dir), Target::File(path) | Target::Write(path)) => {
+            (Scope::Dir(dir), Target::File(path) | Target::Write(path) | Target::Unix(path)) => {
                 while !is_below(path, dir) {
                     let up = parent(dir).len();
                     dir.truncate(up);

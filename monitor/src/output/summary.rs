@@ -19,9 +19,12 @@ pub struct RunSummary {
     /// Sandboxed spawns in the execution log that were never seen: they ran
     /// outside the monitored job (a Bazel server started elsewhere).
     pub unmonitored_spawns: usize,
-    /// The command line of every spawn that raised an alert, by action id
-    /// (kept only when an execution log will be read).
+    /// The command line of every spawn that raised an alert or reached a
+    /// destination, by action id (kept only when an execution log will be
+    /// read).
     pub spawn_commands: HashMap<String, Vec<String>>,
+    /// Every destination reached or tried (`monitor exec` only).
+    pub inventory: crate::output::inventory::Inventory,
 }
 
 impl RunSummary {

@@ -76,6 +76,8 @@ pub struct Handler {
     pub worker_records_dir: PathBuf,
     /// Violations of worker actions, for the verdict when they end.
     cache_risks: CacheRisks,
+    /// Hook connects waiting for their syscall result.
+    net_join: crate::events::netjoin::ResultJoin,
 }
 
 impl Handler {
@@ -102,20 +104,44 @@ impl Handler {
             event_counters,
             worker_records_dir: PathBuf::from("/run/monitor/reapi"),
             cache_risks: CacheRisks::default(),
+            net_join: Default::default(),
         }
     }
 
     pub fn event(&mut self, event: Event, now: Instant) {
+        // One report per connect: the hook's waits for its syscall result.
+        let Some(event) = self.net_join.offer(event, now) else {
+            return;
+        };
+        if let Some(released) = self.net_join.take_released() {
+            for early in released {
+                self.dispatch(early, now);
+            }
+        }
+        self.dispatch(event, now);
+    }
+
+    fn dispatch(&mut self, mut event: Event, now: Instant) {
         self.event_counters[event.metric_index()].inc();
         let pid = event.origin().pid;
+        if let Event::UnixConnect(u) = &mut event {
+            // Now, while the listener still runs (it may be gone by the
+            // time the event is judged).
+            u.peer_in_action = u.peer_tgid != 0
+                && self.processes.action_of(u.peer_tgid) == Some(u.origin.action_cgroup_id);
+        }
         match event {
             Event::Exec(exec) => {
                 self.processes.exec(pid, exec.exe.as_deref());
+                self.processes
+                    .note_action(pid, exec.origin.action_cgroup_id);
                 // The program file is an input: judged like an open.
                 if exec.exe.is_some() {
                     self.route(Event::Exec(exec), now);
                 }
             }
+            // Merged by `net_join`; one left over has nothing to add.
+            Event::ConnectResult(_) => {}
             Event::Exit(origin) => {
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
@@ -142,7 +168,9 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::WorkerExit { origin, status } => self.worker_exit(&origin, status, now),
-            event @ (Event::File(_) | Event::Connect(_)) => self.route(event, now),
+            event @ (Event::File(_) | Event::Connect(_) | Event::UnixConnect(_)) => {
+                self.route(event, now)
+            }
         }
     }
 
@@ -227,6 +255,9 @@ impl Handler {
 
     /// Periodic work: held events whose wait is over.
     pub fn tick(&mut self, now: Instant) {
+        for event in self.net_join.expired(now) {
+            self.dispatch(event, now);
+        }
         let ready = self.registry.tick(now);
         self.judge_all(ready);
         self.cache_verdicts(now, false);
@@ -251,6 +282,10 @@ impl Handler {
 
     /// At shutdown: judge everything still held.
     pub fn release_all(&mut self) {
+        let now = Instant::now();
+        for event in self.net_join.take_all() {
+            self.dispatch(event, now);
+        }
         let ready = self.registry.release_all();
         self.judge_all(ready);
         self.cache_verdicts(Instant::now(), true);
@@ -262,18 +297,15 @@ impl Handler {
                 Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(e) => self.policy.judge_exec(e, || observed.process(), &action),
+                Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
                 _ => None,
             };
+            if self.summary.keep_alerts {
+                self.take_inventory(&observed, &action, violation.as_ref());
+            }
             let Some(v) = violation else { continue };
             self.summary.violations += 1;
-            if self.keep_spawn_commands
-                && let Some(spawn) = &action.spawn
-                && !self.summary.spawn_commands.contains_key(&action.info.id)
-            {
-                self.summary
-                    .spawn_commands
-                    .insert(action.info.id.clone(), spawn.command.clone());
-            }
+            self.keep_spawn_command(&action);
             self.cache_risks
                 .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
             let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
@@ -290,8 +322,59 @@ impl Handler {
 fn violation_target(alert: &Alert) -> String {
     match (&alert.file, &alert.net) {
         (Some(f), _) => crate::events::paths::escape_for_display(&f.path),
-        (None, Some(n)) => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+        (None, Some(n)) => match &n.unix_path {
+            Some(path) => path.clone(),
+            None => std::net::SocketAddr::new(n.addr, n.port).to_string(),
+        },
         (None, None) => String::new(),
+    }
+}
+
+impl Handler {
+    /// Kept when an execution log will label the spawn later.
+    fn keep_spawn_command(&mut self, action: &ActionView) {
+        if self.keep_spawn_commands
+            && let Some(spawn) = &action.spawn
+            && !self.summary.spawn_commands.contains_key(&action.info.id)
+        {
+            self.summary
+                .spawn_commands
+                .insert(action.info.id.clone(), spawn.command.clone());
+        }
+    }
+
+    /// A network event into the egress inventory (not the action's own
+    /// internal traffic).
+    fn take_inventory(
+        &mut self,
+        observed: &Observed,
+        action: &ActionView,
+        violation: Option<&crate::policy::judge::Violation>,
+    ) {
+        let Some((proto, destination)) = crate::policy::judge::egress_destination(&observed.event)
+        else {
+            return;
+        };
+        let verdict = violation.map_or("allowed", |v| v.alert.verdict.as_str());
+        let comm = observed.event.origin().comm_str();
+        let info = &action.info;
+        let target = match (&info.label, &info.mnemonic) {
+            (Some(l), Some(m)) => format!("{l} ({m})"),
+            (Some(l), None) => l.clone(),
+            (None, Some(m)) => format!("{} ({m})", info.id),
+            (None, None) => info.id.clone(),
+        };
+        self.summary
+            .inventory
+            .record(crate::output::inventory::Seen {
+                proto,
+                destination,
+                verdict,
+                action_id: &info.id,
+                target,
+                process: &comm,
+            });
+        self.keep_spawn_command(action);
     }
 }
 

@@ -98,7 +98,7 @@ impl Pipeline {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let ring = kernel.events.take().expect("ring buffer taken once");
-        let ring = EventRing::new(ring, monitor_common::RING_BYTES as u64)?;
+        let ring = EventRing::new(ring, u64::from(kernel.ring_bytes))?;
         let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
         let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());
         let (update_tx, mut updates) = mpsc::unbounded_channel();
@@ -209,6 +209,7 @@ impl Pipeline {
         summary.unmonitored_spawns = labels
             .sandboxed_in_log
             .saturating_sub(summary.sandboxed_launches);
+        summary.inventory.relabel(&labels.by_action);
         for alert in self.handler.folder.pending_mut() {
             if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
                 alert.action.label = label.clone().or(alert.action.label.take());

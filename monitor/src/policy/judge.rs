@@ -2,9 +2,11 @@
 //! violations into alerts; decides nothing about where they go.
 use std::{net::IpAddr, sync::Arc};
 
+use monitor_common::{SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL};
+
 use crate::{
     actions::registry::ActionView,
-    events::decode::{Connect, Exec, FileOpen},
+    events::decode::{Connect, Exec, FileOpen, UnixConnect},
     output::alert::{Alert, AlertKind, FileInfo, NetInfo, ProcessInfo, Verdict},
     policy::{
         access,
@@ -16,6 +18,8 @@ use crate::{
 pub struct Policy {
     pub files_allow: PathMatcher,
     pub network_allow: NetMatcher,
+    /// Unix sockets every action may connect to (`network.allow_unix`).
+    pub unix_allow: PathMatcher,
     /// The host's network namespace (the monitor's own), to tell sandboxed
     /// attempts apart.
     pub host_netns: Option<u32>,
@@ -36,6 +40,7 @@ pub enum Target {
     /// An undeclared write (folded apart from reads of the same file).
     Write(Vec<u8>),
     Net(IpAddr, u16, &'static str),
+    Unix(Vec<u8>),
 }
 
 pub struct Violation {
@@ -198,30 +203,35 @@ impl Policy {
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
-        // A job talking to itself over loopback (the Bazel client to its own
-        // server) is not egress.
-        if !action.judge_files
-            && crate::policy::localnet::listener_in_cgroup(
-                ev.addr,
-                ev.port,
-                std::path::Path::new(&action.info.cgroup),
-            )
-        {
+        let kernel = ev.kernel_verdict.unwrap_or(0);
+        // The action's own listener (the Bazel client to its own server):
+        // not egress. The kernel knows the listeners bound while it
+        // watched; /proc answers for the rest (syscall-only connects, and
+        // listeners older than the monitor).
+        if kernel & SOCK_INTERNAL != 0 {
             return None;
         }
-        let declared = action
-            .declaration
-            .as_ref()
-            .is_some_and(|d| d.network.allows(ev.addr, ev.port));
-        if declared || self.network_allow.allows(ev.addr, ev.port) {
-            return None;
+        let blocked = kernel & SOCK_BLOCKED != 0;
+        if !blocked {
+            let declared = action
+                .declaration
+                .as_ref()
+                .is_some_and(|d| d.network.allows(ev.addr, ev.port));
+            if declared || kernel & SOCK_ALLOWED != 0 || self.network_allow.allows(ev.addr, ev.port)
+            {
+                return None;
+            }
+            if !action.judge_files
+                && crate::policy::localnet::listener_in_cgroup(
+                    ev.addr,
+                    ev.port,
+                    std::path::Path::new(&action.info.cgroup),
+                )
+            {
+                return None;
+            }
         }
-        let proto = match ev.sock_type {
-            1 => "tcp",
-            2 => "udp",
-            3 => "raw",
-            _ => "unknown",
-        };
+        let proto = proto_name(ev.protocol, ev.sock_type);
         Some(Violation {
             target: Target::Net(ev.addr, ev.port, proto),
             alert: Alert {
@@ -235,8 +245,61 @@ impl Policy {
                     addr: ev.addr,
                     port: ev.port,
                     result: ev.result,
+                    send: ev.send,
+                    unix_path: None,
                     netns: Some(ev.netns),
                     private_netns: self.host_netns.is_some_and(|h| h != ev.netns),
+                }),
+                verdict: if blocked {
+                    Verdict::Blocked
+                } else {
+                    Verdict::Observed
+                },
+                count: 1,
+                cache_risk: None,
+                summary: None,
+            },
+        })
+    }
+}
+
+impl Policy {
+    /// A unix-socket connect: allowed by `network.allow_unix`, or to a
+    /// listening socket of the action itself (its listener is a process of
+    /// the action; `localnet` asks /proc for the rest); else egress.
+    pub fn judge_unix(
+        &self,
+        ev: &UnixConnect,
+        process: impl FnOnce() -> ProcessInfo,
+        action: &Arc<ActionView>,
+    ) -> Option<Violation> {
+        if ev.peer_in_action
+            || self.unix_allow.matches(&ev.path)
+            || crate::policy::localnet::unix_listener_in_cgroup(
+                &ev.path,
+                std::path::Path::new(&action.info.cgroup),
+            )
+        {
+            return None;
+        }
+        let path = crate::events::paths::escape_for_display(&ev.path);
+        Some(Violation {
+            target: Target::Unix(ev.path.clone()),
+            alert: Alert {
+                time: ev.origin.time,
+                kind: AlertKind::NetworkEgress,
+                action: action.info.clone(),
+                process: process(),
+                file: None,
+                net: Some(NetInfo {
+                    proto: "unix",
+                    addr: IpAddr::from([0, 0, 0, 0]),
+                    port: 0,
+                    result: Some(ev.result),
+                    send: false,
+                    unix_path: Some(path),
+                    netns: None,
+                    private_netns: false,
                 }),
                 verdict: Verdict::Observed,
                 count: 1,
@@ -244,6 +307,43 @@ impl Policy {
                 summary: None,
             },
         })
+    }
+}
+
+/// For the egress inventory: the (proto, destination) of a network event
+/// that is egress — not the action's own internal traffic.
+pub fn egress_destination(event: &crate::events::decode::Event) -> Option<(&'static str, String)> {
+    use crate::events::decode::Event;
+    match event {
+        Event::Connect(c) => {
+            if c.kernel_verdict.unwrap_or(0) & SOCK_INTERNAL != 0 {
+                return None;
+            }
+            let dest = if c.port == 0 && c.send {
+                c.addr.to_string()
+            } else {
+                std::net::SocketAddr::new(c.addr, c.port).to_string()
+            };
+            Some((proto_name(c.protocol, c.sock_type), dest))
+        }
+        Event::UnixConnect(u) if !u.peer_in_action => {
+            Some(("unix", crate::events::paths::escape_for_display(&u.path)))
+        }
+        _ => None,
+    }
+}
+
+/// `net.proto`: from the IP protocol when the socket hook gave it, else
+/// from the socket type.
+fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
+    match (protocol, sock_type) {
+        (6, _) => "tcp",
+        (17, _) | (136, _) => "udp",
+        (1, _) | (58, _) => "icmp",
+        (0, 1) => "tcp",
+        (0, 2) => "udp",
+        (_, 3) => "raw",
+        _ => "unknown",
     }
 }
 
@@ -267,6 +367,7 @@ mod tests {
         Policy {
             files_allow: PathMatcher::new(&["/usr/**".into()]).unwrap(),
             network_allow: NetMatcher::default(),
+            unix_allow: PathMatcher::new(&[]).unwrap(),
             host_netns: None,
         }
     }

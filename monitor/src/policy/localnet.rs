@@ -2,7 +2,8 @@
 //! client talks to its own server over `[::1]:<port>`: not egress.) Answered
 //! from `/proc/net/tcp{,6}` (listening sockets and their inodes) and the
 //! socket fds of the processes in the job's cgroup tree; only asked for
-//! loopback connects of jobs, which are rare.
+//! loopback connects of jobs, which are rare. The same for unix sockets
+//! (`/proc/net/unix`): a connect to a listener the job opened is internal.
 use std::{collections::HashSet, fs, net::IpAddr, path::Path};
 
 pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
@@ -18,6 +19,39 @@ pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
         .filter_map(|f| fs::read_to_string(f).ok())
         .flat_map(|text| listening_inodes(&text, port))
         .collect();
+    holds_any(cgroup, &inodes)
+}
+
+/// Whether `path` is a listening unix socket held open by a process in
+/// `cgroup`'s tree.
+pub fn unix_listener_in_cgroup(path: &[u8], cgroup: &Path) -> bool {
+    if path.is_empty() || cgroup.as_os_str().is_empty() {
+        return false;
+    }
+    let text = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let inodes: HashSet<u64> = unix_listening_inodes(&text, path).into_iter().collect();
+    holds_any(cgroup, &inodes)
+}
+
+/// Inodes of listening unix sockets bound to `path`, from /proc/net/unix
+/// ("Num RefCount Protocol Flags Type St Inode Path"; flag 0x10000 is
+/// `__SO_ACCEPTCON`, a listening socket).
+fn unix_listening_inodes(table: &str, path: &[u8]) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (flags & 0x10000 != 0 && f.get(7)?.as_bytes() == path)
+                .then(|| f.get(6)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether a process in `cgroup`'s tree holds one of the socket `inodes`.
+fn holds_any(cgroup: &Path, inodes: &HashSet<u64>) -> bool {
     if inodes.is_empty() {
         return false;
     }
@@ -73,6 +107,12 @@ mod tests {
         assert_eq!(listening_inodes(table, 22), vec![999]);
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("/dev/null"), None);
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+           0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/x.sock\n\
+           0000000000000000: 00000003 00000000 00000000 0001 03 4343 /run/x.sock\n\
+           0000000000000000: 00000002 00000000 00010000 0001 01 4444 @abstract\n";
+        assert_eq!(unix_listening_inodes(unix, b"/run/x.sock"), vec![4242]);
+        assert_eq!(unix_listening_inodes(unix, b"@abstract"), vec![4444]);
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod access;
 /// The cache-poisoning verdict on remote-execution actions that ended.
 pub mod cache_risk;
 pub mod judge;
+pub mod kernel_rules;
 pub mod localnet;
 pub mod matchers;

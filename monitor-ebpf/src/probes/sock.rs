@@ -1,0 +1,383 @@
+//! Egress at the socket layer: cgroup socket-address hooks (`connect4/6`,
+//! `sendmsg4/6`) attached to every monitored scope. They run for every
+//! route to a destination — `connect(2)`, `sendto`/`sendmsg`, TCP fast open,
+//! io_uring — with the address the kernel will use, and for sockets created
+//! in the scope only (nothing for the rest of the host).
+//!
+//! Each call is reported with the verdict the kernel applied: allowed by
+//! the compiled allow list, internal (a loopback port the same action
+//! listens on, recorded by `post_bind4/6`), or — with enforcement on —
+//! blocked (the program returns 0 and the caller gets EPERM).
+//!
+//! A `connect(2)` reported here is also remembered per thread, so that the
+//! syscall hook sends only its result (see `net.rs`): one report per call.
+//!
+//! A `cgroup_skb/egress` backstop on the same scopes catches packets of
+//! sockets the address hooks never see (ICMP "ping", raw IP).
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
+    maps::{LruHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
+};
+use monitor_common::{
+    AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES, ALLOW_KEY_PORT_BYTES, EventKind, ListenerKey,
+    MAX_ALLOW_RULES, MAX_LISTENERS, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL, SOCK_OP_CONNECT,
+    SOCK_OP_PACKET, SOCK_OP_SENDMSG, Settings, SockEvent,
+};
+
+use crate::{
+    emit::{fill_header, submit},
+    filter, lineage,
+    maps::SETTINGS,
+    task::netns_inum,
+};
+
+/// Allowed prefixes for any port (`network.allow` entries without a port).
+#[map]
+static ALLOW_ANY: LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
+
+/// Allowed (port, prefix) pairs: the key is the port, then the address, so
+/// a prefix length of 16 + n matches the port exactly and n address bits.
+#[map]
+static ALLOW_PORT: LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
+
+/// Ports monitored actions have bound (their listeners).
+#[map]
+static LISTENERS: LruHashMap<ListenerKey, u8> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Socket cookie → its `LISTENERS` key, to forget it when released.
+#[map]
+static BOUND: LruHashMap<u64, ListenerKey> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// The destination of the last connect this hook reported, per thread
+/// (`pid_tgid`), so the syscall hook can tell it has been reported.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SeenConnect {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[map]
+pub static SEEN_CONNECT: LruHashMap<u64, SeenConnect> = LruHashMap::with_max_entries(4096, 0);
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, SOCK_OP_CONNECT, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, SOCK_OP_CONNECT, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, SOCK_OP_SENDMSG, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, SOCK_OP_SENDMSG, true)
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn sock_post_bind4(ctx: SockContext) -> i32 {
+    on_bind(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn sock_post_bind6(ctx: SockContext) -> i32 {
+    on_bind(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(key) = unsafe { BOUND.get(&cookie) }.copied() {
+        let _ = LISTENERS.remove(&key);
+        let _ = BOUND.remove(&cookie);
+    }
+    ALLOW
+}
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// The backstop: packets leaving sockets of the scope that the address
+/// hooks do not see — ICMP "ping" and raw sockets (TCP and UDP are judged
+/// at connect and send). Runs for every packet of the scope's sockets, so
+/// TCP and UDP leave after one byte is read.
+#[cgroup_skb(egress)]
+pub fn sock_skb_egress(ctx: SkBuffContext) -> i32 {
+    on_packet(&ctx).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    let (v6, proto_offset) = match ethertype {
+        ETH_P_IP => (false, 9),
+        ETH_P_IPV6 => (true, 6),
+        _ => return Some(ALLOW),
+    };
+    let protocol: u8 = ctx.load(proto_offset).ok()?;
+    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
+        return Some(ALLOW);
+    }
+    let mut lookup = [0u8; 16];
+    let mut reported = [0u8; 16];
+    if v6 {
+        lookup = ctx.load::<[u8; 16]>(24).ok()?;
+        reported = lookup;
+    } else {
+        let ip: [u8; 4] = ctx.load(16).ok()?;
+        lookup[10] = 0xff;
+        lookup[11] = 0xff;
+        lookup[12..16].copy_from_slice(&ip);
+        reported[..4].copy_from_slice(&ip);
+    }
+    let settings = SETTINGS.get(0)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == settings.monitor_tgid {
+        return Some(ALLOW);
+    }
+    let mut m = filter::current_action(settings, pid_tgid)?;
+    m.launcher = lineage::launcher_of(tgid);
+    // A rule with a port does not cover a protocol without ports.
+    let allowed = ALLOW_ANY
+        .get(Key::new(128, lookup))
+        .is_some_and(|v| *v != 0);
+    let mut verdict = if allowed { SOCK_ALLOWED } else { 0 };
+    if verdict == 0 && settings.enforce != 0 {
+        verdict |= SOCK_BLOCKED;
+    }
+    // SAFETY: all-zero is a valid SockEvent.
+    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    fill_header(
+        &mut ev.header,
+        EventKind::SockAddr as u32,
+        &m,
+        &settings.offsets,
+    );
+    ev.op = SOCK_OP_PACKET;
+    ev.family = if v6 { AF_INET6 } else { AF_INET };
+    ev.protocol = protocol as u16;
+    ev.verdict = verdict;
+    ev.addr = reported;
+    ev.netns = netns_inum(&settings.offsets);
+    submit(
+        settings,
+        (&ev as *const SockEvent).cast(),
+        core::mem::size_of::<SockEvent>(),
+    );
+    Some(if verdict & SOCK_BLOCKED != 0 {
+        REFUSE
+    } else {
+        ALLOW
+    })
+}
+
+/// Reads a context field with one load of its own size (the verifier
+/// rewrites context loads field by field).
+#[inline(always)]
+fn ctx_u32(p: *const u32) -> u32 {
+    // SAFETY: `p` points into the program's context.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// The destination as IPv6 bytes (IPv4 as `::ffff:a.b.c.d`) for the allow
+/// tries, and as reported (IPv4 in the first four bytes). `v6` is a
+/// constant per program: the verifier refuses a `*4` program that even
+/// mentions `user_ip6`.
+#[inline(always)]
+fn destination(sa: *const bpf_sock_addr, v6: bool) -> ([u8; 16], [u8; 16]) {
+    let mut lookup = [0u8; 16];
+    let mut reported = [0u8; 16];
+    // SAFETY: field addresses inside the context.
+    unsafe {
+        if !v6 {
+            let ip = ctx_u32(&(*sa).user_ip4).to_ne_bytes();
+            lookup[10] = 0xff;
+            lookup[11] = 0xff;
+            lookup[12..16].copy_from_slice(&ip);
+            reported[..4].copy_from_slice(&ip);
+        } else {
+            let w = [
+                ctx_u32(&(*sa).user_ip6[0]),
+                ctx_u32(&(*sa).user_ip6[1]),
+                ctx_u32(&(*sa).user_ip6[2]),
+                ctx_u32(&(*sa).user_ip6[3]),
+            ];
+            lookup[0..4].copy_from_slice(&w[0].to_ne_bytes());
+            lookup[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            lookup[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            lookup[12..16].copy_from_slice(&w[3].to_ne_bytes());
+            reported = lookup;
+        }
+    }
+    (lookup, reported)
+}
+
+#[inline(always)]
+fn is_loopback(a: &[u8; 16]) -> bool {
+    let zero10 = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0;
+    let v6_one = zero10 && a[10] | a[11] | a[12] | a[13] | a[14] == 0 && a[15] == 1;
+    let v4 = zero10 && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+    v6_one || v4
+}
+
+#[inline(always)]
+fn allowed_by_policy(addr: &[u8; 16], port: u16) -> bool {
+    // A value of 0 marks a range no rule allows (see kernel_rules.rs).
+    if ALLOW_ANY.get(Key::new(128, *addr)).is_some_and(|v| *v != 0) {
+        return true;
+    }
+    let mut data = [0u8; ALLOW_KEY_PORT_BYTES];
+    data[..2].copy_from_slice(&port.to_be_bytes());
+    data[2..].copy_from_slice(addr);
+    ALLOW_PORT.get(Key::new(144, data)).is_some_and(|v| *v != 0)
+}
+
+/// The kernel's verdict on one destination: internal (a loopback port the
+/// same action bound), allowed by the tries, or — with enforcement on —
+/// blocked.
+#[inline(always)]
+fn verdict_for(
+    ctx: &SockAddrContext,
+    settings: &Settings,
+    m: &filter::Match,
+    lookup: &[u8; 16],
+    port: u16,
+) -> u32 {
+    let mut verdict = 0;
+    if is_loopback(lookup) {
+        let key = ListenerKey {
+            // SAFETY: plain helper call on the program's own context.
+            netns_cookie: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+            action_cgroup_id: m.action_cgroup_id,
+            port,
+            // Any protocol: glibc's getaddrinfo probes a TCP server's
+            // address with a UDP connect (RFC 3484 sorting).
+            protocol: 0,
+            _pad: 0,
+        };
+        // SAFETY: only presence is checked.
+        if unsafe { LISTENERS.get(&key) }.is_some() {
+            verdict |= SOCK_INTERNAL;
+        }
+    }
+    if verdict == 0 && allowed_by_policy(lookup, port) {
+        verdict |= SOCK_ALLOWED;
+    }
+    if verdict == 0 && settings.enforce != 0 {
+        verdict |= SOCK_BLOCKED;
+    }
+    verdict
+}
+
+#[inline(always)]
+fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return ALLOW;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == settings.monitor_tgid {
+        return ALLOW;
+    }
+    // A socket of the scope used by a task outside every action (passed
+    // on, or the parent cgroup itself): not ours to judge.
+    let Some(mut m) = filter::current_action(settings, pid_tgid) else {
+        return ALLOW;
+    };
+    m.launcher = lineage::launcher_of(tgid);
+    let sa = ctx.sock_addr as *const bpf_sock_addr;
+    // SAFETY: field addresses inside the context.
+    let (sock_type, protocol, port) = unsafe {
+        (
+            ctx_u32(&(*sa).type_) as u16,
+            ctx_u32(&(*sa).protocol) as u16,
+            u16::from_be(ctx_u32(&(*sa).user_port) as u16),
+        )
+    };
+    let family = if v6 { AF_INET6 } else { AF_INET };
+    let (lookup, reported) = destination(sa, v6);
+    let verdict = verdict_for(ctx, settings, &m, &lookup, port);
+
+    // SAFETY: all-zero is a valid SockEvent.
+    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    fill_header(
+        &mut ev.header,
+        EventKind::SockAddr as u32,
+        &m,
+        &settings.offsets,
+    );
+    ev.op = op;
+    ev.family = family;
+    ev.sock_type = sock_type;
+    ev.protocol = protocol;
+    ev.port = port;
+    ev.verdict = verdict;
+    ev.addr = reported;
+    ev.netns = netns_inum(&settings.offsets);
+    submit(
+        settings,
+        (&ev as *const SockEvent).cast(),
+        core::mem::size_of::<SockEvent>(),
+    );
+    if op == SOCK_OP_CONNECT {
+        let seen = SeenConnect {
+            addr: reported,
+            port,
+            _pad: [0; 6],
+        };
+        let _ = SEEN_CONNECT.insert(&pid_tgid, &seen, 0);
+    }
+    if verdict & SOCK_BLOCKED != 0 {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+/// A socket of a monitored action was bound: remember its port as one of
+/// the action's listeners (TCP and UDP alike).
+#[inline(always)]
+fn on_bind(ctx: &SockContext) -> Option<()> {
+    let settings = SETTINGS.get(0)?;
+    let m = filter::current_action(settings, bpf_get_current_pid_tgid())?;
+    let sk = ctx.sock as *const bpf_sock;
+    // SAFETY: field addresses inside the context.
+    let port = unsafe { ctx_u32(&(*sk).src_port) };
+    let key = ListenerKey {
+        // SAFETY: plain helper calls on the program's own context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.sock.cast()) },
+        action_cgroup_id: m.action_cgroup_id,
+        port: port as u16,
+        protocol: 0,
+        _pad: 0,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let _ = LISTENERS.insert(&key, &1, 0);
+    let _ = BOUND.insert(&cookie, &key, 0);
+    Some(())
+}

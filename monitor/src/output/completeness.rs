@@ -1,0 +1,75 @@
+//! How much of a job the monitor watched: the report's `completeness`
+//! section, and the gaps that make a run incomplete (not clean).
+use std::collections::BTreeMap;
+
+/// What was watched and what was not.
+#[derive(Debug, Default, Clone)]
+pub struct Completeness {
+    /// Sandboxed spawns seen starting.
+    pub spawns_monitored: usize,
+    /// Sandboxed spawns in Bazel's execution log never seen starting.
+    pub spawns_unmonitored: usize,
+    /// Events the monitor received and judged, by kind.
+    pub events_by_kind: BTreeMap<String, u64>,
+    /// Events the kernel or the decoder could not deliver, by reason.
+    pub events_lost: BTreeMap<String, u64>,
+    /// The kernel hooks that were attached.
+    pub hooks: Vec<String>,
+    /// Connects and sends were refused in the kernel when not allowed.
+    pub enforced: bool,
+}
+
+impl Completeness {
+    /// Why the monitoring cannot vouch for the whole job (empty: complete).
+    pub fn gaps(&self) -> Vec<String> {
+        let mut gaps = Vec::new();
+        let lost: u64 = self.events_lost.values().sum();
+        if lost > 0 {
+            let by: Vec<String> = self
+                .events_lost
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(reason, n)| format!("{reason}: {n}"))
+                .collect();
+            gaps.push(format!("{lost} event(s) lost ({})", by.join(", ")));
+        }
+        if self.spawns_unmonitored > 0 {
+            gaps.push(format!(
+                "{} sandboxed spawn(s) in the execution log were not monitored",
+                self.spawns_unmonitored
+            ));
+        }
+        gaps
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "complete": self.gaps().is_empty(),
+            "gaps": self.gaps(),
+            "spawns_monitored": self.spawns_monitored,
+            "spawns_unmonitored": self.spawns_unmonitored,
+            "events_by_kind": self.events_by_kind,
+            "events_lost": self.events_lost,
+            "hooks": self.hooks,
+            "enforced": self.enforced,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_name_lost_events_by_reason_and_unmonitored_spawns() {
+        let mut c = Completeness::default();
+        assert!(c.gaps().is_empty());
+        c.events_lost.insert("ringbuf_full".into(), 5);
+        c.events_lost.insert("decode_error".into(), 0);
+        c.spawns_unmonitored = 2;
+        let gaps = c.gaps();
+        assert_eq!(gaps[0], "5 event(s) lost (ringbuf_full: 5)");
+        assert!(gaps[1].starts_with("2 sandboxed spawn(s)"));
+        assert_eq!(c.to_json()["complete"], false);
+    }
+}
