@@ -294,45 +294,42 @@ impl Kernel {
     /// programs keep running, and any of them refusing refuses the call.
     pub fn attach_sock_hooks(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
         let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        // Each cgroup directory opened once, for every program.
+        let files = cgroups
+            .iter()
+            .map(|cgroup| {
+                std::fs::File::open(cgroup)
+                    .map(|file| (cgroup, file))
+                    .with_context(|| format!("opening cgroup {}", cgroup.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let attach_failed =
+            |name: &str, cgroup: &Path| format!("attaching {name} to {}", cgroup.display());
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the kernel object"))?
-                .try_into()?;
+            let prog: &mut CgroupSockAddr = loadable(ebpf, name)?;
             prog.load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
-            for cgroup in cgroups {
-                let file = std::fs::File::open(cgroup)
-                    .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-                prog.attach(&file, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            for (cgroup, file) in &files {
+                prog.attach(file, CgroupAttachMode::Single)
+                    .with_context(|| attach_failed(name, cgroup))?;
             }
         }
         for name in SOCK_PROGRAMS {
-            let prog: &mut CgroupSock = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the kernel object"))?
-                .try_into()?;
+            let prog: &mut CgroupSock = loadable(ebpf, name)?;
             prog.load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
-            for cgroup in cgroups {
-                let file = std::fs::File::open(cgroup)
-                    .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-                prog.attach(&file, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            for (cgroup, file) in &files {
+                prog.attach(file, CgroupAttachMode::Single)
+                    .with_context(|| attach_failed(name, cgroup))?;
             }
         }
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut("sock_skb_egress")
-            .context("program sock_skb_egress missing from the kernel object")?
-            .try_into()?;
+        let name = "sock_skb_egress";
+        let prog: &mut CgroupSkb = loadable(ebpf, name)?;
         prog.load()
-            .context("the kernel refused program sock_skb_egress")?;
-        for cgroup in cgroups {
-            let file = std::fs::File::open(cgroup)
-                .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-            prog.attach(&file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching sock_skb_egress to {}", cgroup.display()))?;
+            .with_context(|| format!("the kernel refused program {name}"))?;
+        for (cgroup, file) in &files {
+            prog.attach(file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .with_context(|| attach_failed(name, cgroup))?;
         }
         self.sock_hooks = cgroups.to_vec();
         Ok(())
@@ -377,6 +374,17 @@ impl Kernel {
     pub fn detach(&mut self) {
         self.ebpf = None;
     }
+}
+
+/// A program of the object, as its type.
+fn loadable<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the kernel object"))?;
+    Ok(program.try_into()?)
 }
 
 fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> anyhow::Result<()> {
