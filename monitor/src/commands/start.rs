@@ -133,12 +133,7 @@ pub async fn start(
             ),
         }
     }
-    let policy = Policy {
-        files_allow: PathMatcher::new(&config.files.allow)
-            .map_err(|e| StartError::Config(e.into()))?,
-        network_allow: NetMatcher::new(config.network.allow.clone()),
-        host_netns: crate::policy::judge::own_netns(),
-    };
+    let policy = policy(config).map_err(StartError::Config)?;
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
         .iter()
         .map(|s| monitor_common::Scope {
@@ -171,7 +166,8 @@ pub async fn start(
     handler.folder = alert_folder(config);
     set_build_info(&metrics, &kernel);
     let sinks = SinkWriter::start(
-        AlertSinks::from_config(&config.alerts, metrics.clone()).map_err(StartError::Config)?,
+        alert_sinks(config, &metrics).map_err(StartError::Config)?,
+        metrics.clone(),
     );
     let pipeline = Pipeline::new(
         handler,
@@ -198,6 +194,20 @@ fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow
         kernel.mark_runner(pid)?;
     }
     Ok(())
+}
+
+/// The host-wide policy of `config` (at start and on reload).
+pub fn policy(config: &Config) -> anyhow::Result<Policy> {
+    Ok(Policy {
+        files_allow: PathMatcher::new(&config.files.allow)?,
+        network_allow: NetMatcher::new(config.network.allow.clone()),
+        host_netns: crate::policy::judge::own_netns(),
+    })
+}
+
+/// The alert sinks `config` asks for (at start and on reload).
+pub fn alert_sinks(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<AlertSinks> {
+    AlertSinks::from_config(&config.alerts, metrics.clone())
 }
 
 impl Running {

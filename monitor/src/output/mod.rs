@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod alertmanager;
 pub mod delivery;
+pub mod fleet_metrics;
 pub mod fold;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,197 @@
+//! The node agent on a fleet, as root with the real kernel programs: live
+//! config reload on SIGHUP (a changed policy applies to the next verdict; a
+//! broken config is rejected and the running one kept; no event is lost
+//! across either), and the fleet metrics.
+use std::{fs, path::Path, process::Child};
+
+use monitor_integration_tests::*;
+
+/// Connects to each port in turn from inside `cgroup`.
+fn connect_all(cgroup: &Path, ports: &[u16]) {
+    let script = "import socket, sys\n\
+        for p in sys.argv[1:]:\n    socket.create_connection(('127.0.0.1', int(p))).close()\n";
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let args: Vec<&str> = ports.iter().map(String::as_str).collect();
+    run_ok_in(cgroup, &mut python(script, &args));
+}
+
+/// Total `count` of the network alerts for `port`.
+fn port_count(alerts: &[serde_json::Value], port: u16) -> u64 {
+    net_alerts(alerts)
+        .iter()
+        .filter(|a| a["net"]["port"] == port)
+        .map(|a| a["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Starts, in `cgroup`, a process that tries to open `n` distinct missing
+/// paths under `dir`, 4 ms apart (each one is an undeclared-file alert, so
+/// every event of the stream is accounted for).
+fn open_stream(cgroup: &Path, dir: &Path, n: usize) -> Child {
+    let script = "import os, sys, time\n\
+        d, n = sys.argv[1], int(sys.argv[2])\n\
+        for i in range(n):\n    try: os.open(f'{d}/miss-{i}', os.O_RDONLY)\n    except OSError: pass\n    time.sleep(0.004)\n";
+    in_cgroup(
+        &mut python(script, &[dir.to_str().unwrap(), &n.to_string()]),
+        cgroup,
+    )
+    .spawn()
+    .unwrap()
+}
+
+fn stream_alerts(alerts: &[serde_json::Value], dir: &Path) -> usize {
+    let prefix = format!("{}/miss-", dir.display());
+    let mut paths: Vec<&str> = alerts
+        .iter()
+        .filter_map(|a| a["file"]["path"].as_str())
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths.len()
+}
+
+/// The reload time the daemon logged, for the report.
+fn logged_reload_ms(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("config reloaded in ").nth(1))
+        .filter_map(|rest| rest.split(" ms").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+const STREAM: usize = 400;
+
+#[test]
+fn sighup_with_a_changed_allow_list_changes_the_next_verdict_and_loses_nothing() {
+    require_root();
+    let parent = test_parent("reload-ok");
+    let (first, second) = (listener(), listener());
+    let mut daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("reload-1");
+    daemon.declare(&action.path, "//pkg:reload", "Genrule", &[], "");
+    // Positive control before: port `first` is denied.
+    connect_all(&action.path, &[first]);
+    daemon.wait_for_alerts("the first connect's alert", |a| port_count(a, first) == 1);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let mut stream = open_stream(&action.path, scratch.path(), STREAM);
+    let config = daemon.config_path();
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        format!("{text}[network]\nallow = [{{ cidr = \"127.0.0.1/32\", port = {first} }}]\n"),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_metric(
+        "build_monitor_config_reloads_total",
+        &[("result", "ok")],
+        1.0,
+    );
+    assert!(stream.wait().unwrap().success());
+
+    // After: `first` is allowed now; `second` (positive control) is not.
+    connect_all(&action.path, &[first, second]);
+    daemon.wait_for_alerts("the second port's alert", |a| port_count(a, second) == 1);
+    daemon.wait_for_alerts("every open of the stream", |a| {
+        stream_alerts(a, scratch.path()) == STREAM
+    });
+    let metrics = daemon.metrics_text();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        port_count(&alerts, first),
+        1,
+        "the reloaded allow list must pass the later connect: {alerts:#?}"
+    );
+    assert_eq!(stream_alerts(&alerts, scratch.path()), STREAM);
+    assert_eq!(
+        metric(&metrics, "build_monitor_events_lost_total", &[]),
+        0.0
+    );
+    assert!(metric(&metrics, "build_monitor_events_total", &[("kind", "net")]) >= 3.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "build_monitor_config_reloads_total",
+            &[("result", "error")]
+        ),
+        0.0
+    );
+    let times = logged_reload_ms(&stderr);
+    assert_eq!(times.len(), 1, "{stderr}");
+    eprintln!("reload applied in {} ms", times[0]);
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_running_one_and_loses_nothing() {
+    require_root();
+    let parent = test_parent("reload-bad");
+    let (first, second) = (listener(), listener());
+    let mut daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("reload-2");
+    daemon.declare(&action.path, "//pkg:reload", "Genrule", &[], "");
+    connect_all(&action.path, &[first]);
+    daemon.wait_for_alerts("the first connect's alert", |a| port_count(a, first) == 1);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let mut stream = open_stream(&action.path, scratch.path(), STREAM);
+    // Would allow `first` if half-applied; the unknown key makes it invalid.
+    let config = daemon.config_path();
+    let good = fs::read_to_string(&config).unwrap();
+    let bad = format!(
+        "{good}[network]\nallow = [{{ cidr = \"127.0.0.1/32\", port = {first} }}]\nbogus = 1\n"
+    );
+    let bad_line = bad.lines().count();
+    fs::write(&config, &bad).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_metric(
+        "build_monitor_config_reloads_total",
+        &[("result", "error")],
+        1.0,
+    );
+    assert!(stream.wait().unwrap().success());
+
+    connect_all(&action.path, &[first, second]);
+    daemon.wait_for_alerts("the second port's alert", |a| port_count(a, second) == 1);
+    daemon.wait_for_alerts("every open of the stream", |a| {
+        stream_alerts(a, scratch.path()) == STREAM
+    });
+    assert_eq!(
+        http_get(daemon.metrics, "/healthz").map(|r| r.0),
+        Some(200),
+        "still serving"
+    );
+    let metrics = daemon.metrics_text();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        port_count(&alerts, first),
+        2,
+        "the old policy (deny all) must still judge: {alerts:#?}"
+    );
+    assert_eq!(stream_alerts(&alerts, scratch.path()), STREAM);
+    assert_eq!(
+        metric(&metrics, "build_monitor_events_lost_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "build_monitor_config_reloads_total",
+            &[("result", "ok")]
+        ),
+        0.0
+    );
+    let rejected = stderr
+        .lines()
+        .find(|l| l.contains("reload rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged: {stderr}"));
+    assert!(
+        rejected.contains(&format!("{}:{bad_line}:", config.display()))
+            && rejected.contains("bogus"),
+        "the message names file, line and key: {rejected}"
+    );
+}
