@@ -195,3 +195,114 @@ fn sighup_with_a_broken_config_keeps_the_running_one_and_loses_nothing() {
         "the message names file, line and key: {rejected}"
     );
 }
+
+/// The capabilities `monitor run` asks for (kernel/privileges.rs).
+const LISTED_CAPS: [&str; 5] = [
+    "bpf",
+    "perfmon",
+    "net_admin",
+    "dac_read_search",
+    "sys_ptrace",
+];
+const NOBODY: u32 = 65534;
+
+/// `setpriv` running the monitor as `nobody` with exactly `caps` (ambient,
+/// so they survive the exec).
+fn as_nobody_with(caps: &[&str]) -> std::process::Command {
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = format!("-all,{}", list.join(","));
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(monitor_bin())
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// Hands `path` to `nobody`, as systemd's `Delegate=` hands a cgroup to a
+/// service's user: the directory and the files a delegate writes.
+fn chown_to_nobody(path: &Path, files: &[&str]) {
+    for p in std::iter::once(path.to_path_buf()).chain(files.iter().map(|f| path.join(f))) {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+    }
+}
+
+#[test]
+fn a_non_root_user_with_the_listed_capabilities_attaches_and_alerts() {
+    require_root();
+    let parent = test_parent("nonroot");
+    chown_to_nobody(
+        &parent.path,
+        &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (alerts, declarations) = (dir.path().join("alerts.jsonl"), dir.path().join("decl"));
+    fs::create_dir(&declarations).unwrap();
+    chown_to_nobody(dir.path(), &["decl"]);
+    let config = |metrics: std::net::SocketAddr| {
+        format!(
+            "[attribution]\ncgroup_parents = [\"{}\"]\ndeclarations_dir = \"{}\"\ndeclaration_wait_ms = 300\n\
+             [alerts]\nstdout = false\nfile = \"{}\"\nfold_window_ms = 200\n[metrics]\nlisten = \"{metrics}\"\n",
+            parent.path.display(),
+            declarations.display(),
+            alerts.display()
+        )
+    };
+    let mut monitor = testkit::monitor::Monitor::start(
+        || as_nobody_with(&LISTED_CAPS),
+        dir.path(),
+        "nonroot",
+        config,
+        &alerts,
+        PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let action = parent.child("nonroot-1");
+    let missing = dir.path().join("not-declared");
+    let _ = run_in(
+        &action.path,
+        std::process::Command::new("/usr/bin/cat").arg(&missing),
+    );
+    monitor
+        .wait_for_alerts(PATIENCE, "the undeclared open's alert", |a| {
+            !file_alerts(a, &missing).is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // setpriv execs the monitor: same pid.
+    let pid = monitor.daemon().id();
+    let uid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_owned();
+    let stopped = monitor.stop(PATIENCE).unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        uid.split_whitespace().nth(2) == Some("65534"),
+        "effective uid: {uid}"
+    );
+}
+
+#[test]
+fn without_any_one_listed_capability_the_agent_exits_3_naming_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("monitor.toml");
+    fs::write(&config, "[metrics]\nlisten = \"off\"\n").unwrap();
+    chown_to_nobody(dir.path(), &["monitor.toml"]);
+    for cap in LISTED_CAPS {
+        let others: Vec<&str> = LISTED_CAPS.iter().copied().filter(|c| *c != cap).collect();
+        let out = as_nobody_with(&others)
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "without {cap}: {stderr}");
+        let name = format!("missing capability CAP_{}", cap.to_uppercase());
+        assert!(stderr.contains(&name), "without {cap}: {stderr}");
+    }
+}

@@ -11,6 +11,8 @@ use crate::{
 };
 
 pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError> {
+    // Before the cgroup parents are touched: a missing capability is named.
+    crate::kernel::privileges::check().map_err(StartError::Kernel)?;
     let hup = reload::hangup();
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let scopes = start::parent_scopes(&config, &root)?;

@@ -63,7 +63,8 @@ pub fn parent_scopes(config: &Config, root: &Path) -> Result<Vec<Scope>, StartEr
             if !path.exists() {
                 std::fs::create_dir_all(path).map_err(|e| {
                     StartError::Kernel(anyhow::anyhow!(
-                        "cannot create cgroup parent {}: {e}",
+                        "cannot create cgroup parent {}: {e} (as a non-root user, have it \
+                         delegated: systemd Delegate=yes, or created and chown'ed to the user)",
                         path.display()
                     ))
                 })?;

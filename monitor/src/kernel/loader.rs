@@ -79,12 +79,7 @@ impl Kernel {
         launchers: &[String],
         wakeup_threshold: u64,
     ) -> anyhow::Result<Kernel> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            bail!(
-                "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run the monitor as root"
-            );
-        }
+        crate::kernel::privileges::check()?;
         raise_memlock_limit();
         let offsets = kernel_offsets()?;
         let object = crate::ebpf_object();
