@@ -31,6 +31,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     "prometheus-alertmanager", // a real Alertmanager: tests/delivery.rs
     "openssl",                 // a TLS receiver's certificate: tests/delivery.rs
+    "systemd", // systemd-analyze verify/security on deploy/monitor.service: tests/deploy.rs
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it
