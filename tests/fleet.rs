@@ -306,3 +306,91 @@ fn without_any_one_listed_capability_the_agent_exits_3_naming_it() {
         assert!(stderr.contains(&name), "without {cap}: {stderr}");
     }
 }
+
+/// `monitor …` inside a new cgroup namespace rooted at `ns_root` and a
+/// private mount namespace, where the cgroup2 mount point shows only the
+/// namespace's subtree, as in a pod. With `host_view`, the host's
+/// hierarchy is bind-mounted there first (a DaemonSet's hostPath mount).
+fn in_cgroup_namespace(ns_root: &Path, host_view: Option<&Path>) -> std::process::Command {
+    let cg = cgroup2_root();
+    let bind = host_view
+        .map(|h| format!("mount --bind {} {} && ", cg.display(), h.display()))
+        .unwrap_or_default();
+    let script = format!(
+        "{bind}umount -l {cg} && mount -t cgroup2 none {cg} && exec {monitor} \"$@\"",
+        cg = cg.display(),
+        monitor = monitor_bin().display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-C", "-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(script)
+        .arg("sh");
+    in_cgroup(&mut cmd, ns_root);
+    cmd.stdout(std::process::Stdio::null());
+    cmd
+}
+
+#[test]
+fn in_a_cgroup_namespace_the_agent_works_in_the_hosts_cgroup_view() {
+    require_root();
+    let parent = test_parent("cgns");
+    let ns_root = test_parent("cgns-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let host_view = dir.path().join("host-cgroup");
+    fs::create_dir(&host_view).unwrap();
+    // The parent as the agent sees it: through the host's hierarchy.
+    let parent_seen = host_view.join(parent.path.strip_prefix(cgroup2_root()).unwrap());
+    let alerts = dir.path().join("alerts.jsonl");
+    let config = |metrics: std::net::SocketAddr| {
+        format!(
+            "[attribution]\ncgroup_parents = [\"{}\"]\ndeclarations_dir = \"{}\"\ndeclaration_wait_ms = 300\n\
+             [alerts]\nstdout = false\nfile = \"{}\"\nfold_window_ms = 200\n[metrics]\nlisten = \"{metrics}\"\n",
+            parent_seen.display(),
+            dir.path().join("decl").display(),
+            alerts.display()
+        )
+    };
+    let monitor = testkit::monitor::Monitor::start(
+        || in_cgroup_namespace(&ns_root.path, Some(&host_view)),
+        dir.path(),
+        "cgns",
+        config,
+        &alerts,
+        PATIENCE,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let action = parent.child("cgns-1");
+    let missing = dir.path().join("not-declared");
+    let _ = run_in(
+        &action.path,
+        std::process::Command::new("/usr/bin/cat").arg(&missing),
+    );
+    let seen = monitor
+        .wait_for_alerts(PATIENCE, "the undeclared open's alert", |a| {
+            !file_alerts(a, &missing).is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let alert = file_alerts(&seen, &missing)[0].clone();
+    let stopped = monitor.stop(PATIENCE).unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert_eq!(alert["action"]["id"], "cgns-1");
+    assert_eq!(
+        alert["action"]["cgroup"],
+        parent_seen.join("cgns-1").display().to_string(),
+        "the action's cgroup in the host's view"
+    );
+
+    // Control: without the host's hierarchy it refuses, saying why.
+    let out = in_cgroup_namespace(&ns_root.path, None)
+        .args(["run", "--config"])
+        .arg(dir.path().join("cgns.toml"))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no cgroup2 mount shows the root of the hierarchy"),
+        "{stderr}"
+    );
+}
