@@ -394,3 +394,42 @@ fn in_a_cgroup_namespace_the_agent_works_in_the_hosts_cgroup_view() {
         "{stderr}"
     );
 }
+
+#[test]
+fn fleet_metrics_follow_an_action_from_start_to_finish() {
+    require_root();
+    let parent = test_parent("fleet-metrics");
+    let daemon = Daemon::start(&parent.path, "");
+    let before = daemon.metrics_text();
+    assert_eq!(
+        metric(&before, "build_monitor_alert_latency_seconds_count", &[]),
+        0.0
+    );
+    let action = parent.child("metrics-1");
+    daemon.declare(&action.path, "//pkg:m", "Genrule", &[], "");
+    let missing = daemon.dir.path().join("not-declared");
+    let _ = run_in(
+        &action.path,
+        std::process::Command::new("/usr/bin/cat").arg(&missing),
+    );
+    daemon.wait_for_file_alert(&missing);
+    daemon.wait_for_metric("build_monitor_alert_latency_seconds_count", &[], 1.0);
+    daemon.wait_for_metric("build_monitor_actions_started_total", &[], 1.0);
+    drop(action); // rmdir: the kernel's cgroup_rmdir ends the action
+    let m = daemon.wait_for_metric("build_monitor_actions_finished_total", &[], 1.0);
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(m.sum("build_monitor_actions_started_total", &[]), 1.0);
+    assert_eq!(m.sum("build_monitor_actions_finished_total", &[]), 1.0);
+    assert_eq!(m.sum("build_monitor_alert_queue_depth", &[]), 0.0);
+    // Written within the fold window (300 ms) plus a tick or two.
+    let latency = m.sum("build_monitor_alert_latency_seconds_sum", &[]);
+    assert!(latency > 0.0 && latency < 5.0, "latency {latency} s");
+    eprintln!("one alert: {latency:.3} s from the kernel event to written");
+    let fill = m.sum("build_monitor_ring_fill_ratio", &[]);
+    assert!((0.0..1.0).contains(&fill), "ring fill {fill}");
+    assert!(
+        before.contains("build_monitor_ring_fill_ratio "),
+        "the gauge exists from the start"
+    );
+}
