@@ -216,3 +216,225 @@ fn prometheus_scrapes_the_monitor_and_fires_on_a_violation() {
     let (status, _, _) = daemon.stop();
     assert!(status.success());
 }
+
+/// deploy/monitor.service with its binary path pointing at the monitor
+/// under test (systemd-analyze checks that ExecStart= is executable).
+fn unit_copy(dir: &Path, binary: &Path) -> PathBuf {
+    let unit = fs::read_to_string(deploy_dir().join("monitor.service")).unwrap();
+    let path = dir.join("monitor.service");
+    fs::write(
+        &path,
+        unit.replace("/usr/local/bin/monitor", binary.to_str().unwrap()),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn systemd_unit_verifies_runs_unprivileged_and_stays_hardened() {
+    let analyze = tool("systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_copy(dir.path(), &monitor_bin());
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Negative control: verify does fail on a unit whose binary is missing.
+    let broken = tempfile::tempdir().unwrap();
+    let broken_unit = unit_copy(broken.path(), &broken.path().join("no-such-monitor"));
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(&broken_unit)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "verify passed a unit without a binary"
+    );
+
+    // Exposure (0 best … 10 worst) at most 3.5; the README shows the number.
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=true", "--threshold=35"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exposure above 3.5: {text}");
+    assert!(text.contains("Overall exposure level"), "{text}");
+
+    let text = fs::read_to_string(&unit).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing from the unit"))
+            .to_owned()
+    };
+    assert_eq!(value("User"), "build-monitor");
+    assert_eq!(value("Delegate"), "yes");
+    let mut caps: Vec<String> = value("AmbientCapabilities")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    caps.sort();
+    // Exactly what the monitor checks for at start (kernel/privileges.rs;
+    // tests/fleet.rs shows each one is required and the set is enough).
+    assert_eq!(
+        caps,
+        [
+            "CAP_BPF",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_NET_ADMIN",
+            "CAP_PERFMON",
+            "CAP_SYS_PTRACE"
+        ]
+    );
+    assert_eq!(value("CapabilityBoundingSet"), value("AmbientCapabilities"));
+}
+
+/// Every document of a YAML file, as JSON (parsed by the PyYAML of the
+/// kubernetes-validate virtualenv).
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let python = testkit::tools::kubernetes_validate_venv().join("bin/python");
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: run `cargo xtask setup`", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).unwrap() {
+        Value::Array(docs) => docs,
+        other => panic!("not a list of documents: {other}"),
+    }
+}
+
+fn kubernetes_validate(files: &[PathBuf]) -> std::process::Output {
+    let tool = testkit::tools::kubernetes_validate();
+    assert!(
+        tool.exists(),
+        "{} missing: run `cargo xtask setup`",
+        tool.display()
+    );
+    Command::new(tool)
+        .arg("--strict")
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kubernetes_manifests_pass_the_schemas_and_say_what_the_agent_needs() {
+    let dir = deploy_dir().join("kubernetes");
+    let files: Vec<PathBuf> = ["namespace.yaml", "configmap.yaml", "daemonset.yaml"]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
+    let out = kubernetes_validate(&files);
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        3,
+        "{report}"
+    );
+
+    // Negative control: the strict check rejects a misspelt field.
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = scratch.path().join("daemonset.yaml");
+    let text = fs::read_to_string(&files[2]).unwrap();
+    fs::write(&broken, text.replace("hostPID: true", "hostPid: true")).unwrap();
+    assert!(!kubernetes_validate(&[broken]).status.success());
+
+    // The config in the ConfigMap is one the monitor accepts.
+    let config_map = &yaml_documents(&files[1])[0];
+    let toml = config_map["data"]["monitor.toml"].as_str().unwrap();
+    let config = scratch.path().join("monitor.toml");
+    fs::write(&config, toml).unwrap();
+    let out = run_monitor([std::ffi::OsStr::new("check-config"), config.as_os_str()]);
+    assert_exit(&out, 0);
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        effective.contains("listen = \"0.0.0.0:9464\""),
+        "{effective}"
+    );
+
+    let ds = &yaml_documents(&files[2])[0];
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9464");
+    let container = &spec["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut caps: Vec<&str> = security["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    caps.sort_unstable();
+    assert_eq!(
+        caps,
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_PTRACE"
+        ]
+    );
+    let probe = &container["livenessProbe"]["httpGet"];
+    assert_eq!(probe["path"], "/healthz");
+    assert_eq!(probe["port"], 9464);
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][kind][resource].is_string(),
+                "resources.{kind}.{resource} missing"
+            );
+        }
+    }
+    // The host's cgroup hierarchy, where the agent looks for it.
+    let mount = |name: &str| {
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no volumeMount {name}"))["mountPath"]
+            .clone()
+    };
+    let host_path = |name: &str| {
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))["hostPath"]["path"]
+            .clone()
+    };
+    assert_eq!(host_path("cgroup"), "/sys/fs/cgroup");
+    assert_eq!(mount("cgroup"), "/sys/fs/cgroup");
+    assert_eq!(host_path("tracefs"), "/sys/kernel/tracing");
+    assert_eq!(host_path("btf"), "/sys/kernel/btf");
+    assert_eq!(mount("config"), "/etc/monitor");
+}

@@ -109,11 +109,12 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            let config = match load_config(Some(&config)) {
+            let path = config;
+            let config = match load_config(Some(&path)) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match runtime.block_on(daemon::run(config)) {
+            match runtime.block_on(daemon::run(config, path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

@@ -5,6 +5,7 @@
 //! tools: loopback HTTP, Prometheus text, free ports, child daemons and
 //! polling with a deadline.
 pub mod cgroup;
+pub mod tools;
 
 #[cfg(feature = "harness")]
 pub mod daemon;

@@ -220,6 +220,28 @@ impl Daemon {
         }
     }
 
+    /// The config file the daemon was started with (rewrite it, then
+    /// [`Daemon::signal`] SIGHUP to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("monitor.toml")
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        let pid = self.monitor.daemon().id() as libc::pid_t;
+        // SAFETY: plain syscall on our own child.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// What the daemon printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.monitor.stderr_text()
+    }
+
     /// Writes a declaration file for `cgroup`.
     pub fn declare(
         &self,

@@ -29,9 +29,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus", // promtool and a real server: tests/deploy.rs
     // REAPI end-to-end (tests/reapi.rs): BuildGrid's database and its venv.
     "postgresql",
-    "python3-venv",
+    "python3-venv",            // also the kubernetes-validate venv (below)
     "prometheus-alertmanager", // a real Alertmanager: tests/delivery.rs
     "openssl",                 // a TLS receiver's certificate: tests/delivery.rs
+    "systemd", // systemd-analyze verify/security on deploy/monitor.service: tests/deploy.rs
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it
@@ -51,6 +52,7 @@ pub fn run() -> Result<()> {
     bpf_linker().context("setup: bpf-linker")?;
     tracefs().context("setup: tracefs")?;
     reapi_venv().context("setup: BuildGrid venv")?;
+    kubernetes_validate().context("setup: kubernetes-validate")?;
     Ok(())
 }
 
@@ -257,5 +259,54 @@ fn reapi_venv() -> Result<()> {
     }
     std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     println!("setup: BuildGrid venv: installed");
+    Ok(())
+}
+
+/// PyPI's kubernetes-validate, pinned, in a virtualenv of the project's own
+/// (tests/deploy.rs validates deploy/kubernetes/ with it, offline).
+fn kubernetes_validate() -> Result<()> {
+    use testkit::tools::{
+        KUBERNETES_VALIDATE_VERSION, kubernetes_validate, kubernetes_validate_venv,
+    };
+    let tool = kubernetes_validate();
+    let version = |tool: &Path| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let venv = kubernetes_validate_venv();
+    // Written once the install was verified: a warm check costs a stat, not
+    // a Python start.
+    let marker = venv.join(".verified");
+    if marker.exists() && tool.exists() {
+        println!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: ok");
+        return Ok(());
+    }
+    println!(
+        "setup: kubernetes-validate: installing {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    exec(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    exec(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))?;
+    if version(&tool).as_deref() != Some(KUBERNETES_VALIDATE_VERSION) {
+        bail!(
+            "installed kubernetes-validate, but `{} --version` does not say {KUBERNETES_VALIDATE_VERSION}",
+            tool.display()
+        );
+    }
+    std::fs::write(&marker, KUBERNETES_VALIDATE_VERSION)?;
+    println!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: installed");
     Ok(())
 }

@@ -9,10 +9,59 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The cgroup v2 mount point, read from `/proc/self/mountinfo` (hybrid hosts
-/// mount it at `/sys/fs/cgroup/unified`, pure-v2 hosts at `/sys/fs/cgroup`).
+/// The id of a cgroup hierarchy's root cgroup.
+const ROOT_CGROUP_ID: u64 = 1;
+
+/// The cgroup v2 mount point that shows the whole hierarchy, read from
+/// `/proc/self/mountinfo` (hybrid hosts mount it at
+/// `/sys/fs/cgroup/unified`, pure-v2 hosts at `/sys/fs/cgroup`).
+///
+/// The kernel programs match cgroups by their absolute level, so paths must
+/// be in the host's view. In a cgroup namespace (a container) the usual
+/// mount shows only the container's own subtree as its root; a mount of
+/// the host's hierarchy (a bind mount of the host's `/sys/fs/cgroup`) is
+/// preferred wherever it is, and without one the monitor refuses to start.
 pub fn v2_root() -> anyhow::Result<PathBuf> {
-    testkit::cgroup::v2_root().context("the monitor needs cgroup v2")
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo (the monitor needs cgroup v2)")?;
+    let mounts = v2_mounts(&mountinfo);
+    if mounts.is_empty() {
+        bail!(
+            "no cgroup2 file system is mounted (none in /proc/self/mountinfo): the monitor needs cgroup v2"
+        );
+    }
+    if let Some(root) = mounts.iter().find(|m| shows_hierarchy_root(m)) {
+        return Ok(root.clone());
+    }
+    let shown: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+    bail!(
+        "no cgroup2 mount shows the root of the hierarchy ({} show a cgroup namespace's subtree, as in a container): \
+         mount the host's cgroup2 file system (e.g. hostPath /sys/fs/cgroup, see deploy/kubernetes/) so that \
+         cgroup paths and levels are the kernel's",
+        shown.join(", ")
+    )
+}
+
+/// Every cgroup2 mount point, in mountinfo order.
+fn v2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split(' ').next() == Some("cgroup2")).then_some(())?;
+            let mount_point = before.split(' ').nth(4)?;
+            let bytes = testkit::cgroup::unescape_mountinfo(mount_point);
+            Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+        })
+        .collect()
+}
+
+/// Whether `mount` (as it is seen now: the top of any stacked mounts) is
+/// the hierarchy's root cgroup: id 1, and none of the files only non-root
+/// cgroups have.
+fn shows_hierarchy_root(mount: &Path) -> bool {
+    id_of(mount).is_ok_and(|id| id == ROOT_CGROUP_ID) && !mount.join("cgroup.events").exists()
 }
 
 /// A cgroup directory's id.
@@ -83,6 +132,20 @@ pub fn pids_below(cgroup: &Path) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cgroup2_mount_is_listed_in_order() {
+        let mountinfo = "58 48 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 none rw\n\
+            30 20 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+            65 44 0:38 /../.. /host/cg\\040root rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            v2_mounts(mountinfo),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/host/cg root")
+            ]
+        );
+    }
 
     #[test]
     fn levels_count_components_below_root() {

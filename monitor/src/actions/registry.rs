@@ -201,6 +201,11 @@ impl<T> Registry<T> {
         }
     }
 
+    /// A reloaded `declaration_wait_ms` (for events held from now on).
+    pub fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
+    }
+
     pub fn scopes(&self) -> &[Scope] {
         &self.scopes
     }
@@ -221,7 +226,11 @@ impl<T> Registry<T> {
 
     /// A cgroup below a scope was removed: its action has ended.
     pub fn cgroup_removed(&mut self, id: u64, now: Instant) {
+        let is_job = self.is_job(id);
         if let Some(state) = self.actions.get_mut(&id) {
+            if state.gone_since.is_none() && state.counted && !is_job {
+                self.metrics.fleet.actions_finished_total.inc();
+            }
             state.gone_since.get_or_insert(now);
         } else {
             self.forget_cgroup(id);
@@ -299,6 +308,7 @@ impl<T> Registry<T> {
             .actions_total
             .with_label_values(&["unknown"])
             .inc();
+        self.metrics.fleet.actions_started_total.inc();
         Need::LaunchSpawn {
             key,
             cgroup,
@@ -381,6 +391,9 @@ impl<T> Registry<T> {
         if o.launcher == o.pid
             && let Some(state) = self.actions.get_mut(&(LINEAGE_KEY | o.pid as u64))
         {
+            if state.gone_since.is_none() {
+                self.metrics.fleet.actions_finished_total.inc();
+            }
             state.gone_since = Some(now);
         }
     }
@@ -602,6 +615,9 @@ impl<T> Registry<T> {
         };
         info.worker = state.worker.clone();
         if count_it {
+            if !is_job {
+                self.metrics.fleet.actions_started_total.inc();
+            }
             let mnemonic = info.mnemonic.as_deref().unwrap_or("unknown");
             self.metrics
                 .actions_total

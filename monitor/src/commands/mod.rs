@@ -2,5 +2,6 @@
 //! and the start-up they share. Assembles the stages; holds no stage logic.
 pub mod exec;
 pub mod outcome;
+pub mod reload;
 pub mod run;
 pub mod start;

@@ -65,7 +65,8 @@ pub fn parent_scopes(config: &Config, root: &Path) -> Result<Vec<Scope>, StartEr
             if !path.exists() {
                 std::fs::create_dir_all(path).map_err(|e| {
                     StartError::Kernel(anyhow::anyhow!(
-                        "cannot create cgroup parent {}: {e}",
+                        "cannot create cgroup parent {}: {e} (as a non-root user, have it \
+                         delegated: systemd Delegate=yes, or created and chown'ed to the user)",
                         path.display()
                     ))
                 })?;
@@ -135,14 +136,7 @@ pub async fn start(
             ),
         }
     }
-    let policy = Policy {
-        files_allow: PathMatcher::new(&config.files.allow)
-            .map_err(|e| StartError::Config(e.into()))?,
-        network_allow: NetMatcher::new(config.network.allow.clone()),
-        unix_allow: PathMatcher::new(&config.network.allow_unix)
-            .map_err(|e| StartError::Config(e.into()))?,
-        host_netns: crate::policy::judge::own_netns(),
-    };
+    let policy = policy(config).map_err(StartError::Config)?;
     let kernel_scopes: Vec<monitor_common::Scope> = scopes
         .iter()
         .map(|s| monitor_common::Scope {
@@ -175,7 +169,8 @@ pub async fn start(
     handler.folder = alert_folder(config);
     set_build_info(&metrics, &kernel);
     let sinks = SinkWriter::start(
-        AlertSinks::from_config(&config.alerts, metrics.clone()).map_err(StartError::Config)?,
+        alert_sinks(config, &metrics).map_err(StartError::Config)?,
+        metrics.clone(),
     );
     let pipeline = Pipeline::new(
         handler,
@@ -225,6 +220,21 @@ fn attach_network_hooks(
     kernel
         .attach_sock_hooks(&cgroups)
         .map_err(StartError::Kernel)
+}
+
+/// The host-wide policy of `config` (at start and on reload).
+pub fn policy(config: &Config) -> anyhow::Result<Policy> {
+    Ok(Policy {
+        files_allow: PathMatcher::new(&config.files.allow)?,
+        network_allow: NetMatcher::new(config.network.allow.clone()),
+        unix_allow: PathMatcher::new(&config.network.allow_unix)?,
+        host_netns: crate::policy::judge::own_netns(),
+    })
+}
+
+/// The alert sinks `config` asks for (at start and on reload).
+pub fn alert_sinks(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<AlertSinks> {
+    AlertSinks::from_config(&config.alerts, metrics.clone())
 }
 
 impl Running {

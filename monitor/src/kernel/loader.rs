@@ -119,6 +119,9 @@ pub struct Kernel {
     pub syscall_hook: SyscallHook,
     /// Cgroups the socket hooks are attached to.
     pub sock_hooks: Vec<PathBuf>,
+    /// The trie keys written by the last `set_network_policy` (removed when
+    /// a reload no longer lists them).
+    allow_keys: (Vec<(u32, [u8; 16])>, Vec<(u32, [u8; 18])>),
 }
 
 impl Kernel {
@@ -130,12 +133,7 @@ impl Kernel {
         launchers: &[String],
         wakeup_threshold: u64,
     ) -> anyhow::Result<Kernel> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            bail!(
-                "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run the monitor as root"
-            );
-        }
+        crate::kernel::privileges::check()?;
         raise_memlock_limit();
         let offsets = kernel_offsets()?;
         let object = crate::ebpf_object();
@@ -189,6 +187,7 @@ impl Kernel {
             ring_bytes,
             syscall_hook: SyscallHook::Btf,
             sock_hooks: Vec::new(),
+            allow_keys: (Vec::new(), Vec::new()),
         };
         kernel.set_scopes(scopes)?;
         for (program, hook) in PROCESS_PROGRAMS {
@@ -246,7 +245,9 @@ impl Kernel {
 
     /// Writes the allow list into the kernel's tries and turns enforcement
     /// on or off. Call before `attach_sock_hooks`, so that no call is judged
-    /// against an empty list.
+    /// against an empty list. Called again (config reload), the new entries
+    /// are written first and only then are the ones no longer listed
+    /// removed, so a destination allowed before and after is never refused.
     pub fn set_network_policy(
         &mut self,
         allow: AllowEntries<'_>,
@@ -259,23 +260,9 @@ impl Kernel {
                 "network.allow: at most {limit} rules with and {limit} without a port are supported"
             );
         }
-        let mut any: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
-            ebpf.map_mut("ALLOW_ANY")
-                .context("map ALLOW_ANY missing from the kernel object")?,
-        )?;
-        for (len, key, value) in allow.any_port {
-            any.insert(&Key::new(*len, *key), value, 0)
-                .context("writing the allow list into the kernel")?;
-        }
-        let mut by_port: LpmTrie<_, [u8; 18], u8> = LpmTrie::try_from(
-            ebpf.map_mut("ALLOW_PORT")
-                .context("map ALLOW_PORT missing from the kernel object")?,
-        )?;
-        for (len, key, value) in allow.by_port {
-            by_port
-                .insert(&Key::new(*len, *key), value, 0)
-                .context("writing the allow list into the kernel")?;
-        }
+        let any_keys = replace_trie(ebpf, "ALLOW_ANY", allow.any_port, &self.allow_keys.0)?;
+        let port_keys = replace_trie(ebpf, "ALLOW_PORT", allow.by_port, &self.allow_keys.1)?;
+        self.allow_keys = (any_keys, port_keys);
         self.settings.enforce = u32::from(enforce);
         self.settings_map.set(0, self.settings, 0)?;
         Ok(())
@@ -526,4 +513,28 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
         _pad: 0,
     })
+}
+
+/// Writes `entries` into the LPM trie `name`, then removes the keys of
+/// `before` that `entries` no longer has. Returns the keys now in the trie.
+fn replace_trie<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(u32, [u8; N], u8)],
+    before: &[(u32, [u8; N])],
+) -> anyhow::Result<Vec<(u32, [u8; N])>> {
+    let mut trie: LpmTrie<_, [u8; N], u8> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .with_context(|| format!("map {name} missing from the kernel object"))?,
+    )?;
+    for (len, key, value) in entries {
+        trie.insert(&Key::new(*len, *key), value, 0)
+            .context("writing the allow list into the kernel")?;
+    }
+    let now: Vec<(u32, [u8; N])> = entries.iter().map(|(len, key, _)| (*len, *key)).collect();
+    for stale in before.iter().filter(|k| !now.contains(k)) {
+        trie.remove(&Key::new(stale.0, stale.1))
+            .context("removing a reloaded-away rule from the kernel")?;
+    }
+    Ok(now)
 }

@@ -3,4 +3,5 @@
 //! Owns the maps and the raw records; must not decode, attribute or judge.
 pub mod btf;
 pub mod loader;
+pub mod privileges;
 pub mod ring;

@@ -125,6 +125,16 @@ impl EventRing {
     }
 }
 
+impl EventRing {
+    /// Unread bytes (headers and padding included) over the ring's size:
+    /// how close the kernel is to dropping events (`ringbuf_full`).
+    pub fn fill_ratio(&self) -> f64 {
+        let cons = self.consumer_pos().load(Ordering::Acquire);
+        let prod = self.producer_pos().load(Ordering::Acquire);
+        prod.saturating_sub(cons).min(self.size) as f64 / self.size as f64
+    }
+}
+
 impl AsRawFd for EventRing {
     fn as_raw_fd(&self) -> RawFd {
         self.map.as_fd().as_raw_fd()

@@ -3,7 +3,9 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-const NAMESPACE: &str = "build_monitor";
+use crate::output::fleet_metrics::FleetMetrics;
+
+pub const NAMESPACE: &str = "build_monitor";
 
 /// All metrics of the monitor, registered in their own registry so that only
 /// these (and no process-global defaults) are exported.
@@ -34,6 +36,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Alerts handed to a sink and not written (delivered) yet, by `sink`.
     pub alerts_queued: IntGaugeVec,
+    /// Latency, fill levels, action starts/ends, reloads (fleet operation).
+    pub fleet: FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -123,6 +127,7 @@ impl Metrics {
                     &["sink"],
                 ),
             ),
+            fleet: FleetMetrics::new(&registry),
             registry,
         };
         metrics.create_zero_series();
@@ -164,13 +169,13 @@ impl Metrics {
     }
 }
 
-fn opts(name: &str, help: &str) -> Opts {
+pub(crate) fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
 }
 
 /// Registers a statically defined metric; both steps can only fail on a
 /// programming error (bad name, duplicate).
-fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+pub(crate) fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
 where
     M: prometheus::core::Collector + Clone + 'static,
 {

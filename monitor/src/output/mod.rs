@@ -7,6 +7,7 @@ pub mod alert;
 pub mod alertmanager;
 pub mod completeness;
 pub mod delivery;
+pub mod fleet_metrics;
 pub mod fold;
 pub mod http;
 pub mod inventory;

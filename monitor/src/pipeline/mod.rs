@@ -15,6 +15,7 @@
 //! execution log, write the last alerts.
 pub mod handle;
 pub mod reader;
+pub mod reload;
 
 use std::{
     future::Future,
@@ -35,6 +36,7 @@ use crate::{
     pipeline::{
         handle::{Handler, TICK},
         reader::Reader,
+        reload::{Reload, next_reload},
     },
 };
 
@@ -62,6 +64,8 @@ pub struct Pipeline {
     lost_seen: [u64; LOST_REASONS as usize],
     /// Needs handed to the watcher side and not answered yet.
     outstanding: usize,
+    /// Config reloads (`monitor run` on SIGHUP), applied between events.
+    reloads: Option<mpsc::UnboundedReceiver<Reload>>,
 }
 
 impl Pipeline {
@@ -81,7 +85,13 @@ impl Pipeline {
             exec_log: None,
             lost_seen: [0; LOST_REASONS as usize],
             outstanding: 0,
+            reloads: None,
         }
+    }
+
+    /// Reloads arriving here are applied while running.
+    pub fn set_reloads(&mut self, reloads: mpsc::UnboundedReceiver<Reload>) {
+        self.reloads = Some(reloads);
     }
 
     /// Alerts will be labelled from this execution log when the run ends.
@@ -102,7 +112,8 @@ impl Pipeline {
         let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
         let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());
         let (update_tx, mut updates) = mpsc::unbounded_channel();
-        let watcher = watch::start(
+        let mut reloads = self.reloads.take();
+        let mut watcher = watch::start(
             self.handler.registry.scopes().to_vec(),
             self.declarations_dir.clone(),
             update_tx.clone(),
@@ -118,6 +129,18 @@ impl Pipeline {
                 () = &mut stop => break,
                 Some(batch) = batches.recv() => self.events(batch, &update_tx),
                 Some(update) = updates.recv() => self.update(update, &update_tx),
+                Some(reload) = next_reload(&mut reloads) => {
+                    // Re-reading declarations (perhaps from a new directory)
+                    // is a fresh watcher; the old one is joined first.
+                    drop(watcher);
+                    self.reload(reload, kernel);
+                    watcher = watch::start(
+                        self.handler.registry.scopes().to_vec(),
+                        self.declarations_dir.clone(),
+                        update_tx.clone(),
+                        self.metrics.clone(),
+                    );
+                }
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     self.handler.tick(now);

@@ -76,6 +76,7 @@ fn read_loop(
         if !stopping {
             wakeups.wait();
         }
+        metrics.fleet.ring_fill_ratio.set(ring.fill_ratio());
         loop {
             let mut batch = Vec::with_capacity(BATCH);
             let n = ring.drain(BATCH, |record| match decode::decode(record) {
