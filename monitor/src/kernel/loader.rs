@@ -53,6 +53,9 @@ pub struct AllowEntries<'a> {
     pub by_port: &'a [(u32, [u8; 18], u8)],
 }
 
+/// A key of an allow trie: (prefix length, data).
+type TrieKey<const N: usize> = (u32, [u8; N]);
+
 /// Which program carries the syscall hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallHook {
@@ -121,7 +124,7 @@ pub struct Kernel {
     pub sock_hooks: Vec<PathBuf>,
     /// The trie keys written by the last `set_network_policy` (removed when
     /// a reload no longer lists them).
-    allow_keys: (Vec<(u32, [u8; 16])>, Vec<(u32, [u8; 18])>),
+    allow_keys: (Vec<TrieKey<16>>, Vec<TrieKey<18>>),
 }
 
 impl Kernel {
@@ -521,8 +524,8 @@ fn replace_trie<const N: usize>(
     ebpf: &mut Ebpf,
     name: &str,
     entries: &[(u32, [u8; N], u8)],
-    before: &[(u32, [u8; N])],
-) -> anyhow::Result<Vec<(u32, [u8; N])>> {
+    before: &[TrieKey<N>],
+) -> anyhow::Result<Vec<TrieKey<N>>> {
     let mut trie: LpmTrie<_, [u8; N], u8> = LpmTrie::try_from(
         ebpf.map_mut(name)
             .with_context(|| format!("map {name} missing from the kernel object"))?,
@@ -531,7 +534,7 @@ fn replace_trie<const N: usize>(
         trie.insert(&Key::new(*len, *key), value, 0)
             .context("writing the allow list into the kernel")?;
     }
-    let now: Vec<(u32, [u8; N])> = entries.iter().map(|(len, key, _)| (*len, *key)).collect();
+    let now: Vec<TrieKey<N>> = entries.iter().map(|(len, key, _)| (*len, *key)).collect();
     for stale in before.iter().filter(|k| !now.contains(k)) {
         trie.remove(&Key::new(stale.0, stale.1))
             .context("removing a reloaded-away rule from the kernel")?;
