@@ -128,6 +128,10 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
              --output_base or run `bazel shutdown` first."
         );
     }
+    let bazel_section = running.pipeline.bazel_section.take();
+    if let Some(section) = &bazel_section {
+        eprint!("{}", crate::bazel::report::summary_lines(section));
+    }
     if let Some(path) = &opts.report {
         write_report(
             path,
@@ -137,6 +141,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             lost,
             unmonitored,
             &run.alerts,
+            bazel_section,
         )
         .map_err(StartError::Config)?;
     }
@@ -278,6 +283,7 @@ fn write_report(
     lost: u64,
     unmonitored_spawns: usize,
     alerts: &[Alert],
+    bazel: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let alerts: Vec<serde_json::Value> = alerts
         .iter()
@@ -292,6 +298,10 @@ fn write_report(
         "unmonitored_spawns": unmonitored_spawns,
         "alerts": alerts,
     });
+    let mut report = report;
+    if let Some(section) = bazel {
+        report["bazel"] = section;
+    }
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("--report: cannot write {}", path.display()))
 }

@@ -31,6 +31,12 @@ pub enum AlertKind {
     /// A remote-execution action with violations completed successfully:
     /// its result may be in the shared action cache (follow-up alert).
     CacheRisk,
+    /// A Bazel spawn ran under weaker isolation than `bazel.require_isolation`
+    /// (`ran` and `required` are the config's spellings).
+    WeakIsolation {
+        ran: &'static str,
+        required: &'static str,
+    },
 }
 
 impl AlertKind {
@@ -41,6 +47,7 @@ impl AlertKind {
             AlertKind::UndeclaredWrite => "undeclared_write",
             AlertKind::NetworkEgress => "network_egress",
             AlertKind::CacheRisk => "cache_risk",
+            AlertKind::WeakIsolation { .. } => "weak_isolation",
         }
     }
 }
@@ -195,6 +202,13 @@ pub fn host_name() -> String {
 
 // Wire structs: field order here is the contract's key order.
 
+/// `isolation` (`kind` = `weak_isolation`).
+#[derive(Serialize)]
+struct IsolationJson {
+    ran: &'static str,
+    required: &'static str,
+}
+
 #[derive(Serialize)]
 struct AlertJson<'a> {
     schema: &'static str,
@@ -211,6 +225,7 @@ struct AlertJson<'a> {
     net: Option<NetJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_risk: Option<&'a CacheRiskInfo>,
+    isolation: Option<IsolationJson>,
     verdict: &'static str,
     count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,6 +355,10 @@ impl Alert {
                 AlertKind::CacheRisk => self.cache_risk.as_ref(),
                 _ => None,
             },
+            isolation: match self.kind {
+                AlertKind::WeakIsolation { ran, required } => Some(IsolationJson { ran, required }),
+                _ => None,
+            },
             verdict: self.verdict.as_str(),
             count: self.count,
             summary: self.summary.as_ref().map(|s| SummaryJson {
@@ -391,6 +410,13 @@ impl Alert {
             }
             (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, ..) => {
                 m.push_str(" opened a file it did not declare");
+                0
+            }
+            (AlertKind::WeakIsolation { ran, required }, ..) => {
+                let _ = write!(
+                    m,
+                    " ran with isolation {ran}, weaker than the required {required}"
+                );
                 0
             }
             (AlertKind::NetworkEgress, ..) => {

@@ -36,6 +36,8 @@ pub enum Target {
     /// An undeclared write (folded apart from reads of the same file).
     Write(Vec<u8>),
     Net(IpAddr, u16, &'static str),
+    /// A spawn's isolation (one per action).
+    Isolation,
 }
 
 pub struct Violation {
