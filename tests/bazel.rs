@@ -185,32 +185,10 @@ fn build_opts(o: Opts) -> Build {
     let port = listener();
     let report = t.join("report.json");
     if server_outside {
-        let out = Command::new(BAZEL)
-            .current_dir(&ws)
-            .env("HOME", t)
-            .args(startup_args(t))
-            .args(["info", "output_base"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "starting a Bazel server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_server(t, &ws);
     }
     let startup = startup_args(t);
-    let mut monitor = Command::new(monitor_bin());
-    monitor
-        .current_dir(&ws)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", t)
-        .arg("exec");
-    if let Some(text) = config {
-        let file = t.join("monitor.toml");
-        fs::write(&file, text).unwrap();
-        monitor.arg("--config").arg(file);
-    }
+    let mut monitor = monitor_exec(t, &ws, config);
     let bazel = if no_user_namespaces {
         no_userns_bazel(t)
     } else {
@@ -264,6 +242,39 @@ fn build_opts(o: Opts) -> Build {
         alerts,
         report,
     }
+}
+
+/// Starts a Bazel server for the workspace, outside any monitored job.
+fn start_server(t: &Path, ws: &Path) {
+    let out = Command::new(BAZEL)
+        .current_dir(ws)
+        .env("HOME", t)
+        .args(startup_args(t))
+        .args(["info", "output_base"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "starting a Bazel server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `monitor exec` in the workspace, with `config` (a TOML text) if given.
+fn monitor_exec(t: &Path, ws: &Path, config: Option<&str>) -> Command {
+    let mut monitor = Command::new(monitor_bin());
+    monitor
+        .current_dir(ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", t)
+        .arg("exec");
+    if let Some(text) = config {
+        let file = t.join("monitor.toml");
+        fs::write(&file, text).unwrap();
+        monitor.arg("--config").arg(file);
+    }
+    monitor
 }
 
 /// Bazel startup options that keep every file in the test's temp dir.

@@ -231,6 +231,48 @@ pub fn path_bytes(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
+/// The stderr lines for a `bazel` section: spawns by isolation and by
+/// declaration source, and the targets with unread inputs (largest first,
+/// at most 10).
+pub fn summary_lines(section: &Value) -> String {
+    let counts = |key: &str| -> String {
+        section[key]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let spawns = section["spawns"].as_array().map_or(0, Vec::len);
+    let mut out = format!(
+        "monitor: {spawns} Bazel spawn(s) seen; isolation: {}; declared by: {}\n",
+        counts("isolation"),
+        counts("declared_by")
+    );
+    let unread = section["unread_inputs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !unread.is_empty() {
+        out.push_str(&format!(
+            "monitor: {} target(s) declared inputs they never opened:\n",
+            unread.len()
+        ));
+        for t in unread.iter().take(10) {
+            out.push_str(&format!(
+                "  {}: {} of {} declared input(s) unread\n",
+                t["label"].as_str().unwrap_or("?"),
+                t["unread"],
+                t["declared"]
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,46 +346,4 @@ mod tests {
         assert!(book.get(1).unwrap().opened_incomplete);
         assert_eq!(book.section(Some(&log))["unread_inputs"], json!([]));
     }
-}
-
-/// The stderr lines for a `bazel` section: spawns by isolation and by
-/// declaration source, and the targets with unread inputs (largest first,
-/// at most 10).
-pub fn summary_lines(section: &Value) -> String {
-    let counts = |key: &str| -> String {
-        section[key]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default()
-    };
-    let spawns = section["spawns"].as_array().map_or(0, Vec::len);
-    let mut out = format!(
-        "monitor: {spawns} Bazel spawn(s) seen; isolation: {}; declared by: {}\n",
-        counts("isolation"),
-        counts("declared_by")
-    );
-    let unread = section["unread_inputs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !unread.is_empty() {
-        out.push_str(&format!(
-            "monitor: {} target(s) declared inputs they never opened:\n",
-            unread.len()
-        ));
-        for t in unread.iter().take(10) {
-            out.push_str(&format!(
-                "  {}: {} of {} declared input(s) unread\n",
-                t["label"].as_str().unwrap_or("?"),
-                t["unread"],
-                t["declared"]
-            ));
-        }
-    }
-    out
 }
