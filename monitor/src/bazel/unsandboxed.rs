@@ -21,10 +21,11 @@ pub fn is_unsandboxed(spawn: &sandbox::Spawn) -> bool {
     spawn.sandbox_dir.is_none() && !spawn.execroot.as_os_str().is_empty()
 }
 
-/// The path patterns an unsandboxed spawn declared through its log entry:
-/// each input and output below `execroot` (a directory with everything in
-/// it), every hop of an input's symlink chain (the main execroot links to
-/// the source tree), and the execroot directory itself.
+/// The input patterns an unsandboxed spawn declared through its log entry:
+/// each input (and output: a spawn may read back what it wrote) below
+/// `execroot` (a directory with everything in it), every hop of its symlink
+/// chain (the main execroot links to the source tree), and the execroot
+/// directory itself.
 pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
     let mut patterns = vec![escape_glob(&execroot.display().to_string())];
     for rel in entry.inputs.iter().chain(&entry.outputs) {
@@ -32,6 +33,18 @@ pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
         patterns.push(escape_glob(&path.display().to_string()));
         patterns.push(pattern_below(&path));
         push_link_chain(&path, &mut patterns);
+    }
+    patterns
+}
+
+/// Where it may write: its outputs below `execroot` (a tree artifact with
+/// everything in it).
+pub fn output_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
+    let mut patterns = Vec::new();
+    for rel in &entry.outputs {
+        let path = execroot.join(rel.trim_start_matches("./"));
+        patterns.push(escape_glob(&path.display().to_string()));
+        patterns.push(pattern_below(&path));
     }
     patterns
 }
@@ -49,7 +62,9 @@ pub fn declaration_from_log(
         label: entry.label.clone(),
         mnemonic: entry.mnemonic.clone(),
         inputs: sandbox::matcher(&declared_patterns(entry, execroot)),
+        outputs: sandbox::matcher(&output_patterns(entry, execroot)),
         writable: sandbox::matcher(&[]),
+        identities: Default::default(),
         network: NetMatcher::default(),
         source: source.to_path_buf(),
     }
@@ -85,6 +100,9 @@ mod tests {
         assert!(ok(&ws.join("in.txt")), "the link's target");
         assert!(ok(&execroot.join("tools/x/y")), "inside a directory input");
         assert!(ok(&execroot.join("bazel-out/bin/t.out")));
+        let out = |p: &Path| d.outputs.matches(p.as_os_str().as_encoded_bytes());
+        assert!(out(&execroot.join("bazel-out/bin/t.out")));
+        assert!(!out(&execroot.join("in.txt")), "inputs are read-only");
         assert!(ok(&execroot));
         assert!(
             !ok(&execroot.join("other.txt")),
