@@ -41,6 +41,11 @@ impl Build {
     /// Every target's spawn (the fixture's six genrules) ran with this
     /// isolation and had its declaration from `declared_by`.
     fn check_spawns(&self, isolation: &str, declared_by: &str) {
+        assert_eq!(
+            self.report["bazel"]["unseen_spawns"],
+            serde_json::json!({}),
+            "every spawn was seen starting"
+        );
         for label in TARGETS {
             let rows = self.spawns_of(label);
             assert_eq!(rows.len(), 1, "{label}: {:#}", self.report["bazel"]);
@@ -396,6 +401,16 @@ fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
 fn spawns_of_a_server_started_outside_the_job_are_reported_unmonitored() {
     let b = build_with("processwrapper-sandbox", &[], true);
     assert_eq!(b.report["unmonitored_spawns"], 6, "{}", b.stderr);
+    assert_eq!(
+        b.report["bazel"]["unseen_spawns"]["processwrapper-sandbox"], 6,
+        "{:#}",
+        b.report["bazel"]
+    );
+    assert!(
+        b.stderr.contains("were never seen starting"),
+        "{}",
+        b.stderr
+    );
     assert!(b.stderr.contains("were NOT monitored"), "{}", b.stderr);
     assert!(
         b.alerts_of("//:abs_workspace").is_empty(),

@@ -134,11 +134,35 @@ impl SpawnBook {
             }
         }
         json!({
+            "unseen_spawns": self.unseen(log),
             "spawns": spawns,
             "isolation": isolation,
             "declared_by": declared_by,
             "unread_inputs": unread.into_json(),
         })
+    }
+}
+
+impl SpawnBook {
+    /// Log entries that ran on this machine (not cache hits; runner
+    /// linux-sandbox, processwrapper-sandbox or local) with no spawn seen
+    /// for their command line, by runner: they ran outside the job (a
+    /// server started before it) or without a launcher.
+    fn unseen(&self, log: Option<&ExecLog>) -> BTreeMap<String, u64> {
+        let seen: HashSet<&[String]> = self
+            .records
+            .values()
+            .map(|r| r.spawn.command.as_slice())
+            .collect();
+        let mut unseen = BTreeMap::new();
+        for e in log.map(|l| l.entries.as_slice()).unwrap_or_default() {
+            let runner = e.runner.as_deref().unwrap_or("");
+            let local = matches!(runner, "linux-sandbox" | "processwrapper-sandbox" | "local");
+            if local && !e.cache_hit && !seen.contains(e.command_args.as_slice()) {
+                *unseen.entry(runner.to_owned()).or_default() += 1;
+            }
+        }
+        unseen
     }
 }
 
@@ -252,6 +276,15 @@ pub fn summary_lines(section: &Value) -> String {
         counts("isolation"),
         counts("declared_by")
     );
+    let unseen: u64 = section["unseen_spawns"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    if unseen > 0 {
+        out.push_str(&format!(
+            "monitor: WARNING: {unseen} spawn(s) in Bazel's execution log were never seen starting ({}): not monitored\n",
+            counts("unseen_spawns")
+        ));
+    }
     let unread = section["unread_inputs"]
         .as_array()
         .cloned()
@@ -326,6 +359,21 @@ mod tests {
         assert_eq!(spawns[1]["runner"], "local");
         assert_eq!(spawns[1]["events_dropped"], 3);
         assert_eq!(s["isolation"]["none"], 1);
+        assert_eq!(s["unseen_spawns"], json!({}));
+        let mut more = log.entries.clone();
+        more.push(SpawnEntry {
+            command_args: vec!["cmd-c".into()],
+            runner: Some("local".into()),
+            ..Default::default()
+        });
+        more.push(SpawnEntry {
+            command_args: vec!["cmd-d".into()],
+            runner: Some("remote cache hit".into()),
+            cache_hit: true,
+            ..Default::default()
+        });
+        let s = book.section(Some(&ExecLog::new(more)));
+        assert_eq!(s["unseen_spawns"], json!({"local": 1}));
         assert_eq!(s["declared_by"]["sandbox_tree"], 1);
     }
 
