@@ -220,7 +220,14 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
             "docs/alerts.md key table vs {line}"
         );
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for object in ["action", "process", "file", "net", "cache_risk", "isolation"] {
+        for object in [
+            "action",
+            "process",
+            "file",
+            "net",
+            "cache_risk",
+            "isolation",
+        ] {
             let Some(inner) = value.get(object).and_then(|v| v.as_object()) else {
                 continue;
             };

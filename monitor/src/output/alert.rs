@@ -225,6 +225,7 @@ struct AlertJson<'a> {
     net: Option<NetJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_risk: Option<&'a CacheRiskInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     isolation: Option<IsolationJson>,
     verdict: &'static str,
     count: u64,
