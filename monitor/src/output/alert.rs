@@ -465,6 +465,7 @@ impl Alert {
             AlertKind::UndeclaredWrite => "undeclared writes under",
             // Never summarised (written past the budget); for completeness.
             AlertKind::CacheRisk => "cache risks for",
+            AlertKind::WeakIsolation { .. } => "weak isolations of",
             AlertKind::NetworkEgress => "disallowed connections to",
         };
         let first = match (&self.file, &self.net) {

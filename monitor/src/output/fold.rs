@@ -203,6 +203,7 @@ impl Scope {
         match target {
             Target::File(path) | Target::Write(path) => Scope::Dir(parent(path).to_vec()),
             Target::Net(addr, ..) => Scope::Block(*addr, max_bits(*addr)),
+            Target::Isolation => Scope::Any,
         }
     }
 
