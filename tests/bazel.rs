@@ -29,6 +29,64 @@ struct Build {
 }
 
 impl Build {
+    /// The report's `bazel.spawns` rows of one target.
+    fn spawns_of(&self, label: &str) -> Vec<&Value> {
+        self.report["bazel"]["spawns"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no bazel.spawns: {:#}", self.report))
+            .iter()
+            .filter(|s| s["label"] == label)
+            .collect()
+    }
+
+    /// Every target's spawn (the fixture's six genrules) ran with this
+    /// isolation and had its declaration from `declared_by`.
+    fn check_spawns(&self, isolation: &str, declared_by: &str) {
+        assert_eq!(
+            self.report["bazel"]["unseen_spawns"],
+            serde_json::json!({}),
+            "every spawn was seen starting"
+        );
+        for label in TARGETS {
+            let rows = self.spawns_of(label);
+            assert_eq!(rows.len(), 1, "{label}: {:#}", self.report["bazel"]);
+            assert_eq!(rows[0]["isolation"], isolation, "{label}: {}", rows[0]);
+            assert_eq!(rows[0]["declared_by"], declared_by, "{label}: {}", rows[0]);
+            assert_eq!(rows[0]["mnemonic"], "Genrule", "{label}");
+            assert_eq!(rows[0]["events_dropped"], 0, "{label}");
+        }
+    }
+
+    /// `//:unread` declared three inputs (and genrule-setup.sh) and read one
+    /// (and the setup script): exactly two unread, listed first.
+    fn check_unread(&self) {
+        let unread = self.report["bazel"]["unread_inputs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no bazel.unread_inputs: {:#}", self.report));
+        let row = unread
+            .iter()
+            .find(|r| r["label"] == "//:unread")
+            .unwrap_or_else(|| panic!("//:unread not listed: {unread:#?}"));
+        assert_eq!(row["unread"], 2, "{row}");
+        assert_eq!(
+            row["inputs"],
+            serde_json::json!(["unread_a.txt", "unread_b.txt"])
+        );
+        assert_eq!(row["declared"], 4, "three srcs and genrule-setup.sh: {row}");
+        assert_eq!(unread[0]["unread"], 2, "largest first: {unread:#?}");
+        // Positive control beside it: //:clean read its only src.
+        assert!(
+            unread.iter().all(|r| r["label"] != "//:clean"),
+            "{unread:#?}"
+        );
+        assert!(
+            self.stderr
+                .contains("//:unread: 2 of 4 declared input(s) unread"),
+            "{}",
+            self.stderr
+        );
+    }
+
     fn alerts_of(&self, label: &str) -> Vec<&Value> {
         self.alerts
             .iter()
@@ -45,21 +103,83 @@ fn copy_fixture(to: &Path) {
     }
 }
 
+/// The fixture's targets.
+const TARGETS: [&str; 6] = [
+    "//:clean",
+    "//:abs_workspace",
+    "//:host_file",
+    "//:net_default",
+    "//:net_requires",
+    "//:unread",
+];
+
 /// Builds the fixture under `monitor exec` with `strategy`; the output base
 /// and every Bazel file stay in the test's temp dir, and the server is gone
 /// afterwards.
 fn build(strategy: &str, extra: &[&str]) -> Build {
-    build_with(strategy, extra, false)
+    build_opts(Opts {
+        strategy: Some(strategy),
+        extra,
+        ..Opts::default()
+    })
 }
 
 /// `server_outside`: start the Bazel server before `monitor exec`, outside
 /// the job, as a CI runner with a warm server would.
 fn build_with(strategy: &str, extra: &[&str], server_outside: bool) -> Build {
-    build_opts(strategy, extra, server_outside, &[])
+    build_opts(Opts {
+        strategy: Some(strategy),
+        extra,
+        server_outside,
+        ..Opts::default()
+    })
 }
 
-/// As `build_with`, with extra `monitor exec` options (e.g. `--enforce`).
-fn build_opts(strategy: &str, extra: &[&str], server_outside: bool, monitor: &[&str]) -> Build {
+#[derive(Default)]
+struct Opts<'a> {
+    /// `--spawn_strategy`; None: Bazel's default.
+    strategy: Option<&'a str>,
+    extra: &'a [&'a str],
+    server_outside: bool,
+    /// A `monitor exec --config` file's text.
+    config: Option<&'a str>,
+    /// Run Bazel in a user namespace of its own where no further user
+    /// namespace may be created (`user.max_user_namespaces=0` there), as
+    /// under Ubuntu 24's AppArmor policy: linux-sandbox cannot work. The
+    /// limit is per user namespace, so the host's setting (and every other
+    /// build on the machine) is untouched, whatever happens to the test.
+    no_user_namespaces: bool,
+    /// Extra `monitor exec` options (e.g. `--enforce`).
+    monitor: &'a [&'a str],
+}
+
+/// `bazel-nouserns` (a name `monitor exec` recognises as Bazel): Bazel in
+/// a user namespace whose `max_user_namespaces` is 0.
+fn no_userns_bazel(t: &Path) -> PathBuf {
+    let bin = t.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("bazel-nouserns");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --user --map-root-user sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && exec {BAZEL} \"$@\"' sh \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn build_opts(o: Opts) -> Build {
+    let Opts {
+        strategy,
+        extra,
+        server_outside,
+        config,
+        no_user_namespaces,
+        monitor: monitor_args,
+    } = o;
     require_root();
     assert!(
         Path::new(BAZEL).exists(),
@@ -74,24 +194,26 @@ fn build_opts(strategy: &str, extra: &[&str], server_outside: bool, monitor: &[&
     let port = listener();
     let report = t.join("report.json");
     if server_outside {
-        start_server_outside(&ws, t);
+        start_server(t, &ws);
     }
     let startup = startup_args(t);
-    let out = Command::new(monitor_bin())
-        .current_dir(&ws)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", t)
-        .arg("exec")
-        .args(monitor)
+    let mut monitor = monitor_exec(t, &ws, config);
+    monitor.args(monitor_args);
+    let bazel = if no_user_namespaces {
+        no_userns_bazel(t)
+    } else {
+        PathBuf::from(BAZEL)
+    };
+    let strategy = strategy.map(|s| format!("--spawn_strategy={s}"));
+    let out = monitor
         .arg("--report")
         .arg(&report)
         .arg("--")
-        .arg(BAZEL)
+        .arg(&bazel)
         .args(&startup)
+        .arg("build")
+        .args(strategy)
         .args([
-            "build",
-            &format!("--spawn_strategy={strategy}"),
             "--sandbox_default_allow_network=false",
             "--symlink_prefix=/",
             "--incompatible_strict_action_env",
@@ -133,8 +255,8 @@ fn build_opts(strategy: &str, extra: &[&str], server_outside: bool, monitor: &[&
     }
 }
 
-/// Starts the Bazel server before (outside) the monitored job.
-fn start_server_outside(ws: &Path, t: &Path) {
+/// Starts a Bazel server for the workspace, outside any monitored job.
+fn start_server(t: &Path, ws: &Path) {
     let out = Command::new(BAZEL)
         .current_dir(ws)
         .env("HOME", t)
@@ -147,6 +269,23 @@ fn start_server_outside(ws: &Path, t: &Path) {
         "starting a Bazel server: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `monitor exec` in the workspace, with `config` (a TOML text) if given.
+fn monitor_exec(t: &Path, ws: &Path, config: Option<&str>) -> Command {
+    let mut monitor = Command::new(monitor_bin());
+    monitor
+        .current_dir(ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", t)
+        .arg("exec");
+    if let Some(text) = config {
+        let file = t.join("monitor.toml");
+        fs::write(&file, text).unwrap();
+        monitor.arg("--config").arg(file);
+    }
+    monitor
 }
 
 /// Bazel startup options that keep every file in the test's temp dir.
@@ -216,6 +355,13 @@ fn check_common(b: &Build) {
 fn linux_sandbox_spawns_are_judged_against_what_bazel_declared() {
     let b = build("linux-sandbox", &[]);
     check_common(&b);
+    b.check_spawns("linux-sandbox", "sandbox_tree");
+    b.check_unread();
+    assert_eq!(b.spawns_of("//:net_default")[0]["network_namespace"], true);
+    assert_eq!(
+        b.spawns_of("//:net_requires")[0]["network_namespace"],
+        false
+    );
     let d = &b.alerts_of("//:net_default")[0];
     assert_eq!(
         d["net"]["result"], -111,
@@ -248,6 +394,7 @@ fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
     // deleted right after its spawn, so it must be read at launch.
     let b = build("processwrapper-sandbox", &["--nosandbox_debug"]);
     check_common(&b);
+    b.check_spawns("process-wrapper", "sandbox_tree");
     // processwrapper-sandbox isolates nothing: both connects reach the host.
     for label in ["//:net_default", "//:net_requires"] {
         assert_eq!(b.alerts_of(label)[0]["net"]["result"], 0, "{label}");
@@ -259,7 +406,17 @@ fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
 #[test]
 fn spawns_of_a_server_started_outside_the_job_are_reported_unmonitored() {
     let b = build_with("processwrapper-sandbox", &[], true);
-    assert_eq!(b.report["unmonitored_spawns"], 5, "{}", b.stderr);
+    assert_eq!(b.report["unmonitored_spawns"], 6, "{}", b.stderr);
+    assert_eq!(
+        b.report["bazel"]["unseen_spawns"]["processwrapper-sandbox"], 6,
+        "{:#}",
+        b.report["bazel"]
+    );
+    assert!(
+        b.stderr.contains("were never seen starting"),
+        "{}",
+        b.stderr
+    );
     assert!(b.stderr.contains("were NOT monitored"), "{}", b.stderr);
     assert!(
         b.alerts_of("//:abs_workspace").is_empty(),
@@ -277,12 +434,11 @@ fn enforced_build_with_no_config_succeeds_and_blocks_spawn_egress() {
     let md = out.path().join("summary.md");
     let sarif = out.path().join("findings.sarif");
     let (md_arg, sarif_arg) = (md.display().to_string(), sarif.display().to_string());
-    let b = build_opts(
-        "processwrapper-sandbox",
-        &[],
-        false,
-        &["--enforce", "--markdown", &md_arg, "--sarif", &sarif_arg],
-    );
+    let b = build_opts(Opts {
+        strategy: Some("processwrapper-sandbox"),
+        monitor: &["--enforce", "--markdown", &md_arg, "--sarif", &sarif_arg],
+        ..Opts::default()
+    });
     assert!(
         b.stderr.contains("Build completed successfully"),
         "the build must succeed under --enforce:\n{}",
@@ -330,7 +486,7 @@ fn check_markdown(b: &Build, md: &str) {
     );
     assert!(md.contains(&row), "inventory row, labelled: {row}\n{md}");
     assert!(md.contains("### Completeness: complete"), "{md}");
-    assert!(md.contains("| Sandboxed spawns monitored | 5 |"), "{md}");
+    assert!(md.contains("| Sandboxed spawns monitored | 6 |"), "{md}");
     assert!(md.contains("| Egress enforced | yes |"), "{md}");
 }
 
@@ -365,4 +521,85 @@ fn check_sarif(b: &Build, bytes: &[u8]) {
         .unwrap()
         + 1;
     assert_eq!(loc["region"]["startLine"], line);
+}
+
+/// `local` and `standalone` run each spawn through process-wrapper in the
+/// main execroot, whose symlink forest reaches the whole workspace: the
+/// declaration is the spawn's execution-log entry (inputs and outputs).
+fn check_unsandboxed(strategy: &str) {
+    let b = build(strategy, &[]);
+    check_common(&b);
+    b.check_spawns("none", "execution_log");
+    for label in TARGETS {
+        assert_eq!(b.spawns_of(label)[0]["runner"], "local", "{label}");
+        assert_eq!(
+            b.spawns_of(label)[0]["launcher"],
+            "process-wrapper",
+            "{label}"
+        );
+    }
+    b.check_unread();
+    // The read went through the main execroot's link to the workspace.
+    assert!(
+        b.alerts_of("//:abs_workspace")[0]["action"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("process-wrapper-"),
+        "{:#?}",
+        b.alerts
+    );
+}
+
+#[test]
+fn local_spawns_are_judged_against_their_execution_log_entry() {
+    check_unsandboxed("local");
+}
+
+#[test]
+fn standalone_spawns_are_judged_against_their_execution_log_entry() {
+    check_unsandboxed("standalone");
+}
+
+/// Without user namespaces Bazel quietly runs its default strategy under
+/// processwrapper-sandbox; the report says so, and `require_isolation =
+/// "linux-sandbox"` turns each spawn into a violation.
+#[test]
+fn fallback_to_processwrapper_is_reported_and_violates_required_isolation() {
+    let b = build_opts(Opts {
+        no_user_namespaces: true,
+        config: Some(
+            "[metrics]\nlisten = \"off\"\n[bazel]\nrequire_isolation = \"linux-sandbox\"\n",
+        ),
+        ..Opts::default()
+    });
+    assert_eq!(b.code, Some(1), "{}", b.stderr);
+    b.check_spawns("process-wrapper", "sandbox_tree");
+    for label in TARGETS {
+        assert_eq!(
+            b.spawns_of(label)[0]["runner"],
+            "processwrapper-sandbox",
+            "{label}"
+        );
+        let weak: Vec<&Value> = b
+            .alerts_of(label)
+            .into_iter()
+            .filter(|a| a["kind"] == "weak_isolation")
+            .collect();
+        assert_eq!(weak.len(), 1, "{label}: {:#?}", b.alerts);
+        assert_eq!(weak[0]["isolation"]["ran"], "process-wrapper");
+        assert_eq!(weak[0]["isolation"]["required"], "linux-sandbox");
+        assert_eq!(weak[0]["action"]["mnemonic"], "Genrule");
+    }
+    // The file verdicts still hold under the fallback.
+    let abs: Vec<&Value> = b
+        .alerts_of("//:abs_workspace")
+        .into_iter()
+        .filter(|a| a["kind"] == "undeclared_file")
+        .collect();
+    assert_eq!(abs.len(), 1, "{:#?}", b.alerts);
+    assert!(
+        b.stderr.contains("weaker than the required linux-sandbox"),
+        "{}",
+        b.stderr
+    );
 }

@@ -34,6 +34,17 @@ pub struct Config {
     pub network: Network,
     pub alerts: Alerts,
     pub metrics: Metrics,
+    pub bazel: Bazel,
+}
+
+/// Bazel-specific policy (docs/config.md).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bazel {
+    /// The weakest isolation a spawn may run under; a spawn that ran under
+    /// less is a `weak_isolation` violation. `"none"` (the default) requires
+    /// nothing.
+    pub require_isolation: crate::bazel::isolation::Isolation,
 }
 
 /// How kernel events are tied to build actions.

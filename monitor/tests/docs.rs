@@ -201,11 +201,16 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
         .filter_map(|row| row.split('`').next())
         .map(str::to_string)
         .collect();
+    let weak = AlertKind::WeakIsolation {
+        ran: "process-wrapper",
+        required: "linux-sandbox",
+    };
     for kind in [
         AlertKind::UndeclaredFile,
         AlertKind::UndeclaredWrite,
         AlertKind::NetworkEgress,
         AlertKind::CacheRisk,
+        weak,
     ] {
         let line = alert(kind).to_json_line();
         let written = keys_in_order(&line);
@@ -217,7 +222,14 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
             "docs/alerts.md key table vs {line}"
         );
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for object in ["action", "process", "file", "net", "cache_risk"] {
+        for object in [
+            "action",
+            "process",
+            "file",
+            "net",
+            "cache_risk",
+            "isolation",
+        ] {
             let Some(inner) = value.get(object).and_then(|v| v.as_object()) else {
                 continue;
             };

@@ -147,6 +147,11 @@ struct ActionState<T> {
     lineage_cgroup: Option<(u64, PathBuf)>,
     /// A remote-execution worker action's identity.
     worker: Option<Arc<WorkerIdentity>>,
+    /// An unsandboxed spawn waiting for the execution log to declare it
+    /// (see [`Registry::defer_unsandboxed`]).
+    deferred: Option<Spawn>,
+    /// Events of a deferred spawn dropped beyond [`MAX_HELD_PER_ACTION`].
+    dropped: u64,
 }
 
 impl<T> ActionState<T> {
@@ -162,6 +167,8 @@ impl<T> ActionState<T> {
             counted: false,
             lineage_cgroup: None,
             worker: None,
+            deferred: None,
+            dropped: 0,
         }
     }
 }
@@ -182,6 +189,10 @@ pub struct Registry<T> {
     actions: HashMap<u64, ActionState<T>>,
     wait: Duration,
     metrics: Arc<Metrics>,
+    /// Hold the events of spawns without a sandbox tree (working in the main
+    /// execroot) until [`Registry::declare_deferred`]: `monitor exec` declares
+    /// them from Bazel's execution log when the build has ended.
+    pub defer_unsandboxed: bool,
 }
 
 /// Events ready to judge, each with its action.
@@ -198,6 +209,7 @@ impl<T> Registry<T> {
             actions: HashMap::new(),
             wait,
             metrics,
+            defer_unsandboxed: false,
         }
     }
 
@@ -375,6 +387,13 @@ impl<T> Registry<T> {
         }
         let path = self.cgroup_path(key);
         match found {
+            Some((spawn, _))
+                if self.defer_unsandboxed
+                    && key & LINEAGE_KEY != 0
+                    && crate::bazel::unsandboxed::is_unsandboxed(&spawn) =>
+            {
+                self.actions.get_mut(&key).expect("checked above").deferred = Some(spawn);
+            }
             Some((spawn, declaration)) => {
                 self.resolve(key, path, Some(Arc::new(declaration)), Some(spawn));
             }
@@ -457,9 +476,19 @@ impl<T> Registry<T> {
             ready.push((item, view.clone()));
             return;
         }
+        if state.deferred.is_some() && state.held.len() >= MAX_HELD_PER_ACTION {
+            // Bounded: judging it now, before its declaration, would be wrong.
+            if state.dropped == 0 {
+                log::warn!(
+                    "unsandboxed spawn {key}: {MAX_HELD_PER_ACTION} events held for the execution log; dropping (counted) the rest"
+                );
+            }
+            state.dropped += 1;
+            return;
+        }
         state.deadline.get_or_insert(now + self.wait);
         state.held.push(item);
-        if state.held.len() >= MAX_HELD_PER_ACTION {
+        if state.held.len() >= MAX_HELD_PER_ACTION && state.deferred.is_none() {
             log::warn!(
                 "action {key}: {MAX_HELD_PER_ACTION} events waiting for a declaration; judging without one"
             );
@@ -491,7 +520,8 @@ impl<T> Registry<T> {
             let gone = state
                 .gone_since
                 .is_some_and(|since| now.duration_since(since) > FORGET_AFTER);
-            let forget = gone && state.held.is_empty() && !state.reading;
+            let forget =
+                gone && state.held.is_empty() && !state.reading && state.deferred.is_none();
             if forget {
                 forgotten.push(*key);
             }
@@ -517,12 +547,46 @@ impl<T> Registry<T> {
                 let path = self.cgroup_path(key);
                 let declaration = path
                     .as_ref()
+                    .filter(|_| key & LINEAGE_KEY == 0)
                     .and_then(|p| self.declarations.get(p).cloned());
-                self.resolve(key, path, declaration, None);
+                let spawn = self.actions.get_mut(&key).and_then(|s| s.deferred.take());
+                self.resolve(key, path, declaration, spawn);
             }
             out.extend(self.take_released(key));
         }
         out
+    }
+
+    /// Unsandboxed spawns still waiting for a declaration: (key, cgroup, spawn).
+    pub fn deferred(&self) -> Vec<(u64, PathBuf, Spawn)> {
+        self.actions
+            .iter()
+            .filter_map(|(key, s)| {
+                let spawn = s.deferred.clone()?;
+                Some((*key, self.cgroup_path(*key).unwrap_or_default(), spawn))
+            })
+            .collect()
+    }
+
+    /// Declares a deferred spawn (`None`: nothing declared it) and returns
+    /// its held events, now ready.
+    pub fn declare_deferred(&mut self, key: u64, declaration: Option<Declaration>) -> Ready<T> {
+        let Some(spawn) = self.actions.get_mut(&key).and_then(|s| s.deferred.take()) else {
+            return Vec::new();
+        };
+        let path = self.cgroup_path(key);
+        self.resolve(key, path, declaration.map(Arc::new), Some(spawn));
+        self.take_released(key)
+    }
+
+    /// The action's view, once fixed.
+    pub fn view(&self, key: u64) -> Option<Arc<ActionView>> {
+        self.actions.get(&key)?.view.clone()
+    }
+
+    /// Events of a deferred spawn dropped because too many were held.
+    pub fn dropped(&self, key: u64) -> u64 {
+        self.actions.get(&key).map_or(0, |s| s.dropped)
     }
 
     fn take_released(&mut self, key: u64) -> Ready<T> {
@@ -637,7 +701,7 @@ impl<T> Registry<T> {
 
 /// How an action is called in alerts: `<launcher>-<pid>` for a spawn,
 /// else its cgroup's name.
-fn action_id(key: u64, path: Option<&Path>, spawn: Option<&Spawn>) -> String {
+pub(crate) fn action_id(key: u64, path: Option<&Path>, spawn: Option<&Spawn>) -> String {
     let number = key & !LINEAGE_KEY;
     match (key & LINEAGE_KEY != 0, spawn) {
         (true, Some(spawn)) => format!("{}-{number}", spawn.launcher),

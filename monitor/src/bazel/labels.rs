@@ -20,21 +20,34 @@ pub fn labels_from_exec_log(
     path: &Path,
     spawn_commands: &HashMap<String, Vec<String>>,
 ) -> Option<SpawnLabels> {
-    let log = match ExecLog::load_json(path) {
-        Ok((log, None)) => log,
+    Some(labels_from_log(&load_log(path)?, spawn_commands))
+}
+
+/// Reads the log at `path`; a malformed entry keeps the entries before it
+/// (warned); `None` when it cannot be read at all (warned).
+pub fn load_log(path: &Path) -> Option<ExecLog> {
+    match ExecLog::load_json(path) {
+        Ok((log, None)) => Some(log),
         Ok((log, Some(e))) => {
             log::warn!(
                 "execution log {}: {e}; using the {} entries before it",
                 path.display(),
                 log.entries.len()
             );
-            log
+            Some(log)
         }
         Err(e) => {
             log::warn!("no labels for spawns: {e}");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Looks up each spawn's command line (by action id) in `log`.
+pub fn labels_from_log(
+    log: &ExecLog,
+    spawn_commands: &HashMap<String, Vec<String>>,
+) -> SpawnLabels {
     let by_action = spawn_commands
         .iter()
         .filter_map(|(id, command)| {
@@ -42,8 +55,8 @@ pub fn labels_from_exec_log(
             Some((id.clone(), (entry.label.clone(), entry.mnemonic.clone())))
         })
         .collect();
-    Some(SpawnLabels {
+    SpawnLabels {
         by_action,
         sandboxed_in_log: log.entries.iter().filter(|e| e.ran_sandboxed()).count(),
-    })
+    }
 }

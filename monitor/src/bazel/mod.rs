@@ -2,6 +2,9 @@
 //! JSON execution log (labels and mnemonics).
 //! Must not judge events or write output; generic attribution lives in `actions`.
 pub mod execlog;
+pub mod isolation;
 pub mod labels;
+pub mod report;
 pub mod sandbox;
 pub mod spawns;
+pub mod unsandboxed;

@@ -208,7 +208,7 @@ fn planted(entry: &fs::DirEntry, launched_at: Option<std::time::SystemTime>) -> 
 }
 
 /// Every hop of the symlink chain starting at `link` (a few at most).
-fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
+pub(crate) fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
     let mut current = link.to_path_buf();
     for _ in 0..8 {
         let Ok(target) = fs::read_link(&current) else {
@@ -229,11 +229,11 @@ fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
 }
 
 /// `dir/**`, with glob metacharacters in `dir` escaped.
-fn pattern_below(dir: &Path) -> String {
+pub(crate) fn pattern_below(dir: &Path) -> String {
     format!("{}/**", escape_glob(&dir.display().to_string()))
 }
 
-fn escape_glob(s: &str) -> String {
+pub(crate) fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {

@@ -114,7 +114,8 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
-    report_run(&running, &opts, &given, code)
+    let bazel_section = running.pipeline.bazel_section.take();
+    report_run(&running, &opts, &given, code, bazel_section)
 }
 
 /// Everything said and written once the command has ended; returns the
@@ -124,14 +125,19 @@ fn report_run(
     opts: &ExecOptions,
     given: &Config,
     code: u8,
+    bazel_section: Option<serde_json::Value>,
 ) -> Result<u8, StartError> {
     let completeness = completeness(running);
     let lost: u64 = completeness.events_lost.values().sum();
     let run = &running.pipeline.handler.summary;
     eprint!("{}", summary(&run.alerts, run.violations, lost));
     coverage_warnings(run);
+    if let Some(section) = &bazel_section {
+        eprint!("{}", crate::bazel::report::summary_lines(section));
+    }
     if let Some(path) = &opts.report {
-        write_report(path, &opts.command, code, run, &completeness).map_err(StartError::Config)?;
+        write_report(path, &opts.command, code, run, &completeness, bazel_section)
+            .map_err(StartError::Config)?;
     }
     write_summaries(opts, code, run, &completeness).map_err(StartError::Config)?;
     if let Some(path) = &opts.learn {
@@ -389,6 +395,7 @@ fn write_report(
     exit_status: u8,
     run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
+    bazel: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let violations = run.violations;
     let alerts: Vec<serde_json::Value> = run
@@ -396,7 +403,7 @@ fn write_report(
         .iter()
         .map(|a| serde_json::from_str(&a.to_json_line()))
         .collect::<Result<_, _>>()?;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "schema": "monitor.report/v1",
         "command": command.iter().map(|c| crate::events::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
@@ -407,6 +414,9 @@ fn write_report(
         "egress": run.inventory.to_json(),
         "alerts": alerts,
     });
+    if let Some(section) = bazel {
+        report["bazel"] = section;
+    }
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("--report: cannot write {}", path.display()))
 }

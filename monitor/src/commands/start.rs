@@ -166,6 +166,7 @@ pub async fn start(
     let cgroup_root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let mut handler = Handler::new(registry, policy, metrics.clone(), cgroup_root, keep_alerts);
     handler.worker_records_dir = config.attribution.worker_records_dir.clone();
+    handler.require_isolation = config.bazel.require_isolation;
     handler.folder = alert_folder(config);
     set_build_info(&metrics, &kernel);
     let sinks = SinkWriter::start(

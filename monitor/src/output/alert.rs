@@ -31,6 +31,12 @@ pub enum AlertKind {
     /// A remote-execution action with violations completed successfully:
     /// its result may be in the shared action cache (follow-up alert).
     CacheRisk,
+    /// A Bazel spawn ran under weaker isolation than `bazel.require_isolation`
+    /// (`ran` and `required` are the config's spellings).
+    WeakIsolation {
+        ran: &'static str,
+        required: &'static str,
+    },
 }
 
 impl AlertKind {
@@ -41,6 +47,7 @@ impl AlertKind {
             AlertKind::UndeclaredWrite => "undeclared_write",
             AlertKind::NetworkEgress => "network_egress",
             AlertKind::CacheRisk => "cache_risk",
+            AlertKind::WeakIsolation { .. } => "weak_isolation",
         }
     }
 }
@@ -201,6 +208,13 @@ pub fn host_name() -> String {
 
 // Wire structs: field order here is the contract's key order.
 
+/// `isolation` (`kind` = `weak_isolation`).
+#[derive(Serialize)]
+struct IsolationJson {
+    ran: &'static str,
+    required: &'static str,
+}
+
 #[derive(Serialize)]
 struct AlertJson<'a> {
     schema: &'static str,
@@ -217,6 +231,8 @@ struct AlertJson<'a> {
     net: Option<NetJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_risk: Option<&'a CacheRiskInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<IsolationJson>,
     verdict: &'static str,
     count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,6 +371,10 @@ impl Alert {
                 AlertKind::CacheRisk => self.cache_risk.as_ref(),
                 _ => None,
             },
+            isolation: match self.kind {
+                AlertKind::WeakIsolation { ran, required } => Some(IsolationJson { ran, required }),
+                _ => None,
+            },
             verdict: self.verdict.as_str(),
             count: self.count,
             summary: self.summary.as_ref().map(|s| SummaryJson {
@@ -414,6 +434,13 @@ impl Alert {
                 m.push_str(" opened a file it did not declare");
                 0
             }
+            (AlertKind::WeakIsolation { ran, required }, ..) => {
+                let _ = write!(
+                    m,
+                    " ran with isolation {ran}, weaker than the required {required}"
+                );
+                0
+            }
             (AlertKind::NetworkEgress, ..) => {
                 m.push_str(" made a connection the network policy does not allow");
                 0
@@ -459,6 +486,7 @@ impl Alert {
             AlertKind::UndeclaredWrite => "undeclared writes under",
             // Never summarised (written past the budget); for completeness.
             AlertKind::CacheRisk => "cache risks for",
+            AlertKind::WeakIsolation { .. } => "weak isolations of",
             AlertKind::NetworkEgress => "disallowed connections to",
         };
         let first = match (&self.file, &self.net) {

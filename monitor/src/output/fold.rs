@@ -205,6 +205,7 @@ impl Scope {
                 Scope::Dir(parent(path).to_vec())
             }
             Target::Net(addr, ..) => Scope::Block(*addr, max_bits(*addr)),
+            Target::Isolation => Scope::Any,
         }
     }
 

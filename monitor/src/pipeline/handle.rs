@@ -17,6 +17,11 @@ use crate::{
         registry::{ActionView, Need, Ready, Registry, is_lineage_key},
         watch::Update,
     },
+    bazel::{
+        isolation::Isolation,
+        report::{DeclaredBy, SpawnBook},
+        sandbox::Spawn,
+    },
     events::{
         decode::{CgroupChange, Event, Origin},
         processes::ProcessTable,
@@ -68,6 +73,11 @@ pub struct Handler {
     pub keep_spawn_commands: bool,
     /// Slow reads the registry asked for, taken by the loop.
     pub needs: Vec<Need>,
+    /// Every launcher spawn seen (kept with `keep_spawn_commands`): the
+    /// report's `bazel` section.
+    pub spawns: SpawnBook,
+    /// `bazel.require_isolation`: weaker spawns are violations.
+    pub require_isolation: Isolation,
     /// Reused buffer of events ready to judge (the per-event hot path).
     ready: Ready<Observed>,
     /// `events_total` by kind, resolved once (the per-event hot path).
@@ -100,6 +110,8 @@ impl Handler {
             cgroup_root,
             keep_spawn_commands: false,
             needs: Vec::new(),
+            spawns: SpawnBook::default(),
+            require_isolation: Isolation::None,
             ready: Vec::new(),
             event_counters,
             worker_records_dir: PathBuf::from("/run/monitor/reapi"),
@@ -247,10 +259,58 @@ impl Handler {
                 if sandboxed && is_lineage_key(key) {
                     self.summary.sandboxed_launches += 1;
                 }
-                self.registry.spawn_read(key, found.map(|b| *b))
+                let spawn = found.as_ref().map(|b| b.0.clone());
+                let ready = self.registry.spawn_read(key, found.map(|b| *b));
+                if let Some(spawn) = spawn.filter(|_| is_lineage_key(key)) {
+                    self.spawn_started(key, spawn);
+                }
+                ready
             }
         };
         self.judge_all(ready);
+    }
+
+    /// A launcher's spawn was read: noted for the report; judged on its
+    /// isolation once its action is fixed (now, or when a deferred
+    /// unsandboxed spawn is declared from the execution log).
+    fn spawn_started(&mut self, key: u64, spawn: Spawn) {
+        let id = crate::actions::registry::action_id(key, None, Some(&spawn));
+        let sandboxed = spawn.sandbox_dir.is_some();
+        if self.keep_spawn_commands {
+            self.spawns.launched(key, id, spawn);
+        }
+        if let Some(view) = self.registry.view(key) {
+            let by = match (&view.declaration, sandboxed) {
+                (None, _) => DeclaredBy::None,
+                (Some(_), true) => DeclaredBy::SandboxTree,
+                (Some(_), false) => DeclaredBy::WorkingTree,
+            };
+            self.spawn_resolved(key, by);
+        }
+    }
+
+    /// A spawn's action is fixed, declared by `by`: recorded, and its
+    /// isolation judged.
+    pub fn spawn_resolved(&mut self, key: u64, by: DeclaredBy) {
+        self.spawns.declared(key, by, self.registry.dropped(key));
+        let Some(view) = self.registry.view(key) else {
+            return;
+        };
+        let Some(spawn) = view.spawn.clone() else {
+            return;
+        };
+        let process = ProcessInfo {
+            pid: (key & !(1 << 63)) as u32,
+            ppid: 0,
+            comm: spawn.launcher.clone(),
+            exe: None,
+        };
+        let ran = Isolation::of(&spawn);
+        if let Some(v) =
+            crate::policy::isolation::judge_isolation(self.require_isolation, ran, &view, process)
+        {
+            self.violation(v, &view);
+        }
     }
 
     /// Periodic work: held events whose wait is over.
@@ -280,6 +340,11 @@ impl Handler {
         }
     }
 
+    /// Judges events the registry released outside the event path.
+    pub fn judge_ready(&mut self, ready: Ready<Observed>) {
+        self.judge_all(ready);
+    }
+
     /// At shutdown: judge everything still held.
     pub fn release_all(&mut self) {
         let now = Instant::now();
@@ -303,18 +368,29 @@ impl Handler {
             if self.summary.keep_alerts {
                 self.take_inventory(&observed, &action, violation.as_ref());
             }
+            if self.keep_spawn_commands
+                && action.spawn.is_some()
+                && let Event::File(f) = &observed.event
+            {
+                self.spawns.opened(&action.info.id, &f.path);
+            }
             let Some(v) = violation else { continue };
-            self.summary.violations += 1;
-            self.keep_spawn_command(&action);
-            self.cache_risks
-                .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
-            let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
-            self.metrics
-                .violations_total
-                .with_label_values(&[v.alert.kind.as_str(), mnemonic])
-                .inc();
-            self.folder.add(v.target, v.alert);
+            self.violation(v, &action);
         }
+    }
+
+    /// Counts, remembers and folds one violation of `action`.
+    fn violation(&mut self, v: crate::policy::judge::Violation, action: &ActionView) {
+        self.summary.violations += 1;
+        self.keep_spawn_command(action);
+        self.cache_risks
+            .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
+        let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
+        self.metrics
+            .violations_total
+            .with_label_values(&[v.alert.kind.as_str(), mnemonic])
+            .inc();
+        self.folder.add(v.target, v.alert);
     }
 }
 

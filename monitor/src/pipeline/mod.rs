@@ -29,7 +29,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     actions::watch::{self, Update},
-    bazel::labels::labels_from_exec_log,
+    bazel::{
+        execlog::ExecLog,
+        labels::{labels_from_log, load_log},
+        report::DeclaredBy,
+        unsandboxed::declaration_from_log,
+    },
     events::decode::Event,
     kernel::{loader::Kernel, ring::EventRing},
     output::{metrics::Metrics, writer::SinkWriter},
@@ -66,6 +71,9 @@ pub struct Pipeline {
     outstanding: usize,
     /// Config reloads (`monitor run` on SIGHUP), applied between events.
     reloads: Option<mpsc::UnboundedReceiver<Reload>>,
+    /// The report's `bazel` section (spawns, isolation, unread inputs),
+    /// built at the end when an execution log was read.
+    pub bazel_section: Option<serde_json::Value>,
 }
 
 impl Pipeline {
@@ -86,6 +94,7 @@ impl Pipeline {
             lost_seen: [0; LOST_REASONS as usize],
             outstanding: 0,
             reloads: None,
+            bazel_section: None,
         }
     }
 
@@ -97,6 +106,7 @@ impl Pipeline {
     /// Alerts will be labelled from this execution log when the run ends.
     pub fn set_exec_log(&mut self, path: Option<PathBuf>) {
         self.handler.keep_spawn_commands = path.is_some();
+        self.handler.registry.defer_unsandboxed = path.is_some();
         self.exec_log = path;
     }
 
@@ -213,30 +223,56 @@ impl Pipeline {
     /// Judges what is still held, labels from the execution log, writes the
     /// last alerts and waits for the sinks.
     fn finish(&mut self) {
-        self.handler.release_all();
+        let log = self.exec_log.as_deref().and_then(load_log);
         if let Some(path) = &self.exec_log {
-            self.label_pending(path.clone());
+            self.declare_unsandboxed(log.as_ref(), &path.clone());
+        }
+        self.handler.release_all();
+        if let Some(log) = &log {
+            self.label_pending(log);
+        }
+        if self.exec_log.is_some() {
+            self.bazel_section = Some(self.handler.spawns.section(log.as_ref()));
         }
         self.flush_alerts();
         self.sinks.finish();
     }
 
+    /// Spawns that ran without a sandbox tree are declared by their
+    /// execution log entry (inputs and outputs, below the execroot they
+    /// worked in) and judged now; without an entry, against the host
+    /// policy alone.
+    fn declare_unsandboxed(&mut self, log: Option<&ExecLog>, path: &std::path::Path) {
+        for (key, cgroup, spawn) in self.handler.registry.deferred() {
+            let entry = log.and_then(|l| l.find_by_command(&spawn.command, None));
+            let declaration =
+                entry.map(|e| declaration_from_log(e, &spawn.execroot, &cgroup, path));
+            let by = match entry {
+                Some(_) => DeclaredBy::ExecutionLog,
+                None => DeclaredBy::None,
+            };
+            let ready = self.handler.registry.declare_deferred(key, declaration);
+            self.handler.judge_ready(ready);
+            self.handler.spawn_resolved(key, by);
+        }
+    }
+
     /// Labels the spawns' pending alerts from Bazel's execution log, and
     /// counts the sandboxed spawns in it that were never seen starting (they
     /// ran outside the monitored job).
-    fn label_pending(&mut self, path: PathBuf) {
+    fn label_pending(&mut self, log: &ExecLog) {
         let summary = &mut self.handler.summary;
-        let Some(labels) = labels_from_exec_log(&path, &summary.spawn_commands) else {
-            return;
-        };
-        summary.unmonitored_spawns = labels
-            .sandboxed_in_log
-            .saturating_sub(summary.sandboxed_launches);
-        summary.inventory.relabel(&labels.by_action);
-        for alert in self.handler.folder.pending_mut() {
-            if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
-                alert.action.label = label.clone().or(alert.action.label.take());
-                alert.action.mnemonic = mnemonic.clone().or(alert.action.mnemonic.take());
+        let labels = labels_from_log(log, &summary.spawn_commands);
+        {
+            summary.unmonitored_spawns = labels
+                .sandboxed_in_log
+                .saturating_sub(summary.sandboxed_launches);
+            summary.inventory.relabel(&labels.by_action);
+            for alert in self.handler.folder.pending_mut() {
+                if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
+                    alert.action.label = label.clone().or(alert.action.label.take());
+                    alert.action.mnemonic = mnemonic.clone().or(alert.action.mnemonic.take());
+                }
             }
         }
     }

@@ -41,6 +41,8 @@ pub enum Target {
     Write(Vec<u8>),
     Net(IpAddr, u16, &'static str),
     Unix(Vec<u8>),
+    /// A spawn's isolation (one per action).
+    Isolation,
 }
 
 pub struct Violation {

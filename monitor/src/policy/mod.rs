@@ -4,6 +4,7 @@
 pub mod access;
 /// The cache-poisoning verdict on remote-execution actions that ended.
 pub mod cache_risk;
+pub mod isolation;
 pub mod judge;
 pub mod kernel_rules;
 pub mod localnet;

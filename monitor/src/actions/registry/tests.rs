@@ -368,3 +368,72 @@ fn a_worker_action_without_a_record_is_judged_on_its_input_root_alone() {
     assert!(ready[0].1.info.worker.is_none());
     assert!(r.release_all().is_empty());
 }
+
+/// `monitor exec` of Bazel: a launcher in the main execroot (no sandbox
+/// tree) is held past any deadline until the execution log declares it;
+/// beyond the cap, events are dropped and counted, never judged early.
+#[test]
+fn unsandboxed_spawns_wait_for_the_execution_log() {
+    let mut r = registry();
+    r.defer_unsandboxed = true;
+    let t0 = Instant::now();
+    let launch = Launch {
+        origin: origin(1, 200, 60),
+        argv: b"process-wrapper\0--timeout=0\0/bin/true\0".to_vec(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let Need::LaunchSpawn { key, .. } = r.launch(launch) else {
+        panic!("expected a sandbox read");
+    };
+    let spawn = crate::bazel::sandbox::parse_launch(
+        b"process-wrapper\0--timeout=0\0/bin/true\0",
+        Path::new("/ob/execroot/ws"),
+    );
+    let mut o = origin(1, 200, 61);
+    o.launcher = 60;
+    let (ready, _) = route(&mut r, &o, 1, t0);
+    assert!(ready.is_empty());
+    let read = r.spawn_read(
+        key,
+        Some((spawn.clone(), declaration("/cg/job", "//tree:all"))),
+    );
+    assert!(read.is_empty(), "the tree read does not declare it");
+    assert!(
+        r.tick(t0 + WAIT * 10).is_empty(),
+        "no deadline while deferred"
+    );
+    for i in 0..MAX_HELD_PER_ACTION as u32 + 5 {
+        let (ready, _) = route(&mut r, &o, 2 + i, t0);
+        assert!(ready.is_empty());
+    }
+    assert_eq!(r.dropped(key), 5 + 1, "the first event was held too");
+    let deferred = r.deferred();
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(deferred[0].2, spawn);
+    let ready = r.declare_deferred(key, Some(declaration("/cg/job", "//:from_log")));
+    assert_eq!(ready.len(), MAX_HELD_PER_ACTION);
+    assert_eq!(ready[0].0, 1, "in order");
+    let view = &ready[0].1;
+    assert_eq!(view.info.label.as_deref(), Some("//:from_log"));
+    assert_eq!(view.info.id, "process-wrapper-60");
+    assert!(r.deferred().is_empty());
+    assert!(r.view(key).is_some());
+
+    // Without deferral the tree read declares it at once.
+    let mut r = registry();
+    let launch = Launch {
+        origin: origin(1, 200, 70),
+        argv: Vec::new(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let Need::LaunchSpawn { key, .. } = r.launch(launch) else {
+        panic!("expected a sandbox read");
+    };
+    let mut o = origin(1, 200, 71);
+    o.launcher = 70;
+    route(&mut r, &o, 1, t0);
+    let ready = r.spawn_read(key, Some((spawn, declaration("/cg/job", "//tree:all"))));
+    assert_eq!(items(&ready), vec![1]);
+}

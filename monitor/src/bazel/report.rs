@@ -1,0 +1,397 @@
+//! What `monitor exec` reports about each Bazel spawn it saw: where its
+//! declaration came from, how isolated it really ran, and — per target —
+//! the inputs it declared and never opened. Kept while the build runs
+//! (bounded), turned into the report's `bazel` section when the execution
+//! log has been read.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+use crate::bazel::{execlog::ExecLog, isolation::Isolation, sandbox::Spawn};
+
+/// Distinct paths remembered per spawn for the unread-input check; a spawn
+/// that opens more is marked incomplete (its unread list is not given).
+pub const MAX_OPENED_PER_SPAWN: usize = 65_536;
+
+/// Where a spawn's declaration came from (the report's `declared_by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclaredBy {
+    /// Its sandbox directory, read when the launcher started.
+    SandboxTree,
+    /// Its execution log entry (`inputs` and outputs): no sandbox tree.
+    ExecutionLog,
+    /// The tree of the directory it worked in, not a sandbox (only when no
+    /// execution log is read: e.g. a node agent).
+    WorkingTree,
+    /// Nothing: judged against the host policy alone.
+    None,
+}
+
+impl DeclaredBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclaredBy::SandboxTree => "sandbox_tree",
+            DeclaredBy::ExecutionLog => "execution_log",
+            DeclaredBy::WorkingTree => "working_tree",
+            DeclaredBy::None => "none",
+        }
+    }
+}
+
+/// One spawn seen starting.
+#[derive(Debug)]
+pub struct SpawnRecord {
+    pub id: String,
+    pub spawn: Spawn,
+    pub declared_by: Option<DeclaredBy>,
+    pub opened: HashSet<Vec<u8>>,
+    pub opened_incomplete: bool,
+    pub events_dropped: u64,
+}
+
+/// Every spawn seen starting, by registry key (and action id).
+#[derive(Debug, Default)]
+pub struct SpawnBook {
+    records: HashMap<u64, SpawnRecord>,
+    by_id: HashMap<String, u64>,
+}
+
+impl SpawnBook {
+    /// A launcher's spawn was read; `id` is its action id.
+    pub fn launched(&mut self, key: u64, id: String, spawn: Spawn) {
+        self.by_id.insert(id.clone(), key);
+        self.records.insert(
+            key,
+            SpawnRecord {
+                id,
+                spawn,
+                declared_by: None,
+                opened: HashSet::new(),
+                opened_incomplete: false,
+                events_dropped: 0,
+            },
+        );
+    }
+
+    pub fn declared(&mut self, key: u64, by: DeclaredBy, events_dropped: u64) {
+        if let Some(r) = self.records.get_mut(&key) {
+            r.declared_by = Some(by);
+            r.events_dropped = events_dropped;
+        }
+    }
+
+    /// A file the spawn (action `id`) opened.
+    pub fn opened(&mut self, id: &str, path: &[u8]) {
+        let Some(r) = self.by_id.get(id).and_then(|k| self.records.get_mut(k)) else {
+            return;
+        };
+        if r.opened.len() >= MAX_OPENED_PER_SPAWN {
+            r.opened_incomplete |= !r.opened.contains(path);
+        } else if !r.opened.contains(path) {
+            r.opened.insert(path.to_vec());
+        }
+    }
+
+    pub fn get(&self, key: u64) -> Option<&SpawnRecord> {
+        self.records.get(&key)
+    }
+
+    /// The report's `bazel` section: every spawn with its target, isolation
+    /// and declaration source; counts by isolation and by source; per
+    /// target, the declared inputs never opened, largest count first.
+    pub fn section(&self, log: Option<&ExecLog>) -> Value {
+        let mut records: Vec<&SpawnRecord> = self.records.values().collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut spawns = Vec::new();
+        let mut isolation: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut declared_by: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut unread = UnreadByTarget::default();
+        for r in records {
+            let entry = log.and_then(|l| l.find_by_command(&r.spawn.command, None));
+            let iso = Isolation::of(&r.spawn);
+            let by = r.declared_by.unwrap_or(DeclaredBy::None).as_str();
+            *isolation.entry(iso.as_str()).or_default() += 1;
+            *declared_by.entry(by).or_default() += 1;
+            spawns.push(json!({
+                "id": r.id,
+                "label": entry.and_then(|e| e.label.clone()),
+                "mnemonic": entry.and_then(|e| e.mnemonic.clone()),
+                "runner": entry.and_then(|e| e.runner.clone()),
+                "launcher": r.spawn.launcher,
+                "isolation": iso.as_str(),
+                "network_namespace": r.spawn.own_network,
+                "declared_by": by,
+                "events_dropped": r.events_dropped,
+            }));
+            if let Some(entry) = entry
+                && let Some(label) = &entry.label
+            {
+                unread.add(label, &entry.inputs, r);
+            }
+        }
+        json!({
+            "unseen_spawns": self.unseen(log),
+            "spawns": spawns,
+            "isolation": isolation,
+            "declared_by": declared_by,
+            "unread_inputs": unread.into_json(),
+        })
+    }
+}
+
+impl SpawnBook {
+    /// Log entries that ran on this machine (not cache hits; runner
+    /// linux-sandbox, processwrapper-sandbox or local) with no spawn seen
+    /// for their command line, by runner: they ran outside the job (a
+    /// server started before it) or without a launcher.
+    fn unseen(&self, log: Option<&ExecLog>) -> BTreeMap<String, u64> {
+        let seen: HashSet<&[String]> = self
+            .records
+            .values()
+            .map(|r| r.spawn.command.as_slice())
+            .collect();
+        let mut unseen = BTreeMap::new();
+        for e in log.map(|l| l.entries.as_slice()).unwrap_or_default() {
+            let runner = e.runner.as_deref().unwrap_or("");
+            let local = matches!(runner, "linux-sandbox" | "processwrapper-sandbox" | "local");
+            if local && !e.cache_hit && !seen.contains(e.command_args.as_slice()) {
+                *unseen.entry(runner.to_owned()).or_default() += 1;
+            }
+        }
+        unseen
+    }
+}
+
+/// Per target: declared inputs and which of them some spawn opened.
+#[derive(Default)]
+struct UnreadByTarget {
+    targets: BTreeMap<String, TargetInputs>,
+}
+
+#[derive(Default)]
+struct TargetInputs {
+    declared: BTreeMap<String, bool>,
+    incomplete: bool,
+}
+
+impl UnreadByTarget {
+    fn add(&mut self, label: &str, inputs: &[String], r: &SpawnRecord) {
+        let t = self.targets.entry(label.to_owned()).or_default();
+        t.incomplete |= r.opened_incomplete;
+        for input in inputs {
+            let read = was_read(input, &r.spawn, &r.opened);
+            *t.declared.entry(input.clone()).or_default() |= read;
+        }
+    }
+
+    fn into_json(self) -> Vec<Value> {
+        let mut rows: Vec<(String, TargetInputs, Vec<String>)> = self
+            .targets
+            .into_iter()
+            .map(|(label, t)| {
+                let unread: Vec<String> = t
+                    .declared
+                    .iter()
+                    .filter(|(_, read)| !**read)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                (label, t, unread)
+            })
+            .filter(|(_, t, unread)| !unread.is_empty() && !t.incomplete)
+            .collect();
+        rows.sort_by(|a, b| b.2.len().cmp(&a.2.len()).then_with(|| a.0.cmp(&b.0)));
+        rows.into_iter()
+            .map(|(label, t, unread)| {
+                json!({
+                    "label": label,
+                    "declared": t.declared.len(),
+                    "unread": unread.len(),
+                    "inputs": unread,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Did the spawn open the input at `rel` (relative to the execroot)? It may
+/// have opened it through its own execroot, the main execroot the sandbox
+/// links into, or the file the links end at; a directory input counts when
+/// anything below it was opened.
+fn was_read(rel: &str, spawn: &Spawn, opened: &HashSet<Vec<u8>>) -> bool {
+    let rel = rel.trim_start_matches("./");
+    let mut candidates: Vec<PathBuf> = vec![spawn.execroot.join(rel)];
+    if let Some(main) = main_execroot(spawn) {
+        candidates.push(main.join(rel));
+    }
+    let real: Vec<PathBuf> = candidates
+        .iter()
+        .filter_map(|c| std::fs::canonicalize(c).ok())
+        .collect();
+    candidates.extend(real);
+    candidates.iter().any(|c| {
+        let c = c.as_os_str().as_bytes();
+        opened.contains(c)
+            || opened
+                .iter()
+                .any(|o| o.len() > c.len() && o.starts_with(c) && o[c.len()] == b'/')
+    })
+}
+
+/// `<output_base>/execroot/<ws>` for a spawn in
+/// `<output_base>/sandbox/<strategy>/<id>/execroot/<ws>`.
+fn main_execroot(spawn: &Spawn) -> Option<PathBuf> {
+    let dir = spawn.sandbox_dir.as_deref()?;
+    let inside = spawn.execroot.strip_prefix(dir).ok()?;
+    let output_base = dir.parent()?.parent()?.parent()?;
+    Some(output_base.join(inside))
+}
+
+/// For tests and callers holding a path.
+pub fn path_bytes(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// The stderr lines for a `bazel` section: spawns by isolation and by
+/// declaration source, and the targets with unread inputs (largest first,
+/// at most 10).
+pub fn summary_lines(section: &Value) -> String {
+    let counts = |key: &str| -> String {
+        section[key]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let spawns = section["spawns"].as_array().map_or(0, Vec::len);
+    let mut out = format!(
+        "monitor: {spawns} Bazel spawn(s) seen; isolation: {}; declared by: {}\n",
+        counts("isolation"),
+        counts("declared_by")
+    );
+    let unseen: u64 = section["unseen_spawns"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    if unseen > 0 {
+        out.push_str(&format!(
+            "monitor: WARNING: {unseen} spawn(s) in Bazel's execution log were never seen starting ({}): not monitored\n",
+            counts("unseen_spawns")
+        ));
+    }
+    let unread = section["unread_inputs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !unread.is_empty() {
+        out.push_str(&format!(
+            "monitor: {} target(s) declared inputs they never opened:\n",
+            unread.len()
+        ));
+        for t in unread.iter().take(10) {
+            out.push_str(&format!(
+                "  {}: {} of {} declared input(s) unread\n",
+                t["label"].as_str().unwrap_or("?"),
+                t["unread"],
+                t["declared"]
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bazel::{execlog::SpawnEntry, sandbox::parse_launch};
+
+    #[test]
+    fn unread_inputs_per_target_largest_first() {
+        let sb = Path::new("/ob/sandbox/linux-sandbox/4/execroot/ws");
+        let a = parse_launch(b"linux-sandbox\0--\0cmd-a", sb);
+        let b = parse_launch(b"process-wrapper\0cmd-b", Path::new("/ob/execroot/ws"));
+        let log = ExecLog::new(vec![
+            SpawnEntry {
+                label: Some("//:a".into()),
+                command_args: vec!["cmd-a".into()],
+                inputs: vec!["x".into(), "y".into(), "z".into(), "dir".into()],
+                ..Default::default()
+            },
+            SpawnEntry {
+                label: Some("//:b".into()),
+                command_args: vec!["cmd-b".into()],
+                inputs: vec!["x".into(), "y".into()],
+                runner: Some("local".into()),
+                ..Default::default()
+            },
+        ]);
+        let mut book = SpawnBook::default();
+        book.launched(1, "linux-sandbox-1".into(), a);
+        book.launched(2, "process-wrapper-2".into(), b);
+        book.declared(1, DeclaredBy::SandboxTree, 0);
+        book.declared(2, DeclaredBy::ExecutionLog, 3);
+        // Through the sandbox, through the main execroot, inside a directory.
+        book.opened("linux-sandbox-1", &path_bytes(&sb.join("x")));
+        book.opened("linux-sandbox-1", b"/ob/execroot/ws/y");
+        book.opened("linux-sandbox-1", &path_bytes(&sb.join("dir/sub/f")));
+        book.opened("process-wrapper-2", b"/ob/execroot/ws/x");
+        book.opened("nobody", b"/ob/execroot/ws/y");
+        let s = book.section(Some(&log));
+        let unread = s["unread_inputs"].as_array().unwrap();
+        assert_eq!(unread.len(), 2);
+        assert_eq!(unread[0]["label"], "//:a");
+        assert_eq!(unread[0]["unread"], 1);
+        assert_eq!(unread[0]["inputs"], json!(["z"]));
+        assert_eq!(unread[0]["declared"], 4);
+        assert_eq!(unread[1]["label"], "//:b");
+        assert_eq!(unread[1]["inputs"], json!(["y"]));
+        let spawns = s["spawns"].as_array().unwrap();
+        assert_eq!(spawns[0]["isolation"], "linux-sandbox");
+        assert_eq!(spawns[0]["declared_by"], "sandbox_tree");
+        assert_eq!(spawns[1]["isolation"], "none");
+        assert_eq!(spawns[1]["declared_by"], "execution_log");
+        assert_eq!(spawns[1]["runner"], "local");
+        assert_eq!(spawns[1]["events_dropped"], 3);
+        assert_eq!(s["isolation"]["none"], 1);
+        assert_eq!(s["unseen_spawns"], json!({}));
+        let mut more = log.entries.clone();
+        more.push(SpawnEntry {
+            command_args: vec!["cmd-c".into()],
+            runner: Some("local".into()),
+            ..Default::default()
+        });
+        more.push(SpawnEntry {
+            command_args: vec!["cmd-d".into()],
+            runner: Some("remote cache hit".into()),
+            cache_hit: true,
+            ..Default::default()
+        });
+        let s = book.section(Some(&ExecLog::new(more)));
+        assert_eq!(s["unseen_spawns"], json!({"local": 1}));
+        assert_eq!(s["declared_by"]["sandbox_tree"], 1);
+    }
+
+    #[test]
+    fn a_spawn_that_opened_too_much_gives_no_unread_list() {
+        let mut book = SpawnBook::default();
+        let s = parse_launch(b"process-wrapper\0c", Path::new("/ob/execroot/ws"));
+        book.launched(1, "p-1".into(), s);
+        for i in 0..=MAX_OPENED_PER_SPAWN {
+            book.opened("p-1", format!("/f/{i}").as_bytes());
+        }
+        let log = ExecLog::new(vec![SpawnEntry {
+            label: Some("//:c".into()),
+            command_args: vec!["c".into()],
+            inputs: vec!["never".into()],
+            ..Default::default()
+        }]);
+        assert!(book.get(1).unwrap().opened_incomplete);
+        assert_eq!(book.section(Some(&log))["unread_inputs"], json!([]));
+    }
+}
