@@ -31,6 +31,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     "prometheus-alertmanager", // a real Alertmanager: tests/delivery.rs
     "openssl",                 // a TLS receiver's certificate: tests/delivery.rs
+    // The peers `cargo xtask bench` compares against (BENCHMARKS.md).
+    "strace",
+    "auditd",
+    "fatrace",
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it

@@ -112,6 +112,20 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
                 .get()
         })
         .sum();
+    // Events received, by kind: what a benchmark divides by the build time.
+    let events: BTreeMap<&str, u64> = crate::pipeline::handle::EVENT_KINDS
+        .iter()
+        .map(|kind| {
+            (
+                *kind,
+                running
+                    .metrics
+                    .events_total
+                    .with_label_values(&[kind])
+                    .get(),
+            )
+        })
+        .collect();
     let run = &running.pipeline.handler.summary;
     eprint!("{}", summary(&run.alerts, run.violations, lost));
     if run.io_uring_processes > 0 {
@@ -137,6 +151,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             lost,
             unmonitored,
             &run.alerts,
+            &events,
         )
         .map_err(StartError::Config)?;
     }
@@ -270,6 +285,7 @@ pub fn summary(alerts: &[Alert], violations: u64, lost: u64) -> String {
     out
 }
 
+#[allow(clippy::too_many_arguments)] // one value per report key
 fn write_report(
     path: &Path,
     command: &[OsString],
@@ -278,6 +294,7 @@ fn write_report(
     lost: u64,
     unmonitored_spawns: usize,
     alerts: &[Alert],
+    events: &BTreeMap<&str, u64>,
 ) -> anyhow::Result<()> {
     let alerts: Vec<serde_json::Value> = alerts
         .iter()
@@ -288,7 +305,8 @@ fn write_report(
         "command": command.iter().map(|c| crate::events::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
         "violations": violations,
-                "events_lost": lost,
+        "events": events,
+        "events_lost": lost,
         "unmonitored_spawns": unmonitored_spawns,
         "alerts": alerts,
     });
