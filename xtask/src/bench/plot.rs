@@ -177,3 +177,47 @@ fn draw_bars(chart: &mut Chart<'_, '_>, groups: &[Group]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::bench::{SETUPS, WorkerReport};
+
+    /// A matrix where every setup takes `1000 + 100 * index` ns per op.
+    pub fn fake_matrix() -> Matrix {
+        let mut matrix = Matrix::new();
+        for setup in SETUPS {
+            for workload in WORKLOADS {
+                let ns = 1000.0 + 100.0 * setup.index() as f64;
+                let report = WorkerReport {
+                    opens: 10,
+                    elapsed_ns: 0,
+                    ns_per_pair: ns,
+                };
+                let cell = matrix.get_mut(setup, workload);
+                cell.ns_per_op.push(report.ns_per_pair);
+                cell.ops.push(report.opens);
+            }
+        }
+        matrix
+    }
+
+    #[test]
+    fn the_plot_has_its_labels_as_svg_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plot.svg");
+        write(&path, &fake_matrix(), None).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        for text in [
+            "same file",
+            "distinct files",
+            "connect",
+            "strace",
+            "monitor, inside",
+            "× bare",
+        ] {
+            assert!(svg.contains(text), "no {text:?} in the SVG");
+        }
+    }
+}

@@ -125,3 +125,49 @@ fn write_lossless_target(md: &mut String, input: &ReportInput<'_>) -> Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::bench::Matrix;
+
+    fn render(matrix: &Matrix) -> String {
+        let input = ReportInput {
+            command: "cargo xtask bench",
+            rounds: 1,
+            iterations: 10,
+            distinct_files: 10,
+            connects: 2,
+            warmup: 0,
+            rate_duration: Duration::from_secs(1),
+            matrix,
+            rows: &[],
+            alert_count: 0,
+            builds: None,
+            monitor_bin: Path::new("/bin/true"),
+            svg_name: "x.svg",
+        };
+        let mut md = String::new();
+        write(&mut md, &input).unwrap();
+        md
+    }
+
+    #[test]
+    fn targets_are_computed_from_the_numbers() {
+        // Setup i costs 1000 + 100 i ns: floor +10 %, monitor outside +20 %,
+        // inside +30 %, every peer slower than the monitor inside.
+        let md = render(&crate::bench::plot::tests::fake_matrix());
+        assert!(md.contains("within 5 points of the floor: monitor outside +20.0 % vs floor +10.0 % (+10.0 points): **NOT met**"), "{md}");
+        assert!(md.contains("within 10 points of the floor: +30.0 % vs floor +10.0 % (+20.0 points): **NOT met**"), "{md}");
+        assert!(md.contains("at most +40 %: +30.0 %: met"), "{md}");
+        assert!(
+            md.contains(
+                "Every peer slower than the monitor inside actions, on every workload: met"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("not measured in this run"), "{md}");
+    }
+}
