@@ -112,20 +112,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
                 .get()
         })
         .sum();
-    // Events received, by kind: what a benchmark divides by the build time.
-    let events: BTreeMap<&str, u64> = crate::pipeline::handle::EVENT_KINDS
-        .iter()
-        .map(|kind| {
-            (
-                *kind,
-                running
-                    .metrics
-                    .events_total
-                    .with_label_values(&[kind])
-                    .get(),
-            )
-        })
-        .collect();
+    let events = events_by_kind(&running.metrics);
     let run = &running.pipeline.handler.summary;
     eprint!("{}", summary(&run.alerts, run.violations, lost));
     if run.io_uring_processes > 0 {
@@ -156,6 +143,15 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .map_err(StartError::Config)?;
     }
     Ok(if run.violations > 0 { 1 } else { code })
+}
+
+/// Events received, by kind (the report's `events`): what a benchmark
+/// divides by the build time.
+fn events_by_kind(metrics: &crate::output::metrics::Metrics) -> BTreeMap<&'static str, u64> {
+    crate::pipeline::handle::EVENT_KINDS
+        .iter()
+        .map(|kind| (*kind, metrics.events_total.with_label_values(&[kind]).get()))
+        .collect()
 }
 
 /// Alerts are held this long at most before being written (in practice:
