@@ -72,6 +72,9 @@ pub struct MonitoredRun {
     pub lost: u64,
     pub violations: u64,
     pub unmonitored_spawns: u64,
+    /// Other `monitor exec` jobs ran at the same time: `build_cpu_s`
+    /// includes their CPU time.
+    pub cpu_shared: bool,
 }
 
 impl MonitoredRun {

@@ -128,7 +128,13 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| sandboxed spawns not monitored (must be 0) | {unmonitored} |\n"
+        "| sandboxed spawns not monitored (must be 0) | {unmonitored} |"
+    )?;
+    let shared = b.triples.iter().filter(|t| t.monitored.cpu_shared).count();
+    writeln!(
+        md,
+        "| monitored builds whose CPU time includes another `monitor exec` job running beside \
+         them (should be 0) | {shared} |\n"
     )?;
     Ok(())
 }
