@@ -26,6 +26,20 @@ fn other_active_jobs() -> Result<Vec<String>> {
         .collect())
 }
 
+/// A clean build must raise nothing: show a few of the alerts it raised.
+fn print_alerts(report: &serde_json::Value) {
+    let alerts = report["alerts"].as_array().map_or(&[][..], Vec::as_slice);
+    for alert in alerts.iter().take(5) {
+        println!(
+            "bench: ALERT on the clean build: {}",
+            alert["message"].as_str().unwrap_or("?")
+        );
+    }
+    if alerts.len() > 5 {
+        println!("bench: … and {} more alert(s)", alerts.len() - 5);
+    }
+}
+
 /// Waits for `pid` with `wait4`: its exit status and peak RSS (KiB).
 fn wait_with_rusage(pid: u32) -> Result<(std::process::ExitStatus, u64)> {
     let mut status = 0;
@@ -101,6 +115,7 @@ impl Runner<'_> {
             display(&cmd),
             last_lines(&stderr)
         );
+        print_alerts(&json);
         self.clean(n);
         let _ = fs::remove_file(&report);
         let number = |key: &str| json[key].as_u64();
