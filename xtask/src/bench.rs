@@ -1,253 +1,342 @@
-//! `cargo xtask bench [--quick]`: what the monitor costs, next to bpftrace
-//! doing the same job, and how many file events per second it takes without
-//! loss. Everything is measured in one run, setups interleaved in rounds, and
-//! written to BENCHMARKS.md.
+//! `cargo xtask bench [--quick]`: what the monitor costs, next to the tools
+//! a user would pick instead (bpftrace, strace, audit, fatrace) doing the
+//! same job on the same workloads, how many file events per second it takes
+//! without loss, and what it adds to real Bazel builds. Everything is
+//! measured in one run, setups interleaved in rounds, and written to
+//! BENCHMARKS.md with an SVG plot beside it.
 //!
 //! The process being timed is `cargo xtask bench-worker` (this binary,
-//! re-executed): it optionally joins a cgroup first thing, then times
-//! `open(O_RDONLY)` + `close` pairs on one file.
+//! re-executed, see `worker`): it optionally joins a cgroup first thing,
+//! then times one operation repeated (open+close of one file, of distinct
+//! files, or a loopback connect).
+
+mod builds;
+mod peers;
+mod plot;
+mod report;
+mod stats;
+mod worker;
 
 use std::{
     env,
-    ffi::{CStr, CString},
-    fmt::Write as _,
+    ffi::OsString,
     fs::{self, File},
-    io,
     net::SocketAddr,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{self, Child, Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
+
+use worker::{BATCH, WORKLOADS, WorkerReport, Workload};
+pub use worker::{WorkerOptions, worker};
 
 use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
-        output, quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
+        quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
         workspace_root, write_atomic,
     },
 };
 
 const BPFTRACE: &str = "/usr/bin/bpftrace";
-/// Opens per batch in rate-limited worker runs.
-const BATCH: u64 = 1000;
 /// Target rates of the throughput test (opens per second); an unlimited run
 /// with one worker, then one with a worker per CPU, follow.
 const RATES: &[u64] = &[25_000, 50_000, 100_000, 200_000];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Fewer, shorter runs: 2 rounds of 50 000 pairs, 1 s per throughput rate.
+    /// Fewer, shorter runs: 2 rounds of 20 000 pairs, 5 000 distinct files,
+    /// 1 s per throughput rate, 2 build pairs.
     #[arg(long)]
     quick: bool,
     /// Runs per setup [default: 5, or 2 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
-    /// open+close pairs per run [default: 200000, or 50000 with --quick].
+    /// open+close pairs per run [default: 200000, or 20000 with --quick];
+    /// connects per run are a fifth of this.
     #[arg(long)]
     iterations: Option<u64>,
-    /// Where to write the report [default: BENCHMARKS.md at the workspace root].
+    /// Distinct files opened once each per run [default: 100000, or 5000
+    /// with --quick].
+    #[arg(long)]
+    distinct_files: Option<u64>,
+    /// Leave out the real Bazel builds (the longest part).
+    #[arg(long)]
+    skip_builds: bool,
+    #[command(flatten)]
+    builds: builds::BuildOptions,
+    /// Where to write the report [default: BENCHMARKS.md at the workspace
+    /// root]; the plot goes beside it (benchmarks.svg).
     #[arg(long)]
     output: Option<PathBuf>,
 }
 
-#[derive(clap::Args)]
-pub struct WorkerOptions {
-    /// The file to open and close.
-    #[arg(long)]
-    path: PathBuf,
-    /// Timed open+close pairs (ignored with --duration-ms).
-    #[arg(long, default_value_t = 200_000)]
-    iterations: u64,
-    /// Join this cgroup (write our pid to its cgroup.procs) before anything
-    /// else.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Untimed pairs first.
-    #[arg(long, default_value_t = 10_000)]
-    warmup: u64,
-    /// Throughput mode: open+close for this long instead of --iterations.
-    #[arg(long)]
-    duration_ms: Option<u64>,
-    /// Throughput mode: target opens per second, in batches of 1000 with
-    /// sleeps between them; 0 = as fast as possible.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-}
-
-/// What the worker prints, one line: `opens=N elapsed_ns=T ns_per_pair=X`.
-/// `opens` counts every open after joining the cgroup (warm-up included);
-/// the time covers the timed part only.
-#[derive(Debug, Clone, Copy)]
-struct WorkerReport {
-    opens: u64,
-    elapsed_ns: u64,
-    ns_per_pair: f64,
-}
-
-impl WorkerReport {
-    fn parse(text: &str) -> Result<Self> {
-        let field = |name: &str| {
-            text.split_whitespace()
-                .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
-                .ok_or_else(|| anyhow!("the worker printed no {name}= in {text:?}"))
-        };
-        Ok(Self {
-            opens: field("opens")?.parse()?,
-            elapsed_ns: field("elapsed_ns")?.parse()?,
-            ns_per_pair: field("ns_per_pair")?.parse()?,
-        })
-    }
-}
-
-fn open_close(path: &CStr) -> Result<()> {
-    // SAFETY: `path` is a valid NUL-terminated string; the fd is ours.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("open({path:?})"));
-    }
-    // SAFETY: closing the fd just opened.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
-/// `cargo xtask bench-worker`.
-pub fn worker(options: WorkerOptions) -> Result<()> {
-    let WorkerOptions {
-        path,
-        iterations,
-        cgroup,
-        warmup,
-        duration_ms,
-        rate,
-    } = options;
-    if let Some(dir) = &cgroup {
-        let procs = dir.join("cgroup.procs");
-        fs::write(&procs, process::id().to_string())
-            .with_context(|| format!("joining cgroup {}", procs.display()))?;
-    }
-    let path = CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("{} contains a NUL byte", path.display()))?;
-    for _ in 0..warmup {
-        open_close(&path)?;
-    }
-    let start = Instant::now();
-    let timed = match duration_ms {
-        None => {
-            for _ in 0..iterations {
-                open_close(&path)?;
-            }
-            iterations
-        }
-        Some(ms) => {
-            let duration = Duration::from_millis(ms);
-            let mut done = 0u64;
-            while start.elapsed() < duration {
-                for _ in 0..BATCH {
-                    open_close(&path)?;
-                }
-                done += BATCH;
-                if rate > 0 {
-                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-                    let elapsed = start.elapsed();
-                    if due > elapsed {
-                        thread::sleep(due - elapsed);
-                    }
-                }
-            }
-            done
-        }
-    };
-    let elapsed = start.elapsed();
-    let ns_per_pair = elapsed.as_nanos() as f64 / timed.max(1) as f64;
-    println!(
-        "opens={} elapsed_ns={} ns_per_pair={ns_per_pair:.1}",
-        warmup + timed,
-        elapsed.as_nanos()
-    );
-    Ok(())
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Setup {
+/// Who traces, and where the worker runs relative to its filter.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Setup {
     Bare,
     Floor,
     MonitorOutside,
     MonitorInside,
     BpftraceOutside,
     BpftraceInside,
+    StraceInside,
+    AuditOutside,
+    AuditInside,
+    FatraceInside,
 }
 
-const SETUPS: [Setup; 6] = [
+pub const SETUPS: [Setup; 10] = [
     Setup::Bare,
     Setup::Floor,
     Setup::MonitorOutside,
     Setup::MonitorInside,
     Setup::BpftraceOutside,
     Setup::BpftraceInside,
+    Setup::StraceInside,
+    Setup::AuditOutside,
+    Setup::AuditInside,
+    Setup::FatraceInside,
 ];
 
 impl Setup {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::Bare => "bare (no tracer)",
             Self::Floor => "floor: empty program on raw_tracepoint sys_exit",
             Self::MonitorOutside => "monitor, worker outside monitored cgroups",
-            Self::MonitorInside => "monitor, worker in an action cgroup (declared file)",
+            Self::MonitorInside => "monitor, worker in an action cgroup (declared)",
             Self::BpftraceOutside => "bpftrace, worker outside the filtered cgroup",
-            Self::BpftraceInside => "bpftrace, worker in the filtered cgroup (prints each open)",
+            Self::BpftraceInside => "bpftrace, worker in the filtered cgroup (prints each)",
+            Self::StraceInside => "strace -f -e trace=%file,%network on the worker",
+            Self::AuditOutside => "auditd rule, worker outside its scope (other auid)",
+            Self::AuditInside => "auditd rule (open*, creat, connect; -F auid=worker's)",
+            Self::FatraceInside => "fatrace -c -f O -C <worker> (fanotify on the mount)",
         }
     }
 
-    fn index(self) -> usize {
+    /// The tool, for the plot.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Floor => "floor",
+            Self::MonitorOutside | Self::MonitorInside => "monitor",
+            Self::BpftraceOutside | Self::BpftraceInside => "bpftrace",
+            Self::StraceInside => "strace",
+            Self::AuditOutside | Self::AuditInside => "audit",
+            Self::FatraceInside => "fatrace",
+        }
+    }
+
+    /// The peers' rows that do the monitor's job on the worker.
+    pub fn is_peer_inside(self) -> bool {
+        matches!(
+            self,
+            Self::BpftraceInside | Self::StraceInside | Self::AuditInside | Self::FatraceInside
+        )
+    }
+
+    pub fn index(self) -> usize {
         SETUPS.iter().position(|s| *s == self).expect("listed")
     }
 }
 
 #[derive(Default)]
-struct Samples {
-    ns_per_pair: Vec<f64>,
-    /// Events the tracer saw during the run, where it can be told.
-    events: Vec<u64>,
-    /// Opens the worker issued in the run (warm-up included).
-    opens: Vec<u64>,
+pub struct Samples {
+    pub ns_per_op: Vec<f64>,
+    /// Events the tracer recorded during the run, where it can be told.
+    pub events: Vec<u64>,
+    /// Operations the worker issued in the run (warm-up included).
+    pub ops: Vec<u64>,
+}
+
+/// Samples of every (setup, workload).
+#[derive(Default)]
+pub struct Matrix {
+    cells: Vec<Samples>,
+}
+
+impl Matrix {
+    fn new() -> Self {
+        let cells = (0..SETUPS.len() * WORKLOADS.len())
+            .map(|_| Samples::default())
+            .collect();
+        Self { cells }
+    }
+
+    pub fn get(&self, setup: Setup, workload: Workload) -> &Samples {
+        &self.cells[setup.index() * WORKLOADS.len() + workload.index()]
+    }
+
+    fn get_mut(&mut self, setup: Setup, workload: Workload) -> &mut Samples {
+        &mut self.cells[setup.index() * WORKLOADS.len() + workload.index()]
+    }
+
+    /// Median ns per operation of a cell.
+    pub fn median(&self, setup: Setup, workload: Workload) -> f64 {
+        stats::median(&self.get(setup, workload).ns_per_op)
+    }
+
+    /// Added cost of `setup` over bare, in percent of bare.
+    pub fn added(&self, setup: Setup, workload: Workload) -> f64 {
+        let bare = self.median(Setup::Bare, workload);
+        (self.median(setup, workload) - bare) / bare * 100.0
+    }
 }
 
 /// One row of the throughput test.
-struct RateRow {
-    label: String,
-    opens: u64,
-    seconds: f64,
-    received: u64,
-    lost: u64,
+pub struct RateRow {
+    pub label: String,
+    pub opens: u64,
+    pub seconds: f64,
+    pub received: u64,
+    pub lost: u64,
 }
 
 impl RateRow {
-    fn lossless(&self) -> bool {
+    pub fn lossless(&self) -> bool {
         self.received == self.opens && self.lost == 0
     }
 
-    fn achieved(&self) -> f64 {
+    pub fn achieved(&self) -> f64 {
         self.opens as f64 / self.seconds.max(1e-9)
     }
 }
 
-struct Bench {
+pub struct Bench {
     monitor_bin: PathBuf,
     worker_exe: PathBuf,
     tmp: PathBuf,
     file: PathBuf,
+    distinct_dir: PathBuf,
+    /// A loopback port nothing listens on (connect workload).
+    port: u16,
     parent_cgroup: PathBuf,
     action_cgroup: PathBuf,
     declarations: PathBuf,
     alerts: PathBuf,
     bpftrace_script: PathBuf,
     iterations: u64,
+    distinct_files: u64,
     warmup: u64,
+}
+
+/// Where and how a worker runs: in a cgroup, with an audit login uid,
+/// under a wrapper command (strace).
+#[derive(Default)]
+pub struct Placement<'a> {
+    cgroup: Option<&'a Path>,
+    loginuid: Option<u32>,
+    wrapper: &'a [OsString],
+}
+
+impl Bench {
+    /// Operations per timed run of `workload`.
+    fn ops(&self, workload: Workload) -> u64 {
+        match workload {
+            Workload::Repeat => self.iterations,
+            Workload::Distinct => self.distinct_files,
+            Workload::Connect => (self.iterations / 5).max(1),
+        }
+    }
+
+    fn worker_command(&self, workload: Workload, placement: &Placement<'_>) -> Command {
+        let mut cmd = match placement.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.worker_exe);
+                cmd
+            }
+            None => Command::new(&self.worker_exe),
+        };
+        let path = match workload {
+            Workload::Distinct => &self.distinct_dir,
+            _ => &self.file,
+        };
+        cmd.arg("bench-worker")
+            .args([
+                "--workload",
+                workload.arg(),
+                "--port",
+                &self.port.to_string(),
+            ])
+            .arg("--path")
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(dir) = placement.cgroup {
+            cmd.arg("--cgroup").arg(dir);
+        }
+        if let Some(uid) = placement.loginuid {
+            cmd.arg("--loginuid").arg(uid.to_string());
+        }
+        cmd
+    }
+
+    fn finish_worker(cmd: &Command, child: Child) -> Result<WorkerReport> {
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for `{}`", display(cmd)))?;
+        ensure!(
+            out.status.success(),
+            "`{}` failed: {}",
+            display(cmd),
+            out.status
+        );
+        WorkerReport::parse(&String::from_utf8_lossy(&out.stdout))
+            .with_context(|| format!("reading the output of `{}`", display(cmd)))
+    }
+
+    /// A timed run of `workload`: warm-up, then its operations.
+    fn timed_run(&self, workload: Workload, placement: &Placement<'_>) -> Result<WorkerReport> {
+        let mut cmd = self.worker_command(workload, placement);
+        cmd.arg("--iterations")
+            .arg(self.ops(workload).to_string())
+            .arg("--warmup")
+            .arg(self.warmup.to_string());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start `{}`", display(&cmd)))?;
+        Self::finish_worker(&cmd, child)
+    }
+
+    fn inside(&self) -> Placement<'_> {
+        Placement {
+            cgroup: Some(&self.action_cgroup),
+            ..Placement::default()
+        }
+    }
+
+    /// Throughput runs: `workers` workers in the action cgroup for `duration`,
+    /// each at `rate` opens/s (0 = unlimited); returns the summed opens and
+    /// the longest elapsed time.
+    fn throughput_run(&self, workers: usize, rate: u64, duration: Duration) -> Result<(u64, f64)> {
+        let mut running = Vec::new();
+        for _ in 0..workers {
+            let mut cmd = self.worker_command(Workload::Repeat, &self.inside());
+            cmd.args(["--warmup", "0", "--rate", &rate.to_string()])
+                .arg("--duration-ms")
+                .arg(duration.as_millis().to_string());
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("failed to start `{}`", display(&cmd)))?;
+            running.push((cmd, child));
+        }
+        let mut opens = 0;
+        let mut seconds = 0f64;
+        for (cmd, child) in running {
+            let report = Self::finish_worker(&cmd, child)?;
+            opens += report.opens;
+            seconds = seconds.max(report.elapsed_ns as f64 / 1e9);
+        }
+        Ok((opens, seconds))
+    }
 }
 
 struct RunningMonitor {
@@ -269,72 +358,6 @@ fn tail(path: &Path) -> String {
 }
 
 impl Bench {
-    fn worker_command(&self, cgroup: Option<&Path>) -> Command {
-        let mut cmd = Command::new(&self.worker_exe);
-        cmd.arg("bench-worker")
-            .arg("--path")
-            .arg(&self.file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(dir) = cgroup {
-            cmd.arg("--cgroup").arg(dir);
-        }
-        cmd
-    }
-
-    fn finish_worker(cmd: &Command, child: Child) -> Result<WorkerReport> {
-        let out = child
-            .wait_with_output()
-            .with_context(|| format!("waiting for `{}`", display(cmd)))?;
-        ensure!(
-            out.status.success(),
-            "`{}` failed: {}",
-            display(cmd),
-            out.status
-        );
-        WorkerReport::parse(&String::from_utf8_lossy(&out.stdout))
-            .with_context(|| format!("reading the output of `{}`", display(cmd)))
-    }
-
-    /// A timed run: warm-up, then `iterations` pairs.
-    fn timed_run(&self, cgroup: Option<&Path>) -> Result<WorkerReport> {
-        let mut cmd = self.worker_command(cgroup);
-        cmd.arg("--iterations")
-            .arg(self.iterations.to_string())
-            .arg("--warmup")
-            .arg(self.warmup.to_string());
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("failed to start `{}`", display(&cmd)))?;
-        Self::finish_worker(&cmd, child)
-    }
-
-    /// Throughput runs: `workers` workers in the action cgroup for `duration`,
-    /// each at `rate` opens/s (0 = unlimited); returns the summed opens and
-    /// the longest elapsed time.
-    fn throughput_run(&self, workers: usize, rate: u64, duration: Duration) -> Result<(u64, f64)> {
-        let mut running = Vec::new();
-        for _ in 0..workers {
-            let mut cmd = self.worker_command(Some(&self.action_cgroup));
-            cmd.args(["--warmup", "0", "--rate", &rate.to_string()])
-                .arg("--duration-ms")
-                .arg(duration.as_millis().to_string());
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("failed to start `{}`", display(&cmd)))?;
-            running.push((cmd, child));
-        }
-        let mut opens = 0;
-        let mut seconds = 0f64;
-        for (cmd, child) in running {
-            let report = Self::finish_worker(&cmd, child)?;
-            opens += report.opens;
-            seconds = seconds.max(report.elapsed_ns as f64 / 1e9);
-        }
-        Ok((opens, seconds))
-    }
-
     /// `monitor bench-floor`: the same hook with an empty program, the cost
     /// any syscall hook puts on every process.
     fn start_floor(&self, tag: &str) -> Result<Daemon> {
@@ -379,9 +402,13 @@ declarations_dir = {declarations}
 stdout = false
 file = {alerts}
 
+[network]
+allow = [{{ cidr = "127.0.0.1/32", port = {port} }}]
+
 [metrics]
 listen = "{addr}"
 "#,
+            port = self.port,
             parent = quoted(&self.parent_cgroup)?,
             declarations = quoted(&self.declarations)?,
             alerts = quoted(&self.alerts)?,
@@ -490,31 +517,26 @@ listen = "{addr}"
     }
 }
 
-/// Lines `pid path ret` that bpftrace printed for `path` (all event lines if
-/// `path` is empty).
-fn count_printed_events(text: &str, path: &str) -> u64 {
-    text.lines()
-        .filter(|line| {
-            let mut words = line.split(' ');
-            let pid = words.next().is_some_and(|w| w.parse::<u32>().is_ok());
-            let printed_path = words.next();
-            pid && (path.is_empty() || printed_path == Some(path))
-        })
-        .count() as u64
-}
-
-fn file_counters(addr: SocketAddr) -> Result<(u64, u64)> {
+/// The monitor's event counter of `kind` and its lost-event total.
+fn event_counters(addr: SocketAddr, kind: &str) -> Result<(u64, u64)> {
     let text = get_metrics(addr)?;
-    let file = metric_sum(&text, "build_monitor_events_total", Some(("kind", "file")));
+    let events = metric_sum(&text, "build_monitor_events_total", Some(("kind", kind)));
     let lost = metric_sum(&text, "build_monitor_events_lost_total", None);
-    Ok((file as u64, lost as u64))
+    Ok((events as u64, lost as u64))
 }
 
-/// Waits for the monitor's reader to drain: until `file` reaches `target`, or
-/// the counters have not moved for 1.5 s (at most 10 s).
-fn drained(addr: SocketAddr, target: u64) -> Result<(u64, u64)> {
+fn event_kind(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Connect => "net",
+        _ => "file",
+    }
+}
+
+/// Waits for the monitor's reader to drain: until the `kind` counter reaches
+/// `target`, or the counters have not moved for 1.5 s (at most 10 s).
+fn drained(addr: SocketAddr, kind: &str, target: u64) -> Result<(u64, u64)> {
     let start = Instant::now();
-    let mut last = file_counters(addr)?;
+    let mut last = event_counters(addr, kind)?;
     let mut last_change = Instant::now();
     loop {
         if last.0 >= target
@@ -524,7 +546,7 @@ fn drained(addr: SocketAddr, target: u64) -> Result<(u64, u64)> {
             return Ok(last);
         }
         thread::sleep(Duration::from_millis(100));
-        let now = file_counters(addr)?;
+        let now = event_counters(addr, kind)?;
         if now != last {
             last = now;
             last_change = Instant::now();
@@ -532,21 +554,13 @@ fn drained(addr: SocketAddr, target: u64) -> Result<(u64, u64)> {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 /// What one `cargo xtask bench` run does, from its options.
 struct RunSettings {
     rounds: usize,
     iterations: u64,
+    distinct_files: u64,
     rate_duration: Duration,
+    builds: Option<builds::BuildOptions>,
     report_path: PathBuf,
     /// The command line, as the report's "Reproduce" section shows it.
     command: String,
@@ -558,15 +572,22 @@ impl RunSettings {
             quick,
             rounds,
             iterations,
+            distinct_files,
+            skip_builds,
+            mut builds,
             output: report_path,
         } = options;
         let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
-        let iterations = iterations.unwrap_or(if quick { 50_000 } else { 200_000 });
+        let iterations = iterations.unwrap_or(if quick { 20_000 } else { 200_000 });
+        let distinct_files = distinct_files.unwrap_or(if quick { 5_000 } else { 100_000 });
         let rate_duration = Duration::from_secs(if quick { 1 } else { 2 });
         ensure!(
-            rounds > 0 && iterations > 0,
-            "--rounds and --iterations must be positive"
+            rounds > 0 && iterations > 0 && distinct_files > 0,
+            "--rounds, --iterations and --distinct-files must be positive"
         );
+        if quick {
+            builds.quick();
+        }
         let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
         let command = format!(
             "cargo xtask {}",
@@ -575,7 +596,9 @@ impl RunSettings {
         Ok(Self {
             rounds,
             iterations,
+            distinct_files,
             rate_duration,
+            builds: (!skip_builds).then_some(builds),
             report_path,
             command,
         })
@@ -592,47 +615,56 @@ pub fn run(options: Options) -> Result<()> {
         .context("creating a temporary directory")?;
     // Dropped last (after every daemon and worker): the cgroups.
     let cgroups = CgroupGuard::create_fresh("monitor-bench")?;
-    let bench = Bench::prepare(
-        tmp_dir.path(),
-        &cgroups,
-        monitor_bin,
-        worker_exe,
-        settings.iterations,
-    )?;
-
+    let bench = Bench::prepare(tmp_dir.path(), &cgroups, monitor_bin, worker_exe, &settings)?;
     println!(
-        "bench: {} round(s) of {} setups, {} open+close pairs per run",
+        "bench: {} round(s) of {} setups × {} workloads ({} pairs, {} distinct files, {} connects per run)",
         settings.rounds,
         SETUPS.len(),
-        settings.iterations
+        WORKLOADS.len(),
+        settings.iterations,
+        settings.distinct_files,
+        bench.ops(Workload::Connect)
     );
-    let samples = cost_rounds(&bench, settings.rounds)?;
+    let matrix = cost_rounds(&bench, settings.rounds)?;
     let rows = throughput_test(&bench, settings.rate_duration)?;
     let alert_count = count_alerts(&bench.alerts);
-
-    let report = render_report(&ReportInput {
+    let builds = match &settings.builds {
+        Some(options) => Some(builds::run(options, &bench.monitor_bin, &bench.tmp)?),
+        None => None,
+    };
+    let svg_path = settings.report_path.with_file_name("benchmarks.svg");
+    plot::write(&svg_path, &matrix, builds.as_ref())?;
+    let report = report::render(&report::ReportInput {
         command: &settings.command,
         rounds: settings.rounds,
         iterations: settings.iterations,
+        distinct_files: settings.distinct_files,
+        connects: bench.ops(Workload::Connect),
         warmup: bench.warmup,
         rate_duration: settings.rate_duration,
-        samples: &samples,
+        matrix: &matrix,
         rows: &rows,
         alert_count,
+        builds: builds.as_ref(),
         monitor_bin: &bench.monitor_bin,
+        svg_name: "benchmarks.svg",
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)
         .with_context(|| format!("writing {}", report_path.display()))?;
     println!("\n{report}");
-    println!("bench: wrote {}", report_path.display());
+    println!(
+        "bench: wrote {} and {}",
+        report_path.display(),
+        svg_path.display()
+    );
     drop(bench);
     drop(cgroups);
     Ok(())
 }
 
-/// Checks root, runs setup, checks bpftrace and builds the release monitor;
-/// returns the monitor binary.
+/// Checks root, runs setup, checks the peers' tools and builds the release
+/// monitor; returns the monitor binary.
 fn prepare_tools(command: &str) -> Result<PathBuf> {
     ensure!(
         is_root(),
@@ -640,10 +672,18 @@ fn prepare_tools(command: &str) -> Result<PathBuf> {
          run `sudo -E {command}`"
     );
     setup::run()?;
-    ensure!(
-        Path::new(BPFTRACE).is_file(),
-        "{BPFTRACE} is missing (Debian package bpftrace; `cargo xtask setup` installs it)"
-    );
+    for tool in [
+        BPFTRACE,
+        peers::STRACE,
+        peers::AUDITD,
+        peers::AUDITCTL,
+        peers::FATRACE,
+    ] {
+        ensure!(
+            Path::new(tool).is_file(),
+            "{tool} is missing (`cargo xtask setup` installs bpftrace, strace, auditd and fatrace)"
+        );
+    }
     exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
     let monitor_bin = target_dir()?.join("release").join("monitor");
     ensure!(
@@ -655,14 +695,14 @@ fn prepare_tools(command: &str) -> Result<PathBuf> {
 }
 
 impl Bench {
-    /// The input file, its declaration and the bpftrace script in `tmp_dir`,
-    /// and the action cgroup below `cgroups`.
+    /// The input files, their declaration and the bpftrace script in
+    /// `tmp_dir`, and the action cgroup below `cgroups`.
     fn prepare(
         tmp_dir: &Path,
         cgroups: &CgroupGuard,
         monitor_bin: PathBuf,
         worker_exe: PathBuf,
-        iterations: u64,
+        settings: &RunSettings,
     ) -> Result<Bench> {
         let tmp = tmp_dir
             .canonicalize()
@@ -670,12 +710,19 @@ impl Bench {
         let file = tmp.join("input.txt");
         fs::write(&file, "benchmark input\n")
             .with_context(|| format!("writing {}", file.display()))?;
+        let distinct_dir = tmp.join("distinct");
+        fs::create_dir(&distinct_dir)
+            .with_context(|| format!("creating {}", distinct_dir.display()))?;
+        for i in 0..settings.distinct_files {
+            let path = worker::distinct_file(&distinct_dir, i);
+            fs::write(&path, "x").with_context(|| format!("writing {}", path.display()))?;
+        }
         let declarations = tmp.join("declarations");
         fs::create_dir(&declarations)
             .with_context(|| format!("creating {}", declarations.display()))?;
         let action_cgroup = cgroups.create_child("act")?;
-        write_declaration(&declarations, &action_cgroup, &file)?;
-        let bpftrace_script = tmp.join("openat.bt");
+        write_declaration(&declarations, &action_cgroup, &file, &distinct_dir)?;
+        let bpftrace_script = tmp.join("trace.bt");
         write_bpftrace_script(&bpftrace_script, &action_cgroup)?;
         Ok(Bench {
             monitor_bin,
@@ -683,23 +730,32 @@ impl Bench {
             alerts: tmp.join("alerts.jsonl"),
             tmp,
             file,
+            distinct_dir,
+            port: free_port()?,
             parent_cgroup: cgroups.path().to_path_buf(),
             action_cgroup,
             declarations,
             bpftrace_script,
-            iterations,
+            iterations: settings.iterations,
+            distinct_files: settings.distinct_files,
             warmup: 10_000,
         })
     }
 }
 
-/// Declares `file` as the only input of the action in `action_cgroup`.
-fn write_declaration(declarations: &Path, action_cgroup: &Path, file: &Path) -> Result<()> {
+/// Declares `file` and everything in `dir` as the inputs of the action in
+/// `action_cgroup`.
+fn write_declaration(
+    declarations: &Path,
+    action_cgroup: &Path,
+    file: &Path,
+    dir: &Path,
+) -> Result<()> {
     let declaration = serde_json::json!({
         "cgroup": action_cgroup,
         "label": "//bench:open_close",
         "mnemonic": "Bench",
-        "inputs": [file],
+        "inputs": [file, format!("{}/**", dir.display())],
     });
     write_atomic(
         &declarations.join("act.json"),
@@ -707,98 +763,153 @@ fn write_declaration(declarations: &Path, action_cgroup: &Path, file: &Path) -> 
     )
 }
 
-/// bpftrace doing the monitor's job: cgroup-filtered openat entry/exit,
-/// printing pid, path and result of each open.
+/// bpftrace doing the monitor's job: cgroup-filtered openat and connect
+/// entry/exit, printing pid, path (or "connect") and result of each.
 fn write_bpftrace_script(script: &Path, action_cgroup: &Path) -> Result<()> {
+    let cg = quoted(action_cgroup)?;
     fs::write(
         script,
         format!(
             "tracepoint:syscalls:sys_enter_openat /cgroup == cgroupid({cg})/ {{ @p[tid] = args->filename; }}\n\
-             tracepoint:syscalls:sys_exit_openat /@p[tid]/ {{ printf(\"%d %s %d\\n\", pid, str(@p[tid]), args->ret); delete(@p[tid]); }}\n",
-            cg = quoted(action_cgroup)?,
+             tracepoint:syscalls:sys_exit_openat /@p[tid]/ {{ printf(\"%d %s %d\\n\", pid, str(@p[tid]), args->ret); delete(@p[tid]); }}\n\
+             tracepoint:syscalls:sys_enter_connect /cgroup == cgroupid({cg})/ {{ @c[tid] = 1; }}\n\
+             tracepoint:syscalls:sys_exit_connect /@c[tid]/ {{ printf(\"%d connect %d\\n\", pid, args->ret); delete(@c[tid]); }}\n",
         ),
     )
     .with_context(|| format!("writing {}", script.display()))
 }
 
 /// The cost test: every setup once per round, setups interleaved.
-fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Vec<Samples>> {
-    let mut samples: Vec<Samples> = SETUPS.iter().map(|_| Samples::default()).collect();
+fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
+    let mut matrix = Matrix::new();
     for round in 1..=rounds {
         let tag = format!("round{round}");
-        let mut record = |setup: Setup, report: WorkerReport, events: Option<u64>| {
-            println!(
-                "bench: round {round}/{rounds}: {:<60} {:>8.1} ns/pair",
-                setup.label(),
-                report.ns_per_pair
+        let mut record =
+            |setup: Setup, workload: Workload, report: WorkerReport, events: Option<u64>| {
+                println!(
+                    "bench: round {round}/{rounds}: {:<55} {:<15} {:>9.1} ns/op{}",
+                    setup.label(),
+                    workload.short(),
+                    report.ns_per_pair,
+                    events
+                        .map(|e| format!(" ({e} events / {} ops)", report.opens))
+                        .unwrap_or_default()
+                );
+                let sample = matrix.get_mut(setup, workload);
+                sample.ns_per_op.push(report.ns_per_pair);
+                sample.ops.push(report.opens);
+                if let Some(events) = events {
+                    sample.events.push(events);
+                }
+            };
+        for workload in WORKLOADS {
+            record(
+                Setup::Bare,
+                workload,
+                bench.timed_run(workload, &Placement::default())?,
+                None,
             );
-            let sample = &mut samples[setup.index()];
-            sample.ns_per_pair.push(report.ns_per_pair);
-            sample.opens.push(report.opens);
-            if let Some(events) = events {
-                sample.events.push(events);
-            }
-        };
-        record(Setup::Bare, bench.timed_run(None)?, None);
-        bench.floor_round(&tag, round, &mut record)?;
-        bench.monitor_round(&tag, round, &mut record)?;
-        bench.bpftrace_round(&tag, round, &mut record)?;
+        }
+        bench
+            .floor_round(&tag, &mut record)
+            .with_context(|| format!("floor, round {round}"))?;
+        bench
+            .monitor_round(&tag, &mut record)
+            .with_context(|| format!("monitor, round {round}"))?;
+        bench
+            .bpftrace_round(&tag, &mut record)
+            .with_context(|| format!("bpftrace, round {round}"))?;
+        bench
+            .strace_round(&tag, &mut record)
+            .with_context(|| format!("strace, round {round}"))?;
+        bench
+            .audit_round(&tag, &mut record)
+            .with_context(|| format!("audit, round {round}"))?;
+        bench
+            .fatrace_round(&tag, &mut record)
+            .with_context(|| format!("fatrace, round {round}"))?;
     }
-    Ok(samples)
+    Ok(matrix)
 }
 
-/// Where a round's measurements go: setup, worker report, events seen.
-type Record<'a> = dyn FnMut(Setup, WorkerReport, Option<u64>) + 'a;
+/// Where a round's measurements go: setup, workload, worker report, events
+/// the tracer recorded.
+pub type Record<'a> = dyn FnMut(Setup, Workload, WorkerReport, Option<u64>) + 'a;
 
 impl Bench {
     /// The worker with only the empty program on the monitor's hook.
-    fn floor_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+    fn floor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let floor = self.start_floor(tag)?;
-        record(Setup::Floor, self.timed_run(None)?, None);
+        for workload in WORKLOADS {
+            record(
+                Setup::Floor,
+                workload,
+                self.timed_run(workload, &Placement::default())?,
+                None,
+            );
+        }
         let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
-        ensure!(
-            status.success(),
-            "monitor bench-floor exited with {status} (round {round})"
-        );
+        ensure!(status.success(), "monitor bench-floor exited with {status}");
         Ok(())
     }
 
     /// The worker outside, then inside, the monitored action cgroup; events
-    /// seen are the increase of the monitor's file event counter.
-    fn monitor_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+    /// seen are the increase of the monitor's event counter of the kind.
+    fn monitor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let monitor = self.start_monitor(tag)?;
-        let (file0, _) = file_counters(monitor.addr)?;
-        let outside = self.timed_run(None)?;
-        let (file1, _) = file_counters(monitor.addr)?;
-        record(
-            Setup::MonitorOutside,
-            outside,
-            Some(file1 - file0.min(file1)),
-        );
-        let inside = self.timed_run(Some(&self.action_cgroup))?;
-        let (file2, _) = drained(monitor.addr, file1 + inside.opens)?;
-        record(Setup::MonitorInside, inside, Some(file2 - file1.min(file2)));
-        Bench::stop_monitor(monitor).with_context(|| format!("round {round}"))
+        for workload in WORKLOADS {
+            let kind = event_kind(workload);
+            let (before, _) = event_counters(monitor.addr, kind)?;
+            let outside = self.timed_run(workload, &Placement::default())?;
+            let (after, _) = event_counters(monitor.addr, kind)?;
+            record(
+                Setup::MonitorOutside,
+                workload,
+                outside,
+                Some(after - before.min(after)),
+            );
+        }
+        for workload in WORKLOADS {
+            let kind = event_kind(workload);
+            let (before, _) = event_counters(monitor.addr, kind)?;
+            let inside = self.timed_run(workload, &self.inside())?;
+            let (after, _) = drained(monitor.addr, kind, before + inside.opens)?;
+            record(
+                Setup::MonitorInside,
+                workload,
+                inside,
+                Some(after - before.min(after)),
+            );
+        }
+        Bench::stop_monitor(monitor)
     }
 
     /// The worker outside, then inside, bpftrace's filtered cgroup; events
-    /// seen are the lines bpftrace printed for the file.
-    fn bpftrace_round(&self, tag: &str, round: usize, record: &mut Record<'_>) -> Result<()> {
+    /// seen are the lines bpftrace printed for the workload.
+    fn bpftrace_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let (bpftrace, stdout) = self.start_bpftrace(tag)?;
-        let outside = self.timed_run(None)?;
-        record(Setup::BpftraceOutside, outside, None);
-        let inside = self.timed_run(Some(&self.action_cgroup))?;
+        for workload in WORKLOADS {
+            record(
+                Setup::BpftraceOutside,
+                workload,
+                self.timed_run(workload, &Placement::default())?,
+                None,
+            );
+        }
+        let mut inside = Vec::new();
+        for workload in WORKLOADS {
+            inside.push((workload, self.timed_run(workload, &self.inside())?));
+        }
         let status = bpftrace.stop(libc::SIGINT, Duration::from_secs(30))?;
         ensure!(
             status.success(),
-            "bpftrace exited with {status} after SIGINT (round {round})"
+            "bpftrace exited with {status} after SIGINT"
         );
-        let text =
-            fs::read_to_string(&stdout).with_context(|| format!("reading {}", stdout.display()))?;
-        let printed = count_printed_events(&text, &self.file.to_string_lossy());
-        drop(text);
+        for (workload, report) in inside {
+            let printed = self.count_records(workload, &stdout)?;
+            record(Setup::BpftraceInside, workload, report, Some(printed));
+        }
         fs::remove_file(&stdout).with_context(|| format!("removing {}", stdout.display()))?;
-        record(Setup::BpftraceInside, inside, Some(printed));
         Ok(())
     }
 }
@@ -824,11 +935,11 @@ fn throughput_test(bench: &Bench, rate_duration: Duration) -> Result<Vec<RateRow
     let monitor = bench.start_monitor("throughput")?;
     let mut rows = Vec::new();
     for (label, workers, rate) in throughput_plan() {
-        let (file0, lost0) = file_counters(monitor.addr)?;
+        let (file0, lost0) = event_counters(monitor.addr, "file")?;
         let (opens, seconds) = bench
             .throughput_run(workers, rate, rate_duration)
             .with_context(|| format!("throughput run {label}"))?;
-        let (file1, lost1) = drained(monitor.addr, file0 + opens)?;
+        let (file1, lost1) = drained(monitor.addr, "file", file0 + opens)?;
         let row = RateRow {
             label,
             opens,
@@ -858,289 +969,4 @@ fn count_alerts(alerts: &Path) -> usize {
         .lines()
         .filter(|line| !line.trim().is_empty())
         .count()
-}
-
-struct ReportInput<'a> {
-    command: &'a str,
-    rounds: usize,
-    iterations: u64,
-    warmup: u64,
-    rate_duration: Duration,
-    samples: &'a [Samples],
-    rows: &'a [RateRow],
-    alert_count: usize,
-    monitor_bin: &'a Path,
-}
-
-fn first_line(cmd: &mut Command) -> String {
-    output(cmd.stdin(Stdio::null()))
-        .ok()
-        .and_then(|text| text.lines().next().map(|line| line.trim().to_owned()))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn render_report(input: &ReportInput<'_>) -> Result<String> {
-    let mut md = String::new();
-    write_machine(&mut md, input)?;
-    let bare = write_cost(&mut md, input)?;
-    write_targets(&mut md, input, bare)?;
-    write_throughput(&mut md, input)?;
-    write_how_to_read(&mut md)?;
-    Ok(md)
-}
-
-/// The title, the machine table and how to reproduce the run.
-fn write_machine(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|text| text.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu_model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                line.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, m)| m.trim().to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S UTC"]));
-    let monitor_version = first_line(Command::new(input.monitor_bin).arg("--version"));
-    let bpftrace_version = first_line(Command::new(BPFTRACE).arg("--version"));
-
-    writeln!(md, "# Benchmarks\n")?;
-    writeln!(
-        md,
-        "Written by `cargo xtask bench`; every number below comes from one run on one machine.\n"
-    )?;
-    writeln!(md, "## Machine\n")?;
-    writeln!(md, "| | |\n| --- | --- |")?;
-    writeln!(md, "| kernel | {kernel} |")?;
-    writeln!(md, "| CPUs (nproc) | {cpus} |")?;
-    writeln!(md, "| CPU model | {cpu_model} |")?;
-    writeln!(md, "| date | {date} |")?;
-    writeln!(md, "| monitor | {monitor_version} (release build) |")?;
-    writeln!(md, "| bpftrace | {bpftrace_version} ({BPFTRACE}) |")?;
-    writeln!(md, "\nReproduce (as root, from the workspace root):\n")?;
-    writeln!(md, "```\n{}\n```\n", input.command)?;
-    Ok(())
-}
-
-/// The cost table, one row per setup; returns the bare median (ns/pair).
-fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<f64> {
-    writeln!(md, "## Cost added to open()+close()\n")?;
-    writeln!(
-        md,
-        "{} run(s) per setup of {} timed `open(O_RDONLY)`+`close` pairs on one file (after {} untimed), \
-         setups interleaved in rounds; median and range of the runs' ns per pair.\n",
-        input.rounds, input.iterations, input.warmup
-    )?;
-    writeln!(
-        md,
-        "| setup | ns per open+close (median, min–max) | added vs bare | events seen by the tracer / opens issued |"
-    )?;
-    writeln!(md, "| --- | --- | --- | --- |")?;
-    let bare = median(&input.samples[Setup::Bare.index()].ns_per_pair);
-    for setup in SETUPS {
-        write_cost_row(md, setup, &input.samples[setup.index()], bare)?;
-    }
-    writeln!(
-        md,
-        "\nEvents seen: the monitor's `build_monitor_events_total{{kind=\"file\"}}` increase during the \
-         run (outside: expected 0; inside: expected every open); for bpftrace, the lines it printed \
-         for the file. Alerts raised during the whole benchmark: {} (expected 0: the file is declared).\n",
-        input.alert_count
-    )?;
-    Ok(bare)
-}
-
-fn write_cost_row(md: &mut String, setup: Setup, sample: &Samples, bare: f64) -> Result<()> {
-    let med = median(&sample.ns_per_pair);
-    let min = sample
-        .ns_per_pair
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min);
-    let max = sample
-        .ns_per_pair
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let added = if setup == Setup::Bare {
-        "—".to_owned()
-    } else {
-        format!("{:+.1} %", (med - bare) / bare * 100.0)
-    };
-    let events = if sample.events.is_empty() {
-        "—".to_owned()
-    } else {
-        let seen: u64 = sample.events.iter().sum();
-        let issued: u64 = sample.opens.iter().sum();
-        format!("{seen} / {issued}")
-    };
-    writeln!(
-        md,
-        "| {} | {med:.0} ({min:.0}–{max:.0}) | {added} | {events} |",
-        setup.label()
-    )?;
-    Ok(())
-}
-
-/// The throughput table and the lossless maximum.
-fn write_throughput(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
-    writeln!(md, "## Event throughput (monitor)\n")?;
-    writeln!(
-        md,
-        "Workers in the action cgroup open+close the declared file for {:?} per row, rate-limited \
-         in batches of {BATCH}; received = increase of `build_monitor_events_total{{kind=\"file\"}}`, \
-         lost = increase of `build_monitor_events_lost_total` (all reasons), read once the reader \
-         has drained.\n",
-        input.rate_duration
-    )?;
-    writeln!(
-        md,
-        "| target rate | achieved opens/s | opens issued | events received | lost | lossless |"
-    )?;
-    writeln!(md, "| --- | --- | --- | --- | --- | --- |")?;
-    for row in input.rows {
-        writeln!(
-            md,
-            "| {} | {:.0} | {} | {} | {} | {} |",
-            row.label,
-            row.achieved(),
-            row.opens,
-            row.received,
-            row.lost,
-            if row.lossless() { "yes" } else { "no" }
-        )?;
-    }
-    write_lossless_max(md, input.rows)
-}
-
-fn write_lossless_max(md: &mut String, rows: &[RateRow]) -> Result<()> {
-    let lossless_max = rows
-        .iter()
-        .filter(|row| row.lossless())
-        .map(RateRow::achieved)
-        .fold(None, |best: Option<f64>, rate| {
-            Some(best.map_or(rate, |b| b.max(rate)))
-        });
-    match lossless_max {
-        Some(rate) if rows.iter().all(RateRow::lossless) => writeln!(
-            md,
-            "\n**Lossless max: ≥ {rate:.0} opens/s** (no run lost or missed an event, unlimited ones included).\n"
-        )?,
-        Some(rate) => writeln!(
-            md,
-            "\n**Lossless max: {rate:.0} opens/s** (the fastest run with received = issued and nothing lost).\n"
-        )?,
-        None => writeln!(
-            md,
-            "\n**Lossless max: none** — every run missed or lost events.\n"
-        )?,
-    }
-    Ok(())
-}
-
-fn write_how_to_read(md: &mut String) -> Result<()> {
-    writeln!(md, "## How to read\n")?;
-    writeln!(
-        md,
-        "* These machines are small shared VMs and noisy: compare numbers only within one run \
-         (one file), never across runs or machines. The interleaved rounds spread the noise over \
-         the setups; the min–max range shows how much there was.\n\
-         * \"added vs bare\" is the cost every process on the host pays (outside rows) or a \
-         monitored action pays (inside rows) per open+close, relative to no tracer at all. Any \
-         syscall tracepoint puts every syscall on the kernel's slow path, so the outside rows are \
-         not free for either tool.\n\
-         * The floor is an empty BPF program on the monitor's own hook (raw tracepoint \
-         `sys_exit`): what attaching any syscall hook costs every process, before any work.\n\
-         * bpftrace is the do-it-yourself baseline: the same cgroup-filtered openat entry/exit \
-         tracepoints, printing pid, path and result for each open.\n\
-         * The worker is the debug-built xtask binary; its loop overhead is in every row alike.\n\
-         * Lossless max is the highest rate at which the daemon received exactly the opens issued \
-         and counted no loss; above it, lost events are counted in \
-         `build_monitor_events_lost_total`, never silent."
-    )?;
-    Ok(())
-}
-
-/// Checks this run's figures against the issue's targets, in words.
-fn write_targets(md: &mut String, input: &ReportInput<'_>, bare: f64) -> Result<()> {
-    let added =
-        |setup: Setup| (median(&input.samples[setup.index()].ns_per_pair) - bare) / bare * 100.0;
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let outside = added(Setup::MonitorOutside);
-    let bt_outside = added(Setup::BpftraceOutside);
-    let inside = added(Setup::MonitorInside);
-    let bt_inside = added(Setup::BpftraceInside);
-    writeln!(md, "### Targets\n")?;
-    writeln!(
-        md,
-        "* Unmonitored processes: {outside:+.1} % (target: under +20 % and no more than bpftrace's \
-         {bt_outside:+.1} %): {}.",
-        verdict(outside < 20.0 && outside <= bt_outside)
-    )?;
-    writeln!(
-        md,
-        "* Monitored action: {inside:+.1} % (target: under +50 % and at most a quarter of \
-         bpftrace's {bt_inside:+.1} %, i.e. {:+.1} %): {}.",
-        bt_inside / 4.0,
-        verdict(inside < 50.0 && inside <= bt_inside / 4.0)
-    )?;
-    let at_100k = input
-        .rows
-        .iter()
-        .find(|row| row.label.starts_with("100000"));
-    match at_100k {
-        Some(row) => writeln!(
-            md,
-            "* No event lost at 100k opens/s: {} received of {} issued, {} lost: {}.\n",
-            row.received,
-            row.opens,
-            row.lost,
-            verdict(row.lossless())
-        )?,
-        None => writeln!(md, "* No 100k opens/s row in this run.\n")?,
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_worker_report() {
-        let report =
-            WorkerReport::parse("opens=210000 elapsed_ns=400000000 ns_per_pair=2000.0\n").unwrap();
-        assert_eq!(report.opens, 210_000);
-        assert_eq!(report.elapsed_ns, 400_000_000);
-        assert!((report.ns_per_pair - 2000.0).abs() < 1e-9);
-        assert!(WorkerReport::parse("garbage").is_err());
-    }
-
-    #[test]
-    fn counts_bpftrace_lines_for_the_file() {
-        let text = "Attaching 2 probes...\n12 /tmp/b/input.txt 3\n12 /tmp/b/input.txt 3\n13 /etc/passwd 3\n";
-        assert_eq!(count_printed_events(text, "/tmp/b/input.txt"), 2);
-        assert_eq!(count_printed_events(text, ""), 3);
-    }
-
-    #[test]
-    fn takes_the_median() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-    }
-
-    #[test]
-    fn the_worker_opens_and_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, "x").unwrap();
-        open_close(&CString::new(path.as_os_str().as_bytes()).unwrap()).unwrap();
-        let missing = CString::new(dir.path().join("missing").as_os_str().as_bytes()).unwrap();
-        assert!(open_close(&missing).is_err());
-    }
 }

@@ -33,6 +33,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus-alertmanager", // a real Alertmanager: tests/delivery.rs
     "openssl",                 // a TLS receiver's certificate: tests/delivery.rs
     "systemd", // systemd-analyze verify/security on deploy/monitor.service: tests/deploy.rs
+    // The peers `cargo xtask bench` compares against (BENCHMARKS.md).
+    "strace",
+    "auditd",
+    "fatrace",
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it

@@ -136,8 +136,17 @@ fn report_run(
         eprint!("{}", crate::bazel::report::summary_lines(section));
     }
     if let Some(path) = &opts.report {
-        write_report(path, &opts.command, code, run, &completeness, bazel_section)
-            .map_err(StartError::Config)?;
+        let events = events_by_kind(&running.metrics);
+        write_report(
+            path,
+            &opts.command,
+            code,
+            run,
+            &completeness,
+            bazel_section,
+            &events,
+        )
+        .map_err(StartError::Config)?;
     }
     write_summaries(opts, code, run, &completeness).map_err(StartError::Config)?;
     if let Some(path) = &opts.learn {
@@ -255,6 +264,15 @@ fn completeness(running: &start::Running) -> Completeness {
         hooks,
         enforced: running.enforce,
     }
+}
+
+/// Events received, by kind (the report's `events`): what a benchmark
+/// divides by the build time.
+fn events_by_kind(metrics: &crate::output::metrics::Metrics) -> BTreeMap<&'static str, u64> {
+    crate::pipeline::handle::EVENT_KINDS
+        .iter()
+        .map(|kind| (*kind, metrics.events_total.with_label_values(&[kind]).get()))
+        .collect()
 }
 
 /// Alerts are held this long at most before being written (in practice:
@@ -396,6 +414,7 @@ fn write_report(
     run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
     bazel: Option<serde_json::Value>,
+    events: &BTreeMap<&str, u64>,
 ) -> anyhow::Result<()> {
     let violations = run.violations;
     let alerts: Vec<serde_json::Value> = run
@@ -412,6 +431,7 @@ fn write_report(
         "unmonitored_spawns": completeness.spawns_unmonitored,
         "completeness": completeness.to_json(),
         "egress": run.inventory.to_json(),
+        "events": events,
         "alerts": alerts,
     });
     if let Some(section) = bazel {

@@ -55,7 +55,7 @@ impl Observed {
 }
 
 /// The `kind` labels of `events_total`, in `Event::metric_index` order.
-const EVENT_KINDS: [&str; 7] = [
+pub const EVENT_KINDS: [&str; 7] = [
     "file", "net", "exec", "exit", "launch", "io_uring", "cgroup",
 ];
 

@@ -1,0 +1,368 @@
+//! Real builds: a generated Bazel 4.2.3 workspace (g++ compiles with many
+//! header probes, genrules with large sandboxes) built bare, with only the
+//! execution-log flag `monitor exec` adds, and under `monitor exec`, a fresh
+//! server and output base each build, in interleaved triples. Beside wall
+//! time: the CPU time the build's cgroup used (`cpu.stat` usage_usec) and
+//! the monitor's own.
+
+mod workspace;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::stats::{self, MedianInterval};
+use crate::util::{CgroupGuard, cgroup2_root, display, join_cgroup_on_spawn};
+
+pub const BAZEL: &str = "/usr/bin/bazel";
+
+#[derive(clap::Args, Clone)]
+pub struct BuildOptions {
+    /// Interleaved build triples (bare, execution log only, monitored)
+    /// [default: adaptive: at least 5, then until the 95 % intervals of the
+    /// median overheads are within ±2 points, at most 30 or --build-minutes].
+    #[arg(long)]
+    pub build_pairs: Option<usize>,
+    /// Time budget of the adaptive build series, in minutes.
+    #[arg(long, default_value_t = 40)]
+    pub build_minutes: u64,
+    /// Genrules compiling a C++ file with g++.
+    #[arg(long, default_value_t = 100)]
+    pub build_compiles: usize,
+    /// Genrules with a large sandbox (each gets every input file).
+    #[arg(long, default_value_t = 200)]
+    pub build_sandboxes: usize,
+    /// Input files of each large-sandbox genrule.
+    #[arg(long, default_value_t = 300)]
+    pub build_inputs: usize,
+}
+
+impl BuildOptions {
+    /// `--quick`: a small workspace, two triples.
+    pub fn quick(&mut self) {
+        self.build_pairs.get_or_insert(2);
+        self.build_compiles = self.build_compiles.min(10);
+        self.build_sandboxes = self.build_sandboxes.min(10);
+    }
+}
+
+/// One unmonitored build.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainRun {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+}
+
+/// One build under `monitor exec`.
+#[derive(Debug, Clone)]
+pub struct MonitoredRun {
+    pub wall_s: f64,
+    /// CPU time of the build's cgroup (client, server, spawns).
+    pub build_cpu_s: f64,
+    /// CPU time of the `monitor exec` process itself.
+    pub daemon_cpu_s: f64,
+    pub daemon_peak_rss_kib: u64,
+    /// Events the monitor received (report key `events`, when present).
+    pub events: Option<u64>,
+    pub lost: u64,
+    pub violations: u64,
+    pub unmonitored_spawns: u64,
+    /// Other `monitor exec` jobs ran at the same time: `build_cpu_s`
+    /// includes their CPU time.
+    pub cpu_shared: bool,
+}
+
+impl MonitoredRun {
+    pub fn cpu_s(&self) -> f64 {
+        self.build_cpu_s + self.daemon_cpu_s
+    }
+}
+
+pub struct Triple {
+    pub bare: PlainRun,
+    pub log: PlainRun,
+    pub monitored: MonitoredRun,
+}
+
+impl Triple {
+    /// (execution log part, monitor part, total) of wall time, in points of
+    /// the bare build.
+    pub fn wall_parts(&self) -> (f64, f64, f64) {
+        parts(self.bare.wall_s, self.log.wall_s, self.monitored.wall_s)
+    }
+
+    pub fn cpu_parts(&self) -> (f64, f64, f64) {
+        parts(self.bare.cpu_s, self.log.cpu_s, self.monitored.cpu_s())
+    }
+}
+
+fn parts(bare: f64, log: f64, monitored: f64) -> (f64, f64, f64) {
+    let pct = |x: f64| x / bare * 100.0;
+    (pct(log - bare), pct(monitored - log), pct(monitored - bare))
+}
+
+pub struct BuildResults {
+    pub triples: Vec<Triple>,
+    pub workspace: String,
+    pub actions: usize,
+    /// Why the series stopped where it did.
+    pub stop_reason: String,
+}
+
+/// The median and its interval of one overhead series.
+pub fn summarise(values: &[f64]) -> (f64, Option<MedianInterval>) {
+    (stats::median(values), stats::median_interval(values))
+}
+
+/// Has the series reached the ±2-point precision on wall and CPU totals?
+fn precise_enough(triples: &[Triple]) -> bool {
+    let wall: Vec<f64> = triples.iter().map(|t| t.wall_parts().2).collect();
+    let cpu: Vec<f64> = triples.iter().map(|t| t.cpu_parts().2).collect();
+    [wall, cpu].iter().all(|series| {
+        stats::median_interval(series).is_some_and(|ci| ci.level >= 0.95 && ci.half_width() <= 2.0)
+    })
+}
+
+const MIN_ADAPTIVE: usize = 5;
+const MAX_ADAPTIVE: usize = 30;
+
+pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<BuildResults> {
+    let dir = tmp.join("builds");
+    let ws = dir.join("ws");
+    let actions = workspace::generate(&ws, options)?;
+    let cgroups = CgroupGuard::create_fresh("monitor-bench-builds")?;
+    let runner = Runner {
+        ws,
+        dir: dir.clone(),
+        monitor_bin: monitor_bin.to_path_buf(),
+        cgroups: &cgroups,
+        serial: std::cell::Cell::new(0),
+    };
+    println!("bench: builds: warm-up build (untimed: extracts Bazel's install base)");
+    runner.plain(false).context("the warm-up build")?;
+    let started = Instant::now();
+    let budget = Duration::from_secs(options.build_minutes * 60);
+    let mut triples = Vec::new();
+    let stop_reason = loop {
+        let n = triples.len();
+        if let Some(fixed) = options.build_pairs {
+            if n >= fixed {
+                break format!("{fixed} triple(s), as asked (--build-pairs)");
+            }
+        } else if n >= MIN_ADAPTIVE && precise_enough(&triples) {
+            break format!("{n} triples: both 95 % intervals within ±2 points");
+        } else if n >= MAX_ADAPTIVE {
+            break format!("{n} triples: the maximum, intervals still wider than ±2 points");
+        } else if n >= MIN_ADAPTIVE {
+            let per = started.elapsed() / n as u32;
+            if started.elapsed() + per > budget {
+                break format!(
+                    "{n} triples: the {}-minute budget (--build-minutes) ran out before ±2 points",
+                    options.build_minutes
+                );
+            }
+        }
+        let triple = runner
+            .triple(n % 2 == 1)
+            .with_context(|| format!("build triple {}", n + 1))?;
+        print_triple(n + 1, &triple);
+        triples.push(triple);
+    };
+    drop(cgroups);
+    Ok(BuildResults {
+        triples,
+        workspace: workspace::describe(options),
+        actions,
+        stop_reason,
+    })
+}
+
+fn print_triple(n: usize, t: &Triple) {
+    let (_, _, wall) = t.wall_parts();
+    let (_, _, cpu) = t.cpu_parts();
+    println!(
+        "bench: build triple {n}: bare {:.1} s / {:.1} s CPU, log {:.1} s / {:.1} s CPU, \
+         monitored {:.1} s / {:.1} s CPU (daemon {:.2} s): wall {wall:+.1} %, CPU {cpu:+.1} %, \
+         {} lost, {} violations",
+        t.bare.wall_s,
+        t.bare.cpu_s,
+        t.log.wall_s,
+        t.log.cpu_s,
+        t.monitored.wall_s,
+        t.monitored.cpu_s(),
+        t.monitored.daemon_cpu_s,
+        t.monitored.lost,
+        t.monitored.violations
+    );
+}
+
+struct Runner<'a> {
+    ws: PathBuf,
+    dir: PathBuf,
+    monitor_bin: PathBuf,
+    cgroups: &'a CgroupGuard,
+    serial: std::cell::Cell<usize>,
+}
+
+/// `usage_usec` of a cgroup's `cpu.stat`, in seconds (0 when it is missing).
+fn cpu_usage_s(cgroup: &Path) -> f64 {
+    fs::read_to_string(cgroup.join("cpu.stat"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
+        })
+        .map_or(0.0, |usec| usec as f64 / 1e6)
+}
+
+impl Runner<'_> {
+    fn next(&self) -> usize {
+        self.serial.set(self.serial.get() + 1);
+        self.serial.get()
+    }
+
+    fn startup_args(&self, n: usize) -> Vec<String> {
+        vec![
+            format!("--output_user_root={}", self.dir.join("root").display()),
+            format!(
+                "--output_base={}",
+                self.dir.join(format!("ob-{n}")).display()
+            ),
+            format!(
+                "--host_jvm_args=-Djava.io.tmpdir={}",
+                self.dir.join("jtmp").display()
+            ),
+        ]
+    }
+
+    fn build_args(&self) -> Vec<String> {
+        [
+            "build",
+            "--spawn_strategy=linux-sandbox",
+            "--symlink_prefix=/",
+            "//:all",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn bazel_env(&self, cmd: &mut Command) {
+        cmd.current_dir(&self.ws)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+    }
+
+    /// One triple: bare, log only, monitored (or the reverse order).
+    fn triple(&self, reverse: bool) -> Result<Triple> {
+        if reverse {
+            let monitored = self.monitored()?;
+            let log = self.plain(true)?;
+            let bare = self.plain(false)?;
+            Ok(Triple {
+                bare,
+                log,
+                monitored,
+            })
+        } else {
+            let bare = self.plain(false)?;
+            let log = self.plain(true)?;
+            let monitored = self.monitored()?;
+            Ok(Triple {
+                bare,
+                log,
+                monitored,
+            })
+        }
+    }
+
+    /// A build in a cgroup of its own, its server shut down after; CPU is
+    /// the cgroup's whole usage (client, server, spawns).
+    fn plain(&self, execution_log: bool) -> Result<PlainRun> {
+        let n = self.next();
+        let cgroup = self.cgroups.create_child(&format!("b{n}"))?;
+        let mut cmd = Command::new(BAZEL);
+        self.bazel_env(&mut cmd);
+        cmd.args(self.startup_args(n)).args(self.build_args());
+        if execution_log {
+            let log = self.dir.join(format!("exec-{n}.json"));
+            cmd.arg(format!("--execution_log_json_file={}", log.display()));
+        }
+        join_cgroup_on_spawn(&mut cmd, &cgroup)?;
+        let start = Instant::now();
+        let out = cmd
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("running `{}`", display(&cmd)))?;
+        let wall_s = start.elapsed().as_secs_f64();
+        ensure!(
+            out.status.success(),
+            "`{}` failed ({}): {}",
+            display(&cmd),
+            out.status,
+            last_lines(&String::from_utf8_lossy(&out.stderr))
+        );
+        self.shutdown(n)?;
+        wait_empty(&cgroup)?;
+        let cpu_s = cpu_usage_s(&cgroup);
+        self.clean(n);
+        Ok(PlainRun { wall_s, cpu_s })
+    }
+
+    fn shutdown(&self, n: usize) -> Result<()> {
+        let mut cmd = Command::new(BAZEL);
+        self.bazel_env(&mut cmd);
+        cmd.args(self.startup_args(n))
+            .arg("shutdown")
+            .stderr(Stdio::null());
+        let status = cmd
+            .status()
+            .with_context(|| format!("running `{}`", display(&cmd)))?;
+        ensure!(status.success(), "`{}` failed: {status}", display(&cmd));
+        Ok(())
+    }
+
+    /// Removes a build's output base and execution log (untimed).
+    fn clean(&self, n: usize) {
+        let _ = fs::remove_dir_all(self.dir.join(format!("ob-{n}")));
+        let _ = fs::remove_file(self.dir.join(format!("exec-{n}.json")));
+    }
+}
+
+/// Waits until no process is left in `cgroup` (the server exiting).
+fn wait_empty(cgroup: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(cgroup.join("cgroup.procs"))?
+        .trim()
+        .is_empty()
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "processes still in {} 30 s after the build",
+                cgroup.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Where `monitor exec` puts its jobs' cgroups; its usage keeps what
+/// removed children used.
+fn exec_parent() -> Result<PathBuf> {
+    Ok(cgroup2_root()?.join("build-monitor"))
+}
+
+mod monitored;

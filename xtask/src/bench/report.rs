@@ -1,0 +1,290 @@
+//! BENCHMARKS.md from one run's numbers: the machine, the cost tables per
+//! workload, the throughput table, the real builds, and the targets checked
+//! against this run (met or NOT met, computed, never written by hand).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use super::{
+    BATCH, BPFTRACE, Matrix, RateRow, SETUPS, Setup,
+    builds::{self, BAZEL, BuildResults},
+    peers, stats,
+    worker::{WORKLOADS, Workload},
+};
+use crate::util::output;
+
+mod builds_section;
+mod targets;
+
+pub struct ReportInput<'a> {
+    pub command: &'a str,
+    pub rounds: usize,
+    pub iterations: u64,
+    pub distinct_files: u64,
+    pub connects: u64,
+    pub warmup: u64,
+    pub rate_duration: Duration,
+    pub matrix: &'a Matrix,
+    pub rows: &'a [RateRow],
+    pub alert_count: usize,
+    pub builds: Option<&'a BuildResults>,
+    pub monitor_bin: &'a Path,
+    pub svg_name: &'a str,
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    output(cmd.stdin(Stdio::null()).stderr(Stdio::null()))
+        .ok()
+        .and_then(|text| text.lines().next().map(|line| line.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+pub fn render(input: &ReportInput<'_>) -> Result<String> {
+    let mut md = String::new();
+    write_machine(&mut md, input)?;
+    targets::write(&mut md, input)?;
+    write_cost(&mut md, input)?;
+    write_throughput(&mut md, input)?;
+    builds_section::write(&mut md, input.builds)?;
+    write_how_to_read(&mut md)?;
+    Ok(md)
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                line.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The title, the machine table and how to reproduce the run.
+fn write_machine(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S UTC"]));
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench`; every number below comes from one run on one machine.\n"
+    )?;
+    writeln!(md, "## Machine\n")?;
+    writeln!(md, "| | |\n| --- | --- |")?;
+    writeln!(md, "| kernel | {kernel} |")?;
+    writeln!(md, "| CPUs (nproc) | {cpus} |")?;
+    writeln!(md, "| CPU model | {} |", cpu_model())?;
+    writeln!(md, "| date | {date} |")?;
+    let versions = [
+        (
+            "monitor",
+            first_line(Command::new(input.monitor_bin).arg("--version")) + " (release build)",
+        ),
+        (
+            "bpftrace",
+            first_line(Command::new(BPFTRACE).arg("--version")),
+        ),
+        ("strace", first_line(Command::new(peers::STRACE).arg("-V"))),
+        (
+            "auditd",
+            first_line(Command::new("dpkg-query").args(["-W", "-f=${Version}", "auditd"])),
+        ),
+        (
+            "fatrace",
+            first_line(Command::new("dpkg-query").args(["-W", "-f=${Version}", "fatrace"])),
+        ),
+        ("bazel", first_line(Command::new(BAZEL).arg("--version"))),
+    ];
+    for (tool, version) in versions {
+        writeln!(md, "| {tool} | {version} |")?;
+    }
+    writeln!(md, "\nReproduce (as root, from the workspace root):\n")?;
+    writeln!(md, "```\n{}\n```\n", input.command)?;
+    Ok(())
+}
+
+/// One cost table per workload, one row per setup, and the plot.
+fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    writeln!(md, "## Cost per operation, by workload and tool\n")?;
+    writeln!(
+        md,
+        "{} run(s) per setup and workload, setups interleaved in rounds; median and range of the \
+         runs' ns per operation. Same file: {} timed `open(O_RDONLY)`+`close` pairs on one declared \
+         file after {} untimed. Distinct files: {} files opened once each (the first-access cost; \
+         no warm-up). Connect: {} timed `socket`+`connect`+`close` to a closed 127.0.0.1 port \
+         (refused; allowed by the monitor's policy) after {} untimed.\n",
+        input.rounds,
+        input.iterations,
+        input.warmup,
+        input.distinct_files,
+        input.connects,
+        input.warmup
+    )?;
+    writeln!(
+        md,
+        "![added cost per workload and tool]({})\n",
+        input.svg_name
+    )?;
+    for workload in WORKLOADS {
+        writeln!(md, "### {}\n", workload.title())?;
+        writeln!(
+            md,
+            "| setup | ns per op (median, min–max) | added vs bare | events recorded / ops issued |"
+        )?;
+        writeln!(md, "| --- | --- | --- | --- |")?;
+        for setup in SETUPS {
+            write_cost_row(md, input.matrix, setup, workload)?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "Events recorded: the monitor's `build_monitor_events_total` increase of the kind (`file` or \
+         `net`) during the run (outside: expected 0); bpftrace's printed lines, strace's lines, \
+         audit's `SYSCALL` records with the rule's key, and fatrace's lines for the workload's files \
+         (fanotify merges identical queued events and sees no connects: —). Alerts the monitor raised \
+         during the whole benchmark: {} (expected 0: everything is declared or allowed).\n",
+        input.alert_count
+    )?;
+    Ok(())
+}
+
+fn write_cost_row(
+    md: &mut String,
+    matrix: &Matrix,
+    setup: Setup,
+    workload: Workload,
+) -> Result<()> {
+    let sample = matrix.get(setup, workload);
+    let med = stats::median(&sample.ns_per_op);
+    let added = if setup == Setup::Bare {
+        "—".to_owned()
+    } else {
+        format!("{:+.1} %", matrix.added(setup, workload))
+    };
+    let events = if sample.events.is_empty() {
+        "—".to_owned()
+    } else {
+        let seen: u64 = sample.events.iter().sum();
+        let issued: u64 = sample.ops.iter().sum();
+        format!("{seen} / {issued}")
+    };
+    writeln!(
+        md,
+        "| {} | {med:.0} ({:.0}–{:.0}) | {added} | {events} |",
+        setup.label(),
+        stats::min(&sample.ns_per_op),
+        stats::max(&sample.ns_per_op)
+    )?;
+    Ok(())
+}
+
+/// The throughput table and the lossless maximum.
+fn write_throughput(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    writeln!(md, "## Event throughput (monitor)\n")?;
+    writeln!(
+        md,
+        "Workers in the action cgroup open+close the declared file for {:?} per row, rate-limited \
+         in batches of {BATCH}; received = increase of `build_monitor_events_total{{kind=\"file\"}}`, \
+         lost = increase of `build_monitor_events_lost_total` (all reasons), read once the reader \
+         has drained.\n",
+        input.rate_duration
+    )?;
+    writeln!(
+        md,
+        "| target rate | achieved opens/s | opens issued | events received | lost | lossless |"
+    )?;
+    writeln!(md, "| --- | --- | --- | --- | --- | --- |")?;
+    for row in input.rows {
+        writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {} | {} |",
+            row.label,
+            row.achieved(),
+            row.opens,
+            row.received,
+            row.lost,
+            if row.lossless() { "yes" } else { "no" }
+        )?;
+    }
+    write_lossless_max(md, input.rows)
+}
+
+fn write_lossless_max(md: &mut String, rows: &[RateRow]) -> Result<()> {
+    let lossless_max = rows
+        .iter()
+        .filter(|row| row.lossless())
+        .map(RateRow::achieved)
+        .fold(None, |best: Option<f64>, rate| {
+            Some(best.map_or(rate, |b| b.max(rate)))
+        });
+    match lossless_max {
+        Some(rate) if rows.iter().all(RateRow::lossless) => writeln!(
+            md,
+            "\n**Lossless max: ≥ {rate:.0} opens/s** (no run lost or missed an event, unlimited ones included).\n"
+        )?,
+        Some(rate) => writeln!(
+            md,
+            "\n**Lossless max: {rate:.0} opens/s** (the fastest run with received = issued and nothing lost).\n"
+        )?,
+        None => writeln!(
+            md,
+            "\n**Lossless max: none** — every run missed or lost events.\n"
+        )?,
+    }
+    Ok(())
+}
+
+fn write_how_to_read(md: &mut String) -> Result<()> {
+    writeln!(md, "## How to read\n")?;
+    writeln!(
+        md,
+        "* These machines are small shared VMs and noisy: compare numbers only within one run \
+         (one file), never across runs or machines. The interleaved rounds spread the noise over \
+         the setups; the min–max range shows how much there was.\n\
+         * \"added vs bare\" is the cost every process on the host pays (outside rows) or a \
+         traced process pays (inside rows) per operation, relative to no tracer at all. Any \
+         syscall tracepoint, and any audit rule, puts every syscall on the kernel's slow path, so \
+         the outside rows are not free for any tool.\n\
+         * The floor is an empty BPF program on the monitor's own hook (raw tracepoint \
+         `sys_exit`): what attaching any syscall hook costs every process, before any work.\n\
+         * Peers: bpftrace with the same cgroup-filtered openat/connect entry/exit tracepoints, \
+         printing each; strace following the worker; the audit subsystem with one syscall rule \
+         scoped by the audit login uid the worker sets (the tightest scope audit offers for one \
+         process tree), records written by auditd; fatrace, whose fanotify mark covers every \
+         process on the mount (it filters by command name in userspace).\n\
+         * The worker is the debug-built xtask binary; its loop overhead is in every row alike.\n\
+         * Lossless max is the highest rate at which the daemon received exactly the opens issued \
+         and counted no loss; above it, lost events are counted in \
+         `build_monitor_events_lost_total`, never silent."
+    )?;
+    Ok(())
+}
+
+/// `+x.x % [lo, hi]` of a series of overheads (points), with the coverage.
+pub fn with_interval(values: &[f64]) -> String {
+    let (median, interval) = builds::summarise(values);
+    match interval {
+        Some(ci) => format!(
+            "{median:+.1} % [{:+.1}, {:+.1}] ({:.0} %)",
+            ci.low,
+            ci.high,
+            ci.level * 100.0
+        ),
+        None => format!("{median:+.1} % (one pair: no interval)"),
+    }
+}

@@ -1,0 +1,176 @@
+//! The targets of this run, each computed from its numbers.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use super::ReportInput;
+use crate::bench::{
+    SETUPS, Setup, stats,
+    worker::{WORKLOADS, Workload},
+};
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**NOT met**" }
+}
+
+pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    let m = input.matrix;
+    let same = Workload::Repeat;
+    let floor = m.added(Setup::Floor, same);
+    let outside = m.added(Setup::MonitorOutside, same);
+    let inside = m.added(Setup::MonitorInside, same);
+    let first = m.added(Setup::MonitorInside, Workload::Distinct);
+    writeln!(md, "## Targets (checked against this run)\n")?;
+    writeln!(
+        md,
+        "* Unmonitored processes within 5 points of the floor: monitor outside {outside:+.1} % vs \
+         floor {floor:+.1} % ({:+.1} points): {}.",
+        outside - floor,
+        verdict(outside - floor <= 5.0)
+    )?;
+    writeln!(
+        md,
+        "* Monitored repeated opens within 10 points of the floor: {inside:+.1} % vs floor \
+         {floor:+.1} % ({:+.1} points): {}.",
+        inside - floor,
+        verdict(inside - floor <= 10.0)
+    )?;
+    writeln!(
+        md,
+        "* Monitored first-access opens (distinct files) at most +40 %: {first:+.1} %: {}.",
+        verdict(first <= 40.0)
+    )?;
+    write_builds_target(md, input)?;
+    write_peers_target(md, input)?;
+    write_lossless_target(md, input)?;
+    writeln!(md)?;
+    Ok(())
+}
+
+fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    let Some(builds) = input.builds else {
+        writeln!(
+            md,
+            "* Real builds under +3 % wall and CPU, 0 lost, 0 false alerts: not measured in this run (`--skip-builds`)."
+        )?;
+        return Ok(());
+    };
+    let wall: Vec<f64> = builds.triples.iter().map(|t| t.wall_parts().2).collect();
+    let cpu: Vec<f64> = builds.triples.iter().map(|t| t.cpu_parts().2).collect();
+    let lost: u64 = builds.triples.iter().map(|t| t.monitored.lost).sum();
+    let alerts: u64 = builds.triples.iter().map(|t| t.monitored.violations).sum();
+    let (wall_median, cpu_median) = (stats::median(&wall), stats::median(&cpu));
+    writeln!(
+        md,
+        "* Real Bazel builds under +3 % (median of {} pairs, execution log included): wall {} : {}; \
+         CPU {} : {}; events lost {lost}: {}; false alerts {alerts}: {}.",
+        builds.triples.len(),
+        super::with_interval(&wall),
+        verdict(wall_median < 3.0),
+        super::with_interval(&cpu),
+        verdict(cpu_median < 3.0),
+        verdict(lost == 0),
+        verdict(alerts == 0)
+    )?;
+    Ok(())
+}
+
+/// Every peer's inside row must be slower than the monitor's inside row,
+/// on every workload it can do.
+fn write_peers_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    let m = input.matrix;
+    let mut faster = Vec::new();
+    for workload in WORKLOADS {
+        let ours = m.median(Setup::MonitorInside, workload);
+        for setup in SETUPS.into_iter().filter(|s| s.is_peer_inside()) {
+            if setup == Setup::FatraceInside && workload == Workload::Connect {
+                continue; // fanotify sees no connects: not the same job
+            }
+            if m.median(setup, workload) <= ours {
+                faster.push(format!("{} on {}", setup.tool(), workload.short()));
+            }
+        }
+    }
+    if faster.is_empty() {
+        writeln!(
+            md,
+            "* Every peer slower than the monitor inside actions, on every workload: met."
+        )?;
+    } else {
+        writeln!(
+            md,
+            "* Every peer slower than the monitor inside actions: **NOT met** — as fast or faster: {}.",
+            faster.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_lossless_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    match input
+        .rows
+        .iter()
+        .find(|row| row.label.starts_with("100000"))
+    {
+        Some(row) => writeln!(
+            md,
+            "* No event lost at 100k opens/s: {} received of {} issued, {} lost, at {:.0} opens/s \
+             achieved: {}.",
+            row.received,
+            row.opens,
+            row.lost,
+            row.achieved(),
+            // The rate must really have been reached, not only nothing lost.
+            verdict(row.lossless() && row.achieved() >= 95_000.0)
+        )?,
+        None => writeln!(md, "* No 100k opens/s row in this run.")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::bench::Matrix;
+
+    fn render(matrix: &Matrix) -> String {
+        let input = ReportInput {
+            command: "cargo xtask bench",
+            rounds: 1,
+            iterations: 10,
+            distinct_files: 10,
+            connects: 2,
+            warmup: 0,
+            rate_duration: Duration::from_secs(1),
+            matrix,
+            rows: &[],
+            alert_count: 0,
+            builds: None,
+            monitor_bin: Path::new("/bin/true"),
+            svg_name: "x.svg",
+        };
+        let mut md = String::new();
+        write(&mut md, &input).unwrap();
+        md
+    }
+
+    #[test]
+    fn targets_are_computed_from_the_numbers() {
+        // Setup i costs 1000 + 100 i ns: floor +10 %, monitor outside +20 %,
+        // inside +30 %, every peer slower than the monitor inside.
+        let md = render(&crate::bench::plot::tests::fake_matrix());
+        assert!(md.contains("within 5 points of the floor: monitor outside +20.0 % vs floor +10.0 % (+10.0 points): **NOT met**"), "{md}");
+        assert!(md.contains("within 10 points of the floor: +30.0 % vs floor +10.0 % (+20.0 points): **NOT met**"), "{md}");
+        assert!(md.contains("at most +40 %: +30.0 %: met"), "{md}");
+        assert!(
+            md.contains(
+                "Every peer slower than the monitor inside actions, on every workload: met"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("not measured in this run"), "{md}");
+    }
+}
