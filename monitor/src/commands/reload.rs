@@ -66,6 +66,7 @@ pub fn prepare(
         policy,
         kernel_rules,
         enforce: new.network.enforce,
+        require_isolation: new.bazel.require_isolation,
         sinks,
         declaration_wait: Duration::from_millis(new.attribution.declaration_wait_ms),
         fold_window: Duration::from_millis(new.alerts.fold_window_ms.max(1)),
@@ -137,13 +138,27 @@ mod tests {
         let path = write(
             dir.path(),
             "[attribution]\ncgroup_parents = [\"/sys/fs/cgroup/x\"]\ndeclaration_wait_ms = 50\n\
-             [files]\nallow = [\"/opt/**\"]\n",
+             [files]\nallow = [\"/opt/**\"]\n\
+             [network]\nenforce = true\nallow = [{ cidr = \"10.0.0.0/8\", port = 443 }]\n\
+             [bazel]\nrequire_isolation = \"linux-sandbox\"\n",
         );
         let metrics = Arc::new(Metrics::new());
         let (in_force, reload) = prepare(&path, &running, &metrics, Instant::now()).unwrap();
         assert!(reload.policy.files_allow.matches(b"/opt/a"));
         assert!(!reload.policy.files_allow.matches(b"/usr/bin/cat"));
         assert_eq!(reload.declaration_wait, Duration::from_millis(50));
+        assert!(
+            reload.enforce,
+            "network.enforce reaches the kernel on reload"
+        );
+        assert!(
+            !reload.kernel_rules.by_port.is_empty(),
+            "network.allow compiled"
+        );
+        assert_eq!(
+            reload.require_isolation,
+            crate::bazel::isolation::Isolation::LinuxSandbox
+        );
         assert!(reload.sinks.is_none(), "[alerts] unchanged: sinks kept");
         assert!(in_force.attribution.cgroup_parents.is_empty());
         assert_eq!(in_force.attribution.declaration_wait_ms, 50);

@@ -25,6 +25,8 @@ pub struct Reload {
     /// `network.allow` compiled for the kernel's tries.
     pub kernel_rules: KernelRules,
     pub enforce: bool,
+    /// `bazel.require_isolation`, for spawns judged from now on.
+    pub require_isolation: crate::bazel::isolation::Isolation,
     /// New sinks, only when the `[alerts]` section changed.
     pub sinks: Option<AlertSinks>,
     pub declaration_wait: Duration,
@@ -48,6 +50,7 @@ impl Pipeline {
             log::error!("reload: writing network.allow into the kernel failed: {e:#}");
         }
         self.handler.policy = reload.policy;
+        self.handler.require_isolation = reload.require_isolation;
         self.handler.registry.set_wait(reload.declaration_wait);
         self.fold_window = reload.fold_window;
         self.declarations_dir = reload.declarations_dir;
