@@ -575,6 +575,52 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
 }
 
+/// The same plant made by a compiled launcher in its first microseconds:
+/// the link's file time (a clock tick coarse) is not after the launch, so
+/// only the kernel's report of the name it made gives it away. The link
+/// Bazel made just before the launch (as recent, by another name) still
+/// declares its target: the positive control.
+#[test]
+fn a_symlink_planted_within_the_launch_tick_declares_nothing() {
+    require_root();
+    let parent = test_parent("planted-fast");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = tmp.path().join("bin/process-wrapper");
+    fs::create_dir_all(launcher.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fast_plant.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&launcher)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let secret = tmp.path().join("home/secret.txt");
+    write(&source, "in");
+    write(&secret, "secret");
+    let execroot = tmp
+        .path()
+        .join("ob/sandbox/processwrapper-sandbox/7/execroot/ws");
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    run_ok(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&execroot)
+            .arg(&secret)
+            .args(["pkg/planted.txt", "pkg/in.txt"]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let planted = one_read_alert(&alerts, &secret);
+    assert_eq!(planted["file"]["requested_path"], "pkg/planted.txt");
+    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+}
+
 /// A g++ action (driver, cc1plus, as, ld, then the program) raises nothing:
 /// its /proc reads are its own, its temporaries go to its outputs. The
 /// same action reading a secret is the positive control.

@@ -112,7 +112,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
 }
 
 #[inline(always)]
-fn clear_identity(ev: &mut FileEvent) {
+pub fn clear_identity(ev: &mut FileEvent) {
     ev.ino = 0;
     ev.dev = 0;
     ev.f_mode = 0;
@@ -127,7 +127,7 @@ fn clear_identity(ev: &mut FileEvent) {
 /// Copies the name passed into the start of `data`; returns its length
 /// (0 when unreadable, marked in `hflags`).
 #[inline(always)]
-fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
+pub fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
     let data = scratch.data.as_mut_ptr();
     // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
     let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };
