@@ -277,9 +277,20 @@ fn coarse_tick() -> Duration {
     })
 }
 
-/// Every hop of the symlink chain starting at `link` (a few at most), each
-/// also handed to `declared`.
+/// Every hop of the symlink chain starting at `link` (a few at most), and
+/// the path it finally resolves to (the execroot links whole source
+/// directories, so a hop's target may itself be reached through a link);
+/// each also handed to `declared`.
 fn push_link_chain(link: &Path, patterns: &mut Vec<String>, mut declared: impl FnMut(&Path)) {
+    let mut push = |target: &Path, patterns: &mut Vec<String>| {
+        let is_dir = fs::metadata(target).is_ok_and(|m| m.is_dir());
+        patterns.push(if is_dir {
+            pattern_below(target)
+        } else {
+            escape_glob(&target.display().to_string())
+        });
+        declared(target);
+    };
     let mut current = link.to_path_buf();
     for _ in 0..8 {
         let Ok(target) = fs::read_link(&current) else {
@@ -289,14 +300,13 @@ fn push_link_chain(link: &Path, patterns: &mut Vec<String>, mut declared: impl F
             current.parent().unwrap_or(Path::new("/")),
             &target.to_string_lossy(),
         );
-        let is_dir = fs::metadata(&target).is_ok_and(|m| m.is_dir());
-        patterns.push(if is_dir {
-            pattern_below(&target)
-        } else {
-            escape_glob(&target.display().to_string())
-        });
-        declared(&target);
+        push(&target, patterns);
         current = target;
+    }
+    if let Ok(real) = fs::canonicalize(link)
+        && real != current
+    {
+        push(&real, patterns);
     }
 }
 
@@ -460,6 +470,11 @@ mod tests {
         fs::create_dir_all(execroot.join("pkg")).unwrap();
         std::os::unix::fs::symlink(main.join("in.txt"), execroot.join("pkg/in.txt")).unwrap();
         std::os::unix::fs::symlink(src.join("dir"), execroot.join("pkg/dir")).unwrap();
+        // As Bazel 4 does: the main execroot links a whole source directory.
+        fs::create_dir_all(src.join("lib")).unwrap();
+        fs::write(src.join("lib/lib.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(src.join("lib"), main.join("lib")).unwrap();
+        std::os::unix::fs::symlink(main.join("lib/lib.txt"), execroot.join("pkg/lib.txt")).unwrap();
         let spawn = parse_launch(
             &argv(&[
                 "linux-sandbox",
@@ -486,6 +501,11 @@ mod tests {
             m.matches(&b(&src.join("dir/deeper/f"))),
             "directory symlink target"
         );
+        assert!(
+            m.matches(&b(&src.join("lib/lib.txt"))),
+            "reached through a directory link"
+        );
+        assert!(!m.matches(&b(&src.join("lib/other.txt"))), "its neighbour");
         assert!(!m.matches(&b(&src.join("other.txt"))), "undeclared source");
         assert!(!m.matches(b"/etc/shadow"));
     }
