@@ -520,6 +520,43 @@ fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
     assert_eq!(alerts.len(), 4, "unexpected alerts: {alerts:#?}");
 }
 
+/// `open_by_handle_at` passes no name at all: the object it opened is
+/// judged. The same route to a declared file is the positive control.
+#[test]
+fn opens_by_file_handle_are_judged_on_the_object() {
+    require_root();
+    let parent = test_parent("by-handle");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("handle");
+    let sc = scene();
+    let program = sc.d.join("bin/by_handle");
+    fs::create_dir_all(program.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/by_handle.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    // The mount fd, opened outside the action and inherited.
+    let mount_fd = inheritable_fd(&sc.d);
+    run_ok(
+        &action.path,
+        Command::new(&program)
+            .arg(mount_fd.to_string())
+            .arg(sc.d.join("ok.txt"))
+            .arg(sc.secret.join("one")),
+    );
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(mount_fd) };
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    one_read_alert(&alerts, &sc.secret.join("one"));
+    assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
+}
+
 /// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
 /// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
 /// spawn plants there after its launch declares nothing.

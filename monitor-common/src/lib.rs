@@ -146,6 +146,8 @@ pub const SYSCALL_OPEN: u32 = 0;
 pub const SYSCALL_OPENAT: u32 = 1;
 pub const SYSCALL_OPENAT2: u32 = 2;
 pub const SYSCALL_CREAT: u32 = 3;
+/// `open_by_handle_at`: no name is passed (`path` is empty).
+pub const SYSCALL_OPEN_BY_HANDLE_AT: u32 = 4;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -439,6 +441,7 @@ pub const NR_CONNECT: u64 = 42;
 pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
 pub const NR_OPENAT2: u64 = 437;
+pub const NR_OPEN_BY_HANDLE_AT: u64 = 304;
 pub const NR_RENAME: u64 = 82;
 pub const NR_LINK: u64 = 86;
 pub const NR_SYMLINK: u64 = 88;

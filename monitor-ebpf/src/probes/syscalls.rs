@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
 };
 
 use crate::{
@@ -30,7 +30,11 @@ pub struct Syscall {
 
 #[inline(always)]
 fn is_file_syscall(nr: u64) -> bool {
-    nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT
+    nr == NR_OPENAT
+        || nr == NR_OPEN
+        || nr == NR_OPENAT2
+        || nr == NR_CREAT
+        || nr == NR_OPEN_BY_HANDLE_AT
 }
 
 /// How the saved user registers are read: directly through the typed
