@@ -520,6 +520,43 @@ fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
     assert_eq!(alerts.len(), 4, "unexpected alerts: {alerts:#?}");
 }
 
+/// `open_by_handle_at` passes no name at all: the object it opened is
+/// judged. The same route to a declared file is the positive control.
+#[test]
+fn opens_by_file_handle_are_judged_on_the_object() {
+    require_root();
+    let parent = test_parent("by-handle");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("handle");
+    let sc = scene();
+    let program = sc.d.join("bin/by_handle");
+    fs::create_dir_all(program.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/by_handle.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    // The mount fd, opened outside the action and inherited.
+    let mount_fd = inheritable_fd(&sc.d);
+    run_ok(
+        &action.path,
+        Command::new(&program)
+            .arg(mount_fd.to_string())
+            .arg(sc.d.join("ok.txt"))
+            .arg(sc.secret.join("one")),
+    );
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(mount_fd) };
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    one_read_alert(&alerts, &sc.secret.join("one"));
+    assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
+}
+
 /// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
 /// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
 /// spawn plants there after its launch declares nothing.
@@ -572,6 +609,52 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
         "{planted}"
     );
     // Positive control: the link Bazel made before the launch declares.
+    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+}
+
+/// The same plant made by a compiled launcher in its first microseconds:
+/// the link's file time (a clock tick coarse) is not after the launch, so
+/// only the kernel's report of the name it made gives it away. The link
+/// Bazel made just before the launch (as recent, by another name) still
+/// declares its target: the positive control.
+#[test]
+fn a_symlink_planted_within_the_launch_tick_declares_nothing() {
+    require_root();
+    let parent = test_parent("planted-fast");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = tmp.path().join("bin/process-wrapper");
+    fs::create_dir_all(launcher.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fast_plant.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&launcher)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let secret = tmp.path().join("home/secret.txt");
+    write(&source, "in");
+    write(&secret, "secret");
+    let execroot = tmp
+        .path()
+        .join("ob/sandbox/processwrapper-sandbox/7/execroot/ws");
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    run_ok(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&execroot)
+            .arg(&secret)
+            .args(["pkg/planted.txt", "pkg/in.txt"]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let planted = one_read_alert(&alerts, &secret);
+    assert_eq!(planted["file"]["requested_path"], "pkg/planted.txt");
     assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
 }
 

@@ -35,6 +35,10 @@ pub enum EventKind {
     /// A monitored process set up an io_uring (`header` only): file opens
     /// it submits through the ring bypass the syscall hook.
     IoUring = 2,
+    /// A monitored process made a name: a successful symlink, link or
+    /// rename (any of their syscalls). File-event layout: `syscall` holds
+    /// the syscall number, `path` the new name as passed; no `dir`.
+    LinkMade = 3,
     Connect = 100,
     /// A connect or datagram send seen by a cgroup socket-address hook
     /// ([`SockEvent`]): every route (syscall, io_uring, TCP fast open) and
@@ -68,6 +72,7 @@ impl EventKind {
         match v {
             1 => Some(Self::FileOpen),
             2 => Some(Self::IoUring),
+            3 => Some(Self::LinkMade),
             100 => Some(Self::Connect),
             101 => Some(Self::SockAddr),
             102 => Some(Self::UnixConnect),
@@ -141,6 +146,8 @@ pub const SYSCALL_OPEN: u32 = 0;
 pub const SYSCALL_OPENAT: u32 = 1;
 pub const SYSCALL_OPENAT2: u32 = 2;
 pub const SYSCALL_CREAT: u32 = 3;
+/// `open_by_handle_at`: no name is passed (`path` is empty).
+pub const SYSCALL_OPEN_BY_HANDLE_AT: u32 = 4;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -434,6 +441,14 @@ pub const NR_CONNECT: u64 = 42;
 pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
 pub const NR_OPENAT2: u64 = 437;
+pub const NR_OPEN_BY_HANDLE_AT: u64 = 304;
+pub const NR_RENAME: u64 = 82;
+pub const NR_LINK: u64 = 86;
+pub const NR_SYMLINK: u64 = 88;
+pub const NR_RENAMEAT: u64 = 264;
+pub const NR_LINKAT: u64 = 265;
+pub const NR_SYMLINKAT: u64 = 266;
+pub const NR_RENAMEAT2: u64 = 316;
 pub const NR_IO_URING_SETUP: u64 = 425;
 
 /// Runtime settings written by userspace into a one-entry map before attach.

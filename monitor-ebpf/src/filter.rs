@@ -7,9 +7,9 @@
 //! kernel derives the action id itself, so a cgroup created a moment ago is
 //! monitored before userspace has even seen it.
 use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
-use monitor_common::{MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, Settings};
+use monitor_common::{MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES, Settings};
 
-use crate::maps::SCOPES;
+use crate::{lineage, maps::SCOPES, workers};
 
 #[derive(Clone, Copy)]
 pub struct Match {
@@ -85,4 +85,26 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         best.grandchild_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 2);
     }
     Some(best)
+}
+
+/// The action of the current task, as every hook sees it: a monitored
+/// cgroup (a worker runner itself is none), else a worker action's lineage;
+/// with the sandbox launcher whose tree it is in.
+#[inline(always)]
+pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let mut m = match current_action(settings, pid_tgid) {
+        Some(_) if workers::enabled(settings) && workers::is_runner(tgid) => return None,
+        Some(m) => m,
+        None => workers::lineage_match(settings, pid_tgid)?,
+    };
+    m.launcher = lineage::launcher_of(tgid);
+    Some(m)
+}
+
+/// Network-only jobs: their files matter only inside a sandbox launcher's
+/// tree or in nested cgroups (Bazel's per-spawn scopes).
+#[inline(always)]
+pub fn files_matter(m: &Match) -> bool {
+    m.flags & SCOPE_FILES != 0 || m.launcher != 0 || m.grandchild_cgroup_id != 0
 }

@@ -1,4 +1,5 @@
-//! File opens: `open`, `creat`, `openat`, `openat2`, reported at exit with
+//! File opens: `open`, `creat`, `openat`, `openat2`, `open_by_handle_at`
+//! (no name passed: judged on its object), reported at exit with
 //! the result. A successful open reports the object actually opened: the
 //! path of the `struct file` behind the returned fd, walked in the kernel,
 //! and its identity (device, inode, mode); the name passed rides along. A
@@ -7,8 +8,8 @@
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
     EventKind, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT,
-    NR_OPEN, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPENAT,
-    SYSCALL_OPENAT2, Settings,
+    NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT,
+    SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
 };
 
 use crate::{
@@ -46,6 +47,9 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
             a[1] as u32,
         ),
         NR_OPENAT => (SYSCALL_OPENAT, a[0] as i32, a[1], a[2], a[3] as u32),
+        // open_by_handle_at(mount_fd, handle, flags): no name; a successful
+        // one is judged on the object like any open.
+        NR_OPEN_BY_HANDLE_AT => (SYSCALL_OPEN_BY_HANDLE_AT, a[0] as i32, 0, a[2], 0),
         NR_OPENAT2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
             // SAFETY: bpf_probe_read_user checks the address.
@@ -112,7 +116,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
 }
 
 #[inline(always)]
-fn clear_identity(ev: &mut FileEvent) {
+pub fn clear_identity(ev: &mut FileEvent) {
     ev.ino = 0;
     ev.dev = 0;
     ev.f_mode = 0;
@@ -127,7 +131,7 @@ fn clear_identity(ev: &mut FileEvent) {
 /// Copies the name passed into the start of `data`; returns its length
 /// (0 when unreadable, marked in `hflags`).
 #[inline(always)]
-fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
+pub fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
     let data = scratch.data.as_mut_ptr();
     // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
     let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };

@@ -1,11 +1,13 @@
 //! Entry points, one module per hook family: `syscalls` (the `sys_exit`
 //! hook and its dispatch), `files` (opens), `net` (connects), `process`
-//! (exec, fork, exit, io_uring set-up), `cgroups` (cgroup mkdir/rmdir
+//! (exec, fork, exit, io_uring set-up), `links` (when a monitored
+//! process made a symlink, link or rename), `cgroups` (cgroup mkdir/rmdir
 //! below monitored scopes), `sock` (socket-address hooks: every egress
 //! route, and enforcement). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
 pub mod cgroups;
 pub mod files;
+pub mod links;
 pub mod net;
 pub mod process;
 pub mod sock;

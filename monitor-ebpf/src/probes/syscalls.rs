@@ -1,23 +1,22 @@
 //! The one syscall hook: `sys_exit` (BTF tracepoint, raw tracepoint as the
 //! fallback). The first check on every syscall of every process is the
-//! syscall number; monitored opens, connects and io_uring set-ups go on to
-//! their family's module.
+//! syscall number; monitored opens, links, connects and io_uring set-ups go
+//! on to their family's module.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPENAT, NR_OPENAT2, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, SCOPE_FILES,
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
 };
 
 use crate::{
-    filter, lineage,
+    filter,
     maps::SETTINGS,
-    probes::{files, net, process},
+    probes::{files, links, net, process},
     task::read,
-    workers,
 };
 
 /// A finished syscall of a monitored task.
@@ -31,7 +30,11 @@ pub struct Syscall {
 
 #[inline(always)]
 fn is_file_syscall(nr: u64) -> bool {
-    nr == NR_OPENAT || nr == NR_OPEN || nr == NR_OPENAT2 || nr == NR_CREAT
+    nr == NR_OPENAT
+        || nr == NR_OPEN
+        || nr == NR_OPENAT2
+        || nr == NR_CREAT
+        || nr == NR_OPEN_BY_HANDLE_AT
 }
 
 /// How the saved user registers are read: directly through the typed
@@ -83,26 +86,17 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     let nr = regs.get(PT_REGS_ORIG_AX);
     let is_file = is_file_syscall(nr);
-    if !is_file && nr != NR_CONNECT && nr != NR_IO_URING_SETUP {
+    let is_link = links::is_link_syscall(nr);
+    if !is_file && !is_link && nr != NR_CONNECT && nr != NR_IO_URING_SETUP {
         return None;
     }
     let settings = SETTINGS.get(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == settings.monitor_tgid {
+    if (pid_tgid >> 32) as u32 == settings.monitor_tgid {
         return None;
     }
-    let mut m = match filter::current_action(settings, pid_tgid) {
-        // A worker runner is no action, even inside a monitored cgroup.
-        Some(_) if workers::enabled(settings) && workers::is_runner(tgid) => return None,
-        Some(m) => m,
-        None => workers::lineage_match(settings, pid_tgid)?,
-    };
-    // SAFETY: the value is copied out at once.
-    m.launcher = lineage::launcher_of(tgid);
-    // Network-only jobs: their files matter only inside a sandbox launcher's
-    // tree or in nested cgroups (Bazel's per-spawn scopes).
-    if is_file && m.flags & SCOPE_FILES == 0 && m.launcher == 0 && m.grandchild_cgroup_id == 0 {
+    let m = filter::task_action(settings, pid_tgid)?;
+    if (is_file || is_link) && !filter::files_matter(&m) {
         return None;
     }
     let call = Syscall {
@@ -118,6 +112,8 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     };
     if is_file {
         files::on_exit(settings, &call)
+    } else if is_link {
+        links::on_exit(settings, &call)
     } else if nr == NR_CONNECT {
         net::on_exit(settings, &call)
     } else {

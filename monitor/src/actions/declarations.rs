@@ -43,6 +43,9 @@ pub struct Declaration {
     /// Which objects the declared names stood for when the declaration was
     /// read (empty when not recorded, e.g. for sandboxes).
     pub identities: Identities,
+    /// For a sandbox: which of its entries each declared link target came
+    /// from (empty for declaration files).
+    pub links: crate::actions::links::LinkSources,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +106,7 @@ pub fn parse_at(
         network: NetMatcher::new(raw.network),
         source: source.to_path_buf(),
         identities,
+        links: Default::default(),
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod declarations;
 pub mod identities;
+pub mod links;
 pub mod registry;
 pub mod trust;
 pub mod watch;

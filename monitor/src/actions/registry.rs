@@ -92,6 +92,26 @@ pub struct ActionView {
     /// Files the action created in its writable directories (it may read
     /// those back); lives and dies with the action.
     pub created: std::sync::Mutex<HashSet<Vec<u8>>>,
+    /// The first names (symlink, link, rename) the action made, in order.
+    pub names_made: std::sync::Mutex<Vec<crate::actions::links::NameMade>>,
+}
+
+impl ActionView {
+    /// The action made a name (symlink, link, rename) at `ktime_ns`.
+    pub fn note_name_made(&self, ktime_ns: u64, name: &[u8]) {
+        let mut names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() < crate::actions::links::MAX_NAMES_PER_ACTION {
+            let file_name = crate::actions::links::file_name(name);
+            names.push((ktime_ns, file_name.to_vec()));
+        }
+    }
+
+    /// Is `path` declared by `declaration` only through sandbox entries
+    /// this action may have planted?
+    pub fn only_planted(&self, declaration: &Declaration, path: &[u8]) -> bool {
+        let names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
+        declaration.links.only_planted(path, &names)
+    }
 }
 
 /// Slow work the registry needs done off the event path; the answer comes
@@ -694,6 +714,7 @@ impl<T> Registry<T> {
             judge_files: !is_job,
             spawn: spawn.map(Arc::new),
             created: Default::default(),
+            names_made: Default::default(),
         }));
         state.deadline = None;
     }

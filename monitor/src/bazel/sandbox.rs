@@ -8,13 +8,18 @@
 //! space), the targets those symlinks point to (tools that resolve links
 //! before opening), and the writable directories the launcher was given.
 use std::{
+    collections::{HashMap, HashSet},
     ffi::OsStr,
     fs,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{
+        ffi::{OsStrExt as _, OsStringExt as _},
+        fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{events::paths, policy::matchers::PathMatcher};
+use crate::{actions::links::LinkSources, events::paths, policy::matchers::PathMatcher};
 
 /// Most sandbox entries read for one spawn; a larger tree is truncated with a
 /// warning (its remaining inputs would show up as undeclared, never hidden).
@@ -42,6 +47,8 @@ pub struct Spawn {
     /// When the launcher exec'd: symlinks in the sandbox changed after it
     /// were planted by the spawn, not by Bazel, and declare nothing.
     pub launched_at: Option<std::time::SystemTime>,
+    /// The same moment in `CLOCK_MONOTONIC` ns (the kernel's event clock).
+    pub launch_ktime_ns: u64,
 }
 
 /// Reads a launcher's argv (NUL-separated, as in `/proc/<pid>/cmdline`) and
@@ -155,12 +162,16 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// The spawn's declared paths: its sandbox (or execroot) tree and every
 /// symlink target found in it, each hop of a chain included (Bazel links
 /// sandbox inputs to the main execroot, which links to the source tree).
-pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
+/// Links made after the launch declare nothing; the targets of those that
+/// may have been ([`LinkSources`]) are returned apart as well.
+pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
     let mut patterns = vec![pattern_below(root), root.display().to_string()];
+    let mut sure: HashSet<PathBuf> = HashSet::new();
+    let mut ambiguous: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut seen = 0;
     let mut stack = vec![spawn.execroot.clone()];
-    while let Some(dir) = stack.pop() {
+    'walk: while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -171,7 +182,7 @@ pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
                     "sandbox {} has more than {MAX_ENTRIES} entries; reading stopped",
                     root.display()
                 );
-                return patterns;
+                break 'walk;
             }
             let Ok(kind) = entry.file_type() else {
                 continue;
@@ -180,35 +191,110 @@ pub fn declared_patterns(spawn: &Spawn) -> Vec<String> {
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_symlink() {
-                if planted(&entry, spawn.launched_at) {
-                    log::warn!(
+                let Ok(meta) = entry.metadata() else { continue };
+                match made(&meta, spawn.launched_at) {
+                    Made::After => log::warn!(
                         "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
                         path.display()
-                    );
-                    continue;
+                    ),
+                    Made::Before => push_link_chain(&path, &mut patterns, |t| {
+                        sure.insert(t.to_path_buf());
+                    }),
+                    Made::WithinATick => push_link_chain(&path, &mut patterns, |t| {
+                        ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
+                    }),
                 }
-                push_link_chain(&path, &mut patterns);
             }
         }
     }
-    patterns
+    (patterns, link_sources(spawn, root, &sure, ambiguous))
 }
 
-/// Whether a sandbox entry changed after the launch (its inode's ctime is
-/// later). The kernel's file times are coarse (a clock tick behind at
-/// most), so an entry from before the launch never looks planted.
-fn planted(entry: &fs::DirEntry, launched_at: Option<std::time::SystemTime>) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let (Some(launch), Ok(meta)) = (launched_at, entry.metadata()) else {
-        return false;
+/// The targets only ambiguous links declare (not below the sandbox, not
+/// declared by another link), and until when a name the action made may be
+/// one of those links.
+fn link_sources(
+    spawn: &Spawn,
+    root: &Path,
+    sure: &HashSet<PathBuf>,
+    ambiguous: Vec<(PathBuf, Vec<u8>)>,
+) -> LinkSources {
+    let mut only_ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    for (target, link_name) in ambiguous {
+        if !target.starts_with(root) && !target.ancestors().any(|a| sure.contains(a)) {
+            let names = only_ambiguous
+                .entry(target.into_os_string().into_vec())
+                .or_default();
+            names.push(link_name);
+        }
+    }
+    let tick = coarse_tick().as_nanos() as u64;
+    // A name made after launch + tick has a file time after the launch.
+    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + tick)
+}
+
+/// When a sandbox link was made, by its inode's ctime against the launch.
+enum Made {
+    Before,
+    /// Its time is within one clock tick before the launch: the kernel's
+    /// file times are coarse (up to a tick behind), so it may be from just
+    /// after.
+    WithinATick,
+    After,
+}
+
+fn made(meta: &fs::Metadata, launched_at: Option<SystemTime>) -> Made {
+    let Some(launch) = launched_at else {
+        return Made::Before;
     };
-    let ctime = std::time::UNIX_EPOCH
-        + std::time::Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
-    ctime > launch
+    let ctime = UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
+    if ctime > launch {
+        Made::After
+    } else if ctime + coarse_tick() > launch {
+        Made::WithinATick
+    } else {
+        Made::Before
+    }
 }
 
-/// Every hop of the symlink chain starting at `link` (a few at most).
-pub(crate) fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
+/// The resolution of the clock file times come from (one scheduler tick).
+fn coarse_tick() -> Duration {
+    static TICK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
+        let tick = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        // 10 ms (HZ=100) is the coarsest Linux has.
+        if ok && !tick.is_zero() {
+            tick
+        } else {
+            Duration::from_millis(10)
+        }
+    })
+}
+
+/// Every hop of the symlink chain starting at `link` (a few at most), and
+/// the path it finally resolves to (the execroot links whole source
+/// directories, so a hop's target may itself be reached through a link);
+/// each also handed to `declared`.
+pub(crate) fn push_link_chain(
+    link: &Path,
+    patterns: &mut Vec<String>,
+    mut declared: impl FnMut(&Path),
+) {
+    let mut push = |target: &Path, patterns: &mut Vec<String>| {
+        let is_dir = fs::metadata(target).is_ok_and(|m| m.is_dir());
+        patterns.push(if is_dir {
+            pattern_below(target)
+        } else {
+            escape_glob(&target.display().to_string())
+        });
+        declared(target);
+    };
     let mut current = link.to_path_buf();
     for _ in 0..8 {
         let Ok(target) = fs::read_link(&current) else {
@@ -218,13 +304,13 @@ pub(crate) fn push_link_chain(link: &Path, patterns: &mut Vec<String>) {
             current.parent().unwrap_or(Path::new("/")),
             &target.to_string_lossy(),
         );
-        let is_dir = fs::metadata(&target).is_ok_and(|m| m.is_dir());
-        patterns.push(if is_dir {
-            pattern_below(&target)
-        } else {
-            escape_glob(&target.display().to_string())
-        });
+        push(&target, patterns);
         current = target;
+    }
+    if let Ok(real) = fs::canonicalize(link)
+        && real != current
+    {
+        push(&real, patterns);
     }
 }
 
@@ -366,10 +452,10 @@ mod tests {
             Path::new("/"),
         );
         spawn.launched_at = Some(launch);
-        assert!(matcher(&declared_patterns(&spawn)).matches(b"/etc/hostname"));
+        assert!(matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"));
         spawn.launched_at = Some(launch - std::time::Duration::from_secs(60));
         assert!(
-            !matcher(&declared_patterns(&spawn)).matches(b"/etc/hostname"),
+            !matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"),
             "a link from after the launch was followed"
         );
     }
@@ -388,6 +474,11 @@ mod tests {
         fs::create_dir_all(execroot.join("pkg")).unwrap();
         std::os::unix::fs::symlink(main.join("in.txt"), execroot.join("pkg/in.txt")).unwrap();
         std::os::unix::fs::symlink(src.join("dir"), execroot.join("pkg/dir")).unwrap();
+        // As Bazel 4 does: the main execroot links a whole source directory.
+        fs::create_dir_all(src.join("lib")).unwrap();
+        fs::write(src.join("lib/lib.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(src.join("lib"), main.join("lib")).unwrap();
+        std::os::unix::fs::symlink(main.join("lib/lib.txt"), execroot.join("pkg/lib.txt")).unwrap();
         let spawn = parse_launch(
             &argv(&[
                 "linux-sandbox",
@@ -398,7 +489,7 @@ mod tests {
             ]),
             Path::new("/"),
         );
-        let m = matcher(&declared_patterns(&spawn));
+        let m = matcher(&declared_patterns(&spawn).0);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         assert!(m.matches(&b(&execroot.join("pkg/in.txt"))));
         assert!(
@@ -414,6 +505,11 @@ mod tests {
             m.matches(&b(&src.join("dir/deeper/f"))),
             "directory symlink target"
         );
+        assert!(
+            m.matches(&b(&src.join("lib/lib.txt"))),
+            "reached through a directory link"
+        );
+        assert!(!m.matches(&b(&src.join("lib/other.txt"))), "its neighbour");
         assert!(!m.matches(&b(&src.join("other.txt"))), "undeclared source");
         assert!(!m.matches(b"/etc/shadow"));
     }

@@ -32,6 +32,7 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
     spawn.launched_at = Some(crate::events::decode::wall_clock_recent(
         launch.origin.ktime_ns,
     ));
+    spawn.launch_ktime_ns = launch.origin.ktime_ns;
     // The kernel matched the launcher by comm; a script launcher has the
     // interpreter as argv[0].
     spawn.launcher = launch.origin.comm_str();
@@ -40,14 +41,16 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
 
 /// What a sandboxed spawn declared: its sandbox, read now.
 pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
+    let (declared, links) = sandbox::declared_patterns(spawn);
     Declaration {
         cgroup: cgroup.to_path_buf(),
         label: None,
         mnemonic: None,
-        inputs: sandbox::matcher(&sandbox::declared_patterns(spawn)),
+        inputs: sandbox::matcher(&declared),
         outputs: sandbox::matcher(&sandbox::output_patterns(spawn)),
         writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
         identities: Default::default(),
+        links,
         network: NetMatcher::default(),
         source: spawn
             .sandbox_dir

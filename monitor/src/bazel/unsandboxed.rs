@@ -32,7 +32,7 @@ pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
         let path = execroot.join(rel.trim_start_matches("./"));
         patterns.push(escape_glob(&path.display().to_string()));
         patterns.push(pattern_below(&path));
-        push_link_chain(&path, &mut patterns);
+        push_link_chain(&path, &mut patterns, |_| {});
     }
     patterns
 }
@@ -66,6 +66,8 @@ pub fn declaration_from_log(
         writable: sandbox::matcher(&[]),
         identities: Default::default(),
         network: NetMatcher::default(),
+        // Bazel's record, not a tree read: no link of uncertain age.
+        links: Default::default(),
         source: source.to_path_buf(),
     }
 }

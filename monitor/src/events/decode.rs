@@ -102,6 +102,16 @@ fn identity(ev: &FileEvent) -> Identity {
     }
 }
 
+/// A process made a name: a symlink, a link or a rename
+/// (`EventKind::LinkMade`), at `origin.ktime_ns`.
+#[derive(Clone, Debug)]
+pub struct LinkMade {
+    pub origin: Origin,
+    pub syscall: u32,
+    /// The new name as passed (empty when unreadable).
+    pub name: Vec<u8>,
+}
+
 #[derive(Clone, Debug)]
 pub struct FileOpen {
     pub origin: Origin,
@@ -209,6 +219,8 @@ pub enum Event {
     Launch(Launch),
     /// The process set up an io_uring: its opens through it are not seen.
     IoUring(Origin),
+    /// The process made a symlink, a link or a rename.
+    LinkMade(LinkMade),
     Cgroup(CgroupChange),
     /// A worker runner's child exec'd its command: a remote-execution
     /// action rooted at `origin.pid`, working in its input root (`cwd`).
@@ -231,6 +243,7 @@ impl Event {
             Event::Exit(o) => o,
             Event::Launch(e) => &e.origin,
             Event::IoUring(o) => o,
+            Event::LinkMade(l) => &l.origin,
             Event::Cgroup(c) => &c.origin,
             Event::WorkerLaunch(e) => &e.origin,
             Event::WorkerExit { origin, .. } => origin,
@@ -241,7 +254,7 @@ impl Event {
     /// file, net, exec, exit, launch, io_uring, cgroup.
     pub fn metric_index(&self) -> usize {
         match self {
-            Event::File(_) => 0,
+            Event::File(_) | Event::LinkMade(_) => 0,
             Event::Connect(_) | Event::ConnectResult(_) | Event::UnixConnect(_) => 1,
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
@@ -294,6 +307,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
         Some(EventKind::IoUring) => Ok(Event::IoUring(origin)),
+        Some(EventKind::LinkMade) => {
+            let (ev, _, name) = split_path_event(bytes)?;
+            Ok(Event::LinkMade(LinkMade {
+                origin,
+                syscall: ev.syscall,
+                name: name.to_vec(),
+            }))
+        }
         Some(EventKind::Launch) => decode_launch(bytes, origin).map(Event::Launch),
         Some(EventKind::WorkerLaunch) => decode_launch(bytes, origin).map(Event::WorkerLaunch),
         Some(EventKind::WorkerExit) => {

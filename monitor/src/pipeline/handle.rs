@@ -180,9 +180,10 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::WorkerExit { origin, status } => self.worker_exit(&origin, status, now),
-            event @ (Event::File(_) | Event::Connect(_) | Event::UnixConnect(_)) => {
-                self.route(event, now)
-            }
+            event @ (Event::File(_)
+            | Event::Connect(_)
+            | Event::UnixConnect(_)
+            | Event::LinkMade(_)) => self.route(event, now),
         }
     }
 
@@ -363,6 +364,11 @@ impl Handler {
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(e) => self.policy.judge_exec(e, || observed.process(), &action),
                 Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
+                // In event order: before any open through the planted name.
+                Event::LinkMade(l) => {
+                    action.note_name_made(l.origin.ktime_ns, &l.name);
+                    None
+                }
                 _ => None,
             };
             if self.summary.keep_alerts {

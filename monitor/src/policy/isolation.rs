@@ -59,6 +59,7 @@ mod tests {
             judge_files: true,
             spawn: None,
             created: Default::default(),
+            names_made: Default::default(),
         });
         let process = || ProcessInfo {
             pid: 7,

@@ -165,7 +165,7 @@ impl Policy {
         let path = &ev.path;
         let decl = action.declaration.as_deref();
         let allowed = self.files_allow.matches(path);
-        let inputs = decl.is_some_and(|d| d.inputs.matches(path));
+        let inputs = decl.is_some_and(|d| d.inputs.matches(path) && !action.only_planted(d, path));
         let outputs = decl.is_some_and(|d| d.outputs.matches(path));
         let writable = decl.is_some_and(|d| d.writable.matches(path));
         let mut created = action.created.lock().unwrap_or_else(|e| e.into_inner());
@@ -386,6 +386,7 @@ mod tests {
             network: NetMatcher::default(),
             source: PathBuf::from("/ob/sandbox/linux-sandbox/1"),
             identities: Default::default(),
+            links: Default::default(),
         };
         Arc::new(ActionView {
             info: ActionInfo {
@@ -400,6 +401,7 @@ mod tests {
             judge_files: true,
             spawn: None,
             created: Default::default(),
+            names_made: Default::default(),
         })
     }
 
@@ -604,6 +606,7 @@ mod tests {
             judge_files: false,
             spawn: None,
             created: Default::default(),
+            names_made: Default::default(),
         });
         assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
     }

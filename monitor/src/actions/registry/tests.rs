@@ -56,6 +56,7 @@ fn declaration(cgroup: &str, label: &str) -> Declaration {
         outputs: PathMatcher::new(&[]).unwrap(),
         writable: PathMatcher::new(&[]).unwrap(),
         identities: Default::default(),
+        links: Default::default(),
         network: NetMatcher::default(),
         source: "/decl/a.json".into(),
     }
@@ -301,6 +302,7 @@ fn worker_spawn(root: &str) -> Spawn {
         command: vec!["/bin/bash".into()],
         own_network: false,
         launched_at: None,
+        launch_ktime_ns: 0,
     }
 }
 

@@ -1,0 +1,68 @@
+//! Names a monitored process makes: a successful symlink, link or rename
+//! (every syscall of the three), with the new name as passed. Userspace
+//! compares the time and the name with the sandbox's links, to tell one
+//! the spawn planted within a clock tick of its start (the file times are
+//! that coarse) from one Bazel made before it.
+use monitor_common::{
+    EventKind, NR_LINK, NR_LINKAT, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SYMLINK, NR_SYMLINKAT,
+    Settings,
+};
+
+use crate::{
+    emit::{fill_header, submit},
+    maps::{SCRATCH, Scratch},
+    probes::{
+        files::{clear_identity, read_name},
+        syscalls::Syscall,
+    },
+};
+
+#[inline(always)]
+pub fn is_link_syscall(nr: u64) -> bool {
+    matches!(
+        nr,
+        NR_SYMLINK | NR_SYMLINKAT | NR_LINK | NR_LINKAT | NR_RENAME | NR_RENAMEAT | NR_RENAMEAT2
+    )
+}
+
+/// The argument holding the new name.
+#[inline(always)]
+fn new_name(call: &Syscall) -> u64 {
+    match call.nr {
+        // symlink(old, new), link(old, new), rename(old, new)
+        NR_SYMLINK | NR_LINK | NR_RENAME => call.args[1],
+        // symlinkat(old, newdirfd, new)
+        NR_SYMLINKAT => call.args[2],
+        // linkat/renameat/renameat2(olddirfd, old, newdirfd, new, …)
+        _ => call.args[3],
+    }
+}
+
+pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    if call.ret != 0 {
+        return None;
+    }
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &mut *scratch };
+    let ev = &mut scratch.event;
+    fill_header(
+        &mut ev.header,
+        EventKind::LinkMade as u32,
+        &call.m,
+        &settings.offsets,
+    );
+    ev.syscall = call.nr as u32;
+    ev.dirfd = 0;
+    ev.open_flags = 0;
+    ev.mode = 0;
+    ev.result = 0;
+    clear_identity(ev);
+    let mut hflags = 0;
+    let path_len = read_name(scratch, new_name(call), 0, &mut hflags);
+    scratch.event.header.flags = hflags;
+    scratch.event.path_len = path_len as u32;
+    let total = core::mem::size_of::<monitor_common::FileEvent>() + path_len;
+    submit(settings, (scratch as *const Scratch).cast(), total);
+    Some(())
+}
