@@ -98,6 +98,7 @@ impl Policy {
             truncated: false,
             unresolved: false,
             unreadable: false,
+            tracked: None,
         };
         self.judge_object(&open, "exec", process, action)
     }
@@ -435,6 +436,7 @@ mod tests {
             truncated: false,
             unresolved: false,
             unreadable: false,
+            tracked: None,
         }
     }
 
