@@ -105,6 +105,9 @@ pub const FLAG_OBJECT: u32 = 1 << 4;
 /// sockets, memfds, namespace files, lazily unmounted trees): the object is
 /// not reachable by any path.
 pub const FLAG_DIR_INTERNAL: u32 = 1 << 5;
+/// On a `FileOpen` event: the object is in the kernel's `SEEN` map; the
+/// process's repeats of this access are counted there.
+pub const FLAG_TRACKED: u32 = 1 << 7;
 /// On a `Connect` event: the socket-address hook already reported this
 /// connect (a [`SockEvent`] of the same thread); this event only brings the
 /// syscall's result.
@@ -186,7 +189,43 @@ pub struct FileEvent {
     pub proc_tgid: u32,
     /// `i_mode` of the inode (file type and permissions).
     pub i_mode: u32,
+    /// With [`FLAG_TRACKED`]: the rest of the object's [`SeenKey`].
+    pub generation: u32,
+    pub access_class: u32,
+    pub dentry: u64,
+    pub mnt: u64,
 }
+
+/// One process's access of one kind to one object, as the kernel
+/// de-duplicates successful opens: the first is reported in full (with
+/// [`FLAG_TRACKED`]), repeats only counted in the `SEEN` map under this key
+/// until userspace takes the count (when the process ends). The dentry and
+/// mount name the path the object was reached by; the generation tells a
+/// reused inode number apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SeenKey {
+    pub action_cgroup_id: u64,
+    pub ino: u64,
+    pub dentry: u64,
+    pub mnt: u64,
+    pub tgid: u32,
+    /// `s_dev` (kernel encoding).
+    pub dev: u32,
+    pub generation: u32,
+    /// The open flags that bear on the verdict ([`ACCESS_CLASS_FLAGS`]),
+    /// plus [`ACCESS_CREATED`] when the open created the file.
+    pub access_class: u32,
+}
+
+/// `O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | O_DIRECTORY | O_PATH |
+/// __O_TMPFILE`.
+pub const ACCESS_CLASS_FLAGS: u32 =
+    0o3 | 0o100 | 0o1000 | 0o2000 | 0o200000 | 0o10000000 | 0o20000000;
+/// In an access class: the kernel created the file (`FMODE_CREATED`).
+pub const ACCESS_CREATED: u32 = 1 << 31;
+/// Entries of the `SEEN` map; past it, opens are reported in full.
+pub const SEEN_ENTRIES: u32 = 65536;
 
 /// `f_mode` bit: the open created the file (`FMODE_CREATED`, a macro, not
 /// in BTF).
@@ -424,7 +463,7 @@ pub struct KernelOffsets {
     /// Offset of `numbers[0].nr` in `struct pid` (the pid in the initial
     /// namespace).
     pub pid_nr: u32,
-    pub _pad: u32,
+    pub inode_i_generation: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
@@ -498,4 +537,5 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for SeenKey {}
 }

@@ -3,10 +3,14 @@
 //! `probes/` holds the entry points, one module per hook family (see its
 //! `mod.rs`); beside it are the helpers they share: `filter` (is this task
 //! in a monitored action?), `lineage` (sandbox launcher trees), `dpath`
-//! (dentry walks), `object` (identity of an open file), `task` (kernel struct reads), `emit` (ring records),
+//! (dentry walks), `object` (identity of an open file), `seen` (repeats
+//! counted, not reported), `task` (kernel struct reads), `emit` (ring records),
 //! `maps`. The kernel filters and reports; userspace decides.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `seen.rs`: the atomic add the BPF target has no atomic type for.
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod dpath;
 mod emit;
@@ -15,6 +19,7 @@ mod lineage;
 mod maps;
 mod object;
 mod probes;
+mod seen;
 mod task;
 mod workers;
 

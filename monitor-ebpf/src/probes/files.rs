@@ -7,8 +7,8 @@
 //! dirfd) resolved here while the task still exists.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
-    EventKind, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FileEvent, NR_CREAT,
-    NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT,
+    EventKind, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FLAG_TRACKED, FileEvent,
+    NR_CREAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT,
     SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
 };
 
@@ -18,6 +18,7 @@ use crate::{
     maps::{SCRATCH, Scratch},
     object,
     probes::syscalls::Syscall,
+    seen::{self, Seen},
     task::{current_task, file_of_fd, read},
 };
 
@@ -77,6 +78,22 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let o = &settings.offsets;
     let args = open_args(call)?;
+    // The object the kernel opened, when there is one; else the name's base.
+    let file = if call.ret >= 0 {
+        file_of_fd(o, call.ret as i32)
+    } else {
+        0
+    };
+    let seen = if file != 0 {
+        let key = seen::key_of(o, file, args.flags, &call.m);
+        match seen::check(&key) {
+            Seen::Repeat => return Some(()),
+            Seen::First => Some(key),
+            Seen::Untracked => None,
+        }
+    } else {
+        None
+    };
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
@@ -88,15 +105,16 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.mode = args.mode;
     ev.result = call.ret;
     clear_identity(ev);
-
     let mut hflags = 0;
+    if let Some(key) = seen {
+        hflags |= FLAG_TRACKED;
+        ev.generation = key.generation;
+        ev.access_class = key.access_class;
+        ev.dentry = key.dentry;
+        ev.mnt = key.mnt;
+    }
+
     let path_len = read_name(scratch, args.path, call.ret, &mut hflags);
-    // The object the kernel opened, when there is one; else the name's base.
-    let file = if call.ret >= 0 {
-        file_of_fd(o, call.ret as i32)
-    } else {
-        0
-    };
     let dir_len = if file != 0 {
         hflags |= FLAG_OBJECT;
         object::describe(o, file, &mut scratch.event);
@@ -124,6 +142,10 @@ pub fn clear_identity(ev: &mut FileEvent) {
     ev.nlink = 0;
     ev.proc_tgid = 0;
     ev.i_mode = 0;
+    ev.generation = 0;
+    ev.access_class = 0;
+    ev.dentry = 0;
+    ev.mnt = 0;
     ev.dir_len = 0;
     ev.path_len = 0;
 }

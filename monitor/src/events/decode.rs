@@ -10,8 +10,8 @@ use std::{
 use monitor_common::{
     AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_INTERNAL,
     FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
-    FLAG_PATH_UNREADABLE, FLAG_SEEN_BY_SOCK_HOOK, FileEvent, SOCK_OP_CONNECT, SockEvent,
-    UnixConnectEvent, WorkerExitEvent,
+    FLAG_PATH_UNREADABLE, FLAG_SEEN_BY_SOCK_HOOK, FLAG_TRACKED, FileEvent, SOCK_OP_CONNECT,
+    SeenKey, SockEvent, UnixConnectEvent, WorkerExitEvent,
 };
 
 use crate::events::paths;
@@ -133,6 +133,18 @@ pub struct FileOpen {
     pub unresolved: bool,
     /// The path pointer could not be read.
     pub unreadable: bool,
+    /// The kernel counts this process's repeats of this access under this
+    /// key (`FLAG_TRACKED`); they are taken when the process ends.
+    pub tracked: Option<SeenKey>,
+}
+
+/// Repeats of a tracked access (`FileOpen::tracked`), taken from the
+/// kernel's count when the process ended: judged as the first was.
+#[derive(Clone, Debug)]
+pub struct Repeats {
+    pub origin: Origin,
+    pub key: SeenKey,
+    pub count: u64,
 }
 
 /// A connect or a datagram sent to an address.
@@ -221,6 +233,9 @@ pub enum Event {
     IoUring(Origin),
     /// The process made a symlink, a link or a rename.
     LinkMade(LinkMade),
+    /// Repeats of a tracked open, counted by the kernel (never decoded:
+    /// made when the process ends).
+    Repeats(Repeats),
     Cgroup(CgroupChange),
     /// A worker runner's child exec'd its command: a remote-execution
     /// action rooted at `origin.pid`, working in its input root (`cwd`).
@@ -244,6 +259,7 @@ impl Event {
             Event::Launch(e) => &e.origin,
             Event::IoUring(o) => o,
             Event::LinkMade(l) => &l.origin,
+            Event::Repeats(r) => &r.origin,
             Event::Cgroup(c) => &c.origin,
             Event::WorkerLaunch(e) => &e.origin,
             Event::WorkerExit { origin, .. } => origin,
@@ -254,7 +270,7 @@ impl Event {
     /// file, net, exec, exit, launch, io_uring, cgroup.
     pub fn metric_index(&self) -> usize {
         match self {
-            Event::File(_) | Event::LinkMade(_) => 0,
+            Event::File(_) | Event::LinkMade(_) | Event::Repeats(_) => 0,
             Event::Connect(_) | Event::ConnectResult(_) | Event::UnixConnect(_) => 1,
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
@@ -468,6 +484,7 @@ fn decode_file(bytes: &[u8], origin: Origin, flags: u32) -> Result<FileOpen, Dec
         paths::resolve(&paths::dir_from_components(dir), raw)
     };
     Ok(FileOpen {
+        tracked: seen_key(&ev, &origin, flags),
         origin,
         path,
         requested: None,
@@ -501,7 +518,22 @@ fn decode_object(ev: &FileEvent, dir: &[u8], raw: &[u8], origin: Origin, flags: 
         truncated: flags & FLAG_DIR_TRUNCATED != 0,
         unresolved: false,
         unreadable: false,
+        tracked: seen_key(ev, &origin, flags),
     }
+}
+
+/// The kernel's key of a tracked open (as `seen::key_of` built it).
+fn seen_key(ev: &FileEvent, origin: &Origin, flags: u32) -> Option<SeenKey> {
+    (flags & FLAG_TRACKED != 0).then_some(SeenKey {
+        action_cgroup_id: origin.action_cgroup_id,
+        ino: ev.ino,
+        dentry: ev.dentry,
+        mnt: ev.mnt,
+        tgid: origin.pid,
+        dev: ev.dev,
+        generation: ev.generation,
+        access_class: ev.access_class,
+    })
 }
 
 /// A relative name without `..` whose components end the object path names

@@ -125,6 +125,8 @@ pub struct Kernel {
     /// The trie keys written by the last `set_network_policy` (removed when
     /// a reload no longer lists them).
     allow_keys: (Vec<TrieKey<16>>, Vec<TrieKey<18>>),
+    /// The counts of repeated opens (taken by the pipeline).
+    pub seen: Option<crate::kernel::seen::SeenCounts>,
 }
 
 impl Kernel {
@@ -160,6 +162,7 @@ impl Kernel {
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
         let runners = HashMap::try_from(take(&mut ebpf, "RUNNERS")?)?;
+        let seen = seen_counts(take(&mut ebpf, "SEEN")?)?;
         let mut settings = Settings {
             offsets,
             scope_count: 0,
@@ -191,6 +194,7 @@ impl Kernel {
             syscall_hook: SyscallHook::Btf,
             sock_hooks: Vec::new(),
             allow_keys: (Vec::new(), Vec::new()),
+            seen: Some(seen),
         };
         kernel.set_scopes(scopes)?;
         for (program, hook) in PROCESS_PROGRAMS {
@@ -366,6 +370,19 @@ impl Kernel {
     }
 }
 
+/// The `SEEN` map, with a duplicate of its descriptor.
+fn seen_counts(map: aya::maps::Map) -> anyhow::Result<crate::kernel::seen::SeenCounts> {
+    use std::os::fd::AsFd as _;
+    let aya::maps::Map::HashMap(data) = &map else {
+        bail!("map SEEN is not a hash map");
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned()?;
+    Ok(crate::kernel::seen::SeenCounts::new(
+        HashMap::try_from(map)?,
+        fd,
+    ))
+}
+
 /// A program of the object, as its type.
 fn loadable<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
 where
@@ -514,7 +531,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         socket_sk: off("socket", "sk")?,
         sock_peer_pid: off("sock", "sk_peer_pid")?,
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
-        _pad: 0,
+        inode_i_generation: off("inode", "i_generation")?,
     })
 }
 

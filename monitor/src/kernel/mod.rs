@@ -1,7 +1,9 @@
 //! Kernel side, seen from userspace: loading and attaching the eBPF programs
-//! (with struct offsets from the running kernel's BTF) and reading the ring.
+//! (with struct offsets from the running kernel's BTF), reading the ring and
+//! taking the counts of repeated opens.
 //! Owns the maps and the raw records; must not decode, attribute or judge.
 pub mod btf;
 pub mod loader;
 pub mod privileges;
 pub mod ring;
+pub mod seen;

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub events_total: IntCounterVec,
     /// Events that never reached a verdict, by `reason`.
     pub events_lost_total: IntCounterVec,
+    /// Of `events_total{kind="file"}`: repeated opens the kernel counted
+    /// instead of reporting (each judged as the process's first).
+    pub repeats_total: IntCounter,
     pub actions_active: IntGauge,
     /// Actions seen starting, by `mnemonic`.
     pub actions_total: IntCounterVec,
@@ -67,6 +70,13 @@ impl Metrics {
                 "events_lost_total",
                 "Kernel events lost before a verdict; a non-zero rate means violations may be missed.",
                 &["reason"],
+            ),
+            repeats_total: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "repeats_total",
+                    "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
+                )),
             ),
             actions_active: register(
                 &registry,

@@ -88,6 +88,8 @@ pub struct Handler {
     cache_risks: CacheRisks,
     /// Hook connects waiting for their syscall result.
     net_join: crate::events::netjoin::ResultJoin,
+    /// Opens the kernel counted instead of reporting.
+    pub repeats: crate::pipeline::repeats::RepeatTracker,
 }
 
 impl Handler {
@@ -117,6 +119,7 @@ impl Handler {
             worker_records_dir: PathBuf::from("/run/monitor/reapi"),
             cache_risks: CacheRisks::default(),
             net_join: Default::default(),
+            repeats: Default::default(),
         }
     }
 
@@ -134,7 +137,14 @@ impl Handler {
     }
 
     fn dispatch(&mut self, mut event: Event, now: Instant) {
-        self.event_counters[event.metric_index()].inc();
+        let weight = match &event {
+            Event::Repeats(r) => {
+                self.metrics.repeats_total.inc_by(r.count);
+                r.count
+            }
+            _ => 1,
+        };
+        self.event_counters[event.metric_index()].inc_by(weight);
         let pid = event.origin().pid;
         if let Event::UnixConnect(u) = &mut event {
             // Now, while the listener still runs (it may be gone by the
@@ -155,6 +165,9 @@ impl Handler {
             // Merged by `net_join`; one left over has nothing to add.
             Event::ConnectResult(_) => {}
             Event::Exit(origin) => {
+                for repeats in self.repeats.process_ended(pid, &origin) {
+                    self.dispatch(Event::Repeats(repeats), now);
+                }
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
             }
@@ -180,10 +193,16 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::WorkerExit { origin, status } => self.worker_exit(&origin, status, now),
-            event @ (Event::File(_)
-            | Event::Connect(_)
+            Event::File(f) => {
+                if let Some(key) = f.tracked {
+                    self.repeats.first_seen(&f.origin, key);
+                }
+                self.route(Event::File(f), now)
+            }
+            event @ (Event::Connect(_)
             | Event::UnixConnect(_)
-            | Event::LinkMade(_)) => self.route(event, now),
+            | Event::LinkMade(_)
+            | Event::Repeats(_)) => self.route(event, now),
         }
     }
 
@@ -352,6 +371,9 @@ impl Handler {
         for event in self.net_join.take_all() {
             self.dispatch(event, now);
         }
+        for repeats in self.repeats.take_all() {
+            self.dispatch(Event::Repeats(repeats), now);
+        }
         let ready = self.registry.release_all();
         self.judge_all(ready);
         self.cache_verdicts(Instant::now(), true);
@@ -360,7 +382,23 @@ impl Handler {
     fn judge_all(&mut self, ready: impl IntoIterator<Item = (Observed, Arc<ActionView>)>) {
         for (observed, action) in ready {
             let violation = match &observed.event {
-                Event::File(f) => self.policy.judge_file(f, || observed.process(), &action),
+                Event::File(f) => {
+                    let v = self.policy.judge_file(f, || observed.process(), &action);
+                    if let Some(key) = f.tracked {
+                        let first = v.as_ref().map(|v| (v.target.clone(), v.alert.clone()));
+                        self.repeats.judged(key, first);
+                    }
+                    v
+                }
+                Event::Repeats(r) => {
+                    self.repeats
+                        .violation_of(&r.key)
+                        .map(|(target, mut alert)| {
+                            alert.count = r.count;
+                            alert.time = r.origin.time;
+                            crate::policy::judge::Violation { target, alert }
+                        })
+                }
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
                 Event::Exec(e) => self.policy.judge_exec(e, || observed.process(), &action),
                 Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
@@ -386,8 +424,9 @@ impl Handler {
     }
 
     /// Counts, remembers and folds one violation of `action`.
+    /// (An open the kernel counted as repeats is one violation per open.)
     fn violation(&mut self, v: crate::policy::judge::Violation, action: &ActionView) {
-        self.summary.violations += 1;
+        self.summary.violations += v.alert.count;
         self.keep_spawn_command(action);
         self.cache_risks
             .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
@@ -395,7 +434,7 @@ impl Handler {
         self.metrics
             .violations_total
             .with_label_values(&[v.alert.kind.as_str(), mnemonic])
-            .inc();
+            .inc_by(v.alert.count);
         self.folder.add(v.target, v.alert);
     }
 }

@@ -16,6 +16,7 @@
 pub mod handle;
 pub mod reader;
 pub mod reload;
+pub mod repeats;
 
 use std::{
     future::Future,
@@ -118,6 +119,7 @@ impl Pipeline {
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let ring = kernel.events.take().expect("ring buffer taken once");
+        self.handler.repeats.counts = kernel.seen.take();
         let ring = EventRing::new(ring, u64::from(kernel.ring_bytes))?;
         let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
         let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());

@@ -100,6 +100,7 @@ impl Policy {
             truncated: false,
             unresolved: false,
             unreadable: false,
+            tracked: None,
         };
         self.judge_object(&open, "exec", process, action)
     }
@@ -437,6 +438,7 @@ mod tests {
             truncated: false,
             unresolved: false,
             unreadable: false,
+            tracked: None,
         }
     }
 

@@ -1,0 +1,80 @@
+//! Pay once per object, not per open: a process's repeated access of one
+//! kind to one object is reported once. The first successful open is
+//! reported in full and its key put in `SEEN`; repeats only add one to
+//! the count there (no path walk, no ring record). Userspace takes each
+//! count, exactly, when the process ends (`kernel::seen`). When the map is
+//! full, opens are reported in full, as without it.
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
+use monitor_common::{
+    ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, KernelOffsets, SEEN_ENTRIES, SeenKey,
+};
+
+use crate::{filter::Match, task::read};
+
+/// Repeats per key since it was reported.
+#[map]
+pub static SEEN: HashMap<SeenKey, u64> = HashMap::with_max_entries(SEEN_ENTRIES, 0);
+
+pub enum Seen {
+    /// New: report it in full; its repeats will be counted.
+    First,
+    /// Counted: nothing to report.
+    Repeat,
+    /// Not tracked (map full): report it in full.
+    Untracked,
+}
+
+/// The key of an open of `file` (a `struct file *`) with `flags`.
+#[inline(always)]
+pub fn key_of(o: &KernelOffsets, file: u64, flags: u64, m: &Match) -> SeenKey {
+    let inode: u64 = read(file, o.file_f_inode);
+    let created = read::<u32>(file, o.file_f_mode) & FMODE_CREATED != 0;
+    SeenKey {
+        action_cgroup_id: m.action_cgroup_id,
+        ino: read(inode, o.inode_i_ino),
+        dentry: read(file, o.file_path + o.path_dentry),
+        mnt: read(file, o.file_path + o.path_mnt),
+        tgid: (m.pid_tgid >> 32) as u32,
+        dev: read(read::<u64>(inode, o.inode_i_sb), o.sb_s_dev),
+        generation: read(inode, o.inode_i_generation),
+        access_class: (flags as u32 & ACCESS_CLASS_FLAGS)
+            | if created { ACCESS_CREATED } else { 0 },
+    }
+}
+
+#[inline(always)]
+pub fn check(key: &SeenKey) -> Seen {
+    if let Some(count) = SEEN.get_ptr_mut(key) {
+        // SAFETY: a map value, alive while this program runs.
+        unsafe { add_one(count) };
+        return Seen::Repeat;
+    }
+    if SEEN.insert(key, &0, BPF_NOEXIST as u64).is_ok() {
+        Seen::First
+    } else {
+        Seen::Untracked
+    }
+}
+
+/// Atomic: threads of one process may repeat on several CPUs at once. The
+/// BPF target's core has no atomic types; its add without fetch (`lock
+/// xadd`) is the intrinsic with the result unused.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn add_one(count: *mut u64) {
+    // SAFETY: the caller passes a valid map value.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            count, 1,
+        )
+    };
+}
+
+/// Host builds (never run) use the stable atomic.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn add_one(count: *mut u64) {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(count) }
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
