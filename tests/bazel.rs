@@ -223,20 +223,7 @@ fn build_opts(o: Opts) -> Build {
         .args(&startup)
         .arg("build")
         .args(strategy)
-        .args([
-            "--sandbox_default_allow_network=false",
-            "--symlink_prefix=/",
-            "--incompatible_strict_action_env",
-            &format!(
-                "--action_env=MONITOR_FIXTURE_WORKSPACE_FILE={}",
-                ws.join("undeclared.txt").display()
-            ),
-            &format!(
-                "--action_env=MONITOR_FIXTURE_HOST_FILE={}",
-                host_file.display()
-            ),
-            &format!("--action_env=MONITOR_FIXTURE_PORT={port}"),
-        ])
+        .args(fixture_flags(&ws, &host_file, port))
         .args(extra)
         .arg("//:all")
         .output()
@@ -263,6 +250,24 @@ fn build_opts(o: Opts) -> Build {
         alerts,
         report,
     }
+}
+
+/// The build flags the fixture's rules read (paths and port by action_env).
+fn fixture_flags(ws: &Path, host_file: &Path, port: u16) -> [String; 6] {
+    [
+        "--sandbox_default_allow_network=false".into(),
+        "--symlink_prefix=/".into(),
+        "--incompatible_strict_action_env".into(),
+        format!(
+            "--action_env=MONITOR_FIXTURE_WORKSPACE_FILE={}",
+            ws.join("undeclared.txt").display()
+        ),
+        format!(
+            "--action_env=MONITOR_FIXTURE_HOST_FILE={}",
+            host_file.display()
+        ),
+        format!("--action_env=MONITOR_FIXTURE_PORT={port}"),
+    ]
 }
 
 /// Starts a Bazel server for the workspace, outside any monitored job.

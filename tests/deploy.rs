@@ -358,10 +358,15 @@ fn kubernetes_manifests_pass_the_schemas_and_say_what_the_agent_needs() {
     fs::write(&broken, text.replace("hostPID: true", "hostPid: true")).unwrap();
     assert!(!kubernetes_validate(&[broken]).status.success());
 
-    // The config in the ConfigMap is one the monitor accepts.
-    let config_map = &yaml_documents(&files[1])[0];
+    assert_config_map_is_accepted(&files[1], scratch.path());
+    assert_daemon_set_says_what_the_agent_needs(&yaml_documents(&files[2])[0]);
+}
+
+/// The config in the ConfigMap is one the monitor accepts.
+fn assert_config_map_is_accepted(file: &Path, scratch: &Path) {
+    let config_map = &yaml_documents(file)[0];
     let toml = config_map["data"]["monitor.toml"].as_str().unwrap();
-    let config = scratch.path().join("monitor.toml");
+    let config = scratch.join("monitor.toml");
     fs::write(&config, toml).unwrap();
     let out = run_monitor([std::ffi::OsStr::new("check-config"), config.as_os_str()]);
     assert_exit(&out, 0);
@@ -370,8 +375,9 @@ fn kubernetes_manifests_pass_the_schemas_and_say_what_the_agent_needs() {
         effective.contains("listen = \"0.0.0.0:9464\""),
         "{effective}"
     );
+}
 
-    let ds = &yaml_documents(&files[2])[0];
+fn assert_daemon_set_says_what_the_agent_needs(ds: &serde_json::Value) {
     let pod = &ds["spec"]["template"];
     let spec = &pod["spec"];
     assert_eq!(spec["hostPID"], true);
@@ -413,7 +419,11 @@ fn kubernetes_manifests_pass_the_schemas_and_say_what_the_agent_needs() {
             );
         }
     }
-    // The host's cgroup hierarchy, where the agent looks for it.
+    assert_host_mounts(spec, container);
+}
+
+/// The host's cgroup hierarchy, tracefs and BTF, where the agent looks.
+fn assert_host_mounts(spec: &serde_json::Value, container: &serde_json::Value) {
     let mount = |name: &str| {
         container["volumeMounts"]
             .as_array()

@@ -557,6 +557,46 @@ fn opens_by_file_handle_are_judged_on_the_object() {
     assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
 }
 
+/// Opens submitted through io_uring never pass the syscall hook: they are
+/// judged at their completion, on the object. The same ring opening a
+/// declared file is the positive control.
+#[test]
+fn io_uring_opens_are_judged_on_the_object() {
+    require_root();
+    let parent = test_parent("uring-open");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("uring");
+    let sc = scene();
+    let program = sc.d.join("bin/uring_open");
+    fs::create_dir_all(program.parent().unwrap()).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/uring_open.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed");
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    run_ok(
+        &action.path,
+        Command::new(&program)
+            .arg(sc.d.join("ok.txt"))
+            .arg(sc.secret.join("two")),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let alert = one_read_alert(&alerts, &sc.secret.join("two"));
+    // The opened file's flags (the kernel adds O_LARGEFILE).
+    assert!(
+        alert["file"]["flags"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("O_RDONLY")),
+        "{alert}"
+    );
+    assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
+}
+
 /// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
 /// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
 /// spawn plants there after its launch declares nothing.

@@ -151,6 +151,9 @@ pub const SYSCALL_OPENAT2: u32 = 2;
 pub const SYSCALL_CREAT: u32 = 3;
 /// `open_by_handle_at`: no name is passed (`path` is empty).
 pub const SYSCALL_OPEN_BY_HANDLE_AT: u32 = 4;
+/// An `IORING_OP_OPENAT`/`OPENAT2` request, seen at its completion: no
+/// name (`path` is empty); `open_flags` are the opened file's `f_flags`.
+pub const SYSCALL_IO_URING_OPEN: u32 = 5;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -464,6 +467,11 @@ pub struct KernelOffsets {
     /// namespace).
     pub pid_nr: u32,
     pub inode_i_generation: u32,
+    pub file_f_flags: u32,
+    pub io_kiocb_opcode: u32,
+    /// Where a request's per-opcode data (`struct io_open` for opens) is.
+    pub io_kiocb_cmd: u32,
+    pub io_open_file_slot: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them

@@ -11,6 +11,7 @@
 //! files, or a loopback connect).
 
 mod builds;
+pub(crate) mod flood;
 mod peers;
 mod plot;
 mod report;
@@ -68,6 +69,10 @@ pub struct Options {
     /// Leave out the real Bazel builds (the longest part).
     #[arg(long)]
     skip_builds: bool,
+    /// Distinct missing paths one action probes in the alert-storm row
+    /// [default: 1000000, or 50000 with --quick].
+    #[arg(long)]
+    flood_paths: Option<u64>,
     #[command(flatten)]
     builds: builds::BuildOptions,
     /// Where to write the report [default: BENCHMARKS.md at the workspace
@@ -246,6 +251,20 @@ impl Bench {
     }
 
     fn worker_command(&self, workload: Workload, placement: &Placement<'_>) -> Command {
+        let path = match workload {
+            Workload::Distinct => &self.distinct_dir,
+            _ => &self.file,
+        };
+        self.worker_command_at(workload, placement, path)
+    }
+
+    /// As `worker_command`, on `path` (a file, or the directory of f0, f1…).
+    fn worker_command_at(
+        &self,
+        workload: Workload,
+        placement: &Placement<'_>,
+        path: &Path,
+    ) -> Command {
         let mut cmd = match placement.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -253,10 +272,6 @@ impl Bench {
                 cmd
             }
             None => Command::new(&self.worker_exe),
-        };
-        let path = match workload {
-            Workload::Distinct => &self.distinct_dir,
-            _ => &self.file,
         };
         cmd.arg("bench-worker")
             .args([
@@ -392,6 +407,11 @@ impl Bench {
     }
 
     fn start_monitor(&self, tag: &str) -> Result<RunningMonitor> {
+        self.start_monitor_with(tag, &self.alerts)
+    }
+
+    /// As `start_monitor`, writing its alerts to `alerts`.
+    fn start_monitor_with(&self, tag: &str, alerts: &Path) -> Result<RunningMonitor> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = format!(
             r#"[attribution]
@@ -411,7 +431,7 @@ listen = "{addr}"
             port = self.port,
             parent = quoted(&self.parent_cgroup)?,
             declarations = quoted(&self.declarations)?,
-            alerts = quoted(&self.alerts)?,
+            alerts = quoted(alerts)?,
         );
         let config_path = self.tmp.join(format!("monitor-{tag}.toml"));
         fs::write(&config_path, config)
@@ -560,6 +580,7 @@ struct RunSettings {
     iterations: u64,
     distinct_files: u64,
     rate_duration: Duration,
+    flood_paths: u64,
     builds: Option<builds::BuildOptions>,
     report_path: PathBuf,
     /// The command line, as the report's "Reproduce" section shows it.
@@ -574,9 +595,11 @@ impl RunSettings {
             iterations,
             distinct_files,
             skip_builds,
+            flood_paths,
             mut builds,
             output: report_path,
         } = options;
+        let flood_paths = flood_paths.unwrap_or(if quick { 50_000 } else { 1_000_000 });
         let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
         let iterations = iterations.unwrap_or(if quick { 20_000 } else { 200_000 });
         let distinct_files = distinct_files.unwrap_or(if quick { 5_000 } else { 100_000 });
@@ -598,6 +621,7 @@ impl RunSettings {
             iterations,
             distinct_files,
             rate_duration,
+            flood_paths,
             builds: (!skip_builds).then_some(builds),
             report_path,
             command,
@@ -628,6 +652,7 @@ pub fn run(options: Options) -> Result<()> {
     let matrix = cost_rounds(&bench, settings.rounds)?;
     let rows = throughput_test(&bench, settings.rate_duration)?;
     let alert_count = count_alerts(&bench.alerts);
+    let flood = bench.flood(settings.flood_paths)?;
     let builds = match &settings.builds {
         Some(options) => Some(builds::run(options, &bench.monitor_bin, &bench.tmp)?),
         None => None,
@@ -646,6 +671,7 @@ pub fn run(options: Options) -> Result<()> {
         rows: &rows,
         alert_count,
         builds: builds.as_ref(),
+        flood: &flood,
         monitor_bin: &bench.monitor_bin,
         svg_name: "benchmarks.svg",
     })?;

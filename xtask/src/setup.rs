@@ -25,7 +25,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bazel-bootstrap", // Bazel 4.2.3: tests/bazel (docs/bazel-4.2.3.md)
     "iproute2",
     "python3",
-    "gcc",        // builds the io_uring connect helper: tests/egress.rs
+    "gcc",        // builds the test programs: tests/{egress,objects,repeats}.rs
+    "libc6-dev",  // libc.a: tests/repeats.rs links its program statically
     "prometheus", // promtool and a real server: tests/deploy.rs
     // REAPI end-to-end (tests/reapi.rs): BuildGrid's database and its venv.
     "postgresql",

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: setup, build every target (fails fast), then the unit
-//! tests, a short run of every fuzz target (its regression inputs first) and
-//! the integration tests. Every phase runs even if an earlier one fails; all
+//! tests, the function-length lint, a short run of every fuzz target (its
+//! regression inputs first) and the integration tests. Every phase runs even if an earlier one fails; all
 //! failures are reported at the end. The integration tests load eBPF
 //! programs: without root that phase fails, it is never skipped.
 
@@ -20,7 +20,7 @@ use crate::{
 const INTEGRATION_PACKAGE: &str = "monitor-integration-tests";
 /// How long each fuzz target runs here (`cargo xtask fuzz` runs longer).
 const CI_FUZZ_SECONDS: u64 = 5;
-const PHASES: usize = 3;
+const PHASES: usize = 4;
 
 pub fn run() -> Result<()> {
     setup::run()?;
@@ -35,6 +35,19 @@ pub fn run() -> Result<()> {
         tally.run(cargo().args(["test", "--workspace", "--exclude", INTEGRATION_PACKAGE]))
     {
         failures.push(format!("unit tests: {error:#}"));
+    }
+
+    println!(
+        "test: lint (functions over {} lines)",
+        crate::lint::MAX_LINES
+    );
+    match crate::lint::run(crate::lint::Options::default()) {
+        Ok(()) => tally.passed += 1,
+        Err(error) => {
+            tally.failed += 1;
+            eprintln!("test: FAILED: lint: {error:#}");
+            failures.push(format!("lint: {error:#}"));
+        }
     }
 
     println!("test: fuzz targets ({CI_FUZZ_SECONDS} s each, regression inputs first)");

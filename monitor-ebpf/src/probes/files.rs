@@ -15,6 +15,7 @@ use monitor_common::{
 use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit},
+    filter::Match,
     maps::{SCRATCH, Scratch},
     object,
     probes::syscalls::Syscall,
@@ -27,12 +28,13 @@ const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
 
 /// The arguments of an open-family call, whatever its syscall.
-struct OpenArgs {
-    syscall: u32,
-    dirfd: i32,
-    path: u64,
-    flags: u64,
-    mode: u32,
+pub struct OpenArgs {
+    pub syscall: u32,
+    pub dirfd: i32,
+    /// User address of the name passed (0: none).
+    pub path: u64,
+    pub flags: u64,
+    pub mode: u32,
 }
 
 #[inline(always)]
@@ -76,16 +78,22 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
 }
 
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
-    let o = &settings.offsets;
     let args = open_args(call)?;
     // The object the kernel opened, when there is one; else the name's base.
     let file = if call.ret >= 0 {
-        file_of_fd(o, call.ret as i32)
+        file_of_fd(&settings.offsets, call.ret as i32)
     } else {
         0
     };
+    report(settings, &call.m, &args, call.ret, file)
+}
+
+/// Reports an open by `m`'s task that returned `ret`; `file` is the
+/// `struct file` opened (0 for a failed open). Repeats are only counted.
+pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
+    let o = &settings.offsets;
     let seen = if file != 0 {
-        let key = seen::key_of(o, file, args.flags, &call.m);
+        let key = seen::key_of(o, file, args.flags, m);
         match seen::check(&key) {
             Seen::Repeat => return Some(()),
             Seen::First => Some(key),
@@ -98,12 +106,12 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, EventKind::FileOpen as u32, &call.m, o);
+    fill_header(&mut ev.header, EventKind::FileOpen as u32, m, o);
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;
     ev.open_flags = args.flags;
     ev.mode = args.mode;
-    ev.result = call.ret;
+    ev.result = ret;
     clear_identity(ev);
     let mut hflags = 0;
     if let Some(key) = seen {
@@ -114,7 +122,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         ev.mnt = key.mnt;
     }
 
-    let path_len = read_name(scratch, args.path, call.ret, &mut hflags);
+    let path_len = read_name(scratch, args.path, ret, &mut hflags);
     let dir_len = if file != 0 {
         hflags |= FLAG_OBJECT;
         object::describe(o, file, &mut scratch.event);

@@ -3,7 +3,8 @@
 //! (exec, fork, exit, io_uring set-up), `links` (when a monitored
 //! process made a symlink, link or rename), `cgroups` (cgroup mkdir/rmdir
 //! below monitored scopes), `sock` (socket-address hooks: every egress
-//! route, and enforcement). Shared helpers (filter, lineage,
+//! route, and enforcement), `uring` (opens submitted through io_uring, at
+//! their completion). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
 pub mod cgroups;
 pub mod files;
@@ -12,3 +13,4 @@ pub mod net;
 pub mod process;
 pub mod sock;
 pub mod syscalls;
+pub mod uring;

@@ -26,13 +26,15 @@ use crate::kernel::btf::Btf;
 /// syscall hook so that no exec of a monitored process is missed once file
 /// events flow.
 /// The cgroup programs come first of all: a cgroup created below a scope is
-/// known (id and path) before any process in it can run.
-const PROCESS_PROGRAMS: [(&str, &str); 5] = [
+/// known (id and path) before any process in it can run. Last, io_uring
+/// completions (opens submitted through a ring).
+const PROCESS_PROGRAMS: [(&str, &str); 6] = [
     ("cgroup_mkdir", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup_rmdir"),
     ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
+    ("uring_complete", "io_uring_complete"),
 ];
 
 /// Socket-address hooks (every egress route; enforcement) attached to each
@@ -449,16 +451,9 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Reads the struct offsets the kernel programs need from the running
-/// kernel's BTF, and checks the syscall register layout they assume.
-pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
-    if !Path::new(crate::kernel::btf::SYS_FS_VMLINUX).exists() {
-        bail!(
-            "kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)",
-            crate::kernel::btf::SYS_FS_VMLINUX
-        );
-    }
-    let btf = Btf::from_sys_fs()?;
+/// The syscall hook reads the saved user registers at fixed offsets (the
+/// x86_64 ptrace ABI): check them against BTF before loading.
+fn check_pt_regs(btf: &Btf) -> anyhow::Result<()> {
     let off = |ty: &str, member: &str| {
         btf.member_offset(ty, member)
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
@@ -477,6 +472,24 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
             );
         }
     }
+    Ok(())
+}
+
+/// Reads the struct offsets the kernel programs need from the running
+/// kernel's BTF, and checks the syscall register layout they assume.
+pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
+    if !Path::new(crate::kernel::btf::SYS_FS_VMLINUX).exists() {
+        bail!(
+            "kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)",
+            crate::kernel::btf::SYS_FS_VMLINUX
+        );
+    }
+    let btf = Btf::from_sys_fs()?;
+    let off = |ty: &str, member: &str| {
+        btf.member_offset(ty, member)
+            .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
+    };
+    check_pt_regs(&btf)?;
     Ok(KernelOffsets {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,
@@ -532,6 +545,10 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         sock_peer_pid: off("sock", "sk_peer_pid")?,
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
         inode_i_generation: off("inode", "i_generation")?,
+        file_f_flags: off("file", "f_flags")?,
+        io_kiocb_opcode: off("io_kiocb", "opcode")?,
+        io_kiocb_cmd: off("io_kiocb", "cmd")?,
+        io_open_file_slot: off("io_open", "file_slot")?,
     })
 }
 

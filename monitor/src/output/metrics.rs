@@ -55,6 +55,11 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, IntCounterVec::new(opts(name, help), labels))
         };
+        let counter =
+            |name: &str, help: &str| register(&registry, IntCounter::with_opts(opts(name, help)));
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(opts(name, help), labels))
+        };
         let metrics = Metrics {
             violations_total: counter_vec(
                 "violations_total",
@@ -71,12 +76,9 @@ impl Metrics {
                 "Kernel events lost before a verdict; a non-zero rate means violations may be missed.",
                 &["reason"],
             ),
-            repeats_total: register(
-                &registry,
-                IntCounter::with_opts(opts(
-                    "repeats_total",
-                    "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
-                )),
+            repeats_total: counter(
+                "repeats_total",
+                "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
             ),
             actions_active: register(
                 &registry,
@@ -100,12 +102,9 @@ impl Metrics {
                 "Alerts a sink wrote successfully.",
                 &["sink"],
             ),
-            declarations_invalid_total: register(
-                &registry,
-                IntCounter::with_opts(opts(
-                    "declarations_invalid_total",
-                    "Action declaration files that could not be read or parsed.",
-                )),
+            declarations_invalid_total: counter(
+                "declarations_invalid_total",
+                "Action declaration files that could not be read or parsed.",
             ),
             worker_actions_total: counter_vec(
                 "worker_actions_total",
@@ -117,25 +116,15 @@ impl Metrics {
                 "Remote-execution actions that completed successfully after violations: their results may be in the action cache.",
                 &["mnemonic"],
             ),
-            build_info: register(
-                &registry,
-                IntGaugeVec::new(
-                    opts(
-                        "build_info",
-                        "Always 1: the monitor version, kernel release and syscall hook of this node.",
-                    ),
-                    &["version", "kernel", "hook"],
-                ),
+            build_info: gauge_vec(
+                "build_info",
+                "Always 1: the monitor version, kernel release and syscall hook of this node.",
+                &["version", "kernel", "hook"],
             ),
-            alerts_queued: register(
-                &registry,
-                IntGaugeVec::new(
-                    opts(
-                        "alerts_queued",
-                        "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
-                    ),
-                    &["sink"],
-                ),
+            alerts_queued: gauge_vec(
+                "alerts_queued",
+                "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
+                &["sink"],
             ),
             fleet: FleetMetrics::new(&registry),
             registry,

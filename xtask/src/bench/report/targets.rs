@@ -44,7 +44,26 @@ pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     write_builds_target(md, input)?;
     write_peers_target(md, input)?;
     write_lossless_target(md, input)?;
+    write_flood_target(md, input)?;
     writeln!(md)?;
+    Ok(())
+}
+
+/// The README's bound: one action's flood adds less than 32 MiB to the
+/// daemon's peak RSS; counts exact, nothing lost.
+fn write_flood_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
+    let f = input.flood;
+    let added_mib = f.rss_peak_kib.saturating_sub(f.rss_before_kib) as f64 / 1024.0;
+    writeln!(
+        md,
+        "* Alert storm of {} distinct missing paths: {} alert lines, counts sum {}, {} lost, peak \
+         RSS +{added_mib:.1} MiB (bound: under 32 MiB, exact counts, 0 lost): {}.",
+        f.paths,
+        f.alert_lines,
+        f.count_sum,
+        f.lost,
+        verdict(added_mib < 32.0 && f.count_sum == f.paths && f.lost == 0)
+    )?;
     Ok(())
 }
 
@@ -149,6 +168,17 @@ mod tests {
             rows: &[],
             alert_count: 0,
             builds: None,
+            flood: &crate::bench::flood::FloodResult {
+                paths: 10,
+                seconds: 1.0,
+                events: 10,
+                lost: 0,
+                alert_lines: 1,
+                alert_bytes: 100,
+                count_sum: 10,
+                rss_before_kib: 1024,
+                rss_peak_kib: 2048,
+            },
             monitor_bin: Path::new("/bin/true"),
             svg_name: "x.svg",
         };
