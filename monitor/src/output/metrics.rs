@@ -57,9 +57,7 @@ impl Metrics {
         };
         let counter =
             |name: &str, help: &str| register(&registry, IntCounter::with_opts(opts(name, help)));
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, IntGaugeVec::new(opts(name, help), labels))
-        };
+        let (build_info, alerts_queued) = node_gauges(&registry);
         let metrics = Metrics {
             violations_total: counter_vec(
                 "violations_total",
@@ -116,16 +114,8 @@ impl Metrics {
                 "Remote-execution actions that completed successfully after violations: their results may be in the action cache.",
                 &["mnemonic"],
             ),
-            build_info: gauge_vec(
-                "build_info",
-                "Always 1: the monitor version, kernel release and syscall hook of this node.",
-                &["version", "kernel", "hook"],
-            ),
-            alerts_queued: gauge_vec(
-                "alerts_queued",
-                "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
-                &["sink"],
-            ),
+            build_info,
+            alerts_queued,
             fleet: FleetMetrics::new(&registry),
             registry,
         };
@@ -170,6 +160,25 @@ impl Metrics {
 
 pub(crate) fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
+}
+
+/// `build_info` and `alerts_queued`.
+fn node_gauges(registry: &Registry) -> (IntGaugeVec, IntGaugeVec) {
+    let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+        register(registry, IntGaugeVec::new(opts(name, help), labels))
+    };
+    (
+        gauge_vec(
+            "build_info",
+            "Always 1: the monitor version, kernel release and syscall hook of this node.",
+            &["version", "kernel", "hook"],
+        ),
+        gauge_vec(
+            "alerts_queued",
+            "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
+            &["sink"],
+        ),
+    )
 }
 
 /// Registers a statically defined metric; both steps can only fail on a
