@@ -116,14 +116,7 @@ fn inheritable_fd(path: &Path) -> i32 {
 }
 
 fn compile_fifo_race(out: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fifo_race.c");
-    let st = Command::new("gcc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(out)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc failed");
+    compile_c("fixtures/fifo_race.c", out, &["-pthread"]);
 }
 
 /// The files of one scene: D (declared inputs), W (declared outputs), the
@@ -530,15 +523,7 @@ fn opens_by_file_handle_are_judged_on_the_object() {
     let action = parent.child("handle");
     let sc = scene();
     let program = sc.d.join("bin/by_handle");
-    fs::create_dir_all(program.parent().unwrap()).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/by_handle.c");
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&program)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc failed");
+    compile_c("fixtures/by_handle.c", &program, &[]);
     declare_scene(&daemon, &action.path, &sc, &[]);
     // The mount fd, opened outside the action and inherited.
     let mount_fd = inheritable_fd(&sc.d);
@@ -568,15 +553,7 @@ fn io_uring_opens_are_judged_on_the_object() {
     let action = parent.child("uring");
     let sc = scene();
     let program = sc.d.join("bin/uring_open");
-    fs::create_dir_all(program.parent().unwrap()).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/uring_open.c");
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&program)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc failed");
+    compile_c("fixtures/uring_open.c", &program, &[]);
     declare_scene(&daemon, &action.path, &sc, &[]);
     run_ok(
         &action.path,
@@ -666,15 +643,7 @@ fn a_symlink_planted_within_the_launch_tick_declares_nothing() {
     declare(&daemon, &job.path, &[], &[], &[]);
     let tmp = tempfile::tempdir().unwrap();
     let launcher = tmp.path().join("bin/process-wrapper");
-    fs::create_dir_all(launcher.parent().unwrap()).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fast_plant.c");
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&launcher)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc failed");
+    compile_c("fixtures/fast_plant.c", &launcher, &[]);
     let source = tmp.path().join("workspace/pkg/in.txt");
     let secret = tmp.path().join("home/secret.txt");
     write(&source, "in");

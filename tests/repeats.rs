@@ -13,16 +13,10 @@ use std::{
 use monitor_integration_tests::*;
 use serde_json::Value;
 
+/// Static: no loader opens (libc6-dev has libc.a).
 fn compile_reopen(dir: &Path) -> PathBuf {
     let out = dir.join("reopen");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reopen.c");
-    let st = Command::new("gcc")
-        .args(["-O1", "-static", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc -static failed (libc6-dev has libc.a)");
+    compile_c("fixtures/reopen.c", &out, &["-static"]);
     out
 }
 

@@ -57,6 +57,24 @@ pub fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+/// Compiles the C program `tests/<source>` with gcc (`extra` flags such as
+/// `-static`) into `out`, creating its directory.
+pub fn compile_c(source: &str, out: &Path, extra: &[&str]) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let st = Command::new("gcc")
+        .arg("-O1")
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc failed on {source}");
+}
+
 /// Integration tests load eBPF programs: without root they must fail, never
 /// pass silently.
 pub fn require_root() {
