@@ -170,6 +170,7 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
     let mut sure: HashSet<PathBuf> = HashSet::new();
     let mut ambiguous: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut seen = 0;
+    let mut real_dirs = RealDirs::default();
     let mut stack = vec![spawn.execroot.clone()];
     'walk: while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -197,12 +198,14 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
                         "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
                         path.display()
                     ),
-                    Made::Before => push_link_chain(&path, &mut patterns, |t| {
+                    Made::Before => push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
                         sure.insert(t.to_path_buf());
                     }),
-                    Made::WithinATick => push_link_chain(&path, &mut patterns, |t| {
-                        ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
-                    }),
+                    Made::WithinATick => {
+                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
+                            ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
+                        })
+                    }
                 }
             }
         }
@@ -277,6 +280,24 @@ fn coarse_tick() -> Duration {
     })
 }
 
+/// Resolved directories, cached for one walk: a sandbox's links point
+/// into few directories, and resolving one costs a syscall per component.
+#[derive(Default)]
+pub(crate) struct RealDirs(HashMap<PathBuf, Option<PathBuf>>);
+
+impl RealDirs {
+    /// The resolved path of `path`, whose last component is no symlink.
+    fn resolve(&mut self, path: &Path) -> Option<PathBuf> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        let dir = self
+            .0
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| fs::canonicalize(parent).ok())
+            .clone()?;
+        Some(dir.join(name))
+    }
+}
+
 /// Every hop of the symlink chain starting at `link` (a few at most), and
 /// the path it finally resolves to (the execroot links whole source
 /// directories, so a hop's target may itself be reached through a link);
@@ -284,6 +305,7 @@ fn coarse_tick() -> Duration {
 pub(crate) fn push_link_chain(
     link: &Path,
     patterns: &mut Vec<String>,
+    real_dirs: &mut RealDirs,
     mut declared: impl FnMut(&Path),
 ) {
     let mut push = |target: &Path, patterns: &mut Vec<String>| {
@@ -296,8 +318,10 @@ pub(crate) fn push_link_chain(
         declared(target);
     };
     let mut current = link.to_path_buf();
+    let mut ended = false;
     for _ in 0..8 {
         let Ok(target) = fs::read_link(&current) else {
+            ended = true;
             break;
         };
         let target = absolute(
@@ -307,7 +331,13 @@ pub(crate) fn push_link_chain(
         push(&target, patterns);
         current = target;
     }
-    if let Ok(real) = fs::canonicalize(link)
+    // The chain's end is no symlink: only its directories need resolving.
+    let real = if ended {
+        real_dirs.resolve(&current)
+    } else {
+        fs::canonicalize(link).ok()
+    };
+    if let Some(real) = real
         && real != current
     {
         push(&real, patterns);

@@ -28,11 +28,12 @@ pub fn is_unsandboxed(spawn: &sandbox::Spawn) -> bool {
 /// directory itself.
 pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
     let mut patterns = vec![escape_glob(&execroot.display().to_string())];
+    let mut real_dirs = sandbox::RealDirs::default();
     for rel in entry.inputs.iter().chain(&entry.outputs) {
         let path = execroot.join(rel.trim_start_matches("./"));
         patterns.push(escape_glob(&path.display().to_string()));
         patterns.push(pattern_below(&path));
-        push_link_chain(&path, &mut patterns, |_| {});
+        push_link_chain(&path, &mut patterns, &mut real_dirs, |_| {});
     }
     patterns
 }
