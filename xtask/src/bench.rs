@@ -245,7 +245,7 @@ impl Bench {
     fn ops(&self, workload: Workload) -> u64 {
         match workload {
             Workload::Repeat => self.iterations,
-            Workload::Distinct => self.distinct_files,
+            Workload::Distinct | Workload::Missing => self.distinct_files,
             Workload::Connect => (self.iterations / 5).max(1),
         }
     }

@@ -50,7 +50,7 @@ impl Bench {
         let rss_before_kib = status_kib(pid, "VmRSS:")?;
         let (before, lost_before) = super::event_counters(monitor.addr, "file")?;
         let missing = self.tmp.join("flood-missing");
-        let mut cmd = self.worker_command_at(Workload::Distinct, &self.inside(), &missing);
+        let mut cmd = self.worker_command_at(Workload::Missing, &self.inside(), &missing);
         cmd.args(["--warmup", "0", "--iterations", &paths.to_string()]);
         let start = Instant::now();
         let child = cmd.spawn().context("starting the flood worker")?;

@@ -27,6 +27,9 @@ pub enum Workload {
     Distinct,
     /// `socket`+`connect`+`close` to 127.0.0.1:`<port>` (nothing listens).
     Connect,
+    /// `open(O_RDONLY)` of `<path>/f<i>`, each once, in a directory that
+    /// does not exist: every open fails with ENOENT (the alert storm).
+    Missing,
 }
 
 pub const WORKLOADS: [Workload; 3] = [Workload::Repeat, Workload::Distinct, Workload::Connect];
@@ -42,6 +45,7 @@ impl Workload {
             Self::Repeat => "repeat",
             Self::Distinct => "distinct",
             Self::Connect => "connect",
+            Self::Missing => "missing",
         }
     }
 
@@ -50,6 +54,7 @@ impl Workload {
             Self::Repeat => "open+close, same file repeatedly",
             Self::Distinct => "open+close, distinct files (first access each)",
             Self::Connect => "connect to loopback (refused)",
+            Self::Missing => "open of distinct missing paths",
         }
     }
 
@@ -58,6 +63,7 @@ impl Workload {
             Self::Repeat => "same file",
             Self::Distinct => "distinct files",
             Self::Connect => "connect",
+            Self::Missing => "missing paths",
         }
     }
 }
@@ -136,6 +142,21 @@ pub fn open_close(path: &CStr) -> Result<()> {
     Ok(())
 }
 
+/// One open of a path that must not exist (ENOENT expected).
+pub fn open_missing(path: &CStr) -> Result<()> {
+    match open_close(path) {
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+                == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+        Ok(()) => Err(anyhow!("open({path:?}) succeeded; the path must not exist")),
+    }
+}
+
 /// One TCP connect attempt to `addr`; refused is the expected outcome.
 pub fn connect_close(addr: SocketAddrV4) -> Result<()> {
     // SAFETY: plain socket(2); the fd is ours and closed below.
@@ -174,6 +195,8 @@ pub fn connect_close(addr: SocketAddrV4) -> Result<()> {
 enum Operation {
     Open(CString),
     OpenEach(Vec<CString>),
+    /// Opens that must fail with ENOENT.
+    Miss(Vec<CString>),
     Connect(SocketAddrV4),
 }
 
@@ -190,6 +213,11 @@ impl Operation {
                     .map(|i| c_path(&distinct_file(&options.path, i)))
                     .collect::<Result<_>>()?,
             ),
+            Workload::Missing => Self::Miss(
+                (0..options.iterations)
+                    .map(|i| c_path(&distinct_file(&options.path, i)))
+                    .collect::<Result<_>>()?,
+            ),
             Workload::Connect => {
                 Self::Connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, options.port))
             }
@@ -201,6 +229,7 @@ impl Operation {
         match self {
             Self::Open(path) => open_close(path),
             Self::OpenEach(paths) => open_close(&paths[i as usize % paths.len()]),
+            Self::Miss(paths) => open_missing(&paths[i as usize % paths.len()]),
             Self::Connect(addr) => connect_close(*addr),
         }
     }
