@@ -616,6 +616,10 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
+    assert!(
+        !on(&alerts, &secret).is_empty(),
+        "no alert on the secret; monitor said:\n{stderr}"
+    );
     let planted = one_read_alert(&alerts, &secret);
     assert_eq!(planted["file"]["requested_path"], "pkg/planted.txt");
     assert!(

@@ -1,9 +1,9 @@
 //! Sandbox entries that may have been planted by the spawn itself. A
 //! sandbox declares the targets of its symlinks, and an entry whose ctime
 //! is after the launch was planted (`bazel::sandbox`). But the kernel's
-//! file times are a clock tick coarse: a link made within a tick after the
-//! launch can carry a time before it. Links of that last tick are
-//! *ambiguous*; their targets (those no other link declares) stay declared
+//! file times come from the coarse clock: a link made just after the
+//! launch can carry a time before it. Links of the last second before the
+//! launch are *ambiguous*; their targets (those no other link declares) stay declared
 //! unless the action made a name (symlink, link, rename; reported by the
 //! kernel with a precise time and the name passed) of the same file name
 //! early enough to have made one of them. (The file name, not the whole
@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 /// Most names remembered per action: only the first ones can matter (they
-/// must come within a tick of the launch), and they come in time order.
+/// must come within a second of the launch), and they come in time order.
 pub const MAX_NAMES_PER_ACTION: usize = 1024;
 
 /// A name an action made: when (`CLOCK_MONOTONIC` ns) and its last

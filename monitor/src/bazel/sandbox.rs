@@ -201,11 +201,9 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
                     Made::Before => push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
                         sure.insert(t.to_path_buf());
                     }),
-                    Made::WithinATick => {
-                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
-                            ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
-                        })
-                    }
+                    Made::Ambiguous => push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
+                        ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
+                    }),
                 }
             }
         }
@@ -231,18 +229,26 @@ fn link_sources(
             names.push(link_name);
         }
     }
-    let tick = coarse_tick().as_nanos() as u64;
-    // A name made after launch + tick has a file time after the launch.
-    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + tick)
+    // A name made later than this has a file time after the launch.
+    let window = PLANT_WINDOW.as_nanos() as u64;
+    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + window)
 }
+
+/// How far a link's file time may be from the moment it was made. File
+/// times come from the coarse clock: a tick behind at most in theory, but
+/// measured here further (a link `ln -s` made a few ms after the launch
+/// carried a time before it in 1 of 8 runs, on a tickless VM kernel), and
+/// the launch time is converted from the monotonic clock. Links this close
+/// before the launch are ambiguous; a name the action made this soon after
+/// it may be one of them.
+const PLANT_WINDOW: Duration = Duration::from_secs(1);
 
 /// When a sandbox link was made, by its inode's ctime against the launch.
 enum Made {
     Before,
-    /// Its time is within one clock tick before the launch: the kernel's
-    /// file times are coarse (up to a tick behind), so it may be from just
-    /// after.
-    WithinATick,
+    /// Its time is within [`PLANT_WINDOW`] before the launch: it may be
+    /// from just after.
+    Ambiguous,
     After,
 }
 
@@ -253,31 +259,11 @@ fn made(meta: &fs::Metadata, launched_at: Option<SystemTime>) -> Made {
     let ctime = UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
     if ctime > launch {
         Made::After
-    } else if ctime + coarse_tick() > launch {
-        Made::WithinATick
+    } else if ctime + PLANT_WINDOW > launch {
+        Made::Ambiguous
     } else {
         Made::Before
     }
-}
-
-/// The resolution of the clock file times come from (one scheduler tick).
-fn coarse_tick() -> Duration {
-    static TICK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *TICK.get_or_init(|| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer to a timespec.
-        let ok = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
-        let tick = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-        // 10 ms (HZ=100) is the coarsest Linux has.
-        if ok && !tick.is_zero() {
-            tick
-        } else {
-            Duration::from_millis(10)
-        }
-    })
 }
 
 /// Resolved directories, cached for one walk: a sandbox's links point
