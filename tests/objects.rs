@@ -577,6 +577,54 @@ fn io_uring_opens_are_judged_on_the_object() {
 /// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
 /// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
 /// spawn plants there after its launch declares nothing.
+/// `int $0x80` from a 64-bit action: ia32 `open` is number 5 (native
+/// `fstat`), its arguments are in ebx/ecx/edx. Each route alerts on the
+/// secret; a failed probe keeps the name passed, also when the caller puts
+/// garbage in rbx's upper half (the kernel reads only ebx).
+#[test]
+fn ia32_syscalls_are_judged_like_native_ones() {
+    require_root();
+    let parent = test_parent("ia32");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("ia32");
+    let sc = scene();
+    let program = sc.d.join("bin/ia32");
+    compile_c("fixtures/ia32.c", &program, &["-static"]);
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let (secret, d) = (&sc.secret, &sc.d);
+    let op = |op: &str, p: PathBuf| format!("{op}:{}", p.display());
+    run_ok(
+        &action.path,
+        Command::new(&program).args([
+            op("open", d.join("ok.txt")),
+            op("openat2", d.join("inner/ok2.txt")),
+            op("open", secret.join("one")),
+            op("openat", secret.join("two")),
+            op("openat2", secret.join("three")),
+            op("high", secret.join("four")),
+            op("creat", secret.join("made")),
+            op("high", secret.join("missing")),
+        ]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    for name in ["one", "two", "three", "four"] {
+        one_read_alert(&alerts, &secret.join(name));
+    }
+    assert!(
+        on(&alerts, &secret.join("made"))
+            .iter()
+            .any(|a| a["kind"] == "undeclared_write"),
+        "{alerts:#?}"
+    );
+    let probe = on(&alerts, &secret.join("missing"));
+    assert!(
+        probe.iter().any(|a| a["file"]["result"] == -2),
+        "the failed probe by its name: {alerts:#?}"
+    );
+    assert!(under(&alerts, d).is_empty(), "{alerts:#?}");
+}
+
 #[test]
 fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     require_root();

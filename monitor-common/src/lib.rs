@@ -474,9 +474,16 @@ pub struct KernelOffsets {
     pub io_open_file_slot: u32,
 }
 
+/// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit
+/// syscall runs): a constant, as the BTF load that reads it must be;
+/// userspace checks it against BTF before loading.
+pub const TASK_THREAD_INFO_STATUS: u32 = 16;
+
 /// x86_64 `struct pt_regs` offsets (the ptrace ABI; userspace checks them
 /// against BTF before loading).
+pub const PT_REGS_BX: u32 = 40;
 pub const PT_REGS_R10: u32 = 56;
+pub const PT_REGS_CX: u32 = 88;
 pub const PT_REGS_DX: u32 = 96;
 pub const PT_REGS_SI: u32 = 104;
 pub const PT_REGS_DI: u32 = 112;

@@ -6,7 +6,9 @@
 //! route, and enforcement), `uring` (opens submitted through io_uring, at
 //! their completion). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
+//! `compat` translates 32-bit syscalls of monitored tasks.
 pub mod cgroups;
+pub mod compat;
 pub mod files;
 pub mod links;
 pub mod net;

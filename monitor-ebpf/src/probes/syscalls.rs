@@ -1,7 +1,8 @@
 //! The one syscall hook: `sys_exit` (BTF tracepoint, raw tracepoint as the
 //! fallback). The first check on every syscall of every process is the
 //! syscall number; monitored opens, links, connects and io_uring set-ups go
-//! on to their family's module.
+//! on to their family's module. A monitored task's 32-bit (compat) syscalls
+//! are translated to native ones first (`compat.rs`).
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, raw_tracepoint},
@@ -9,13 +10,13 @@ use aya_ebpf::{
 };
 use monitor_common::{
     NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
-    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
 };
 
 use crate::{
     filter,
     maps::SETTINGS,
-    probes::{files, links, net, process},
+    probes::{compat, files, links, net, process},
     task::read,
 };
 
@@ -39,7 +40,7 @@ fn is_file_syscall(nr: u64) -> bool {
 
 /// How the saved user registers are read: directly through the typed
 /// pointer a BTF tracepoint gets, or with a probe read from a raw tracepoint.
-trait Regs {
+pub trait Regs {
     fn get(&self, offset: u32) -> u64;
 }
 
@@ -83,38 +84,58 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
+fn is_watched(nr: u64) -> bool {
+    is_file_syscall(nr) || links::is_link_syscall(nr) || nr == NR_CONNECT || nr == NR_IO_URING_SETUP
+}
+
+#[inline(always)]
 fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     let nr = regs.get(PT_REGS_ORIG_AX);
-    let is_file = is_file_syscall(nr);
-    let is_link = links::is_link_syscall(nr);
-    if !is_file && !is_link && nr != NR_CONNECT && nr != NR_IO_URING_SETUP {
+    let native = is_watched(nr);
+    if !native && !compat::is_candidate(nr) {
         return None;
     }
     let settings = SETTINGS.get(0)?;
+    // fstat, lseek and mmap share numbers with ia32 opens: for them the ABI
+    // check (one kernel read) comes first, cheaper than the action filter.
+    if !native && !compat::in_compat_syscall() {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == settings.monitor_tgid {
         return None;
     }
     let m = filter::task_action(settings, pid_tgid)?;
-    if (is_file || is_link) && !filter::files_matter(&m) {
-        return None;
-    }
-    let call = Syscall {
-        nr,
-        args: [
+    // Every watched number means something else in the other ABI (native
+    // openat is ia32 remap_file_pages): the ABI decides, for each call.
+    let (nr, args) = if !native || compat::in_compat_syscall() {
+        compat::translate(regs, nr)?
+    } else if native {
+        let args = [
             regs.get(PT_REGS_DI),
             regs.get(PT_REGS_SI),
             regs.get(PT_REGS_DX),
             regs.get(PT_REGS_R10),
-        ],
-        ret,
-        m,
+        ];
+        (nr, args)
+    } else {
+        return None;
     };
+    dispatch(settings, Syscall { nr, args, ret, m })
+}
+
+#[inline(always)]
+fn dispatch(settings: &Settings, call: Syscall) -> Option<()> {
+    let is_file = is_file_syscall(call.nr);
+    let is_link = links::is_link_syscall(call.nr);
+    if (is_file || is_link) && !filter::files_matter(&call.m) {
+        return None;
+    }
     if is_file {
         files::on_exit(settings, &call)
     } else if is_link {
         links::on_exit(settings, &call)
-    } else if nr == NR_CONNECT {
+    } else if call.nr == NR_CONNECT {
         net::on_exit(settings, &call)
     } else {
         process::on_io_uring(settings, &call)

@@ -16,8 +16,9 @@ use aya::{
     },
 };
 use monitor_common::{
-    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
+    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX,
+    PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN,
+    Scope, Settings, TASK_THREAD_INFO_STATUS,
 };
 
 use crate::kernel::btf::Btf;
@@ -452,13 +453,16 @@ fn raise_memlock_limit() {
 }
 
 /// The syscall hook reads the saved user registers at fixed offsets (the
-/// x86_64 ptrace ABI): check them against BTF before loading.
-fn check_pt_regs(btf: &Btf) -> anyhow::Result<()> {
+/// x86_64 ptrace ABI), and the task's compat status at a constant offset:
+/// check them against BTF before loading.
+fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
     let off = |ty: &str, member: &str| {
         btf.member_offset(ty, member)
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
     };
     for (member, expected) in [
+        ("bx", PT_REGS_BX),
+        ("cx", PT_REGS_CX),
         ("r10", PT_REGS_R10),
         ("dx", PT_REGS_DX),
         ("si", PT_REGS_SI),
@@ -471,6 +475,12 @@ fn check_pt_regs(btf: &Btf) -> anyhow::Result<()> {
                 "unsupported kernel: pt_regs.{member} is at offset {found}, the programs expect {expected} (x86_64 only)"
             );
         }
+    }
+    let status = off("task_struct", "thread_info.status")?;
+    if status != TASK_THREAD_INFO_STATUS {
+        bail!(
+            "unsupported kernel: task_struct.thread_info.status is at offset {status}, the programs expect {TASK_THREAD_INFO_STATUS}"
+        );
     }
     Ok(())
 }
@@ -489,7 +499,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         btf.member_offset(ty, member)
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
     };
-    check_pt_regs(&btf)?;
+    check_fixed_offsets(&btf)?;
     Ok(KernelOffsets {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,

@@ -1,0 +1,112 @@
+//! The 32-bit syscall ABI on an x86_64 kernel (`int $0x80` from any
+//! process, or a 32-bit program): other syscall numbers, arguments in
+//! ebx/ecx/edx/esi. A monitored task's compat syscall is translated to the
+//! native number and arguments, so an action cannot hide an open, a link or
+//! a connect behind `int $0x80` (ia32's `open` is number 5, native `fstat`).
+//!
+//! Whether a syscall is compat is the task's `TS_COMPAT` status bit, set on
+//! entry of every 32-bit syscall and cleared only on the return to user
+//! mode, after `sys_exit`.
+use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
+use monitor_common::{
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_LINK, NR_LINKAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT,
+    NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SYMLINK, NR_SYMLINKAT,
+    PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI, TASK_THREAD_INFO_STATUS,
+};
+
+use crate::probes::syscalls::Regs;
+
+/// `arch/x86/include/asm/thread_info.h`: a 32-bit syscall is active.
+const TS_COMPAT: u32 = 0x0002;
+
+const IA32_OPEN: u64 = 5;
+const IA32_CREAT: u64 = 8;
+const IA32_LINK: u64 = 9;
+const IA32_RENAME: u64 = 38;
+const IA32_SYMLINK: u64 = 83;
+const IA32_SOCKETCALL: u64 = 102;
+const IA32_OPENAT: u64 = 295;
+const IA32_RENAMEAT: u64 = 302;
+const IA32_LINKAT: u64 = 303;
+const IA32_SYMLINKAT: u64 = 304;
+const IA32_OPEN_BY_HANDLE_AT: u64 = 342;
+const IA32_RENAMEAT2: u64 = 353;
+const IA32_CONNECT: u64 = 362;
+const IA32_IO_URING_SETUP: u64 = 425;
+const IA32_OPENAT2: u64 = 437;
+/// `socketcall`'s call number for `connect`.
+const SYS_CONNECT: u64 = 3;
+
+/// The native number of a watched ia32 syscall, or 0.
+#[inline(always)]
+fn native_nr(nr: u64) -> u64 {
+    match nr {
+        IA32_OPEN => NR_OPEN,
+        IA32_CREAT => NR_CREAT,
+        IA32_LINK => NR_LINK,
+        IA32_RENAME => NR_RENAME,
+        IA32_SYMLINK => NR_SYMLINK,
+        IA32_SOCKETCALL => NR_CONNECT,
+        IA32_OPENAT => NR_OPENAT,
+        IA32_RENAMEAT => NR_RENAMEAT,
+        IA32_LINKAT => NR_LINKAT,
+        IA32_SYMLINKAT => NR_SYMLINKAT,
+        IA32_OPEN_BY_HANDLE_AT => NR_OPEN_BY_HANDLE_AT,
+        IA32_RENAMEAT2 => NR_RENAMEAT2,
+        IA32_CONNECT => NR_CONNECT,
+        IA32_IO_URING_SETUP => NR_IO_URING_SETUP,
+        IA32_OPENAT2 => NR_OPENAT2,
+        _ => 0,
+    }
+}
+
+/// Could `nr` be a watched syscall of the 32-bit ABI?
+#[inline(always)]
+pub fn is_candidate(nr: u64) -> bool {
+    native_nr(nr) != 0
+}
+
+/// Is the current task inside a 32-bit syscall? A direct load through the
+/// BTF task pointer (the verifier checks the constant offset against
+/// `task_struct`; userspace checked it is `thread_info.status`): half the
+/// cost of a probe read, and `fstat`/`lseek`/`mmap` of every process pay it.
+#[inline(always)]
+pub fn in_compat_syscall() -> bool {
+    // SAFETY: plain helper call; it returns a trusted, non-null pointer.
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>();
+    // SAFETY: the verifier turns this into a checked kernel load.
+    let status = unsafe {
+        core::ptr::read_volatile(task.add(TASK_THREAD_INFO_STATUS as usize).cast::<u32>())
+    };
+    status & TS_COMPAT != 0
+}
+
+/// The native number and first four arguments of a compat syscall, or
+/// `None` when it is not one the monitor watches. The kernel uses only the
+/// low 32 bits of each register: so do we (a 64-bit caller of `int $0x80`
+/// can put anything in the upper halves).
+#[inline(always)]
+pub fn translate<R: Regs>(regs: &R, nr: u64) -> Option<(u64, [u64; 4])> {
+    let native = native_nr(nr);
+    if native == 0 {
+        return None;
+    }
+    let low = |offset| regs.get(offset) & 0xffff_ffff;
+    let mut args = [
+        low(PT_REGS_BX),
+        low(PT_REGS_CX),
+        low(PT_REGS_DX),
+        low(PT_REGS_SI),
+    ];
+    if nr == IA32_SOCKETCALL {
+        // socketcall(call, u32 args[]): connect's fd and address.
+        if args[0] != SYS_CONNECT {
+            return None;
+        }
+        // SAFETY: bpf_probe_read_user checks the address.
+        let packed: [u32; 2] =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(args[1] as *const [u32; 2]) }.ok()?;
+        args = [packed[0] as u64, packed[1] as u64, 0, 0];
+    }
+    Some((native, args))
+}
