@@ -467,6 +467,44 @@ os.close(os.open(t + '/left-rdwr.txt', os.O_RDWR | os.O_CREAT))
 os.close(os.open(t + '/left-wronly.txt', os.O_WRONLY | os.O_APPEND))
 "#;
 
+/// execveat, by directory fd and name and by `AT_EMPTY_PATH` (fexecve):
+/// the program file is judged as with execve.
+#[test]
+fn execveat_of_undeclared_programs_alerts() {
+    require_root();
+    let parent = test_parent("execveat");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("execveat");
+    let sc = scene();
+    let (d, secret) = (&sc.d, &sc.secret);
+    let program = d.join("bin/execveat");
+    compile_c("fixtures/execveat.c", &program, &[]);
+    for tool in [secret.join("by-dir"), secret.join("by-fd"), d.join("tool")] {
+        fs::copy("/usr/bin/true", tool).unwrap();
+    }
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let runs: [&[String]; 3] = [
+        &["dir".into(), s(secret), "by-dir".into()],
+        &["fd".into(), s(&secret.join("by-fd"))],
+        &["dir".into(), s(d), "tool".into()],
+    ];
+    for args in runs {
+        run_ok(&action.path, Command::new(&program).args(args));
+    }
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    for name in ["by-dir", "by-fd"] {
+        assert!(
+            on(&alerts, &secret.join(name))
+                .iter()
+                .any(|a| a["file"]["op"] == "exec"),
+            "exec of {name}: {alerts:#?}"
+        );
+    }
+    // Positive control: a declared program run the same way.
+    assert!(under(&alerts, d).is_empty(), "{alerts:#?}");
+}
+
 #[test]
 fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
     require_root();

@@ -201,7 +201,7 @@ static FIXED: std::sync::LazyLock<std::collections::hash_map::RandomState> =
 impl Scope {
     fn of(target: &Target) -> Scope {
         match target {
-            Target::File(path) | Target::Write(path) | Target::Unix(path) => {
+            Target::File(path) | Target::Write(path) | Target::Exec(path) | Target::Unix(path) => {
                 Scope::Dir(parent(path).to_vec())
             }
             Target::Net(addr, ..) => Scope::Block(*addr, max_bits(*addr)),
@@ -211,7 +211,10 @@ impl Scope {
 
     fn widen(&mut self, target: &Target) {
         match (&mut *self, target) {
-            (Scope::Dir(dir), Target::File(path) | Target::Write(path) | Target::Unix(path)) => {
+            (
+                Scope::Dir(dir),
+                Target::File(path) | Target::Write(path) | Target::Exec(path) | Target::Unix(path),
+            ) => {
                 while !is_below(path, dir) {
                     let up = parent(dir).len();
                     dir.truncate(up);
@@ -327,6 +330,16 @@ mod tests {
             cache_risk: None,
             summary: None,
         }
+    }
+
+    #[test]
+    fn an_exec_is_not_folded_into_opens_of_the_same_file() {
+        let mut f = Folder::default();
+        f.add(Target::File(b"/x".to_vec()), alert(1, b"/x"));
+        f.add(Target::Exec(b"/x".to_vec()), alert(1, b"/x"));
+        f.add(Target::File(b"/x".to_vec()), alert(1, b"/x"));
+        let counts: Vec<u64> = f.take().iter().map(|a| a.count).collect();
+        assert_eq!(counts, vec![2, 1]);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum Target {
     File(Vec<u8>),
     /// An undeclared write (folded apart from reads of the same file).
     Write(Vec<u8>),
+    /// An undeclared program run (folded apart from opens of the same
+    /// file: an `O_PATH` open before `fexecve` must not hide the exec).
+    Exec(Vec<u8>),
     Net(IpAddr, u16, &'static str),
     Unix(Vec<u8>),
     /// A spawn's isolation (one per action).
@@ -118,6 +121,7 @@ impl Policy {
         let (kind, note) = self.file_verdict(ev, action)?;
         let target = match kind {
             AlertKind::UndeclaredWrite => Target::Write(ev.path.clone()),
+            _ if op == "exec" => Target::Exec(ev.path.clone()),
             _ => Target::File(ev.path.clone()),
         };
         Some(Violation {
