@@ -550,6 +550,49 @@ fn unix_socket_connects_outside_the_policy_alert_with_the_path() {
     assert_eq!(alerts[0]["verdict"], "observed");
 }
 
+/// The same through the 32-bit ABI (`int $0x80`: `connect` and
+/// `socketcall`), whose numbers mean other calls natively.
+#[test]
+fn ia32_unix_socket_connects_alert_with_the_path() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let by_connect = tmp.path().join("connect.sock");
+    let by_socketcall = tmp.path().join("socketcall.sock");
+    let _l1 = std::os::unix::net::UnixListener::bind(&by_connect).unwrap();
+    let _l2 = std::os::unix::net::UnixListener::bind(&by_socketcall).unwrap();
+    let program = tmp.path().join("ia32");
+    compile_c("fixtures/ia32.c", &program, &["-static"]);
+    let report = tmp.path().join("report.json");
+    let out = Command::new(monitor_bin())
+        .args(["exec", "--report"])
+        .arg(&report)
+        .arg("--")
+        .arg(&program)
+        .arg(format!("unix-connect:{}", by_connect.display()))
+        .arg(format!("unix-socketcall:{}", by_socketcall.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let mut seen: Vec<String> = report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["net"]["proto"] == "unix")
+        .map(|a| a["net"]["addr"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            by_connect.display().to_string(),
+            by_socketcall.display().to_string()
+        ],
+        "{report:#}"
+    );
+}
+
 /// `--learn`: the written policy makes the same job run clean.
 #[test]
 fn a_learned_policy_makes_the_same_job_run_clean() {

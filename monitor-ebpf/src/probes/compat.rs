@@ -99,14 +99,14 @@ pub fn translate<R: Regs>(regs: &R, nr: u64) -> Option<(u64, [u64; 4])> {
         low(PT_REGS_SI),
     ];
     if nr == IA32_SOCKETCALL {
-        // socketcall(call, u32 args[]): connect's fd and address.
+        // socketcall(call, u32 args[]): connect's fd, address and length.
         if args[0] != SYS_CONNECT {
             return None;
         }
         // SAFETY: bpf_probe_read_user checks the address.
-        let packed: [u32; 2] =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(args[1] as *const [u32; 2]) }.ok()?;
-        args = [packed[0] as u64, packed[1] as u64, 0, 0];
+        let packed: [u32; 3] =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(args[1] as *const [u32; 3]) }.ok()?;
+        args = [packed[0] as u64, packed[1] as u64, packed[2] as u64, 0];
     }
     Some((native, args))
 }
