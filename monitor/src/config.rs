@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::matchers::{NetRule, PathMatcher};
+use crate::policy::{
+    matchers::{NetRule, PathMatcher},
+    scoped::ScopedRuleConfig,
+};
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -158,6 +161,10 @@ pub struct Network {
     /// `files.allow`). Setting this replaces the default: the host's
     /// journald and nscd sockets.
     pub allow_unix: Vec<String>,
+    /// `[[network.rule]]`: destinations allowed only for some targets,
+    /// mnemonics, or the Bazel server's own traffic (`scope = "@bazel"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule: Vec<ScopedRuleConfig>,
 }
 
 const DEFAULT_UNIX_ALLOW: &[&str] = &[
@@ -173,6 +180,7 @@ impl Default for Network {
             allow: Vec::new(),
             enforce: false,
             allow_unix: DEFAULT_UNIX_ALLOW.iter().map(|s| s.to_string()).collect(),
+            rule: Vec::new(),
         }
     }
 }
@@ -410,6 +418,15 @@ impl Config {
         }
         if let Err(e) = PathMatcher::new(&self.network.allow_unix) {
             return Err((format!("network.allow_unix[{}]", e.index), e.to_string()));
+        }
+        for (i, rule) in self.network.rule.iter().enumerate() {
+            crate::policy::scoped::validate(rule).map_err(|(key, message)| {
+                let key = match key.as_str() {
+                    "" => format!("network.rule[{i}]"),
+                    _ => format!("network.rule[{i}].{key}"),
+                };
+                (key, message)
+            })?;
         }
         let a = &self.attribution;
         for (i, p) in a.cgroup_parents.iter().enumerate() {
@@ -897,5 +914,68 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
         assert!(e.to_string().contains("spool_dir"), "{e}");
         let e = err("node = \"\"\n");
         assert_eq!(e.key(), Some("node"));
+    }
+
+    const SCOPED: &str = r#"
+[network]
+allow = [{ cidr = "10.0.0.0/8", port = 53 }]
+
+[[network.rule]]
+targets = ["//third_party/...", "//tools/fetch:*"]
+allow = [{ cidr = "192.0.2.10/32", port = 443 }]
+
+[[network.rule]]
+mnemonics = ["Genrule"]
+targets = ["//net:fetch"]
+allow = [{ cidr = "127.0.0.1/32" }]
+
+[[network.rule]]
+scope = "@bazel"
+allow = [{ cidr = "198.51.100.0/24", port = 443 }]
+"#;
+
+    #[test]
+    fn scoped_rules_parse_and_round_trip() {
+        let c = parse(SCOPED).unwrap();
+        assert_eq!(c.network.allow.len(), 1, "job-wide rules keep their key");
+        assert_eq!(c.network.rule.len(), 3);
+        assert_eq!(c.network.rule[0].targets.len(), 2);
+        assert_eq!(c.network.rule[1].mnemonics, ["Genrule"]);
+        assert_eq!(c.network.rule[2].scope.as_deref(), Some("@bazel"));
+        assert_eq!(c.network.rule[2].allow[0].port, Some(443));
+        let out = c.to_toml();
+        assert_eq!(parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}")), c);
+        assert!(
+            !Config::default().to_toml().contains("rule"),
+            "none by default"
+        );
+    }
+
+    #[test]
+    fn malformed_scoped_rules_name_line_and_key() {
+        let e = err(
+            "[[network.rule]]\nallow = [{ cidr = \"::1\" }]\n\ntargets = [\"//a:b\", \"a/...\"]\n",
+        );
+        assert_eq!(e.key(), Some("network.rule[0].targets[1]"));
+        assert_eq!(e.line(), Some(4));
+        assert!(e.to_string().contains("start it with // or @repo//"), "{e}");
+        let e = err(
+            "[[network.rule]]\ntargets = [\"//a\"]\nallow = [{ cidr = \"::1\" }]\n[[network.rule]]\nallow = [{ cidr = \"::1\" }]\n",
+        );
+        assert_eq!(e.key(), Some("network.rule[1]"));
+        assert_eq!(e.line(), Some(4));
+        assert!(e.to_string().contains("needs a scope"), "{e}");
+        let e = err("[[network.rule]]\nscope = \"@bazel\"\nport = 3\nallow = []\n");
+        assert_eq!(e.key(), Some("network.rule[0].port"));
+        assert_eq!(e.line(), Some(3));
+        let e = err("[[network.rule]]\ntargets = [\"//a\"]\n");
+        assert!(e.to_string().contains("missing field `allow`"), "{e}");
+        assert_eq!(e.line(), Some(1));
+        let e = err("[[network.rule]]\nscope = \"bazel\"\nallow = [{ cidr = \"::1\" }]\n");
+        assert_eq!(e.key(), Some("network.rule[0].scope"));
+        assert_eq!(e.line(), Some(2));
+        let e = err("[[network.rule]]\ntargets = [\"//a\"]\nallow = [{ cidr = \"::1/200\" }]\n");
+        assert_eq!(e.key(), Some("network.rule[0].allow[0].cidr"));
+        assert_eq!(e.line(), Some(3));
     }
 }

@@ -131,6 +131,12 @@ fn report_run(
     let lost: u64 = completeness.events_lost.values().sum();
     let run = &running.pipeline.handler.summary;
     eprint!("{}", summary(&run.alerts, run.violations, lost));
+    if run.allowed_by_scoped_rules > 0 {
+        eprintln!(
+            "monitor: {} connect(s) allowed by target-scoped [[network.rule]] entries once Bazel's execution log named their targets",
+            run.allowed_by_scoped_rules
+        );
+    }
     coverage_warnings(run);
     if let Some(section) = &bazel_section {
         eprint!("{}", crate::bazel::report::summary_lines(section));
@@ -397,7 +403,8 @@ pub fn summary(alerts: &[Alert], violations: u64, lost: u64) -> String {
         }
         out.push_str(
             "monitor: to allow what this job did, add the destinations to `[network] allow` \
-             (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`) and the files to `[files] allow` \
+             (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`) or, for some targets only, to a \
+             `[[network.rule]]` with `targets = [...]`, and the files to `[files] allow` \
              in a config file, or let `--learn policy.toml` write one, then pass `--config`\n",
         );
     }

@@ -230,6 +230,8 @@ pub fn policy(config: &Config) -> anyhow::Result<Policy> {
         network_allow: NetMatcher::new(config.network.allow.clone()),
         unix_allow: PathMatcher::new(&config.network.allow_unix)?,
         host_netns: crate::policy::judge::own_netns(),
+        scoped: crate::policy::scoped::ScopedRules::new(&config.network.rule)
+            .map_err(anyhow::Error::msg)?,
     })
 }
 

@@ -23,6 +23,9 @@ pub struct RunSummary {
     /// destination, by action id (kept only when an execution log will be
     /// read).
     pub spawn_commands: HashMap<String, Vec<String>>,
+    /// Connects alerted first and then allowed by a target-scoped rule
+    /// once the spawn's label was joined.
+    pub allowed_by_scoped_rules: u64,
     /// Every destination reached or tried (`monitor exec` only).
     pub inventory: crate::output::inventory::Inventory,
 }

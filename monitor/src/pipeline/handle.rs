@@ -12,6 +12,9 @@ use std::{
 
 use std::os::unix::ffi::OsStrExt as _;
 
+mod held;
+pub use held::Labels;
+
 use crate::{
     actions::{
         registry::{ActionView, Need, Ready, Registry, is_lineage_key},
@@ -90,6 +93,9 @@ pub struct Handler {
     net_join: crate::events::netjoin::ResultJoin,
     /// Opens the kernel counted instead of reporting.
     pub repeats: crate::pipeline::repeats::RepeatTracker,
+    /// Connects a target-scoped rule may allow once the spawn's label is
+    /// joined (see `held`).
+    held: Vec<crate::policy::judge::Violation>,
 }
 
 impl Handler {
@@ -120,6 +126,7 @@ impl Handler {
             cache_risks: CacheRisks::default(),
             net_join: Default::default(),
             repeats: Default::default(),
+            held: Vec::new(),
         }
     }
 
@@ -396,7 +403,11 @@ impl Handler {
                         .map(|(target, mut alert)| {
                             alert.count = r.count;
                             alert.time = r.origin.time;
-                            crate::policy::judge::Violation { target, alert }
+                            crate::policy::judge::Violation {
+                                target,
+                                alert,
+                                undecided: false,
+                            }
                         })
                 }
                 Event::Connect(c) => self.policy.judge_connect(c, || observed.process(), &action),
@@ -409,7 +420,8 @@ impl Handler {
                 }
                 _ => None,
             };
-            if self.summary.keep_alerts {
+            let hold = violation.as_ref().is_some_and(|v| self.should_hold(v));
+            if self.summary.keep_alerts && !hold {
                 self.take_inventory(&observed, &action, violation.as_ref());
             }
             if self.keep_spawn_commands
@@ -419,15 +431,23 @@ impl Handler {
                 self.spawns.opened(&action.info.id, &f.path);
             }
             let Some(v) = violation else { continue };
-            self.violation(v, &action);
+            if hold {
+                self.hold(v, &action);
+            } else {
+                self.violation(v, &action);
+            }
         }
     }
 
     /// Counts, remembers and folds one violation of `action`.
     /// (An open the kernel counted as repeats is one violation per open.)
     fn violation(&mut self, v: crate::policy::judge::Violation, action: &ActionView) {
-        self.summary.violations += v.alert.count;
         self.keep_spawn_command(action);
+        self.count_violation(v);
+    }
+
+    fn count_violation(&mut self, v: crate::policy::judge::Violation) {
+        self.summary.violations += v.alert.count;
         self.cache_risks
             .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
         let mnemonic = v.alert.action.mnemonic.as_deref().unwrap_or("unknown");
@@ -479,12 +499,7 @@ impl Handler {
         let verdict = violation.map_or("allowed", |v| v.alert.verdict.as_str());
         let comm = observed.event.origin().comm_str();
         let info = &action.info;
-        let target = match (&info.label, &info.mnemonic) {
-            (Some(l), Some(m)) => format!("{l} ({m})"),
-            (Some(l), None) => l.clone(),
-            (None, Some(m)) => format!("{} ({m})", info.id),
-            (None, None) => info.id.clone(),
-        };
+        let target = inventory_target(info);
         self.summary
             .inventory
             .record(crate::output::inventory::Seen {
@@ -496,6 +511,16 @@ impl Handler {
                 process: &comm,
             });
         self.keep_spawn_command(action);
+    }
+}
+
+/// How the egress inventory names who connected.
+fn inventory_target(info: &crate::actions::registry::ActionInfo) -> String {
+    match (&info.label, &info.mnemonic) {
+        (Some(l), Some(m)) => format!("{l} ({m})"),
+        (Some(l), None) => l.clone(),
+        (None, Some(m)) => format!("{} ({m})", info.id),
+        (None, None) => info.id.clone(),
     }
 }
 

@@ -230,9 +230,8 @@ impl Pipeline {
             self.declare_unsandboxed(log.as_ref(), &path.clone());
         }
         self.handler.release_all();
-        if let Some(log) = &log {
-            self.label_pending(log);
-        }
+        let labels = log.as_ref().map(|log| self.label_pending(log));
+        self.handler.resolve_held(labels.as_ref());
         if self.exec_log.is_some() {
             self.bazel_section = Some(self.handler.spawns.section(log.as_ref()));
         }
@@ -261,8 +260,8 @@ impl Pipeline {
 
     /// Labels the spawns' pending alerts from Bazel's execution log, and
     /// counts the sandboxed spawns in it that were never seen starting (they
-    /// ran outside the monitored job).
-    fn label_pending(&mut self, log: &ExecLog) {
+    /// ran outside the monitored job). Returns the labels by action id.
+    fn label_pending(&mut self, log: &ExecLog) -> crate::pipeline::handle::Labels {
         let summary = &mut self.handler.summary;
         let labels = labels_from_log(log, &summary.spawn_commands);
         {
@@ -277,6 +276,7 @@ impl Pipeline {
                 }
             }
         }
+        labels.by_action
     }
 
     fn flush_alerts(&mut self) {

@@ -36,6 +36,7 @@ pub fn judge_isolation(
             verdict: Verdict::Observed,
             count: 1,
         },
+        undecided: false,
     })
 }
 

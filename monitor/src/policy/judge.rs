@@ -11,6 +11,7 @@ use crate::{
     policy::{
         access,
         matchers::{NetMatcher, PathMatcher},
+        scoped::{BAZEL_SCOPE, ScopedRules, ScopedVerdict, Who},
     },
 };
 
@@ -23,6 +24,8 @@ pub struct Policy {
     /// The host's network namespace (the monitor's own), to tell sandboxed
     /// attempts apart.
     pub host_netns: Option<u32>,
+    /// `[[network.rule]]`: destinations for some targets or the `@bazel` tier.
+    pub scoped: ScopedRules,
 }
 
 /// Inode number of the calling process's network namespace.
@@ -51,6 +54,22 @@ pub enum Target {
 pub struct Violation {
     pub target: Target,
     pub alert: Alert,
+    /// A connect that a target-scoped rule would allow if the spawn's
+    /// label (not known yet) matched: to be judged again once it is joined.
+    pub undecided: bool,
+}
+
+/// Who `action` is, for the scoped rules.
+pub fn who(action: &ActionView) -> Who<'_> {
+    // Only the job's own view is judged on the network alone.
+    let job = !action.judge_files;
+    Who {
+        label: action.info.label.as_deref(),
+        mnemonic: action.info.mnemonic.as_deref(),
+        job,
+        bazel: job && action.info.label.as_deref() == Some(BAZEL_SCOPE),
+        spawn: !job && action.spawn.is_some(),
+    }
 }
 
 fn caveat(ev: &FileOpen) -> Option<&'static str> {
@@ -148,6 +167,7 @@ impl Policy {
                 cache_risk: None,
                 summary: None,
             },
+            undecided: false,
         })
     }
 
@@ -219,6 +239,7 @@ impl Policy {
             return None;
         }
         let blocked = kernel & SOCK_BLOCKED != 0;
+        let mut undecided = false;
         if !blocked {
             let declared = action
                 .declaration
@@ -227,6 +248,11 @@ impl Policy {
             if declared || kernel & SOCK_ALLOWED != 0 || self.network_allow.allows(ev.addr, ev.port)
             {
                 return None;
+            }
+            match self.scoped.verdict(&who(action), ev.addr, ev.port) {
+                ScopedVerdict::Allowed => return None,
+                ScopedVerdict::Undecided => undecided = true,
+                ScopedVerdict::Denied => {}
             }
             if !action.judge_files
                 && crate::policy::localnet::listener_in_cgroup(
@@ -266,6 +292,7 @@ impl Policy {
                 cache_risk: None,
                 summary: None,
             },
+            undecided,
         })
     }
 }
@@ -313,6 +340,7 @@ impl Policy {
                 cache_risk: None,
                 summary: None,
             },
+            undecided: false,
         })
     }
 }
@@ -376,6 +404,7 @@ mod tests {
             network_allow: NetMatcher::default(),
             unix_allow: PathMatcher::new(&[]).unwrap(),
             host_netns: None,
+            scoped: ScopedRules::default(),
         }
     }
 
@@ -615,5 +644,110 @@ mod tests {
             names_made: Default::default(),
         });
         assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
+    }
+
+    fn connect(port: u16, kernel_verdict: u32) -> Connect {
+        Connect {
+            origin: open("/x", 0, 0).origin,
+            addr: "127.0.0.1".parse().unwrap(),
+            port,
+            sock_type: 1,
+            protocol: 6,
+            send: false,
+            result: Some(0),
+            netns: 1,
+            kernel_verdict: Some(kernel_verdict),
+        }
+    }
+
+    fn scoped_policy() -> Policy {
+        let rule =
+            |targets: &[&str], scope: Option<&str>, port| crate::policy::scoped::ScopedRuleConfig {
+                targets: targets.iter().map(|s| s.to_string()).collect(),
+                mnemonics: Vec::new(),
+                scope: scope.map(str::to_string),
+                allow: vec![crate::policy::matchers::NetRule {
+                    cidr: "127.0.0.1/32".parse().unwrap(),
+                    port: Some(port),
+                }],
+            };
+        Policy {
+            scoped: ScopedRules::new(&[
+                rule(&["//net:fetch"], None, 8080),
+                rule(&[], Some("@bazel"), 9090),
+            ])
+            .unwrap(),
+            ..policy()
+        }
+    }
+
+    /// A lineage spawn (its label joined later) or the job's own view.
+    fn view(label: Option<&str>, job: bool) -> Arc<ActionView> {
+        let spawn = (!job).then(|| {
+            Arc::new(crate::bazel::sandbox::Spawn {
+                launcher: "linux-sandbox".into(),
+                execroot: PathBuf::from("/ob/execroot/ws"),
+                sandbox_dir: None,
+                sandbox_id: None,
+                writable: Vec::new(),
+                command: vec!["/bin/bash".into()],
+                own_network: false,
+                launched_at: None,
+                launch_ktime_ns: 0,
+            })
+        });
+        Arc::new(ActionView {
+            info: ActionInfo {
+                id: "linux-sandbox-7".into(),
+                cgroup: "/nonexistent-cgroup".into(),
+                cgroup_id: 1,
+                label: label.map(str::to_string),
+                mnemonic: None,
+                worker: None,
+            },
+            declaration: None,
+            judge_files: !job,
+            spawn,
+            created: Default::default(),
+            names_made: Default::default(),
+        })
+    }
+
+    #[test]
+    fn scoped_rules_allow_hold_or_leave_a_connect_to_the_kernel() {
+        let p = scoped_policy();
+        let process = || ProcessInfo {
+            pid: 2,
+            ppid: 1,
+            comm: "bash".into(),
+            exe: None,
+        };
+        let judge = |view: &Arc<ActionView>, port, kernel| {
+            p.judge_connect(&connect(port, kernel), process, view)
+        };
+        assert!(judge(&view(Some("//net:fetch"), false), 8080, 0).is_none());
+        let other = judge(&view(Some("//src:cc"), false), 8080, 0).expect("another label");
+        assert!(!other.undecided);
+        let unknown = judge(&view(None, false), 8080, 0).expect("held, not allowed yet");
+        assert!(unknown.undecided, "the label may still allow it");
+        assert!(
+            !judge(&view(None, false), 8081, 0).unwrap().undecided,
+            "no rule for that port"
+        );
+        let blocked =
+            judge(&view(Some("//net:fetch"), false), 8080, SOCK_BLOCKED).expect("blocked");
+        assert_eq!(
+            blocked.alert.verdict,
+            Verdict::Blocked,
+            "the kernel had the last word"
+        );
+        assert!(!blocked.undecided);
+        assert!(
+            judge(&view(Some("@bazel"), true), 9090, 0).is_none(),
+            "the server's tier"
+        );
+        let spawn_to_server_port = judge(&view(None, false), 9090, 0).expect("not the server");
+        assert!(!spawn_to_server_port.undecided);
+        assert!(judge(&view(Some("@bazel"), true), 8080, 0).is_some());
     }
 }

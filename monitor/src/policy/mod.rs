@@ -9,3 +9,4 @@ pub mod judge;
 pub mod kernel_rules;
 pub mod localnet;
 pub mod matchers;
+pub mod scoped;
