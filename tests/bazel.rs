@@ -161,6 +161,11 @@ struct Opts<'a> {
     no_user_namespaces: bool,
     /// Extra `monitor exec` options (e.g. `--enforce`).
     monitor: &'a [&'a str],
+    /// The targets to build; empty: `//:all`.
+    targets: &'a [&'a str],
+    /// The listener the fixture connects to (a build before's); None: a
+    /// new one. `$PORT` in `config` stands for its port.
+    port: Option<u16>,
 }
 
 /// `bazel-nouserns` (a name `monitor exec` recognises as Bazel): Bazel in
@@ -189,6 +194,8 @@ fn build_opts(o: Opts) -> Build {
         config,
         no_user_namespaces,
         monitor: monitor_args,
+        targets,
+        port,
     } = o;
     require_root();
     assert!(
@@ -201,13 +208,14 @@ fn build_opts(o: Opts) -> Build {
     copy_fixture(&ws);
     let host_file = t.join("host-secret.txt");
     fs::write(&host_file, "host secret\n").unwrap();
-    let port = listener();
+    let port = port.unwrap_or_else(listener);
     let report = t.join("report.json");
     if server_outside {
         start_server(t, &ws);
     }
     let startup = startup_args(t);
-    let mut monitor = monitor_exec(t, &ws, config);
+    let config = config.map(|c| c.replace("$PORT", &port.to_string()));
+    let mut monitor = monitor_exec(t, &ws, config.as_deref());
     monitor.args(monitor_args);
     let bazel = if no_user_namespaces {
         no_userns_bazel(t)
@@ -225,7 +233,11 @@ fn build_opts(o: Opts) -> Build {
         .args(strategy)
         .args(fixture_flags(&ws, &host_file, port))
         .args(extra)
-        .arg("//:all")
+        .args(if targets.is_empty() {
+            &["//:all"]
+        } else {
+            targets
+        })
         .output()
         .unwrap();
     // `monitor exec` stops the server the build started; make sure.
@@ -484,6 +496,147 @@ fn enforced_build_with_no_config_succeeds_and_blocks_spawn_egress() {
     assert!(stray.is_empty(), "Bazel's own traffic alerted: {stray:#?}");
     check_markdown(&b, &fs::read_to_string(&md).expect("--markdown written"));
     check_sarif(&b, &fs::read(&sarif).expect("--sarif written"));
+}
+
+/// Issue 11 item 3, target-scoped rules: under processwrapper-sandbox both
+/// network genrules make the same loopback connect (to the test's
+/// listener). A `[[network.rule]]` scoped to `//:net_requires` allows it for
+/// that label only: its alert, raised before Bazel's execution log named
+/// the spawn, is dropped when the label is joined, while `//:net_default`'s
+/// stays (the positive control). `--learn` writes a rule scoped to
+/// `//:net_default` (not job-wide), and a rebuild under it is clean.
+#[test]
+fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
+    let out = tempfile::tempdir().unwrap();
+    let learned = out.path().join("learned.toml");
+    let learned_arg = learned.display().to_string();
+    let config = "[[network.rule]]\ntargets = [\"//:net_requires\"]\n\
+                  allow = [{ cidr = \"127.0.0.1/32\", port = $PORT }]\n";
+    let targets = ["//:net_default", "//:net_requires"];
+    let b = build_opts(Opts {
+        strategy: Some("processwrapper-sandbox"),
+        config: Some(config),
+        monitor: &["--learn", &learned_arg],
+        targets: &targets,
+        ..Opts::default()
+    });
+    assert_eq!(
+        b.code,
+        Some(1),
+        "net_default's connect is a violation:\n{}",
+        b.stderr
+    );
+    for label in targets {
+        assert_eq!(
+            connected(&b, label),
+            "connected",
+            "{label} reached the listener"
+        );
+    }
+    let other = b.alerts_of("//:net_default");
+    assert_eq!(other.len(), 1, "positive control: {:#?}", b.alerts);
+    assert_eq!(other[0]["kind"], "network_egress");
+    assert_eq!(other[0]["net"]["port"], b.port);
+    assert_eq!(other[0]["net"]["result"], 0);
+    assert!(b.alerts_of("//:net_requires").is_empty(), "{:#?}", b.alerts);
+    assert_eq!(b.alerts.len(), 1, "nothing else: {:#?}", b.alerts);
+    assert_eq!(
+        b.report["violations"], 1,
+        "the allowed connect is not counted"
+    );
+    assert!(
+        b.stderr.contains("1 connect(s) allowed by target-scoped"),
+        "{}",
+        b.stderr
+    );
+    let dest = egress_to(&b, b.port);
+    assert_eq!(dest["verdict"], "observed", "the worst verdict: {dest}");
+    assert_eq!(dest["count"], 2, "both connects: {dest}");
+
+    let text = fs::read_to_string(&learned).expect("--learn written");
+    let rules = text.split("[[network.rule]]").count() - 1;
+    assert_eq!(rules, 2, "the given rule and a learned one:\n{text}");
+    assert!(text.contains("\"//:net_default\""), "{text}");
+    assert!(
+        text.contains("allow = []"),
+        "nothing learned job-wide:\n{text}"
+    );
+    let again = build_opts(Opts {
+        strategy: Some("processwrapper-sandbox"),
+        config: Some(&text),
+        targets: &targets,
+        port: Some(b.port),
+        ..Opts::default()
+    });
+    assert_eq!(
+        again.report["violations"], 0,
+        "{:#?}\n{}",
+        again.alerts, again.stderr
+    );
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    for label in targets {
+        assert_eq!(connected(&again, label), "connected", "{label} ran again");
+    }
+    let dest = egress_to(&again, b.port);
+    assert_eq!(dest["verdict"], "allowed", "{dest}");
+    assert_eq!(dest["count"], 2, "both connects seen and allowed: {dest}");
+    assert!(
+        again
+            .stderr
+            .contains("2 connect(s) allowed by target-scoped"),
+        "{}",
+        again.stderr
+    );
+}
+
+/// Under `--enforce` the kernel decides at connect time, when Bazel 4.2.3
+/// has not named the spawn: a target-scoped rule cannot admit, so the
+/// connect it would allow is blocked like any other (docs/config.md).
+#[test]
+fn under_enforce_a_target_scoped_rule_cannot_admit() {
+    let config = "[[network.rule]]\ntargets = [\"//:net_requires\"]\n\
+                  allow = [{ cidr = \"127.0.0.1/32\", port = $PORT }]\n";
+    let targets = ["//:net_default", "//:net_requires"];
+    let b = build_opts(Opts {
+        strategy: Some("processwrapper-sandbox"),
+        config: Some(config),
+        monitor: &["--enforce"],
+        targets: &targets,
+        ..Opts::default()
+    });
+    assert!(
+        b.stderr.contains("Build completed successfully"),
+        "{}",
+        b.stderr
+    );
+    for label in targets {
+        assert_eq!(connected(&b, label), "failed", "{label} was let through");
+        let net = b.alerts_of(label);
+        assert_eq!(net.len(), 1, "{label}: {:#?}", b.alerts);
+        assert_eq!(net[0]["verdict"], "blocked", "{label}");
+        assert_eq!(net[0]["net"]["port"], b.port, "{label}");
+    }
+    assert_eq!(b.report["violations"], 2);
+    assert_eq!(b.code, Some(1));
+}
+
+/// The last line a network genrule wrote: `connected` or `failed`.
+fn connected(b: &Build, label: &str) -> String {
+    let out = b.ob.join(format!(
+        "execroot/fixture/bazel-out/k8-fastbuild/bin/{}.out",
+        &label[3..]
+    ));
+    let text = fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    text.lines().last().unwrap_or_default().to_string()
+}
+
+/// The report's egress inventory row for the test's listener.
+fn egress_to(b: &Build, port: u16) -> &Value {
+    let want = format!("127.0.0.1:{port}");
+    b.report["egress"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["destination"] == want.as_str()))
+        .unwrap_or_else(|| panic!("{want} not in the inventory: {:#}", b.report["egress"]))
 }
 
 fn check_markdown(b: &Build, md: &str) {
