@@ -711,3 +711,83 @@ fn ping_socket_packets_are_seen_and_dropped_under_enforce() {
         assert_eq!(alerts[0]["verdict"], verdict);
     }
 }
+
+/// The `@bazel` tier (`[[network.rule]] scope = "@bazel"`) is for a Bazel
+/// job's own processes (outside every spawn) and is enforced in the kernel:
+/// under `--enforce`, a job that `monitor exec` takes for Bazel (its program
+/// is named `bazel-…`) reaches the port the tier allows and is refused the
+/// other; the same job under another name is refused both (the tier is
+/// what admitted it).
+#[test]
+fn the_bazel_tier_admits_the_bazel_jobs_own_traffic_in_the_kernel() {
+    require_root();
+    let allowed = Sink::new("tcp");
+    let denied = Sink::new("tcp");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("monitor.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[network.rule]]\nscope = \"@bazel\"\nallow = [{{ cidr = \"127.0.0.1/32\", port = {} }}]\n",
+            allowed.port
+        ),
+    )
+    .unwrap();
+    let fake_bazel = tmp.path().join("bazel-fake");
+    std::os::unix::fs::symlink("/usr/bin/python3", &fake_bazel).unwrap();
+    let script = "import socket, sys\n\
+        for port in sys.argv[1:3]:\n    \
+            try:\n        \
+                s = socket.create_connection(('127.0.0.1', int(port))); s.sendall(sys.argv[3].encode()); s.close()\n    \
+            except OSError as e:\n        \
+                print(port, e)\n";
+    let run = |program: &Path, tag: &str| {
+        let report = tmp.path().join(format!("{tag}.json"));
+        let out = Command::new(monitor_bin())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["exec", "--enforce", "--config"])
+            .arg(&config)
+            .arg("--report")
+            .arg(&report)
+            .arg("--")
+            .arg(program)
+            .args(["-S", "-c", script])
+            .args([
+                allowed.port.to_string(),
+                denied.port.to_string(),
+                tag.into(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+        let alerts = report["alerts"].as_array().cloned().unwrap_or_default();
+        (out.status.code(), stderr, alerts)
+    };
+
+    let (code, stderr, alerts) = run(&fake_bazel, "server");
+    assert!(allowed.wait_for("server"), "the tier admitted it: {stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        alerts_to_port(&alerts, allowed.port).is_empty(),
+        "{alerts:#?}"
+    );
+    let refused = alerts_to_port(&alerts, denied.port);
+    assert_eq!(refused.len(), 1, "positive control: {alerts:#?}");
+    assert_eq!(refused[0]["verdict"], "blocked");
+    assert_eq!(refused[0]["action"]["label"], "@bazel");
+
+    let (code, stderr, alerts) = run(Path::new("/usr/bin/python3"), "command");
+    assert_eq!(code, Some(1), "{stderr}");
+    let refused = alerts_to_port(&alerts, allowed.port);
+    assert_eq!(refused.len(), 1, "not a Bazel job: {alerts:#?}\n{stderr}");
+    assert_eq!(refused[0]["verdict"], "blocked");
+    assert!(!denied.received().contains("server"), "never let through");
+    assert!(
+        !allowed.received().contains("command"),
+        "{}",
+        allowed.received()
+    );
+}

@@ -391,6 +391,10 @@ pub const SCOPE_CHILDREN_ARE_ACTIONS: u32 = 1 << 0;
 /// Scope flag: report file opens (without it, only network and process
 /// events: a job judged against the network policy only).
 pub const SCOPE_FILES: u32 = 1 << 1;
+/// Scope flag: the job is a Bazel build; its processes outside every
+/// sandbox launcher's tree (the server, the client, repository rules) may
+/// also use the `@bazel` tier's allow tries (`scope = "@bazel"` rules).
+pub const SCOPE_BAZEL_SERVER: u32 = 1 << 2;
 
 /// One entry of the kernel filter: a task belongs to an action when its cgroup
 /// ancestor at `level` is `cgroup_id`.

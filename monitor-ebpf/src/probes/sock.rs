@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES, ALLOW_KEY_PORT_BYTES, EventKind, ListenerKey,
-    MAX_ALLOW_RULES, MAX_LISTENERS, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL, SOCK_OP_CONNECT,
-    SOCK_OP_PACKET, SOCK_OP_SENDMSG, Settings, SockEvent,
+    MAX_ALLOW_RULES, MAX_LISTENERS, SCOPE_BAZEL_SERVER, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL,
+    SOCK_OP_CONNECT, SOCK_OP_PACKET, SOCK_OP_SENDMSG, Settings, SockEvent,
 };
 
 use crate::{
@@ -46,6 +46,17 @@ static ALLOW_ANY: LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8> =
 /// a prefix length of 16 + n matches the port exactly and n address bits.
 #[map]
 static ALLOW_PORT: LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
+
+/// The `@bazel` tier (`scope = "@bazel"` rules), any port: consulted only
+/// for a Bazel job's own processes, outside every sandbox launcher's tree.
+#[map]
+static SERVER_ALLOW_ANY: LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
+
+/// The `@bazel` tier, (port, prefix) pairs as in `ALLOW_PORT`.
+#[map]
+static SERVER_ALLOW_PORT: LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8> =
     LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
 
 /// Ports monitored actions have bound (their listeners).
@@ -165,7 +176,11 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     // A rule with a port does not cover a protocol without ports.
     let allowed = ALLOW_ANY
         .get(Key::new(128, lookup))
-        .is_some_and(|v| *v != 0);
+        .is_some_and(|v| *v != 0)
+        || is_bazel_server(&m)
+            && SERVER_ALLOW_ANY
+                .get(Key::new(128, lookup))
+                .is_some_and(|v| *v != 0);
     let mut verdict = if allowed { SOCK_ALLOWED } else { 0 };
     if verdict == 0 && settings.enforce != 0 {
         verdict |= SOCK_BLOCKED;
@@ -247,14 +262,31 @@ fn is_loopback(a: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn allowed_by_policy(addr: &[u8; 16], port: u16) -> bool {
+    allowed_by(&ALLOW_ANY, &ALLOW_PORT, addr, port)
+}
+
+/// A Bazel job's own process (server, client, repository rules): in a
+/// Bazel job's scope and in no sandbox launcher's tree.
+#[inline(always)]
+fn is_bazel_server(m: &filter::Match) -> bool {
+    m.flags & SCOPE_BAZEL_SERVER != 0 && m.launcher == 0
+}
+
+#[inline(always)]
+fn allowed_by(
+    any: &LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8>,
+    by_port: &LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8>,
+    addr: &[u8; 16],
+    port: u16,
+) -> bool {
     // A value of 0 marks a range no rule allows (see kernel_rules.rs).
-    if ALLOW_ANY.get(Key::new(128, *addr)).is_some_and(|v| *v != 0) {
+    if any.get(Key::new(128, *addr)).is_some_and(|v| *v != 0) {
         return true;
     }
     let mut data = [0u8; ALLOW_KEY_PORT_BYTES];
     data[..2].copy_from_slice(&port.to_be_bytes());
     data[2..].copy_from_slice(addr);
-    ALLOW_PORT.get(Key::new(144, data)).is_some_and(|v| *v != 0)
+    by_port.get(Key::new(144, data)).is_some_and(|v| *v != 0)
 }
 
 /// The kernel's verdict on one destination: internal (a loopback port the
@@ -286,6 +318,12 @@ fn verdict_for(
         }
     }
     if verdict == 0 && allowed_by_policy(lookup, port) {
+        verdict |= SOCK_ALLOWED;
+    }
+    if verdict == 0
+        && is_bazel_server(m)
+        && allowed_by(&SERVER_ALLOW_ANY, &SERVER_ALLOW_PORT, lookup, port)
+    {
         verdict |= SOCK_ALLOWED;
     }
     if verdict == 0 && settings.enforce != 0 {

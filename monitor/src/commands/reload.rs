@@ -54,13 +54,18 @@ pub fn prepare(
     } else {
         None
     };
-    let kernel_rules = crate::policy::kernel_rules::compile(&new.network.allow);
+    let kernel_rules = crate::policy::kernel_rules::compile_tiers(&new.network);
     let limit = monitor_common::MAX_ALLOW_RULES as usize;
-    if kernel_rules.any_port.len() > limit || kernel_rules.by_port.len() > limit {
-        return Err(format!(
-            "{}: network.allow: at most {limit} rules with and {limit} without a port are supported",
-            path.display()
-        ));
+    for (key, rules) in [
+        ("network.allow", &kernel_rules.job),
+        ("network.rule (scope = \"@bazel\")", &kernel_rules.bazel),
+    ] {
+        if rules.any_port.len() > limit || rules.by_port.len() > limit {
+            return Err(format!(
+                "{}: {key}: at most {limit} rules with and {limit} without a port are supported",
+                path.display()
+            ));
+        }
     }
     let reload = Reload {
         policy,
@@ -152,7 +157,7 @@ mod tests {
             "network.enforce reaches the kernel on reload"
         );
         assert!(
-            !reload.kernel_rules.by_port.is_empty(),
+            !reload.kernel_rules.job.by_port.is_empty(),
             "network.allow compiled"
         );
         assert_eq!(

@@ -2,7 +2,7 @@
 //! from the config, the kernel programs, the metrics endpoint, the pipeline.
 use std::{path::Path, sync::Arc, time::Duration};
 
-use monitor_common::{SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES};
+use monitor_common::{SCOPE_BAZEL_SERVER, SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES};
 use tokio::sync::watch;
 
 use crate::{
@@ -142,8 +142,13 @@ pub async fn start(
         .map(|s| monitor_common::Scope {
             cgroup_id: s.id,
             level: s.level,
-            flags: match s.kind {
+            flags: match &s.kind {
                 ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,
+                ScopeKind::Job { label, .. }
+                    if label.as_deref() == Some(crate::policy::scoped::BAZEL_SCOPE) =>
+                {
+                    SCOPE_BAZEL_SERVER
+                }
                 ScopeKind::Job { .. } => 0,
             },
         })
@@ -209,11 +214,8 @@ fn attach_network_hooks(
     config: &Config,
     scopes: &[Scope],
 ) -> Result<(), StartError> {
-    let rules = crate::policy::kernel_rules::compile(&config.network.allow);
-    let entries = crate::kernel::loader::AllowEntries {
-        any_port: &rules.any_port,
-        by_port: &rules.by_port,
-    };
+    let tiers = crate::policy::kernel_rules::compile_tiers(&config.network);
+    let entries = tiers.entries();
     kernel
         .set_network_policy(entries, config.network.enforce)
         .map_err(StartError::Kernel)?;

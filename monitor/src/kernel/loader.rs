@@ -54,6 +54,10 @@ const SOCK_PROGRAMS: [&str; 3] = ["sock_post_bind4", "sock_post_bind6", "sock_re
 pub struct AllowEntries<'a> {
     pub any_port: &'a [(u32, [u8; 16], u8)],
     pub by_port: &'a [(u32, [u8; 18], u8)],
+    /// The `@bazel` tier (`scope = "@bazel"` rules), for a Bazel job's own
+    /// processes only.
+    pub server_any_port: &'a [(u32, [u8; 16], u8)],
+    pub server_by_port: &'a [(u32, [u8; 18], u8)],
 }
 
 /// A key of an allow trie: (prefix length, data).
@@ -127,7 +131,7 @@ pub struct Kernel {
     pub sock_hooks: Vec<PathBuf>,
     /// The trie keys written by the last `set_network_policy` (removed when
     /// a reload no longer lists them).
-    allow_keys: (Vec<TrieKey<16>>, Vec<TrieKey<18>>),
+    allow_keys: [(Vec<TrieKey<16>>, Vec<TrieKey<18>>); 2],
     /// The counts of repeated opens (taken by the pipeline).
     pub seen: Option<crate::kernel::seen::SeenCounts>,
 }
@@ -196,7 +200,7 @@ impl Kernel {
             ring_bytes,
             syscall_hook: SyscallHook::Btf,
             sock_hooks: Vec::new(),
-            allow_keys: (Vec::new(), Vec::new()),
+            allow_keys: Default::default(),
             seen: Some(seen),
         };
         kernel.set_scopes(scopes)?;
@@ -270,9 +274,26 @@ impl Kernel {
                 "network.allow: at most {limit} rules with and {limit} without a port are supported"
             );
         }
-        let any_keys = replace_trie(ebpf, "ALLOW_ANY", allow.any_port, &self.allow_keys.0)?;
-        let port_keys = replace_trie(ebpf, "ALLOW_PORT", allow.by_port, &self.allow_keys.1)?;
-        self.allow_keys = (any_keys, port_keys);
+        if allow.server_any_port.len() > limit || allow.server_by_port.len() > limit {
+            bail!(
+                "network.rule with scope = \"@bazel\": at most {limit} destinations with and {limit} without a port are supported"
+            );
+        }
+        let tiers = [
+            ("ALLOW_ANY", "ALLOW_PORT", allow.any_port, allow.by_port),
+            (
+                "SERVER_ALLOW_ANY",
+                "SERVER_ALLOW_PORT",
+                allow.server_any_port,
+                allow.server_by_port,
+            ),
+        ];
+        for (i, (any_name, port_name, any, by_port)) in tiers.into_iter().enumerate() {
+            let before = &self.allow_keys[i];
+            let any_keys = replace_trie(ebpf, any_name, any, &before.0)?;
+            let port_keys = replace_trie(ebpf, port_name, by_port, &before.1)?;
+            self.allow_keys[i] = (any_keys, port_keys);
+        }
         self.settings.enforce = u32::from(enforce);
         self.settings_map.set(0, self.settings, 0)?;
         Ok(())

@@ -12,18 +12,18 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    kernel::loader::{AllowEntries, Kernel},
+    kernel::loader::Kernel,
     output::{sinks::AlertSinks, writer::SinkWriter},
     pipeline::Pipeline,
-    policy::{judge::Policy, kernel_rules::KernelRules},
+    policy::{judge::Policy, kernel_rules::KernelTiers},
 };
 
 /// What a reload changes in the running pipeline (prepared off the loop by
 /// `commands::reload`).
 pub struct Reload {
     pub policy: Policy,
-    /// `network.allow` compiled for the kernel's tries.
-    pub kernel_rules: KernelRules,
+    /// `network.allow` and the `@bazel` rules compiled for the kernel's tries.
+    pub kernel_rules: KernelTiers,
     pub enforce: bool,
     /// `bazel.require_isolation`, for spawns judged from now on.
     pub require_isolation: crate::bazel::isolation::Isolation,
@@ -41,10 +41,7 @@ impl Pipeline {
     /// the sinks they were raised under. (The caller restarts the
     /// declarations watcher, which re-reads every declaration.)
     pub(super) fn reload(&mut self, reload: Reload, kernel: &mut Kernel) {
-        let entries = AllowEntries {
-            any_port: &reload.kernel_rules.any_port,
-            by_port: &reload.kernel_rules.by_port,
-        };
+        let entries = reload.kernel_rules.entries();
         if let Err(e) = kernel.set_network_policy(entries, reload.enforce) {
             // Checked when prepared; a map write failing here is the kernel's.
             log::error!("reload: writing network.allow into the kernel failed: {e:#}");

@@ -45,6 +45,41 @@ fn port_key(port: u16, addr: &[u8; 16]) -> [u8; 18] {
     k
 }
 
+/// The kernel's two tiers: job-wide (`network.allow`) and the Bazel
+/// server's own (`scope = "@bazel"` rules), consulted after the first.
+/// Target- and mnemonic-scoped rules have no kernel tier: the spawn's label
+/// is not known when it connects.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelTiers {
+    pub job: KernelRules,
+    pub bazel: KernelRules,
+}
+
+impl KernelTiers {
+    /// Both tiers, as the loader writes them.
+    pub fn entries(&self) -> crate::kernel::loader::AllowEntries<'_> {
+        crate::kernel::loader::AllowEntries {
+            any_port: &self.job.any_port,
+            by_port: &self.job.by_port,
+            server_any_port: &self.bazel.any_port,
+            server_by_port: &self.bazel.by_port,
+        }
+    }
+}
+
+pub fn compile_tiers(network: &crate::config::Network) -> KernelTiers {
+    let bazel: Vec<NetRule> = network
+        .rule
+        .iter()
+        .filter(|r| r.scope.as_deref() == Some(crate::policy::scoped::BAZEL_SCOPE))
+        .flat_map(|r| r.allow.iter().cloned())
+        .collect();
+    KernelTiers {
+        job: compile(&network.allow),
+        bazel: compile(&bazel),
+    }
+}
+
 pub fn compile(rules: &[NetRule]) -> KernelRules {
     let mut out = KernelRules::default();
     let (mapped, mapped_len) = MAPPED_PREFIX;
@@ -168,5 +203,26 @@ mod tests {
         let k = compile(&[rule("::/0", None)]);
         assert!(!allows(&k, "1.2.3.4".parse().unwrap(), 9));
         assert!(compile(&[]).any_port.is_empty());
+    }
+
+    #[test]
+    fn only_job_wide_and_bazel_rules_reach_the_kernel() {
+        let config = crate::config::Config::parse(
+            "[network]\nallow = [{ cidr = \"10.0.0.0/8\" }]\n\
+             [[network.rule]]\nscope = \"@bazel\"\nallow = [{ cidr = \"127.0.0.1\", port = 443 }]\n\
+             [[network.rule]]\ntargets = [\"//net:*\"]\nallow = [{ cidr = \"127.0.0.2\", port = 80 }]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let tiers = compile_tiers(&config.network);
+        assert_eq!(tiers.job, compile(&[rule("10.0.0.0/8", None)]));
+        assert_eq!(tiers.bazel, compile(&[rule("127.0.0.1/32", Some(443))]));
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(allows(&tiers.bazel, ip("127.0.0.1"), 443));
+        assert!(
+            !allows(&tiers.bazel, ip("127.0.0.2"), 80),
+            "target rules: no tier"
+        );
+        assert!(!allows(&tiers.job, ip("127.0.0.2"), 80));
     }
 }
