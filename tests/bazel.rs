@@ -561,11 +561,17 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
         text.contains("allow = []"),
         "nothing learned job-wide:\n{text}"
     );
+    check_learned_rebuild(&text, &targets, b.port);
+}
+
+/// A rebuild under the learned policy (same listener, fresh output base):
+/// no violation, both connects made and allowed.
+fn check_learned_rebuild(text: &str, targets: &[&str], port: u16) {
     let again = build_opts(Opts {
         strategy: Some("processwrapper-sandbox"),
-        config: Some(&text),
-        targets: &targets,
-        port: Some(b.port),
+        config: Some(text),
+        targets,
+        port: Some(port),
         ..Opts::default()
     });
     assert_eq!(
@@ -574,10 +580,10 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
         again.alerts, again.stderr
     );
     assert_eq!(again.code, Some(0), "{}", again.stderr);
-    for label in targets {
+    for &label in targets {
         assert_eq!(connected(&again, label), "connected", "{label} ran again");
     }
-    let dest = egress_to(&again, b.port);
+    let dest = egress_to(&again, port);
     assert_eq!(dest["verdict"], "allowed", "{dest}");
     assert_eq!(dest["count"], 2, "both connects seen and allowed: {dest}");
     assert!(

@@ -137,22 +137,7 @@ pub async fn start(
         }
     }
     let policy = policy(config).map_err(StartError::Config)?;
-    let kernel_scopes: Vec<monitor_common::Scope> = scopes
-        .iter()
-        .map(|s| monitor_common::Scope {
-            cgroup_id: s.id,
-            level: s.level,
-            flags: match &s.kind {
-                ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,
-                ScopeKind::Job { label, .. }
-                    if label.as_deref() == Some(crate::policy::scoped::BAZEL_SCOPE) =>
-                {
-                    SCOPE_BAZEL_SERVER
-                }
-                ScopeKind::Job { .. } => 0,
-            },
-        })
-        .collect();
+    let kernel_scopes = kernel_scopes(&scopes);
     let mut kernel = Kernel::load(
         &kernel_scopes,
         &config.attribution.sandbox_launchers,
@@ -204,6 +189,28 @@ fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow
         kernel.mark_runner(pid)?;
     }
     Ok(())
+}
+
+/// The scopes as the kernel filter takes them.
+fn kernel_scopes(scopes: &[Scope]) -> Vec<monitor_common::Scope> {
+    scopes
+        .iter()
+        .map(|s| monitor_common::Scope {
+            cgroup_id: s.id,
+            level: s.level,
+            flags: match &s.kind {
+                ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,
+                // The job of a Bazel build: its own processes have the
+                // `@bazel` tier.
+                ScopeKind::Job { label, .. }
+                    if label.as_deref() == Some(crate::policy::scoped::BAZEL_SCOPE) =>
+                {
+                    SCOPE_BAZEL_SERVER
+                }
+                ScopeKind::Job { .. } => 0,
+            },
+        })
+        .collect()
 }
 
 /// The allow list into the kernel, then the socket hooks onto every scope:
