@@ -96,6 +96,8 @@ pub struct Handler {
     /// Connects a target-scoped rule may allow once the spawn's label is
     /// joined (see `held`).
     held: Vec<crate::policy::judge::Violation>,
+    /// The cap on `held` was reached (warned once).
+    held_overflowed: bool,
 }
 
 impl Handler {
@@ -127,6 +129,7 @@ impl Handler {
             net_join: Default::default(),
             repeats: Default::default(),
             held: Vec::new(),
+            held_overflowed: false,
         }
     }
 

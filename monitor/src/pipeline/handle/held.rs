@@ -26,12 +26,13 @@ pub type Labels = HashMap<String, (Option<String>, Option<String>)>;
 impl Handler {
     /// Whether `v` waits for its spawn's label: undecided, and a label will
     /// come (an execution log is read at the end).
-    pub(super) fn should_hold(&self, v: &Violation) -> bool {
+    pub(super) fn should_hold(&mut self, v: &Violation) -> bool {
         if !v.undecided || !self.keep_spawn_commands {
             return false;
         }
         if self.held.len() >= MAX_HELD {
-            if self.held.len() == MAX_HELD {
+            if !self.held_overflowed {
+                self.held_overflowed = true;
                 log::warn!(
                     "{MAX_HELD} connects wait for their labels; further ones are counted as violations"
                 );
