@@ -724,6 +724,65 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
 /// only the kernel's report of the name it made gives it away. The link
 /// Bazel made just before the launch (as recent, by another name) still
 /// declares its target: the positive control.
+/// A hard link to a secret made inside the sandbox is a path below the
+/// sandbox (declared by path), but not a file the sandbox declared: it
+/// alerts. Controls: the input Bazel linked, and a file the action made
+/// with a second name of its own.
+#[test]
+fn a_hard_link_planted_in_the_sandbox_alerts() {
+    require_root();
+    let parent = test_parent("hardlink");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let secret = tmp.path().join("home/secret.txt");
+    write(&source, "in");
+    write(&secret, "secret");
+    let execroot = tmp
+        .path()
+        .join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    let launcher = tmp.path().join("bin/process-wrapper");
+    write(
+        &launcher,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+    );
+    fs::set_permissions(
+        &launcher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    run_ok(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "ln {} pkg/planted.txt && echo own > pkg/own.txt && ln pkg/own.txt pkg/own2.txt \
+                 && cat pkg/planted.txt pkg/in.txt pkg/own2.txt > /dev/null",
+                secret.display()
+            )),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let planted = one_read_alert(&alerts, &execroot.join("pkg/planted.txt"));
+    assert!(
+        planted["message"]
+            .as_str()
+            .unwrap()
+            .contains("(a hard link to a file that was not declared)"),
+        "{planted}"
+    );
+    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+    assert!(
+        on(&alerts, &execroot.join("pkg/own2.txt")).is_empty(),
+        "{alerts:#?}"
+    );
+}
+
 #[test]
 fn a_symlink_planted_within_the_launch_tick_declares_nothing() {
     require_root();

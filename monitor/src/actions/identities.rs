@@ -28,9 +28,39 @@ pub struct Identities {
     by_path: HashMap<Vec<u8>, Key>,
     all: HashSet<Key>,
     recorded: bool,
+    /// Where a hard link to an undeclared file is looked for: everywhere
+    /// (`None`: a declaration's directories are recorded entry by entry),
+    /// or below a sandbox directory only (a Bazel sandbox's linked source
+    /// directories are not walked, so their own multi-link files are not
+    /// known there).
+    hard_links_below: Option<Vec<u8>>,
 }
 
 impl Identities {
+    /// For a Bazel sandbox: identities are inserted as its links are read,
+    /// and an object reached at a path inside `root` with several links,
+    /// not declared and not made by the action, is a planted hard link.
+    pub fn hard_links_checked_below(root: &Path) -> Identities {
+        let mut below = root.as_os_str().as_bytes().to_vec();
+        below.push(b'/');
+        Identities {
+            recorded: true,
+            hard_links_below: Some(below),
+            ..Default::default()
+        }
+    }
+
+    /// Records `path` (not a directory) as declared, as `meta` says it is.
+    pub fn insert(&mut self, path: &Path, meta: &fs::Metadata) {
+        if self.by_path.len() >= MAX_ENTRIES {
+            return;
+        }
+        let key = (meta.dev(), meta.ino());
+        self.by_path
+            .insert(path.as_os_str().as_bytes().to_vec(), key);
+        self.all.insert(key);
+    }
+
     pub fn is_recorded(&self) -> bool {
         self.recorded
     }
@@ -60,7 +90,11 @@ impl Identities {
                 "not the file declared under this name: something is mounted over it or it was replaced",
             );
         }
-        if id.nlink > 1 && !id.is_dir() && !self.all.contains(&key) && !created() {
+        let checked = self
+            .hard_links_below
+            .as_ref()
+            .is_none_or(|below| path.starts_with(below));
+        if checked && id.nlink > 1 && !id.is_dir() && !self.all.contains(&key) && !created() {
             return Some("a hard link to a file that was not declared");
         }
         None
@@ -153,11 +187,7 @@ impl Recorder {
     }
 
     fn add(&mut self, path: &Path, meta: &fs::Metadata) {
-        let key = (meta.dev(), meta.ino());
-        self.ids
-            .by_path
-            .insert(path.as_os_str().as_bytes().to_vec(), key);
-        self.ids.all.insert(key);
+        self.ids.insert(path, meta);
     }
 }
 

@@ -19,7 +19,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{actions::links::LinkSources, events::paths, policy::matchers::PathMatcher};
+use crate::{
+    actions::{identities::Identities, links::LinkSources},
+    events::paths,
+    policy::matchers::PathMatcher,
+};
 
 /// Most sandbox entries read for one spawn; a larger tree is truncated with a
 /// warning (its remaining inputs would show up as undeclared, never hidden).
@@ -164,9 +168,10 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// sandbox inputs to the main execroot, which links to the source tree).
 /// Links made after the launch declare nothing; the targets of those that
 /// may have been ([`LinkSources`]) are returned apart as well.
-pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
+pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities) {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
     let mut patterns = vec![pattern_below(root), root.display().to_string()];
+    let mut identities = Identities::hard_links_checked_below(root);
     let mut sure: HashSet<PathBuf> = HashSet::new();
     let mut ambiguous: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut seen = 0;
@@ -198,17 +203,25 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources) {
                         "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
                         path.display()
                     ),
-                    Made::Before => push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
-                        sure.insert(t.to_path_buf());
-                    }),
-                    Made::Ambiguous => push_link_chain(&path, &mut patterns, &mut real_dirs, |t| {
-                        ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
-                    }),
+                    Made::Before => {
+                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t, meta| {
+                            if let Some(meta) = meta.filter(|m| !m.is_dir()) {
+                                identities.insert(t, meta);
+                            }
+                            sure.insert(t.to_path_buf());
+                        })
+                    }
+                    Made::Ambiguous => {
+                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t, _| {
+                            ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
+                        })
+                    }
                 }
             }
         }
     }
-    (patterns, link_sources(spawn, root, &sure, ambiguous))
+    let links = link_sources(spawn, root, &sure, ambiguous);
+    (patterns, links, identities)
 }
 
 /// The targets only ambiguous links declare (not below the sandbox, not
@@ -292,16 +305,16 @@ pub(crate) fn push_link_chain(
     link: &Path,
     patterns: &mut Vec<String>,
     real_dirs: &mut RealDirs,
-    mut declared: impl FnMut(&Path),
+    mut declared: impl FnMut(&Path, Option<&fs::Metadata>),
 ) {
     let mut push = |target: &Path, patterns: &mut Vec<String>| {
-        let is_dir = fs::metadata(target).is_ok_and(|m| m.is_dir());
-        patterns.push(if is_dir {
+        let meta = fs::metadata(target).ok();
+        patterns.push(if meta.as_ref().is_some_and(|m| m.is_dir()) {
             pattern_below(target)
         } else {
             escape_glob(&target.display().to_string())
         });
-        declared(target);
+        declared(target, meta.as_ref());
     };
     let mut current = link.to_path_buf();
     let mut ended = false;

@@ -41,7 +41,7 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
 
 /// What a sandboxed spawn declared: its sandbox, read now.
 pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
-    let (declared, links) = sandbox::declared_patterns(spawn);
+    let (declared, links, identities) = sandbox::declared_patterns(spawn);
     Declaration {
         cgroup: cgroup.to_path_buf(),
         label: None,
@@ -49,7 +49,7 @@ pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
         inputs: sandbox::matcher(&declared),
         outputs: sandbox::matcher(&sandbox::output_patterns(spawn)),
         writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
-        identities: Default::default(),
+        identities,
         links,
         network: NetMatcher::default(),
         source: spawn

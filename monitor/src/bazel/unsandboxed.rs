@@ -33,7 +33,7 @@ pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
         let path = execroot.join(rel.trim_start_matches("./"));
         patterns.push(escape_glob(&path.display().to_string()));
         patterns.push(pattern_below(&path));
-        push_link_chain(&path, &mut patterns, &mut real_dirs, |_| {});
+        push_link_chain(&path, &mut patterns, &mut real_dirs, |_, _| {});
     }
     patterns
 }
