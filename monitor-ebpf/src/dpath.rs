@@ -47,7 +47,6 @@ struct WalkState {
     mount: u64,
     /// Where in `data` the components start (after the path string).
     base: u64,
-    pos: u64,
     status: u64,
 }
 
@@ -66,9 +65,11 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
         vfsmnt,
         mount: vfsmnt - o.mount_mnt as u64,
         base: base as u64,
-        pos: 0,
         status: RUNNING,
     };
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    unsafe { (*scratch).walk_pos = 0 };
     // SAFETY: `step` has the callback signature bpf_loop expects and only
     // touches `state` through the pointer given here.
     unsafe {
@@ -79,15 +80,17 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
             0,
         )
     };
+    // SAFETY: as above.
+    let pos = unsafe { (*scratch).walk_pos } as u32;
     match state.status {
         DONE | DONE_INTERNAL => Some(Walk {
-            len: state.pos as u32,
+            len: pos,
             truncated: false,
             internal: state.status == DONE_INTERNAL,
         }),
         // Ran out of iterations or of room: what we have is the leaf end.
         RUNNING | TRUNCATED => Some(Walk {
-            len: state.pos as u32,
+            len: pos,
             truncated: true,
             internal: false,
         }),
@@ -139,7 +142,8 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         s.status = top_status(o, s);
         return 1;
     }
-    let pos = s.pos as usize;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let pos = unsafe { (*scratch).walk_pos } as usize;
     if pos >= DIR_CAPACITY - NAME_CAPACITY {
         s.status = TRUNCATED;
         return 1;
@@ -160,7 +164,8 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         s.status = FAILED;
         return 1;
     }
-    s.pos = (pos + n as usize) as u64;
+    // SAFETY: as above.
+    unsafe { (*scratch).walk_pos = (pos + n as usize) as u64 };
     s.dentry = parent;
     0
 }

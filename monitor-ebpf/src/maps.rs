@@ -29,6 +29,12 @@ pub struct Scratch {
     pub event: FileEvent,
     /// The path string, then directory components.
     pub data: [u8; DIR_CAPACITY + PATH_CAPACITY],
+    /// How far a directory walk has written (`dpath.rs`). Kept here, not
+    /// on the walk's stack: the verifier does not carry a map value from
+    /// one step of the walk to the next, so it checks the step once instead
+    /// of once per possible length (3.2 s of verification per start, now
+    /// a third of it: measured with strace on BPF_PROG_LOAD).
+    pub walk_pos: u64,
 }
 
 #[map]
