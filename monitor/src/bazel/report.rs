@@ -11,7 +11,11 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::bazel::{execlog::ExecLog, isolation::Isolation, sandbox::Spawn};
+use crate::bazel::{
+    execlog::ExecLog,
+    isolation::Isolation,
+    sandbox::{RealDirs, Spawn},
+};
 
 /// Distinct paths remembered per spawn for the unread-input check; a spawn
 /// that opens more is marked incomplete (its unread list is not given).
@@ -170,6 +174,31 @@ impl SpawnBook {
 #[derive(Default)]
 struct UnreadByTarget {
     targets: BTreeMap<String, TargetInputs>,
+    /// Shared by every spawn: their inputs sit in few directories.
+    real_dirs: RealDirs,
+}
+
+/// What one spawn opened: the paths, and every directory above one (a
+/// directory input counts as read when anything below it was opened).
+struct Opened<'a> {
+    paths: &'a HashSet<Vec<u8>>,
+    below: HashSet<&'a [u8]>,
+}
+
+impl<'a> Opened<'a> {
+    fn of(paths: &'a HashSet<Vec<u8>>) -> Opened<'a> {
+        let mut below = HashSet::new();
+        for p in paths {
+            for (i, _) in p.iter().enumerate().skip(1).filter(|(_, b)| **b == b'/') {
+                below.insert(&p[..i]);
+            }
+        }
+        Opened { paths, below }
+    }
+
+    fn has(&self, path: &[u8]) -> bool {
+        self.paths.contains(path) || self.below.contains(path)
+    }
 }
 
 #[derive(Default)]
@@ -182,8 +211,9 @@ impl UnreadByTarget {
     fn add(&mut self, label: &str, inputs: &[String], r: &SpawnRecord) {
         let t = self.targets.entry(label.to_owned()).or_default();
         t.incomplete |= r.opened_incomplete;
+        let opened = Opened::of(&r.opened);
         for input in inputs {
-            let read = was_read(input, &r.spawn, &r.opened);
+            let read = was_read(input, &r.spawn, &opened, &mut self.real_dirs);
             *t.declared.entry(input.clone()).or_default() |= read;
         }
     }
@@ -221,24 +251,22 @@ impl UnreadByTarget {
 /// have opened it through its own execroot, the main execroot the sandbox
 /// links into, or the file the links end at; a directory input counts when
 /// anything below it was opened.
-fn was_read(rel: &str, spawn: &Spawn, opened: &HashSet<Vec<u8>>) -> bool {
+fn was_read(rel: &str, spawn: &Spawn, opened: &Opened, real_dirs: &mut RealDirs) -> bool {
     let rel = rel.trim_start_matches("./");
     let mut candidates: Vec<PathBuf> = vec![spawn.execroot.join(rel)];
     if let Some(main) = main_execroot(spawn) {
         candidates.push(main.join(rel));
     }
-    let real: Vec<PathBuf> = candidates
+    if candidates
         .iter()
-        .filter_map(|c| std::fs::canonicalize(c).ok())
-        .collect();
-    candidates.extend(real);
-    candidates.iter().any(|c| {
-        let c = c.as_os_str().as_bytes();
-        opened.contains(c)
-            || opened
-                .iter()
-                .any(|o| o.len() > c.len() && o.starts_with(c) && o[c.len()] == b'/')
-    })
+        .any(|c| opened.has(c.as_os_str().as_bytes()))
+    {
+        return true;
+    }
+    candidates
+        .iter()
+        .filter_map(|c| real_dirs.canonicalize(c))
+        .any(|real| opened.has(real.as_os_str().as_bytes()))
 }
 
 /// `<output_base>/execroot/<ws>` for a spawn in

@@ -285,6 +285,17 @@ fn made(meta: &fs::Metadata, launched_at: Option<SystemTime>) -> Made {
 pub(crate) struct RealDirs(HashMap<PathBuf, Option<PathBuf>>);
 
 impl RealDirs {
+    /// `fs::canonicalize(path)` with the directories cached: one `lstat`
+    /// when the last component is no symlink.
+    pub(crate) fn canonicalize(&mut self, path: &Path) -> Option<PathBuf> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        if meta.file_type().is_symlink() {
+            fs::canonicalize(path).ok()
+        } else {
+            self.resolve(path)
+        }
+    }
+
     /// The resolved path of `path`, whose last component is no symlink.
     fn resolve(&mut self, path: &Path) -> Option<PathBuf> {
         let (parent, name) = (path.parent()?, path.file_name()?);
