@@ -9,13 +9,14 @@
 //! unix socket. IPv6 packets with extension headers before UDP are skipped.
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
     maps::PerCpuArray,
     programs::SkBuffContext,
 };
 use monitor_common::{
-    AF_INET, AF_INET6, DnsEvent, EventKind, MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, Settings,
+    AF_INET, AF_INET6, DNS_CAPTURE, DnsEvent, EventKind, MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS,
+    Settings,
 };
 
 use crate::{
@@ -32,6 +33,7 @@ const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
 const UDP_HEADER: usize = 8;
+const DNS_HEADER: usize = 12;
 
 #[cgroup_skb(ingress)]
 pub fn sock_skb_ingress(ctx: SkBuffContext) -> i32 {
@@ -84,13 +86,35 @@ fn on_ingress(ctx: &SkBuffContext) -> Option<()> {
         let ip: [u8; 4] = ctx.load(12).ok()?;
         ev.server[..4].copy_from_slice(&ip);
     }
-    ev.captured = ctx.load_bytes(payload, &mut ev.data).unwrap_or(0) as u32;
+    ev.captured = copy_payload(ctx, payload, wire_len, ev);
     submit(
         settings,
         (ev as *const DnsEvent).cast(),
         core::mem::size_of::<DnsEvent>(),
     );
     Some(())
+}
+
+/// Copies up to `DNS_CAPTURE` bytes of the payload; how many. A payload
+/// shorter than a DNS header is not copied (userspace counts it
+/// malformed). The bounds are checked on the very length passed, as the
+/// verifier wants it (1..=capacity).
+#[inline(always)]
+fn copy_payload(ctx: &SkBuffContext, payload: usize, wire_len: usize, ev: &mut DnsEvent) -> u32 {
+    let len = wire_len.min(DNS_CAPTURE);
+    if len < DNS_HEADER {
+        return 0;
+    }
+    // SAFETY: `len` bytes fit in `data`; the helper checks the packet.
+    let read = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            payload as u32,
+            ev.data.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if read == 0 { len as u32 } else { 0 }
 }
 
 /// The action of the socket the packet is delivered to, from its cgroup
