@@ -709,4 +709,30 @@ mod tests {
         rec[0] = 77;
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownKind(77));
     }
+
+    #[test]
+    fn dns_answers_keep_what_was_copied_and_say_when_it_was_cut() {
+        // SAFETY: all-zero is a valid DnsEvent.
+        let mut ev: DnsEvent = unsafe { std::mem::zeroed() };
+        ev.header.kind = EventKind::DnsAnswer as u32;
+        ev.family = AF_INET6;
+        ev.server[15] = 1;
+        ev.wire_len = 2000;
+        ev.captured = 3;
+        ev.data[..4].copy_from_slice(b"abcd");
+        // SAFETY: plain data viewed as bytes.
+        let rec = unsafe {
+            std::slice::from_raw_parts((&ev as *const DnsEvent).cast::<u8>(), size_of::<DnsEvent>())
+        };
+        let Event::DnsAnswer(a) = decode(rec).unwrap() else {
+            panic!("not a DNS answer")
+        };
+        assert_eq!(a.server, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(a.payload, b"abc");
+        assert!(a.cut);
+        assert_eq!(
+            decode(&rec[..rec.len() - 1]).unwrap_err(),
+            DecodeError::Short(rec.len() - 1)
+        );
+    }
 }
