@@ -48,6 +48,10 @@ pub enum EventKind {
     /// syscall (aya 0.14 cannot attach `cgroup/connect_unix`): observed,
     /// never blocked.
     UnixConnect = 102,
+    /// A UDP packet from port 53 delivered to a socket of a monitored
+    /// scope ([`DnsEvent`]), seen by the `cgroup_skb/ingress` program: the
+    /// DNS answer the job's resolver got.
+    DnsAnswer = 103,
     Exec = 200,
     Exit = 201,
     /// A sandbox launcher (`attribution.sandbox_launchers`) started: a new
@@ -76,6 +80,7 @@ impl EventKind {
             100 => Some(Self::Connect),
             101 => Some(Self::SockAddr),
             102 => Some(Self::UnixConnect),
+            103 => Some(Self::DnsAnswer),
             200 => Some(Self::Exec),
             201 => Some(Self::Exit),
             202 => Some(Self::Launch),
@@ -340,6 +345,32 @@ pub struct SockEvent {
     /// Inode number of the task's network namespace.
     pub netns: u32,
     pub _pad2: u32,
+}
+
+/// Bytes of a DNS answer the kernel copies: 1232, the EDNS buffer size
+/// resolvers have advertised since DNS Flag Day 2020, so that nearly every
+/// UDP answer fits whole (classic DNS answers are at most 512).
+pub const DNS_CAPTURE: usize = 1232;
+
+/// A UDP packet from port 53 delivered to a socket of a monitored scope
+/// (the `cgroup_skb/ingress` program). The packet arrives in softirq
+/// context: the header's action fields come from the socket's cgroup; its
+/// pid, tid, ppid and comm are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub _pad: u16,
+    /// Bytes of UDP payload the packet carried.
+    pub wire_len: u32,
+    /// Bytes of it copied into `data` (at most [`DNS_CAPTURE`]).
+    pub captured: u32,
+    pub _pad2: u32,
+    /// The answering server's address (IPv4 in the first 4 bytes).
+    pub server: [u8; 16],
+    pub data: [u8; DNS_CAPTURE],
 }
 
 /// Key of the kernel's allow-list tries: `port` (network byte order; only

@@ -24,7 +24,14 @@ use crate::{
 };
 
 /// Every fuzz target (a `[[bin]]` of fuzz/Cargo.toml).
-pub const TARGETS: &[&str] = &["decode", "config", "declarations", "paths", "execlog"];
+pub const TARGETS: &[&str] = &[
+    "decode",
+    "config",
+    "declarations",
+    "paths",
+    "execlog",
+    "dns",
+];
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Inputs that take longer than this count as a crash (a hang).
 const INPUT_TIMEOUT_SECONDS: u64 = 10;
@@ -34,7 +41,7 @@ pub struct Options {
     /// How long to fuzz each target, in seconds.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Targets to run (default: all): decode, config, declarations, paths, execlog.
+    /// Targets to run (default: all): decode, config, declarations, paths, execlog, dns.
     targets: Vec<String>,
 }
 

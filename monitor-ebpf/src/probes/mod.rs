@@ -3,12 +3,14 @@
 //! (exec, fork, exit, io_uring set-up), `links` (when a monitored
 //! process made a symlink, link or rename), `cgroups` (cgroup mkdir/rmdir
 //! below monitored scopes), `sock` (socket-address hooks: every egress
-//! route, and enforcement), `uring` (opens submitted through io_uring, at
+//! route, and enforcement), `dns` (DNS answers delivered to monitored
+//! sockets, to name destinations), `uring` (opens submitted through io_uring, at
 //! their completion). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
 //! `compat` translates 32-bit syscalls of monitored tasks.
 pub mod cgroups;
 pub mod compat;
+pub mod dns;
 pub mod files;
 pub mod links;
 pub mod net;

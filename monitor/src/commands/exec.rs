@@ -258,7 +258,7 @@ fn completeness(running: &start::Running) -> Completeness {
     ];
     if !kernel.sock_hooks.is_empty() {
         hooks.push(format!(
-            "cgroup connect4, connect6, sendmsg4, sendmsg6, post_bind4, post_bind6, sock_release, skb egress on {} cgroup(s)",
+            "cgroup connect4, connect6, sendmsg4, sendmsg6, post_bind4, post_bind6, sock_release, skb egress, skb ingress (DNS answers) on {} cgroup(s)",
             kernel.sock_hooks.len()
         ));
     }
@@ -269,6 +269,7 @@ fn completeness(running: &start::Running) -> Completeness {
         events_lost,
         hooks,
         enforced: running.enforce,
+        dns: running.pipeline.handler.summary.inventory.names.counts,
     }
 }
 

@@ -8,8 +8,8 @@ use std::{
 };
 
 use monitor_common::{
-    AF_INET, AF_INET6, CgroupEvent, ConnectEvent, EventHeader, EventKind, FLAG_DIR_INTERNAL,
-    FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
+    AF_INET, AF_INET6, CgroupEvent, ConnectEvent, DnsEvent, EventHeader, EventKind,
+    FLAG_DIR_INTERNAL, FLAG_DIR_TRUNCATED, FLAG_DIR_UNRESOLVED, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
     FLAG_PATH_UNREADABLE, FLAG_SEEN_BY_SOCK_HOOK, FLAG_TRACKED, FileEvent, SOCK_OP_CONNECT,
     SeenKey, SockEvent, UnixConnectEvent, WorkerExitEvent,
 };
@@ -219,6 +219,18 @@ pub struct CgroupChange {
     pub path: Vec<u8>,
 }
 
+/// A DNS answer delivered to a socket of a monitored action
+/// (`EventKind::DnsAnswer`); `origin` has the action, no process.
+#[derive(Clone, Debug)]
+pub struct DnsAnswer {
+    pub origin: Origin,
+    pub server: IpAddr,
+    /// The UDP payload as copied (at most `DNS_CAPTURE` bytes).
+    pub payload: Vec<u8>,
+    /// The packet carried more than was copied.
+    pub cut: bool,
+}
+
 #[derive(Clone, Debug)]
 pub enum Event {
     File(FileOpen),
@@ -226,6 +238,7 @@ pub enum Event {
     /// Joined with the hook's `Connect` of the same thread (`events::netjoin`).
     ConnectResult(ConnectResult),
     UnixConnect(UnixConnect),
+    DnsAnswer(DnsAnswer),
     Exec(Exec),
     Exit(Origin),
     Launch(Launch),
@@ -254,6 +267,7 @@ impl Event {
             Event::Connect(e) => &e.origin,
             Event::ConnectResult(e) => &e.origin,
             Event::UnixConnect(e) => &e.origin,
+            Event::DnsAnswer(e) => &e.origin,
             Event::Exec(e) => &e.origin,
             Event::Exit(o) => o,
             Event::Launch(e) => &e.origin,
@@ -271,7 +285,10 @@ impl Event {
     pub fn metric_index(&self) -> usize {
         match self {
             Event::File(_) | Event::LinkMade(_) | Event::Repeats(_) => 0,
-            Event::Connect(_) | Event::ConnectResult(_) | Event::UnixConnect(_) => 1,
+            Event::Connect(_)
+            | Event::ConnectResult(_)
+            | Event::UnixConnect(_)
+            | Event::DnsAnswer(_) => 1,
             Event::Exec(_) => 2,
             Event::Exit(_) => 3,
             Event::Launch(_) => 4,
@@ -318,9 +335,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 identity,
             }))
         }
-        Some(kind @ (EventKind::Connect | EventKind::SockAddr | EventKind::UnixConnect)) => {
-            decode_net(kind, bytes, origin, header.flags)
-        }
+        Some(
+            kind @ (EventKind::Connect
+            | EventKind::SockAddr
+            | EventKind::UnixConnect
+            | EventKind::DnsAnswer),
+        ) => decode_net(kind, bytes, origin, header.flags),
         Some(EventKind::Exit) => Ok(Event::Exit(origin)),
         Some(EventKind::IoUring) => Ok(Event::IoUring(origin)),
         Some(EventKind::LinkMade) => {
@@ -426,6 +446,16 @@ fn decode_net(
                 result: ev.result,
                 peer_tgid: ev.peer_tgid,
                 peer_in_action: false,
+            }))
+        }
+        EventKind::DnsAnswer => {
+            let ev: DnsEvent = read(bytes)?;
+            let captured = (ev.captured as usize).min(ev.data.len());
+            Ok(Event::DnsAnswer(DnsAnswer {
+                origin,
+                server: ip(ev.family, &ev.server)?,
+                payload: ev.data[..captured].to_vec(),
+                cut: ev.wire_len > ev.captured,
             }))
         }
         _ => Err(DecodeError::UnknownKind(kind as u32)),
@@ -678,5 +708,31 @@ mod tests {
         let mut rec = file_record(0, b"", b"/abc");
         rec[0] = 77;
         assert_eq!(decode(&rec).unwrap_err(), DecodeError::UnknownKind(77));
+    }
+
+    #[test]
+    fn dns_answers_keep_what_was_copied_and_say_when_it_was_cut() {
+        // SAFETY: all-zero is a valid DnsEvent.
+        let mut ev: DnsEvent = unsafe { std::mem::zeroed() };
+        ev.header.kind = EventKind::DnsAnswer as u32;
+        ev.family = AF_INET6;
+        ev.server[15] = 1;
+        ev.wire_len = 2000;
+        ev.captured = 3;
+        ev.data[..4].copy_from_slice(b"abcd");
+        // SAFETY: plain data viewed as bytes.
+        let rec = unsafe {
+            std::slice::from_raw_parts((&ev as *const DnsEvent).cast::<u8>(), size_of::<DnsEvent>())
+        };
+        let Event::DnsAnswer(a) = decode(rec).unwrap() else {
+            panic!("not a DNS answer")
+        };
+        assert_eq!(a.server, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(a.payload, b"abc");
+        assert!(a.cut);
+        assert_eq!(
+            decode(&rec[..rec.len() - 1]).unwrap_err(),
+            DecodeError::Short(rec.len() - 1)
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! joined with its syscall result.
 //! Pure data: must not know about actions, policy or output.
 pub mod decode;
+pub mod dns;
 pub mod netjoin;
 pub mod paths;
 pub mod processes;

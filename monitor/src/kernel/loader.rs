@@ -341,13 +341,18 @@ impl Kernel {
                     .with_context(|| attach_failed(name, cgroup))?;
             }
         }
-        let name = "sock_skb_egress";
-        let prog: &mut CgroupSkb = loadable(ebpf, name)?;
-        prog.load()
-            .with_context(|| format!("the kernel refused program {name}"))?;
-        for (cgroup, file) in &files {
-            prog.attach(file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .with_context(|| attach_failed(name, cgroup))?;
+        // The egress backstop, and the DNS answers coming in.
+        for (name, direction) in [
+            ("sock_skb_egress", CgroupSkbAttachType::Egress),
+            ("sock_skb_ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let prog: &mut CgroupSkb = loadable(ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            for (cgroup, file) in &files {
+                prog.attach(file, direction, CgroupAttachMode::Single)
+                    .with_context(|| attach_failed(name, cgroup))?;
+            }
         }
         self.sock_hooks = cgroups.to_vec();
         Ok(())

@@ -17,6 +17,9 @@ pub struct Completeness {
     pub hooks: Vec<String>,
     /// Connects and sends were refused in the kernel when not allowed.
     pub enforced: bool,
+    /// The DNS answers read to name destinations, and those that could not
+    /// be (names missing from the inventory, not events lost).
+    pub dns: crate::output::dns_names::DnsCounts,
 }
 
 impl Completeness {
@@ -52,6 +55,7 @@ impl Completeness {
             "events_lost": self.events_lost,
             "hooks": self.hooks,
             "enforced": self.enforced,
+            "dns": self.dns,
         })
     }
 }

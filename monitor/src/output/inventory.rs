@@ -2,9 +2,12 @@
 //! reached or tried, allowed or not — address and port (or socket path),
 //! protocol, which targets and processes, how many times, and the verdict.
 //! The job's own internal traffic (its listeners) is not egress and is not
-//! listed. Host names are not known (the hooks see addresses, not the DNS
-//! answers they came from).
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+//! listed. Each IP destination is named by the question names of the DNS
+//! answers the job received for its address (`dns_names`), when seen.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Serialize;
 
@@ -47,6 +50,18 @@ pub struct Seen<'a> {
 #[derive(Debug, Default)]
 pub struct Inventory {
     by_destination: BTreeMap<(String, &'static str), Destination>,
+    /// Host names from the DNS answers the job received.
+    pub names: crate::output::dns_names::DnsNames,
+}
+
+/// The IP address of a destination (`addr:port` or `addr`); none for a
+/// unix socket path.
+fn address(destination: &str) -> Option<IpAddr> {
+    destination
+        .parse::<SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| destination.parse::<IpAddr>())
+        .ok()
 }
 
 impl Inventory {
@@ -86,9 +101,22 @@ impl Inventory {
         self.by_destination.values()
     }
 
+    /// The host names the job resolved the destination's address from
+    /// (empty when no DNS answer for it was seen).
+    pub fn names_of(&self, d: &Destination) -> Vec<String> {
+        address(&d.destination).map_or_else(Vec::new, |a| self.names.of(a))
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.destinations().collect::<Vec<_>>())
-            .expect("inventory entries serialise")
+        let entries = self
+            .destinations()
+            .map(|d| {
+                let mut v = serde_json::to_value(d).expect("inventory entries serialise");
+                v["names"] = self.names_of(d).into();
+                v
+            })
+            .collect::<Vec<_>>();
+        serde_json::Value::Array(entries)
     }
 }
 
@@ -131,5 +159,36 @@ mod tests {
             "{json}"
         );
         assert_eq!(json[1]["verdict"], "allowed");
+        assert_eq!(json[1]["names"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn destinations_get_the_names_their_address_was_resolved_from() {
+        use simple_dns::{CLASS, Name, Packet, Question, ResourceRecord, TYPE, rdata};
+        let mut packet = Packet::new_reply(1);
+        let name = Name::new_unchecked("registry.example.test");
+        packet.questions.push(Question::new(
+            name.clone(),
+            TYPE::AAAA.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        packet.answers.push(ResourceRecord::new(
+            name,
+            CLASS::IN,
+            60,
+            rdata::RData::AAAA(rdata::AAAA { address: 1 }),
+        ));
+        let mut inv = Inventory::default();
+        inv.names.answer(&packet.build_bytes_vec().unwrap(), false);
+        inv.record(seen("[::1]:443", "allowed", "exec-1"));
+        inv.record(seen("10.0.0.9:80", "allowed", "exec-1"));
+        let json = inv.to_json();
+        assert_eq!(json[0]["destination"], "10.0.0.9:80");
+        assert_eq!(json[0]["names"], serde_json::json!([]));
+        assert_eq!(
+            json[1]["names"],
+            serde_json::json!(["registry.example.test"])
+        );
     }
 }

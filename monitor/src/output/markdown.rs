@@ -104,15 +104,16 @@ fn inventory_table(out: &mut String, inventory: &Inventory) {
     if inventory.destinations().next().is_none() {
         return;
     }
-    out.push_str("### Egress inventory\n\n| Destination | Proto | Targets | Processes | Verdict | Count |\n| --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("### Egress inventory\n\n| Destination | Names | Proto | Targets | Processes | Verdict | Count |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for d in inventory.destinations() {
         let join = |set: &std::collections::BTreeSet<String>| {
             set.iter().cloned().collect::<Vec<_>>().join(", ")
         };
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
             cell(&d.destination),
+            cell(&inventory.names_of(d).join(", ")),
             d.proto,
             cell(&join(&d.targets)),
             cell(&join(&d.processes)),
@@ -121,7 +122,8 @@ fn inventory_table(out: &mut String, inventory: &Inventory) {
         );
     }
     out.push_str(
-        "\nHost names are not shown: the monitor sees addresses, not the DNS answers they came from. \
+        "\nNames come from the UDP DNS answers the job received; a name resolved over TCP, DoH/DoT, \
+         through a local cache's unix socket (nscd, systemd-resolved) or before the job started stays unknown. \
          To allow a destination, add it to `[network] allow` (e.g. `{ cidr = \"10.0.0.1/32\", port = 443 }`), \
          or let `--learn` write the policy.\n\n",
     );
@@ -168,6 +170,12 @@ fn completeness_table(out: &mut String, c: &Completeness) {
         .collect();
     let _ = writeln!(out, "| Events lost, by reason | {} |", lost.join(", "));
     let _ = writeln!(out, "| Hooks live | {} |", cell(&c.hooks.join("; ")));
+    let d = &c.dns;
+    let _ = writeln!(
+        out,
+        "| DNS answers read (for names) | {} ({} malformed, {} cut, {} addresses forgotten) |",
+        d.answers, d.malformed, d.cut, d.evicted
+    );
     let _ = writeln!(
         out,
         "| Egress enforced | {} |",
@@ -232,6 +240,8 @@ pub(crate) mod tests {
             target: "//p:t (Genrule)".into(),
             process: "curl|x",
         });
+        let answer = crate::output::dns_names::tests::a_answer("registry.example.test", 0x7f000001);
+        inventory.names.answer(&answer, false);
         let md = render(
             &alerts,
             &RunFacts {
@@ -248,7 +258,9 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| `127.0.0.1:9` | tcp | //p:t (Genrule) | curl\\|x | blocked | 1 |"),
+            md.contains(
+                "| `127.0.0.1:9` | registry.example.test | tcp | //p:t (Genrule) | curl\\|x | blocked | 1 |"
+            ),
             "{md}"
         );
         assert!(md.contains("### Completeness: INCOMPLETE"), "{md}");

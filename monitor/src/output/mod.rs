@@ -7,6 +7,7 @@ pub mod alert;
 pub mod alertmanager;
 pub mod completeness;
 pub mod delivery;
+pub mod dns_names;
 pub mod fleet_metrics;
 pub mod fold;
 pub mod http;

@@ -196,6 +196,12 @@ impl Handler {
                 self.needs.push(need);
             }
             Event::Cgroup(change) => self.cgroup(change, now),
+            // Names for the egress inventory; nothing to judge.
+            Event::DnsAnswer(answer) => self
+                .summary
+                .inventory
+                .names
+                .answer(&answer.payload, answer.cut),
             Event::WorkerLaunch(launch) => {
                 let need = self
                     .registry
