@@ -655,7 +655,7 @@ fn check_markdown(b: &Build, md: &str) {
     );
     assert!(md.contains("### Egress inventory"), "{md}");
     let row = format!(
-        "| `127.0.0.1:{}` | tcp | //:net_default (Genrule), //:net_requires (Genrule) | bash | blocked | 2 |",
+        "| `127.0.0.1:{}` |  | tcp | //:net_default (Genrule), //:net_requires (Genrule) | bash | blocked | 2 |",
         b.port
     );
     assert!(md.contains(&row), "inventory row, labelled: {row}\n{md}");
