@@ -663,6 +663,49 @@ fn ia32_syscalls_are_judged_like_native_ones() {
     assert!(under(&alerts, d).is_empty(), "{alerts:#?}");
 }
 
+/// A processwrapper-style sandbox as Bazel leaves it before a launch: its
+/// execroot links `pkg/in.txt` to a workspace file; a secret lies outside;
+/// a shell script named `process-wrapper` runs what follows `--`.
+struct FakeSandbox {
+    _tmp: tempfile::TempDir,
+    source: PathBuf,
+    secret: PathBuf,
+    execroot: PathBuf,
+    launcher: PathBuf,
+}
+
+impl FakeSandbox {
+    fn new() -> FakeSandbox {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("workspace/pkg/in.txt");
+        let secret = tmp.path().join("home/secret.txt");
+        write(&source, "in");
+        write(&secret, "secret");
+        let execroot = tmp
+            .path()
+            .join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
+        fs::create_dir_all(execroot.join("pkg")).unwrap();
+        std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+        let launcher = tmp.path().join("bin/process-wrapper");
+        write(
+            &launcher,
+            "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
+        );
+        fs::set_permissions(
+            &launcher,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        FakeSandbox {
+            _tmp: tmp,
+            source,
+            secret,
+            execroot,
+            launcher,
+        }
+    }
+}
+
 #[test]
 fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     require_root();
@@ -670,30 +713,12 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     let daemon = Daemon::start(&parent.path, "");
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("workspace/pkg/in.txt");
-    let secret = tmp.path().join("home/secret.txt");
-    write(&source, "in");
-    write(&secret, "secret");
-    let execroot = tmp
-        .path()
-        .join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
-    fs::create_dir_all(execroot.join("pkg")).unwrap();
-    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
-    let launcher = tmp.path().join("bin/process-wrapper");
-    write(
-        &launcher,
-        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
-    );
-    fs::set_permissions(
-        &launcher,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let sb = FakeSandbox::new();
+    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
     run_ok(
         &job.path,
-        Command::new(&launcher)
-            .current_dir(&execroot)
+        Command::new(launcher)
+            .current_dir(execroot)
             .args(["--timeout=0", "--", "/bin/sh", "-c"])
             .arg(format!(
                 "ln -s {} pkg/planted.txt && cat pkg/planted.txt pkg/in.txt > /dev/null",
@@ -703,10 +728,10 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     assert!(
-        !on(&alerts, &secret).is_empty(),
+        !on(&alerts, secret).is_empty(),
         "no alert on the secret; monitor said:\n{stderr}"
     );
-    let planted = one_read_alert(&alerts, &secret);
+    let planted = one_read_alert(&alerts, secret);
     assert_eq!(planted["file"]["requested_path"], "pkg/planted.txt");
     assert!(
         planted["action"]["id"]
@@ -716,7 +741,7 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
         "{planted}"
     );
     // Positive control: the link Bazel made before the launch declares.
-    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+    assert!(on(&alerts, source).is_empty(), "{alerts:#?}");
 }
 
 /// The same plant made by a compiled launcher in its first microseconds:
@@ -735,30 +760,12 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
     let daemon = Daemon::start(&parent.path, "");
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("workspace/pkg/in.txt");
-    let secret = tmp.path().join("home/secret.txt");
-    write(&source, "in");
-    write(&secret, "secret");
-    let execroot = tmp
-        .path()
-        .join("ob/sandbox/processwrapper-sandbox/9/execroot/ws");
-    fs::create_dir_all(execroot.join("pkg")).unwrap();
-    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
-    let launcher = tmp.path().join("bin/process-wrapper");
-    write(
-        &launcher,
-        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift\nexec \"$@\"\n",
-    );
-    fs::set_permissions(
-        &launcher,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let sb = FakeSandbox::new();
+    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
     run_ok(
         &job.path,
-        Command::new(&launcher)
-            .current_dir(&execroot)
+        Command::new(launcher)
+            .current_dir(execroot)
             .args(["--timeout=0", "--", "/bin/sh", "-c"])
             .arg(format!(
                 "ln {} pkg/planted.txt && echo own > pkg/own.txt && ln pkg/own.txt pkg/own2.txt \
@@ -776,7 +783,7 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
             .contains("(a hard link to a file that was not declared)"),
         "{planted}"
     );
-    assert!(on(&alerts, &source).is_empty(), "{alerts:#?}");
+    assert!(on(&alerts, source).is_empty(), "{alerts:#?}");
     assert!(
         on(&alerts, &execroot.join("pkg/own2.txt")).is_empty(),
         "{alerts:#?}"
