@@ -549,6 +549,7 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
         "{}",
         b.stderr
     );
+    assert_eq!(b.report["allowed_by_target_rules"], 1);
     let dest = egress_to(&b, b.port);
     assert_eq!(dest["verdict"], "observed", "the worst verdict: {dest}");
     assert_eq!(dest["count"], 2, "both connects: {dest}");

@@ -435,6 +435,7 @@ fn write_report(
         "command": command.iter().map(|c| crate::events::paths::escape_for_display(c.as_bytes())).collect::<Vec<_>>(),
         "command_exit_status": exit_status,
         "violations": violations,
+        "allowed_by_target_rules": run.allowed_by_scoped_rules,
         "events_lost": completeness.events_lost.values().sum::<u64>(),
         "unmonitored_spawns": completeness.spawns_unmonitored,
         "completeness": completeness.to_json(),
