@@ -498,6 +498,12 @@ fn enforced_build_with_no_config_succeeds_and_blocks_spawn_egress() {
     check_sarif(&b, &fs::read(&sarif).expect("--sarif written"));
 }
 
+/// The scoped-rule tests' policy: `//:net_requires` may reach the test's
+/// port; and the two network genrules they build.
+const NET_REQUIRES_RULE: &str = "[[network.rule]]\ntargets = [\"//:net_requires\"]\n\
+                                 allow = [{ cidr = \"127.0.0.1/32\", port = $PORT }]\n";
+const NET_TARGETS: [&str; 2] = ["//:net_default", "//:net_requires"];
+
 /// Issue 11 item 3, target-scoped rules: under processwrapper-sandbox both
 /// network genrules make the same loopback connect (to the test's
 /// listener). A `[[network.rule]]` scoped to `//:net_requires` allows it for
@@ -510,14 +516,11 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
     let out = tempfile::tempdir().unwrap();
     let learned = out.path().join("learned.toml");
     let learned_arg = learned.display().to_string();
-    let config = "[[network.rule]]\ntargets = [\"//:net_requires\"]\n\
-                  allow = [{ cidr = \"127.0.0.1/32\", port = $PORT }]\n";
-    let targets = ["//:net_default", "//:net_requires"];
     let b = build_opts(Opts {
         strategy: Some("processwrapper-sandbox"),
-        config: Some(config),
+        config: Some(NET_REQUIRES_RULE),
         monitor: &["--learn", &learned_arg],
-        targets: &targets,
+        targets: &NET_TARGETS,
         ..Opts::default()
     });
     assert_eq!(
@@ -526,7 +529,7 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
         "net_default's connect is a violation:\n{}",
         b.stderr
     );
-    for label in targets {
+    for label in NET_TARGETS {
         assert_eq!(
             connected(&b, label),
             "connected",
@@ -562,7 +565,7 @@ fn a_target_scoped_rule_allows_a_connect_for_one_label_and_not_another() {
         text.contains("allow = []"),
         "nothing learned job-wide:\n{text}"
     );
-    check_learned_rebuild(&text, &targets, b.port);
+    check_learned_rebuild(&text, &NET_TARGETS, b.port);
 }
 
 /// A rebuild under the learned policy (same listener, fresh output base):
@@ -601,14 +604,11 @@ fn check_learned_rebuild(text: &str, targets: &[&str], port: u16) {
 /// connect it would allow is blocked like any other (docs/config.md).
 #[test]
 fn under_enforce_a_target_scoped_rule_cannot_admit() {
-    let config = "[[network.rule]]\ntargets = [\"//:net_requires\"]\n\
-                  allow = [{ cidr = \"127.0.0.1/32\", port = $PORT }]\n";
-    let targets = ["//:net_default", "//:net_requires"];
     let b = build_opts(Opts {
         strategy: Some("processwrapper-sandbox"),
-        config: Some(config),
+        config: Some(NET_REQUIRES_RULE),
         monitor: &["--enforce"],
-        targets: &targets,
+        targets: &NET_TARGETS,
         ..Opts::default()
     });
     assert!(
@@ -616,7 +616,7 @@ fn under_enforce_a_target_scoped_rule_cannot_admit() {
         "{}",
         b.stderr
     );
-    for label in targets {
+    for label in NET_TARGETS {
         assert_eq!(connected(&b, label), "failed", "{label} was let through");
         let net = b.alerts_of(label);
         assert_eq!(net.len(), 1, "{label}: {:#?}", b.alerts);

@@ -744,11 +744,6 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     assert!(on(&alerts, source).is_empty(), "{alerts:#?}");
 }
 
-/// The same plant made by a compiled launcher in its first microseconds:
-/// the link's file time (a clock tick coarse) is not after the launch, so
-/// only the kernel's report of the name it made gives it away. The link
-/// Bazel made just before the launch (as recent, by another name) still
-/// declares its target: the positive control.
 /// A hard link to a secret made inside the sandbox is a path below the
 /// sandbox (declared by path), but not a file the sandbox declared: it
 /// alerts. Controls: the input Bazel linked, and a file the action made
@@ -790,6 +785,11 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
     );
 }
 
+/// The same plant made by a compiled launcher in its first microseconds:
+/// the link's file time (a clock tick coarse) is not after the launch, so
+/// only the kernel's report of the name it made gives it away. The link
+/// Bazel made just before the launch (as recent, by another name) still
+/// declares its target: the positive control.
 #[test]
 fn a_symlink_planted_within_the_launch_tick_declares_nothing() {
     require_root();

@@ -249,11 +249,7 @@ mod tests {
             ),
             "{text}"
         );
-        let body: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let body = without_comments(&text);
         let learned = Config::parse(&body, std::path::Path::new("learned.toml"))
             .expect("the learned policy is a valid config");
         assert_eq!(learned.network.allow.len(), 1, "one rule for repeats");
@@ -263,6 +259,14 @@ mod tests {
         let unix = crate::policy::matchers::PathMatcher::new(&learned.network.allow_unix).unwrap();
         assert!(unix.matches(b"/run/d[1].sock"));
         assert!(!unix.matches(b"/run/d1.sock"));
+    }
+
+    /// The learned policy without its explaining comment lines.
+    fn without_comments(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -289,11 +293,7 @@ mod tests {
             text.contains("#   network.rule @bazel 127.0.0.1/32 port 10"),
             "{text}"
         );
-        let body: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let body = without_comments(&text);
         let learned = Config::parse(&body, std::path::Path::new("learned.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{body}"));
         assert_eq!(learned.network.rule.len(), 2, "{body}");
