@@ -612,9 +612,59 @@ fn io_uring_opens_are_judged_on_the_object() {
     assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
 }
 
-/// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
-/// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
-/// spawn plants there after its launch declares nothing.
+/// A spawn in a chroot (what Bazel's hermetic linux sandbox gives it) names
+/// files as it sees them; alerts carry the host path, with the name the
+/// spawn passed as `requested_path`. A failed absolute name is reported
+/// under the chroot, where the kernel looked it up, not as the host file of
+/// that name. Control: a declared file opened through the chroot.
+#[test]
+fn chrooted_spawns_are_reported_with_host_paths() {
+    require_root();
+    let parent = test_parent("chroot");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("chroot");
+    let sc = scene();
+    let root = sc.secret.join("hermetic");
+    write(&root.join("etc/tool.conf"), "declared");
+    write(&root.join("secret.txt"), "secret");
+    let program = sc.d.join("bin/chroot_open");
+    compile_c("fixtures/chroot_open.c", &program, &[]);
+    let declared = format!("{}/**", s(&root.join("etc")));
+    declare(
+        &daemon,
+        &action.path,
+        &[format!("{}/**", s(&sc.d)), declared],
+        &[],
+        &[],
+    );
+    run_ok(
+        &action.path,
+        Command::new(&program).arg(&root).args([
+            "/etc/tool.conf",
+            "/secret.txt",
+            "/home/u/.aws/credentials",
+            "rel-missing",
+        ]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let read = one_read_alert(&alerts, &root.join("secret.txt"));
+    assert_eq!(read["file"]["requested_path"], "/secret.txt", "{read}");
+    let probe = one_read_alert(&alerts, &root.join("home/u/.aws/credentials"));
+    assert_eq!(probe["file"]["result"], -2, "{probe}");
+    assert_eq!(probe["file"]["requested_path"], "/home/u/.aws/credentials");
+    assert_eq!(
+        on(&alerts, &root.join("rel-missing")).len(),
+        1,
+        "{alerts:#?}"
+    );
+    assert!(
+        on(&alerts, &root.join("etc/tool.conf")).is_empty(),
+        "{alerts:#?}"
+    );
+    assert!(on(&alerts, Path::new("/home/u/.aws/credentials")).is_empty());
+}
+
 /// `int $0x80` from a 64-bit action: ia32 `open` is number 5 (native
 /// `fstat`), its arguments are in ebx/ecx/edx. Each route alerts on the
 /// secret; a failed probe keeps the name passed, also when the caller puts
@@ -706,6 +756,9 @@ impl FakeSandbox {
     }
 }
 
+/// A sandbox-style declared tree (`…/sandbox/<strategy>/<id>/execroot/ws`,
+/// `pkg/in.txt` a symlink to the real source, as Bazel makes it): a link the
+/// spawn plants there after its launch declares nothing.
 #[test]
 fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     require_root();

@@ -113,6 +113,10 @@ pub const FLAG_DIR_INTERNAL: u32 = 1 << 5;
 /// On a `FileOpen` event: the object is in the kernel's `SEEN` map; the
 /// process's repeats of this access are counted there.
 pub const FLAG_TRACKED: u32 = 1 << 7;
+/// On a failed `FileOpen` with an absolute name: the task is in a chroot
+/// (a hermetic sandbox), and `dir` holds its root, under which the kernel
+/// looked the name up.
+pub const FLAG_NAME_UNDER_ROOT: u32 = 1 << 8;
 /// On a `Connect` event: the socket-address hook already reported this
 /// connect (a [`SockEvent`] of the same thread); this event only brings the
 /// syscall's result.
@@ -450,6 +454,8 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     pub task_nsproxy: u32,
     pub fs_pwd: u32,
+    /// `fs_struct.root`: the task's root (a chroot moves it).
+    pub fs_root: u32,
     pub path_mnt: u32,
     pub path_dentry: u32,
     pub dentry_parent: u32,

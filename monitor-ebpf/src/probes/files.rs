@@ -7,9 +7,10 @@
 //! dirfd) resolved here while the task still exists.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
-    EventKind, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE, FLAG_TRACKED, FileEvent,
-    NR_CREAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT,
-    SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
+    EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
+    FLAG_TRACKED, FileEvent, KernelOffsets, NR_CREAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT,
+    NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT,
+    SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
 };
 
 use crate::{
@@ -123,14 +124,21 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     }
 
     let path_len = read_name(scratch, args.path, ret, &mut hflags);
-    let dir_len = if file != 0 {
+    // One walk call site: the verifier checks the walk once per site.
+    let walk_from = if file != 0 {
         hflags |= FLAG_OBJECT;
         object::describe(o, file, &mut scratch.event);
-        walk_dir(o, file + o.file_path as u64, path_len, &mut hflags)
+        Some(file + o.file_path as u64)
     } else if path_len > 0 && scratch.data[0] != b'/' {
-        walk_dir(o, name_base(settings, args.dirfd), path_len, &mut hflags)
+        Some(name_base(settings, args.dirfd))
+    } else if path_len > 0 {
+        chroot_root(o).inspect(|_| hflags |= FLAG_NAME_UNDER_ROOT)
     } else {
-        0
+        None
+    };
+    let dir_len = match walk_from {
+        Some(path_ptr) => walk_dir(o, path_ptr, path_len, &mut hflags),
+        None => 0,
     };
     let ev = &mut scratch.event;
     ev.header.flags = hflags;
@@ -173,6 +181,27 @@ pub fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -
         *hflags |= FLAG_PATH_TRUNCATED;
     }
     (n as usize - 1) & (PATH_CAPACITY - 1)
+}
+
+/// The task's root `struct path` when it is not the top of its mount tree
+/// (a chroot: Bazel's hermetic sandbox), else `None`. The kernel looks
+/// absolute names up under it, so a failed one is reported under it.
+#[inline(always)]
+fn chroot_root(o: &KernelOffsets) -> Option<u64> {
+    let fs: u64 = read(current_task(), o.task_fs);
+    if fs == 0 {
+        return None;
+    }
+    let root = fs + o.fs_root as u64;
+    let dentry: u64 = read(root, o.path_dentry);
+    let vfsmnt: u64 = read(root, o.path_mnt);
+    if vfsmnt == 0 {
+        return None;
+    }
+    let mount = vfsmnt - o.mount_mnt as u64;
+    let parent: u64 = read(mount, o.mount_parent);
+    let at_top = dentry == read::<u64>(vfsmnt, o.vfsmount_root) && parent == mount;
+    (!at_top).then_some(root)
 }
 
 /// The `struct path` a relative name is resolved against: the cwd or the

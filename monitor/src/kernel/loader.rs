@@ -534,6 +534,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         task_mm: off("task_struct", "mm")?,
         task_nsproxy: off("task_struct", "nsproxy")?,
         fs_pwd: off("fs_struct", "pwd")?,
+        fs_root: off("fs_struct", "root")?,
         path_mnt: off("path", "mnt")?,
         path_dentry: off("path", "dentry")?,
         dentry_parent: off("dentry", "d_parent")?,
