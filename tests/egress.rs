@@ -712,6 +712,61 @@ fn ping_socket_packets_are_seen_and_dropped_under_enforce() {
     }
 }
 
+/// Packet sockets (`AF_PACKET`) send raw frames below every socket hook:
+/// they are seen when made, natively and through the 32-bit ABI (`socket`
+/// and `socketcall`), and under `--enforce` the process that made one is
+/// killed before it can send. The job runs in a network namespace of its
+/// own, so its frame goes nowhere but its own loopback; the shell around the
+/// three processes runs on (the positive control).
+#[test]
+fn packet_sockets_are_seen_and_their_maker_killed_under_enforce() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let ia32 = tmp.path().join("ia32");
+    compile_c("fixtures/ia32.c", &ia32, &["-static"]);
+    let script = "import socket\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+        s.bind(('lo', 0))\n\
+        s.send(bytes(12) + bytes.fromhex('88b5') + bytes(50))\n\
+        print('sent', flush=True)\n";
+    let shell = format!(
+        "ip link set lo up; /usr/bin/python3 -S -c \"{script}\"; echo native $?; \
+         {ia32} packet-socket:-; echo ia32 $?; {ia32} packet-socketcall:-; echo socketcall $?",
+        ia32 = ia32.display()
+    );
+    for (enforce, outcome, verdict) in [(false, 0, "observed"), (true, 137, "blocked")] {
+        let report = tmp.path().join("report.json");
+        let mut cmd = Command::new(monitor_bin());
+        cmd.args(["exec", "--report"]).arg(&report);
+        if enforce {
+            cmd.arg("--enforce");
+        }
+        let out = cmd
+            .args(["--", "/usr/bin/unshare", "-n", "/bin/sh", "-c", &shell])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for route in ["native", "ia32", "socketcall"] {
+            assert!(
+                stdout.contains(&format!("{route} {outcome}\n")),
+                "{route}: {stdout} {stderr}"
+            );
+        }
+        assert_eq!(stdout.contains("sent"), !enforce, "{stdout}");
+        let report: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        let alerts = report["alerts"].as_array().unwrap();
+        let packet: Vec<&Value> = alerts
+            .iter()
+            .filter(|a| a["net"]["proto"] == "packet")
+            .collect();
+        assert_eq!(packet.len(), 1, "folded into one alert: {alerts:#?}");
+        assert_eq!(packet[0]["count"], 3, "{alerts:#?}");
+        assert_eq!(packet[0]["verdict"], verdict);
+        assert_eq!(packet[0]["net"]["op"], "socket");
+    }
+}
+
 /// The `@bazel` tier (`[[network.rule]] scope = "@bazel"`) is for a Bazel
 /// job's own processes (outside every spawn) and is enforced in the kernel:
 /// under `--enforce`, a job that `monitor exec` takes for Bazel (its program

@@ -248,6 +248,7 @@ pub const PROC_SUPER_MAGIC: u32 = 0x9fa0;
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const AF_PACKET: u16 = 17;
 
 /// A connect on an inet socket, reported at syscall exit with its result.
 #[repr(C)]
@@ -313,6 +314,10 @@ pub const SOCK_OP_SENDMSG: u16 = 1;
 /// [`SockEvent::op`]: a packet of a socket the address hooks do not see
 /// (ICMP "ping", raw), caught leaving by the `cgroup_skb/egress` backstop.
 pub const SOCK_OP_PACKET: u16 = 2;
+/// [`SockEvent::op`]: a packet socket (`AF_PACKET`) made, caught at the
+/// `socket_create` LSM hook: no destination; `protocol` is the Ethernet
+/// protocol asked for.
+pub const SOCK_OP_PACKET_SOCKET: u16 = 3;
 
 /// [`SockEvent::verdict`] bits.
 /// The destination is allowed by `network.allow` (as compiled into the
@@ -533,6 +538,8 @@ pub const PT_REGS_ORIG_AX: u32 = 120;
 /// x86_64 syscall numbers the kernel side dispatches on.
 pub const NR_OPEN: u64 = 2;
 pub const NR_CONNECT: u64 = 42;
+/// `socket(2)`: watched for packet sockets (`AF_PACKET`) only.
+pub const NR_SOCKET: u64 = 41;
 pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
 pub const NR_OPENAT2: u64 = 437;

@@ -1,8 +1,9 @@
 //! The 32-bit syscall ABI on an x86_64 kernel (`int $0x80` from any
 //! process, or a 32-bit program): other syscall numbers, arguments in
 //! ebx/ecx/edx/esi. A monitored task's compat syscall is translated to the
-//! native number and arguments, so an action cannot hide an open, a link or
-//! a connect behind `int $0x80` (ia32's `open` is number 5, native `fstat`).
+//! native number and arguments, so an action cannot hide an open, a link, a
+//! connect or a packet socket behind `int $0x80` (ia32's `open` is number
+//! 5, native `fstat`).
 //!
 //! Whether a syscall is compat is the task's `TS_COMPAT` status bit, set on
 //! entry of every 32-bit syscall and cleared only on the return to user
@@ -10,8 +11,8 @@
 use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use monitor_common::{
     NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_LINK, NR_LINKAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT,
-    NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SYMLINK, NR_SYMLINKAT,
-    PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI, TASK_THREAD_INFO_STATUS,
+    NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SOCKET, NR_SYMLINK,
+    NR_SYMLINKAT, PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI, TASK_THREAD_INFO_STATUS,
 };
 
 use crate::probes::syscalls::Regs;
@@ -31,10 +32,12 @@ const IA32_LINKAT: u64 = 303;
 const IA32_SYMLINKAT: u64 = 304;
 const IA32_OPEN_BY_HANDLE_AT: u64 = 342;
 const IA32_RENAMEAT2: u64 = 353;
+const IA32_SOCKET: u64 = 359;
 const IA32_CONNECT: u64 = 362;
 const IA32_IO_URING_SETUP: u64 = 425;
 const IA32_OPENAT2: u64 = 437;
-/// `socketcall`'s call number for `connect`.
+/// `socketcall`'s call numbers for `socket` and `connect`.
+const SYS_SOCKET: u64 = 1;
 const SYS_CONNECT: u64 = 3;
 
 /// The native number of a watched ia32 syscall, or 0.
@@ -53,6 +56,7 @@ fn native_nr(nr: u64) -> u64 {
         IA32_SYMLINKAT => NR_SYMLINKAT,
         IA32_OPEN_BY_HANDLE_AT => NR_OPEN_BY_HANDLE_AT,
         IA32_RENAMEAT2 => NR_RENAMEAT2,
+        IA32_SOCKET => NR_SOCKET,
         IA32_CONNECT => NR_CONNECT,
         IA32_IO_URING_SETUP => NR_IO_URING_SETUP,
         IA32_OPENAT2 => NR_OPENAT2,
@@ -87,7 +91,7 @@ pub fn in_compat_syscall() -> bool {
 /// can put anything in the upper halves).
 #[inline(always)]
 pub fn translate<R: Regs>(regs: &R, nr: u64) -> Option<(u64, [u64; 4])> {
-    let native = native_nr(nr);
+    let mut native = native_nr(nr);
     if native == 0 {
         return None;
     }
@@ -99,10 +103,13 @@ pub fn translate<R: Regs>(regs: &R, nr: u64) -> Option<(u64, [u64; 4])> {
         low(PT_REGS_SI),
     ];
     if nr == IA32_SOCKETCALL {
-        // socketcall(call, u32 args[]): connect's fd, address and length.
-        if args[0] != SYS_CONNECT {
-            return None;
-        }
+        // socketcall(call, u32 args[]): socket's family, type and protocol,
+        // or connect's fd, address and length.
+        native = match args[0] {
+            SYS_SOCKET => NR_SOCKET,
+            SYS_CONNECT => NR_CONNECT,
+            _ => return None,
+        };
         // SAFETY: bpf_probe_read_user checks the address.
         let packed: [u32; 3] =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(args[1] as *const [u32; 3]) }.ok()?;

@@ -7,13 +7,15 @@
 //! sockets, to name destinations), `uring` (opens submitted through io_uring, at
 //! their completion). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
-//! `compat` translates 32-bit syscalls of monitored tasks.
+//! `compat` translates 32-bit syscalls of monitored tasks; `packet` catches
+//! packet sockets (raw frames below every socket hook) as they are made.
 pub mod cgroups;
 pub mod compat;
 pub mod dns;
 pub mod files;
 pub mod links;
 pub mod net;
+pub mod packet;
 pub mod process;
 pub mod sock;
 pub mod syscalls;

@@ -1,7 +1,7 @@
 //! The one syscall hook: `sys_exit` (BTF tracepoint, raw tracepoint as the
 //! fallback). The first check on every syscall of every process is the
-//! syscall number; monitored opens, links, connects and io_uring set-ups go
-//! on to their family's module. A monitored task's 32-bit (compat) syscalls
+//! syscall number; monitored opens, links, connects, packet sockets and
+//! io_uring set-ups go on to their family's module. A monitored task's 32-bit (compat) syscalls
 //! are translated to native ones first (`compat.rs`).
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -10,13 +10,13 @@ use aya_ebpf::{
 };
 use monitor_common::{
     NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
-    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
+    NR_SOCKET, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
 };
 
 use crate::{
     filter,
     maps::SETTINGS,
-    probes::{compat, files, links, net, process},
+    probes::{compat, files, links, net, packet, process},
     task::read,
 };
 
@@ -85,7 +85,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn is_watched(nr: u64) -> bool {
-    is_file_syscall(nr) || links::is_link_syscall(nr) || nr == NR_CONNECT || nr == NR_IO_URING_SETUP
+    is_file_syscall(nr)
+        || links::is_link_syscall(nr)
+        || nr == NR_CONNECT
+        || nr == NR_IO_URING_SETUP
+        || nr == NR_SOCKET
 }
 
 #[inline(always)]
@@ -137,6 +141,8 @@ fn dispatch(settings: &Settings, call: Syscall) -> Option<()> {
         links::on_exit(settings, &call)
     } else if call.nr == NR_CONNECT {
         net::on_exit(settings, &call)
+    } else if call.nr == NR_SOCKET {
+        packet::on_exit(settings, &call)
     } else {
         process::on_io_uring(settings, &call)
     }

@@ -131,6 +131,7 @@ mod tests {
             result: None,
             netns: 1,
             kernel_verdict: Some(0),
+            packet_socket: false,
         })
     }
 

@@ -18,6 +18,9 @@ use crate::events::paths::escape_for_display;
 /// The `schema` value of every alert line; bump only with a new contract.
 pub const SCHEMA: &str = "monitor.alert/v1";
 
+/// `net.proto` of a packet socket (`AF_PACKET`): no address, no port.
+pub const PACKET: &str = "packet";
+
 /// What kind of difference was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AlertKind {
@@ -109,7 +112,8 @@ pub struct FileInfo {
 /// The connection behind a `network_egress` alert.
 #[derive(Clone, Debug)]
 pub struct NetInfo {
-    /// `"tcp"`, `"udp"`, `"raw"` or `"unknown"`.
+    /// `"tcp"`, `"udp"`, `"icmp"`, `"raw"`, `"unix"`, `"packet"` or
+    /// `"unknown"`.
     pub proto: &'static str,
     pub addr: IpAddr,
     pub port: u16,
@@ -329,6 +333,8 @@ impl Alert {
                 proto: n.proto,
                 family: if n.unix_path.is_some() {
                     "unix"
+                } else if n.proto == PACKET {
+                    "packet"
                 } else {
                     family(n.addr)
                 },
@@ -336,7 +342,11 @@ impl Alert {
                 port: n.port,
                 result: n.result,
                 netns: n.netns,
-                op: if n.send { "send" } else { "connect" },
+                op: match (n.proto == PACKET, n.send) {
+                    (true, _) => "socket",
+                    (false, true) => "send",
+                    (false, false) => "connect",
+                },
             }),
             _ => None,
         };
@@ -402,6 +412,16 @@ impl Alert {
             (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f), _) => {
                 file_sentence(&mut m, self.kind, f, blocked);
                 f.result
+            }
+            (AlertKind::NetworkEgress, _, Some(n)) if n.proto == PACKET => {
+                let _ = write!(
+                    m,
+                    " opened a packet socket (AF_PACKET: raw frames, below every address rule), which the network policy does not allow"
+                );
+                if blocked {
+                    m.push_str(" [the process was killed before it could use it]");
+                }
+                0
             }
             (AlertKind::NetworkEgress, _, Some(n)) => {
                 let verb = match (blocked, n.send) {

@@ -16,7 +16,7 @@ use std::{
 use crate::{
     config::Config,
     output::{
-        alert::{Alert, Verdict},
+        alert::{Alert, NetInfo, PACKET, Verdict},
         markdown::target_of,
     },
     policy::{
@@ -77,6 +77,10 @@ pub fn learned_config(base: &Config, alerts: &[Alert]) -> String {
     let scopes = learned_scopes(alerts);
     for a in alerts {
         let rule = if let Some(n) = &a.net {
+            if n.proto == PACKET {
+                skipped.push("a packet socket (no rule allows one)".to_string());
+                continue;
+            }
             match &n.unix_path {
                 Some(path) => {
                     let p = exact_pattern(path);
@@ -161,7 +165,7 @@ type DestKey = (String, u16);
 fn learned_scopes(alerts: &[Alert]) -> BTreeMap<DestKey, Scope> {
     let mut seen: BTreeMap<DestKey, (bool, bool, BTreeSet<String>)> = BTreeMap::new();
     for a in alerts {
-        let Some(n) = a.net.as_ref().filter(|n| n.unix_path.is_none()) else {
+        let Some(n) = ip_destination(a) else {
             continue;
         };
         let (job, bazel, targets) = seen.entry((host_cidr(n.addr), n.port)).or_default();
@@ -186,11 +190,19 @@ fn learned_scopes(alerts: &[Alert]) -> BTreeMap<DestKey, Scope> {
         .collect()
 }
 
+/// The alert's IP destination, if it has one a rule can allow (not a unix
+/// socket, not a packet socket).
+fn ip_destination(a: &Alert) -> Option<&NetInfo> {
+    a.net
+        .as_ref()
+        .filter(|n| n.unix_path.is_none() && n.proto != PACKET)
+}
+
 /// Adds every alerted IP destination to the config, in its learned scope:
 /// one `[[network.rule]]` per target set (or `@bazel`), job-wide otherwise.
 fn learn_destinations(config: &mut Config, scopes: &BTreeMap<DestKey, Scope>, alerts: &[Alert]) {
     for a in alerts {
-        let Some(n) = a.net.as_ref().filter(|n| n.unix_path.is_none()) else {
+        let Some(n) = ip_destination(a) else {
             continue;
         };
         let rule = NetRule {

@@ -240,7 +240,8 @@ impl Policy {
         }
         let blocked = kernel & SOCK_BLOCKED != 0;
         let mut undecided = false;
-        if !blocked {
+        // A packet socket has no destination a rule could allow.
+        if !blocked && !ev.packet_socket {
             let declared = action
                 .declaration
                 .as_ref()
@@ -264,7 +265,7 @@ impl Policy {
                 return None;
             }
         }
-        let proto = proto_name(ev.protocol, ev.sock_type);
+        let proto = connect_proto(ev);
         Some(Violation {
             target: Target::Net(ev.addr, ev.port, proto),
             alert: Alert {
@@ -354,17 +355,28 @@ pub fn egress_destination(event: &crate::events::decode::Event) -> Option<(&'sta
             if c.kernel_verdict.unwrap_or(0) & SOCK_INTERNAL != 0 {
                 return None;
             }
-            let dest = if c.port == 0 && c.send {
+            let dest = if c.packet_socket {
+                format!("packet socket (ethertype {:#06x})", c.protocol)
+            } else if c.port == 0 && c.send {
                 c.addr.to_string()
             } else {
                 std::net::SocketAddr::new(c.addr, c.port).to_string()
             };
-            Some((proto_name(c.protocol, c.sock_type), dest))
+            Some((connect_proto(c), dest))
         }
         Event::UnixConnect(u) if !u.peer_in_action => {
             Some(("unix", crate::events::paths::escape_for_display(&u.path)))
         }
         _ => None,
+    }
+}
+
+/// `net.proto` of a connect, send or packet socket.
+fn connect_proto(c: &Connect) -> &'static str {
+    if c.packet_socket {
+        crate::output::alert::PACKET
+    } else {
+        proto_name(c.protocol, c.sock_type)
     }
 }
 
@@ -657,6 +669,7 @@ mod tests {
             result: Some(0),
             netns: 1,
             kernel_verdict: Some(kernel_verdict),
+            packet_socket: false,
         }
     }
 

@@ -1,0 +1,63 @@
+//! Packet sockets (`AF_PACKET`, and the old `AF_INET`/`SOCK_PACKET`, which
+//! the kernel turns into one) send raw frames below the IP stack: neither
+//! the socket-address hooks nor the `cgroup_skb/egress` backstop ever see
+//! their traffic. They are caught when they are made, at the exit of a
+//! monitored task's `socket(2)`. No hook can refuse the call there (the BPF
+//! LSM's `socket_create` needs BPF trampolines, which kernels like this
+//! project's CI refuse), so under enforcement the process is killed
+//! (`SIGKILL`, delivered before the call returns to it): it never gets to
+//! send from the socket. Sockets made through io_uring are not seen.
+use aya_ebpf::helpers::generated::bpf_send_signal;
+use monitor_common::{
+    AF_INET, AF_PACKET, EventKind, SOCK_BLOCKED, SOCK_OP_PACKET_SOCKET, Settings, SockEvent,
+};
+
+use crate::{
+    emit::{fill_header, submit},
+    probes::syscalls::Syscall,
+    task::netns_inum,
+};
+
+/// `SOCK_PACKET`, the type `AF_INET` packet sockets were once made with.
+const SOCK_PACKET: u64 = 10;
+/// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+const SOCK_TYPE_MASK: u64 = 0xf;
+const SIGKILL: u32 = 9;
+
+/// `socket(family, type, protocol)` returned `call.ret`.
+pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    let (family, sock_type, protocol) = (call.args[0], call.args[1], call.args[2]);
+    let packet = family == AF_PACKET as u64
+        || family == AF_INET as u64 && sock_type & SOCK_TYPE_MASK == SOCK_PACKET;
+    if !packet || call.ret < 0 {
+        return None;
+    }
+    let verdict = if settings.enforce != 0 {
+        // SAFETY: plain helper call; the signal goes to the current process.
+        unsafe { bpf_send_signal(SIGKILL) };
+        SOCK_BLOCKED
+    } else {
+        0
+    };
+    // SAFETY: all-zero is a valid SockEvent.
+    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    fill_header(
+        &mut ev.header,
+        EventKind::SockAddr as u32,
+        &call.m,
+        &settings.offsets,
+    );
+    ev.op = SOCK_OP_PACKET_SOCKET;
+    ev.family = AF_PACKET;
+    ev.sock_type = (sock_type & SOCK_TYPE_MASK) as u16;
+    // The Ethernet protocol asked for, passed in network byte order.
+    ev.protocol = u16::from_be(protocol as u16);
+    ev.verdict = verdict;
+    ev.netns = netns_inum(&settings.offsets);
+    submit(
+        settings,
+        (&ev as *const SockEvent).cast(),
+        core::mem::size_of::<SockEvent>(),
+    );
+    Some(())
+}
