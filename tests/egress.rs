@@ -9,7 +9,7 @@ use std::{
     io::Read as _,
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -492,6 +492,56 @@ fn node_agent_blocks_with_enforce_in_its_config() {
     assert_eq!(hits[0]["verdict"], "blocked");
     assert_eq!(hits[0]["action"]["label"], "//pkg:enforced");
     assert!(alerts_to_port(&alerts, allowed.port).is_empty());
+}
+
+/// A listener an action bound before the node agent started (a Bazel
+/// server that a restarted agent finds running) is still the action's own:
+/// under enforcement, its loopback connects to it pass, while a connect to a
+/// port nobody in the action listens on is refused (the positive control).
+#[test]
+fn listeners_bound_before_the_agent_started_stay_internal_under_enforce() {
+    require_root();
+    let denied = Sink::new("tcp");
+    let parent = test_parent("early-listener");
+    let action = parent.child("early-1");
+    let script = "import errno, socket, sys, threading\n\
+        l = socket.create_server(('127.0.0.1', 0))\n\
+        threading.Thread(target=lambda: [l.accept() for _ in range(9)], daemon=True).start()\n\
+        print(l.getsockname()[1], flush=True)\n\
+        sys.stdin.readline()\n\
+        for p in (l.getsockname()[1], int(sys.argv[1])):\n\
+        \x20   try:\n\
+        \x20       with socket.create_connection(('127.0.0.1', p)) as s: s.sendall(b'early')\n\
+        \x20       print(p, 'ok', flush=True)\n\
+        \x20   except OSError as e: print(p, errno.errorcode[e.errno], flush=True)\n";
+    let mut child = in_cgroup(
+        &mut python(script, &[&denied.port.to_string()]),
+        &action.path,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut own = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut own).unwrap();
+    let own = own.trim().to_string();
+    // The listener is bound; only now does the agent start.
+    let daemon = Daemon::start(&parent.path, "[network]\nenforce = true\n");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(rest.contains(&format!("{own} ok")), "{rest}");
+    assert!(rest.contains(&format!("{} EPERM", denied.port)), "{rest}");
+    daemon.wait_for_alerts("the blocked connect's alert", |a| {
+        !alerts_to_port(a, denied.port).is_empty()
+    });
+    let (_, alerts, stderr) = daemon.stop();
+    assert!(stderr.contains("1 listener(s) bound before"), "{stderr}");
+    let own: u16 = own.parse().unwrap();
+    assert!(alerts_to_port(&alerts, own).is_empty(), "{alerts:#?}");
+    assert_eq!(denied.received(), "");
 }
 
 /// Unix-socket connects are egress too (seen at the syscall: aya 0.14

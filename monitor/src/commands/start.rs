@@ -229,7 +229,15 @@ fn attach_network_hooks(
     let cgroups: Vec<std::path::PathBuf> = scopes.iter().map(|s| s.path.clone()).collect();
     kernel
         .attach_sock_hooks(&cgroups)
-        .map_err(StartError::Kernel)
+        .map_err(StartError::Kernel)?;
+    // After the attach: a bind from now on is seen by the hooks, one before
+    // it by this scan.
+    let bound = crate::actions::listeners::bound_before_attach(scopes);
+    let seeded = kernel.seed_listeners(&bound).map_err(StartError::Kernel)?;
+    if seeded > 0 {
+        log::info!("{seeded} listener(s) bound before the socket hooks attached were seeded");
+    }
+    Ok(())
 }
 
 /// The host-wide policy of `config` (at start and on reload).

@@ -16,9 +16,9 @@ use aya::{
     },
 };
 use monitor_common::{
-    COMM_LEN, KernelOffsets, LOST_REASONS, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX,
-    PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN,
-    Scope, Settings, TASK_THREAD_INFO_STATUS,
+    COMM_LEN, KernelOffsets, LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES,
+    PT_REGS_BX, PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
+    RUNNER_PATH_LEN, Scope, Settings, TASK_THREAD_INFO_STATUS,
 };
 
 use crate::kernel::btf::Btf;
@@ -356,6 +356,27 @@ impl Kernel {
         }
         self.sock_hooks = cgroups.to_vec();
         Ok(())
+    }
+
+    /// Seeds the kernel's listener maps with sockets bound before the
+    /// socket hooks attached (see `actions::listeners`); returns how many
+    /// were written.
+    pub fn seed_listeners(
+        &mut self,
+        bound: &[crate::actions::listeners::Bound],
+    ) -> anyhow::Result<usize> {
+        let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        let mut listeners: HashMap<_, ListenerKey, u8> =
+            HashMap::try_from(ebpf.map_mut("LISTENERS").context("map LISTENERS missing")?)?;
+        for b in bound {
+            listeners.insert(b.key, 1, 0)?;
+        }
+        let mut by_cookie: HashMap<_, u64, ListenerKey> =
+            HashMap::try_from(ebpf.map_mut("BOUND").context("map BOUND missing")?)?;
+        for b in bound {
+            by_cookie.insert(b.cookie, b.key, 0)?;
+        }
+        Ok(bound.len())
     }
 
     /// Events the kernel could not deliver, per `LOST_*` reason, summed over
