@@ -544,6 +544,68 @@ fn listeners_bound_before_the_agent_started_stay_internal_under_enforce() {
     assert_eq!(denied.received(), "");
 }
 
+/// An action's own listeners are keyed by protocol, address and port:
+/// binding a host service's port on another loopback address, or in the
+/// other protocol, does not make the service the action's own. glibc's UDP
+/// probe of the action's own TCP listener passes (as `localhost` lookups
+/// need), but a datagram sent on such a socket is judged by the backstop.
+/// Observed, each route reaches its host service and alerts; enforced,
+/// each is refused; the action's own listener, reached by name, passes
+/// both times (the positive control).
+#[test]
+fn binding_a_host_services_port_does_not_make_it_the_actions_own() {
+    require_root();
+    let script = "import errno, socket, sys\n\
+        tcp, udp = int(sys.argv[1]), int(sys.argv[2])\n\
+        def attempt(name, f):\n\
+        \x20   try: f(); print(name, 'ok', flush=True)\n\
+        \x20   except OSError as e: print(name, errno.errorcode[e.errno], flush=True)\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', tcp))\n\
+        t = socket.socket(); t.bind(('127.0.0.2', tcp)); t.listen()\n\
+        attempt('tcp', lambda: socket.create_connection(('127.0.0.1', tcp)).sendall(b'via-tcp'))\n\
+        l = socket.socket(); l.bind(('127.0.0.1', udp)); l.listen()\n\
+        p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        attempt('probe', lambda: p.connect(('127.0.0.1', udp)))\n\
+        attempt('udp', lambda: p.send(b'via-probe'))\n\
+        own = socket.create_server(('127.0.0.1', 0))\n\
+        attempt('own', lambda: socket.create_connection(('localhost', own.getsockname()[1])))\n";
+    for enforce in [false, true] {
+        let (tcp, udp) = (Sink::new("tcp"), Sink::new("udp"));
+        let mut cmd = Command::new(monitor_bin());
+        cmd.arg("exec");
+        if enforce {
+            cmd.arg("--enforce");
+        }
+        let out = cmd
+            .args(["--", "/usr/bin/python3", "-S", "-c", script])
+            .args([tcp.port.to_string(), udp.port.to_string()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (outcome, blocked) = if enforce { ("EPERM", 2) } else { ("ok", 0) };
+        for line in ["tcp", "udp"].map(|r| format!("{r} {outcome}\n")) {
+            assert!(stdout.contains(&line), "{line}: {stdout} {stderr}");
+        }
+        assert!(
+            stdout.contains("probe ok\nudp") && stdout.contains("own ok\n"),
+            "{stdout}"
+        );
+        if enforce {
+            // Refused in the call itself: nothing can arrive later.
+            assert_eq!(tcp.received() + &udp.received(), "");
+        } else {
+            assert!(tcp.wait_for("via-tcp") && udp.wait_for("via-probe"));
+        }
+        for (port, proto) in [(tcp.port, "tcp"), (udp.port, "udp")] {
+            let sentence = format!("127.0.0.1:{port} over {proto}");
+            assert!(stderr.contains(&sentence), "{sentence}: {stderr}");
+        }
+        assert_eq!(stderr.matches("does not allow").count(), 2, "{stderr}");
+        assert_eq!(stderr.matches(" was blocked from ").count(), blocked);
+    }
+}
+
 /// Unix-socket connects are egress too (seen at the syscall: aya 0.14
 /// cannot attach `cgroup/connect_unix`, so they are reported, not
 /// blocked): a listener outside the policy alerts with its path; one in

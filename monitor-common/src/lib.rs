@@ -396,8 +396,11 @@ pub const MAX_ALLOW_RULES: u32 = 1024;
 pub struct ListenerKey {
     pub netns_cookie: u64,
     pub action_cgroup_id: u64,
+    /// The local address as the allow tries write it (IPv4 as
+    /// `::ffff:a.b.c.d`); a wildcard bind is `::ffff:0.0.0.0` or `::`.
+    pub addr: [u8; 16],
     pub port: u16,
-    /// Reserved (0): a port bound for either protocol counts.
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub protocol: u16,
     pub _pad: u32,
 }

@@ -3,7 +3,8 @@
 //! (exec, fork, exit, io_uring set-up), `links` (when a monitored
 //! process made a symlink, link or rename), `cgroups` (cgroup mkdir/rmdir
 //! below monitored scopes), `sock` (socket-address hooks: every egress
-//! route, and enforcement), `dns` (DNS answers delivered to monitored
+//! route, and enforcement), `listeners` (what monitored actions bound: their
+//! own loopback traffic), `dns` (DNS answers delivered to monitored
 //! sockets, to name destinations), `uring` (opens submitted through io_uring, at
 //! their completion). Shared helpers (filter, lineage,
 //! path walks, emit) live beside this folder; nothing here decides policy.
@@ -14,6 +15,7 @@ pub mod compat;
 pub mod dns;
 pub mod files;
 pub mod links;
+pub mod listeners;
 pub mod net;
 pub mod packet;
 pub mod process;

@@ -5,35 +5,37 @@
 //! in the scope only (nothing for the rest of the host).
 //!
 //! Each call is reported with the verdict the kernel applied: allowed by
-//! the compiled allow list, internal (a loopback port the same action
-//! listens on, recorded by `post_bind4/6`), or — with enforcement on —
+//! the compiled allow list, internal (a loopback socket the same action
+//! listens on: see `listeners.rs`), or — with enforcement on —
 //! blocked (the program returns 0 and the caller gets EPERM).
 //!
 //! A `connect(2)` reported here is also remembered per thread, so that the
 //! syscall hook sends only its result (see `net.rs`): one report per call.
 //!
 //! A `cgroup_skb/egress` backstop on the same scopes catches packets of
-//! sockets the address hooks never see (ICMP "ping", raw IP).
+//! sockets the address hooks never see (ICMP "ping", raw IP, and a UDP
+//! socket let through as a `getaddrinfo` probe that then sends).
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::{LruHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES, ALLOW_KEY_PORT_BYTES, EventKind, ListenerKey,
-    MAX_ALLOW_RULES, MAX_LISTENERS, SCOPE_BAZEL_SERVER, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL,
-    SOCK_OP_CONNECT, SOCK_OP_PACKET, SOCK_OP_SENDMSG, Settings, SockEvent,
+    AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES, ALLOW_KEY_PORT_BYTES, EventKind, MAX_ALLOW_RULES,
+    SCOPE_BAZEL_SERVER, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL, SOCK_OP_CONNECT, SOCK_OP_PACKET,
+    SOCK_OP_SENDMSG, Settings, SockEvent,
 };
 
 use crate::{
     emit::{fill_header, submit},
     filter, lineage,
     maps::SETTINGS,
+    probes::listeners::{self, IPPROTO_TCP, IPPROTO_UDP},
     task::netns_inum,
 };
 
@@ -58,14 +60,6 @@ static SERVER_ALLOW_ANY: LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8> =
 #[map]
 static SERVER_ALLOW_PORT: LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8> =
     LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
-
-/// Ports monitored actions have bound (their listeners).
-#[map]
-static LISTENERS: LruHashMap<ListenerKey, u8> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
-
-/// Socket cookie → its `LISTENERS` key, to forget it when released.
-#[map]
-static BOUND: LruHashMap<u64, ListenerKey> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 
 /// The destination of the last connect this hook reported, per thread
 /// (`pid_tgid`), so the syscall hook can tell it has been reported.
@@ -103,42 +97,30 @@ pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, SOCK_OP_SENDMSG, true)
 }
 
-#[cgroup_sock(post_bind4)]
-pub fn sock_post_bind4(ctx: SockContext) -> i32 {
-    on_bind(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock(post_bind6)]
-pub fn sock_post_bind6(ctx: SockContext) -> i32 {
-    on_bind(&ctx);
-    ALLOW
-}
-
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    // SAFETY: the value is copied out at once.
-    if let Some(key) = unsafe { BOUND.get(&cookie) }.copied() {
-        let _ = LISTENERS.remove(&key);
-        let _ = BOUND.remove(&cookie);
-    }
-    ALLOW
-}
-
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// The backstop: packets leaving sockets of the scope that the address
 /// hooks do not see — ICMP "ping" and raw sockets (TCP and UDP are judged
-/// at connect and send). Runs for every packet of the scope's sockets, so
-/// TCP and UDP leave after one byte is read.
+/// at connect and send), and datagrams of a UDP socket let through as a
+/// `getaddrinfo` probe (see `listeners.rs`). Runs for every packet of the
+/// scope's sockets, so TCP leaves after one byte is read, UDP after one
+/// more map lookup.
 #[cgroup_skb(egress)]
 pub fn sock_skb_egress(ctx: SkBuffContext) -> i32 {
     on_packet(&ctx).unwrap_or(ALLOW)
+}
+
+/// The destination port of a UDP packet (`v6`: no extension headers
+/// before UDP, as the kernel builds a UDP socket's packets).
+#[inline(always)]
+fn udp_port(ctx: &SkBuffContext, v6: bool) -> Option<u16> {
+    let header = if v6 {
+        40
+    } else {
+        (ctx.load::<u8>(0).ok()? & 0x0f) as usize * 4
+    };
+    Some(u16::from_be(ctx.load::<u16>(header + 2).ok()?))
 }
 
 #[inline(always)]
@@ -149,9 +131,17 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
         ETH_P_IPV6 => (true, 6),
         _ => return Some(ALLOW),
     };
-    let protocol: u8 = ctx.load(proto_offset).ok()?;
-    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
+    let protocol = ctx.load::<u8>(proto_offset).ok()? as u16;
+    let mut port = 0;
+    if protocol == IPPROTO_TCP {
         return Some(ALLOW);
+    }
+    if protocol == IPPROTO_UDP {
+        // SAFETY: plain helper call on the program's own context.
+        if !listeners::is_probe(unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) }) {
+            return Some(ALLOW);
+        }
+        port = udp_port(ctx, v6)?;
     }
     let mut lookup = [0u8; 16];
     let mut reported = [0u8; 16];
@@ -173,14 +163,10 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     }
     let mut m = filter::current_action(settings, pid_tgid)?;
     m.launcher = lineage::launcher_of(tgid);
-    // A rule with a port does not cover a protocol without ports.
-    let allowed = ALLOW_ANY
-        .get(Key::new(128, lookup))
-        .is_some_and(|v| *v != 0)
-        || is_bazel_server(&m)
-            && SERVER_ALLOW_ANY
-                .get(Key::new(128, lookup))
-                .is_some_and(|v| *v != 0);
+    // A rule with a port does not cover a protocol without ports (port 0
+    // matches no per-port entry).
+    let allowed = allowed_by(&ALLOW_ANY, &ALLOW_PORT, &lookup, port)
+        || is_bazel_server(&m) && allowed_by(&SERVER_ALLOW_ANY, &SERVER_ALLOW_PORT, &lookup, port);
     let mut verdict = if allowed { SOCK_ALLOWED } else { 0 };
     if verdict == 0 && settings.enforce != 0 {
         verdict |= SOCK_BLOCKED;
@@ -195,7 +181,8 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     );
     ev.op = SOCK_OP_PACKET;
     ev.family = if v6 { AF_INET6 } else { AF_INET };
-    ev.protocol = protocol as u16;
+    ev.protocol = protocol;
+    ev.port = port;
     ev.verdict = verdict;
     ev.addr = reported;
     ev.netns = netns_inum(&settings.offsets);
@@ -289,33 +276,43 @@ fn allowed_by(
     by_port.get(Key::new(144, data)).is_some_and(|v| *v != 0)
 }
 
+/// One connect or send as the hook saw it.
+struct Call {
+    op: u16,
+    protocol: u16,
+    /// The destination as the tries write it.
+    lookup: [u8; 16],
+    port: u16,
+}
+
+/// A loopback call to the action's own listener (see `listeners.rs`),
+/// or glibc's UDP probe of one, remembered as such.
+#[inline(always)]
+fn is_own_traffic(ctx: &SockAddrContext, m: &filter::Match, call: &Call) -> bool {
+    // SAFETY: plain helper call on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let own =
+        |protocol| listeners::is_own(netns, m.action_cgroup_id, &call.lookup, call.port, protocol);
+    if own(call.protocol) {
+        return true;
+    }
+    if call.op == SOCK_OP_CONNECT && call.protocol == IPPROTO_UDP && own(IPPROTO_TCP) {
+        // SAFETY: plain helper call on the program's own context.
+        listeners::note_probe(unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) });
+        return true;
+    }
+    false
+}
+
 /// The kernel's verdict on one destination: internal (a loopback port the
 /// same action bound), allowed by the tries, or — with enforcement on —
 /// blocked.
 #[inline(always)]
-fn verdict_for(
-    ctx: &SockAddrContext,
-    settings: &Settings,
-    m: &filter::Match,
-    lookup: &[u8; 16],
-    port: u16,
-) -> u32 {
+fn verdict_for(ctx: &SockAddrContext, settings: &Settings, m: &filter::Match, call: &Call) -> u32 {
+    let (lookup, port) = (&call.lookup, call.port);
     let mut verdict = 0;
-    if is_loopback(lookup) {
-        let key = ListenerKey {
-            // SAFETY: plain helper call on the program's own context.
-            netns_cookie: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
-            action_cgroup_id: m.action_cgroup_id,
-            port,
-            // Any protocol: glibc's getaddrinfo probes a TCP server's
-            // address with a UDP connect (RFC 3484 sorting).
-            protocol: 0,
-            _pad: 0,
-        };
-        // SAFETY: only presence is checked.
-        if unsafe { LISTENERS.get(&key) }.is_some() {
-            verdict |= SOCK_INTERNAL;
-        }
+    if is_loopback(lookup) && is_own_traffic(ctx, m, call) {
+        verdict |= SOCK_INTERNAL;
     }
     if verdict == 0 && allowed_by_policy(lookup, port) {
         verdict |= SOCK_ALLOWED;
@@ -359,7 +356,13 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
     };
     let family = if v6 { AF_INET6 } else { AF_INET };
     let (lookup, reported) = destination(sa, v6);
-    let verdict = verdict_for(ctx, settings, &m, &lookup, port);
+    let call = Call {
+        op,
+        protocol,
+        lookup,
+        port,
+    };
+    let verdict = verdict_for(ctx, settings, &m, &call);
 
     // SAFETY: all-zero is a valid SockEvent.
     let mut ev: SockEvent = unsafe { core::mem::zeroed() };
@@ -395,27 +398,4 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
     } else {
         ALLOW
     }
-}
-
-/// A socket of a monitored action was bound: remember its port as one of
-/// the action's listeners (TCP and UDP alike).
-#[inline(always)]
-fn on_bind(ctx: &SockContext) -> Option<()> {
-    let settings = SETTINGS.get(0)?;
-    let m = filter::current_action(settings, bpf_get_current_pid_tgid())?;
-    let sk = ctx.sock as *const bpf_sock;
-    // SAFETY: field addresses inside the context.
-    let port = unsafe { ctx_u32(&(*sk).src_port) };
-    let key = ListenerKey {
-        // SAFETY: plain helper calls on the program's own context.
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.sock.cast()) },
-        action_cgroup_id: m.action_cgroup_id,
-        port: port as u16,
-        protocol: 0,
-        _pad: 0,
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    let _ = LISTENERS.insert(&key, &1, 0);
-    let _ = BOUND.insert(&cookie, &key, 0);
-    Some(())
 }

@@ -120,13 +120,14 @@ fn bound_socket(pidfd: &OwnedFd, fd: i32, action: u64) -> Option<Bound> {
     if !is_listening(&copy)? {
         return None;
     }
-    let port = local_port(&copy)?;
+    let (addr, port) = local_address(&copy)?;
     Some(Bound {
         key: ListenerKey {
             netns_cookie: sockopt_u64(&copy, libc::SO_NETNS_COOKIE)?,
             action_cgroup_id: action,
+            addr,
             port,
-            protocol: 0,
+            protocol: sockopt_u64(&copy, libc::SO_PROTOCOL)? as u16,
             _pad: 0,
         },
         cookie: sockopt_u64(&copy, libc::SO_COOKIE)?,
@@ -151,8 +152,9 @@ fn is_listening(sock: &OwnedFd) -> Option<bool> {
     }
 }
 
-/// The local port of an inet socket (`None`: another family, or unbound).
-fn local_port(sock: &OwnedFd) -> Option<u16> {
+/// The local address (as the kernel keys it: IPv4 as `::ffff:a.b.c.d`)
+/// and port of an inet socket (`None`: another family, or unbound).
+fn local_address(sock: &OwnedFd) -> Option<([u8; 16], u16)> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -161,16 +163,22 @@ fn local_port(sock: &OwnedFd) -> Option<u16> {
     if r != 0 {
         return None;
     }
-    // sin_port and sin6_port are at the same offset, in network order.
-    let port = match addr.ss_family as i32 {
-        // SAFETY: the kernel wrote a sockaddr of this family.
-        libc::AF_INET | libc::AF_INET6 => unsafe {
-            (*(&raw const addr).cast::<libc::sockaddr_in>()).sin_port
-        },
+    let (ip, port) = match addr.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let a = unsafe { *(&raw const addr).cast::<libc::sockaddr_in>() };
+            let v4 = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            (v4.to_ipv6_mapped().octets(), a.sin_port)
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let a = unsafe { *(&raw const addr).cast::<libc::sockaddr_in6>() };
+            (a.sin6_addr.s6_addr, a.sin6_port)
+        }
         _ => return None,
     };
     let port = u16::from_be(port);
-    (port != 0).then_some(port)
+    (port != 0).then_some((ip, port))
 }
 
 /// An integer socket option (`int` ones fill the low half; x86_64 is

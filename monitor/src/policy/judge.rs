@@ -233,8 +233,8 @@ impl Policy {
         let kernel = ev.kernel_verdict.unwrap_or(0);
         // The action's own listener (the Bazel client to its own server):
         // not egress. The kernel knows the listeners bound while it
-        // watched; /proc answers for the rest (syscall-only connects, and
-        // listeners older than the monitor).
+        // watched and those found at attach; /proc answers for connects
+        // only the syscall saw (sockets made outside the monitored cgroups).
         if kernel & SOCK_INTERNAL != 0 {
             return None;
         }
@@ -256,6 +256,7 @@ impl Policy {
                 ScopedVerdict::Denied => {}
             }
             if !action.judge_files
+                && ev.kernel_verdict.is_none()
                 && crate::policy::localnet::listener_in_cgroup(
                     ev.addr,
                     ev.port,

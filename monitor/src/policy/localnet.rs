@@ -4,7 +4,12 @@
 //! socket fds of the processes in the job's cgroup tree; only asked for
 //! loopback connects of jobs, which are rare. The same for unix sockets
 //! (`/proc/net/unix`): a connect to a listener the job opened is internal.
-use std::{collections::HashSet, fs, net::IpAddr, path::Path};
+use std::{
+    collections::HashSet,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
     let loopback = match addr {
@@ -17,7 +22,7 @@ pub fn listener_in_cgroup(addr: IpAddr, port: u16, cgroup: &Path) -> bool {
     let inodes: HashSet<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| fs::read_to_string(f).ok())
-        .flat_map(|text| listening_inodes(&text, port))
+        .flat_map(|text| listening_inodes(&text, addr, port))
         .collect();
     holds_any(cgroup, &inodes)
 }
@@ -70,20 +75,50 @@ fn holds_any(cgroup: &Path, inodes: &HashSet<u64>) -> bool {
         })
 }
 
-/// Inodes of sockets in state LISTEN (0A) on `port`, from a /proc/net/tcp
-/// table ("sl local_address rem_address st … inode …").
-fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+/// Inodes of sockets in state LISTEN (0A) that accept `addr:port`, from a
+/// /proc/net/tcp{,6} table ("sl local_address rem_address st … inode …"):
+/// bound to that address or to a wildcard. The port alone is not enough: an
+/// action could bind a host service's port on another loopback address.
+fn listening_inodes(table: &str, addr: IpAddr, port: u16) -> Vec<u64> {
+    let dest = match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && *f.get(3)? == "0A")
+            let (local, local_port) = f.get(1)?.split_once(':')?;
+            let local = proc_net_address(local)?;
+            let accepts = local == dest
+                || local == Ipv6Addr::UNSPECIFIED
+                || local == Ipv4Addr::UNSPECIFIED.to_ipv6_mapped() && dest.to_ipv4_mapped().is_some();
+            (accepts
+                && u16::from_str_radix(local_port, 16).ok()? == port
+                && *f.get(3)? == "0A")
                 .then(|| f.get(9)?.parse().ok())
                 .flatten()
         })
         .collect()
+}
+
+/// An address as /proc/net/tcp{,6} prints it (each 32-bit word as the
+/// host reads it: bytes in network order on a little-endian machine),
+/// IPv4 as `::ffff:a.b.c.d`.
+fn proc_net_address(hex: &str) -> Option<Ipv6Addr> {
+    let word = |i: usize| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok();
+    match hex.len() {
+        8 => Some(Ipv4Addr::from(word(0)?.to_le_bytes()).to_ipv6_mapped()),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?.to_le_bytes());
+            }
+            Some(Ipv6Addr::from(bytes))
+        }
+        _ => None,
+    }
 }
 
 fn socket_inode(link: &str) -> Option<u64> {
@@ -103,8 +138,17 @@ mod tests {
            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n\
            1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0 20 4 30 10 -1\n\
            2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1 0 100 0 0 10 0\n";
-        assert_eq!(listening_inodes(table, 8080), vec![12345]);
-        assert_eq!(listening_inodes(table, 22), vec![999]);
+        let lo = "127.0.0.1".parse().unwrap();
+        assert_eq!(listening_inodes(table, lo, 8080), vec![12345]);
+        assert_eq!(listening_inodes(table, lo, 22), vec![999], "wildcard");
+        let other = "127.0.0.2".parse().unwrap();
+        assert!(listening_inodes(table, other, 8080).is_empty(), "other address");
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 555 1 0 100 0 0 10 0\n\
+           1: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 666 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp6, "::1".parse().unwrap(), 8080), vec![555]);
+        assert!(listening_inodes(tcp6, lo, 8080).is_empty(), "::1 is not 127.0.0.1");
+        assert_eq!(listening_inodes(tcp6, lo, 22), vec![666], "dual-stack wildcard");
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("/dev/null"), None);
         let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
