@@ -544,6 +544,80 @@ fn listeners_bound_before_the_agent_started_stay_internal_under_enforce() {
     assert_eq!(denied.received(), "");
 }
 
+/// On the node agent, what a declaration file grants one action is
+/// enforced in the kernel: its `network`, and the `[[network.rule]]`
+/// entries its label matches. Each action reaches its grant and is refused
+/// the other's (the positive control of each refusal is the other action's
+/// success).
+#[test]
+fn declared_grants_are_enforced_per_action_on_the_node_agent() {
+    require_root();
+    let by_rule = Sink::new("tcp");
+    let by_declaration = Sink::new("tcp");
+    let parent = test_parent("grants");
+    let daemon = Daemon::start(
+        &parent.path,
+        &format!(
+            "[network]\nenforce = true\n[[network.rule]]\ntargets = [\"//granted/...\"]\nallow = [{{ cidr = \"127.0.0.1/32\", port = {} }}]\n",
+            by_rule.port
+        ),
+    );
+    let ports = [by_rule.port.to_string(), by_declaration.port.to_string()];
+    let script = "import errno, socket, sys\n\
+        for p in sys.argv[2:]:\n\
+        \x20   try:\n\
+        \x20       with socket.create_connection(('127.0.0.1', int(p))) as s: s.sendall(sys.argv[1].encode())\n\
+        \x20       print(p, 'ok')\n\
+        \x20   except OSError as e: print(p, errno.errorcode[e.errno])\n";
+    let declared = format!(
+        "{{\"cidr\": \"127.0.0.1/32\", \"port\": {}}}",
+        by_declaration.port
+    );
+    let cases = [
+        (
+            "by-rule",
+            "//granted/pkg:t",
+            "",
+            [("ok", true), ("EPERM", false)],
+        ),
+        (
+            "by-declaration",
+            "//other:t",
+            declared.as_str(),
+            [("EPERM", false), ("ok", true)],
+        ),
+    ];
+    for (name, label, network, outcomes) in cases {
+        let action = parent.child(name);
+        daemon.declare(&action.path, label, "Genrule", &[], network);
+        let read = format!("{name}.json read");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.stderr_text().contains(&read) {
+            assert!(
+                Instant::now() < deadline,
+                "{read}: {}",
+                daemon.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let out = run_in(
+            &action.path,
+            &mut python(script, &[name, &ports[0], &ports[1]]),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for (port, (outcome, _)) in ports.iter().zip(outcomes) {
+            assert!(
+                stdout.contains(&format!("{port} {outcome}")),
+                "{name}: {stdout}"
+            );
+        }
+    }
+    assert!(by_rule.wait_for("by-rule") && by_declaration.wait_for("by-declaration"));
+    assert!(!by_rule.received().contains("by-declaration"));
+    assert!(!by_declaration.received().contains("by-rule"));
+    daemon.stop();
+}
+
 /// An action's own listeners are keyed by protocol, address and port:
 /// binding a host service's port on another loopback address, or in the
 /// other protocol, does not make the service the action's own. glibc's UDP

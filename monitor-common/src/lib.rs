@@ -388,6 +388,12 @@ pub const ALLOW_KEY_ANY_BYTES: usize = 16;
 pub const ALLOW_KEY_PORT_BYTES: usize = 18;
 /// How many allow-list prefixes each trie holds.
 pub const MAX_ALLOW_RULES: u32 = 1024;
+/// The action tier's keys: the action's cgroup id (big-endian, so that a
+/// prefix of 64 bits is "this action"), then an allow key as above.
+pub const ACTION_KEY_ANY_BYTES: usize = 8 + ALLOW_KEY_ANY_BYTES;
+pub const ACTION_KEY_PORT_BYTES: usize = 8 + ALLOW_KEY_PORT_BYTES;
+/// Entries of the action tier, all actions together.
+pub const MAX_ACTION_RULES: u32 = 16384;
 
 /// A listening (bound) socket of a monitored action: loopback connects to it
 /// are the action's own traffic.

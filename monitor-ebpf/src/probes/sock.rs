@@ -26,9 +26,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES, ALLOW_KEY_PORT_BYTES, EventKind, MAX_ALLOW_RULES,
-    SCOPE_BAZEL_SERVER, SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL, SOCK_OP_CONNECT, SOCK_OP_PACKET,
-    SOCK_OP_SENDMSG, Settings, SockEvent,
+    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, AF_INET, AF_INET6, ALLOW_KEY_ANY_BYTES,
+    ALLOW_KEY_PORT_BYTES, EventKind, MAX_ACTION_RULES, MAX_ALLOW_RULES, SCOPE_BAZEL_SERVER,
+    SOCK_ALLOWED, SOCK_BLOCKED, SOCK_INTERNAL, SOCK_OP_CONNECT, SOCK_OP_PACKET, SOCK_OP_SENDMSG,
+    Settings, SockEvent,
 };
 
 use crate::{
@@ -60,6 +61,17 @@ static SERVER_ALLOW_ANY: LpmTrie<[u8; ALLOW_KEY_ANY_BYTES], u8> =
 #[map]
 static SERVER_ALLOW_PORT: LpmTrie<[u8; ALLOW_KEY_PORT_BYTES], u8> =
     LpmTrie::with_max_entries(MAX_ALLOW_RULES, 0);
+
+/// The action tier: destinations granted to one action by its declaration
+/// file (its `network`, and the `targets`/`mnemonics` rules its label and
+/// mnemonic match), keyed by the action's cgroup id first.
+#[map]
+static ACTION_ALLOW_ANY: LpmTrie<[u8; ACTION_KEY_ANY_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ACTION_RULES, 0);
+
+#[map]
+static ACTION_ALLOW_PORT: LpmTrie<[u8; ACTION_KEY_PORT_BYTES], u8> =
+    LpmTrie::with_max_entries(MAX_ACTION_RULES, 0);
 
 /// The destination of the last connect this hook reported, per thread
 /// (`pid_tgid`), so the syscall hook can tell it has been reported.
@@ -166,7 +178,8 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     // A rule with a port does not cover a protocol without ports (port 0
     // matches no per-port entry).
     let allowed = allowed_by(&ALLOW_ANY, &ALLOW_PORT, &lookup, port)
-        || is_bazel_server(&m) && allowed_by(&SERVER_ALLOW_ANY, &SERVER_ALLOW_PORT, &lookup, port);
+        || is_bazel_server(&m) && allowed_by(&SERVER_ALLOW_ANY, &SERVER_ALLOW_PORT, &lookup, port)
+        || allowed_for_action(m.action_cgroup_id, &lookup, port);
     let mut verdict = if allowed { SOCK_ALLOWED } else { 0 };
     if verdict == 0 && settings.enforce != 0 {
         verdict |= SOCK_BLOCKED;
@@ -304,6 +317,28 @@ fn is_own_traffic(ctx: &SockAddrContext, m: &filter::Match, call: &Call) -> bool
     false
 }
 
+/// Whether the action tier grants `addr`:`port` to this action (an entry
+/// of value 0 marks a range no rule allows, as in the other tiers).
+#[inline(always)]
+fn allowed_for_action(action: u64, addr: &[u8; 16], port: u16) -> bool {
+    let mut any = [0u8; ACTION_KEY_ANY_BYTES];
+    any[..8].copy_from_slice(&action.to_be_bytes());
+    any[8..].copy_from_slice(addr);
+    if ACTION_ALLOW_ANY
+        .get(Key::new(64 + 128, any))
+        .is_some_and(|v| *v != 0)
+    {
+        return true;
+    }
+    let mut by_port = [0u8; ACTION_KEY_PORT_BYTES];
+    by_port[..8].copy_from_slice(&action.to_be_bytes());
+    by_port[8..10].copy_from_slice(&port.to_be_bytes());
+    by_port[10..].copy_from_slice(addr);
+    ACTION_ALLOW_PORT
+        .get(Key::new(64 + 144, by_port))
+        .is_some_and(|v| *v != 0)
+}
+
 /// The kernel's verdict on one destination: internal (a loopback port the
 /// same action bound), allowed by the tries, or — with enforcement on —
 /// blocked.
@@ -321,6 +356,9 @@ fn verdict_for(ctx: &SockAddrContext, settings: &Settings, m: &filter::Match, ca
         && is_bazel_server(m)
         && allowed_by(&SERVER_ALLOW_ANY, &SERVER_ALLOW_PORT, lookup, port)
     {
+        verdict |= SOCK_ALLOWED;
+    }
+    if verdict == 0 && allowed_for_action(m.action_cgroup_id, lookup, port) {
         verdict |= SOCK_ALLOWED;
     }
     if verdict == 0 && settings.enforce != 0 {

@@ -16,9 +16,10 @@ use aya::{
     },
 };
 use monitor_common::{
-    COMM_LEN, KernelOffsets, LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES,
-    PT_REGS_BX, PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
-    RUNNER_PATH_LEN, Scope, Settings, TASK_THREAD_INFO_STATUS,
+    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, COMM_LEN, KernelOffsets, LOST_REASONS,
+    ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX, PT_REGS_CX, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
+    TASK_THREAD_INFO_STATUS,
 };
 
 use crate::kernel::btf::Btf;
@@ -62,6 +63,12 @@ pub struct AllowEntries<'a> {
 
 /// A key of an allow trie: (prefix length, data).
 type TrieKey<const N: usize> = (u32, [u8; N]);
+
+/// One action's keys in the action tier.
+type ActionKeys = (
+    Vec<TrieKey<ACTION_KEY_ANY_BYTES>>,
+    Vec<TrieKey<ACTION_KEY_PORT_BYTES>>,
+);
 
 /// Which program carries the syscall hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +139,8 @@ pub struct Kernel {
     /// The trie keys written by the last `set_network_policy` (removed when
     /// a reload no longer lists them).
     allow_keys: [(Vec<TrieKey<16>>, Vec<TrieKey<18>>); 2],
+    /// The action tier's keys, per action cgroup id (removed with it).
+    action_keys: std::collections::HashMap<u64, ActionKeys>,
     /// The counts of repeated opens (taken by the pipeline).
     pub seen: Option<crate::kernel::seen::SeenCounts>,
 }
@@ -201,6 +210,7 @@ impl Kernel {
             syscall_hook: SyscallHook::Btf,
             sock_hooks: Vec::new(),
             allow_keys: Default::default(),
+            action_keys: Default::default(),
             seen: Some(seen),
         };
         kernel.set_scopes(scopes)?;
@@ -296,6 +306,46 @@ impl Kernel {
         }
         self.settings.enforce = u32::from(enforce);
         self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Grants `rules` to one action in the kernel (the action tier: its
+    /// declaration's `network` and the scoped rules its label and mnemonic
+    /// match), replacing what it was granted before; empty rules revoke.
+    pub fn set_action_allow(
+        &mut self,
+        action: u64,
+        rules: &crate::policy::kernel_rules::KernelRules,
+    ) -> anyhow::Result<()> {
+        let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        let before = self.action_keys.remove(&action).unwrap_or_default();
+        let used: usize = self
+            .action_keys
+            .values()
+            .map(|k| k.0.len() + k.1.len())
+            .sum();
+        let adding = rules.any_port.len() + rules.by_port.len();
+        if used + adding > monitor_common::MAX_ACTION_RULES as usize {
+            bail!(
+                "the kernel's per-action allow lists are full ({used} entries): action {action}'s network is judged in userspace only"
+            );
+        }
+        let prefix = |len: u32| 64 + len;
+        let any: Vec<_> = rules
+            .any_port
+            .iter()
+            .map(|(len, key, v)| (prefix(*len), action_key(action, key), *v))
+            .collect();
+        let by_port: Vec<_> = rules
+            .by_port
+            .iter()
+            .map(|(len, key, v)| (prefix(*len), action_key(action, key), *v))
+            .collect();
+        let any_keys = replace_trie(ebpf, "ACTION_ALLOW_ANY", &any, &before.0)?;
+        let port_keys = replace_trie(ebpf, "ACTION_ALLOW_PORT", &by_port, &before.1)?;
+        if !any_keys.is_empty() || !port_keys.is_empty() {
+            self.action_keys.insert(action, (any_keys, port_keys));
+        }
         Ok(())
     }
 
@@ -612,6 +662,14 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
 
 /// Writes `entries` into the LPM trie `name`, then removes the keys of
 /// `before` that `entries` no longer has. Returns the keys now in the trie.
+/// An allow key prefixed with the action's cgroup id (big-endian).
+fn action_key<const N: usize, const M: usize>(action: u64, key: &[u8; N]) -> [u8; M] {
+    let mut out = [0u8; M];
+    out[..8].copy_from_slice(&action.to_be_bytes());
+    out[8..].copy_from_slice(key);
+    out
+}
+
 fn replace_trie<const N: usize>(
     ebpf: &mut Ebpf,
     name: &str,

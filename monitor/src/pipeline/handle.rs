@@ -12,6 +12,7 @@ use std::{
 
 use std::os::unix::ffi::OsStrExt as _;
 
+mod grants;
 mod held;
 pub use held::Labels;
 
@@ -98,6 +99,8 @@ pub struct Handler {
     held: Vec<crate::policy::judge::Violation>,
     /// The cap on `held` was reached (warned once).
     held_overflowed: bool,
+    /// Declared network grants for the kernel's action tier.
+    pub grants: grants::KernelGrants,
 }
 
 impl Handler {
@@ -130,6 +133,7 @@ impl Handler {
             repeats: Default::default(),
             held: Vec::new(),
             held_overflowed: false,
+            grants: Default::default(),
         }
     }
 
@@ -262,6 +266,7 @@ impl Handler {
             );
             self.registry.cgroup_created(change.cgroup_id, path, now);
         } else {
+            self.revoke_removed(change.cgroup_id);
             self.registry.cgroup_removed(change.cgroup_id, now);
         }
     }
@@ -273,8 +278,12 @@ impl Handler {
                 self.registry.cgroups_scanned(found, started.min(now));
                 return;
             }
-            Update::DeclarationSet(declaration) => self.registry.declaration_set(declaration),
+            Update::DeclarationSet(declaration) => {
+                self.grant_declared(&declaration);
+                self.registry.declaration_set(declaration)
+            }
             Update::DeclarationRemoved(cgroup) => {
+                self.revoke_declared(&cgroup);
                 self.registry.declaration_removed(&cgroup);
                 return;
             }

@@ -139,8 +139,14 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                Some(batch) = batches.recv() => self.events(batch, &update_tx),
-                Some(update) = updates.recv() => self.update(update, &update_tx),
+                Some(batch) = batches.recv() => {
+                    self.events(batch, &update_tx);
+                    self.write_grants(kernel);
+                }
+                Some(update) = updates.recv() => {
+                    self.update(update, &update_tx);
+                    self.write_grants(kernel);
+                }
                 Some(reload) = next_reload(&mut reloads) => {
                     // Re-reading declarations (perhaps from a new directory)
                     // is a fresh watcher; the old one is joined first.
@@ -191,6 +197,17 @@ impl Pipeline {
         }
         self.handler.update(update, Instant::now());
         self.serve_needs(updates);
+    }
+
+    /// Writes the declared network grants into the kernel's action tier.
+    fn write_grants(&mut self, kernel: &mut Kernel) {
+        for (action, rules) in self.handler.grants.pending.drain(..) {
+            if let Err(e) = kernel.set_action_allow(action, &rules) {
+                log::warn!(
+                    "declared network of cgroup id {action} not enforced in the kernel: {e:#}"
+                );
+            }
+        }
     }
 
     fn serve_needs(&mut self, updates: &mpsc::UnboundedSender<Update>) {

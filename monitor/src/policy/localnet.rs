@@ -93,10 +93,9 @@ fn listening_inodes(table: &str, addr: IpAddr, port: u16) -> Vec<u64> {
             let local = proc_net_address(local)?;
             let accepts = local == dest
                 || local == Ipv6Addr::UNSPECIFIED
-                || local == Ipv4Addr::UNSPECIFIED.to_ipv6_mapped() && dest.to_ipv4_mapped().is_some();
-            (accepts
-                && u16::from_str_radix(local_port, 16).ok()? == port
-                && *f.get(3)? == "0A")
+                || local == Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()
+                    && dest.to_ipv4_mapped().is_some();
+            (accepts && u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
                 .then(|| f.get(9)?.parse().ok())
                 .flatten()
         })
@@ -142,13 +141,26 @@ mod tests {
         assert_eq!(listening_inodes(table, lo, 8080), vec![12345]);
         assert_eq!(listening_inodes(table, lo, 22), vec![999], "wildcard");
         let other = "127.0.0.2".parse().unwrap();
-        assert!(listening_inodes(table, other, 8080).is_empty(), "other address");
+        assert!(
+            listening_inodes(table, other, 8080).is_empty(),
+            "other address"
+        );
         let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
            0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 555 1 0 100 0 0 10 0\n\
            1: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 666 1 0 100 0 0 10 0\n";
-        assert_eq!(listening_inodes(tcp6, "::1".parse().unwrap(), 8080), vec![555]);
-        assert!(listening_inodes(tcp6, lo, 8080).is_empty(), "::1 is not 127.0.0.1");
-        assert_eq!(listening_inodes(tcp6, lo, 22), vec![666], "dual-stack wildcard");
+        assert_eq!(
+            listening_inodes(tcp6, "::1".parse().unwrap(), 8080),
+            vec![555]
+        );
+        assert!(
+            listening_inodes(tcp6, lo, 8080).is_empty(),
+            "::1 is not 127.0.0.1"
+        );
+        assert_eq!(
+            listening_inodes(tcp6, lo, 22),
+            vec![666],
+            "dual-stack wildcard"
+        );
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("/dev/null"), None);
         let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\

@@ -230,6 +230,10 @@ impl NetMatcher {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+
+    pub fn rules(&self) -> &[NetRule] {
+        &self.rules
+    }
 }
 
 #[cfg(test)]

@@ -237,6 +237,22 @@ impl ScopedRules {
         self.rules.is_empty()
     }
 
+    /// The destinations of every `targets`/`mnemonics` rule a spawn with
+    /// this label and mnemonic is known to match (what its declaration file
+    /// gives before it runs).
+    pub fn granted_to(&self, label: Option<&str>, mnemonic: Option<&str>) -> Vec<NetRule> {
+        let who = Who {
+            label,
+            mnemonic,
+            ..Who::default()
+        };
+        self.rules
+            .iter()
+            .filter(|r| r.scope_matches(&who) == Some(true))
+            .flat_map(|r| r.allow.rules().iter().copied())
+            .collect()
+    }
+
     /// Whether a rule scoped to `who` admits `ip`:`port`. With the label
     /// unknown, `who.spawn` makes rules that might match `Undecided`;
     /// without it (the label will never be known) they do not apply.
