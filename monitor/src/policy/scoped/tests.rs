@@ -174,3 +174,28 @@ fn the_bazel_tier_is_the_job_of_a_bazel_build_only() {
     assert!(!rules.is_empty());
     assert!(ScopedRules::default().is_empty());
 }
+
+#[test]
+fn a_declared_label_and_mnemonic_are_granted_the_rules_they_match() {
+    let rules = ScopedRules::new(&[
+        rule(&["//granted/..."], &[], None),
+        rule(&[], &["Javac"], None),
+        rule(&["//granted/..."], &["Genrule"], None),
+        rule(&[], &[], Some(BAZEL_SCOPE)),
+    ])
+    .unwrap();
+    assert_eq!(
+        rules
+            .granted_to(Some("//granted/a:b"), Some("Genrule"))
+            .len(),
+        2
+    );
+    assert_eq!(
+        rules.granted_to(Some("//granted/a:b"), Some("Javac")).len(),
+        2
+    );
+    assert_eq!(rules.granted_to(Some("//other:b"), Some("Javac")).len(), 1);
+    // Unknown label: a targets rule cannot be granted in advance; the
+    // `@bazel` tier is never an action's.
+    assert!(rules.granted_to(None, Some("Genrule")).is_empty());
+}
