@@ -8,11 +8,21 @@
 //! kernel with a precise time and the name passed) of the same file name
 //! early enough to have made one of them. (The file name, not the whole
 //! path: the name passed may reach the sandbox through another symlink.)
+//!
+//! An older link can be moved in: the spawn renames a directory holding
+//! one (made before the launch, elsewhere) into its sandbox before the
+//! monitor reads it. The link's own time says nothing then, but the moved
+//! directory's does (a rename changes it). So the targets of old links
+//! below a directory changed after the launch stay declared unless the
+//! action renamed something to that directory's name. (Output writes change
+//! directories too; they rename nothing to a directory's name.)
 use std::collections::HashMap;
 
 /// Most names remembered per action: only the first ones can matter (they
-/// must come within a second of the launch), and they come in time order.
-pub const MAX_NAMES_PER_ACTION: usize = 1024;
+/// must come before the sandbox is read, within a second of the launch),
+/// and they come in time order. Past the cap an empty name (any name) is
+/// remembered once: an action cannot flood its plant out of sight.
+pub const MAX_NAMES_PER_ACTION: usize = 16384;
 
 /// A name an action made: when (`CLOCK_MONOTONIC` ns) and its last
 /// component (empty when the kernel could not read it: it may be any).
@@ -25,6 +35,9 @@ pub struct LinkSources {
     /// A name the action made until this time (`CLOCK_MONOTONIC` ns) may
     /// be one of the ambiguous links.
     suspect_until_ns: u64,
+    /// Declared path that only old links below changed directories lead
+    /// to → those directories' names.
+    moved: HashMap<Vec<u8>, Vec<Vec<u8>>>,
 }
 
 impl LinkSources {
@@ -32,7 +45,30 @@ impl LinkSources {
         LinkSources {
             ambiguous,
             suspect_until_ns,
+            moved: HashMap::new(),
         }
+    }
+
+    /// With the targets of links that may have been moved in.
+    pub fn with_moved(mut self, moved: HashMap<Vec<u8>, Vec<Vec<u8>>>) -> Self {
+        self.moved = moved;
+        self
+    }
+
+    /// Whether `path` is declared only through old links below directories
+    /// the action may have moved in: it renamed something to one of their
+    /// names (`renamed`: the file names of its renames; empty = any).
+    pub fn only_moved_in(&self, path: &[u8], renamed: &[Vec<u8>]) -> bool {
+        if self.moved.is_empty() || renamed.is_empty() {
+            return false;
+        }
+        prefixes(path).any(|p| {
+            self.moved.get(p).is_some_and(|dirs| {
+                renamed
+                    .iter()
+                    .any(|n| n.is_empty() || dirs.iter().any(|d| d == n))
+            })
+        })
     }
 
     /// Whether `path` is declared only through ambiguous links one of
@@ -113,6 +149,18 @@ mod tests {
         assert!(!s.only_planted(b"/home/secret.txt", &[]));
         assert!(!s.only_planted(b"/src/in.txt", &[made(10, "")]));
         assert!(!LinkSources::default().only_planted(b"/x", &[made(0, "")]));
+    }
+
+    #[test]
+    fn moved_in_targets_fall_when_the_action_renamed_to_that_directorys_name() {
+        let moved = HashMap::from([(b"/home/secret.txt".to_vec(), vec![b"stash".to_vec()])]);
+        let s = LinkSources::default().with_moved(moved);
+        assert!(s.only_moved_in(b"/home/secret.txt", &[b"stash".to_vec()]));
+        assert!(s.only_moved_in(b"/home/secret.txt", &[Vec::new()]), "any name");
+        // Positive controls: another name, no rename, another path.
+        assert!(!s.only_moved_in(b"/home/secret.txt", &[b"out.txt".to_vec()]));
+        assert!(!s.only_moved_in(b"/home/secret.txt", &[]));
+        assert!(!s.only_moved_in(b"/src/in.txt", &[b"stash".to_vec()]));
     }
 
     #[test]

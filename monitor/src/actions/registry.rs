@@ -94,15 +94,29 @@ pub struct ActionView {
     pub created: std::sync::Mutex<HashSet<Vec<u8>>>,
     /// The first names (symlink, link, rename) the action made, in order.
     pub names_made: std::sync::Mutex<Vec<crate::actions::links::NameMade>>,
+    /// The file names of its first renames (empty: any, past the cap).
+    pub renamed_to: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl ActionView {
     /// The action made a name (symlink, link, rename) at `ktime_ns`.
-    pub fn note_name_made(&self, ktime_ns: u64, name: &[u8]) {
+    pub fn note_name_made(&self, ktime_ns: u64, name: &[u8], rename: bool) {
+        use crate::actions::links::{MAX_NAMES_PER_ACTION, file_name};
+        // Past the cap, one empty name: it may be any.
+        let keep = |len: usize| match len {
+            n if n + 1 < MAX_NAMES_PER_ACTION => Some(file_name(name).to_vec()),
+            n if n + 1 == MAX_NAMES_PER_ACTION => Some(Vec::new()),
+            _ => None,
+        };
         let mut names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
-        if names.len() < crate::actions::links::MAX_NAMES_PER_ACTION {
-            let file_name = crate::actions::links::file_name(name);
-            names.push((ktime_ns, file_name.to_vec()));
+        if let Some(kept) = keep(names.len()) {
+            names.push((ktime_ns, kept));
+        }
+        if rename {
+            let mut renamed = self.renamed_to.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kept) = keep(renamed.len()) {
+                renamed.push(kept);
+            }
         }
     }
 
@@ -110,7 +124,9 @@ impl ActionView {
     /// this action may have planted?
     pub fn only_planted(&self, declaration: &Declaration, path: &[u8]) -> bool {
         let names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
+        let renamed = self.renamed_to.lock().unwrap_or_else(|e| e.into_inner());
         declaration.links.only_planted(path, &names)
+            || declaration.links.only_moved_in(path, &renamed)
     }
 }
 
@@ -715,6 +731,7 @@ impl<T> Registry<T> {
             spawn: spawn.map(Arc::new),
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
         }));
         state.deadline = None;
     }

@@ -170,14 +170,21 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// may have been ([`LinkSources`]) are returned apart as well.
 pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities) {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
-    let mut patterns = vec![pattern_below(root), root.display().to_string()];
-    let mut identities = Identities::hard_links_checked_below(root);
-    let mut sure: HashSet<PathBuf> = HashSet::new();
-    let mut ambiguous: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut walk = SandboxWalk {
+        spawn,
+        patterns: vec![pattern_below(root), root.display().to_string()],
+        identities: Identities::hard_links_checked_below(root),
+        sure: HashSet::new(),
+        ambiguous: Vec::new(),
+        moved: Vec::new(),
+        real_dirs: RealDirs::default(),
+    };
     let mut seen = 0;
-    let mut real_dirs = RealDirs::default();
-    let mut stack = vec![spawn.execroot.clone()];
-    'walk: while let Some(dir) = stack.pop() {
+    // Each directory with the names of the directories above it (within
+    // the tree) that changed after the launch: a link below one may have
+    // been moved in with it.
+    let mut stack: Vec<(PathBuf, Vec<Vec<u8>>)> = vec![(spawn.execroot.clone(), Vec::new())];
+    'walk: while let Some((dir, changed_above)) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -193,58 +200,100 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
-            let path = entry.path();
             if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_symlink() {
-                let Ok(meta) = entry.metadata() else { continue };
-                match made(&meta, spawn.launched_at) {
-                    Made::After => log::warn!(
-                        "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
-                        path.display()
-                    ),
-                    Made::Before => {
-                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t, meta| {
-                            if let Some(meta) = meta.filter(|m| !m.is_dir()) {
-                                identities.insert(t, meta);
-                            }
-                            sure.insert(t.to_path_buf());
-                        })
-                    }
-                    Made::Ambiguous => {
-                        push_link_chain(&path, &mut patterns, &mut real_dirs, |t, _| {
-                            ambiguous.push((t.to_path_buf(), entry.file_name().into_vec()))
-                        })
-                    }
+                let mut names = changed_above.clone();
+                if entry
+                    .metadata()
+                    .is_ok_and(|m| matches!(made(&m, spawn.launched_at), Made::After))
+                {
+                    names.push(entry.file_name().into_vec());
                 }
+                stack.push((entry.path(), names));
+            } else if kind.is_symlink() {
+                walk.link(&entry, &changed_above);
             }
         }
     }
-    let links = link_sources(spawn, root, &sure, ambiguous);
-    (patterns, links, identities)
+    let links = link_sources(spawn, root, &walk.sure, walk.ambiguous, walk.moved);
+    (walk.patterns, links, walk.identities)
 }
 
-/// The targets only ambiguous links declare (not below the sandbox, not
-/// declared by another link), and until when a name the action made may be
-/// one of those links.
+/// What one sandbox read found so far.
+struct SandboxWalk<'a> {
+    spawn: &'a Spawn,
+    patterns: Vec<String>,
+    identities: Identities,
+    /// Targets of links made before the launch, in place since.
+    sure: HashSet<PathBuf>,
+    /// Targets of links made just before the launch, with the link's name.
+    ambiguous: Vec<(PathBuf, Vec<u8>)>,
+    /// Targets of older links below a directory changed after the launch,
+    /// with that directory's names.
+    moved: Vec<(PathBuf, Vec<Vec<u8>>)>,
+    real_dirs: RealDirs,
+}
+
+impl SandboxWalk<'_> {
+    /// A symlink in the tree; `changed_above`: the names of the directories
+    /// above it that changed after the launch.
+    fn link(&mut self, entry: &fs::DirEntry, changed_above: &[Vec<u8>]) {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { return };
+        let (patterns, real_dirs) = (&mut self.patterns, &mut self.real_dirs);
+        match made(&meta, self.spawn.launched_at) {
+            Made::After => log::warn!(
+                "sandbox entry {} appeared after the spawn started (planted by it?): its target is not declared",
+                path.display()
+            ),
+            // An old link in a directory that changed: the spawn may have
+            // renamed a directory holding it into the tree.
+            Made::Before if !changed_above.is_empty() => {
+                push_link_chain(&path, patterns, real_dirs, |t, _| {
+                    self.moved.push((t.to_path_buf(), changed_above.to_vec()))
+                })
+            }
+            Made::Before => push_link_chain(&path, patterns, real_dirs, |t, meta| {
+                if let Some(meta) = meta.filter(|m| !m.is_dir()) {
+                    self.identities.insert(t, meta);
+                }
+                self.sure.insert(t.to_path_buf());
+            }),
+            Made::Ambiguous => push_link_chain(&path, patterns, real_dirs, |t, _| {
+                self.ambiguous
+                    .push((t.to_path_buf(), entry.file_name().into_vec()))
+            }),
+        }
+    }
+}
+
+/// The targets only ambiguous or moved links declare (not below the
+/// sandbox, not declared by another link), and until when a name the
+/// action made may be one of those links.
 fn link_sources(
     spawn: &Spawn,
     root: &Path,
     sure: &HashSet<PathBuf>,
     ambiguous: Vec<(PathBuf, Vec<u8>)>,
+    moved: Vec<(PathBuf, Vec<Vec<u8>>)>,
 ) -> LinkSources {
+    let only = |target: &PathBuf| {
+        !target.starts_with(root) && !target.ancestors().any(|a| sure.contains(a))
+    };
     let mut only_ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
-    for (target, link_name) in ambiguous {
-        if !target.starts_with(root) && !target.ancestors().any(|a| sure.contains(a)) {
-            let names = only_ambiguous
-                .entry(target.into_os_string().into_vec())
-                .or_default();
-            names.push(link_name);
-        }
+    for (target, link_name) in ambiguous.into_iter().filter(|(t, _)| only(t)) {
+        let names = only_ambiguous
+            .entry(target.into_os_string().into_vec())
+            .or_default();
+        names.push(link_name);
+    }
+    let mut only_moved: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    for (target, dir_names) in moved.into_iter().filter(|(t, _)| only(t)) {
+        let names = only_moved.entry(target.into_os_string().into_vec()).or_default();
+        names.extend(dir_names);
     }
     // A name made later than this has a file time after the launch.
     let window = PLANT_WINDOW.as_nanos() as u64;
-    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + window)
+    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + window).with_moved(only_moved)
 }
 
 /// How far a link's file time may be from the moment it was made. File

@@ -61,6 +61,7 @@ mod tests {
             spawn: None,
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
         });
         let process = || ProcessInfo {
             pid: 7,

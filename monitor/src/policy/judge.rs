@@ -449,6 +449,7 @@ mod tests {
             spawn: None,
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
         })
     }
 
@@ -655,6 +656,7 @@ mod tests {
             spawn: None,
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
         });
         assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
     }
@@ -724,6 +726,7 @@ mod tests {
             spawn,
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
         })
     }
 
