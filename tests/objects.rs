@@ -838,49 +838,6 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
     );
 }
 
-/// An old link moved in: the spawn renames a directory holding a link to
-/// the secret, made well before the launch elsewhere, into its sandbox
-/// before the monitor reads it. The link's own time is old; the moved
-/// directory changed after the launch and the action renamed something to
-/// its name, so the link declares nothing. Controls: the input Bazel linked
-/// in a directory the action wrote an output into still declares its file.
-#[test]
-fn a_directory_of_old_links_moved_into_the_sandbox_declares_nothing() {
-    require_root();
-    let parent = test_parent("moved-in");
-    let daemon = Daemon::start(&parent.path, "");
-    let job = parent.child("job");
-    declare(&daemon, &job.path, &[], &[], &[]);
-    let sb = FakeSandbox::new();
-    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
-    let stash = sb.secret.parent().unwrap().join("stash");
-    fs::create_dir_all(&stash).unwrap();
-    std::os::unix::fs::symlink(secret, stash.join("x")).unwrap();
-    // The links must be older than the launch by more than the window in
-    // which a link may be the spawn's own (one second of file-time slack).
-    let made = fs::symlink_metadata(stash.join("x")).unwrap().modified().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while made.elapsed().unwrap_or_default() < Duration::from_millis(1100) {
-        assert!(Instant::now() < deadline, "the clock does not advance");
-        thread::sleep(Duration::from_millis(20));
-    }
-    run_ok(
-        &job.path,
-        Command::new(launcher)
-            .current_dir(execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "mv {} pkg/stash && echo out > pkg/out.txt && cat pkg/stash/x pkg/in.txt > /dev/null",
-                stash.display()
-            )),
-    );
-    let (status, alerts, stderr) = daemon.stop();
-    assert!(status.success(), "{stderr}");
-    let moved = one_read_alert(&alerts, secret);
-    assert_eq!(moved["file"]["requested_path"], "pkg/stash/x", "{moved}");
-    assert!(on(&alerts, source).is_empty(), "{alerts:#?}");
-}
-
 /// The same plant made by a compiled launcher in its first microseconds:
 /// the link's file time (a clock tick coarse) is not after the launch, so
 /// only the kernel's report of the name it made gives it away. The link

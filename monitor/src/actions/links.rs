@@ -156,7 +156,10 @@ mod tests {
         let moved = HashMap::from([(b"/home/secret.txt".to_vec(), vec![b"stash".to_vec()])]);
         let s = LinkSources::default().with_moved(moved);
         assert!(s.only_moved_in(b"/home/secret.txt", &[b"stash".to_vec()]));
-        assert!(s.only_moved_in(b"/home/secret.txt", &[Vec::new()]), "any name");
+        assert!(
+            s.only_moved_in(b"/home/secret.txt", &[Vec::new()]),
+            "any name"
+        );
         // Positive controls: another name, no rename, another path.
         assert!(!s.only_moved_in(b"/home/secret.txt", &[b"out.txt".to_vec()]));
         assert!(!s.only_moved_in(b"/home/secret.txt", &[]));

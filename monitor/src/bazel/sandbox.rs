@@ -248,7 +248,10 @@ impl SandboxWalk<'_> {
             // An old link in a directory that changed: the spawn may have
             // renamed a directory holding it into the tree.
             Made::Before if !changed_above.is_empty() => {
-                push_link_chain(&path, patterns, real_dirs, |t, _| {
+                push_link_chain(&path, patterns, real_dirs, |t, meta| {
+                    if let Some(meta) = meta.filter(|m| !m.is_dir()) {
+                        self.identities.insert(t, meta);
+                    }
                     self.moved.push((t.to_path_buf(), changed_above.to_vec()))
                 })
             }
@@ -288,7 +291,9 @@ fn link_sources(
     }
     let mut only_moved: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
     for (target, dir_names) in moved.into_iter().filter(|(t, _)| only(t)) {
-        let names = only_moved.entry(target.into_os_string().into_vec()).or_default();
+        let names = only_moved
+            .entry(target.into_os_string().into_vec())
+            .or_default();
         names.extend(dir_names);
     }
     // A name made later than this has a file time after the launch.
@@ -547,6 +552,50 @@ mod tests {
             !matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"),
             "a link from after the launch was followed"
         );
+    }
+
+    /// Polls until the wall clock is `by` past `since`.
+    fn wait_past(since: SystemTime, by: Duration) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while since.elapsed().unwrap_or_default() < by {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A directory holding an old link to a secret, renamed into the
+    /// sandbox after the launch: the link's time is old, the directory's is
+    /// not. Its target falls once the action is known to have renamed
+    /// something to the directory's name. Control: an input link in a
+    /// directory that changed (an entry was added) but that no rename named.
+    #[test]
+    fn old_links_in_a_directory_changed_after_the_launch_fall_to_a_rename_of_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let execroot = tmp
+            .path()
+            .join("ob/sandbox/processwrapper-sandbox/5/execroot/ws");
+        fs::create_dir_all(execroot.join("pkg")).unwrap();
+        let (secret, source) = (tmp.path().join("home/secret"), tmp.path().join("src/in"));
+        let stash = tmp.path().join("stash");
+        fs::create_dir_all(&stash).unwrap();
+        std::os::unix::fs::symlink(&source, execroot.join("pkg/in")).unwrap();
+        std::os::unix::fs::symlink(&secret, stash.join("x")).unwrap();
+        wait_past(SystemTime::now(), PLANT_WINDOW + Duration::from_millis(100));
+        let launch = SystemTime::now();
+        // File times are a coarse clock tick behind at most.
+        wait_past(launch, Duration::from_millis(50));
+        fs::rename(&stash, execroot.join("pkg/stash")).unwrap();
+        let mut spawn = parse_launch(&argv(&["process-wrapper", "--", "true"]), &execroot);
+        spawn.launched_at = Some(launch);
+        let (patterns, links, _) = declared_patterns(&spawn);
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert!(matcher(&patterns).matches(&b(&secret)), "declared by path");
+        assert!(links.only_moved_in(&b(&secret), &[b"stash".to_vec()]));
+        assert!(!links.only_moved_in(&b(&secret), &[b"out.o".to_vec()]));
+        assert!(!links.only_moved_in(&b(&source), &[b"stash".to_vec()]));
     }
 
     #[test]

@@ -422,6 +422,10 @@ mod tests {
     }
 
     fn spawn_view() -> Arc<ActionView> {
+        spawn_view_with(Default::default())
+    }
+
+    fn spawn_view_with(links: crate::actions::links::LinkSources) -> Arc<ActionView> {
         let declaration = Declaration {
             cgroup: PathBuf::from("/cg"),
             label: Some("//p:t".into()),
@@ -433,7 +437,7 @@ mod tests {
             network: NetMatcher::default(),
             source: PathBuf::from("/ob/sandbox/linux-sandbox/1"),
             identities: Default::default(),
-            links: Default::default(),
+            links,
         };
         Arc::new(ActionView {
             info: ActionInfo {
@@ -637,6 +641,24 @@ mod tests {
         // through /proc/self/root does not.
         assert!(!judge(&p, &view, &open("/proc/self/nothing", 0, -2)));
         assert!(judge(&p, &view, &open("/proc/self/root/etc/shadow", 0, -2)));
+    }
+
+    /// A read through an old link below a directory moved into the
+    /// sandbox: undeclared once the action renamed something to that
+    /// directory's name (as the kernel reports a rename), not before, and
+    /// not for a link or symlink of that name.
+    #[test]
+    fn a_target_only_moved_in_links_declare_falls_after_a_rename_to_their_directory() {
+        let p = policy();
+        let moved =
+            std::collections::HashMap::from([(b"/src/secret".to_vec(), vec![b"stash".to_vec()])]);
+        let view = spawn_view_with(crate::actions::links::LinkSources::default().with_moved(moved));
+        let read = open("/src/secret", 0, 3);
+        assert!(!judge(&p, &view, &read), "nothing renamed yet");
+        view.note_name_made(1, b"pkg/stash", false);
+        assert!(!judge(&p, &view, &read), "a link of that name is no rename");
+        view.note_name_made(2, b"pkg/stash", true);
+        assert!(judge(&p, &view, &read));
     }
 
     #[test]
