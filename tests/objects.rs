@@ -838,6 +838,43 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
     );
 }
 
+/// The same plant in a source directory the sandbox links whole (its files
+/// are not recorded one by one): the new hard link's inode changed after
+/// the launch, so it alerts. Control: a file of that directory.
+#[test]
+fn a_hard_link_planted_in_a_linked_source_directory_alerts() {
+    require_root();
+    let parent = test_parent("hardlink-dir");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let sb = FakeSandbox::new();
+    let lib = sb.source.parent().unwrap().join("lib");
+    write(&lib.join("f"), "f");
+    std::os::unix::fs::symlink(&lib, sb.execroot.join("lib")).unwrap();
+    run_ok(
+        &job.path,
+        Command::new(&sb.launcher)
+            .current_dir(&sb.execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "ln {} lib/x && cat lib/x lib/f > /dev/null",
+                sb.secret.display()
+            )),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let planted = one_read_alert(&alerts, &lib.join("x"));
+    assert!(
+        planted["message"]
+            .as_str()
+            .unwrap()
+            .contains("a hard link made after the spawn started"),
+        "{planted}"
+    );
+    assert!(on(&alerts, &lib.join("f")).is_empty(), "{alerts:#?}");
+}
+
 /// The same plant made by a compiled launcher in its first microseconds:
 /// the link's file time (a clock tick coarse) is not after the launch, so
 /// only the kernel's report of the name it made gives it away. The link

@@ -256,8 +256,12 @@ impl SandboxWalk<'_> {
                 })
             }
             Made::Before => push_link_chain(&path, patterns, real_dirs, |t, meta| {
-                if let Some(meta) = meta.filter(|m| !m.is_dir()) {
-                    self.identities.insert(t, meta);
+                match meta {
+                    Some(meta) if meta.is_dir() => {
+                        self.identities.check_linked_dir(t, self.spawn.launched_at)
+                    }
+                    Some(meta) => self.identities.insert(t, meta),
+                    None => {}
                 }
                 self.sure.insert(t.to_path_buf());
             }),
