@@ -36,11 +36,8 @@ pub struct Identities {
     hard_links_below: Option<Vec<u8>>,
     /// Directories a sandbox links whole (not walked: their files are not
     /// recorded), each with a trailing `/`: a file there with several
-    /// names whose inode changed after the launch is a hard link made
-    /// during the spawn.
+    /// names, named as a hard link the action made, is one it planted.
     linked_dirs: Vec<Vec<u8>>,
-    /// When the spawn's launcher exec'd.
-    launched_at: Option<SystemTime>,
 }
 
 impl Identities {
@@ -57,15 +54,13 @@ impl Identities {
         }
     }
 
-    /// A directory the sandbox links whole, for a spawn launched at
-    /// `launched_at`: see [`Identities::linked_dirs`].
-    pub fn check_linked_dir(&mut self, dir: &Path, launched_at: Option<SystemTime>) {
+    /// A directory the sandbox links whole: see [`Identities::linked_dirs`].
+    pub fn check_linked_dir(&mut self, dir: &Path) {
         let mut dir = dir.as_os_str().as_bytes().to_vec();
         dir.push(b'/');
         if !self.linked_dirs.contains(&dir) {
             self.linked_dirs.push(dir);
         }
-        self.launched_at = launched_at;
     }
 
     /// Records `path` (not a directory) as declared, as `meta` says it is.
@@ -108,30 +103,35 @@ impl Identities {
                 "not the file declared under this name: something is mounted over it or it was replaced",
             );
         }
-        if id.nlink <= 1 || id.is_dir() || self.all.contains(&key) {
-            return None;
-        }
         let checked = self
             .hard_links_below
             .as_ref()
             .is_none_or(|below| path.starts_with(below));
-        if checked {
-            return (!created()).then_some("a hard link to a file that was not declared");
+        if checked && id.nlink > 1 && !id.is_dir() && !self.all.contains(&key) && !created() {
+            return Some("a hard link to a file that was not declared");
         }
-        let linked = self.linked_dirs.iter().any(|d| path.starts_with(d));
-        (linked && self.changed_after_launch(path) && !created())
-            .then_some("a hard link made after the spawn started, in a directory its sandbox links")
+        None
     }
 
-    /// Whether the inode at `path` changed (a link was made to it, among
-    /// others) after the launch. Asked only for files with several names in
-    /// linked directories: one `lstat`.
-    fn changed_after_launch(&self, path: &[u8]) -> bool {
-        let Some(launch) = self.launched_at else {
-            return false;
-        };
-        fs::symlink_metadata(std::ffi::OsStr::from_bytes(path))
-            .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) > since_epoch(launch))
+    /// Why the object `id`, reached at `path` in a directory the sandbox
+    /// links whole, is one the action planted there, if it is: it has
+    /// several names, and the action made a hard link of that file name
+    /// (`hard_linked`; the kernel reports every `link`). Such directories
+    /// are not walked, so this is all that tells a plant from a file with
+    /// several names of its own.
+    pub fn planted_in_linked_dir(
+        &self,
+        path: &[u8],
+        id: &Identity,
+        hard_linked: impl FnOnce(&[u8]) -> bool,
+    ) -> Option<&'static str> {
+        let linked = self.linked_dirs.iter().any(|d| path.starts_with(d));
+        (linked
+            && id.nlink > 1
+            && !id.is_dir()
+            && !self.all.contains(&(id.dev, id.ino))
+            && hard_linked(crate::actions::links::file_name(path)))
+        .then_some("a hard link the spawn made, in a directory its sandbox links")
     }
 }
 
@@ -295,29 +295,36 @@ mod tests {
     }
 
     /// A sandbox links a source directory whole: a file there with two
-    /// names from before the launch is left alone, a hard link made after
-    /// it is caught.
+    /// names of its own is left alone; one named as a hard link the action
+    /// made is caught.
     #[test]
-    fn hard_links_made_after_the_launch_in_a_linked_directory_are_caught() {
+    fn hard_links_the_action_made_in_a_linked_directory_are_caught() {
         let tmp = tempfile::tempdir().unwrap();
         let (lib, secret) = (tmp.path().join("lib"), tmp.path().join("secret"));
         fs::create_dir(&lib).unwrap();
         fs::write(lib.join("old"), "o").unwrap();
         fs::hard_link(lib.join("old"), lib.join("old2")).unwrap();
         fs::write(&secret, "s").unwrap();
-        let root = tmp.path().join("sandbox");
-        let mut ids = Identities::hard_links_checked_below(&root);
-        let launch = SystemTime::now() + std::time::Duration::from_millis(50);
-        ids.check_linked_dir(&lib, Some(launch));
-        while SystemTime::now() < launch + std::time::Duration::from_millis(20) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         fs::hard_link(&secret, lib.join("x")).unwrap();
+        let mut ids = Identities::hard_links_checked_below(&tmp.path().join("sandbox"));
+        ids.check_linked_dir(&lib);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         let (x, old2) = (lib.join("x"), lib.join("old2"));
-        assert!(ids.mismatch(&b(&x), &id_of(&x), || false).is_some());
-        assert_eq!(ids.mismatch(&b(&x), &id_of(&x), || true), None, "its own");
-        assert_eq!(ids.mismatch(&b(&old2), &id_of(&old2), || false), None);
+        let made_x = |name: &[u8]| name == b"x";
+        assert!(
+            ids.planted_in_linked_dir(&b(&x), &id_of(&x), made_x)
+                .is_some()
+        );
+        assert_eq!(
+            ids.planted_in_linked_dir(&b(&x), &id_of(&x), |_| false),
+            None
+        );
+        assert_eq!(
+            ids.planted_in_linked_dir(&b(&old2), &id_of(&old2), made_x),
+            None
+        );
+        let outside = ids.planted_in_linked_dir(&b(&secret), &id_of(&x), |_| true);
+        assert_eq!(outside, None, "not in lib");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::{
 use crate::{
     actions::declarations::Declaration,
     bazel::{sandbox::Spawn, spawns::is_spawn_slice_name},
-    events::decode::{Launch, Origin},
+    events::decode::{Launch, NameKind, Origin},
     output::metrics::Metrics,
 };
 
@@ -96,28 +96,43 @@ pub struct ActionView {
     pub names_made: std::sync::Mutex<Vec<crate::actions::links::NameMade>>,
     /// The file names of its first renames (empty: any, past the cap).
     pub renamed_to: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// The file names of its first hard links (empty: any, past the cap).
+    pub hard_linked: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// The file name to remember as the `len + 1`th name an action made: past
+/// the cap, one empty name (it may be any), then none.
+fn kept_name(len: usize, name: &[u8]) -> Option<Vec<u8>> {
+    use crate::actions::links::{MAX_NAMES_PER_ACTION, file_name};
+    match len + 1 {
+        n if n < MAX_NAMES_PER_ACTION => Some(file_name(name).to_vec()),
+        n if n == MAX_NAMES_PER_ACTION => Some(Vec::new()),
+        _ => None,
+    }
 }
 
 impl ActionView {
     /// The action made a name (symlink, link, rename) at `ktime_ns`.
-    pub fn note_name_made(&self, ktime_ns: u64, name: &[u8], rename: bool) {
-        use crate::actions::links::{MAX_NAMES_PER_ACTION, file_name};
-        // Past the cap, one empty name: it may be any.
-        let keep = |len: usize| match len {
-            n if n + 1 < MAX_NAMES_PER_ACTION => Some(file_name(name).to_vec()),
-            n if n + 1 == MAX_NAMES_PER_ACTION => Some(Vec::new()),
-            _ => None,
-        };
+    pub fn note_name_made(&self, ktime_ns: u64, name: &[u8], kind: NameKind) {
         let mut names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = keep(names.len()) {
+        if let Some(kept) = kept_name(names.len(), name) {
             names.push((ktime_ns, kept));
         }
-        if rename {
-            let mut renamed = self.renamed_to.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(kept) = keep(renamed.len()) {
-                renamed.push(kept);
-            }
+        let by_kind = match kind {
+            NameKind::Rename => &self.renamed_to,
+            NameKind::HardLink => &self.hard_linked,
+            NameKind::Symlink => return,
+        };
+        let mut list = by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = kept_name(list.len(), name) {
+            list.push(kept);
         }
+    }
+
+    /// Did the action make a hard link of this file name?
+    pub fn made_hard_link(&self, file_name: &[u8]) -> bool {
+        let links = self.hard_linked.lock().unwrap_or_else(|e| e.into_inner());
+        links.iter().any(|n| n.is_empty() || n == file_name)
     }
 
     /// Is `path` declared by `declaration` only through sandbox entries
@@ -732,6 +747,7 @@ impl<T> Registry<T> {
             created: Default::default(),
             names_made: Default::default(),
             renamed_to: Default::default(),
+            hard_linked: Default::default(),
         }));
         state.deadline = None;
     }

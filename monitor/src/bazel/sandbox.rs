@@ -257,15 +257,19 @@ impl SandboxWalk<'_> {
             }
             Made::Before => push_link_chain(&path, patterns, real_dirs, |t, meta| {
                 match meta {
-                    Some(meta) if meta.is_dir() => {
-                        self.identities.check_linked_dir(t, self.spawn.launched_at)
-                    }
+                    Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
                     Some(meta) => self.identities.insert(t, meta),
                     None => {}
                 }
                 self.sure.insert(t.to_path_buf());
             }),
-            Made::Ambiguous => push_link_chain(&path, patterns, real_dirs, |t, _| {
+            // Most of Bazel's own links are this recent. Their directories
+            // are checked for new hard links too (a check only adds alerts);
+            // their files' identities are not trusted.
+            Made::Ambiguous => push_link_chain(&path, patterns, real_dirs, |t, meta| {
+                if meta.is_some_and(|m| m.is_dir()) {
+                    self.identities.check_linked_dir(t)
+                }
                 self.ambiguous
                     .push((t.to_path_buf(), entry.file_name().into_vec()))
             }),

@@ -433,7 +433,7 @@ impl Handler {
                 Event::UnixConnect(u) => self.policy.judge_unix(u, || observed.process(), &action),
                 // In event order: before any open through the planted name.
                 Event::LinkMade(l) => {
-                    action.note_name_made(l.origin.ktime_ns, &l.name, l.is_rename());
+                    action.note_name_made(l.origin.ktime_ns, &l.name, l.kind());
                     None
                 }
                 _ => None,

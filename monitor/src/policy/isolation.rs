@@ -62,6 +62,7 @@ mod tests {
             created: Default::default(),
             names_made: Default::default(),
             renamed_to: Default::default(),
+            hard_linked: Default::default(),
         });
         let process = || ProcessInfo {
             pid: 7,

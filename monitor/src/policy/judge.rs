@@ -202,6 +202,14 @@ impl Policy {
         {
             return Some((write_kind, Some(note)));
         }
+        if let (Some(d), Some(id)) = (decl, &ev.object)
+            && inputs
+            && let Some(note) = d
+                .identities
+                .planted_in_linked_dir(path, id, |name| action.made_hard_link(name))
+        {
+            return Some((write_kind, Some(note)));
+        }
         // The allow list is for reading; of it, only devices (`/dev/null`,
         // terminals) may be written. A failed open has no object: its name
         // says whether it was a device.
@@ -454,6 +462,7 @@ mod tests {
             created: Default::default(),
             names_made: Default::default(),
             renamed_to: Default::default(),
+            hard_linked: Default::default(),
         })
     }
 
@@ -655,9 +664,9 @@ mod tests {
         let view = spawn_view_with(crate::actions::links::LinkSources::default().with_moved(moved));
         let read = open("/src/secret", 0, 3);
         assert!(!judge(&p, &view, &read), "nothing renamed yet");
-        view.note_name_made(1, b"pkg/stash", false);
+        view.note_name_made(1, b"pkg/stash", crate::events::decode::NameKind::Symlink);
         assert!(!judge(&p, &view, &read), "a link of that name is no rename");
-        view.note_name_made(2, b"pkg/stash", true);
+        view.note_name_made(2, b"pkg/stash", crate::events::decode::NameKind::Rename);
         assert!(judge(&p, &view, &read));
     }
 
@@ -679,6 +688,7 @@ mod tests {
             created: Default::default(),
             names_made: Default::default(),
             renamed_to: Default::default(),
+            hard_linked: Default::default(),
         });
         assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
     }
@@ -749,6 +759,7 @@ mod tests {
             created: Default::default(),
             names_made: Default::default(),
             renamed_to: Default::default(),
+            hard_linked: Default::default(),
         })
     }
 
