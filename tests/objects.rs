@@ -551,6 +551,57 @@ fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
     assert_eq!(alerts.len(), 4, "unexpected alerts: {alerts:#?}");
 }
 
+/// Name changes are writes too: `unlink`, `rmdir`, `mkdir`, `truncate`,
+/// and the names `link`, `symlink` and `rename` write (a rename's old name
+/// as well), by relative and absolute names. Outside the outputs each is an
+/// `undeclared_write` with its `op`, declared inputs included (changing the
+/// sources is how caches get poisoned); in the outputs none alerts (the
+/// positive control is that each route alerts outside them).
+#[test]
+fn name_changes_outside_the_outputs_are_undeclared_writes() {
+    require_root();
+    let parent = test_parent("names");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("names");
+    let sc = scene();
+    let (d, w, secret) = (&sc.d, &sc.w, &sc.secret);
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let script = "import os, sys\n\
+        d, w, x = sys.argv[1:4]\n\
+        os.chdir(x)\n\
+        os.unlink('one'); os.mkdir(x + '/made'); os.rmdir('a'); os.truncate('two', 0)\n\
+        os.link(d + '/ok.txt', 'hl'); os.symlink('nowhere', x + '/sl')\n\
+        os.rename('three', 'moved'); os.rename(x + '/four', w + '/four')\n\
+        os.unlink(d + '/inner/ok2.txt')\n\
+        os.mkdir(w + '/dir'); os.rename(w + '/dir', w + '/dir2'); os.rmdir(w + '/dir2')\n\
+        os.symlink('x', w + '/sl'); os.unlink(w + '/sl'); os.unlink(w + '/four')\n";
+    run_ok(&action.path, &mut python(script, &[&s(d), &s(w), &s(secret)]));
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let op_on = |p: PathBuf| -> Vec<String> {
+        on(&alerts, &p)
+            .iter()
+            .inspect(|a| assert_eq!(a["kind"], "undeclared_write", "{a}"))
+            .map(|a| a["file"]["op"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (name, op) in [
+        ("one", "unlink"),
+        ("made", "mkdir"),
+        ("a", "rmdir"),
+        ("two", "truncate"),
+        ("hl", "link"),
+        ("sl", "symlink"),
+        ("three", "rename_from"),
+        ("moved", "rename"),
+        ("four", "rename_from"),
+    ] {
+        assert_eq!(op_on(secret.join(name)), [op], "{name}: {alerts:#?}");
+    }
+    assert_eq!(op_on(d.join("inner/ok2.txt")), ["unlink"]);
+    assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
+}
+
 /// `open_by_handle_at` passes no name at all: the object it opened is
 /// judged. The same route to a declared file is the positive control.
 #[test]

@@ -163,6 +163,20 @@ pub const SYSCALL_OPEN_BY_HANDLE_AT: u32 = 4;
 /// An `IORING_OP_OPENAT`/`OPENAT2` request, seen at its completion: no
 /// name (`path` is empty); `open_flags` are the opened file's `f_flags`.
 pub const SYSCALL_IO_URING_OPEN: u32 = 5;
+/// Name-changing calls, judged as writes of the name (no object: the path
+/// is the name passed, resolved like a failed open's).
+pub const SYSCALL_UNLINK: u32 = 16;
+pub const SYSCALL_RMDIR: u32 = 17;
+pub const SYSCALL_MKDIR: u32 = 18;
+pub const SYSCALL_TRUNCATE: u32 = 19;
+/// The new name of a `link`/`linkat`.
+pub const SYSCALL_LINK: u32 = 20;
+/// The new name of a `symlink`/`symlinkat`.
+pub const SYSCALL_SYMLINK: u32 = 21;
+/// The new name of a `rename` family call.
+pub const SYSCALL_RENAME: u32 = 22;
+/// The old name of a `rename` family call.
+pub const SYSCALL_RENAME_FROM: u32 = 23;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -560,6 +574,12 @@ pub const NR_RENAMEAT: u64 = 264;
 pub const NR_LINKAT: u64 = 265;
 pub const NR_SYMLINKAT: u64 = 266;
 pub const NR_RENAMEAT2: u64 = 316;
+pub const NR_TRUNCATE: u64 = 76;
+pub const NR_MKDIR: u64 = 83;
+pub const NR_RMDIR: u64 = 84;
+pub const NR_UNLINK: u64 = 87;
+pub const NR_MKDIRAT: u64 = 258;
+pub const NR_UNLINKAT: u64 = 263;
 pub const NR_IO_URING_SETUP: u64 = 425;
 
 /// Runtime settings written by userspace into a one-entry map before attach.

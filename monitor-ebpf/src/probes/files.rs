@@ -1,6 +1,8 @@
 //! File opens: `open`, `creat`, `openat`, `openat2`, `open_by_handle_at`
 //! (no name passed: judged on its object), reported at exit with
-//! the result. A successful open reports the object actually opened: the
+//! the result; and the calls that change names (`unlink`, `rmdir`,
+//! `mkdir`, `truncate`, and the new name of `link`, `symlink`, `rename`),
+//! reported like failed opens: the name passed and its base directory. A successful open reports the object actually opened: the
 //! path of the `struct file` behind the returned fd, walked in the kernel,
 //! and its identity (device, inode, mode); the name passed rides along. A
 //! failed open reports the name passed, with its base directory (cwd or
@@ -8,9 +10,12 @@
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
     EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
-    FLAG_TRACKED, FileEvent, KernelOffsets, NR_CREAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT,
-    NR_OPENAT2, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT,
-    SYSCALL_OPENAT, SYSCALL_OPENAT2, Settings,
+    FLAG_TRACKED, FileEvent, KernelOffsets, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT,
+    NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2,
+    NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PATH_CAPACITY,
+    SYSCALL_CREAT, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT,
+    SYSCALL_OPENAT, SYSCALL_OPENAT2, SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK,
+    SYSCALL_TRUNCATE, SYSCALL_UNLINK, Settings,
 };
 
 use crate::{
@@ -27,6 +32,7 @@ use crate::{
 const AT_FDCWD: i32 = -100;
 const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
+const O_WRONLY: u64 = 0o1;
 
 /// The arguments of an open-family call, whatever its syscall.
 pub struct OpenArgs {
@@ -54,6 +60,11 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
         // open_by_handle_at(mount_fd, handle, flags): no name; a successful
         // one is judged on the object like any open.
         NR_OPEN_BY_HANDLE_AT => (SYSCALL_OPEN_BY_HANDLE_AT, a[0] as i32, 0, a[2], 0),
+        // Name-changing calls: writes of the name (see `name_args`).
+        NR_UNLINK | NR_UNLINKAT | NR_RMDIR | NR_MKDIR | NR_MKDIRAT | NR_TRUNCATE | NR_LINK
+        | NR_LINKAT | NR_SYMLINK | NR_SYMLINKAT | NR_RENAME | NR_RENAMEAT | NR_RENAMEAT2 => {
+            return name_args(call);
+        }
         NR_OPENAT2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
             // SAFETY: bpf_probe_read_user checks the address.
@@ -78,10 +89,43 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
     })
 }
 
+/// A name-changing call: its syscall id, and the (new) name it wrote, as a
+/// write (`O_WRONLY`) of that name. The result is no descriptor.
+#[inline(always)]
+fn name_args(call: &Syscall) -> Option<OpenArgs> {
+    let a = &call.args;
+    let (syscall, dirfd, path) = match call.nr {
+        NR_UNLINK => (SYSCALL_UNLINK, AT_FDCWD, a[0]),
+        NR_UNLINKAT => (SYSCALL_UNLINK, a[0] as i32, a[1]),
+        NR_RMDIR => (SYSCALL_RMDIR, AT_FDCWD, a[0]),
+        NR_MKDIR => (SYSCALL_MKDIR, AT_FDCWD, a[0]),
+        NR_MKDIRAT => (SYSCALL_MKDIR, a[0] as i32, a[1]),
+        NR_TRUNCATE => (SYSCALL_TRUNCATE, AT_FDCWD, a[0]),
+        // link(old, new), symlink(target, new), rename(old, new)
+        NR_LINK => (SYSCALL_LINK, AT_FDCWD, a[1]),
+        NR_SYMLINK => (SYSCALL_SYMLINK, AT_FDCWD, a[1]),
+        NR_RENAME => (SYSCALL_RENAME, AT_FDCWD, a[1]),
+        // symlinkat(target, newdirfd, new)
+        NR_SYMLINKAT => (SYSCALL_SYMLINK, a[1] as i32, a[2]),
+        // linkat/renameat/renameat2(olddirfd, old, newdirfd, new, …)
+        NR_LINKAT => (SYSCALL_LINK, a[2] as i32, a[3]),
+        _ => (SYSCALL_RENAME, a[2] as i32, a[3]),
+    };
+    Some(OpenArgs {
+        syscall,
+        dirfd,
+        path,
+        flags: O_WRONLY,
+        mode: 0,
+    })
+}
+
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let args = open_args(call)?;
     // The object the kernel opened, when there is one; else the name's base.
-    let file = if call.ret >= 0 {
+    // Only the open family returns a descriptor.
+    let opens = args.syscall <= SYSCALL_OPEN_BY_HANDLE_AT;
+    let file = if call.ret >= 0 && opens {
         file_of_fd(&settings.offsets, call.ret as i32)
     } else {
         0

@@ -2,20 +2,24 @@
 //! (every syscall of the three), with the new name as passed. Userspace
 //! compares the time and the name with the sandbox's links, to tell one
 //! the spawn planted within a clock tick of its start (the file times are
-//! that coarse) from one Bazel made before it.
+//! that coarse) from one Bazel made before it. A rename's old name is
+//! reported as written, too (`files.rs` reports every new name).
 use monitor_common::{
     EventKind, NR_LINK, NR_LINKAT, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_SYMLINK, NR_SYMLINKAT,
-    Settings,
+    SYSCALL_RENAME_FROM, Settings,
 };
 
 use crate::{
     emit::{fill_header, submit},
     maps::{SCRATCH, Scratch},
     probes::{
-        files::{clear_identity, read_name},
+        files::{self, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
     },
 };
+
+const AT_FDCWD: i32 = -100;
+const O_WRONLY: u64 = 0o1;
 
 #[inline(always)]
 pub fn is_link_syscall(nr: u64) -> bool {
@@ -41,6 +45,22 @@ fn new_name(call: &Syscall) -> u64 {
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     if call.ret != 0 {
         return None;
+    }
+    if matches!(call.nr, NR_RENAME | NR_RENAMEAT | NR_RENAMEAT2) {
+        // The old name is written too (the file leaves it).
+        let (dirfd, path) = if call.nr == NR_RENAME {
+            (AT_FDCWD, call.args[0])
+        } else {
+            (call.args[0] as i32, call.args[1])
+        };
+        let args = OpenArgs {
+            syscall: SYSCALL_RENAME_FROM,
+            dirfd,
+            path,
+            flags: O_WRONLY,
+            mode: 0,
+        };
+        let _ = files::report(settings, &call.m, &args, call.ret, 0);
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.

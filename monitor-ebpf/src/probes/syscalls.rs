@@ -9,8 +9,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
-    NR_SOCKET, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_MKDIR, NR_MKDIRAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT,
+    NR_OPENAT, NR_OPENAT2, NR_RMDIR, NR_SOCKET, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
 };
 
 use crate::{
@@ -36,6 +37,10 @@ fn is_file_syscall(nr: u64) -> bool {
         || nr == NR_OPENAT2
         || nr == NR_CREAT
         || nr == NR_OPEN_BY_HANDLE_AT
+        || matches!(
+            nr,
+            NR_UNLINK | NR_UNLINKAT | NR_RMDIR | NR_MKDIR | NR_MKDIRAT | NR_TRUNCATE
+        )
 }
 
 /// How the saved user registers are read: directly through the typed
@@ -135,10 +140,12 @@ fn dispatch(settings: &Settings, call: Syscall) -> Option<()> {
     if (is_file || is_link) && !filter::files_matter(&call.m) {
         return None;
     }
-    if is_file {
+    if is_link {
+        // The name made (for planted links), then the name written.
+        let _ = links::on_exit(settings, &call);
+    }
+    if is_file || is_link {
         files::on_exit(settings, &call)
-    } else if is_link {
-        links::on_exit(settings, &call)
     } else if call.nr == NR_CONNECT {
         net::on_exit(settings, &call)
     } else if call.nr == NR_SOCKET {

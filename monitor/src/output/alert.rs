@@ -88,7 +88,9 @@ pub struct ProcessInfo {
 pub struct FileInfo {
     /// Raw path bytes as the kernel saw them; may be non-UTF-8.
     pub path: Vec<u8>,
-    /// The operation, e.g. `"open"`.
+    /// The operation: `"open"`, `"exec"`, or a name change (`"unlink"`,
+    /// `"rmdir"`, `"mkdir"`, `"truncate"`, `"link"`, `"symlink"`,
+    /// `"rename"`, `"rename_from"`).
     pub op: &'static str,
     /// Raw open(2) flags.
     pub flags: u64,
@@ -542,14 +544,20 @@ fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
     let verb = match (blocked, f.op) {
         (true, _) => " was blocked from opening ",
         (false, "exec") => " executed ",
+        (false, "unlink") => " removed ",
+        (false, "rmdir") => " removed the directory ",
+        (false, "mkdir") => " made the directory ",
+        (false, "truncate") => " truncated ",
+        (false, "link") => " made a hard link at ",
+        (false, "symlink") => " made a symlink at ",
+        (false, "rename") => " renamed a file to ",
+        (false, "rename_from") => " renamed away ",
         (false, _) => " opened ",
     };
-    let _ = write!(
-        m,
-        "{verb}{} ({})",
-        escape_for_display(&f.path),
-        open_flags_to_string(f.flags)
-    );
+    let _ = write!(m, "{verb}{}", escape_for_display(&f.path));
+    if matches!(f.op, "open" | "exec") {
+        let _ = write!(m, " ({})", open_flags_to_string(f.flags));
+    }
     if let Some(requested) = &f.requested {
         let _ = write!(m, " as {}", escape_for_display(requested));
     }

@@ -95,7 +95,7 @@ impl Policy {
         process: impl FnOnce() -> ProcessInfo,
         action: &Arc<ActionView>,
     ) -> Option<Violation> {
-        self.judge_object(ev, "open", process, action)
+        self.judge_object(ev, ev.op, process, action)
     }
 
     /// An exec: the program file is an input, judged like an open for
@@ -114,6 +114,7 @@ impl Policy {
         }
         let open = FileOpen {
             origin: ev.origin,
+            op: "exec",
             path: exe.clone(),
             requested: None,
             object: ev.identity,
@@ -468,6 +469,7 @@ mod tests {
 
     fn open(path: &str, flags: u64, result: i64) -> FileOpen {
         FileOpen {
+            op: "open",
             origin: Origin {
                 time: SystemTime::now(),
                 ktime_ns: 0,
