@@ -484,6 +484,7 @@ pub struct KernelOffsets {
     pub fs_pwd: u32,
     /// `fs_struct.root`: the task's root (a chroot moves it).
     pub fs_root: u32,
+    pub dentry_inode: u32,
     pub path_mnt: u32,
     pub path_dentry: u32,
     pub dentry_parent: u32,
@@ -604,6 +605,12 @@ pub struct Settings {
     /// allow list (`--enforce`).
     pub enforce: u32,
     pub _pad_enforce: u32,
+    /// The identity of the monitor's own root directory (`s_dev` in the
+    /// kernel's encoding, inode): a task whose root is another directory is
+    /// in a chroot (`files::chroot_root`).
+    pub host_root_ino: u64,
+    pub host_root_dev: u32,
+    pub _pad_root: u32,
 }
 
 /// How many sandbox launcher names the kernel matches.

@@ -19,6 +19,10 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static SCOPES: Array<Scope> = Array::with_max_entries(MAX_SCOPES, 0);
 
+/// The root dentry found to be the monitor's own root (`files::chroot_root`).
+#[map]
+pub static HOST_ROOT_DENTRY: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Events that could not be delivered, per reason (`LOST_*`).
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);

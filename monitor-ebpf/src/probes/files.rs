@@ -10,19 +10,19 @@
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
     EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
-    FLAG_TRACKED, FileEvent, KernelOffsets, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT,
-    NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2,
-    NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PATH_CAPACITY,
-    SYSCALL_CREAT, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT,
-    SYSCALL_OPENAT, SYSCALL_OPENAT2, SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK,
-    SYSCALL_TRUNCATE, SYSCALL_UNLINK, Settings,
+    FLAG_TRACKED, FileEvent, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT, NR_OPEN,
+    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR,
+    NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PATH_CAPACITY, SYSCALL_CREAT,
+    SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT,
+    SYSCALL_OPENAT2, SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK, SYSCALL_TRUNCATE,
+    SYSCALL_UNLINK, Settings,
 };
 
 use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit},
     filter::Match,
-    maps::{SCRATCH, Scratch},
+    maps::{HOST_ROOT_DENTRY, SCRATCH, Scratch},
     object,
     probes::syscalls::Syscall,
     seen::{self, Seen},
@@ -176,7 +176,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     } else if path_len > 0 && scratch.data[0] != b'/' {
         Some(name_base(settings, args.dirfd))
     } else if path_len > 0 {
-        chroot_root(o).inspect(|_| hflags |= FLAG_NAME_UNDER_ROOT)
+        chroot_root(settings).inspect(|_| hflags |= FLAG_NAME_UNDER_ROOT)
     } else {
         None
     };
@@ -227,25 +227,34 @@ pub fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -
     (n as usize - 1) & (PATH_CAPACITY - 1)
 }
 
-/// The task's root `struct path` when it is not the top of its mount tree
-/// (a chroot: Bazel's hermetic sandbox), else `None`. The kernel looks
-/// absolute names up under it, so a failed one is reported under it.
+/// The task's root `struct path` when it is not the monitor's root (a
+/// chroot: Bazel's hermetic sandbox), else `None`. The kernel looks
+/// absolute names up under it, so a failed one is reported under it. Most
+/// tasks share one root dentry: once seen to be the monitor's root, it is
+/// remembered, and the check is two reads.
 #[inline(always)]
-fn chroot_root(o: &KernelOffsets) -> Option<u64> {
+fn chroot_root(settings: &Settings) -> Option<u64> {
+    let o = &settings.offsets;
     let fs: u64 = read(current_task(), o.task_fs);
     if fs == 0 {
         return None;
     }
     let root = fs + o.fs_root as u64;
     let dentry: u64 = read(root, o.path_dentry);
-    let vfsmnt: u64 = read(root, o.path_mnt);
-    if vfsmnt == 0 {
+    let known = HOST_ROOT_DENTRY.get_ptr_mut(0)?;
+    // SAFETY: a one-entry array value; a racing write stores the same.
+    if dentry == 0 || unsafe { *known } == dentry {
         return None;
     }
-    let mount = vfsmnt - o.mount_mnt as u64;
-    let parent: u64 = read(mount, o.mount_parent);
-    let at_top = dentry == read::<u64>(vfsmnt, o.vfsmount_root) && parent == mount;
-    (!at_top).then_some(root)
+    let inode: u64 = read(dentry, o.dentry_inode);
+    let ino: u64 = read(inode, o.inode_i_ino);
+    let dev: u32 = read(read::<u64>(inode, o.inode_i_sb), o.sb_s_dev);
+    if ino == settings.host_root_ino && dev == settings.host_root_dev {
+        // SAFETY: as above.
+        unsafe { *known = dentry };
+        return None;
+    }
+    Some(root)
 }
 
 /// The `struct path` a relative name is resolved against: the cwd or the

@@ -179,11 +179,14 @@ impl Kernel {
         let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
         let runners = HashMap::try_from(take(&mut ebpf, "RUNNERS")?)?;
         let seen = seen_counts(take(&mut ebpf, "SEEN")?)?;
+        let (host_root_dev, host_root_ino) = host_root()?;
         let mut settings = Settings {
             offsets,
             scope_count: 0,
             monitor_tgid: std::process::id(),
             wakeup_threshold,
+            host_root_dev,
+            host_root_ino,
             ..Default::default()
         };
         if launchers.len() > MAX_LAUNCHERS {
@@ -538,6 +541,16 @@ fn attach_syscall_hook(ebpf: &mut Ebpf) -> anyhow::Result<SyscallHook> {
     Ok(SyscallHook::Raw)
 }
 
+/// The identity of the monitor's root directory, `s_dev` as the kernel
+/// encodes it (major << 20 | minor).
+fn host_root() -> anyhow::Result<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata("/").context("stat of the root directory")?;
+    let dev = meta.dev();
+    let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
+    Ok((kernel_dev, meta.ino()))
+}
+
 fn raise_memlock_limit() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -606,6 +619,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         task_nsproxy: off("task_struct", "nsproxy")?,
         fs_pwd: off("fs_struct", "pwd")?,
         fs_root: off("fs_struct", "root")?,
+        dentry_inode: off("dentry", "d_inode")?,
         path_mnt: off("path", "mnt")?,
         path_dentry: off("path", "dentry")?,
         dentry_parent: off("dentry", "d_parent")?,
