@@ -440,6 +440,15 @@ fn the_commands_exit_code_comes_first_then_violations() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// Connects to each loopback port after the first argument, sends that
+/// argument, and prints `port ok` or `port ERRNO`.
+const CONNECT_EACH: &str = "import errno, socket, sys\n\
+    for p in sys.argv[2:]:\n\
+    \x20   try:\n\
+    \x20       with socket.create_connection(('127.0.0.1', int(p))) as s: s.sendall(sys.argv[1].encode())\n\
+    \x20       print(p, 'ok')\n\
+    \x20   except OSError as e: print(p, errno.errorcode[e.errno])\n";
+
 /// The node agent enforces too (`[network] enforce = true`): a connect from
 /// an action below a configured parent to a disallowed port fails with
 /// EPERM and is alerted as blocked; the allowed port passes.
@@ -458,17 +467,11 @@ fn node_agent_blocks_with_enforce_in_its_config() {
     );
     let action = parent.child("enforced-1");
     daemon.declare(&action.path, "//pkg:enforced", "Genrule", &[], "");
-    let script = "import errno, socket, sys\n\
-        for p in sys.argv[1:]:\n\
-        \x20   try:\n\
-        \x20       with socket.create_connection(('127.0.0.1', int(p))) as s: s.sendall(b'agent')\n\
-        \x20       print(p, 'ok')\n\
-        \x20   except OSError as e: print(p, errno.errorcode[e.errno])\n";
     let out = run_in(
         &action.path,
         &mut python(
-            script,
-            &[&allowed.port.to_string(), &denied.port.to_string()],
+            CONNECT_EACH,
+            &["agent", &allowed.port.to_string(), &denied.port.to_string()],
         ),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -563,12 +566,6 @@ fn declared_grants_are_enforced_per_action_on_the_node_agent() {
         ),
     );
     let ports = [by_rule.port.to_string(), by_declaration.port.to_string()];
-    let script = "import errno, socket, sys\n\
-        for p in sys.argv[2:]:\n\
-        \x20   try:\n\
-        \x20       with socket.create_connection(('127.0.0.1', int(p))) as s: s.sendall(sys.argv[1].encode())\n\
-        \x20       print(p, 'ok')\n\
-        \x20   except OSError as e: print(p, errno.errorcode[e.errno])\n";
     let declared = format!(
         "{{\"cidr\": \"127.0.0.1/32\", \"port\": {}}}",
         by_declaration.port
@@ -602,7 +599,7 @@ fn declared_grants_are_enforced_per_action_on_the_node_agent() {
         }
         let out = run_in(
             &action.path,
-            &mut python(script, &[name, &ports[0], &ports[1]]),
+            &mut python(CONNECT_EACH, &[name, &ports[0], &ports[1]]),
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         for (port, (outcome, _)) in ports.iter().zip(outcomes) {
