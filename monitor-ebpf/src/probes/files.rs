@@ -1,12 +1,13 @@
 //! File opens: `open`, `creat`, `openat`, `openat2`, `open_by_handle_at`
-//! (no name passed: judged on its object), reported at exit with
-//! the result; and the calls that change names (`unlink`, `rmdir`,
-//! `mkdir`, `truncate`, and the new name of `link`, `symlink`, `rename`),
-//! reported like failed opens: the name passed and its base directory. A successful open reports the object actually opened: the
-//! path of the `struct file` behind the returned fd, walked in the kernel,
-//! and its identity (device, inode, mode); the name passed rides along. A
+//! (no name passed: judged on its object), reported at exit with the
+//! result. A successful open reports the object actually opened: the path
+//! of the `struct file` behind the returned fd, walked in the kernel, and
+//! its identity (device, inode, mode); the name passed rides along. A
 //! failed open reports the name passed, with its base directory (cwd or
-//! dirfd) resolved here while the task still exists.
+//! dirfd) resolved here while the task still exists — under the task's
+//! root when it is in a chroot. The calls that change names (`unlink`,
+//! `rmdir`, `mkdir`, `truncate`, and the new name of `link`, `symlink`,
+//! `rename`) are reported like failed opens, as writes of that name.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
 use monitor_common::{
     EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
