@@ -24,11 +24,7 @@ use crate::actions::{
 
 /// One bound socket, as the kernel keys it: its `LISTENERS` key, and the
 /// socket cookie its release is matched by.
-#[derive(Clone, Copy, Debug)]
-pub struct Bound {
-    pub key: ListenerKey,
-    pub cookie: u64,
-}
+pub type Bound = (ListenerKey, u64);
 
 /// Every bound inet socket of the processes below `scopes`, keyed by the
 /// action each process belongs to (the deepest scope wins, as in the
@@ -121,8 +117,8 @@ fn bound_socket(pidfd: &OwnedFd, fd: i32, action: u64) -> Option<Bound> {
         return None;
     }
     let (addr, port) = local_address(&copy)?;
-    Some(Bound {
-        key: ListenerKey {
+    Some((
+        ListenerKey {
             netns_cookie: sockopt_u64(&copy, libc::SO_NETNS_COOKIE)?,
             action_cgroup_id: action,
             addr,
@@ -130,8 +126,8 @@ fn bound_socket(pidfd: &OwnedFd, fd: i32, action: u64) -> Option<Bound> {
             protocol: sockopt_u64(&copy, libc::SO_PROTOCOL)? as u16,
             _pad: 0,
         },
-        cookie: sockopt_u64(&copy, libc::SO_COOKIE)?,
-    })
+        sockopt_u64(&copy, libc::SO_COOKIE)?,
+    ))
 }
 
 /// A TCP socket in `listen`, or an unconnected datagram socket: what an

@@ -318,7 +318,8 @@ impl Kernel {
     pub fn set_action_allow(
         &mut self,
         action: u64,
-        rules: &crate::policy::kernel_rules::KernelRules,
+        any_port: &[(u32, [u8; 16], u8)],
+        by_port: &[(u32, [u8; 18], u8)],
     ) -> anyhow::Result<()> {
         let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
         let before = self.action_keys.remove(&action).unwrap_or_default();
@@ -327,20 +328,18 @@ impl Kernel {
             .values()
             .map(|k| k.0.len() + k.1.len())
             .sum();
-        let adding = rules.any_port.len() + rules.by_port.len();
+        let adding = any_port.len() + by_port.len();
         if used + adding > monitor_common::MAX_ACTION_RULES as usize {
             bail!(
                 "the kernel's per-action allow lists are full ({used} entries): action {action}'s network is judged in userspace only"
             );
         }
         let prefix = |len: u32| 64 + len;
-        let any: Vec<_> = rules
-            .any_port
+        let any: Vec<_> = any_port
             .iter()
             .map(|(len, key, v)| (prefix(*len), action_key(action, key), *v))
             .collect();
-        let by_port: Vec<_> = rules
-            .by_port
+        let by_port: Vec<_> = by_port
             .iter()
             .map(|(len, key, v)| (prefix(*len), action_key(action, key), *v))
             .collect();
@@ -414,20 +413,17 @@ impl Kernel {
     /// Seeds the kernel's listener maps with sockets bound before the
     /// socket hooks attached (see `actions::listeners`); returns how many
     /// were written.
-    pub fn seed_listeners(
-        &mut self,
-        bound: &[crate::actions::listeners::Bound],
-    ) -> anyhow::Result<usize> {
+    pub fn seed_listeners(&mut self, bound: &[(ListenerKey, u64)]) -> anyhow::Result<usize> {
         let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
         let mut listeners: HashMap<_, ListenerKey, u8> =
             HashMap::try_from(ebpf.map_mut("LISTENERS").context("map LISTENERS missing")?)?;
-        for b in bound {
-            listeners.insert(b.key, 1, 0)?;
+        for (key, _) in bound {
+            listeners.insert(key, 1, 0)?;
         }
         let mut by_cookie: HashMap<_, u64, ListenerKey> =
             HashMap::try_from(ebpf.map_mut("BOUND").context("map BOUND missing")?)?;
-        for b in bound {
-            by_cookie.insert(b.cookie, b.key, 0)?;
+        for (key, cookie) in bound {
+            by_cookie.insert(cookie, key, 0)?;
         }
         Ok(bound.len())
     }

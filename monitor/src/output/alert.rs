@@ -306,6 +306,43 @@ struct NetJson {
     op: &'static str,
 }
 
+impl FileJson {
+    fn of(f: &FileInfo) -> FileJson {
+        FileJson {
+            path: escape_for_display(&f.path),
+            op: f.op,
+            flags: open_flags_to_string(f.flags),
+            result: f.result,
+            requested_path: f.requested.as_deref().map(escape_for_display),
+            dev: f.dev.clone(),
+            ino: f.ino,
+        }
+    }
+}
+
+impl NetJson {
+    fn of(n: &NetInfo) -> NetJson {
+        let packet = n.proto == PACKET;
+        NetJson {
+            proto: n.proto,
+            family: match (&n.unix_path, packet) {
+                (Some(_), _) => "unix",
+                (None, true) => "packet",
+                (None, false) => family(n.addr),
+            },
+            addr: n.unix_path.clone().unwrap_or_else(|| n.addr.to_string()),
+            port: n.port,
+            result: n.result,
+            netns: n.netns,
+            op: match (packet, n.send) {
+                (true, _) => "socket",
+                (false, true) => "send",
+                (false, false) => "connect",
+            },
+        }
+    }
+}
+
 impl Alert {
     /// The alert as one JSON line (no trailing newline).
     ///
@@ -319,37 +356,13 @@ impl Alert {
     /// The line with an idempotency key (`id`), as the sinks write it.
     pub fn to_json_line_with_id(&self, id: Option<&str>) -> String {
         let file = match (self.kind, &self.file) {
-            (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f)) => Some(FileJson {
-                path: escape_for_display(&f.path),
-                op: f.op,
-                flags: open_flags_to_string(f.flags),
-                result: f.result,
-                requested_path: f.requested.as_deref().map(escape_for_display),
-                dev: f.dev.clone(),
-                ino: f.ino,
-            }),
+            (AlertKind::UndeclaredFile | AlertKind::UndeclaredWrite, Some(f)) => {
+                Some(FileJson::of(f))
+            }
             _ => None,
         };
         let net = match (self.kind, &self.net) {
-            (AlertKind::NetworkEgress, Some(n)) => Some(NetJson {
-                proto: n.proto,
-                family: if n.unix_path.is_some() {
-                    "unix"
-                } else if n.proto == PACKET {
-                    "packet"
-                } else {
-                    family(n.addr)
-                },
-                addr: n.unix_path.clone().unwrap_or_else(|| n.addr.to_string()),
-                port: n.port,
-                result: n.result,
-                netns: n.netns,
-                op: match (n.proto == PACKET, n.send) {
-                    (true, _) => "socket",
-                    (false, true) => "send",
-                    (false, false) => "connect",
-                },
-            }),
+            (AlertKind::NetworkEgress, Some(n)) => Some(NetJson::of(n)),
             _ => None,
         };
         let json = AlertJson {

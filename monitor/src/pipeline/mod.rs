@@ -202,7 +202,7 @@ impl Pipeline {
     /// Writes the declared network grants into the kernel's action tier.
     fn write_grants(&mut self, kernel: &mut Kernel) {
         for (action, rules) in self.handler.grants.pending.drain(..) {
-            if let Err(e) = kernel.set_action_allow(action, &rules) {
+            if let Err(e) = kernel.set_action_allow(action, &rules.any_port, &rules.by_port) {
                 log::warn!(
                     "declared network of cgroup id {action} not enforced in the kernel: {e:#}"
                 );
