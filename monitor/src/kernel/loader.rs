@@ -29,13 +29,14 @@ use crate::kernel::btf::Btf;
 /// events flow.
 /// The cgroup programs come first of all: a cgroup created below a scope is
 /// known (id and path) before any process in it can run. Last, io_uring
-/// completions (opens submitted through a ring).
-const PROCESS_PROGRAMS: [(&str, &str); 6] = [
+/// opens: their names at submission, then their completions.
+const PROCESS_PROGRAMS: [(&str, &str); 7] = [
     ("cgroup_mkdir", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup_rmdir"),
     ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
+    ("uring_submit", "io_uring_submit_req"),
     ("uring_complete", "io_uring_complete"),
 ];
 
@@ -670,7 +671,16 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         file_f_flags: off("file", "f_flags")?,
         io_kiocb_opcode: off("io_kiocb", "opcode")?,
         io_kiocb_cmd: off("io_kiocb", "cmd")?,
+        io_kiocb_ctx: off("io_kiocb", "ctx")?,
         io_open_file_slot: off("io_open", "file_slot")?,
+        io_open_dfd: off("io_open", "dfd")?,
+        io_open_filename: off("io_open", "filename")?,
+        io_open_how_flags: off("io_open", "how.flags")?,
+        io_open_how_mode: off("io_open", "how.mode")?,
+        filename_name: off("filename", "name")?,
+        ring_files_nr: off("io_ring_ctx", "file_table.data.nr")?,
+        ring_files_nodes: off("io_ring_ctx", "file_table.data.nodes")?,
+        rsrc_node_file_ptr: off("io_rsrc_node", "file_ptr")?,
     })
 }
 
