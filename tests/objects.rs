@@ -681,8 +681,10 @@ fn io_uring_opens_are_judged_on_the_object() {
 /// slot (at an index given, or one the kernel picks) is judged on the file
 /// in the slot. A failed ring open is reported with the kernel's copy of
 /// its name, resolved against the request's dirfd; a successful one through
-/// a symlink carries the name passed. The same ring opening declared files
-/// into slots, and failing on a missing declared name, raises nothing.
+/// a symlink carries the name passed; one whose success posts no completion
+/// (`IOSQE_CQE_SKIP_SUCCESS`) is judged by that name at submission. The
+/// same ring opening declared files into slots, and failing on a missing
+/// declared name, raises nothing.
 #[test]
 fn io_uring_fixed_slots_and_failed_opens_are_judged() {
     require_root();
@@ -710,7 +712,9 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
             op("fixed", d.join("ok.txt")),
             op("alloc", d.join("inner/ok2.txt")),
             op("missing", d.join("absent")),
+            op("skip", d.join("ok.txt")),
             op("fixed", secret.join("three")),
+            op("skip", secret.join("seven")),
             op("alloc", secret.join("four")),
             s(&d.join("link")),
             op("missing", secret.join("absent")),
@@ -726,6 +730,8 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
         assert_eq!(alert["file"]["ino"], m.ino(), "{alert:#}");
         assert_eq!(alert["file"]["dev"], dev.as_str(), "{alert:#}");
     }
+    // No completion posted: judged by the name kept at submission.
+    one_read_alert(&alerts, &secret.join("seven"));
     let linked = one_read_alert(&alerts, &secret.join("six"));
     assert_eq!(linked["file"]["requested_path"], s(&d.join("link")));
     for probe in [secret.join("absent"), secret.join("absent-too")] {

@@ -539,6 +539,8 @@ pub struct KernelOffsets {
     pub inode_i_generation: u32,
     pub file_f_flags: u32,
     pub io_kiocb_opcode: u32,
+    /// `io_kiocb.flags` (`REQ_F_*`).
+    pub io_kiocb_flags: u32,
     /// Where a request's per-opcode data (`struct io_open` for opens) is.
     pub io_kiocb_cmd: u32,
     pub io_kiocb_ctx: u32,

@@ -18,13 +18,15 @@
 //!   `NAMES_IN_FLIGHT` opens in flight) it is reported unnamed, never
 //!   dropped.
 //!
-//! Not seen: a successful open whose completion is not posted
-//! (`IOSQE_CQE_SKIP_SUCCESS`); the other path opcodes (`RENAMEAT`,
+//! * A request whose success posts no completion (`IOSQE_CQE_SKIP_SUCCESS`)
+//!   is judged by its name at submission instead (result 0: not known yet).
+//!
+//! Not seen: the other path opcodes (`RENAMEAT`,
 //! `UNLINKAT`, `MKDIRAT`, `LINKAT`, `SYMLINKAT`). An fd or slot closed and
 //! reused by another thread before the completion names another object, as
-//! for syscall opens. (fentry/fexit on `io_openat2` would close the first
-//! gap and spare other requests, but this kernel refuses to load fentry
-//! programs: EPERM.)
+//! for syscall opens. (fentry/fexit on `io_openat2` would judge skipped
+//! completions on their object and spare other requests, but this kernel
+//! refuses to load fentry programs: EPERM.)
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel_str},
     macros::{map, raw_tracepoint},
@@ -43,6 +45,9 @@ use crate::{
 /// `enum io_uring_op` values (uapi, stable).
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
+/// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
+/// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
+const REQ_F_CQE_SKIP: u64 = 1 << 6;
 /// `sqe->file_index` asking the kernel to pick a free slot (uapi).
 const IORING_FILE_INDEX_ALLOC: u32 = u32::MAX;
 /// `io_rsrc_node.file_ptr` keeps flag bits (`FFS_NOWAIT`, `FFS_ISREG`) low.
@@ -94,7 +99,7 @@ fn keep_name(ctx: &RawTracePointContext) -> Option<()> {
     if !is_open(settings, req) {
         return None;
     }
-    monitored(settings)?;
+    let m = monitored(settings)?;
     let o = &settings.offsets;
     let filename: u64 = read(req + o.io_kiocb_cmd as u64, o.io_open_filename);
     let name: u64 = read(filename, o.filename_name);
@@ -115,7 +120,30 @@ fn keep_name(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     // SAFETY: `stage` is a valid map value.
-    URING_NAMES.insert(&req, unsafe { &*stage }, 0).ok()
+    URING_NAMES.insert(&req, unsafe { &*stage }, 0).ok()?;
+    // No completion will show a success: judge the name now (the result is
+    // not known yet; a failure is still reported at its completion).
+    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP != 0 {
+        // SAFETY: as above; only the address is taken.
+        let name = unsafe { (*stage).name.as_ptr() } as u64;
+        files::report(settings, &m, &open_args(settings, req, name), 0, 0);
+    }
+    Some(())
+}
+
+/// What an open request asked for; `name`: the kernel address of its name.
+#[inline(always)]
+fn open_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
+    let o = &settings.offsets;
+    let open = req + o.io_kiocb_cmd as u64;
+    OpenArgs {
+        syscall: SYSCALL_IO_URING_OPEN,
+        dirfd: read(open, o.io_open_dfd),
+        path: name,
+        name_in_kernel: true,
+        flags: read(open, o.io_open_how_flags),
+        mode: read::<u64>(open, o.io_open_how_mode) as u32,
+    }
 }
 
 /// `io_uring_complete(ctx, req, cqe)`: judge what an open opened, or the
@@ -149,15 +177,13 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
     // SAFETY: only the address of the map value is taken; it is read with
     // bpf_probe_read_kernel_str.
     let name = unsafe { URING_NAMES.get(&req) }.map_or(0, |v| v.name.as_ptr() as u64);
-    let args = OpenArgs {
-        syscall: SYSCALL_IO_URING_OPEN,
-        dirfd: read(open, o.io_open_dfd),
-        path: name,
-        name_in_kernel: true,
-        flags: read(open, o.io_open_how_flags),
-        mode: read::<u64>(open, o.io_open_how_mode) as u32,
-    };
-    files::report(settings, &m, &args, res as i64, file);
+    files::report(
+        settings,
+        &m,
+        &open_args(settings, req, name),
+        res as i64,
+        file,
+    );
     if name != 0 {
         let _ = URING_NAMES.remove(&req);
     }

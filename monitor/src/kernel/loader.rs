@@ -670,6 +670,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         inode_i_generation: off("inode", "i_generation")?,
         file_f_flags: off("file", "f_flags")?,
         io_kiocb_opcode: off("io_kiocb", "opcode")?,
+        io_kiocb_flags: off("io_kiocb", "flags")?,
         io_kiocb_cmd: off("io_kiocb", "cmd")?,
         io_kiocb_ctx: off("io_kiocb", "ctx")?,
         io_open_file_slot: off("io_open", "file_slot")?,
