@@ -17,12 +17,11 @@
 //!   that failed in preparation, or whose name was evicted by more than
 //!   `NAMES_IN_FLIGHT` opens in flight) it is reported unnamed, never
 //!   dropped.
-//!
 //! * A request whose success posts no completion (`IOSQE_CQE_SKIP_SUCCESS`)
 //!   is judged by its name at submission instead (result 0: not known yet).
 //!
-//! Not seen: the other path opcodes (`RENAMEAT`,
-//! `UNLINKAT`, `MKDIRAT`, `LINKAT`, `SYMLINKAT`). An fd or slot closed and
+//! Not seen: the other path opcodes (`RENAMEAT`, `UNLINKAT`, `MKDIRAT`,
+//! `LINKAT`, `SYMLINKAT`). An fd or slot closed and
 //! reused by another thread before the completion names another object, as
 //! for syscall opens. (fentry/fexit on `io_openat2` would judge skipped
 //! completions on their object and spare other requests, but this kernel

@@ -611,7 +611,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
     };
     check_fixed_offsets(&btf)?;
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,
         task_fs: off("task_struct", "fs")?,
@@ -669,20 +669,34 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
         inode_i_generation: off("inode", "i_generation")?,
         file_f_flags: off("file", "f_flags")?,
-        io_kiocb_opcode: off("io_kiocb", "opcode")?,
-        io_kiocb_flags: off("io_kiocb", "flags")?,
-        io_kiocb_cmd: off("io_kiocb", "cmd")?,
-        io_kiocb_ctx: off("io_kiocb", "ctx")?,
-        io_open_file_slot: off("io_open", "file_slot")?,
-        io_open_dfd: off("io_open", "dfd")?,
-        io_open_filename: off("io_open", "filename")?,
-        io_open_how_flags: off("io_open", "how.flags")?,
-        io_open_how_mode: off("io_open", "how.mode")?,
-        filename_name: off("filename", "name")?,
-        ring_files_nr: off("io_ring_ctx", "file_table.data.nr")?,
-        ring_files_nodes: off("io_ring_ctx", "file_table.data.nodes")?,
-        rsrc_node_file_ptr: off("io_rsrc_node", "file_ptr")?,
-    })
+        // The io_uring ones: `uring_offsets`.
+        ..Default::default()
+    };
+    uring_offsets(&btf, &mut offsets)?;
+    Ok(offsets)
+}
+
+/// Where io_uring requests, open requests and a ring's fixed-file table
+/// keep what `probes/uring.rs` reads.
+fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
+    let off = |ty: &str, member: &str| {
+        btf.member_offset(ty, member)
+            .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
+    };
+    o.io_kiocb_opcode = off("io_kiocb", "opcode")?;
+    o.io_kiocb_flags = off("io_kiocb", "flags")?;
+    o.io_kiocb_cmd = off("io_kiocb", "cmd")?;
+    o.io_kiocb_ctx = off("io_kiocb", "ctx")?;
+    o.io_open_file_slot = off("io_open", "file_slot")?;
+    o.io_open_dfd = off("io_open", "dfd")?;
+    o.io_open_filename = off("io_open", "filename")?;
+    o.io_open_how_flags = off("io_open", "how.flags")?;
+    o.io_open_how_mode = off("io_open", "how.mode")?;
+    o.filename_name = off("filename", "name")?;
+    o.ring_files_nr = off("io_ring_ctx", "file_table.data.nr")?;
+    o.ring_files_nodes = off("io_ring_ctx", "file_table.data.nodes")?;
+    o.rsrc_node_file_ptr = off("io_rsrc_node", "file_ptr")?;
+    Ok(())
 }
 
 /// Writes `entries` into the LPM trie `name`, then removes the keys of
