@@ -122,6 +122,7 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
         syscall,
         dirfd,
         path,
+        name_in_kernel: false,
         flags: O_WRONLY,
         mode: 0,
     })
