@@ -696,14 +696,15 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
     let program = d.join("bin/uring_open");
     compile_c("fixtures/uring_open.c", &program, &[]);
     declare_scene(&daemon, &action.path, &sc, &[]);
-    // Planted by the action (a link there before the launch would declare
-    // its target).
+    // Planted by the action in its outputs (a link there before the launch
+    // would declare its target).
+    let link = sc.w.join("link");
     run_ok(
         &action.path,
         Command::new("ln")
             .arg("-s")
             .arg(secret.join("six"))
-            .arg(d.join("link")),
+            .arg(&link),
     );
     let op = |op: &str, p: PathBuf| format!("{op}:{}", p.display());
     run_ok(
@@ -716,7 +717,7 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
             op("fixed", secret.join("three")),
             op("skip", secret.join("seven")),
             op("alloc", secret.join("four")),
-            s(&d.join("link")),
+            s(&link),
             op("missing", secret.join("absent")),
             format!("at:{}:absent-too", s(secret)),
         ]),
@@ -733,7 +734,7 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
     // No completion posted: judged by the name kept at submission.
     one_read_alert(&alerts, &secret.join("seven"));
     let linked = one_read_alert(&alerts, &secret.join("six"));
-    assert_eq!(linked["file"]["requested_path"], s(&d.join("link")));
+    assert_eq!(linked["file"]["requested_path"], s(&link));
     for probe in [secret.join("absent"), secret.join("absent-too")] {
         assert!(
             on(&alerts, &probe)
