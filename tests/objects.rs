@@ -677,6 +677,75 @@ fn io_uring_opens_are_judged_on_the_object() {
     assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
 }
 
+/// Direct descriptors never enter the fd table: an open into a fixed-file
+/// slot (at an index given, or one the kernel picks) is judged on the file
+/// in the slot. A failed ring open is reported with the kernel's copy of
+/// its name, resolved against the request's dirfd; a successful one through
+/// a symlink carries the name passed; one whose success posts no completion
+/// (`IOSQE_CQE_SKIP_SUCCESS`) is judged by that name at submission. The
+/// same ring opening declared files into slots, and failing on a missing
+/// declared name, raises nothing.
+#[test]
+fn io_uring_fixed_slots_and_failed_opens_are_judged() {
+    require_root();
+    let parent = test_parent("uring-fixed");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("uring-fixed");
+    let sc = scene();
+    let (d, secret) = (&sc.d, &sc.secret);
+    let program = d.join("bin/uring_open");
+    compile_c("fixtures/uring_open.c", &program, &[]);
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    // Planted by the action in its outputs (a link there before the launch
+    // would declare its target).
+    let link = sc.w.join("link");
+    run_ok(
+        &action.path,
+        Command::new("ln")
+            .arg("-s")
+            .arg(secret.join("six"))
+            .arg(&link),
+    );
+    let op = |op: &str, p: PathBuf| format!("{op}:{}", p.display());
+    run_ok(
+        &action.path,
+        Command::new(&program).args([
+            op("fixed", d.join("ok.txt")),
+            op("alloc", d.join("inner/ok2.txt")),
+            op("missing", d.join("absent")),
+            op("skip", d.join("ok.txt")),
+            op("fixed", secret.join("three")),
+            op("skip", secret.join("seven")),
+            op("alloc", secret.join("four")),
+            s(&link),
+            op("missing", secret.join("absent")),
+            format!("at:{}:absent-too", s(secret)),
+        ]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    for name in ["three", "four"] {
+        let alert = one_read_alert(&alerts, &secret.join(name));
+        let m = fs::metadata(secret.join(name)).unwrap();
+        let dev = format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev()));
+        assert_eq!(alert["file"]["ino"], m.ino(), "{alert:#}");
+        assert_eq!(alert["file"]["dev"], dev.as_str(), "{alert:#}");
+    }
+    // No completion posted: judged by the name kept at submission.
+    one_read_alert(&alerts, &secret.join("seven"));
+    let linked = one_read_alert(&alerts, &secret.join("six"));
+    assert_eq!(linked["file"]["requested_path"], s(&link));
+    for probe in [secret.join("absent"), secret.join("absent-too")] {
+        assert!(
+            on(&alerts, &probe)
+                .iter()
+                .any(|a| a["file"]["result"] == -2),
+            "the failed ring open of {probe:?} by its name: {alerts:#?}"
+        );
+    }
+    assert!(under(&alerts, d).is_empty(), "{alerts:#?}");
+}
+
 /// A spawn in a chroot (what Bazel's hermetic linux sandbox gives it) names
 /// files as it sees them; alerts carry the host path, with the name the
 /// spawn passed as `requested_path`. A failed absolute name is reported

@@ -539,9 +539,24 @@ pub struct KernelOffsets {
     pub inode_i_generation: u32,
     pub file_f_flags: u32,
     pub io_kiocb_opcode: u32,
+    /// `io_kiocb.flags` (`REQ_F_*`).
+    pub io_kiocb_flags: u32,
     /// Where a request's per-opcode data (`struct io_open` for opens) is.
     pub io_kiocb_cmd: u32,
+    pub io_kiocb_ctx: u32,
     pub io_open_file_slot: u32,
+    pub io_open_dfd: u32,
+    pub io_open_filename: u32,
+    /// `io_open.how.flags` and `.mode` (the `struct open_how` passed).
+    pub io_open_how_flags: u32,
+    pub io_open_how_mode: u32,
+    /// `struct filename.name`: the kernel's copy of a name passed.
+    pub filename_name: u32,
+    /// `io_ring_ctx.file_table.data.{nr,nodes}`: the fixed-file slots.
+    pub ring_files_nr: u32,
+    pub ring_files_nodes: u32,
+    /// `io_rsrc_node.file_ptr`: the slot's `struct file *`, flag bits low.
+    pub rsrc_node_file_ptr: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit

@@ -89,10 +89,14 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
 
 /// The action of the current task, as every hook sees it: a monitored
 /// cgroup (a worker runner itself is none), else a worker action's lineage;
-/// with the sandbox launcher whose tree it is in.
+/// with the sandbox launcher whose tree it is in. The monitor's own
+/// process is never one (it may run inside a monitored cgroup).
 #[inline(always)]
 pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let tgid = (pid_tgid >> 32) as u32;
+    if tgid == settings.monitor_tgid {
+        return None;
+    }
     let mut m = match current_action(settings, pid_tgid) {
         Some(_) if workers::enabled(settings) && workers::is_runner(tgid) => return None,
         Some(m) => m,

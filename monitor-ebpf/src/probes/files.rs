@@ -8,7 +8,10 @@
 //! root when it is in a chroot. The calls that change names (`unlink`,
 //! `rmdir`, `mkdir`, `truncate`, and the new name of `link`, `symlink`,
 //! `rename`) are reported like failed opens, as writes of that name.
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str};
+use aya_ebpf::helpers::{
+    bpf_probe_read_user,
+    generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+};
 use monitor_common::{
     EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
     FLAG_TRACKED, FileEvent, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT, NR_OPEN,
@@ -39,8 +42,10 @@ const O_WRONLY: u64 = 0o1;
 pub struct OpenArgs {
     pub syscall: u32,
     pub dirfd: i32,
-    /// User address of the name passed (0: none).
+    /// Address of the name passed (0: none): in user memory, or in kernel
+    /// memory when `name_in_kernel` (io_uring keeps the kernel's copy).
     pub path: u64,
+    pub name_in_kernel: bool,
     pub flags: u64,
     pub mode: u32,
 }
@@ -85,6 +90,7 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
         syscall,
         dirfd,
         path,
+        name_in_kernel: false,
         flags,
         mode,
     })
@@ -116,6 +122,7 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
         syscall,
         dirfd,
         path,
+        name_in_kernel: false,
         flags: O_WRONLY,
         mode: 0,
     })
@@ -168,7 +175,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
         ev.mnt = key.mnt;
     }
 
-    let path_len = read_name(scratch, args.path, ret, &mut hflags);
+    let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
     // One walk call site: the verifier checks the walk once per site.
     let walk_from = if file != 0 {
         hflags |= FLAG_OBJECT;
@@ -215,9 +222,29 @@ pub fn clear_identity(ev: &mut FileEvent) {
 /// (0 when unreadable, marked in `hflags`).
 #[inline(always)]
 pub fn read_name(scratch: &mut Scratch, path: u64, ret: i64, hflags: &mut u32) -> usize {
+    copy_name(scratch, path, false, ret, hflags)
+}
+
+/// As `read_name`, from kernel memory when `in_kernel`.
+#[inline(always)]
+fn copy_name(
+    scratch: &mut Scratch,
+    path: u64,
+    in_kernel: bool,
+    ret: i64,
+    hflags: &mut u32,
+) -> usize {
     let data = scratch.data.as_mut_ptr();
-    // SAFETY: PATH_CAPACITY bytes fit at the start of `data`.
-    let n = unsafe { bpf_probe_read_user_str(data.cast(), PATH_CAPACITY as u32, path as *const _) };
+    let (cap, src) = (PATH_CAPACITY as u32, path as *const _);
+    // SAFETY: PATH_CAPACITY bytes fit at the start of `data`; both helpers
+    // check the source address.
+    let n = unsafe {
+        if in_kernel {
+            bpf_probe_read_kernel_str(data.cast(), cap, src)
+        } else {
+            bpf_probe_read_user_str(data.cast(), cap, src)
+        }
+    };
     if n <= 0 {
         *hflags |= FLAG_PATH_UNREADABLE;
         return 0;

@@ -57,6 +57,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
             syscall: SYSCALL_RENAME_FROM,
             dirfd,
             path,
+            name_in_kernel: false,
             flags: O_WRONLY,
             mode: 0,
         };

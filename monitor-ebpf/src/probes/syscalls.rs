@@ -110,11 +110,7 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     if !native && !compat::in_compat_syscall() {
         return None;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == settings.monitor_tgid {
-        return None;
-    }
-    let m = filter::task_action(settings, pid_tgid)?;
+    let m = filter::task_action(settings, bpf_get_current_pid_tgid())?;
     // Every watched number means something else in the other ABI (native
     // openat is ia32 remap_file_pages): the ABI decides, for each call.
     let (nr, args) = if !native || compat::in_compat_syscall() {

@@ -1,18 +1,41 @@
 //! File opens submitted through io_uring (`IORING_OP_OPENAT`, `OPENAT2`)
-//! never pass the syscall hook. They are seen at their completion
-//! (`io_uring_complete`), which runs in the submitting process or one of
-//! its io-wq threads (same process, same fd table): a successful one is
-//! judged on the object behind the new fd, like any open. The request's
-//! name is freed by then, so none is reported. Failed requests, and opens
-//! into a fixed-file slot (no fd), are not reported: the ring's set-up is
-//! (`process::on_io_uring`), as a gap.
+//! never pass the syscall hook. Both io_uring tracepoints run for every
+//! request of every ring on the host, so the opcode is checked first, then
+//! the action filter.
+//!
+//! * Submission (`io_uring_submit_req`, after the request was prepared, in
+//!   the submitting task): the kernel's own copy of the name
+//!   (`req->open.filename`, freed before completion) is kept per request in
+//!   `URING_NAMES`.
+//! * Completion (`io_uring_complete`, in the submitting process or one of
+//!   its io-wq threads: same fd table and cwd): a successful open is judged
+//!   on the object like any open: the file behind the new fd or, for a
+//!   direct descriptor (`file_index` set, `IORING_FILE_INDEX_ALLOC` too),
+//!   the file in the ring's fixed-file slot; the name kept rides along. A
+//!   failed one is reported with the name kept, resolved against the
+//!   request's dirfd like a failed syscall open; without one (a request
+//!   that failed in preparation, or whose name was evicted by more than
+//!   `NAMES_IN_FLIGHT` opens in flight) it is reported unnamed, never
+//!   dropped.
+//! * A request whose success posts no completion (`IOSQE_CQE_SKIP_SUCCESS`)
+//!   is judged by its name at submission instead (result 0: not known yet).
+//!
+//! Not seen: the other path opcodes (`RENAMEAT`, `UNLINKAT`, `MKDIRAT`,
+//! `LINKAT`, `SYMLINKAT`). An fd or slot closed and
+//! reused by another thread before the completion names another object, as
+//! for syscall opens. (fentry/fexit on `io_openat2` would judge skipped
+//! completions on their object and spare other requests, but this kernel
+//! refuses to load fentry programs: EPERM.)
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel_str},
+    macros::{map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::RawTracePointContext,
 };
-use monitor_common::SYSCALL_IO_URING_OPEN;
+use monitor_common::{PATH_CAPACITY, SYSCALL_IO_URING_OPEN, Settings};
 
 use crate::{
-    filter,
+    filter::{self, Match},
     maps::SETTINGS,
     probes::files::{self, OpenArgs},
     task::{file_of_fd, read},
@@ -21,48 +44,170 @@ use crate::{
 /// `enum io_uring_op` values (uapi, stable).
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
+/// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
+/// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
+const REQ_F_CQE_SKIP: u64 = 1 << 6;
+/// `sqe->file_index` asking the kernel to pick a free slot (uapi).
+const IORING_FILE_INDEX_ALLOC: u32 = u32::MAX;
+/// `io_rsrc_node.file_ptr` keeps flag bits (`FFS_NOWAIT`, `FFS_ISREG`) low.
+const FILE_PTR_MASK: u64 = !3;
+/// Open requests whose name is kept at once (4 KiB each). A request whose
+/// entry was evicted is still judged on its object; a failed one is
+/// reported without its name.
+const NAMES_IN_FLIGHT: u32 = 512;
 
-/// `io_uring_complete(ctx, req, cqe)`: runs for every completion of every
-/// ring on the host, so the opcode is checked first.
-#[raw_tracepoint(tracepoint = "io_uring_complete")]
-pub fn uring_complete(ctx: RawTracePointContext) -> i32 {
-    let _ = try_complete(&ctx);
+/// The name an open request passed, as the kernel copied it.
+#[repr(C)]
+pub struct UringName {
+    pub name: [u8; PATH_CAPACITY],
+}
+
+/// Request address → its name, from submission to completion.
+#[map]
+static URING_NAMES: LruHashMap<u64, UringName> = LruHashMap::with_max_entries(NAMES_IN_FLIGHT, 0);
+
+/// Where a name is copied before it goes into `URING_NAMES` (too big for
+/// the stack).
+#[map]
+static URING_STAGE: PerCpuArray<UringName> = PerCpuArray::with_max_entries(1, 0);
+
+/// A monitored task whose file opens matter, else `None`: checked right
+/// after the opcode, as both hooks run for every request on the host.
+#[inline(always)]
+fn monitored(settings: &Settings) -> Option<Match> {
+    let m = filter::task_action(settings, bpf_get_current_pid_tgid())?;
+    filter::files_matter(&m).then_some(m)
+}
+
+#[inline(always)]
+fn is_open(settings: &Settings, req: u64) -> bool {
+    let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
+    opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2
+}
+
+/// `io_uring_submit_req(req)`: keep the name of a monitored task's open.
+#[raw_tracepoint(tracepoint = "io_uring_submit_req")]
+pub fn uring_submit(ctx: RawTracePointContext) -> i32 {
+    let _ = keep_name(&ctx);
     0
 }
 
-fn try_complete(ctx: &RawTracePointContext) -> Option<()> {
+fn keep_name(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
-    let o = &settings.offsets;
-    let req: u64 = ctx.arg(1);
-    let opcode: u8 = read(req, o.io_kiocb_opcode);
-    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+    let req: u64 = ctx.arg(0);
+    if !is_open(settings, req) {
         return None;
     }
+    let m = monitored(settings)?;
+    let o = &settings.offsets;
+    let filename: u64 = read(req + o.io_kiocb_cmd as u64, o.io_open_filename);
+    let name: u64 = read(filename, o.filename_name);
+    if name == 0 {
+        return None;
+    }
+    let stage = URING_STAGE.get_ptr_mut(0)?;
+    // SAFETY: per-CPU staging, used by this program only while it runs;
+    // bpf_probe_read_kernel_str checks the source address.
+    let copied = unsafe {
+        bpf_probe_read_kernel_str(
+            (*stage).name.as_mut_ptr().cast(),
+            PATH_CAPACITY as u32,
+            name as *const _,
+        )
+    };
+    if copied <= 0 {
+        return None;
+    }
+    // SAFETY: `stage` is a valid map value.
+    URING_NAMES.insert(&req, unsafe { &*stage }, 0).ok()?;
+    // No completion will show a success: judge the name now (the result is
+    // not known yet; a failure is still reported at its completion).
+    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP != 0 {
+        // SAFETY: as above; only the address is taken.
+        let name = unsafe { (*stage).name.as_ptr() } as u64;
+        files::report(settings, &m, &open_args(settings, req, name), 0, 0);
+    }
+    Some(())
+}
+
+/// What an open request asked for; `name`: the kernel address of its name.
+#[inline(always)]
+fn open_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
+    let o = &settings.offsets;
+    let open = req + o.io_kiocb_cmd as u64;
+    OpenArgs {
+        syscall: SYSCALL_IO_URING_OPEN,
+        dirfd: read(open, o.io_open_dfd),
+        path: name,
+        name_in_kernel: true,
+        flags: read(open, o.io_open_how_flags),
+        mode: read::<u64>(open, o.io_open_how_mode) as u32,
+    }
+}
+
+/// `io_uring_complete(ctx, req, cqe)`: judge what an open opened, or the
+/// name of a failed one.
+#[raw_tracepoint(tracepoint = "io_uring_complete")]
+pub fn uring_complete(ctx: RawTracePointContext) -> i32 {
+    let _ = judge(&ctx);
+    0
+}
+
+fn judge(ctx: &RawTracePointContext) -> Option<()> {
+    let settings = SETTINGS.get(0)?;
+    let req: u64 = ctx.arg(1);
+    if !is_open(settings, req) {
+        return None;
+    }
+    let m = monitored(settings)?;
+    let o = &settings.offsets;
+    let open = req + o.io_kiocb_cmd as u64;
     // struct io_uring_cqe { u64 user_data; s32 res; u32 flags; }
     let cqe: u64 = ctx.arg(2);
     let res: i32 = read(cqe, 8);
-    let file_slot: u32 = read(req + o.io_kiocb_cmd as u64, o.io_open_file_slot);
-    if res < 0 || file_slot != 0 {
-        return None;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == settings.monitor_tgid {
-        return None;
-    }
-    let m = filter::task_action(settings, pid_tgid)?;
-    if !filter::files_matter(&m) {
-        return None;
-    }
-    let file = file_of_fd(o, res);
-    if file == 0 {
-        return None;
-    }
-    let args = OpenArgs {
-        syscall: SYSCALL_IO_URING_OPEN,
-        dirfd: 0,
-        path: 0,
-        flags: read::<u32>(file, o.file_f_flags) as u64,
-        mode: 0,
+    let slot: u32 = read(open, o.io_open_file_slot);
+    let file = if res < 0 {
+        0
+    } else if slot == 0 {
+        file_of_fd(o, res)
+    } else {
+        fixed_file(settings, req, slot, res)
     };
-    files::report(settings, &m, &args, res as i64, file)
+    // SAFETY: only the address of the map value is taken; it is read with
+    // bpf_probe_read_kernel_str.
+    let name = unsafe { URING_NAMES.get(&req) }.map_or(0, |v| v.name.as_ptr() as u64);
+    files::report(
+        settings,
+        &m,
+        &open_args(settings, req, name),
+        res as i64,
+        file,
+    );
+    if name != 0 {
+        let _ = URING_NAMES.remove(&req);
+    }
+    Some(())
+}
+
+/// The `struct file *` a direct-descriptor open put in the ring's fixed-file
+/// table: slot `file_index - 1`, or the slot the kernel picked (`res`).
+#[inline(always)]
+fn fixed_file(settings: &Settings, req: u64, file_index: u32, res: i32) -> u64 {
+    let o = &settings.offsets;
+    let index = if file_index == IORING_FILE_INDEX_ALLOC {
+        res as u32
+    } else {
+        file_index - 1
+    };
+    let ring: u64 = read(req, o.io_kiocb_ctx);
+    let nr: u32 = read(ring, o.ring_files_nr);
+    if index >= nr {
+        return 0;
+    }
+    let nodes: u64 = read(ring, o.ring_files_nodes);
+    if nodes == 0 {
+        return 0;
+    }
+    let node: u64 = read(nodes + index as u64 * 8, 0);
+    read::<u64>(node, o.rsrc_node_file_ptr) & FILE_PTR_MASK
 }

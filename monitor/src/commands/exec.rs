@@ -187,7 +187,7 @@ fn report_run(
 fn coverage_warnings(run: &crate::output::summary::RunSummary) {
     if run.io_uring_processes > 0 {
         eprintln!(
-            "monitor: WARNING: {} process(es) set up an io_uring; their failed ring opens and opens into fixed-file slots are not monitored",
+            "monitor: WARNING: {} process(es) set up an io_uring; their ring renames, links, unlinks and mkdirs are not monitored (ring opens are)",
             run.io_uring_processes
         );
     }

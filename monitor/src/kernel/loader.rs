@@ -29,13 +29,14 @@ use crate::kernel::btf::Btf;
 /// events flow.
 /// The cgroup programs come first of all: a cgroup created below a scope is
 /// known (id and path) before any process in it can run. Last, io_uring
-/// completions (opens submitted through a ring).
-const PROCESS_PROGRAMS: [(&str, &str); 6] = [
+/// opens: their names at submission, then their completions.
+const PROCESS_PROGRAMS: [(&str, &str); 7] = [
     ("cgroup_mkdir", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup_rmdir"),
     ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
+    ("uring_submit", "io_uring_submit_req"),
     ("uring_complete", "io_uring_complete"),
 ];
 
@@ -606,7 +607,7 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
     };
     check_fixed_offsets(&btf)?;
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,
         task_fs: off("task_struct", "fs")?,
@@ -664,10 +665,34 @@ pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
         inode_i_generation: off("inode", "i_generation")?,
         file_f_flags: off("file", "f_flags")?,
-        io_kiocb_opcode: off("io_kiocb", "opcode")?,
-        io_kiocb_cmd: off("io_kiocb", "cmd")?,
-        io_open_file_slot: off("io_open", "file_slot")?,
-    })
+        // The io_uring ones: `uring_offsets`.
+        ..Default::default()
+    };
+    uring_offsets(&btf, &mut offsets)?;
+    Ok(offsets)
+}
+
+/// Where io_uring requests, open requests and a ring's fixed-file table
+/// keep what `probes/uring.rs` reads.
+fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
+    let off = |ty: &str, member: &str| {
+        btf.member_offset(ty, member)
+            .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
+    };
+    o.io_kiocb_opcode = off("io_kiocb", "opcode")?;
+    o.io_kiocb_flags = off("io_kiocb", "flags")?;
+    o.io_kiocb_cmd = off("io_kiocb", "cmd")?;
+    o.io_kiocb_ctx = off("io_kiocb", "ctx")?;
+    o.io_open_file_slot = off("io_open", "file_slot")?;
+    o.io_open_dfd = off("io_open", "dfd")?;
+    o.io_open_filename = off("io_open", "filename")?;
+    o.io_open_how_flags = off("io_open", "how.flags")?;
+    o.io_open_how_mode = off("io_open", "how.mode")?;
+    o.filename_name = off("filename", "name")?;
+    o.ring_files_nr = off("io_ring_ctx", "file_table.data.nr")?;
+    o.ring_files_nodes = off("io_ring_ctx", "file_table.data.nodes")?;
+    o.rsrc_node_file_ptr = off("io_rsrc_node", "file_ptr")?;
+    Ok(())
 }
 
 /// Writes `entries` into the LPM trie `name`, then removes the keys of

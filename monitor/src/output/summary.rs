@@ -11,8 +11,8 @@ pub struct RunSummary {
     pub keep_alerts: bool,
     pub alerts: Vec<Alert>,
     pub violations: u64,
-    /// Processes that set up an io_uring (file opens through it are not
-    /// seen): warned about once each.
+    /// Processes that set up an io_uring (not all it can do with files
+    /// through it is seen): warned about once each.
     pub io_uring_processes: u64,
     /// Sandboxed spawns seen starting (launchers working in a sandbox dir).
     pub sandboxed_launches: usize,

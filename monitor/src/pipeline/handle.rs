@@ -189,7 +189,7 @@ impl Handler {
                 if self.processes.note_io_uring(pid) {
                     self.summary.io_uring_processes += 1;
                     log::warn!(
-                        "process {pid} ({}) of monitored cgroup {} set up an io_uring: its ring opens are judged at completion, but failed ones and opens into fixed-file slots are not seen",
+                        "process {pid} ({}) of monitored cgroup {} set up an io_uring: its ring opens are judged, but ring renames, links, unlinks and mkdirs are not seen",
                         o.comm_str(),
                         o.action_cgroup_id
                     );
