@@ -160,11 +160,10 @@ fn build(targets: &[&str], extra: &[&str], monitor_args: &[&str]) -> Build {
 /// The worker really served both requests: their outputs hold what each
 /// read (for `//:sneaky`, the undeclared file's text too).
 fn check_outputs(b: &Build) {
-    let bin = b
-        .ws
-        .parent()
-        .unwrap()
-        .join("ob/execroot/worker_fixture/bazel-out/k8-fastbuild/bin");
+    let bin =
+        b.ws.parent()
+            .unwrap()
+            .join("ob/execroot/worker_fixture/bazel-out/k8-fastbuild/bin");
     let sneaky = fs::read_to_string(bin.join("sneaky.out")).unwrap();
     assert!(sneaky.contains("declared input of sneaky"), "{sneaky}");
     assert!(sneaky.contains("did not declare"), "read it: {sneaky}");
@@ -184,7 +183,10 @@ fn worker_sandboxing_attributes_each_request_of_one_worker() {
     assert_eq!(worker["events_unattributed"], 0, "{worker:#}");
     for served in worker["served"].as_array().unwrap() {
         // Each request's own accesses (its output, its input) were its.
-        assert!(served["events_attributed"].as_u64().unwrap() >= 3, "{served}");
+        assert!(
+            served["events_attributed"].as_u64().unwrap() >= 3,
+            "{served}"
+        );
         assert_eq!(served["declared_by"], "execution_log");
     }
     // The undeclared read is //:sneaky's, and nothing else is an alert:
@@ -239,7 +241,12 @@ fn without_worker_sandboxing_the_worker_is_a_scope_and_not_attributable() {
 #[test]
 fn unattributable_worker_spawns_make_a_clean_build_incomplete() {
     let sandboxed = build(&["//:clean"], &["--worker_sandboxing"], &[]);
-    assert_eq!(sandboxed.report["violations"], 0, "{:#?}", sandboxed.alerts());
+    assert_eq!(
+        sandboxed.report["violations"],
+        0,
+        "{:#?}",
+        sandboxed.alerts()
+    );
     assert_eq!(sandboxed.only_worker().1, ["//:clean"]);
     assert_eq!(sandboxed.completeness()["complete"], true);
     assert_eq!(sandboxed.code, Some(0), "{}", sandboxed.stderr);
