@@ -200,12 +200,25 @@ fn worker_sandboxing_attributes_each_request_of_one_worker() {
     assert_eq!(b.report["violations"], 1);
     assert_eq!(b.completeness()["worker_spawns_unattributable"], 0);
     assert_eq!(b.completeness()["complete"], true, "{}", b.completeness());
+    assert!(
+        b.stderr.contains(
+            "monitor: 1 persistent worker(s) served 2 spawn(s); 0 spawn(s) not attributable to one action"
+        ),
+        "{}",
+        b.stderr
+    );
     assert_eq!(b.code, Some(1), "a violation: {}", b.stderr);
 }
 
 #[test]
 fn without_worker_sandboxing_the_worker_is_a_scope_and_not_attributable() {
-    let b = build(&["//:all"], &[], &[]);
+    let md = tempfile::tempdir().unwrap();
+    let markdown = md.path().join("summary.md");
+    let b = build(
+        &["//:all"],
+        &[],
+        &["--markdown", markdown.to_str().unwrap()],
+    );
     check_outputs(&b);
     let (worker, labels) = b.only_worker();
     assert_eq!(labels, ["//:clean", "//:sneaky"], "{worker:#}");
@@ -232,6 +245,17 @@ fn without_worker_sandboxing_the_worker_is_a_scope_and_not_attributable() {
     assert_eq!(
         c["gaps"],
         json!(["2 spawn(s) run by a persistent worker could not be attributed to one action"])
+    );
+    let summary = fs::read_to_string(&markdown).unwrap();
+    assert!(
+        summary.contains("| Persistent-worker spawns not attributable to one action | 2 |"),
+        "{summary}"
+    );
+    assert!(
+        b.stderr
+            .contains("2 spawn(s) not attributable to one action"),
+        "{}",
+        b.stderr
     );
     assert_eq!(b.code, Some(1), "{}", b.stderr);
 }
