@@ -120,7 +120,7 @@ pub fn served(opens: &[(u64, &[u8])], place: &WorkerPlace, log: &ExecLog) -> Vec
     }
     let mut found: HashMap<usize, Served> = HashMap::new();
     for &(t, path) in opens {
-        if let Some(&entry) = by_output.get(path) {
+        if let Some(entry) = output_of(&by_output, path) {
             let s = found.entry(entry).or_insert(Served {
                 entry,
                 first: t,
@@ -133,6 +133,18 @@ pub fn served(opens: &[(u64, &[u8])], place: &WorkerPlace, log: &ExecLog) -> Vec
     let mut served: Vec<Served> = found.into_values().collect();
     served.sort_by_key(|s| (s.first, s.entry));
     served
+}
+
+/// The entry whose output `path` is or is below (a tree artifact).
+fn output_of(by_output: &HashMap<Vec<u8>, usize>, path: &[u8]) -> Option<usize> {
+    let mut p = path;
+    loop {
+        if let Some(&entry) = by_output.get(p) {
+            return Some(entry);
+        }
+        let slash = p.iter().rposition(|&b| b == b'/').filter(|&i| i > 0)?;
+        p = &p[..slash];
+    }
 }
 
 /// How a worker process's accesses are split among its requests.

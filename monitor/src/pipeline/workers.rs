@@ -166,15 +166,17 @@ fn judge_worker(
     }
     handler.judge_ready(ready);
     let mnemonic = scope.info.mnemonic.clone();
-    let facts = (t.key, mnemonic, unattributed);
+    let dropped = handler.registry.dropped(t.key);
+    let facts = (t.key, mnemonic, unattributed, dropped);
     worker_json(&t.id, facts, &t.place, &plan, &requests, &counts)
 }
 
 /// The report's object for one worker process.
-/// `facts`: the registry key, the mnemonic, the accesses unattributed.
+/// `facts`: the registry key, the mnemonic, the accesses unattributed,
+/// the events dropped while held.
 fn worker_json(
     id: &str,
-    (key, mnemonic, unattributed): (u64, Option<String>, u64),
+    (key, mnemonic, unattributed, dropped): (u64, Option<String>, u64, u64),
     place: &WorkerPlace,
     plan: &Plan,
     requests: &[Arc<ActionView>],
@@ -202,5 +204,6 @@ fn worker_json(
         "attribution": if plan.attributable { "per_request" } else { "worker_scope" },
         "served": served,
         "events_unattributed": unattributed,
+        "events_dropped": dropped,
     })
 }

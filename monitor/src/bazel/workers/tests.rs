@@ -57,6 +57,13 @@ fn requests_are_placed_by_their_outputs_and_gaps_are_unattributable() {
         (40, b.as_bytes()),
         (50, g.as_bytes()),
     ];
+    let tree = format!("{W}/bin/b.out/x/y.class");
+    let below: Vec<(u64, &[u8])> = vec![(45, tree.as_bytes())];
+    assert_eq!(
+        super::served(&below, &place, &log)[0].entry,
+        1,
+        "a file below a tree-artifact output"
+    );
     let served = served(&opens, &place, &log);
     assert_eq!(
         served,
