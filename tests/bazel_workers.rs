@@ -5,7 +5,9 @@
 //! also reads `undeclared.txt` by absolute path. Both run in ONE worker
 //! process (`--worker_max_instances=1`): with `--worker_sandboxing` each
 //! access is attributed to its request; without it the worker is a scope of
-//! its own, its spawns counted as not attributable.
+//! its own, its spawns counted as not attributable. `//:late` reads the
+//! undeclared file before it opens its output, after `//:clean`'s request:
+//! between two requests, blamed on neither.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -16,6 +18,8 @@ use monitor_integration_tests::*;
 use serde_json::{Value, json};
 
 const BAZEL: &str = "/usr/bin/bazel";
+/// The two targets one worker serves in the first tests.
+const TWO: [&str; 2] = ["//:clean", "//:sneaky"];
 
 struct Build {
     _tmp: tempfile::TempDir,
@@ -173,7 +177,7 @@ fn check_outputs(b: &Build) {
 
 #[test]
 fn worker_sandboxing_attributes_each_request_of_one_worker() {
-    let b = build(&["//:all"], &["--worker_sandboxing"], &[]);
+    let b = build(&TWO, &["--worker_sandboxing"], &[]);
     check_outputs(&b);
     let (worker, labels) = b.only_worker();
     assert_eq!(labels, ["//:clean", "//:sneaky"], "{worker:#}");
@@ -214,11 +218,7 @@ fn worker_sandboxing_attributes_each_request_of_one_worker() {
 fn without_worker_sandboxing_the_worker_is_a_scope_and_not_attributable() {
     let md = tempfile::tempdir().unwrap();
     let markdown = md.path().join("summary.md");
-    let b = build(
-        &["//:all"],
-        &[],
-        &["--markdown", markdown.to_str().unwrap()],
-    );
+    let b = build(&TWO, &[], &["--markdown", markdown.to_str().unwrap()]);
     check_outputs(&b);
     let (worker, labels) = b.only_worker();
     assert_eq!(labels, ["//:clean", "//:sneaky"], "{worker:#}");
@@ -291,4 +291,42 @@ fn unattributable_worker_spawns_make_a_clean_build_incomplete() {
     let accepted = build(&["//:clean"], &[], &["--allow-incomplete"]);
     assert_eq!(accepted.completeness()["complete"], false);
     assert_eq!(accepted.code, Some(0), "{}", accepted.stderr);
+}
+
+/// `//:late` runs after `//:clean` in the same (sandboxed) worker and opens
+/// its output only at the end: its undeclared read lies between the two
+/// requests' output opens. It is reported for the worker scope, blamed on
+/// neither target, and both spawns are counted as not attributable.
+#[test]
+fn a_read_between_two_requests_is_blamed_on_neither() {
+    let b = build(&["//:late"], &["--worker_sandboxing"], &[]);
+    let bin =
+        b.ws.parent()
+            .unwrap()
+            .join("ob/execroot/worker_fixture/bazel-out/k8-fastbuild/bin");
+    let late = fs::read_to_string(bin.join("late.out")).unwrap();
+    assert!(late.contains("did not declare"), "read it: {late}");
+    let (worker, _) = b.only_worker();
+    let served: Vec<&Value> = worker["served"].as_array().unwrap().iter().collect();
+    assert_eq!(served.len(), 2, "{worker:#}");
+    assert_eq!(served[0]["label"], "//:clean", "served first: {worker:#}");
+    assert_eq!(served[1]["label"], "//:late");
+    assert_eq!(worker["attribution"], "per_request");
+    assert!(
+        worker["events_unattributed"].as_u64().unwrap() > 0,
+        "{worker:#}"
+    );
+    let undeclared = b.undeclared_alerts();
+    assert_eq!(undeclared.len(), 1, "{:#?}", b.alerts());
+    assert_eq!(undeclared[0]["action"]["label"], Value::Null);
+    assert_eq!(undeclared[0]["action"]["id"], worker["id"]);
+    assert!(
+        b.alerts().iter().all(|a| a["action"]["label"].is_null()),
+        "{:#?}",
+        b.alerts()
+    );
+    let c = b.completeness();
+    assert_eq!(c["worker_spawns_unattributable"], 2, "{c}");
+    assert_eq!(c["complete"], false);
+    assert_eq!(b.code, Some(1), "{}", b.stderr);
 }

@@ -8,6 +8,8 @@ def _concat_impl(ctx):
     if ctx.attr.also_read:
         # The path comes from --define=MONITOR_FIXTURE_UNDECLARED=<abs path>.
         args.add("--also-read", ctx.var.get("MONITOR_FIXTURE_UNDECLARED", "/nonexistent"))
+    if ctx.attr.output_last:
+        args.add("--output-last")
     args.use_param_file("@%s", use_always = True)
     args.set_param_file_format("multiline")
     ctx.actions.run(
@@ -27,6 +29,8 @@ concat = rule(
         "srcs": attr.label_list(allow_files = True),
         # Also read a file it does not declare (by absolute path).
         "also_read": attr.bool(),
+        # Open the output only at the end (as compilers do), not first too.
+        "output_last": attr.bool(),
         "_worker": attr.label(
             default = "//tools:worker.py",
             executable = True,

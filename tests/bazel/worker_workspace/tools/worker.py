@@ -6,7 +6,8 @@ each preceded by its length as a varint; it answers each with a WorkResponse
 the same way. The request's last argument is "@<params file>" (Bazel 4.2.3 expands it into the request's
 arguments itself; run without a worker, the file is read here): they are
 the output path, then the inputs to concatenate into it, then optionally
-"--also-read <absolute path>" (a file the action did not declare).
+"--also-read <absolute path>" (a file the action did not declare) and
+"--output-last" (open the output only at the end).
 Only the proto fields the fixture needs are encoded: WorkRequest.arguments (1),
 WorkResponse.exit_code (1), output (2), request_id (3).
 """
@@ -72,6 +73,8 @@ def run(arguments):
             lines = arguments[:-1] + f.read().splitlines()
     out, rest = lines[0], lines[1:]
     extra = None
+    output_first = "--output-last" not in rest
+    rest = [a for a in rest if a != "--output-last"]
     if "--also-read" in rest:
         i = rest.index("--also-read")
         extra = rest[i + 1]
@@ -80,7 +83,9 @@ def run(arguments):
     # monitor's kernel side reports both opens rather than counting the
     # second): a request's own output brackets everything it reads, which
     # is how the monitor tells the requests of one worker process apart.
-    open(out, "w").close()
+    # With --output-last only at the end, as a compiler would.
+    if output_first:
+        open(out, "w").close()
     text = ""
     for path in rest:
         with open(path) as f:
