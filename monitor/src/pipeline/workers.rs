@@ -125,6 +125,8 @@ fn judge_worker(
             spawn: None,
             created: Default::default(),
             names_made: Default::default(),
+            renamed_to: Default::default(),
+            hard_linked: Default::default(),
         })
     };
     // The worker scope: everything its requests declared, no one target
