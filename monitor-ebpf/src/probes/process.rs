@@ -99,7 +99,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let launcher = is_launcher(
         settings,
         &aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
-    );
+    ) || is_persistent_worker(settings, mm, tgid);
     if launcher {
         // A launcher inside a lineage starts a new, innermost action.
         lineage::join(tgid, tgid);
@@ -192,6 +192,29 @@ fn is_launcher(settings: &Settings, comm: &[u8; COMM_LEN]) -> bool {
         || (n > 1 && l[1] == *comm)
         || (n > 2 && l[2] == *comm)
         || (n > 3 && l[3] == *comm)
+}
+
+/// The last argument Bazel gives every persistent worker it starts.
+const PERSISTENT_WORKER_ARG: &[u8; 20] = b"--persistent_worker\0";
+
+/// A Bazel persistent worker (argv ends with `--persistent_worker`) started
+/// outside every lineage: it is an action of its own, like a launcher, so
+/// its files are reported (userspace splits them among the requests it
+/// served). Costs one 20-byte read per exec in a monitored job, only when
+/// sandbox launchers are configured.
+fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32) -> bool {
+    if settings.launcher_count == 0 || mm == 0 || lineage::launcher_of(tgid) != 0 {
+        return false;
+    }
+    let end: u64 = read(mm, settings.offsets.mm_arg_end);
+    let mut tail = [0u8; 20];
+    if end < tail.len() as u64 {
+        return false;
+    }
+    let from = (end - tail.len() as u64) as *const core::ffi::c_void;
+    // SAFETY: reads 20 bytes of user memory into a local buffer.
+    let ok = unsafe { bpf_probe_read_user(tail.as_mut_ptr().cast(), tail.len() as u32, from) } == 0;
+    ok && tail == *PERSISTENT_WORKER_ARG
 }
 
 /// A new process forked by a lineage process joins its lineage.

@@ -630,6 +630,15 @@ impl<T> Registry<T> {
         self.take_released(key)
     }
 
+    /// A deferred persistent worker's spawn and held events, taken to be
+    /// split among the requests it served (`bazel::workers`); what is left
+    /// of the action is judged without a declaration.
+    pub fn take_worker(&mut self, key: u64) -> Option<(Spawn, Vec<T>)> {
+        let state = self.actions.get_mut(&key)?;
+        let spawn = state.deferred.take_if(|s| s.persistent_worker)?;
+        Some((spawn, std::mem::take(&mut state.held)))
+    }
+
     /// The action's view, once fixed.
     pub fn view(&self, key: u64) -> Option<Arc<ActionView>> {
         self.actions.get(&key)?.view.clone()

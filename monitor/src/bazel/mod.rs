@@ -8,3 +8,4 @@ pub mod report;
 pub mod sandbox;
 pub mod spawns;
 pub mod unsandboxed;
+pub mod workers;

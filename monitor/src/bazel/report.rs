@@ -283,6 +283,24 @@ pub fn path_bytes(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
+/// The stderr line for the section's persistent workers (empty: none).
+fn worker_line(section: &Value) -> String {
+    let Some(workers) = section["workers"].as_array().filter(|w| !w.is_empty()) else {
+        return String::new();
+    };
+    let served: usize = workers
+        .iter()
+        .map(|w| w["served"].as_array().map_or(0, Vec::len))
+        .sum();
+    format!(
+        "monitor: {} persistent worker(s) served {served} spawn(s); {} spawn(s) not attributable to one action\n",
+        workers.len(),
+        section["worker_spawns_unattributable"]
+            .as_u64()
+            .unwrap_or(0)
+    )
+}
+
 /// The stderr lines for a `bazel` section: spawns by isolation and by
 /// declaration source, and the targets with unread inputs (largest first,
 /// at most 10).
@@ -304,6 +322,7 @@ pub fn summary_lines(section: &Value) -> String {
         counts("isolation"),
         counts("declared_by")
     );
+    out.push_str(&worker_line(section));
     let unseen: u64 = section["unseen_spawns"]
         .as_object()
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());

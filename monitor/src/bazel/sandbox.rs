@@ -53,6 +53,8 @@ pub struct Spawn {
     pub launched_at: Option<std::time::SystemTime>,
     /// The same moment in `CLOCK_MONOTONIC` ns (the kernel's event clock).
     pub launch_ktime_ns: u64,
+    /// A Bazel persistent worker, not a launcher (see `bazel::workers`).
+    pub persistent_worker: bool,
 }
 
 /// Reads a launcher's argv (NUL-separated, as in `/proc/<pid>/cmdline`) and

@@ -33,6 +33,7 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
         launch.origin.ktime_ns,
     ));
     spawn.launch_ktime_ns = launch.origin.ktime_ns;
+    spawn.persistent_worker = crate::bazel::workers::is_worker_argv(&argv);
     // The kernel matched the launcher by comm; a script launcher has the
     // interpreter as argv[0].
     spawn.launcher = launch.origin.comm_str();

@@ -265,6 +265,11 @@ fn completeness(running: &start::Running) -> Completeness {
     Completeness {
         spawns_monitored: running.pipeline.handler.summary.sandboxed_launches,
         spawns_unmonitored: running.pipeline.handler.summary.unmonitored_spawns,
+        worker_spawns_unattributable: running
+            .pipeline
+            .handler
+            .summary
+            .worker_spawns_unattributable,
         events_by_kind,
         events_lost,
         hooks,

@@ -9,6 +9,9 @@ pub struct Completeness {
     pub spawns_monitored: usize,
     /// Sandboxed spawns in Bazel's execution log never seen starting.
     pub spawns_unmonitored: usize,
+    /// Spawns run by a persistent worker whose file accesses could not be
+    /// tied to one action (judged only against all the worker's actions).
+    pub worker_spawns_unattributable: usize,
     /// Events the monitor received and judged, by kind.
     pub events_by_kind: BTreeMap<String, u64>,
     /// Events the kernel or the decoder could not deliver, by reason.
@@ -42,6 +45,12 @@ impl Completeness {
                 self.spawns_unmonitored
             ));
         }
+        if self.worker_spawns_unattributable > 0 {
+            gaps.push(format!(
+                "{} spawn(s) run by a persistent worker could not be attributed to one action",
+                self.worker_spawns_unattributable
+            ));
+        }
         gaps
     }
 
@@ -51,6 +60,7 @@ impl Completeness {
             "gaps": self.gaps(),
             "spawns_monitored": self.spawns_monitored,
             "spawns_unmonitored": self.spawns_unmonitored,
+            "worker_spawns_unattributable": self.worker_spawns_unattributable,
             "events_by_kind": self.events_by_kind,
             "events_lost": self.events_lost,
             "hooks": self.hooks,

@@ -157,6 +157,11 @@ fn completeness_table(out: &mut String, c: &Completeness) {
         "| Spawns in the execution log, not monitored | {} |",
         c.spawns_unmonitored
     );
+    let _ = writeln!(
+        out,
+        "| Persistent-worker spawns not attributable to one action | {} |",
+        c.worker_spawns_unattributable
+    );
     let kinds: Vec<String> = c
         .events_by_kind
         .iter()

@@ -19,6 +19,9 @@ pub struct RunSummary {
     /// Sandboxed spawns in the execution log that were never seen: they ran
     /// outside the monitored job (a Bazel server started elsewhere).
     pub unmonitored_spawns: usize,
+    /// Spawns run by a persistent worker whose file accesses could not be
+    /// tied to one action (`pipeline::workers`).
+    pub worker_spawns_unattributable: usize,
     /// The command line of every spawn that raised an alert or reached a
     /// destination, by action id (kept only when an execution log will be
     /// read).

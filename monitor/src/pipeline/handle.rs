@@ -321,7 +321,8 @@ impl Handler {
     fn spawn_started(&mut self, key: u64, spawn: Spawn) {
         let id = crate::actions::registry::action_id(key, None, Some(&spawn));
         let sandboxed = spawn.sandbox_dir.is_some();
-        if self.keep_spawn_commands {
+        // A persistent worker is no spawn: its requests are (pipeline::workers).
+        if self.keep_spawn_commands && !spawn.persistent_worker {
             self.spawns.launched(key, id, spawn);
         }
         if let Some(view) = self.registry.view(key) {

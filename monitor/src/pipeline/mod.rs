@@ -17,6 +17,7 @@ pub mod handle;
 pub mod reader;
 pub mod reload;
 pub mod repeats;
+pub mod workers;
 
 use std::{
     future::Future,
@@ -243,14 +244,21 @@ impl Pipeline {
     /// last alerts and waits for the sinks.
     fn finish(&mut self) {
         let log = self.exec_log.as_deref().and_then(load_log);
+        let mut worker_outcome = None;
         if let Some(path) = &self.exec_log {
+            worker_outcome = Some(workers::attribute(&mut self.handler, log.as_ref(), path));
             self.declare_unsandboxed(log.as_ref(), &path.clone());
         }
         self.handler.release_all();
         let labels = log.as_ref().map(|log| self.label_pending(log));
         self.handler.resolve_held(labels.as_ref());
         if self.exec_log.is_some() {
-            self.bazel_section = Some(self.handler.spawns.section(log.as_ref()));
+            let mut section = self.handler.spawns.section(log.as_ref());
+            let outcome = worker_outcome.unwrap_or_default();
+            self.handler.summary.worker_spawns_unattributable = outcome.unattributable;
+            section["workers"] = serde_json::Value::from(outcome.workers);
+            section["worker_spawns_unattributable"] = outcome.unattributable.into();
+            self.bazel_section = Some(section);
         }
         self.flush_alerts();
         self.sinks.finish();

@@ -744,6 +744,7 @@ mod tests {
                 own_network: false,
                 launched_at: None,
                 launch_ktime_ns: 0,
+                persistent_worker: false,
             })
         });
         Arc::new(ActionView {

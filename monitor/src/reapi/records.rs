@@ -122,6 +122,7 @@ pub fn worker_action(
         // Links the action plants in its input root declare nothing.
         launched_at: Some(launch.origin.time),
         launch_ktime_ns: launch.origin.ktime_ns,
+        persistent_worker: false,
     };
     let mut declaration = spawn_declaration(Path::new(""), &spawn);
     let identity = record.map(|r| {

@@ -303,6 +303,7 @@ fn worker_spawn(root: &str) -> Spawn {
         own_network: false,
         launched_at: None,
         launch_ktime_ns: 0,
+        persistent_worker: false,
     }
 }
 
@@ -438,4 +439,59 @@ fn unsandboxed_spawns_wait_for_the_execution_log() {
     route(&mut r, &o, 1, t0);
     let ready = r.spawn_read(key, Some((spawn, declaration("/cg/job", "//tree:all"))));
     assert_eq!(items(&ready), vec![1]);
+}
+
+/// A persistent worker is deferred like an unsandboxed spawn; its held
+/// events are taken whole (to be split among its requests), an ordinary
+/// deferred spawn's are not.
+#[test]
+fn a_persistent_workers_held_events_are_taken_whole() {
+    let mut r = registry();
+    r.defer_unsandboxed = true;
+    let t0 = Instant::now();
+    let argv = b"/usr/bin/python3\0tools/worker.py\0--persistent_worker\0";
+    let launch = Launch {
+        origin: origin(1, 200, 80),
+        argv: argv.to_vec(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let Need::LaunchSpawn { key, .. } = r.launch(launch) else {
+        panic!("expected a sandbox read");
+    };
+    let mut spawn = crate::bazel::sandbox::parse_launch(argv, Path::new("/ob/execroot/ws"));
+    spawn.persistent_worker = crate::bazel::workers::is_worker_argv(argv);
+    let mut o = origin(1, 200, 80);
+    o.launcher = 80;
+    for i in 0..3 {
+        assert!(route(&mut r, &o, i, t0).0.is_empty());
+    }
+    assert!(
+        r.spawn_read(key, Some((spawn, declaration("/cg/job", "//tree:all"))))
+            .is_empty(),
+        "held for the execution log"
+    );
+    let (spawn, held) = r.take_worker(key).expect("a deferred worker");
+    assert!(spawn.persistent_worker);
+    assert_eq!(held, vec![0, 1, 2], "in order");
+    assert!(r.take_worker(key).is_none(), "taken once");
+    assert!(r.deferred().is_empty());
+
+    // An unsandboxed spawn that is no worker stays for declare_deferred.
+    let launch = Launch {
+        origin: origin(1, 200, 90),
+        argv: b"process-wrapper\0/bin/true\0".to_vec(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let Need::LaunchSpawn { key, .. } = r.launch(launch) else {
+        panic!("expected a sandbox read");
+    };
+    let spawn = crate::bazel::sandbox::parse_launch(
+        b"process-wrapper\0/bin/true\0",
+        Path::new("/ob/execroot/ws"),
+    );
+    r.spawn_read(key, Some((spawn, declaration("/cg/job", "//tree:all"))));
+    assert!(r.take_worker(key).is_none());
+    assert_eq!(r.deferred().len(), 1);
 }
