@@ -616,6 +616,58 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
     assert!(made[0]["file"]["requested_path"].is_null(), "{made:#?}");
 }
 
+/// The same name changes submitted through io_uring (`UNLINKAT`,
+/// `MKDIRAT`, `RENAMEAT`, `LINKAT`, `SYMLINKAT`) never pass the syscall
+/// hook: they are judged at submission on the name they write. Outside the
+/// outputs each alerts with its op; in the outputs none does.
+#[test]
+fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
+    require_root();
+    let parent = test_parent("uring-names");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("uring-names");
+    let sc = scene();
+    let (d, w, secret) = (&sc.d, &sc.w, &sc.secret);
+    let program = d.join("bin/uring_open");
+    compile_c("fixtures/uring_open.c", &program, &[]);
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let op = |op: &str, paths: &[PathBuf]| {
+        let paths: Vec<String> = paths.iter().map(|p| s(p)).collect();
+        format!("{op}:{}", paths.join(":"))
+    };
+    write(&w.join("mine"), "mine");
+    run_ok(
+        &action.path,
+        Command::new(&program).args([
+            op("unlink", &[secret.join("one")]),
+            op("mkdir", &[secret.join("made")]),
+            op("rename", &[secret.join("two"), secret.join("moved")]),
+            op("link", &[d.join("ok.txt"), secret.join("hl")]),
+            op("symlink", &[d.join("ok.txt"), secret.join("sl")]),
+            op("mkdir", &[w.join("dir")]),
+            op("rename", &[w.join("mine"), w.join("mine2")]),
+            op("link", &[w.join("mine2"), w.join("mine3")]),
+            op("symlink", &[d.join("ok.txt"), w.join("sl")]),
+            op("unlink", &[w.join("mine3")]),
+        ]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    for (name, op) in [
+        ("one", "unlink"),
+        ("made", "mkdir"),
+        ("moved", "rename"),
+        ("hl", "link"),
+        ("sl", "symlink"),
+    ] {
+        let hits = on(&alerts, &secret.join(name));
+        assert_eq!(hits.len(), 1, "{name}: {alerts:#?}");
+        assert_eq!(hits[0]["kind"], "undeclared_write");
+        assert_eq!(hits[0]["file"]["op"], op, "{name}");
+    }
+    assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
+}
+
 /// `open_by_handle_at` passes no name at all: the object it opened is
 /// judged. The same route to a declared file is the positive control.
 #[test]

@@ -557,6 +557,17 @@ pub struct KernelOffsets {
     pub ring_files_nodes: u32,
     /// `io_rsrc_node.file_ptr`: the slot's `struct file *`, flag bits low.
     pub rsrc_node_file_ptr: u32,
+    /// The written name of io_uring's name-changing requests: `io_unlink`,
+    /// `io_mkdir` (dfd, filename), `io_rename`, `io_link` (new_dfd,
+    /// newpath; `io_link` serves `SYMLINKAT` too).
+    pub io_unlink_dfd: u32,
+    pub io_unlink_filename: u32,
+    pub io_mkdir_dfd: u32,
+    pub io_mkdir_filename: u32,
+    pub io_rename_new_dfd: u32,
+    pub io_rename_newpath: u32,
+    pub io_link_new_dfd: u32,
+    pub io_link_newpath: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit

@@ -20,8 +20,12 @@
 //! * A request whose success posts no completion (`IOSQE_CQE_SKIP_SUCCESS`)
 //!   is judged by its name at submission instead (result 0: not known yet).
 //!
-//! Not seen: the other path opcodes (`RENAMEAT`, `UNLINKAT`, `MKDIRAT`,
-//! `LINKAT`, `SYMLINKAT`). An fd or slot closed and
+//! * Name changes (`UNLINKAT`, `MKDIRAT`, `RENAMEAT`, `LINKAT`,
+//!   `SYMLINKAT`) are judged at submission on the name they write (the new
+//!   name of a rename or link), as writes, like their syscalls; the result
+//!   is not known yet. A rename's old name is not judged here.
+//!
+//! An fd or slot closed and
 //! reused by another thread before the completion names another object, as
 //! for syscall opens. (fentry/fexit on `io_openat2` would judge skipped
 //! completions on their object and spare other requests, but this kernel
@@ -32,7 +36,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
-use monitor_common::{PATH_CAPACITY, SYSCALL_IO_URING_OPEN, Settings};
+use monitor_common::{
+    PATH_CAPACITY, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_RENAME,
+    SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
+};
 
 use crate::{
     filter::{self, Match},
@@ -44,6 +51,12 @@ use crate::{
 /// `enum io_uring_op` values (uapi, stable).
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
+const IORING_OP_RENAMEAT: u8 = 35;
+const IORING_OP_UNLINKAT: u8 = 36;
+const IORING_OP_MKDIRAT: u8 = 37;
+const IORING_OP_SYMLINKAT: u8 = 38;
+const IORING_OP_LINKAT: u8 = 39;
+const O_WRONLY: u64 = 0o1;
 /// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
 /// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
 const REQ_F_CQE_SKIP: u64 = 1 << 6;
@@ -85,20 +98,74 @@ fn is_open(settings: &Settings, req: u64) -> bool {
     opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2
 }
 
-/// `io_uring_submit_req(req)`: keep the name of a monitored task's open.
+/// `io_uring_submit_req(req)`: keep the name of a monitored task's open;
+/// judge a name change (or an open that posts no completion) now.
 #[raw_tracepoint(tracepoint = "io_uring_submit_req")]
 pub fn uring_submit(ctx: RawTracePointContext) -> i32 {
-    let _ = keep_name(&ctx);
+    let _ = on_submit(&ctx);
     0
 }
 
-fn keep_name(ctx: &RawTracePointContext) -> Option<()> {
+fn on_submit(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let req: u64 = ctx.arg(0);
-    if !is_open(settings, req) {
+    let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
+    let change = name_change(opcode);
+    if change == 0 && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return None;
     }
     let m = monitored(settings)?;
+    // One report call site: the verifier checks it once.
+    let args = if change != 0 {
+        name_change_args(settings, req, opcode, change)?
+    } else {
+        keep_name(settings, req)?
+    };
+    files::report(settings, &m, &args, 0, 0);
+    Some(())
+}
+
+/// The `SYSCALL_*` id of a name-changing opcode, or 0.
+#[inline(always)]
+fn name_change(opcode: u8) -> u32 {
+    match opcode {
+        IORING_OP_RENAMEAT => SYSCALL_RENAME,
+        IORING_OP_UNLINKAT => SYSCALL_UNLINK,
+        IORING_OP_MKDIRAT => SYSCALL_MKDIR,
+        IORING_OP_SYMLINKAT => SYSCALL_SYMLINK,
+        IORING_OP_LINKAT => SYSCALL_LINK,
+        _ => 0,
+    }
+}
+
+/// The name a name-changing request writes (the new name of a rename or
+/// link), as the kernel copied it, as a write of that name. Judged at
+/// submission: the result is not known yet.
+#[inline(always)]
+fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> Option<OpenArgs> {
+    let o = &settings.offsets;
+    let cmd = req + o.io_kiocb_cmd as u64;
+    let (dfd_at, name_at) = match opcode {
+        IORING_OP_UNLINKAT => (o.io_unlink_dfd, o.io_unlink_filename),
+        IORING_OP_MKDIRAT => (o.io_mkdir_dfd, o.io_mkdir_filename),
+        IORING_OP_RENAMEAT => (o.io_rename_new_dfd, o.io_rename_newpath),
+        _ => (o.io_link_new_dfd, o.io_link_newpath),
+    };
+    let filename: u64 = read(cmd, name_at);
+    let name: u64 = read(filename, o.filename_name);
+    (name != 0).then(|| OpenArgs {
+        syscall,
+        dirfd: read(cmd, dfd_at),
+        path: name,
+        name_in_kernel: true,
+        flags: O_WRONLY,
+        mode: 0,
+    })
+}
+
+/// Keeps an open request's name for its completion. Returns what to judge
+/// now: the open itself when its success posts no completion.
+fn keep_name(settings: &Settings, req: u64) -> Option<OpenArgs> {
     let o = &settings.offsets;
     let filename: u64 = read(req + o.io_kiocb_cmd as u64, o.io_open_filename);
     let name: u64 = read(filename, o.filename_name);
@@ -122,12 +189,12 @@ fn keep_name(ctx: &RawTracePointContext) -> Option<()> {
     URING_NAMES.insert(&req, unsafe { &*stage }, 0).ok()?;
     // No completion will show a success: judge the name now (the result is
     // not known yet; a failure is still reported at its completion).
-    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP != 0 {
-        // SAFETY: as above; only the address is taken.
-        let name = unsafe { (*stage).name.as_ptr() } as u64;
-        files::report(settings, &m, &open_args(settings, req, name), 0, 0);
+    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP == 0 {
+        return None;
     }
-    Some(())
+    // SAFETY: as above; only the address is taken.
+    let name = unsafe { (*stage).name.as_ptr() } as u64;
+    Some(open_args(settings, req, name))
 }
 
 /// What an open request asked for; `name`: the kernel address of its name.

@@ -692,11 +692,17 @@ fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
     o.ring_files_nr = off("io_ring_ctx", "file_table.data.nr")?;
     o.ring_files_nodes = off("io_ring_ctx", "file_table.data.nodes")?;
     o.rsrc_node_file_ptr = off("io_rsrc_node", "file_ptr")?;
+    o.io_unlink_dfd = off("io_unlink", "dfd")?;
+    o.io_unlink_filename = off("io_unlink", "filename")?;
+    o.io_mkdir_dfd = off("io_mkdir", "dfd")?;
+    o.io_mkdir_filename = off("io_mkdir", "filename")?;
+    o.io_rename_new_dfd = off("io_rename", "new_dfd")?;
+    o.io_rename_newpath = off("io_rename", "newpath")?;
+    o.io_link_new_dfd = off("io_link", "new_dfd")?;
+    o.io_link_newpath = off("io_link", "newpath")?;
     Ok(())
 }
 
-/// Writes `entries` into the LPM trie `name`, then removes the keys of
-/// `before` that `entries` no longer has. Returns the keys now in the trie.
 /// An allow key prefixed with the action's cgroup id (big-endian).
 fn action_key<const N: usize, const M: usize>(action: u64, key: &[u8; N]) -> [u8; M] {
     let mut out = [0u8; M];
@@ -705,6 +711,8 @@ fn action_key<const N: usize, const M: usize>(action: u64, key: &[u8; N]) -> [u8
     out
 }
 
+/// Writes `entries` into the LPM trie `name`, then removes the keys of
+/// `before` that `entries` no longer has. Returns the keys now in the trie.
 fn replace_trie<const N: usize>(
     ebpf: &mut Ebpf,
     name: &str,
