@@ -657,6 +657,7 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
         ("one", "unlink"),
         ("made", "mkdir"),
         ("moved", "rename"),
+        ("two", "rename_from"),
         ("hl", "link"),
         ("sl", "symlink"),
     ] {

@@ -566,6 +566,8 @@ pub struct KernelOffsets {
     pub io_mkdir_filename: u32,
     pub io_rename_new_dfd: u32,
     pub io_rename_newpath: u32,
+    pub io_rename_old_dfd: u32,
+    pub io_rename_oldpath: u32,
     pub io_link_new_dfd: u32,
     pub io_link_newpath: u32,
 }

@@ -23,7 +23,7 @@
 //! * Name changes (`UNLINKAT`, `MKDIRAT`, `RENAMEAT`, `LINKAT`,
 //!   `SYMLINKAT`) are judged at submission on the name they write (the new
 //!   name of a rename or link), as writes, like their syscalls; the result
-//!   is not known yet. A rename's old name is not judged here.
+//!   is not known yet. A rename's old name is judged too.
 //!
 //! An fd or slot closed and
 //! reused by another thread before the completion names another object, as
@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     PATH_CAPACITY, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_RENAME,
-    SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
+    SYSCALL_RENAME_FROM, SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
 };
 
 use crate::{
@@ -92,12 +92,6 @@ fn monitored(settings: &Settings) -> Option<Match> {
     filter::files_matter(&m).then_some(m)
 }
 
-#[inline(always)]
-fn is_open(settings: &Settings, req: u64) -> bool {
-    let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
-    opcode == IORING_OP_OPENAT || opcode == IORING_OP_OPENAT2
-}
-
 /// `io_uring_submit_req(req)`: keep the name of a monitored task's open;
 /// judge a name change (or an open that posts no completion) now.
 #[raw_tracepoint(tracepoint = "io_uring_submit_req")]
@@ -121,8 +115,29 @@ fn on_submit(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         keep_name(settings, req)?
     };
+    if opcode == IORING_OP_RENAMEAT {
+        // The file leaves its old name too: judged at the completion (one
+        // report site per program), with the name kept now.
+        let cmd = req + settings.offsets.io_kiocb_cmd as u64;
+        let _ = stash_name(req, read(cmd, settings.offsets.io_rename_oldpath), settings);
+    }
     files::report(settings, &m, &args, 0, 0);
     Some(())
+}
+
+/// A rename request's old name (`name`: the copy kept at submission), as a
+/// write of that name.
+#[inline(always)]
+fn rename_from_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
+    let o = &settings.offsets;
+    OpenArgs {
+        syscall: SYSCALL_RENAME_FROM,
+        dirfd: read(req + o.io_kiocb_cmd as u64, o.io_rename_old_dfd),
+        path: name,
+        name_in_kernel: true,
+        flags: O_WRONLY,
+        mode: 0,
+    }
 }
 
 /// The `SYSCALL_*` id of a name-changing opcode, or 0.
@@ -168,7 +183,20 @@ fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> 
 fn keep_name(settings: &Settings, req: u64) -> Option<OpenArgs> {
     let o = &settings.offsets;
     let filename: u64 = read(req + o.io_kiocb_cmd as u64, o.io_open_filename);
-    let name: u64 = read(filename, o.filename_name);
+    let name = stash_name(req, filename, settings)?;
+    // No completion will show a success: judge the name now (the result is
+    // not known yet; a failure is still reported at its completion).
+    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP == 0 {
+        return None;
+    }
+    Some(open_args(settings, req, name))
+}
+
+/// Copies the name of `filename` (a `struct filename *`) into
+/// `URING_NAMES` for request `req`; returns the copy's address.
+#[inline(always)]
+fn stash_name(req: u64, filename: u64, settings: &Settings) -> Option<u64> {
+    let name: u64 = read(filename, settings.offsets.filename_name);
     if name == 0 {
         return None;
     }
@@ -187,14 +215,8 @@ fn keep_name(settings: &Settings, req: u64) -> Option<OpenArgs> {
     }
     // SAFETY: `stage` is a valid map value.
     URING_NAMES.insert(&req, unsafe { &*stage }, 0).ok()?;
-    // No completion will show a success: judge the name now (the result is
-    // not known yet; a failure is still reported at its completion).
-    if read::<u64>(req, o.io_kiocb_flags) & REQ_F_CQE_SKIP == 0 {
-        return None;
-    }
     // SAFETY: as above; only the address is taken.
-    let name = unsafe { (*stage).name.as_ptr() } as u64;
-    Some(open_args(settings, req, name))
+    Some(unsafe { (*stage).name.as_ptr() } as u64)
 }
 
 /// What an open request asked for; `name`: the kernel address of its name.
@@ -223,37 +245,48 @@ pub fn uring_complete(ctx: RawTracePointContext) -> i32 {
 fn judge(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let req: u64 = ctx.arg(1);
-    if !is_open(settings, req) {
+    let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
+    let rename = opcode == IORING_OP_RENAMEAT;
+    if !rename && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return None;
     }
     let m = monitored(settings)?;
-    let o = &settings.offsets;
-    let open = req + o.io_kiocb_cmd as u64;
     // struct io_uring_cqe { u64 user_data; s32 res; u32 flags; }
     let cqe: u64 = ctx.arg(2);
     let res: i32 = read(cqe, 8);
-    let slot: u32 = read(open, o.io_open_file_slot);
-    let file = if res < 0 {
+    // SAFETY: only the address of the map value is taken; it is read with
+    // bpf_probe_read_kernel_str.
+    let name = unsafe { URING_NAMES.get(&req) }.map_or(0, |v| v.name.as_ptr() as u64);
+    let (args, file) = if rename {
+        if name == 0 {
+            return None;
+        }
+        (rename_from_args(settings, req, name), 0)
+    } else {
+        (
+            open_args(settings, req, name),
+            opened_file(settings, req, res),
+        )
+    };
+    files::report(settings, &m, &args, res as i64, file);
+    if name != 0 {
+        let _ = URING_NAMES.remove(&req);
+    }
+    Some(())
+}
+
+/// The `struct file *` a completed open request opened (0 if it failed).
+#[inline(always)]
+fn opened_file(settings: &Settings, req: u64, res: i32) -> u64 {
+    let o = &settings.offsets;
+    let slot: u32 = read(req + o.io_kiocb_cmd as u64, o.io_open_file_slot);
+    if res < 0 {
         0
     } else if slot == 0 {
         file_of_fd(o, res)
     } else {
         fixed_file(settings, req, slot, res)
-    };
-    // SAFETY: only the address of the map value is taken; it is read with
-    // bpf_probe_read_kernel_str.
-    let name = unsafe { URING_NAMES.get(&req) }.map_or(0, |v| v.name.as_ptr() as u64);
-    files::report(
-        settings,
-        &m,
-        &open_args(settings, req, name),
-        res as i64,
-        file,
-    );
-    if name != 0 {
-        let _ = URING_NAMES.remove(&req);
     }
-    Some(())
 }
 
 /// The `struct file *` a direct-descriptor open put in the ring's fixed-file

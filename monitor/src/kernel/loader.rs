@@ -698,6 +698,8 @@ fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
     o.io_mkdir_filename = off("io_mkdir", "filename")?;
     o.io_rename_new_dfd = off("io_rename", "new_dfd")?;
     o.io_rename_newpath = off("io_rename", "newpath")?;
+    o.io_rename_old_dfd = off("io_rename", "old_dfd")?;
+    o.io_rename_oldpath = off("io_rename", "oldpath")?;
     o.io_link_new_dfd = off("io_link", "new_dfd")?;
     o.io_link_newpath = off("io_link", "newpath")?;
     Ok(())
