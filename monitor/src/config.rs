@@ -48,6 +48,9 @@ pub struct Bazel {
     /// less is a `weak_isolation` violation. `"none"` (the default) requires
     /// nothing.
     pub require_isolation: crate::bazel::isolation::Isolation,
+    /// Bazel's downloader rules, judged per repository fetch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloader: Option<crate::policy::downloader::DownloaderConfig>,
 }
 
 /// How kernel events are tied to build actions.
@@ -427,6 +430,10 @@ impl Config {
                 };
                 (key, message)
             })?;
+        }
+        if let Some(d) = &self.bazel.downloader {
+            crate::policy::downloader::validate(d)
+                .map_err(|(key, why)| (format!("bazel.downloader.{key}"), why))?;
         }
         let a = &self.attribution;
         for (i, p) in a.cgroup_parents.iter().enumerate() {

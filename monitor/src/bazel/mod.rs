@@ -2,6 +2,8 @@
 //! JSON execution log (labels and mnemonics).
 //! Must not judge events or write output; generic attribution lives in `actions`.
 pub mod execlog;
+/// Repository fetches from Bazel's workspace rules log, joined with connects.
+pub mod fetches;
 pub mod isolation;
 pub mod labels;
 pub mod report;

@@ -56,6 +56,16 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     } else {
         None
     };
+    let fetch_log = if exec_log.is_some() {
+        add_bazel_flag(
+            &mut opts.command,
+            WORKSPACE_LOG_FLAG,
+            scratch.path(),
+            "workspace_rules.log",
+        )
+    } else {
+        None
+    };
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let job_id = format!("exec-{}", std::process::id());
     let job_dir = root.join("build-monitor").join(&job_id);
@@ -90,6 +100,15 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     });
     let mut running = start::start(&config, scopes, true, false).await?;
     running.pipeline.set_exec_log(exec_log);
+    running
+        .pipeline
+        .set_fetch_log(fetch_log.map(|path| crate::pipeline::FetchLog {
+            path,
+            rules: crate::policy::downloader::Downloader::new(
+                &config.bazel.downloader.clone().unwrap_or_default(),
+            ),
+            configured: config.bazel.downloader.is_some(),
+        }));
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
@@ -114,7 +133,11 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
-    let bazel_section = running.pipeline.bazel_section.take();
+    let mut bazel_section = running.pipeline.bazel_section.take();
+    if let Some(section) = &mut bazel_section {
+        section["fetches"] =
+            serde_json::to_value(&running.pipeline.fetches).expect("fetches serialise");
+    }
     report_run(&running, &opts, &given, code, bazel_section)
 }
 
@@ -301,7 +324,26 @@ fn is_bazel(command: &[OsString]) -> bool {
 /// Adds `--execution_log_json_file=…` after the Bazel command (`build`,
 /// `test`, `run`, `coverage`) unless the user gave one; returns the log path.
 fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<PathBuf> {
-    const FLAG: &str = "--execution_log_json_file";
+    add_bazel_flag(
+        command,
+        "--execution_log_json_file",
+        scratch,
+        "execution_log.json",
+    )
+}
+
+/// Bazel's workspace rules log: the repository behind each fetch.
+const WORKSPACE_LOG_FLAG: &str = "--experimental_workspace_rules_log_file";
+
+/// Adds `FLAG=<scratch>/<file>` after the Bazel command (`build`, `test`,
+/// `run`, `coverage`: the commands that take it) unless the user gave
+/// FLAG; returns the file Bazel will write.
+fn add_bazel_flag(
+    command: &mut Vec<OsString>,
+    flag: &str,
+    scratch: &Path,
+    file: &str,
+) -> Option<PathBuf> {
     let verb = command
         .iter()
         .skip(1)
@@ -315,20 +357,20 @@ fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<Path
     }
     for (i, arg) in command.iter().enumerate().skip(verb) {
         let Some(arg) = arg.to_str() else { continue };
-        if let Some(path) = arg.strip_prefix(FLAG).and_then(|r| r.strip_prefix('=')) {
+        if let Some(path) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
             return Some(PathBuf::from(path));
         }
-        if arg == FLAG {
+        if arg == flag {
             return command.get(i + 1).map(PathBuf::from);
         }
         if arg == "--" {
             break;
         }
     }
-    let path = scratch.join("execution_log.json");
+    let path = scratch.join(file);
     command.insert(
         verb + 1,
-        OsString::from(format!("{FLAG}={}", path.display())),
+        OsString::from(format!("{flag}={}", path.display())),
     );
     Some(path)
 }

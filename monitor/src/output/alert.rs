@@ -40,6 +40,10 @@ pub enum AlertKind {
         ran: &'static str,
         required: &'static str,
     },
+    /// A repository fetch the `[bazel.downloader]` rules do not allow
+    /// (`bypass` false), or one that went around Bazel's downloader
+    /// (`bypass` true); `fetch` says which repository and URL.
+    Fetch { bypass: bool },
 }
 
 impl AlertKind {
@@ -51,6 +55,8 @@ impl AlertKind {
             AlertKind::NetworkEgress => "network_egress",
             AlertKind::CacheRisk => "cache_risk",
             AlertKind::WeakIsolation { .. } => "weak_isolation",
+            AlertKind::Fetch { bypass: false } => "fetch_not_allowed",
+            AlertKind::Fetch { bypass: true } => "fetch_bypassed_downloader",
         }
     }
 }
@@ -146,6 +152,20 @@ pub struct CacheRiskInfo {
     pub violations_total: u64,
 }
 
+/// What a `fetch_not_allowed` / `fetch_bypassed_downloader` alert refers
+/// to (the alert's `fetch` object).
+#[derive(Clone, Debug, Serialize)]
+pub struct FetchInfo {
+    /// `@name`; null when no repository rule's command matched.
+    pub repository: Option<String>,
+    /// The URL asked for, and fetched after `[bazel.downloader]` rewrites.
+    pub url: Option<String>,
+    pub fetched_url: Option<String>,
+    pub host: String,
+    /// `downloader` or `bypass`.
+    pub via: &'static str,
+}
+
 /// One violation a `cache_risk` alert refers to.
 #[derive(Clone, Debug, Serialize)]
 pub struct ViolationRef {
@@ -169,6 +189,8 @@ pub struct Alert {
     /// for a summary, how many events it stands for.
     pub count: u64,
     pub cache_risk: Option<CacheRiskInfo>,
+    /// The repository fetch behind a `fetch_*` alert.
+    pub fetch: Option<Box<FetchInfo>>,
     /// Set on a summary of violations suppressed past the action's alert
     /// budget (`output::fold`); `file`/`net` then hold the first of them.
     pub summary: Option<SummaryInfo>,
@@ -239,6 +261,8 @@ struct AlertJson<'a> {
     cache_risk: Option<&'a CacheRiskInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     isolation: Option<IsolationJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fetch: Option<&'a FetchInfo>,
     verdict: &'static str,
     count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,7 +386,7 @@ impl Alert {
             _ => None,
         };
         let net = match (self.kind, &self.net) {
-            (AlertKind::NetworkEgress, Some(n)) => Some(NetJson::of(n)),
+            (AlertKind::NetworkEgress | AlertKind::Fetch { .. }, Some(n)) => Some(NetJson::of(n)),
             _ => None,
         };
         let json = AlertJson {
@@ -398,6 +422,10 @@ impl Alert {
             },
             isolation: match self.kind {
                 AlertKind::WeakIsolation { ran, required } => Some(IsolationJson { ran, required }),
+                _ => None,
+            },
+            fetch: match self.kind {
+                AlertKind::Fetch { .. } => self.fetch.as_deref(),
                 _ => None,
             },
             verdict: self.verdict.as_str(),
@@ -480,6 +508,10 @@ impl Alert {
                 m.push_str(" made a connection the network policy does not allow");
                 0
             }
+            (AlertKind::Fetch { bypass }, ..) => {
+                self.fetch_sentence(&mut m, bypass);
+                0
+            }
         };
         // A blocked attempt fails by design (EPERM); saying so again is noise.
         if result < 0 && !blocked {
@@ -489,6 +521,40 @@ impl Alert {
             let _ = write!(m, " ({} times)", self.count);
         }
         m
+    }
+
+    /// `: repository @r fetched URL (host h) through Bazel's downloader,
+    /// which [bazel.downloader] does not allow; connected to a:p` or `: curl
+    /// (repository @r) fetched URL outside Bazel's downloader …`.
+    fn fetch_sentence(&self, m: &mut String, bypass: bool) {
+        let f = self.fetch.as_deref();
+        let repo = f
+            .and_then(|f| f.repository.as_deref())
+            .unwrap_or("(unknown repository)");
+        let what = f
+            .and_then(|f| f.fetched_url.clone().or(f.url.clone()))
+            .or_else(|| f.map(|f| format!("host {}", f.host)))
+            .unwrap_or_default();
+        let dest = self
+            .net
+            .as_ref()
+            .map(|n| std::net::SocketAddr::new(n.addr, n.port).to_string())
+            .unwrap_or_default();
+        if bypass {
+            let _ = write!(
+                m,
+                ": {} (repository {repo}) fetched {what} outside Bazel's downloader, connecting to {dest}: \
+                 [bazel.downloader] rules never saw it",
+                self.process.comm
+            );
+        } else {
+            let _ = write!(
+                m,
+                ": repository {repo} fetched {what} through Bazel's downloader, connecting to {dest}; \
+                 [bazel.downloader] does not allow host {}",
+                f.map(|f| f.host.as_str()).unwrap_or_default()
+            );
+        }
     }
 
     fn cache_risk_message(&self, m: &mut String) {
@@ -522,6 +588,7 @@ impl Alert {
             // Never summarised (written past the budget); for completeness.
             AlertKind::CacheRisk => "cache risks for",
             AlertKind::WeakIsolation { .. } => "weak isolations of",
+            AlertKind::Fetch { .. } => "repository fetches to",
             AlertKind::NetworkEgress => "disallowed connections to",
         };
         let first = match (&self.file, &self.net) {
@@ -725,6 +792,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            fetch: None,
             summary: None,
         }
     }
@@ -749,6 +817,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            fetch: None,
             summary: None,
         }
     }

@@ -205,7 +205,7 @@ impl Scope {
                 Scope::Dir(parent(path).to_vec())
             }
             Target::Net(addr, ..) => Scope::Block(*addr, max_bits(*addr)),
-            Target::Isolation => Scope::Any,
+            Target::Isolation | Target::Fetch(_) => Scope::Any,
         }
     }
 
@@ -328,6 +328,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            fetch: None,
             summary: None,
         }
     }

@@ -227,6 +227,7 @@ pub(crate) mod tests {
             verdict: Verdict::Blocked,
             count: 2,
             cache_risk: None,
+            fetch: None,
             summary: None,
         }
     }

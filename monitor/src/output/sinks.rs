@@ -365,6 +365,7 @@ mod tests {
             verdict: Verdict::Observed,
             count: 1,
             cache_risk: None,
+            fetch: None,
             summary: None,
         }
     }

@@ -31,6 +31,9 @@ pub struct RunSummary {
     pub allowed_by_scoped_rules: u64,
     /// Every destination reached or tried (`monitor exec` only).
     pub inventory: crate::output::inventory::Inventory,
+    /// The Bazel job's TCP connects outside every spawn (`monitor exec`),
+    /// joined with its repository fetches at the end.
+    pub server_connects: crate::bazel::fetches::ServerConnects,
 }
 
 impl RunSummary {

@@ -465,7 +465,7 @@ impl Handler {
         self.count_violation(v);
     }
 
-    fn count_violation(&mut self, v: crate::policy::judge::Violation) {
+    pub fn count_violation(&mut self, v: crate::policy::judge::Violation) {
         self.summary.violations += v.alert.count;
         self.cache_risks
             .note(&v.alert.action, v.alert.kind, violation_target(&v.alert));
@@ -530,6 +530,46 @@ impl Handler {
                 process: &comm,
             });
         self.keep_spawn_command(action);
+        self.note_server_connect(observed, action, proto, verdict);
+    }
+
+    /// A TCP connect of the Bazel job outside every spawn, kept to join
+    /// with the repository fetches (`bazel::fetches`).
+    fn note_server_connect(
+        &mut self,
+        observed: &Observed,
+        action: &ActionView,
+        proto: &'static str,
+        verdict: &'static str,
+    ) {
+        let Event::Connect(c) = &observed.event else {
+            return;
+        };
+        let label = action.info.label.as_deref();
+        let server = action.spawn.is_none() && label == Some("@bazel");
+        let unlabelled_spawn = action.spawn.is_some() && label.is_none();
+        if proto != "tcp" || !(server || unlabelled_spawn) {
+            return;
+        }
+        self.summary
+            .server_connects
+            .record(crate::bazel::fetches::ServerConnect {
+                command: action.spawn.as_ref().map(|s| s.command.clone()),
+                process: observed.process(),
+                action: action.info.clone(),
+                net: crate::output::alert::NetInfo {
+                    proto,
+                    addr: c.addr,
+                    port: c.port,
+                    result: c.result,
+                    send: c.send,
+                    unix_path: None,
+                    netns: Some(c.netns),
+                    private_netns: false,
+                },
+                verdict,
+                count: 1,
+            });
     }
 }
 

@@ -76,6 +76,19 @@ pub struct Pipeline {
     /// The report's `bazel` section (spawns, isolation, unread inputs),
     /// built at the end when an execution log was read.
     pub bazel_section: Option<serde_json::Value>,
+    /// Bazel's workspace rules log and the downloader rules its fetches
+    /// are judged against (`monitor exec` of a Bazel build).
+    fetch_log: Option<FetchLog>,
+    /// The repository fetches, judged at the end.
+    pub fetches: Vec<crate::bazel::fetches::Fetch>,
+}
+
+/// Where the fetches come from and what judges them.
+pub struct FetchLog {
+    pub path: PathBuf,
+    pub rules: crate::policy::downloader::Downloader,
+    /// `[bazel.downloader]` was given (else Bazel's default: any URL).
+    pub configured: bool,
 }
 
 impl Pipeline {
@@ -97,6 +110,8 @@ impl Pipeline {
             outstanding: 0,
             reloads: None,
             bazel_section: None,
+            fetch_log: None,
+            fetches: Vec::new(),
         }
     }
 
@@ -110,6 +125,11 @@ impl Pipeline {
         self.handler.keep_spawn_commands = path.is_some();
         self.handler.registry.defer_unsandboxed = path.is_some();
         self.exec_log = path;
+    }
+
+    /// Repository fetches will be read from this log and judged at the end.
+    pub fn set_fetch_log(&mut self, log: Option<FetchLog>) {
+        self.fetch_log = log;
     }
 
     /// Runs until `stop` completes, then detaches the programs, drains what
@@ -252,6 +272,7 @@ impl Pipeline {
         self.handler.release_all();
         let labels = log.as_ref().map(|log| self.label_pending(log));
         self.handler.resolve_held(labels.as_ref());
+        self.judge_fetches();
         if self.exec_log.is_some() {
             let mut section = self.handler.spawns.section(log.as_ref());
             let outcome = worker_outcome.unwrap_or_default();
@@ -262,6 +283,29 @@ impl Pipeline {
         }
         self.flush_alerts();
         self.sinks.finish();
+    }
+
+    /// Joins the workspace rules log with the job's connects, judges each
+    /// fetch against the downloader rules and counts the violations.
+    fn judge_fetches(&mut self) {
+        let Some(f) = &self.fetch_log else { return };
+        let Some(log) = crate::bazel::fetches::WorkspaceLog::load(&f.path) else {
+            return;
+        };
+        if log.undecoded_bytes > 0 {
+            log::warn!(
+                "{}: the last {} byte(s) were no complete event (Bazel stopped while writing?)",
+                f.path.display(),
+                log.undecoded_bytes
+            );
+        }
+        let summary = &self.handler.summary;
+        let names = |a| summary.inventory.names.of(a);
+        self.fetches =
+            crate::bazel::fetches::join(&log, &summary.server_connects, &f.rules, &names);
+        for v in crate::policy::downloader::fetch_violations(&self.fetches, f.configured) {
+            self.handler.count_violation(v);
+        }
     }
 
     /// Spawns that ran without a sandbox tree are declared by their

@@ -111,6 +111,7 @@ fn cache_risk_alert(e: Ended, v: Violations) -> Option<Alert> {
             violations: v.listed,
             violations_total: v.total,
         }),
+        fetch: None,
         summary: None,
     })
 }

@@ -32,6 +32,7 @@ pub fn judge_isolation(
             file: None,
             net: None,
             cache_risk: None,
+            fetch: None,
             summary: None,
             verdict: Verdict::Observed,
             count: 1,

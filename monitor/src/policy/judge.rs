@@ -49,6 +49,9 @@ pub enum Target {
     Unix(Vec<u8>),
     /// A spawn's isolation (one per action).
     Isolation,
+    /// A repository fetch (`fetch_*` alerts): its URL, else `addr:port`,
+    /// folded apart from the network alert of the same connect.
+    Fetch(String),
 }
 
 pub struct Violation {
@@ -166,6 +169,7 @@ impl Policy {
                 verdict: Verdict::Observed,
                 count: 1,
                 cache_risk: None,
+                fetch: None,
                 summary: None,
             },
             undecided: false,
@@ -301,6 +305,7 @@ impl Policy {
                 },
                 count: 1,
                 cache_risk: None,
+                fetch: None,
                 summary: None,
             },
             undecided,
@@ -349,6 +354,7 @@ impl Policy {
                 verdict: Verdict::Observed,
                 count: 1,
                 cache_risk: None,
+                fetch: None,
                 summary: None,
             },
             undecided: false,

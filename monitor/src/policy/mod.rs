@@ -4,6 +4,8 @@
 pub mod access;
 /// The cache-poisoning verdict on remote-execution actions that ended.
 pub mod cache_risk;
+/// `[bazel.downloader]`: Bazel's downloader rules, per repository fetch.
+pub mod downloader;
 pub mod isolation;
 pub mod judge;
 pub mod kernel_rules;
