@@ -351,6 +351,25 @@ fn url_to<'a>(
     })
 }
 
+/// The spawns that were a repository rule's command (Bazel 4 runs them
+/// through process-wrapper, so they look like build spawns the execution
+/// log does not name), by action id: their repository.
+pub fn repository_commands(
+    log: &WorkspaceLog,
+    spawn_commands: &std::collections::HashMap<String, Vec<String>>,
+) -> std::collections::HashMap<String, String> {
+    spawn_commands
+        .iter()
+        .filter_map(|(id, command)| {
+            let (repo, _) = log
+                .executes
+                .iter()
+                .find(|(_, argv)| same_command(command, argv))?;
+            Some((id.clone(), repo.clone()))
+        })
+        .collect()
+}
+
 /// A launcher's command is the repository rule's, its program perhaps
 /// resolved to a path.
 fn same_command(command: &[String], argv: &[String]) -> bool {
@@ -457,6 +476,18 @@ mod tests {
         );
         assert_eq!(log.executes[0].0, "@bypass");
         assert_eq!(log.undecoded_bytes, 2);
+        let spawns = [
+            (
+                "process-wrapper-7",
+                vec!["/usr/bin/curl", "-o", "f", "http://127.0.0.1:82/b"],
+            ),
+            ("process-wrapper-8", vec!["/bin/true"]),
+        ]
+        .map(|(id, argv)| (id.to_string(), argv.into_iter().map(String::from).collect()))
+        .into();
+        let repos = repository_commands(&log, &spawns);
+        assert_eq!(repos.len(), 1);
+        assert_eq!(repos["process-wrapper-7"], "@bypass");
     }
 
     #[test]

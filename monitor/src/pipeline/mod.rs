@@ -306,6 +306,26 @@ impl Pipeline {
         for v in crate::policy::downloader::fetch_violations(&self.fetches, f.configured) {
             self.handler.count_violation(v);
         }
+        self.label_repository_commands(&log);
+    }
+
+    /// The alerts and inventory entries of repository rules' commands are
+    /// named by their repository (mnemonic `RepositoryRule`).
+    fn label_repository_commands(&mut self, log: &crate::bazel::fetches::WorkspaceLog) {
+        let summary = &mut self.handler.summary;
+        let repos = crate::bazel::fetches::repository_commands(log, &summary.spawn_commands);
+        let mnemonic = Some("RepositoryRule".to_string());
+        let by_action = repos
+            .iter()
+            .map(|(id, repo)| (id.clone(), (Some(repo.clone()), mnemonic.clone())))
+            .collect();
+        summary.inventory.relabel(&by_action);
+        for alert in self.handler.folder.pending_mut() {
+            if let Some(repo) = repos.get(&alert.action.id) {
+                alert.action.label = Some(repo.clone());
+                alert.action.mnemonic.clone_from(&mnemonic);
+            }
+        }
     }
 
     /// Spawns that ran without a sandbox tree are declared by their
