@@ -76,6 +76,7 @@ struct Build {
     code: Option<i32>,
     stderr: String,
     report: Value,
+    markdown: String,
 }
 
 impl Build {
@@ -153,6 +154,7 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
     )
     .unwrap();
     let report = t.join("report.json");
+    let markdown = t.join("summary.md");
     let startup = [
         format!("--output_base={}", t.join("ob").display()),
         format!("--output_user_root={}", t.join("root").display()),
@@ -171,6 +173,8 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
         .arg(&config_file)
         .arg("--report")
         .arg(&report)
+        .arg("--markdown")
+        .arg(&markdown)
         .args(monitor_args)
         .arg("--")
         .arg(BAZEL)
@@ -189,6 +193,7 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
     let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
         .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
     Build {
+        markdown: fs::read_to_string(&markdown).unwrap_or_default(),
         _tmp: tmp,
         server,
         code: out.status.code(),
@@ -289,6 +294,19 @@ fn fetches_are_attributed_to_their_repository_and_judged_by_the_downloader_rules
     );
     assert_eq!(a["action"]["label"], "@bypass");
     assert_eq!(a["action"]["mnemonic"], "RepositoryRule");
+    assert!(
+        b.stderr
+            .contains("monitor: WARNING: curl of repository @bypass fetched"),
+        "{}",
+        b.stderr
+    );
+    let row = format!("| @bypass | **bypass** | `http://127.0.0.1:{port}/bypass.txt` |");
+    assert!(
+        b.markdown.contains("### Repository fetches"),
+        "{}",
+        b.markdown
+    );
+    assert!(b.markdown.contains(&row), "{}", b.markdown);
     assert_eq!(
         b.report["violations"],
         b.report["alerts"]

@@ -985,4 +985,26 @@ allow = [{ cidr = "198.51.100.0/24", port = 443 }]
         assert_eq!(e.key(), Some("network.rule[0].allow[0].cidr"));
         assert_eq!(e.line(), Some(3));
     }
+
+    #[test]
+    fn downloader_rules_parse_and_their_errors_name_line_and_key() {
+        let c = parse(
+            "[bazel.downloader]\nallow = [\"127.0.0.1\"]\nblock = [\"*\"]\nrewrite = [{ pattern = \"a/(.*)\", replacement = \"b/$1\" }]\n",
+        )
+        .unwrap();
+        let d = c.bazel.downloader.as_ref().unwrap();
+        assert_eq!((d.allow.len(), d.block.len(), d.rewrite.len()), (1, 1, 1));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = err("[bazel.downloader]\nblock = [\"*\"]\nallow = [\"x.test:443\"]\n");
+        assert_eq!(e.key(), Some("bazel.downloader.allow[0]"));
+        assert_eq!(e.line(), Some(3));
+        let e = err(
+            "[bazel.downloader]\nrewrite = [\n  { pattern = \"(\", replacement = \"x\" },\n]\n",
+        );
+        assert_eq!(e.key(), Some("bazel.downloader.rewrite[0].pattern"));
+        assert_eq!(e.line(), Some(3));
+        let e = err("[bazel.downloader]\nallows = []\n");
+        assert_eq!(e.line(), Some(2));
+        assert!(e.to_string().contains("allows"), "{e}");
+    }
 }

@@ -11,8 +11,8 @@ use monitor::{
     config::Config,
     output::{
         alert::{
-            ActionInfo, Alert, AlertKind, CacheRiskInfo, FileInfo, NetInfo, ProcessInfo, Verdict,
-            ViolationRef,
+            ActionInfo, Alert, AlertKind, CacheRiskInfo, FetchInfo, FileInfo, NetInfo, ProcessInfo,
+            Verdict, ViolationRef,
         },
         metrics::Metrics,
     },
@@ -83,6 +83,7 @@ fn every_config_key_is_documented() {
     // Optional keys are left out of the output when unset: set them.
     config.alerts.file = Some(PathBuf::from("/var/log/monitor/alerts.jsonl"));
     config.node = Some("worker-17".into());
+    config.bazel.downloader = Some(Default::default());
     let keys = toml_keys(&config.to_toml());
     assert!(keys.len() >= 10, "only {} keys: {keys:?}", keys.len());
     let doc = doc("config.md");
@@ -151,6 +152,13 @@ fn alert(kind: AlertKind) -> Alert {
             }],
             violations_total: 1,
         }),
+        fetch: Some(Box::new(FetchInfo {
+            repository: Some("@r".into()),
+            url: Some("https://example.test/a.tar.gz".into()),
+            fetched_url: Some("https://mirror.test/a.tar.gz".into()),
+            host: "mirror.test".into(),
+            via: "downloader",
+        })),
         summary: None,
     }
 }
@@ -211,6 +219,8 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
         AlertKind::NetworkEgress,
         AlertKind::CacheRisk,
         weak,
+        AlertKind::Fetch { bypass: false },
+        AlertKind::Fetch { bypass: true },
     ] {
         let line = alert(kind).to_json_line();
         let written = keys_in_order(&line);
@@ -229,6 +239,7 @@ fn alert_keys_are_documented_in_the_order_they_are_written() {
             "net",
             "cache_risk",
             "isolation",
+            "fetch",
         ] {
             let Some(inner) = value.get(object).and_then(|v| v.as_object()) else {
                 continue;

@@ -193,6 +193,34 @@ pub struct Fetch {
     pub seen: Vec<ServerConnect>,
 }
 
+/// The stderr summary's lines about fetches (none when there were none).
+pub fn summary_lines(fetches: &[Fetch]) -> String {
+    if fetches.is_empty() {
+        return String::new();
+    }
+    let through = fetches.iter().filter(|f| f.via == Via::Downloader).count();
+    let refused = fetches
+        .iter()
+        .filter(|f| f.verdict == "not_allowed")
+        .count();
+    let mut out = format!(
+        "monitor: {} repository fetch(es): {through} through Bazel's downloader, {} around it; {refused} not allowed by [bazel.downloader]\n",
+        fetches.len(),
+        fetches.len() - through
+    );
+    for f in fetches.iter().filter(|f| f.via == Via::Bypass) {
+        out.push_str(&format!(
+            "monitor: WARNING: {} of repository {} fetched {} outside Bazel's downloader (its config never saw it)\n",
+            f.processes.iter().cloned().collect::<Vec<_>>().join(", "),
+            f.repository.as_deref().unwrap_or("(unknown)"),
+            f.url
+                .clone()
+                .unwrap_or_else(|| f.connections.iter().cloned().collect::<Vec<_>>().join(", "))
+        ));
+    }
+    out
+}
+
 /// The addresses `host` stands for: itself when an address, the DNS
 /// answers the job received for it, else what this host resolves it to
 /// now (e.g. `/etc/hosts`).

@@ -164,6 +164,10 @@ fn report_run(
     if let Some(section) = &bazel_section {
         eprint!("{}", crate::bazel::report::summary_lines(section));
     }
+    eprint!(
+        "{}",
+        crate::bazel::fetches::summary_lines(&running.pipeline.fetches)
+    );
     if let Some(path) = &opts.report {
         let events = events_by_kind(&running.metrics);
         write_report(
@@ -177,7 +181,8 @@ fn report_run(
         )
         .map_err(StartError::Config)?;
     }
-    write_summaries(opts, code, run, &completeness).map_err(StartError::Config)?;
+    write_summaries(opts, code, run, &completeness, &running.pipeline.fetches)
+        .map_err(StartError::Config)?;
     if let Some(path) = &opts.learn {
         let text = crate::output::learn::learned_config(given, &run.alerts);
         std::fs::write(path, text)
@@ -230,6 +235,7 @@ fn write_summaries(
     code: u8,
     run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
+    fetches: &[crate::bazel::fetches::Fetch],
 ) -> anyhow::Result<()> {
     if let Some(path) = &opts.markdown {
         let command: Vec<String> = opts
@@ -245,6 +251,7 @@ fn write_summaries(
                 violations: run.violations,
                 completeness,
                 inventory: &run.inventory,
+                fetches,
             },
         );
         std::fs::write(path, text)

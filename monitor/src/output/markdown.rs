@@ -16,6 +16,8 @@ pub struct RunFacts<'a> {
     pub violations: u64,
     pub completeness: &'a Completeness,
     pub inventory: &'a Inventory,
+    /// Bazel's repository fetches, judged (empty when not a Bazel build).
+    pub fetches: &'a [crate::bazel::fetches::Fetch],
 }
 
 /// `proto address:port`, or `unix /path`.
@@ -49,6 +51,12 @@ fn what(a: &Alert) -> String {
             crate::events::paths::escape_for_display(&f.path)
         }
         (AlertKind::NetworkEgress, _, Some(n)) => destination(n),
+        (AlertKind::Fetch { .. }, ..) => a
+            .fetch
+            .as_ref()
+            .and_then(|f| f.fetched_url.clone().or_else(|| f.url.clone()))
+            .or_else(|| a.net.as_ref().map(destination))
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -70,6 +78,7 @@ pub fn render(alerts: &[Alert], facts: &RunFacts<'_>) -> String {
     );
     violations_table(&mut out, alerts);
     inventory_table(&mut out, facts.inventory);
+    fetches_table(&mut out, facts.fetches);
     completeness_table(&mut out, facts.completeness);
     out
 }
@@ -95,6 +104,38 @@ fn violations_table(out: &mut String, alerts: &[Alert]) {
                 a.count
             );
         }
+    }
+    out.push('\n');
+}
+
+/// Bazel's repository fetches: for which repository, how, where to, and
+/// the downloader rules' verdict.
+fn fetches_table(out: &mut String, fetches: &[crate::bazel::fetches::Fetch]) {
+    if fetches.is_empty() {
+        return;
+    }
+    out.push_str("### Repository fetches\n\n| Repository | Via | URL | Connections | Processes | Verdict |\n| --- | --- | --- | --- | --- | --- |\n");
+    for f in fetches {
+        let join = |set: &std::collections::BTreeSet<String>| {
+            set.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        let url = f
+            .fetched_url
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", f.host, f.port));
+        let via = match f.via {
+            crate::bazel::fetches::Via::Downloader => "downloader",
+            crate::bazel::fetches::Via::Bypass => "**bypass**",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {via} | `{}` | {} | {} | {} |",
+            cell(f.repository.as_deref().unwrap_or("?")),
+            cell(&url),
+            cell(&join(&f.connections)),
+            cell(&join(&f.processes)),
+            f.verdict
+        );
     }
     out.push('\n');
 }
@@ -256,6 +297,7 @@ pub(crate) mod tests {
                 violations: 1,
                 completeness: &c,
                 inventory: &inventory,
+                fetches: &[],
             },
         );
         assert!(md.starts_with("## build-monitor: 1 violation(s)"), "{md}");
