@@ -9,17 +9,15 @@
 //! the server JVM is the downloader's; a TCP connect by another process of
 //! the Bazel job outside every spawn (a `repository_ctx.execute(["curl",
 //! …])`, `git`) went around it (bazelbuild/bazel#19402) and is tied to the
-//! repository whose execute event ran that program.
+//! repository whose execute event ran that program. The verdicts are the
+//! policy's (`policy::fetches`).
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr, ToSocketAddrs as _},
     path::Path,
 };
 
 use prost::Message as _;
-use serde::Serialize;
-
-use crate::policy::downloader::{Downloader, Judged, host_port};
 
 /// The fields of `workspace_log.proto` used here (others are skipped).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -113,12 +111,34 @@ impl WorkspaceLog {
 pub struct ServerConnect {
     /// The spawn's command line (after the launcher's `--`), if a spawn.
     pub command: Option<Vec<String>>,
-    pub process: crate::output::alert::ProcessInfo,
-    pub action: crate::output::alert::ActionInfo,
-    pub net: crate::output::alert::NetInfo,
+    pub action: crate::actions::registry::ActionInfo,
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub proto: &'static str,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The connect's result (0 or `-errno`) when known.
+    pub result: Option<i64>,
+    pub netns: Option<u32>,
     /// The network policy's verdict: `allowed`, `observed` or `blocked`.
     pub verdict: &'static str,
     pub count: u64,
+}
+
+impl ServerConnect {
+    /// The server JVM's own connect: Bazel's downloader runs in it.
+    /// Anything else (repository rules' commands) is not the downloader.
+    pub fn by_server(&self) -> bool {
+        let exe = self.exe.as_deref().unwrap_or_default();
+        self.command.is_none()
+            && (base_name(exe) == "java" || exe.is_empty() && self.comm == "java")
+    }
+
+    pub fn destination(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
 }
 
 /// The job's connects, one per (pid, destination); bounded.
@@ -133,7 +153,7 @@ const MAX_CONNECTS: usize = 4096;
 
 impl ServerConnects {
     pub fn record(&mut self, c: ServerConnect) {
-        let key = (c.process.pid, SocketAddr::new(c.net.addr, c.net.port));
+        let key = (c.pid, c.destination());
         if let Some(seen) = self.by_key.get_mut(&key) {
             seen.count += 1;
             if c.verdict == "blocked" {
@@ -147,84 +167,22 @@ impl ServerConnects {
     }
 }
 
-/// The server JVM: Bazel's downloader runs in it. Anything else the job
-/// ran outside its spawns (repository rules' commands) is not the
-/// downloader.
-fn is_server(p: &crate::output::alert::ProcessInfo) -> bool {
-    let exe = p.exe.as_deref().unwrap_or_default();
-    Path::new(exe).file_name().is_some_and(|n| n == "java") || (exe.is_empty() && p.comm == "java")
-}
-
-/// How the fetch was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    /// `repository_ctx.download*`: Bazel's downloader (and its config).
-    Downloader,
-    /// A repository rule's own command: Bazel's downloader config never
-    /// saw it.
-    Bypass,
-}
-
-/// One fetch in the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Fetch {
-    /// `@name`, or null when no repository's command matched the process.
-    pub repository: Option<String>,
-    pub via: Via,
-    /// The URL asked for (null for a bypass whose command line named none).
-    pub url: Option<String>,
-    /// The URL fetched after `[bazel.downloader]` rewrites (= `url` when
-    /// none applied).
-    pub fetched_url: Option<String>,
-    pub host: String,
-    pub port: u16,
-    /// `allowed` or `not_allowed` by `[bazel.downloader]`.
-    pub verdict: &'static str,
-    /// The connects the kernel saw for it: `addr:port`.
-    pub connections: BTreeSet<String>,
-    /// The processes (comm) that made them.
-    pub processes: BTreeSet<String>,
-    /// For a bypass: the repository rule's command line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// The connects behind it, to raise alerts from.
-    #[serde(skip)]
-    pub seen: Vec<ServerConnect>,
-}
-
-/// The stderr summary's lines about fetches (none when there were none).
-pub fn summary_lines(fetches: &[Fetch]) -> String {
-    if fetches.is_empty() {
-        return String::new();
-    }
-    let through = fetches.iter().filter(|f| f.via == Via::Downloader).count();
-    let refused = fetches
-        .iter()
-        .filter(|f| f.verdict == "not_allowed")
-        .count();
-    let mut out = format!(
-        "monitor: {} repository fetch(es): {through} through Bazel's downloader, {} around it; {refused} not allowed by [bazel.downloader]\n",
-        fetches.len(),
-        fetches.len() - through
-    );
-    for f in fetches.iter().filter(|f| f.via == Via::Bypass) {
-        out.push_str(&format!(
-            "monitor: WARNING: {} of repository {} fetched {} outside Bazel's downloader (its config never saw it)\n",
-            f.processes.iter().cloned().collect::<Vec<_>>().join(", "),
-            f.repository.as_deref().unwrap_or("(unknown)"),
-            f.url
-                .clone()
-                .unwrap_or_else(|| f.connections.iter().cloned().collect::<Vec<_>>().join(", "))
-        ));
-    }
-    out
+/// The host (lower case, IPv6 without brackets) and port (the scheme's
+/// default when not given) of an http(s) URL.
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// The addresses `host` stands for: itself when an address, the DNS
 /// answers the job received for it, else what this host resolves it to
 /// now (e.g. `/etc/hosts`).
-fn addresses_of(
+pub fn addresses_of(
     host: &str,
     port: u16,
     dns: &dyn Fn(IpAddr) -> Vec<String>,
@@ -246,124 +204,50 @@ fn addresses_of(
     out
 }
 
-/// Joins the log with the connects and judges every fetch.
-pub fn join(
-    log: &WorkspaceLog,
-    connects: &ServerConnects,
-    rules: &Downloader,
+/// The repository command a connect that is not the server's belongs
+/// to: `None` for a build spawn (a spawn no repository rule ran);
+/// otherwise the repository rule's command that ran it, if one matches —
+/// a spawn by its exact command line, a process of the job by the program
+/// its command ran, preferring one whose command line names a URL to the
+/// connect's destination.
+pub fn repository_command<'a>(
+    log: &'a WorkspaceLog,
+    c: &ServerConnect,
     dns: &dyn Fn(IpAddr) -> Vec<String>,
-) -> Vec<Fetch> {
-    let seen_addrs: Vec<IpAddr> = connects
-        .by_key
-        .keys()
-        .map(|(_, a)| a.ip().to_canonical())
+) -> Option<Option<CommandMatch<'a>>> {
+    let program = c.exe.as_deref().map(base_name).unwrap_or_default();
+    let runs_it = |argv: &Vec<String>| match &c.command {
+        Some(command) => same_command(command, argv),
+        None => argv
+            .first()
+            .is_some_and(|a| base_name(a) == program || base_name(a) == c.comm),
+    };
+    let candidates: Vec<&(String, Vec<String>)> = log
+        .executes
+        .iter()
+        .filter(|(_, argv)| runs_it(argv))
         .collect();
-    let mut fetches = Vec::new();
-    for (repo, url) in &log.downloads {
-        for judged in rules.judge(url) {
-            let addrs = addresses_of(&judged.host, judged.port, dns, &seen_addrs);
-            let seen: Vec<ServerConnect> = connects
-                .by_key
-                .values()
-                .filter(|c| c.command.is_none() && is_server(&c.process))
-                .filter(|c| c.net.port == judged.port && addrs.contains(&c.net.addr.to_canonical()))
-                .cloned()
-                .collect();
-            fetches.push(fetch(
-                Some(repo.clone()),
-                Via::Downloader,
-                Some(url),
-                &judged,
-                seen,
-                None,
-            ));
-        }
+    if c.command.is_some() && candidates.is_empty() {
+        return None;
     }
-    fetches.extend(bypasses(log, connects, rules, dns));
-    fetches
-}
-
-fn fetch(
-    repository: Option<String>,
-    via: Via,
-    url: Option<&String>,
-    judged: &Judged,
-    seen: Vec<ServerConnect>,
-    command: Option<Vec<String>>,
-) -> Fetch {
-    Fetch {
+    let (addr, port) = (c.addr.to_canonical(), c.port);
+    let best = candidates
+        .iter()
+        .find(|(_, argv)| url_to(argv, addr, port, dns).is_some())
+        .or(candidates.first());
+    Some(best.map(|(repository, argv)| CommandMatch {
         repository,
-        via,
-        url: url.cloned(),
-        fetched_url: url.map(|_| judged.url.clone()),
-        host: judged.host.clone(),
-        port: judged.port,
-        verdict: if judged.allowed {
-            "allowed"
-        } else {
-            "not_allowed"
-        },
-        connections: seen
-            .iter()
-            .map(|c| SocketAddr::new(c.net.addr, c.net.port).to_string())
-            .collect(),
-        processes: seen.iter().map(|c| c.process.comm.clone()).collect(),
-        command,
-        seen,
-    }
+        argv,
+        url: url_to(argv, addr, port, dns),
+    }))
 }
 
-/// TCP connects of the job's other processes: one fetch per process and
-/// destination, tied to the repository whose command it was — a spawn by
-/// its exact command line, a process of the job by the program its
-/// command ran (preferring one whose command line names a URL to that
-/// destination). A spawn no repository ran is a build action: skipped.
-fn bypasses(
-    log: &WorkspaceLog,
-    connects: &ServerConnects,
-    rules: &Downloader,
-    dns: &dyn Fn(IpAddr) -> Vec<String>,
-) -> Vec<Fetch> {
-    let mut out = Vec::new();
-    for c in connects.by_key.values() {
-        if c.command.is_none() && is_server(&c.process) || c.net.proto != "tcp" {
-            continue;
-        }
-        let program = c.process.exe.as_deref().map(base_name).unwrap_or_default();
-        let runs_it = |argv: &Vec<String>| match &c.command {
-            Some(command) => same_command(command, argv),
-            None => argv
-                .first()
-                .is_some_and(|a| base_name(a) == program || base_name(a) == c.process.comm),
-        };
-        let candidates: Vec<&(String, Vec<String>)> = log
-            .executes
-            .iter()
-            .filter(|(_, argv)| runs_it(argv))
-            .collect();
-        if c.command.is_some() && candidates.is_empty() {
-            continue;
-        }
-        let (addr, port) = (c.net.addr.to_canonical(), c.net.port);
-        let best = candidates
-            .iter()
-            .find(|(_, argv)| url_to(argv, addr, port, dns).is_some())
-            .or(candidates.first());
-        let url = best.and_then(|(_, argv)| url_to(argv, addr, port, dns));
-        let judged = match url {
-            Some(u) => rules.judge(u).swap_remove(0),
-            None => rules.judge_address(c.net.addr, c.net.port, &dns(c.net.addr)),
-        };
-        out.push(fetch(
-            best.map(|(r, _)| r.clone()),
-            Via::Bypass,
-            url,
-            &judged,
-            vec![c.clone()],
-            best.map(|(_, argv)| argv.clone()),
-        ));
-    }
-    out
+/// A repository rule's command behind a connect.
+pub struct CommandMatch<'a> {
+    pub repository: &'a str,
+    pub argv: &'a [String],
+    /// Its argument that is a URL to the connect's destination.
+    pub url: Option<&'a String>,
 }
 
 /// The argument of a command line that is a URL to `addr:port`.
@@ -384,8 +268,8 @@ fn url_to<'a>(
 /// log does not name), by action id: their repository.
 pub fn repository_commands(
     log: &WorkspaceLog,
-    spawn_commands: &std::collections::HashMap<String, Vec<String>>,
-) -> std::collections::HashMap<String, String> {
+    spawn_commands: &HashMap<String, Vec<String>>,
+) -> HashMap<String, String> {
     spawn_commands
         .iter()
         .filter_map(|(id, command)| {
@@ -409,14 +293,13 @@ fn same_command(command: &[String], argv: &[String]) -> bool {
             .all(|(i, (a, b))| a == b || i == 0 && base_name(a) == base_name(b))
 }
 
-fn base_name(path: &str) -> &str {
+pub fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
-    use crate::output::alert::{ActionInfo, NetInfo, ProcessInfo};
 
     fn event(context: &str, event: Event) -> Vec<u8> {
         WorkspaceEvent {
@@ -426,16 +309,11 @@ mod tests {
         .encode_length_delimited_to_vec()
     }
 
-    fn connect(pid: u32, exe: &str, addr: &str, port: u16) -> ServerConnect {
+    /// A connect of `exe` to `addr:port` (pub for `policy::fetches`).
+    pub fn connect(pid: u32, exe: &str, addr: &str, port: u16) -> ServerConnect {
         ServerConnect {
             command: None,
-            process: ProcessInfo {
-                pid,
-                ppid: 1,
-                comm: base_name(exe).into(),
-                exe: Some(exe.into()),
-            },
-            action: ActionInfo {
+            action: crate::actions::registry::ActionInfo {
                 id: "exec-1".into(),
                 cgroup: "/cg".into(),
                 cgroup_id: 1,
@@ -443,22 +321,21 @@ mod tests {
                 mnemonic: Some("BazelServer".into()),
                 worker: None,
             },
-            net: NetInfo {
-                proto: "tcp",
-                addr: addr.parse().unwrap(),
-                port,
-                result: Some(0),
-                send: false,
-                unix_path: None,
-                netns: None,
-                private_netns: false,
-            },
+            pid,
+            ppid: 1,
+            comm: base_name(exe).into(),
+            exe: Some(exe.into()),
+            proto: "tcp",
+            addr: addr.parse().unwrap(),
+            port,
+            result: Some(0),
+            netns: None,
             verdict: "allowed",
             count: 1,
         }
     }
 
-    fn sample_log() -> WorkspaceLog {
+    pub fn sample_log() -> WorkspaceLog {
         let mut bytes = event(
             "//external:allowed_file",
             Event::Download(DownloadEvent {
@@ -519,53 +396,33 @@ mod tests {
     }
 
     #[test]
-    fn downloader_fetches_are_joined_by_host_and_bypasses_by_program() {
+    fn connects_are_tied_to_the_repository_command_that_made_them() {
         let log = sample_log();
-        let mut connects = ServerConnects::default();
-        connects.record(connect(10, "/usr/lib/jvm/bin/java", "127.0.0.1", 81));
         let mut curl = connect(11, "/usr/bin/curl", "127.0.0.1", 82);
-        curl.command = Some(
-            ["/usr/bin/curl", "-o", "f", "http://127.0.0.1:82/b"]
-                .map(String::from)
-                .to_vec(),
-        );
-        connects.record(curl);
-        // A build spawn's connect: no repository ran it.
-        let mut genrule = connect(12, "/usr/bin/curl", "127.0.0.1", 82);
-        genrule.command = Some(vec!["/bin/bash".into(), "-c".into(), "curl x".into()]);
-        connects.record(genrule);
-        // The JVM connects to v4-mapped addresses.
-        connects.record(connect(10, "/usr/lib/jvm/bin/java", "::ffff:127.0.0.1", 81));
-        let rules = Downloader::new(&crate::policy::downloader::DownloaderConfig {
-            allow: vec!["127.0.0.1".into()],
-            block: vec!["*".into()],
-            rewrite: vec![],
-        });
-        let fetches = join(&log, &connects, &rules, &|_| Vec::new());
-        assert_eq!(fetches.len(), 3, "{fetches:#?}");
-        let allowed = &fetches[0];
-        assert_eq!(allowed.repository.as_deref(), Some("@allowed_file"));
-        assert_eq!((allowed.via, allowed.verdict), (Via::Downloader, "allowed"));
+        let m = repository_command(&log, &curl, &|_| Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.repository, "@bypass");
+        assert_eq!(m.url.map(String::as_str), Some("http://127.0.0.1:82/b"));
+        // As a spawn: by its command line; a build spawn is none of them.
+        curl.command = Some(vec![
+            "/usr/bin/curl".into(),
+            "-o".into(),
+            "f".into(),
+            "http://127.0.0.1:82/b".into(),
+        ]);
+        assert!(repository_command(&log, &curl, &|_| Vec::new()).is_some_and(|m| m.is_some()));
+        curl.command = Some(vec!["/bin/bash".into(), "-c".into(), "curl x".into()]);
+        assert!(repository_command(&log, &curl, &|_| Vec::new()).is_none());
+        assert!(connect(10, "/usr/lib/jvm/bin/java", "127.0.0.1", 81).by_server());
         assert_eq!(
-            allowed.connections,
-            [
-                "127.0.0.1:81".to_string(),
-                "[::ffff:127.0.0.1]:81".to_string()
-            ]
-            .into()
+            host_port("http://[::1]:81/a"),
+            Some(("::1".to_string(), 81))
         );
-        let denied = &fetches[1];
         assert_eq!(
-            (denied.host.as_str(), denied.verdict),
-            ("localhost", "not_allowed")
+            host_port("https://h.test/a"),
+            Some(("h.test".to_string(), 443))
         );
-        // localhost is 127.0.0.1 here (/etc/hosts): the JVM's connect.
-        assert!(denied.connections.contains("127.0.0.1:81"), "{denied:#?}");
-        let bypass = &fetches[2];
-        assert_eq!(bypass.via, Via::Bypass);
-        assert_eq!(bypass.repository.as_deref(), Some("@bypass"));
-        assert_eq!(bypass.url.as_deref(), Some("http://127.0.0.1:82/b"));
-        assert_eq!(bypass.processes, ["curl".to_string()].into());
-        assert_eq!(bypass.verdict, "allowed");
+        assert_eq!(host_port("not a url"), None);
     }
 }

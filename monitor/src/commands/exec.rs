@@ -166,7 +166,7 @@ fn report_run(
     }
     eprint!(
         "{}",
-        crate::bazel::fetches::summary_lines(&running.pipeline.fetches)
+        crate::policy::fetches::summary_lines(&running.pipeline.fetches)
     );
     if let Some(path) = &opts.report {
         let events = events_by_kind(&running.metrics);
@@ -235,7 +235,7 @@ fn write_summaries(
     code: u8,
     run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
-    fetches: &[crate::bazel::fetches::Fetch],
+    fetches: &[crate::policy::fetches::Fetch],
 ) -> anyhow::Result<()> {
     if let Some(path) = &opts.markdown {
         let command: Vec<String> = opts

@@ -17,7 +17,7 @@ pub struct RunFacts<'a> {
     pub completeness: &'a Completeness,
     pub inventory: &'a Inventory,
     /// Bazel's repository fetches, judged (empty when not a Bazel build).
-    pub fetches: &'a [crate::bazel::fetches::Fetch],
+    pub fetches: &'a [crate::policy::fetches::Fetch],
 }
 
 /// `proto address:port`, or `unix /path`.
@@ -110,7 +110,7 @@ fn violations_table(out: &mut String, alerts: &[Alert]) {
 
 /// Bazel's repository fetches: for which repository, how, where to, and
 /// the downloader rules' verdict.
-fn fetches_table(out: &mut String, fetches: &[crate::bazel::fetches::Fetch]) {
+fn fetches_table(out: &mut String, fetches: &[crate::policy::fetches::Fetch]) {
     if fetches.is_empty() {
         return;
     }
@@ -124,8 +124,8 @@ fn fetches_table(out: &mut String, fetches: &[crate::bazel::fetches::Fetch]) {
             .clone()
             .unwrap_or_else(|| format!("{}:{}", f.host, f.port));
         let via = match f.via {
-            crate::bazel::fetches::Via::Downloader => "downloader",
-            crate::bazel::fetches::Via::Bypass => "**bypass**",
+            crate::policy::fetches::Via::Downloader => "downloader",
+            crate::policy::fetches::Via::Bypass => "**bypass**",
         };
         let _ = writeln!(
             out,

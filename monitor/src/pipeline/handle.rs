@@ -555,18 +555,16 @@ impl Handler {
             .server_connects
             .record(crate::bazel::fetches::ServerConnect {
                 command: action.spawn.as_ref().map(|s| s.command.clone()),
-                process: observed.process(),
                 action: action.info.clone(),
-                net: crate::output::alert::NetInfo {
-                    proto,
-                    addr: c.addr,
-                    port: c.port,
-                    result: c.result,
-                    send: c.send,
-                    unix_path: None,
-                    netns: Some(c.netns),
-                    private_netns: false,
-                },
+                pid: c.origin.pid,
+                ppid: c.origin.ppid,
+                comm: c.origin.comm_str(),
+                exe: observed.exe.as_deref().map(str::to_owned),
+                proto,
+                addr: c.addr,
+                port: c.port,
+                result: c.result,
+                netns: Some(c.netns),
                 verdict,
                 count: 1,
             });

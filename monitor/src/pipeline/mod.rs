@@ -80,7 +80,7 @@ pub struct Pipeline {
     /// are judged against (`monitor exec` of a Bazel build).
     fetch_log: Option<FetchLog>,
     /// The repository fetches, judged at the end.
-    pub fetches: Vec<crate::bazel::fetches::Fetch>,
+    pub fetches: Vec<crate::policy::fetches::Fetch>,
 }
 
 /// Where the fetches come from and what judges them.
@@ -302,8 +302,8 @@ impl Pipeline {
         let summary = &self.handler.summary;
         let names = |a| summary.inventory.names.of(a);
         self.fetches =
-            crate::bazel::fetches::join(&log, &summary.server_connects, &f.rules, &names);
-        for v in crate::policy::downloader::fetch_violations(&self.fetches, f.configured) {
+            crate::policy::fetches::join(&log, &summary.server_connects, &f.rules, &names);
+        for v in crate::policy::fetches::fetch_violations(&self.fetches, f.configured) {
             self.handler.count_violation(v);
         }
         self.label_repository_commands(&log);

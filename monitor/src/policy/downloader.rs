@@ -5,6 +5,8 @@
 //! an `allow` host matches it, else refused when a `block` host (or `*`)
 //! matches, else allowed (Bazel's UrlRewriter, 4.2 to 7).
 use regex::Regex;
+
+use crate::bazel::fetches::host_port;
 use serde::{Deserialize, Serialize};
 
 /// The config table (docs/config.md).
@@ -210,72 +212,6 @@ fn url_host(addr: std::net::IpAddr) -> String {
     }
 }
 
-/// The host (lower case, IPv6 without brackets) and port (the scheme's
-/// default when not given) of an http(s) URL.
-pub fn host_port(url: &str) -> Option<(String, u16)> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    });
-    Some((host.to_ascii_lowercase(), port))
-}
-
-/// The violations among judged fetches: a downloader fetch the rules do
-/// not allow, joined to a connect (`fetch_not_allowed`); with rules
-/// configured, every connect that went around the downloader
-/// (`fetch_bypassed_downloader`). One per connect (process, destination).
-pub fn fetch_violations(
-    fetches: &[crate::bazel::fetches::Fetch],
-    rules_configured: bool,
-) -> Vec<crate::policy::judge::Violation> {
-    use crate::bazel::fetches::Via;
-    use crate::output::alert::{Alert, AlertKind, FetchInfo, Verdict};
-    let mut out = Vec::new();
-    for f in fetches {
-        let bypass = f.via == Via::Bypass;
-        if !(bypass && rules_configured || !bypass && f.verdict == "not_allowed") {
-            continue;
-        }
-        for c in &f.seen {
-            let info = FetchInfo {
-                repository: f.repository.clone(),
-                url: f.url.clone(),
-                fetched_url: f.fetched_url.clone(),
-                host: f.host.clone(),
-                via: if bypass { "bypass" } else { "downloader" },
-            };
-            out.push(crate::policy::judge::Violation {
-                target: crate::policy::judge::Target::Fetch(
-                    f.fetched_url
-                        .clone()
-                        .unwrap_or_else(|| format!("{}:{}", f.host, f.port)),
-                ),
-                alert: Alert {
-                    time: std::time::SystemTime::now(),
-                    kind: AlertKind::Fetch { bypass },
-                    action: c.action.clone(),
-                    process: c.process.clone(),
-                    file: None,
-                    net: Some(c.net.clone()),
-                    verdict: if c.verdict == "blocked" {
-                        Verdict::Blocked
-                    } else {
-                        Verdict::Observed
-                    },
-                    count: 1,
-                    cache_risk: None,
-                    fetch: Some(Box::new(info)),
-                    summary: None,
-                },
-                undecided: false,
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,15 +271,6 @@ mod tests {
         // The pattern must match the whole URL without its scheme.
         let j = d.judge("https://example.org/github.com/x");
         assert!(!j[0].rewritten && !j[0].allowed);
-    }
-
-    #[test]
-    fn ipv6_hosts_lose_their_brackets() {
-        assert_eq!(
-            host_port("http://[::1]:81/a"),
-            Some(("::1".to_string(), 81))
-        );
-        assert_eq!(host_port("not a url"), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod access;
 pub mod cache_risk;
 /// `[bazel.downloader]`: Bazel's downloader rules, per repository fetch.
 pub mod downloader;
+/// Repository fetches judged: downloader rules, bypasses.
+pub mod fetches;
 pub mod isolation;
 pub mod judge;
 pub mod kernel_rules;
