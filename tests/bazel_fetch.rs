@@ -20,7 +20,8 @@ use serde_json::Value;
 const BAZEL: &str = "/usr/bin/bazel";
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 serving the files of one
-/// directory (`Connection: close`), remembering each path asked for.
+/// directory (`Connection: close`), remembering each request as
+/// `HOST PATH` (the `Host` header says which URL the client was fetching).
 struct FileServer {
     port: u16,
     served: Arc<Mutex<Vec<String>>>,
@@ -39,12 +40,16 @@ impl FileServer {
                 let _ = reader.read_line(&mut request);
                 // The headers, up to the empty line.
                 let mut line = String::new();
+                let mut host = String::new();
                 while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if line.to_ascii_lowercase().starts_with("host:") {
+                        host = line[5..].trim().to_string();
+                    }
                     line.clear();
                 }
                 let path = request.split(' ').nth(1).unwrap_or("/").to_string();
                 let body = fs::read(root.join(path.trim_start_matches('/')));
-                log.lock().unwrap().push(path);
+                log.lock().unwrap().push(format!("{host} {path}"));
                 let mut stream = reader.into_inner();
                 let _ = match body {
                     Ok(body) => stream
@@ -130,6 +135,12 @@ fn fixture(t: &Path, port: u16) -> PathBuf {
         .replace("@SHA_ALLOWED@", &sha256(&served.join("allowed.txt")))
         .replace("@SHA_DENIED@", &sha256(&served.join("denied.tar")));
     fs::write(ws.join("WORKSPACE"), workspace).unwrap();
+    // Bazel's own downloader config, for the test that hands it to Bazel.
+    fs::write(
+        ws.join("downloader.cfg"),
+        format!("rewrite localhost:{port}/(.*) 127.0.0.1:{port}/$1\nallow 127.0.0.1\nblock *\n"),
+    )
+    .unwrap();
     ws
 }
 
@@ -222,11 +233,16 @@ fn fetches_are_attributed_to_their_repository_and_judged_by_the_downloader_rules
         "the build succeeds, the fetch violations exit 1:\n{}",
         b.stderr
     );
+    let port = b.server.port;
     let mut served = b.server.served();
     served.sort();
     assert_eq!(
         served,
-        ["/allowed.txt", "/bypass.txt", "/denied.tar"],
+        [
+            format!("127.0.0.1:{port} /allowed.txt"),
+            format!("127.0.0.1:{port} /bypass.txt"),
+            format!("localhost:{port} /denied.tar"),
+        ],
         "{}",
         b.stderr
     );
@@ -236,7 +252,6 @@ fn fetches_are_attributed_to_their_repository_and_judged_by_the_downloader_rules
     let allowed = b.fetch("@allowed_file");
     assert_eq!(allowed["via"], "downloader");
     assert_eq!(allowed["verdict"], "allowed");
-    let port = b.server.port;
     assert_eq!(
         allowed["url"],
         format!("http://127.0.0.1:{port}/allowed.txt")
@@ -336,9 +351,10 @@ allow = [{ cidr = "127.0.0.1/32", port = $PORT }]
     );
     // The server's own fetch went through: the file was served, the
     // connect is joined to its repository, nothing was blocked for it.
+    let port = b.server.port;
     let served = b.server.served();
     assert!(
-        served.contains(&"/allowed.txt".to_string()),
+        served.contains(&format!("127.0.0.1:{port} /allowed.txt")),
         "{served:?}\n{}",
         b.stderr
     );
@@ -367,11 +383,63 @@ allow = [{ cidr = "127.0.0.1/32", port = $PORT }]
         b.report["alerts"],
         b.stderr
     );
-    assert!(!served.contains(&"/bypass.txt".to_string()), "{served:?}");
+    assert!(
+        !served.iter().any(|s| s.ends_with("/bypass.txt")),
+        "{served:?}"
+    );
     assert_eq!(b.fetch("@bypass")["via"], "bypass");
     assert_ne!(
         b.code,
         Some(0),
         "the @bypass fetch failed, so did the build"
     );
+}
+
+#[test]
+fn bazels_own_downloader_config_is_judged_with_its_rewrites() {
+    // No [bazel.downloader]: the rules are the file given to Bazel, which
+    // rewrites the localhost URL to the allowed 127.0.0.1.
+    let b = build(
+        DOWNLOADER_POLICY
+            .split("[bazel.downloader]")
+            .next()
+            .unwrap(),
+        &[],
+        &[
+            "--experimental_downloader_config=downloader.cfg",
+            "//:fetched",
+        ],
+    );
+    let port = b.server.port;
+    // Bazel applied the rewrite: the archive was asked of 127.0.0.1.
+    let served = b.server.served();
+    assert!(
+        served.contains(&format!("127.0.0.1:{port} /denied.tar")),
+        "{served:?}\n{}",
+        b.stderr
+    );
+    let denied = b.fetch("@denied_archive");
+    assert_eq!(denied["url"], format!("http://localhost:{port}/denied.tar"));
+    assert_eq!(
+        denied["fetched_url"],
+        format!("http://127.0.0.1:{port}/denied.tar")
+    );
+    assert_eq!(
+        (&denied["host"], &denied["verdict"]),
+        (&"127.0.0.1".into(), &"allowed".into())
+    );
+    assert!(
+        !denied["connections"].as_array().unwrap().is_empty(),
+        "{denied:#}"
+    );
+    assert!(
+        b.alerts("fetch_not_allowed").is_empty(),
+        "{:#?}",
+        b.report["alerts"]
+    );
+    // Positive control, same run: the rules are in force (from Bazel's
+    // file), so the curl bypass is a violation.
+    let bypassed = b.alerts("fetch_bypassed_downloader");
+    assert_eq!(bypassed.len(), 1, "{:#?}\n{}", b.report["alerts"], b.stderr);
+    assert_eq!(bypassed[0]["fetch"]["repository"], "@bypass");
 }

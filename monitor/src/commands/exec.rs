@@ -100,14 +100,17 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     });
     let mut running = start::start(&config, scopes, true, false).await?;
     running.pipeline.set_exec_log(exec_log);
+    let rules = config
+        .bazel
+        .downloader
+        .clone()
+        .or_else(|| bazels_downloader_config(&opts.command));
     running
         .pipeline
         .set_fetch_log(fetch_log.map(|path| crate::pipeline::FetchLog {
             path,
-            rules: crate::policy::downloader::Downloader::new(
-                &config.bazel.downloader.clone().unwrap_or_default(),
-            ),
-            configured: config.bazel.downloader.is_some(),
+            rules: crate::policy::downloader::Downloader::new(&rules.clone().unwrap_or_default()),
+            configured: rules.is_some(),
         }));
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
@@ -380,6 +383,42 @@ fn add_bazel_flag(
         OsString::from(format!("{flag}={}", path.display())),
     );
     Some(path)
+}
+
+/// The downloader config given to Bazel on its command line, as rules
+/// (used when the policy has no `[bazel.downloader]`): the rules Bazel
+/// really applied. A file that cannot be used is warned about.
+fn bazels_downloader_config(
+    command: &[OsString],
+) -> Option<crate::policy::downloader::DownloaderConfig> {
+    const FLAGS: [&str; 2] = ["--experimental_downloader_config", "--downloader_config"];
+    let mut args = command.iter().skip(1).filter_map(|a| a.to_str());
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        for flag in FLAGS {
+            if let Some(value) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                path = Some(value.to_string());
+            } else if arg == flag {
+                path = args.next().map(str::to_string);
+            }
+        }
+    }
+    let path = path?;
+    let parsed = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| crate::policy::downloader::parse_bazel_file(&text));
+    match parsed {
+        Ok(rules) => Some(rules),
+        Err(why) => {
+            eprintln!(
+                "monitor: WARNING: cannot judge fetches by Bazel's downloader config {path}: {why}"
+            );
+            None
+        }
+    }
 }
 
 /// A fresh private directory (random name, mode 0700, created exclusively):

@@ -51,6 +51,33 @@ pub struct Judged {
     pub allowed: bool,
 }
 
+/// Bazel's own file (`--experimental_downloader_config`, `--downloader_config`):
+/// `allow HOST`, `block HOST`, `rewrite PATTERN REPLACEMENT`,
+/// `all_blocked_message …` (ignored), `#` comments. Errors name the line.
+pub fn parse_bazel_file(text: &str) -> Result<DownloaderConfig, String> {
+    let mut c = DownloaderConfig::default();
+    for (i, line) in text.lines().enumerate() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let bad = |what: &str| Err(format!("line {}: {what}: {line}", i + 1));
+        match parts.as_slice() {
+            [] => {}
+            [first, ..] if first.starts_with('#') => {}
+            ["allow", host] => c.allow.push(host.to_string()),
+            ["block", host] => c.block.push(host.to_string()),
+            ["rewrite", pattern, replacement] => c.rewrite.push(Rewrite {
+                pattern: pattern.to_string(),
+                replacement: replacement.to_string(),
+            }),
+            ["all_blocked_message", _, ..] => {}
+            ["allow" | "block", ..] => return bad("only the host name may follow"),
+            ["rewrite", ..] => return bad("rewrite takes a pattern and a replacement"),
+            _ => return bad("unable to parse"),
+        }
+    }
+    validate(&c).map_err(|(key, why)| format!("{key}: {why}"))?;
+    Ok(c)
+}
+
 /// Checks one table; errors are (key below `bazel.downloader`, reason).
 pub fn validate(c: &DownloaderConfig) -> Result<(), (String, String)> {
     for (key, hosts) in [("allow", &c.allow), ("block", &c.block)] {
@@ -271,6 +298,26 @@ mod tests {
         // The pattern must match the whole URL without its scheme.
         let j = d.judge("https://example.org/github.com/x");
         assert!(!j[0].rewritten && !j[0].allowed);
+    }
+
+    #[test]
+    fn bazels_own_file_reads_as_the_same_rules() {
+        let c = parse_bazel_file(
+            "# mirror\nrewrite  github.com/(.*) mirror.test/$1\nallow mirror.test\n\nblock *\nall_blocked_message see wiki\n",
+        )
+        .unwrap();
+        assert_eq!((c.allow.len(), c.block.len(), c.rewrite.len()), (1, 1, 1));
+        let j = Downloader::new(&c).judge("https://github.com/a/b");
+        assert_eq!(j[0].url, "https://mirror.test/a/b");
+        assert!(j[0].allowed);
+        let e = parse_bazel_file("allow a b\n").unwrap_err();
+        assert!(e.starts_with("line 1:"), "{e}");
+        assert!(
+            parse_bazel_file("\nfetch x\n")
+                .unwrap_err()
+                .starts_with("line 2:")
+        );
+        assert!(parse_bazel_file("rewrite ( x\n").is_err());
     }
 
     #[test]
