@@ -3,13 +3,15 @@
 //!
 //! The source is Bazel's workspace rules log
 //! (`--experimental_workspace_rules_log_file`, delimited `WorkspaceEvent`
-//! protos, Bazel 1 to 7): its download events carry the repository and the
-//! URLs given to the downloader, its execute events the command lines
-//! repository rules ran. The kernel says who connected where: a connect by
-//! the server JVM is the downloader's; a TCP connect by another process of
-//! the Bazel job outside every spawn (a `repository_ctx.execute(["curl",
-//! …])`, `git`) went around it (bazelbuild/bazel#19402) and is tied to the
-//! repository whose execute event ran that program. The verdicts are the
+//! protos; read here from Bazel 4.2.3): its download events carry the
+//! repository and the URLs given to the downloader, its execute events the
+//! command lines repository rules ran. The kernel says who connected where:
+//! a connect by the server JVM is the downloader's; a TCP connect by a
+//! repository rule's own command (`repository_ctx.execute(["curl", …])`,
+//! `git`: a process-wrapper spawn in Bazel 4, matched by its command line,
+//! or another process of the job outside every spawn, matched by program)
+//! went around it (bazelbuild/bazel#19402) and is tied to the repository
+//! whose execute event ran it. The verdicts are the
 //! policy's (`policy::fetches`).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},

@@ -56,16 +56,10 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     } else {
         None
     };
-    let fetch_log = if exec_log.is_some() {
-        add_bazel_flag(
-            &mut opts.command,
-            WORKSPACE_LOG_FLAG,
-            scratch.path(),
-            "workspace_rules.log",
-        )
-    } else {
-        None
-    };
+    let fetch_log = exec_log
+        .is_some()
+        .then(|| fetch_log(&config, &mut opts.command, scratch.path()))
+        .flatten();
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let job_id = format!("exec-{}", std::process::id());
     let job_dir = root.join("build-monitor").join(&job_id);
@@ -100,18 +94,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     });
     let mut running = start::start(&config, scopes, true, false).await?;
     running.pipeline.set_exec_log(exec_log);
-    let rules = config
-        .bazel
-        .downloader
-        .clone()
-        .or_else(|| bazels_downloader_config(&opts.command));
-    running
-        .pipeline
-        .set_fetch_log(fetch_log.map(|path| crate::pipeline::FetchLog {
-            path,
-            rules: crate::policy::downloader::Downloader::new(&rules.clone().unwrap_or_default()),
-            configured: rules.is_some(),
-        }));
+    running.pipeline.set_fetch_log(fetch_log);
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
@@ -136,12 +119,33 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
-    let mut bazel_section = running.pipeline.bazel_section.take();
-    if let Some(section) = &mut bazel_section {
+    let bazel_section = running.pipeline.bazel_section.take().map(|mut section| {
         section["fetches"] =
             serde_json::to_value(&running.pipeline.fetches).expect("fetches serialise");
-    }
+        section
+    });
     report_run(&running, &opts, &given, code, bazel_section)
+}
+
+/// Asks Bazel for its workspace rules log (the repository behind each
+/// fetch), judged by `[bazel.downloader]`, else by the downloader config
+/// given to Bazel.
+fn fetch_log(
+    config: &Config,
+    command: &mut Vec<OsString>,
+    scratch: &Path,
+) -> Option<crate::pipeline::FetchLog> {
+    let path = add_bazel_flag(command, WORKSPACE_LOG_FLAG, scratch, "workspace_rules.log")?;
+    let rules = config
+        .bazel
+        .downloader
+        .clone()
+        .or_else(|| bazels_downloader_config(command));
+    Some(crate::pipeline::FetchLog {
+        path,
+        rules: crate::policy::downloader::Downloader::new(&rules.clone().unwrap_or_default()),
+        configured: rules.is_some(),
+    })
 }
 
 /// Everything said and written once the command has ended; returns the

@@ -300,6 +300,12 @@ impl Pipeline {
             );
         }
         let summary = &self.handler.summary;
+        if summary.server_connects.dropped > 0 {
+            log::warn!(
+                "{} connect(s) of the Bazel job were not joined with its fetches (more than 4096 distinct)",
+                summary.server_connects.dropped
+            );
+        }
         let names = |a| summary.inventory.names.of(a);
         self.fetches =
             crate::policy::fetches::join(&log, &summary.server_connects, &f.rules, &names);
