@@ -63,15 +63,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let job_id = format!("exec-{}", std::process::id());
     let job_dir = root.join("build-monitor").join(&job_id);
-    std::fs::create_dir_all(&job_dir)
-        .with_context(|| format!("cannot create cgroup {}", job_dir.display()))
-        .map_err(StartError::Kernel)?;
-    // The command runs one level down, so that cgroups Bazel 7+ creates next
-    // to its server's (per-spawn slices) land inside the job.
-    let command_dir = job_dir.join("cmd");
-    std::fs::create_dir_all(&command_dir)
-        .with_context(|| format!("cannot create cgroup {}", command_dir.display()))
-        .map_err(StartError::Kernel)?;
+    let command_dir = make_job_cgroups(&job_dir)?;
     let _cleanup = CgroupGuard(job_dir.clone());
     let mut scopes = start::parent_scopes(&config, &root)?;
     scopes.push(Scope {
@@ -125,6 +117,19 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         section
     });
     report_run(&running, &opts, &given, code, bazel_section)
+}
+
+/// Creates the job's cgroup and, one level down, the command's (so that
+/// cgroups Bazel 7+ creates next to its server's, per-spawn slices, land
+/// inside the job); returns the command's.
+fn make_job_cgroups(job_dir: &Path) -> Result<PathBuf, StartError> {
+    let command_dir = job_dir.join("cmd");
+    for dir in [job_dir, &command_dir] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cgroup {}", dir.display()))
+            .map_err(StartError::Kernel)?;
+    }
+    Ok(command_dir)
 }
 
 /// Asks Bazel for its workspace rules log (the repository behind each
