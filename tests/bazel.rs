@@ -11,10 +11,11 @@ use std::{
     process::Command,
 };
 
-use monitor_integration_tests::*;
+use monitor_integration_tests::{
+    bazel::{BAZEL, startup_args},
+    *,
+};
 use serde_json::Value;
-
-const BAZEL: &str = "/usr/bin/bazel";
 
 struct Build {
     _tmp: tempfile::TempDir,
@@ -197,11 +198,7 @@ fn build_opts(o: Opts) -> Build {
         targets,
         port,
     } = o;
-    require_root();
-    assert!(
-        Path::new(BAZEL).exists(),
-        "{BAZEL} missing: run `cargo xtask setup` (installs bazel-bootstrap)"
-    );
+    bazel::require_bazel();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let ws = t.join("ws");
@@ -240,16 +237,9 @@ fn build_opts(o: Opts) -> Build {
         })
         .output()
         .unwrap();
-    // `monitor exec` stops the server the build started; make sure.
-    let _ = Command::new(BAZEL)
-        .current_dir(&ws)
-        .env("HOME", t)
-        .args(&startup)
-        .arg("shutdown")
-        .output();
+    bazel::shutdown(&ws, t, &startup);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
+    let report = bazel::read_report(&report, &stderr);
     let alerts = report["alerts"].as_array().cloned().unwrap_or_default();
     Build {
         ob: t.join("ob"),
@@ -313,18 +303,6 @@ fn monitor_exec(t: &Path, ws: &Path, config: Option<&str>) -> Command {
         monitor.arg("--config").arg(file);
     }
     monitor
-}
-
-/// Bazel startup options that keep every file in the test's temp dir.
-fn startup_args(t: &Path) -> [String; 3] {
-    [
-        format!("--output_base={}", t.join("ob").display()),
-        format!("--output_user_root={}", t.join("root").display()),
-        format!(
-            "--host_jvm_args=-Djava.io.tmpdir={}",
-            t.join("jtmp").display()
-        ),
-    ]
 }
 
 fn check_common(b: &Build) {

@@ -14,10 +14,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use monitor_integration_tests::*;
+use monitor_integration_tests::{
+    bazel::{BAZEL, startup_args},
+    *,
+};
 use serde_json::Value;
-
-const BAZEL: &str = "/usr/bin/bazel";
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 serving the files of one
 /// directory (`Connection: close`), remembering each request as
@@ -149,11 +150,7 @@ fn fixture(t: &Path, port: u16) -> PathBuf {
 /// file (output base, repository cache) is in the test's temp dir, so
 /// every fetch goes to the network.
 fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
-    require_root();
-    assert!(
-        Path::new(BAZEL).exists(),
-        "{BAZEL} missing: run `cargo xtask setup` (installs bazel-bootstrap)"
-    );
+    bazel::require_bazel();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let server = FileServer::start(t.join("served"));
@@ -166,14 +163,7 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
     .unwrap();
     let report = t.join("report.json");
     let markdown = t.join("summary.md");
-    let startup = [
-        format!("--output_base={}", t.join("ob").display()),
-        format!("--output_user_root={}", t.join("root").display()),
-        format!(
-            "--host_jvm_args=-Djava.io.tmpdir={}",
-            t.join("jtmp").display()
-        ),
-    ];
+    let startup = startup_args(t);
     let out = Command::new(monitor_bin())
         .current_dir(&ws)
         .env_clear()
@@ -194,15 +184,9 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
         .args(bazel_args)
         .output()
         .unwrap();
-    let _ = Command::new(BAZEL)
-        .current_dir(&ws)
-        .env("HOME", t)
-        .args(&startup)
-        .arg("shutdown")
-        .output();
+    bazel::shutdown(&ws, t, &startup);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
+    let report = bazel::read_report(&report, &stderr);
     Build {
         markdown: fs::read_to_string(&markdown).unwrap_or_default(),
         _tmp: tmp,

@@ -14,10 +14,12 @@ use std::{
     process::Command,
 };
 
-use monitor_integration_tests::*;
+use monitor_integration_tests::{
+    bazel::{BAZEL, startup_args},
+    *,
+};
 use serde_json::{Value, json};
 
-const BAZEL: &str = "/usr/bin/bazel";
 /// The two targets one worker serves in the first tests.
 const TWO: [&str; 2] = ["//:clean", "//:sneaky"];
 
@@ -82,27 +84,11 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Bazel startup options that keep every file in the test's temp dir.
-fn startup_args(t: &Path) -> [String; 3] {
-    [
-        format!("--output_base={}", t.join("ob").display()),
-        format!("--output_user_root={}", t.join("root").display()),
-        format!(
-            "--host_jvm_args=-Djava.io.tmpdir={}",
-            t.join("jtmp").display()
-        ),
-    ]
-}
-
 /// Builds `targets` of the fixture under `monitor exec` (with
 /// `monitor_args`), the worker strategy for its rule, one worker process,
 /// and `extra` build flags.
 fn build(targets: &[&str], extra: &[&str], monitor_args: &[&str]) -> Build {
-    require_root();
-    assert!(
-        Path::new(BAZEL).exists(),
-        "{BAZEL} missing: run `cargo xtask setup` (installs bazel-bootstrap)"
-    );
+    bazel::require_bazel();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let ws = t.join("ws");
@@ -138,20 +124,13 @@ fn build(targets: &[&str], extra: &[&str], monitor_args: &[&str]) -> Build {
         .args(targets)
         .output()
         .unwrap();
-    // `monitor exec` stops the server the build started; make sure.
-    let _ = Command::new(BAZEL)
-        .current_dir(&ws)
-        .env("HOME", t)
-        .args(&startup)
-        .arg("shutdown")
-        .output();
+    bazel::shutdown(&ws, t, &startup);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         stderr.contains("Build completed successfully"),
         "the build failed:\n{stderr}"
     );
-    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"));
+    let report = bazel::read_report(&report, &stderr);
     Build {
         _tmp: tmp,
         ws,

@@ -2,6 +2,8 @@
 //! from its binary, real cgroups and processes placed in them. The general
 //! pieces live in `testkit`; these are thin, test-shaped wrappers that panic
 //! (not `Result`) to keep backtraces.
+pub mod bazel;
+
 use std::{
     fs,
     net::SocketAddr,

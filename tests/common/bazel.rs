@@ -1,0 +1,47 @@
+//! What the real-Bazel tests share: where Bazel is, startup options that
+//! keep every file in the test's temp dir, stopping the server a build left,
+//! and reading the report `monitor exec` wrote.
+use std::{fs, path::Path, process::Command};
+
+use serde_json::Value;
+
+/// Debian's `bazel-bootstrap` (4.2.3), installed by `cargo xtask setup`.
+pub const BAZEL: &str = "/usr/bin/bazel";
+
+/// Root, and Bazel installed: else the test fails loudly.
+pub fn require_bazel() {
+    crate::require_root();
+    assert!(
+        Path::new(BAZEL).exists(),
+        "{BAZEL} missing: run `cargo xtask setup` (installs bazel-bootstrap)"
+    );
+}
+
+/// Bazel startup options that keep every file in the test's temp dir `t`.
+pub fn startup_args(t: &Path) -> [String; 3] {
+    [
+        format!("--output_base={}", t.join("ob").display()),
+        format!("--output_user_root={}", t.join("root").display()),
+        format!(
+            "--host_jvm_args=-Djava.io.tmpdir={}",
+            t.join("jtmp").display()
+        ),
+    ]
+}
+
+/// Stops the server a build in `ws` started (`monitor exec` stops it too;
+/// make sure), with `HOME` at `t`.
+pub fn shutdown(ws: &Path, t: &Path, startup: &[String]) {
+    let _ = Command::new(BAZEL)
+        .current_dir(ws)
+        .env("HOME", t)
+        .args(startup)
+        .arg("shutdown")
+        .output();
+}
+
+/// The JSON report at `path`, or a panic that shows what the monitor said.
+pub fn read_report(path: &Path, stderr: &str) -> Value {
+    serde_json::from_slice(&fs::read(path).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no report ({e}); monitor said:\n{stderr}"))
+}
