@@ -112,6 +112,25 @@ fn kept_name(len: usize, name: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl ActionView {
+    /// A view with nothing made yet by the action.
+    pub fn new(
+        info: ActionInfo,
+        declaration: Option<Arc<Declaration>>,
+        judge_files: bool,
+        spawn: Option<Arc<Spawn>>,
+    ) -> ActionView {
+        ActionView {
+            info,
+            declaration,
+            judge_files,
+            spawn,
+            created: Default::default(),
+            names_made: Default::default(),
+            renamed_to: Default::default(),
+            hard_linked: Default::default(),
+        }
+    }
+
     /// The action made a name (symlink, link, rename) at `ktime_ns`.
     pub fn note_name_made(&self, ktime_ns: u64, name: &[u8], kind: NameKind) {
         let mut names = self.names_made.lock().unwrap_or_else(|e| e.into_inner());
@@ -748,16 +767,12 @@ impl<T> Registry<T> {
                 .with_label_values(&[mnemonic])
                 .inc();
         }
-        state.view = Some(Arc::new(ActionView {
+        state.view = Some(Arc::new(ActionView::new(
             info,
             declaration,
-            judge_files: !is_job,
-            spawn: spawn.map(Arc::new),
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        }));
+            !is_job,
+            spawn.map(Arc::new),
+        )));
         state.deadline = None;
     }
 }

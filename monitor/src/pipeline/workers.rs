@@ -111,8 +111,8 @@ fn judge_worker(
         .first()
         .map_or(0, |o| o.event.origin().action_cgroup_id);
     let view = |id: String, declaration: Declaration| {
-        Arc::new(ActionView {
-            info: ActionInfo {
+        Arc::new(ActionView::new(
+            ActionInfo {
                 id,
                 cgroup: t.cgroup.display().to_string(),
                 cgroup_id,
@@ -120,14 +120,10 @@ fn judge_worker(
                 mnemonic: declaration.mnemonic.clone(),
                 worker: None,
             },
-            declaration: Some(Arc::new(declaration)),
-            judge_files: true,
-            spawn: None,
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        })
+            Some(Arc::new(declaration)),
+            true,
+            None,
+        ))
     };
     // The worker scope: everything its requests declared, no one target
     // (even when it served one: what it served is known from outputs only).

@@ -48,8 +48,8 @@ mod tests {
 
     #[test]
     fn weaker_than_required_is_a_violation() {
-        let view = Arc::new(ActionView {
-            info: ActionInfo {
+        let view = Arc::new(ActionView::new(
+            ActionInfo {
                 id: "process-wrapper-7".into(),
                 cgroup: "/cg".into(),
                 cgroup_id: 1,
@@ -57,14 +57,10 @@ mod tests {
                 mnemonic: Some("Genrule".into()),
                 worker: None,
             },
-            declaration: None,
-            judge_files: true,
-            spawn: None,
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        });
+            None,
+            true,
+            None,
+        ));
         let process = || ProcessInfo {
             pid: 7,
             ppid: 1,

@@ -454,8 +454,8 @@ mod tests {
             identities: Default::default(),
             links,
         };
-        Arc::new(ActionView {
-            info: ActionInfo {
+        Arc::new(ActionView::new(
+            ActionInfo {
                 id: "linux-sandbox-1".into(),
                 cgroup: "/cg".into(),
                 cgroup_id: 1,
@@ -463,14 +463,10 @@ mod tests {
                 mnemonic: None,
                 worker: None,
             },
-            declaration: Some(Arc::new(declaration)),
-            judge_files: true,
-            spawn: None,
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        })
+            Some(Arc::new(declaration)),
+            true,
+            None,
+        ))
     }
 
     fn open(path: &str, flags: u64, result: i64) -> FileOpen {
@@ -681,8 +677,8 @@ mod tests {
     #[test]
     fn network_only_views_ignore_files() {
         let p = policy();
-        let job = Arc::new(ActionView {
-            info: ActionInfo {
+        let job = Arc::new(ActionView::new(
+            ActionInfo {
                 id: "exec-1".into(),
                 cgroup: "/cg".into(),
                 cgroup_id: 1,
@@ -690,14 +686,10 @@ mod tests {
                 mnemonic: None,
                 worker: None,
             },
-            declaration: None,
-            judge_files: false,
-            spawn: None,
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        });
+            None,
+            false,
+            None,
+        ));
         assert!(!judge(&p, &job, &open("/etc/shadow", 0, 3)));
     }
 
@@ -753,8 +745,8 @@ mod tests {
                 persistent_worker: false,
             })
         });
-        Arc::new(ActionView {
-            info: ActionInfo {
+        Arc::new(ActionView::new(
+            ActionInfo {
                 id: "linux-sandbox-7".into(),
                 cgroup: "/nonexistent-cgroup".into(),
                 cgroup_id: 1,
@@ -762,14 +754,10 @@ mod tests {
                 mnemonic: None,
                 worker: None,
             },
-            declaration: None,
-            judge_files: !job,
+            None,
+            !job,
             spawn,
-            created: Default::default(),
-            names_made: Default::default(),
-            renamed_to: Default::default(),
-            hard_linked: Default::default(),
-        })
+        ))
     }
 
     #[test]
