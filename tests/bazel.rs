@@ -12,7 +12,7 @@ use std::{
 };
 
 use monitor_integration_tests::{
-    bazel::{BAZEL, startup_args},
+    bazel::{BAZEL, copy_tree, startup_args},
     *,
 };
 use serde_json::Value;
@@ -101,17 +101,6 @@ fn copy_fixture(to: &Path) {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel/workspace"),
         to,
     );
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap().flatten() {
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// The fixture's targets.

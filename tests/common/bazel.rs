@@ -17,6 +17,18 @@ pub fn require_bazel() {
     );
 }
 
+/// Copies a fixture workspace (files and directories) to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 /// Bazel startup options that keep every file in the test's temp dir `t`.
 pub fn startup_args(t: &Path) -> [String; 3] {
     [
