@@ -33,10 +33,11 @@ use crate::{
     task::{current_task, file_of_fd, read},
 };
 
-const AT_FDCWD: i32 = -100;
+pub const AT_FDCWD: i32 = -100;
 const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
-const O_WRONLY: u64 = 0o1;
+/// The flags a name change is reported with: a write of the name.
+pub const O_WRONLY: u64 = 0o1;
 
 /// The arguments of an open-family call, whatever its syscall.
 pub struct OpenArgs {

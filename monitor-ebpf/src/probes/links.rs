@@ -13,13 +13,10 @@ use crate::{
     emit::{fill_header, submit},
     maps::{SCRATCH, Scratch},
     probes::{
-        files::{self, OpenArgs, clear_identity, read_name},
+        files::{self, AT_FDCWD, O_WRONLY, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
     },
 };
-
-const AT_FDCWD: i32 = -100;
-const O_WRONLY: u64 = 0o1;
 
 #[inline(always)]
 pub fn is_link_syscall(nr: u64) -> bool {

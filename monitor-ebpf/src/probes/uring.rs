@@ -44,7 +44,7 @@ use monitor_common::{
 use crate::{
     filter::{self, Match},
     maps::SETTINGS,
-    probes::files::{self, OpenArgs},
+    probes::files::{self, O_WRONLY, OpenArgs},
     task::{file_of_fd, read},
 };
 
@@ -56,7 +56,6 @@ const IORING_OP_UNLINKAT: u8 = 36;
 const IORING_OP_MKDIRAT: u8 = 37;
 const IORING_OP_SYMLINKAT: u8 = 38;
 const IORING_OP_LINKAT: u8 = 39;
-const O_WRONLY: u64 = 0o1;
 /// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
 /// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
 const REQ_F_CQE_SKIP: u64 = 1 << 6;
