@@ -174,24 +174,40 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 /// returns the length written, marking `flags` when the directory could not
 /// be resolved or was cut short.
 #[inline(always)]
-pub fn walk_dir(o: &KernelOffsets, path_ptr: u64, base: usize, flags: &mut u32) -> usize {
-    match if path_ptr == 0 {
+pub fn walk_dir(path_ptr: u64, base: usize, flags: &mut u32) -> usize {
+    let packed = dpath_walk(path_ptr, base as u64);
+    *flags |= (packed >> 32) as u32;
+    packed as usize & (DIR_CAPACITY - 1)
+}
+
+/// The walk as a BPF global function: the verifier checks its body once per
+/// program, apart from its callers, instead of once per call site in each
+/// caller's state (measured: it took the syscall hook's verification from
+/// ~1 s to a third of that). Returns the length written, with the `FLAG_DIR_*`
+/// flags in the high 32 bits.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dpath_walk(path_ptr: u64, base: u64) -> u64 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return (FLAG_DIR_UNRESOLVED as u64) << 32;
+    };
+    let walked = if path_ptr == 0 {
         None
     } else {
-        walk_path(o, path_ptr, base)
-    } {
-        None => {
-            *flags |= FLAG_DIR_UNRESOLVED;
-            0
-        }
+        walk_path(&settings.offsets, path_ptr, base as usize & (PATH_CAPACITY - 1))
+    };
+    let (len, flags) = match walked {
+        None => (0, FLAG_DIR_UNRESOLVED),
         Some(w) => {
+            let mut flags = 0;
             if w.truncated {
-                *flags |= FLAG_DIR_TRUNCATED;
+                flags |= FLAG_DIR_TRUNCATED;
             }
             if w.internal {
-                *flags |= FLAG_DIR_INTERNAL;
+                flags |= FLAG_DIR_INTERNAL;
             }
-            w.len as usize & (DIR_CAPACITY - 1)
+            (w.len as u64 & (DIR_CAPACITY as u64 - 1), flags)
         }
-    }
+    };
+    len | (flags as u64) << 32
 }

@@ -190,7 +190,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
         None
     };
     let dir_len = match walk_from {
-        Some(path_ptr) => walk_dir(o, path_ptr, path_len, &mut hflags),
+        Some(path_ptr) => walk_dir(path_ptr, path_len, &mut hflags),
         None => 0,
     };
     let ev = &mut scratch.event;
