@@ -45,6 +45,8 @@ struct WalkState {
     dentry: u64,
     vfsmnt: u64,
     mount: u64,
+    /// `vfsmnt->mnt_root`, read once per mount crossed.
+    mnt_root: u64,
     /// Where in `data` the components start (after the path string).
     base: u64,
     status: u64,
@@ -64,6 +66,7 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
         dentry,
         vfsmnt,
         mount: vfsmnt - o.mount_mnt as u64,
+        mnt_root: read(vfsmnt, o.vfsmount_root),
         base: base as u64,
         status: RUNNING,
     };
@@ -124,8 +127,7 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     let o = &settings.offsets;
-    let mnt_root: u64 = read(s.vfsmnt, o.vfsmount_root);
-    if s.dentry == mnt_root {
+    if s.dentry == s.mnt_root {
         let parent: u64 = read(s.mount, o.mount_parent);
         if parent == s.mount || parent == 0 {
             s.status = top_status(o, s);
@@ -134,9 +136,13 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         s.dentry = read(s.mount, o.mount_mountpoint);
         s.mount = parent;
         s.vfsmnt = parent + o.mount_mnt as u64;
+        s.mnt_root = read(s.vfsmnt, o.vfsmount_root);
         return 0;
     }
-    let parent: u64 = read(s.dentry, o.dentry_parent);
+    // `d_parent`, then `d_name` { hash_len, name }: one read for the
+    // parent and the name's address (the loader checks this layout).
+    let fields: [u64; 3] = read(s.dentry, o.dentry_parent);
+    let (parent, name) = (fields[0], fields[2]);
     if parent == s.dentry || parent == 0 {
         // A dentry of its own (pipes, sockets: never in a directory).
         s.status = top_status(o, s);
@@ -148,7 +154,6 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         s.status = TRUNCATED;
         return 1;
     }
-    let name: u64 = read(s.dentry, o.dentry_name + o.qstr_name);
     let base = s.base as usize & (PATH_CAPACITY - 1);
     // SAFETY: base < PATH_CAPACITY and pos < DIR_CAPACITY - NAME_CAPACITY,
     // so at most NAME_CAPACITY bytes from there stay inside `data`.
@@ -194,7 +199,11 @@ pub extern "C" fn dpath_walk(path_ptr: u64, base: u64) -> u64 {
     let walked = if path_ptr == 0 {
         None
     } else {
-        walk_path(&settings.offsets, path_ptr, base as usize & (PATH_CAPACITY - 1))
+        walk_path(
+            &settings.offsets,
+            path_ptr,
+            base as usize & (PATH_CAPACITY - 1),
+        )
     };
     let (len, flags) = match walked {
         None => (0, FLAG_DIR_UNRESOLVED),

@@ -5,19 +5,41 @@ use monitor_common::{FileEvent, KernelOffsets, PROC_SUPER_MAGIC};
 
 use crate::task::read;
 
-/// Fills the identity fields of `ev` from `file` (a `struct file *`).
+/// The fields of an open file that both its repeat key (`seen`) and its
+/// description need: read once.
+pub struct Identity {
+    pub inode: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub f_mode: u32,
+    sb: u64,
+}
+
+/// Reads the `Identity` of `file` (a `struct file *`).
 #[inline(always)]
-pub fn describe(o: &KernelOffsets, file: u64, ev: &mut FileEvent) {
+pub fn identity(o: &KernelOffsets, file: u64) -> Identity {
     let inode: u64 = read(file, o.file_f_inode);
     let sb: u64 = read(inode, o.inode_i_sb);
-    ev.ino = read(inode, o.inode_i_ino);
-    ev.dev = read(sb, o.sb_s_dev);
-    ev.fs_magic = read::<u64>(sb, o.sb_s_magic) as u32;
-    ev.nlink = read(inode, o.inode_i_nlink);
-    ev.f_mode = read(file, o.file_f_mode);
-    ev.i_mode = read::<u16>(inode, o.inode_i_mode) as u32;
+    Identity {
+        inode,
+        ino: read(inode, o.inode_i_ino),
+        dev: read(sb, o.sb_s_dev),
+        f_mode: read(file, o.file_f_mode),
+        sb,
+    }
+}
+
+/// Fills the identity fields of `ev` from `file`'s `Identity`.
+#[inline(always)]
+pub fn describe(o: &KernelOffsets, id: &Identity, ev: &mut FileEvent) {
+    ev.ino = id.ino;
+    ev.dev = id.dev;
+    ev.fs_magic = read::<u64>(id.sb, o.sb_s_magic) as u32;
+    ev.nlink = read(id.inode, o.inode_i_nlink);
+    ev.f_mode = id.f_mode;
+    ev.i_mode = read::<u16>(id.inode, o.inode_i_mode) as u32;
     ev.proc_tgid = if ev.fs_magic == PROC_SUPER_MAGIC {
-        proc_owner(o, inode)
+        proc_owner(o, id.inode)
     } else {
         0
     };

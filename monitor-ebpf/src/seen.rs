@@ -9,7 +9,7 @@ use monitor_common::{
     ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, KernelOffsets, SEEN_ENTRIES, SeenKey,
 };
 
-use crate::{filter::Match, task::read};
+use crate::{filter::Match, object::Identity, task::read};
 
 /// Repeats per key since it was reported.
 #[map]
@@ -24,19 +24,26 @@ pub enum Seen {
     Untracked,
 }
 
-/// The key of an open of `file` (a `struct file *`) with `flags`.
+/// The key of an open of `file` (a `struct file *`, whose `Identity` is
+/// `id`) with `flags`.
 #[inline(always)]
-pub fn key_of(o: &KernelOffsets, file: u64, flags: u64, m: &Match) -> SeenKey {
-    let inode: u64 = read(file, o.file_f_inode);
-    let created = read::<u32>(file, o.file_f_mode) & FMODE_CREATED != 0;
+pub fn key_of(o: &KernelOffsets, file: u64, id: &Identity, flags: u64, m: &Match) -> SeenKey {
+    let created = id.f_mode & FMODE_CREATED != 0;
+    // `struct path` is { mnt, dentry }: one read for both.
+    let path: [u64; 2] = read(file, o.file_path);
+    let (mnt, dentry) = if o.path_mnt == 0 {
+        (path[0], path[1])
+    } else {
+        (path[1], path[0])
+    };
     SeenKey {
         action_cgroup_id: m.action_cgroup_id,
-        ino: read(inode, o.inode_i_ino),
-        dentry: read(file, o.file_path + o.path_dentry),
-        mnt: read(file, o.file_path + o.path_mnt),
+        ino: id.ino,
+        dentry,
+        mnt,
         tgid: (m.pid_tgid >> 32) as u32,
-        dev: read(read::<u64>(inode, o.inode_i_sb), o.sb_s_dev),
-        generation: read(inode, o.inode_i_generation),
+        dev: id.dev,
+        generation: read(id.inode, o.inode_i_generation),
         access_class: (flags as u32 & ACCESS_CLASS_FLAGS)
             | if created { ACCESS_CREATED } else { 0 },
     }

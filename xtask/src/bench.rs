@@ -12,6 +12,7 @@
 
 mod builds;
 pub(crate) mod flood;
+mod kernel_profile;
 mod peers;
 mod plot;
 mod report;
@@ -650,6 +651,7 @@ pub fn run(options: Options) -> Result<()> {
         bench.ops(Workload::Connect)
     );
     let matrix = cost_rounds(&bench, settings.rounds)?;
+    let kernel_profile = bench.kernel_profile()?;
     let rows = throughput_test(&bench, settings.rate_duration)?;
     let alert_count = count_alerts(&bench.alerts);
     let flood = bench.flood(settings.flood_paths)?;
@@ -674,6 +676,7 @@ pub fn run(options: Options) -> Result<()> {
         flood: &flood,
         monitor_bin: &bench.monitor_bin,
         svg_name: "benchmarks.svg",
+        kernel_profile: &kernel_profile,
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)

@@ -38,6 +38,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "strace",
     "auditd",
     "fatrace",
+    "linux-perf", // perf: the bench's split of a monitored open's time
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it

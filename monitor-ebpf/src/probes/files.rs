@@ -146,8 +146,13 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
 /// `struct file` opened (0 for a failed open). Repeats are only counted.
 pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
     let o = &settings.offsets;
-    let seen = if file != 0 {
-        let key = seen::key_of(o, file, args.flags, m);
+    let id = if file != 0 {
+        Some(object::identity(o, file))
+    } else {
+        None
+    };
+    let seen = if let Some(id) = &id {
+        let key = seen::key_of(o, file, id, args.flags, m);
         match seen::check(&key) {
             Seen::Repeat => return Some(()),
             Seen::First => Some(key),
@@ -178,9 +183,9 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
 
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
     // One walk call site: the verifier checks the walk once per site.
-    let walk_from = if file != 0 {
+    let walk_from = if let Some(id) = &id {
         hflags |= FLAG_OBJECT;
-        object::describe(o, file, &mut scratch.event);
+        object::describe(o, id, &mut scratch.event);
         Some(file + o.file_path as u64)
     } else if path_len > 0 && scratch.data[0] != b'/' {
         Some(name_base(settings, args.dirfd))

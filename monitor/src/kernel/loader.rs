@@ -583,6 +583,23 @@ fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
             );
         }
     }
+    // `seen::key_of` reads a `struct path` in one 16-byte read.
+    let (mnt, dentry) = (off("path", "mnt")?, off("path", "dentry")?);
+    if !matches!((mnt, dentry), (0, 8) | (8, 0)) {
+        bail!(
+            "unsupported kernel: struct path has mnt at offset {mnt} and dentry at {dentry}, the programs expect the two pointers alone"
+        );
+    }
+    // `dpath` reads a dentry's parent and name address in one read.
+    let (parent, name) = (
+        off("dentry", "d_parent")?,
+        off("dentry", "d_name")? + off("qstr", "name")?,
+    );
+    if name != parent + 16 {
+        bail!(
+            "unsupported kernel: dentry.d_name.name is at offset {name}, the programs expect it 16 bytes after d_parent ({parent})"
+        );
+    }
     let status = off("task_struct", "thread_info.status")?;
     if status != TASK_THREAD_INFO_STATUS {
         bail!(

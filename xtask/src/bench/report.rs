@@ -17,6 +17,7 @@ use super::{
     BATCH, BPFTRACE, Matrix, RateRow, SETUPS, Setup,
     builds::{self, BAZEL, BuildResults},
     flood::FloodResult,
+    kernel_profile::{HOOK_PARTS, Part, ProfileRow},
     peers, stats,
     worker::{WORKLOADS, Workload},
 };
@@ -40,6 +41,7 @@ pub struct ReportInput<'a> {
     pub flood: &'a FloodResult,
     pub monitor_bin: &'a Path,
     pub svg_name: &'a str,
+    pub kernel_profile: &'a [ProfileRow],
 }
 
 fn first_line(cmd: &mut Command) -> String {
@@ -54,6 +56,7 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     write_machine(&mut md, input)?;
     targets::write(&mut md, input)?;
     write_cost(&mut md, input)?;
+    write_kernel_profile(&mut md, input.kernel_profile)?;
     write_throughput(&mut md, input)?;
     write_flood(&mut md, input.flood)?;
     builds_section::write(&mut md, input.builds)?;
@@ -227,6 +230,47 @@ fn write_throughput(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
         )?;
     }
     write_lossless_max(md, input.rows)
+}
+
+/// The monitored rows' time per operation, split by `perf` into the hook's
+/// parts and the rest.
+fn write_kernel_profile(md: &mut String, rows: &[ProfileRow]) -> Result<()> {
+    writeln!(md, "## Where a monitored open's time goes (perf)\n")?;
+    writeln!(
+        md,
+        "The worker in the action cgroup with the monitor attached, under `perf record -e cpu-clock` \
+         (one run per workload after the rounds above; perf's sampling slows it a little, so ns per op \
+         are this run's own). Each part is its share of the worker's samples times ns per op; the hook \
+         is the first five parts. Sorted by kernel symbol: program instructions are the JIT-compiled \
+         programs (`bpf_prog_*`), probe reads `bpf_probe_read_*` and `copy_from_kernel_nofault`, maps \
+         the hash and array map code, the clock and task part the timestamp, current-task and cgroup \
+         helpers; the tracepoint entry is what any program on `sys_exit` costs (the floor's part).\n"
+    )?;
+    let parts = HOOK_PARTS
+        .iter()
+        .chain(&[Part::TracepointEntry, Part::Rest])
+        .copied()
+        .collect::<Vec<_>>();
+    write!(md, "| workload | ns per op | hook |")?;
+    for part in &parts {
+        write!(md, " {} |", part.title())?;
+    }
+    writeln!(md, "\n|{}", " --- |".repeat(parts.len() + 3))?;
+    for row in rows {
+        write!(
+            md,
+            "| {} | {:.0} | **{:.0}** |",
+            row.workload.title(),
+            row.ns_per_op,
+            row.hook_ns()
+        )?;
+        for part in &parts {
+            write!(md, " {:.0} |", row.ns(*part))?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(md)?;
+    Ok(())
 }
 
 fn write_flood(md: &mut String, f: &FloodResult) -> Result<()> {

@@ -181,6 +181,7 @@ mod tests {
             },
             monitor_bin: Path::new("/bin/true"),
             svg_name: "x.svg",
+            kernel_profile: &[],
         };
         let mut md = String::new();
         write(&mut md, &input).unwrap();
