@@ -2,9 +2,9 @@
 //! reader only in batches.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_current_comm},
 };
-use monitor_common::{EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
+use monitor_common::{COMM_LEN, EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
 
 use crate::{
     filter::Match,
@@ -28,7 +28,48 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
     h.tid = pid_tgid as u32;
     h.ppid = parent_tgid(o);
     h.scope = m.scope;
-    h.comm = bpf_get_current_comm().unwrap_or_default();
+    // Straight into the header: the helper pads with NULs (and zeroes the
+    // buffer on failure), so no zeroed copy first (the BPF target's memset
+    // is a byte loop).
+    // SAFETY: `comm` is COMM_LEN writable bytes.
+    unsafe { bpf_get_current_comm(h.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+}
+
+/// Zeroes each field named with a volatile store: runs of plain zero stores
+/// compile to a call of the BPF target's byte-wise `memset`.
+#[macro_export]
+macro_rules! zero_fields {
+    ($($place:expr),+ $(,)?) => {
+        $(
+            // SAFETY: a field of a live, writable struct.
+            unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!($place), Default::default()) };
+        )+
+    };
+}
+
+/// An all-zero `T` (an event struct: all-zero is valid for each), written
+/// with 8-byte stores (see `zero_words`).
+#[inline(always)]
+pub fn zeroed<T>() -> T {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    zero_words(value.as_mut_ptr());
+    // SAFETY: every byte is zero, a valid value of the event structs.
+    unsafe { value.assume_init() }
+}
+
+/// Zeroes `*p` with 8-byte stores. `core::mem::zeroed` and runs of zero
+/// stores compile to a call of the BPF target's `memset`, a loop writing
+/// one byte at a time; volatile stores are kept as they are.
+#[inline(always)]
+pub fn zero_words<T>(p: *mut T) {
+    const {
+        assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8);
+    }
+    let words = p.cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: `p` points at a writable, 8-aligned T of size_of::<T>() bytes.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
 }
 
 /// Copies `len` bytes at `data` into the ring buffer without waking the

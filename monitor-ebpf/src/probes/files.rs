@@ -209,19 +209,22 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
 
 #[inline(always)]
 pub fn clear_identity(ev: &mut FileEvent) {
-    ev.ino = 0;
-    ev.dev = 0;
-    ev.f_mode = 0;
-    ev.fs_magic = 0;
-    ev.nlink = 0;
-    ev.proc_tgid = 0;
-    ev.i_mode = 0;
-    ev.generation = 0;
-    ev.access_class = 0;
-    ev.dentry = 0;
-    ev.mnt = 0;
-    ev.dir_len = 0;
-    ev.path_len = 0;
+    // Volatile: plain zero stores in a row compile to a byte-wise memset.
+    crate::zero_fields!(
+        ev.ino,
+        ev.dev,
+        ev.f_mode,
+        ev.fs_magic,
+        ev.nlink,
+        ev.proc_tgid,
+        ev.i_mode,
+        ev.generation,
+        ev.access_class,
+        ev.dentry,
+        ev.mnt,
+        ev.dir_len,
+        ev.path_len,
+    );
 }
 
 /// Copies the name passed into the start of `data`; returns its length

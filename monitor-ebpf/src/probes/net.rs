@@ -39,8 +39,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let socket: u64 = read(file_of_fd(o, fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
-    // SAFETY: all-zero is a valid ConnectEvent.
-    let mut ev: ConnectEvent = unsafe { core::mem::zeroed() };
+    let mut ev: ConnectEvent = crate::emit::zeroed();
     fill_header(&mut ev.header, EventKind::Connect as u32, &call.m, o);
     ev.fd = fd;
     ev.family = family;

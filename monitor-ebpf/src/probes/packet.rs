@@ -39,8 +39,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     } else {
         0
     };
-    // SAFETY: all-zero is a valid SockEvent.
-    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    let mut ev: SockEvent = crate::emit::zeroed();
     fill_header(
         &mut ev.header,
         EventKind::SockAddr as u32,

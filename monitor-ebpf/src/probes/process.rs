@@ -25,6 +25,7 @@ use crate::{
     lineage,
     maps::{SCRATCH, SETTINGS, Scratch},
     object,
+    probes::files::clear_identity,
     task::{current_task, read},
     workers,
 };
@@ -162,20 +163,8 @@ fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, 
 fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match, settings: &Settings) {
     let ev: &mut FileEvent = &mut scratch.event;
     fill_header(&mut ev.header, kind as u32, m, &settings.offsets);
-    ev.syscall = 0;
-    ev.dirfd = 0;
-    ev.open_flags = 0;
-    ev.mode = 0;
-    ev.result = 0;
-    ev.path_len = 0;
-    ev.dir_len = 0;
-    ev.ino = 0;
-    ev.dev = 0;
-    ev.f_mode = 0;
-    ev.fs_magic = 0;
-    ev.nlink = 0;
-    ev.proc_tgid = 0;
-    ev.i_mode = 0;
+    crate::zero_fields!(ev.syscall, ev.dirfd, ev.open_flags, ev.mode, ev.result);
+    clear_identity(ev);
 }
 
 const _: () = assert!(
@@ -248,8 +237,7 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
         worker_exit(settings, m);
         workers::on_exit(tgid);
     }
-    // SAFETY: all-zero is a valid ExitEvent.
-    let mut ev: ExitEvent = unsafe { core::mem::zeroed() };
+    let mut ev: ExitEvent = crate::emit::zeroed();
     fill_header(&mut ev.header, EventKind::Exit as u32, m, &settings.offsets);
     submit(
         settings,
@@ -261,8 +249,7 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
 /// A worker action's root ended: its exit status decides whether its result
 /// may now be in the action cache. Urgent: the action is over.
 fn worker_exit(settings: &Settings, m: &Match) {
-    // SAFETY: all-zero is a valid WorkerExitEvent.
-    let mut ev: WorkerExitEvent = unsafe { core::mem::zeroed() };
+    let mut ev: WorkerExitEvent = crate::emit::zeroed();
     fill_header(
         &mut ev.header,
         EventKind::WorkerExit as u32,
@@ -284,8 +271,7 @@ pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall)
     if call.ret < 0 {
         return None;
     }
-    // SAFETY: all-zero is a valid ExitEvent (a header-only event).
-    let mut ev: ExitEvent = unsafe { core::mem::zeroed() };
+    let mut ev: ExitEvent = crate::emit::zeroed();
     fill_header(
         &mut ev.header,
         EventKind::IoUring as u32,

@@ -184,8 +184,7 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     if verdict == 0 && settings.enforce != 0 {
         verdict |= SOCK_BLOCKED;
     }
-    // SAFETY: all-zero is a valid SockEvent.
-    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    let mut ev: SockEvent = crate::emit::zeroed();
     fill_header(
         &mut ev.header,
         EventKind::SockAddr as u32,
@@ -402,8 +401,7 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
     };
     let verdict = verdict_for(ctx, settings, &m, &call);
 
-    // SAFETY: all-zero is a valid SockEvent.
-    let mut ev: SockEvent = unsafe { core::mem::zeroed() };
+    let mut ev: SockEvent = crate::emit::zeroed();
     fill_header(
         &mut ev.header,
         EventKind::SockAddr as u32,

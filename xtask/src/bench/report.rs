@@ -244,7 +244,9 @@ fn write_kernel_profile(md: &mut String, rows: &[ProfileRow]) -> Result<()> {
          is the first five parts. Sorted by kernel symbol: program instructions are the JIT-compiled \
          programs (`bpf_prog_*`), probe reads `bpf_probe_read_*` and `copy_from_kernel_nofault`, maps \
          the hash and array map code, the clock and task part the timestamp, current-task and cgroup \
-         helpers; the tracepoint entry is what any program on `sys_exit` costs (the floor's part).\n"
+         helpers; the tracepoint entry is what any program on `sys_exit` costs (the floor's part). \
+         A sample due while a helper holds interrupts off (ring buffer reservation, hash map updates) \
+         is taken when they come back on, in the program: program instructions include part of those.\n"
     )?;
     let parts = HOOK_PARTS
         .iter()
