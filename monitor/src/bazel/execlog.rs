@@ -1,5 +1,6 @@
-//! Bazel's execution log (`--execution_log_json_file`), read to put target
-//! labels on the sandboxed spawns the kernel shows us.
+//! Bazel's execution log, read to put target labels on the sandboxed
+//! spawns the kernel shows us: `--execution_log_binary_file` (what `monitor
+//! exec` adds; see `binary.rs`) or `--execution_log_json_file`.
 //!
 //! The log is a *sequence* of JSON objects (not an array), each the proto3
 //! JSON rendering of `tools.protos.SpawnExec` (src/main/protobuf/spawn.proto
@@ -25,6 +26,24 @@ use std::{
 };
 
 use serde::Deserialize;
+
+mod binary;
+
+/// Which flag wrote the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `--execution_log_json_file`.
+    Json,
+    /// `--execution_log_binary_file`.
+    Binary,
+}
+
+/// An execution log Bazel writes: where, and in which format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecLogFile {
+    pub path: PathBuf,
+    pub format: LogFormat,
+}
 
 /// One spawn of the log, reduced to what joining and labelling need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,6 +141,23 @@ impl ExecLog {
             source,
         })?;
         Ok(parse_bytes(&bytes))
+    }
+
+    /// Reads and parses a log in `format`, as [`ExecLog::load_json`].
+    pub fn load(
+        path: &Path,
+        format: LogFormat,
+    ) -> Result<(ExecLog, Option<ExecLogError>), ExecLogError> {
+        match format {
+            LogFormat::Json => Self::load_json(path),
+            LogFormat::Binary => {
+                let bytes = std::fs::read(path).map_err(|source| ExecLogError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok(binary::parse(&bytes))
+            }
+        }
     }
 
     /// The entry whose command args equal `args` (the launcher's argv after

@@ -1,9 +1,9 @@
-//! Labels for spawns from Bazel's JSON execution log, read when the build
+//! Labels for spawns from Bazel's execution log, read when the build
 //! ended: joined on the spawn's command line (no log records a pid or
 //! sandbox id).
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
-use crate::bazel::execlog::ExecLog;
+use crate::bazel::execlog::{ExecLog, ExecLogFile};
 
 /// What the execution log says about the spawns that raised alerts.
 #[derive(Debug, Default)]
@@ -14,19 +14,20 @@ pub struct SpawnLabels {
     pub sandboxed_in_log: usize,
 }
 
-/// Looks up each spawn's command line (by action id) in the log at `path`;
+/// Looks up each spawn's command line (by action id) in the log `file`;
 /// `None` when the log cannot be read at all (logged).
 pub fn labels_from_exec_log(
-    path: &Path,
+    file: &ExecLogFile,
     spawn_commands: &HashMap<String, Vec<String>>,
 ) -> Option<SpawnLabels> {
-    Some(labels_from_log(&load_log(path)?, spawn_commands))
+    Some(labels_from_log(&load_log(file)?, spawn_commands))
 }
 
-/// Reads the log at `path`; a malformed entry keeps the entries before it
+/// Reads the log `file`; a malformed entry keeps the entries before it
 /// (warned); `None` when it cannot be read at all (warned).
-pub fn load_log(path: &Path) -> Option<ExecLog> {
-    match ExecLog::load_json(path) {
+pub fn load_log(file: &ExecLogFile) -> Option<ExecLog> {
+    let path = &file.path;
+    match ExecLog::load(path, file.format) {
         Ok((log, None)) => Some(log),
         Ok((log, Some(e))) => {
             log::warn!(

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use crate::{
     actions::cgroup,
     actions::registry::{Scope, ScopeKind},
+    bazel::execlog::{ExecLogFile, LogFormat},
     commands::{
         outcome::{self, ExitPolicy},
         start::{self, StartError},
@@ -340,15 +341,27 @@ fn is_bazel(command: &[OsString]) -> bool {
         .is_some_and(|n| n == "bazel" || n == "bazelisk" || n.starts_with("bazel-"))
 }
 
-/// Adds `--execution_log_json_file=…` after the Bazel command (`build`,
-/// `test`, `run`, `coverage`) unless the user gave one; returns the log path.
-fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<PathBuf> {
-    add_bazel_flag(
-        command,
-        "--execution_log_json_file",
-        scratch,
-        "execution_log.json",
-    )
+const JSON_LOG_FLAG: &str = "--execution_log_json_file";
+const BINARY_LOG_FLAG: &str = "--execution_log_binary_file";
+
+/// Adds `--execution_log_binary_file=…` after the Bazel command (`build`,
+/// `test`, `run`, `coverage`) unless the user asked for an execution log
+/// (either format: that one is read); returns the log Bazel will write.
+/// Binary, not JSON: Bazel renders the JSON log at the end of the build,
+/// which the user would wait for (see `bazel/execlog/binary.rs`).
+fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<ExecLogFile> {
+    let json = |path| ExecLogFile {
+        path,
+        format: LogFormat::Json,
+    };
+    let binary = |path| ExecLogFile {
+        path,
+        format: LogFormat::Binary,
+    };
+    match given_flag(command, JSON_LOG_FLAG)? {
+        Some(path) => Some(json(path)),
+        None => add_bazel_flag(command, BINARY_LOG_FLAG, scratch, "execution_log.bin").map(binary),
+    }
 }
 
 /// Bazel's workspace rules log: the repository behind each fetch.
@@ -363,35 +376,50 @@ fn add_bazel_flag(
     scratch: &Path,
     file: &str,
 ) -> Option<PathBuf> {
-    let verb = command
-        .iter()
-        .skip(1)
-        .position(|a| !a.as_bytes().starts_with(b"-"))?
-        + 1;
-    if !matches!(
-        command[verb].to_str(),
-        Some("build" | "test" | "run" | "coverage")
-    ) {
-        return None;
+    if let Some(path) = given_flag(command, flag)? {
+        return Some(path);
     }
-    for (i, arg) in command.iter().enumerate().skip(verb) {
-        let Some(arg) = arg.to_str() else { continue };
-        if let Some(path) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-            return Some(PathBuf::from(path));
-        }
-        if arg == flag {
-            return command.get(i + 1).map(PathBuf::from);
-        }
-        if arg == "--" {
-            break;
-        }
-    }
+    let verb = bazel_verb(command)?;
     let path = scratch.join(file);
     command.insert(
         verb + 1,
         OsString::from(format!("{flag}={}", path.display())),
     );
     Some(path)
+}
+
+/// The index of the Bazel command when it is one that takes the log flags
+/// (`build`, `test`, `run`, `coverage`).
+fn bazel_verb(command: &[OsString]) -> Option<usize> {
+    let verb = command
+        .iter()
+        .skip(1)
+        .position(|a| !a.as_bytes().starts_with(b"-"))?
+        + 1;
+    matches!(
+        command[verb].to_str(),
+        Some("build" | "test" | "run" | "coverage")
+    )
+    .then_some(verb)
+}
+
+/// `None` when the command takes no log flags; else the file the user gave
+/// FLAG (`FLAG=file` or `FLAG file`), if they did.
+fn given_flag(command: &[OsString], flag: &str) -> Option<Option<PathBuf>> {
+    let verb = bazel_verb(command)?;
+    for (i, arg) in command.iter().enumerate().skip(verb) {
+        let Some(arg) = arg.to_str() else { continue };
+        if let Some(path) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            return Some(Some(PathBuf::from(path)));
+        }
+        if arg == flag {
+            return Some(command.get(i + 1).map(PathBuf::from));
+        }
+        if arg == "--" {
+            break;
+        }
+    }
+    Some(None)
 }
 
 /// The downloader config given to Bazel on its command line, as rules
@@ -579,14 +607,15 @@ mod tests {
             "//...",
         ]);
         let log = add_execution_log(&mut cmd, Path::new("/s")).unwrap();
-        assert_eq!(log, Path::new("/s/execution_log.json"));
+        assert_eq!(log.path, Path::new("/s/execution_log.bin"));
+        assert_eq!(log.format, LogFormat::Binary);
         assert_eq!(
             cmd,
             args(&[
                 "bazel",
                 "--output_base=/ob",
                 "build",
-                "--execution_log_json_file=/s/execution_log.json",
+                "--execution_log_binary_file=/s/execution_log.bin",
                 "--config=ci",
                 "//..."
             ])
@@ -601,16 +630,29 @@ mod tests {
             "--execution_log_json_file=/mine.json",
             "//t",
         ]);
+        let json = |path: &str| ExecLogFile {
+            path: PathBuf::from(path),
+            format: LogFormat::Json,
+        };
         assert_eq!(
             add_execution_log(&mut cmd, Path::new("/s")),
-            Some(PathBuf::from("/mine.json"))
+            Some(json("/mine.json"))
         );
         assert_eq!(cmd.len(), 4);
         let mut cmd = args(&["bazel", "build", "--execution_log_json_file", "/other.json"]);
         assert_eq!(
             add_execution_log(&mut cmd, Path::new("/s")),
-            Some(PathBuf::from("/other.json"))
+            Some(json("/other.json"))
         );
+        let mut cmd = args(&["bazel", "build", "--execution_log_binary_file=/b.log"]);
+        assert_eq!(
+            add_execution_log(&mut cmd, Path::new("/s")),
+            Some(ExecLogFile {
+                path: PathBuf::from("/b.log"),
+                format: LogFormat::Binary,
+            })
+        );
+        assert_eq!(cmd.len(), 3);
     }
 
     #[test]

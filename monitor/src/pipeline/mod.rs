@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::{
     actions::watch::{self, Update},
     bazel::{
-        execlog::ExecLog,
+        execlog::{ExecLog, ExecLogFile},
         labels::{labels_from_log, load_log},
         report::DeclaredBy,
         unsandboxed::declaration_from_log,
@@ -67,7 +67,7 @@ pub struct Pipeline {
     declarations_dir: PathBuf,
     /// Bazel's JSON execution log, read at the end to label spawns whose
     /// alerts are still pending (`monitor exec` holds them until then).
-    exec_log: Option<PathBuf>,
+    exec_log: Option<ExecLogFile>,
     lost_seen: [u64; LOST_REASONS as usize],
     /// Needs handed to the watcher side and not answered yet.
     outstanding: usize,
@@ -121,10 +121,10 @@ impl Pipeline {
     }
 
     /// Alerts will be labelled from this execution log when the run ends.
-    pub fn set_exec_log(&mut self, path: Option<PathBuf>) {
-        self.handler.keep_spawn_commands = path.is_some();
-        self.handler.registry.defer_unsandboxed = path.is_some();
-        self.exec_log = path;
+    pub fn set_exec_log(&mut self, log: Option<ExecLogFile>) {
+        self.handler.keep_spawn_commands = log.is_some();
+        self.handler.registry.defer_unsandboxed = log.is_some();
+        self.exec_log = log;
     }
 
     /// Repository fetches will be read from this log and judged at the end.
@@ -263,11 +263,12 @@ impl Pipeline {
     /// Judges what is still held, labels from the execution log, writes the
     /// last alerts and waits for the sinks.
     fn finish(&mut self) {
-        let log = self.exec_log.as_deref().and_then(load_log);
+        let log = self.exec_log.as_ref().and_then(load_log);
         let mut worker_outcome = None;
-        if let Some(path) = &self.exec_log {
-            worker_outcome = Some(workers::attribute(&mut self.handler, log.as_ref(), path));
-            self.declare_unsandboxed(log.as_ref(), &path.clone());
+        if let Some(file) = &self.exec_log {
+            let path = file.path.clone();
+            worker_outcome = Some(workers::attribute(&mut self.handler, log.as_ref(), &path));
+            self.declare_unsandboxed(log.as_ref(), &path);
         }
         self.handler.release_all();
         let labels = log.as_ref().map(|log| self.label_pending(log));

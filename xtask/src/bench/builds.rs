@@ -292,8 +292,8 @@ impl Runner<'_> {
         self.bazel_env(&mut cmd);
         cmd.args(self.startup_args(n)).args(self.build_args());
         if execution_log {
-            let log = self.dir.join(format!("exec-{n}.json"));
-            cmd.arg(format!("--execution_log_json_file={}", log.display()));
+            let log = self.dir.join(format!("exec-{n}.bin"));
+            cmd.arg(format!("--execution_log_binary_file={}", log.display()));
         }
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
         let start = Instant::now();
@@ -332,7 +332,7 @@ impl Runner<'_> {
     /// Removes a build's output base and execution log (untimed).
     fn clean(&self, n: usize) {
         let _ = fs::remove_dir_all(self.dir.join(format!("ob-{n}")));
-        let _ = fs::remove_file(self.dir.join(format!("exec-{n}.json")));
+        let _ = fs::remove_file(self.dir.join(format!("exec-{n}.bin")));
     }
 }
 

@@ -17,7 +17,7 @@ pub fn write(md: &mut String, builds: Option<&BuildResults>) -> Result<()> {
     writeln!(
         md,
         "A generated workspace of {} actions: {}. Each triple builds it bare, with only the \
-         `--execution_log_json_file` flag `monitor exec` adds, and under `monitor exec` (order \
+         `--execution_log_binary_file` flag `monitor exec` adds, and under `monitor exec` (order \
          reversed every other triple), each with a fresh output base and Bazel server. Wall time is \
          the command's; CPU time is the build's cgroup `cpu.stat` `usage_usec` (client, server, \
          every spawn, the server's shutdown included) plus, monitored, the `monitor exec` \
