@@ -59,7 +59,7 @@ fn wait_with_rusage(pid: u32) -> Result<(std::process::ExitStatus, u64)> {
 }
 
 impl Runner<'_> {
-    pub(super) fn monitored(&self) -> Result<MonitoredRun> {
+    pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
         let n = self.next();
         let mut others = other_active_jobs()?;
         let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
@@ -85,8 +85,15 @@ impl Runner<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
+        let perf = match &self.perf_data {
+            Some(out) => Some(crate::profile::perf::record(child.id(), out)?),
+            None => None,
+        };
         let (status, peak_rss) = wait_with_rusage(child.id())?;
         let wall_s = start.elapsed().as_secs_f64();
+        if let Some(perf) = perf {
+            crate::profile::perf::finish(perf)?;
+        }
         let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         wait_empty(&monitor_cgroup)?;
         let build_cpu_s = cpu_usage_s(&exec_parent()?) - build_before;

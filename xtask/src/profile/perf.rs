@@ -1,0 +1,85 @@
+//! `perf record` attached to a running process, and its samples turned
+//! into folded stacks and a flame graph (inferno).
+
+use std::{
+    fs,
+    io::{BufReader, BufWriter},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use inferno::collapse::Collapse as _;
+
+use crate::util::display;
+
+pub const PERF: &str = "/usr/bin/perf";
+
+/// Starts recording `pid` (its threads, and those it starts later) into
+/// `out`. A software clock: the VM has no hardware counters. DWARF call
+/// graphs: the release binary has no frame pointers, but its `.eh_frame`
+/// unwinds.
+pub fn record(pid: u32, out: &Path) -> Result<Child> {
+    ensure!(
+        Path::new(PERF).is_file(),
+        "{PERF} is missing (apt-get install linux-perf)"
+    );
+    let mut cmd = Command::new(PERF);
+    cmd.args(["record", "-e", "cpu-clock", "-F", "499"])
+        .args(["--call-graph", "dwarf,16384", "-q", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd.spawn()
+        .with_context(|| format!("starting `{}`", display(&cmd)))
+}
+
+/// Waits for `perf record` to write its file: it ends by itself once the
+/// recorded process has exited; a SIGINT makes sure.
+pub fn finish(mut perf: Child) -> Result<()> {
+    // SAFETY: signalling our own child, which has not been reaped yet.
+    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    let status = perf.wait().context("waiting for perf record")?;
+    ensure!(
+        status.success() || status.code() == Some(130) || status.code().is_none(),
+        "perf record failed: {status}"
+    );
+    Ok(())
+}
+
+/// `perf script` of `data`, folded into one line per distinct stack
+/// (`frame;frame;… count`, outermost first).
+pub fn folded_stacks(data: &Path) -> Result<String> {
+    let mut cmd = Command::new(PERF);
+    cmd.args(["script", "--no-inline", "-i"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{}`", display(&cmd)))?;
+    let script = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut folded = Vec::new();
+    let mut folder = inferno::collapse::perf::Folder::default();
+    folder
+        .collapse(script, &mut folded)
+        .context("folding the output of perf script")?;
+    let status = child.wait()?;
+    ensure!(status.success(), "`{}` failed: {status}", display(&cmd));
+    String::from_utf8(folded).context("folded stacks are not UTF-8")
+}
+
+/// Writes the flame graph of `folded` to `svg`.
+pub fn flame_graph(folded: &str, title: &str, svg: &Path) -> Result<()> {
+    if let Some(dir) = svg.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_owned();
+    options.count_name = "samples (2 ms of CPU each)".to_owned();
+    let file = fs::File::create(svg).with_context(|| format!("creating {}", svg.display()))?;
+    inferno::flamegraph::from_lines(&mut options, folded.lines(), BufWriter::new(file))
+        .with_context(|| format!("writing {}", svg.display()))
+}
