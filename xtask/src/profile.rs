@@ -7,7 +7,10 @@
 pub mod perf;
 mod stacks;
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -34,6 +37,10 @@ pub struct Options {
     /// CPU time) and write a flame graph and a top-functions table.
     #[arg(long)]
     perf: bool,
+    /// No build: write the flame graph and table again from the last
+    /// `--perf` run's recording.
+    #[arg(long)]
+    report_only: bool,
     /// The flame graph (with `--perf`); the table goes beside it (`.txt`).
     #[arg(long, default_value = "profiles/daemon-build.svg")]
     svg: PathBuf,
@@ -45,8 +52,6 @@ pub fn run(options: Options) -> Result<()> {
         "profile-build needs root (it loads eBPF programs and creates cgroups)"
     );
     ensure!(options.runs > 0, "--runs must be positive");
-    exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
-    let monitor_bin = target_dir()?.join("release").join("monitor");
     let build = BuildOptions {
         build_pairs: None,
         build_minutes: 0,
@@ -56,6 +61,13 @@ pub fn run(options: Options) -> Result<()> {
     };
     // Kept between runs: Bazel's install base (extracted once).
     let dir = target_dir()?.join("profile-build");
+    let perf_data = dir.join("perf.data");
+    let svg = workspace_root().join(&options.svg);
+    if options.report_only {
+        return write_profile(&perf_data, &svg, &build);
+    }
+    exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
+    let monitor_bin = target_dir()?.join("release").join("monitor");
     let ws = dir.join("ws");
     let _ = fs::remove_dir_all(&ws);
     let actions = workspace::generate(&ws, &build)?;
@@ -66,8 +78,9 @@ pub fn run(options: Options) -> Result<()> {
         println!("profile-build: warm-up build (untimed: extracts Bazel's install base)");
         runner.plain(false).context("the warm-up build")?;
     }
-    let perf_data = dir.join("perf.data");
     runner.perf_data = options.perf.then(|| perf_data.clone());
+    // To compare what two versions of the daemon reported on one build.
+    runner.keep_reports = true;
     let mut runs = Vec::new();
     for n in 1..=options.runs {
         let run = runner
@@ -79,8 +92,12 @@ pub fn run(options: Options) -> Result<()> {
     if runs.len() > 1 {
         print_medians(&runs);
     }
+    println!(
+        "profile-build: reports in {}",
+        dir.join("report-<n>.json").display()
+    );
     if options.perf {
-        write_profile(&perf_data, &workspace_root().join(&options.svg), &build)?;
+        write_profile(&perf_data, &svg, &build)?;
     }
     Ok(())
 }
@@ -114,8 +131,8 @@ fn print_medians(runs: &[MonitoredRun]) {
 
 /// The flame graph at `svg` and the top-functions table beside it.
 fn write_profile(
-    perf_data: &std::path::Path,
-    svg: &std::path::Path,
+    perf_data: &Path,
+    svg: &Path,
     build: &BuildOptions,
 ) -> Result<()> {
     println!(
@@ -123,6 +140,8 @@ fn write_profile(
         perf_data.display()
     );
     let folded = perf::folded_stacks(perf_data)?;
+    // For a closer look (grep) than the table gives.
+    fs::write(perf_data.with_extension("folded"), &folded)?;
     let title = format!(
         "monitor exec daemon, one build: {} compiles, {} sandboxes x {} inputs",
         build.build_compiles, build.build_sandboxes, build.build_inputs

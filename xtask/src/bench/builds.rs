@@ -204,6 +204,8 @@ pub(crate) struct Runner<'a> {
     /// Record each monitored build's `monitor exec` with `perf` into this
     /// file (`cargo xtask profile-build --perf`).
     pub(crate) perf_data: Option<PathBuf>,
+    /// Keep each monitored build's `--report` (`report-<n>.json` in `dir`).
+    pub(crate) keep_reports: bool,
 }
 
 /// `usage_usec` of a cgroup's `cpu.stat`, in seconds (0 when it is missing).
@@ -233,6 +235,7 @@ impl<'a> Runner<'a> {
             cgroups,
             serial: std::cell::Cell::new(0),
             perf_data: None,
+            keep_reports: false,
         }
     }
 

@@ -11,15 +11,16 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use inferno::collapse::Collapse as _;
 
-use crate::util::display;
+use crate::util::{cgroup2_root, display};
 
 pub const PERF: &str = "/usr/bin/perf";
 
-/// Starts recording `pid` (its threads, and those it starts later) into
-/// `out`. A software clock: the VM has no hardware counters. DWARF call
-/// graphs: the release binary has no frame pointers, but its `.eh_frame`
-/// unwinds.
-pub fn record(pid: u32, out: &Path) -> Result<Child> {
+/// Starts recording what runs in `cgroup` (the daemon's own: its threads,
+/// not the build it starts, which `monitor exec` moves out) into `out`,
+/// until [`finish`]. A software clock: the VM has no hardware counters.
+/// DWARF call graphs: the release binary has no frame pointers, but its
+/// `.eh_frame` unwinds.
+pub fn record(cgroup: &Path, out: &Path) -> Result<Child> {
     ensure!(
         Path::new(PERF).is_file(),
         "{PERF} is missing (apt-get install linux-perf)"
@@ -28,15 +29,16 @@ pub fn record(pid: u32, out: &Path) -> Result<Child> {
     cmd.args(["record", "-e", "cpu-clock", "-F", "499"])
         .args(["--call-graph", "dwarf,16384", "-q", "-o"])
         .arg(out)
-        .args(["-p", &pid.to_string()])
+        .arg("-a")
+        .arg("-G")
+        .arg(cgroup.strip_prefix(cgroup2_root()?)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     cmd.spawn()
         .with_context(|| format!("starting `{}`", display(&cmd)))
 }
 
-/// Waits for `perf record` to write its file: it ends by itself once the
-/// recorded process has exited; a SIGINT makes sure.
+/// Stops `perf record` (SIGINT) and waits for it to write its file.
 pub fn finish(mut perf: Child) -> Result<()> {
     // SAFETY: signalling our own child, which has not been reaped yet.
     unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
@@ -78,7 +80,7 @@ pub fn flame_graph(folded: &str, title: &str, svg: &Path) -> Result<()> {
     }
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_owned();
-    options.count_name = "samples (2 ms of CPU each)".to_owned();
+    options.count_name = "ns of CPU".to_owned();
     let file = fs::File::create(svg).with_context(|| format!("creating {}", svg.display()))?;
     inferno::flamegraph::from_lines(&mut options, folded.lines(), BufWriter::new(file))
         .with_context(|| format!("writing {}", svg.display()))

@@ -67,24 +67,29 @@ fn most(counts: HashMap<&str, u64>, n: usize) -> Vec<(String, u64)> {
     list
 }
 
-/// The table as text: shares are of the samples outside `BPF_PROG_LOAD`.
+/// The table as text (counts are perf's periods: ns of CPU); shares are
+/// of the samples outside `BPF_PROG_LOAD`.
 pub fn render(top: &Top, heading: &str) -> String {
     let rest = top.total - top.prog_load;
     let pct = |c: u64| c as f64 * 100.0 / rest.max(1) as f64;
     let mut out = format!(
-        "{heading}\n\nsamples: {} in all, {} ({:.1} %) in the kernel's BPF_PROG_LOAD (left out below), {} the rest\n",
-        top.total,
-        top.prog_load,
+        "{heading}\n\nsampled CPU: {:.0} ms in all, {:.0} ms ({:.1} %) in the kernel's BPF_PROG_LOAD (left out below), {:.0} ms the rest\n",
+        top.total as f64 / 1e6,
+        top.prog_load as f64 / 1e6,
         top.prog_load as f64 * 100.0 / top.total.max(1) as f64,
-        rest
+        rest as f64 / 1e6
     );
     for (title, list) in [
         ("innermost frame (self)", &top.by_self),
         ("anywhere on the stack (total)", &top.by_total),
     ] {
-        out.push_str(&format!("\n{title}:\n"));
+        out.push_str(&format!("\n{title}, ms of CPU:\n"));
         for (function, count) in list {
-            out.push_str(&format!("{:6.1} %  {count:7}  {function}\n", pct(*count)));
+            out.push_str(&format!(
+                "{:6.1} %  {:7.0}  {function}\n",
+                pct(*count),
+                *count as f64 / 1e6
+            ));
         }
     }
     out
@@ -95,32 +100,33 @@ mod tests {
     use super::*;
 
     const FOLDED: &str = "\
-monitor;main;run;judge;memcpy 5
-monitor;main;run;judge 3
-monitor;main;run;read_link;readlinkat_[k] 4
-monitor;main;load;__sys_bpf_[k];bpf_prog_load_[k];do_check_[k] 10
-monitor;main;recurse;recurse 2
+monitor;main;run;judge;memcpy 5000000
+monitor;main;run;judge 3000000
+monitor;main;run;read_link;readlinkat_[k] 4000000
+monitor;main;load;__sys_bpf_[k];bpf_prog_load_[k];do_check_[k] 10000000
+monitor;main;recurse;recurse 2000000
 ";
 
     #[test]
     fn counts_self_and_total_and_keeps_the_verifier_apart() {
         let top = top(FOLDED, 10);
-        assert_eq!(top.total, 24);
-        assert_eq!(top.prog_load, 10);
+        let ms = 1_000_000;
+        assert_eq!(top.total, 24 * ms);
+        assert_eq!(top.prog_load, 10 * ms);
         assert_eq!(
             top.by_self,
             vec![
-                ("memcpy".to_owned(), 5),
-                ("readlinkat".to_owned(), 4),
-                ("judge".to_owned(), 3),
-                ("recurse".to_owned(), 2),
+                ("memcpy".to_owned(), 5 * ms),
+                ("readlinkat".to_owned(), 4 * ms),
+                ("judge".to_owned(), 3 * ms),
+                ("recurse".to_owned(), 2 * ms),
             ]
         );
         // A recursive frame counts once per stack.
         let total: HashMap<_, _> = top.by_total.iter().cloned().collect();
-        assert_eq!(total["main"], 14);
-        assert_eq!(total["judge"], 8);
-        assert_eq!(total["recurse"], 2);
+        assert_eq!(total["main"], 14 * ms);
+        assert_eq!(total["judge"], 8 * ms);
+        assert_eq!(total["recurse"], 2 * ms);
         assert!(!total.contains_key("do_check"), "the verifier is left out");
     }
 
@@ -135,7 +141,7 @@ monitor;main;recurse;recurse 2
     #[test]
     fn renders_shares_of_the_samples_outside_the_verifier() {
         let text = render(&top(FOLDED, 2), "# t");
-        assert!(text.contains("24 in all, 10 (41.7 %)"), "{text}");
+        assert!(text.contains("24 ms in all, 10 ms (41.7 %)"), "{text}");
         assert!(text.contains("  35.7 %        5  memcpy"), "{text}");
     }
 }

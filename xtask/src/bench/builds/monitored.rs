@@ -86,7 +86,7 @@ impl Runner<'_> {
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
         let perf = match &self.perf_data {
-            Some(out) => Some(crate::profile::perf::record(child.id(), out)?),
+            Some(out) => Some(crate::profile::perf::record(&monitor_cgroup, out)?),
             None => None,
         };
         let (status, peak_rss) = wait_with_rusage(child.id())?;
@@ -126,7 +126,9 @@ impl Runner<'_> {
         );
         print_alerts(&json);
         self.clean(n);
-        let _ = fs::remove_file(&report);
+        if !self.keep_reports {
+            let _ = fs::remove_file(&report);
+        }
         let number = |key: &str| json[key].as_u64();
         let events = json["events"]
             .as_object()
