@@ -5,6 +5,7 @@
 //! daemon with `perf` and writes a flame graph and a top-functions table.
 
 pub mod perf;
+mod rss;
 mod stacks;
 
 use std::{
@@ -83,10 +84,12 @@ pub fn run(options: Options) -> Result<()> {
     runner.keep_reports = true;
     let mut runs = Vec::new();
     for n in 1..=options.runs {
-        let run = runner
-            .monitored()
-            .with_context(|| format!("monitored build {n}"))?;
+        let sampler = rss::start(cgroups.path().to_path_buf());
+        let run = runner.monitored();
+        let timeline = sampler.finish();
+        let run = run.with_context(|| format!("monitored build {n}"))?;
         print_run(&format!("build {n} ({actions} actions)"), &run);
+        print!("{}", rss::render(&timeline));
         runs.push(run);
     }
     if runs.len() > 1 {
@@ -130,11 +133,7 @@ fn print_medians(runs: &[MonitoredRun]) {
 }
 
 /// The flame graph at `svg` and the top-functions table beside it.
-fn write_profile(
-    perf_data: &Path,
-    svg: &Path,
-    build: &BuildOptions,
-) -> Result<()> {
+fn write_profile(perf_data: &Path, svg: &Path, build: &BuildOptions) -> Result<()> {
     println!(
         "profile-build: folding {} (perf script)",
         perf_data.display()
