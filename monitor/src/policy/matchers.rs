@@ -49,6 +49,9 @@ pub struct PathMatcher {
     /// `dir/**` patterns with a plain `dir`, as `dir/`: they match every
     /// path starting with it.
     below: HashSet<Box<[u8]>>,
+    /// The distinct lengths in `below`, shortest first: a path's prefixes
+    /// of only these lengths are looked up.
+    below_lens: Vec<usize>,
     set: GlobSet,
 }
 
@@ -135,17 +138,25 @@ impl PathMatcher {
             pattern: patterns.last().cloned().unwrap_or_default(),
             reason: format!("too many or too complex patterns: {e}"),
         })?;
-        Ok(PathMatcher { exact, below, set })
+        let mut below_lens: Vec<usize> = below.iter().map(|b: &Box<[u8]>| b.len()).collect();
+        below_lens.sort_unstable();
+        below_lens.dedup();
+        Ok(PathMatcher {
+            exact,
+            below,
+            below_lens,
+            set,
+        })
     }
 
     /// Whether the (normalised, absolute) path matches any pattern.
     pub fn matches(&self, path: &[u8]) -> bool {
         self.exact.contains(path)
-            || (!self.below.is_empty()
-                && path
-                    .iter()
-                    .enumerate()
-                    .any(|(i, &b)| b == b'/' && self.below.contains(&path[..=i])))
+            || self
+                .below_lens
+                .iter()
+                .take_while(|&&len| len <= path.len())
+                .any(|&len| path[len - 1] == b'/' && self.below.contains(&path[..len]))
             || (!self.set.is_empty()
                 && self
                     .set
