@@ -100,7 +100,7 @@ fn literal_form(pattern: &str) -> Option<LiteralForm> {
 impl PathMatcher {
     pub fn new(patterns: &[String]) -> Result<PathMatcher, PatternError> {
         let mut builder = GlobSetBuilder::new();
-        let (mut exact, mut below) = (HashSet::new(), HashSet::new());
+        let (mut exact, mut below): (HashSet<Box<[u8]>>, HashSet<Box<[u8]>>) = Default::default();
         for (index, pattern) in patterns.iter().enumerate() {
             let error = |reason: String| PatternError {
                 index,
@@ -138,7 +138,7 @@ impl PathMatcher {
             pattern: patterns.last().cloned().unwrap_or_default(),
             reason: format!("too many or too complex patterns: {e}"),
         })?;
-        let mut below_lens: Vec<usize> = below.iter().map(|b: &Box<[u8]>| b.len()).collect();
+        let mut below_lens: Vec<usize> = below.iter().map(|b| b.len()).collect();
         below_lens.sort_unstable();
         below_lens.dedup();
         Ok(PathMatcher {
