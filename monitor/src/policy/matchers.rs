@@ -45,15 +45,17 @@ pub struct PatternError {
 #[derive(Debug, Clone)]
 pub struct PathMatcher {
     /// Patterns that are one path, escapes undone.
-    exact: HashSet<Box<[u8]>>,
+    exact: Paths,
     /// `dir/**` patterns with a plain `dir`, as `dir/`: they match every
     /// path starting with it.
-    below: HashSet<Box<[u8]>>,
+    below: Paths,
     /// The distinct lengths in `below`, shortest first: a path's prefixes
     /// of only these lengths are looked up.
     below_lens: Vec<usize>,
     set: GlobSet,
 }
+
+type Paths = HashSet<Box<[u8]>>;
 
 /// A pattern that needs no glob matching.
 #[derive(Debug, PartialEq)]
@@ -100,7 +102,7 @@ fn literal_form(pattern: &str) -> Option<LiteralForm> {
 impl PathMatcher {
     pub fn new(patterns: &[String]) -> Result<PathMatcher, PatternError> {
         let mut builder = GlobSetBuilder::new();
-        let (mut exact, mut below): (HashSet<Box<[u8]>>, HashSet<Box<[u8]>>) = Default::default();
+        let (mut exact, mut below) = (Paths::new(), Paths::new());
         for (index, pattern) in patterns.iter().enumerate() {
             let error = |reason: String| PatternError {
                 index,
