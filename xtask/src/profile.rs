@@ -38,6 +38,10 @@ pub struct Options {
     /// CPU time) and write a flame graph and a top-functions table.
     #[arg(long)]
     perf: bool,
+    /// What `--perf` samples: CPU time, or page faults (where resident
+    /// memory grows).
+    #[arg(long, value_enum, default_value = "cpu-clock")]
+    perf_event: perf::Event,
     /// No build: write the flame graph and table again from the last
     /// `--perf` run's recording.
     #[arg(long)]
@@ -65,7 +69,7 @@ pub fn run(options: Options) -> Result<()> {
     let perf_data = dir.join("perf.data");
     let svg = workspace_root().join(&options.svg);
     if options.report_only {
-        return write_profile(&perf_data, &svg, &build);
+        return write_profile(&perf_data, &svg, &build, options.perf_event);
     }
     exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
     let monitor_bin = target_dir()?.join("release").join("monitor");
@@ -79,7 +83,10 @@ pub fn run(options: Options) -> Result<()> {
         println!("profile-build: warm-up build (untimed: extracts Bazel's install base)");
         runner.plain(false).context("the warm-up build")?;
     }
-    runner.perf_data = options.perf.then(|| perf_data.clone());
+    runner.perf = options.perf.then(|| perf::Recording {
+        out: perf_data.clone(),
+        event: options.perf_event,
+    });
     // To compare what two versions of the daemon reported on one build.
     runner.keep_reports = true;
     let mut runs = Vec::new();
@@ -100,7 +107,7 @@ pub fn run(options: Options) -> Result<()> {
         dir.join("report-<n>.json").display()
     );
     if options.perf {
-        write_profile(&perf_data, &svg, &build)?;
+        write_profile(&perf_data, &svg, &build, options.perf_event)?;
     }
     Ok(())
 }
@@ -133,7 +140,12 @@ fn print_medians(runs: &[MonitoredRun]) {
 }
 
 /// The flame graph at `svg` and the top-functions table beside it.
-fn write_profile(perf_data: &Path, svg: &Path, build: &BuildOptions) -> Result<()> {
+fn write_profile(
+    perf_data: &Path,
+    svg: &Path,
+    build: &BuildOptions,
+    event: perf::Event,
+) -> Result<()> {
     println!(
         "profile-build: folding {} (perf script)",
         perf_data.display()
@@ -145,8 +157,12 @@ fn write_profile(perf_data: &Path, svg: &Path, build: &BuildOptions) -> Result<(
         "monitor exec daemon, one build: {} compiles, {} sandboxes x {} inputs",
         build.build_compiles, build.build_sandboxes, build.build_inputs
     );
-    perf::flame_graph(&folded, &title, svg)?;
-    let table = stacks::render(&stacks::top(&folded, 30), &format!("# {title}"));
+    perf::flame_graph(&folded, &title, event, svg)?;
+    let table = stacks::render(
+        &stacks::top(&folded, 30),
+        &format!("# {title}"),
+        event.unit(),
+    );
     let txt = svg.with_extension("txt");
     fs::write(&txt, &table).with_context(|| format!("writing {}", txt.display()))?;
     println!("{table}");

@@ -201,9 +201,9 @@ pub(crate) struct Runner<'a> {
     monitor_bin: PathBuf,
     cgroups: &'a CgroupGuard,
     serial: std::cell::Cell<usize>,
-    /// Record each monitored build's `monitor exec` with `perf` into this
-    /// file (`cargo xtask profile-build --perf`).
-    pub(crate) perf_data: Option<PathBuf>,
+    /// Record each monitored build's `monitor exec` with `perf`
+    /// (`cargo xtask profile-build --perf`).
+    pub(crate) perf: Option<crate::profile::perf::Recording>,
     /// Keep each monitored build's `--report` (`report-<n>.json` in `dir`).
     pub(crate) keep_reports: bool,
 }
@@ -234,7 +234,7 @@ impl<'a> Runner<'a> {
             monitor_bin: monitor_bin.to_path_buf(),
             cgroups,
             serial: std::cell::Cell::new(0),
-            perf_data: None,
+            perf: None,
             keep_reports: false,
         }
     }

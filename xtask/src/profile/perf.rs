@@ -15,20 +15,54 @@ use crate::util::{cgroup2_root, display};
 
 pub const PERF: &str = "/usr/bin/perf";
 
+/// What `perf` samples.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Event {
+    /// CPU time (a software clock: the VM has no hardware counters).
+    CpuClock,
+    /// Every page fault: where the daemon's resident memory is first
+    /// touched (what its RSS grows by).
+    PageFaults,
+}
+
+impl Event {
+    fn args(self) -> [&'static str; 4] {
+        match self {
+            Event::CpuClock => ["-e", "cpu-clock", "-F", "499"],
+            Event::PageFaults => ["-e", "page-faults", "-c", "1"],
+        }
+    }
+
+    /// How counts are shown: (unit, counts per unit).
+    pub fn unit(self) -> (&'static str, f64) {
+        match self {
+            Event::CpuClock => ("ms of CPU", 1e6),
+            Event::PageFaults => ("page faults", 1.0),
+        }
+    }
+}
+
+/// A recording to make of each monitored build's daemon.
+#[derive(Clone, Debug)]
+pub struct Recording {
+    pub out: std::path::PathBuf,
+    pub event: Event,
+}
+
 /// Starts recording what runs in `cgroup` (the daemon's own: its threads,
 /// not the build it starts, which `monitor exec` moves out) into `out`,
-/// until [`finish`]. A software clock: the VM has no hardware counters.
-/// DWARF call graphs: the release binary has no frame pointers, but its
+/// until [`finish`]. DWARF call graphs: the release binary has no frame pointers, but its
 /// `.eh_frame` unwinds.
-pub fn record(cgroup: &Path, out: &Path) -> Result<Child> {
+pub fn record(cgroup: &Path, recording: &Recording) -> Result<Child> {
     ensure!(
         Path::new(PERF).is_file(),
         "{PERF} is missing (apt-get install linux-perf)"
     );
     let mut cmd = Command::new(PERF);
-    cmd.args(["record", "-e", "cpu-clock", "-F", "499"])
+    cmd.arg("record")
+        .args(recording.event.args())
         .args(["--call-graph", "dwarf,16384", "-q", "-o"])
-        .arg(out)
+        .arg(&recording.out)
         .arg("-a")
         .arg("-G")
         .arg(cgroup.strip_prefix(cgroup2_root()?)?)
@@ -74,13 +108,17 @@ pub fn folded_stacks(data: &Path) -> Result<String> {
 }
 
 /// Writes the flame graph of `folded` to `svg`.
-pub fn flame_graph(folded: &str, title: &str, svg: &Path) -> Result<()> {
+pub fn flame_graph(folded: &str, title: &str, event: Event, svg: &Path) -> Result<()> {
     if let Some(dir) = svg.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_owned();
-    options.count_name = "ns of CPU".to_owned();
+    options.count_name = match event {
+        Event::CpuClock => "ns of CPU",
+        Event::PageFaults => "page faults",
+    }
+    .to_owned();
     let file = fs::File::create(svg).with_context(|| format!("creating {}", svg.display()))?;
     inferno::flamegraph::from_lines(&mut options, folded.lines(), BufWriter::new(file))
         .with_context(|| format!("writing {}", svg.display()))

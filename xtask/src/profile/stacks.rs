@@ -67,28 +67,29 @@ fn most(counts: HashMap<&str, u64>, n: usize) -> Vec<(String, u64)> {
     list
 }
 
-/// The table as text (counts are perf's periods: ns of CPU); shares are
-/// of the samples outside `BPF_PROG_LOAD`.
-pub fn render(top: &Top, heading: &str) -> String {
+/// The table as text, counts shown in `unit` (name, counts per unit: perf's
+/// periods of `cpu-clock` are ns); shares are of the samples outside
+/// `BPF_PROG_LOAD`.
+pub fn render(top: &Top, heading: &str, (unit, per): (&str, f64)) -> String {
     let rest = top.total - top.prog_load;
     let pct = |c: u64| c as f64 * 100.0 / rest.max(1) as f64;
     let mut out = format!(
-        "{heading}\n\nsampled CPU: {:.0} ms in all, {:.0} ms ({:.1} %) in the kernel's BPF_PROG_LOAD (left out below), {:.0} ms the rest\n",
-        top.total as f64 / 1e6,
-        top.prog_load as f64 / 1e6,
+        "{heading}\n\nsampled, {unit}: {:.0} in all, {:.0} ({:.1} %) in the kernel's BPF_PROG_LOAD (left out below), {:.0} the rest\n",
+        top.total as f64 / per,
+        top.prog_load as f64 / per,
         top.prog_load as f64 * 100.0 / top.total.max(1) as f64,
-        rest as f64 / 1e6
+        rest as f64 / per
     );
     for (title, list) in [
         ("innermost frame (self)", &top.by_self),
         ("anywhere on the stack (total)", &top.by_total),
     ] {
-        out.push_str(&format!("\n{title}, ms of CPU:\n"));
+        out.push_str(&format!("\n{title}, {unit}:\n"));
         for (function, count) in list {
             out.push_str(&format!(
                 "{:6.1} %  {:7.0}  {function}\n",
                 pct(*count),
-                *count as f64 / 1e6
+                *count as f64 / per
             ));
         }
     }
@@ -140,8 +141,11 @@ monitor;main;recurse;recurse 2000000
 
     #[test]
     fn renders_shares_of_the_samples_outside_the_verifier() {
-        let text = render(&top(FOLDED, 2), "# t");
-        assert!(text.contains("24 ms in all, 10 ms (41.7 %)"), "{text}");
+        let text = render(&top(FOLDED, 2), "# t", ("ms", 1e6));
+        assert!(
+            text.contains("sampled, ms: 24 in all, 10 (41.7 %)"),
+            "{text}"
+        );
         assert!(text.contains("  35.7 %        5  memcpy"), "{text}");
     }
 }

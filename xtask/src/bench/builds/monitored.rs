@@ -85,8 +85,8 @@ impl Runner<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
-        let perf = match &self.perf_data {
-            Some(out) => Some(crate::profile::perf::record(&monitor_cgroup, out)?),
+        let perf = match &self.perf {
+            Some(recording) => Some(crate::profile::perf::record(&monitor_cgroup, recording)?),
             None => None,
         };
         let (status, peak_rss) = wait_with_rusage(child.id())?;
