@@ -55,7 +55,8 @@ pub struct PathMatcher {
     set: GlobSet,
 }
 
-type Paths = HashSet<Box<[u8]>>;
+/// Shared with other matchers ([`crate::actions::shared_paths`]).
+type Paths = HashSet<std::sync::Arc<[u8]>>;
 
 /// A pattern that needs no glob matching.
 #[derive(Debug, PartialEq)]
@@ -118,11 +119,11 @@ impl PathMatcher {
                 .expect("normalising UTF-8 keeps it UTF-8");
             match literal_form(&normalized) {
                 Some(LiteralForm::Exact(path)) => {
-                    exact.insert(path.into_boxed_slice());
+                    exact.insert(crate::actions::shared_paths::shared(&path));
                     continue;
                 }
                 Some(LiteralForm::Below(dir)) => {
-                    below.insert(dir.into_boxed_slice());
+                    below.insert(crate::actions::shared_paths::shared(&dir));
                     continue;
                 }
                 None => {}
