@@ -2,7 +2,7 @@
 //! CPU), the build's CPU from `monitor exec`'s parent cgroup, peak RSS from
 //! `wait4`, events, losses and violations from its `--report`.
 
-use std::{fs, os::unix::process::ExitStatusExt as _, process::Command, time::Instant};
+use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -59,6 +59,20 @@ fn wait_with_rusage(pid: u32) -> Result<(std::process::ExitStatus, u64)> {
 }
 
 impl Runner<'_> {
+    /// Waits for the monitor `pid` (in `cgroup`), `perf` recording it when
+    /// asked: its exit status and peak RSS.
+    fn wait_recorded(&self, pid: u32, cgroup: &Path) -> Result<(std::process::ExitStatus, u64)> {
+        let perf = match &self.perf {
+            Some(recording) => Some(crate::profile::perf::record(cgroup, recording)?),
+            None => None,
+        };
+        let waited = wait_with_rusage(pid);
+        if let Some(perf) = perf {
+            crate::profile::perf::finish(perf)?;
+        }
+        waited
+    }
+
     pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
         let n = self.next();
         let mut others = other_active_jobs()?;
@@ -85,15 +99,8 @@ impl Runner<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
-        let perf = match &self.perf {
-            Some(recording) => Some(crate::profile::perf::record(&monitor_cgroup, recording)?),
-            None => None,
-        };
-        let (status, peak_rss) = wait_with_rusage(child.id())?;
+        let (status, peak_rss) = self.wait_recorded(child.id(), &monitor_cgroup)?;
         let wall_s = start.elapsed().as_secs_f64();
-        if let Some(perf) = perf {
-            crate::profile::perf::finish(perf)?;
-        }
         let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         wait_empty(&monitor_cgroup)?;
         let build_cpu_s = cpu_usage_s(&exec_parent()?) - build_before;
