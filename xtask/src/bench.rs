@@ -12,7 +12,7 @@
 
 pub(crate) mod builds;
 pub(crate) mod flood;
-mod kernel_profile;
+pub(crate) mod kernel_profile;
 mod peers;
 mod plot;
 mod report;

@@ -11,9 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use inferno::collapse::Collapse as _;
 
-use crate::util::{cgroup2_root, display};
-
-pub const PERF: &str = "/usr/bin/perf";
+use crate::{
+    bench::kernel_profile::PERF,
+    util::{cgroup2_root, display},
+};
 
 /// What `perf` samples.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
