@@ -10,13 +10,13 @@
 //! then times one operation repeated (open+close of one file, of distinct
 //! files, or a loopback connect).
 
-mod builds;
+pub(crate) mod builds;
 pub(crate) mod flood;
-mod kernel_profile;
+pub(crate) mod kernel_profile;
 mod peers;
 mod plot;
 mod report;
-mod stats;
+pub(crate) mod stats;
 mod worker;
 
 use std::{

@@ -8,6 +8,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod lint;
+mod profile;
 mod setup;
 mod test;
 mod util;
@@ -49,6 +50,9 @@ enum Command {
     Fuzz(fuzz::Options),
     /// List every function over ~80 lines in the workspace; fails if any.
     Lint(lint::Options),
+    /// One bench build under `monitor exec`: the daemon's CPU time, peak
+    /// RSS and events; with `--perf`, a flame graph of where its CPU goes.
+    ProfileBuild(profile::Options),
     /// The process `bench` times (internal).
     #[command(hide = true)]
     BenchWorker(bench::WorkerOptions),
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Bench(options) => bench::run(options),
         Command::Fuzz(options) => fuzz::run(options),
         Command::Lint(options) => lint::run(options),
+        Command::ProfileBuild(options) => profile::run(options),
         Command::BenchWorker(options) => bench::worker(options),
     };
     match result {

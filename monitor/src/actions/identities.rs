@@ -25,7 +25,8 @@ type Key = (u64, u64);
 
 #[derive(Debug, Default)]
 pub struct Identities {
-    by_path: HashMap<Vec<u8>, Key>,
+    /// Paths shared with other declarations ([`super::shared_paths`]).
+    by_path: HashMap<std::sync::Arc<[u8]>, Key>,
     all: HashSet<Key>,
     recorded: bool,
     /// Where a hard link to an undeclared file is looked for: everywhere
@@ -69,8 +70,10 @@ impl Identities {
             return;
         }
         let key = (meta.dev(), meta.ino());
-        self.by_path
-            .insert(path.as_os_str().as_bytes().to_vec(), key);
+        self.by_path.insert(
+            super::shared_paths::shared(path.as_os_str().as_bytes()),
+            key,
+        );
         self.all.insert(key);
     }
 

@@ -9,5 +9,6 @@ pub mod identities;
 pub mod links;
 pub mod listeners;
 pub mod registry;
+pub mod shared_paths;
 pub mod trust;
 pub mod watch;

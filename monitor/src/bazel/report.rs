@@ -263,8 +263,11 @@ fn was_read(rel: &str, spawn: &Spawn, opened: &Opened, real_dirs: &mut RealDirs)
     {
         return true;
     }
+    // The main execroot's first: its resolution is shared by every spawn
+    // (cached), and the sandbox link most often resolves to the same file.
     candidates
         .iter()
+        .rev()
         .filter_map(|c| real_dirs.canonicalize(c))
         .any(|real| opened.has(real.as_os_str().as_bytes()))
 }

@@ -747,7 +747,7 @@ pub fn open_flags_to_string(flags: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -771,7 +771,7 @@ mod tests {
         }
     }
 
-    fn file_alert(path: &[u8], label: bool) -> Alert {
+    pub(crate) fn file_alert(path: &[u8], label: bool) -> Alert {
         Alert {
             time: UNIX_EPOCH + Duration::from_millis(1_795_341_600_123),
             kind: AlertKind::UndeclaredFile,

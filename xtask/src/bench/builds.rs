@@ -5,7 +5,7 @@
 //! time: the CPU time the build's cgroup used (`cpu.stat` usage_usec) and
 //! the monitor's own.
 
-mod workspace;
+pub(crate) mod workspace;
 
 use std::{
     fs,
@@ -136,13 +136,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     let ws = dir.join("ws");
     let actions = workspace::generate(&ws, options)?;
     let cgroups = CgroupGuard::create_fresh("monitor-bench-builds")?;
-    let runner = Runner {
-        ws,
-        dir: dir.clone(),
-        monitor_bin: monitor_bin.to_path_buf(),
-        cgroups: &cgroups,
-        serial: std::cell::Cell::new(0),
-    };
+    let runner = Runner::new(ws, dir.clone(), monitor_bin, &cgroups);
     println!("bench: builds: warm-up build (untimed: extracts Bazel's install base)");
     runner.plain(false).context("the warm-up build")?;
     let started = Instant::now();
@@ -201,12 +195,17 @@ fn print_triple(n: usize, t: &Triple) {
     );
 }
 
-struct Runner<'a> {
+pub(crate) struct Runner<'a> {
     ws: PathBuf,
     dir: PathBuf,
     monitor_bin: PathBuf,
     cgroups: &'a CgroupGuard,
     serial: std::cell::Cell<usize>,
+    /// Record each monitored build's `monitor exec` with `perf`
+    /// (`cargo xtask profile-build --perf`).
+    pub(crate) perf: Option<crate::profile::perf::Recording>,
+    /// Keep each monitored build's `--report` (`report-<n>.json` in `dir`).
+    pub(crate) keep_reports: bool,
 }
 
 /// `usage_usec` of a cgroup's `cpu.stat`, in seconds (0 when it is missing).
@@ -220,7 +219,26 @@ fn cpu_usage_s(cgroup: &Path) -> f64 {
         .map_or(0.0, |usec| usec as f64 / 1e6)
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    /// Builds of the workspace `ws`; output bases, Bazel's install base and
+    /// reports go below `dir`, each build's cgroup below `cgroups`.
+    pub(crate) fn new(
+        ws: PathBuf,
+        dir: PathBuf,
+        monitor_bin: &Path,
+        cgroups: &'a CgroupGuard,
+    ) -> Self {
+        Runner {
+            ws,
+            dir,
+            monitor_bin: monitor_bin.to_path_buf(),
+            cgroups,
+            serial: std::cell::Cell::new(0),
+            perf: None,
+            keep_reports: false,
+        }
+    }
+
     fn next(&self) -> usize {
         self.serial.set(self.serial.get() + 1);
         self.serial.get()
@@ -285,7 +303,7 @@ impl Runner<'_> {
 
     /// A build in a cgroup of its own, its server shut down after; CPU is
     /// the cgroup's whole usage (client, server, spawns).
-    fn plain(&self, execution_log: bool) -> Result<PlainRun> {
+    pub(crate) fn plain(&self, execution_log: bool) -> Result<PlainRun> {
         let n = self.next();
         let cgroup = self.cgroups.create_child(&format!("b{n}"))?;
         let mut cmd = Command::new(BAZEL);

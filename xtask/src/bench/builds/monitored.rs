@@ -2,7 +2,7 @@
 //! CPU), the build's CPU from `monitor exec`'s parent cgroup, peak RSS from
 //! `wait4`, events, losses and violations from its `--report`.
 
-use std::{fs, os::unix::process::ExitStatusExt as _, process::Command, time::Instant};
+use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -59,7 +59,21 @@ fn wait_with_rusage(pid: u32) -> Result<(std::process::ExitStatus, u64)> {
 }
 
 impl Runner<'_> {
-    pub(super) fn monitored(&self) -> Result<MonitoredRun> {
+    /// Waits for the monitor `pid` (in `cgroup`), `perf` recording it when
+    /// asked: its exit status and peak RSS.
+    fn wait_recorded(&self, pid: u32, cgroup: &Path) -> Result<(std::process::ExitStatus, u64)> {
+        let perf = match &self.perf {
+            Some(recording) => Some(crate::profile::perf::record(cgroup, recording)?),
+            None => None,
+        };
+        let waited = wait_with_rusage(pid);
+        if let Some(perf) = perf {
+            crate::profile::perf::finish(perf)?;
+        }
+        waited
+    }
+
+    pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
         let n = self.next();
         let mut others = other_active_jobs()?;
         let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
@@ -85,7 +99,7 @@ impl Runner<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
-        let (status, peak_rss) = wait_with_rusage(child.id())?;
+        let (status, peak_rss) = self.wait_recorded(child.id(), &monitor_cgroup)?;
         let wall_s = start.elapsed().as_secs_f64();
         let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         wait_empty(&monitor_cgroup)?;
@@ -119,7 +133,9 @@ impl Runner<'_> {
         );
         print_alerts(&json);
         self.clean(n);
-        let _ = fs::remove_file(&report);
+        if !self.keep_reports {
+            let _ = fs::remove_file(&report);
+        }
         let number = |key: &str| json[key].as_u64();
         let events = json["events"]
             .as_object()

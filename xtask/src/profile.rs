@@ -1,0 +1,175 @@
+//! `cargo xtask profile-build`: what the daemon itself costs on one real
+//! build. Generates the bench's Bazel workspace, runs it under
+//! `monitor exec` (the release binary) with the bench's runner, and prints
+//! the daemon's CPU time, peak RSS and events; with `--perf`, records the
+//! daemon with `perf` and writes a flame graph and a top-functions table.
+
+pub mod perf;
+mod rss;
+mod stacks;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{
+    bench::builds::{BuildOptions, MonitoredRun, Runner, workspace},
+    util::{CgroupGuard, cargo, exec, is_root, target_dir, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Genrules compiling a C++ file with g++.
+    #[arg(long, default_value_t = 100)]
+    build_compiles: usize,
+    /// Genrules with a large sandbox (each gets every input file).
+    #[arg(long, default_value_t = 200)]
+    build_sandboxes: usize,
+    /// Input files of each large-sandbox genrule.
+    #[arg(long, default_value_t = 300)]
+    build_inputs: usize,
+    /// Monitored builds, one after the other (medians printed at the end).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Record the daemon with `perf` (its sampling adds to the daemon's
+    /// CPU time) and write a flame graph and a top-functions table.
+    #[arg(long)]
+    perf: bool,
+    /// What `--perf` samples: CPU time, or page faults (where resident
+    /// memory grows).
+    #[arg(long, value_enum, default_value = "cpu-clock")]
+    perf_event: perf::Event,
+    /// No build: write the flame graph and table again from the last
+    /// `--perf` run's recording.
+    #[arg(long)]
+    report_only: bool,
+    /// The flame graph (with `--perf`); the table goes beside it (`.txt`).
+    #[arg(long, default_value = "profiles/daemon-build.svg")]
+    svg: PathBuf,
+}
+
+pub fn run(options: Options) -> Result<()> {
+    ensure!(
+        is_root(),
+        "profile-build needs root (it loads eBPF programs and creates cgroups)"
+    );
+    ensure!(options.runs > 0, "--runs must be positive");
+    let build = BuildOptions {
+        build_pairs: None,
+        build_minutes: 0,
+        build_compiles: options.build_compiles,
+        build_sandboxes: options.build_sandboxes,
+        build_inputs: options.build_inputs,
+    };
+    // Kept between runs: Bazel's install base (extracted once).
+    let dir = target_dir()?.join("profile-build");
+    let perf_data = dir.join("perf.data");
+    let svg = workspace_root().join(&options.svg);
+    if options.report_only {
+        return write_profile(&perf_data, &svg, &build, options.perf_event);
+    }
+    exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
+    let monitor_bin = target_dir()?.join("release").join("monitor");
+    let ws = dir.join("ws");
+    let _ = fs::remove_dir_all(&ws);
+    let actions = workspace::generate(&ws, &build)?;
+    println!("profile-build: {}", workspace::describe(&build));
+    let cgroups = CgroupGuard::create_fresh("monitor-profile-build")?;
+    let mut runner = Runner::new(ws, dir.clone(), &monitor_bin, &cgroups);
+    if !dir.join("root").is_dir() {
+        println!("profile-build: warm-up build (untimed: extracts Bazel's install base)");
+        runner.plain(false).context("the warm-up build")?;
+    }
+    runner.perf = options.perf.then(|| perf::Recording {
+        out: perf_data.clone(),
+        event: options.perf_event,
+    });
+    // To compare what two versions of the daemon reported on one build.
+    runner.keep_reports = true;
+    let mut runs = Vec::new();
+    for n in 1..=options.runs {
+        let sampler = rss::start(cgroups.path().to_path_buf());
+        let run = runner.monitored();
+        let timeline = sampler.finish();
+        let run = run.with_context(|| format!("monitored build {n}"))?;
+        print_run(&format!("build {n} ({actions} actions)"), &run);
+        print!("{}", rss::render(&timeline));
+        runs.push(run);
+    }
+    if runs.len() > 1 {
+        print_medians(&runs);
+    }
+    println!(
+        "profile-build: reports in {}",
+        dir.join("report-<n>.json").display()
+    );
+    if options.perf {
+        write_profile(&perf_data, &svg, &build, options.perf_event)?;
+    }
+    Ok(())
+}
+
+fn print_run(what: &str, run: &MonitoredRun) {
+    println!(
+        "profile-build: {what}: daemon {:.2} s CPU, peak RSS {:.0} MiB, {} events, {} lost, \
+         {} violations; build {:.1} s wall, {:.1} s CPU",
+        run.daemon_cpu_s,
+        run.daemon_peak_rss_kib as f64 / 1024.0,
+        run.events.map_or("?".to_owned(), |e| e.to_string()),
+        run.lost,
+        run.violations,
+        run.wall_s,
+        run.build_cpu_s
+    );
+}
+
+fn print_medians(runs: &[MonitoredRun]) {
+    let median = |f: &dyn Fn(&MonitoredRun) -> f64| {
+        crate::bench::stats::median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    println!(
+        "profile-build: medians of {} builds: daemon {:.2} s CPU, peak RSS {:.0} MiB, {:.0} events",
+        runs.len(),
+        median(&|r| r.daemon_cpu_s),
+        median(&|r| r.daemon_peak_rss_kib as f64 / 1024.0),
+        median(&|r| r.events.unwrap_or(0) as f64),
+    );
+}
+
+/// The flame graph at `svg` and the top-functions table beside it.
+fn write_profile(
+    perf_data: &Path,
+    svg: &Path,
+    build: &BuildOptions,
+    event: perf::Event,
+) -> Result<()> {
+    println!(
+        "profile-build: folding {} (perf script)",
+        perf_data.display()
+    );
+    let folded = perf::folded_stacks(perf_data)?;
+    // For a closer look (grep) than the table gives.
+    fs::write(perf_data.with_extension("folded"), &folded)?;
+    let title = format!(
+        "monitor exec daemon, one build: {} compiles, {} sandboxes x {} inputs",
+        build.build_compiles, build.build_sandboxes, build.build_inputs
+    );
+    perf::flame_graph(&folded, &title, event, svg)?;
+    let table = stacks::render(
+        &stacks::top(&folded, 30),
+        &format!("# {title}"),
+        event.unit(),
+    );
+    let txt = svg.with_extension("txt");
+    fs::write(&txt, &table).with_context(|| format!("writing {}", txt.display()))?;
+    println!("{table}");
+    println!(
+        "profile-build: wrote {} and {}",
+        svg.display(),
+        txt.display()
+    );
+    Ok(())
+}
