@@ -6,7 +6,8 @@
 //! offset the verifier accepts; userspace reverses them.
 //!
 //! The walk runs under `bpf_loop`, so the verifier checks one step once
-//! instead of every unrolled iteration.
+//! instead of every unrolled iteration, inside a BPF global function
+//! (`dpath_walk`), so it checks the walk once per program, whatever calls it.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};

@@ -182,7 +182,8 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     }
 
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
-    // One walk call site: the verifier checks the walk once per site.
+    // One walk call site (the walk itself is a global function, verified
+    // once per program, see `dpath_walk`).
     let walk_from = if let Some(id) = &id {
         hflags |= FLAG_OBJECT;
         object::describe(o, id, &mut scratch.event);
