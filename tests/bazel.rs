@@ -12,7 +12,7 @@ use std::{
 };
 
 use monitor_integration_tests::{
-    bazel::{BAZEL, copy_tree, startup_args},
+    bazel::{BAZEL, copy_tree, monitor_exec, startup_args},
     *,
 };
 use serde_json::Value;
@@ -275,23 +275,6 @@ fn start_server(t: &Path, ws: &Path) {
         "starting a Bazel server: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `monitor exec` in the workspace, with `config` (a TOML text) if given.
-fn monitor_exec(t: &Path, ws: &Path, config: Option<&str>) -> Command {
-    let mut monitor = Command::new(monitor_bin());
-    monitor
-        .current_dir(ws)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", t)
-        .arg("exec");
-    if let Some(text) = config {
-        let file = t.join("monitor.toml");
-        fs::write(&file, text).unwrap();
-        monitor.arg("--config").arg(file);
-    }
-    monitor
 }
 
 fn check_common(b: &Build) {

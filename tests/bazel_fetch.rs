@@ -155,23 +155,11 @@ fn build(config: &str, monitor_args: &[&str], bazel_args: &[&str]) -> Build {
     let t = tmp.path();
     let server = FileServer::start(t.join("served"));
     let ws = fixture(t, server.port);
-    let config_file = t.join("monitor.toml");
-    fs::write(
-        &config_file,
-        config.replace("$PORT", &server.port.to_string()),
-    )
-    .unwrap();
+    let config = config.replace("$PORT", &server.port.to_string());
     let report = t.join("report.json");
     let markdown = t.join("summary.md");
     let startup = startup_args(t);
-    let out = Command::new(monitor_bin())
-        .current_dir(&ws)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", t)
-        .arg("exec")
-        .arg("--config")
-        .arg(&config_file)
+    let out = bazel::monitor_exec(t, &ws, Some(&config))
         .arg("--report")
         .arg(&report)
         .arg("--markdown")

@@ -11,7 +11,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use monitor_integration_tests::{
@@ -87,12 +86,7 @@ fn build(targets: &[&str], extra: &[&str], monitor_args: &[&str]) -> Build {
     );
     let report = t.join("report.json");
     let startup = startup_args(t);
-    let out = Command::new(monitor_bin())
-        .current_dir(&ws)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", t)
-        .arg("exec")
+    let out = bazel::monitor_exec(t, &ws, None)
         .args(monitor_args)
         .arg("--report")
         .arg(&report)

@@ -1,6 +1,6 @@
 //! What the real-Bazel tests share: where Bazel is, startup options that
-//! keep every file in the test's temp dir, stopping the server a build left,
-//! and reading the report `monitor exec` wrote.
+//! keep every file in the test's temp dir, `monitor exec` in a workspace,
+//! stopping the server a build left, and reading the report it wrote.
 use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
@@ -50,6 +50,23 @@ pub fn shutdown(ws: &Path, t: &Path, startup: &[String]) {
         .args(startup)
         .arg("shutdown")
         .output();
+}
+
+/// `monitor exec` in the workspace, with `config` (a TOML text) if given.
+pub fn monitor_exec(t: &Path, ws: &Path, config: Option<&str>) -> Command {
+    let mut monitor = Command::new(crate::monitor_bin());
+    monitor
+        .current_dir(ws)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", t)
+        .arg("exec");
+    if let Some(text) = config {
+        let file = t.join("monitor.toml");
+        fs::write(&file, text).unwrap();
+        monitor.arg("--config").arg(file);
+    }
+    monitor
 }
 
 /// The JSON report at `path`, or a panic that shows what the monitor said.
