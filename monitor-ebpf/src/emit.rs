@@ -61,7 +61,7 @@ pub fn zeroed<T>() -> T {
 /// stores compile to a call of the BPF target's `memset`, a loop writing
 /// one byte at a time; volatile stores are kept as they are.
 #[inline(always)]
-pub fn zero_words<T>(p: *mut T) {
+fn zero_words<T>(p: *mut T) {
     const {
         assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8);
     }

@@ -136,11 +136,7 @@ impl ExecLog {
     /// cannot be read; a malformed entry is reported beside the entries
     /// parsed before it, as by [`ExecLog::parse_json`].
     pub fn load_json(path: &Path) -> Result<(ExecLog, Option<ExecLogError>), ExecLogError> {
-        let bytes = std::fs::read(path).map_err(|source| ExecLogError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(parse_bytes(&bytes))
+        Ok(parse_bytes(&read_log(path)?))
     }
 
     /// Reads and parses a log in `format`, as [`ExecLog::load_json`].
@@ -150,13 +146,7 @@ impl ExecLog {
     ) -> Result<(ExecLog, Option<ExecLogError>), ExecLogError> {
         match format {
             LogFormat::Json => Self::load_json(path),
-            LogFormat::Binary => {
-                let bytes = std::fs::read(path).map_err(|source| ExecLogError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                Ok(binary::parse(&bytes))
-            }
+            LogFormat::Binary => Ok(binary::parse(&read_log(path)?)),
         }
     }
 
@@ -224,6 +214,14 @@ impl CommandIndex {
             by_command,
         }
     }
+}
+
+/// The whole log file, whatever its format.
+fn read_log(path: &Path) -> Result<Vec<u8>, ExecLogError> {
+    std::fs::read(path).map_err(|source| ExecLogError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn hash_args(args: &[String]) -> u64 {

@@ -350,18 +350,17 @@ const BINARY_LOG_FLAG: &str = "--execution_log_binary_file";
 /// Binary, not JSON: Bazel renders the JSON log at the end of the build,
 /// which the user would wait for (see `bazel/execlog/binary.rs`).
 fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<ExecLogFile> {
-    let json = |path| ExecLogFile {
-        path,
-        format: LogFormat::Json,
-    };
-    let binary = |path| ExecLogFile {
-        path,
-        format: LogFormat::Binary,
-    };
-    match given_flag(command, JSON_LOG_FLAG)? {
-        Some(path) => Some(json(path)),
-        None => add_bazel_flag(command, BINARY_LOG_FLAG, scratch, "execution_log.bin").map(binary),
+    let verb = bazel_verb(command)?;
+    if let Some(path) = flag_value(command, verb, JSON_LOG_FLAG) {
+        return Some(ExecLogFile {
+            path,
+            format: LogFormat::Json,
+        });
     }
+    Some(ExecLogFile {
+        path: flag_or_add(command, verb, BINARY_LOG_FLAG, scratch, "execution_log.bin"),
+        format: LogFormat::Binary,
+    })
 }
 
 /// Bazel's workspace rules log: the repository behind each fetch.
@@ -376,16 +375,28 @@ fn add_bazel_flag(
     scratch: &Path,
     file: &str,
 ) -> Option<PathBuf> {
-    if let Some(path) = given_flag(command, flag)? {
-        return Some(path);
-    }
     let verb = bazel_verb(command)?;
+    Some(flag_or_add(command, verb, flag, scratch, file))
+}
+
+/// The file the user gave FLAG, else `<scratch>/<file>`, added as
+/// `FLAG=…` right after the Bazel command at `verb`.
+fn flag_or_add(
+    command: &mut Vec<OsString>,
+    verb: usize,
+    flag: &str,
+    scratch: &Path,
+    file: &str,
+) -> PathBuf {
+    if let Some(path) = flag_value(command, verb, flag) {
+        return path;
+    }
     let path = scratch.join(file);
     command.insert(
         verb + 1,
         OsString::from(format!("{flag}={}", path.display())),
     );
-    Some(path)
+    path
 }
 
 /// The index of the Bazel command when it is one that takes the log flags
@@ -403,23 +414,22 @@ fn bazel_verb(command: &[OsString]) -> Option<usize> {
     .then_some(verb)
 }
 
-/// `None` when the command takes no log flags; else the file the user gave
-/// FLAG (`FLAG=file` or `FLAG file`), if they did.
-fn given_flag(command: &[OsString], flag: &str) -> Option<Option<PathBuf>> {
-    let verb = bazel_verb(command)?;
+/// The file the user gave FLAG (`FLAG=file` or `FLAG file`) among the
+/// options after the Bazel command at `verb`, if they did.
+fn flag_value(command: &[OsString], verb: usize, flag: &str) -> Option<PathBuf> {
     for (i, arg) in command.iter().enumerate().skip(verb) {
         let Some(arg) = arg.to_str() else { continue };
         if let Some(path) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-            return Some(Some(PathBuf::from(path)));
+            return Some(PathBuf::from(path));
         }
         if arg == flag {
-            return Some(command.get(i + 1).map(PathBuf::from));
+            return command.get(i + 1).map(PathBuf::from);
         }
         if arg == "--" {
             break;
         }
     }
-    Some(None)
+    None
 }
 
 /// The downloader config given to Bazel on its command line, as rules

@@ -68,13 +68,7 @@ pub fn classify(symbol: &str) -> Part {
         Part::Programs
     } else if has(&["ringbuf"]) {
         Part::RingBuffer
-    } else if has(&[
-        "copy_from_kernel_nofault",
-        "copy_from_user_nofault",
-        "bpf_probe_read",
-        "_nofault",
-        "__virt_addr_valid",
-    ]) {
+    } else if has(&["bpf_probe_read", "_nofault", "__virt_addr_valid"]) {
         Part::KernelReads
     } else if has(&[
         "htab_",
