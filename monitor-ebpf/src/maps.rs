@@ -7,6 +7,8 @@ use monitor_common::{
     DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, RING_BYTES, Scope, Settings,
 };
 
+use crate::object::Windows;
+
 /// Events of monitored actions, read by userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -39,6 +41,8 @@ pub struct Scratch {
     /// of once per possible length (3.2 s of verification per start, now
     /// a third of it: measured with strace on BPF_PROG_LOAD).
     pub walk_pos: u64,
+    /// Copies an open file's identity is read from (`object`).
+    pub windows: Windows,
 }
 
 #[map]

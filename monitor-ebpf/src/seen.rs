@@ -5,11 +5,9 @@
 //! count, exactly, when the process ends (`kernel::seen`). When the map is
 //! full, opens are reported in full, as without it.
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
-use monitor_common::{
-    ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, KernelOffsets, SEEN_ENTRIES, SeenKey,
-};
+use monitor_common::{ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, SEEN_ENTRIES, SeenKey};
 
-use crate::{filter::Match, object::Identity, task::read};
+use crate::{filter::Match, object::Identity};
 
 /// Repeats per key since it was reported.
 #[map]
@@ -24,26 +22,18 @@ pub enum Seen {
     Untracked,
 }
 
-/// The key of an open of `file` (a `struct file *`, whose `Identity` is
-/// `id`) with `flags`.
+/// The key of an open whose object is `id`, with `flags`.
 #[inline(always)]
-pub fn key_of(o: &KernelOffsets, file: u64, id: &Identity, flags: u64, m: &Match) -> SeenKey {
+pub fn key_of(id: &Identity, flags: u64, m: &Match) -> SeenKey {
     let created = id.f_mode & FMODE_CREATED != 0;
-    // `struct path` is { mnt, dentry }: one read for both.
-    let path: [u64; 2] = read(file, o.file_path);
-    let (mnt, dentry) = if o.path_mnt == 0 {
-        (path[0], path[1])
-    } else {
-        (path[1], path[0])
-    };
     SeenKey {
         action_cgroup_id: m.action_cgroup_id,
         ino: id.ino,
-        dentry,
-        mnt,
+        dentry: id.dentry,
+        mnt: id.mnt,
         tgid: (m.pid_tgid >> 32) as u32,
         dev: id.dev,
-        generation: read(id.inode, o.inode_i_generation),
+        generation: id.generation,
         access_class: (flags as u32 & ACCESS_CLASS_FLAGS)
             | if created { ACCESS_CREATED } else { 0 },
     }

@@ -41,11 +41,17 @@ pub fn file_of_fd(o: &KernelOffsets, fd: i32) -> u64 {
     }
     let files: u64 = read(current_task(), o.task_files);
     let fdt: u64 = read(files, o.files_fdt);
-    let max_fds: u32 = read(fdt, o.fdtable_max_fds);
+    // `struct fdtable` starts { max_fds; fd }: one read for both where the
+    // layout is that one.
+    let (max_fds, fd_array): (u32, u64) = if o.fdtable_fd == o.fdtable_max_fds + 8 {
+        let pair: [u64; 2] = read(fdt, o.fdtable_max_fds);
+        (pair[0] as u32, pair[1])
+    } else {
+        (read(fdt, o.fdtable_max_fds), read(fdt, o.fdtable_fd))
+    };
     if fd as u32 >= max_fds {
         return 0;
     }
-    let fd_array: u64 = read(fdt, o.fdtable_fd);
     if fd_array == 0 {
         return 0;
     }

@@ -146,13 +146,16 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
 /// `struct file` opened (0 for a failed open). Repeats are only counted.
 pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
     let o = &settings.offsets;
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &mut *scratch };
     let id = if file != 0 {
-        Some(object::identity(o, file))
+        Some(object::identity(o, file, &mut scratch.windows))
     } else {
         None
     };
     let seen = if let Some(id) = &id {
-        let key = seen::key_of(o, file, id, args.flags, m);
+        let key = seen::key_of(id, args.flags, m);
         match seen::check(&key) {
             Seen::Repeat => return Some(()),
             Seen::First => Some(key),
@@ -161,9 +164,6 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     } else {
         None
     };
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, used by this program only while it runs.
-    let scratch = unsafe { &mut *scratch };
     let ev: &mut FileEvent = &mut scratch.event;
     fill_header(&mut ev.header, EventKind::FileOpen as u32, m, o);
     ev.syscall = args.syscall;

@@ -115,7 +115,8 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let exe_path = if exe == 0 {
         0
     } else {
-        object::describe(o, &object::identity(o, exe), &mut scratch.event);
+        let id = object::identity(o, exe, &mut scratch.windows);
+        object::describe(o, &id, &mut scratch.event);
         exe + o.file_path as u64
     };
     let len = walk_dir(exe_path, 0, &mut scratch.event.header.flags);
