@@ -15,6 +15,7 @@ pub(crate) mod flood;
 pub(crate) mod kernel_profile;
 mod peers;
 mod plot;
+mod program_time;
 mod report;
 pub(crate) mod stats;
 mod worker;
@@ -651,6 +652,7 @@ pub fn run(options: Options) -> Result<()> {
         bench.ops(Workload::Connect)
     );
     let matrix = cost_rounds(&bench, settings.rounds)?;
+    let program_time = bench.program_time()?;
     let kernel_profile = bench.kernel_profile()?;
     let rows = throughput_test(&bench, settings.rate_duration)?;
     let alert_count = count_alerts(&bench.alerts);
@@ -677,6 +679,7 @@ pub fn run(options: Options) -> Result<()> {
         monitor_bin: &bench.monitor_bin,
         svg_name: "benchmarks.svg",
         kernel_profile: &kernel_profile,
+        program_time: &program_time,
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)

@@ -18,12 +18,15 @@ use super::{
     builds::{self, BAZEL, BuildResults},
     flood::FloodResult,
     kernel_profile::{HOOK_PARTS, Part, ProfileRow},
-    peers, stats,
+    peers,
+    program_time::ProgramRow,
+    stats,
     worker::{WORKLOADS, Workload},
 };
 use crate::util::output;
 
 mod builds_section;
+mod program_section;
 mod targets;
 
 pub struct ReportInput<'a> {
@@ -42,6 +45,7 @@ pub struct ReportInput<'a> {
     pub monitor_bin: &'a Path,
     pub svg_name: &'a str,
     pub kernel_profile: &'a [ProfileRow],
+    pub program_time: &'a [ProgramRow],
 }
 
 fn first_line(cmd: &mut Command) -> String {
@@ -56,6 +60,7 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     write_machine(&mut md, input)?;
     targets::write(&mut md, input)?;
     write_cost(&mut md, input)?;
+    program_section::write(&mut md, input)?;
     write_kernel_profile(&mut md, input.kernel_profile)?;
     write_throughput(&mut md, input)?;
     write_flood(&mut md, input.flood)?;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::ReportInput;
+use super::{ReportInput, program_section::above_floor_note};
 use crate::bench::{
     SETUPS, Setup, stats,
     worker::{WORKLOADS, Workload},
@@ -25,21 +25,24 @@ pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     writeln!(
         md,
         "* Unmonitored processes within 5 points of the floor: monitor outside {outside:+.1} % vs \
-         floor {floor:+.1} % ({:+.1} points): {}.",
+         floor {floor:+.1} % ({:+.1} points): {}{}.",
         outside - floor,
-        verdict(outside - floor <= 5.0)
+        verdict(outside - floor <= 5.0),
+        above_floor_note(input, Setup::MonitorOutside, same)
     )?;
     writeln!(
         md,
         "* Monitored repeated opens within 10 points of the floor: {inside:+.1} % vs floor \
-         {floor:+.1} % ({:+.1} points): {}.",
+         {floor:+.1} % ({:+.1} points): {}{}.",
         inside - floor,
-        verdict(inside - floor <= 10.0)
+        verdict(inside - floor <= 10.0),
+        above_floor_note(input, Setup::MonitorInside, same)
     )?;
     writeln!(
         md,
-        "* Monitored first-access opens (distinct files) at most +40 %: {first:+.1} %: {}.",
-        verdict(first <= 40.0)
+        "* Monitored first-access opens (distinct files) at most +40 %: {first:+.1} %: {}{}.",
+        verdict(first <= 40.0),
+        above_floor_note(input, Setup::MonitorInside, Workload::Distinct)
     )?;
     write_builds_target(md, input)?;
     write_peers_target(md, input)?;
@@ -153,9 +156,13 @@ mod tests {
     use std::{path::Path, time::Duration};
 
     use super::*;
-    use crate::bench::Matrix;
+    use crate::bench::{Matrix, program_time::ProgramRow};
 
     fn render(matrix: &Matrix) -> String {
+        render_with(matrix, &[])
+    }
+
+    fn render_with(matrix: &Matrix, program_time: &[ProgramRow]) -> String {
         let input = ReportInput {
             command: "cargo xtask bench",
             rounds: 1,
@@ -182,6 +189,7 @@ mod tests {
             monitor_bin: Path::new("/bin/true"),
             svg_name: "x.svg",
             kernel_profile: &[],
+            program_time,
         };
         let mut md = String::new();
         write(&mut md, &input).unwrap();
@@ -203,5 +211,26 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not measured in this run"), "{md}");
+    }
+
+    #[test]
+    fn program_time_is_noted_in_points_of_bare_above_the_floor() {
+        let row = |setup, workload, ns_per_op| ProgramRow {
+            setup,
+            workload,
+            ns_per_op,
+            runs_per_op: 2.0,
+        };
+        let rows = [
+            row(Setup::Floor, Workload::Repeat, 100.0),
+            row(Setup::MonitorOutside, Workload::Repeat, 130.0),
+            row(Setup::MonitorInside, Workload::Repeat, 400.0),
+        ];
+        // The bare median of the fake matrix is 1000 ns.
+        let md = render_with(&crate::bench::plot::tests::fake_matrix(), &rows);
+        assert!(md.contains("**NOT met** (bpf_stats: the programs add +30 ns per op over the floor's, +3.0 points)."), "{md}");
+        assert!(md.contains("**NOT met** (bpf_stats: the programs add +300 ns per op over the floor's, +30.0 points)."), "{md}");
+        // No distinct-files rows: that target has no note.
+        assert!(md.contains("at most +40 %: +30.0 %: met.\n"), "{md}");
     }
 }

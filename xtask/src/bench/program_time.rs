@@ -1,0 +1,155 @@
+//! What the kernel programs themselves cost per operation, by the kernel's
+//! own accounting: with `kernel.bpf_stats_enabled` set, each program's fd
+//! shows its run count and summed run time (`run_cnt`, `run_time_ns` in
+//! `/proc/<pid>/fdinfo`). The timed rows swing by ±15 % from run to run on
+//! these VMs; this count does not, so it says what the hooks cost where the
+//! timed medians cannot tell a few points from noise. Two things are in it
+//! that are not the programs': the clock read around each run (the floor's
+//! row, an empty program, is that bias) and other processes' syscalls
+//! running the same hook meanwhile (the runs-per-operation column shows
+//! how many there were).
+
+use std::{collections::BTreeMap, fs, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::{Bench, Placement, Setup, worker::WORKLOADS, worker::Workload};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// One setup's programs on one workload.
+pub struct ProgramRow {
+    pub setup: Setup,
+    pub workload: Workload,
+    /// Program run time per operation (ns), every program of the setup.
+    pub ns_per_op: f64,
+    /// Program runs per operation (2 per open+close, 3 per connect, from
+    /// the worker alone).
+    pub runs_per_op: f64,
+}
+
+/// `(prog_id, run_time_ns, run_cnt)` of one fdinfo text, `None` for an fd
+/// that is no program.
+pub fn parse_fdinfo(text: &str) -> Option<(u32, u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    let id = u32::try_from(field("prog_id")?).ok()?;
+    Some((id, field("run_time_ns").unwrap_or(0), field("run_cnt")?))
+}
+
+/// Summed `(run_time_ns, run_cnt)` of every program `pid` holds (each
+/// program once, however many fds it has).
+fn held_programs(pid: u32) -> Result<(u64, u64)> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut programs = BTreeMap::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        // An fd closed meanwhile is no program of the setup's.
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if let Some((id, time, runs)) = parse_fdinfo(&text) {
+            programs.insert(id, (time, runs));
+        }
+    }
+    ensure!(!programs.is_empty(), "process {pid} holds no BPF program");
+    Ok(programs
+        .values()
+        .fold((0, 0), |(t, r), (time, runs)| (t + time, r + runs)))
+}
+
+/// `kernel.bpf_stats_enabled` set while it lives, restored after.
+struct StatsEnabled {
+    previous: String,
+}
+
+impl StatsEnabled {
+    fn new() -> Result<Self> {
+        let previous =
+            fs::read_to_string(STATS_SYSCTL).with_context(|| format!("reading {STATS_SYSCTL}"))?;
+        fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {STATS_SYSCTL}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        let _ = fs::write(STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+impl Bench {
+    /// One run per workload for the floor, the monitor outside and the
+    /// monitor inside, with the programs' run time counted.
+    pub(super) fn program_time(&self) -> Result<Vec<ProgramRow>> {
+        let _stats = StatsEnabled::new()?;
+        let mut rows = Vec::new();
+        let floor = self.start_floor("stats")?;
+        for workload in WORKLOADS {
+            let placement = Placement::default();
+            rows.push(self.counted_run(floor.id(), Setup::Floor, workload, &placement)?);
+        }
+        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
+        ensure!(status.success(), "monitor bench-floor exited with {status}");
+        let monitor = self.start_monitor("stats")?;
+        let pid = monitor.daemon.id();
+        for workload in WORKLOADS {
+            let outside = Placement::default();
+            rows.push(self.counted_run(pid, Setup::MonitorOutside, workload, &outside)?);
+            rows.push(self.counted_run(pid, Setup::MonitorInside, workload, &self.inside())?);
+        }
+        Self::stop_monitor(monitor)?;
+        Ok(rows)
+    }
+
+    fn counted_run(
+        &self,
+        pid: u32,
+        setup: Setup,
+        workload: Workload,
+        placement: &Placement<'_>,
+    ) -> Result<ProgramRow> {
+        let (time_before, runs_before) = held_programs(pid)?;
+        let report = self.timed_run(workload, placement)?;
+        let (time_after, runs_after) = held_programs(pid)?;
+        let ops = report.opens.max(1) as f64;
+        Ok(ProgramRow {
+            setup,
+            workload,
+            ns_per_op: time_after.saturating_sub(time_before) as f64 / ops,
+            runs_per_op: runs_after.saturating_sub(runs_before) as f64 / ops,
+        })
+    }
+}
+
+/// The row of `setup` on `workload`.
+pub fn find(rows: &[ProgramRow], setup: Setup, workload: Workload) -> Option<&ProgramRow> {
+    rows.iter()
+        .find(|r| r.setup == setup && r.workload == workload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_fdinfo_gives_its_id_time_and_runs() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2071\n\
+                    prog_type:\t26\nprog_jited:\t1\nprog_tag:\t8db25b5707e68bc8\n\
+                    memlock:\t4096\nprog_id:\t1234\nrun_time_ns:\t987654\n\
+                    run_cnt:\t4321\nrecursion_misses:\t0\nverified_insns:\t5000\n";
+        assert_eq!(parse_fdinfo(text), Some((1234, 987654, 4321)));
+    }
+
+    #[test]
+    fn other_fds_are_no_program() {
+        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nkey_size:\t4\nmap_id:\t77\n";
+        assert_eq!(parse_fdinfo(map), None);
+        assert_eq!(
+            parse_fdinfo("pos:\t0\nflags:\t0100002\nmnt_id:\t30\n"),
+            None
+        );
+    }
+}
