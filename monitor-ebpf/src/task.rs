@@ -33,25 +33,66 @@ pub fn netns_inum(o: &KernelOffsets) -> u32 {
     read(net, o.net_ns_inum)
 }
 
-/// The `struct file *` behind descriptor `fd` of the current task, or 0.
+/// Offsets for the loads through typed pointers below, set by the loader
+/// before the programs are verified (read-only data, frozen: the verifier
+/// sees them as constants, which typed loads need).
+#[unsafe(no_mangle)]
+static TASK_FILES_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static FILES_FDT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static FDTABLE_MAX_FDS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static FDTABLE_FD_OFFSET: u32 = 0;
+
 #[inline(always)]
-pub fn file_of_fd(o: &KernelOffsets, fd: i32) -> u64 {
+fn constant(value: &u32) -> usize {
+    // SAFETY: a static; volatile so the compiler keeps the load the loader
+    // patches instead of folding the 0 it was built with.
+    unsafe { core::ptr::read_volatile(value) as usize }
+}
+
+/// A typed load: `base` is a pointer the verifier knows the BTF type of,
+/// `offset` a verifier-known constant. The JIT makes it a plain load
+/// guarded by an exception-table entry, not a helper call.
+#[inline(always)]
+fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: checked by the verifier against BTF; a fault reads 0.
+    unsafe { core::ptr::read_volatile(base.add(offset).cast::<T>()) }
+}
+
+/// The current task as the typed pointer the loads below start from.
+#[inline(always)]
+fn typed_current_task() -> *const u8 {
+    // SAFETY: plain helper call.
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
+}
+
+/// The `struct file *` behind descriptor `fd` of the current task, or 0.
+/// Tracing programs only: other program types may not call the helper
+/// that gives the typed task. The result is a plain number (it comes from a
+/// probe read), so it may be passed to a global function such as the walk;
+/// a typed pointer may not.
+/// task → files → fdtable are typed loads; the array slot is a probe read
+/// (its index is not a constant).
+#[inline(always)]
+pub fn file_of_fd(fd: i32) -> u64 {
     if fd < 0 {
         return 0;
     }
-    let files: u64 = read(current_task(), o.task_files);
-    let fdt: u64 = read(files, o.files_fdt);
-    // `struct fdtable` starts { max_fds; fd }: one read for both where the
-    // layout is that one.
-    let (max_fds, fd_array): (u32, u64) = if o.fdtable_fd == o.fdtable_max_fds + 8 {
-        let pair: [u64; 2] = read(fdt, o.fdtable_max_fds);
-        (pair[0] as u32, pair[1])
-    } else {
-        (read(fdt, o.fdtable_max_fds), read(fdt, o.fdtable_fd))
-    };
+    let files: *const u8 = load(typed_current_task(), constant(&TASK_FILES_OFFSET));
+    if files.is_null() {
+        return 0;
+    }
+    let fdt: *const u8 = load(files, constant(&FILES_FDT_OFFSET));
+    if fdt.is_null() {
+        return 0;
+    }
+    let max_fds: u32 = load(fdt, constant(&FDTABLE_MAX_FDS_OFFSET));
     if fd as u32 >= max_fds {
         return 0;
     }
+    let fd_array: u64 = load(fdt, constant(&FDTABLE_FD_OFFSET));
     if fd_array == 0 {
         return 0;
     }

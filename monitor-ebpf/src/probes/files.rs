@@ -135,7 +135,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     // Only the open family returns a descriptor.
     let opens = args.syscall <= SYSCALL_OPEN_BY_HANDLE_AT;
     let file = if call.ret >= 0 && opens {
-        file_of_fd(&settings.offsets, call.ret as i32)
+        file_of_fd(call.ret as i32)
     } else {
         0
     };
@@ -304,7 +304,7 @@ fn name_base(settings: &Settings, dirfd: i32) -> u64 {
         let fs: u64 = read(current_task(), o.task_fs);
         if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
     } else {
-        let file = file_of_fd(o, dirfd);
+        let file = file_of_fd(dirfd);
         if file == 0 {
             0
         } else {

@@ -36,7 +36,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         _ => return None,
     }
     let port = u16::from_be(unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.ok()?);
-    let socket: u64 = read(file_of_fd(o, fd), o.file_private_data);
+    let socket: u64 = read(file_of_fd(fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
     let mut ev: ConnectEvent = crate::emit::zeroed();
@@ -84,7 +84,7 @@ fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()
     // The listener's tgid, from the peer credentials the connect copied
     // onto this socket: userspace tells the job's own listeners by it.
     let o = &settings.offsets;
-    let socket: u64 = read(file_of_fd(o, call.args[0] as i32), o.file_private_data);
+    let socket: u64 = read(file_of_fd(call.args[0] as i32), o.file_private_data);
     let sk: u64 = read(socket, o.socket_sk);
     let peer: u64 = read(sk, o.sock_peer_pid);
     ev.peer_tgid = if call.ret == 0 {

@@ -282,7 +282,7 @@ fn opened_file(settings: &Settings, req: u64, res: i32) -> u64 {
     if res < 0 {
         0
     } else if slot == 0 {
-        file_of_fd(o, res)
+        file_of_fd(res)
     } else {
         fixed_file(settings, req, slot, res)
     }
