@@ -226,8 +226,9 @@ pub struct FileEvent {
 /// de-duplicates successful opens: the first is reported in full (with
 /// [`FLAG_TRACKED`]), repeats only counted in the `SEEN` map under this key
 /// until userspace takes the count (when the process ends). The dentry and
-/// mount name the path the object was reached by; the generation tells a
-/// reused inode number apart.
+/// mount name the path the object was reached by (and so its file system:
+/// no device number, which would cost one more kernel read per open); the
+/// generation tells a reused inode number apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SeenKey {
@@ -236,8 +237,7 @@ pub struct SeenKey {
     pub dentry: u64,
     pub mnt: u64,
     pub tgid: u32,
-    /// `s_dev` (kernel encoding).
-    pub dev: u32,
+    pub _pad: u32,
     pub generation: u32,
     /// The open flags that bear on the verdict ([`ACCESS_CLASS_FLAGS`]),
     /// plus [`ACCESS_CREATED`] when the open created the file.

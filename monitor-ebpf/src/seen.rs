@@ -32,7 +32,7 @@ pub fn key_of(id: &Identity, flags: u64, m: &Match) -> SeenKey {
         dentry: id.dentry,
         mnt: id.mnt,
         tgid: (m.pid_tgid >> 32) as u32,
-        dev: id.dev,
+        _pad: 0,
         generation: id.generation,
         access_class: (flags as u32 & ACCESS_CLASS_FLAGS)
             | if created { ACCESS_CREATED } else { 0 },

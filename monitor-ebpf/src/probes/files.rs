@@ -186,7 +186,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     // once per program, see `dpath_walk`).
     let walk_from = if let Some(id) = &id {
         hflags |= FLAG_OBJECT;
-        object::describe(o, id, &mut scratch.event);
+        object::describe(o, id, &mut scratch.windows, &mut scratch.event);
         Some(file + o.file_path as u64)
     } else if path_len > 0 && scratch.data[0] != b'/' {
         Some(name_base(settings, args.dirfd))

@@ -116,7 +116,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
         0
     } else {
         let id = object::identity(o, exe, &mut scratch.windows);
-        object::describe(o, &id, &mut scratch.event);
+        object::describe(o, &id, &mut scratch.windows, &mut scratch.event);
         exe + o.file_path as u64
     };
     let len = walk_dir(exe_path, 0, &mut scratch.event.header.flags);
