@@ -39,6 +39,10 @@ pub fn key_of(id: &Identity, flags: u64, m: &Match) -> SeenKey {
     }
 }
 
+/// Looks up first. Inserting first (one bucket walk for a first access)
+/// measured worse: a failed insert takes the bucket lock with interrupts
+/// off, +100-150 ns per repeat (bpf_stats), and first accesses gained
+/// nothing measurable.
 #[inline(always)]
 pub fn check(key: &SeenKey) -> Seen {
     if let Some(count) = SEEN.get_ptr_mut(key) {
