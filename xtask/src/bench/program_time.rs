@@ -42,7 +42,7 @@ pub fn parse_fdinfo(text: &str) -> Option<(u32, u64, u64)> {
 
 /// Summed `(run_time_ns, run_cnt)` of every program `pid` holds (each
 /// program once, however many fds it has).
-fn held_programs(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn held_programs(pid: u32) -> Result<(u64, u64)> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut programs = BTreeMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
@@ -61,12 +61,12 @@ fn held_programs(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// `kernel.bpf_stats_enabled` set while it lives, restored after.
-struct StatsEnabled {
+pub(crate) struct StatsEnabled {
     previous: String,
 }
 
 impl StatsEnabled {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let previous =
             fs::read_to_string(STATS_SYSCTL).with_context(|| format!("reading {STATS_SYSCTL}"))?;
         fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {STATS_SYSCTL}"))?;
@@ -77,6 +77,37 @@ impl StatsEnabled {
 impl Drop for StatsEnabled {
     fn drop(&mut self) {
         let _ = fs::write(STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+/// Polls the programs `pid` holds every `PERIOD` until it exits; the last
+/// reading is what its programs ran (all but the last period's).
+pub(crate) struct ProgramSampler {
+    thread: std::thread::JoinHandle<Option<(u64, u64)>>,
+}
+
+impl ProgramSampler {
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    pub(crate) fn start(pid: u32) -> Self {
+        let thread = std::thread::spawn(move || {
+            let mut last = None;
+            // Until it is reaped (a zombie holds no fd: its readings fail).
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if let Ok(reading) = held_programs(pid) {
+                    last = Some(reading);
+                }
+                std::thread::sleep(Self::PERIOD);
+            }
+            last
+        });
+        Self { thread }
+    }
+
+    /// `(run_time_ns, run_cnt)` at the last reading, `None` if the process
+    /// never held a program.
+    pub(crate) fn finish(self) -> Option<(u64, u64)> {
+        self.thread.join().ok().flatten()
     }
 }
 

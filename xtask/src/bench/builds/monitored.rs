@@ -7,6 +7,7 @@ use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Comman
 use anyhow::{Context as _, Result, ensure};
 
 use super::{MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty};
+use crate::bench::program_time::ProgramSampler;
 use crate::util::{display, join_cgroup_on_spawn};
 
 /// Other `monitor exec` jobs with processes in them now: their CPU would be
@@ -58,19 +59,45 @@ fn wait_with_rusage(pid: u32) -> Result<(std::process::ExitStatus, u64)> {
     ))
 }
 
+/// How a monitored build's `monitor exec` ended.
+struct Waited {
+    status: std::process::ExitStatus,
+    /// KiB.
+    peak_rss: u64,
+    programs: Option<(f64, u64)>,
+}
+
 impl Runner<'_> {
-    /// Waits for the monitor `pid` (in `cgroup`), `perf` recording it when
-    /// asked: its exit status and peak RSS.
-    fn wait_recorded(&self, pid: u32, cgroup: &Path) -> Result<(std::process::ExitStatus, u64)> {
+    /// Waits for the monitor `pid` (in `cgroup`), `perf` recording it and
+    /// its programs' run time summed when asked: its exit status, peak RSS
+    /// and programs' (run time s, runs).
+    fn wait_recorded(&self, pid: u32, cgroup: &Path) -> Result<Waited> {
         let perf = match &self.perf {
             Some(recording) => Some(crate::profile::perf::record(cgroup, recording)?),
             None => None,
         };
-        let waited = wait_with_rusage(pid);
+        let sampler = self
+            .count_programs
+            .get()
+            .then(|| ProgramSampler::start(pid));
+        let (status, peak_rss) = wait_with_rusage(pid)?;
         if let Some(perf) = perf {
             crate::profile::perf::finish(perf)?;
         }
-        waited
+        let programs = match sampler {
+            Some(sampler) => {
+                let (ns, runs) = sampler
+                    .finish()
+                    .context("the monitor never held a kernel program")?;
+                Some((ns as f64 / 1e9, runs))
+            }
+            None => None,
+        };
+        Ok(Waited {
+            status,
+            peak_rss,
+            programs,
+        })
     }
 
     pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
@@ -99,7 +126,11 @@ impl Runner<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("running `{}`", display(&cmd)))?;
-        let (status, peak_rss) = self.wait_recorded(child.id(), &monitor_cgroup)?;
+        let Waited {
+            status,
+            peak_rss,
+            programs,
+        } = self.wait_recorded(child.id(), &monitor_cgroup)?;
         let wall_s = start.elapsed().as_secs_f64();
         let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         wait_empty(&monitor_cgroup)?;
@@ -150,6 +181,7 @@ impl Runner<'_> {
             violations: number("violations").context("the report has no violations")?,
             unmonitored_spawns: number("unmonitored_spawns").unwrap_or(0),
             cpu_shared: !others.is_empty(),
+            programs,
         })
     }
 }

@@ -28,6 +28,57 @@ pub fn write(md: &mut String, builds: Option<&BuildResults>) -> Result<()> {
     )?;
     write_parts(md, b)?;
     write_monitor_costs(md, b)?;
+    write_accounted(md, b)?;
+    Ok(())
+}
+
+/// The extra build with bpf_stats on: the monitor's own CPU, kernel and
+/// daemon, counted directly rather than as a difference of noisy builds.
+fn write_accounted(md: &mut String, b: &BuildResults) -> Result<()> {
+    let Some(run) = &b.accounted else {
+        return Ok(());
+    };
+    let Some((programs_s, runs)) = run.programs else {
+        return Ok(());
+    };
+    let bare: Vec<f64> = b.triples.iter().map(|t| t.bare.cpu_s).collect();
+    let bare = stats::median(&bare);
+    let points = |s: f64| if bare > 0.0 { s / bare * 100.0 } else { 0.0 };
+    writeln!(
+        md,
+        "### The monitor's own CPU, counted directly
+"
+    )?;
+    writeln!(
+        md,
+        "One more monitored build after the triples, with `kernel.bpf_stats_enabled` on (kept out \
+         of the timed triples: it adds a clock read to every program run), the monitor's programs' \
+         run time polled from its fds every 100 ms until it exits. These parts do not depend on \
+         the machine's slow and fast phases the way a difference of two builds does; in points \
+         of the bare builds' median CPU ({bare:.1} s). What they leave out: the hooks' indirect \
+         cost (caches, the tracepoint's own entry on every syscall exit).\n"
+    )?;
+    writeln!(md, "| part | CPU time | points of bare |")?;
+    writeln!(md, "| --- | --- | --- |")?;
+    writeln!(
+        md,
+        "| kernel programs ({runs} runs; each run's time includes its clock reads) | {programs_s:.2} s | {:+.1} |",
+        points(programs_s)
+    )?;
+    writeln!(
+        md,
+        "| `monitor exec` process (the daemon, the programs' verification at start included) | {:.2} s | {:+.1} |",
+        run.daemon_cpu_s,
+        points(run.daemon_cpu_s)
+    )?;
+    let sum = programs_s + run.daemon_cpu_s;
+    writeln!(md, "| **sum** | **{sum:.2} s** | **{:+.1}** |", points(sum))?;
+    writeln!(
+        md,
+        "| for comparison: this build's whole CPU over the bare median (one build, noisy) | {:.1} s | {:+.1} |\n",
+        run.cpu_s(),
+        points(run.cpu_s() - bare)
+    )?;
     Ok(())
 }
 
@@ -137,4 +188,69 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
          them (should be 0) | {shared} |\n"
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::builds::{MonitoredRun, PlainRun, Triple};
+
+    fn monitored(
+        build_cpu_s: f64,
+        daemon_cpu_s: f64,
+        programs: Option<(f64, u64)>,
+    ) -> MonitoredRun {
+        MonitoredRun {
+            wall_s: 10.0,
+            build_cpu_s,
+            daemon_cpu_s,
+            daemon_peak_rss_kib: 1024,
+            events: Some(100),
+            lost: 0,
+            violations: 0,
+            unmonitored_spawns: 0,
+            cpu_shared: false,
+            programs,
+        }
+    }
+
+    #[test]
+    fn the_monitors_own_cpu_is_put_in_points_of_the_bare_median() {
+        let plain = |cpu_s| PlainRun {
+            wall_s: 10.0,
+            cpu_s,
+        };
+        let results = BuildResults {
+            triples: vec![Triple {
+                bare: plain(100.0),
+                log: plain(101.0),
+                monitored: monitored(104.0, 3.0, None),
+            }],
+            accounted: Some(monitored(102.0, 2.5, Some((1.5, 3_000_000)))),
+            workspace: "w".into(),
+            actions: 1,
+            stop_reason: "test".into(),
+        };
+        let mut md = String::new();
+        write_accounted(&mut md, &results).unwrap();
+        assert!(md.contains("| kernel programs (3000000 runs; each run's time includes its clock reads) | 1.50 s | +1.5 |"), "{md}");
+        assert!(md.contains("| 2.50 s | +2.5 |"), "{md}");
+        assert!(md.contains("| **sum** | **4.00 s** | **+4.0** |"), "{md}");
+        // The build's whole CPU: 102 + 2.5 over 100.
+        assert!(md.contains("| 104.5 s | +4.5 |"), "{md}");
+    }
+
+    #[test]
+    fn no_accounted_build_writes_nothing() {
+        let results = BuildResults {
+            triples: Vec::new(),
+            accounted: None,
+            workspace: "w".into(),
+            actions: 1,
+            stop_reason: "test".into(),
+        };
+        let mut md = String::new();
+        write_accounted(&mut md, &results).unwrap();
+        assert!(md.is_empty());
+    }
 }
