@@ -656,6 +656,30 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 pub const LOST_LINEAGE_FULL: u32 = 1;
 pub const LOST_REASONS: u32 = 2;
 
+/// The offsets the programs take as load-time constants (frozen read-only
+/// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
+/// values on the kernel `o` describes.
+#[cfg(feature = "user")]
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 15] {
+    [
+        ("OFF_TASK_FILES", o.task_files),
+        ("OFF_FILES_FDT", o.files_fdt),
+        ("OFF_FDTABLE_MAX_FDS", o.fdtable_max_fds),
+        ("OFF_FDTABLE_FD", o.fdtable_fd),
+        ("OFF_FILE_F_INODE", o.file_f_inode),
+        ("OFF_FILE_F_MODE", o.file_f_mode),
+        ("OFF_FILE_PATH", o.file_path),
+        ("OFF_PATH_MNT", o.path_mnt),
+        ("OFF_INODE_I_SB", o.inode_i_sb),
+        ("OFF_INODE_I_INO", o.inode_i_ino),
+        ("OFF_INODE_I_NLINK", o.inode_i_nlink),
+        ("OFF_INODE_I_MODE", o.inode_i_mode),
+        ("OFF_INODE_I_GENERATION", o.inode_i_generation),
+        ("OFF_SB_S_DEV", o.sb_s_dev),
+        ("OFF_SB_S_MAGIC", o.sb_s_magic),
+    ]
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

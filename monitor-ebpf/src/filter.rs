@@ -14,12 +14,9 @@ use crate::{lineage, maps::SCOPES, workers};
 #[derive(Clone, Copy)]
 pub struct Match {
     pub action_cgroup_id: u64,
-    /// Ancestors one and two levels below the scope (0 if not that deep);
-    /// the second is `LAZY` until asked for (see `grandchild`).
+    /// Ancestors one and two levels below the scope (0 if not that deep).
     pub child_cgroup_id: u64,
     pub grandchild_cgroup_id: u64,
-    /// The matching scope's cgroup level.
-    pub level: u32,
     pub scope: u32,
     pub flags: u32,
     /// The lineage action's launcher tgid, or 0 (filled in by the caller).
@@ -29,8 +26,8 @@ pub struct Match {
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
-/// monitored action. Costs one helper call per configured scope, and one
-/// more (the ancestor below the scope) for a task inside one.
+/// monitored action. Costs one helper call per configured scope, and two or
+/// three more (the ancestors below the scope) for a task inside one.
 #[inline(always)]
 pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let count = settings.scope_count;
@@ -40,8 +37,7 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let mut best = Match {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
-        grandchild_cgroup_id: LAZY,
-        level: 0,
+        grandchild_cgroup_id: 0,
         scope: 0,
         flags: 0,
         launcher: 0,
@@ -72,7 +68,6 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         if !found || scope.level >= best_level {
             found = true;
             best_level = scope.level;
-            best.level = scope.level;
             best.action_cgroup_id = action;
             best.child_cgroup_id = child;
             best.scope = i;
@@ -82,29 +77,14 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     if !found {
         return None;
     }
-    if best.child_cgroup_id == 0 {
-        // SAFETY: plain helper call.
-        best.child_cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1) };
+    // SAFETY: plain helper calls.
+    unsafe {
+        if best.child_cgroup_id == 0 {
+            best.child_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1);
+        }
+        best.grandchild_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 2);
     }
     Some(best)
-}
-
-/// `grandchild_cgroup_id` not looked up yet: most monitored syscalls (a
-/// repeated open, a socket call of no interest) never need it, and the
-/// lookup is a helper call.
-pub const LAZY: u64 = u64::MAX;
-
-impl Match {
-    /// The task's cgroup ancestor two levels below the scope (0 if not that
-    /// deep).
-    #[inline(always)]
-    pub fn grandchild(&self) -> u64 {
-        if self.grandchild_cgroup_id != LAZY {
-            return self.grandchild_cgroup_id;
-        }
-        // SAFETY: plain helper call.
-        unsafe { bpf_get_current_ancestor_cgroup_id(self.level as i32 + 2) }
-    }
 }
 
 /// The action of the current task, as every hook sees it: a monitored
@@ -130,5 +110,5 @@ pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
 /// tree or in nested cgroups (Bazel's per-spawn scopes).
 #[inline(always)]
 pub fn files_matter(m: &Match) -> bool {
-    m.flags & SCOPE_FILES != 0 || m.launcher != 0 || m.grandchild() != 0
+    m.flags & SCOPE_FILES != 0 || m.launcher != 0 || m.grandchild_cgroup_id != 0
 }

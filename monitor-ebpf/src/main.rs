@@ -3,7 +3,8 @@
 //! `probes/` holds the entry points, one module per hook family (see its
 //! `mod.rs`); beside it are the helpers they share: `filter` (is this task
 //! in a monitored action?), `lineage` (sandbox launcher trees), `dpath`
-//! (dentry walks), `object` (identity of an open file), `seen` (repeats
+//! (dentry walks), `object` (identity of an open file), `offsets`
+//! (struct offsets the verifier sees as constants), `seen` (repeats
 //! counted, not reported), `task` (kernel struct reads), `emit` (ring records),
 //! `maps`. The kernel filters and reports; userspace decides.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -18,6 +19,7 @@ mod filter;
 mod lineage;
 mod maps;
 mod object;
+mod offsets;
 mod probes;
 mod seen;
 mod task;

@@ -10,7 +10,14 @@
 //! window does not hold on some kernel is read on its own.
 use monitor_common::{FileEvent, KernelOffsets, PROC_SUPER_MAGIC};
 
-use crate::task::read;
+use crate::{
+    offsets::{
+        OFF_FILE_F_INODE, OFF_FILE_F_MODE, OFF_FILE_PATH, OFF_INODE_I_GENERATION, OFF_INODE_I_INO,
+        OFF_INODE_I_MODE, OFF_INODE_I_NLINK, OFF_INODE_I_SB, OFF_PATH_MNT, OFF_SB_S_DEV,
+        OFF_SB_S_MAGIC, get,
+    },
+    task::read,
+};
 
 /// Bytes copied from the start of each structure. On 6.18 the fields used
 /// end at 80 (file), 128 (inode) and 104 (super block); every kernel's
@@ -22,7 +29,7 @@ pub const WINDOW: usize = 128;
 #[repr(C, align(8))]
 pub struct Window {
     bytes: [u8; WINDOW],
-    /// Where it was copied from (0: nothing copied).
+    /// Where it was copied from (for a field beyond the copy).
     base: u64,
 }
 
@@ -36,14 +43,12 @@ pub struct Windows {
 }
 
 impl Window {
-    /// Copies the first `WINDOW` bytes at `base` (zeroes on failure, as
-    /// the helper leaves them).
+    /// Copies the first `WINDOW` bytes at `base`. No branch on `base`: the
+    /// helper zeroes the copy when it cannot read (0 included), and a
+    /// branch per field on it would double the paths the verifier walks.
     #[inline(always)]
     fn load(&mut self, base: u64) {
         self.base = base;
-        if base == 0 {
-            return;
-        }
         // SAFETY: `bytes` is WINDOW writable bytes; the helper checks the
         // source address.
         unsafe {
@@ -56,14 +61,12 @@ impl Window {
     }
 
     /// The `T` at `offset` of the structure: from the copy when it holds it
-    /// (aligned, as the kernel lays fields out), else read on its own.
+    /// (aligned, as the kernel lays fields out), else read on its own. With
+    /// `offset` a load-time constant the verifier walks only one of the two.
     #[inline(always)]
     fn field<T: Copy + Default>(&self, offset: u32) -> T {
         let size = core::mem::size_of::<T>() as u32;
         let align = core::mem::align_of::<T>() as u32;
-        if self.base == 0 {
-            return T::default();
-        }
         if offset <= WINDOW as u32 - size && offset & (align - 1) == 0 {
             // SAFETY: in bounds (checked above) and aligned (the buffer is
             // 8-aligned and `offset` a multiple of T's alignment).
@@ -92,27 +95,28 @@ pub struct Identity {
 /// Reads the `Identity` of `file` (a `struct file *`), with `w` as room
 /// for the copies.
 #[inline(always)]
-pub fn identity(o: &KernelOffsets, file: u64, w: &mut Windows) -> Identity {
+pub fn identity(file: u64, w: &mut Windows) -> Identity {
     w.file.load(file);
-    let inode: u64 = w.file.field(o.file_f_inode);
+    let inode: u64 = w.file.field(get(&OFF_FILE_F_INODE));
     w.inode.load(inode);
     // `struct path` is { mnt, dentry } (the loader checks which comes first).
-    let (first, second): (u64, u64) = (w.file.field(o.file_path), w.file.field(o.file_path + 8));
-    let (mnt, dentry) = if o.path_mnt == 0 {
+    let path = get(&OFF_FILE_PATH);
+    let (first, second): (u64, u64) = (w.file.field(path), w.file.field(path + 8));
+    let (mnt, dentry) = if get(&OFF_PATH_MNT) == 0 {
         (first, second)
     } else {
         (second, first)
     };
     Identity {
         inode,
-        ino: w.inode.field(o.inode_i_ino),
-        f_mode: w.file.field(o.file_f_mode),
-        generation: w.inode.field(o.inode_i_generation),
+        ino: w.inode.field(get(&OFF_INODE_I_INO)),
+        f_mode: w.file.field(get(&OFF_FILE_F_MODE)),
+        generation: w.inode.field(get(&OFF_INODE_I_GENERATION)),
         mnt,
         dentry,
-        nlink: w.inode.field(o.inode_i_nlink),
-        i_mode: w.inode.field(o.inode_i_mode),
-        sb: w.inode.field(o.inode_i_sb),
+        nlink: w.inode.field(get(&OFF_INODE_I_NLINK)),
+        i_mode: w.inode.field(get(&OFF_INODE_I_MODE)),
+        sb: w.inode.field(get(&OFF_INODE_I_SB)),
     }
 }
 
@@ -122,8 +126,8 @@ pub fn identity(o: &KernelOffsets, file: u64, w: &mut Windows) -> Identity {
 pub fn describe(o: &KernelOffsets, id: &Identity, w: &mut Windows, ev: &mut FileEvent) {
     w.sb.load(id.sb);
     ev.ino = id.ino;
-    ev.dev = w.sb.field(o.sb_s_dev);
-    ev.fs_magic = w.sb.field::<u64>(o.sb_s_magic) as u32;
+    ev.dev = w.sb.field(get(&OFF_SB_S_DEV));
+    ev.fs_magic = w.sb.field::<u64>(get(&OFF_SB_S_MAGIC)) as u32;
     ev.nlink = id.nlink;
     ev.f_mode = id.f_mode;
     ev.i_mode = id.i_mode as u32;

@@ -2,6 +2,8 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use monitor_common::KernelOffsets;
 
+use crate::offsets::{self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_TASK_FILES};
+
 /// Reads a `T` at `base + offset` in kernel memory; 0-filled on failure.
 #[inline(always)]
 pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
@@ -33,25 +35,6 @@ pub fn netns_inum(o: &KernelOffsets) -> u32 {
     read(net, o.net_ns_inum)
 }
 
-/// Offsets for the loads through typed pointers below, set by the loader
-/// before the programs are verified (read-only data, frozen: the verifier
-/// sees them as constants, which typed loads need).
-#[unsafe(no_mangle)]
-static TASK_FILES_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static FILES_FDT_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static FDTABLE_MAX_FDS_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static FDTABLE_FD_OFFSET: u32 = 0;
-
-#[inline(always)]
-fn constant(value: &u32) -> usize {
-    // SAFETY: a static; volatile so the compiler keeps the load the loader
-    // patches instead of folding the 0 it was built with.
-    unsafe { core::ptr::read_volatile(value) as usize }
-}
-
 /// A typed load: `base` is a pointer the verifier knows the BTF type of,
 /// `offset` a verifier-known constant. The JIT makes it a plain load
 /// guarded by an exception-table entry, not a helper call.
@@ -80,19 +63,19 @@ pub fn file_of_fd(fd: i32) -> u64 {
     if fd < 0 {
         return 0;
     }
-    let files: *const u8 = load(typed_current_task(), constant(&TASK_FILES_OFFSET));
+    let files: *const u8 = load(typed_current_task(), offsets::get(&OFF_TASK_FILES) as usize);
     if files.is_null() {
         return 0;
     }
-    let fdt: *const u8 = load(files, constant(&FILES_FDT_OFFSET));
+    let fdt: *const u8 = load(files, offsets::get(&OFF_FILES_FDT) as usize);
     if fdt.is_null() {
         return 0;
     }
-    let max_fds: u32 = load(fdt, constant(&FDTABLE_MAX_FDS_OFFSET));
+    let max_fds: u32 = load(fdt, offsets::get(&OFF_FDTABLE_MAX_FDS) as usize);
     if fd as u32 >= max_fds {
         return 0;
     }
-    let fd_array: u64 = load(fdt, constant(&FDTABLE_FD_OFFSET));
+    let fd_array: u64 = load(fdt, offsets::get(&OFF_FDTABLE_FD) as usize);
     if fd_array == 0 {
         return 0;
     }

@@ -137,7 +137,6 @@ pub fn lineage_match(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
         grandchild_cgroup_id: 0,
-        level: 0,
         scope: SCOPE_NONE,
         flags: SCOPE_FILES,
         launcher,

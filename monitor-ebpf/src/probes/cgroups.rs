@@ -49,7 +49,6 @@ fn on_cgroup(ctx: &RawTracePointContext, kind: EventKind) -> Option<()> {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
         grandchild_cgroup_id: 0,
-        level: 0,
         scope: 0,
         flags: 0,
         launcher: 0,

@@ -150,7 +150,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let id = if file != 0 {
-        Some(object::identity(o, file, &mut scratch.windows))
+        Some(object::identity(file, &mut scratch.windows))
     } else {
         None
     };

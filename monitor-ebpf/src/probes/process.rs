@@ -115,7 +115,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let exe_path = if exe == 0 {
         0
     } else {
-        let id = object::identity(o, exe, &mut scratch.windows);
+        let id = object::identity(exe, &mut scratch.windows);
         object::describe(o, &id, &mut scratch.windows, &mut scratch.event);
         exe + o.file_path as u64
     };

@@ -165,14 +165,15 @@ impl Kernel {
             );
         }
         let ring_bytes = ring_bytes()?;
-        // The fd-table offsets are read-only globals, not SETTINGS fields:
-        // typed loads need offsets the verifier knows (`task::file_of_fd`).
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", ring_bytes)
-            .override_global("TASK_FILES_OFFSET", &offsets.task_files, true)
-            .override_global("FILES_FDT_OFFSET", &offsets.files_fdt, true)
-            .override_global("FDTABLE_MAX_FDS_OFFSET", &offsets.fdtable_max_fds, true)
-            .override_global("FDTABLE_FD_OFFSET", &offsets.fdtable_fd, true)
+        // Offsets the verifier must know are read-only globals, not
+        // SETTINGS fields (monitor-ebpf/src/offsets.rs).
+        let constants = monitor_common::load_time_offsets(&offsets);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("EVENTS", ring_bytes);
+        for (name, value) in &constants {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
             .load(object)
             .context("loading the kernel programs failed")?;
         let take = |ebpf: &mut Ebpf, name: &str| {

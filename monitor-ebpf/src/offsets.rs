@@ -1,0 +1,43 @@
+//! Struct offsets the verifier must see as constants: frozen read-only
+//! globals the loader sets from the running kernel's BTF before the
+//! programs are verified (`monitor_common::load_time_offsets` names them;
+//! a name missing here fails the load). A typed load needs a constant
+//! offset (`task::file_of_fd`), and a constant lets the verifier drop the
+//! branches a runtime offset makes it walk (`object::Window::field`'s
+//! fallback read: 0.25 s more verification per start when these came from
+//! the settings map, measured with strace on BPF_PROG_LOAD).
+
+macro_rules! load_time_offsets {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            pub static $name: u32 = 0;
+        )+
+    };
+}
+
+load_time_offsets!(
+    OFF_TASK_FILES,
+    OFF_FILES_FDT,
+    OFF_FDTABLE_MAX_FDS,
+    OFF_FDTABLE_FD,
+    OFF_FILE_F_INODE,
+    OFF_FILE_F_MODE,
+    OFF_FILE_PATH,
+    OFF_PATH_MNT,
+    OFF_INODE_I_SB,
+    OFF_INODE_I_INO,
+    OFF_INODE_I_NLINK,
+    OFF_INODE_I_MODE,
+    OFF_INODE_I_GENERATION,
+    OFF_SB_S_DEV,
+    OFF_SB_S_MAGIC,
+);
+
+/// The value the loader set.
+#[inline(always)]
+pub fn get(offset: &u32) -> u32 {
+    // SAFETY: a static; volatile so the compiler keeps the load the loader
+    // patches instead of folding the 0 it was built with.
+    unsafe { core::ptr::read_volatile(offset) }
+}
