@@ -679,7 +679,8 @@ pub fn run(options: Options) -> Result<()> {
         monitor_bin: &bench.monitor_bin,
         svg_name: "benchmarks.svg",
         kernel_profile: &kernel_profile,
-        program_time: &program_time,
+        program_time: &program_time.rows,
+        verified_insns: Some(program_time.verified_insns),
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)

@@ -17,6 +17,13 @@ use super::{Bench, Placement, Setup, worker::WORKLOADS, worker::Workload};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
+/// The programs' run time per workload, and what verifying them took.
+pub struct ProgramTime {
+    pub rows: Vec<ProgramRow>,
+    /// The monitor's programs, all together (fdinfo `verified_insns`).
+    pub verified_insns: u64,
+}
+
 /// One setup's programs on one workload.
 pub struct ProgramRow {
     pub setup: Setup,
@@ -28,21 +35,34 @@ pub struct ProgramRow {
     pub runs_per_op: f64,
 }
 
-/// `(prog_id, run_time_ns, run_cnt)` of one fdinfo text, `None` for an fd
-/// that is no program.
-pub fn parse_fdinfo(text: &str) -> Option<(u32, u64, u64)> {
+/// One program's line of accounting, from its fd's fdinfo.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct ProgramInfo {
+    pub id: u32,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+    /// Instructions the verifier processed when it was loaded.
+    pub verified_insns: u64,
+}
+
+/// The `ProgramInfo` of one fdinfo text, `None` for an fd that is no
+/// program.
+pub fn parse_fdinfo(text: &str) -> Option<ProgramInfo> {
     let field = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|value| value.trim().parse::<u64>().ok())
     };
-    let id = u32::try_from(field("prog_id")?).ok()?;
-    Some((id, field("run_time_ns").unwrap_or(0), field("run_cnt")?))
+    Some(ProgramInfo {
+        id: u32::try_from(field("prog_id")?).ok()?,
+        run_time_ns: field("run_time_ns").unwrap_or(0),
+        run_cnt: field("run_cnt")?,
+        verified_insns: field("verified_insns").unwrap_or(0),
+    })
 }
 
-/// Summed `(run_time_ns, run_cnt)` of every program `pid` holds (each
-/// program once, however many fds it has).
-pub(crate) fn held_programs(pid: u32) -> Result<(u64, u64)> {
+/// Every program `pid` holds, once each however many fds it has.
+fn programs_of(pid: u32) -> Result<BTreeMap<u32, ProgramInfo>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut programs = BTreeMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
@@ -50,14 +70,25 @@ pub(crate) fn held_programs(pid: u32) -> Result<(u64, u64)> {
         let Ok(text) = fs::read_to_string(entry?.path()) else {
             continue;
         };
-        if let Some((id, time, runs)) = parse_fdinfo(&text) {
-            programs.insert(id, (time, runs));
+        if let Some(info) = parse_fdinfo(&text) {
+            programs.insert(info.id, info);
         }
     }
     ensure!(!programs.is_empty(), "process {pid} holds no BPF program");
-    Ok(programs
+    Ok(programs)
+}
+
+/// Summed `(run_time_ns, run_cnt)` of every program `pid` holds.
+pub(crate) fn held_programs(pid: u32) -> Result<(u64, u64)> {
+    Ok(programs_of(pid)?
         .values()
-        .fold((0, 0), |(t, r), (time, runs)| (t + time, r + runs)))
+        .fold((0, 0), |(t, r), p| (t + p.run_time_ns, r + p.run_cnt)))
+}
+
+/// Instructions the verifier processed for every program `pid` holds: its
+/// start's verification work, the same on every run of one kernel.
+pub(crate) fn verified_instructions(pid: u32) -> Result<u64> {
+    Ok(programs_of(pid)?.values().map(|p| p.verified_insns).sum())
 }
 
 /// `kernel.bpf_stats_enabled` set while it lives, restored after.
@@ -114,7 +145,7 @@ impl ProgramSampler {
 impl Bench {
     /// One run per workload for the floor, the monitor outside and the
     /// monitor inside, with the programs' run time counted.
-    pub(super) fn program_time(&self) -> Result<Vec<ProgramRow>> {
+    pub(super) fn program_time(&self) -> Result<ProgramTime> {
         let _stats = StatsEnabled::new()?;
         let mut rows = Vec::new();
         let floor = self.start_floor("stats")?;
@@ -126,13 +157,17 @@ impl Bench {
         ensure!(status.success(), "monitor bench-floor exited with {status}");
         let monitor = self.start_monitor("stats")?;
         let pid = monitor.daemon.id();
+        let verified_insns = verified_instructions(pid)?;
         for workload in WORKLOADS {
             let outside = Placement::default();
             rows.push(self.counted_run(pid, Setup::MonitorOutside, workload, &outside)?);
             rows.push(self.counted_run(pid, Setup::MonitorInside, workload, &self.inside())?);
         }
         Self::stop_monitor(monitor)?;
-        Ok(rows)
+        Ok(ProgramTime {
+            rows,
+            verified_insns,
+        })
     }
 
     fn counted_run(
@@ -171,7 +206,13 @@ mod tests {
                     prog_type:\t26\nprog_jited:\t1\nprog_tag:\t8db25b5707e68bc8\n\
                     memlock:\t4096\nprog_id:\t1234\nrun_time_ns:\t987654\n\
                     run_cnt:\t4321\nrecursion_misses:\t0\nverified_insns:\t5000\n";
-        assert_eq!(parse_fdinfo(text), Some((1234, 987654, 4321)));
+        let expected = ProgramInfo {
+            id: 1234,
+            run_time_ns: 987654,
+            run_cnt: 4321,
+            verified_insns: 5000,
+        };
+        assert_eq!(parse_fdinfo(text), Some(expected));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct ReportInput<'a> {
     pub svg_name: &'a str,
     pub kernel_profile: &'a [ProfileRow],
     pub program_time: &'a [ProgramRow],
+    /// Instructions the verifier processed at the monitor's start.
+    pub verified_insns: Option<u64>,
 }
 
 fn first_line(cmd: &mut Command) -> String {

@@ -45,6 +45,14 @@ pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
         }
     }
     writeln!(md)?;
+    if let Some(insns) = input.verified_insns {
+        writeln!(
+            md,
+            "At its start the monitor's programs made the verifier process {insns} instructions \
+             (fdinfo `verified_insns`, all programs): the start's kernel work, the same on every \
+             run on one kernel (its time is in the builds' daemon CPU below).\n"
+        )?;
+    }
     Ok(())
 }
 

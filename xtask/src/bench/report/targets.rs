@@ -190,6 +190,7 @@ mod tests {
             svg_name: "x.svg",
             kernel_profile: &[],
             program_time,
+            verified_insns: None,
         };
         let mut md = String::new();
         write(&mut md, &input).unwrap();
