@@ -47,14 +47,16 @@ macro_rules! zero_fields {
     };
 }
 
-/// An all-zero `T` (an event struct: all-zero is valid for each), written
-/// with 8-byte stores (see `zero_words`).
+/// Zeroes `slot` in place with 8-byte stores and returns the all-zero `T`
+/// (an event struct: all-zero is valid for each). In place, not returned
+/// by value: LLVM turns the move of a value it knows is zero into a call of
+/// the BPF target's byte-wise `memset` (seen in the disassembly: 72 bytes
+/// per socket event).
 #[inline(always)]
-pub fn zeroed<T>() -> T {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    zero_words(value.as_mut_ptr());
+pub fn zeroed_in<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    zero_words(slot.as_mut_ptr());
     // SAFETY: every byte is zero, a valid value of the event structs.
-    unsafe { value.assume_init() }
+    unsafe { slot.assume_init_mut() }
 }
 
 /// Zeroes `*p` with 8-byte stores. `core::mem::zeroed` and runs of zero

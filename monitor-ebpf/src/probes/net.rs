@@ -39,7 +39,8 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let socket: u64 = read(file_of_fd(fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
-    let mut ev: ConnectEvent = crate::emit::zeroed();
+    let mut slot = core::mem::MaybeUninit::<ConnectEvent>::uninit();
+    let ev = crate::emit::zeroed_in(&mut slot);
     fill_header(&mut ev.header, EventKind::Connect as u32, &call.m, o);
     ev.fd = fd;
     ev.family = family;
@@ -58,7 +59,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     }
     submit(
         settings,
-        (&ev as *const ConnectEvent).cast(),
+        (ev as *const ConnectEvent).cast(),
         core::mem::size_of::<ConnectEvent>(),
     );
     Some(())

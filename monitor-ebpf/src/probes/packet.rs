@@ -39,7 +39,8 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     } else {
         0
     };
-    let mut ev: SockEvent = crate::emit::zeroed();
+    let mut slot = core::mem::MaybeUninit::<SockEvent>::uninit();
+    let ev = crate::emit::zeroed_in(&mut slot);
     fill_header(
         &mut ev.header,
         EventKind::SockAddr as u32,
@@ -55,7 +56,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.netns = netns_inum(&settings.offsets);
     submit(
         settings,
-        (&ev as *const SockEvent).cast(),
+        (ev as *const SockEvent).cast(),
         core::mem::size_of::<SockEvent>(),
     );
     Some(())

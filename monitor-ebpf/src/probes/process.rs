@@ -238,11 +238,12 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
         worker_exit(settings, m);
         workers::on_exit(tgid);
     }
-    let mut ev: ExitEvent = crate::emit::zeroed();
+    let mut slot = core::mem::MaybeUninit::<ExitEvent>::uninit();
+    let ev = crate::emit::zeroed_in(&mut slot);
     fill_header(&mut ev.header, EventKind::Exit as u32, m, &settings.offsets);
     submit(
         settings,
-        (&ev as *const ExitEvent).cast(),
+        (ev as *const ExitEvent).cast(),
         core::mem::size_of::<ExitEvent>(),
     );
 }
@@ -250,7 +251,8 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
 /// A worker action's root ended: its exit status decides whether its result
 /// may now be in the action cache. Urgent: the action is over.
 fn worker_exit(settings: &Settings, m: &Match) {
-    let mut ev: WorkerExitEvent = crate::emit::zeroed();
+    let mut slot = core::mem::MaybeUninit::<WorkerExitEvent>::uninit();
+    let ev = crate::emit::zeroed_in(&mut slot);
     fill_header(
         &mut ev.header,
         EventKind::WorkerExit as u32,
@@ -260,7 +262,7 @@ fn worker_exit(settings: &Settings, m: &Match) {
     ev.exit_code = read(current_task(), settings.offsets.task_exit_code);
     submit_with(
         settings,
-        (&ev as *const WorkerExitEvent).cast(),
+        (ev as *const WorkerExitEvent).cast(),
         core::mem::size_of::<WorkerExitEvent>(),
         true,
     );
@@ -272,7 +274,8 @@ pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall)
     if call.ret < 0 {
         return None;
     }
-    let mut ev: ExitEvent = crate::emit::zeroed();
+    let mut slot = core::mem::MaybeUninit::<ExitEvent>::uninit();
+    let ev = crate::emit::zeroed_in(&mut slot);
     fill_header(
         &mut ev.header,
         EventKind::IoUring as u32,
@@ -281,7 +284,7 @@ pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall)
     );
     submit(
         settings,
-        (&ev as *const ExitEvent).cast(),
+        (ev as *const ExitEvent).cast(),
         core::mem::size_of::<ExitEvent>(),
     );
     Some(())

@@ -158,24 +158,8 @@ impl Kernel {
         crate::kernel::privileges::check()?;
         raise_memlock_limit();
         let offsets = kernel_offsets()?;
-        let object = crate::ebpf_object();
-        if object.is_empty() {
-            bail!(
-                "this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable"
-            );
-        }
         let ring_bytes = ring_bytes()?;
-        // Offsets the verifier must know are read-only globals, not
-        // SETTINGS fields (monitor-ebpf/src/offsets.rs).
-        let constants = monitor_common::load_time_offsets(&offsets);
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries("EVENTS", ring_bytes);
-        for (name, value) in &constants {
-            loader.override_global(name, value, true);
-        }
-        let mut ebpf = loader
-            .load(object)
-            .context("loading the kernel programs failed")?;
+        let mut ebpf = load_object(&offsets, ring_bytes)?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the kernel object"))
@@ -569,6 +553,27 @@ fn raise_memlock_limit() {
 /// The syscall hook reads the saved user registers at fixed offsets (the
 /// x86_64 ptrace ABI), and the task's compat status at a constant offset:
 /// check them against BTF before loading.
+/// The kernel object with its maps created, its ring `ring_bytes` and the
+/// offsets the verifier must know set as read-only globals, not SETTINGS
+/// fields (monitor-ebpf/src/offsets.rs); no program loaded yet.
+fn load_object(offsets: &KernelOffsets, ring_bytes: u32) -> anyhow::Result<Ebpf> {
+    let object = crate::ebpf_object();
+    if object.is_empty() {
+        bail!(
+            "this monitor binary was built with MONITOR_SKIP_EBPF_BUILD and carries no kernel programs; rebuild it without that variable"
+        );
+    }
+    let constants = monitor_common::load_time_offsets(offsets);
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries("EVENTS", ring_bytes);
+    for (name, value) in &constants {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .load(object)
+        .context("loading the kernel programs failed")
+}
+
 fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
     let off = |ty: &str, member: &str| {
         btf.member_offset(ty, member)

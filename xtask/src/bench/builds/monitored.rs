@@ -100,24 +100,30 @@ impl Runner<'_> {
         })
     }
 
-    pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
-        let n = self.next();
-        let mut others = other_active_jobs()?;
-        let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
+    /// `monitor exec --report <report> -- bazel …` for build `n`.
+    fn monitor_exec_command(&self, n: usize, report: &Path) -> Result<Command> {
         let config = self.dir.join("monitor.toml");
         fs::write(&config, "[metrics]\nlisten = \"off\"\n")?;
-        let report = self.dir.join(format!("report-{n}.json"));
         let mut cmd = Command::new(&self.monitor_bin);
         self.bazel_env(&mut cmd);
         cmd.arg("exec")
             .arg("--config")
             .arg(&config)
             .arg("--report")
-            .arg(&report);
+            .arg(report);
         cmd.arg("--")
             .arg(super::BAZEL)
             .args(self.startup_args(n))
             .args(self.build_args());
+        Ok(cmd)
+    }
+
+    pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
+        let n = self.next();
+        let mut others = other_active_jobs()?;
+        let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
+        let report = self.dir.join(format!("report-{n}.json"));
+        let mut cmd = self.monitor_exec_command(n, &report)?;
         join_cgroup_on_spawn(&mut cmd, &monitor_cgroup)?;
         let stderr_path = self.dir.join(format!("monitor-{n}.stderr"));
         cmd.stderr(fs::File::create(&stderr_path)?);
