@@ -660,9 +660,14 @@ pub const LOST_REASONS: u32 = 2;
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 15] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 20] {
     [
         ("OFF_TASK_FILES", o.task_files),
+        ("OFF_TASK_REAL_PARENT", o.task_real_parent),
+        ("OFF_TASK_TGID", o.task_tgid),
+        ("OFF_TASK_NSPROXY", o.task_nsproxy),
+        ("OFF_NSPROXY_NET_NS", o.nsproxy_net_ns),
+        ("OFF_NET_NS_INUM", o.net_ns_inum),
         ("OFF_FILES_FDT", o.files_fdt),
         ("OFF_FDTABLE_MAX_FDS", o.fdtable_max_fds),
         ("OFF_FDTABLE_FD", o.fdtable_fd),

@@ -4,16 +4,17 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, generated::bpf_get_current_comm},
 };
-use monitor_common::{COMM_LEN, EventHeader, KernelOffsets, LOST_RINGBUF_FULL, Settings};
+use monitor_common::{COMM_LEN, EventHeader, LOST_RINGBUF_FULL, Settings};
 
 use crate::{
     filter::Match,
     maps::{EVENTS, count_lost},
-    task::parent_tgid,
 };
 
+/// `ppid`: `task::parent_tgid_typed()` in tracing programs,
+/// `task::parent_tgid` elsewhere.
 #[inline(always)]
-pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets) {
+pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     let pid_tgid = m.pid_tgid;
 
     h.kind = kind;
@@ -26,7 +27,7 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, o: &KernelOffsets)
     h.launcher = m.launcher;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
-    h.ppid = parent_tgid(o);
+    h.ppid = ppid;
     h.scope = m.scope;
     // Straight into the header: the helper pads with NULs (and zeroes the
     // buffer on failure), so no zeroed copy first (the BPF target's memset

@@ -18,6 +18,11 @@ macro_rules! load_time_offsets {
 
 load_time_offsets!(
     OFF_TASK_FILES,
+    OFF_TASK_REAL_PARENT,
+    OFF_TASK_TGID,
+    OFF_TASK_NSPROXY,
+    OFF_NSPROXY_NET_NS,
+    OFF_NET_NS_INUM,
     OFF_FILES_FDT,
     OFF_FDTABLE_MAX_FDS,
     OFF_FDTABLE_FD,

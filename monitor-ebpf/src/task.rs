@@ -2,7 +2,10 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use monitor_common::KernelOffsets;
 
-use crate::offsets::{self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_TASK_FILES};
+use crate::offsets::{
+    self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_NET_NS_INUM, OFF_NSPROXY_NET_NS,
+    OFF_TASK_FILES, OFF_TASK_NSPROXY, OFF_TASK_REAL_PARENT, OFF_TASK_TGID,
+};
 
 /// Reads a `T` at `base + offset` in kernel memory; 0-filled on failure.
 #[inline(always)]
@@ -25,6 +28,37 @@ pub fn current_task() -> u64 {
 pub fn parent_tgid(o: &KernelOffsets) -> u32 {
     let parent: u64 = read(current_task(), o.task_real_parent);
     read::<i32>(parent, o.task_tgid) as u32
+}
+
+/// As `parent_tgid`, with typed loads: tracing programs only (see
+/// `file_of_fd`).
+#[inline(always)]
+pub fn parent_tgid_typed() -> u32 {
+    let parent: *const u8 = load(
+        typed_current_task(),
+        offsets::get(&OFF_TASK_REAL_PARENT) as usize,
+    );
+    if parent.is_null() {
+        return 0;
+    }
+    load::<i32>(parent, offsets::get(&OFF_TASK_TGID) as usize) as u32
+}
+
+/// As `netns_inum`, with typed loads: tracing programs only.
+#[inline(always)]
+pub fn netns_inum_typed() -> u32 {
+    let nsproxy: *const u8 = load(
+        typed_current_task(),
+        offsets::get(&OFF_TASK_NSPROXY) as usize,
+    );
+    if nsproxy.is_null() {
+        return 0;
+    }
+    let net: *const u8 = load(nsproxy, offsets::get(&OFF_NSPROXY_NET_NS) as usize);
+    if net.is_null() {
+        return 0;
+    }
+    load(net, offsets::get(&OFF_NET_NS_INUM) as usize)
 }
 
 /// Inode number of the current task's network namespace.

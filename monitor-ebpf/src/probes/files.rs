@@ -30,7 +30,7 @@ use crate::{
     object,
     probes::syscalls::Syscall,
     seen::{self, Seen},
-    task::{current_task, file_of_fd, read},
+    task::{current_task, file_of_fd, parent_tgid_typed, read},
 };
 
 pub const AT_FDCWD: i32 = -100;
@@ -165,7 +165,12 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
         None
     };
     let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, EventKind::FileOpen as u32, m, o);
+    fill_header(
+        &mut ev.header,
+        EventKind::FileOpen as u32,
+        m,
+        parent_tgid_typed(),
+    );
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;
     ev.open_flags = args.flags;

@@ -16,6 +16,7 @@ use crate::{
         files::{self, AT_FDCWD, O_WRONLY, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
     },
+    task::parent_tgid_typed,
 };
 
 #[inline(always)]
@@ -68,7 +69,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         &mut ev.header,
         EventKind::LinkMade as u32,
         &call.m,
-        &settings.offsets,
+        parent_tgid_typed(),
     );
     ev.syscall = call.nr as u32;
     ev.dirfd = 0;

@@ -13,7 +13,7 @@ use crate::{
     emit::{fill_header, submit},
     maps::SCRATCH,
     probes::{sock::SEEN_CONNECT, syscalls::Syscall},
-    task::{file_of_fd, netns_inum, read},
+    task::{file_of_fd, netns_inum_typed, parent_tgid_typed, read},
 };
 
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
@@ -41,14 +41,19 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
 
     let mut slot = core::mem::MaybeUninit::<ConnectEvent>::uninit();
     let ev = crate::emit::zeroed_in(&mut slot);
-    fill_header(&mut ev.header, EventKind::Connect as u32, &call.m, o);
+    fill_header(
+        &mut ev.header,
+        EventKind::Connect as u32,
+        &call.m,
+        parent_tgid_typed(),
+    );
     ev.fd = fd;
     ev.family = family;
     ev.sock_type = sock_type as u16;
     ev.port = port;
     ev.addr = addr;
     ev.result = ret;
-    ev.netns = netns_inum(o);
+    ev.netns = netns_inum_typed();
     let pid_tgid = call.m.pid_tgid;
     // SAFETY: the value is copied out at once.
     if let Some(seen) = unsafe { SEEN_CONNECT.get(&pid_tgid) }.copied() {
@@ -77,7 +82,7 @@ fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()
         &mut ev.header,
         EventKind::UnixConnect as u32,
         &call.m,
-        &settings.offsets,
+        parent_tgid_typed(),
     );
     ev.result = call.ret;
     let addrlen = call.args[2] as usize;

@@ -15,7 +15,7 @@ use monitor_common::{
 use crate::{
     emit::{fill_header, submit},
     probes::syscalls::Syscall,
-    task::netns_inum,
+    task::{netns_inum_typed, parent_tgid_typed},
 };
 
 /// `SOCK_PACKET`, the type `AF_INET` packet sockets were once made with.
@@ -45,7 +45,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &call.m,
-        &settings.offsets,
+        parent_tgid_typed(),
     );
     ev.op = SOCK_OP_PACKET_SOCKET;
     ev.family = AF_PACKET;
@@ -53,7 +53,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     // The Ethernet protocol asked for, passed in network byte order.
     ev.protocol = u16::from_be(protocol as u16);
     ev.verdict = verdict;
-    ev.netns = netns_inum(&settings.offsets);
+    ev.netns = netns_inum_typed();
     submit(
         settings,
         (ev as *const SockEvent).cast(),

@@ -26,7 +26,7 @@ use crate::{
     maps::{SCRATCH, SETTINGS, Scratch},
     object,
     probes::files::clear_identity,
-    task::{current_task, read},
+    task::{current_task, parent_tgid_typed, read},
     workers,
 };
 
@@ -110,7 +110,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
         m.launcher = lineage::launcher_of(tgid);
     }
 
-    start_event(scratch, EventKind::Exec, m, settings);
+    start_event(scratch, EventKind::Exec, m);
     let exe: u64 = read(mm, o.mm_exe_file);
     let exe_path = if exe == 0 {
         0
@@ -138,7 +138,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
 /// The launcher's argv (from `mm->arg_start..arg_end`) and cwd.
 fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, kind: EventKind) {
     let o = &settings.offsets;
-    start_event(scratch, kind, m, settings);
+    start_event(scratch, kind, m);
     let start: u64 = read(mm, o.mm_arg_start);
     let end: u64 = read(mm, o.mm_arg_end);
     let mut len = end.saturating_sub(start) as usize;
@@ -161,9 +161,9 @@ fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, 
     submit_with(settings, (scratch as *const Scratch).cast(), total, true);
 }
 
-fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match, settings: &Settings) {
+fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match) {
     let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, kind as u32, m, &settings.offsets);
+    fill_header(&mut ev.header, kind as u32, m, parent_tgid_typed());
     crate::zero_fields!(ev.syscall, ev.dirfd, ev.open_flags, ev.mode, ev.result);
     clear_identity(ev);
 }
@@ -240,7 +240,12 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
     }
     let mut slot = core::mem::MaybeUninit::<ExitEvent>::uninit();
     let ev = crate::emit::zeroed_in(&mut slot);
-    fill_header(&mut ev.header, EventKind::Exit as u32, m, &settings.offsets);
+    fill_header(
+        &mut ev.header,
+        EventKind::Exit as u32,
+        m,
+        parent_tgid_typed(),
+    );
     submit(
         settings,
         (ev as *const ExitEvent).cast(),
@@ -257,7 +262,7 @@ fn worker_exit(settings: &Settings, m: &Match) {
         &mut ev.header,
         EventKind::WorkerExit as u32,
         m,
-        &settings.offsets,
+        parent_tgid_typed(),
     );
     ev.exit_code = read(current_task(), settings.offsets.task_exit_code);
     submit_with(
@@ -280,7 +285,7 @@ pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall)
         &mut ev.header,
         EventKind::IoUring as u32,
         &call.m,
-        &settings.offsets,
+        parent_tgid_typed(),
     );
     submit(
         settings,

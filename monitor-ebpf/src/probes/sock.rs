@@ -37,7 +37,7 @@ use crate::{
     filter, lineage,
     maps::SETTINGS,
     probes::listeners::{self, IPPROTO_TCP, IPPROTO_UDP},
-    task::netns_inum,
+    task::{netns_inum, parent_tgid},
 };
 
 /// Allowed prefixes for any port (`network.allow` entries without a port).
@@ -192,7 +192,7 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &m,
-        &settings.offsets,
+        parent_tgid(&settings.offsets),
     );
     ev.op = SOCK_OP_PACKET;
     ev.family = if v6 { AF_INET6 } else { AF_INET };
@@ -415,7 +415,7 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &m,
-        &settings.offsets,
+        parent_tgid(&settings.offsets),
     );
     ev.op = op;
     ev.family = family;
