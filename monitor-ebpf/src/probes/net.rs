@@ -21,21 +21,27 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let o = &settings.offsets;
     let fd = call.args[0] as i32;
     let uaddr = call.args[1];
+    // The family alone first: a unix address may be as short as it (and
+    // end where readable memory ends). Then one read for port and address:
+    // sockaddr_in is { family, port, addr[4] }, sockaddr_in6 { family,
+    // port, flowinfo, addr[16] }.
     // SAFETY: bpf_probe_read_user checks every address.
     let family = unsafe { bpf_probe_read_user(uaddr as *const u16) }.ok()?;
     let mut addr = [0u8; 16];
-    match family {
+    let port = match family {
         AF_INET => {
-            let a: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) }.ok()?;
-            addr[..4].copy_from_slice(&a);
+            let head = unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }.ok()?;
+            addr[..4].copy_from_slice(&head[4..8]);
+            u16::from_be_bytes([head[2], head[3]])
         }
         AF_INET6 => {
-            addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }.ok()?;
+            let head = unsafe { bpf_probe_read_user(uaddr as *const [u8; 24]) }.ok()?;
+            addr.copy_from_slice(&head[8..24]);
+            u16::from_be_bytes([head[2], head[3]])
         }
         AF_UNIX => return on_unix_connect(settings, call, uaddr),
         _ => return None,
-    }
-    let port = u16::from_be(unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.ok()?);
+    };
     let socket: u64 = read(file_of_fd(fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
