@@ -12,6 +12,7 @@ pub mod bazel;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod hashing;
 pub mod kernel;
 pub mod output;
 pub mod pipeline;

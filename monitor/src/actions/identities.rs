@@ -8,14 +8,16 @@
 //! name only). Entries whose inode changed after the declaration file was
 //! written are not trusted: the action may have planted them.
 use std::{
-    collections::{HashMap, HashSet},
     fs,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::events::decode::Identity;
+use crate::{
+    events::decode::Identity,
+    hashing::{HashMap, HashSet},
+};
 
 /// Most entries recorded for one declaration; beyond it, names are judged
 /// by name only (logged).
@@ -64,12 +66,12 @@ impl Identities {
         }
     }
 
-    /// Records `path` (not a directory) as declared, as `meta` says it is.
-    pub fn insert(&mut self, path: &Path, meta: &fs::Metadata) {
+    /// Records `path` (not a directory) as declared: the file `(dev, ino)`.
+    pub fn insert(&mut self, path: &Path, dev: u64, ino: u64) {
         if self.by_path.len() >= MAX_ENTRIES {
             return;
         }
-        let key = (meta.dev(), meta.ino());
+        let key = (dev, ino);
         self.by_path.insert(
             super::shared_paths::shared(path.as_os_str().as_bytes()),
             key,
@@ -224,7 +226,7 @@ impl Recorder {
     }
 
     fn add(&mut self, path: &Path, meta: &fs::Metadata) {
-        self.ids.insert(path, meta);
+        self.ids.insert(path, meta.dev(), meta.ino());
     }
 }
 

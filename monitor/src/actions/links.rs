@@ -16,7 +16,7 @@
 //! below a directory changed after the launch stay declared unless the
 //! action renamed something to that directory's name. (Output writes change
 //! directories too; they rename nothing to a directory's name.)
-use std::collections::HashMap;
+use crate::hashing::HashMap;
 
 /// Most names remembered per action: only the first ones can matter (they
 /// must come before the sandbox is read, within a second of the launch),
@@ -45,7 +45,7 @@ impl LinkSources {
         LinkSources {
             ambiguous,
             suspect_until_ns,
-            moved: HashMap::new(),
+            moved: HashMap::default(),
         }
     }
 
@@ -124,7 +124,7 @@ mod tests {
     use super::*;
 
     fn sources() -> LinkSources {
-        let ambiguous = HashMap::from([
+        let ambiguous = HashMap::from_iter([
             (b"/home/secret.txt".to_vec(), vec![b"planted.txt".to_vec()]),
             (b"/stash".to_vec(), vec![b"stash".to_vec()]),
         ]);
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn moved_in_targets_fall_when_the_action_renamed_to_that_directorys_name() {
-        let moved = HashMap::from([(b"/home/secret.txt".to_vec(), vec![b"stash".to_vec()])]);
+        let moved = HashMap::from_iter([(b"/home/secret.txt".to_vec(), vec![b"stash".to_vec()])]);
         let s = LinkSources::default().with_moved(moved);
         assert!(s.only_moved_in(b"/home/secret.txt", &[b"stash".to_vec()]));
         assert!(

@@ -21,7 +21,7 @@
 //! `declaration_wait`, or until a pending read answers) rather than judged
 //! against nothing.
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::hash_map::Entry,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -31,6 +31,7 @@ use crate::{
     actions::declarations::Declaration,
     bazel::{sandbox::Spawn, spawns::is_spawn_slice_name},
     events::decode::{Launch, NameKind, Origin},
+    hashing::{HashMap, HashSet},
     output::metrics::Metrics,
 };
 
@@ -272,11 +273,11 @@ impl<T> Registry<T> {
     pub fn new(scopes: Vec<Scope>, wait: Duration, metrics: Arc<Metrics>) -> Self {
         Registry {
             scopes,
-            cgroups: HashMap::new(),
-            ids_by_path: HashMap::new(),
-            spawn_slices: HashSet::new(),
-            declarations: HashMap::new(),
-            actions: HashMap::new(),
+            cgroups: HashMap::default(),
+            ids_by_path: HashMap::default(),
+            spawn_slices: HashSet::default(),
+            declarations: HashMap::default(),
+            actions: HashMap::default(),
             wait,
             metrics,
             defer_unsandboxed: false,

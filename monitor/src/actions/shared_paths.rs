@@ -2,10 +2,9 @@
 //! Bazel build link the same inputs (on the bench build, 200 sandboxes name
 //! the same 600 paths), and every declaration kept its own copies (in its
 //! path matcher and its identities) until its action was forgotten.
-use std::{
-    collections::HashSet,
-    sync::{Arc, LazyLock, Mutex},
-};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use crate::hashing::HashSet;
 
 /// Paths handed out and possibly still held; entries nobody else holds
 /// are dropped when the set has doubled since the last such sweep.
@@ -18,7 +17,7 @@ const FIRST_SWEEP: usize = 4096;
 
 static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(|| {
     Mutex::new(Pool {
-        paths: HashSet::new(),
+        paths: HashSet::default(),
         sweep_at: FIRST_SWEEP,
     })
 });

@@ -4,17 +4,20 @@
 //! (bounded), turned into the report's `bazel` section when the execution
 //! log has been read.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
 use serde_json::{Value, json};
 
-use crate::bazel::{
-    execlog::ExecLog,
-    isolation::Isolation,
-    sandbox::{RealDirs, Spawn},
+use crate::{
+    bazel::{
+        execlog::ExecLog,
+        isolation::Isolation,
+        sandbox::{RealDirs, Spawn},
+    },
+    hashing::{HashMap, HashSet},
 };
 
 /// Distinct paths remembered per spawn for the unread-input check; a spawn
@@ -74,7 +77,7 @@ impl SpawnBook {
                 id,
                 spawn,
                 declared_by: None,
-                opened: HashSet::new(),
+                opened: HashSet::default(),
                 opened_incomplete: false,
                 events_dropped: 0,
             },
@@ -178,26 +181,38 @@ struct UnreadByTarget {
     real_dirs: RealDirs,
 }
 
-/// What one spawn opened: the paths, and every directory above one (a
-/// directory input counts as read when anything below it was opened).
+/// What one spawn opened. A directory input counts as read when anything
+/// below it was opened: that is looked up in the paths sorted (below
+/// `dir/` they sort together), sorted only once an input was opened by
+/// none of its names.
 struct Opened<'a> {
     paths: &'a HashSet<Vec<u8>>,
-    below: HashSet<&'a [u8]>,
+    sorted: std::cell::OnceCell<Vec<&'a [u8]>>,
 }
 
 impl<'a> Opened<'a> {
     fn of(paths: &'a HashSet<Vec<u8>>) -> Opened<'a> {
-        let mut below = HashSet::new();
-        for p in paths {
-            for (i, _) in p.iter().enumerate().skip(1).filter(|(_, b)| **b == b'/') {
-                below.insert(&p[..i]);
-            }
+        Opened {
+            paths,
+            sorted: std::cell::OnceCell::new(),
         }
-        Opened { paths, below }
     }
 
-    fn has(&self, path: &[u8]) -> bool {
-        self.paths.contains(path) || self.below.contains(path)
+    /// Whether an opened path starts with `dir/`.
+    fn has_below(&self, dir: &[u8]) -> bool {
+        if dir.is_empty() {
+            return false;
+        }
+        let sorted = self.sorted.get_or_init(|| {
+            let mut sorted: Vec<&[u8]> = self.paths.iter().map(Vec::as_slice).collect();
+            sorted.sort_unstable();
+            sorted
+        });
+        let mut prefix = Vec::with_capacity(dir.len() + 1);
+        prefix.extend_from_slice(dir);
+        prefix.push(b'/');
+        let first = sorted.partition_point(|p| *p < prefix.as_slice());
+        sorted.get(first).is_some_and(|p| p.starts_with(&prefix))
     }
 }
 
@@ -212,9 +227,21 @@ impl UnreadByTarget {
         let t = self.targets.entry(label.to_owned()).or_default();
         t.incomplete |= r.opened_incomplete;
         let opened = Opened::of(&r.opened);
+        let main = main_execroot(&r.spawn);
         for input in inputs {
-            let read = was_read(input, &r.spawn, &opened, &mut self.real_dirs);
-            *t.declared.entry(input.clone()).or_default() |= read;
+            let read = was_read(
+                input,
+                &r.spawn,
+                main.as_deref(),
+                &opened,
+                &mut self.real_dirs,
+            );
+            match t.declared.get_mut(input) {
+                Some(any) => *any |= read,
+                None => {
+                    t.declared.insert(input.clone(), read);
+                }
+            }
         }
     }
 
@@ -251,25 +278,46 @@ impl UnreadByTarget {
 /// have opened it through its own execroot, the main execroot the sandbox
 /// links into, or the file the links end at; a directory input counts when
 /// anything below it was opened.
-fn was_read(rel: &str, spawn: &Spawn, opened: &Opened, real_dirs: &mut RealDirs) -> bool {
+/// `main`: the spawn's [`main_execroot`].
+fn was_read(
+    rel: &str,
+    spawn: &Spawn,
+    main: Option<&Path>,
+    opened: &Opened,
+    real_dirs: &mut RealDirs,
+) -> bool {
     let rel = rel.trim_start_matches("./");
     let mut candidates: Vec<PathBuf> = vec![spawn.execroot.join(rel)];
-    if let Some(main) = main_execroot(spawn) {
+    if let Some(main) = main {
         candidates.push(main.join(rel));
     }
     if candidates
         .iter()
-        .any(|c| opened.has(c.as_os_str().as_bytes()))
+        .any(|c| opened.paths.contains(path_slice(c)))
     {
         return true;
     }
     // The main execroot's first: its resolution is shared by every spawn
-    // (cached), and the sandbox link most often resolves to the same file.
+    // (remembered whole), and the sandbox link most often resolves to the
+    // same file.
+    let mut reals = Vec::with_capacity(candidates.len());
+    for (i, c) in candidates.iter().enumerate().rev() {
+        let real = match i {
+            1 => real_dirs.canonicalize_shared(c),
+            _ => real_dirs.canonicalize(c),
+        };
+        if let Some(real) = real {
+            if opened.paths.contains(path_slice(&real)) {
+                return true;
+            }
+            reals.push(real);
+        }
+    }
+    // Not opened by any of its names: a directory input read below.
     candidates
         .iter()
-        .rev()
-        .filter_map(|c| real_dirs.canonicalize(c))
-        .any(|real| opened.has(real.as_os_str().as_bytes()))
+        .chain(&reals)
+        .any(|p| opened.has_below(path_slice(p)))
 }
 
 /// `<output_base>/execroot/<ws>` for a spawn in
@@ -279,6 +327,10 @@ fn main_execroot(spawn: &Spawn) -> Option<PathBuf> {
     let inside = spawn.execroot.strip_prefix(dir).ok()?;
     let output_base = dir.parent()?.parent()?.parent()?;
     Some(output_base.join(inside))
+}
+
+fn path_slice(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
 }
 
 /// For tests and callers holding a path.
@@ -425,6 +477,56 @@ mod tests {
         let s = book.section(Some(&ExecLog::new(more)));
         assert_eq!(s["unseen_spawns"], json!({"local": 1}));
         assert_eq!(s["declared_by"]["sandbox_tree"], 1);
+    }
+
+    /// A directory counts as read exactly when something below it was
+    /// opened (the prefix set this replaced, computed here as the oracle):
+    /// neighbours that share a prefix (`dir-x`, `dir.x`, `di`) do not count.
+    #[test]
+    fn a_directory_is_read_when_a_path_below_it_was_opened() {
+        let opened: HashSet<Vec<u8>> = [
+            &b"/ob/ws/dir/sub/f"[..],
+            b"/ob/ws/dir-x",
+            b"/ob/ws/dir.x/g",
+            b"/ob/ws/a\xff/b",
+            b"/ob/ws/a",
+            b"//twice",
+        ]
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+        let oracle: HashSet<&[u8]> = opened
+            .iter()
+            .flat_map(|p| (1..p.len()).filter(|&i| p[i] == b'/').map(move |i| &p[..i]))
+            .collect();
+        let o = Opened::of(&opened);
+        let asked: [&[u8]; 16] = [
+            b"/ob/ws/dir",
+            b"/ob/ws/dir/sub",
+            b"/ob/ws/dir/sub/f",
+            b"/ob/ws/dir/su",
+            b"/ob/ws/di",
+            b"/ob/ws/dir-x",
+            b"/ob/ws/dir.x",
+            b"/ob/ws/a",
+            b"/ob/ws/a\xff",
+            b"/ob/ws/b",
+            b"/ob",
+            b"/",
+            b"",
+            b"/zzz",
+            b"/ob/ws/dir/",
+            b"/ob/ws/dir/sub/f/deeper",
+        ];
+        for path in asked {
+            let expected = opened.contains(path) || oracle.contains(path);
+            let has = o.paths.contains(path) || o.has_below(path);
+            assert_eq!(has, expected, "{}", String::from_utf8_lossy(path));
+        }
+        assert!(
+            o.has_below(b"/ob/ws/dir") && !o.has_below(b"/ob/ws/di"),
+            "controls"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! below its sandbox directory (its inputs, its outputs, its own scratch
 //! space), the targets those symlinks point to (tools that resolve links
 //! before opening), and the writable directories the launcher was given.
+mod lookup;
+
 use std::{
-    collections::{HashMap, HashSet},
     ffi::OsStr,
     fs,
     os::unix::{
@@ -19,9 +20,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use self::lookup::DirFds;
+pub(crate) use self::lookup::Stat;
 use crate::{
     actions::{identities::Identities, links::LinkSources},
     events::paths,
+    hashing::{HashMap, HashSet},
     policy::matchers::PathMatcher,
 };
 
@@ -176,7 +180,7 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities
         spawn,
         patterns: vec![pattern_below(root), root.display().to_string()],
         identities: Identities::hard_links_checked_below(root),
-        sure: HashSet::new(),
+        sure: HashSet::default(),
         ambiguous: Vec::new(),
         moved: Vec::new(),
         real_dirs: RealDirs::default(),
@@ -187,8 +191,20 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities
     // been moved in with it.
     let mut stack: Vec<(PathBuf, Vec<Vec<u8>>)> = vec![(spawn.execroot.clone(), Vec::new())];
     'walk: while let Some((dir, changed_above)) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Gone with its spawn: there is nothing left to declare.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Its links declare nothing: what they lead to shows up as
+            // undeclared.
+            Err(e) => {
+                log::warn!(
+                    "sandbox {}: cannot read {}: {e}; the links below it declare nothing",
+                    root.display(),
+                    dir.display()
+                );
+                continue;
+            }
         };
         for entry in entries.flatten() {
             seen += 1;
@@ -226,7 +242,7 @@ struct SandboxWalk<'a> {
     patterns: Vec<String>,
     identities: Identities,
     /// Targets of links made before the launch, in place since.
-    sure: HashSet<PathBuf>,
+    sure: HashSet<Vec<u8>>,
     /// Targets of links made just before the launch, with the link's name.
     ambiguous: Vec<(PathBuf, Vec<u8>)>,
     /// Targets of older links below a directory changed after the launch,
@@ -252,7 +268,7 @@ impl SandboxWalk<'_> {
             Made::Before if !changed_above.is_empty() => {
                 push_link_chain(&path, patterns, real_dirs, |t, meta| {
                     if let Some(meta) = meta.filter(|m| !m.is_dir()) {
-                        self.identities.insert(t, meta);
+                        self.identities.insert(t, meta.dev, meta.ino);
                     }
                     self.moved.push((t.to_path_buf(), changed_above.to_vec()))
                 })
@@ -260,10 +276,10 @@ impl SandboxWalk<'_> {
             Made::Before => push_link_chain(&path, patterns, real_dirs, |t, meta| {
                 match meta {
                     Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
-                    Some(meta) => self.identities.insert(t, meta),
+                    Some(meta) => self.identities.insert(t, meta.dev, meta.ino),
                     None => {}
                 }
-                self.sure.insert(t.to_path_buf());
+                self.sure.insert(t.as_os_str().as_bytes().to_vec());
             }),
             // Most of Bazel's own links are this recent. Their directories
             // are checked for new hard links too (a check only adds alerts);
@@ -285,21 +301,26 @@ impl SandboxWalk<'_> {
 fn link_sources(
     spawn: &Spawn,
     root: &Path,
-    sure: &HashSet<PathBuf>,
+    sure: &HashSet<Vec<u8>>,
     ambiguous: Vec<(PathBuf, Vec<u8>)>,
     moved: Vec<(PathBuf, Vec<Vec<u8>>)>,
 ) -> LinkSources {
     let only = |target: &PathBuf| {
-        !target.starts_with(root) && !target.ancestors().any(|a| sure.contains(a))
+        // Targets are normal paths: their ancestors are their byte prefixes.
+        let bytes = target.as_os_str().as_bytes();
+        !is_at_or_below(bytes, root.as_os_str().as_bytes())
+            && !crate::actions::links::prefixes(bytes)
+                .chain([&b"/"[..]])
+                .any(|a| sure.contains(a))
     };
-    let mut only_ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    let mut only_ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::default();
     for (target, link_name) in ambiguous.into_iter().filter(|(t, _)| only(t)) {
         let names = only_ambiguous
             .entry(target.into_os_string().into_vec())
             .or_default();
         names.push(link_name);
     }
-    let mut only_moved: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+    let mut only_moved: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::default();
     for (target, dir_names) in moved.into_iter().filter(|(t, _)| only(t)) {
         let names = only_moved
             .entry(target.into_os_string().into_vec())
@@ -309,6 +330,13 @@ fn link_sources(
     // A name made later than this has a file time after the launch.
     let window = PLANT_WINDOW.as_nanos() as u64;
     LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + window).with_moved(only_moved)
+}
+
+/// `path` is `dir` or below it (both normal: `Path::starts_with`, without
+/// parsing components).
+fn is_at_or_below(path: &[u8], dir: &[u8]) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || dir == b"/")
 }
 
 /// How far a link's file time may be from the moment it was made. File
@@ -344,7 +372,9 @@ fn made(meta: &fs::Metadata, launched_at: Option<SystemTime>) -> Made {
 }
 
 /// Resolved directories, cached for one walk: a sandbox's links point
-/// into few directories, and resolving one costs a syscall per component.
+/// into few directories, and resolving one costs a syscall per component;
+/// those directories are held open for the lookups of names in them
+/// ([`DirFds`]).
 /// The report resolves every sandbox input link at the end (200 spawns ×
 /// 300 inputs: 2.3 s of `realpath` on the bench build, measured): the
 /// absolute targets those links share are resolved once (`targets`).
@@ -352,7 +382,14 @@ fn made(meta: &fs::Metadata, launched_at: Option<SystemTime>) -> Made {
 pub(crate) struct RealDirs {
     dirs: HashMap<PathBuf, Option<PathBuf>>,
     targets: HashMap<PathBuf, Option<PathBuf>>,
+    /// Whole paths many spawns ask for (see [`RealDirs::canonicalize_shared`]).
+    shared: HashMap<PathBuf, Option<PathBuf>>,
+    fds: DirFds,
 }
+
+/// Most whole paths remembered by [`RealDirs::canonicalize_shared`]; past
+/// it, paths are resolved each time they are asked for.
+const MAX_SHARED: usize = 1 << 16;
 
 /// Symlinks followed before falling back to `realpath` (the kernel's own
 /// limit is 40).
@@ -366,15 +403,29 @@ impl RealDirs {
         self.canonicalize_within(path, MAX_LINKS)
     }
 
+    /// [`RealDirs::canonicalize`], remembered whole: for paths every
+    /// spawn asks for (the report asks for each input through the main
+    /// execroot, which all sandboxes of a build share).
+    pub(crate) fn canonicalize_shared(&mut self, path: &Path) -> Option<PathBuf> {
+        if let Some(known) = self.shared.get(path) {
+            return known.clone();
+        }
+        let real = self.canonicalize(path);
+        if self.shared.len() < MAX_SHARED {
+            self.shared.insert(path.to_path_buf(), real.clone());
+        }
+        real
+    }
+
     fn canonicalize_within(&mut self, path: &Path, links_left: usize) -> Option<PathBuf> {
-        let meta = fs::symlink_metadata(path).ok()?;
-        if !meta.file_type().is_symlink() {
+        let meta = self.fds.lstat(path).ok()?;
+        if !meta.is_symlink() {
             return self.resolve(path);
         }
         // A link resolves to what its target resolves to; an absolute
         // target of plain names is the same path from any link (others,
         // and long chains, are left to `realpath`).
-        let target = fs::read_link(path).ok()?;
+        let target = self.fds.read_link(path).ok()?;
         let plain = target.is_absolute()
             && target.file_name().is_some()
             && !target.as_os_str().as_bytes().ends_with(b"/")
@@ -396,12 +447,21 @@ impl RealDirs {
     /// The resolved path of `path`, whose last component is no symlink.
     fn resolve(&mut self, path: &Path) -> Option<PathBuf> {
         let (parent, name) = (path.parent()?, path.file_name()?);
-        let dir = self
-            .dirs
-            .entry(parent.to_path_buf())
-            .or_insert_with(|| fs::canonicalize(parent).ok())
-            .clone()?;
-        Some(dir.join(name))
+        if !self.dirs.contains_key(parent) {
+            let real = fs::canonicalize(parent).ok();
+            self.dirs.insert(parent.to_path_buf(), real);
+        }
+        Some(self.dirs.get(parent)?.as_ref()?.join(name))
+    }
+
+    /// Whether `path` is a symlink, and what it leads to (`stat`): one
+    /// `lstat` when it is no symlink (then both are the same).
+    fn look(&mut self, path: &Path) -> (bool, Option<Stat>) {
+        match self.fds.lstat(path) {
+            Ok(meta) if meta.is_symlink() => (true, self.fds.stat(path).ok()),
+            Ok(meta) => (false, Some(meta)),
+            Err(_) => (false, None),
+        }
     }
 }
 
@@ -413,13 +473,13 @@ pub(crate) fn push_link_chain(
     link: &Path,
     patterns: &mut Vec<String>,
     real_dirs: &mut RealDirs,
-    mut declared: impl FnMut(&Path, Option<&fs::Metadata>),
+    mut declared: impl FnMut(&Path, Option<&Stat>),
 ) {
-    let mut push = |target: &Path, meta: Option<&fs::Metadata>, patterns: &mut Vec<String>| {
+    let mut push = |target: &Path, meta: Option<&Stat>, patterns: &mut Vec<String>| {
         patterns.push(if meta.is_some_and(|m| m.is_dir()) {
             pattern_below(target)
         } else {
-            escape_glob(&target.display().to_string())
+            escape_glob(&target.to_string_lossy())
         });
         declared(target, meta);
     };
@@ -428,7 +488,7 @@ pub(crate) fn push_link_chain(
     let mut end_meta = None;
     let mut ended = false;
     for hop in 0..8 {
-        let Ok(target) = fs::read_link(&current) else {
+        let Ok(target) = real_dirs.fds.read_link(&current) else {
             ended = true;
             break;
         };
@@ -436,7 +496,7 @@ pub(crate) fn push_link_chain(
             current.parent().unwrap_or(Path::new("/")),
             &target.to_string_lossy(),
         );
-        let (is_link, meta) = look(&target);
+        let (is_link, meta) = real_dirs.look(&target);
         push(&target, meta.as_ref(), patterns);
         current = target;
         // No readlink that would fail; past 8 hops, `canonicalize` below.
@@ -455,27 +515,23 @@ pub(crate) fn push_link_chain(
         && real != current
     {
         // The same file as the end (its directories resolved).
-        let meta = end_meta.unwrap_or_else(|| look(&real).1);
+        let meta = end_meta.unwrap_or_else(|| real_dirs.look(&real).1);
         push(&real, meta.as_ref(), patterns);
-    }
-}
-
-/// Whether `path` is a symlink, and what it leads to (`stat`): one `lstat`
-/// when it is no symlink (then both are the same).
-fn look(path: &Path) -> (bool, Option<fs::Metadata>) {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => (true, fs::metadata(path).ok()),
-        Ok(meta) => (false, Some(meta)),
-        Err(_) => (false, None),
     }
 }
 
 /// `dir/**`, with glob metacharacters in `dir` escaped.
 pub(crate) fn pattern_below(dir: &Path) -> String {
-    format!("{}/**", escape_glob(&dir.display().to_string()))
+    let mut pattern = escape_glob(&dir.to_string_lossy());
+    pattern.push_str("/**");
+    pattern
 }
 
 pub(crate) fn escape_glob(s: &str) -> String {
+    // Most paths have none (one scan, one copy).
+    if !s.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
@@ -747,6 +803,10 @@ mod tests {
         for path in paths {
             for _ in 0..2 {
                 assert_eq!(real_dirs.canonicalize(&path), fs::canonicalize(&path).ok());
+                assert_eq!(
+                    real_dirs.canonicalize_shared(&path),
+                    fs::canonicalize(&path).ok()
+                );
             }
         }
         assert_eq!(
@@ -801,6 +861,65 @@ mod tests {
         assert_eq!(seen, vec![(root.join("gone"), None)]);
     }
 
+    /// A sandbox a spawn made hostile is read to its end: a directory with
+    /// a non-UTF-8 name, link loops, a target whose name is too long, a
+    /// tree deeper than a path can name (unreadable: its link declares
+    /// nothing, so its target stays undeclared). Controls: the links
+    /// beside them declare their chains.
+    #[test]
+    fn a_hostile_sandbox_is_read_to_its_end() {
+        use nix::{fcntl::OFlag, sys::stat::Mode};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        fs::create_dir_all(root.join("src")).unwrap();
+        for f in ["a", "b", "deep"] {
+            fs::write(root.join("src").join(f), "x").unwrap();
+        }
+        let execroot = root.join("ob/sandbox/linux-sandbox/9/execroot/ws");
+        let odd = execroot.join(OsStr::from_bytes(b"pkg\xff"));
+        fs::create_dir_all(&odd).unwrap();
+        std::os::unix::fs::symlink(root.join("src/a"), odd.join("a")).unwrap();
+        std::os::unix::fs::symlink("loop", execroot.join("loop")).unwrap();
+        std::os::unix::fs::symlink("y", execroot.join("x")).unwrap();
+        std::os::unix::fs::symlink("x", execroot.join("y")).unwrap();
+        let long = root.join("src").join("n".repeat(300));
+        std::os::unix::fs::symlink(&long, execroot.join("long")).unwrap();
+        std::os::unix::fs::symlink(root.join("src/b"), execroot.join("b")).unwrap();
+        // Deeper than PATH_MAX: made one directory at a time, relative.
+        let mut dir = nix::fcntl::open(&execroot, OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let name = "d".repeat(250);
+        for _ in 0..20 {
+            nix::sys::stat::mkdirat(&dir, name.as_str(), Mode::S_IRWXU).unwrap();
+            dir =
+                nix::fcntl::openat(&dir, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        }
+        nix::unistd::symlinkat(&root.join("src/deep"), &dir, "deep").unwrap();
+        let spawn = parse_launch(
+            &argv(&[
+                "linux-sandbox",
+                "-W",
+                execroot.to_str().unwrap(),
+                "--",
+                "true",
+            ]),
+            Path::new("/"),
+        );
+        let (patterns, _, identities) = declared_patterns(&spawn);
+        let m = matcher(&patterns);
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert!(m.matches(&b(&root.join("src/a"))), "below a non-UTF-8 name");
+        assert!(m.matches(&b(&root.join("src/b"))), "beside the loops");
+        assert!(
+            m.matches(&b(&long)),
+            "a target too long to stat is still named"
+        );
+        assert!(
+            !m.matches(&b(&root.join("src/deep"))),
+            "read beyond PATH_MAX"
+        );
+        assert_eq!(identities.count(), 2, "a and b, nothing from the loops");
+    }
+
     #[test]
     fn writable_dirs_outside_the_sandbox_are_kept_apart() {
         let ob = "/tmp/ob/sandbox/linux-sandbox/7/execroot/ws";
@@ -819,6 +938,26 @@ mod tests {
             Path::new(ob),
         );
         assert_eq!(writable_patterns(&spawn), vec!["/tmp/**", "/dev/shm/**"]);
+    }
+
+    /// As `Path::starts_with` answers for normal paths.
+    #[test]
+    fn at_or_below_is_by_whole_components() {
+        for (path, dir) in [
+            ("/a/b", "/a"),
+            ("/a", "/a"),
+            ("/ab", "/a"),
+            ("/a/b", "/a/b/c"),
+            ("/a", "/"),
+            ("/", "/"),
+            ("/b", "/a"),
+        ] {
+            assert_eq!(
+                is_at_or_below(path.as_bytes(), dir.as_bytes()),
+                Path::new(path).starts_with(dir),
+                "{path} below {dir}"
+            );
+        }
     }
 
     #[test]

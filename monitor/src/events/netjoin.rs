@@ -4,12 +4,12 @@
 //! result of the same call; it goes on without one when none comes in
 //! time (io_uring and TCP fast open connects never get one, and a connect
 //! may block for minutes).
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use crate::events::decode::{Connect, Event};
+use crate::{
+    events::decode::{Connect, Event},
+    hashing::HashMap,
+};
 
 /// How long a hook connect waits for its syscall result.
 pub const RESULT_WAIT: Duration = Duration::from_millis(300);

@@ -17,6 +17,19 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
     if is_normal(path) {
         return path.to_vec();
     }
+    normalize_parts(path)
+}
+
+/// [`normalize`], keeping `path`'s buffer when it is normal already (the
+/// per-event path: one allocation fewer).
+fn normalize_owned(path: Vec<u8>) -> Vec<u8> {
+    if is_normal(&path) {
+        return path;
+    }
+    normalize_parts(&path)
+}
+
+fn normalize_parts(path: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|&b| b == b'/') {
         match part {
@@ -27,12 +40,12 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
             _ => parts.push(part),
         }
     }
-    join_absolute(parts)
+    join_absolute(parts, path.len() + 1)
 }
 
 /// Already absolute and normal (the common case, checked without
 /// allocating): no empty, `.` or `..` component, no trailing `/`.
-fn is_normal(path: &[u8]) -> bool {
+pub(crate) fn is_normal(path: &[u8]) -> bool {
     if path == b"/" {
         return true;
     }
@@ -54,7 +67,19 @@ pub fn resolve(base_dir: &[u8], path: &[u8]) -> Vec<u8> {
     joined.extend_from_slice(base_dir);
     joined.push(b'/');
     joined.extend_from_slice(path);
-    normalize(&joined)
+    normalize_owned(joined)
+}
+
+/// `resolve(&dir_from_components(dir), path)`, built in one buffer (the
+/// per-event path of a relative name).
+pub fn resolve_in_components(dir: &[u8], path: &[u8]) -> Vec<u8> {
+    if path.first() == Some(&b'/') {
+        return normalize(path);
+    }
+    let mut joined = components_with_room(dir, 1 + path.len());
+    joined.push(b'/');
+    joined.extend_from_slice(path);
+    normalize_owned(joined)
 }
 
 /// Decodes a directory captured by the kernel. The kernel walks dentries from
@@ -63,11 +88,17 @@ pub fn resolve(base_dir: &[u8], path: &[u8]) -> Vec<u8> {
 /// ignored, and so is a component `/` (the root dentry's own name), so an
 /// empty buffer is `/`.
 pub fn dir_from_components(buf: &[u8]) -> Vec<u8> {
+    components_with_room(buf, 0)
+}
+
+/// [`dir_from_components`], with room for `extra` more bytes.
+fn components_with_room(buf: &[u8], extra: usize) -> Vec<u8> {
     let parts = buf
         .split(|&b| b == 0)
         .filter(|c| !c.is_empty() && *c != b"/")
         .rev();
-    join_absolute(parts)
+    // Each name and its NUL become `/` and the name: no regrowing.
+    join_absolute(parts, buf.len() + 1 + extra)
 }
 
 /// Renders a path for humans and JSON: valid UTF-8 passes through unchanged,
@@ -86,8 +117,8 @@ pub fn escape_for_display(bytes: &[u8]) -> String {
 }
 
 /// `/` followed by the parts joined with `/`; `/` alone when there are none.
-fn join_absolute<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
+fn join_absolute<'a>(parts: impl IntoIterator<Item = &'a [u8]>, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
     for part in parts {
         out.push(b'/');
         out.extend_from_slice(part);
@@ -150,6 +181,26 @@ mod tests {
         assert_eq!(dir_from_components(b"c\0a\0/\0"), b"/a/c");
         assert_eq!(dir_from_components(b"c\0b"), b"/b/c");
         assert_eq!(dir_from_components(b"\xff\0tmp\0"), b"/tmp/\xff");
+    }
+
+    #[test]
+    fn resolving_in_components_is_resolving_their_directory() {
+        for (dir, path) in [
+            (&b"c\0b\0a\0"[..], &b"x/../y.txt"[..]),
+            (b"c\0b\0a\0", b"../../../../up"),
+            (b"c\0b\0a\0", b"/etc//hosts"),
+            (b"", b"a"),
+            (b"", b""),
+            (b"c\0a\0/\0", b"."),
+            (b"\xff\0tmp\0", b"f\xfe"),
+            (b"only\0", b"dir/"),
+        ] {
+            assert_eq!(
+                resolve_in_components(dir, path),
+                resolve(&dir_from_components(dir), path)
+            );
+        }
+        assert_eq!(resolve_in_components(b"b\0a\0", b"f"), b"/a/b/f");
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! What each monitored process runs: pid → executable, from exec events,
 //! falling back to `/proc/<pid>/exe` for processes that had already exec'd
 //! when they entered a monitored cgroup.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
-use crate::events::paths;
+use crate::{
+    events::paths,
+    hashing::{HashMap, HashSet},
+};
 
 #[derive(Default)]
 pub struct ProcessTable {
     exe: HashMap<u32, Arc<str>>,
     /// Processes already reported for setting up an io_uring.
-    io_uring: std::collections::HashSet<u32>,
+    io_uring: HashSet<u32>,
     /// The action (cgroup id) each live monitored process exec'd in.
     action: HashMap<u32, u64>,
 }

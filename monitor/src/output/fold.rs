@@ -9,13 +9,13 @@
 //! and what is kept per action is bounded: at most `budget` alerts and one
 //! summary per kind.
 use std::{
-    collections::HashMap,
     hash::BuildHasher as _,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use crate::{
+    hashing::HashMap,
     output::alert::{Alert, AlertKind, SummaryInfo},
     policy::judge::Target,
 };

@@ -2,12 +2,11 @@
 //! which process's keys to take when it ends, and how the first open of
 //! each was judged, so its repeats land in the same alert's `count` (and
 //! in `events_total` and `violations_total`) exactly.
-use std::collections::HashMap;
-
 use monitor_common::SeenKey;
 
 use crate::{
     events::decode::{Origin, Repeats},
+    hashing::HashMap,
     kernel::seen::SeenCounts,
     output::alert::Alert,
     policy::judge::Target,

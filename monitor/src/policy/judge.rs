@@ -663,8 +663,10 @@ mod tests {
     #[test]
     fn a_target_only_moved_in_links_declare_falls_after_a_rename_to_their_directory() {
         let p = policy();
-        let moved =
-            std::collections::HashMap::from([(b"/src/secret".to_vec(), vec![b"stash".to_vec()])]);
+        let moved = crate::hashing::HashMap::from_iter([(
+            b"/src/secret".to_vec(),
+            vec![b"stash".to_vec()],
+        )]);
         let view = spawn_view_with(crate::actions::links::LinkSources::default().with_moved(moved));
         let read = open("/src/secret", 0, 3);
         assert!(!judge(&p, &view, &read), "nothing renamed yet");

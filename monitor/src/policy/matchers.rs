@@ -1,7 +1,7 @@
 //! Matching events against what is allowed: file path patterns and network
 //! rules. Pure logic, no I/O, so the verdict for any event can be unit-tested.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -56,14 +56,15 @@ pub struct PathMatcher {
 }
 
 /// Shared with other matchers ([`crate::actions::shared_paths`]).
-type Paths = HashSet<std::sync::Arc<[u8]>>;
+type Paths = crate::hashing::HashSet<std::sync::Arc<[u8]>>;
 
 /// A pattern that needs no glob matching.
 #[derive(Debug, PartialEq)]
-enum LiteralForm {
-    Exact(Vec<u8>),
+enum LiteralForm<'a> {
+    /// Borrowed from the pattern when nothing in it was escaped.
+    Exact(Cow<'a, [u8]>),
     /// `dir/**` as `dir/`.
-    Below(Vec<u8>),
+    Below(&'a [u8]),
 }
 
 /// The literal form of a normalised pattern, when it has one that matches
@@ -72,14 +73,16 @@ enum LiteralForm {
 /// or a one-character class of `*?[]{}`), or `dir/**` with no escapes in
 /// `dir` (globset matches those by prefix; an escaped one goes to its
 /// regex, whose `.` does not match a newline).
-fn literal_form(pattern: &str) -> Option<LiteralForm> {
+fn literal_form(pattern: &str) -> Option<LiteralForm<'_>> {
+    const META: [char; 8] = ['*', '?', '[', ']', '{', '}', ',', '\\'];
     if let Some(dir) = pattern.strip_suffix("/**") {
-        if dir.contains(['*', '?', '[', ']', '{', '}', ',', '\\']) {
+        if dir.contains(META) {
             return None;
         }
-        let mut below = dir.as_bytes().to_vec();
-        below.push(b'/');
-        return Some(LiteralForm::Below(below));
+        return Some(LiteralForm::Below(&pattern.as_bytes()[..dir.len() + 1]));
+    }
+    if !pattern.contains(META) {
+        return Some(LiteralForm::Exact(Cow::Borrowed(pattern.as_bytes())));
     }
     let mut exact = String::with_capacity(pattern.len());
     let mut chars = pattern.chars();
@@ -97,13 +100,13 @@ fn literal_form(pattern: &str) -> Option<LiteralForm> {
             c => exact.push(c),
         }
     }
-    Some(LiteralForm::Exact(exact.into_bytes()))
+    Some(LiteralForm::Exact(Cow::Owned(exact.into_bytes())))
 }
 
 impl PathMatcher {
     pub fn new(patterns: &[String]) -> Result<PathMatcher, PatternError> {
         let mut builder = GlobSetBuilder::new();
-        let (mut exact, mut below) = (Paths::new(), Paths::new());
+        let (mut exact, mut below) = (Paths::default(), Paths::default());
         for (index, pattern) in patterns.iter().enumerate() {
             let error = |reason: String| PatternError {
                 index,
@@ -115,15 +118,21 @@ impl PathMatcher {
             }
             // Normalising only removes ASCII bytes and whole components from
             // valid UTF-8, so the result is still valid UTF-8.
-            let normalized = String::from_utf8(paths::normalize(pattern.as_bytes()))
-                .expect("normalising UTF-8 keeps it UTF-8");
+            let normalized: Cow<str> = if paths::is_normal(pattern.as_bytes()) {
+                Cow::Borrowed(pattern)
+            } else {
+                Cow::Owned(
+                    String::from_utf8(paths::normalize(pattern.as_bytes()))
+                        .expect("normalising UTF-8 keeps it UTF-8"),
+                )
+            };
             match literal_form(&normalized) {
                 Some(LiteralForm::Exact(path)) => {
                     exact.insert(crate::actions::shared_paths::shared(&path));
                     continue;
                 }
                 Some(LiteralForm::Below(dir)) => {
-                    below.insert(crate::actions::shared_paths::shared(&dir));
+                    below.insert(crate::actions::shared_paths::shared(dir));
                     continue;
                 }
                 None => {}
@@ -354,14 +363,12 @@ mod tests {
     #[test]
     fn literal_forms_are_only_taken_when_exact() {
         use LiteralForm::*;
-        assert_eq!(literal_form("/a/b"), Some(Exact(b"/a/b".to_vec())));
-        assert_eq!(
-            literal_form("/a[*]b/[[]x[]]"),
-            Some(Exact(b"/a*b/[x]".to_vec()))
-        );
-        assert_eq!(literal_form("/a\\*b"), Some(Exact(b"/a*b".to_vec())));
-        assert_eq!(literal_form("/a/**"), Some(Below(b"/a/".to_vec())));
-        assert_eq!(literal_form("/**"), Some(Below(b"/".to_vec())));
+        let exact = |p: &[u8]| Some(Exact(p.to_vec().into()));
+        assert_eq!(literal_form("/a/b"), exact(b"/a/b"));
+        assert_eq!(literal_form("/a[*]b/[[]x[]]"), exact(b"/a*b/[x]"));
+        assert_eq!(literal_form("/a\\*b"), exact(b"/a*b"));
+        assert_eq!(literal_form("/a/**"), Some(Below(b"/a/")));
+        assert_eq!(literal_form("/**"), Some(Below(b"/")));
         for glob in [
             "/a/*", "/a/?", "/a/[ab]", "/a/[!b]", "/a/{b,c}", "/a/b,c", "/a[*]/**", "/a/*/**",
             "/a/b\\", "/a/[*", "/a/[\\]",
