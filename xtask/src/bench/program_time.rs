@@ -2,8 +2,9 @@
 //! own accounting: with `kernel.bpf_stats_enabled` set, each program's fd
 //! shows its run count and summed run time (`run_cnt`, `run_time_ns` in
 //! `/proc/<pid>/fdinfo`). The timed rows swing by ±15 % from run to run on
-//! these VMs; this count does not, so it says what the hooks cost where the
-//! timed medians cannot tell a few points from noise. Two things are in it
+//! these VMs; this count swings far less (it still rises a little when the
+//! other vCPU is busy), so it says what the hooks cost where the timed
+//! medians cannot tell a few points from noise. Two things are in it
 //! that are not the programs': the clock read around each run (the floor's
 //! row, an empty program, is that bias) and other processes' syscalls
 //! running the same hook meanwhile (the runs-per-operation column shows

@@ -21,7 +21,8 @@ pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
         "One run per setup and workload after the rounds, with `kernel.bpf_stats_enabled` on: the \
          kernel sums each program's run time and runs (`run_time_ns`, `run_cnt` in its fd's \
          fdinfo), every program of the setup together, divided by the worker's operations (warm-up \
-         included). Unlike the timed rows, this does not swing with the machine's noise. Each run's \
+         included). It swings far less than the timed rows with the machine's noise (it still \
+         rises a little when the other vCPU is busy). Each run's \
          time includes the clock read around it: the floor's time per run (an empty program) is \
          that bias, so \"above the floor\" is the setup's time less its runs times the floor's \
          time per run: what the monitor's programs themselves add; in points of the bare median \
