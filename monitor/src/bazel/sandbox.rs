@@ -577,6 +577,20 @@ mod tests {
         out
     }
 
+    /// `linux-sandbox -W <execroot> -- true`, launched from `/`.
+    fn sandbox_launch(execroot: &Path) -> Spawn {
+        parse_launch(
+            &argv(&[
+                "linux-sandbox",
+                "-W",
+                execroot.to_str().unwrap(),
+                "--",
+                "true",
+            ]),
+            Path::new("/"),
+        )
+    }
+
     #[test]
     fn linux_sandbox_argv_gives_execroot_writable_dirs_and_command() {
         let ob = "/tmp/ob/sandbox/linux-sandbox/7/execroot/ws";
@@ -653,16 +667,7 @@ mod tests {
         fs::create_dir_all(&execroot).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", execroot.join("old")).unwrap();
         let launch = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-        let mut spawn = parse_launch(
-            &argv(&[
-                "linux-sandbox",
-                "-W",
-                execroot.to_str().unwrap(),
-                "--",
-                "true",
-            ]),
-            Path::new("/"),
-        );
+        let mut spawn = sandbox_launch(&execroot);
         spawn.launched_at = Some(launch);
         assert!(matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"));
         spawn.launched_at = Some(launch - std::time::Duration::from_secs(60));
@@ -735,16 +740,7 @@ mod tests {
         fs::write(src.join("lib/lib.txt"), "x").unwrap();
         std::os::unix::fs::symlink(src.join("lib"), main.join("lib")).unwrap();
         std::os::unix::fs::symlink(main.join("lib/lib.txt"), execroot.join("pkg/lib.txt")).unwrap();
-        let spawn = parse_launch(
-            &argv(&[
-                "linux-sandbox",
-                "-W",
-                execroot.to_str().unwrap(),
-                "--",
-                "true",
-            ]),
-            Path::new("/"),
-        );
+        let spawn = sandbox_launch(&execroot);
         let m = matcher(&declared_patterns(&spawn).0);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         assert!(m.matches(&b(&execroot.join("pkg/in.txt"))));
@@ -894,16 +890,7 @@ mod tests {
                 nix::fcntl::openat(&dir, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         }
         nix::unistd::symlinkat(&root.join("src/deep"), &dir, "deep").unwrap();
-        let spawn = parse_launch(
-            &argv(&[
-                "linux-sandbox",
-                "-W",
-                execroot.to_str().unwrap(),
-                "--",
-                "true",
-            ]),
-            Path::new("/"),
-        );
+        let spawn = sandbox_launch(&execroot);
         let (patterns, _, identities) = declared_patterns(&spawn);
         let m = matcher(&patterns);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
