@@ -263,7 +263,7 @@ fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
 fn is_loopback(a: &[u8; 16]) -> bool {
     let zero10 = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0;
     let v6_one = zero10 && a[10] | a[11] | a[12] | a[13] | a[14] == 0 && a[15] == 1;
-    let v4 = zero10 && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+    let v4 = listeners::is_v4_mapped(a) && a[12] == 127;
     v6_one || v4
 }
 

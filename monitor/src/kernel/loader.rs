@@ -550,9 +550,6 @@ fn raise_memlock_limit() {
     }
 }
 
-/// The syscall hook reads the saved user registers at fixed offsets (the
-/// x86_64 ptrace ABI), and the task's compat status at a constant offset:
-/// check them against BTF before loading.
 /// The kernel object with its maps created, its ring `ring_bytes` and the
 /// offsets the verifier must know set as read-only globals, not SETTINGS
 /// fields (monitor-ebpf/src/offsets.rs); no program loaded yet.
@@ -574,6 +571,9 @@ fn load_object(offsets: &KernelOffsets, ring_bytes: u32) -> anyhow::Result<Ebpf>
         .context("loading the kernel programs failed")
 }
 
+/// The syscall hook reads the saved user registers at fixed offsets (the
+/// x86_64 ptrace ABI), and the task's compat status at a constant offset:
+/// check them against BTF before loading.
 fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
     let off = |ty: &str, member: &str| {
         btf.member_offset(ty, member)
@@ -595,7 +595,7 @@ fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
             );
         }
     }
-    // `seen::key_of` reads a `struct path` in one 16-byte read.
+    // `object::identity` takes a `struct path` as two adjacent words.
     let (mnt, dentry) = (off("path", "mnt")?, off("path", "dentry")?);
     if !matches!((mnt, dentry), (0, 8) | (8, 0)) {
         bail!(
