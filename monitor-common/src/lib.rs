@@ -656,6 +656,20 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 pub const LOST_LINEAGE_FULL: u32 = 1;
 pub const LOST_REASONS: u32 = 2;
 
+/// The helper number the programs call `bpf_rdonly_cast` by: aya 0.14 cannot
+/// emit a kfunc call, so the programs call this (unused) helper number and
+/// the loader rewrites each such call into the kfunc call
+/// (`monitor/src/kernel/kfuncs.rs`). No kernel has a helper this high.
+pub const KFUNC_MARK_RDONLY_CAST: i32 = 0x4b46_0001;
+
+/// The read-only global holding the kernel BTF id of `struct file`, the
+/// type the programs cast an open file to (set by the loader).
+pub const BTF_ID_STRUCT_FILE: &str = "BTF_ID_STRUCT_FILE";
+
+/// The read-only global holding the kernel BTF id of a struct whose first
+/// member is a `struct file *`: an fd table slot is cast to it.
+pub const BTF_ID_FILE_SLOT: &str = "BTF_ID_FILE_SLOT";
+
 /// The offsets the programs take as load-time constants (frozen read-only
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.

@@ -16,6 +16,7 @@
 mod dpath;
 mod emit;
 mod filter;
+mod kfunc;
 mod lineage;
 mod maps;
 mod object;

@@ -43,6 +43,8 @@ pub struct Scratch {
     pub walk_pos: u64,
     /// Copies an open file's identity is read from (`object`).
     pub windows: Windows,
+    /// Where `kfunc::plain` passes a typed pointer through.
+    pub plain: u64,
 }
 
 #[map]

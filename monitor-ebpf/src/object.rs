@@ -16,7 +16,7 @@ use crate::{
         OFF_INODE_I_MODE, OFF_INODE_I_NLINK, OFF_INODE_I_SB, OFF_PATH_MNT, OFF_SB_S_DEV,
         OFF_SB_S_MAGIC, get,
     },
-    task::read,
+    task::{load, read},
 };
 
 /// Bytes copied from the start of each structure. On 6.18 the fields used
@@ -80,7 +80,8 @@ impl Window {
 /// The fields of an open file that its repeat key (`seen`) and its
 /// description need, read once.
 pub struct Identity {
-    pub inode: u64,
+    /// The `struct file *` itself, as a number.
+    file: u64,
     pub ino: u64,
     pub f_mode: u32,
     pub generation: u32,
@@ -89,50 +90,140 @@ pub struct Identity {
     pub dentry: u64,
     nlink: u32,
     i_mode: u16,
+    /// `i_sb`: a number for `Copied`, a typed pointer for `Typed`.
     sb: u64,
 }
 
-/// Reads the `Identity` of `file` (a `struct file *`), with `w` as room
-/// for the copies.
+impl Identity {
+    /// No object (a failed open, a name change).
+    pub const NONE: Identity = Identity {
+        file: 0,
+        ino: 0,
+        f_mode: 0,
+        generation: 0,
+        mnt: 0,
+        dentry: 0,
+        nlink: 0,
+        i_mode: 0,
+        sb: 0,
+    };
+}
+
+/// How a program reads an open file's structures.
+pub trait Reader {
+    /// The `struct file *` behind the current task's descriptor `fd`, as a
+    /// plain number, or 0.
+    fn file_of_fd(fd: i32) -> u64;
+    /// Reads the `Identity` of `file` (a `struct file *`), with `w` as
+    /// room for copies.
+    fn identity(file: u64, w: &mut Windows) -> Identity;
+    /// The super block's device and magic (`sb` as `identity` gave it).
+    fn super_block(sb: u64, w: &mut Windows) -> (u32, u64);
+}
+
+/// Any program type: a probe read of the first `WINDOW` bytes of the file
+/// and of its inode, the fields picked out of those copies.
+pub struct Copied;
+
+/// The BTF tracepoint: the file cast to a typed pointer (`kfunc::as_file`);
+/// every field, and the inode and super block behind it, is a plain load.
+/// No helper call after the fd slot's.
+pub struct Typed;
+
+impl Reader for Copied {
+    #[inline(always)]
+    fn file_of_fd(fd: i32) -> u64 {
+        crate::task::file_of_fd(fd)
+    }
+
+    #[inline(always)]
+    fn identity(file: u64, w: &mut Windows) -> Identity {
+        w.file.load(file);
+        let inode: u64 = w.file.field(get(&OFF_FILE_F_INODE));
+        w.inode.load(inode);
+        let path = get(&OFF_FILE_PATH);
+        let (mnt, dentry) = mnt_and_dentry(w.file.field(path), w.file.field(path + 8));
+        Identity {
+            file,
+            ino: w.inode.field(get(&OFF_INODE_I_INO)),
+            f_mode: w.file.field(get(&OFF_FILE_F_MODE)),
+            generation: w.inode.field(get(&OFF_INODE_I_GENERATION)),
+            mnt,
+            dentry,
+            nlink: w.inode.field(get(&OFF_INODE_I_NLINK)),
+            i_mode: w.inode.field(get(&OFF_INODE_I_MODE)),
+            sb: w.inode.field(get(&OFF_INODE_I_SB)),
+        }
+    }
+
+    #[inline(always)]
+    fn super_block(sb: u64, w: &mut Windows) -> (u32, u64) {
+        w.sb.load(sb);
+        (
+            w.sb.field(get(&OFF_SB_S_DEV)),
+            w.sb.field(get(&OFF_SB_S_MAGIC)),
+        )
+    }
+}
+
+impl Reader for Typed {
+    #[inline(always)]
+    fn file_of_fd(fd: i32) -> u64 {
+        crate::task::file_of_fd_cast(fd)
+    }
+
+    #[inline(always)]
+    fn identity(file: u64, _: &mut Windows) -> Identity {
+        let f = crate::kfunc::as_file(file);
+        let inode: *const u8 = load(f, get(&OFF_FILE_F_INODE) as usize);
+        let path = get(&OFF_FILE_PATH);
+        let (mnt, dentry) = mnt_and_dentry(load(f, path as usize), load(f, (path + 8) as usize));
+        Identity {
+            file,
+            ino: load(inode, get(&OFF_INODE_I_INO) as usize),
+            f_mode: load(f, get(&OFF_FILE_F_MODE) as usize),
+            generation: load(inode, get(&OFF_INODE_I_GENERATION) as usize),
+            mnt,
+            dentry,
+            nlink: load(inode, get(&OFF_INODE_I_NLINK) as usize),
+            i_mode: load(inode, get(&OFF_INODE_I_MODE) as usize),
+            sb: load(inode, get(&OFF_INODE_I_SB) as usize),
+        }
+    }
+
+    #[inline(always)]
+    fn super_block(sb: u64, _: &mut Windows) -> (u32, u64) {
+        let sb = sb as *const u8;
+        (
+            load(sb, get(&OFF_SB_S_DEV) as usize),
+            load(sb, get(&OFF_SB_S_MAGIC) as usize),
+        )
+    }
+}
+
+/// `struct path` is { mnt, dentry } (the loader checks which comes first).
 #[inline(always)]
-pub fn identity(file: u64, w: &mut Windows) -> Identity {
-    w.file.load(file);
-    let inode: u64 = w.file.field(get(&OFF_FILE_F_INODE));
-    w.inode.load(inode);
-    // `struct path` is { mnt, dentry } (the loader checks which comes first).
-    let path = get(&OFF_FILE_PATH);
-    let (first, second): (u64, u64) = (w.file.field(path), w.file.field(path + 8));
-    let (mnt, dentry) = if get(&OFF_PATH_MNT) == 0 {
+fn mnt_and_dentry(first: u64, second: u64) -> (u64, u64) {
+    if get(&OFF_PATH_MNT) == 0 {
         (first, second)
     } else {
         (second, first)
-    };
-    Identity {
-        inode,
-        ino: w.inode.field(get(&OFF_INODE_I_INO)),
-        f_mode: w.file.field(get(&OFF_FILE_F_MODE)),
-        generation: w.inode.field(get(&OFF_INODE_I_GENERATION)),
-        mnt,
-        dentry,
-        nlink: w.inode.field(get(&OFF_INODE_I_NLINK)),
-        i_mode: w.inode.field(get(&OFF_INODE_I_MODE)),
-        sb: w.inode.field(get(&OFF_INODE_I_SB)),
     }
 }
 
 /// Fills the identity fields of `ev` from `file`'s `Identity`, reading its
-/// super block into `w`.
+/// super block (into `w` for `Copied`).
 #[inline(always)]
-pub fn describe(o: &KernelOffsets, id: &Identity, w: &mut Windows, ev: &mut FileEvent) {
-    w.sb.load(id.sb);
+pub fn describe<R: Reader>(o: &KernelOffsets, id: &Identity, w: &mut Windows, ev: &mut FileEvent) {
+    let (dev, magic) = R::super_block(id.sb, w);
     ev.ino = id.ino;
-    ev.dev = w.sb.field(get(&OFF_SB_S_DEV));
-    ev.fs_magic = w.sb.field::<u64>(get(&OFF_SB_S_MAGIC)) as u32;
+    ev.dev = dev;
+    ev.fs_magic = magic as u32;
     ev.nlink = id.nlink;
     ev.f_mode = id.f_mode;
     ev.i_mode = id.i_mode as u32;
     ev.proc_tgid = if ev.fs_magic == PROC_SUPER_MAGIC {
-        proc_owner(o, id.inode)
+        proc_owner(o, read(id.file, get(&OFF_FILE_F_INODE)))
     } else {
         0
     };

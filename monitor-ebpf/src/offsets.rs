@@ -37,6 +37,12 @@ load_time_offsets!(
     OFF_INODE_I_GENERATION,
     OFF_SB_S_DEV,
     OFF_SB_S_MAGIC,
+    // Not an offset: the BTF id of `struct file` (`kfunc::rdonly_cast`),
+    // named by `monitor_common::BTF_ID_STRUCT_FILE`.
+    BTF_ID_STRUCT_FILE,
+    // The BTF id of a struct whose first member is a `struct file *`
+    // (`monitor_common::BTF_ID_FILE_SLOT`).
+    BTF_ID_FILE_SLOT,
 );
 
 /// The value the loader set.

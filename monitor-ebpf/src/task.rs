@@ -73,7 +73,7 @@ pub fn netns_inum(o: &KernelOffsets) -> u32 {
 /// `offset` a verifier-known constant. The JIT makes it a plain load
 /// guarded by an exception-table entry, not a helper call.
 #[inline(always)]
-fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     // SAFETY: checked by the verifier against BTF; a fault reads 0.
     unsafe { core::ptr::read_volatile(base.add(offset).cast::<T>()) }
 }
@@ -94,6 +94,29 @@ fn typed_current_task() -> *const u8 {
 /// (its index is not a constant).
 #[inline(always)]
 pub fn file_of_fd(fd: i32) -> u64 {
+    let slot = fd_slot(fd);
+    if slot == 0 {
+        return 0;
+    }
+    read(slot, 0)
+}
+
+/// As `file_of_fd`, with the slot cast to a typed pointer too
+/// (`kfunc::as_file_slot`): no helper call at all. The BTF tracepoint's
+/// reads only (see `kfunc`).
+#[inline(always)]
+pub fn file_of_fd_cast(fd: i32) -> u64 {
+    let slot = fd_slot(fd);
+    if slot == 0 {
+        return 0;
+    }
+    crate::kfunc::plain(load(crate::kfunc::as_file_slot(slot), 0))
+}
+
+/// The address of descriptor `fd`'s slot in the current task's fd table
+/// (a plain number), or 0.
+#[inline(always)]
+fn fd_slot(fd: i32) -> u64 {
     if fd < 0 {
         return 0;
     }
@@ -113,5 +136,5 @@ pub fn file_of_fd(fd: i32) -> u64 {
     if fd_array == 0 {
         return 0;
     }
-    read(fd_array + (fd as u64) * 8, 0)
+    fd_array + (fd as u64) * 8
 }

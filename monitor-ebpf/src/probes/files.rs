@@ -27,7 +27,7 @@ use crate::{
     emit::{fill_header, submit},
     filter::Match,
     maps::{HOST_ROOT_DENTRY, SCRATCH, Scratch},
-    object,
+    object::{self, Identity, Reader},
     probes::syscalls::Syscall,
     seen::{self, Seen},
     task::{current_task, file_of_fd, parent_tgid_typed, read},
@@ -129,41 +129,49 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
     })
 }
 
-pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
     let args = open_args(call)?;
     // The object the kernel opened, when there is one; else the name's base.
     // Only the open family returns a descriptor.
     let opens = args.syscall <= SYSCALL_OPEN_BY_HANDLE_AT;
     let file = if call.ret >= 0 && opens {
-        file_of_fd(call.ret as i32)
+        R::file_of_fd(call.ret as i32)
     } else {
         0
     };
-    report(settings, &call.m, &args, call.ret, file)
+    report::<R>(settings, &call.m, &args, call.ret, file)
 }
 
 /// Reports an open by `m`'s task that returned `ret`; `file` is the
 /// `struct file` opened (0 for a failed open). Repeats are only counted.
-pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
+pub fn report<R: Reader>(
+    settings: &Settings,
+    m: &Match,
+    args: &OpenArgs,
+    ret: i64,
+    file: u64,
+) -> Option<()> {
     let o = &settings.offsets;
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
-    let id = if file != 0 {
-        Some(object::identity(file, &mut scratch.windows))
+    // Plain initialised values rather than Options: LLVM spills the
+    // uninitialised payload of a `None`, which the verifier refuses to read.
+    let has_object = file != 0;
+    let id = if has_object {
+        R::identity(file, &mut scratch.windows)
     } else {
-        None
+        Identity::NONE
     };
-    let seen = if let Some(id) = &id {
-        let key = seen::key_of(id, args.flags, m);
+    let key = seen::key_of(&id, args.flags, m);
+    let mut tracked = false;
+    if has_object {
         match seen::check(&key) {
             Seen::Repeat => return Some(()),
-            Seen::First => Some(key),
-            Seen::Untracked => None,
+            Seen::First => tracked = true,
+            Seen::Untracked => {}
         }
-    } else {
-        None
-    };
+    }
     let ev: &mut FileEvent = &mut scratch.event;
     fill_header(
         &mut ev.header,
@@ -178,7 +186,7 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     ev.result = ret;
     clear_identity(ev);
     let mut hflags = 0;
-    if let Some(key) = seen {
+    if tracked {
         hflags |= FLAG_TRACKED;
         ev.generation = key.generation;
         ev.access_class = key.access_class;
@@ -189,9 +197,9 @@ pub fn report(settings: &Settings, m: &Match, args: &OpenArgs, ret: i64, file: u
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
     // One walk call site (the walk itself is a global function, verified
     // once per program, see `dpath_walk`).
-    let walk_from = if let Some(id) = &id {
+    let walk_from = if has_object {
         hflags |= FLAG_OBJECT;
-        object::describe(o, id, &mut scratch.windows, &mut scratch.event);
+        object::describe::<R>(o, &id, &mut scratch.windows, &mut scratch.event);
         Some(file + o.file_path as u64)
     } else if path_len > 0 && scratch.data[0] != b'/' {
         Some(name_base(settings, args.dirfd))

@@ -12,6 +12,7 @@ use monitor_common::{
 use crate::{
     emit::{fill_header, submit},
     maps::{SCRATCH, Scratch},
+    object::Reader,
     probes::{
         files::{self, AT_FDCWD, O_WRONLY, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
@@ -40,7 +41,7 @@ fn new_name(call: &Syscall) -> u64 {
     }
 }
 
-pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
     if call.ret != 0 {
         return None;
     }
@@ -59,7 +60,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
             flags: O_WRONLY,
             mode: 0,
         };
-        let _ = files::report(settings, &call.m, &args, call.ret, 0);
+        let _ = files::report::<R>(settings, &call.m, &args, call.ret, 0);
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.

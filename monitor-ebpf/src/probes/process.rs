@@ -24,7 +24,7 @@ use crate::{
     filter::{self, Match},
     lineage,
     maps::{SCRATCH, SETTINGS, Scratch},
-    object,
+    object::{self, Copied, Reader},
     probes::files::clear_identity,
     task::{current_task, parent_tgid_typed, read},
     workers,
@@ -115,8 +115,8 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let exe_path = if exe == 0 {
         0
     } else {
-        let id = object::identity(exe, &mut scratch.windows);
-        object::describe(o, &id, &mut scratch.windows, &mut scratch.event);
+        let id = Copied::identity(exe, &mut scratch.windows);
+        object::describe::<Copied>(o, &id, &mut scratch.windows, &mut scratch.event);
         exe + o.file_path as u64
     };
     let len = walk_dir(exe_path, 0, &mut scratch.event.header.flags);

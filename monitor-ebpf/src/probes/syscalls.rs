@@ -17,6 +17,7 @@ use monitor_common::{
 use crate::{
     filter,
     maps::SETTINGS,
+    object::{Copied, Reader, Typed},
     probes::{compat, files, links, net, packet, process},
     task::read,
 };
@@ -46,6 +47,8 @@ fn is_file_syscall(nr: u64) -> bool {
 /// How the saved user registers are read: directly through the typed
 /// pointer a BTF tracepoint gets, or with a probe read from a raw tracepoint.
 pub trait Regs {
+    /// How this program reads an open file's structures.
+    type Objects: Reader;
     fn get(&self, offset: u32) -> u64;
 }
 
@@ -54,6 +57,7 @@ pub trait Regs {
 struct BtfRegs(*const u8);
 
 impl Regs for BtfRegs {
+    type Objects = Typed;
     #[inline(always)]
     fn get(&self, offset: u32) -> u64 {
         // SAFETY: the verifier turns this into a checked kernel load.
@@ -65,6 +69,7 @@ impl Regs for BtfRegs {
 struct ProbedRegs(u64);
 
 impl Regs for ProbedRegs {
+    type Objects = Copied;
     #[inline(always)]
     fn get(&self, offset: u32) -> u64 {
         read(self.0, offset)
@@ -126,11 +131,11 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     } else {
         return None;
     };
-    dispatch(settings, Syscall { nr, args, ret, m })
+    dispatch::<R::Objects>(settings, Syscall { nr, args, ret, m })
 }
 
 #[inline(always)]
-fn dispatch(settings: &Settings, call: Syscall) -> Option<()> {
+fn dispatch<O: Reader>(settings: &Settings, call: Syscall) -> Option<()> {
     let is_file = is_file_syscall(call.nr);
     let is_link = links::is_link_syscall(call.nr);
     if (is_file || is_link) && !filter::files_matter(&call.m) {
@@ -138,10 +143,10 @@ fn dispatch(settings: &Settings, call: Syscall) -> Option<()> {
     }
     if is_link {
         // The name made (for planted links), then the name written.
-        let _ = links::on_exit(settings, &call);
+        let _ = links::on_exit::<O>(settings, &call);
     }
     if is_file || is_link {
-        files::on_exit(settings, &call)
+        files::on_exit::<O>(settings, &call)
     } else if call.nr == NR_CONNECT {
         net::on_exit(settings, &call)
     } else if call.nr == NR_SOCKET {

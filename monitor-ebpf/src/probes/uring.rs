@@ -44,6 +44,7 @@ use monitor_common::{
 use crate::{
     filter::{self, Match},
     maps::SETTINGS,
+    object::Copied,
     probes::files::{self, O_WRONLY, OpenArgs},
     task::{file_of_fd, read},
 };
@@ -120,7 +121,7 @@ fn on_submit(ctx: &RawTracePointContext) -> Option<()> {
         let cmd = req + settings.offsets.io_kiocb_cmd as u64;
         let _ = stash_name(req, read(cmd, settings.offsets.io_rename_oldpath), settings);
     }
-    files::report(settings, &m, &args, 0, 0);
+    files::report::<Copied>(settings, &m, &args, 0, 0);
     Some(())
 }
 
@@ -267,7 +268,7 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
             opened_file(settings, req, res),
         )
     };
-    files::report(settings, &m, &args, res as i64, file);
+    files::report::<Copied>(settings, &m, &args, res as i64, file);
     if name != 0 {
         let _ = URING_NAMES.remove(&req);
     }

@@ -155,6 +155,44 @@ impl Btf {
         Btf::from_bytes(data)
     }
 
+    /// The type id of the struct or union named `type_name`.
+    pub fn composite_id(&self, type_name: &str) -> Result<u32, BtfError> {
+        self.composites
+            .get(type_name)
+            .map(|&(id, _)| id)
+            .ok_or_else(|| BtfError::TypeNotFound {
+                type_name: type_name.to_owned(),
+            })
+    }
+
+    /// The type id of the kernel function `name` (a kfunc), if the kernel
+    /// has it.
+    pub fn function_id(&self, name: &str) -> Option<u32> {
+        let id = self.types.id_of(name)?;
+        matches!(self.types.from_id(id)?, TypeVariant::Func(_)).then_some(id)
+    }
+
+    /// The id of the struct `type_name` if its member `member` is at offset
+    /// 0 and is a pointer to the struct `target`.
+    pub fn pointer_member_at_start(
+        &self,
+        type_name: &str,
+        member: &str,
+        target: &str,
+    ) -> Option<u32> {
+        let id = self.composite_id(type_name).ok()?;
+        let (member_type, offset) = self
+            .step(Composite { id }, member, &|| member.to_owned())
+            .ok()?;
+        let pointee = match self.skip_modifiers(member_type)? {
+            (_, TypeVariant::Ptr(ptr)) => self.skip_modifiers(*ptr.tid())?,
+            _ => return None,
+        };
+        let is_target =
+            matches!(&pointee.1, TypeVariant::Struct(s) if s.name().as_deref() == Some(target));
+        (offset == 0 && is_target).then_some(id)
+    }
+
     /// Byte offset of `member_path` (dot-separated, e.g. "pwd.dentry" or
     /// "d_name.name") inside the struct or union named `type_name`.
     ///
@@ -820,5 +858,23 @@ mod tests {
             btf.member_offset("task_struct", "no_such_member"),
             Err(BtfError::MemberNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn kfunc_and_cast_types_of_the_running_kernel() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        assert!(btf.function_id("bpf_rdonly_cast").is_some(), "6.2+ has it");
+        assert_eq!(btf.function_id("no_such_kfunc"), None);
+        // A struct is not a function.
+        assert_eq!(btf.function_id("file"), None);
+        let kiocb = btf.composite_id("kiocb").unwrap();
+        assert_eq!(
+            btf.pointer_member_at_start("kiocb", "ki_filp", "file"),
+            Some(kiocb)
+        );
+        // Not at offset 0, not a pointer, not to that struct.
+        assert_eq!(btf.pointer_member_at_start("path", "dentry", "dentry"), None);
+        assert_eq!(btf.pointer_member_at_start("qstr", "hash_len", "file"), None);
+        assert_eq!(btf.pointer_member_at_start("path", "mnt", "file"), None);
     }
 }

@@ -16,13 +16,16 @@ use aya::{
     },
 };
 use monitor_common::{
-    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, COMM_LEN, KernelOffsets, LOST_REASONS,
-    ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX, PT_REGS_CX, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope, Settings,
-    TASK_THREAD_INFO_STATUS,
+    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, BTF_ID_FILE_SLOT, BTF_ID_STRUCT_FILE, COMM_LEN,
+    KernelOffsets, LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX,
+    PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN,
+    Scope, Settings, TASK_THREAD_INFO_STATUS,
 };
 
-use crate::kernel::btf::Btf;
+use crate::kernel::{
+    btf::Btf,
+    kfuncs::{self, Kfuncs},
+};
 
 /// Process tracking programs and their raw tracepoints, attached before the
 /// syscall hook so that no exec of a monitored process is missed once file
@@ -157,9 +160,12 @@ impl Kernel {
     ) -> anyhow::Result<Kernel> {
         crate::kernel::privileges::check()?;
         raise_memlock_limit();
-        let offsets = kernel_offsets()?;
+        let btf = kernel_btf()?;
+        let offsets = offsets_from(&btf)?;
+        let kfuncs = Kfuncs::from_btf(&btf)?;
+        drop(btf);
         let ring_bytes = ring_bytes()?;
-        let mut ebpf = load_object(&offsets, ring_bytes)?;
+        let mut ebpf = load_object(&offsets, &kfuncs, ring_bytes)?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the kernel object"))
@@ -212,7 +218,7 @@ impl Kernel {
         for (program, hook) in PROCESS_PROGRAMS {
             attach_raw(&mut ebpf, program, hook)?;
         }
-        kernel.syscall_hook = attach_syscall_hook(&mut ebpf)?;
+        kernel.syscall_hook = attach_syscall_hook(&mut ebpf, &kfuncs)?;
         kernel.ebpf = Some(ebpf);
         Ok(kernel)
     }
@@ -509,17 +515,22 @@ fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches the syscall hook: the BTF tracepoint when the kernel takes it,
-/// else the raw tracepoint (one of the two, never both).
-fn attach_syscall_hook(ebpf: &mut Ebpf) -> anyhow::Result<SyscallHook> {
+/// Attaches the syscall hook: the BTF tracepoint when the kernel takes it
+/// (and has the kfunc its reads use), else the raw tracepoint (one of the
+/// two, never both).
+fn attach_syscall_hook(ebpf: &mut Ebpf, kfuncs: &Kfuncs) -> anyhow::Result<SyscallHook> {
     let forced = std::env::var(HOOK_ENV).ok();
+    let no_cast = !kfuncs.casts_available();
+    const NO_CAST: &str = "the kernel has no bpf_rdonly_cast kfunc (before 6.2), or no struct known to start with a struct file pointer, which the BTF tracepoint's reads use";
     match forced.as_deref() {
         Some("raw") => {}
+        Some("btf") if no_cast => bail!("{HOOK_ENV}=btf: {NO_CAST}"),
         Some("btf") => {
             attach_btf(ebpf)?;
             return Ok(SyscallHook::Btf);
         }
         Some(other) if !other.is_empty() => bail!("{HOOK_ENV}={other}: expected `btf` or `raw`"),
+        _ if no_cast => log::warn!("{NO_CAST}; using the raw tracepoint"),
         _ => match attach_btf(ebpf) {
             Ok(()) => return Ok(SyscallHook::Btf),
             Err(e) => log::warn!("BTF tracepoint unavailable ({e:#}); using the raw tracepoint"),
@@ -553,7 +564,7 @@ fn raise_memlock_limit() {
 /// The kernel object with its maps created, its ring `ring_bytes` and the
 /// offsets the verifier must know set as read-only globals, not SETTINGS
 /// fields (monitor-ebpf/src/offsets.rs); no program loaded yet.
-fn load_object(offsets: &KernelOffsets, ring_bytes: u32) -> anyhow::Result<Ebpf> {
+fn load_object(offsets: &KernelOffsets, kfuncs: &Kfuncs, ring_bytes: u32) -> anyhow::Result<Ebpf> {
     let object = crate::ebpf_object();
     if object.is_empty() {
         bail!(
@@ -566,8 +577,13 @@ fn load_object(offsets: &KernelOffsets, ring_bytes: u32) -> anyhow::Result<Ebpf>
     for (name, value) in &constants {
         loader.override_global(name, value, true);
     }
+    loader.override_global(BTF_ID_STRUCT_FILE, &kfuncs.struct_file, true);
+    let file_slot = kfuncs.file_slot.unwrap_or(0);
+    loader.override_global(BTF_ID_FILE_SLOT, &file_slot, true);
+    let (object, sites) = kfuncs::patch(object, kfuncs)?;
+    log::debug!("{sites} kfunc call sites rewritten in the kernel object");
     loader
-        .load(object)
+        .load(&object)
         .context("loading the kernel programs failed")
 }
 
@@ -621,16 +637,24 @@ fn check_fixed_offsets(btf: &Btf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the struct offsets the kernel programs need from the running
-/// kernel's BTF, and checks the syscall register layout they assume.
-pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
+/// The running kernel's BTF.
+fn kernel_btf() -> anyhow::Result<Btf> {
     if !Path::new(crate::kernel::btf::SYS_FS_VMLINUX).exists() {
         bail!(
             "kernel BTF is missing at {} (the kernel must be built with CONFIG_DEBUG_INFO_BTF=y)",
             crate::kernel::btf::SYS_FS_VMLINUX
         );
     }
-    let btf = Btf::from_sys_fs()?;
+    Ok(Btf::from_sys_fs()?)
+}
+
+/// Reads the struct offsets the kernel programs need from the running
+/// kernel's BTF, and checks the syscall register layout they assume.
+pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
+    offsets_from(&kernel_btf()?)
+}
+
+fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
     let off = |ty: &str, member: &str| {
         btf.member_offset(ty, member)
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))

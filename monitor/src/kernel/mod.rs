@@ -3,6 +3,7 @@
 //! taking the counts of repeated opens.
 //! Owns the maps and the raw records; must not decode, attribute or judge.
 pub mod btf;
+pub mod kfuncs;
 pub mod loader;
 pub mod privileges;
 pub mod ring;
