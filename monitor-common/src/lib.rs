@@ -662,9 +662,16 @@ pub const LOST_REASONS: u32 = 2;
 /// (`monitor/src/kernel/kfuncs.rs`). No kernel has a helper this high.
 pub const KFUNC_MARK_RDONLY_CAST: i32 = 0x4b46_0001;
 
-/// The read-only global holding the kernel BTF id of `struct file`, the
-/// type the programs cast an open file to (set by the loader).
-pub const BTF_ID_STRUCT_FILE: &str = "BTF_ID_STRUCT_FILE";
+/// The read-only globals holding the kernel BTF ids of the structs the
+/// programs cast kernel addresses to (set by the loader), with those
+/// structs' names.
+pub const CAST_TYPES: [(&str, &str); 5] = [
+    ("BTF_ID_STRUCT_FILE", "file"),
+    ("BTF_ID_STRUCT_PATH", "path"),
+    ("BTF_ID_STRUCT_DENTRY", "dentry"),
+    ("BTF_ID_STRUCT_MOUNT", "mount"),
+    ("BTF_ID_STRUCT_VFSMOUNT", "vfsmount"),
+];
 
 /// The read-only global holding the kernel BTF id of a struct whose first
 /// member is a `struct file *`: an fd table slot is cast to it.
@@ -674,7 +681,7 @@ pub const BTF_ID_FILE_SLOT: &str = "BTF_ID_FILE_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 20] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 28] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
@@ -696,6 +703,14 @@ pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 20] {
         ("OFF_INODE_I_GENERATION", o.inode_i_generation),
         ("OFF_SB_S_DEV", o.sb_s_dev),
         ("OFF_SB_S_MAGIC", o.sb_s_magic),
+        ("OFF_PATH_DENTRY", o.path_dentry),
+        ("OFF_DENTRY_PARENT", o.dentry_parent),
+        ("OFF_DENTRY_NAME_NAME", o.dentry_name + o.qstr_name),
+        ("OFF_MOUNT_PARENT", o.mount_parent),
+        ("OFF_MOUNT_MOUNTPOINT", o.mount_mountpoint),
+        ("OFF_MOUNT_MNT_NS", o.mount_mnt_ns),
+        ("OFF_VFSMOUNT_ROOT", o.vfsmount_root),
+        ("OFF_VFSMOUNT_MNT_FLAGS", o.vfsmount_mnt_flags),
     ]
 }
 

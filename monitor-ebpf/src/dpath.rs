@@ -17,8 +17,15 @@ use monitor_common::{
 };
 
 use crate::{
+    kfunc,
     maps::{SCRATCH, SETTINGS},
-    task::read,
+    object::{Copied, Typed},
+    offsets::{
+        OFF_DENTRY_NAME_NAME, OFF_DENTRY_PARENT, OFF_MOUNT_MNT_NS, OFF_MOUNT_MOUNTPOINT,
+        OFF_MOUNT_PARENT, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_VFSMOUNT_MNT_FLAGS, OFF_VFSMOUNT_ROOT,
+        get,
+    },
+    task::{load, read},
 };
 
 pub struct Walk {
@@ -57,9 +64,8 @@ struct WalkState {
 /// into the per-CPU scratch `data[base..base + DIR_CAPACITY]`, where `base`
 /// (below PATH_CAPACITY) is the length of the path string before it.
 #[inline(always)]
-fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
-    let dentry: u64 = read(path_ptr, o.path_dentry);
-    let vfsmnt: u64 = read(path_ptr, o.path_mnt);
+fn walk_path<R: WalkReads>(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
+    let (dentry, vfsmnt) = R::path(o, path_ptr);
     if dentry == 0 || vfsmnt == 0 {
         return None;
     }
@@ -67,7 +73,7 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
         dentry,
         vfsmnt,
         mount: vfsmnt - o.mount_mnt as u64,
-        mnt_root: read(vfsmnt, o.vfsmount_root),
+        mnt_root: R::mnt_root(o, vfsmnt),
         base: base as u64,
         status: RUNNING,
     };
@@ -79,7 +85,7 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
     unsafe {
         bpf_loop(
             MAX_DIR_DEPTH,
-            step as *mut c_void,
+            step::<R> as *mut c_void,
             (&mut state as *mut WalkState).cast(),
             0,
         )
@@ -105,9 +111,8 @@ fn walk_path(o: &KernelOffsets, path_ptr: u64, base: usize) -> Option<Walk> {
 /// How a walk that reached the top ends: on a mount of some namespace, or
 /// on a kernel-internal or detached one (no path leads there).
 #[inline(always)]
-fn top_status(o: &KernelOffsets, s: &WalkState) -> u64 {
-    let ns: u64 = read(s.mount, o.mount_mnt_ns);
-    let flags: i32 = read(s.vfsmnt, o.vfsmount_mnt_flags);
+fn top_status<R: WalkReads>(o: &KernelOffsets, s: &WalkState) -> u64 {
+    let (ns, flags) = R::top(o, s.mount, s.vfsmnt);
     if flags & MNT_INTERNAL != 0 || ns == 0 || ns > u64::MAX - MAX_ERRNO {
         DONE_INTERNAL
     } else {
@@ -116,7 +121,7 @@ fn top_status(o: &KernelOffsets, s: &WalkState) -> u64 {
 }
 
 /// One step up the tree. Returns 1 to stop the loop.
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn step<R: WalkReads>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the WalkState passed to bpf_loop above.
     let s = unsafe { &mut *(ctx as *mut WalkState) };
     let Some(settings) = SETTINGS.get(0) else {
@@ -129,24 +134,21 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     };
     let o = &settings.offsets;
     if s.dentry == s.mnt_root {
-        let parent: u64 = read(s.mount, o.mount_parent);
+        let (parent, mountpoint) = R::mount_up(o, s.mount);
         if parent == s.mount || parent == 0 {
-            s.status = top_status(o, s);
+            s.status = top_status::<R>(o, s);
             return 1;
         }
-        s.dentry = read(s.mount, o.mount_mountpoint);
+        s.dentry = mountpoint;
         s.mount = parent;
         s.vfsmnt = parent + o.mount_mnt as u64;
-        s.mnt_root = read(s.vfsmnt, o.vfsmount_root);
+        s.mnt_root = R::mnt_root(o, s.vfsmnt);
         return 0;
     }
-    // `d_parent`, then `d_name` { hash_len, name }: one read for the
-    // parent and the name's address (the loader checks this layout).
-    let fields: [u64; 3] = read(s.dentry, o.dentry_parent);
-    let (parent, name) = (fields[0], fields[2]);
+    let (parent, name) = R::dentry_up(o, s.dentry);
     if parent == s.dentry || parent == 0 {
         // A dentry of its own (pipes, sockets: never in a directory).
-        s.status = top_status(o, s);
+        s.status = top_status::<R>(o, s);
         return 1;
     }
     // SAFETY: per-CPU scratch, used by this program only while it runs.
@@ -180,10 +182,118 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 /// returns the length written, marking `flags` when the directory could not
 /// be resolved or was cut short.
 #[inline(always)]
-pub fn walk_dir(path_ptr: u64, base: usize, flags: &mut u32) -> usize {
-    let packed = dpath_walk(path_ptr, base as u64);
+pub fn walk_dir<R: WalkReads>(path_ptr: u64, base: usize, flags: &mut u32) -> usize {
+    let packed = R::walk(path_ptr, base as u64);
     *flags |= (packed >> 32) as u32;
     packed as usize & (DIR_CAPACITY - 1)
+}
+
+/// How the walk reads the structures it crosses. Every value is a plain
+/// number (the walk keeps them across `bpf_loop` steps).
+pub trait WalkReads {
+    /// The `struct path` at `path_ptr`: (dentry, vfsmount).
+    fn path(o: &KernelOffsets, path_ptr: u64) -> (u64, u64);
+    /// `vfsmount.mnt_root`.
+    fn mnt_root(o: &KernelOffsets, vfsmnt: u64) -> u64;
+    /// `mount.mnt_parent` and `mount.mnt_mountpoint`.
+    fn mount_up(o: &KernelOffsets, mount: u64) -> (u64, u64);
+    /// `dentry.d_parent` and the address of the name, `d_name.name`.
+    fn dentry_up(o: &KernelOffsets, dentry: u64) -> (u64, u64);
+    /// `mount.mnt_ns` and `vfsmount.mnt_flags`.
+    fn top(o: &KernelOffsets, mount: u64, vfsmnt: u64) -> (u64, i32);
+    /// The walk, as the BPF global function for these reads; returns what
+    /// `dpath_walk` does.
+    fn walk(path_ptr: u64, base: u64) -> u64;
+}
+
+impl WalkReads for Copied {
+    #[inline(always)]
+    fn path(o: &KernelOffsets, path_ptr: u64) -> (u64, u64) {
+        (read(path_ptr, o.path_dentry), read(path_ptr, o.path_mnt))
+    }
+
+    #[inline(always)]
+    fn mnt_root(o: &KernelOffsets, vfsmnt: u64) -> u64 {
+        read(vfsmnt, o.vfsmount_root)
+    }
+
+    #[inline(always)]
+    fn mount_up(o: &KernelOffsets, mount: u64) -> (u64, u64) {
+        (read(mount, o.mount_parent), read(mount, o.mount_mountpoint))
+    }
+
+    /// `d_parent`, then `d_name` { hash_len, name }: one read for the
+    /// parent and the name's address (the loader checks this layout).
+    #[inline(always)]
+    fn dentry_up(o: &KernelOffsets, dentry: u64) -> (u64, u64) {
+        let fields: [u64; 3] = read(dentry, o.dentry_parent);
+        (fields[0], fields[2])
+    }
+
+    #[inline(always)]
+    fn top(o: &KernelOffsets, mount: u64, vfsmnt: u64) -> (u64, i32) {
+        (
+            read(mount, o.mount_mnt_ns),
+            read(vfsmnt, o.vfsmount_mnt_flags),
+        )
+    }
+
+    #[inline(always)]
+    fn walk(path_ptr: u64, base: u64) -> u64 {
+        dpath_walk(path_ptr, base)
+    }
+}
+
+/// Plain loads through `kfunc` casts, each pointer loaded made a plain
+/// number again (`kfunc::plain`): no helper call but the name's copy.
+impl WalkReads for Typed {
+    #[inline(always)]
+    fn path(_: &KernelOffsets, path_ptr: u64) -> (u64, u64) {
+        let path = kfunc::as_path(path_ptr);
+        (
+            kfunc::plain(load(path, get(&OFF_PATH_DENTRY) as usize)),
+            kfunc::plain(load(path, get(&OFF_PATH_MNT) as usize)),
+        )
+    }
+
+    #[inline(always)]
+    fn mnt_root(_: &KernelOffsets, vfsmnt: u64) -> u64 {
+        let vfsmnt = kfunc::as_vfsmount(vfsmnt);
+        kfunc::plain(load(vfsmnt, get(&OFF_VFSMOUNT_ROOT) as usize))
+    }
+
+    #[inline(always)]
+    fn mount_up(_: &KernelOffsets, mount: u64) -> (u64, u64) {
+        let mount = kfunc::as_mount(mount);
+        (
+            kfunc::plain(load(mount, get(&OFF_MOUNT_PARENT) as usize)),
+            kfunc::plain(load(mount, get(&OFF_MOUNT_MOUNTPOINT) as usize)),
+        )
+    }
+
+    #[inline(always)]
+    fn dentry_up(_: &KernelOffsets, dentry: u64) -> (u64, u64) {
+        let dentry = kfunc::as_dentry(dentry);
+        (
+            kfunc::plain(load(dentry, get(&OFF_DENTRY_PARENT) as usize)),
+            // A pointer to bytes, not to a struct: already a plain number.
+            load(dentry, get(&OFF_DENTRY_NAME_NAME) as usize),
+        )
+    }
+
+    #[inline(always)]
+    fn top(_: &KernelOffsets, mount: u64, vfsmnt: u64) -> (u64, i32) {
+        let (mount, vfsmnt) = (kfunc::as_mount(mount), kfunc::as_vfsmount(vfsmnt));
+        (
+            kfunc::plain(load(mount, get(&OFF_MOUNT_MNT_NS) as usize)),
+            load(vfsmnt, get(&OFF_VFSMOUNT_MNT_FLAGS) as usize),
+        )
+    }
+
+    #[inline(always)]
+    fn walk(path_ptr: u64, base: u64) -> u64 {
+        dpath_walk_cast(path_ptr, base)
+    }
 }
 
 /// The walk as a BPF global function: the verifier checks its body once per
@@ -194,13 +304,25 @@ pub fn walk_dir(path_ptr: u64, base: usize, flags: &mut u32) -> usize {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn dpath_walk(path_ptr: u64, base: u64) -> u64 {
+    walk_packed::<Copied>(path_ptr, base)
+}
+
+/// As `dpath_walk`, with `Typed` reads (the BTF tracepoint's).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dpath_walk_cast(path_ptr: u64, base: u64) -> u64 {
+    walk_packed::<Typed>(path_ptr, base)
+}
+
+#[inline(always)]
+fn walk_packed<R: WalkReads>(path_ptr: u64, base: u64) -> u64 {
     let Some(settings) = SETTINGS.get(0) else {
         return (FLAG_DIR_UNRESOLVED as u64) << 32;
     };
     let walked = if path_ptr == 0 {
         None
     } else {
-        walk_path(
+        walk_path::<R>(
             &settings.offsets,
             path_ptr,
             base as usize & (PATH_CAPACITY - 1),

@@ -10,7 +10,10 @@ use monitor_common::KFUNC_MARK_RDONLY_CAST;
 
 use crate::{
     maps::SCRATCH,
-    offsets::{BTF_ID_FILE_SLOT, BTF_ID_STRUCT_FILE, get},
+    offsets::{
+        BTF_ID_FILE_SLOT, BTF_ID_STRUCT_DENTRY, BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_MOUNT,
+        BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_VFSMOUNT, get,
+    },
 };
 
 /// `bpf_rdonly_cast(ptr, btf_id)` (kernel 6.2+): `ptr` as a read-only,
@@ -32,6 +35,28 @@ fn rdonly_cast(ptr: u64, btf_id: u32) -> *const u8 {
 #[inline(always)]
 pub fn as_file(file: u64) -> *const u8 {
     rdonly_cast(file, get(&BTF_ID_STRUCT_FILE))
+}
+
+/// `path` (a `struct path *` held as a number) as a typed pointer.
+#[inline(always)]
+pub fn as_path(path: u64) -> *const u8 {
+    rdonly_cast(path, get(&BTF_ID_STRUCT_PATH))
+}
+
+#[inline(always)]
+pub fn as_dentry(dentry: u64) -> *const u8 {
+    rdonly_cast(dentry, get(&BTF_ID_STRUCT_DENTRY))
+}
+
+/// `mount`: a `struct mount *` (the mount around a `struct vfsmount`).
+#[inline(always)]
+pub fn as_mount(mount: u64) -> *const u8 {
+    rdonly_cast(mount, get(&BTF_ID_STRUCT_MOUNT))
+}
+
+#[inline(always)]
+pub fn as_vfsmount(vfsmount: u64) -> *const u8 {
+    rdonly_cast(vfsmount, get(&BTF_ID_STRUCT_VFSMOUNT))
 }
 
 /// The fd table slot at `slot` as a typed pointer: its load at offset 0 is

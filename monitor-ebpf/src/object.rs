@@ -110,7 +110,7 @@ impl Identity {
 }
 
 /// How a program reads an open file's structures.
-pub trait Reader {
+pub trait Reader: crate::dpath::WalkReads {
     /// The `struct file *` behind the current task's descriptor `fd`, as a
     /// plain number, or 0.
     fn file_of_fd(fd: i32) -> u64;

@@ -37,9 +37,21 @@ load_time_offsets!(
     OFF_INODE_I_GENERATION,
     OFF_SB_S_DEV,
     OFF_SB_S_MAGIC,
-    // Not an offset: the BTF id of `struct file` (`kfunc::rdonly_cast`),
-    // named by `monitor_common::BTF_ID_STRUCT_FILE`.
+    OFF_PATH_DENTRY,
+    OFF_DENTRY_PARENT,
+    OFF_DENTRY_NAME_NAME,
+    OFF_MOUNT_PARENT,
+    OFF_MOUNT_MOUNTPOINT,
+    OFF_MOUNT_MNT_NS,
+    OFF_VFSMOUNT_ROOT,
+    OFF_VFSMOUNT_MNT_FLAGS,
+    // Not offsets: the BTF ids of the structs `kfunc` casts to
+    // (`monitor_common::CAST_TYPES`).
     BTF_ID_STRUCT_FILE,
+    BTF_ID_STRUCT_PATH,
+    BTF_ID_STRUCT_DENTRY,
+    BTF_ID_STRUCT_MOUNT,
+    BTF_ID_STRUCT_VFSMOUNT,
     // The BTF id of a struct whose first member is a `struct file *`
     // (`monitor_common::BTF_ID_FILE_SLOT`).
     BTF_ID_FILE_SLOT,

@@ -209,7 +209,7 @@ pub fn report<R: Reader>(
         None
     };
     let dir_len = match walk_from {
-        Some(path_ptr) => walk_dir(path_ptr, path_len, &mut hflags),
+        Some(path_ptr) => walk_dir::<R>(path_ptr, path_len, &mut hflags),
         None => 0,
     };
     let ev = &mut scratch.event;

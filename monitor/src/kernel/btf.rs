@@ -873,8 +873,14 @@ mod tests {
             Some(kiocb)
         );
         // Not at offset 0, not a pointer, not to that struct.
-        assert_eq!(btf.pointer_member_at_start("path", "dentry", "dentry"), None);
-        assert_eq!(btf.pointer_member_at_start("qstr", "hash_len", "file"), None);
+        assert_eq!(
+            btf.pointer_member_at_start("path", "dentry", "dentry"),
+            None
+        );
+        assert_eq!(
+            btf.pointer_member_at_start("qstr", "hash_len", "file"),
+            None
+        );
         assert_eq!(btf.pointer_member_at_start("path", "mnt", "file"), None);
     }
 }

@@ -6,7 +6,7 @@
 //! the object. The ELF sections are found with the `object` crate; the
 //! rewrite itself is one instruction field, no parser of its own.
 use anyhow::Context as _;
-use monitor_common::KFUNC_MARK_RDONLY_CAST;
+use monitor_common::{CAST_TYPES, KFUNC_MARK_RDONLY_CAST};
 use object::{Object as _, ObjectSection as _, SectionFlags, elf::SHF_EXECINSTR};
 
 use crate::kernel::btf::Btf;
@@ -21,12 +21,12 @@ const KFUNC_CALL_REGS: u8 = 2 << 4;
 const INSN: usize = 8;
 
 /// The BTF ids the programs' kfunc calls need, from the running kernel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Kfuncs {
     /// `bpf_rdonly_cast` (kernel 6.2+); `None` before.
     pub rdonly_cast: Option<u32>,
-    /// `struct file`, the type open files are cast to.
-    pub struct_file: u32,
+    /// Each read-only global of `CAST_TYPES` with its struct's id.
+    pub cast_types: Vec<(&'static str, u32)>,
     /// A struct whose first member is a `struct file *`, the type an fd
     /// table slot is cast to; `None` if the kernel has none of those known.
     pub file_slot: Option<u32>,
@@ -39,9 +39,15 @@ impl Kfuncs {
     pub fn from_btf(btf: &Btf) -> anyhow::Result<Kfuncs> {
         Ok(Kfuncs {
             rdonly_cast: btf.function_id("bpf_rdonly_cast"),
-            struct_file: btf
-                .composite_id("file")
-                .context("reading the BTF id of struct file")?,
+            cast_types: CAST_TYPES
+                .iter()
+                .map(|&(global, name)| {
+                    let id = btf
+                        .composite_id(name)
+                        .with_context(|| format!("reading the BTF id of struct {name}"))?;
+                    Ok((global, id))
+                })
+                .collect::<anyhow::Result<_>>()?,
             file_slot: FILE_SLOT_TYPES
                 .iter()
                 .find_map(|(ty, member)| btf.pointer_member_at_start(ty, member, "file")),
@@ -137,7 +143,7 @@ mod tests {
         }
         let kfuncs = Kfuncs {
             rdonly_cast: Some(65504),
-            struct_file: 1,
+            cast_types: vec![("BTF_ID_STRUCT_FILE", 1)],
             file_slot: Some(2),
         };
         let (patched, sites) = patch(object, &kfuncs).unwrap();
@@ -146,7 +152,7 @@ mod tests {
         assert_eq!(again, 0, "a marked call survived the patch");
         let none = Kfuncs {
             rdonly_cast: None,
-            ..kfuncs
+            ..kfuncs.clone()
         };
         assert_eq!(patch(object, &none).unwrap(), (object.to_vec(), 0));
     }

@@ -16,10 +16,10 @@ use aya::{
     },
 };
 use monitor_common::{
-    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, BTF_ID_FILE_SLOT, BTF_ID_STRUCT_FILE, COMM_LEN,
-    KernelOffsets, LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX,
-    PT_REGS_CX, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN,
-    Scope, Settings, TASK_THREAD_INFO_STATUS,
+    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, BTF_ID_FILE_SLOT, COMM_LEN, KernelOffsets,
+    LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX, PT_REGS_CX,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope,
+    Settings, TASK_THREAD_INFO_STATUS,
 };
 
 use crate::kernel::{
@@ -577,7 +577,9 @@ fn load_object(offsets: &KernelOffsets, kfuncs: &Kfuncs, ring_bytes: u32) -> any
     for (name, value) in &constants {
         loader.override_global(name, value, true);
     }
-    loader.override_global(BTF_ID_STRUCT_FILE, &kfuncs.struct_file, true);
+    for (global, id) in &kfuncs.cast_types {
+        loader.override_global(global, id, true);
+    }
     let file_slot = kfuncs.file_slot.unwrap_or(0);
     loader.override_global(BTF_ID_FILE_SLOT, &file_slot, true);
     let (object, sites) = kfuncs::patch(object, kfuncs)?;
