@@ -25,6 +25,7 @@ use monitor_common::{
 use crate::kernel::{
     btf::Btf,
     kfuncs::{self, Kfuncs},
+    parallel_load,
 };
 
 /// Process tracking programs and their raw tracepoints, attached before the
@@ -166,6 +167,7 @@ impl Kernel {
         drop(btf);
         let ring_bytes = ring_bytes()?;
         let mut ebpf = load_object(&offsets, &kfuncs, ring_bytes)?;
+        load_programs_in_parallel(&mut ebpf, &kfuncs);
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the kernel object"))
@@ -375,8 +377,10 @@ impl Kernel {
             |name: &str, cgroup: &Path| format!("attaching {name} to {}", cgroup.display());
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = loadable(ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("the kernel refused program {name}"))?;
+            }
             for (cgroup, file) in &files {
                 prog.attach(file, CgroupAttachMode::Single)
                     .with_context(|| attach_failed(name, cgroup))?;
@@ -384,8 +388,10 @@ impl Kernel {
         }
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSock = loadable(ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("the kernel refused program {name}"))?;
+            }
             for (cgroup, file) in &files {
                 prog.attach(file, CgroupAttachMode::Single)
                     .with_context(|| attach_failed(name, cgroup))?;
@@ -397,8 +403,10 @@ impl Kernel {
             ("sock_skb_ingress", CgroupSkbAttachType::Ingress),
         ] {
             let prog: &mut CgroupSkb = loadable(ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("the kernel refused program {name}"))?;
+            }
             for (cgroup, file) in &files {
                 prog.attach(file, direction, CgroupAttachMode::Single)
                     .with_context(|| attach_failed(name, cgroup))?;
@@ -491,26 +499,73 @@ where
     Ok(program.try_into()?)
 }
 
+/// The programs every start loads, the slowest to verify first (measured
+/// with strace on BPF_PROG_LOAD): the syscall hook's, then the rest.
+fn programs_to_load(kfuncs: &Kfuncs) -> Vec<&'static str> {
+    let syscall = match std::env::var(HOOK_ENV).as_deref() {
+        Ok("raw") => "sys_exit",
+        _ if !kfuncs.casts_available() => "sys_exit",
+        _ => "sys_exit_btf",
+    };
+    let slowest = [
+        "uring_submit",
+        "uring_complete",
+        "proc_exec",
+        "sock_skb_egress",
+    ];
+    let rest = PROCESS_PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(SOCK_ADDR_PROGRAMS)
+        .chain(SOCK_PROGRAMS)
+        .chain(["sock_skb_ingress"]);
+    let mut names = vec![syscall];
+    for name in slowest.into_iter().chain(rest) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Verification is most of a start: the programs are loaded on every CPU
+/// at once before anything is attached (`parallel_load`).
+fn load_programs_in_parallel(ebpf: &mut Ebpf, kfuncs: &Kfuncs) {
+    let names = programs_to_load(kfuncs);
+    let btf = if names.contains(&"sys_exit_btf") {
+        aya::Btf::from_sys_fs()
+            .inspect_err(|e| log::debug!("aya could not read kernel BTF: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    parallel_load::load_programs(ebpf, &names, btf.as_ref());
+}
+
 fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> anyhow::Result<()> {
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the kernel object"))?
         .try_into()?;
-    prog.load()
-        .with_context(|| format!("the kernel refused program {program}"))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("the kernel refused program {program}"))?;
+    }
     prog.attach(hook)
         .with_context(|| format!("attaching {program} to raw tracepoint {hook} failed"))?;
     Ok(())
 }
 
 fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut("sys_exit_btf")
         .context("program sys_exit_btf missing from the kernel object")?
         .try_into()?;
-    prog.load("sys_exit", &btf)
-        .context("the kernel refused program sys_exit_btf")?;
+    if prog.fd().is_err() {
+        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        prog.load(parallel_load::SYSCALL_TRACEPOINT, &btf)
+            .context("the kernel refused program sys_exit_btf")?;
+    }
     prog.attach().context("attaching sys_exit_btf failed")?;
     Ok(())
 }
@@ -661,7 +716,7 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         btf.member_offset(ty, member)
             .with_context(|| format!("reading the offset of {ty}.{member} from kernel BTF"))
     };
-    check_fixed_offsets(&btf)?;
+    check_fixed_offsets(btf)?;
     let mut offsets = KernelOffsets {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,
@@ -723,7 +778,7 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         // The io_uring ones: `uring_offsets`.
         ..Default::default()
     };
-    uring_offsets(&btf, &mut offsets)?;
+    uring_offsets(btf, &mut offsets)?;
     Ok(offsets)
 }
 

@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod kfuncs;
 pub mod loader;
+pub mod parallel_load;
 pub mod privileges;
 pub mod ring;
 pub mod seen;
