@@ -846,3 +846,44 @@ fn replace_trie<const N: usize>(
     }
     Ok(now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kfuncs(rdonly_cast: Option<u32>) -> Kfuncs {
+        Kfuncs {
+            rdonly_cast,
+            cast_types: Vec::new(),
+            file_slot: Some(1),
+        }
+    }
+
+    #[test]
+    fn every_attached_program_is_loaded_once_with_the_syscall_hook_first() {
+        // The test runs without MONITOR_SYSCALL_HOOK set.
+        assert!(std::env::var_os(HOOK_ENV).is_none());
+        let with_casts = programs_to_load(&kfuncs(Some(7)));
+        assert_eq!(with_casts[0], "sys_exit_btf");
+        assert!(!with_casts.contains(&"sys_exit"));
+        let without = programs_to_load(&kfuncs(None));
+        assert_eq!(without[0], "sys_exit");
+        assert!(!without.contains(&"sys_exit_btf"));
+        for names in [&with_casts, &without] {
+            let mut unique = names.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{names:?}");
+            let attached = PROCESS_PROGRAMS
+                .iter()
+                .map(|(name, _)| *name)
+                .chain(SOCK_ADDR_PROGRAMS)
+                .chain(SOCK_PROGRAMS)
+                .chain(["sock_skb_egress", "sock_skb_ingress"]);
+            for name in attached {
+                assert!(names.contains(&name), "{name} is not loaded: {names:?}");
+            }
+            assert!(!names.contains(&"floor"));
+        }
+    }
+}
