@@ -23,7 +23,7 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.action_cgroup_id = m.action_cgroup_id;
     h.child_cgroup_id = m.child_cgroup_id;
-    h.grandchild_cgroup_id = m.grandchild_cgroup_id;
+    h.grandchild_cgroup_id = crate::filter::grandchild(m);
     h.launcher = m.launcher;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;

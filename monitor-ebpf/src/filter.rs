@@ -14,9 +14,15 @@ use crate::{lineage, maps::SCOPES, workers};
 #[derive(Clone, Copy)]
 pub struct Match {
     pub action_cgroup_id: u64,
-    /// Ancestors one and two levels below the scope (0 if not that deep).
+    /// The ancestor one level below the scope (0 if not that deep).
     pub child_cgroup_id: u64,
+    /// The ancestor two levels below the scope, looked up here only where
+    /// `files_matter` needs it (a scope whose files do not always matter);
+    /// else 0. An event's header looks it up itself (`grandchild`), so a
+    /// repeat in a scope whose files matter never does.
     pub grandchild_cgroup_id: u64,
+    /// That ancestor's level (`NO_GRANDCHILD` when there is none).
+    pub grandchild_level: u64,
     pub scope: u32,
     pub flags: u32,
     /// The lineage action's launcher tgid, or 0 (filled in by the caller).
@@ -26,8 +32,8 @@ pub struct Match {
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
-/// monitored action. Costs one helper call per configured scope, and two or
-/// three more (the ancestors below the scope) for a task inside one.
+/// monitored action. Costs one helper call per configured scope, and one
+/// more (the ancestor below the scope) for a task inside one.
 #[inline(always)]
 pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     let count = settings.scope_count;
@@ -38,6 +44,7 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
         grandchild_cgroup_id: 0,
+        grandchild_level: NO_GRANDCHILD,
         scope: 0,
         flags: 0,
         launcher: 0,
@@ -77,14 +84,28 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     if !found {
         return None;
     }
-    // SAFETY: plain helper calls.
-    unsafe {
-        if best.child_cgroup_id == 0 {
-            best.child_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1);
-        }
-        best.grandchild_cgroup_id = bpf_get_current_ancestor_cgroup_id(best_level as i32 + 2);
+    if best.child_cgroup_id == 0 {
+        // SAFETY: plain helper call.
+        best.child_cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(best_level as i32 + 1) };
+    }
+    best.grandchild_level = best_level as u64 + 2;
+    // Decided here, before the callers branch: a lookup only on some paths
+    // further down made the verifier walk both (+46 k instructions).
+    if best.flags & SCOPE_FILES == 0 {
+        best.grandchild_cgroup_id = grandchild(&best);
     }
     Some(best)
+}
+
+/// A cgroup level deeper than any: its ancestor id is 0.
+pub const NO_GRANDCHILD: u64 = 0x7fff_ffff;
+
+/// The current task's ancestor two levels below `m`'s scope, or 0. One
+/// helper call, with no branch (every event's header calls it).
+#[inline(always)]
+pub fn grandchild(m: &Match) -> u64 {
+    // SAFETY: plain helper call; a level deeper than the task's gives 0.
+    unsafe { bpf_get_current_ancestor_cgroup_id(m.grandchild_level as i32) }
 }
 
 /// The action of the current task, as every hook sees it: a monitored

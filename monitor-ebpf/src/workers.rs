@@ -137,6 +137,7 @@ pub fn lineage_match(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
         grandchild_cgroup_id: 0,
+        grandchild_level: crate::filter::NO_GRANDCHILD,
         scope: SCOPE_NONE,
         flags: SCOPE_FILES,
         launcher,

@@ -49,6 +49,7 @@ fn on_cgroup(ctx: &RawTracePointContext, kind: EventKind) -> Option<()> {
         action_cgroup_id: 0,
         child_cgroup_id: 0,
         grandchild_cgroup_id: 0,
+        grandchild_level: crate::filter::NO_GRANDCHILD,
         scope: 0,
         flags: 0,
         launcher: 0,
