@@ -622,7 +622,10 @@ fn declared_grants_are_enforced_per_action_on_the_node_agent() {
 /// need), but a datagram sent on such a socket is judged by the backstop.
 /// Observed, each route reaches its host service and alerts; enforced,
 /// each is refused; the action's own listener, reached by name, passes
-/// both times (the positive control).
+/// both times (the positive control). The TCP listener on the UDP
+/// service's port takes `SO_REUSEADDR`: that port number comes from the
+/// ephemeral range, where an earlier test's connection may still be in
+/// TIME_WAIT (seen once: `EADDRINUSE`).
 #[test]
 fn binding_a_host_services_port_does_not_make_it_the_actions_own() {
     require_root();
@@ -634,7 +637,8 @@ fn binding_a_host_services_port_does_not_make_it_the_actions_own() {
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', tcp))\n\
         t = socket.socket(); t.bind(('127.0.0.2', tcp)); t.listen()\n\
         attempt('tcp', lambda: socket.create_connection(('127.0.0.1', tcp)).sendall(b'via-tcp'))\n\
-        l = socket.socket(); l.bind(('127.0.0.1', udp)); l.listen()\n\
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        l.bind(('127.0.0.1', udp)); l.listen()\n\
         p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
         attempt('probe', lambda: p.connect(('127.0.0.1', udp)))\n\
         attempt('udp', lambda: p.send(b'via-probe'))\n\

@@ -2,8 +2,10 @@
 //! system, and for procfs entries the process they belong to). Its path is
 //! walked by `dpath` from `f_path`.
 //!
-//! Each probe read is a helper call with a fixed cost (~25 ns here) whatever
-//! its size, so the first `WINDOW` bytes of the file and of its inode are
+//! The syscall hook's BTF tracepoint reads them with typed loads (`Typed`,
+//! through `kfunc` casts). Elsewhere (`Copied`): each probe read is a helper
+//! call with a fixed cost (~25 ns here) whatever its size, so the first
+//! `WINDOW` bytes of the file and of its inode are
 //! read in one call each, and the fields are picked out of those copies (2
 //! reads instead of 7 on every monitored open, repeats included); the super
 //! block's, one more, only for a first access's description. A field the
@@ -126,8 +128,11 @@ pub trait Reader: crate::dpath::WalkReads {
 pub struct Copied;
 
 /// The BTF tracepoint: the file cast to a typed pointer (`kfunc::as_file`);
-/// every field, and the inode and super block behind it, is a plain load.
-/// No helper call after the fd slot's.
+/// every field, and the inode and super block behind it, is a plain load,
+/// as is the fd slot (`task::file_of_fd_cast`): no helper call. The
+/// identity's `mnt`, `dentry` and `sb` are typed pointers to the verifier;
+/// they go into the repeat key and the event, which only privileged
+/// programs may do (these are: the loader requires CAP_BPF and CAP_PERFMON).
 pub struct Typed;
 
 impl Reader for Copied {
