@@ -737,6 +737,49 @@ fn unix_socket_connects_outside_the_policy_alert_with_the_path() {
     assert_eq!(alerts[0]["verdict"], "observed");
 }
 
+/// A hostile action puts its `sockaddr_un` at the very end of readable
+/// memory, with an address length that ends at the path's last byte (the
+/// kernel needs no NUL): a read of the whole 108-byte path field would
+/// fault there and lose the path. The monitor reads only the length given.
+/// The positive control is the alert itself, with its path.
+#[test]
+fn a_unix_address_at_the_end_of_readable_memory_keeps_its_path() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let listener_path = tmp.path().join("edge.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    let script = "import ctypes, mmap, socket, sys\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        page = mmap.PAGESIZE\n\
+        buf = mmap.mmap(-1, 2 * page)\n\
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))\n\
+        assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0\n\
+        sa = socket.AF_UNIX.to_bytes(2, 'little') + sys.argv[1].encode()\n\
+        at = page - len(sa)\n\
+        buf[at:page] = sa\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        r = libc.connect(s.fileno(), ctypes.c_void_p(base + at), len(sa))\n\
+        print('connect', r, ctypes.get_errno(), flush=True)\n";
+    let report = tmp.path().join("report.json");
+    let out = Command::new(monitor_bin())
+        .args(["exec", "--report"])
+        .arg(&report)
+        .args(["--", "/usr/bin/python3", "-S", "-c", script])
+        .arg(&listener_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("connect 0 0"), "{stdout} {stderr}");
+    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let alerts = report["alerts"].as_array().unwrap();
+    let addrs: Vec<&Value> = alerts.iter().map(|a| &a["net"]["addr"]).collect();
+    assert!(
+        addrs.contains(&&Value::from(listener_path.display().to_string())),
+        "the connect's alert names the socket: {alerts:#?}"
+    );
+}
+
 /// The same through the 32-bit ABI (`int $0x80`: `connect` and
 /// `socketcall`), whose numbers mean other calls natively.
 #[test]

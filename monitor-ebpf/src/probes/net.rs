@@ -104,15 +104,25 @@ fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()
     } else {
         0
     };
-    // SAFETY: the helper checks the user address and writes at most
-    // UNIX_PATH_CAPACITY bytes into `path`; on failure it zeroes them.
-    unsafe {
-        generated::bpf_probe_read_user(
-            ev.path.as_mut_ptr().cast(),
-            UNIX_PATH_CAPACITY as u32,
-            (uaddr + 2) as *const _,
-        )
-    };
+    // Exactly the length the caller gave: a fixed-size read would fault on
+    // an address placed at the end of readable memory and lose the path (a
+    // hostile route, tested in egress.rs).
+    // `path_len` is at most UNIX_PATH_CAPACITY (108) already; the mask is
+    // the bound the verifier sees on the register the helper gets (a
+    // compare is made on a copy).
+    let len = ev.path_len & 0x7f;
+    if len > 0 {
+        // SAFETY: the helper checks the user address and writes `len`
+        // (at most UNIX_PATH_CAPACITY) bytes into `path`, inside the
+        // scratch map value; on failure it zeroes them.
+        unsafe {
+            generated::bpf_probe_read_user(
+                ev.path.as_mut_ptr().cast(),
+                len,
+                (uaddr + 2) as *const _,
+            )
+        };
+    }
     submit(
         settings,
         (ev as *const UnixConnectEvent).cast(),
