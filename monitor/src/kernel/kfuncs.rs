@@ -25,7 +25,8 @@ const INSN: usize = 8;
 pub struct Kfuncs {
     /// `bpf_rdonly_cast` (kernel 6.2+); `None` before.
     pub rdonly_cast: Option<u32>,
-    /// Each read-only global of `CAST_TYPES` with its struct's id.
+    /// Each read-only global of `CAST_TYPES` with its struct's id, for the
+    /// structs the kernel's BTF has.
     pub cast_types: Vec<(&'static str, u32)>,
     /// A struct whose first member is a `struct file *`, the type an fd
     /// table slot is cast to; `None` if the kernel has none of those known.
@@ -36,27 +37,31 @@ pub struct Kfuncs {
 const FILE_SLOT_TYPES: [(&str, &str); 2] = [("kiocb", "ki_filp"), ("fown_struct", "file")];
 
 impl Kfuncs {
-    pub fn from_btf(btf: &Btf) -> anyhow::Result<Kfuncs> {
-        Ok(Kfuncs {
+    pub fn from_btf(btf: &Btf) -> Kfuncs {
+        Kfuncs {
             rdonly_cast: btf.function_id("bpf_rdonly_cast"),
             cast_types: CAST_TYPES
                 .iter()
-                .map(|&(global, name)| {
-                    let id = btf
-                        .composite_id(name)
-                        .with_context(|| format!("reading the BTF id of struct {name}"))?;
-                    Ok((global, id))
+                .filter_map(|&(global, name)| match btf.composite_id(name) {
+                    Ok(id) => Some((global, id)),
+                    Err(e) => {
+                        log::debug!("no BTF id for struct {name} ({e}): no typed reads");
+                        None
+                    }
                 })
-                .collect::<anyhow::Result<_>>()?,
+                .collect(),
             file_slot: FILE_SLOT_TYPES
                 .iter()
                 .find_map(|(ty, member)| btf.pointer_member_at_start(ty, member, "file")),
-        })
+        }
     }
 
-    /// Whether the BTF tracepoint's typed reads can be loaded.
+    /// Whether the BTF tracepoint's typed reads can be loaded: else the
+    /// syscall hook is the raw tracepoint, as on kernels without the kfunc.
     pub fn casts_available(&self) -> bool {
-        self.rdonly_cast.is_some() && self.file_slot.is_some()
+        self.rdonly_cast.is_some()
+            && self.file_slot.is_some()
+            && self.cast_types.len() == CAST_TYPES.len()
     }
 }
 
@@ -155,5 +160,32 @@ mod tests {
             ..kfuncs.clone()
         };
         assert_eq!(patch(object, &none).unwrap(), (object.to_vec(), 0));
+    }
+
+    #[test]
+    fn typed_reads_need_the_kfunc_the_slot_type_and_every_cast_type() {
+        let all = Kfuncs {
+            rdonly_cast: Some(7),
+            cast_types: CAST_TYPES.iter().map(|&(global, _)| (global, 1)).collect(),
+            file_slot: Some(2),
+        };
+        assert!(all.casts_available());
+        let mut one_short = all.clone();
+        one_short.cast_types.pop();
+        assert!(!one_short.casts_available());
+        assert!(
+            !Kfuncs {
+                file_slot: None,
+                ..all.clone()
+            }
+            .casts_available()
+        );
+        assert!(
+            !Kfuncs {
+                rdonly_cast: None,
+                ..all
+            }
+            .casts_available()
+        );
     }
 }

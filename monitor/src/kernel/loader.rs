@@ -163,7 +163,7 @@ impl Kernel {
         raise_memlock_limit();
         let btf = kernel_btf()?;
         let offsets = offsets_from(&btf)?;
-        let kfuncs = Kfuncs::from_btf(&btf)?;
+        let kfuncs = Kfuncs::from_btf(&btf);
         drop(btf);
         let ring_bytes = ring_bytes()?;
         let mut ebpf = load_object(&offsets, &kfuncs, ring_bytes)?;
@@ -576,7 +576,7 @@ fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 fn attach_syscall_hook(ebpf: &mut Ebpf, kfuncs: &Kfuncs) -> anyhow::Result<SyscallHook> {
     let forced = std::env::var(HOOK_ENV).ok();
     let no_cast = !kfuncs.casts_available();
-    const NO_CAST: &str = "the kernel has no bpf_rdonly_cast kfunc (before 6.2), or no struct known to start with a struct file pointer, which the BTF tracepoint's reads use";
+    const NO_CAST: &str = "the kernel has no bpf_rdonly_cast kfunc (before 6.2), or its BTF lacks a struct the BTF tracepoint's reads are cast to";
     match forced.as_deref() {
         Some("raw") => {}
         Some("btf") if no_cast => bail!("{HOOK_ENV}=btf: {NO_CAST}"),
@@ -854,7 +854,10 @@ mod tests {
     fn kfuncs(rdonly_cast: Option<u32>) -> Kfuncs {
         Kfuncs {
             rdonly_cast,
-            cast_types: Vec::new(),
+            cast_types: monitor_common::CAST_TYPES
+                .iter()
+                .map(|&(global, _)| (global, 1))
+                .collect(),
             file_slot: Some(1),
         }
     }
