@@ -253,6 +253,31 @@ pub const ACCESS_CREATED: u32 = 1 << 31;
 /// Entries of the `SEEN` map; past it, opens are reported in full.
 pub const SEEN_ENTRIES: u32 = 65536;
 
+/// A sandbox directory, as the kernel names its inode: a failed open of a
+/// name below it, relative to a directory inside it, is counted in
+/// `PROBES_FOLDED` instead of reported (`monitor-ebpf/src/sandbox.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SandboxDir {
+    pub ino: u64,
+    /// `sb->s_dev` (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Sandboxes registered in the kernel at once; past it, an action's
+/// failed probes are reported as without it.
+pub const MAX_SANDBOX_DIRS: u32 = 4096;
+/// A sandbox's key for an action of a sandbox launcher's process tree:
+/// this bit and the launcher's tgid (cgroup ids never have it set). Other
+/// actions are keyed by their cgroup id.
+pub const LINEAGE_KEY: u64 = 1 << 63;
+/// Longest name a failed probe may have to be counted in the kernel (the
+/// check for `..` reads it byte by byte).
+pub const MAX_FOLDED_NAME: usize = 256;
+/// Directories walked up from a probe's base to find its sandbox.
+pub const MAX_FOLD_DEPTH: u32 = 16;
+
 /// `f_mode` bit: the open created the file (`FMODE_CREATED`, a macro, not
 /// in BTF).
 pub const FMODE_CREATED: u32 = 1 << 20;
@@ -681,7 +706,7 @@ pub const BTF_ID_FILE_SLOT: &str = "BTF_ID_FILE_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 28] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 29] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
@@ -705,6 +730,7 @@ pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 28] {
         ("OFF_SB_S_MAGIC", o.sb_s_magic),
         ("OFF_PATH_DENTRY", o.path_dentry),
         ("OFF_DENTRY_PARENT", o.dentry_parent),
+        ("OFF_DENTRY_INODE", o.dentry_inode),
         ("OFF_DENTRY_NAME_NAME", o.dentry_name + o.qstr_name),
         ("OFF_MOUNT_PARENT", o.mount_parent),
         ("OFF_MOUNT_MOUNTPOINT", o.mount_mountpoint),
@@ -723,4 +749,5 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for SeenKey {}
+    unsafe impl aya::Pod for SandboxDir {}
 }

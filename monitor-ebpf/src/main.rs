@@ -3,7 +3,8 @@
 //! `probes/` holds the entry points, one module per hook family (see its
 //! `mod.rs`); beside it are the helpers they share: `filter` (is this task
 //! in a monitored action?), `lineage` (sandbox launcher trees), `dpath`
-//! (dentry walks), `object` (identity of an open file), `offsets`
+//! (dentry walks), `object` (identity of an open file), `sandbox` (failed
+//! probes in the action's own sandbox, counted), `offsets`
 //! (struct offsets the verifier sees as constants), `seen` (repeats
 //! counted, not reported), `task` (kernel struct reads), `emit` (ring records),
 //! `maps`. The kernel filters and reports; userspace decides.
@@ -22,6 +23,7 @@ mod maps;
 mod object;
 mod offsets;
 mod probes;
+mod sandbox;
 mod seen;
 mod task;
 mod workers;

@@ -29,6 +29,7 @@ use crate::{
     maps::{HOST_ROOT_DENTRY, SCRATCH, Scratch},
     object::{self, Identity, Reader},
     probes::syscalls::Syscall,
+    sandbox,
     seen::{self, Seen},
     task::{current_task, file_of_fd, parent_tgid_typed, read},
 };
@@ -172,6 +173,18 @@ pub fn report<R: Reader>(
             Seen::Untracked => {}
         }
     }
+    let mut hflags = 0;
+    let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
+    // A relative name is looked up from the cwd or the dirfd.
+    let relative = !has_object && path_len > 0 && scratch.data[0] != b'/';
+    let base = if relative {
+        name_base(settings, args.dirfd)
+    } else {
+        0
+    };
+    if relative && sandbox::fold_probe::<R>(m, args.syscall, ret, base, path_len) {
+        return Some(());
+    }
     let ev: &mut FileEvent = &mut scratch.event;
     fill_header(
         &mut ev.header,
@@ -185,7 +198,6 @@ pub fn report<R: Reader>(
     ev.mode = args.mode;
     ev.result = ret;
     clear_identity(ev);
-    let mut hflags = 0;
     if tracked {
         hflags |= FLAG_TRACKED;
         ev.generation = key.generation;
@@ -194,15 +206,14 @@ pub fn report<R: Reader>(
         ev.mnt = key.mnt;
     }
 
-    let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
     // One walk call site (the walk itself is a global function, verified
     // once per program, see `dpath_walk`).
     let walk_from = if has_object {
         hflags |= FLAG_OBJECT;
         object::describe::<R>(o, &id, &mut scratch.windows, &mut scratch.event);
         Some(file + o.file_path as u64)
-    } else if path_len > 0 && scratch.data[0] != b'/' {
-        Some(name_base(settings, args.dirfd))
+    } else if relative {
+        Some(base)
     } else if path_len > 0 {
         chroot_root(settings).inspect(|_| hflags |= FLAG_NAME_UNDER_ROOT)
     } else {

@@ -186,8 +186,8 @@ pub enum Need {
 }
 
 /// Registry keys of lineage actions: this bit plus the launcher's tgid
-/// (cgroup ids never have it set).
-const LINEAGE_KEY: u64 = 1 << 63;
+/// (cgroup ids never have it set); the kernel keys sandboxes the same way.
+use monitor_common::LINEAGE_KEY;
 
 /// Is this registry key a lineage (sandbox launcher) action?
 pub fn is_lineage_key(key: u64) -> bool {

@@ -314,6 +314,7 @@ fn completeness(running: &start::Running) -> Completeness {
             .summary
             .worker_spawns_unattributable,
         events_by_kind,
+        probes_folded: m.probes_folded_total.get(),
         events_lost,
         hooks,
         enforced: running.enforce,

@@ -148,6 +148,8 @@ pub struct Kernel {
     action_keys: std::collections::HashMap<u64, ActionKeys>,
     /// The counts of repeated opens (taken by the pipeline).
     pub seen: Option<crate::kernel::seen::SeenCounts>,
+    /// Sandboxes whose failed probes the kernel counts.
+    pub sandboxes: crate::kernel::sandboxes::SandboxMaps,
 }
 
 impl Kernel {
@@ -179,6 +181,10 @@ impl Kernel {
         let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
         let runners = HashMap::try_from(take(&mut ebpf, "RUNNERS")?)?;
         let seen = seen_counts(take(&mut ebpf, "SEEN")?)?;
+        let sandboxes = crate::kernel::sandboxes::SandboxMaps::new(
+            take(&mut ebpf, "SANDBOX_DIRS")?,
+            take(&mut ebpf, "PROBES_FOLDED")?,
+        )?;
         let (host_root_dev, host_root_ino) = host_root()?;
         let mut settings = Settings {
             offsets,
@@ -215,6 +221,7 @@ impl Kernel {
             allow_keys: Default::default(),
             action_keys: Default::default(),
             seen: Some(seen),
+            sandboxes,
         };
         kernel.set_scopes(scopes)?;
         for (program, hook) in PROCESS_PROGRAMS {
@@ -600,9 +607,7 @@ fn attach_syscall_hook(ebpf: &mut Ebpf, kfuncs: &Kfuncs) -> anyhow::Result<Sysca
 fn host_root() -> anyhow::Result<(u32, u64)> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata("/").context("stat of the root directory")?;
-    let dev = meta.dev();
-    let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
-    Ok((kernel_dev, meta.ino()))
+    Ok((crate::kernel::sandboxes::kernel_dev(meta.dev()), meta.ino()))
 }
 
 fn raise_memlock_limit() {

@@ -14,6 +14,9 @@ pub struct Completeness {
     pub worker_spawns_unattributable: usize,
     /// Events the monitor received and judged, by kind.
     pub events_by_kind: BTreeMap<String, u64>,
+    /// Of the `file` events: failed probes below an action's own sandbox
+    /// the kernel counted instead of reporting (none can be a violation).
+    pub probes_folded: u64,
     /// Events the kernel or the decoder could not deliver, by reason.
     pub events_lost: BTreeMap<String, u64>,
     /// The kernel hooks that were attached.
@@ -62,6 +65,7 @@ impl Completeness {
             "spawns_unmonitored": self.spawns_unmonitored,
             "worker_spawns_unattributable": self.worker_spawns_unattributable,
             "events_by_kind": self.events_by_kind,
+            "probes_folded": self.probes_folded,
             "events_lost": self.events_lost,
             "hooks": self.hooks,
             "enforced": self.enforced,

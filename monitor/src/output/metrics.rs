@@ -20,6 +20,11 @@ pub struct Metrics {
     /// Of `events_total{kind="file"}`: repeated opens the kernel counted
     /// instead of reporting (each judged as the process's first).
     pub repeats_total: IntCounter,
+    /// Of `events_total{kind="file"}`: failed probes below an action's own
+    /// sandbox the kernel counted instead of reporting.
+    pub probes_folded_total: IntCounter,
+    /// Sandboxes whose failed probes the kernel counts now.
+    pub kernel_sandboxes: IntGauge,
     pub actions_active: IntGauge,
     /// Actions seen starting, by `mnemonic`.
     pub actions_total: IntCounterVec,
@@ -77,6 +82,17 @@ impl Metrics {
             repeats_total: counter(
                 "repeats_total",
                 "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
+            ),
+            probes_folded_total: counter(
+                "probes_folded_total",
+                "Failed opens (ENOENT) of relative names below the action's own sandbox the kernel counted instead of reporting (none can be a violation); part of events_total.",
+            ),
+            kernel_sandboxes: register(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "kernel_sandboxes",
+                    "Sandboxes whose failed probes the kernel counts now (probes_folded_total).",
+                )),
             ),
             actions_active: register(
                 &registry,

@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt as _;
 
 mod grants;
 mod held;
+mod sandboxes;
 pub use held::Labels;
 
 use crate::{
@@ -101,6 +102,8 @@ pub struct Handler {
     held_overflowed: bool,
     /// Declared network grants for the kernel's action tier.
     pub grants: grants::KernelGrants,
+    /// Sandboxes whose failed probes the kernel counts.
+    pub sandboxes: sandboxes::KernelSandboxes,
 }
 
 impl Handler {
@@ -134,6 +137,7 @@ impl Handler {
             held: Vec::new(),
             held_overflowed: false,
             grants: Default::default(),
+            sandboxes: Default::default(),
         }
     }
 
@@ -184,6 +188,9 @@ impl Handler {
                 }
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
+                if origin.launcher == pid {
+                    self.unregister_sandbox(monitor_common::LINEAGE_KEY | u64::from(pid));
+                }
             }
             Event::IoUring(o) => {
                 if self.processes.note_io_uring(pid) {
@@ -267,6 +274,7 @@ impl Handler {
             self.registry.cgroup_created(change.cgroup_id, path, now);
         } else {
             self.revoke_removed(change.cgroup_id);
+            self.unregister_sandbox(change.cgroup_id);
             self.registry.cgroup_removed(change.cgroup_id, now);
         }
     }
@@ -306,6 +314,9 @@ impl Handler {
                 }
                 let spawn = found.as_ref().map(|b| b.0.clone());
                 let ready = self.registry.spawn_read(key, found.map(|b| *b));
+                if let Some(spawn) = &spawn {
+                    self.register_sandbox(key, spawn);
+                }
                 if let Some(spawn) = spawn.filter(|_| is_lineage_key(key)) {
                     self.spawn_started(key, spawn);
                 }

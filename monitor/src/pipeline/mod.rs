@@ -69,6 +69,8 @@ pub struct Pipeline {
     /// alerts are still pending (`monitor exec` holds them until then).
     exec_log: Option<ExecLogFile>,
     lost_seen: [u64; LOST_REASONS as usize],
+    /// The kernel's count of failed probes it did not report, as last added.
+    folded_seen: u64,
     /// Needs handed to the watcher side and not answered yet.
     outstanding: usize,
     /// Config reloads (`monitor run` on SIGHUP), applied between events.
@@ -107,6 +109,7 @@ impl Pipeline {
             declarations_dir,
             exec_log: None,
             lost_seen: [0; LOST_REASONS as usize],
+            folded_seen: 0,
             outstanding: 0,
             reloads: None,
             bazel_section: None,
@@ -183,7 +186,7 @@ impl Pipeline {
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     self.handler.tick(now);
-                    self.sync_lost(kernel);
+                    self.sync_kernel_counts(kernel);
                     if now.duration_since(last_flush) >= self.fold_window {
                         last_flush = now;
                         self.flush_alerts();
@@ -197,7 +200,7 @@ impl Pipeline {
             self.events(batch, &update_tx);
         }
         reader.join();
-        self.sync_lost(kernel);
+        self.sync_kernel_counts(kernel);
         self.await_outstanding(&mut updates, &update_tx).await;
         drop(watcher);
         self.finish();
@@ -220,13 +223,20 @@ impl Pipeline {
         self.serve_needs(updates);
     }
 
-    /// Writes the declared network grants into the kernel's action tier.
+    /// Writes the declared network grants into the kernel's action tier,
+    /// and the sandboxes whose failed probes it may count.
     fn write_grants(&mut self, kernel: &mut Kernel) {
         for (action, rules) in self.handler.grants.pending.drain(..) {
             if let Err(e) = kernel.set_action_allow(action, &rules.any_port, &rules.by_port) {
                 log::warn!(
                     "declared network of cgroup id {action} not enforced in the kernel: {e:#}"
                 );
+            }
+        }
+        for (action, dir) in self.handler.sandboxes.pending.drain(..) {
+            if let Err(e) = kernel.sandboxes.set(action, dir) {
+                // Registering failed: its probes are reported, as before.
+                log::warn!("sandbox of action {action:#x} in the kernel: {e:#}");
             }
         }
     }
@@ -384,8 +394,17 @@ impl Pipeline {
         self.sinks.write(alerts);
     }
 
-    /// Copies the kernel's lost-event counters into the metrics.
-    fn sync_lost(&mut self, kernel: &Kernel) {
+    /// Adds what the kernel counted and did not report: failed probes (to
+    /// `events_total`) and lost events.
+    fn sync_kernel_counts(&mut self, kernel: &Kernel) {
+        let folded = kernel.sandboxes.folded();
+        let delta = folded.saturating_sub(self.folded_seen);
+        self.folded_seen = folded;
+        self.metrics.probes_folded_total.inc_by(delta);
+        self.metrics
+            .events_total
+            .with_label_values(&["file"])
+            .inc_by(delta);
         let now = kernel.lost_counts();
         for (reason, name) in LOST_NAMES {
             let i = reason as usize;
