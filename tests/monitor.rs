@@ -517,34 +517,6 @@ fn raw_tracepoint_fallback_reports_files_and_connects() {
     assert_eq!(net[0]["net"]["port"], denied);
 }
 
-/// A fake Bazel sandbox: `<tmp>/ob/sandbox/<strategy>/<id>/execroot/ws` with
-/// `pkg/in.txt` a symlink to a real source file, as Bazel materialises it.
-struct FakeSandbox {
-    _tmp: tempfile::TempDir,
-    execroot: std::path::PathBuf,
-    source: std::path::PathBuf,
-    undeclared: std::path::PathBuf,
-}
-
-fn fake_sandbox(strategy: &str, id: u32) -> FakeSandbox {
-    let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("workspace/pkg/in.txt");
-    let undeclared = tmp.path().join("workspace/pkg/secret.txt");
-    write(&source, "in");
-    write(&undeclared, "secret");
-    let execroot = tmp
-        .path()
-        .join(format!("ob/sandbox/{strategy}/{id}/execroot/ws"));
-    fs::create_dir_all(execroot.join("pkg")).unwrap();
-    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
-    FakeSandbox {
-        _tmp: tmp,
-        execroot,
-        source,
-        undeclared,
-    }
-}
-
 /// Lineage mode: a process that execs a sandbox launcher (here a script named
 /// `process-wrapper`) starts an action; its children, however short-lived,
 /// belong to it and are judged against the sandbox it works in.

@@ -35,8 +35,7 @@ use crate::{
 /// The sandbox directory of each action whose probes are counted here,
 /// by the action's key ([`action_key`]); written by userspace.
 #[map]
-pub static SANDBOX_DIRS: HashMap<u64, SandboxDir> =
-    HashMap::with_max_entries(MAX_SANDBOX_DIRS, 0);
+pub static SANDBOX_DIRS: HashMap<u64, SandboxDir> = HashMap::with_max_entries(MAX_SANDBOX_DIRS, 0);
 
 /// Failed probes counted instead of reported.
 #[map]

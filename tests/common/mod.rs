@@ -302,6 +302,13 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Waits until the metrics satisfy `condition` (`what` names it).
+    pub fn wait_for_metrics(&self, what: &str, condition: impl Fn(&Metrics) -> bool) -> Metrics {
+        self.monitor
+            .wait_for_metrics(PATIENCE, what, condition)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// Waits until the alerts written so far satisfy `condition`.
     pub fn wait_for_alerts(&self, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         self.monitor
@@ -368,4 +375,32 @@ pub fn net_alerts(alerts: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|a| a["kind"] == "network_egress")
         .collect()
+}
+
+/// A fake Bazel sandbox: `<tmp>/ob/sandbox/<strategy>/<id>/execroot/ws` with
+/// `pkg/in.txt` a symlink to a real source file, as Bazel materialises it.
+pub struct FakeSandbox {
+    pub tmp: tempfile::TempDir,
+    pub execroot: std::path::PathBuf,
+    pub source: std::path::PathBuf,
+    pub undeclared: std::path::PathBuf,
+}
+
+pub fn fake_sandbox(strategy: &str, id: u32) -> FakeSandbox {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("workspace/pkg/in.txt");
+    let undeclared = tmp.path().join("workspace/pkg/secret.txt");
+    write(&source, "in");
+    write(&undeclared, "secret");
+    let execroot = tmp
+        .path()
+        .join(format!("ob/sandbox/{strategy}/{id}/execroot/ws"));
+    fs::create_dir_all(execroot.join("pkg")).unwrap();
+    std::os::unix::fs::symlink(&source, execroot.join("pkg/in.txt")).unwrap();
+    FakeSandbox {
+        tmp,
+        execroot,
+        source,
+        undeclared,
+    }
 }

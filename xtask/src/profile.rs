@@ -46,6 +46,10 @@ pub struct Options {
     /// `--perf` run's recording.
     #[arg(long)]
     report_only: bool,
+    /// Run this monitor binary instead of building the release one (to
+    /// compare two versions on the same machine, alternately).
+    #[arg(long)]
+    monitor_bin: Option<PathBuf>,
     /// The flame graph (with `--perf`); the table goes beside it (`.txt`).
     #[arg(long, default_value = "profiles/daemon-build.svg")]
     svg: PathBuf,
@@ -71,8 +75,13 @@ pub fn run(options: Options) -> Result<()> {
     if options.report_only {
         return write_profile(&perf_data, &svg, &build, options.perf_event);
     }
-    exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
-    let monitor_bin = target_dir()?.join("release").join("monitor");
+    let monitor_bin = match options.monitor_bin {
+        Some(bin) => bin,
+        None => {
+            exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
+            target_dir()?.join("release").join("monitor")
+        }
+    };
     let ws = dir.join("ws");
     let _ = fs::remove_dir_all(&ws);
     let actions = workspace::generate(&ws, &build)?;
@@ -114,11 +123,12 @@ pub fn run(options: Options) -> Result<()> {
 
 fn print_run(what: &str, run: &MonitoredRun) {
     println!(
-        "profile-build: {what}: daemon {:.2} s CPU, peak RSS {:.0} MiB, {} events, {} lost, \
-         {} violations; build {:.1} s wall, {:.1} s CPU",
+        "profile-build: {what}: daemon {:.2} s CPU, peak RSS {:.0} MiB, {} events ({} failed \
+         probes counted in the kernel), {} lost, {} violations; build {:.1} s wall, {:.1} s CPU",
         run.daemon_cpu_s,
         run.daemon_peak_rss_kib as f64 / 1024.0,
         run.events.map_or("?".to_owned(), |e| e.to_string()),
+        run.probes_folded.map_or("?".to_owned(), |e| e.to_string()),
         run.lost,
         run.violations,
         run.wall_s,

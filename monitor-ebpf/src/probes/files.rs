@@ -185,20 +185,9 @@ pub fn report<R: Reader>(
     if relative && sandbox::fold_probe::<R>(m, args.syscall, ret, base, path_len) {
         return Some(());
     }
-    let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(
-        &mut ev.header,
-        EventKind::FileOpen as u32,
-        m,
-        parent_tgid_typed(),
-    );
-    ev.syscall = args.syscall;
-    ev.dirfd = args.dirfd;
-    ev.open_flags = args.flags;
-    ev.mode = args.mode;
-    ev.result = ret;
-    clear_identity(ev);
+    fill_fields(&mut scratch.event, m, args, ret);
     if tracked {
+        let ev = &mut scratch.event;
         hflags |= FLAG_TRACKED;
         ev.generation = key.generation;
         ev.access_class = key.access_class;
@@ -230,6 +219,23 @@ pub fn report<R: Reader>(
     let total = core::mem::size_of::<FileEvent>() + dir_len + path_len;
     submit(settings, (scratch as *const Scratch).cast(), total);
     Some(())
+}
+
+/// The header and the call's own fields, the identity cleared.
+#[inline(always)]
+fn fill_fields(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64) {
+    fill_header(
+        &mut ev.header,
+        EventKind::FileOpen as u32,
+        m,
+        parent_tgid_typed(),
+    );
+    ev.syscall = args.syscall;
+    ev.dirfd = args.dirfd;
+    ev.open_flags = args.flags;
+    ev.mode = args.mode;
+    ev.result = ret;
+    clear_identity(ev);
 }
 
 #[inline(always)]

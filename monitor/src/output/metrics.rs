@@ -63,6 +63,7 @@ impl Metrics {
         let counter =
             |name: &str, help: &str| register(&registry, IntCounter::with_opts(opts(name, help)));
         let (build_info, alerts_queued) = node_gauges(&registry);
+        let (repeats_total, probes_folded_total, kernel_sandboxes) = counted_in_kernel(&registry);
         let metrics = Metrics {
             violations_total: counter_vec(
                 "violations_total",
@@ -79,21 +80,9 @@ impl Metrics {
                 "Kernel events lost before a verdict; a non-zero rate means violations may be missed.",
                 &["reason"],
             ),
-            repeats_total: counter(
-                "repeats_total",
-                "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
-            ),
-            probes_folded_total: counter(
-                "probes_folded_total",
-                "Failed opens (ENOENT) of relative names below the action's own sandbox the kernel counted instead of reporting (none can be a violation); part of events_total.",
-            ),
-            kernel_sandboxes: register(
-                &registry,
-                IntGauge::with_opts(opts(
-                    "kernel_sandboxes",
-                    "Sandboxes whose failed probes the kernel counts now (probes_folded_total).",
-                )),
-            ),
+            repeats_total,
+            probes_folded_total,
+            kernel_sandboxes,
             actions_active: register(
                 &registry,
                 IntGauge::with_opts(opts(
@@ -193,6 +182,30 @@ fn node_gauges(registry: &Registry) -> (IntGaugeVec, IntGaugeVec) {
             "alerts_queued",
             "Alerts handed to a sink and not yet written (HTTP sinks: waiting in the spool).",
             &["sink"],
+        ),
+    )
+}
+
+/// What the kernel counts instead of reporting: `repeats_total`,
+/// `probes_folded_total`, and the gauge `kernel_sandboxes`.
+fn counted_in_kernel(registry: &Registry) -> (IntCounter, IntCounter, IntGauge) {
+    let counter =
+        |name: &str, help: &str| register(registry, IntCounter::with_opts(opts(name, help)));
+    (
+        counter(
+            "repeats_total",
+            "Repeated opens (same process, object and access) the kernel counted instead of reporting; part of events_total.",
+        ),
+        counter(
+            "probes_folded_total",
+            "Failed opens (ENOENT) of relative names below the action's own sandbox the kernel counted instead of reporting (none can be a violation); part of events_total.",
+        ),
+        register(
+            registry,
+            IntGauge::with_opts(opts(
+                "kernel_sandboxes",
+                "Sandboxes whose failed probes the kernel counts now (probes_folded_total).",
+            )),
         ),
     )
 }

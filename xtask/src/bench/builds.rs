@@ -69,6 +69,9 @@ pub struct MonitoredRun {
     pub daemon_peak_rss_kib: u64,
     /// Events the monitor received (report key `events`, when present).
     pub events: Option<u64>,
+    /// Of the file events: failed probes the kernel counted instead of
+    /// reporting (report key `completeness.probes_folded`, when present).
+    pub probes_folded: Option<u64>,
     pub lost: u64,
     pub violations: u64,
     pub unmonitored_spawns: u64,

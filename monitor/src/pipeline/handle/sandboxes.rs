@@ -24,13 +24,6 @@ pub struct KernelSandboxes {
     full_warned: bool,
 }
 
-impl KernelSandboxes {
-    /// Sandboxes registered now.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-}
-
 impl Handler {
     /// A spawn was read: its sandbox is registered when the action's
     /// declaration covers the whole tree (the spawn's own outputs).
@@ -74,7 +67,9 @@ impl Handler {
             // Gone already (a short spawn): nothing left to probe in it.
             Err(e) => log::debug!("sandbox {}: {e}; its probes are reported", dir.display()),
         }
-        self.metrics.kernel_sandboxes.set(sandboxes.held.len() as i64);
+        self.metrics
+            .kernel_sandboxes
+            .set(sandboxes.held.len() as i64);
     }
 
     /// The action `key` ended (its launcher exited, its cgroup went).

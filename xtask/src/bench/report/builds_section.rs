@@ -172,6 +172,18 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
             stats::median(&rates)
         )?;
     }
+    let folded: Vec<f64> = b
+        .triples
+        .iter()
+        .filter_map(|t| Some(t.monitored.probes_folded? as f64))
+        .collect();
+    if !folded.is_empty() {
+        writeln!(
+            md,
+            "| of the events, failed probes counted in the kernel (median per build) | {:.0} |",
+            stats::median(&folded)
+        )?;
+    }
     writeln!(md, "| events lost (must be 0) | {lost} |")?;
     writeln!(
         md,
@@ -206,6 +218,7 @@ mod tests {
             daemon_cpu_s,
             daemon_peak_rss_kib: 1024,
             events: Some(100),
+            probes_folded: Some(60),
             lost: 0,
             violations: 0,
             unmonitored_spawns: 0,

@@ -1,0 +1,201 @@
+//! Failed probes below an action's own sandbox are counted in the kernel
+//! instead of reported (`monitor-ebpf/src/sandbox.rs`), exactly, and only
+//! those: every other failed open is still reported and judged. Real
+//! kernel programs, a launcher script and a fake Bazel sandbox, as root.
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use monitor_integration_tests::*;
+
+const FOLDED: &str = "build_monitor_probes_folded_total";
+const SANDBOXES: &str = "build_monitor_kernel_sandboxes";
+
+/// Starts `argv` through the `process-wrapper` launcher in `cgroup`, with
+/// `cwd` and a piped stdin (the script waits for a line on it).
+fn launch(cgroup: &Path, cwd: &Path, launcher: &Path, argv: &[&str]) -> Child {
+    in_cgroup(
+        Command::new(launcher)
+            .current_dir(cwd)
+            .args(["--timeout=0", "--"])
+            .args(argv),
+        cgroup,
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Lets the action go once the kernel counts its sandbox's probes, and
+/// waits for it to succeed.
+fn go_when_registered(daemon: &Daemon, mut child: Child) {
+    daemon.wait_for_metric(SANDBOXES, &[], 1.0);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// 500 header-style probes in the sandbox are counted once each in the
+/// kernel (and in `events_total`), raise nothing, and reach no ring; a
+/// probe with `..`, an absolute one and one from a directory outside are
+/// reported as before (the last one, undeclared, alerts: the positive
+/// control). The sandbox is unregistered when its launcher exits.
+#[test]
+fn probes_below_the_own_sandbox_are_counted_exactly_in_the_kernel() {
+    require_root();
+    let parent = test_parent("probes");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let sb = fake_sandbox("processwrapper-sandbox", 7);
+    let outside = sb.tmp.path().join("workspace/pkg");
+    let bin = tempfile::tempdir().unwrap();
+    let launcher = process_wrapper(bin.path());
+    // `true < name` is one open of the name (dash), failing with ENOENT.
+    let script = format!(
+        "read go
+         i=0
+         while [ $i -lt 500 ]; do true < probe_$i 2>/dev/null; i=$((i+1)); done
+         true < pkg/../dotdot 2>/dev/null
+         true < {root}/absolute_missing 2>/dev/null
+         true < pkg/in.txt
+         cd {outside} && true < outside_missing 2>/dev/null
+         exit 0",
+        root = sb.execroot.display(),
+        outside = outside.display(),
+    );
+    let child = launch(
+        &job.path,
+        &sb.execroot,
+        &launcher,
+        &["/bin/sh", "-c", &script],
+    );
+    go_when_registered(&daemon, child);
+    daemon.wait_for_file_alert(&outside.join("outside_missing"));
+    let metrics = daemon.wait_for_metrics("500 probes folded, the sandbox unregistered", |m| {
+        m.sum(FOLDED, &[]) >= 500.0 && m.sum(SANDBOXES, &[]) == 0.0
+    });
+    assert_eq!(metrics.sum(FOLDED, &[]), 500.0, "each probe counted once");
+    let file_events = metrics.sum("build_monitor_events_total", &[("kind", "file")]);
+    assert!(
+        file_events >= 500.0 + 4.0,
+        "the folded probes are file events: {file_events}"
+    );
+    let (_, alerts, stderr) = daemon.stop();
+    assert_eq!(
+        file_alerts(&alerts, &outside.join("outside_missing")).len(),
+        1,
+        "{alerts:#?}\n{stderr}"
+    );
+    for quiet in [
+        "probe_0",
+        "probe_499",
+        "dotdot",
+        "absolute_missing",
+        "pkg/in.txt",
+    ] {
+        assert!(
+            file_alerts(&alerts, &sb.execroot.join(quiet)).is_empty(),
+            "{quiet} alerted: {alerts:#?}"
+        );
+    }
+}
+
+/// Hostile routes: the directory a name is looked up from decides, not the
+/// process's cwd nor a name inside the sandbox. A probe relative to a
+/// dirfd outside (cwd inside), and one from a cwd reached through a
+/// symlink planted in the sandbox, are reported and alert; a probe
+/// relative to the sandbox from the same process is counted (the control
+/// that the action's sandbox is registered).
+#[test]
+fn a_probe_looked_up_outside_the_sandbox_is_reported_whatever_the_cwd() {
+    require_root();
+    let parent = test_parent("probes-out");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let sb = fake_sandbox("processwrapper-sandbox", 8);
+    let outside = sb.tmp.path().join("workspace/pkg");
+    let bin = tempfile::tempdir().unwrap();
+    let launcher = process_wrapper(bin.path());
+    let script = "import os, sys
+sys.stdin.readline()
+outside = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+for name, base in (('in_sandbox', None), ('by_dirfd', outside)):
+    try:
+        os.open(name, os.O_RDONLY, dir_fd=base)
+    except FileNotFoundError:
+        pass
+os.symlink(sys.argv[1], 'escape')
+os.chdir('escape')
+try:
+    open('through_link')
+except FileNotFoundError:
+    pass
+";
+    let child = launch(
+        &job.path,
+        &sb.execroot,
+        &launcher,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            script,
+            &outside.display().to_string(),
+        ],
+    );
+    go_when_registered(&daemon, child);
+    for name in ["by_dirfd", "through_link"] {
+        daemon.wait_for_file_alert(&outside.join(name));
+    }
+    let metrics = daemon.wait_for_metric(FOLDED, &[], 1.0);
+    let (_, alerts, _) = daemon.stop();
+    assert!(
+        file_alerts(&alerts, &sb.execroot.join("in_sandbox")).is_empty(),
+        "{alerts:#?}"
+    );
+    assert!(metrics.sum(FOLDED, &[]) >= 1.0);
+}
+
+/// Bazel 7+ cgroup mode: the spawn scope (`sandbox_<id>.scope`) is the
+/// action, keyed by its cgroup in the kernel as in the registry; its probes
+/// are counted once its sandbox is read, until the scope is removed.
+#[test]
+fn a_bazel7_spawn_scopes_probes_are_counted_until_the_scope_goes() {
+    require_root();
+    let parent = test_parent("probes-scope");
+    let daemon = Daemon::start(&parent.path, "");
+    let slice = parent.child("blaze_4343_spawns.slice");
+    let scope = slice.child("sandbox_11.scope");
+    let sb = fake_sandbox("linux-sandbox", 11);
+    let script = "read go
+        i=0
+        while [ $i -lt 300 ]; do true < probe_$i 2>/dev/null; i=$((i+1)); done
+        cat pkg/in.txt > /dev/null";
+    let child = in_cgroup(
+        Command::new("/bin/sh")
+            .current_dir(&sb.execroot)
+            .args(["-c", script]),
+        &scope.path,
+    )
+    .stdin(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    go_when_registered(&daemon, child);
+    let metrics = daemon.wait_for_metric(FOLDED, &[], 300.0);
+    assert_eq!(metrics.sum(FOLDED, &[]), 300.0, "each probe counted once");
+    drop(scope);
+    daemon.wait_for_metrics("the scope's sandbox unregistered", |m| {
+        m.sum(SANDBOXES, &[]) == 0.0
+    });
+    let (_, alerts, stderr) = daemon.stop();
+    assert!(alerts.is_empty(), "{alerts:#?}\n{stderr}");
+}
