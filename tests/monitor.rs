@@ -710,3 +710,39 @@ fn a_taken_metrics_port_is_retried_by_the_harness() {
         Attempt::PortTaken(stderr) => panic!("a free port was reported taken: {stderr}"),
     }
 }
+
+/// `monitor exec`'s report says what the monitor itself cost: the start
+/// (loading and verifying the programs) apart from the whole run, whose
+/// events (2,000 refused loopback connects here) cost more on top.
+#[test]
+fn the_exec_report_gives_the_monitors_own_cost() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.json");
+    let port = free_port().to_string();
+    let script = "import socket, sys\n\
+        for i in range(2000):\n\
+        \x20   s = socket.socket()\n\
+        \x20   s.connect_ex(('127.0.0.1', int(sys.argv[1])))\n\
+        \x20   s.close()\n";
+    let out = Command::new(monitor_bin())
+        .args(["exec", "--report"])
+        .arg(&report)
+        .args(["--", "/usr/bin/python3", "-S", "-c", script, &port])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap())
+        .unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+    let cost = &report["monitor"];
+    let startup = cost["startup_cpu_s"].as_f64().unwrap();
+    let total = cost["cpu_s"].as_f64().unwrap();
+    assert!(startup > 0.0, "loading the programs costs CPU: {cost}");
+    assert!(total > startup, "the events cost more on top: {cost}");
+    assert!(cost["peak_rss_mib"].as_f64().unwrap() > 1.0, "{cost}");
+    assert!(
+        report["events"]["net"].as_u64().unwrap() >= 2000,
+        "{}",
+        report["events"]
+    );
+}

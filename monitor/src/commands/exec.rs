@@ -86,6 +86,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         },
     });
     let mut running = start::start(&config, scopes, true, false).await?;
+    let started = crate::output::self_cost::Usage::now();
     running.pipeline.set_exec_log(exec_log);
     running.pipeline.set_fetch_log(fetch_log);
 
@@ -117,7 +118,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             serde_json::to_value(&running.pipeline.fetches).expect("fetches serialise");
         section
     });
-    report_run(&running, &opts, &given, code, bazel_section)
+    report_run(&running, &opts, &given, code, bazel_section, started)
 }
 
 /// Creates the job's cgroup and, one level down, the command's (so that
@@ -162,6 +163,7 @@ fn report_run(
     given: &Config,
     code: u8,
     bazel_section: Option<serde_json::Value>,
+    started: crate::output::self_cost::Usage,
 ) -> Result<u8, StartError> {
     let completeness = completeness(running);
     let lost: u64 = completeness.events_lost.values().sum();
@@ -182,17 +184,16 @@ fn report_run(
         crate::policy::fetches::summary_lines(&running.pipeline.fetches)
     );
     if let Some(path) = &opts.report {
-        let events = events_by_kind(&running.metrics);
-        write_report(
-            path,
-            &opts.command,
-            code,
-            run,
-            &completeness,
-            bazel_section,
-            &events,
-        )
-        .map_err(StartError::Config)?;
+        let sections = Sections {
+            bazel: bazel_section,
+            events: events_by_kind(&running.metrics),
+            monitor: crate::output::self_cost::SelfCost::between(
+                started,
+                crate::output::self_cost::Usage::now(),
+            ),
+        };
+        write_report(path, &opts.command, code, run, &completeness, sections)
+            .map_err(StartError::Config)?;
     }
     write_summaries(opts, code, run, &completeness, &running.pipeline.fetches)
         .map_err(StartError::Config)?;
@@ -556,14 +557,21 @@ pub fn summary(alerts: &[Alert], violations: u64, lost: u64) -> String {
     out
 }
 
+/// The report's sections beside the run's summary.
+struct Sections {
+    bazel: Option<serde_json::Value>,
+    events: BTreeMap<&'static str, u64>,
+    /// What the monitor itself cost.
+    monitor: crate::output::self_cost::SelfCost,
+}
+
 fn write_report(
     path: &Path,
     command: &[OsString],
     exit_status: u8,
     run: &crate::output::summary::RunSummary,
     completeness: &Completeness,
-    bazel: Option<serde_json::Value>,
-    events: &BTreeMap<&str, u64>,
+    sections: Sections,
 ) -> anyhow::Result<()> {
     let violations = run.violations;
     let alerts: Vec<serde_json::Value> = run
@@ -581,10 +589,11 @@ fn write_report(
         "unmonitored_spawns": completeness.spawns_unmonitored,
         "completeness": completeness.to_json(),
         "egress": run.inventory.to_json(),
-        "events": events,
+        "events": sections.events,
+        "monitor": sections.monitor,
         "alerts": alerts,
     });
-    if let Some(section) = bazel {
+    if let Some(section) = sections.bazel {
         report["bazel"] = section;
     }
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)

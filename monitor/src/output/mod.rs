@@ -16,6 +16,7 @@ pub mod learn;
 pub mod markdown;
 pub mod metrics;
 pub mod sarif;
+pub mod self_cost;
 pub mod sinks;
 pub mod spool;
 pub mod summary;

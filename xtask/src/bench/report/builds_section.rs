@@ -71,6 +71,19 @@ fn write_accounted(md: &mut String, b: &BuildResults) -> Result<()> {
         run.daemon_cpu_s,
         points(run.daemon_cpu_s)
     )?;
+    if let Some(start) = run.startup_cpu_s {
+        let rest = run.daemon_cpu_s - start;
+        writeln!(
+            md,
+            "| … of it, the start: programs loaded and verified (the report's `monitor.startup_cpu_s`) | {start:.2} s | {:+.1} |",
+            points(start)
+        )?;
+        writeln!(
+            md,
+            "| … of it, the rest: sandbox reads, events, the report | {rest:.2} s | {:+.1} |",
+            points(rest)
+        )?;
+    }
     let sum = programs_s + run.daemon_cpu_s;
     writeln!(md, "| **sum** | **{sum:.2} s** | **{:+.1}** |", points(sum))?;
     writeln!(
@@ -123,6 +136,38 @@ fn write_parts(md: &mut String, b: &BuildResults) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's start, and the failed probes the kernel counted (from
+/// the reports, when they give them).
+fn write_start_and_probes(md: &mut String, b: &BuildResults) -> Result<()> {
+    let folded: Vec<f64> = b
+        .triples
+        .iter()
+        .filter_map(|t| Some(t.monitored.probes_folded? as f64))
+        .collect();
+    let starts: Vec<f64> = b
+        .triples
+        .iter()
+        .filter_map(|t| t.monitored.startup_cpu_s)
+        .collect();
+    if !starts.is_empty() {
+        writeln!(
+            md,
+            "| of the daemon's CPU, its start: programs loaded and verified (median, min–max) | {:.2} s ({:.2}–{:.2}) |",
+            stats::median(&starts),
+            stats::min(&starts),
+            stats::max(&starts)
+        )?;
+    }
+    if !folded.is_empty() {
+        writeln!(
+            md,
+            "| of the events, failed probes counted in the kernel (median per build) | {:.0} |",
+            stats::median(&folded)
+        )?;
+    }
+    Ok(())
+}
+
 fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
     let daemon_cpu: Vec<f64> = b.triples.iter().map(|t| t.monitored.daemon_cpu_s).collect();
     let rss: Vec<f64> = b
@@ -172,18 +217,7 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
             stats::median(&rates)
         )?;
     }
-    let folded: Vec<f64> = b
-        .triples
-        .iter()
-        .filter_map(|t| Some(t.monitored.probes_folded? as f64))
-        .collect();
-    if !folded.is_empty() {
-        writeln!(
-            md,
-            "| of the events, failed probes counted in the kernel (median per build) | {:.0} |",
-            stats::median(&folded)
-        )?;
-    }
+    write_start_and_probes(md, b)?;
     writeln!(md, "| events lost (must be 0) | {lost} |")?;
     writeln!(
         md,
@@ -219,6 +253,7 @@ mod tests {
             daemon_peak_rss_kib: 1024,
             events: Some(100),
             probes_folded: Some(60),
+            startup_cpu_s: Some(1.0),
             lost: 0,
             violations: 0,
             unmonitored_spawns: 0,
@@ -248,6 +283,11 @@ mod tests {
         write_accounted(&mut md, &results).unwrap();
         assert!(md.contains("| kernel programs (3000000 runs; each run's time includes its clock reads) | 1.50 s | +1.5 |"), "{md}");
         assert!(md.contains("| 2.50 s | +2.5 |"), "{md}");
+        assert!(
+            md.contains("`monitor.startup_cpu_s`) | 1.00 s | +1.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("the report | 1.50 s | +1.5 |"), "{md}");
         assert!(md.contains("| **sum** | **4.00 s** | **+4.0** |"), "{md}");
         // The build's whole CPU: 102 + 2.5 over 100.
         assert!(md.contains("| 104.5 s | +4.5 |"), "{md}");
