@@ -123,9 +123,12 @@ pub fn run(options: Options) -> Result<()> {
 
 fn print_run(what: &str, run: &MonitoredRun) {
     println!(
-        "profile-build: {what}: daemon {:.2} s CPU, peak RSS {:.0} MiB, {} events ({} failed \
-         probes counted in the kernel), {} lost, {} violations; build {:.1} s wall, {:.1} s CPU",
+        "profile-build: {what}: daemon {:.2} s CPU ({} s its start), peak RSS {:.0} MiB, {} events \
+         ({} failed probes counted in the kernel), {} lost, {} violations; build {:.1} s wall, \
+         {:.1} s CPU",
         run.daemon_cpu_s,
+        run.startup_cpu_s
+            .map_or("?".to_owned(), |s| format!("{s:.2}")),
         run.daemon_peak_rss_kib as f64 / 1024.0,
         run.events.map_or("?".to_owned(), |e| e.to_string()),
         run.probes_folded.map_or("?".to_owned(), |e| e.to_string()),
