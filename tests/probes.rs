@@ -199,3 +199,45 @@ fn a_bazel7_spawn_scopes_probes_are_counted_until_the_scope_goes() {
     let (_, alerts, stderr) = daemon.stop();
     assert!(alerts.is_empty(), "{alerts:#?}\n{stderr}");
 }
+
+/// No registration outlives its action: a launcher that exits at once,
+/// while its large sandbox (40,000 links) is still being read, leaves
+/// nothing registered once that read is done (its held event, an
+/// undeclared read, alerts only then), and neither does one that ran to
+/// its end (the positive control that registrations happen at all).
+#[test]
+fn no_sandbox_stays_registered_after_its_action() {
+    require_root();
+    let parent = test_parent("probes-gone");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let bin = tempfile::tempdir().unwrap();
+    let launcher = process_wrapper(bin.path());
+    let sb = fake_sandbox("processwrapper-sandbox", 13);
+    let child = launch(
+        &job.path,
+        &sb.execroot,
+        &launcher,
+        &["/bin/sh", "-c", "read go"],
+    );
+    go_when_registered(&daemon, child);
+    let quick = fake_sandbox("processwrapper-sandbox", 12);
+    for i in 0..40_000 {
+        std::os::unix::fs::symlink(&quick.source, quick.execroot.join(format!("pkg/l{i}")))
+            .unwrap();
+    }
+    run_ok_in(
+        &job.path,
+        Command::new(&launcher)
+            .current_dir(&quick.execroot)
+            .args(["--timeout=0", "--", "/bin/cat"])
+            .arg(&quick.undeclared)
+            .stdout(Stdio::null()),
+    );
+    daemon.wait_for_file_alert(&quick.undeclared);
+    daemon.wait_for_metrics("no sandbox registered once both actions ended", |m| {
+        m.sum(SANDBOXES, &[]) == 0.0
+    });
+    daemon.stop();
+}

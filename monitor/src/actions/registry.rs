@@ -476,6 +476,14 @@ impl<T> Registry<T> {
         self.take_released(key)
     }
 
+    /// Whether the action `key` has ended (its launcher exited, its cgroup
+    /// went) or is not known (any more).
+    pub fn has_ended(&self, key: u64) -> bool {
+        self.actions
+            .get(&key)
+            .is_none_or(|s| s.gone_since.is_some())
+    }
+
     /// A process ended; a launcher's end ends its lineage action.
     pub fn exit(&mut self, o: &Origin, now: Instant) {
         if o.launcher == o.pid

@@ -378,6 +378,7 @@ impl Handler {
         let ready = self.registry.tick(now);
         self.judge_all(ready);
         self.cache_verdicts(now, false);
+        self.sweep_sandboxes();
     }
 
     /// `cache_risk` alerts for worker actions that ended (after their last

@@ -209,6 +209,36 @@ fn a_lineage_action_is_held_until_its_sandbox_is_read() {
     assert_eq!(info.cgroup, "/cg/parent/a");
 }
 
+/// What the kernel's sandbox registrations follow: a lineage action has
+/// ended once its launcher exits, also when that comes before its sandbox
+/// was read; an unknown key has ended.
+#[test]
+fn a_lineage_action_ends_with_its_launcher_even_before_its_sandbox_is_read() {
+    let mut r = registry();
+    let t0 = Instant::now();
+    assert!(r.has_ended(LINEAGE_KEY | 50), "unknown");
+    let launch = Launch {
+        origin: origin(0, 7, 50),
+        argv: b"linux-sandbox\0-W\0/s\0".to_vec(),
+        argv_truncated: false,
+        cwd: None,
+    };
+    let Need::LaunchSpawn { key, .. } = r.launch(launch) else {
+        panic!("expected a sandbox read");
+    };
+    assert!(!r.has_ended(key), "running");
+    let mut child = origin(0, 7, 51);
+    child.launcher = 50;
+    r.exit(&child, t0);
+    assert!(!r.has_ended(key), "a child's exit ends nothing");
+    let mut launcher = origin(0, 7, 50);
+    launcher.launcher = 50;
+    r.exit(&launcher, t0);
+    assert!(r.has_ended(key), "the launcher exited");
+    r.spawn_read(key, None);
+    assert!(r.has_ended(key), "a late read does not revive it");
+}
+
 #[test]
 fn a_lineage_whose_launch_was_not_seen_is_judged_at_once() {
     let mut r = registry();

@@ -31,6 +31,11 @@ impl Handler {
         let Some(dir) = spawn.sandbox_dir.as_deref() else {
             return;
         };
+        // Its launcher may have exited while the sandbox was read: no exit
+        // would come to remove it.
+        if self.registry.has_ended(key) {
+            return;
+        }
         let Some(view) = self.registry.view(key) else {
             return;
         };
@@ -70,6 +75,22 @@ impl Handler {
         self.metrics
             .kernel_sandboxes
             .set(sandboxes.held.len() as i64);
+    }
+
+    /// Removes the sandboxes of actions that ended without their exit
+    /// being seen here (a lost event, an action forgotten): each holds a
+    /// directory open and a slot of the kernel's map.
+    pub(super) fn sweep_sandboxes(&mut self) {
+        let ended: Vec<u64> = self
+            .sandboxes
+            .held
+            .keys()
+            .copied()
+            .filter(|&key| self.registry.has_ended(key))
+            .collect();
+        for key in ended {
+            self.unregister_sandbox(key);
+        }
     }
 
     /// The action `key` ended (its launcher exited, its cgroup went).
