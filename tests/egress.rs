@@ -33,6 +33,21 @@ struct Sink {
     got: Arc<Mutex<Vec<u8>>>,
 }
 
+/// A UDP socket on a port below the ephemeral range (32768 and up here)
+/// whose TCP twin is free too: no connection takes such a port as its
+/// local one, so a TCP listener can be bound on the same number later.
+fn udp_below_ephemeral() -> UdpSocket {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (0..2_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i * 7) % 12_000)
+        .find_map(|port| {
+            let udp = UdpSocket::bind(("127.0.0.1", port)).ok()?;
+            TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some(udp)
+        })
+        .expect("a free UDP and TCP port between 20000 and 32000")
+}
+
 impl Sink {
     fn new(proto: &str) -> Sink {
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -49,7 +64,11 @@ impl Sink {
             });
             port
         } else {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let s = if proto == "udp-below-ephemeral" {
+                udp_below_ephemeral()
+            } else {
+                UdpSocket::bind("127.0.0.1:0").unwrap()
+            };
             let port = s.local_addr().unwrap().port();
             thread::spawn(move || {
                 let mut buf = [0u8; 1500];
@@ -622,10 +641,10 @@ fn declared_grants_are_enforced_per_action_on_the_node_agent() {
 /// need), but a datagram sent on such a socket is judged by the backstop.
 /// Observed, each route reaches its host service and alerts; enforced,
 /// each is refused; the action's own listener, reached by name, passes
-/// both times (the positive control). The TCP listener on the UDP
-/// service's port takes `SO_REUSEADDR`: that port number comes from the
-/// ephemeral range, where an earlier test's connection may still be in
-/// TIME_WAIT (seen once: `EADDRINUSE`).
+/// both times (the positive control). The UDP service's port is below the
+/// ephemeral range, so that no connection holds its number as a local port
+/// when the TCP listener binds it (seen twice with an ephemeral port:
+/// `EADDRINUSE`, even with `SO_REUSEADDR`).
 #[test]
 fn binding_a_host_services_port_does_not_make_it_the_actions_own() {
     require_root();
@@ -645,7 +664,7 @@ fn binding_a_host_services_port_does_not_make_it_the_actions_own() {
         own = socket.create_server(('127.0.0.1', 0))\n\
         attempt('own', lambda: socket.create_connection(('localhost', own.getsockname()[1])))\n";
     for enforce in [false, true] {
-        let (tcp, udp) = (Sink::new("tcp"), Sink::new("udp"));
+        let (tcp, udp) = (Sink::new("tcp"), Sink::new("udp-below-ephemeral"));
         let mut cmd = Command::new(monitor_bin());
         cmd.arg("exec");
         if enforce {
