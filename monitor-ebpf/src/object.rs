@@ -10,13 +10,13 @@
 //! reads instead of 7 on every monitored open, repeats included); the super
 //! block's, one more, only for a first access's description. A field the
 //! window does not hold on some kernel is read on its own.
-use monitor_common::{FileEvent, KernelOffsets, MAX_FOLD_DEPTH, PROC_SUPER_MAGIC, SandboxDir};
+use monitor_common::{FileEvent, KernelOffsets, PROC_SUPER_MAGIC};
 
 use crate::{
     offsets::{
-        OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_FILE_F_INODE, OFF_FILE_F_MODE, OFF_FILE_PATH,
-        OFF_INODE_I_GENERATION, OFF_INODE_I_INO, OFF_INODE_I_MODE, OFF_INODE_I_NLINK,
-        OFF_INODE_I_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_S_DEV, OFF_SB_S_MAGIC, get,
+        OFF_FILE_F_INODE, OFF_FILE_F_MODE, OFF_FILE_PATH, OFF_INODE_I_GENERATION, OFF_INODE_I_INO,
+        OFF_INODE_I_MODE, OFF_INODE_I_NLINK, OFF_INODE_I_SB, OFF_PATH_MNT, OFF_SB_S_DEV,
+        OFF_SB_S_MAGIC, get,
     },
     task::{load, read},
 };
@@ -122,12 +122,9 @@ pub trait Reader: crate::dpath::WalkReads {
     /// The super block's device and magic (`sb` as `identity` gave it).
     fn super_block(sb: u64, w: &mut Windows) -> (u32, u64);
     /// Whether these reads may count failed probes in the kernel
-    /// (`sandbox::fold_probe`): only typed loads make its walk cheap.
+    /// (`sandbox::fold_probe`): only typed loads make its walk cheap (a
+    /// walk of probe reads would cost more than the report it saves).
     const FOLDS_PROBES: bool;
-    /// Whether the directory of `base` (a `struct path *`) is `dir` or
-    /// below it: its dentry's ancestors, by inode, at most
-    /// `MAX_FOLD_DEPTH` up (a mount's root dentry is its own parent).
-    fn at_or_below(base: u64, dir: &SandboxDir) -> bool;
 }
 
 /// Any program type: a probe read of the first `WINDOW` bytes of the file
@@ -178,13 +175,6 @@ impl Reader for Copied {
     }
 
     const FOLDS_PROBES: bool = false;
-
-    /// Never asked (`FOLDS_PROBES`): a walk of probe reads would cost more
-    /// than the report it saves.
-    #[inline(always)]
-    fn at_or_below(_: u64, _: &SandboxDir) -> bool {
-        false
-    }
 }
 
 impl Reader for Typed {
@@ -222,30 +212,6 @@ impl Reader for Typed {
     }
 
     const FOLDS_PROBES: bool = true;
-
-    #[inline(always)]
-    fn at_or_below(base: u64, dir: &SandboxDir) -> bool {
-        let path = crate::kfunc::as_path(base);
-        let mut dentry: *const u8 = load(path, get(&OFF_PATH_DENTRY) as usize);
-        for _ in 0..MAX_FOLD_DEPTH {
-            if dentry.is_null() {
-                return false;
-            }
-            let inode: *const u8 = load(dentry, get(&OFF_DENTRY_INODE) as usize);
-            if !inode.is_null() && load::<u64>(inode, get(&OFF_INODE_I_INO) as usize) == dir.ino {
-                let sb: *const u8 = load(inode, get(&OFF_INODE_I_SB) as usize);
-                if load::<u32>(sb, get(&OFF_SB_S_DEV) as usize) == dir.dev {
-                    return true;
-                }
-            }
-            let parent: *const u8 = load(dentry, get(&OFF_DENTRY_PARENT) as usize);
-            if parent == dentry {
-                return false;
-            }
-            dentry = parent;
-        }
-        false
-    }
 }
 
 /// `struct path` is { mnt, dentry } (the loader checks which comes first).

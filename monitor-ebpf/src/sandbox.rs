@@ -23,13 +23,19 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use monitor_common::{
-    LINEAGE_KEY, MAX_FOLDED_NAME, MAX_SANDBOX_DIRS, SYSCALL_OPEN_BY_HANDLE_AT, SandboxDir,
+    LINEAGE_KEY, MAX_FOLD_DEPTH, MAX_FOLDED_NAME, MAX_SANDBOX_DIRS, SYSCALL_OPEN_BY_HANDLE_AT,
+    SandboxDir,
 };
 
 use crate::{
     filter::Match,
     maps::SCRATCH,
-    object::{Reader, Typed},
+    object::Reader,
+    offsets::{
+        OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_I_INO, OFF_INODE_I_SB, OFF_PATH_DENTRY,
+        OFF_SB_S_DEV, get,
+    },
+    task::load,
 };
 
 /// The sandbox directory of each action whose probes are counted here,
@@ -91,7 +97,7 @@ pub extern "C" fn fold_probe_cast(key: u64, base: u64, len: u64) -> u64 {
     let Some(dir) = (unsafe { SANDBOX_DIRS.get(&key) }).copied() else {
         return 0;
     };
-    if !Typed::at_or_below(base, &dir) {
+    if !at_or_below(base, &dir) {
         return 0;
     }
     if let Some(count) = PROBES_FOLDED.get_ptr_mut(0) {
@@ -99,6 +105,33 @@ pub extern "C" fn fold_probe_cast(key: u64, base: u64, len: u64) -> u64 {
         unsafe { *count += 1 };
     }
     1
+}
+
+/// Whether the directory of `base` (a `struct path *`) is `dir` or below
+/// it: its dentry's ancestors, by inode, at most `MAX_FOLD_DEPTH` up (a
+/// mount's root dentry is its own parent). Typed loads.
+#[inline(always)]
+fn at_or_below(base: u64, dir: &SandboxDir) -> bool {
+    let path = crate::kfunc::as_path(base);
+    let mut dentry: *const u8 = load(path, get(&OFF_PATH_DENTRY) as usize);
+    for _ in 0..MAX_FOLD_DEPTH {
+        if dentry.is_null() {
+            return false;
+        }
+        let inode: *const u8 = load(dentry, get(&OFF_DENTRY_INODE) as usize);
+        if !inode.is_null() && load::<u64>(inode, get(&OFF_INODE_I_INO) as usize) == dir.ino {
+            let sb: *const u8 = load(inode, get(&OFF_INODE_I_SB) as usize);
+            if load::<u32>(sb, get(&OFF_SB_S_DEV) as usize) == dir.dev {
+                return true;
+            }
+        }
+        let parent: *const u8 = load(dentry, get(&OFF_DENTRY_PARENT) as usize);
+        if parent == dentry {
+            return false;
+        }
+        dentry = parent;
+    }
+    false
 }
 
 /// `..` anywhere in `name[..len]` (also inside a file name: conservative).

@@ -188,9 +188,6 @@ impl Handler {
                 }
                 self.processes.exit(pid);
                 self.registry.exit(&origin, now);
-                if origin.launcher == pid {
-                    self.unregister_sandbox(monitor_common::LINEAGE_KEY | u64::from(pid));
-                }
             }
             Event::IoUring(o) => {
                 if self.processes.note_io_uring(pid) {
@@ -274,7 +271,6 @@ impl Handler {
             self.registry.cgroup_created(change.cgroup_id, path, now);
         } else {
             self.revoke_removed(change.cgroup_id);
-            self.unregister_sandbox(change.cgroup_id);
             self.registry.cgroup_removed(change.cgroup_id, now);
         }
     }

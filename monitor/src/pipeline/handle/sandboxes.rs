@@ -2,7 +2,9 @@
 //! instead of reporting (`monitor-ebpf/src/sandbox.rs`). A spawn's sandbox
 //! is registered once it has been read and its declaration makes the whole
 //! tree the action's own (then no failed open below it can be a
-//! violation), and removed when its launcher exits or its cgroup goes.
+//! violation), and removed on the first tick after the registry says its
+//! action ended (its launcher exited, its cgroup went, or it was
+//! forgotten): one place for every way an action ends.
 //!
 //! The directory is held open while registered: its inode cannot be freed,
 //! so its number cannot name another directory meanwhile (a spawn that
@@ -77,9 +79,8 @@ impl Handler {
             .set(sandboxes.held.len() as i64);
     }
 
-    /// Removes the sandboxes of actions that ended without their exit
-    /// being seen here (a lost event, an action forgotten): each holds a
-    /// directory open and a slot of the kernel's map.
+    /// Removes the sandboxes of actions that ended: each holds a directory
+    /// open and a slot of the kernel's map.
     pub(super) fn sweep_sandboxes(&mut self) {
         let ended: Vec<u64> = self
             .sandboxes
@@ -93,8 +94,7 @@ impl Handler {
         }
     }
 
-    /// The action `key` ended (its launcher exited, its cgroup went).
-    pub(super) fn unregister_sandbox(&mut self, key: u64) {
+    fn unregister_sandbox(&mut self, key: u64) {
         if self.sandboxes.held.remove(&key).is_some() {
             self.sandboxes.pending.push((key, None));
             self.metrics
