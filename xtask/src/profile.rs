@@ -124,7 +124,7 @@ pub fn run(options: Options) -> Result<()> {
 fn print_run(what: &str, run: &MonitoredRun) {
     println!(
         "profile-build: {what}: daemon {:.2} s CPU ({} s its start), peak RSS {:.0} MiB, {} events \
-         ({} failed probes counted in the kernel), {} lost, {} violations; build {:.1} s wall, \
+         ({} failed probes and {} repeats counted in the kernel), {} lost, {} violations; build {:.1} s wall, \
          {:.1} s CPU",
         run.daemon_cpu_s,
         run.startup_cpu_s
@@ -132,6 +132,8 @@ fn print_run(what: &str, run: &MonitoredRun) {
         run.daemon_peak_rss_kib as f64 / 1024.0,
         run.events.map_or("?".to_owned(), |e| e.to_string()),
         run.probes_folded.map_or("?".to_owned(), |e| e.to_string()),
+        run.repeats_counted
+            .map_or("?".to_owned(), |e| e.to_string()),
         run.lost,
         run.violations,
         run.wall_s,

@@ -170,7 +170,7 @@ pub fn report<R: Reader>(
         match seen::check(&key) {
             Seen::Repeat => return Some(()),
             Seen::First => tracked = true,
-            Seen::Untracked => {}
+            Seen::Once | Seen::Untracked => {}
         }
     }
     let mut hflags = 0;

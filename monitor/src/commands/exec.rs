@@ -316,6 +316,7 @@ fn completeness(running: &start::Running) -> Completeness {
             .worker_spawns_unattributable,
         events_by_kind,
         probes_folded: m.probes_folded_total.get(),
+        repeats_counted: m.repeats_total.get(),
         events_lost,
         hooks,
         enforced: running.enforce,

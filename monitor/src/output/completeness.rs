@@ -17,6 +17,9 @@ pub struct Completeness {
     /// Of the `file` events: failed probes below an action's own sandbox
     /// the kernel counted instead of reporting (none can be a violation).
     pub probes_folded: u64,
+    /// Of the `file` events: repeated opens the kernel counted instead of
+    /// reporting (`build_monitor_repeats_total`).
+    pub repeats_counted: u64,
     /// Events the kernel or the decoder could not deliver, by reason.
     pub events_lost: BTreeMap<String, u64>,
     /// The kernel hooks that were attached.
@@ -66,6 +69,7 @@ impl Completeness {
             "worker_spawns_unattributable": self.worker_spawns_unattributable,
             "events_by_kind": self.events_by_kind,
             "probes_folded": self.probes_folded,
+            "repeats_counted": self.repeats_counted,
             "events_lost": self.events_lost,
             "hooks": self.hooks,
             "enforced": self.enforced,

@@ -72,6 +72,9 @@ pub struct MonitoredRun {
     /// Of the file events: failed probes the kernel counted instead of
     /// reporting (report key `completeness.probes_folded`, when present).
     pub probes_folded: Option<u64>,
+    /// Of the file events: repeated opens the kernel counted instead of
+    /// reporting (report key `completeness.repeats_counted`, when present).
+    pub repeats_counted: Option<u64>,
     /// Of `daemon_cpu_s`: the start, until the programs were attached
     /// (report key `monitor.startup_cpu_s`, when present).
     pub startup_cpu_s: Option<f64>,

@@ -184,6 +184,7 @@ impl Runner<'_> {
             daemon_peak_rss_kib: peak_rss,
             events,
             probes_folded: json["completeness"]["probes_folded"].as_u64(),
+            repeats_counted: json["completeness"]["repeats_counted"].as_u64(),
             startup_cpu_s: json["monitor"]["startup_cpu_s"].as_f64(),
             lost: number("events_lost").context("the report has no events_lost")?,
             violations: number("violations").context("the report has no violations")?,

@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::with_interval;
-use crate::bench::{builds::BuildResults, stats};
+use crate::bench::{
+    builds::{BuildResults, MonitoredRun},
+    stats,
+};
 
 pub fn write(md: &mut String, builds: Option<&BuildResults>) -> Result<()> {
     writeln!(md, "## Real Bazel builds\n")?;
@@ -136,14 +139,17 @@ fn write_parts(md: &mut String, b: &BuildResults) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's start, and the failed probes the kernel counted (from
-/// the reports, when they give them).
+/// The daemon's start, and the failed probes and repeats the kernel
+/// counted (from the reports, when they give them).
 fn write_start_and_probes(md: &mut String, b: &BuildResults) -> Result<()> {
-    let folded: Vec<f64> = b
-        .triples
-        .iter()
-        .filter_map(|t| Some(t.monitored.probes_folded? as f64))
-        .collect();
+    let per_build = |count: &dyn Fn(&MonitoredRun) -> Option<u64>| -> Vec<f64> {
+        b.triples
+            .iter()
+            .filter_map(|t| Some(count(&t.monitored)? as f64))
+            .collect()
+    };
+    let folded = per_build(&|m| m.probes_folded);
+    let repeats = per_build(&|m| m.repeats_counted);
     let starts: Vec<f64> = b
         .triples
         .iter()
@@ -163,6 +169,13 @@ fn write_start_and_probes(md: &mut String, b: &BuildResults) -> Result<()> {
             md,
             "| of the events, failed probes counted in the kernel (median per build) | {:.0} |",
             stats::median(&folded)
+        )?;
+    }
+    if !repeats.is_empty() {
+        writeln!(
+            md,
+            "| of the events, repeated opens counted in the kernel (median per build) | {:.0} |",
+            stats::median(&repeats)
         )?;
     }
     Ok(())
@@ -239,7 +252,7 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::builds::{MonitoredRun, PlainRun, Triple};
+    use crate::bench::builds::{PlainRun, Triple};
 
     fn monitored(
         build_cpu_s: f64,
@@ -253,6 +266,7 @@ mod tests {
             daemon_peak_rss_kib: 1024,
             events: Some(100),
             probes_folded: Some(60),
+            repeats_counted: Some(10),
             startup_cpu_s: Some(1.0),
             lost: 0,
             violations: 0,
