@@ -485,7 +485,8 @@ pub const SCOPE_FILES: u32 = 1 << 1;
 pub const SCOPE_BAZEL_SERVER: u32 = 1 << 2;
 
 /// One entry of the kernel filter: a task belongs to an action when its cgroup
-/// ancestor at `level` is `cgroup_id`.
+/// ancestor at `level` is `cgroup_id`. The kernel's entries are ordered
+/// deepest first (the first match is the deepest).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scope {
@@ -493,6 +494,10 @@ pub struct Scope {
     /// Depth of `cgroup_id` below the cgroup v2 root (root = 0).
     pub level: u32,
     pub flags: u32,
+    /// The scope's position in the list userspace was given (events name
+    /// their scope by it).
+    pub index: u32,
+    pub _pad: u32,
 }
 
 /// Kernel structure offsets, read by userspace from the running kernel's BTF

@@ -195,8 +195,11 @@ fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow
 fn kernel_scopes(scopes: &[Scope]) -> Vec<monitor_common::Scope> {
     scopes
         .iter()
-        .map(|s| monitor_common::Scope {
+        .zip(0..)
+        .map(|(s, index)| monitor_common::Scope {
             cgroup_id: s.id,
+            index,
+            _pad: 0,
             level: s.level,
             flags: match &s.kind {
                 ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,

@@ -241,7 +241,7 @@ impl Kernel {
                 scopes.len()
             );
         }
-        for (i, scope) in scopes.iter().enumerate() {
+        for (i, scope) in deepest_first(scopes).iter().enumerate() {
             self.scopes_map.set(i as u32, scope, 0)?;
         }
         self.settings.scope_count = scopes.len() as u32;
@@ -852,6 +852,15 @@ fn replace_trie<const N: usize>(
     Ok(now)
 }
 
+/// The order the kernel filter takes scopes in: deepest first, so the
+/// first match is the deepest (`monitor-ebpf/src/filter.rs`); of two at one
+/// depth (one cgroup given twice), the one given last, as before.
+fn deepest_first(scopes: &[Scope]) -> Vec<Scope> {
+    let mut sorted = scopes.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse((s.level, s.index)));
+    sorted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,6 +874,28 @@ mod tests {
                 .collect(),
             file_slot: Some(1),
         }
+    }
+
+    #[test]
+    fn scopes_go_to_the_kernel_deepest_first_keeping_their_index() {
+        let scope = |cgroup_id, level, index| Scope {
+            cgroup_id,
+            level,
+            index,
+            ..Default::default()
+        };
+        let given = [
+            scope(10, 2, 0),
+            scope(11, 5, 1),
+            scope(12, 3, 2),
+            scope(11, 5, 3),
+        ];
+        let order: Vec<(u64, u32)> = deepest_first(&given)
+            .iter()
+            .map(|s| (s.cgroup_id, s.index))
+            .collect();
+        // Of the cgroup given twice, the last one first (it won before).
+        assert_eq!(order, [(11, 3), (11, 1), (12, 2), (10, 0)]);
     }
 
     #[test]
