@@ -695,7 +695,8 @@ pub const KFUNC_MARK_RDONLY_CAST: i32 = 0x4b46_0001;
 /// The read-only globals holding the kernel BTF ids of the structs the
 /// programs cast kernel addresses to (set by the loader), with those
 /// structs' names.
-pub const CAST_TYPES: [(&str, &str); 5] = [
+pub const CAST_TYPES: [(&str, &str); 6] = [
+    ("BTF_ID_STRUCT_TASK", "task_struct"),
     ("BTF_ID_STRUCT_FILE", "file"),
     ("BTF_ID_STRUCT_PATH", "path"),
     ("BTF_ID_STRUCT_DENTRY", "dentry"),

@@ -12,7 +12,7 @@ use crate::{
     maps::SCRATCH,
     offsets::{
         BTF_ID_FILE_SLOT, BTF_ID_STRUCT_DENTRY, BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_MOUNT,
-        BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_VFSMOUNT, get,
+        BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_TASK, BTF_ID_STRUCT_VFSMOUNT, get,
     },
 };
 
@@ -29,6 +29,15 @@ fn rdonly_cast(ptr: u64, btf_id: u32) -> *const u8 {
             core::mem::transmute(KFUNC_MARK_RDONLY_CAST as usize);
         cast(ptr, btf_id)
     }
+}
+
+/// The current task as an untrusted typed pointer. Loads through the
+/// helper's trusted one make the verifier look each loaded pointer's type
+/// up by name in the kernel's BTF (is it still trusted?), a scan each time
+/// it meets the load on a path: a fifth of the start's CPU.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    rdonly_cast(crate::task::current_task(), get(&BTF_ID_STRUCT_TASK))
 }
 
 /// `file` (a `struct file *` held as a number) as a typed pointer.

@@ -116,6 +116,8 @@ pub trait Reader: crate::dpath::WalkReads {
     /// The `struct file *` behind the current task's descriptor `fd`, as a
     /// plain number, or 0.
     fn file_of_fd(fd: i32) -> u64;
+    /// The tgid of the current task's parent.
+    fn parent_tgid() -> u32;
     /// Reads the `Identity` of `file` (a `struct file *`), with `w` as
     /// room for copies.
     fn identity(file: u64, w: &mut Windows) -> Identity;
@@ -143,6 +145,11 @@ impl Reader for Copied {
     #[inline(always)]
     fn file_of_fd(fd: i32) -> u64 {
         crate::task::file_of_fd(fd)
+    }
+
+    #[inline(always)]
+    fn parent_tgid() -> u32 {
+        crate::task::parent_tgid_typed()
     }
 
     #[inline(always)]
@@ -181,6 +188,11 @@ impl Reader for Typed {
     #[inline(always)]
     fn file_of_fd(fd: i32) -> u64 {
         crate::task::file_of_fd_cast(fd)
+    }
+
+    #[inline(always)]
+    fn parent_tgid() -> u32 {
+        crate::task::parent_tgid_cast()
     }
 
     #[inline(always)]

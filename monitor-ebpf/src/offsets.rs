@@ -48,6 +48,7 @@ load_time_offsets!(
     OFF_VFSMOUNT_MNT_FLAGS,
     // Not offsets: the BTF ids of the structs `kfunc` casts to
     // (`monitor_common::CAST_TYPES`).
+    BTF_ID_STRUCT_TASK,
     BTF_ID_STRUCT_FILE,
     BTF_ID_STRUCT_PATH,
     BTF_ID_STRUCT_DENTRY,

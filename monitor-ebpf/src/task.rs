@@ -34,10 +34,19 @@ pub fn parent_tgid(o: &KernelOffsets) -> u32 {
 /// `file_of_fd`).
 #[inline(always)]
 pub fn parent_tgid_typed() -> u32 {
-    let parent: *const u8 = load(
-        typed_current_task(),
-        offsets::get(&OFF_TASK_REAL_PARENT) as usize,
-    );
+    parent_tgid_of(typed_current_task())
+}
+
+/// As `parent_tgid_typed`, from the task cast by `kfunc::current_task`:
+/// the BTF tracepoint's reads only.
+#[inline(always)]
+pub fn parent_tgid_cast() -> u32 {
+    parent_tgid_of(crate::kfunc::current_task())
+}
+
+#[inline(always)]
+fn parent_tgid_of(task: *const u8) -> u32 {
+    let parent: *const u8 = load(task, offsets::get(&OFF_TASK_REAL_PARENT) as usize);
     if parent.is_null() {
         return 0;
     }
@@ -94,7 +103,7 @@ fn typed_current_task() -> *const u8 {
 /// (its index is not a constant).
 #[inline(always)]
 pub fn file_of_fd(fd: i32) -> u64 {
-    let slot = fd_slot(fd);
+    let slot = fd_slot(typed_current_task(), fd);
     if slot == 0 {
         return 0;
     }
@@ -106,21 +115,21 @@ pub fn file_of_fd(fd: i32) -> u64 {
 /// reads only (see `kfunc`).
 #[inline(always)]
 pub fn file_of_fd_cast(fd: i32) -> u64 {
-    let slot = fd_slot(fd);
+    let slot = fd_slot(crate::kfunc::current_task(), fd);
     if slot == 0 {
         return 0;
     }
     crate::kfunc::plain(load(crate::kfunc::as_file_slot(slot), 0))
 }
 
-/// The address of descriptor `fd`'s slot in the current task's fd table
-/// (a plain number), or 0.
+/// The address of descriptor `fd`'s slot in `task`'s fd table (a plain
+/// number), or 0.
 #[inline(always)]
-fn fd_slot(fd: i32) -> u64 {
+fn fd_slot(task: *const u8, fd: i32) -> u64 {
     if fd < 0 {
         return 0;
     }
-    let files: *const u8 = load(typed_current_task(), offsets::get(&OFF_TASK_FILES) as usize);
+    let files: *const u8 = load(task, offsets::get(&OFF_TASK_FILES) as usize);
     if files.is_null() {
         return 0;
     }

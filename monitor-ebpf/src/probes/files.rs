@@ -173,19 +173,24 @@ pub fn report<R: Reader>(
             Seen::Once | Seen::Untracked => {}
         }
     }
+    // Read before the paths below part: the verifier checks the loads
+    // once, not on each path (in the raw tracepoints, each check of a load
+    // from the helper's trusted task looks a type up by name in the
+    // kernel's BTF).
+    let ppid = R::parent_tgid();
     let mut hflags = 0;
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
     // A relative name is looked up from the cwd or the dirfd.
     let relative = !has_object && path_len > 0 && scratch.data[0] != b'/';
     let base = if relative {
-        name_base(settings, args.dirfd)
+        name_base::<R>(settings, args.dirfd)
     } else {
         0
     };
     if relative && sandbox::fold_probe::<R>(m, args.syscall, ret, base, path_len) {
         return Some(());
     }
-    fill_fields(&mut scratch.event, m, args, ret);
+    fill_fields(&mut scratch.event, m, args, ret, ppid);
     if tracked {
         let ev = &mut scratch.event;
         hflags |= FLAG_TRACKED;
@@ -223,13 +228,8 @@ pub fn report<R: Reader>(
 
 /// The header and the call's own fields, the identity cleared.
 #[inline(always)]
-fn fill_fields(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64) {
-    fill_header(
-        &mut ev.header,
-        EventKind::FileOpen as u32,
-        m,
-        parent_tgid_typed(),
-    );
+fn fill_fields(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64, ppid: u32) {
+    fill_header(&mut ev.header, EventKind::FileOpen as u32, m, ppid);
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;
     ev.open_flags = args.flags;
@@ -328,13 +328,13 @@ fn chroot_root(settings: &Settings) -> Option<u64> {
 /// The `struct path` a relative name is resolved against: the cwd or the
 /// dirfd's file (0 when unknown).
 #[inline(always)]
-fn name_base(settings: &Settings, dirfd: i32) -> u64 {
+fn name_base<R: Reader>(settings: &Settings, dirfd: i32) -> u64 {
     let o = &settings.offsets;
     if dirfd == AT_FDCWD {
         let fs: u64 = read(current_task(), o.task_fs);
         if fs == 0 { 0 } else { fs + o.fs_pwd as u64 }
     } else {
-        let file = file_of_fd(dirfd);
+        let file = R::file_of_fd(dirfd);
         if file == 0 {
             0
         } else {
