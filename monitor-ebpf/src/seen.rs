@@ -8,7 +8,7 @@
 //! A key goes into `SEEN` at its second open, not its first: most objects
 //! are opened once per process (94 % of the keys the bench build put in
 //! `SEEN` were never repeated), and for each of those the map insert cost
-//! more than a third of the first open's hook time, and taking it back at
+//! about a quarter of the first open's hook time, and taking it back at
 //! the process's end a syscall of the monitor's. The first open is
 //! reported in full and leaves a fingerprint in `RECENT`, a small per-CPU
 //! table; an open that finds its fingerprint there is reported in full too,

@@ -31,7 +31,7 @@ use crate::{
     probes::syscalls::Syscall,
     sandbox,
     seen::{self, Seen},
-    task::{current_task, file_of_fd, parent_tgid_typed, read},
+    task::{current_task, read},
 };
 
 pub const AT_FDCWD: i32 = -100;
