@@ -95,6 +95,9 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let mm: u64 = read(current_task(), o.task_mm);
+    // Once, before the paths part: each verifier check of this load looks
+    // a type up by name in the kernel's BTF (see `files::report`).
+    let ppid = parent_tgid_typed();
 
     let worker_launch = workers::enabled(settings) && workers::first_exec_of_root(tgid);
     let launcher = is_launcher(
@@ -110,7 +113,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
         m.launcher = lineage::launcher_of(tgid);
     }
 
-    start_event(scratch, EventKind::Exec, m);
+    start_event(scratch, EventKind::Exec, m, ppid);
     let exe: u64 = read(mm, o.mm_exe_file);
     let exe_path = if exe == 0 {
         0
@@ -128,17 +131,24 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     );
 
     if launcher {
-        launch_event(settings, scratch, m, mm, EventKind::Launch);
+        launch_event(settings, scratch, (m, ppid), mm, EventKind::Launch);
     } else if worker_launch {
-        launch_event(settings, scratch, m, mm, EventKind::WorkerLaunch);
+        launch_event(settings, scratch, (m, ppid), mm, EventKind::WorkerLaunch);
     }
     Some(())
 }
 
-/// The launcher's argv (from `mm->arg_start..arg_end`) and cwd.
-fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, kind: EventKind) {
+/// The launcher's argv (from `mm->arg_start..arg_end`) and cwd; `who`: its
+/// action and its parent's tgid.
+fn launch_event(
+    settings: &Settings,
+    scratch: &mut Scratch,
+    who: (&Match, u32),
+    mm: u64,
+    kind: EventKind,
+) {
     let o = &settings.offsets;
-    start_event(scratch, kind, m);
+    start_event(scratch, kind, who.0, who.1);
     let start: u64 = read(mm, o.mm_arg_start);
     let end: u64 = read(mm, o.mm_arg_end);
     let mut len = end.saturating_sub(start) as usize;
@@ -161,9 +171,9 @@ fn launch_event(settings: &Settings, scratch: &mut Scratch, m: &Match, mm: u64, 
     submit_with(settings, (scratch as *const Scratch).cast(), total, true);
 }
 
-fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match) {
+fn start_event(scratch: &mut Scratch, kind: EventKind, m: &Match, ppid: u32) {
     let ev: &mut FileEvent = &mut scratch.event;
-    fill_header(&mut ev.header, kind as u32, m, parent_tgid_typed());
+    fill_header(&mut ev.header, kind as u32, m, ppid);
     crate::zero_fields!(ev.syscall, ev.dirfd, ev.open_flags, ev.mode, ev.result);
     clear_identity(ev);
 }
