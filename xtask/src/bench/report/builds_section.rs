@@ -164,19 +164,14 @@ fn write_start_and_probes(md: &mut String, b: &BuildResults) -> Result<()> {
             stats::max(&starts)
         )?;
     }
-    if !folded.is_empty() {
-        writeln!(
-            md,
-            "| of the events, failed probes counted in the kernel (median per build) | {:.0} |",
-            stats::median(&folded)
-        )?;
-    }
-    if !repeats.is_empty() {
-        writeln!(
-            md,
-            "| of the events, repeated opens counted in the kernel (median per build) | {:.0} |",
-            stats::median(&repeats)
-        )?;
+    for (what, counts) in [("failed probes", &folded), ("repeated opens", &repeats)] {
+        if !counts.is_empty() {
+            writeln!(
+                md,
+                "| of the events, {what} counted in the kernel (median per build) | {:.0} |",
+                stats::median(counts)
+            )?;
+        }
     }
     Ok(())
 }
@@ -305,6 +300,39 @@ mod tests {
         assert!(md.contains("| **sum** | **4.00 s** | **+4.0** |"), "{md}");
         // The build's whole CPU: 102 + 2.5 over 100.
         assert!(md.contains("| 104.5 s | +4.5 |"), "{md}");
+    }
+
+    #[test]
+    fn the_counts_the_kernel_kept_are_given_per_build() {
+        let plain = |cpu_s| PlainRun {
+            wall_s: 10.0,
+            cpu_s,
+        };
+        let results = BuildResults {
+            triples: vec![Triple {
+                bare: plain(100.0),
+                log: plain(101.0),
+                monitored: monitored(104.0, 3.0, None),
+            }],
+            accounted: None,
+            workspace: "w".into(),
+            actions: 1,
+            stop_reason: "test".into(),
+        };
+        let mut md = String::new();
+        write_start_and_probes(&mut md, &results).unwrap();
+        assert!(
+            md.contains(
+                "| of the events, failed probes counted in the kernel (median per build) | 60 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| of the events, repeated opens counted in the kernel (median per build) | 10 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
