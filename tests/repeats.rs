@@ -49,6 +49,21 @@ fn file_events(daemon: &Daemon) -> f64 {
     )
 }
 
+/// Runs `cmd` in `action`, which makes `opens` opens: every one is counted
+/// in `events_total` exactly once the process's repeats are taken at its
+/// end. Returns `build_monitor_repeats_total` then.
+fn run_counting(daemon: &Daemon, action: &Path, cmd: &mut Command, opens: f64) -> f64 {
+    let before = file_events(daemon);
+    run_ok_in(action, cmd);
+    daemon.wait_for_metric(
+        "build_monitor_events_total",
+        &[("kind", "file")],
+        before + opens,
+    );
+    assert_eq!(file_events(daemon), before + opens);
+    metric(&daemon.metrics_text(), "build_monitor_repeats_total", &[])
+}
+
 #[test]
 fn repeated_opens_cost_two_events_and_counts_stay_exact() {
     require_root();
@@ -62,25 +77,18 @@ fn repeated_opens_cost_two_events_and_counts_stay_exact() {
     write(&declared, "ok");
     write(&secret, "secret");
     declare_read(&daemon, &action.path, &[&declared, &program]);
-    let before = file_events(&daemon);
-    run_ok_in(
+    let repeats = run_counting(
+        &daemon,
         &action.path,
         Command::new(&program)
             // One CPU: the counting starts at the second open on a CPU.
             .arg("c:0")
             .arg(format!("o:{}:10000", declared.display()))
             .arg(format!("o:{}:1000", secret.display())),
+        11_000.0,
     );
-    // Every open counted, once the process's repeats are taken at its end.
-    daemon.wait_for_metric(
-        "build_monitor_events_total",
-        &[("kind", "file")],
-        before + 11_000.0,
-    );
-    assert_eq!(file_events(&daemon), before + 11_000.0);
     // Reported in full: the first two opens of each (the second starts the
     // counting); the rest only counted.
-    let repeats = metric(&daemon.metrics_text(), "build_monitor_repeats_total", &[]);
     assert_eq!(repeats, 9_998.0 + 998.0);
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
@@ -111,21 +119,15 @@ fn counting_starts_at_the_second_open_on_one_cpu() {
     write(&twice, "twice");
     write(&hopping, "hopping");
     declare_read(&daemon, &action.path, &[&program]);
-    let before = file_events(&daemon);
-    run_ok_in(
+    let repeats = run_counting(
+        &daemon,
         &action.path,
         Command::new(&program)
             .arg("c:0")
             .arg(format!("o:{}:2", twice.display()))
             .arg(format!("h:{}:1000", hopping.display())),
+        1_002.0,
     );
-    daemon.wait_for_metric(
-        "build_monitor_events_total",
-        &[("kind", "file")],
-        before + 1_002.0,
-    );
-    assert_eq!(file_events(&daemon), before + 1_002.0);
-    let repeats = metric(&daemon.metrics_text(), "build_monitor_repeats_total", &[]);
     assert_eq!(repeats, 997.0);
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");

@@ -131,24 +131,25 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     );
 
     if launcher {
-        launch_event(settings, scratch, (m, ppid), mm, EventKind::Launch);
+        launch_event(settings, scratch, m, ppid, mm, EventKind::Launch);
     } else if worker_launch {
-        launch_event(settings, scratch, (m, ppid), mm, EventKind::WorkerLaunch);
+        launch_event(settings, scratch, m, ppid, mm, EventKind::WorkerLaunch);
     }
     Some(())
 }
 
-/// The launcher's argv (from `mm->arg_start..arg_end`) and cwd; `who`: its
-/// action and its parent's tgid.
+/// The launcher's argv (from `mm->arg_start..arg_end`) and cwd; `ppid`:
+/// its parent's tgid.
 fn launch_event(
     settings: &Settings,
     scratch: &mut Scratch,
-    who: (&Match, u32),
+    m: &Match,
+    ppid: u32,
     mm: u64,
     kind: EventKind,
 ) {
     let o = &settings.offsets;
-    start_event(scratch, kind, who.0, who.1);
+    start_event(scratch, kind, m, ppid);
     let start: u64 = read(mm, o.mm_arg_start);
     let end: u64 = read(mm, o.mm_arg_end);
     let mut len = end.saturating_sub(start) as usize;

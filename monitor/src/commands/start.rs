@@ -195,11 +195,8 @@ fn attach_runners(kernel: &mut Kernel, runners: &[std::path::PathBuf]) -> anyhow
 fn kernel_scopes(scopes: &[Scope]) -> Vec<monitor_common::Scope> {
     scopes
         .iter()
-        .zip(0..)
-        .map(|(s, index)| monitor_common::Scope {
+        .map(|s| monitor_common::Scope {
             cgroup_id: s.id,
-            index,
-            _pad: 0,
             level: s.level,
             flags: match &s.kind {
                 ScopeKind::Parent => SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES,
@@ -212,6 +209,8 @@ fn kernel_scopes(scopes: &[Scope]) -> Vec<monitor_common::Scope> {
                 }
                 ScopeKind::Job { .. } => 0,
             },
+            // Set by `Kernel::set_scopes`: the position in this list.
+            ..Default::default()
         })
         .collect()
 }

@@ -854,9 +854,14 @@ fn replace_trie<const N: usize>(
 
 /// The order the kernel filter takes scopes in: deepest first, so the
 /// first match is the deepest (`monitor-ebpf/src/filter.rs`); of two at one
-/// depth (one cgroup given twice), the one given last, as before.
+/// depth (one cgroup given twice), the one given last, as before. Each
+/// keeps its position in `scopes` as its `index` (events name it by that).
 fn deepest_first(scopes: &[Scope]) -> Vec<Scope> {
-    let mut sorted = scopes.to_vec();
+    let mut sorted: Vec<Scope> = scopes
+        .iter()
+        .zip(0..)
+        .map(|(scope, index)| Scope { index, ..*scope })
+        .collect();
     sorted.sort_by_key(|s| std::cmp::Reverse((s.level, s.index)));
     sorted
 }
@@ -878,18 +883,12 @@ mod tests {
 
     #[test]
     fn scopes_go_to_the_kernel_deepest_first_keeping_their_index() {
-        let scope = |cgroup_id, level, index| Scope {
+        let scope = |cgroup_id, level| Scope {
             cgroup_id,
             level,
-            index,
             ..Default::default()
         };
-        let given = [
-            scope(10, 2, 0),
-            scope(11, 5, 1),
-            scope(12, 3, 2),
-            scope(11, 5, 3),
-        ];
+        let given = [scope(10, 2), scope(11, 5), scope(12, 3), scope(11, 5)];
         let order: Vec<(u64, u32)> = deepest_first(&given)
             .iter()
             .map(|s| (s.cgroup_id, s.index))

@@ -271,23 +271,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_monitors_own_cpu_is_put_in_points_of_the_bare_median() {
+    /// One triple (bare 100 s, log 101 s, monitored 104 s of CPU).
+    fn one_triple(accounted: Option<MonitoredRun>) -> BuildResults {
         let plain = |cpu_s| PlainRun {
             wall_s: 10.0,
             cpu_s,
         };
-        let results = BuildResults {
+        BuildResults {
             triples: vec![Triple {
                 bare: plain(100.0),
                 log: plain(101.0),
                 monitored: monitored(104.0, 3.0, None),
             }],
-            accounted: Some(monitored(102.0, 2.5, Some((1.5, 3_000_000)))),
+            accounted,
             workspace: "w".into(),
             actions: 1,
             stop_reason: "test".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_monitors_own_cpu_is_put_in_points_of_the_bare_median() {
+        let results = one_triple(Some(monitored(102.0, 2.5, Some((1.5, 3_000_000)))));
         let mut md = String::new();
         write_accounted(&mut md, &results).unwrap();
         assert!(md.contains("| kernel programs (3000000 runs; each run's time includes its clock reads) | 1.50 s | +1.5 |"), "{md}");
@@ -304,21 +309,7 @@ mod tests {
 
     #[test]
     fn the_counts_the_kernel_kept_are_given_per_build() {
-        let plain = |cpu_s| PlainRun {
-            wall_s: 10.0,
-            cpu_s,
-        };
-        let results = BuildResults {
-            triples: vec![Triple {
-                bare: plain(100.0),
-                log: plain(101.0),
-                monitored: monitored(104.0, 3.0, None),
-            }],
-            accounted: None,
-            workspace: "w".into(),
-            actions: 1,
-            stop_reason: "test".into(),
-        };
+        let results = one_triple(None);
         let mut md = String::new();
         write_start_and_probes(&mut md, &results).unwrap();
         assert!(
