@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::{
     bench::builds::{BuildOptions, MonitoredRun, Runner, workspace},
+    setup,
     util::{CgroupGuard, cargo, exec, is_root, target_dir, workspace_root},
 };
 
@@ -75,6 +76,8 @@ pub fn run(options: Options) -> Result<()> {
     if options.report_only {
         return write_profile(&perf_data, &svg, &build, options.perf_event);
     }
+    // A fresh machine has neither the eBPF toolchain nor Bazel and perf.
+    setup::run()?;
     let monitor_bin = match options.monitor_bin {
         Some(bin) => bin,
         None => {
