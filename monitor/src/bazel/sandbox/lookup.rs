@@ -102,7 +102,14 @@ impl DirFds {
         }
         let dir = Path::new(OsStr::from_bytes(&bytes[..cut]));
         let name = OsStr::from_bytes(&bytes[cut + 1..]);
-        let held = match self.open.iter().rposition(|(d, _)| d == dir) {
+        // Both are normal paths: equal bytes are equal components, and
+        // comparing bytes skips `Path`'s component parsing (measured: a
+        // tenth of a sandbox read's user time).
+        let held = match self
+            .open
+            .iter()
+            .rposition(|(d, _)| d.as_os_str().as_bytes() == dir.as_os_str().as_bytes())
+        {
             Some(i) => i,
             None => {
                 if self.open.len() >= MAX_OPEN {
