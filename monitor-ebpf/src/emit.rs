@@ -11,8 +11,7 @@ use crate::{
     maps::{EVENTS, count_lost},
 };
 
-/// `ppid`: `task::parent_tgid_typed()` in tracing programs,
-/// `task::parent_tgid` elsewhere.
+/// `ppid`: from `task::parent_tgid` (or its typed forms).
 #[inline(always)]
 pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     let pid_tgid = m.pid_tgid;

@@ -144,12 +144,12 @@ pub struct Typed;
 impl Reader for Copied {
     #[inline(always)]
     fn file_of_fd(fd: i32) -> u64 {
-        crate::task::file_of_fd(fd)
+        crate::task::file_of_fd_read(fd)
     }
 
     #[inline(always)]
     fn parent_tgid() -> u32 {
-        crate::task::parent_tgid_typed()
+        crate::task::parent_tgid()
     }
 
     #[inline(always)]

@@ -2,7 +2,7 @@
 //! globals the loader sets from the running kernel's BTF before the
 //! programs are verified (`monitor_common::load_time_offsets` names them;
 //! a name missing here fails the load). A typed load needs a constant
-//! offset (`task::file_of_fd`), and a constant lets the verifier drop the
+//! offset (`task::file_of_fd_cast`), and a constant lets the verifier drop the
 //! branches a runtime offset makes it walk (`object::Window::field`'s
 //! fallback read: 0.25 s more verification per start when these came from
 //! the settings map, measured with strace on BPF_PROG_LOAD).

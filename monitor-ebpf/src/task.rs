@@ -23,18 +23,23 @@ pub fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
 }
 
-/// tgid of the current task's parent (`real_parent`).
-#[inline(always)]
-pub fn parent_tgid(o: &KernelOffsets) -> u32 {
-    let parent: u64 = read(current_task(), o.task_real_parent);
-    read::<i32>(parent, o.task_tgid) as u32
-}
-
-/// As `parent_tgid`, with typed loads: tracing programs only (see
-/// `file_of_fd`).
+/// As `parent_tgid`, with typed loads: tracing programs only. Each load
+/// from the helper's trusted task costs the verifier a lookup by name in
+/// the kernel's BTF wherever it meets it (70 ms of a start when the io_uring,
+/// exec and connect paths read this way): only the packet hook, which runs
+/// per packet and has few paths, reads so.
 #[inline(always)]
 pub fn parent_tgid_typed() -> u32 {
     parent_tgid_of(typed_current_task())
+}
+
+/// tgid of the current task's parent (`real_parent`), by probe reads at
+/// the offsets the loader wrote (any program type): two helper calls at
+/// run time, nothing for the verifier to look up.
+#[inline(always)]
+pub fn parent_tgid() -> u32 {
+    let parent: u64 = read(current_task(), offsets::get(&OFF_TASK_REAL_PARENT));
+    read::<i32>(parent, offsets::get(&OFF_TASK_TGID)) as u32
 }
 
 /// As `parent_tgid_typed`, from the task cast by `kfunc::current_task`:
@@ -94,24 +99,34 @@ fn typed_current_task() -> *const u8 {
     unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
 }
 
-/// The `struct file *` behind descriptor `fd` of the current task, or 0.
-/// Tracing programs only: other program types may not call the helper
-/// that gives the typed task. The result is a plain number (it comes from a
-/// probe read), so it may be passed to a global function such as the walk;
-/// a typed pointer may not.
-/// task → files → fdtable are typed loads; the array slot is a probe read
-/// (its index is not a constant).
+/// The `struct file *` behind descriptor `fd` of the current task, or 0,
+/// by probe reads only (any program type): a plain number, which may be
+/// passed to a global function such as the walk. Typed loads from the
+/// helper's trusted task would cost the verifier a lookup by name for each
+/// (see `parent_tgid_typed`).
 #[inline(always)]
-pub fn file_of_fd(fd: i32) -> u64 {
-    let slot = fd_slot(typed_current_task(), fd);
-    if slot == 0 {
+pub fn file_of_fd_read(fd: i32) -> u64 {
+    if fd < 0 {
         return 0;
     }
-    read(slot, 0)
+    let files: u64 = read(current_task(), offsets::get(&OFF_TASK_FILES));
+    let fdt: u64 = read(files, offsets::get(&OFF_FILES_FDT));
+    if fdt == 0 {
+        return 0;
+    }
+    let max_fds: u32 = read(fdt, offsets::get(&OFF_FDTABLE_MAX_FDS));
+    if fd as u32 >= max_fds {
+        return 0;
+    }
+    let fd_array: u64 = read(fdt, offsets::get(&OFF_FDTABLE_FD));
+    if fd_array == 0 {
+        return 0;
+    }
+    read(fd_array + (fd as u64) * 8, 0)
 }
 
-/// As `file_of_fd`, with the slot cast to a typed pointer too
-/// (`kfunc::as_file_slot`): no helper call at all. The BTF tracepoint's
+/// As `file_of_fd_read`, with typed loads from the cast task and the slot
+/// cast too (`kfunc::as_file_slot`): no helper call at all. The BTF tracepoint's
 /// reads only (see `kfunc`).
 #[inline(always)]
 pub fn file_of_fd_cast(fd: i32) -> u64 {

@@ -14,7 +14,7 @@ use crate::{
     emit::{fill_header, submit},
     filter::Match,
     maps::{SCOPES, SCRATCH, SETTINGS},
-    task::{parent_tgid_typed, read},
+    task::{parent_tgid, read},
 };
 
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
@@ -55,7 +55,7 @@ fn on_cgroup(ctx: &RawTracePointContext, kind: EventKind) -> Option<()> {
         launcher: 0,
         pid_tgid: bpf_get_current_pid_tgid(),
     };
-    fill_header(&mut ev.header, kind as u32, &none, parent_tgid_typed());
+    fill_header(&mut ev.header, kind as u32, &none, parent_tgid());
     ev.cgroup_id = read(read::<u64>(cgrp, o.cgroup_kn), o.kernfs_node_id);
     ev.level = read::<u32>(cgrp, o.cgroup_level);
     // The path goes right behind the fixed part: the scratch is one

@@ -17,7 +17,7 @@ use crate::{
         files::{self, AT_FDCWD, O_WRONLY, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
     },
-    task::parent_tgid_typed,
+    task::parent_tgid,
 };
 
 #[inline(always)]
@@ -70,7 +70,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
         &mut ev.header,
         EventKind::LinkMade as u32,
         &call.m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     ev.syscall = call.nr as u32;
     ev.dirfd = 0;

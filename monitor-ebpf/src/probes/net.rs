@@ -13,7 +13,7 @@ use crate::{
     emit::{fill_header, submit},
     maps::SCRATCH,
     probes::{sock::SEEN_CONNECT, syscalls::Syscall},
-    task::{file_of_fd, netns_inum_typed, parent_tgid_typed, read},
+    task::{file_of_fd_read, netns_inum, parent_tgid, read},
 };
 
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
@@ -42,7 +42,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         AF_UNIX => return on_unix_connect(settings, call, uaddr),
         _ => return None,
     };
-    let socket: u64 = read(file_of_fd(fd), o.file_private_data);
+    let socket: u64 = read(file_of_fd_read(fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
     let mut slot = core::mem::MaybeUninit::<ConnectEvent>::uninit();
@@ -51,7 +51,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         &mut ev.header,
         EventKind::Connect as u32,
         &call.m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     ev.fd = fd;
     ev.family = family;
@@ -59,7 +59,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.port = port;
     ev.addr = addr;
     ev.result = ret;
-    ev.netns = netns_inum_typed();
+    ev.netns = netns_inum(o);
     let pid_tgid = call.m.pid_tgid;
     // SAFETY: the value is copied out at once.
     if let Some(seen) = unsafe { SEEN_CONNECT.get(&pid_tgid) }.copied() {
@@ -88,7 +88,7 @@ fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()
         &mut ev.header,
         EventKind::UnixConnect as u32,
         &call.m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     ev.result = call.ret;
     let addrlen = call.args[2] as usize;
@@ -96,7 +96,7 @@ fn on_unix_connect(settings: &Settings, call: &Syscall, uaddr: u64) -> Option<()
     // The listener's tgid, from the peer credentials the connect copied
     // onto this socket: userspace tells the job's own listeners by it.
     let o = &settings.offsets;
-    let socket: u64 = read(file_of_fd(call.args[0] as i32), o.file_private_data);
+    let socket: u64 = read(file_of_fd_read(call.args[0] as i32), o.file_private_data);
     let sk: u64 = read(socket, o.socket_sk);
     let peer: u64 = read(sk, o.sock_peer_pid);
     ev.peer_tgid = if call.ret == 0 {

@@ -26,7 +26,7 @@ use crate::{
     maps::{SCRATCH, SETTINGS, Scratch},
     object::{self, Copied, Reader},
     probes::files::clear_identity,
-    task::{current_task, parent_tgid_typed, read},
+    task::{current_task, parent_tgid, read},
     workers,
 };
 
@@ -97,7 +97,7 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let mm: u64 = read(current_task(), o.task_mm);
     // Once, before the paths part: each verifier check of this load looks
     // a type up by name in the kernel's BTF (see `files::report`).
-    let ppid = parent_tgid_typed();
+    let ppid = parent_tgid();
 
     let worker_launch = workers::enabled(settings) && workers::first_exec_of_root(tgid);
     let launcher = is_launcher(
@@ -251,12 +251,7 @@ pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
     }
     let mut slot = core::mem::MaybeUninit::<ExitEvent>::uninit();
     let ev = crate::emit::zeroed_in(&mut slot);
-    fill_header(
-        &mut ev.header,
-        EventKind::Exit as u32,
-        m,
-        parent_tgid_typed(),
-    );
+    fill_header(&mut ev.header, EventKind::Exit as u32, m, parent_tgid());
     submit(
         settings,
         (ev as *const ExitEvent).cast(),
@@ -273,7 +268,7 @@ fn worker_exit(settings: &Settings, m: &Match) {
         &mut ev.header,
         EventKind::WorkerExit as u32,
         m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     ev.exit_code = read(current_task(), settings.offsets.task_exit_code);
     submit_with(
@@ -296,7 +291,7 @@ pub fn on_io_uring(settings: &Settings, call: &crate::probes::syscalls::Syscall)
         &mut ev.header,
         EventKind::IoUring as u32,
         &call.m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     submit(
         settings,

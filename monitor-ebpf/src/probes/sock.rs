@@ -192,7 +192,7 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &m,
-        parent_tgid(&settings.offsets),
+        parent_tgid(),
     );
     ev.op = SOCK_OP_PACKET;
     ev.family = if v6 { AF_INET6 } else { AF_INET };
@@ -415,7 +415,7 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &m,
-        parent_tgid(&settings.offsets),
+        parent_tgid(),
     );
     ev.op = op;
     ev.family = family;

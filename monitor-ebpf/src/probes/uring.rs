@@ -46,7 +46,7 @@ use crate::{
     maps::SETTINGS,
     object::Copied,
     probes::files::{self, O_WRONLY, OpenArgs},
-    task::{file_of_fd, read},
+    task::{file_of_fd_read, read},
 };
 
 /// `enum io_uring_op` values (uapi, stable).
@@ -283,7 +283,7 @@ fn opened_file(settings: &Settings, req: u64, res: i32) -> u64 {
     if res < 0 {
         0
     } else if slot == 0 {
-        file_of_fd(res)
+        file_of_fd_read(res)
     } else {
         fixed_file(settings, req, slot, res)
     }
