@@ -440,12 +440,16 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     let report = tmp.path().join("report.json");
     let script =
         format!("import socket; socket.create_connection(('127.0.0.1', {denied})).close()");
-    let out = Command::new(monitor_bin())
+    let child = Command::new(monitor_bin())
         .args(["exec", "--report"])
         .arg(&report)
         .args(["--", "/usr/bin/python3", "-S", "-c", &script])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let monitor_pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -459,6 +463,9 @@ fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     assert_eq!(alerts[0]["kind"], "network_egress");
     assert_eq!(alerts[0]["net"]["port"], denied);
     assert_eq!(alerts[0]["action"]["mnemonic"], "Command");
+    // The command is `monitor exec`'s own child: the connect path reads
+    // the parent by probe reads.
+    assert_eq!(alerts[0]["process"]["ppid"], monitor_pid, "{report:#}");
 
     // File opens of the command tree are not judged: /etc/shadow raises
     // nothing, while the connect after it in the same run (the control) is

@@ -720,6 +720,9 @@ fn io_uring_opens_are_judged_on_the_object() {
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let alert = one_read_alert(&alerts, &sc.secret.join("two"));
+    // The ring's completion program reads the parent by probe reads: the
+    // program was started by this test.
+    assert_eq!(alert["process"]["ppid"], std::process::id(), "{alert}");
     // The opened file's flags (the kernel adds O_LARGEFILE).
     assert!(
         alert["file"]["flags"]
