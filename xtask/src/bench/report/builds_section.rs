@@ -89,6 +89,16 @@ fn write_accounted(md: &mut String, b: &BuildResults) -> Result<()> {
     }
     let sum = programs_s + run.daemon_cpu_s;
     writeln!(md, "| **sum** | **{sum:.2} s** | **{:+.1}** |", points(sum))?;
+    // The parts scale with the machine's phase as the build does: against
+    // this same build's CPU without them, both sides are in one phase.
+    let own = run.cpu_s() - sum;
+    if own > 0.0 {
+        writeln!(
+            md,
+            "| the sum in points of this build's own CPU without it ({own:.1} s, the same phase as the parts) | | {:+.1} |",
+            sum / own * 100.0
+        )?;
+    }
     writeln!(
         md,
         "| for comparison: this build's whole CPU over the bare median (one build, noisy) | {:.1} s | {:+.1} |\n",
@@ -305,6 +315,11 @@ mod tests {
         assert!(md.contains("| **sum** | **4.00 s** | **+4.0** |"), "{md}");
         // The build's whole CPU: 102 + 2.5 over 100.
         assert!(md.contains("| 104.5 s | +4.5 |"), "{md}");
+        // Against the same build less the parts: 4.0 over 104.5 - 4.0.
+        assert!(
+            md.contains("own CPU without it (100.5 s, the same phase as the parts) | | +4.0 |"),
+            "{md}"
+        );
     }
 
     #[test]
