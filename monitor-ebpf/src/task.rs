@@ -1,6 +1,5 @@
 //! Reading the current task's kernel structures at offsets taken from BTF.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use monitor_common::KernelOffsets;
 
 use crate::offsets::{
     self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_NET_NS_INUM, OFF_NSPROXY_NET_NS,
@@ -23,27 +22,22 @@ pub fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
 }
 
-/// As `parent_tgid`, with typed loads: tracing programs only. Each load
-/// from the helper's trusted task costs the verifier a lookup by name in
-/// the kernel's BTF wherever it meets it (70 ms of a start when the io_uring,
-/// exec and connect paths read this way): only the packet hook, which runs
-/// per packet and has few paths, reads so.
-#[inline(always)]
-pub fn parent_tgid_typed() -> u32 {
-    parent_tgid_of(typed_current_task())
-}
-
 /// tgid of the current task's parent (`real_parent`), by probe reads at
 /// the offsets the loader wrote (any program type): two helper calls at
-/// run time, nothing for the verifier to look up.
+/// run time, nothing for the verifier to look up. Typed loads from the
+/// helper's trusted task (`bpf_get_current_task_btf`) would make the
+/// verifier look each loaded pointer's type up by name in the kernel's BTF
+/// wherever it meets the load: 64–87 ms of a start when the io_uring, exec
+/// and connect paths read so. Only the BTF tracepoint reads the task typed,
+/// through an untrusted cast (`parent_tgid_cast`).
 #[inline(always)]
 pub fn parent_tgid() -> u32 {
     let parent: u64 = read(current_task(), offsets::get(&OFF_TASK_REAL_PARENT));
     read::<i32>(parent, offsets::get(&OFF_TASK_TGID)) as u32
 }
 
-/// As `parent_tgid_typed`, from the task cast by `kfunc::current_task`:
-/// the BTF tracepoint's reads only.
+/// As `parent_tgid`, with typed loads from the task cast by
+/// `kfunc::current_task`: the BTF tracepoint's reads only.
 #[inline(always)]
 pub fn parent_tgid_cast() -> u32 {
     parent_tgid_of(crate::kfunc::current_task())
@@ -58,29 +52,13 @@ fn parent_tgid_of(task: *const u8) -> u32 {
     load::<i32>(parent, offsets::get(&OFF_TASK_TGID) as usize) as u32
 }
 
-/// As `netns_inum`, with typed loads: tracing programs only.
+/// Inode number of the current task's network namespace, by probe reads
+/// as `parent_tgid`.
 #[inline(always)]
-pub fn netns_inum_typed() -> u32 {
-    let nsproxy: *const u8 = load(
-        typed_current_task(),
-        offsets::get(&OFF_TASK_NSPROXY) as usize,
-    );
-    if nsproxy.is_null() {
-        return 0;
-    }
-    let net: *const u8 = load(nsproxy, offsets::get(&OFF_NSPROXY_NET_NS) as usize);
-    if net.is_null() {
-        return 0;
-    }
-    load(net, offsets::get(&OFF_NET_NS_INUM) as usize)
-}
-
-/// Inode number of the current task's network namespace.
-#[inline(always)]
-pub fn netns_inum(o: &KernelOffsets) -> u32 {
-    let nsproxy: u64 = read(current_task(), o.task_nsproxy);
-    let net: u64 = read(nsproxy, o.nsproxy_net_ns);
-    read(net, o.net_ns_inum)
+pub fn netns_inum() -> u32 {
+    let nsproxy: u64 = read(current_task(), offsets::get(&OFF_TASK_NSPROXY));
+    let net: u64 = read(nsproxy, offsets::get(&OFF_NSPROXY_NET_NS));
+    read(net, offsets::get(&OFF_NET_NS_INUM))
 }
 
 /// A typed load: `base` is a pointer the verifier knows the BTF type of,
@@ -92,18 +70,10 @@ pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset).cast::<T>()) }
 }
 
-/// The current task as the typed pointer the loads below start from.
-#[inline(always)]
-fn typed_current_task() -> *const u8 {
-    // SAFETY: plain helper call.
-    unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
-}
-
 /// The `struct file *` behind descriptor `fd` of the current task, or 0,
 /// by probe reads only (any program type): a plain number, which may be
-/// passed to a global function such as the walk. Typed loads from the
-/// helper's trusted task would cost the verifier a lookup by name for each
-/// (see `parent_tgid_typed`).
+/// passed to a global function such as the walk (see `parent_tgid` for why
+/// not typed loads).
 #[inline(always)]
 pub fn file_of_fd_read(fd: i32) -> u64 {
     if fd < 0 {

@@ -59,7 +59,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     ev.port = port;
     ev.addr = addr;
     ev.result = ret;
-    ev.netns = netns_inum(o);
+    ev.netns = netns_inum();
     let pid_tgid = call.m.pid_tgid;
     // SAFETY: the value is copied out at once.
     if let Some(seen) = unsafe { SEEN_CONNECT.get(&pid_tgid) }.copied() {

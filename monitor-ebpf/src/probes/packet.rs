@@ -15,7 +15,7 @@ use monitor_common::{
 use crate::{
     emit::{fill_header, submit},
     probes::syscalls::Syscall,
-    task::{netns_inum_typed, parent_tgid_typed},
+    task::{netns_inum, parent_tgid},
 };
 
 /// `SOCK_PACKET`, the type `AF_INET` packet sockets were once made with.
@@ -45,7 +45,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         &mut ev.header,
         EventKind::SockAddr as u32,
         &call.m,
-        parent_tgid_typed(),
+        parent_tgid(),
     );
     ev.op = SOCK_OP_PACKET_SOCKET;
     ev.family = AF_PACKET;
@@ -53,7 +53,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     // The Ethernet protocol asked for, passed in network byte order.
     ev.protocol = u16::from_be(protocol as u16);
     ev.verdict = verdict;
-    ev.netns = netns_inum_typed();
+    ev.netns = netns_inum();
     submit(
         settings,
         (ev as *const SockEvent).cast(),

@@ -200,7 +200,7 @@ fn on_packet(ctx: &SkBuffContext) -> Option<i32> {
     ev.port = port;
     ev.verdict = verdict;
     ev.addr = reported;
-    ev.netns = netns_inum(&settings.offsets);
+    ev.netns = netns_inum();
     submit(
         settings,
         (ev as *const SockEvent).cast(),
@@ -424,7 +424,7 @@ fn on_sock_addr(ctx: &SockAddrContext, op: u16, v6: bool) -> i32 {
     ev.port = port;
     ev.verdict = verdict;
     ev.addr = reported;
-    ev.netns = netns_inum(&settings.offsets);
+    ev.netns = netns_inum();
     submit(
         settings,
         (ev as *const SockEvent).cast(),
