@@ -11,7 +11,8 @@ use crate::{
     maps::{EVENTS, count_lost},
 };
 
-/// `ppid`: from `task::parent_tgid` (or its typed forms).
+/// `ppid`: from `task::parent_tgid` (`parent_tgid_cast` in the BTF
+/// tracepoint).
 #[inline(always)]
 pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     let pid_tgid = m.pid_tgid;

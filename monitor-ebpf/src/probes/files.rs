@@ -173,10 +173,8 @@ pub fn report<R: Reader>(
             Seen::Once | Seen::Untracked => {}
         }
     }
-    // Read before the paths below part: the verifier checks the loads
-    // once, not on each path (in the raw tracepoints, each check of a load
-    // from the helper's trusted task looks a type up by name in the
-    // kernel's BTF).
+    // Read before the paths below part: the verifier checks the reads
+    // once, not on each path.
     let ppid = R::parent_tgid();
     let mut hflags = 0;
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);

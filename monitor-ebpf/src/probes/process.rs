@@ -95,8 +95,8 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
     let mm: u64 = read(current_task(), o.task_mm);
-    // Once, before the paths part: each verifier check of this load looks
-    // a type up by name in the kernel's BTF (see `files::report`).
+    // Once, before the paths part: the verifier checks the reads once, not
+    // on each path (as in `files::report`).
     let ppid = parent_tgid();
 
     let worker_launch = workers::enabled(settings) && workers::first_exec_of_root(tgid);

@@ -107,12 +107,14 @@ pub fn parse_launch(argv: &[u8], cwd: &Path) -> Spawn {
             }
         };
         if let Some(dir) = value("-W") {
-            spawn.execroot = absolute(cwd, &dir);
+            spawn.execroot = absolute(cwd.as_os_str().as_bytes(), dir.as_bytes());
             i += if arg == "-W" { 2 } else { 1 };
             continue;
         }
         if let Some(dir) = value("-w") {
-            spawn.writable.push(absolute(cwd, &dir));
+            spawn
+                .writable
+                .push(absolute(cwd.as_os_str().as_bytes(), dir.as_bytes()));
             i += if arg == "-w" { 2 } else { 1 };
             continue;
         }
@@ -128,11 +130,10 @@ pub fn parse_launch(argv: &[u8], cwd: &Path) -> Spawn {
     spawn
 }
 
-fn absolute(cwd: &Path, p: &str) -> PathBuf {
-    PathBuf::from(OsStr::from_bytes(&paths::resolve(
-        cwd.as_os_str().as_bytes(),
-        p.as_bytes(),
-    )))
+/// `p` resolved against the directory `dir` (bytes: a link's target need
+/// not be UTF-8).
+fn absolute(dir: &[u8], p: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(paths::resolve(dir, p)))
 }
 
 /// `…/sandbox/<strategy>/<id>/execroot/…` → (`…/sandbox/<strategy>/<id>`, id).
@@ -479,13 +480,8 @@ impl RealDirs {
 /// parsing, measured at a twentieth of a sandbox read's user time), else
 /// as `Path::parent` and `Path::file_name` read it.
 fn split_parent(path: &Path) -> Option<(&[u8], &[u8])> {
-    let bytes = path.as_os_str().as_bytes();
-    if paths::is_normal(bytes)
-        && let Some(cut) = bytes.iter().rposition(|&b| b == b'/')
-        && cut + 1 < bytes.len()
-    {
-        let parent = if cut == 0 { &b"/"[..] } else { &bytes[..cut] };
-        return Some((parent, &bytes[cut + 1..]));
+    if let Some(split) = paths::split_normal(path.as_os_str().as_bytes()) {
+        return Some(split);
     }
     let (parent, name) = (path.parent()?, path.file_name()?);
     Some((parent.as_os_str().as_bytes(), name.as_bytes()))
@@ -518,12 +514,8 @@ pub(crate) fn push_link_chain(
             ended = true;
             break;
         };
-        // Bytes throughout: a target need not be UTF-8.
         let parent = split_parent(&current).map_or(&b"/"[..], |(parent, _)| parent);
-        let target = PathBuf::from(OsString::from_vec(paths::resolve(
-            parent,
-            target.as_os_str().as_bytes(),
-        )));
+        let target = absolute(parent, target.as_os_str().as_bytes());
         let (is_link, meta) = real_dirs.look(&target);
         push(&target, meta.as_ref(), patterns);
         current = target;

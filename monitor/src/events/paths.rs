@@ -56,6 +56,21 @@ pub(crate) fn is_normal(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// A normal path (see [`is_normal`]) cut at its last `/`: its parent
+/// directory (`/` for a name at the root) and its last name; `None` for
+/// `/` itself and for paths that are not normal.
+pub(crate) fn split_normal(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !is_normal(path) {
+        return None;
+    }
+    let cut = path.iter().rposition(|&b| b == b'/')?;
+    if cut + 1 == path.len() {
+        return None;
+    }
+    let parent = if cut == 0 { &b"/"[..] } else { &path[..cut] };
+    Some((parent, &path[cut + 1..]))
+}
+
 /// Resolves `path` against the directory `base_dir` (for `openat(dirfd, …)`
 /// and relative paths): an absolute `path` stands alone, a relative one is
 /// appended to `base_dir`. The result is normalised.
@@ -224,5 +239,27 @@ mod tests {
         assert_eq!(norm, long);
         assert_eq!(resolve(b"/base", &long[1..]).len(), 5000 + 5);
         assert_eq!(escape_for_display(&long).len(), 5000);
+    }
+
+    #[test]
+    fn split_normal_cuts_at_the_last_slash_of_normal_paths_only() {
+        assert_eq!(split_normal(b"/a/b/c"), Some((&b"/a/b"[..], &b"c"[..])));
+        assert_eq!(split_normal(b"/a"), Some((&b"/"[..], &b"a"[..])));
+        for odd in [
+            &b"/"[..],
+            b"/a/",
+            b"/a/./b",
+            b"/a/../b",
+            b"a/b",
+            b"",
+            b"//a",
+        ] {
+            assert_eq!(
+                split_normal(odd),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(odd)
+            );
+        }
     }
 }
