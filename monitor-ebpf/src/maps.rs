@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, RING_BYTES, Scope, Settings,
+    DIR_CAPACITY, FileEvent, LOST_REASONS, MAX_SCOPES, PATH_CAPACITY, RING_BYTES, Scope, SeenEntry,
+    Settings,
 };
 
 use crate::object::Windows;
@@ -45,6 +46,9 @@ pub struct Scratch {
     pub windows: Windows,
     /// Where `kfunc::plain` passes a typed pointer through.
     pub plain: u64,
+    /// An open's repeat key, and the entry `seen::check` inserts for it:
+    /// in map memory, where its typed pointers read back as numbers.
+    pub seen: SeenEntry,
 }
 
 #[map]

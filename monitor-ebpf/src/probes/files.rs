@@ -164,10 +164,10 @@ pub fn report<R: Reader>(
     } else {
         Identity::NONE
     };
-    let key = seen::key_of(&id, args.flags, m);
     let mut tracked = false;
     if has_object {
-        match seen::check(&key) {
+        seen::fill_key(&mut scratch.seen.key, &id, args.flags, m);
+        match seen::check(&mut scratch.seen) {
             Seen::Repeat => return Some(()),
             Seen::First => tracked = true,
             Seen::Once | Seen::Untracked => {}
@@ -190,7 +190,7 @@ pub fn report<R: Reader>(
     }
     fill_fields(&mut scratch.event, m, args, ret, ppid);
     if tracked {
-        let ev = &mut scratch.event;
+        let (ev, key) = (&mut scratch.event, &scratch.seen.key);
         hflags |= FLAG_TRACKED;
         ev.generation = key.generation;
         ev.access_class = key.access_class;

@@ -3,17 +3,21 @@
 //! so a repeat counted at that moment is never lost between a read and a
 //! delete. aya 0.14 has no lookup-and-delete for hash maps; this is that
 //! one `bpf(2)` command (kernel 5.14+ for hash maps), with a read-then-
-//! delete fallback for older kernels.
+//! delete fallback for older kernels. Entries are keyed by the key's slot
+//! (`monitor_common::seen_slot`, as the kernel computes it) and hold the
+//! whole key.
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
 use aya::maps::{HashMap, MapData};
-use monitor_common::SeenKey;
+use monitor_common::{SeenEntry, SeenKey, seen_slot};
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (uapi `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+/// `BPF_NOEXIST` (uapi): insert only.
+const BPF_NOEXIST: u64 = 1;
 
 pub struct SeenCounts {
-    map: HashMap<MapData, SeenKey, u64>,
+    map: HashMap<MapData, u64, SeenEntry>,
     /// The map's descriptor, for the command aya does not have.
     fd: OwnedFd,
 }
@@ -30,19 +34,31 @@ struct ElemAttr {
 
 impl SeenCounts {
     /// `fd`: a duplicate of the map's descriptor.
-    pub fn new(map: HashMap<MapData, SeenKey, u64>, fd: OwnedFd) -> Self {
+    pub fn new(map: HashMap<MapData, u64, SeenEntry>, fd: OwnedFd) -> Self {
         SeenCounts { map, fd }
     }
 
     /// The repeats counted under `key`, its entry removed; `None` when the
-    /// kernel has no such entry.
+    /// kernel has no such entry. An entry of another key on the slot is
+    /// put back (the kernel only tracks a key whose insert succeeded, so
+    /// userspace never asks for a key whose slot another holds).
     pub fn take(&mut self, key: &SeenKey) -> Option<u64> {
-        let mut value: u64 = 0;
+        let slot = seen_slot(key);
+        let entry = self.take_slot(slot)?;
+        if entry.key == *key {
+            return Some(entry.count);
+        }
+        let _ = self.map.insert(slot, entry, BPF_NOEXIST);
+        None
+    }
+
+    fn take_slot(&mut self, slot: u64) -> Option<SeenEntry> {
+        let mut value = SeenEntry::default();
         let attr = ElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
             _pad: 0,
-            key: key as *const SeenKey as u64,
-            value: &mut value as *mut u64 as u64,
+            key: &slot as *const u64 as u64,
+            value: &mut value as *mut SeenEntry as u64,
             flags: 0,
         };
         // SAFETY: `attr` points at a live key and value of the map's sizes.
@@ -61,10 +77,49 @@ impl SeenCounts {
             Some(libc::ENOENT) => None,
             // Older kernels: read, then delete.
             _ => {
-                let count = self.map.get(key, 0).ok()?;
-                let _ = self.map.remove(key);
-                Some(count)
+                let entry = self.map.get(&slot, 0).ok()?;
+                let _ = self.map.remove(&slot);
+                Some(entry)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{SeenKey, seen_slot};
+
+    fn key() -> SeenKey {
+        SeenKey {
+            action_cgroup_id: 4242,
+            ino: 17,
+            dentry: 0xffff_8880_1234_5678,
+            mnt: 0xffff_8880_8765_4320,
+            tgid: 900,
+            _pad: 0,
+            generation: 3,
+            access_class: 0o1,
+        }
+    }
+
+    #[test]
+    fn every_field_moves_the_slot_and_no_slot_is_empty() {
+        let base = key();
+        let changed: [fn(&mut SeenKey); 7] = [
+            |k| k.action_cgroup_id += 1,
+            |k| k.ino += 1,
+            |k| k.dentry += 0x40,
+            |k| k.mnt += 0x40,
+            |k| k.tgid += 1,
+            |k| k.generation += 1,
+            |k| k.access_class |= 1 << 31,
+        ];
+        for change in changed {
+            let mut other = base;
+            change(&mut other);
+            assert_ne!(seen_slot(&other), seen_slot(&base), "{other:?}");
+        }
+        assert_eq!(seen_slot(&base), seen_slot(&key()));
+        assert_eq!(seen_slot(&SeenKey::default()) & 1, 1);
     }
 }
