@@ -17,6 +17,11 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("MetadataCommand::exec")?;
+    // aya-build watches the eBPF package's own files only; the programs
+    // also compile monitor-common (shared layouts and constants), and an
+    // object left stale by a change there would disagree with userspace.
+    let common = package_dir(&packages, "monitor-common")?;
+    println!("cargo::rerun-if-changed={common}");
     let ebpf_package = packages
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "monitor-ebpf")
@@ -31,4 +36,17 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([package], Toolchain::default())
+}
+
+/// The directory of the workspace package `name`.
+fn package_dir(packages: &[cargo_metadata::Package], name: &str) -> anyhow::Result<String> {
+    let package = packages
+        .iter()
+        .find(|p| p.name.as_str() == name)
+        .ok_or_else(|| anyhow!("{name} package not found"))?;
+    let dir = package
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", package.manifest_path))?;
+    Ok(dir.to_string())
 }
