@@ -189,3 +189,124 @@ fn a_new_object_behind_the_same_name_and_a_failed_probe_are_reported() {
     // The first is the failed probe (ENOENT).
     assert_eq!(late_alerts[0]["file"]["result"], -2, "{alerts:#?}");
 }
+
+/// The repeat filter (`SEEN_FILTER` in `monitor-ebpf/src/seen.rs`): the
+/// kernel adds one to a group's cell for each key it starts counting, and
+/// the daemon takes it off when it takes the key's count at the process's
+/// end. Cells left too high would make the kernel look up every first
+/// access again. Read here from the daemon's own map descriptor.
+#[test]
+fn the_repeat_filter_counts_a_tracked_key_until_the_daemon_takes_it() {
+    require_root();
+    let parent = test_parent("repeats-filter");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("hold");
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile_reopen(tmp.path());
+    let held = tmp.path().join("held.txt");
+    write(&held, "held");
+    let filter = FilterView::of(daemon.pid());
+    assert_eq!(filter.sum(), 0, "cells counted before any action ran");
+    let mut child = in_cgroup(
+        Command::new(&program).args(["c:0", &format!("o:{}:10", held.display()), "w"]),
+        &action.path,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    // Positive control: the process that opened the file ten times on one
+    // CPU holds a counted key.
+    assert!(filter.sum() >= 1, "no cell counts the held key");
+    child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(10), || filter.sum() == 0),
+        "cells still count {} keys after the process ended",
+        filter.sum()
+    );
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+}
+
+/// The daemon's `SEEN_FILTER` map, mapped read-only through a duplicate of
+/// its descriptor (`pidfd_getfd`): the one mmapable array whose one value
+/// is 32 KiB.
+struct FilterView {
+    ptr: *const u32,
+    cells: usize,
+}
+
+impl FilterView {
+    fn of(daemon: u32) -> FilterView {
+        let fd = Self::daemon_fd(daemon).expect("the daemon holds no SEEN_FILTER map");
+        // SAFETY: plain syscalls; the fds are closed when the test ends.
+        let (pidfd, ours) = unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, daemon, 0) as libc::c_int;
+            assert!(
+                pidfd >= 0,
+                "pidfd_open: {}",
+                std::io::Error::last_os_error()
+            );
+            let ours = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as libc::c_int;
+            (pidfd, ours)
+        };
+        assert!(
+            ours >= 0,
+            "pidfd_getfd: {}",
+            std::io::Error::last_os_error()
+        );
+        let len = 32 * 1024;
+        // SAFETY: a shared read-only mapping of an mmapable array's value.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ours,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        // SAFETY: our own descriptors; the mapping outlives them.
+        unsafe {
+            libc::close(ours);
+            libc::close(pidfd);
+        }
+        FilterView {
+            ptr: ptr.cast(),
+            cells: len / 4,
+        }
+    }
+
+    /// The daemon's descriptor of the map, from its fdinfo.
+    fn daemon_fd(daemon: u32) -> Option<libc::c_int> {
+        let dir = std::fs::read_dir(format!("/proc/{daemon}/fdinfo")).ok()?;
+        dir.flatten().find_map(|entry| {
+            let info = std::fs::read_to_string(entry.path()).ok()?;
+            let is = |field: &str, value: &str| {
+                info.lines()
+                    .any(|l| l.strip_prefix(field).is_some_and(|v| v.trim() == value))
+            };
+            let filter = is("map_type:", "2")
+                && is("max_entries:", "1")
+                && is("value_size:", "32768")
+                && is("map_flags:", "0x400");
+            filter.then(|| entry.file_name().to_str()?.parse().ok())?
+        })
+    }
+
+    fn sum(&self) -> u64 {
+        (0..self.cells)
+            // SAFETY: `cells` mapped u32s; the kernel and daemon change
+            // them atomically, a volatile read sees a whole value.
+            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) } as u64)
+            .sum()
+    }
+}

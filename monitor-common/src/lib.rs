@@ -298,6 +298,9 @@ pub const ACCESS_CLASS_FLAGS: u32 =
 pub const ACCESS_CREATED: u32 = 1 << 31;
 /// Entries of the `SEEN` map; past it, opens are reported in full.
 pub const SEEN_ENTRIES: u32 = 65536;
+/// Cells of `SEEN_FILTER` (a power of two): how many `SEEN` entries each
+/// group of slots holds (a slot's group: the slot modulo this).
+pub const SEEN_FILTER_CELLS: usize = 8192;
 
 /// A sandbox directory, as the kernel names its inode: a failed open of a
 /// name below it, relative to a directory inside it, is counted in

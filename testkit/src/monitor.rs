@@ -113,6 +113,11 @@ impl Monitor {
         &mut self.daemon
     }
 
+    /// The daemon's pid (0 once it was waited for).
+    pub fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
     pub fn metrics_text(&self) -> Result<String> {
         http::metrics_text(self.metrics)
     }

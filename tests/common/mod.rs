@@ -246,6 +246,11 @@ impl Daemon {
         self.dir.path().join("monitor.toml")
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.monitor.pid()
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&mut self, signal: libc::c_int) {
         let pid = self.monitor.daemon().id() as libc::pid_t;

@@ -180,7 +180,7 @@ impl Kernel {
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let runner_paths = HashMap::try_from(take(&mut ebpf, "RUNNER_PATHS")?)?;
         let runners = HashMap::try_from(take(&mut ebpf, "RUNNERS")?)?;
-        let seen = seen_counts(take(&mut ebpf, "SEEN")?)?;
+        let seen = seen_counts(take(&mut ebpf, "SEEN")?, take(&mut ebpf, "SEEN_FILTER")?)?;
         let sandboxes = crate::kernel::sandboxes::SandboxMaps::new(
             take(&mut ebpf, "SANDBOX_DIRS")?,
             take(&mut ebpf, "PROBES_FOLDED")?,
@@ -482,16 +482,21 @@ impl Kernel {
     }
 }
 
-/// The `SEEN` map, with a duplicate of its descriptor.
-fn seen_counts(map: aya::maps::Map) -> anyhow::Result<crate::kernel::seen::SeenCounts> {
+/// The `SEEN` map, with a duplicate of its descriptor, and its filter.
+fn seen_counts(
+    map: aya::maps::Map,
+    filter: aya::maps::Map,
+) -> anyhow::Result<crate::kernel::seen::SeenCounts> {
     use std::os::fd::AsFd as _;
     let aya::maps::Map::HashMap(data) = &map else {
         bail!("map SEEN is not a hash map");
     };
     let fd = data.fd().as_fd().try_clone_to_owned()?;
+    let filter = crate::kernel::seen::FilterCells::new(filter).context("mapping SEEN_FILTER")?;
     Ok(crate::kernel::seen::SeenCounts::new(
         HashMap::try_from(map)?,
         fd,
+        filter,
     ))
 }
 

@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod kfuncs;
 pub mod loader;
+pub mod mapping;
 pub mod parallel_load;
 pub mod privileges;
 pub mod ring;

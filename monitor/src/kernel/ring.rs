@@ -13,11 +13,12 @@
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd, RawFd},
-    ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use aya::maps::{MapData, RingBuf};
+
+use super::mapping::{Mapping, mmap};
 
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
@@ -30,39 +31,6 @@ pub struct EventRing {
     producer: Mapping,
     size: u64,
     page: usize,
-}
-
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created by mmap with this length.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-fn mmap(fd: RawFd, len: usize, prot: i32, offset: usize) -> io::Result<Mapping> {
-    // SAFETY: a fresh shared mapping of the ring buffer's fd.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot,
-            libc::MAP_SHARED,
-            fd,
-            offset as libc::off_t,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Mapping {
-        ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
-        len,
-    })
 }
 
 impl EventRing {

@@ -6,10 +6,21 @@
 //! delete fallback for older kernels. Entries are keyed by the key's slot
 //! (`monitor_common::seen_slot`, as the kernel computes it) and hold the
 //! whole key.
-use std::os::fd::{AsRawFd as _, OwnedFd};
+//!
+//! Each entry taken is also taken off its group's count in `SEEN_FILTER`
+//! (mapped here): the kernel skips the lookup for a group that counts none
+//! (`monitor-ebpf/src/seen.rs`). A count left too high only costs the
+//! kernel a lookup; one too low, a full report.
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use aya::maps::{HashMap, MapData};
-use monitor_common::{SeenEntry, SeenKey, seen_slot};
+use monitor_common::{SEEN_FILTER_CELLS, SeenEntry, SeenKey, seen_slot};
+
+use super::mapping::{Mapping, mmap};
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (uapi `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
@@ -20,6 +31,45 @@ pub struct SeenCounts {
     map: HashMap<MapData, u64, SeenEntry>,
     /// The map's descriptor, for the command aya does not have.
     fd: OwnedFd,
+    filter: FilterCells,
+}
+
+/// `SEEN_FILTER`'s cells, mapped.
+pub struct FilterCells {
+    /// Keeps the map alive.
+    _map: aya::maps::Map,
+    mapping: Mapping,
+}
+
+impl FilterCells {
+    /// Maps the `SEEN_FILTER` map's one value.
+    pub fn new(map: aya::maps::Map) -> io::Result<FilterCells> {
+        let aya::maps::Map::Array(data) = &map else {
+            return Err(io::Error::other("map SEEN_FILTER is not an array"));
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let len = SEEN_FILTER_CELLS * std::mem::size_of::<u32>();
+        let mapping = mmap(fd, len, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        Ok(FilterCells { _map: map, mapping })
+    }
+
+    fn cells(&self) -> &[AtomicU32] {
+        // SAFETY: `len` mapped bytes of u32 cells (page-aligned), shared
+        // with the kernel, which only adds to them atomically.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapping.ptr.as_ptr().cast::<AtomicU32>(),
+                self.mapping.len / std::mem::size_of::<u32>(),
+            )
+        }
+    }
+}
+
+/// Takes one off `slot`'s cell; never below 0 (a count that wrapped would
+/// make the kernel look up that group for good).
+pub fn release(cells: &[AtomicU32], slot: u64) {
+    let cell = &cells[slot as usize & (cells.len() - 1)];
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 /// The part of `union bpf_attr` the element commands read.
@@ -34,8 +84,8 @@ struct ElemAttr {
 
 impl SeenCounts {
     /// `fd`: a duplicate of the map's descriptor.
-    pub fn new(map: HashMap<MapData, u64, SeenEntry>, fd: OwnedFd) -> Self {
-        SeenCounts { map, fd }
+    pub fn new(map: HashMap<MapData, u64, SeenEntry>, fd: OwnedFd, filter: FilterCells) -> Self {
+        SeenCounts { map, fd, filter }
     }
 
     /// The repeats counted under `key`, its entry removed; `None` when the
@@ -46,6 +96,7 @@ impl SeenCounts {
         let slot = seen_slot(key);
         let entry = self.take_slot(slot)?;
         if entry.key == *key {
+            release(self.filter.cells(), slot);
             return Some(entry.count);
         }
         let _ = self.map.insert(slot, entry, BPF_NOEXIST);
@@ -121,5 +172,24 @@ mod tests {
         }
         assert_eq!(seen_slot(&base), seen_slot(&key()));
         assert_eq!(seen_slot(&SeenKey::default()) & 1, 1);
+    }
+
+    #[test]
+    fn a_release_takes_one_off_the_slots_cell_and_stops_at_zero() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use super::release;
+
+        let cells: Vec<AtomicU32> = (0..8).map(|_| AtomicU32::new(0)).collect();
+        cells[3].store(2, Ordering::Relaxed);
+        release(&cells, 8 * 1000 + 3);
+        release(&cells, 3);
+        release(&cells, 3);
+        release(&cells, 5);
+        let now: Vec<u32> = cells.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(now, [0; 8]);
+        cells[7].store(1, Ordering::Relaxed);
+        release(&cells, 6);
+        assert_eq!(cells[7].load(Ordering::Relaxed), 1);
     }
 }
