@@ -5,30 +5,22 @@
 //! they dereference (e.g. `task_struct.real_parent`, `dentry.d_name`) in
 //! `/sys/kernel/btf/vmlinux` and hands them to the programs.
 //!
-//! Parsing is the `btfparse` crate's. Both candidate crates were measured
-//! on this machine's vmlinux (kernel 6.18, 126,699 types) for every offset
-//! the loader reads, including those inside anonymous members (`qstr.len`,
-//! the `mm_struct` fields in its anonymous struct): `btf-rs` 2.0 and
-//! `btfparse` 1.3 both gave the same offsets as the hand-written parser
-//! this replaced. `btf-rs` only parses, so the anonymous-member walk would
-//! stay hand-written anyway; `btfparse` has a walk (`offset_of`), but it
-//! gives up on a whole struct as soon as it meets an unnamed bitfield
-//! (`unsigned :5;` padding) ahead of the member — see the test
-//! `btfparse_offset_of_gives_up_at_unnamed_bitfields`. So the small walk
-//! stays here ([`Btf::find_member`]), with what else the crate lacks:
-//! choosing *the* struct of a name (btfparse's name index keeps the last
-//! type of any kind with that name; BTF has forward declarations and
-//! duplicates), refusing bitfields (incl. old-style ones), refusing to step
-//! through pointers, and errors that name the container and member.
-//! Parsing vmlinux with btfparse took 0.17 s in a release build and 0.46 s
-//! unoptimised (the hand-written parser: 0.07 s unoptimised), once at start;
-//! the workspace builds btfparse optimised even in dev builds for that.
+//! Reading BTF is `format.rs`'s (why by hand: there). The walk here finds
+//! a member, inside anonymous members too (`qstr.len`, the `mm_struct`
+//! fields in its anonymous struct), past unnamed bitfields (`unsigned :5;`
+//! padding, at which btfparse's own `offset_of` gave up on the whole
+//! struct), and adds what a loader needs: choosing *the* struct of a name
+//! (BTF has forward declarations and duplicates), refusing bitfields
+//! (incl. old-style ones), refusing to step through pointers, and errors
+//! that name the container and member.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
-use btfparse::{Offset, TypeInformation, TypeVariant};
+mod format;
+
+use format::{Kind, Offset, RawBtf, Type};
 
 /// Where the running kernel exposes its own BTF.
 pub const SYS_FS_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -92,7 +84,7 @@ pub enum BtfError {
 
 /// Parsed BTF and, for each struct/union name, the type that name means.
 pub struct Btf {
-    types: TypeInformation,
+    types: RawBtf,
     /// Struct/union name → (type id, preference rank; lower is better).
     composites: HashMap<String, (u32, u8)>,
 }
@@ -100,24 +92,9 @@ pub struct Btf {
 impl fmt::Debug for Btf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Btf")
-            .field("types", &self.types.get().len())
+            .field("types", &self.types.len())
             .field("named_structs_and_unions", &self.composites.len())
             .finish()
-    }
-}
-
-/// The bytes btfparse reads from.
-struct Bytes(Vec<u8>);
-
-impl btfparse::Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).ok();
-        let bytes = start.and_then(|s| self.0.get(s..s.checked_add(buffer.len())?));
-        let bytes = bytes.ok_or_else(|| {
-            btfparse::Error::new(btfparse::ErrorKind::InvalidOffset, "read past the end")
-        })?;
-        buffer.copy_from_slice(bytes);
-        Ok(())
     }
 }
 
@@ -131,8 +108,7 @@ impl Btf {
     /// Parses raw BTF (as found in `/sys/kernel/btf/vmlinux` or a `.BTF`
     /// ELF section).
     pub fn from_bytes(data: Vec<u8>) -> Result<Btf, BtfError> {
-        let types = TypeInformation::new(&Bytes(data))
-            .map_err(|e| BtfError::Malformed(e.message().to_string()))?;
+        let types = RawBtf::parse(data).map_err(BtfError::Malformed)?;
         let composites = index_composites(&types);
         Ok(Btf { types, composites })
     }
@@ -168,8 +144,11 @@ impl Btf {
     /// The type id of the kernel function `name` (a kfunc), if the kernel
     /// has it.
     pub fn function_id(&self, name: &str) -> Option<u32> {
-        let id = self.types.id_of(name)?;
-        matches!(self.types.from_id(id)?, TypeVariant::Func(_)).then_some(id)
+        (1..=self.types.len()).find(|&id| {
+            self.types.get(id).is_some_and(|ty| {
+                ty.kind == Kind::Func && self.types.string(ty.name_off) == Some(name)
+            })
+        })
     }
 
     /// The id of the struct `type_name` if its member `member` is at offset
@@ -184,12 +163,13 @@ impl Btf {
         let (member_type, offset) = self
             .step(Composite { id }, member, &|| member.to_owned())
             .ok()?;
-        let pointee = match self.skip_modifiers(member_type)? {
-            (_, TypeVariant::Ptr(ptr)) => self.skip_modifiers(*ptr.tid())?,
-            _ => return None,
-        };
+        let (_, pointer) = self.skip_modifiers(member_type)?;
+        if pointer.kind != Kind::Ptr {
+            return None;
+        }
+        let (_, pointee) = self.skip_modifiers(pointer.size_or_type)?;
         let is_target =
-            matches!(&pointee.1, TypeVariant::Struct(s) if s.name().as_deref() == Some(target));
+            pointee.kind == Kind::Struct && self.types.name_of(&pointee) == Some(target);
         (offset == 0 && is_target).then_some(id)
     }
 
@@ -223,13 +203,15 @@ impl Btf {
             })?;
             if let Some(&next) = steps.get(i + 1) {
                 container = match self.skip_modifiers(type_id) {
-                    Some((id, TypeVariant::Struct(_) | TypeVariant::Union(_))) => Composite { id },
+                    Some((id, ty)) if matches!(ty.kind, Kind::Struct | Kind::Union) => {
+                        Composite { id }
+                    }
                     other => {
                         return Err(BtfError::NotComposite {
                             path: full_path(),
                             container: self.describe(container),
                             member: member.to_owned(),
-                            kind: other.map_or("void", |(_, t)| kind_name(t)),
+                            kind: other.map_or("void", |(_, t)| t.kind.name()),
                             next: next.to_owned(),
                         });
                     }
@@ -258,36 +240,31 @@ impl Btf {
                 container: self.describe(container),
                 member: member.to_owned(),
             }),
-            Some((_, Offset::BitOffsetAndSize(..))) => Err(bitfield()),
-            Some((type_id, Offset::ByteOffset(_))) if self.is_legacy_bitfield(type_id) => {
+            Some((_, Offset::Bits { .. })) => Err(bitfield()),
+            Some((type_id, Offset::Bytes(_))) if self.is_legacy_bitfield(type_id) => {
                 Err(bitfield())
             }
-            Some((type_id, Offset::ByteOffset(offset))) => Ok((type_id, offset)),
+            Some((type_id, Offset::Bytes(offset))) => Ok((type_id, offset)),
         }
     }
 
     /// `name` among the members of struct/union `id`, looking inside its
     /// anonymous struct/union members: the type id and offset from the
-    /// start of `id`. (btfparse's own `offset_of` gives up on the whole
-    /// struct when it meets an unnamed bitfield, e.g. `unsigned :5` padding,
-    /// before the member; hence this walk.)
+    /// start of `id`.
     fn find_member(&self, id: u32, name: &str, depth: usize) -> Option<(u32, Offset)> {
-        let members = match self.types.get().get(&id)? {
-            TypeVariant::Struct(s) => s.member_list(),
-            TypeVariant::Union(u) => u.member_list(),
-            _ => return None,
-        };
-        for m in members {
-            match m.name() {
-                Some(n) if n == name => return Some((m.tid(), m.offset())),
+        let ty = self.types.get(id)?;
+        for m in ty.members() {
+            match self.types.string(m.name_off).filter(|n| !n.is_empty()) {
+                Some(n) if n == name => return Some((m.type_id, m.offset)),
                 Some(_) => {}
                 None if depth < MAX_DEPTH => {
-                    let Some((inner, TypeVariant::Struct(_) | TypeVariant::Union(_))) =
-                        self.skip_modifiers(m.tid())
-                    else {
-                        continue; // unnamed padding bitfield
+                    let Some((inner, inner_ty)) = self.skip_modifiers(m.type_id) else {
+                        continue;
                     };
-                    let Offset::ByteOffset(base) = m.offset() else {
+                    if !matches!(inner_ty.kind, Kind::Struct | Kind::Union) {
+                        continue; // unnamed padding bitfield
+                    }
+                    let Offset::Bytes(base) = m.offset else {
                         continue;
                     };
                     if let Some((tid, offset)) = self.find_member(inner, name, depth + 1) {
@@ -302,18 +279,15 @@ impl Btf {
 
     /// Follows typedef/const/volatile/restrict/type_tag to the real type;
     /// `None` for void, a dangling id or a cycle.
-    fn skip_modifiers(&self, mut id: u32) -> Option<(u32, &TypeVariant)> {
+    fn skip_modifiers(&self, mut id: u32) -> Option<(u32, Type<'_>)> {
         for _ in 0..MAX_DEPTH {
-            let ty = self.types.get().get(&id)?;
-            id = match ty {
-                TypeVariant::Typedef(t) => *t.tid(),
-                TypeVariant::Const(t) => *t.tid(),
-                TypeVariant::Volatile(t) => *t.tid(),
-                TypeVariant::Restrict(t) => *t.tid(),
-                TypeVariant::TypeTag(t) => *t.tid(),
-                TypeVariant::Void => return None,
+            let ty = self.types.get(id)?;
+            match ty.kind {
+                Kind::Typedef | Kind::Const | Kind::Volatile | Kind::Restrict | Kind::TypeTag => {
+                    id = ty.size_or_type;
+                }
                 _ => return Some((id, ty)),
-            };
+            }
         }
         None
     }
@@ -321,23 +295,16 @@ impl Btf {
     /// An int narrower than its storage is an old-style bitfield (before
     /// BTF's kind_flag); it has no byte offset of its own either.
     fn is_legacy_bitfield(&self, id: u32) -> bool {
-        match self.skip_modifiers(id) {
-            Some((_, TypeVariant::Int(int))) => {
-                *int.offset() != 0 || *int.bits() != *int.size() * 8
-            }
-            _ => false,
-        }
+        self.skip_modifiers(id)
+            .is_some_and(|(_, ty)| ty.is_partial_int())
     }
 
     fn describe(&self, container: Composite) -> String {
-        let what = self
-            .types
-            .get()
-            .get(&container.id)
-            .map_or("type", kind_name);
-        match self.types.name_of(container.id) {
-            Some(name) if !name.is_empty() => format!("{what} {name}"),
-            _ => format!("anonymous {what} (BTF type id {})", container.id),
+        let ty = self.types.get(container.id);
+        let what = ty.map_or("type", |t| t.kind.name());
+        match ty.as_ref().and_then(|t| self.types.name_of(t)) {
+            Some(name) => format!("{what} {name}"),
+            None => format!("anonymous {what} (BTF type id {})", container.id),
         }
     }
 }
@@ -345,22 +312,36 @@ impl Btf {
 /// For each struct/union name, the best candidate: a non-empty STRUCT, then
 /// a non-empty UNION, then empty ones; ties go to the lowest id. Forward
 /// declarations, typedefs and everything else are never candidates.
-fn index_composites(types: &TypeInformation) -> HashMap<String, (u32, u8)> {
+fn index_composites(types: &RawBtf) -> HashMap<String, (u32, u8)> {
     let mut composites: HashMap<String, (u32, u8)> = HashMap::new();
-    for (&id, ty) in types.get() {
-        let (name, rank) = match ty {
-            TypeVariant::Struct(s) => (s.name(), if s.member_list().is_empty() { 2 } else { 0 }),
-            TypeVariant::Union(u) => (u.name(), if u.member_list().is_empty() { 3 } else { 1 }),
+    for id in 1..=types.len() {
+        let Some(ty) = types.get(id) else { continue };
+        let empty = ty.members().next().is_none();
+        let rank = match ty.kind {
+            Kind::Struct => {
+                if empty {
+                    2
+                } else {
+                    0
+                }
+            }
+            Kind::Union => {
+                if empty {
+                    3
+                } else {
+                    1
+                }
+            }
             _ => continue,
         };
-        let Some(name) = name.as_ref().filter(|n| !n.is_empty()) else {
+        let Some(name) = types.name_of(&ty) else {
             continue;
         };
         // Ids come in ascending order, so only a strictly better rank wins.
         match composites.get(name) {
             Some(&(_, best)) if best <= rank => {}
             _ => {
-                composites.insert(name.clone(), (id, rank));
+                composites.insert(name.to_owned(), (id, rank));
             }
         }
     }
@@ -370,36 +351,12 @@ fn index_composites(types: &TypeInformation) -> HashMap<String, (u32, u8)> {
 /// `base` bytes plus an offset found below it.
 fn add(base: u32, offset: Offset) -> Option<Offset> {
     Some(match offset {
-        Offset::ByteOffset(o) => Offset::ByteOffset(base.checked_add(o)?),
-        Offset::BitOffsetAndSize(bits, size) => {
-            Offset::BitOffsetAndSize(base.checked_mul(8)?.checked_add(bits)?, size)
-        }
+        Offset::Bytes(o) => Offset::Bytes(base.checked_add(o)?),
+        Offset::Bits { offset, size } => Offset::Bits {
+            offset: base.checked_mul(8)?.checked_add(offset)?,
+            size,
+        },
     })
-}
-
-fn kind_name(ty: &TypeVariant) -> &'static str {
-    match ty {
-        TypeVariant::Void => "void",
-        TypeVariant::Int(_) => "int",
-        TypeVariant::Ptr(_) => "pointer",
-        TypeVariant::Array(_) => "array",
-        TypeVariant::Struct(_) => "struct",
-        TypeVariant::Union(_) => "union",
-        TypeVariant::Enum(_) => "enum",
-        TypeVariant::Enum64(_) => "enum64",
-        TypeVariant::Fwd(_) => "forward declaration",
-        TypeVariant::Typedef(_) => "typedef",
-        TypeVariant::Volatile(_) => "volatile",
-        TypeVariant::Const(_) => "const",
-        TypeVariant::Restrict(_) => "restrict",
-        TypeVariant::Func(_) => "function",
-        TypeVariant::FuncProto(_) => "function prototype",
-        TypeVariant::Var(_) => "variable",
-        TypeVariant::DataSec(_) => "data section",
-        TypeVariant::Float(_) => "float",
-        TypeVariant::DeclTag(_) => "decl tag",
-        TypeVariant::TypeTag(_) => "type tag",
-    }
 }
 
 #[cfg(test)]
@@ -728,23 +685,92 @@ mod tests {
         ));
     }
 
-    /// Why the member walk is ours: with an unnamed bitfield in `outer`,
-    /// btfparse's `offset_of` finds no member at all. If this starts to
-    /// fail, btfparse was fixed and `find_member` may go.
+    /// The bytes btfparse reads from.
+    struct Bytes(Vec<u8>);
+
+    impl btfparse::Readable for Bytes {
+        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+            let start = usize::try_from(offset).ok();
+            let bytes = start.and_then(|s| self.0.get(s..s.checked_add(buffer.len())?));
+            let bytes = bytes.ok_or_else(|| {
+                btfparse::Error::new(btfparse::ErrorKind::InvalidOffset, "read past the end")
+            })?;
+            buffer.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    /// Our kind for btfparse's.
+    fn their_kind(ty: &btfparse::TypeVariant) -> Option<Kind> {
+        use btfparse::TypeVariant as T;
+        Some(match ty {
+            T::Void => return None,
+            T::Int(_) => Kind::Int,
+            T::Ptr(_) => Kind::Ptr,
+            T::Array(_) => Kind::Array,
+            T::Struct(_) => Kind::Struct,
+            T::Union(_) => Kind::Union,
+            T::Enum(_) => Kind::Enum,
+            T::Enum64(_) => Kind::Enum64,
+            T::Fwd(_) => Kind::Fwd,
+            T::Typedef(_) => Kind::Typedef,
+            T::Volatile(_) => Kind::Volatile,
+            T::Const(_) => Kind::Const,
+            T::Restrict(_) => Kind::Restrict,
+            T::Func(_) => Kind::Func,
+            T::FuncProto(_) => Kind::FuncProto,
+            T::Var(_) => Kind::Var,
+            T::DataSec(_) => Kind::DataSec,
+            T::Float(_) => Kind::Float,
+            T::DeclTag(_) => Kind::DeclTag,
+            T::TypeTag(_) => Kind::TypeTag,
+        })
+    }
+
+    /// The hand-written reader against btfparse on the running kernel's
+    /// BTF (~127,000 types): every type's kind and name, and every struct's
+    /// and union's members (name, type, offset), agree.
     #[test]
-    fn btfparse_offset_of_gives_up_at_unnamed_bitfields() {
-        let btf = sample();
-        let &(outer, _) = btf.composites.get("outer").unwrap();
-        assert!(btf.types.offset_of(outer, "x").is_err());
-        assert!(btf.types.offset_of(outer, "name").is_err());
-        assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
-        assert_eq!(btf.member_offset("outer", "name").unwrap(), 40);
-        // Without such a member, btfparse agrees with us.
-        let &(inner, _) = btf.composites.get("inner").unwrap();
-        assert!(matches!(
-            btf.types.offset_of(inner, "b"),
-            Ok((_, Offset::ByteOffset(8)))
-        ));
+    fn agrees_with_btfparse_on_the_running_kernel() {
+        let data = std::fs::read(SYS_FS_VMLINUX).expect("kernel BTF");
+        let ours = RawBtf::parse(data.clone()).unwrap();
+        let theirs = btfparse::TypeInformation::new(&Bytes(data)).unwrap();
+        let mut compared = (0, 0);
+        for (&id, variant) in theirs.get() {
+            let Some(kind) = their_kind(variant) else {
+                continue;
+            };
+            let ty = ours.get(id).unwrap_or_else(|| panic!("type {id} missing"));
+            assert_eq!(ty.kind, kind, "type {id}");
+            let their_name = theirs.name_of(id).filter(|n| !n.is_empty());
+            assert_eq!(ours.name_of(&ty), their_name.as_deref(), "type {id}");
+            let their_members = match variant {
+                btfparse::TypeVariant::Struct(s) => s.member_list(),
+                btfparse::TypeVariant::Union(u) => u.member_list(),
+                _ => {
+                    compared.0 += 1;
+                    continue;
+                }
+            };
+            let our_members: Vec<_> = ty.members().collect();
+            assert_eq!(our_members.len(), their_members.len(), "type {id}");
+            for (m, t) in our_members.iter().zip(their_members) {
+                let name = ours.string(m.name_off).filter(|n| !n.is_empty());
+                assert_eq!(name, t.name().as_deref().filter(|n| !n.is_empty()));
+                assert_eq!(m.type_id, t.tid(), "type {id} member {name:?}");
+                let offset = match t.offset() {
+                    btfparse::Offset::ByteOffset(o) => Offset::Bytes(o),
+                    btfparse::Offset::BitOffsetAndSize(offset, size) => {
+                        Offset::Bits { offset, size }
+                    }
+                };
+                assert_eq!(m.offset, offset, "type {id} member {name:?}");
+                compared.1 += 1;
+            }
+            compared.0 += 1;
+        }
+        assert_eq!(compared.0, ours.len(), "types compared");
+        assert!(compared.0 > 10_000 && compared.1 > 50_000, "{compared:?}");
     }
 
     #[test]
