@@ -163,13 +163,25 @@ impl Kernel {
     ) -> anyhow::Result<Kernel> {
         crate::kernel::privileges::check()?;
         raise_memlock_limit();
+        // aya parses the kernel's BTF twice (its loader, always, and the
+        // BTF tracepoint's target lookup): ~30 ms each, on threads while
+        // the offsets are read (one after another they were a third of a
+        // start's wall time).
+        let loader = std::thread::spawn(EbpfLoader::new);
+        let aya_btf = std::thread::spawn(aya_kernel_btf);
         let btf = kernel_btf()?;
         let offsets = offsets_from(&btf)?;
         let kfuncs = Kfuncs::from_btf(&btf);
         drop(btf);
         let ring_bytes = ring_bytes()?;
-        let mut ebpf = load_object(&offsets, &kfuncs, ring_bytes)?;
-        load_programs_in_parallel(&mut ebpf, &kfuncs);
+        let loader = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("aya's loader panicked"))?;
+        let aya_btf = aya_btf
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading kernel BTF with aya panicked"))?;
+        let mut ebpf = load_object(loader, &offsets, &kfuncs, ring_bytes)?;
+        load_programs_in_parallel(&mut ebpf, &kfuncs, aya_btf.as_ref());
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the kernel object"))
@@ -227,7 +239,7 @@ impl Kernel {
         for (program, hook) in PROCESS_PROGRAMS {
             attach_raw(&mut ebpf, program, hook)?;
         }
-        kernel.syscall_hook = attach_syscall_hook(&mut ebpf, &kfuncs)?;
+        kernel.syscall_hook = attach_syscall_hook(&mut ebpf, &kfuncs, aya_btf.as_ref())?;
         kernel.ebpf = Some(ebpf);
         Ok(kernel)
     }
@@ -542,16 +554,17 @@ fn programs_to_load(kfuncs: &Kfuncs) -> Vec<&'static str> {
 
 /// Verification is most of a start: the programs are loaded on every CPU
 /// at once before anything is attached (`parallel_load`).
-fn load_programs_in_parallel(ebpf: &mut Ebpf, kfuncs: &Kfuncs) {
+fn load_programs_in_parallel(ebpf: &mut Ebpf, kfuncs: &Kfuncs, btf: Option<&aya::Btf>) {
     let names = programs_to_load(kfuncs);
-    let btf = if names.contains(&"sys_exit_btf") {
-        aya::Btf::from_sys_fs()
-            .inspect_err(|e| log::debug!("aya could not read kernel BTF: {e}"))
-            .ok()
-    } else {
-        None
-    };
-    parallel_load::load_programs(ebpf, &names, btf.as_ref());
+    parallel_load::load_programs(ebpf, &names, btf);
+}
+
+/// The kernel's BTF as aya reads it, for the BTF tracepoint (`None`: the
+/// raw tracepoint is the hook).
+fn aya_kernel_btf() -> Option<aya::Btf> {
+    aya::Btf::from_sys_fs()
+        .inspect_err(|e| log::debug!("aya could not read kernel BTF: {e}"))
+        .ok()
 }
 
 fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> anyhow::Result<()> {
@@ -568,14 +581,14 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, hook: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+fn attach_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> anyhow::Result<()> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut("sys_exit_btf")
         .context("program sys_exit_btf missing from the kernel object")?
         .try_into()?;
     if prog.fd().is_err() {
-        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        prog.load(parallel_load::SYSCALL_TRACEPOINT, &btf)
+        let btf = btf.context("aya could not read kernel BTF")?;
+        prog.load(parallel_load::SYSCALL_TRACEPOINT, btf)
             .context("the kernel refused program sys_exit_btf")?;
     }
     prog.attach().context("attaching sys_exit_btf failed")?;
@@ -585,7 +598,11 @@ fn attach_btf(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// Attaches the syscall hook: the BTF tracepoint when the kernel takes it
 /// (and has the kfunc its reads use), else the raw tracepoint (one of the
 /// two, never both).
-fn attach_syscall_hook(ebpf: &mut Ebpf, kfuncs: &Kfuncs) -> anyhow::Result<SyscallHook> {
+fn attach_syscall_hook(
+    ebpf: &mut Ebpf,
+    kfuncs: &Kfuncs,
+    btf: Option<&aya::Btf>,
+) -> anyhow::Result<SyscallHook> {
     let forced = std::env::var(HOOK_ENV).ok();
     let no_cast = !kfuncs.casts_available();
     const NO_CAST: &str = "the kernel has no bpf_rdonly_cast kfunc (before 6.2), or its BTF lacks a struct the BTF tracepoint's reads are cast to";
@@ -593,12 +610,12 @@ fn attach_syscall_hook(ebpf: &mut Ebpf, kfuncs: &Kfuncs) -> anyhow::Result<Sysca
         Some("raw") => {}
         Some("btf") if no_cast => bail!("{HOOK_ENV}=btf: {NO_CAST}"),
         Some("btf") => {
-            attach_btf(ebpf)?;
+            attach_btf(ebpf, btf)?;
             return Ok(SyscallHook::Btf);
         }
         Some(other) if !other.is_empty() => bail!("{HOOK_ENV}={other}: expected `btf` or `raw`"),
         _ if no_cast => log::warn!("{NO_CAST}; using the raw tracepoint"),
-        _ => match attach_btf(ebpf) {
+        _ => match attach_btf(ebpf, btf) {
             Ok(()) => return Ok(SyscallHook::Btf),
             Err(e) => log::warn!("BTF tracepoint unavailable ({e:#}); using the raw tracepoint"),
         },
@@ -629,7 +646,12 @@ fn raise_memlock_limit() {
 /// The kernel object with its maps created, its ring `ring_bytes` and the
 /// offsets the verifier must know set as read-only globals, not SETTINGS
 /// fields (monitor-ebpf/src/offsets.rs); no program loaded yet.
-fn load_object(offsets: &KernelOffsets, kfuncs: &Kfuncs, ring_bytes: u32) -> anyhow::Result<Ebpf> {
+fn load_object(
+    loader: EbpfLoader<'static>,
+    offsets: &KernelOffsets,
+    kfuncs: &Kfuncs,
+    ring_bytes: u32,
+) -> anyhow::Result<Ebpf> {
     let object = crate::ebpf_object();
     if object.is_empty() {
         bail!(
@@ -637,7 +659,8 @@ fn load_object(offsets: &KernelOffsets, kfuncs: &Kfuncs, ring_bytes: u32) -> any
         );
     }
     let constants = monitor_common::load_time_offsets(offsets);
-    let mut loader = EbpfLoader::new();
+    // Borrows from here on live as long as this function.
+    let mut loader: EbpfLoader<'_> = loader;
     loader.map_max_entries("EVENTS", ring_bytes);
     for (name, value) in &constants {
         loader.override_global(name, value, true);
