@@ -22,11 +22,12 @@ use std::{
 
 use self::lookup::DirFds;
 pub(crate) use self::lookup::Stat;
+pub(crate) use crate::policy::matchers::escape_glob;
 use crate::{
     actions::{identities::Identities, links::LinkSources},
     events::paths,
     hashing::{HashMap, HashSet},
-    policy::matchers::PathMatcher,
+    policy::matchers::{PathMatcher, PatternSet},
 };
 
 /// Most sandbox entries read for one spawn; a larger tree is truncated with a
@@ -175,11 +176,14 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// sandbox inputs to the main execroot, which links to the source tree).
 /// Links made after the launch declare nothing; the targets of those that
 /// may have been ([`LinkSources`]) are returned apart as well.
-pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities) {
+pub fn declared_patterns(spawn: &Spawn) -> (PatternSet, LinkSources, Identities) {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
+    let mut patterns = PatternSet::default();
+    patterns.push_path(root, true);
+    patterns.push_path(root, false);
     let mut walk = SandboxWalk {
         spawn,
-        patterns: vec![pattern_below(root), root.display().to_string()],
+        patterns,
         identities: Identities::hard_links_checked_below(root),
         sure: HashSet::default(),
         ambiguous: Vec::new(),
@@ -240,7 +244,7 @@ pub fn declared_patterns(spawn: &Spawn) -> (Vec<String>, LinkSources, Identities
 /// What one sandbox read found so far.
 struct SandboxWalk<'a> {
     spawn: &'a Spawn,
-    patterns: Vec<String>,
+    patterns: PatternSet,
     identities: Identities,
     /// Targets of links made before the launch, in place since.
     sure: HashSet<Vec<u8>>,
@@ -493,16 +497,12 @@ fn split_parent(path: &Path) -> Option<(&[u8], &[u8])> {
 /// each also handed to `declared`.
 pub(crate) fn push_link_chain(
     link: &Path,
-    patterns: &mut Vec<String>,
+    patterns: &mut PatternSet,
     real_dirs: &mut RealDirs,
     mut declared: impl FnMut(&Path, Option<&Stat>),
 ) {
-    let mut push = |target: &Path, meta: Option<&Stat>, patterns: &mut Vec<String>| {
-        patterns.push(if meta.is_some_and(|m| m.is_dir()) {
-            pattern_below(target)
-        } else {
-            escape_glob(&target.to_string_lossy())
-        });
+    let mut push = |target: &Path, meta: Option<&Stat>, patterns: &mut PatternSet| {
+        patterns.push_path(target, meta.is_some_and(|m| m.is_dir()));
         declared(target, meta);
     };
     let mut current = link.to_path_buf();
@@ -547,22 +547,11 @@ pub(crate) fn pattern_below(dir: &Path) -> String {
     pattern
 }
 
-pub(crate) fn escape_glob(s: &str) -> String {
-    // Most paths have none (one scan, one copy).
-    if !s.contains(['*', '?', '[', ']', '{', '}', '\\']) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
-            out.push('[');
-            out.push(c);
-            out.push(']');
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Compiles a declaration's patterns and the paths kept as bytes.
+pub fn set_matcher(set: &PatternSet) -> PathMatcher {
+    let mut matcher = matcher(&set.globs);
+    matcher.add_raw(&set.raw_exact, &set.raw_below);
+    matcher
 }
 
 /// Compiles the declared patterns; a pattern that does not compile (a path
@@ -694,7 +683,7 @@ mod tests {
         std::os::unix::fs::symlink(&odd, execroot.join("input")).unwrap();
         let mut spawn = sandbox_launch(&execroot);
         spawn.launched_at = Some(SystemTime::now() + Duration::from_secs(5));
-        let declared = matcher(&declared_patterns(&spawn).0);
+        let declared = set_matcher(&declared_patterns(&spawn).0);
         assert!(
             declared.matches(root.join("real.txt").as_os_str().as_bytes()),
             "the chain's end was not followed"
@@ -703,6 +692,40 @@ mod tests {
             !declared.matches(root.join("other.txt").as_os_str().as_bytes()),
             "control: a file no link leads to"
         );
+    }
+
+    /// A file and a directory whose names are not UTF-8, each an input's
+    /// final target: both are declared by their bytes (a lossy string of
+    /// the name matched no open of them: a false alert).
+    #[test]
+    fn targets_whose_names_are_not_utf8_are_declared_as_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let execroot = root.join("ob/sandbox/linux-sandbox/6/execroot/ws");
+        fs::create_dir_all(&execroot).unwrap();
+        let file = root.join(OsStr::from_bytes(b"input\xff.h"));
+        fs::write(&file, "x").unwrap();
+        let dir = root.join(OsStr::from_bytes(b"tree\xfe"));
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&file, execroot.join("input.h")).unwrap();
+        std::os::unix::fs::symlink(&dir, execroot.join("tree")).unwrap();
+        let mut spawn = sandbox_launch(&execroot);
+        spawn.launched_at = Some(SystemTime::now() + Duration::from_secs(5));
+        let (patterns, _, _) = declared_patterns(&spawn);
+        assert_eq!(patterns.raw_exact, [file.as_os_str().as_bytes()]);
+        assert_eq!(patterns.raw_below, [dir.as_os_str().as_bytes()]);
+        let declared = set_matcher(&patterns);
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert!(declared.matches(&b(&file)), "the file");
+        assert!(
+            declared.matches(&b(&dir.join("a.h"))),
+            "below the directory"
+        );
+        // Controls: the lossy names, a sibling, the directory itself.
+        let lossy = root.join(file.file_name().unwrap().to_string_lossy().as_ref());
+        assert!(!declared.matches(&b(&lossy)));
+        assert!(!declared.matches(&b(&root.join(OsStr::from_bytes(b"input\xfe.h")))));
+        assert!(!declared.matches(&b(&dir)));
     }
 
     #[test]
@@ -728,10 +751,10 @@ mod tests {
         let launch = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
         let mut spawn = sandbox_launch(&execroot);
         spawn.launched_at = Some(launch);
-        assert!(matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"));
+        assert!(set_matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"));
         spawn.launched_at = Some(launch - std::time::Duration::from_secs(60));
         assert!(
-            !matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"),
+            !set_matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"),
             "a link from after the launch was followed"
         );
     }
@@ -773,8 +796,9 @@ mod tests {
         let mut spawn = parse_launch(&argv(&["process-wrapper", "--", "true"]), &execroot);
         spawn.launched_at = Some(launch);
         let (patterns, links, _) = declared_patterns(&spawn);
+        let patterns = set_matcher(&patterns);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
-        assert!(matcher(&patterns).matches(&b(&secret)), "declared by path");
+        assert!(patterns.matches(&b(&secret)), "declared by path");
         assert!(links.only_moved_in(&b(&secret), &[b"stash".to_vec()]));
         assert!(!links.only_moved_in(&b(&secret), &[b"out.o".to_vec()]));
         assert!(!links.only_moved_in(&b(&source), &[b"stash".to_vec()]));
@@ -800,7 +824,7 @@ mod tests {
         std::os::unix::fs::symlink(src.join("lib"), main.join("lib")).unwrap();
         std::os::unix::fs::symlink(main.join("lib/lib.txt"), execroot.join("pkg/lib.txt")).unwrap();
         let spawn = sandbox_launch(&execroot);
-        let m = matcher(&declared_patterns(&spawn).0);
+        let m = set_matcher(&declared_patterns(&spawn).0);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         assert!(m.matches(&b(&execroot.join("pkg/in.txt"))));
         assert!(
@@ -892,11 +916,11 @@ mod tests {
         }
         std::os::unix::fs::symlink(root.join("gone"), root.join("dangling")).unwrap();
         let chain = |link: &Path| {
-            let (mut patterns, mut seen) = (Vec::new(), Vec::new());
+            let (mut patterns, mut seen) = (PatternSet::default(), Vec::new());
             push_link_chain(link, &mut patterns, &mut RealDirs::default(), |t, m| {
                 seen.push((t.to_path_buf(), m.map(|m| m.is_file())))
             });
-            (patterns, seen)
+            (patterns.globs, seen)
         };
         let (patterns, seen) = chain(&root.join("l0"));
         let end = root.join("src/lib/a.txt");
@@ -951,7 +975,7 @@ mod tests {
         nix::unistd::symlinkat(&root.join("src/deep"), &dir, "deep").unwrap();
         let spawn = sandbox_launch(&execroot);
         let (patterns, _, identities) = declared_patterns(&spawn);
-        let m = matcher(&patterns);
+        let m = set_matcher(&patterns);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         assert!(m.matches(&b(&root.join("src/a"))), "below a non-UTF-8 name");
         assert!(m.matches(&b(&root.join("src/b"))), "beside the loops");

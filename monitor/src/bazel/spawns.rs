@@ -47,7 +47,7 @@ pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
         cgroup: cgroup.to_path_buf(),
         label: None,
         mnemonic: None,
-        inputs: sandbox::matcher(&declared),
+        inputs: sandbox::set_matcher(&declared),
         outputs: sandbox::matcher(&sandbox::output_patterns(spawn)),
         writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
         identities,

@@ -12,7 +12,7 @@ use crate::{
         execlog::SpawnEntry,
         sandbox::{self, escape_glob, pattern_below, push_link_chain},
     },
-    policy::matchers::NetMatcher,
+    policy::matchers::{NetMatcher, PatternSet},
 };
 
 /// Is this launcher's working directory the main execroot rather than a
@@ -26,13 +26,14 @@ pub fn is_unsandboxed(spawn: &sandbox::Spawn) -> bool {
 /// `execroot` (a directory with everything in it), every hop of its symlink
 /// chain (the main execroot links to the source tree), and the execroot
 /// directory itself.
-pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> Vec<String> {
-    let mut patterns = vec![escape_glob(&execroot.display().to_string())];
+pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> PatternSet {
+    let mut patterns = PatternSet::default();
+    patterns.push_path(execroot, false);
     let mut real_dirs = sandbox::RealDirs::default();
     for rel in entry.inputs.iter().chain(&entry.outputs) {
         let path = execroot.join(rel.trim_start_matches("./"));
-        patterns.push(escape_glob(&path.display().to_string()));
-        patterns.push(pattern_below(&path));
+        patterns.push_path(&path, false);
+        patterns.push_path(&path, true);
         push_link_chain(&path, &mut patterns, &mut real_dirs, |_, _| {});
     }
     patterns
@@ -62,7 +63,7 @@ pub fn declaration_from_log(
         cgroup: cgroup.to_path_buf(),
         label: entry.label.clone(),
         mnemonic: entry.mnemonic.clone(),
-        inputs: sandbox::matcher(&declared_patterns(entry, execroot)),
+        inputs: sandbox::set_matcher(&declared_patterns(entry, execroot)),
         outputs: sandbox::matcher(&output_patterns(entry, execroot)),
         writable: sandbox::matcher(&[]),
         identities: Default::default(),

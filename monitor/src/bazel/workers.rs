@@ -31,7 +31,7 @@ use crate::{
         execlog::{ExecLog, SpawnEntry},
         sandbox, unsandboxed,
     },
-    policy::matchers::NetMatcher,
+    policy::matchers::{NetMatcher, PatternSet},
 };
 
 /// The argument Bazel appends to every persistent worker's command line.
@@ -211,7 +211,7 @@ pub fn request_declaration(
     cgroup: &Path,
     source: &Path,
 ) -> Declaration {
-    let mut inputs = Vec::new();
+    let mut inputs = PatternSet::default();
     let mut outputs = Vec::new();
     let mut roots = vec![place.dir.as_path()];
     if place.execroot != place.dir {
@@ -238,7 +238,7 @@ pub fn request_declaration(
         cgroup: cgroup.to_path_buf(),
         label,
         mnemonic,
-        inputs: sandbox::matcher(&inputs),
+        inputs: sandbox::set_matcher(&inputs),
         outputs: sandbox::matcher(&outputs),
         writable: sandbox::matcher(&[]),
         identities: Default::default(),

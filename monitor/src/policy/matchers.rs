@@ -58,6 +58,63 @@ pub struct PathMatcher {
 /// Shared with other matchers ([`crate::actions::shared_paths`]).
 type Paths = crate::hashing::HashSet<std::sync::Arc<[u8]>>;
 
+/// What a declaration allows, before it is compiled: patterns, and the
+/// real paths whose names are not UTF-8 (a sandbox's files may have any
+/// bytes for names; a pattern is a string), kept as bytes. A lossy string
+/// of such a name would match no open of the file: a false alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternSet {
+    pub globs: Vec<String>,
+    /// Normal absolute paths, each matching only itself.
+    pub raw_exact: Vec<Vec<u8>>,
+    /// Normal absolute directories, each matching every path below it.
+    pub raw_below: Vec<Vec<u8>>,
+}
+
+impl PatternSet {
+    /// `path` itself, or with `below`, every path below it: a glob escaped
+    /// to match only that when the path is UTF-8, else its bytes.
+    pub fn push_path(&mut self, path: &Path, below: bool) {
+        match path.to_str() {
+            Some(text) => {
+                let mut glob = escape_glob(text);
+                if below {
+                    glob.push_str("/**");
+                }
+                self.globs.push(glob);
+            }
+            None if below => self.raw_below.push(path.as_os_str().as_bytes().to_vec()),
+            None => self.raw_exact.push(path.as_os_str().as_bytes().to_vec()),
+        }
+    }
+
+    pub fn extend(&mut self, other: PatternSet) {
+        self.globs.extend(other.globs);
+        self.raw_exact.extend(other.raw_exact);
+        self.raw_below.extend(other.raw_below);
+    }
+}
+
+/// `s` as a glob that matches only itself: each metacharacter in a
+/// one-character class.
+pub fn escape_glob(s: &str) -> String {
+    // Most paths have none (one scan, one copy).
+    if !s.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A pattern that needs no glob matching.
 #[derive(Debug, PartialEq)]
 enum LiteralForm<'a> {
@@ -159,6 +216,22 @@ impl PathMatcher {
             below_lens,
             set,
         })
+    }
+
+    /// Adds paths given as bytes (`PatternSet::raw_exact`, `raw_below`).
+    pub fn add_raw(&mut self, exact: &[Vec<u8>], below: &[Vec<u8>]) {
+        let shared = crate::actions::shared_paths::shared;
+        self.exact.extend(exact.iter().map(|p| shared(p)));
+        for dir in below {
+            let mut with_slash = dir.clone();
+            if !with_slash.ends_with(b"/") {
+                with_slash.push(b'/');
+            }
+            self.below_lens.push(with_slash.len());
+            self.below.insert(shared(&with_slash));
+        }
+        self.below_lens.sort_unstable();
+        self.below_lens.dedup();
     }
 
     /// Whether the (normalised, absolute) path matches any pattern.
