@@ -197,27 +197,7 @@ impl Kernel {
             take(&mut ebpf, "SANDBOX_DIRS")?,
             take(&mut ebpf, "PROBES_FOLDED")?,
         )?;
-        let (host_root_dev, host_root_ino) = host_root()?;
-        let mut settings = Settings {
-            offsets,
-            scope_count: 0,
-            monitor_tgid: std::process::id(),
-            wakeup_threshold,
-            host_root_dev,
-            host_root_ino,
-            ..Default::default()
-        };
-        if launchers.len() > MAX_LAUNCHERS {
-            bail!(
-                "at most {MAX_LAUNCHERS} attribution.sandbox_launchers are supported, {} given",
-                launchers.len()
-            );
-        }
-        for (slot, name) in settings.launchers.iter_mut().zip(launchers) {
-            let bytes = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
-            slot[..bytes.len()].copy_from_slice(bytes);
-        }
-        settings.launcher_count = launchers.len() as u32;
+        let settings = initial_settings(offsets, launchers, wakeup_threshold)?;
         let mut kernel = Kernel {
             ebpf: None,
             settings_map,
@@ -892,6 +872,37 @@ fn deepest_first(scopes: &[Scope]) -> Vec<Scope> {
         .collect();
     sorted.sort_by_key(|s| std::cmp::Reverse((s.level, s.index)));
     sorted
+}
+
+/// The settings the kernel starts with: no scope yet, the monitor's own
+/// tgid, the host root and the launcher names (cut to the kernel's comm).
+fn initial_settings(
+    offsets: KernelOffsets,
+    launchers: &[String],
+    wakeup_threshold: u64,
+) -> anyhow::Result<Settings> {
+    let (host_root_dev, host_root_ino) = host_root()?;
+    let mut settings = Settings {
+        offsets,
+        scope_count: 0,
+        monitor_tgid: std::process::id(),
+        wakeup_threshold,
+        host_root_dev,
+        host_root_ino,
+        ..Default::default()
+    };
+    if launchers.len() > MAX_LAUNCHERS {
+        bail!(
+            "at most {MAX_LAUNCHERS} attribution.sandbox_launchers are supported, {} given",
+            launchers.len()
+        );
+    }
+    for (slot, name) in settings.launchers.iter_mut().zip(launchers) {
+        let bytes = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
+        slot[..bytes.len()].copy_from_slice(bytes);
+    }
+    settings.launcher_count = launchers.len() as u32;
+    Ok(settings)
 }
 
 #[cfg(test)]
