@@ -88,11 +88,12 @@ pub fn parse_at(
     let writable = PathMatcher::new(&raw.writable).map_err(|e| format!("writable: {e}"))?;
     let (identities, targets) = match written {
         Some(t) => identities::record(&raw.inputs, t),
-        None => (Identities::default(), Vec::new()),
+        None => (Identities::default(), Default::default()),
     };
     let mut patterns = raw.inputs.clone();
-    patterns.extend(targets);
-    let inputs = PathMatcher::new(&patterns).map_err(|e| e.to_string())?;
+    patterns.extend(targets.globs);
+    let mut inputs = PathMatcher::new(&patterns).map_err(|e| e.to_string())?;
+    inputs.add_raw(&targets.raw_exact, &targets.raw_below);
     let cgroup = PathBuf::from(OsString::from_vec(paths::normalize(
         raw.cgroup.as_os_str().as_bytes(),
     )));
@@ -233,6 +234,40 @@ mod tests {
         assert!(!d.inputs.matches(b"/abs/path/b.txt"));
         assert!(d.network.allows("127.0.0.1".parse().unwrap(), 8080));
         assert!(!d.network.allows("127.0.0.1".parse().unwrap(), 8081));
+    }
+
+    /// A trusted symlink in a declared directory declares its final target;
+    /// a target whose name is not UTF-8 is declared by its bytes (a lossy
+    /// pattern matched no open of it: a false alert).
+    #[test]
+    fn trusted_link_targets_whose_names_are_not_utf8_are_declared() {
+        use std::os::unix::{ffi::OsStrExt as _, fs::symlink};
+        let tmp = tempfile::tempdir().unwrap();
+        let (declared, lib) = (tmp.path().join("d"), tmp.path().join("lib"));
+        fs::create_dir_all(&declared).unwrap();
+        fs::create_dir_all(&lib).unwrap();
+        let odd = |name: &[u8]| lib.join(std::ffi::OsStr::from_bytes(name));
+        let (file, dir) = (odd(b"f\xff.h"), odd(b"sub\xfe"));
+        fs::write(&file, "f").unwrap();
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("x"), "x").unwrap();
+        fs::write(odd(b"sibling\xff"), "s").unwrap();
+        symlink(&file, declared.join("to_file")).unwrap();
+        symlink(&dir, declared.join("to_dir")).unwrap();
+        let text = format!(
+            r#"{{"cgroup": "/cg/a", "inputs": ["{}/**"]}}"#,
+            declared.display()
+        );
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        let d = parse_at(&text, Path::new("/d/a.json"), Some(later)).unwrap();
+        let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert!(d.inputs.matches(&bytes(&file)));
+        assert!(d.inputs.matches(&bytes(&dir)));
+        assert!(d.inputs.matches(&bytes(&dir.join("x"))));
+        // Controls: the lossy name and an undeclared sibling.
+        let lossy = file.to_string_lossy().into_owned();
+        assert!(!d.inputs.matches(lossy.as_bytes()));
+        assert!(!d.inputs.matches(&bytes(&odd(b"sibling\xff"))));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::{
 use crate::{
     events::decode::Identity,
     hashing::{HashMap, HashSet},
+    policy::matchers::PatternSet,
 };
 
 /// Most entries recorded for one declaration; beyond it, names are judged
@@ -141,14 +142,15 @@ impl Identities {
 }
 
 /// Records the identities behind `patterns`; returns them and the patterns
-/// of trusted symlinks' targets (which count as declared).
-pub fn record(patterns: &[String], written: SystemTime) -> (Identities, Vec<String>) {
+/// of trusted symlinks' targets (which count as declared; a target whose
+/// name is not UTF-8 as its bytes).
+pub fn record(patterns: &[String], written: SystemTime) -> (Identities, PatternSet) {
     let mut rec = Recorder {
         ids: Identities {
             recorded: true,
             ..Default::default()
         },
-        targets: Vec::new(),
+        targets: PatternSet::default(),
         written: since_epoch(written),
         seen: 0,
     };
@@ -171,7 +173,8 @@ pub fn record(patterns: &[String], written: SystemTime) -> (Identities, Vec<Stri
 
 struct Recorder {
     ids: Identities,
-    targets: Vec<String>,
+    /// The targets' own patterns (as bytes when a name is not UTF-8).
+    targets: PatternSet,
     written: (i64, i64),
     seen: usize,
 }
@@ -214,13 +217,12 @@ impl Recorder {
         let Ok(meta) = fs::metadata(&target) else {
             return;
         };
-        let escaped = escape_glob(&target);
         if meta.is_dir() {
-            self.targets.push(format!("{escaped}/**"));
-            self.targets.push(escaped);
+            self.targets.push_path(&target, true);
+            self.targets.push_path(&target, false);
             self.entry(&target, true);
         } else {
-            self.targets.push(escaped);
+            self.targets.push_path(&target, false);
             self.add(&target, &meta);
         }
     }
@@ -237,18 +239,6 @@ fn since_epoch(t: SystemTime) -> (i64, i64) {
 
 fn has_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
-}
-
-/// `path` as a pattern that matches only itself.
-fn escape_glob(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -284,7 +274,7 @@ mod tests {
         symlink(&outside, d.join("link")).unwrap();
         let later = SystemTime::now() + std::time::Duration::from_secs(1);
         let (ids, targets) = record(&[format!("{}/**", d.display())], later);
-        assert_eq!(targets, vec![outside.display().to_string()]);
+        assert_eq!(targets.globs, vec![outside.display().to_string()]);
 
         let a = d.join("a");
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
@@ -338,7 +328,7 @@ mod tests {
         let early = SystemTime::now() - std::time::Duration::from_secs(60);
         symlink("/etc/hostname", tmp.path().join("planted")).unwrap();
         let (ids, targets) = record(&[format!("{}/**", tmp.path().display())], early);
-        assert!(targets.is_empty(), "planted link followed: {targets:?}");
+        assert_eq!(targets, PatternSet::default(), "planted link followed");
         assert!(ids.is_recorded());
     }
 }
