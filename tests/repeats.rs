@@ -7,7 +7,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use monitor_integration_tests::*;
@@ -18,23 +18,6 @@ fn compile_reopen(dir: &Path) -> PathBuf {
     let out = dir.join("reopen");
     compile_c("fixtures/reopen.c", &out, &["-static"]);
     out
-}
-
-/// Declares `inputs` for `cgroup` and waits until the daemon has read it.
-fn declare_read(daemon: &Daemon, cgroup: &Path, inputs: &[&Path]) {
-    daemon.declare(cgroup, "//repeats:t", "Genrule", inputs, "");
-    let name = cgroup.file_name().unwrap().to_string_lossy().to_string();
-    let needle = format!(
-        "declaration {} read",
-        daemon.declarations.join(format!("{name}.json")).display()
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(daemon.dir.path().join("monitor.stderr"))
-        .is_ok_and(|e| e.contains(&needle))
-    {
-        assert!(Instant::now() < deadline, "declaration never read");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn count_sum(alerts: &[&Value]) -> u64 {
@@ -76,7 +59,7 @@ fn repeated_opens_cost_two_events_and_counts_stay_exact() {
     let secret = tmp.path().join("secret.txt");
     write(&declared, "ok");
     write(&secret, "secret");
-    declare_read(&daemon, &action.path, &[&declared, &program]);
+    daemon.declare_read(&action.path, &[&declared, &program]);
     let repeats = run_counting(
         &daemon,
         &action.path,
@@ -118,7 +101,7 @@ fn counting_starts_at_the_second_open_on_one_cpu() {
     let hopping = tmp.path().join("hopping.txt");
     write(&twice, "twice");
     write(&hopping, "hopping");
-    declare_read(&daemon, &action.path, &[&program]);
+    daemon.declare_read(&action.path, &[&program]);
     let repeats = run_counting(
         &daemon,
         &action.path,
@@ -155,7 +138,7 @@ fn a_new_object_behind_the_same_name_and_a_failed_probe_are_reported() {
     let declared = tmp.path().join("d/x.txt");
     let late = tmp.path().join("late.txt");
     write(&declared, "first object");
-    declare_read(&daemon, &action.path, &[&declared, &program]);
+    daemon.declare_read(&action.path, &[&declared, &program]);
     let mut cmd = Command::new(&program);
     cmd.arg(format!("o:{}:5", declared.display()))
         .arg(format!("o:{}:1", late.display()))

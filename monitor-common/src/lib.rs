@@ -649,6 +649,10 @@ pub struct KernelOffsets {
     pub io_rename_oldpath: u32,
     pub io_link_new_dfd: u32,
     pub io_link_newpath: u32,
+    /// `task_struct.cgroups` and `css_set.dfl_cgrp`: a new child's cgroup
+    /// v2 (`escapes.rs`: a child created straight into another cgroup).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit

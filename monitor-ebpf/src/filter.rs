@@ -97,6 +97,15 @@ pub fn current_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     Some(best)
 }
 
+/// The action of the current task by its cgroup, or the one it left
+/// (`escapes`), which comes first: a process moved into another action's
+/// cgroup stays the action's it left. (Built as one body with the scope
+/// loop, the syscall hook verified 24 k more instructions, not fewer.)
+#[inline(always)]
+pub fn action_of(settings: &Settings, pid_tgid: u64) -> Option<Match> {
+    crate::escapes::left_match(pid_tgid).or_else(|| current_action(settings, pid_tgid))
+}
+
 /// A cgroup level deeper than any: its ancestor id is 0.
 pub const NO_GRANDCHILD: u64 = 0x7fff_ffff;
 
@@ -118,7 +127,7 @@ pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     if tgid == settings.monitor_tgid {
         return None;
     }
-    let mut m = match current_action(settings, pid_tgid) {
+    let mut m = match action_of(settings, pid_tgid) {
         Some(_) if workers::enabled(settings) && workers::is_runner(tgid) => return None,
         Some(m) => m,
         None => workers::lineage_match(settings, pid_tgid)?,

@@ -2,7 +2,8 @@
 //!
 //! `probes/` holds the entry points, one module per hook family (see its
 //! `mod.rs`); beside it are the helpers they share: `filter` (is this task
-//! in a monitored action?), `lineage` (sandbox launcher trees), `dpath`
+//! in a monitored action?), `escapes` (processes moved out of their
+//! action's cgroup), `lineage` (sandbox launcher trees), `dpath`
 //! (dentry walks), `object` (identity of an open file), `sandbox` (failed
 //! probes in the action's own sandbox, counted), `offsets`
 //! (struct offsets the verifier sees as constants), `seen` (repeats
@@ -16,6 +17,7 @@
 
 mod dpath;
 mod emit;
+mod escapes;
 mod filter;
 mod kfunc;
 mod lineage;

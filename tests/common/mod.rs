@@ -292,6 +292,26 @@ impl Daemon {
         fs::rename(&tmp, self.declarations.join(format!("{name}.json"))).unwrap();
     }
 
+    /// As `declare` (label `//tests:t`, no network), then waits until the
+    /// daemon says it read the file: what the action does afterwards is
+    /// judged against it.
+    pub fn declare_read(&self, cgroup: &Path, inputs: &[&Path]) {
+        self.declare(cgroup, "//tests:t", "Genrule", inputs, "");
+        let name = cgroup.file_name().unwrap().to_string_lossy().to_string();
+        let needle = format!(
+            "declaration {} read",
+            self.declarations.join(format!("{name}.json")).display()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.stderr_text().contains(&needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "declaration never read"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metrics_text(&self) -> String {
         self.monitor
             .metrics_text()

@@ -29,6 +29,16 @@ pub fn cgroup_rmdir(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`: after a move;
+/// the current task is the mover (`escapes`).
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn cgroup_attach(ctx: RawTracePointContext) -> i32 {
+    if let Some(settings) = SETTINGS.get(0) {
+        crate::escapes::on_attach(settings, bpf_get_current_pid_tgid(), ctx.arg(0), ctx.arg(2));
+    }
+    0
+}
+
 #[inline(always)]
 fn on_cgroup(ctx: &RawTracePointContext, kind: EventKind) -> Option<()> {
     let settings = SETTINGS.get(0)?;

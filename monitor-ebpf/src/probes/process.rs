@@ -21,6 +21,7 @@ use monitor_common::{
 use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit, submit_with},
+    escapes,
     filter::{self, Match},
     lineage,
     maps::{SCRATCH, SETTINGS, Scratch},
@@ -48,18 +49,19 @@ fn try_proc_exec(ctx: &RawTracePointContext) -> Option<()> {
             return None;
         }
     }
-    let mut m = filter::current_action(settings, pid_tgid)
+    let mut m = filter::action_of(settings, pid_tgid)
         .or_else(|| workers::lineage_match(settings, pid_tgid))?;
     on_exec(settings, &mut m, tgid)
 }
 
 /// `sched_process_fork(parent, child)`: runs for every fork on the host, so
-/// it only does a lineage lookup.
+/// it only does a lineage lookup and the action filter (`escapes`: a child
+/// created outside its parent's action).
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn proc_fork(ctx: RawTracePointContext) -> i32 {
     if let Some(settings) = SETTINGS.get(0) {
-        let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        on_fork(parent_tgid, ctx.arg(1), settings);
+        let pid_tgid = bpf_get_current_pid_tgid();
+        on_fork(pid_tgid, ctx.arg(1), settings);
     }
     0
 }
@@ -83,9 +85,10 @@ fn try_proc_exit() -> Option<()> {
         workers::on_exit(tgid);
         return None;
     }
-    let mut m = filter::current_action(settings, pid_tgid)
+    let mut m = filter::action_of(settings, pid_tgid)
         .or_else(|| workers::lineage_match(settings, pid_tgid))?;
     on_exit(settings, &mut m, tgid);
+    escapes::forget(tgid);
     Some(())
 }
 
@@ -219,7 +222,8 @@ fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32) -> bool {
 }
 
 /// A new process forked by a lineage process joins its lineage.
-pub fn on_fork(parent_tgid: u32, child_task: u64, settings: &Settings) {
+pub fn on_fork(pid_tgid: u64, child_task: u64, settings: &Settings) {
+    let parent_tgid = (pid_tgid >> 32) as u32;
     if workers::enabled(settings) && workers::is_runner(parent_tgid) {
         let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
         if child_tgid != 0 && child_tgid != parent_tgid {
@@ -227,6 +231,7 @@ pub fn on_fork(parent_tgid: u32, child_task: u64, settings: &Settings) {
         }
         return;
     }
+    escapes::on_fork(settings, pid_tgid, child_task);
     let launcher = lineage::launcher_of(parent_tgid);
     if launcher == 0 {
         return;

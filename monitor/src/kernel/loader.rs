@@ -34,9 +34,10 @@ use crate::kernel::{
 /// The cgroup programs come first of all: a cgroup created below a scope is
 /// known (id and path) before any process in it can run. Last, io_uring
 /// opens: their names at submission, then their completions.
-const PROCESS_PROGRAMS: [(&str, &str); 7] = [
+const PROCESS_PROGRAMS: [(&str, &str); 8] = [
     ("cgroup_mkdir", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup_rmdir"),
+    ("cgroup_attach", "cgroup_attach_task"),
     ("proc_fork", "sched_process_fork"),
     ("proc_exec", "sched_process_exec"),
     ("proc_exit", "sched_process_exit"),
@@ -788,6 +789,8 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,
         inode_i_generation: off("inode", "i_generation")?,
         file_f_flags: off("file", "f_flags")?,
+        task_cgroups: off("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: off("css_set", "dfl_cgrp")?,
         // The io_uring ones: `uring_offsets`.
         ..Default::default()
     };
