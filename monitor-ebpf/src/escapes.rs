@@ -148,10 +148,24 @@ fn of_match(m: &Match) -> Left {
     }
 }
 
-/// An open for writing of a cgroup v2 file by `m`'s process: it may move
-/// itself out with it (`files::report`).
+const O_ACCMODE: u64 = 0o3;
+/// `statfs` magic of cgroup v2 (`include/uapi/linux/magic.h`).
+const CGROUP2_SUPER_MAGIC: u32 = 0x6367_7270;
+
+/// An open reported in full (`files::report`) on a file system with
+/// `fs_magic`, with open `flags`: one of a cgroup v2 file for writing makes
+/// `m`'s process a possible mover.
 #[inline(always)]
-pub fn note_cgroup_write(m: &Match) {
+pub fn on_open(m: &Match, fs_magic: u32, flags: u64) {
+    if fs_magic == CGROUP2_SUPER_MAGIC && flags & O_ACCMODE != 0 {
+        note_cgroup_write(m);
+    }
+}
+
+/// An open for writing of a cgroup v2 file by `m`'s process: it may move
+/// itself out with it.
+#[inline(always)]
+fn note_cgroup_write(m: &Match) {
     if m.action_cgroup_id == 0 {
         return; // a worker action's process: followed by lineage anyway
     }

@@ -37,9 +37,6 @@ use crate::{
 pub const AT_FDCWD: i32 = -100;
 const ENAMETOOLONG: i64 = 36;
 const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
-const O_ACCMODE: u64 = 0o3;
-/// `statfs` magic of cgroup v2 (`include/uapi/linux/magic.h`).
-const CGROUP2_SUPER_MAGIC: u32 = 0x6367_7270;
 /// The flags a name change is reported with: a write of the name.
 pub const O_WRONLY: u64 = 0o1;
 
@@ -206,9 +203,7 @@ pub fn report<R: Reader>(
     let walk_from = if has_object {
         hflags |= FLAG_OBJECT;
         object::describe::<R>(o, &id, &mut scratch.windows, &mut scratch.event);
-        if scratch.event.fs_magic == CGROUP2_SUPER_MAGIC && args.flags & O_ACCMODE != 0 {
-            crate::escapes::note_cgroup_write(m);
-        }
+        crate::escapes::on_open(m, scratch.event.fs_magic, args.flags);
         Some(file + o.file_path as u64)
     } else if relative {
         Some(base)
