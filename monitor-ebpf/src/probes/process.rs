@@ -85,9 +85,13 @@ fn try_proc_exit() -> Option<()> {
         workers::on_exit(tgid);
         return None;
     }
-    let mut m = filter::action_of(settings, pid_tgid)
-        .or_else(|| workers::lineage_match(settings, pid_tgid))?;
-    on_exit(settings, &mut m, tgid);
+    if let Some(mut m) =
+        filter::action_of(settings, pid_tgid).or_else(|| workers::lineage_match(settings, pid_tgid))
+    {
+        on_exit(settings, &mut m, tgid);
+    }
+    // Whatever cgroup it ended in: a tgid left behind would make the next
+    // process with that number a mover, or a left one, of an old action.
     escapes::forget(tgid);
     Some(())
 }
