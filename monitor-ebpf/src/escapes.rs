@@ -30,7 +30,7 @@ use monitor_common::{
 use crate::{
     filter::{self, Match, NO_GRANDCHILD},
     maps::count_lost,
-    task::read,
+    task::{cgroup_ancestor_id, is_cgroup_v2, read},
 };
 
 /// What a process that left its action's cgroup is still part of.
@@ -173,13 +173,7 @@ fn note_cgroup_write(m: &Match) {
         Some(left) => left,
         None => of_match(m),
     };
-    set(MOVERS_USED);
-    if MOVERS
-        .insert(&((m.pid_tgid >> 32) as u32), &left, BPF_ANY as u64)
-        .is_err()
-    {
-        count_lost(LOST_LINEAGE_FULL);
-    }
+    keep(&MOVERS, MOVERS_USED, (m.pid_tgid >> 32) as u32, &left);
 }
 
 /// Is `cgrp` (a `struct cgroup *`) the action's cgroup or below it? A
@@ -192,22 +186,15 @@ fn inside(settings: &Settings, cgrp: u64, left: &Left) -> bool {
     if level < left.action_level || left.action_level >= 64 {
         return false;
     }
-    let ancestor: u64 = read(cgrp, o.cgroup_ancestors + 8 * left.action_level);
-    let id: u64 = read(read::<u64>(ancestor, o.cgroup_kn), o.kernfs_node_id);
-    id == left.action_cgroup_id
+    cgroup_ancestor_id(o, cgrp, left.action_level) == left.action_cgroup_id
 }
 
+/// Puts `tgid` in `map` (`LEFT` or `MOVERS`) with `left`, after setting
+/// the map's latch; a full map is counted, never silent.
 #[inline(always)]
-fn is_cgroup_v2(settings: &Settings, cgrp: u64) -> bool {
-    let o = &settings.offsets;
-    let root: u64 = read(cgrp, o.cgroup_root);
-    cgrp != 0 && read::<u32>(root, o.cgroup_root_hierarchy_id) == 0
-}
-
-#[inline(always)]
-fn remember(tgid: u32, left: &Left) {
-    set(LEFT_USED);
-    if LEFT.insert(&tgid, left, BPF_ANY as u64).is_err() {
+fn keep(map: &HashMap<u32, Left>, latch: u32, tgid: u32, left: &Left) {
+    set(latch);
+    if map.insert(&tgid, left, BPF_ANY as u64).is_err() {
         count_lost(LOST_LINEAGE_FULL);
     }
 }
@@ -217,7 +204,7 @@ fn remember(tgid: u32, left: &Left) {
 /// outside that action makes the process one that left it.
 #[inline(always)]
 pub fn on_attach(settings: &Settings, pid_tgid: u64, dst: u64, task: u64) {
-    if !is_cgroup_v2(settings, dst) {
+    if !is_cgroup_v2(&settings.offsets, dst) {
         return;
     }
     let Some(left) = mover((pid_tgid >> 32) as u32).or_else(|| current(settings, pid_tgid)) else {
@@ -228,27 +215,22 @@ pub fn on_attach(settings: &Settings, pid_tgid: u64, dst: u64, task: u64) {
     }
     let tgid = read::<i32>(task, settings.offsets.task_tgid) as u32;
     if tgid != 0 {
-        remember(tgid, &left);
+        keep(&LEFT, LEFT_USED, tgid, &left);
     }
 }
 
-/// `sched_process_fork`: the child of a process that left its action left
-/// it too; a child of an action's process created in a cgroup outside the
-/// action (`CLONE_INTO_CGROUP`) leaves it at birth.
+/// `sched_process_fork` of process `child_tgid` (not a thread): the child
+/// of a process that left its action left it too; a child of an action's
+/// process created in a cgroup outside the action (`CLONE_INTO_CGROUP`)
+/// leaves it at birth.
 #[inline(always)]
-pub fn on_fork(settings: &Settings, pid_tgid: u64, child_task: u64) {
+pub fn on_fork(settings: &Settings, pid_tgid: u64, child_task: u64, child_tgid: u32) {
     let parent_tgid = (pid_tgid >> 32) as u32;
-    let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
-    if child_tgid == 0 || child_tgid == parent_tgid {
-        return; // a thread, not a process
-    }
-    if let Some(left) = mover(parent_tgid)
-        && MOVERS.insert(&child_tgid, &left, BPF_ANY as u64).is_err()
-    {
-        count_lost(LOST_LINEAGE_FULL);
+    if let Some(left) = mover(parent_tgid) {
+        keep(&MOVERS, MOVERS_USED, child_tgid, &left);
     }
     if let Some(left) = left_of(parent_tgid) {
-        remember(child_tgid, &left);
+        keep(&LEFT, LEFT_USED, child_tgid, &left);
         return;
     }
     let Some(left) = current(settings, pid_tgid) else {
@@ -257,7 +239,7 @@ pub fn on_fork(settings: &Settings, pid_tgid: u64, child_task: u64) {
     let o = &settings.offsets;
     let cgrp: u64 = read(read::<u64>(child_task, o.task_cgroups), o.css_set_dfl_cgrp);
     if cgrp != 0 && !inside(settings, cgrp, &left) {
-        remember(child_tgid, &left);
+        keep(&LEFT, LEFT_USED, child_tgid, &left);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reading the current task's kernel structures at offsets taken from BTF.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use monitor_common::KernelOffsets;
 
 use crate::offsets::{
     self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_NET_NS_INUM, OFF_NSPROXY_NET_NS,
@@ -131,4 +132,19 @@ fn fd_slot(task: *const u8, fd: i32) -> u64 {
         return 0;
     }
     fd_array + (fd as u64) * 8
+}
+
+/// The id of `cgrp`'s ancestor at `level` (`cgrp` itself at its own
+/// level), by probe reads; the caller checks `level` against `cgrp`'s.
+#[inline(always)]
+pub fn cgroup_ancestor_id(o: &KernelOffsets, cgrp: u64, level: u32) -> u64 {
+    let ancestor: u64 = read(cgrp, o.cgroup_ancestors + 8 * level);
+    read(read::<u64>(ancestor, o.cgroup_kn), o.kernfs_node_id)
+}
+
+/// Is `cgrp` a cgroup of the v2 hierarchy (hierarchy id 0), not of a v1 one?
+#[inline(always)]
+pub fn is_cgroup_v2(o: &KernelOffsets, cgrp: u64) -> bool {
+    let root: u64 = read(cgrp, o.cgroup_root);
+    cgrp != 0 && read::<u32>(root, o.cgroup_root_hierarchy_id) == 0
 }

@@ -14,7 +14,7 @@ use crate::{
     emit::{fill_header, submit},
     filter::Match,
     maps::{SCOPES, SCRATCH, SETTINGS},
-    task::{parent_tgid, read},
+    task::{cgroup_ancestor_id, is_cgroup_v2, parent_tgid, read},
 };
 
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
@@ -92,8 +92,7 @@ fn on_cgroup(ctx: &RawTracePointContext, kind: EventKind) -> Option<()> {
 #[inline(always)]
 fn below_a_scope(settings: &Settings, cgrp: u64) -> bool {
     let o = &settings.offsets;
-    let root: u64 = read(cgrp, o.cgroup_root);
-    if read::<u32>(root, o.cgroup_root_hierarchy_id) != 0 {
+    if !is_cgroup_v2(o, cgrp) {
         return false; // a cgroup v1 hierarchy
     }
     let level: u32 = read(cgrp, o.cgroup_level);
@@ -105,9 +104,7 @@ fn below_a_scope(settings: &Settings, cgrp: u64) -> bool {
         if level <= scope.level || scope.level >= 64 {
             continue;
         }
-        let ancestor: u64 = read(cgrp, o.cgroup_ancestors + 8 * scope.level);
-        let id: u64 = read(read::<u64>(ancestor, o.cgroup_kn), o.kernfs_node_id);
-        if id == scope.cgroup_id {
+        if cgroup_ancestor_id(o, cgrp, scope.level) == scope.cgroup_id {
             return true;
         }
     }

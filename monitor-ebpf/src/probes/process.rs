@@ -225,26 +225,24 @@ fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32) -> bool {
     ok && tail == *PERSISTENT_WORKER_ARG
 }
 
-/// A new process forked by a lineage process joins its lineage.
+/// A new process forked by a lineage process joins its lineage; one forked
+/// by a runner roots a worker action; `escapes` follows one that leaves its
+/// parent's action. A new thread is none of these.
 pub fn on_fork(pid_tgid: u64, child_task: u64, settings: &Settings) {
     let parent_tgid = (pid_tgid >> 32) as u32;
-    if workers::enabled(settings) && workers::is_runner(parent_tgid) {
-        let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
-        if child_tgid != 0 && child_tgid != parent_tgid {
-            workers::on_fork(parent_tgid, child_tgid);
-        }
-        return;
-    }
-    escapes::on_fork(settings, pid_tgid, child_task);
-    let launcher = lineage::launcher_of(parent_tgid);
-    if launcher == 0 {
-        return;
-    }
     let child_tgid = read::<i32>(child_task, settings.offsets.task_tgid) as u32;
     if child_tgid == 0 || child_tgid == parent_tgid {
         return; // a thread, not a process
     }
-    lineage::join(child_tgid, launcher);
+    if workers::enabled(settings) && workers::is_runner(parent_tgid) {
+        workers::on_fork(parent_tgid, child_tgid);
+        return;
+    }
+    escapes::on_fork(settings, pid_tgid, child_task, child_tgid);
+    let launcher = lineage::launcher_of(parent_tgid);
+    if launcher != 0 {
+        lineage::join(child_tgid, launcher);
+    }
 }
 
 pub fn on_exit(settings: &Settings, m: &mut Match, tgid: u32) {
