@@ -1140,3 +1140,75 @@ fn a_gxx_action_raises_nothing_but_its_secret_read() {
     one_read_alert(&alerts, &sc.secret.join("one"));
     assert_eq!(alerts.len(), 1, "unexpected alerts: {alerts:#?}");
 }
+
+/// Bind mounts the spawn makes in a mount namespace of its own put a
+/// secret under a name its sandbox declares: a new name in its writable
+/// execroot (declared as an output), a directory there, and a linked
+/// input's real path. Each read is of the secret and alerts; so does a
+/// write through such a mount to a file outside. Controls in the same
+/// run: the linked input read before the mount, and a file the spawn
+/// wrote itself.
+#[test]
+fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
+    require_root();
+    let parent = test_parent("sandbox-binds");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let sb = FakeSandbox::new();
+    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
+    let secret_dir = secret.parent().unwrap();
+    let victim = secret_dir.join("victim.txt");
+    write(&victim, "victim");
+    let script = format!(
+        "cat pkg/in.txt > /dev/null && echo own > pkg/own.txt && cat pkg/own.txt > /dev/null && \
+         unshare -Urm sh -c 'touch pkg/leak && mount --bind {secret} pkg/leak && cat pkg/leak && \
+                             mkdir pkg/d && mount --bind {dir} pkg/d && cat pkg/d/secret.txt && \
+                             mount --bind {secret} pkg/in.txt && cat pkg/in.txt && \
+                             touch pkg/out && mount --bind {victim} pkg/out && echo x > pkg/out' \
+         > /dev/null",
+        secret = secret.display(),
+        dir = secret_dir.display(),
+        victim = victim.display(),
+    );
+    run_ok(
+        &job.path,
+        Command::new(launcher)
+            .current_dir(execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(&script),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let secret_ino = fs::metadata(secret).unwrap().ino();
+    for name in ["pkg/leak", "pkg/d/secret.txt"] {
+        let mounted = one_read_alert(&alerts, &execroot.join(name));
+        assert_eq!(mounted["file"]["ino"], secret_ino, "{mounted:#}");
+        assert!(
+            mounted["message"].as_str().unwrap().contains("mounted"),
+            "{mounted:#}"
+        );
+    }
+    let written: Vec<_> = on(&alerts, &execroot.join("pkg/out"))
+        .into_iter()
+        .filter(|a| a["kind"] == "undeclared_write")
+        .collect();
+    assert_eq!(written.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        written[0]["file"]["ino"],
+        fs::metadata(&victim).unwrap().ino(),
+        "{:#}",
+        written[0]
+    );
+    let over_input = on(&alerts, source);
+    assert_eq!(over_input.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        over_input[0]["file"]["ino"], secret_ino,
+        "{:#}",
+        over_input[0]
+    );
+    assert!(
+        on(&alerts, &execroot.join("pkg/own.txt")).is_empty(),
+        "{alerts:#?}"
+    );
+}

@@ -198,7 +198,11 @@ pub struct FileEvent {
     pub mode: u32,
     pub path_len: u32,
     pub dir_len: u32,
-    pub _pad: u32,
+    /// 0, or 1 + the bytes of the directory components (leaf first) that
+    /// lie below the root of the first mount the walk crossed whose root
+    /// is not the dentry it is mounted on (a bind mount, another file
+    /// system); the rest of the components name where it is mounted.
+    pub bind_at: u32,
     /// Syscall return value: fd (>= 0) or -errno.
     pub result: i64,
     /// Identity of the object (with [`FLAG_OBJECT`], and for exec): inode

@@ -42,6 +42,10 @@ pub struct Scratch {
     /// of once per possible length (3.2 s of verification per start, now
     /// a third of it: measured with strace on BPF_PROG_LOAD).
     pub walk_pos: u64,
+    /// The walk's `bind_at` (`dpath::Walk`), here for the same reason:
+    /// on the walk's stack it tripled the programs' verified
+    /// instructions (the step checked once with it unset, once set).
+    pub walk_bind_at: u64,
     /// Copies an open file's identity is read from (`object`).
     pub windows: Windows,
     /// Where `kfunc::plain` passes a typed pointer through.

@@ -129,7 +129,8 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
         object::describe::<Copied>(o, &id, &mut scratch.windows, &mut scratch.event);
         exe + o.file_path as u64
     };
-    let len = walk_dir::<Copied>(exe_path, 0, &mut scratch.event.header.flags);
+    let ev = &mut scratch.event;
+    let len = walk_dir::<Copied>(exe_path, 0, &mut ev.header.flags, &mut ev.bind_at);
     scratch.event.dir_len = len as u32;
     submit(
         settings,
@@ -172,7 +173,8 @@ fn launch_event(
     }
     let fs: u64 = read(current_task(), o.task_fs);
     let cwd = if fs == 0 { 0 } else { fs + o.fs_pwd as u64 };
-    let dir_len = walk_dir::<Copied>(cwd, len, &mut scratch.event.header.flags);
+    let ev = &mut scratch.event;
+    let dir_len = walk_dir::<Copied>(cwd, len, &mut ev.header.flags, &mut ev.bind_at);
     scratch.event.path_len = len as u32;
     scratch.event.dir_len = dir_len as u32;
     let total = core::mem::size_of::<FileEvent>() + len + dir_len;

@@ -42,6 +42,12 @@ pub struct Identities {
     /// recorded), each with a trailing `/`: a file there with several
     /// names, named as a hard link the action made, is one it planted.
     linked_dirs: Vec<Vec<u8>>,
+    /// Files a sandbox link led to whose identity is not trusted (the
+    /// link is too recent to rule out the spawn): only for telling a file
+    /// reached through a mount the spawn may have made apart from the
+    /// linked one ([`Identities::mounted_over`]).
+    linked_by_path: HashMap<std::sync::Arc<[u8]>, Key>,
+    linked: HashSet<Key>,
 }
 
 impl Identities {
@@ -78,6 +84,20 @@ impl Identities {
             key,
         );
         self.all.insert(key);
+    }
+
+    /// Records `path` (not a directory) as a file an untrusted sandbox
+    /// link led to: see [`Identities::linked_by_path`].
+    pub fn insert_linked(&mut self, path: &Path, dev: u64, ino: u64) {
+        if self.linked_by_path.len() >= MAX_ENTRIES {
+            return;
+        }
+        let key = (dev, ino);
+        self.linked_by_path.insert(
+            super::shared_paths::shared(path.as_os_str().as_bytes()),
+            key,
+        );
+        self.linked.insert(key);
     }
 
     pub fn is_recorded(&self) -> bool {
@@ -117,6 +137,36 @@ impl Identities {
             return Some("a hard link to a file that was not declared");
         }
         None
+    }
+
+    /// Why the object `id`, reached through a mount sitting at
+    /// `mount_point` that shows something under another name, is not what
+    /// the names there stood for, if it is not. Checked where the spawn
+    /// itself may have mounted something to pass it off as declared: on
+    /// or below its sandbox directory, or on a file a declared name or
+    /// link leads to. What is found there must be a file a declared name
+    /// or link led to, or one the action created. (Mounts elsewhere, such
+    /// as a container's volumes, are the host's layout.)
+    pub fn mounted_over(
+        &self,
+        mount_point: &[u8],
+        id: &Identity,
+        created: impl FnOnce() -> bool,
+    ) -> Option<&'static str> {
+        if !self.recorded {
+            return None;
+        }
+        let in_sandbox = self.hard_links_below.as_ref().is_some_and(|below| {
+            mount_point.starts_with(below) || mount_point == &below[..below.len() - 1]
+        });
+        let on_declared_file =
+            self.by_path.contains_key(mount_point) || self.linked_by_path.contains_key(mount_point);
+        let key = (id.dev, id.ino);
+        ((in_sandbox || on_declared_file)
+            && !self.all.contains(&key)
+            && !self.linked.contains(&key)
+            && !created())
+        .then_some("reached through something mounted over a declared name; not a file that name stood for")
     }
 
     /// Why the object `id`, reached at `path` in a directory the sandbox
@@ -290,6 +340,55 @@ mod tests {
         let x = d.join("x");
         assert!(ids.mismatch(&b(&x), &id_of(&x), || false).is_some());
         assert_eq!(ids.mismatch(&b(&x), &id_of(&x), || true), None);
+    }
+
+    /// Something mounted on or below the sandbox directory, or on a file a
+    /// link led to, must show a linked file (trusted or not) or one the
+    /// action made; mounts elsewhere are not judged.
+    #[test]
+    fn what_a_mount_over_a_declared_name_shows_must_be_a_linked_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("sandbox/1/execroot/ws");
+        fs::create_dir_all(&root).unwrap();
+        let (old, recent, secret) = (
+            tmp.path().join("old.h"),
+            tmp.path().join("recent.h"),
+            tmp.path().join("secret"),
+        );
+        for f in [&old, &recent, &secret] {
+            fs::write(f, "x").unwrap();
+        }
+        let mut ids = Identities::hard_links_checked_below(&root);
+        let (o, r) = (id_of(&old), id_of(&recent));
+        ids.insert(&old, o.dev, o.ino);
+        ids.insert_linked(&recent, r.dev, r.ino);
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let secret_id = id_of(&secret);
+        for at in [
+            root.join("pkg/leak"),
+            root.clone(),
+            old.clone(),
+            recent.clone(),
+        ] {
+            assert!(
+                ids.mounted_over(&b(&at), &secret_id, || false).is_some(),
+                "{at:?}"
+            );
+            assert_eq!(ids.mounted_over(&b(&at), &secret_id, || true), None);
+            assert_eq!(ids.mounted_over(&b(&at), &o, || false), None, "{at:?}");
+            assert_eq!(ids.mounted_over(&b(&at), &r, || false), None, "{at:?}");
+        }
+        // A container's volume, or the sandbox's sibling: the host's layout.
+        for at in [
+            tmp.path().to_path_buf(),
+            tmp.path().join("sandbox/1/execroot/w"),
+        ] {
+            assert_eq!(
+                ids.mounted_over(&b(&at), &secret_id, || false),
+                None,
+                "{at:?}"
+            );
+        }
     }
 
     /// A sandbox links a source directory whole: a file there with two

@@ -290,8 +290,10 @@ impl SandboxWalk<'_> {
             // are checked for new hard links too (a check only adds alerts);
             // their files' identities are not trusted.
             Made::Ambiguous => push_link_chain(&path, patterns, real_dirs, |t, meta| {
-                if meta.is_some_and(|m| m.is_dir()) {
-                    self.identities.check_linked_dir(t)
+                match meta {
+                    Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
+                    Some(meta) => self.identities.insert_linked(t, meta.dev, meta.ino),
+                    None => {}
                 }
                 self.ambiguous
                     .push((t.to_path_buf(), entry.file_name().into_vec()))

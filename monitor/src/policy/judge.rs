@@ -127,6 +127,7 @@ impl Policy {
             unresolved: false,
             unreadable: false,
             tracked: None,
+            mounted_at: ev.mounted_at.clone(),
         };
         self.judge_object(&open, "exec", process, action)
     }
@@ -212,6 +213,14 @@ impl Policy {
             && let Some(note) = d
                 .identities
                 .planted_in_linked_dir(path, id, |name| action.made_hard_link(name))
+        {
+            return Some((write_kind, Some(note)));
+        }
+        if let (Some(d), Some(id), Some(at)) = (decl, &ev.object, &ev.mounted_at)
+            && (inputs || outputs || writable)
+            && let Some(note) = d
+                .identities
+                .mounted_over(at, id, || created.contains(&access::identity_key(id)))
         {
             return Some((write_kind, Some(note)));
         }
@@ -503,6 +512,7 @@ mod tests {
             unresolved: false,
             unreadable: false,
             tracked: None,
+            mounted_at: None,
         }
     }
 
