@@ -1144,10 +1144,10 @@ fn a_gxx_action_raises_nothing_but_its_secret_read() {
 /// Bind mounts the spawn makes in a mount namespace of its own put a
 /// secret under a name its sandbox declares: a new name in its writable
 /// execroot (declared as an output), a directory there, and a linked
-/// input's real path. Each read is of the secret and alerts; so does a
-/// write through such a mount to a file outside. Controls in the same
-/// run: the linked input read before the mount, and a file the spawn
-/// wrote itself.
+/// input's real path, and the directory above another input's real path.
+/// Each read is of something else and alerts; so does a write through such
+/// a mount to a file outside. Controls in the same run: the linked inputs
+/// read before the mounts, and a file the spawn wrote itself.
 #[test]
 fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
     require_root();
@@ -1160,16 +1160,27 @@ fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
     let secret_dir = secret.parent().unwrap();
     let victim = secret_dir.join("victim.txt");
     write(&victim, "victim");
+    // A second input, and a look-alike of its directory to mount over it.
+    let workspace_pkg = source.parent().unwrap();
+    let two = workspace_pkg.join("two.txt");
+    write(&two, "two");
+    std::os::unix::fs::symlink(&two, execroot.join("pkg/two.txt")).unwrap();
+    let fake_pkg = secret_dir.join("fake/pkg");
+    write(&fake_pkg.join("two.txt"), "fake");
     let script = format!(
-        "cat pkg/in.txt > /dev/null && echo own > pkg/own.txt && cat pkg/own.txt > /dev/null && \
+        "cat pkg/in.txt pkg/two.txt > /dev/null && echo own > pkg/own.txt && \
+         cat pkg/own.txt > /dev/null && \
          unshare -Urm sh -c 'touch pkg/leak && mount --bind {secret} pkg/leak && cat pkg/leak && \
                              mkdir pkg/d && mount --bind {dir} pkg/d && cat pkg/d/secret.txt && \
                              mount --bind {secret} pkg/in.txt && cat pkg/in.txt && \
-                             touch pkg/out && mount --bind {victim} pkg/out && echo x > pkg/out' \
+                             touch pkg/out && mount --bind {victim} pkg/out && echo x > pkg/out && \
+                             mount --bind {fake_pkg} {workspace_pkg} && cat pkg/two.txt' \
          > /dev/null",
         secret = secret.display(),
         dir = secret_dir.display(),
         victim = victim.display(),
+        fake_pkg = fake_pkg.display(),
+        workspace_pkg = workspace_pkg.display(),
     );
     run_ok(
         &job.path,
@@ -1207,6 +1218,10 @@ fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
         "{:#}",
         over_input[0]
     );
+    let over_dir = on(&alerts, &two);
+    assert_eq!(over_dir.len(), 1, "{alerts:#?}");
+    let fake_ino = fs::metadata(fake_pkg.join("two.txt")).unwrap().ino();
+    assert_eq!(over_dir[0]["file"]["ino"], fake_ino, "{:#}", over_dir[0]);
     assert!(
         on(&alerts, &execroot.join("pkg/own.txt")).is_empty(),
         "{alerts:#?}"

@@ -212,13 +212,11 @@ pub fn report<R: Reader>(
     } else {
         None
     };
-    let mut bind_at = 0;
+    let ev = &mut scratch.event;
     let dir_len = match walk_from {
-        Some(path_ptr) => walk_dir::<R>(path_ptr, path_len, &mut hflags, &mut bind_at),
+        Some(path_ptr) => walk_dir::<R>(path_ptr, path_len, &mut hflags, &mut ev.bind_at),
         None => 0,
     };
-    let ev = &mut scratch.event;
-    ev.bind_at = bind_at;
     ev.header.flags = hflags;
     ev.dir_len = dir_len as u32;
     ev.path_len = path_len as u32;
@@ -256,6 +254,7 @@ pub fn clear_identity(ev: &mut FileEvent) {
         ev.mnt,
         ev.dir_len,
         ev.path_len,
+        ev.bind_at,
     );
 }
 

@@ -139,16 +139,20 @@ impl Identities {
         None
     }
 
-    /// Why the object `id`, reached through a mount sitting at
+    /// Why the object `id` at `path`, reached through a mount sitting at
     /// `mount_point` that shows something under another name, is not what
     /// the names there stood for, if it is not. Checked where the spawn
-    /// itself may have mounted something to pass it off as declared: on
-    /// or below its sandbox directory, or on a file a declared name or
-    /// link leads to. What is found there must be a file a declared name
-    /// or link led to, or one the action created. (Mounts elsewhere, such
-    /// as a container's volumes, are the host's layout.)
+    /// itself may have mounted something to pass it off as declared:
+    /// * on or below its sandbox directory, or on a file a declared name
+    ///   or link leads to: what is found there must be a file a declared
+    ///   name or link led to, or one the action created;
+    /// * anywhere (above a linked file: a mount over its directory): at a
+    ///   path a link led to, the file that link led to.
+    ///
+    /// Other mounts (a container's volumes) are the host's layout.
     pub fn mounted_over(
         &self,
+        path: &[u8],
         mount_point: &[u8],
         id: &Identity,
         created: impl FnOnce() -> bool,
@@ -156,17 +160,19 @@ impl Identities {
         if !self.recorded {
             return None;
         }
+        let key = (id.dev, id.ino);
+        if self.all.contains(&key) || self.linked.contains(&key) {
+            return None;
+        }
         let in_sandbox = self.hard_links_below.as_ref().is_some_and(|below| {
             mount_point.starts_with(below) || mount_point == &below[..below.len() - 1]
         });
         let on_declared_file =
             self.by_path.contains_key(mount_point) || self.linked_by_path.contains_key(mount_point);
-        let key = (id.dev, id.ino);
-        ((in_sandbox || on_declared_file)
-            && !self.all.contains(&key)
-            && !self.linked.contains(&key)
-            && !created())
-        .then_some("reached through something mounted over a declared name; not a file that name stood for")
+        let at_linked_path = self.linked_by_path.contains_key(path);
+        ((in_sandbox || on_declared_file || at_linked_path) && !created()).then_some(
+            "reached through something mounted over a declared name; not a file that name stood for",
+        )
     }
 
     /// Why the object `id`, reached at `path` in a directory the sandbox
@@ -364,31 +370,37 @@ mod tests {
         ids.insert_linked(&recent, r.dev, r.ino);
         let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
         let secret_id = id_of(&secret);
+        let over = |at: &Path, id: &Identity, created: bool| {
+            ids.mounted_over(&b(at), &b(at), id, || created)
+        };
         for at in [
             root.join("pkg/leak"),
             root.clone(),
             old.clone(),
             recent.clone(),
         ] {
-            assert!(
-                ids.mounted_over(&b(&at), &secret_id, || false).is_some(),
-                "{at:?}"
-            );
-            assert_eq!(ids.mounted_over(&b(&at), &secret_id, || true), None);
-            assert_eq!(ids.mounted_over(&b(&at), &o, || false), None, "{at:?}");
-            assert_eq!(ids.mounted_over(&b(&at), &r, || false), None, "{at:?}");
+            assert!(over(&at, &secret_id, false).is_some(), "{at:?}");
+            assert_eq!(over(&at, &secret_id, true), None, "{at:?}");
+            assert_eq!(over(&at, &o, false), None, "{at:?}");
+            assert_eq!(over(&at, &r, false), None, "{at:?}");
         }
         // A container's volume, or the sandbox's sibling: the host's layout.
         for at in [
             tmp.path().to_path_buf(),
             tmp.path().join("sandbox/1/execroot/w"),
         ] {
-            assert_eq!(
-                ids.mounted_over(&b(&at), &secret_id, || false),
-                None,
-                "{at:?}"
-            );
+            let file = at.join("f");
+            let found = ids.mounted_over(&b(&file), &b(&at), &secret_id, || false);
+            assert_eq!(found, None, "{at:?}");
         }
+        // A mount over the directory of a linked file: at that file's
+        // path, only that file.
+        let above = b(tmp.path());
+        assert!(
+            ids.mounted_over(&b(&recent), &above, &secret_id, || false)
+                .is_some()
+        );
+        assert_eq!(ids.mounted_over(&b(&recent), &above, &r, || false), None);
     }
 
     /// A sandbox links a source directory whole: a file there with two

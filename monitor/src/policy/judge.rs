@@ -220,7 +220,7 @@ impl Policy {
             && (inputs || outputs || writable)
             && let Some(note) = d
                 .identities
-                .mounted_over(at, id, || created.contains(&access::identity_key(id)))
+                .mounted_over(path, at, id, || created.contains(&access::identity_key(id)))
         {
             return Some((write_kind, Some(note)));
         }
