@@ -1227,3 +1227,66 @@ fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
         "{alerts:#?}"
     );
 }
+
+/// A mount tree no namespace holds gives its files paths of the spawn's
+/// choosing: a clone (`open_tree` with `OPEN_TREE_CLONE`, allowed in a
+/// mount namespace of the spawn's own) names a file by its path inside the
+/// clone, a lazily unmounted tree (`umount -l`) by none. Three routes, each
+/// read of the secret alerts on it: a hard link to it at the declared
+/// input's path inside a clone of a directory the spawn made, a clone of
+/// its directory, and its directory bound and lazily unmounted under the
+/// reader's feet. Control: the input itself, read by name.
+#[test]
+fn opens_in_a_mount_tree_no_namespace_holds_alert_on_the_object() {
+    require_root();
+    let parent = test_parent("clone-tree");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    declare(&daemon, &job.path, &[], &[], &[]);
+    let sb = FakeSandbox::new();
+    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
+    let tool = launcher.parent().unwrap().join("detached_open");
+    compile_c("fixtures/detached_open.c", &tool, &[]);
+    let look_alike = format!("pkg/x{}", source.display());
+    let script = format!(
+        "cat pkg/in.txt > /dev/null && mkdir -p $(dirname {look_alike}) pkg/m && \
+         ln {secret} {look_alike} && \
+         unshare -Urm sh -c '{tool} pkg/x {source_rel} && {tool} {secret_dir} secret.txt && \
+                             mount --bind {secret_dir} pkg/m && cd pkg/m && umount -l . && \
+                             cat secret.txt > /dev/null'",
+        secret = secret.display(),
+        tool = tool.display(),
+        source_rel = source.display().to_string().trim_start_matches('/'),
+        secret_dir = secret.parent().unwrap().display(),
+    );
+    run_ok(
+        &job.path,
+        Command::new(launcher)
+            .current_dir(execroot)
+            .args(["--timeout=0", "--", "/bin/sh", "-c"])
+            .arg(&script),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let secret_ino = fs::metadata(secret).unwrap().ino();
+    let on_secret: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "undeclared_file" && a["file"]["ino"] == secret_ino)
+        .collect();
+    // The clone of its directory and the unmounted tree both name it
+    // `/secret.txt`: one alert, counted twice.
+    let reads: u64 = on_secret.iter().map(|a| a["count"].as_u64().unwrap()).sum();
+    assert_eq!(reads, 3, "{alerts:#?}");
+    for alert in on_secret {
+        let message = alert["message"].as_str().unwrap();
+        assert!(
+            message.contains("mount tree no namespace holds"),
+            "{alert:#}"
+        );
+    }
+    let source_ino = fs::metadata(source).unwrap().ino();
+    assert!(
+        !alerts.iter().any(|a| a["file"]["ino"] == source_ino),
+        "{alerts:#?}"
+    );
+}

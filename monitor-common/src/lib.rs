@@ -106,9 +106,8 @@ pub const FLAG_PATH_UNREADABLE: u32 = 1 << 3;
 /// `struct file` behind the returned fd), not a base directory, and the
 /// identity fields of [`FileEvent`] are filled in.
 pub const FLAG_OBJECT: u32 = 1 << 4;
-/// The walk ended at a mount attached to no mount namespace (pipes,
-/// sockets, memfds, namespace files, lazily unmounted trees): the object is
-/// not reachable by any path.
+/// The walk ended at a kernel-internal mount (pipes, sockets, memfds,
+/// namespace files): the object is no file-system access.
 pub const FLAG_DIR_INTERNAL: u32 = 1 << 5;
 /// On a `FileOpen` event: the object is in the kernel's `SEEN` map; the
 /// process's repeats of this access are counted there.
@@ -117,6 +116,11 @@ pub const FLAG_TRACKED: u32 = 1 << 7;
 /// (a hermetic sandbox), and `dir` holds its root, under which the kernel
 /// looked the name up.
 pub const FLAG_NAME_UNDER_ROOT: u32 = 1 << 8;
+/// The walk ended at the root of a mount tree no namespace holds: a clone
+/// (`open_tree` with `OPEN_TREE_CLONE`, `fsmount`: an anonymous namespace)
+/// or a lazily unmounted tree (none). `dir` is the path inside that tree,
+/// not the file's: no path names it.
+pub const FLAG_DIR_DETACHED: u32 = 1 << 9;
 /// On a `Connect` event: the socket-address hook already reported this
 /// connect (a [`SockEvent`] of the same thread); this event only brings the
 /// syscall's result.
@@ -611,6 +615,9 @@ pub struct KernelOffsets {
     pub pid_tasks: u32,
     pub task_pid_links: u32,
     pub mount_mnt_ns: u32,
+    /// `mnt_namespace.seq`, or `ns.ns_id` where ns_common has the id:
+    /// 0 for an anonymous namespace (a detached clone's).
+    pub mnt_ns_id: u32,
     pub vfsmount_mnt_flags: u32,
     pub binprm_filename: u32,
     pub task_exit_code: u32,
@@ -752,13 +759,14 @@ pub const KFUNC_MARK_RDONLY_CAST: i32 = 0x4b46_0001;
 /// The read-only globals holding the kernel BTF ids of the structs the
 /// programs cast kernel addresses to (set by the loader), with those
 /// structs' names.
-pub const CAST_TYPES: [(&str, &str); 6] = [
+pub const CAST_TYPES: [(&str, &str); 7] = [
     ("BTF_ID_STRUCT_TASK", "task_struct"),
     ("BTF_ID_STRUCT_FILE", "file"),
     ("BTF_ID_STRUCT_PATH", "path"),
     ("BTF_ID_STRUCT_DENTRY", "dentry"),
     ("BTF_ID_STRUCT_MOUNT", "mount"),
     ("BTF_ID_STRUCT_VFSMOUNT", "vfsmount"),
+    ("BTF_ID_STRUCT_MNT_NAMESPACE", "mnt_namespace"),
 ];
 
 /// The read-only global holding the kernel BTF id of a struct whose first
@@ -769,7 +777,7 @@ pub const BTF_ID_FILE_SLOT: &str = "BTF_ID_FILE_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 29] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 30] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
@@ -798,6 +806,7 @@ pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 29] {
         ("OFF_MOUNT_PARENT", o.mount_parent),
         ("OFF_MOUNT_MOUNTPOINT", o.mount_mountpoint),
         ("OFF_MOUNT_MNT_NS", o.mount_mnt_ns),
+        ("OFF_MNT_NS_ID", o.mnt_ns_id),
         ("OFF_VFSMOUNT_ROOT", o.vfsmount_root),
         ("OFF_VFSMOUNT_MNT_FLAGS", o.vfsmount_mnt_flags),
     ]

@@ -11,8 +11,8 @@ use monitor_common::KFUNC_MARK_RDONLY_CAST;
 use crate::{
     maps::SCRATCH,
     offsets::{
-        BTF_ID_FILE_SLOT, BTF_ID_STRUCT_DENTRY, BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_MOUNT,
-        BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_TASK, BTF_ID_STRUCT_VFSMOUNT, get,
+        BTF_ID_FILE_SLOT, BTF_ID_STRUCT_DENTRY, BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_MNT_NAMESPACE,
+        BTF_ID_STRUCT_MOUNT, BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_TASK, BTF_ID_STRUCT_VFSMOUNT, get,
     },
 };
 
@@ -66,6 +66,11 @@ pub fn as_mount(mount: u64) -> *const u8 {
 #[inline(always)]
 pub fn as_vfsmount(vfsmount: u64) -> *const u8 {
     rdonly_cast(vfsmount, get(&BTF_ID_STRUCT_VFSMOUNT))
+}
+
+#[inline(always)]
+pub fn as_mnt_namespace(ns: u64) -> *const u8 {
+    rdonly_cast(ns, get(&BTF_ID_STRUCT_MNT_NAMESPACE))
 }
 
 /// The fd table slot at `slot` as a typed pointer: its load at offset 0 is

@@ -44,6 +44,7 @@ load_time_offsets!(
     OFF_MOUNT_PARENT,
     OFF_MOUNT_MOUNTPOINT,
     OFF_MOUNT_MNT_NS,
+    OFF_MNT_NS_ID,
     OFF_VFSMOUNT_ROOT,
     OFF_VFSMOUNT_MNT_FLAGS,
     // Not offsets: the BTF ids of the structs `kfunc` casts to
@@ -54,6 +55,7 @@ load_time_offsets!(
     BTF_ID_STRUCT_DENTRY,
     BTF_ID_STRUCT_MOUNT,
     BTF_ID_STRUCT_VFSMOUNT,
+    BTF_ID_STRUCT_MNT_NAMESPACE,
     // The BTF id of a struct whose first member is a `struct file *`
     // (`monitor_common::BTF_ID_FILE_SLOT`).
     BTF_ID_FILE_SLOT,

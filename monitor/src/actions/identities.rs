@@ -314,6 +314,7 @@ mod tests {
             proc_tgid: 0,
             mode: m.mode(),
             internal: false,
+            detached: false,
         }
     }
 

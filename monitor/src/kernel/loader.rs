@@ -781,6 +781,7 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         pid_tasks: off("pid", "tasks")?,
         task_pid_links: off("task_struct", "pid_links")?,
         mount_mnt_ns: off("mount", "mnt_ns")?,
+        mnt_ns_id: off("mnt_namespace", "seq").or_else(|_| off("mnt_namespace", "ns.ns_id"))?,
         vfsmount_mnt_flags: off("vfsmount", "mnt_flags")?,
         binprm_filename: off("linux_binprm", "filename")?,
         task_exit_code: off("task_struct", "exit_code")?,

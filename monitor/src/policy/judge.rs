@@ -193,6 +193,10 @@ impl Policy {
         if !provable {
             return Some((write_kind, None));
         }
+        // Its path is the spawn's choice (a clone's inside, or none).
+        if ev.object.as_ref().is_some_and(|o| o.detached) {
+            return Some((write_kind, Some(DETACHED_NOTE)));
+        }
         let path = &ev.path;
         let decl = action.declaration.as_deref();
         let allowed = self.files_allow.matches(path);
@@ -419,6 +423,10 @@ fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
     }
 }
 
+/// The note of an object opened in a mount tree no namespace holds.
+const DETACHED_NOTE: &str = "opened in a mount tree no namespace holds (cloned with open_tree, or \
+                             lazily unmounted): its path there is not the file's";
+
 #[cfg(test)]
 mod tests {
     use std::{path::PathBuf, time::SystemTime};
@@ -505,6 +513,7 @@ mod tests {
                 proc_tgid: 0,
                 mode: libc::S_IFREG,
                 internal: false,
+                detached: false,
             }),
             open_flags: flags,
             result,
@@ -660,6 +669,13 @@ mod tests {
         let mut pipe = open("/", 0, 3);
         pipe.object.as_mut().unwrap().internal = true;
         assert!(!judge(&p, &view, &pipe));
+        // In a tree no namespace holds, even a name the spawn's sandbox
+        // declares (its outputs) is no proof: the path is the spawn's.
+        let output = "/ob/sandbox/linux-sandbox/1/execroot/ws/bazel-out/out.txt";
+        assert!(!judge(&p, &view, &open(output, 0, 3)));
+        let mut detached = open(output, 0, 3);
+        detached.object.as_mut().unwrap().detached = true;
+        assert!(judge(&p, &view, &detached));
         // A failed open has no object: its own /proc names pass, what lies
         // through /proc/self/root does not.
         assert!(!judge(&p, &view, &open("/proc/self/nothing", 0, -2)));
