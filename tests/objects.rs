@@ -559,6 +559,50 @@ fn writes_are_judged_and_read_back_needs_the_kernel_to_have_created_the_file() {
     assert_eq!(alerts.len(), 4, "unexpected alerts: {alerts:#?}");
 }
 
+/// A file the action created in its writable directory may be read back;
+/// a secret mounted over that name (or linked there) is not that file. Both
+/// alert on the secret; the file read back before the mount is the
+/// positive control.
+#[test]
+fn what_is_read_back_must_be_the_file_the_action_created() {
+    require_root();
+    let parent = test_parent("readback");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("readback");
+    let sc = scene();
+    let t = sc.secret.join("writable");
+    fs::create_dir_all(&t).unwrap();
+    declare_scene(&daemon, &action.path, &sc, &[format!("{}/**", t.display())]);
+    let seven = sc.secret.join("seven");
+    let script = format!(
+        "echo mine > {t}/x && cat {t}/x > /dev/null && echo mine > {t}/y && \
+         ln -f {six} {t}/y && cat {t}/y > /dev/null && \
+         unshare -Urm sh -c 'mount --bind {seven} {t}/x && cat {t}/x > /dev/null'",
+        t = t.display(),
+        six = sc.secret.join("six").display(),
+        seven = seven.display(),
+    );
+    run_ok(&action.path, Command::new("/bin/sh").arg("-c").arg(&script));
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    for (name, secret) in [("x", &seven), ("y", &sc.secret.join("six"))] {
+        let read = one_read_alert(&alerts, &t.join(name));
+        let ino = fs::metadata(secret).unwrap().ino();
+        assert_eq!(read["file"]["ino"], ino, "{read:#}");
+        assert!(
+            read["message"]
+                .as_str()
+                .unwrap()
+                .contains("not the file the action created"),
+            "{read:#}"
+        );
+        assert_eq!(
+            read["count"], 1,
+            "the read back before is no alert: {read:#}"
+        );
+    }
+}
+
 /// Name changes are writes too: `unlink`, `rmdir`, `mkdir`, `truncate`,
 /// and the names `link`, `symlink` and `rename` write (a rename's old name
 /// as well), by relative and absolute names. Outside the outputs each is an

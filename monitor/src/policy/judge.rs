@@ -246,8 +246,17 @@ impl Policy {
                 created.insert(access::identity_key(id));
             }
         }
-        let readable = allowed || inputs || outputs || (writable && created.contains(path));
-        (access.reads && !readable).then_some((AlertKind::UndeclaredFile, None))
+        // Read back: the object itself must be one the action created (a
+        // name it created may since show something mounted or linked there).
+        let own = writable
+            && match &ev.object {
+                Some(id) => created.contains(&access::identity_key(id)),
+                None => created.contains(path),
+            };
+        let readable = allowed || inputs || outputs || own;
+        let note = (writable && !own && ev.object.is_some() && created.contains(path))
+            .then_some(NOT_CREATED_NOTE);
+        (access.reads && !readable).then_some((AlertKind::UndeclaredFile, note))
     }
 
     pub fn judge_connect(
@@ -423,6 +432,10 @@ fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
     }
 }
 
+/// The note of a read back, at a name the action created, of another file.
+const NOT_CREATED_NOTE: &str = "not the file the action created under this name: something \
+                                mounted over it or linked there";
+
 /// The note of an object opened in a mount tree no namespace holds.
 const DETACHED_NOTE: &str = "opened in a mount tree no namespace holds (cloned with open_tree, or \
                              lazily unmounted): its path there is not the file's";
@@ -590,6 +603,12 @@ mod tests {
         assert!(
             judge(&p, &other, &open("/tmp/scratch", 0, 4)),
             "another action did not create it"
+        );
+        let mut mounted = open("/tmp/scratch", 0, 4);
+        mounted.object.as_mut().unwrap().ino = 99;
+        assert!(
+            judge(&p, &view, &mounted),
+            "another file under the name it created"
         );
     }
 
