@@ -742,6 +742,52 @@ fn opens_by_file_handle_are_judged_on_the_object() {
     assert!(under(&alerts, &sc.d).is_empty(), "{alerts:#?}");
 }
 
+/// `pidfd_getfd` takes a file another process opened: no open, no name.
+/// It is judged as a read of that file (`op` "pidfd_getfd"). The holder
+/// opened a secret and a declared file outside every action; taking the
+/// declared one is the positive control.
+#[test]
+fn files_taken_from_another_process_are_judged_on_the_object() {
+    require_root();
+    let parent = test_parent("getfd");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("getfd");
+    let sc = scene();
+    let program = sc.d.join("bin/take_fd");
+    compile_c("fixtures/take_fd.c", &program, &[]);
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let (secret, ok) = (sc.secret.join("one"), sc.d.join("ok.txt"));
+    let mut holder = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7<{} 8<{}; exec sleep 60",
+            secret.display(),
+            ok.display()
+        ))
+        .spawn()
+        .unwrap();
+    let pid = holder.id().to_string();
+    let held = Path::new("/proc").join(&pid).join("fd/8");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never opened its files"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    for fd in ["7", "8"] {
+        run_ok(&action.path, Command::new(&program).args([&pid, fd]));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let taken = one_read_alert(&alerts, &secret);
+    assert_eq!(taken["file"]["op"], "pidfd_getfd", "{taken:#}");
+    assert!(on(&alerts, &ok).is_empty(), "{alerts:#?}");
+}
+
 /// Opens submitted through io_uring never pass the syscall hook: they are
 /// judged at their completion, on the object. The same ring opening a
 /// declared file is the positive control.

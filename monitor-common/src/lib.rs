@@ -167,6 +167,9 @@ pub const SYSCALL_OPEN_BY_HANDLE_AT: u32 = 4;
 /// An `IORING_OP_OPENAT`/`OPENAT2` request, seen at its completion: no
 /// name (`path` is empty); `open_flags` are the opened file's `f_flags`.
 pub const SYSCALL_IO_URING_OPEN: u32 = 5;
+/// `pidfd_getfd`: a descriptor taken from another process, judged as an
+/// open of its file with that file's own flags (`path` is empty).
+pub const SYSCALL_PIDFD_GETFD: u32 = 6;
 /// Name-changing calls, judged as writes of the name (no object: the path
 /// is the name passed, resolved like a failed open's).
 pub const SYSCALL_UNLINK: u32 = 16;
@@ -690,6 +693,8 @@ pub const NR_CREAT: u64 = 85;
 pub const NR_OPENAT: u64 = 257;
 pub const NR_OPENAT2: u64 = 437;
 pub const NR_OPEN_BY_HANDLE_AT: u64 = 304;
+/// The same number on every architecture (424 and up are shared).
+pub const NR_PIDFD_GETFD: u64 = 438;
 pub const NR_RENAME: u64 = 82;
 pub const NR_LINK: u64 = 86;
 pub const NR_SYMLINK: u64 = 88;

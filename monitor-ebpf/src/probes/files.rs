@@ -15,11 +15,11 @@ use aya_ebpf::helpers::{
 use monitor_common::{
     EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
     FLAG_TRACKED, FileEvent, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT, NR_OPEN,
-    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR,
-    NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PATH_CAPACITY, SYSCALL_CREAT,
-    SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT,
-    SYSCALL_OPENAT2, SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK, SYSCALL_TRUNCATE,
-    SYSCALL_UNLINK, Settings,
+    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RENAME, NR_RENAMEAT,
+    NR_RENAMEAT2, NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT,
+    PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_OPEN,
+    SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT, SYSCALL_OPENAT2, SYSCALL_PIDFD_GETFD,
+    SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK, SYSCALL_TRUNCATE, SYSCALL_UNLINK, Settings,
 };
 
 use crate::{
@@ -68,6 +68,9 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
         // open_by_handle_at(mount_fd, handle, flags): no name; a successful
         // one is judged on the object like any open.
         NR_OPEN_BY_HANDLE_AT => (SYSCALL_OPEN_BY_HANDLE_AT, a[0] as i32, 0, a[2], 0),
+        // pidfd_getfd(pidfd, targetfd, flags): another process's file, no
+        // name; its flags are the file's own (`on_exit`).
+        NR_PIDFD_GETFD => (SYSCALL_PIDFD_GETFD, AT_FDCWD, 0, 0, 0),
         // Name-changing calls: writes of the name (see `name_args`).
         NR_UNLINK | NR_UNLINKAT | NR_RMDIR | NR_MKDIR | NR_MKDIRAT | NR_TRUNCATE | NR_LINK
         | NR_LINKAT | NR_SYMLINK | NR_SYMLINKAT | NR_RENAME | NR_RENAMEAT | NR_RENAMEAT2 => {
@@ -131,15 +134,22 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
 }
 
 pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
-    let args = open_args(call)?;
+    let mut args = open_args(call)?;
     // The object the kernel opened, when there is one; else the name's base.
-    // Only the open family returns a descriptor.
-    let opens = args.syscall <= SYSCALL_OPEN_BY_HANDLE_AT;
+    // Only the open family (and `pidfd_getfd`) returns a descriptor.
+    let opens = args.syscall <= SYSCALL_PIDFD_GETFD;
     let file = if call.ret >= 0 && opens {
         R::file_of_fd(call.ret as i32)
     } else {
         0
     };
+    if args.syscall == SYSCALL_PIDFD_GETFD {
+        // A failed one took nothing: no name to judge.
+        if file == 0 {
+            return None;
+        }
+        args.flags = u64::from(read::<u32>(file, settings.offsets.file_f_flags));
+    }
     report::<R>(settings, &call.m, &args, call.ret, file)
 }
 

@@ -94,7 +94,7 @@ pub struct ProcessInfo {
 pub struct FileInfo {
     /// Raw path bytes as the kernel saw them; may be non-UTF-8.
     pub path: Vec<u8>,
-    /// The operation: `"open"`, `"exec"`, or a name change (`"unlink"`,
+    /// The operation: `"open"`, `"exec"`, `"pidfd_getfd"`, or a name change (`"unlink"`,
     /// `"rmdir"`, `"mkdir"`, `"truncate"`, `"link"`, `"symlink"`,
     /// `"rename"`, `"rename_from"`).
     pub op: &'static str,
@@ -632,10 +632,11 @@ fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
         (false, "symlink") => " made a symlink at ",
         (false, "rename") => " renamed a file to ",
         (false, "rename_from") => " renamed away ",
+        (false, "pidfd_getfd") => " took from another process (pidfd_getfd) ",
         (false, _) => " opened ",
     };
     let _ = write!(m, "{verb}{}", escape_for_display(&f.path));
-    if matches!(f.op, "open" | "exec") {
+    if matches!(f.op, "open" | "exec" | "pidfd_getfd") {
         let _ = write!(m, " ({})", open_flags_to_string(f.flags));
     }
     if let Some(requested) = &f.requested {
