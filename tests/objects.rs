@@ -1005,6 +1005,18 @@ struct FakeSandbox {
 }
 
 impl FakeSandbox {
+    /// Runs `script` with `sh -c` under the launcher, in the execroot, in
+    /// the action cgroup `job`.
+    fn run(&self, job: &Path, script: &str) {
+        run_ok(
+            job,
+            Command::new(&self.launcher)
+                .current_dir(&self.execroot)
+                .args(["--timeout=0", "--", "/bin/sh", "-c"])
+                .arg(script),
+        );
+    }
+
     fn new() -> FakeSandbox {
         let tmp = tempfile::tempdir().unwrap();
         let source = tmp.path().join("workspace/pkg/in.txt");
@@ -1047,16 +1059,13 @@ fn a_symlink_planted_in_the_sandbox_after_the_launch_declares_nothing() {
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
     let sb = FakeSandbox::new();
-    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
-    run_ok(
+    let (source, secret) = (&sb.source, &sb.secret);
+    sb.run(
         &job.path,
-        Command::new(launcher)
-            .current_dir(execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "ln -s {} pkg/planted.txt && cat pkg/planted.txt pkg/in.txt > /dev/null",
-                secret.display()
-            )),
+        &format!(
+            "ln -s {} pkg/planted.txt && cat pkg/planted.txt pkg/in.txt > /dev/null",
+            secret.display()
+        ),
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
@@ -1089,17 +1098,14 @@ fn a_hard_link_planted_in_the_sandbox_alerts() {
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
     let sb = FakeSandbox::new();
-    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
-    run_ok(
+    let (source, secret, execroot) = (&sb.source, &sb.secret, &sb.execroot);
+    sb.run(
         &job.path,
-        Command::new(launcher)
-            .current_dir(execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "ln {} pkg/planted.txt && echo own > pkg/own.txt && ln pkg/own.txt pkg/own2.txt \
-                 && cat pkg/planted.txt pkg/in.txt pkg/own2.txt > /dev/null",
-                secret.display()
-            )),
+        &format!(
+            "ln {} pkg/planted.txt && echo own > pkg/own.txt && ln pkg/own.txt pkg/own2.txt \
+         && cat pkg/planted.txt pkg/in.txt pkg/own2.txt > /dev/null",
+            secret.display()
+        ),
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
@@ -1133,15 +1139,12 @@ fn a_hard_link_planted_in_a_linked_source_directory_alerts() {
     let lib = sb.source.parent().unwrap().join("lib");
     write(&lib.join("f"), "f");
     std::os::unix::fs::symlink(&lib, sb.execroot.join("lib")).unwrap();
-    run_ok(
+    sb.run(
         &job.path,
-        Command::new(&sb.launcher)
-            .current_dir(&sb.execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "ln {} lib/x && cat lib/x lib/f > /dev/null",
-                sb.secret.display()
-            )),
+        &format!(
+            "ln {} lib/x && cat lib/x lib/f > /dev/null",
+            sb.secret.display()
+        ),
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
@@ -1246,7 +1249,7 @@ fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
     let sb = FakeSandbox::new();
-    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
+    let (source, secret, execroot) = (&sb.source, &sb.secret, &sb.execroot);
     let secret_dir = secret.parent().unwrap();
     let victim = secret_dir.join("victim.txt");
     write(&victim, "victim");
@@ -1272,13 +1275,7 @@ fn bind_mounts_over_names_the_sandbox_declares_alert_on_the_secret() {
         fake_pkg = fake_pkg.display(),
         workspace_pkg = workspace_pkg.display(),
     );
-    run_ok(
-        &job.path,
-        Command::new(launcher)
-            .current_dir(execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(&script),
-    );
+    sb.run(&job.path, &script);
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let secret_ino = fs::metadata(secret).unwrap().ino();
@@ -1334,7 +1331,7 @@ fn opens_in_a_mount_tree_no_namespace_holds_alert_on_the_object() {
     let job = parent.child("job");
     declare(&daemon, &job.path, &[], &[], &[]);
     let sb = FakeSandbox::new();
-    let (source, secret, execroot, launcher) = (&sb.source, &sb.secret, &sb.execroot, &sb.launcher);
+    let (source, secret, launcher) = (&sb.source, &sb.secret, &sb.launcher);
     let tool = launcher.parent().unwrap().join("detached_open");
     compile_c("fixtures/detached_open.c", &tool, &[]);
     let look_alike = format!("pkg/x{}", source.display());
@@ -1349,13 +1346,7 @@ fn opens_in_a_mount_tree_no_namespace_holds_alert_on_the_object() {
         source_rel = source.display().to_string().trim_start_matches('/'),
         secret_dir = secret.parent().unwrap().display(),
     );
-    run_ok(
-        &job.path,
-        Command::new(launcher)
-            .current_dir(execroot)
-            .args(["--timeout=0", "--", "/bin/sh", "-c"])
-            .arg(&script),
-    );
+    sb.run(&job.path, &script);
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     let secret_ino = fs::metadata(secret).unwrap().ino();

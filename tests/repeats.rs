@@ -293,3 +293,50 @@ impl FilterView {
             .sum()
     }
 }
+
+/// Two threads of one process repeat the same open on two CPUs at once
+/// (their adds race: one that loses is reported in full), and in a second
+/// process the main thread ends first: the process ends with its last
+/// thread, so its count is taken once both are done (before, it was taken
+/// at the main thread's end and the rest stayed in the kernel until the
+/// daemon stopped). `events_total` reaches exactly the opens made while the
+/// daemon runs, and the alerts' counts sum to them.
+#[test]
+fn threads_repeating_at_once_and_a_take_while_they_run_keep_counts_exact() {
+    require_root();
+    let parent = test_parent("repeats-threads");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("threads");
+    let tmp = tempfile::tempdir().unwrap();
+    let program = tmp.path().join("threads_reopen");
+    compile_c(
+        "fixtures/threads_reopen.c",
+        &program,
+        &["-static", "-pthread"],
+    );
+    let secret = tmp.path().join("secret.txt");
+    write(&secret, "secret");
+    daemon.declare_read(&action.path, &[&program]);
+    let per_thread: u32 = 20_000;
+    let mut repeats = 0.0;
+    for leader in ["leader-waits", "leader-exits"] {
+        repeats = run_counting(
+            &daemon,
+            &action.path,
+            Command::new(&program)
+                .arg(&secret)
+                .arg(per_thread.to_string())
+                .arg(leader),
+            f64::from(2 * per_thread),
+        );
+    }
+    // Positive control: the kernel did count repeats (not all reported).
+    assert!(repeats > 0.0, "no repeat was counted");
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        count_sum(&file_alerts(&alerts, &secret)),
+        u64::from(4 * per_thread),
+        "{alerts:#?}"
+    );
+}

@@ -255,11 +255,11 @@ pub struct SeenKey {
     pub access_class: u32,
 }
 
-/// A `SEEN` entry: the whole key and the repeats counted under it. The map
-/// is keyed by the key's [`seen_slot`]: hashing and comparing 8 bytes in
-/// the map's lookup instead of 48 cut a repeat's hook time by about a
-/// sixth (bpf_stats). A different key that lands on a taken slot is never
-/// counted, only reported in full.
+/// A `SEEN` entry: the whole key and the repeats counted under it. `SEEN`
+/// is an array indexed by the key's [`seen_index`] (its slot's low bits): a
+/// different key on a taken entry is never counted, only reported in full.
+/// The first word (`action_cgroup_id`, never 0 for a key) is 0 for a free
+/// entry and [`SEEN_RETIRED`] for one taken and not yet free again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeenEntry {
@@ -299,6 +299,10 @@ const _: () = {
     assert!(core::mem::offset_of!(SeenKey, tgid) == 32);
     assert!(core::mem::offset_of!(SeenKey, generation) == 40);
     assert!(core::mem::offset_of!(SeenKey, access_class) == 44);
+    // An entry is seven words (userspace maps the array: no padding).
+    assert!(core::mem::size_of::<SeenEntry>() == 56);
+    // A filter cell groups whole entries (see `seen_index`).
+    assert!((SEEN_ENTRIES as usize).is_multiple_of(SEEN_FILTER_CELLS));
 };
 
 /// `O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | O_DIRECTORY | O_PATH |
@@ -307,8 +311,21 @@ pub const ACCESS_CLASS_FLAGS: u32 =
     0o3 | 0o100 | 0o1000 | 0o2000 | 0o200000 | 0o10000000 | 0o20000000;
 /// In an access class: the kernel created the file (`FMODE_CREATED`).
 pub const ACCESS_CREATED: u32 = 1 << 31;
-/// Entries of the `SEEN` map; past it, opens are reported in full.
+/// Entries of the `SEEN` array (a power of two).
 pub const SEEN_ENTRIES: u32 = 65536;
+/// The first word of a `SEEN` entry userspace took: no key matches it, and
+/// the kernel claims only free (0) entries.
+pub const SEEN_RETIRED: u64 = u64::MAX;
+/// What userspace leaves in a taken entry's count: a repeat the kernel adds
+/// after the take finds the count at or above it and is reported in full
+/// instead (it was not in the count taken).
+pub const SEEN_TAKEN: u64 = 1 << 62;
+
+/// Where in `SEEN` the key with `slot` lives.
+#[inline(always)]
+pub fn seen_index(slot: u64) -> u32 {
+    slot as u32 & (SEEN_ENTRIES - 1)
+}
 /// Cells of `SEEN_FILTER` (a power of two): how many `SEEN` entries each
 /// group of slots holds (a slot's group: the slot modulo this).
 pub const SEEN_FILTER_CELLS: usize = 8192;
@@ -624,6 +641,10 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_flags: u32,
     pub binprm_filename: u32,
     pub task_exit_code: u32,
+    /// `task_struct.signal` and `signal_struct.live` (the threads of the
+    /// process not yet exiting).
+    pub task_signal: u32,
+    pub signal_live: u32,
     pub socket_sk: u32,
     pub sock_peer_pid: u32,
     /// Offset of `numbers[0].nr` in `struct pid` (the pid in the initial

@@ -2,22 +2,34 @@
 //! kind to one object is counted, not reported. An open whose key is in
 //! `SEEN` only adds one to the count there (no path walk, no ring record).
 //! Userspace takes each count, exactly, when the process ends
-//! (`kernel::seen`). When the map is full, opens are reported in full, as
-//! without it.
+//! (`kernel::seen`). When the key's entry holds another key, opens are
+//! reported in full, as without it.
 //!
-//! `SEEN` is keyed by the key's 64-bit slot (`monitor_common::seen_slot`)
-//! and holds the whole key beside the count: the map hashes and compares 8
-//! bytes, this code compares the 48. Only an entry whose whole key equals
-//! the open's is counted; a different key on the same slot is reported in
-//! full, every time, until the slot's owner ends.
+//! `SEEN` is an array: the key's entry is at its slot's low bits
+//! (`monitor_common::seen_index`) and holds the whole key, which this code
+//! compares. Only an entry whose whole key equals the open's is counted; a
+//! different key on the same entry is reported in full, every time, until
+//! userspace takes that entry. An array's lookup is a few instructions the
+//! verifier inlines: a hash map keyed by the slot cost a repeat about 7 ns
+//! more (bpf_stats, 10 alternated pairs: median 7, from -5 to 28).
+//!
+//! An entry is claimed with a compare-and-exchange of its first word from
+//! 0 (free); its other words follow, so another CPU may see a key half
+//! written, which matches no open (reported in full). Userspace takes an
+//! entry in place (`kernel::seen`): it marks it retired (no key matches),
+//! swaps its count for `SEEN_TAKEN`, and frees it only after every program
+//! that might have matched the key before has finished (an RCU grace
+//! period). A repeat whose add finds the count at `SEEN_TAKEN` or above
+//! came after the take: it is reported in full, so no repeat is lost or
+//! counted twice.
 //!
 //! Most opens are first accesses, which find nothing in `SEEN`; a lookup
-//! that finds nothing still reads a random bucket of the map's 1 MiB
-//! bucket array, and measured 90-100 ns per first access (bpf_stats, an
+//! that finds nothing still reads a random line of a large map (measured
+//! on the hash map before: 90-100 ns per first access, bpf_stats, an
 //! open of each of 100,000 files). `SEEN_FILTER` counts the entries per
 //! group of slots, in 32 KiB that stay cached: the kernel adds one after
-//! each insert, userspace takes one away after each take, and an open
-//! whose group holds none skips the lookup. The count only ever decides
+//! each claim, userspace takes one away after each free, and an open
+//! whose group holds none skips the comparison. The count only ever decides
 //! whether to look: an open that skips it when it should not (an insert
 //! on another CPU not yet counted) goes on as a key not in `SEEN`, and is
 //! reported in full.
@@ -35,20 +47,21 @@
 //! full when it went in. A slot number overwritten before the second open
 //! (4,096 per CPU), or an open on another CPU, costs one more full report.
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
 };
 use monitor_common::{
-    ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, SEEN_ENTRIES, SEEN_FILTER_CELLS, SeenEntry,
-    SeenKey, seen_slot,
+    ACCESS_CLASS_FLAGS, ACCESS_CREATED, FMODE_CREATED, SEEN_ENTRIES, SEEN_FILTER_CELLS, SEEN_TAKEN,
+    SeenEntry, SeenKey, seen_index, seen_slot,
 };
 
 use crate::{filter::Match, object::Identity};
 
-/// Repeats per key since it was reported, by the key's slot.
+/// Repeats per key since it was reported, at the key's index. Mapped by
+/// userspace, which takes entries in place.
 #[map]
-pub static SEEN: HashMap<u64, SeenEntry> = HashMap::with_max_entries(SEEN_ENTRIES, 0);
+pub static SEEN: Array<SeenEntry> = Array::with_max_entries(SEEN_ENTRIES, BPF_F_MMAPABLE as u32);
 
 /// Entries of `SEEN` per group of slots (see the module's notes). One
 /// value, mapped by userspace (`kernel::seen`), which takes one away for
@@ -104,35 +117,32 @@ pub fn fill_key(key: &mut SeenKey, id: &Identity, flags: u64, m: &Match) {
     }
 }
 
-/// Looks up first. Inserting first (one bucket walk for a first access)
-/// measured worse: a failed insert takes the bucket lock with interrupts
-/// off, +100-150 ns per repeat (bpf_stats), and first accesses gained
-/// nothing measurable.
-///
 /// `entry` is map memory (the per-CPU scratch) with its key filled: the
-/// slot is computed from it (see `seen_slot`), and it is the value
-/// inserted.
+/// slot is computed from it (see `seen_slot`), and its key is what a claim
+/// writes.
 #[inline(always)]
 pub fn check(entry: &mut SeenEntry) -> Seen {
     let slot = seen_slot(&entry.key);
     let cell = filter_cell(slot);
+    let Some(found) = SEEN.get_ptr_mut(seen_index(slot)) else {
+        return Seen::Untracked;
+    };
     // SAFETY: a map value's word, alive while this program runs.
     let may_hold = cell.is_none_or(|cell| unsafe { core::ptr::read_volatile(cell) } != 0);
-    if may_hold && let Some(found) = SEEN.get_ptr_mut(&slot) {
-        // SAFETY: a map value, alive while this program runs.
-        unsafe {
-            if !same_key(&(*found).key, &entry.key) {
-                return Seen::Untracked;
-            }
-            add_one(core::ptr::addr_of_mut!((*found).count));
-        }
-        return Seen::Repeat;
+    // SAFETY: `found` is a map value, alive while this program runs.
+    if may_hold && unsafe { same_key(&(*found).key, &entry.key) } {
+        // SAFETY: as above.
+        return if unsafe { add_one_unless_taken(core::ptr::addr_of_mut!((*found).count)) } {
+            Seen::Repeat
+        } else {
+            Seen::Untracked
+        };
     }
     if !seen_recently(slot) {
         return Seen::Once;
     }
-    entry.count = 0;
-    if SEEN.insert(&slot, entry, BPF_NOEXIST as u64).is_err() {
+    // SAFETY: as above; `entry` is map memory of six key words.
+    if !unsafe { claim(found, entry) } {
         return Seen::Untracked;
     }
     if let Some(cell) = cell {
@@ -140,6 +150,24 @@ pub fn check(entry: &mut SeenEntry) -> Seen {
         unsafe { add_one_u32(cell) };
     }
     Seen::First
+}
+
+/// Takes the free entry `found` for `entry`'s key: its first word from 0
+/// to the key's, then the rest of the key (its count is 0 while free).
+/// Volatile stores: the words are read back as plain numbers.
+#[inline(always)]
+unsafe fn claim(found: *mut SeenEntry, entry: &SeenEntry) -> bool {
+    let (to, from) = (found as *mut u64, entry as *const SeenEntry as *const u64);
+    // SAFETY: both are live, aligned entries of seven u64 words.
+    unsafe {
+        if !compare_exchange(to, 0, core::ptr::read_volatile(from)) {
+            return false;
+        }
+        for i in 1..core::mem::size_of::<SeenKey>() / 8 {
+            core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i)));
+        }
+    }
+    true
 }
 
 /// `slot`'s cell of `SEEN_FILTER` (`None` without the map).
@@ -187,21 +215,32 @@ fn seen_recently(slot: u64) -> bool {
     false
 }
 
-/// Atomic: threads of one process may repeat on several CPUs at once. The
-/// BPF target's core has no atomic types; its add without fetch (`lock
-/// xadd`) is the intrinsic with the result unused.
-#[cfg(target_arch = "bpf")]
+/// Adds one to `count` unless userspace has taken it (at `SEEN_TAKEN` or
+/// above) or another CPU changed it meanwhile: one compare-and-exchange,
+/// no loop. `false`: the open is reported in full, never lost. (The BPF
+/// target builds for `--cpu generic`, where an atomic add cannot return
+/// the value it found.)
 #[inline(always)]
-unsafe fn add_one(count: *mut u64) {
-    // SAFETY: the caller passes a valid map value.
+unsafe fn add_one_unless_taken(count: *mut u64) -> bool {
+    // SAFETY: the caller passes a valid map value word.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            count, 1,
-        )
-    };
+        let now = core::ptr::read_volatile(count);
+        now < SEEN_TAKEN && compare_exchange(count, now, now + 1)
+    }
 }
 
-/// As `add_one`, for a 32-bit cell.
+/// `*word` from `current` to `new`, if it was `current`. Atomic: threads
+/// of one process may repeat on several CPUs at once. The BPF target's
+/// core has no atomic types: this is the intrinsic (a BPF atomic).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> bool {
+    use core::intrinsics::AtomicOrdering::SeqCst;
+    // SAFETY: the caller passes a valid map value word.
+    unsafe { core::intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(word, current, new).1 }
+}
+
+/// Adds one to a 32-bit cell, atomically (the add without fetch).
 #[cfg(target_arch = "bpf")]
 #[inline(always)]
 unsafe fn add_one_u32(cell: *mut u32) {
@@ -213,19 +252,21 @@ unsafe fn add_one_u32(cell: *mut u32) {
     };
 }
 
+/// Host builds (never run) use the stable atomics.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> bool {
+    use core::sync::atomic::Ordering::SeqCst;
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(word) }
+        .compare_exchange(current, new, SeqCst, SeqCst)
+        .is_ok()
+}
+
 #[cfg(not(target_arch = "bpf"))]
 #[inline(always)]
 unsafe fn add_one_u32(cell: *mut u32) {
     // SAFETY: the caller passes a valid, aligned pointer.
     unsafe { core::sync::atomic::AtomicU32::from_ptr(cell) }
-        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-}
-
-/// Host builds (never run) use the stable atomic.
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn add_one(count: *mut u64) {
-    // SAFETY: the caller passes a valid, aligned pointer.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(count) }
         .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }

@@ -76,11 +76,16 @@ pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
 fn try_proc_exit() -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // Threads end too; only the end of the whole process matters.
-    if tgid != pid_tgid as u32 {
+    let settings = SETTINGS.get(0)?;
+    // Threads end too; only the end of the whole process matters: its
+    // last thread, which is not always the first one (a main thread that
+    // calls `pthread_exit` ends before the others). Each exiting thread
+    // has taken itself off `live` by now.
+    let o = &settings.offsets;
+    let signal: u64 = read(current_task(), o.task_signal);
+    if read::<i32>(signal, o.signal_live) != 0 {
         return None;
     }
-    let settings = SETTINGS.get(0)?;
     if workers::enabled(settings) && workers::is_runner(tgid) {
         workers::on_exit(tgid);
         return None;

@@ -75,29 +75,13 @@ impl Identities {
 
     /// Records `path` (not a directory) as declared: the file `(dev, ino)`.
     pub fn insert(&mut self, path: &Path, dev: u64, ino: u64) {
-        if self.by_path.len() >= MAX_ENTRIES {
-            return;
-        }
-        let key = (dev, ino);
-        self.by_path.insert(
-            super::shared_paths::shared(path.as_os_str().as_bytes()),
-            key,
-        );
-        self.all.insert(key);
+        record_file(&mut self.by_path, &mut self.all, path, (dev, ino));
     }
 
     /// Records `path` (not a directory) as a file an untrusted sandbox
     /// link led to: see [`Identities::linked_by_path`].
     pub fn insert_linked(&mut self, path: &Path, dev: u64, ino: u64) {
-        if self.linked_by_path.len() >= MAX_ENTRIES {
-            return;
-        }
-        let key = (dev, ino);
-        self.linked_by_path.insert(
-            super::shared_paths::shared(path.as_os_str().as_bytes()),
-            key,
-        );
-        self.linked.insert(key);
+        record_file(&mut self.linked_by_path, &mut self.linked, path, (dev, ino));
     }
 
     pub fn is_recorded(&self) -> bool {
@@ -195,6 +179,24 @@ impl Identities {
             && hard_linked(crate::actions::links::file_name(path)))
         .then_some("a hard link the spawn made, in a directory its sandbox links")
     }
+}
+
+/// `path` is the file `key`, in `by_path` and `keys` (up to
+/// [`MAX_ENTRIES`] paths).
+fn record_file(
+    by_path: &mut HashMap<std::sync::Arc<[u8]>, Key>,
+    keys: &mut HashSet<Key>,
+    path: &Path,
+    key: Key,
+) {
+    if by_path.len() >= MAX_ENTRIES {
+        return;
+    }
+    by_path.insert(
+        super::shared_paths::shared(path.as_os_str().as_bytes()),
+        key,
+    );
+    keys.insert(key);
 }
 
 /// Records the identities behind `patterns`; returns them and the patterns

@@ -475,22 +475,13 @@ impl Kernel {
     }
 }
 
-/// The `SEEN` map, with a duplicate of its descriptor, and its filter.
+/// The `SEEN` array and its filter, mapped.
 fn seen_counts(
     map: aya::maps::Map,
     filter: aya::maps::Map,
 ) -> anyhow::Result<crate::kernel::seen::SeenCounts> {
-    use std::os::fd::AsFd as _;
-    let aya::maps::Map::HashMap(data) = &map else {
-        bail!("map SEEN is not a hash map");
-    };
-    let fd = data.fd().as_fd().try_clone_to_owned()?;
     let filter = crate::kernel::seen::FilterCells::new(filter).context("mapping SEEN_FILTER")?;
-    Ok(crate::kernel::seen::SeenCounts::new(
-        HashMap::try_from(map)?,
-        fd,
-        filter,
-    ))
+    crate::kernel::seen::SeenCounts::new(map, filter).context("mapping SEEN")
 }
 
 /// A program of the object, as its type.
@@ -785,6 +776,8 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         vfsmount_mnt_flags: off("vfsmount", "mnt_flags")?,
         binprm_filename: off("linux_binprm", "filename")?,
         task_exit_code: off("task_struct", "exit_code")?,
+        task_signal: off("task_struct", "signal")?,
+        signal_live: off("signal_struct", "live")?,
         socket_sk: off("socket", "sk")?,
         sock_peer_pid: off("sock", "sk_peer_pid")?,
         pid_nr: off("pid", "numbers")? + off("upid", "nr")?,

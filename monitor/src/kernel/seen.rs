@@ -1,67 +1,98 @@
-//! The kernel's counts of repeated opens (`SEEN`, `monitor-ebpf/src/seen.rs`):
-//! each is taken and its entry removed in one step when the process ends,
-//! so a repeat counted at that moment is never lost between a read and a
-//! delete. aya 0.14 has no lookup-and-delete for hash maps; this is that
-//! one `bpf(2)` command (kernel 5.14+ for hash maps), with a read-then-
-//! delete fallback for older kernels. Entries are keyed by the key's slot
-//! (`monitor_common::seen_slot`, as the kernel computes it) and hold the
-//! whole key.
+//! The kernel's counts of repeated opens (`SEEN`, `monitor-ebpf/src/seen.rs`),
+//! an array mapped here and taken in place when a process ends:
 //!
-//! Each entry taken is also taken off its group's count in `SEEN_FILTER`
-//! (mapped here): the kernel skips the lookup for a group that counts none
-//! (`monitor-ebpf/src/seen.rs`). A count left too high only costs the
-//! kernel a lookup; one too low, a full report.
+//! 1. the entry is retired (its first word set to `SEEN_RETIRED`): no
+//!    program matches the key from then on;
+//! 2. its count is swapped for `SEEN_TAKEN`: that is the count taken. A
+//!    program that matched the key before 1 and adds after 2 finds the
+//!    count at `SEEN_TAKEN` or above and reports that open in full, so no
+//!    repeat is lost or counted twice;
+//! 3. once no program that matched before 1 can still be running (an RCU
+//!    grace period: the programs run under `rcu_read_lock`, and
+//!    `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one), the entry is
+//!    zeroed, first word last, and the kernel may claim it again. A
+//!    helper thread waits for the grace periods; entries are freed at the
+//!    next take after theirs ended.
+//!
+//! Each entry freed is also taken off its group's count in `SEEN_FILTER`
+//! (mapped here): the kernel skips the comparison for a group that counts
+//! none. A count left too high only costs the kernel a comparison; one too
+//! low, a full report.
 use std::{
+    collections::VecDeque,
     io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    sync::atomic::{AtomicU32, Ordering},
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
-use aya::maps::{HashMap, MapData};
-use monitor_common::{SEEN_FILTER_CELLS, SeenEntry, SeenKey, seen_slot};
+use monitor_common::{
+    SEEN_ENTRIES, SEEN_FILTER_CELLS, SEEN_RETIRED, SEEN_TAKEN, SeenEntry, SeenKey, seen_index,
+    seen_slot,
+};
 
 use super::mapping::{Mapping, mmap};
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (uapi `enum bpf_cmd`).
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-/// `BPF_NOEXIST` (uapi): insert only.
-const BPF_NOEXIST: u64 = 1;
+/// Words of an entry: the key's six, then the count.
+const ENTRY_WORDS: usize = std::mem::size_of::<SeenEntry>() / 8;
+const KEY_WORDS: usize = std::mem::size_of::<SeenKey>() / 8;
 
 pub struct SeenCounts {
-    map: HashMap<MapData, u64, SeenEntry>,
-    /// The map's descriptor, for the command aya does not have.
-    fd: OwnedFd,
+    entries: MappedArray,
     filter: FilterCells,
+    /// Taken entries not yet free, with the grace period each waits for.
+    retired: VecDeque<(u32, u64)>,
+    grace: GracePeriods,
 }
 
-/// `SEEN_FILTER`'s cells, mapped.
-pub struct FilterCells {
+/// A map's values, mapped (`SEEN`, `SEEN_FILTER`).
+struct MappedArray {
     /// Keeps the map alive.
     _map: aya::maps::Map,
     mapping: Mapping,
 }
 
+impl MappedArray {
+    /// Maps `len` bytes of the array map `map`'s values.
+    fn new(map: aya::maps::Map, len: usize) -> io::Result<MappedArray> {
+        let aya::maps::Map::Array(data) = &map else {
+            return Err(io::Error::other("not an array map"));
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let mapping = mmap(fd, len, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        Ok(MappedArray { _map: map, mapping })
+    }
+
+    /// The mapped memory as `T` cells (shared with the kernel, which only
+    /// changes them atomically).
+    fn cells<T>(&self) -> &[T] {
+        // SAFETY: `len` mapped, page-aligned bytes; `T` is an atomic
+        // integer type that any bit pattern is valid for.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapping.ptr.as_ptr().cast::<T>(),
+                self.mapping.len / std::mem::size_of::<T>(),
+            )
+        }
+    }
+}
+
+/// `SEEN_FILTER`'s cells, mapped.
+pub struct FilterCells(MappedArray);
+
 impl FilterCells {
     /// Maps the `SEEN_FILTER` map's one value.
     pub fn new(map: aya::maps::Map) -> io::Result<FilterCells> {
-        let aya::maps::Map::Array(data) = &map else {
-            return Err(io::Error::other("map SEEN_FILTER is not an array"));
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
         let len = SEEN_FILTER_CELLS * std::mem::size_of::<u32>();
-        let mapping = mmap(fd, len, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        Ok(FilterCells { _map: map, mapping })
+        MappedArray::new(map, len).map(FilterCells)
     }
 
     fn cells(&self) -> &[AtomicU32] {
-        // SAFETY: `len` mapped bytes of u32 cells (page-aligned), shared
-        // with the kernel, which only adds to them atomically.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.mapping.ptr.as_ptr().cast::<AtomicU32>(),
-                self.mapping.len / std::mem::size_of::<u32>(),
-            )
-        }
+        self.0.cells()
     }
 }
 
@@ -72,67 +103,142 @@ pub fn release(cells: &[AtomicU32], slot: u64) {
     let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
-/// The part of `union bpf_attr` the element commands read.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+impl SeenCounts {
+    /// `map`: `SEEN`, an array of `SEEN_ENTRIES` entries.
+    pub fn new(map: aya::maps::Map, filter: FilterCells) -> io::Result<Self> {
+        let len = SEEN_ENTRIES as usize * std::mem::size_of::<SeenEntry>();
+        Ok(SeenCounts {
+            entries: MappedArray::new(map, len)?,
+            filter,
+            retired: VecDeque::new(),
+            grace: GracePeriods::start()?,
+        })
+    }
+
+    /// The repeats counted under `key`, its entry retired; `None` when its
+    /// entry holds no such key (another key's, or none: the kernel never
+    /// tracked it).
+    pub fn take(&mut self, key: &SeenKey) -> Option<u64> {
+        self.free_retired();
+        let index = seen_index(seen_slot(key));
+        let count = take_entry(self.entry(index), key)?;
+        self.retired.push_back((index, self.grace.ask()));
+        Some(count)
+    }
+
+    fn entry(&self, index: u32) -> &[AtomicU64] {
+        let start = index as usize * ENTRY_WORDS;
+        &self.entries.cells::<AtomicU64>()[start..start + ENTRY_WORDS]
+    }
+
+    /// Frees the retired entries whose grace period has ended.
+    pub fn free_retired(&mut self) {
+        let ended = self.grace.ended();
+        while let Some(&(index, period)) = self.retired.front()
+            && period <= ended
+        {
+            self.retired.pop_front();
+            free_entry(self.entry(index));
+            release(self.filter.cells(), u64::from(index));
+        }
+    }
 }
 
-impl SeenCounts {
-    /// `fd`: a duplicate of the map's descriptor.
-    pub fn new(map: HashMap<MapData, u64, SeenEntry>, fd: OwnedFd, filter: FilterCells) -> Self {
-        SeenCounts { map, fd, filter }
+/// The key's six words, as the kernel wrote them.
+fn key_words(key: &SeenKey) -> [u64; KEY_WORDS] {
+    // SAFETY: a repr(C) key of six u64 words, no padding (monitor_common).
+    unsafe { std::mem::transmute_copy(key) }
+}
+
+/// Steps 1 and 2 of the module's notes on one entry's words: the count,
+/// when the entry holds `key`.
+fn take_entry(entry: &[AtomicU64], key: &SeenKey) -> Option<u64> {
+    let words = key_words(key);
+    if !entry
+        .iter()
+        .zip(words)
+        .all(|(word, mine)| word.load(Ordering::Acquire) == mine)
+    {
+        return None;
+    }
+    entry[0]
+        .compare_exchange(words[0], SEEN_RETIRED, Ordering::AcqRel, Ordering::Acquire)
+        .ok()?;
+    Some(entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel))
+}
+
+/// Step 3: the entry zeroed, its first word last (the kernel claims an
+/// entry whose first word is 0, then writes the rest of its key).
+fn free_entry(entry: &[AtomicU64]) {
+    for word in &entry[1..] {
+        word.store(0, Ordering::Relaxed);
+    }
+    entry[0].store(0, Ordering::Release);
+}
+
+/// RCU grace periods, waited for by a helper thread (a wait blocks for
+/// milliseconds: not on the event loop).
+struct GracePeriods {
+    asked: u64,
+    ended: Arc<AtomicU64>,
+    ask: mpsc::Sender<u64>,
+}
+
+impl GracePeriods {
+    fn start() -> io::Result<GracePeriods> {
+        let (ask, asks) = mpsc::channel::<u64>();
+        let ended = Arc::new(AtomicU64::new(0));
+        let done = Arc::clone(&ended);
+        std::thread::Builder::new()
+            .name("mon-grace".into())
+            .spawn(move || {
+                while let Ok(mut period) = asks.recv() {
+                    // Asked again meanwhile: one wait covers them all.
+                    while let Ok(later) = asks.try_recv() {
+                        period = later;
+                    }
+                    wait_for_running_programs();
+                    done.store(period, Ordering::Release);
+                }
+            })?;
+        Ok(GracePeriods {
+            asked: 0,
+            ended,
+            ask,
+        })
     }
 
-    /// The repeats counted under `key`, its entry removed; `None` when the
-    /// kernel has no such entry. An entry of another key on the slot is
-    /// put back (the kernel only tracks a key whose insert succeeded, so
-    /// userspace never asks for a key whose slot another holds).
-    pub fn take(&mut self, key: &SeenKey) -> Option<u64> {
-        let slot = seen_slot(key);
-        let entry = self.take_slot(slot)?;
-        if entry.key == *key {
-            release(self.filter.cells(), slot);
-            return Some(entry.count);
-        }
-        let _ = self.map.insert(slot, entry, BPF_NOEXIST);
-        None
+    /// A grace period starting now: its number.
+    fn ask(&mut self) -> u64 {
+        self.asked += 1;
+        let _ = self.ask.send(self.asked);
+        self.asked
     }
 
-    fn take_slot(&mut self, slot: u64) -> Option<SeenEntry> {
-        let mut value = SeenEntry::default();
-        let attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: &slot as *const u64 as u64,
-            value: &mut value as *mut SeenEntry as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` points at a live key and value of the map's sizes.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                &attr as *const ElemAttr,
-                std::mem::size_of::<ElemAttr>(),
+    fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` (uapi): returns after an RCU grace period.
+const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+
+/// Returns once every BPF program running when it was called has finished:
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`. Refused on
+/// `nohz_full` kernels: then a second, logged once (no tracing program
+/// runs that long).
+fn wait_for_running_programs() {
+    // SAFETY: a syscall with no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            log::warn!(
+                "membarrier: {}; taken repeat counts are freed a second after their take",
+                io::Error::last_os_error()
             )
-        };
-        if r == 0 {
-            return Some(value);
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::ENOENT) => None,
-            // Older kernels: read, then delete.
-            _ => {
-                let entry = self.map.get(&slot, 0).ok()?;
-                let _ = self.map.remove(&slot);
-                Some(entry)
-            }
-        }
+        });
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -172,6 +278,39 @@ mod tests {
         }
         assert_eq!(seen_slot(&base), seen_slot(&key()));
         assert_eq!(seen_slot(&SeenKey::default()) & 1, 1);
+    }
+
+    /// The take's steps on one entry, with the kernel's side played by
+    /// hand: a repeat added after the take is seen as such (the count at
+    /// `SEEN_TAKEN` or above), another key is left alone, a retired entry
+    /// matches nothing, and a freed one is all zero.
+    #[test]
+    fn an_entry_is_taken_in_place_and_freed_first_word_last() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        use monitor_common::{SEEN_RETIRED, SEEN_TAKEN};
+
+        use super::{free_entry, key_words, take_entry};
+
+        let mine = key();
+        let words = key_words(&mine);
+        let entry: Vec<AtomicU64> = words
+            .iter()
+            .chain(&[41])
+            .map(|&w| AtomicU64::new(w))
+            .collect();
+        let mut other = mine;
+        other.tgid += 1;
+        assert_eq!(take_entry(&entry, &other), None, "another key's entry");
+        assert_eq!(entry[6].load(Ordering::Relaxed), 41);
+        assert_eq!(take_entry(&entry, &mine), Some(41));
+        assert_eq!(entry[0].load(Ordering::Relaxed), SEEN_RETIRED);
+        // A program that matched before the take adds after it.
+        let before = entry[6].fetch_add(1, Ordering::SeqCst);
+        assert!(before >= SEEN_TAKEN, "reported in full, not counted");
+        assert_eq!(take_entry(&entry, &mine), None, "taken once");
+        free_entry(&entry);
+        assert!(entry.iter().all(|w| w.load(Ordering::Relaxed) == 0));
     }
 
     #[test]

@@ -375,6 +375,7 @@ impl Handler {
         self.judge_all(ready);
         self.cache_verdicts(now, false);
         self.sweep_sandboxes();
+        self.repeats.free_taken();
     }
 
     /// `cache_risk` alerts for worker actions that ended (after their last

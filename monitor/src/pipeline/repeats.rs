@@ -56,6 +56,14 @@ impl RepeatTracker {
         self.take(origin, keys)
     }
 
+    /// Frees the kernel's entries taken earlier whose grace period ended
+    /// (`kernel::seen`), so it may count other keys there.
+    pub fn free_taken(&mut self) {
+        if let Some(counts) = self.counts.as_mut() {
+            counts.free_retired();
+        }
+    }
+
     /// At stop: the repeats of every process still running.
     pub fn take_all(&mut self) -> Vec<Repeats> {
         let all: Vec<(Origin, Vec<SeenKey>)> = self.by_pid.drain().map(|(_, v)| v).collect();
