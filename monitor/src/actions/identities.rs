@@ -131,7 +131,8 @@ impl Identities {
     ///   or link leads to: what is found there must be a file a declared
     ///   name or link led to, or one the action created;
     /// * anywhere (above a linked file: a mount over its directory): at a
-    ///   path a link led to, the file that link led to.
+    ///   path a link led to, likewise a file some declared name or link
+    ///   led to (another declared file there exposes nothing undeclared).
     ///
     /// Other mounts (a container's volumes) are the host's layout.
     pub fn mounted_over(
