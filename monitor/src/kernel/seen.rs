@@ -12,7 +12,7 @@
 //!    `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one), the entry is
 //!    zeroed, first word last, and the kernel may claim it again. A
 //!    helper thread waits for the grace periods; entries are freed at the
-//!    next take after theirs ended.
+//!    next take or event-loop tick after theirs ended.
 //!
 //! Each entry freed is also taken off its group's count in `SEEN_FILTER`
 //! (mapped here): the kernel skips the comparison for a group that counts
