@@ -785,19 +785,16 @@ pub const KFUNC_MARK_RDONLY_CAST: i32 = 0x4b46_0001;
 /// The read-only globals holding the kernel BTF ids of the structs the
 /// programs cast kernel addresses to (set by the loader), with those
 /// structs' names.
-pub const CAST_TYPES: [(&str, &str); 7] = [
+pub const CAST_TYPES: [(&str, &str); 3] = [
     ("BTF_ID_STRUCT_TASK", "task_struct"),
     ("BTF_ID_STRUCT_FILE", "file"),
     ("BTF_ID_STRUCT_PATH", "path"),
-    ("BTF_ID_STRUCT_DENTRY", "dentry"),
-    ("BTF_ID_STRUCT_MOUNT", "mount"),
-    ("BTF_ID_STRUCT_VFSMOUNT", "vfsmount"),
-    ("BTF_ID_STRUCT_MNT_NAMESPACE", "mnt_namespace"),
 ];
 
 /// The read-only global holding the kernel BTF id of a struct whose first
-/// member is a `struct file *`: an fd table slot is cast to it.
-pub const BTF_ID_FILE_SLOT: &str = "BTF_ID_FILE_SLOT";
+/// member is an 8-byte integer: a kernel address cast to it reads the word
+/// there as a plain number (`monitor-ebpf/src/kfunc.rs`, `word_at`).
+pub const BTF_ID_WORD_SLOT: &str = "BTF_ID_WORD_SLOT";
 
 /// The offsets the programs take as load-time constants (frozen read-only
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their

@@ -17,7 +17,7 @@ use monitor_common::{
 };
 
 use crate::{
-    kfunc,
+    kfunc::word_at,
     maps::{SCRATCH, SETTINGS},
     object::{Copied, Typed},
     offsets::{
@@ -25,8 +25,14 @@ use crate::{
         OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_PATH_DENTRY, OFF_PATH_MNT,
         OFF_VFSMOUNT_MNT_FLAGS, OFF_VFSMOUNT_ROOT, get,
     },
-    task::{load, read},
+    task::read,
 };
+
+/// A load-time offset, as an address increment.
+#[inline(always)]
+fn off(offset: &u32) -> u64 {
+    u64::from(get(offset))
+}
 
 pub struct Walk {
     pub len: u32,
@@ -298,55 +304,51 @@ impl WalkReads for Copied {
     }
 }
 
-/// Plain loads through `kfunc` casts, each pointer loaded made a plain
-/// number again (`kfunc::plain`): no helper call but the name's copy.
+/// Plain loads of each word at its address (`kfunc::word_at`): every
+/// pointer read is a plain number at once, with no helper call but the
+/// name's copy.
 impl WalkReads for Typed {
     #[inline(always)]
     fn path(_: &KernelOffsets, path_ptr: u64) -> (u64, u64) {
-        let path = kfunc::as_path(path_ptr);
         (
-            kfunc::plain(load(path, get(&OFF_PATH_DENTRY) as usize)),
-            kfunc::plain(load(path, get(&OFF_PATH_MNT) as usize)),
+            word_at(path_ptr + off(&OFF_PATH_DENTRY)),
+            word_at(path_ptr + off(&OFF_PATH_MNT)),
         )
     }
 
     #[inline(always)]
     fn mnt_root(_: &KernelOffsets, vfsmnt: u64) -> u64 {
-        let vfsmnt = kfunc::as_vfsmount(vfsmnt);
-        kfunc::plain(load(vfsmnt, get(&OFF_VFSMOUNT_ROOT) as usize))
+        word_at(vfsmnt + off(&OFF_VFSMOUNT_ROOT))
     }
 
     #[inline(always)]
     fn mount_up(_: &KernelOffsets, mount: u64) -> (u64, u64) {
-        let mount = kfunc::as_mount(mount);
         (
-            kfunc::plain(load(mount, get(&OFF_MOUNT_PARENT) as usize)),
-            kfunc::plain(load(mount, get(&OFF_MOUNT_MOUNTPOINT) as usize)),
+            word_at(mount + off(&OFF_MOUNT_PARENT)),
+            word_at(mount + off(&OFF_MOUNT_MOUNTPOINT)),
         )
     }
 
     #[inline(always)]
     fn dentry_up(_: &KernelOffsets, dentry: u64) -> (u64, u64) {
-        let dentry = kfunc::as_dentry(dentry);
         (
-            kfunc::plain(load(dentry, get(&OFF_DENTRY_PARENT) as usize)),
-            // A pointer to bytes, not to a struct: already a plain number.
-            load(dentry, get(&OFF_DENTRY_NAME_NAME) as usize),
+            word_at(dentry + off(&OFF_DENTRY_PARENT)),
+            word_at(dentry + off(&OFF_DENTRY_NAME_NAME)),
         )
     }
 
     #[inline(always)]
     fn top(_: &KernelOffsets, mount: u64, vfsmnt: u64) -> (u64, i32) {
-        let (mount, vfsmnt) = (kfunc::as_mount(mount), kfunc::as_vfsmount(vfsmnt));
         (
-            kfunc::plain(load(mount, get(&OFF_MOUNT_MNT_NS) as usize)),
-            load(vfsmnt, get(&OFF_VFSMOUNT_MNT_FLAGS) as usize),
+            word_at(mount + off(&OFF_MOUNT_MNT_NS)),
+            // `mnt_flags` is an int: the word's low half.
+            word_at(vfsmnt + off(&OFF_VFSMOUNT_MNT_FLAGS)) as i32,
         )
     }
 
     #[inline(always)]
     fn ns_id(_: &KernelOffsets, ns: u64) -> u64 {
-        load(kfunc::as_mnt_namespace(ns), get(&OFF_MNT_NS_ID) as usize)
+        word_at(ns + off(&OFF_MNT_NS_ID))
     }
 
     #[inline(always)]

@@ -9,11 +9,8 @@
 use monitor_common::KFUNC_MARK_RDONLY_CAST;
 
 use crate::{
-    maps::SCRATCH,
-    offsets::{
-        BTF_ID_FILE_SLOT, BTF_ID_STRUCT_DENTRY, BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_MNT_NAMESPACE,
-        BTF_ID_STRUCT_MOUNT, BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_TASK, BTF_ID_STRUCT_VFSMOUNT, get,
-    },
+    offsets::{BTF_ID_STRUCT_FILE, BTF_ID_STRUCT_PATH, BTF_ID_STRUCT_TASK, BTF_ID_WORD_SLOT, get},
+    task::load,
 };
 
 /// `bpf_rdonly_cast(ptr, btf_id)` (kernel 6.2+): `ptr` as a read-only,
@@ -52,48 +49,15 @@ pub fn as_path(path: u64) -> *const u8 {
     rdonly_cast(path, get(&BTF_ID_STRUCT_PATH))
 }
 
+/// The 8-byte word at kernel address `addr`, as a plain number: `addr`
+/// cast to a struct whose first member is an 8-byte integer (the loader
+/// picks one), loaded at offset 0. Any address, computed at run time too
+/// (a typed load needs a constant offset); a fault reads 0, as every load
+/// through a cast does. A pointer loaded through a typed cast stays typed
+/// to the verifier, which allows it no arithmetic: the walk's pointers
+/// went through map memory to become numbers (a per-CPU map lookup, a
+/// store and a load each) before this.
 #[inline(always)]
-pub fn as_dentry(dentry: u64) -> *const u8 {
-    rdonly_cast(dentry, get(&BTF_ID_STRUCT_DENTRY))
-}
-
-/// `mount`: a `struct mount *` (the mount around a `struct vfsmount`).
-#[inline(always)]
-pub fn as_mount(mount: u64) -> *const u8 {
-    rdonly_cast(mount, get(&BTF_ID_STRUCT_MOUNT))
-}
-
-#[inline(always)]
-pub fn as_vfsmount(vfsmount: u64) -> *const u8 {
-    rdonly_cast(vfsmount, get(&BTF_ID_STRUCT_VFSMOUNT))
-}
-
-#[inline(always)]
-pub fn as_mnt_namespace(ns: u64) -> *const u8 {
-    rdonly_cast(ns, get(&BTF_ID_STRUCT_MNT_NAMESPACE))
-}
-
-/// The fd table slot at `slot` as a typed pointer: its load at offset 0 is
-/// the `struct file *` (the loader picks a struct that starts with one).
-#[inline(always)]
-pub fn as_file_slot(slot: u64) -> *const u8 {
-    rdonly_cast(slot, get(&BTF_ID_FILE_SLOT))
-}
-
-/// `typed` (a pointer the verifier knows the type of) as a plain number,
-/// which a global function may take and arithmetic may use: stored into a
-/// map value and read back (map memory holds no types; storing a pointer
-/// there is allowed to the privileged programs these are). 0 if the
-/// scratch map is missing.
-#[inline(always)]
-pub fn plain(typed: u64) -> u64 {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: per-CPU scratch, used by this program only while it runs.
-    unsafe {
-        let slot = core::ptr::addr_of_mut!((*scratch).plain);
-        core::ptr::write_volatile(slot, typed);
-        core::ptr::read_volatile(slot)
-    }
+pub fn word_at(addr: u64) -> u64 {
+    load(rdonly_cast(addr, get(&BTF_ID_WORD_SLOT)), 0)
 }

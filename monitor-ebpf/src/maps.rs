@@ -48,8 +48,6 @@ pub struct Scratch {
     pub walk_bind_at: u64,
     /// Copies an open file's identity is read from (`object`).
     pub windows: Windows,
-    /// Where `kfunc::plain` passes a typed pointer through.
-    pub plain: u64,
     /// An open's repeat key, and the entry `seen::check` inserts for it:
     /// in map memory, where its typed pointers read back as numbers.
     pub seen: SeenEntry,

@@ -52,13 +52,9 @@ load_time_offsets!(
     BTF_ID_STRUCT_TASK,
     BTF_ID_STRUCT_FILE,
     BTF_ID_STRUCT_PATH,
-    BTF_ID_STRUCT_DENTRY,
-    BTF_ID_STRUCT_MOUNT,
-    BTF_ID_STRUCT_VFSMOUNT,
-    BTF_ID_STRUCT_MNT_NAMESPACE,
-    // The BTF id of a struct whose first member is a `struct file *`
-    // (`monitor_common::BTF_ID_FILE_SLOT`).
-    BTF_ID_FILE_SLOT,
+    // The BTF id of a struct whose first member is an 8-byte integer
+    // (`monitor_common::BTF_ID_WORD_SLOT`).
+    BTF_ID_WORD_SLOT,
 );
 
 /// The value the loader set.

@@ -97,7 +97,7 @@ pub fn file_of_fd_read(fd: i32) -> u64 {
 }
 
 /// As `file_of_fd_read`, with typed loads from the cast task and the slot
-/// cast too (`kfunc::as_file_slot`): no helper call at all. The BTF tracepoint's
+/// read as a plain word (`kfunc::word_at`): no probe read. The BTF tracepoint's
 /// reads only (see `kfunc`).
 #[inline(always)]
 pub fn file_of_fd_cast(fd: i32) -> u64 {
@@ -105,7 +105,7 @@ pub fn file_of_fd_cast(fd: i32) -> u64 {
     if slot == 0 {
         return 0;
     }
-    crate::kfunc::plain(load(crate::kfunc::as_file_slot(slot), 0))
+    crate::kfunc::word_at(slot)
 }
 
 /// The address of descriptor `fd`'s slot in `task`'s fd table (a plain

@@ -151,26 +151,17 @@ impl Btf {
         })
     }
 
-    /// The id of the struct `type_name` if its member `member` is at offset
-    /// 0 and is a pointer to the struct `target`.
-    pub fn pointer_member_at_start(
-        &self,
-        type_name: &str,
-        member: &str,
-        target: &str,
-    ) -> Option<u32> {
+    /// The id of the struct `type_name` when its `member` is an 8-byte
+    /// integer at offset 0 (through typedefs): a typed load at offset 0
+    /// of a pointer cast to it reads a plain number (`kfunc::word_at`).
+    pub fn word_member_at_start(&self, type_name: &str, member: &str) -> Option<u32> {
         let id = self.composite_id(type_name).ok()?;
         let (member_type, offset) = self
             .step(Composite { id }, member, &|| member.to_owned())
             .ok()?;
-        let (_, pointer) = self.skip_modifiers(member_type)?;
-        if pointer.kind != Kind::Ptr {
-            return None;
-        }
-        let (_, pointee) = self.skip_modifiers(pointer.size_or_type)?;
-        let is_target =
-            pointee.kind == Kind::Struct && self.types.name_of(&pointee) == Some(target);
-        (offset == 0 && is_target).then_some(id)
+        let (_, int) = self.skip_modifiers(member_type)?;
+        let whole_word = int.kind == Kind::Int && int.size_or_type == 8 && !int.is_partial_int();
+        (offset == 0 && whole_word).then_some(id)
     }
 
     /// Byte offset of `member_path` (dot-separated, e.g. "pwd.dentry" or
@@ -893,20 +884,14 @@ mod tests {
         assert_eq!(btf.function_id("no_such_kfunc"), None);
         // A struct is not a function.
         assert_eq!(btf.function_id("file"), None);
-        let kiocb = btf.composite_id("kiocb").unwrap();
+        let timespec = btf.composite_id("timespec64").unwrap();
         assert_eq!(
-            btf.pointer_member_at_start("kiocb", "ki_filp", "file"),
-            Some(kiocb)
+            btf.word_member_at_start("timespec64", "tv_sec"),
+            Some(timespec)
         );
-        // Not at offset 0, not a pointer, not to that struct.
-        assert_eq!(
-            btf.pointer_member_at_start("path", "dentry", "dentry"),
-            None
-        );
-        assert_eq!(
-            btf.pointer_member_at_start("qstr", "hash_len", "file"),
-            None
-        );
-        assert_eq!(btf.pointer_member_at_start("path", "mnt", "file"), None);
+        // Not at offset 0; a pointer; a 4-byte integer.
+        assert_eq!(btf.word_member_at_start("timespec64", "tv_nsec"), None);
+        assert_eq!(btf.word_member_at_start("kiocb", "ki_filp"), None);
+        assert_eq!(btf.word_member_at_start("qstr", "hash"), None);
     }
 }

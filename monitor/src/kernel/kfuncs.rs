@@ -28,13 +28,15 @@ pub struct Kfuncs {
     /// Each read-only global of `CAST_TYPES` with its struct's id, for the
     /// structs the kernel's BTF has.
     pub cast_types: Vec<(&'static str, u32)>,
-    /// A struct whose first member is a `struct file *`, the type an fd
-    /// table slot is cast to; `None` if the kernel has none of those known.
-    pub file_slot: Option<u32>,
+    /// A struct whose first member is an 8-byte integer: any kernel
+    /// address cast to it reads the word there as a plain number
+    /// (`kfunc::word_at`); `None` if the kernel has none of those known.
+    pub word_slot: Option<u32>,
 }
 
-/// Structs whose first member has long been a `struct file *`.
-const FILE_SLOT_TYPES: [(&str, &str); 2] = [("kiocb", "ki_filp"), ("fown_struct", "file")];
+/// Structs whose first member has long been an 8-byte integer.
+const WORD_SLOT_TYPES: [(&str, &str); 2] =
+    [("timespec64", "tv_sec"), ("__kernel_timespec", "tv_sec")];
 
 impl Kfuncs {
     pub fn from_btf(btf: &Btf) -> Kfuncs {
@@ -50,9 +52,9 @@ impl Kfuncs {
                     }
                 })
                 .collect(),
-            file_slot: FILE_SLOT_TYPES
+            word_slot: WORD_SLOT_TYPES
                 .iter()
-                .find_map(|(ty, member)| btf.pointer_member_at_start(ty, member, "file")),
+                .find_map(|(ty, member)| btf.word_member_at_start(ty, member)),
         }
     }
 
@@ -60,7 +62,7 @@ impl Kfuncs {
     /// syscall hook is the raw tracepoint, as on kernels without the kfunc.
     pub fn casts_available(&self) -> bool {
         self.rdonly_cast.is_some()
-            && self.file_slot.is_some()
+            && self.word_slot.is_some()
             && self.cast_types.len() == CAST_TYPES.len()
     }
 }
@@ -149,7 +151,7 @@ mod tests {
         let kfuncs = Kfuncs {
             rdonly_cast: Some(65504),
             cast_types: vec![("BTF_ID_STRUCT_FILE", 1)],
-            file_slot: Some(2),
+            word_slot: Some(2),
         };
         let (patched, sites) = patch(object, &kfuncs).unwrap();
         assert!(sites > 0, "no marked call in the kernel object");
@@ -167,7 +169,7 @@ mod tests {
         let all = Kfuncs {
             rdonly_cast: Some(7),
             cast_types: CAST_TYPES.iter().map(|&(global, _)| (global, 1)).collect(),
-            file_slot: Some(2),
+            word_slot: Some(2),
         };
         assert!(all.casts_available());
         let mut one_short = all.clone();
@@ -175,7 +177,7 @@ mod tests {
         assert!(!one_short.casts_available());
         assert!(
             !Kfuncs {
-                file_slot: None,
+                word_slot: None,
                 ..all.clone()
             }
             .casts_available()

@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use monitor_common::{
-    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, BTF_ID_FILE_SLOT, COMM_LEN, KernelOffsets,
+    ACTION_KEY_ANY_BYTES, ACTION_KEY_PORT_BYTES, BTF_ID_WORD_SLOT, COMM_LEN, KernelOffsets,
     LOST_REASONS, ListenerKey, MAX_LAUNCHERS, MAX_RUNNERS, MAX_SCOPES, PT_REGS_BX, PT_REGS_CX,
     PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, RUNNER_PATH_LEN, Scope,
     Settings, TASK_THREAD_INFO_STATUS,
@@ -640,8 +640,8 @@ fn load_object(
     for (global, id) in &kfuncs.cast_types {
         loader.override_global(global, id, true);
     }
-    let file_slot = kfuncs.file_slot.unwrap_or(0);
-    loader.override_global(BTF_ID_FILE_SLOT, &file_slot, true);
+    let word_slot = kfuncs.word_slot.unwrap_or(0);
+    loader.override_global(BTF_ID_WORD_SLOT, &word_slot, true);
     let (object, sites) = kfuncs::patch(object, kfuncs)?;
     log::debug!("{sites} kfunc call sites rewritten in the kernel object");
     loader
@@ -913,7 +913,7 @@ mod tests {
                 .iter()
                 .map(|&(global, _)| (global, 1))
                 .collect(),
-            file_slot: Some(1),
+            word_slot: Some(1),
         }
     }
 
