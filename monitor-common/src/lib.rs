@@ -267,8 +267,8 @@ pub struct SeenEntry {
     pub count: u64,
 }
 
-/// The `SEEN` slot of `key`: its 64 bits, mixed (the finaliser of
-/// MurmurHash3); never 0 (an empty `RECENT` slot in the kernel). The
+/// The `SEEN` slot of `key`: its 64 bits, mixed (one round of a
+/// multiplicative hash); never 0 (an empty `RECENT` slot in the kernel). The
 /// kernel and userspace both call this, so they agree on where a key
 /// lives. Each field is read with a volatile load: in the kernel the key
 /// sits in map memory, where the dentry and mount, stored from typed
@@ -285,11 +285,12 @@ pub fn seen_slot(key: &SeenKey) -> u64 {
         ^ word(3).rotate_left(39)
         ^ word(4).rotate_left(52)
         ^ word(5).rotate_left(7);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
+    // One multiply round, its high bits folded down: the slot's index is
+    // its low bits. A collision only costs reports (a key whose entry
+    // holds another is reported in full), never hides one.
+    h ^= h >> 32;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
     h | 1
 }
 

@@ -90,10 +90,23 @@ pub struct Identity {
     /// `f_path`.
     pub mnt: u64,
     pub dentry: u64,
+    /// `i_nlink`, `i_mode` and `i_sb` (`sb`: a number): `Copied` only, which
+    /// has them in its copy of the inode; `Typed` reads them from `inode`
+    /// when the open is described (`Reader::details`), not for a repeat.
     nlink: u32,
     i_mode: u16,
-    /// `i_sb`: a number for `Copied`, a typed pointer for `Typed`.
     sb: u64,
+    /// `f_inode`: a typed pointer for `Typed`, a number for `Copied`.
+    inode: u64,
+}
+
+/// What a description adds to an identity: the inode's link count and
+/// mode, and its file system's device and magic.
+pub struct Details {
+    nlink: u32,
+    i_mode: u16,
+    dev: u32,
+    magic: u64,
 }
 
 impl Identity {
@@ -108,6 +121,7 @@ impl Identity {
         nlink: 0,
         i_mode: 0,
         sb: 0,
+        inode: 0,
     };
 }
 
@@ -121,8 +135,8 @@ pub trait Reader: crate::dpath::WalkReads {
     /// Reads the `Identity` of `file` (a `struct file *`), with `w` as
     /// room for copies.
     fn identity(file: u64, w: &mut Windows) -> Identity;
-    /// The super block's device and magic (`sb` as `identity` gave it).
-    fn super_block(sb: u64, w: &mut Windows) -> (u32, u64);
+    /// The rest of `id`'s description (with `w` as `identity` left it).
+    fn details(id: &Identity, w: &mut Windows) -> Details;
     /// Whether these reads may count failed probes in the kernel
     /// (`sandbox::fold_probe`): only typed loads make its walk cheap (a
     /// walk of probe reads would cost more than the report it saves).
@@ -136,7 +150,7 @@ pub struct Copied;
 /// The BTF tracepoint: the file cast to a typed pointer (`kfunc::as_file`);
 /// every field, and the inode and super block behind it, is a plain load,
 /// as is the fd slot (`task::file_of_fd_cast`): no helper call. The
-/// identity's `mnt`, `dentry` and `sb` are typed pointers to the verifier;
+/// identity's `mnt`, `dentry` and `inode` are typed pointers to the verifier;
 /// they go into the repeat key and the event, which only privileged
 /// programs may do (these are: the loader requires CAP_BPF and CAP_PERFMON).
 pub struct Typed;
@@ -169,16 +183,19 @@ impl Reader for Copied {
             nlink: w.inode.field(get(&OFF_INODE_I_NLINK)),
             i_mode: w.inode.field(get(&OFF_INODE_I_MODE)),
             sb: w.inode.field(get(&OFF_INODE_I_SB)),
+            inode,
         }
     }
 
     #[inline(always)]
-    fn super_block(sb: u64, w: &mut Windows) -> (u32, u64) {
-        w.sb.load(sb);
-        (
-            w.sb.field(get(&OFF_SB_S_DEV)),
-            w.sb.field(get(&OFF_SB_S_MAGIC)),
-        )
+    fn details(id: &Identity, w: &mut Windows) -> Details {
+        w.sb.load(id.sb);
+        Details {
+            nlink: id.nlink,
+            i_mode: id.i_mode,
+            dev: w.sb.field(get(&OFF_SB_S_DEV)),
+            magic: w.sb.field(get(&OFF_SB_S_MAGIC)),
+        }
     }
 
     const FOLDS_PROBES: bool = false;
@@ -208,19 +225,23 @@ impl Reader for Typed {
             generation: load(inode, get(&OFF_INODE_I_GENERATION) as usize),
             mnt,
             dentry,
-            nlink: load(inode, get(&OFF_INODE_I_NLINK) as usize),
-            i_mode: load(inode, get(&OFF_INODE_I_MODE) as usize),
-            sb: load(inode, get(&OFF_INODE_I_SB) as usize),
+            nlink: 0,
+            i_mode: 0,
+            sb: 0,
+            inode: inode as u64,
         }
     }
 
     #[inline(always)]
-    fn super_block(sb: u64, _: &mut Windows) -> (u32, u64) {
-        let sb = sb as *const u8;
-        (
-            load(sb, get(&OFF_SB_S_DEV) as usize),
-            load(sb, get(&OFF_SB_S_MAGIC) as usize),
-        )
+    fn details(id: &Identity, _: &mut Windows) -> Details {
+        let inode = id.inode as *const u8;
+        let sb: *const u8 = load(inode, get(&OFF_INODE_I_SB) as usize);
+        Details {
+            nlink: load(inode, get(&OFF_INODE_I_NLINK) as usize),
+            i_mode: load(inode, get(&OFF_INODE_I_MODE) as usize),
+            dev: load(sb, get(&OFF_SB_S_DEV) as usize),
+            magic: load(sb, get(&OFF_SB_S_MAGIC) as usize),
+        }
     }
 
     const FOLDS_PROBES: bool = true;
@@ -236,17 +257,17 @@ fn mnt_and_dentry(first: u64, second: u64) -> (u64, u64) {
     }
 }
 
-/// Fills the identity fields of `ev` from `file`'s `Identity`, reading its
-/// super block (into `w` for `Copied`).
+/// Fills the identity fields of `ev` from `file`'s `Identity`, reading the rest
+/// (`Reader::details`; into `w` for `Copied`).
 #[inline(always)]
 pub fn describe<R: Reader>(o: &KernelOffsets, id: &Identity, w: &mut Windows, ev: &mut FileEvent) {
-    let (dev, magic) = R::super_block(id.sb, w);
+    let details = R::details(id, w);
     ev.ino = id.ino;
-    ev.dev = dev;
-    ev.fs_magic = magic as u32;
-    ev.nlink = id.nlink;
+    ev.dev = details.dev;
+    ev.fs_magic = details.magic as u32;
+    ev.nlink = details.nlink;
     ev.f_mode = id.f_mode;
-    ev.i_mode = id.i_mode as u32;
+    ev.i_mode = details.i_mode as u32;
     ev.proc_tgid = if ev.fs_magic == PROC_SUPER_MAGIC {
         proc_owner(o, read(id.file, get(&OFF_FILE_F_INODE)))
     } else {

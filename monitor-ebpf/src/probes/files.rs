@@ -155,6 +155,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
 
 /// Reports an open by `m`'s task that returned `ret`; `file` is the
 /// `struct file` opened (0 for a failed open). Repeats are only counted.
+#[inline(always)]
 pub fn report<R: Reader>(
     settings: &Settings,
     m: &Match,
