@@ -267,9 +267,12 @@ pub struct SeenEntry {
     pub count: u64,
 }
 
-/// The `SEEN` slot of `key`: its 64 bits, mixed (one round of a
-/// multiplicative hash); never 0 (an empty `RECENT` slot in the kernel). The
-/// kernel and userspace both call this, so they agree on where a key
+/// The `SEEN` slot of `key`: its words but the generation, mixed (one
+/// round of a multiplicative hash); never 0 (an empty `RECENT` slot in the
+/// kernel). The generation is left out so that the kernel reads it only
+/// when it compares or claims a whole key (keys that differ by it alone
+/// share a slot, and are told apart there). The kernel and userspace both
+/// call this, so they agree on where a key
 /// lives. Each field is read with a volatile load: in the kernel the key
 /// sits in map memory, where the dentry and mount, stored from typed
 /// pointers, read back as plain numbers (a register still holding the
@@ -284,7 +287,7 @@ pub fn seen_slot(key: &SeenKey) -> u64 {
         ^ word(2).rotate_left(26)
         ^ word(3).rotate_left(39)
         ^ word(4).rotate_left(52)
-        ^ word(5).rotate_left(7);
+        ^ (word(5) >> 32).rotate_left(7);
     // One multiply round, its high bits folded down: the slot's index is
     // its low bits. A collision only costs reports (a key whose entry
     // holds another is reported in full), never hides one.

@@ -101,14 +101,15 @@ pub fn fill_key(key: &mut SeenKey, id: &Identity, flags: u64, m: &Match) {
     let access_class =
         (flags as u32 & ACCESS_CLASS_FLAGS) | if created { ACCESS_CREATED } else { 0 };
     // The key's layout, little-endian: tgid and its padding, then
-    // generation and access class, share a word each.
+    // generation and access class, share a word each. The generation is
+    // added by `check` when it needs the whole key (`with_generation`).
     let words = [
         m.action_cgroup_id,
         id.ino,
         id.dentry,
         id.mnt,
         m.pid_tgid >> 32,
-        id.generation as u64 | (access_class as u64) << 32,
+        (access_class as u64) << 32,
     ];
     let to = key as *mut SeenKey as *mut u64;
     for (i, word) in words.into_iter().enumerate() {
@@ -117,11 +118,13 @@ pub fn fill_key(key: &mut SeenKey, id: &Identity, flags: u64, m: &Match) {
     }
 }
 
-/// `entry` is map memory (the per-CPU scratch) with its key filled: the
-/// slot is computed from it (see `seen_slot`), and its key is what a claim
+/// `entry` is map memory (the per-CPU scratch) with its key filled but
+/// for the generation, which `generation` reads when the whole key is
+/// needed (to compare or claim; not for an object opened once): the slot
+/// is computed without it (see `seen_slot`), and its key is what a claim
 /// writes.
 #[inline(always)]
-pub fn check(entry: &mut SeenEntry) -> Seen {
+pub fn check(entry: &mut SeenEntry, generation: impl Fn() -> u32) -> Seen {
     let slot = seen_slot(&entry.key);
     let cell = filter_cell(slot);
     let Some(found) = SEEN.get_ptr_mut(seen_index(slot)) else {
@@ -129,6 +132,9 @@ pub fn check(entry: &mut SeenEntry) -> Seen {
     };
     // SAFETY: a map value's word, alive while this program runs.
     let may_hold = cell.is_none_or(|cell| unsafe { core::ptr::read_volatile(cell) } != 0);
+    if may_hold {
+        with_generation(entry, generation());
+    }
     // SAFETY: `found` is a map value, alive while this program runs.
     if may_hold && unsafe { same_key(&(*found).key, &entry.key) } {
         // SAFETY: as above.
@@ -141,6 +147,9 @@ pub fn check(entry: &mut SeenEntry) -> Seen {
     if !seen_recently(slot) {
         return Seen::Once;
     }
+    if !may_hold {
+        with_generation(entry, generation());
+    }
     // SAFETY: as above; `entry` is map memory of six key words.
     if !unsafe { claim(found, entry) } {
         return Seen::Untracked;
@@ -150,6 +159,17 @@ pub fn check(entry: &mut SeenEntry) -> Seen {
         unsafe { add_one_u32(cell) };
     }
     Seen::First
+}
+
+/// Puts `generation` into `entry`'s key (its word with the access class,
+/// whose low half `fill_key` left 0).
+#[inline(always)]
+fn with_generation(entry: &mut SeenEntry, generation: u32) {
+    let word = core::ptr::addr_of_mut!(entry.key.generation) as *mut u64;
+    // SAFETY: the key's sixth aligned word (generation, access class).
+    unsafe {
+        core::ptr::write_volatile(word, core::ptr::read_volatile(word) | u64::from(generation))
+    };
 }
 
 /// Takes the free entry `found` for `entry`'s key: its first word from 0

@@ -178,7 +178,7 @@ pub fn report<R: Reader>(
     let mut tracked = false;
     if has_object {
         seen::fill_key(&mut scratch.seen.key, &id, args.flags, m);
-        match seen::check(&mut scratch.seen) {
+        match seen::check(&mut scratch.seen, || R::generation(&id)) {
             Seen::Repeat => return Some(()),
             Seen::First => tracked = true,
             Seen::Once | Seen::Untracked => {}
