@@ -332,6 +332,18 @@ fn threads_repeating_at_once_and_a_take_while_they_run_keep_counts_exact() {
     }
     // Positive control: the kernel did count repeats (not all reported).
     assert!(repeats > 0.0, "no repeat was counted");
+    // Each thread adds to its own keys without an atomic: no add may land
+    // after its count was taken (counted as lost if one did).
+    let text = daemon.metrics_text();
+    assert_eq!(
+        metric(
+            &text,
+            "build_monitor_events_lost_total",
+            &[("reason", "repeat_after_take")]
+        ),
+        0.0,
+        "{text}"
+    );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
     assert_eq!(

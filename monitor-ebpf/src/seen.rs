@@ -1,9 +1,11 @@
-//! Pay once per object, not per open: a process's repeated access of one
+//! Pay once per object, not per open: a thread's repeated access of one
 //! kind to one object is counted, not reported. An open whose key is in
 //! `SEEN` only adds one to the count there (no path walk, no ring record).
-//! Userspace takes each count, exactly, when the process ends
+//! Userspace takes each count, exactly, when the thread's process ends
 //! (`kernel::seen`). When the key's entry holds another key, opens are
-//! reported in full, as without it.
+//! reported in full, as without it. Keys name the thread, not the process:
+//! a thread's adds never race, so they are a plain load and store (a
+//! process whose threads open one object each report their first opens).
 //!
 //! `SEEN` is an array: the key's entry is at its slot's low bits
 //! (`monitor_common::seen_index`) and holds the whole key, which this code
@@ -20,8 +22,9 @@
 //! swaps its count for `SEEN_TAKEN`, and frees it only after every program
 //! that might have matched the key before has finished (an RCU grace
 //! period). A repeat whose add finds the count at `SEEN_TAKEN` or above
-//! came after the take: it is reported in full, so no repeat is lost or
-//! counted twice.
+//! came after the take: it is reported in full. Counts are taken when the
+//! process has ended, so no add can come between (userspace still checks
+//! at the free, and at its stop settles the running processes' first).
 //!
 //! Most opens are first accesses, which find nothing in `SEEN`; a lookup
 //! that finds nothing still reads a random line of a large map (measured
@@ -100,7 +103,7 @@ pub fn fill_key(key: &mut SeenKey, id: &Identity, flags: u64, m: &Match) {
     let created = id.f_mode & FMODE_CREATED != 0;
     let access_class =
         (flags as u32 & ACCESS_CLASS_FLAGS) | if created { ACCESS_CREATED } else { 0 };
-    // The key's layout, little-endian: tgid and its padding, then
+    // The key's layout, little-endian: the thread id and its padding, then
     // generation and access class, share a word each. The generation is
     // added by `check` when it needs the whole key (`with_generation`).
     let words = [
@@ -108,7 +111,7 @@ pub fn fill_key(key: &mut SeenKey, id: &Identity, flags: u64, m: &Match) {
         id.ino,
         id.dentry,
         id.mnt,
-        m.pid_tgid >> 32,
+        m.pid_tgid & 0xffff_ffff,
         (access_class as u64) << 32,
     ];
     let to = key as *mut SeenKey as *mut u64;
@@ -236,22 +239,28 @@ fn seen_recently(slot: u64) -> bool {
 }
 
 /// Adds one to `count` unless userspace has taken it (at `SEEN_TAKEN` or
-/// above) or another CPU changed it meanwhile: one compare-and-exchange,
-/// no loop. `false`: the open is reported in full, never lost. (The BPF
-/// target builds for `--cpu generic`, where an atomic add cannot return
-/// the value it found.)
+/// above): `false`, and the open is reported in full, never lost. A plain
+/// load and store: the key names one thread, and a thread's programs run
+/// one at a time. Userspace swaps the count atomically; an add that read
+/// it before that swap and stores after it is found when the entry is
+/// freed (`kernel::seen`), which cannot happen for a count taken when the
+/// thread's process has ended, as counts are.
 #[inline(always)]
 unsafe fn add_one_unless_taken(count: *mut u64) -> bool {
     // SAFETY: the caller passes a valid map value word.
     unsafe {
         let now = core::ptr::read_volatile(count);
-        now < SEEN_TAKEN && compare_exchange(count, now, now + 1)
+        if now >= SEEN_TAKEN {
+            return false;
+        }
+        core::ptr::write_volatile(count, now + 1);
     }
+    true
 }
 
-/// `*word` from `current` to `new`, if it was `current`. Atomic: threads
-/// of one process may repeat on several CPUs at once. The BPF target's
-/// core has no atomic types: this is the intrinsic (a BPF atomic).
+/// `*word` from `current` to `new`, if it was `current`. Atomic: two CPUs
+/// may claim one free entry at once. The BPF target's core has no atomic
+/// types: this is the intrinsic (a BPF atomic).
 #[cfg(target_arch = "bpf")]
 #[inline(always)]
 unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> bool {

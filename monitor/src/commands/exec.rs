@@ -291,7 +291,7 @@ fn completeness(running: &start::Running) -> Completeness {
     .iter()
     .map(|k| (k.to_string(), count(&m.events_total, k)))
     .collect();
-    let events_lost = ["ringbuf_full", "lineage_full", "decode_error"]
+    let events_lost = crate::output::metrics::LOST_REASONS
         .iter()
         .map(|r| (r.to_string(), count(&m.events_lost_total, r)))
         .collect();

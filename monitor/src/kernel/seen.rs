@@ -4,9 +4,16 @@
 //! 1. the entry is retired (its first word set to `SEEN_RETIRED`): no
 //!    program matches the key from then on;
 //! 2. its count is swapped for `SEEN_TAKEN`: that is the count taken. A
-//!    program that matched the key before 1 and adds after 2 finds the
-//!    count at `SEEN_TAKEN` or above and reports that open in full, so no
-//!    repeat is lost or counted twice;
+//!    program that matched the key before 1 and reads the count after 2
+//!    finds it at `SEEN_TAKEN` or above and reports that open in full.
+//!    The kernel adds with a plain load and store (a key names one
+//!    thread): an add that read the count before 2 and stores after it
+//!    would be lost. Counts are taken when the key's process has ended,
+//!    after its threads' last syscalls, so none can; the free (3) checks
+//!    and counts any such add ([`SeenCounts::strays`], never silent), and
+//!    at the monitor's stop, with processes still running, the entries are
+//!    retired and a grace period waited for before their counts are read
+//!    ([`SeenCounts::take_settled`]);
 //! 3. once no program that matched before 1 can still be running (an RCU
 //!    grace period: the programs run under `rcu_read_lock`, and
 //!    `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one), the entry is
@@ -44,9 +51,12 @@ const KEY_WORDS: usize = std::mem::size_of::<SeenKey>() / 8;
 pub struct SeenCounts {
     entries: MappedArray,
     filter: FilterCells,
-    /// Taken entries not yet free, with the grace period each waits for.
-    retired: VecDeque<(u32, u64)>,
+    /// Taken entries not yet free: index, the grace period each waits
+    /// for, and the count taken.
+    retired: VecDeque<(u32, u64, u64)>,
     grace: GracePeriods,
+    /// Repeats the kernel added after their count was taken (module notes).
+    strays: u64,
 }
 
 /// A map's values, mapped (`SEEN`, `SEEN_FILTER`).
@@ -112,6 +122,7 @@ impl SeenCounts {
             filter,
             retired: VecDeque::new(),
             grace: GracePeriods::start()?,
+            strays: 0,
         })
     }
 
@@ -122,8 +133,40 @@ impl SeenCounts {
         self.free_retired();
         let index = seen_index(seen_slot(key));
         let count = take_entry(self.entry(index), key)?;
-        self.retired.push_back((index, self.grace.ask()));
+        self.retired.push_back((index, self.grace.ask(), count));
         Some(count)
+    }
+
+    /// As [`SeenCounts::take`] for each of `keys` (`None`: not in its
+    /// entry), for processes that may still be running: every entry is
+    /// retired first, and the counts read once no program that matched a
+    /// key before can still be running (waited for here), then freed.
+    pub fn take_settled(&mut self, keys: &[SeenKey]) -> Vec<Option<u64>> {
+        let retired: Vec<Option<u32>> = keys
+            .iter()
+            .map(|key| {
+                let index = seen_index(seen_slot(key));
+                retire_entry(self.entry(index), key).then_some(index)
+            })
+            .collect();
+        wait_for_running_programs();
+        retired
+            .into_iter()
+            .map(|index| {
+                let index = index?;
+                let entry = self.entry(index);
+                let count = entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel);
+                free_entry(entry);
+                release(self.filter.cells(), u64::from(index));
+                Some(count)
+            })
+            .collect()
+    }
+
+    /// Repeats the kernel counted after their count was taken, found at
+    /// the frees so far (0 unless a process's thread outlived its exit).
+    pub fn strays(&self) -> u64 {
+        self.strays
     }
 
     fn entry(&self, index: u32) -> &[AtomicU64] {
@@ -134,10 +177,12 @@ impl SeenCounts {
     /// Frees the retired entries whose grace period has ended.
     pub fn free_retired(&mut self) {
         let ended = self.grace.ended();
-        while let Some(&(index, period)) = self.retired.front()
+        while let Some(&(index, period, taken)) = self.retired.front()
             && period <= ended
         {
             self.retired.pop_front();
+            let strays = stray_adds(self.entry(index), taken);
+            self.strays += strays;
             free_entry(self.entry(index));
             release(self.filter.cells(), u64::from(index));
         }
@@ -153,18 +198,29 @@ fn key_words(key: &SeenKey) -> [u64; KEY_WORDS] {
 /// Steps 1 and 2 of the module's notes on one entry's words: the count,
 /// when the entry holds `key`.
 fn take_entry(entry: &[AtomicU64], key: &SeenKey) -> Option<u64> {
+    retire_entry(entry, key).then(|| entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel))
+}
+
+/// Step 1: whether the entry held `key` (and is now retired).
+fn retire_entry(entry: &[AtomicU64], key: &SeenKey) -> bool {
     let words = key_words(key);
-    if !entry
+    entry
         .iter()
         .zip(words)
         .all(|(word, mine)| word.load(Ordering::Acquire) == mine)
-    {
-        return None;
+        && entry[0]
+            .compare_exchange(words[0], SEEN_RETIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
+/// Adds stored after the count `taken` was swapped out, once the entry's
+/// grace period has ended: each such add read the count before the swap,
+/// so they chain on from `taken`.
+fn stray_adds(entry: &[AtomicU64], taken: u64) -> u64 {
+    match entry[KEY_WORDS].load(Ordering::Acquire) {
+        SEEN_TAKEN.. => 0,
+        now => now.saturating_sub(taken),
     }
-    entry[0]
-        .compare_exchange(words[0], SEEN_RETIRED, Ordering::AcqRel, Ordering::Acquire)
-        .ok()?;
-    Some(entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel))
 }
 
 /// Step 3: the entry zeroed, its first word last (the kernel claims an
@@ -252,7 +308,7 @@ mod tests {
             ino: 17,
             dentry: 0xffff_8880_1234_5678,
             mnt: 0xffff_8880_8765_4320,
-            tgid: 900,
+            tid: 900,
             _pad: 0,
             generation: 3,
             access_class: 0o1,
@@ -267,7 +323,7 @@ mod tests {
             |k| k.ino += 1,
             |k| k.dentry += 0x40,
             |k| k.mnt += 0x40,
-            |k| k.tgid += 1,
+            |k| k.tid += 1,
             |k| k.access_class |= 1 << 31,
         ];
         for change in changed {
@@ -296,24 +352,30 @@ mod tests {
             let mut k = key();
             k.ino += i;
             k.dentry += 0xc0 * i;
-            k.tgid += (i % 4) as u32;
+            k.tid += (i % 4) as u32;
             indexes.insert(seen_index(seen_slot(&k)));
         }
         assert!(indexes.len() > 3800, "{} distinct of 4096", indexes.len());
     }
 
     /// The take's steps on one entry, with the kernel's side played by
-    /// hand: a repeat added after the take is seen as such (the count at
-    /// `SEEN_TAKEN` or above), another key is left alone, a retired entry
-    /// matches nothing, and a freed one is all zero.
+    /// hand (its add: a plain load, and a store unless the count is at
+    /// `SEEN_TAKEN` or above): an add after the take is refused, one that
+    /// read the count before the take and stored after it is found at the
+    /// free, another key is left alone, a retired entry matches nothing,
+    /// and a freed one is all zero.
     #[test]
     fn an_entry_is_taken_in_place_and_freed_first_word_last() {
         use std::sync::atomic::{AtomicU64, Ordering};
 
         use monitor_common::{SEEN_RETIRED, SEEN_TAKEN};
 
-        use super::{free_entry, key_words, take_entry};
+        use super::{free_entry, key_words, stray_adds, take_entry};
 
+        let kernel_reads = |entry: &[AtomicU64]| entry[6].load(Ordering::SeqCst);
+        let kernel_adds = |entry: &[AtomicU64], read: u64| {
+            (read < SEEN_TAKEN).then(|| entry[6].store(read + 1, Ordering::SeqCst))
+        };
         let mine = key();
         let words = key_words(&mine);
         let entry: Vec<AtomicU64> = words
@@ -322,15 +384,19 @@ mod tests {
             .map(|&w| AtomicU64::new(w))
             .collect();
         let mut other = mine;
-        other.tgid += 1;
+        other.tid += 1;
         assert_eq!(take_entry(&entry, &other), None, "another key's entry");
         assert_eq!(entry[6].load(Ordering::Relaxed), 41);
+        // An add that read the count before the take and stores after it.
+        let read_early = kernel_reads(&entry);
         assert_eq!(take_entry(&entry, &mine), Some(41));
         assert_eq!(entry[0].load(Ordering::Relaxed), SEEN_RETIRED);
-        // A program that matched before the take adds after it.
-        let before = entry[6].fetch_add(1, Ordering::SeqCst);
-        assert!(before >= SEEN_TAKEN, "reported in full, not counted");
+        // One that reads after the take is refused: reported in full.
+        assert_eq!(kernel_adds(&entry, kernel_reads(&entry)), None);
+        assert_eq!(stray_adds(&entry, 41), 0, "nothing stored after the take");
+        assert!(kernel_adds(&entry, read_early).is_some());
         assert_eq!(take_entry(&entry, &mine), None, "taken once");
+        assert_eq!(stray_adds(&entry, 41), 1, "the late store, counted");
         free_entry(&entry);
         assert!(entry.iter().all(|w| w.load(Ordering::Relaxed) == 0));
     }

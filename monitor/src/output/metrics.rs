@@ -7,6 +7,16 @@ use crate::output::fleet_metrics::FleetMetrics;
 
 pub const NAMESPACE: &str = "build_monitor";
 
+/// Every `events_lost_total` reason: the kernel's (`ringbuf_full`,
+/// `lineage_full`), a record that did not decode, and a repeat counted
+/// after its process's count was taken (`kernel::seen`).
+pub const LOST_REASONS: [&str; 4] = [
+    "ringbuf_full",
+    "lineage_full",
+    "decode_error",
+    "repeat_after_take",
+];
+
 /// All metrics of the monitor, registered in their own registry so that only
 /// these (and no process-global defaults) are exported.
 pub struct Metrics {
@@ -133,7 +143,7 @@ impl Metrics {
     /// vector with no series is not exported at all; these also make every
     /// contract family visible (and `absent()`-checkable) before traffic.
     fn create_zero_series(&self) {
-        for reason in ["ringbuf_full", "lineage_full", "decode_error"] {
+        for reason in LOST_REASONS {
             self.events_lost_total.with_label_values(&[reason]);
         }
         for sink in ["stdout", "file", "webhook", "alertmanager"] {

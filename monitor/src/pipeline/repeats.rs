@@ -64,11 +64,28 @@ impl RepeatTracker {
         }
     }
 
+    /// Repeats the kernel counted after their count was taken (expected 0;
+    /// `kernel::seen`).
+    pub fn strays(&self) -> u64 {
+        self.counts.as_ref().map_or(0, SeenCounts::strays)
+    }
+
     /// At stop: the repeats of every process still running.
+    /// Their threads may still be adding: the counts are settled first
+    /// (`SeenCounts::take_settled`), all in one wait.
     pub fn take_all(&mut self) -> Vec<Repeats> {
-        let all: Vec<(Origin, Vec<SeenKey>)> = self.by_pid.drain().map(|(_, v)| v).collect();
-        all.into_iter()
-            .flat_map(|(origin, keys)| self.take(&origin, keys))
+        let keys: Vec<(Origin, SeenKey)> = self
+            .by_pid
+            .drain()
+            .flat_map(|(_, (origin, keys))| keys.into_iter().map(move |key| (origin, key)))
+            .collect();
+        let Some(counts) = self.counts.as_mut() else {
+            return Vec::new();
+        };
+        let taken = counts.take_settled(&keys.iter().map(|(_, key)| *key).collect::<Vec<_>>());
+        keys.into_iter()
+            .zip(taken)
+            .filter_map(|((origin, key), count)| self.repeats(origin, key, count.unwrap_or(0)))
             .collect()
     }
 
@@ -76,20 +93,24 @@ impl RepeatTracker {
         let Some(counts) = self.counts.as_mut() else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for key in keys {
-            match counts.take(&key).unwrap_or(0) {
-                0 => {
-                    self.verdicts.remove(&key);
-                }
-                count => out.push(Repeats {
-                    origin: *origin,
-                    key,
-                    count,
-                }),
-            }
+        let taken: Vec<(SeenKey, u64)> = keys
+            .into_iter()
+            .map(|key| (key, counts.take(&key).unwrap_or(0)))
+            .collect();
+        taken
+            .into_iter()
+            .filter_map(|(key, count)| self.repeats(*origin, key, count))
+            .collect()
+    }
+
+    /// `count` repeats of `key`, if any (else its first open's verdict is
+    /// forgotten: nothing will ask for it).
+    fn repeats(&mut self, origin: Origin, key: SeenKey, count: u64) -> Option<Repeats> {
+        if count == 0 {
+            self.verdicts.remove(&key);
+            return None;
         }
-        out
+        Some(Repeats { origin, key, count })
     }
 
     /// The violation repeats of `key` add to (and forget the key).
