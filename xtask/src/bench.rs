@@ -10,6 +10,7 @@
 //! then times one operation repeated (open+close of one file, of distinct
 //! files, or a loopback connect).
 
+mod ab;
 pub(crate) mod builds;
 pub(crate) mod flood;
 pub(crate) mod kernel_profile;
@@ -34,6 +35,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub use ab::{AbOptions, run as run_ab};
 use worker::{BATCH, WORKLOADS, WorkerReport, Workload};
 pub use worker::{WorkerOptions, worker};
 
@@ -414,6 +416,11 @@ impl Bench {
 
     /// As `start_monitor`, writing its alerts to `alerts`.
     fn start_monitor_with(&self, tag: &str, alerts: &Path) -> Result<RunningMonitor> {
+        self.start_monitor_of(&self.monitor_bin, tag, alerts)
+    }
+
+    /// As `start_monitor_with`, running the monitor binary `bin`.
+    fn start_monitor_of(&self, bin: &Path, tag: &str, alerts: &Path) -> Result<RunningMonitor> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = format!(
             r#"[attribution]
@@ -444,7 +451,7 @@ listen = "{addr}"
             .with_context(|| format!("creating {}", stdout_path.display()))?;
         let stderr = File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
-        let mut cmd = Command::new(&self.monitor_bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -590,6 +597,23 @@ struct RunSettings {
 }
 
 impl RunSettings {
+    /// For `bench-ab`: `ops` operations per run of either workload.
+    fn for_ab(ops: u64) -> Self {
+        Self {
+            rounds: 1,
+            iterations: ops,
+            distinct_files: ops,
+            rate_duration: Duration::from_secs(1),
+            flood_paths: 0,
+            builds: None,
+            report_path: PathBuf::new(),
+            command: format!(
+                "cargo xtask {}",
+                env::args().skip(1).collect::<Vec<_>>().join(" ")
+            ),
+        }
+    }
+
     fn from_options(options: Options) -> Result<Self> {
         let Options {
             quick,

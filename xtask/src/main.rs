@@ -50,6 +50,10 @@ enum Command {
     Fuzz(fuzz::Options),
     /// List every function over ~80 lines in the workspace; fails if any.
     Lint(lint::Options),
+    /// Which of two monitor binaries' programs cost less per operation:
+    /// both attached at once, the order swapped each round (see
+    /// xtask/src/bench/ab.rs).
+    BenchAb(bench::AbOptions),
     /// One bench build under `monitor exec`: the daemon's CPU time, peak
     /// RSS and events; with `--perf`, a flame graph of where its CPU goes.
     ProfileBuild(profile::Options),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Bench(options) => bench::run(options),
         Command::Fuzz(options) => fuzz::run(options),
         Command::Lint(options) => lint::run(options),
+        Command::BenchAb(options) => bench::run_ab(options),
         Command::ProfileBuild(options) => profile::run(options),
         Command::BenchWorker(options) => bench::worker(options),
     };
