@@ -607,10 +607,7 @@ impl RunSettings {
             flood_paths: 0,
             builds: None,
             report_path: PathBuf::new(),
-            command: format!(
-                "cargo xtask {}",
-                env::args().skip(1).collect::<Vec<_>>().join(" ")
-            ),
+            command: command_line(),
         }
     }
 
@@ -638,10 +635,6 @@ impl RunSettings {
             builds.quick();
         }
         let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
-        let command = format!(
-            "cargo xtask {}",
-            env::args().skip(1).collect::<Vec<_>>().join(" ")
-        );
         Ok(Self {
             rounds,
             iterations,
@@ -650,9 +643,17 @@ impl RunSettings {
             flood_paths,
             builds: (!skip_builds).then_some(builds),
             report_path,
-            command,
+            command: command_line(),
         })
     }
+}
+
+/// This run's command line, as the report's "Reproduce" section shows it.
+fn command_line() -> String {
+    format!(
+        "cargo xtask {}",
+        env::args().skip(1).collect::<Vec<_>>().join(" ")
+    )
 }
 
 pub fn run(options: Options) -> Result<()> {

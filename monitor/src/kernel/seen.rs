@@ -10,7 +10,7 @@
 //!    thread): an add that read the count before 2 and stores after it
 //!    would be lost. Counts are taken when the key's process has ended,
 //!    after its threads' last syscalls, so none can; the free (3) checks
-//!    and counts any such add ([`SeenCounts::strays`], never silent), and
+//!    and counts any such add ([`SeenCounts::take_strays`], never silent), and
 //!    at the monitor's stop, with processes still running, the entries are
 //!    retired and a grace period waited for before their counts are read
 //!    ([`SeenCounts::take_settled`]);
@@ -149,24 +149,25 @@ impl SeenCounts {
                 retire_entry(self.entry(index), key).then_some(index)
             })
             .collect();
-        wait_for_running_programs();
+        if retired.iter().any(Option::is_some) {
+            wait_for_running_programs();
+        }
         retired
             .into_iter()
             .map(|index| {
                 let index = index?;
-                let entry = self.entry(index);
-                let count = entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel);
-                free_entry(entry);
-                release(self.filter.cells(), u64::from(index));
+                let count = self.entry(index)[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel);
+                self.free(index);
                 Some(count)
             })
             .collect()
     }
 
     /// Repeats the kernel counted after their count was taken, found at
-    /// the frees so far (0 unless a process's thread outlived its exit).
-    pub fn strays(&self) -> u64 {
-        self.strays
+    /// the frees since the last call (0 unless a process's thread outlived
+    /// its exit).
+    pub fn take_strays(&mut self) -> u64 {
+        std::mem::take(&mut self.strays)
     }
 
     fn entry(&self, index: u32) -> &[AtomicU64] {
@@ -181,11 +182,15 @@ impl SeenCounts {
             && period <= ended
         {
             self.retired.pop_front();
-            let strays = stray_adds(self.entry(index), taken);
-            self.strays += strays;
-            free_entry(self.entry(index));
-            release(self.filter.cells(), u64::from(index));
+            self.strays += stray_adds(self.entry(index), taken);
+            self.free(index);
         }
+    }
+
+    /// Step 3 on entry `index`, and its group's count taken off.
+    fn free(&self, index: u32) {
+        free_entry(self.entry(index));
+        release(self.filter.cells(), u64::from(index));
     }
 }
 

@@ -71,8 +71,6 @@ pub struct Pipeline {
     lost_seen: [u64; LOST_REASONS as usize],
     /// The kernel's count of failed probes it did not report, as last added.
     folded_seen: u64,
-    /// Repeats counted after their count was taken, as last added.
-    strays_seen: u64,
     /// Needs handed to the watcher side and not answered yet.
     outstanding: usize,
     /// Config reloads (`monitor run` on SIGHUP), applied between events.
@@ -112,7 +110,6 @@ impl Pipeline {
             exec_log: None,
             lost_seen: [0; LOST_REASONS as usize],
             folded_seen: 0,
-            strays_seen: 0,
             outstanding: 0,
             reloads: None,
             bazel_section: None,
@@ -421,15 +418,13 @@ impl Pipeline {
             }
             self.lost_seen[i] = now[i];
         }
-        let strays = self.handler.repeats.strays();
-        let delta = strays.saturating_sub(self.strays_seen);
-        if delta > 0 {
-            log::warn!("{delta} repeats were counted after their process's count was taken");
+        let strays = self.handler.repeats.take_strays();
+        if strays > 0 {
+            log::warn!("{strays} repeats were counted after their process's count was taken");
             self.metrics
                 .events_lost_total
                 .with_label_values(&["repeat_after_take"])
-                .inc_by(delta);
+                .inc_by(strays);
         }
-        self.strays_seen = strays;
     }
 }

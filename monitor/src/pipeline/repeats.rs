@@ -64,10 +64,10 @@ impl RepeatTracker {
         }
     }
 
-    /// Repeats the kernel counted after their count was taken (expected 0;
-    /// `kernel::seen`).
-    pub fn strays(&self) -> u64 {
-        self.counts.as_ref().map_or(0, SeenCounts::strays)
+    /// Repeats the kernel counted after their count was taken since the
+    /// last call (expected 0; `kernel::seen`).
+    pub fn take_strays(&mut self) -> u64 {
+        self.counts.as_mut().map_or(0, SeenCounts::take_strays)
     }
 
     /// At stop: the repeats of every process still running.

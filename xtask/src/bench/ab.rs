@@ -106,26 +106,23 @@ impl Bench {
         let first = self.start_monitor_of(first, "ab-first", &self.tmp.join("ab-first.jsonl"))?;
         let second =
             self.start_monitor_of(second, "ab-second", &self.tmp.join("ab-second.jsonl"))?;
-        let inside = self.inside();
         let placement = if options.outside {
             Placement::default()
         } else {
-            inside
+            self.inside()
         };
         let pids = [first.daemon.id(), second.daemon.id()];
-        let before = pids.map(held_programs);
+        let before = [held_programs(pids[0])?.0, held_programs(pids[1])?.0];
         let report = self.timed_run(options.workload, &placement)?;
-        let after = pids.map(held_programs);
+        let after = [held_programs(pids[0])?.0, held_programs(pids[1])?.0];
         Bench::stop_monitor(first)?;
         Bench::stop_monitor(second)?;
         // Its warm-up included: the programs ran for those too.
-        let ops = report.opens.max(1);
-        let per_op = |i: usize| -> Result<f64> {
-            let (t0, _) = before[i].as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let (t1, _) = after[i].as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            Ok((t1 - t0) as f64 / ops as f64)
-        };
-        let (first_ns, second_ns) = (per_op(0)?, per_op(1)?);
+        let ops = report.opens.max(1) as f64;
+        let (first_ns, second_ns) = (
+            (after[0] - before[0]) as f64 / ops,
+            (after[1] - before[1]) as f64 / ops,
+        );
         Ok(if a_first {
             Round {
                 a: first_ns,
