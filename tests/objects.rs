@@ -896,7 +896,9 @@ fn io_uring_fixed_slots_and_failed_opens_are_judged() {
 /// files as it sees them; alerts carry the host path, with the name the
 /// spawn passed as `requested_path`. A failed absolute name is reported
 /// under the chroot, where the kernel looked it up, not as the host file of
-/// that name. Control: a declared file opened through the chroot.
+/// that name: also one below a `files.allow` directory (`/usr/**`), which
+/// the kernel counts without reporting only outside a chroot. Control: a
+/// declared file opened through the chroot.
 #[test]
 fn chrooted_spawns_are_reported_with_host_paths() {
     require_root();
@@ -924,6 +926,7 @@ fn chrooted_spawns_are_reported_with_host_paths() {
             "/secret.txt",
             "/home/u/.aws/credentials",
             "rel-missing",
+            "/usr/include/monitor-probe-chroot.h",
         ]),
     );
     let (status, alerts, stderr) = daemon.stop();
@@ -943,6 +946,8 @@ fn chrooted_spawns_are_reported_with_host_paths() {
         "{alerts:#?}"
     );
     assert!(on(&alerts, Path::new("/home/u/.aws/credentials")).is_empty());
+    let allowed_outside = one_read_alert(&alerts, &root.join("usr/include/monitor-probe-chroot.h"));
+    assert_eq!(allowed_outside["file"]["result"], -2, "{allowed_outside}");
 }
 
 /// `int $0x80` from a 64-bit action: ia32 `open` is number 5 (native

@@ -1,7 +1,9 @@
-//! Failed probes below an action's own sandbox are counted in the kernel
-//! instead of reported (`monitor-ebpf/src/sandbox.rs`), exactly, and only
-//! those: every other failed open is still reported and judged. Real
-//! kernel programs, a launcher script and a fake Bazel sandbox, as root.
+//! Failed probes below an action's own sandbox, and failed reads below a
+//! directory `files.allow` lets every action read, are counted in the
+//! kernel instead of reported (`monitor-ebpf/src/sandbox.rs`,
+//! `allowed.rs`), exactly, and only those: every other failed open is
+//! still reported and judged. Real kernel programs, a launcher script and
+//! a fake Bazel sandbox, as root.
 use std::{
     io::Write as _,
     path::Path,
@@ -240,4 +242,80 @@ fn no_sandbox_stays_registered_after_its_action() {
         m.sum(SANDBOXES, &[]) == 0.0
     });
     daemon.stop();
+}
+
+/// A compile's system-header probes: failed reads of names below a
+/// `files.allow` directory (`/usr/**` by default) are counted in the
+/// kernel, exactly (400), with no sandbox registered. Hostile routes stay
+/// reported and judged: a `..` climbing out (alerts), a failed write
+/// below the directory (alerts as a write), and names the kernel does not
+/// take as normal (`//`, `.`, a hidden name: reported, judged allowed, so
+/// the count stays 400). Positive control: a probe elsewhere alerts.
+#[test]
+fn failed_reads_below_an_allowed_directory_are_counted_in_the_kernel() {
+    require_root();
+    let parent = test_parent("probes-allowed");
+    let daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let outside = tempfile::tempdir().unwrap();
+    // dash opens `< name` read-only and `> name` with O_CREAT|O_TRUNC; it
+    // probes nothing at start (no failed open of its own).
+    let script = format!(
+        "i=0
+         while [ $i -lt 400 ]; do true < /usr/include/monitor-probe-$i.h; i=$((i+1)); done
+         true < /usr/../monitor-probe-dotdot
+         true < /usr//include/monitor-probe-double.h
+         true < /usr/./include/monitor-probe-dot.h
+         true < /usr/include/.monitor-probe-hidden.h
+         true > /usr/monitor-probe-missing-dir/out
+         true < {outside}/monitor-probe-outside
+         exit 0",
+        outside = outside.path().display(),
+    );
+    let out = in_cgroup(Command::new("/bin/sh").args(["-c", &script]), &job.path)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let outside_probe = outside.path().join("monitor-probe-outside");
+    daemon.wait_for_file_alert(&outside_probe);
+    let metrics = daemon.wait_for_metric(FOLDED, &[], 400.0);
+    assert_eq!(metrics.sum(FOLDED, &[]), 400.0, "each probe counted once");
+    assert_eq!(
+        metrics.sum(SANDBOXES, &[]),
+        0.0,
+        "no sandbox: only allow-list folds"
+    );
+    let file_events = metrics.sum("build_monitor_events_total", &[("kind", "file")]);
+    assert!(
+        file_events >= 400.0 + 6.0,
+        "the folded probes are file events: {file_events}"
+    );
+    let (_, alerts, stderr) = daemon.stop();
+    for alerted in [Path::new("/monitor-probe-dotdot"), &outside_probe] {
+        assert_eq!(
+            file_alerts(&alerts, alerted).len(),
+            1,
+            "{alerts:#?}\n{stderr}"
+        );
+    }
+    let writes: Vec<_> = alerts
+        .iter()
+        .filter(|a| {
+            a["kind"] == "undeclared_write"
+                && a["file"]["path"] == "/usr/monitor-probe-missing-dir/out"
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{alerts:#?}");
+    let under_usr = alerts
+        .iter()
+        .filter(|a| a["kind"] == "undeclared_file")
+        .filter(|a| {
+            a["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/usr/"))
+        })
+        .count();
+    assert_eq!(under_usr, 0, "{alerts:#?}");
 }

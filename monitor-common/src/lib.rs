@@ -7,6 +7,8 @@
 //! path it carries.
 #![no_std]
 
+pub mod names;
+
 /// Bytes reserved for the path string a process passed to the syscall. One
 /// more than `PATH_MAX`, so that a path the kernel would refuse with
 /// `ENAMETOOLONG` shows up as truncated rather than silently cut.
@@ -855,3 +857,10 @@ mod pod {
     unsafe impl aya::Pod for SeenEntry {}
     unsafe impl aya::Pod for SandboxDir {}
 }
+
+/// Bytes of a directory `ALLOWED_DIRS` can hold (with its trailing `/`):
+/// a `files.allow` `dir/**` pattern with a longer `dir` is not written
+/// there (its failed probes are reported and judged in userspace).
+pub const ALLOWED_DIR_BYTES: usize = 64;
+/// Directories `ALLOWED_DIRS` holds at most.
+pub const MAX_ALLOWED_DIRS: u32 = 64;

@@ -15,6 +15,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
+mod allowed;
 mod dpath;
 mod emit;
 mod escapes;

@@ -51,6 +51,8 @@ pub struct Scratch {
     /// An open's repeat key, and the entry `seen::check` inserts for it:
     /// in map memory, where its typed pointers read back as numbers.
     pub seen: SeenEntry,
+    /// A name's lookup key in `ALLOWED_DIRS` (`allowed.rs`).
+    pub allowed_key: crate::allowed::AllowedKey,
 }
 
 #[map]

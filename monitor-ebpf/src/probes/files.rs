@@ -23,6 +23,7 @@ use monitor_common::{
 };
 
 use crate::{
+    allowed,
     dpath::walk_dir,
     emit::{fill_header, submit},
     filter::Match,
@@ -189,16 +190,15 @@ pub fn report<R: Reader>(
     let ppid = R::parent_tgid();
     let mut hflags = 0;
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
-    // A relative name is looked up from the cwd or the dirfd.
-    let relative = !has_object && path_len > 0 && scratch.data[0] != b'/';
-    let base = if relative {
-        name_base::<R>(settings, args.dirfd)
+    let name = if has_object || path_len == 0 {
+        NameBase::NONE
     } else {
-        0
+        name_base::<R>(settings, m, args, ret, scratch.data[0] != b'/', path_len)
     };
-    if relative && sandbox::fold_probe::<R>(m, args.syscall, ret, base, path_len) {
+    if name.folded {
         return Some(());
     }
+    let (relative, base) = (name.relative, name.base);
     fill_fields(&mut scratch.event, m, args, ret, ppid);
     if tracked {
         let (ev, key) = (&mut scratch.event, &scratch.seen.key);
@@ -219,7 +219,7 @@ pub fn report<R: Reader>(
     } else if relative {
         Some(base)
     } else if path_len > 0 {
-        chroot_root(settings).inspect(|_| hflags |= FLAG_NAME_UNDER_ROOT)
+        under_chroot(settings, &mut hflags)
     } else {
         None
     };
@@ -307,23 +307,25 @@ fn copy_name(
 }
 
 /// The task's root `struct path` when it is not the monitor's root (a
-/// chroot: Bazel's hermetic sandbox), else `None`. The kernel looks
+/// chroot: Bazel's hermetic sandbox), else 0. The kernel looks
 /// absolute names up under it, so a failed one is reported under it. Most
 /// tasks share one root dentry: once seen to be the monitor's root, it is
 /// remembered, and the check is two reads.
 #[inline(always)]
-fn chroot_root(settings: &Settings) -> Option<u64> {
+pub fn chroot_root(settings: &Settings) -> u64 {
     let o = &settings.offsets;
     let fs: u64 = read(current_task(), o.task_fs);
     if fs == 0 {
-        return None;
+        return 0;
     }
     let root = fs + o.fs_root as u64;
     let dentry: u64 = read(root, o.path_dentry);
-    let known = HOST_ROOT_DENTRY.get_ptr_mut(0)?;
+    let Some(known) = HOST_ROOT_DENTRY.get_ptr_mut(0) else {
+        return 0;
+    };
     // SAFETY: a one-entry array value; a racing write stores the same.
     if dentry == 0 || unsafe { *known } == dentry {
-        return None;
+        return 0;
     }
     let inode: u64 = read(dentry, o.dentry_inode);
     let ino: u64 = read(inode, o.inode_i_ino);
@@ -331,15 +333,77 @@ fn chroot_root(settings: &Settings) -> Option<u64> {
     if ino == settings.host_root_ino && dev == settings.host_root_dev {
         // SAFETY: as above.
         unsafe { *known = dentry };
+        return 0;
+    }
+    root
+}
+
+/// Where a failed open's name is looked up. Plain values, not Options
+/// (see `report`).
+struct NameBase {
+    relative: bool,
+    /// A relative name's `struct path` (cwd or dirfd; 0 when unknown).
+    base: u64,
+    /// Counted here instead of reported (`sandbox.rs`, `allowed.rs`).
+    folded: bool,
+}
+
+impl NameBase {
+    const NONE: NameBase = NameBase {
+        relative: false,
+        base: 0,
+        folded: false,
+    };
+}
+
+/// The base of the name (of `len` bytes at the start of the scratch data)
+/// of a failed open, or that it was counted instead of reported.
+#[inline(always)]
+fn name_base<R: Reader>(
+    settings: &Settings,
+    m: &Match,
+    args: &OpenArgs,
+    ret: i64,
+    relative: bool,
+    len: usize,
+) -> NameBase {
+    if relative {
+        let base = relative_base::<R>(settings, args.dirfd);
+        let folded = sandbox::fold_probe::<R>(m, args.syscall, ret, base, len);
+        return NameBase {
+            relative,
+            base,
+            folded,
+            ..NameBase::NONE
+        };
+    }
+    // Where typed loads are (the syscall hook on 6.2+): elsewhere (io_uring
+    // submissions, the raw tracepoint) such probes are rare or the kernel
+    // old, and the check would cost each program 6 k more instructions to
+    // verify.
+    let folded = R::FOLDS_PROBES && allowed::fold_probe(args.syscall, args.flags, ret, len);
+    NameBase {
+        folded,
+        ..NameBase::NONE
+    }
+}
+
+/// An absolute name's chroot (its root `struct path`, marked in
+/// `hflags`), or `None` under the host's root.
+#[inline(always)]
+fn under_chroot(settings: &Settings, hflags: &mut u32) -> Option<u64> {
+    let root = chroot_root(settings);
+    if root == 0 {
         return None;
     }
+    *hflags |= FLAG_NAME_UNDER_ROOT;
     Some(root)
 }
 
 /// The `struct path` a relative name is resolved against: the cwd or the
 /// dirfd's file (0 when unknown).
 #[inline(always)]
-fn name_base<R: Reader>(settings: &Settings, dirfd: i32) -> u64 {
+fn relative_base<R: Reader>(settings: &Settings, dirfd: i32) -> u64 {
     let o = &settings.offsets;
     if dirfd == AT_FDCWD {
         let fs: u64 = read(current_task(), o.task_fs);

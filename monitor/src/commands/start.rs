@@ -19,6 +19,7 @@ use crate::{
     },
     pipeline::{Pipeline, handle::Handler},
     policy::judge::Policy,
+    policy::kernel_allowed::allowed_dirs,
     policy::matchers::{NetMatcher, PathMatcher},
 };
 
@@ -146,6 +147,9 @@ pub async fn start(
     .map_err(StartError::Kernel)?;
     attach_runners(&mut kernel, &config.attribution.worker_runners).map_err(StartError::Kernel)?;
     attach_network_hooks(&mut kernel, config, &scopes)?;
+    kernel
+        .set_allowed_dirs(&allowed_dirs(&policy.files_allow))
+        .map_err(StartError::Kernel)?;
     let (stop_metrics, stop_rx) = watch::channel(false);
     let metrics_task = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), stop_rx)));
     let registry = Registry::new(

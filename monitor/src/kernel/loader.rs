@@ -145,6 +145,8 @@ pub struct Kernel {
     /// The trie keys written by the last `set_network_policy` (removed when
     /// a reload no longer lists them).
     allow_keys: [(Vec<TrieKey<16>>, Vec<TrieKey<18>>); 2],
+    /// The keys written by the last `set_allowed_dirs`.
+    allowed_dir_keys: Vec<TrieKey<{ monitor_common::ALLOWED_DIR_BYTES }>>,
     /// The action tier's keys, per action cgroup id (removed with it).
     action_keys: std::collections::HashMap<u64, ActionKeys>,
     /// The counts of repeated opens (taken by the pipeline).
@@ -212,6 +214,7 @@ impl Kernel {
             syscall_hook: SyscallHook::Btf,
             sock_hooks: Vec::new(),
             allow_keys: Default::default(),
+            allowed_dir_keys: Vec::new(),
             action_keys: Default::default(),
             seen: Some(seen),
             sandboxes,
@@ -309,6 +312,20 @@ impl Kernel {
         }
         self.settings.enforce = u32::from(enforce);
         self.settings_map.set(0, self.settings, 0)?;
+        Ok(())
+    }
+
+    /// Writes `files.allow`'s directories into the kernel
+    /// (`policy::kernel_allowed`): failed reads below them are counted
+    /// there from now on. Again on reload: new entries first, then the
+    /// ones no longer listed removed.
+    pub fn set_allowed_dirs(
+        &mut self,
+        dirs: &[crate::policy::kernel_allowed::AllowedDir],
+    ) -> anyhow::Result<()> {
+        let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
+        self.allowed_dir_keys = replace_trie(ebpf, "ALLOWED_DIRS", dirs, &self.allowed_dir_keys)
+            .context("files.allow")?;
         Ok(())
     }
 

@@ -208,7 +208,7 @@ fn counted_in_kernel(registry: &Registry) -> (IntCounter, IntCounter, IntGauge) 
         ),
         counter(
             "probes_folded_total",
-            "Failed opens (ENOENT) of relative names below the action's own sandbox the kernel counted instead of reporting (none can be a violation); part of events_total.",
+            "Failed opens (ENOENT) the kernel counted instead of reporting (relative names below the action's own sandbox; reads below a files.allow directory): none can be a violation; part of events_total.",
         ),
         register(
             registry,

@@ -46,6 +46,10 @@ impl Pipeline {
             // Checked when prepared; a map write failing here is the kernel's.
             log::error!("reload: writing network.allow into the kernel failed: {e:#}");
         }
+        let dirs = crate::policy::kernel_allowed::allowed_dirs(&reload.policy.files_allow);
+        if let Err(e) = kernel.set_allowed_dirs(&dirs) {
+            log::error!("reload: writing files.allow into the kernel failed: {e:#}");
+        }
         self.handler.policy = reload.policy;
         self.handler.require_isolation = reload.require_isolation;
         self.handler.registry.set_wait(reload.declaration_wait);

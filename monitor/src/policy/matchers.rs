@@ -262,6 +262,12 @@ impl PathMatcher {
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.below.is_empty() && self.set.is_empty()
     }
+
+    /// The directories of its plain `dir/**` patterns, each as `dir/`:
+    /// every normalised path starting with one matches.
+    pub fn below_dirs(&self) -> impl Iterator<Item = &[u8]> {
+        self.below.iter().map(|dir| &dir[..])
+    }
 }
 
 /// Why a CIDR string was rejected.

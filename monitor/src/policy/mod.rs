@@ -10,6 +10,8 @@ pub mod downloader;
 pub mod fetches;
 pub mod isolation;
 pub mod judge;
+/// `files.allow`'s directories for the kernel's fold of failed reads.
+pub mod kernel_allowed;
 pub mod kernel_rules;
 pub mod localnet;
 pub mod matchers;
