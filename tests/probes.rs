@@ -5,6 +5,7 @@
 //! still reported and judged. Real kernel programs, a launcher script and
 //! a fake Bazel sandbox, as root.
 use std::{
+    fs,
     io::Write as _,
     path::Path,
     process::{Child, Command, Stdio},
@@ -318,4 +319,63 @@ fn failed_reads_below_an_allowed_directory_are_counted_in_the_kernel() {
         })
         .count();
     assert_eq!(under_usr, 0, "{alerts:#?}");
+}
+
+/// A reload that drops a directory from `files.allow` takes it out of the
+/// kernel too: a probe below it is reported and alerts afterwards, while
+/// one below a directory still listed stays counted (the control that the
+/// fold still works).
+#[test]
+fn a_directory_reloaded_out_of_the_allow_list_is_no_longer_counted() {
+    require_root();
+    let parent = test_parent("probes-reload");
+    let mut daemon = Daemon::start(&parent.path, "");
+    let job = parent.child("job");
+    daemon.declare(&job.path, "//ci:job", "Job", &[], "");
+    let probe = |names: &[&str]| {
+        let mut script: String = names.iter().map(|n| format!("true < {n}\n")).collect();
+        script.push_str("exit 0\n");
+        let out = in_cgroup(Command::new("/bin/sh").args(["-c", &script]), &job.path)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    probe(&[
+        "/usr/include/monitor-reload-0.h",
+        "/usr/include/monitor-reload-1.h",
+    ]);
+    daemon.wait_for_metric(FOLDED, &[], 2.0);
+
+    let config = daemon.config_path();
+    let text = fs::read_to_string(&config).unwrap();
+    // What dash itself opens stays allowed; /usr/include is no longer.
+    let allow = r#"["/usr/lib/**", "/usr/bin/**", "/lib/**", "/bin/**", "/etc/ld.so.cache"]"#;
+    fs::write(&config, format!("{text}[files]\nallow = {allow}\n")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_metric(
+        "build_monitor_config_reloads_total",
+        &[("result", "ok")],
+        1.0,
+    );
+    probe(&[
+        "/usr/include/monitor-reload-2.h",
+        "/usr/lib/monitor-reload-3.h",
+    ]);
+    let dropped = Path::new("/usr/include/monitor-reload-2.h");
+    daemon.wait_for_file_alert(dropped);
+    let metrics = daemon.wait_for_metric(FOLDED, &[], 3.0);
+    assert_eq!(
+        metrics.sum(FOLDED, &[]),
+        3.0,
+        "only the listed directory's probe"
+    );
+    let (_, alerts, stderr) = daemon.stop();
+    assert_eq!(
+        file_alerts(&alerts, dropped).len(),
+        1,
+        "{alerts:#?}\n{stderr}"
+    );
+    let before = Path::new("/usr/include/monitor-reload-0.h");
+    assert!(file_alerts(&alerts, before).is_empty(), "{alerts:#?}");
 }

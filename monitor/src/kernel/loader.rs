@@ -321,7 +321,7 @@ impl Kernel {
     /// ones no longer listed removed.
     pub fn set_allowed_dirs(
         &mut self,
-        dirs: &[crate::policy::kernel_allowed::AllowedDir],
+        dirs: &[(u32, [u8; monitor_common::ALLOWED_DIR_BYTES], u8)],
     ) -> anyhow::Result<()> {
         let ebpf = self.ebpf.as_mut().context("kernel programs detached")?;
         self.allowed_dir_keys = replace_trie(ebpf, "ALLOWED_DIRS", dirs, &self.allowed_dir_keys)
