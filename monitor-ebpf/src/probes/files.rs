@@ -374,7 +374,6 @@ fn name_base<R: Reader>(
             relative,
             base,
             folded,
-            ..NameBase::NONE
         };
     }
     // Where typed loads are (the syscall hook on 6.2+): elsewhere (io_uring
