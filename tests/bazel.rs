@@ -685,6 +685,35 @@ fn standalone_spawns_are_judged_against_their_execution_log_entry() {
     check_unsandboxed("standalone");
 }
 
+/// The unsorted binary log (`--experimental_execution_log_file`, what
+/// `monitor exec` adds for a Bazel before 7 whose `--version` names its
+/// release; Debian's says `no_version` and gets the sorted one) is read
+/// like the sorted one: given by the user here, relative to the
+/// workspace, it declares local spawns and labels them, and no sorted log
+/// is added beside it.
+#[test]
+fn local_spawns_are_judged_against_the_unsorted_execution_log() {
+    let b = build(
+        "local",
+        &["--experimental_execution_log_file=unsorted-exec.log"],
+    );
+    check_common(&b);
+    b.check_spawns("none", "execution_log");
+    let command: Vec<&str> = b.report["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        !command
+            .iter()
+            .any(|a| a.starts_with("--execution_log_binary_file")),
+        "{command:?}"
+    );
+    assert!(b.ws.join("unsorted-exec.log").metadata().unwrap().len() > 0);
+}
+
 /// Without user namespaces Bazel quietly runs its default strategy under
 /// processwrapper-sandbox; the report says so, and `require_isolation =
 /// "linux-sandbox"` turns each spawn into a violation.

@@ -10,4 +10,6 @@ pub mod report;
 pub mod sandbox;
 pub mod spawns;
 pub mod unsandboxed;
+/// The Bazel release `monitor exec` runs (`CMD --version`).
+pub mod version;
 pub mod workers;

@@ -20,7 +20,10 @@ use anyhow::Context as _;
 use crate::{
     actions::cgroup,
     actions::registry::{Scope, ScopeKind},
-    bazel::execlog::{ExecLogFile, LogFormat},
+    bazel::{
+        execlog::{ExecLogFile, LogFormat},
+        version::Release,
+    },
     commands::{
         outcome::{self, ExitPolicy},
         start::{self, StartError},
@@ -53,7 +56,10 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let bazel = is_bazel(&opts.command);
     let scratch = tempdir_for_exec().map_err(StartError::Kernel)?;
     let exec_log = if bazel {
-        add_execution_log(&mut opts.command, scratch.path())
+        let program = opts.command[0].clone();
+        add_execution_log(&mut opts.command, scratch.path(), || {
+            crate::bazel::version::release_of(&program)
+        })
     } else {
         None
     };
@@ -346,13 +352,26 @@ fn is_bazel(command: &[OsString]) -> bool {
 
 const JSON_LOG_FLAG: &str = "--execution_log_json_file";
 const BINARY_LOG_FLAG: &str = "--execution_log_binary_file";
+/// The same binary log, unsorted (Bazel before 7).
+const RAW_LOG_FLAG: &str = "--experimental_execution_log_file";
+/// Bazel 6.1+: `--execution_log_binary_file` written unsorted.
+const NO_SORT_FLAG: &str = "--noexecution_log_sort";
 
-/// Adds `--execution_log_binary_file=…` after the Bazel command (`build`,
-/// `test`, `run`, `coverage`) unless the user asked for an execution log
-/// (either format: that one is read); returns the log Bazel will write.
-/// Binary, not JSON: Bazel renders the JSON log at the end of the build,
-/// which the user would wait for (see `bazel/execlog/binary.rs`).
-fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<ExecLogFile> {
+/// Adds an execution log after the Bazel command (`build`, `test`, `run`,
+/// `coverage`) unless the user asked for one (any format: that one is
+/// read); returns the log Bazel will write. Binary, not JSON: Bazel renders
+/// the JSON log at the end of the build, which the user would wait for
+/// (see `bazel/execlog/binary.rs`). Unsorted when `release` (asked only
+/// here) names the flag for it: the sort at the end holds the whole log in
+/// Bazel's memory (bazelbuild/bazel#17111) and, before Bazel 7, leaves a
+/// raw copy in the server's temporary directory; the join does not need
+/// the order. Without a release (`bazel no_version`), the sorted log every
+/// version takes.
+fn add_execution_log(
+    command: &mut Vec<OsString>,
+    scratch: &Path,
+    release: impl FnOnce() -> Option<Release>,
+) -> Option<ExecLogFile> {
     let verb = bazel_verb(command)?;
     if let Some(path) = flag_value(command, verb, JSON_LOG_FLAG) {
         return Some(ExecLogFile {
@@ -360,10 +379,24 @@ fn add_execution_log(command: &mut Vec<OsString>, scratch: &Path) -> Option<Exec
             format: LogFormat::Json,
         });
     }
-    Some(ExecLogFile {
-        path: flag_or_add(command, verb, BINARY_LOG_FLAG, scratch, "execution_log.bin"),
+    let binary = |path| ExecLogFile {
+        path,
         format: LogFormat::Binary,
-    })
+    };
+    for flag in [BINARY_LOG_FLAG, RAW_LOG_FLAG] {
+        if let Some(path) = flag_value(command, verb, flag) {
+            return Some(binary(path));
+        }
+    }
+    let path = scratch.join("execution_log.bin");
+    let with_path = |flag: &str| OsString::from(format!("{flag}={}", path.display()));
+    let flags = match release() {
+        Some(r) if r.major < 7 => vec![with_path(RAW_LOG_FLAG)],
+        Some(_) => vec![with_path(BINARY_LOG_FLAG), NO_SORT_FLAG.into()],
+        None => vec![with_path(BINARY_LOG_FLAG)],
+    };
+    command.splice(verb + 1..verb + 1, flags);
+    Some(binary(path))
 }
 
 /// Bazel's workspace rules log: the repository behind each fetch.
@@ -627,7 +660,7 @@ mod tests {
             "--config=ci",
             "//...",
         ]);
-        let log = add_execution_log(&mut cmd, Path::new("/s")).unwrap();
+        let log = add_execution_log(&mut cmd, Path::new("/s"), no_release).unwrap();
         assert_eq!(log.path, Path::new("/s/execution_log.bin"));
         assert_eq!(log.format, LogFormat::Binary);
         assert_eq!(
@@ -656,18 +689,18 @@ mod tests {
             format: LogFormat::Json,
         };
         assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s")),
+            add_execution_log(&mut cmd, Path::new("/s"), no_release),
             Some(json("/mine.json"))
         );
         assert_eq!(cmd.len(), 4);
         let mut cmd = args(&["bazel", "build", "--execution_log_json_file", "/other.json"]);
         assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s")),
+            add_execution_log(&mut cmd, Path::new("/s"), no_release),
             Some(json("/other.json"))
         );
         let mut cmd = args(&["bazel", "build", "--execution_log_binary_file=/b.log"]);
         assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s")),
+            add_execution_log(&mut cmd, Path::new("/s"), no_release),
             Some(ExecLogFile {
                 path: PathBuf::from("/b.log"),
                 format: LogFormat::Binary,
@@ -676,10 +709,52 @@ mod tests {
         assert_eq!(cmd.len(), 3);
     }
 
+    fn no_release() -> Option<Release> {
+        None
+    }
+
+    /// The flags added for `release`, between the command and its target.
+    fn added_for(release: Option<Release>) -> Vec<OsString> {
+        let mut cmd = args(&["bazel", "build", "//..."]);
+        let log = add_execution_log(&mut cmd, Path::new("/s"), || release).unwrap();
+        assert_eq!(log.path, Path::new("/s/execution_log.bin"));
+        assert_eq!(log.format, LogFormat::Binary);
+        assert_eq!(cmd[..2], args(&["bazel", "build"]));
+        assert_eq!(cmd.last().unwrap(), "//...");
+        cmd[2..cmd.len() - 1].to_vec()
+    }
+
+    #[test]
+    fn the_log_is_unsorted_where_the_release_names_the_flag() {
+        let release = |major, minor| Some(Release { major, minor });
+        let raw = args(&["--experimental_execution_log_file=/s/execution_log.bin"]);
+        assert_eq!(added_for(release(4, 2)), raw);
+        assert_eq!(added_for(release(6, 5)), raw);
+        let no_sort = args(&[
+            "--execution_log_binary_file=/s/execution_log.bin",
+            "--noexecution_log_sort",
+        ]);
+        assert_eq!(added_for(release(7, 0)), no_sort);
+        assert_eq!(added_for(release(8, 1)), no_sort);
+        assert_eq!(
+            added_for(None),
+            args(&["--execution_log_binary_file=/s/execution_log.bin"])
+        );
+        // A log the user asked for: the release is not even asked.
+        let mut cmd = args(&["bazel", "build", "--experimental_execution_log_file=/r.log"]);
+        let log = add_execution_log(&mut cmd, Path::new("/s"), || unreachable!()).unwrap();
+        assert_eq!(log.path, Path::new("/r.log"));
+        assert_eq!(log.format, LogFormat::Binary);
+        assert_eq!(cmd.len(), 3);
+    }
+
     #[test]
     fn other_bazel_commands_and_other_tools_are_left_alone() {
         let mut cmd = args(&["bazel", "shutdown"]);
-        assert_eq!(add_execution_log(&mut cmd, Path::new("/s")), None);
+        assert_eq!(
+            add_execution_log(&mut cmd, Path::new("/s"), no_release),
+            None
+        );
         assert_eq!(cmd, args(&["bazel", "shutdown"]));
         assert!(is_bazel(&args(&["/usr/bin/bazel", "build"])));
         assert!(is_bazel(&args(&["bazelisk"])));

@@ -1,0 +1,98 @@
+//! Which Bazel release `monitor exec` runs, from `CMD --version` (a
+//! client-side option: no server starts), for the flags whose names
+//! changed between releases: the unsorted execution log.
+use std::{
+    ffi::OsStr,
+    io::Read as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A Bazel release's major and minor version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Release {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// How long `--version` may take: bazelisk may fetch Bazel first (which
+/// the build then needs anyway).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The release `program --version` names; `None` when it names none (a
+/// build from source, such as Debian's package, says `bazel no_version`),
+/// fails, or takes longer than [`PATIENCE`].
+pub fn release_of(program: &OsStr) -> Option<Release> {
+    let mut child = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + PATIENCE;
+    // The answer is one line: it fits in the pipe, so waiting first
+    // cannot block the child.
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut text = String::new();
+    child.stdout.take()?.read_to_string(&mut text).ok()?;
+    parse(&text)
+}
+
+/// `bazel 7.1.0`, `bazel 8.0.0-pre.20240101.1`, or bazelisk's
+/// `Build label: 7.1.0`; `None` for `bazel no_version` and anything else.
+pub fn parse(text: &str) -> Option<Release> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        let version = line
+            .strip_prefix("bazel ")
+            .or_else(|| line.strip_prefix("Build label: "))?;
+        let mut numbers = version.split(|c: char| !c.is_ascii_digit());
+        let major = numbers.next()?.parse().ok()?;
+        let minor = numbers.next()?.parse().ok()?;
+        Some(Release { major, minor })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_are_read_from_bazel_and_bazelisk() {
+        let r = |major, minor| Some(Release { major, minor });
+        assert_eq!(parse("bazel 4.2.3\n"), r(4, 2));
+        assert_eq!(parse("bazel 7.1.0rc1"), r(7, 1));
+        assert_eq!(parse("bazel 8.0.0-pre.20240101.1"), r(8, 0));
+        assert_eq!(
+            parse("Bazelisk version: v1.19.0\nBuild label: 6.5.0\n"),
+            r(6, 5)
+        );
+    }
+
+    #[test]
+    fn builds_without_a_release_name_none() {
+        assert_eq!(parse("bazel no_version\n"), None);
+        assert_eq!(parse("bazel development version"), None);
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("make 4.3"), None);
+    }
+
+    #[test]
+    fn a_program_that_fails_or_is_missing_names_none() {
+        assert_eq!(release_of(OsStr::new("/bin/false")), None);
+        assert_eq!(release_of(OsStr::new("/nonexistent/bazel")), None);
+        // dash refuses the option.
+        assert_eq!(release_of(OsStr::new("/bin/sh")), None);
+    }
+}
