@@ -55,14 +55,9 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     config.alerts.fold_window_ms = HOLD_ALERTS_MS;
     let bazel = is_bazel(&opts.command);
     let scratch = tempdir_for_exec().map_err(StartError::Kernel)?;
-    let exec_log = if bazel {
-        let program = opts.command[0].clone();
-        add_execution_log(&mut opts.command, scratch.path(), || {
-            crate::bazel::version::release_of(&program)
-        })
-    } else {
-        None
-    };
+    let exec_log = bazel
+        .then(|| execution_log_of(&mut opts.command, scratch.path()))
+        .flatten();
     let fetch_log = exec_log
         .is_some()
         .then(|| fetch_log(&config, &mut opts.command, scratch.path()))
@@ -348,6 +343,15 @@ fn is_bazel(command: &[OsString]) -> bool {
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n == "bazel" || n == "bazelisk" || n.starts_with("bazel-"))
+}
+
+/// The execution log a Bazel command is made to write, its release asked
+/// only when needed (see `add_execution_log`).
+fn execution_log_of(command: &mut Vec<OsString>, scratch: &Path) -> Option<ExecLogFile> {
+    let program = command[0].clone();
+    add_execution_log(command, scratch, || {
+        crate::bazel::version::release_of(&program)
+    })
 }
 
 const JSON_LOG_FLAG: &str = "--execution_log_json_file";
