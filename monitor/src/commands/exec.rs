@@ -55,13 +55,6 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     config.alerts.fold_window_ms = HOLD_ALERTS_MS;
     let bazel = is_bazel(&opts.command);
     let scratch = tempdir_for_exec().map_err(StartError::Kernel)?;
-    let exec_log = bazel
-        .then(|| execution_log_of(&mut opts.command, scratch.path()))
-        .flatten();
-    let fetch_log = exec_log
-        .is_some()
-        .then(|| fetch_log(&config, &mut opts.command, scratch.path()))
-        .flatten();
     let root = cgroup::v2_root().map_err(StartError::Kernel)?;
     let job_id = format!("exec-{}", std::process::id());
     let job_dir = root.join("build-monitor").join(&job_id);
@@ -88,6 +81,16 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     });
     let mut running = start::start(&config, scopes, true, false).await?;
     let started = crate::output::self_cost::Usage::now();
+    // Watched from here: the release is asked inside the job.
+    let exec_log = if bazel {
+        execution_log_of(&mut opts.command, scratch.path(), &command_dir).await
+    } else {
+        None
+    };
+    let fetch_log = exec_log
+        .is_some()
+        .then(|| fetch_log(&config, &mut opts.command, scratch.path()))
+        .flatten();
     running.pipeline.set_exec_log(exec_log);
     running.pipeline.set_fetch_log(fetch_log);
 
@@ -345,12 +348,34 @@ fn is_bazel(command: &[OsString]) -> bool {
         .is_some_and(|n| n == "bazel" || n == "bazelisk" || n.starts_with("bazel-"))
 }
 
-/// The execution log a Bazel command is made to write, its release asked
-/// only when needed (see `add_execution_log`).
-fn execution_log_of(command: &mut Vec<OsString>, scratch: &Path) -> Option<ExecLogFile> {
-    let program = command[0].clone();
-    add_execution_log(command, scratch, || {
-        crate::bazel::version::release_of(&program)
+/// The execution log a Bazel command is made to write; its release is
+/// asked (`CMD --version`, in the command's `cgroup`) only when the log is
+/// added (see `add_execution_log`).
+async fn execution_log_of(
+    command: &mut Vec<OsString>,
+    scratch: &Path,
+    cgroup: &Path,
+) -> Option<ExecLogFile> {
+    let mut release = None;
+    if adds_execution_log(command) {
+        let (program, cgroup) = (command[0].clone(), cgroup.to_path_buf());
+        release = tokio::task::spawn_blocking(move || {
+            crate::bazel::version::release_of(&program, &cgroup)
+        })
+        .await
+        .ok()
+        .flatten();
+    }
+    add_execution_log(command, scratch, || release)
+}
+
+/// Whether `add_execution_log` adds a log: a Bazel command that takes one
+/// and asks for none.
+fn adds_execution_log(command: &[OsString]) -> bool {
+    bazel_verb(command).is_some_and(|verb| {
+        [JSON_LOG_FLAG, BINARY_LOG_FLAG, RAW_LOG_FLAG]
+            .iter()
+            .all(|flag| flag_value(command, verb, flag).is_none())
     })
 }
 
