@@ -390,8 +390,8 @@ const NO_SORT_FLAG: &str = "--noexecution_log_sort";
 /// `coverage`) unless the user asked for one (any format: that one is
 /// read); returns the log Bazel will write. Binary, not JSON: Bazel renders
 /// the JSON log at the end of the build, which the user would wait for
-/// (see `bazel/execlog/binary.rs`). Unsorted when `release` (asked only
-/// here) names the flag for it: the sort at the end holds the whole log in
+/// (see `bazel/execlog/binary.rs`). Unsorted when `release` (called only
+/// when the log is added) names the flag for it: the sort at the end holds the whole log in
 /// Bazel's memory (bazelbuild/bazel#17111) and, before Bazel 7, leaves a
 /// raw copy in the server's temporary directory; the join does not need
 /// the order. Without a release (`bazel no_version`), the sorted log every
