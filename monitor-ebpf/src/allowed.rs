@@ -3,8 +3,8 @@
 //! header it includes: on the bench's build, 44,100 of the 132,000 file
 //! events that reached userspace were such probes (`/usr/include/…`,
 //! `/usr/local/include/…`, failing with `ENOENT`), each then judged
-//! allowed by `files.allow` (`/usr/**`); the 39,100 with plain names are
-//! counted here now (g++ names some directories with `..`). Userspace writes the directories
+//! allowed by `files.allow` (`/usr/**`); 39,100 of them are counted here
+//! now, the rest failing one of the rules below. Userspace writes the directories
 //! of the allow list's `dir/**` patterns here (`ALLOWED_DIRS`, a
 //! longest-prefix trie of `dir/`), and a failed open that userspace could
 //! only judge allowed is counted in `PROBES_FOLDED`, like the probes below
