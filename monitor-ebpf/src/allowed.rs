@@ -34,7 +34,7 @@ use monitor_common::{
 use crate::{
     maps::{SCRATCH, SETTINGS},
     probes::files::chroot_root,
-    sandbox::PROBES_FOLDED,
+    sandbox::{ENOENT, PROBES_FOLDED},
 };
 
 /// `dir/` of each `files.allow` pattern `dir/**` → its length in bytes;
@@ -46,7 +46,6 @@ pub static ALLOWED_DIRS: LpmTrie<[u8; ALLOWED_DIR_BYTES], u8> =
 /// The lookup key, in map memory (the hook's stack is nearly full).
 pub type AllowedKey = Key<[u8; ALLOWED_DIR_BYTES]>;
 
-const ENOENT: i64 = 2;
 /// Any access mode but read-only, creation, truncation.
 const NOT_READ_ONLY: u64 = 0o3 | 0o100 | 0o1000;
 

@@ -47,7 +47,7 @@ pub static SANDBOX_DIRS: HashMap<u64, SandboxDir> = HashMap::with_max_entries(MA
 #[map]
 pub static PROBES_FOLDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-const ENOENT: i64 = 2;
+pub const ENOENT: i64 = 2;
 
 /// The action's key as userspace's registry names it: its launcher's tree,
 /// else its cgroup two levels below the scope (a Bazel 7+ spawn scope),

@@ -348,35 +348,25 @@ fn is_bazel(command: &[OsString]) -> bool {
         .is_some_and(|n| n == "bazel" || n == "bazelisk" || n.starts_with("bazel-"))
 }
 
-/// The execution log a Bazel command is made to write; its release is
-/// asked (`CMD --version`, in the command's `cgroup`) only when the log is
-/// added (see `add_execution_log`).
+/// The execution log a Bazel command (`build`, `test`, `run`, `coverage`)
+/// writes: the one the user asked for, else one added, for which the
+/// release is asked (`CMD --version`, in the command's `cgroup`).
 async fn execution_log_of(
     command: &mut Vec<OsString>,
     scratch: &Path,
     cgroup: &Path,
 ) -> Option<ExecLogFile> {
-    let mut release = None;
-    if adds_execution_log(command) {
-        let (program, cgroup) = (command[0].clone(), cgroup.to_path_buf());
-        release = tokio::task::spawn_blocking(move || {
-            crate::bazel::version::release_of(&program, &cgroup)
-        })
-        .await
-        .ok()
-        .flatten();
+    let verb = bazel_verb(command)?;
+    if let Some(given) = given_execution_log(command, verb) {
+        return Some(given);
     }
-    add_execution_log(command, scratch, || release)
-}
-
-/// Whether `add_execution_log` adds a log: a Bazel command that takes one
-/// and asks for none.
-fn adds_execution_log(command: &[OsString]) -> bool {
-    bazel_verb(command).is_some_and(|verb| {
-        [JSON_LOG_FLAG, BINARY_LOG_FLAG, RAW_LOG_FLAG]
-            .iter()
-            .all(|flag| flag_value(command, verb, flag).is_none())
-    })
+    let (program, cgroup) = (command[0].clone(), cgroup.to_path_buf());
+    let release =
+        tokio::task::spawn_blocking(move || crate::bazel::version::release_of(&program, &cgroup))
+            .await
+            .ok()
+            .flatten();
+    Some(add_execution_log(command, verb, scratch, release))
 }
 
 const JSON_LOG_FLAG: &str = "--execution_log_json_file";
@@ -386,46 +376,50 @@ const RAW_LOG_FLAG: &str = "--experimental_execution_log_file";
 /// Bazel 6.1+: `--execution_log_binary_file` written unsorted.
 const NO_SORT_FLAG: &str = "--noexecution_log_sort";
 
-/// Adds an execution log after the Bazel command (`build`, `test`, `run`,
-/// `coverage`) unless the user asked for one (any format: that one is
-/// read); returns the log Bazel will write. Binary, not JSON: Bazel renders
-/// the JSON log at the end of the build, which the user would wait for
-/// (see `bazel/execlog/binary.rs`). Unsorted when `release` (called only
-/// when the log is added) names the flag for it: the sort at the end holds the whole log in
-/// Bazel's memory (bazelbuild/bazel#17111) and, before Bazel 7, leaves a
-/// raw copy in the server's temporary directory; the join does not need
-/// the order. Without a release (`bazel no_version`), the sorted log every
-/// version takes.
-fn add_execution_log(
-    command: &mut Vec<OsString>,
-    scratch: &Path,
-    release: impl FnOnce() -> Option<Release>,
-) -> Option<ExecLogFile> {
-    let verb = bazel_verb(command)?;
+/// The execution log the user asked for after the Bazel command at
+/// `verb`, in any format (that one is read).
+fn given_execution_log(command: &[OsString], verb: usize) -> Option<ExecLogFile> {
     if let Some(path) = flag_value(command, verb, JSON_LOG_FLAG) {
         return Some(ExecLogFile {
             path,
             format: LogFormat::Json,
         });
     }
-    let binary = |path| ExecLogFile {
-        path,
-        format: LogFormat::Binary,
-    };
-    for flag in [BINARY_LOG_FLAG, RAW_LOG_FLAG] {
-        if let Some(path) = flag_value(command, verb, flag) {
-            return Some(binary(path));
-        }
-    }
+    [BINARY_LOG_FLAG, RAW_LOG_FLAG].iter().find_map(|flag| {
+        Some(ExecLogFile {
+            path: flag_value(command, verb, flag)?,
+            format: LogFormat::Binary,
+        })
+    })
+}
+
+/// Adds an execution log right after the Bazel command at `verb`; returns
+/// the log Bazel will write. Binary, not JSON: Bazel renders the JSON log
+/// at the end of the build, which the user would wait for (see
+/// `bazel/execlog/binary.rs`). Unsorted when `release` names the flag for
+/// it: the sort at the end holds the whole log in Bazel's memory
+/// (bazelbuild/bazel#17111) and, before Bazel 7, leaves a raw copy in the
+/// server's temporary directory; the join does not need the order.
+/// Without a release (`bazel no_version`), the sorted log every version
+/// takes.
+fn add_execution_log(
+    command: &mut Vec<OsString>,
+    verb: usize,
+    scratch: &Path,
+    release: Option<Release>,
+) -> ExecLogFile {
     let path = scratch.join("execution_log.bin");
     let with_path = |flag: &str| OsString::from(format!("{flag}={}", path.display()));
-    let flags = match release() {
+    let flags = match release {
         Some(r) if r.major < 7 => vec![with_path(RAW_LOG_FLAG)],
         Some(_) => vec![with_path(BINARY_LOG_FLAG), NO_SORT_FLAG.into()],
         None => vec![with_path(BINARY_LOG_FLAG)],
     };
     command.splice(verb + 1..verb + 1, flags);
-    Some(binary(path))
+    ExecLogFile {
+        path,
+        format: LogFormat::Binary,
+    }
 }
 
 /// Bazel's workspace rules log: the repository behind each fetch.
@@ -689,7 +683,8 @@ mod tests {
             "--config=ci",
             "//...",
         ]);
-        let log = add_execution_log(&mut cmd, Path::new("/s"), no_release).unwrap();
+        let verb = bazel_verb(&cmd).unwrap();
+        let log = add_execution_log(&mut cmd, verb, Path::new("/s"), None);
         assert_eq!(log.path, Path::new("/s/execution_log.bin"));
         assert_eq!(log.format, LogFormat::Binary);
         assert_eq!(
@@ -705,6 +700,19 @@ mod tests {
         );
     }
 
+    /// The log `monitor exec` takes for `cmd`, with no cgroup to ask a
+    /// release in (a release asked would be none).
+    fn log_of(cmd: &mut Vec<OsString>) -> Option<ExecLogFile> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(execution_log_of(
+            cmd,
+            Path::new("/s"),
+            Path::new("/nonexistent/cgroup"),
+        ))
+    }
+
     #[test]
     fn a_log_the_user_asked_for_is_used_as_is() {
         let mut cmd = args(&[
@@ -717,35 +725,28 @@ mod tests {
             path: PathBuf::from(path),
             format: LogFormat::Json,
         };
-        assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s"), no_release),
-            Some(json("/mine.json"))
-        );
+        assert_eq!(log_of(&mut cmd), Some(json("/mine.json")));
         assert_eq!(cmd.len(), 4);
         let mut cmd = args(&["bazel", "build", "--execution_log_json_file", "/other.json"]);
-        assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s"), no_release),
-            Some(json("/other.json"))
-        );
-        let mut cmd = args(&["bazel", "build", "--execution_log_binary_file=/b.log"]);
-        assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s"), no_release),
-            Some(ExecLogFile {
-                path: PathBuf::from("/b.log"),
-                format: LogFormat::Binary,
-            })
-        );
-        assert_eq!(cmd.len(), 3);
-    }
-
-    fn no_release() -> Option<Release> {
-        None
+        assert_eq!(log_of(&mut cmd), Some(json("/other.json")));
+        let binary = |path: &str| ExecLogFile {
+            path: PathBuf::from(path),
+            format: LogFormat::Binary,
+        };
+        for given in [
+            "--execution_log_binary_file=/b.log",
+            "--experimental_execution_log_file=/b.log",
+        ] {
+            let mut cmd = args(&["bazel", "build", given]);
+            assert_eq!(log_of(&mut cmd), Some(binary("/b.log")));
+            assert_eq!(cmd.len(), 3);
+        }
     }
 
     /// The flags added for `release`, between the command and its target.
     fn added_for(release: Option<Release>) -> Vec<OsString> {
         let mut cmd = args(&["bazel", "build", "//..."]);
-        let log = add_execution_log(&mut cmd, Path::new("/s"), || release).unwrap();
+        let log = add_execution_log(&mut cmd, 1, Path::new("/s"), release);
         assert_eq!(log.path, Path::new("/s/execution_log.bin"));
         assert_eq!(log.format, LogFormat::Binary);
         assert_eq!(cmd[..2], args(&["bazel", "build"]));
@@ -765,25 +766,18 @@ mod tests {
         ]);
         assert_eq!(added_for(release(7, 0)), no_sort);
         assert_eq!(added_for(release(8, 1)), no_sort);
-        assert_eq!(
-            added_for(None),
-            args(&["--execution_log_binary_file=/s/execution_log.bin"])
-        );
-        // A log the user asked for: the release is not even asked.
-        let mut cmd = args(&["bazel", "build", "--experimental_execution_log_file=/r.log"]);
-        let log = add_execution_log(&mut cmd, Path::new("/s"), || unreachable!()).unwrap();
-        assert_eq!(log.path, Path::new("/r.log"));
-        assert_eq!(log.format, LogFormat::Binary);
-        assert_eq!(cmd.len(), 3);
+        let sorted = args(&["--execution_log_binary_file=/s/execution_log.bin"]);
+        assert_eq!(added_for(None), sorted);
+        // No release named (here: no cgroup to ask it in): the sorted log.
+        let mut cmd = args(&["bazel", "build", "//..."]);
+        assert!(log_of(&mut cmd).is_some());
+        assert_eq!(cmd[2..3], sorted[..]);
     }
 
     #[test]
     fn other_bazel_commands_and_other_tools_are_left_alone() {
         let mut cmd = args(&["bazel", "shutdown"]);
-        assert_eq!(
-            add_execution_log(&mut cmd, Path::new("/s"), no_release),
-            None
-        );
+        assert_eq!(log_of(&mut cmd), None);
         assert_eq!(cmd, args(&["bazel", "shutdown"]));
         assert!(is_bazel(&args(&["/usr/bin/bazel", "build"])));
         assert!(is_bazel(&args(&["bazelisk"])));

@@ -156,7 +156,7 @@ impl SeenCounts {
             .into_iter()
             .map(|index| {
                 let index = index?;
-                let count = self.entry(index)[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel);
+                let count = swap_count(self.entry(index));
                 self.free(index);
                 Some(count)
             })
@@ -203,7 +203,12 @@ fn key_words(key: &SeenKey) -> [u64; KEY_WORDS] {
 /// Steps 1 and 2 of the module's notes on one entry's words: the count,
 /// when the entry holds `key`.
 fn take_entry(entry: &[AtomicU64], key: &SeenKey) -> Option<u64> {
-    retire_entry(entry, key).then(|| entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel))
+    retire_entry(entry, key).then(|| swap_count(entry))
+}
+
+/// Step 2: the count, swapped for `SEEN_TAKEN`.
+fn swap_count(entry: &[AtomicU64]) -> u64 {
+    entry[KEY_WORDS].swap(SEEN_TAKEN, Ordering::AcqRel)
 }
 
 /// Step 1: whether the entry held `key` (and is now retired).
