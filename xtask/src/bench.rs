@@ -19,6 +19,7 @@ mod plot;
 mod program_time;
 mod report;
 pub(crate) mod stats;
+pub(crate) mod stats_sysctl;
 mod worker;
 
 use std::{
@@ -43,8 +44,8 @@ use crate::{
     setup,
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
-        quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_tracing,
-        workspace_root, write_atomic,
+        quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_idle,
+        wait_until_tracing, workspace_root, write_atomic,
     },
 };
 
@@ -469,6 +470,8 @@ listen = "{addr}"
             Duration::from_secs(20),
         )
         .with_context(|| format!("starting the monitor; {}", tail(&stderr_path)))?;
+        wait_until_idle(daemon.id(), Duration::from_secs(30))
+            .with_context(|| format!("starting the monitor; {}", tail(&stderr_path)))?;
         Ok(RunningMonitor {
             daemon,
             addr,
@@ -659,6 +662,8 @@ fn command_line() -> String {
 pub fn run(options: Options) -> Result<()> {
     let settings = RunSettings::from_options(options)?;
     let monitor_bin = prepare_tools(&settings.command)?;
+    // Held off for the whole run: only the counted runs turn it on.
+    let stats_setting = stats_sysctl::StatsSetting::off()?;
     let worker_exe = env::current_exe().context("locating the xtask binary (current_exe)")?;
     let tmp_dir = tempfile::Builder::new()
         .prefix("monitor-bench-")
@@ -706,6 +711,7 @@ pub fn run(options: Options) -> Result<()> {
         kernel_profile: &kernel_profile,
         program_time: &program_time.rows,
         verified_insns: Some(program_time.verified_insns),
+        stats_found_on: stats_setting.was_on(),
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)
@@ -841,6 +847,7 @@ fn write_bpftrace_script(script: &Path, action_cgroup: &Path) -> Result<()> {
 fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
     let mut matrix = Matrix::new();
     for round in 1..=rounds {
+        stats_sysctl::ensure_off().with_context(|| format!("round {round}"))?;
         let tag = format!("round{round}");
         let mut record =
             |setup: Setup, workload: Workload, report: WorkerReport, events: Option<u64>| {

@@ -286,3 +286,60 @@ fn probe_until(
 pub fn metric_sum(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
     testkit::prom::sum(text, name, label.as_slice())
 }
+
+/// Waits until process `pid` has used at most one clock tick of CPU in each
+/// of the last three 100 ms periods: a monitor just started still records
+/// its declarations' identities (100 000 files declared by the bench: some
+/// 0.3 s of CPU after `/healthz` answers), which timed runs must not share
+/// the machine with.
+pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
+    const PERIOD: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + timeout;
+    let mut last = cpu_ticks(pid)?;
+    let mut quiet = 0;
+    while quiet < 3 {
+        if Instant::now() > deadline {
+            bail!("process {pid} still used CPU after {timeout:?}");
+        }
+        std::thread::sleep(PERIOD);
+        let now = cpu_ticks(pid)?;
+        quiet = if now.saturating_sub(last) <= 1 {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    Ok(())
+}
+
+/// User plus system CPU time of process `pid` (all its threads), in clock
+/// ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    stat_cpu_ticks(&text).ok_or_else(|| anyhow!("{path}: no utime and stime in {text:?}"))
+}
+
+/// utime plus stime of a `/proc/<pid>/stat` line (fields 14 and 15). The
+/// command name before them is in parentheses and may hold spaces and
+/// parentheses itself: fields are counted from the last `)`.
+fn stat_cpu_ticks(text: &str) -> Option<u64> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 300 0 0 0 17 25 0 0 20 0 6 0 99 0 0";
+        assert_eq!(stat_cpu_ticks(line), Some(42));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1 2"), None);
+    }
+}

@@ -14,10 +14,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, ensure};
 
 use super::{
-    Bench, Placement, RunSettings, prepare_tools,
-    program_time::{StatsEnabled, held_programs},
-    stats::median,
-    worker::Workload,
+    Bench, Placement, RunSettings, prepare_tools, program_time::held_programs, stats::median,
+    stats_sysctl::StatsSetting, worker::Workload,
 };
 use crate::util::{CgroupGuard, is_root};
 
@@ -76,7 +74,7 @@ pub fn run(options: AbOptions) -> Result<()> {
     let tmp_dir = tempfile::Builder::new().prefix("monitor-ab-").tempdir()?;
     let cgroups = CgroupGuard::create_fresh("monitor-ab")?;
     let bench = Bench::prepare(tmp_dir.path(), &cgroups, monitor_bin, worker_exe, &settings)?;
-    let _stats = StatsEnabled::new()?;
+    let _stats = StatsSetting::on()?;
     let mut rounds = Vec::new();
     for i in 0..options.rounds {
         let round = bench.ab_round(&options, i % 2 == 0)?;

@@ -176,6 +176,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
                 );
             }
         }
+        super::stats_sysctl::ensure_off().with_context(|| format!("build triple {}", n + 1))?;
         let triple = runner
             .triple(n % 2 == 1)
             .with_context(|| format!("build triple {}", n + 1))?;
@@ -264,7 +265,7 @@ impl<'a> Runner<'a> {
     /// A monitored build with bpf_stats on and its programs' run time
     /// counted.
     fn accounted(&self) -> Result<MonitoredRun> {
-        let _stats = super::program_time::StatsEnabled::new()?;
+        let _stats = super::stats_sysctl::StatsSetting::on()?;
         self.count_programs.set(true);
         let run = self.monitored();
         self.count_programs.set(false);

@@ -14,9 +14,9 @@ use std::{collections::BTreeMap, fs, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{Bench, Placement, Setup, worker::WORKLOADS, worker::Workload};
-
-const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+use super::{
+    Bench, Placement, Setup, stats_sysctl::StatsSetting, worker::WORKLOADS, worker::Workload,
+};
 
 /// The programs' run time per workload, and what verifying them took.
 pub struct ProgramTime {
@@ -92,26 +92,6 @@ pub(crate) fn verified_instructions(pid: u32) -> Result<u64> {
     Ok(programs_of(pid)?.values().map(|p| p.verified_insns).sum())
 }
 
-/// `kernel.bpf_stats_enabled` set while it lives, restored after.
-pub(crate) struct StatsEnabled {
-    previous: String,
-}
-
-impl StatsEnabled {
-    pub(crate) fn new() -> Result<Self> {
-        let previous =
-            fs::read_to_string(STATS_SYSCTL).with_context(|| format!("reading {STATS_SYSCTL}"))?;
-        fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {STATS_SYSCTL}"))?;
-        Ok(Self { previous })
-    }
-}
-
-impl Drop for StatsEnabled {
-    fn drop(&mut self) {
-        let _ = fs::write(STATS_SYSCTL, self.previous.trim());
-    }
-}
-
 /// Polls the programs `pid` holds every `PERIOD` until it exits; the last
 /// reading is what its programs ran (all but the last period's).
 pub(crate) struct ProgramSampler {
@@ -147,7 +127,7 @@ impl Bench {
     /// One run per workload for the floor, the monitor outside and the
     /// monitor inside, with the programs' run time counted.
     pub(super) fn program_time(&self) -> Result<ProgramTime> {
-        let _stats = StatsEnabled::new()?;
+        let _stats = StatsSetting::on()?;
         let mut rows = Vec::new();
         let floor = self.start_floor("stats")?;
         for workload in WORKLOADS {

@@ -48,6 +48,9 @@ pub struct ReportInput<'a> {
     pub program_time: &'a [ProgramRow],
     /// Instructions the verifier processed at the monitor's start.
     pub verified_insns: Option<u64>,
+    /// `kernel.bpf_stats_enabled` was on when the bench started (it turned
+    /// it off for the timed rows).
+    pub stats_found_on: bool,
 }
 
 fn first_line(cmd: &mut Command) -> String {
@@ -125,6 +128,15 @@ fn write_machine(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     for (tool, version) in versions {
         writeln!(md, "| {tool} | {version} |")?;
     }
+    let found = if input.stats_found_on {
+        "; it was on when the bench started (left by an interrupted run?), turned off here"
+    } else {
+        ""
+    };
+    writeln!(
+        md,
+        "| `kernel.bpf_stats_enabled` | 0 in every timed row and build, 1 only for the counted runs{found} |"
+    )?;
     writeln!(md, "\nReproduce (as root, from the workspace root):\n")?;
     writeln!(md, "```\n{}\n```\n", input.command)?;
     Ok(())

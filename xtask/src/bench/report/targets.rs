@@ -227,6 +227,7 @@ mod tests {
             kernel_profile: &[],
             program_time,
             verified_insns: None,
+            stats_found_on: false,
         };
         let mut md = String::new();
         write(&mut md, &input).unwrap();
