@@ -45,7 +45,7 @@ use crate::{
     util::{
         CgroupGuard, Daemon, cargo, display, exec, free_port, get_metrics, is_root, metric_sum,
         quoted, target_dir, wait_healthz, wait_until_bpftrace_prints, wait_until_idle,
-        wait_until_tracing, workspace_root, write_atomic,
+        wait_until_machine_quiet, wait_until_tracing, workspace_root, write_atomic,
     },
 };
 
@@ -234,7 +234,13 @@ pub struct Bench {
     iterations: u64,
     distinct_files: u64,
     warmup: u64,
+    /// Timed runs started before the machine was quiet (see
+    /// `wait_until_machine_quiet`).
+    busy_starts: std::cell::Cell<u32>,
 }
+
+/// How long a timed run waits for the machine to be quiet.
+const QUIET_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Where and how a worker runs: in a cgroup, with an audit login uid,
 /// under a wrapper command (strace).
@@ -315,6 +321,10 @@ impl Bench {
 
     /// A timed run of `workload`: warm-up, then its operations.
     fn timed_run(&self, workload: Workload, placement: &Placement<'_>) -> Result<WorkerReport> {
+        if !wait_until_machine_quiet(QUIET_PATIENCE)? {
+            self.busy_starts.set(self.busy_starts.get() + 1);
+            println!("bench: the machine was still busy after {QUIET_PATIENCE:?}; timing anyway");
+        }
         let mut cmd = self.worker_command(workload, placement);
         cmd.arg("--iterations")
             .arg(self.ops(workload).to_string())
@@ -712,6 +722,7 @@ pub fn run(options: Options) -> Result<()> {
         program_time: &program_time.rows,
         verified_insns: Some(program_time.verified_insns),
         stats_found_on: stats_setting.was_on(),
+        busy_starts: bench.busy_starts.get(),
     })?;
     let report_path = &settings.report_path;
     fs::write(report_path, &report)
@@ -803,6 +814,7 @@ impl Bench {
             iterations: settings.iterations,
             distinct_files: settings.distinct_files,
             warmup: 10_000,
+            busy_starts: std::cell::Cell::new(0),
         })
     }
 }

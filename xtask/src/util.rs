@@ -313,6 +313,60 @@ pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the whole machine has been quiet for two 200 ms periods in
+/// a row: at most [`QUIET_TICKS`] clock ticks of CPU (all CPUs together)
+/// used in each. Timed runs start only then: a bare open+close measured
+/// right after the previous round's tracers were torn down came out slower
+/// than with the empty program attached in 3 of 5 rounds, which only
+/// something else running can explain. Returns false when the machine was
+/// still busy at `timeout` (the run then goes ahead; the bench counts it).
+pub fn wait_until_machine_quiet(timeout: Duration) -> Result<bool> {
+    const PERIOD: Duration = Duration::from_millis(200);
+    let deadline = Instant::now() + timeout;
+    let mut last = busy_ticks()?;
+    let mut quiet = 0;
+    while quiet < 2 {
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(PERIOD);
+        let now = busy_ticks()?;
+        quiet = if now.saturating_sub(last) <= QUIET_TICKS {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    Ok(true)
+}
+
+/// CPU a 200 ms period may use and still count as quiet: 4 % of two CPUs
+/// at 100 ticks per second.
+const QUIET_TICKS: u64 = 2;
+
+/// Clock ticks all CPUs spent busy since boot (`/proc/stat`'s `cpu` line:
+/// everything but idle and iowait).
+fn busy_ticks() -> Result<u64> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    stat_busy_ticks(&text).ok_or_else(|| anyhow!("/proc/stat: no cpu line"))
+}
+
+/// `user nice system idle iowait irq softirq steal` of the first line,
+/// less idle and iowait.
+fn stat_busy_ticks(text: &str) -> Option<u64> {
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
 /// User plus system CPU time of process `pid` (all its threads), in clock
 /// ticks.
 fn cpu_ticks(pid: u32) -> Result<u64> {
@@ -334,7 +388,15 @@ fn stat_cpu_ticks(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::stat_cpu_ticks;
+    use super::{stat_busy_ticks, stat_cpu_ticks};
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_iowait() {
+        let text = "cpu  10 1 20 1000 500 3 4 5 0 0\ncpu0 5 0 10 500 250 1 2 2 0 0\n";
+        assert_eq!(stat_busy_ticks(text), Some(43));
+        assert_eq!(stat_busy_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(stat_busy_ticks("cpu  1 2 3\n"), None);
+    }
 
     #[test]
     fn cpu_ticks_are_counted_after_the_command_name() {

@@ -347,6 +347,7 @@ impl<'a> Runner<'a> {
             cmd.arg(format!("--execution_log_binary_file={}", log.display()));
         }
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
+        wait_quiet_before_build()?;
         let start = Instant::now();
         let out = cmd
             .stderr(Stdio::piped())
@@ -385,6 +386,15 @@ impl<'a> Runner<'a> {
         let _ = fs::remove_dir_all(self.dir.join(format!("ob-{n}")));
         let _ = fs::remove_file(self.dir.join(format!("exec-{n}.bin")));
     }
+}
+
+/// The previous build's clean-up (its output base removed) leaves the
+/// kernel writing back for a while: each build starts on a quiet machine.
+fn wait_quiet_before_build() -> Result<()> {
+    if !crate::util::wait_until_machine_quiet(Duration::from_secs(10))? {
+        println!("bench: builds: the machine was still busy after 10 s; building anyway");
+    }
+    Ok(())
 }
 
 /// Waits until no process is left in `cgroup` (the server exiting).

@@ -51,6 +51,8 @@ pub struct ReportInput<'a> {
     /// `kernel.bpf_stats_enabled` was on when the bench started (it turned
     /// it off for the timed rows).
     pub stats_found_on: bool,
+    /// Timed runs started before the machine was quiet.
+    pub busy_starts: u32,
 }
 
 fn first_line(cmd: &mut Command) -> String {
@@ -151,13 +153,17 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
          runs' ns per operation. Same file: {} timed `open(O_RDONLY)`+`close` pairs on one declared \
          file after {} untimed. Distinct files: {} files opened once each (the first-access cost; \
          no warm-up). Connect: {} timed `socket`+`connect`+`close` to a closed 127.0.0.1 port \
-         (refused; allowed by the monitor's policy) after {} untimed.\n",
+         (refused; allowed by the monitor's policy) after {} untimed. Each run starts once the \
+         machine has been quiet for two 200 ms periods (at most 2 clock ticks of CPU used in each, \
+         all CPUs together; a monitor just started is also waited for until its own CPU time stops \
+         growing); runs that started on a machine still busy after 10 s: {}.\n",
         input.rounds,
         input.iterations,
         input.warmup,
         input.distinct_files,
         input.connects,
-        input.warmup
+        input.warmup,
+        input.busy_starts
     )?;
     writeln!(
         md,

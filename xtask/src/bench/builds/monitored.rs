@@ -127,6 +127,7 @@ impl Runner<'_> {
         join_cgroup_on_spawn(&mut cmd, &monitor_cgroup)?;
         let stderr_path = self.dir.join(format!("monitor-{n}.stderr"));
         cmd.stderr(fs::File::create(&stderr_path)?);
+        super::wait_quiet_before_build()?;
         let build_before = cpu_usage_s(&exec_parent()?);
         let start = Instant::now();
         let child = cmd

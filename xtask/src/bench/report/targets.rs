@@ -228,6 +228,7 @@ mod tests {
             program_time,
             verified_insns: None,
             stats_found_on: false,
+            busy_starts: 0,
         };
         let mut md = String::new();
         write(&mut md, &input).unwrap();
