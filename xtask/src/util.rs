@@ -289,9 +289,9 @@ pub fn metric_sum(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
 
 /// Waits until process `pid` has used at most one clock tick of CPU in each
 /// of the last three 100 ms periods: a monitor just started still records
-/// its declarations' identities (100 000 files declared by the bench: some
-/// 0.3 s of CPU after `/healthz` answers), which timed runs must not share
-/// the machine with.
+/// its declarations' identities after `/healthz` answers (the bench
+/// declares 100,000 files; 60,000 took 0.16 s of CPU and as many syscalls,
+/// measured), which timed runs must not share the machine with.
 pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
     const PERIOD: Duration = Duration::from_millis(100);
     let deadline = Instant::now() + timeout;
@@ -315,11 +315,13 @@ pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
 
 /// Waits until the whole machine has been quiet for two 200 ms periods in
 /// a row: at most [`QUIET_TICKS`] clock ticks of CPU (all CPUs together)
-/// used in each. Timed runs start only then: a bare open+close measured
-/// right after the previous round's tracers were torn down came out slower
-/// than with the empty program attached in 3 of 5 rounds, which only
-/// something else running can explain. Returns false when the machine was
-/// still busy at `timeout` (the run then goes ahead; the bench counts it).
+/// used in each. Timed runs start only then, so that nothing this machine
+/// runs (a tracer torn down a moment before, the previous build's output
+/// base being written back) shares it with them. It does not remove the
+/// VM's own swings: a bare open+close still came out slower than with the
+/// empty program attached in 1 round of 5. Returns false when the machine
+/// was still busy at `timeout` (the run then goes ahead; the bench counts
+/// it).
 pub fn wait_until_machine_quiet(timeout: Duration) -> Result<bool> {
     const PERIOD: Duration = Duration::from_millis(200);
     let deadline = Instant::now() + timeout;

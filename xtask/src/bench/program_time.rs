@@ -92,8 +92,9 @@ pub(crate) fn verified_instructions(pid: u32) -> Result<u64> {
     Ok(programs_of(pid)?.values().map(|p| p.verified_insns).sum())
 }
 
-/// Polls the programs `pid` holds every `PERIOD` until it exits; the last
-/// reading is what its programs ran (all but the last period's).
+/// Polls the programs `pid` holds every `PERIOD` until it exits; the
+/// reading with the most runs is what its programs ran (all but the last
+/// period's).
 pub(crate) struct ProgramSampler {
     thread: std::thread::JoinHandle<Option<(u64, u64)>>,
 }
@@ -103,10 +104,16 @@ impl ProgramSampler {
 
     pub(crate) fn start(pid: u32) -> Self {
         let thread = std::thread::spawn(move || {
-            let mut last = None;
+            let mut last: Option<(u64, u64)> = None;
             // Until it is reaped (a zombie holds no fd: its readings fail).
+            // The programs' counts only grow while they are held: a
+            // reading taken after the monitor closed them (it writes its
+            // report after) sums to less, and is not the answer (the
+            // 16:25 bench counted 0 runs that way).
             while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                if let Ok(reading) = held_programs(pid) {
+                if let Ok(reading) = held_programs(pid)
+                    && last.is_none_or(|(_, runs)| reading.1 >= runs)
+                {
                     last = Some(reading);
                 }
                 std::thread::sleep(Self::PERIOD);
