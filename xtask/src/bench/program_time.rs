@@ -111,10 +111,8 @@ impl ProgramSampler {
             // report after) sums to less, and is not the answer (the
             // 16:25 bench counted 0 runs that way).
             while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                if let Ok(reading) = held_programs(pid)
-                    && last.is_none_or(|(_, runs)| reading.1 >= runs)
-                {
-                    last = Some(reading);
+                if let Ok(reading) = held_programs(pid) {
+                    last = Some(with_more_runs(last, reading));
                 }
                 std::thread::sleep(Self::PERIOD);
             }
@@ -178,6 +176,14 @@ impl Bench {
     }
 }
 
+/// Of the reading kept so far and a new one, the one with more runs.
+fn with_more_runs(kept: Option<(u64, u64)>, reading: (u64, u64)) -> (u64, u64) {
+    match kept {
+        Some(kept) if kept.1 > reading.1 => kept,
+        _ => reading,
+    }
+}
+
 /// The row of `setup` on `workload`.
 pub fn find(rows: &[ProgramRow], setup: Setup, workload: Workload) -> Option<&ProgramRow> {
     rows.iter()
@@ -201,6 +207,14 @@ mod tests {
             verified_insns: 5000,
         };
         assert_eq!(parse_fdinfo(text), Some(expected));
+    }
+
+    #[test]
+    fn a_reading_after_the_programs_were_closed_is_not_kept() {
+        let kept = with_more_runs(None, (10, 100));
+        let kept = with_more_runs(Some(kept), (25, 300));
+        assert_eq!(with_more_runs(Some(kept), (0, 0)), (25, 300));
+        assert_eq!(with_more_runs(Some(kept), (30, 301)), (30, 301));
     }
 
     #[test]
