@@ -79,7 +79,10 @@ pub fn run(options: Options) -> Result<()> {
     // A fresh machine has neither the eBPF toolchain nor Bazel and perf.
     setup::run()?;
     let monitor_bin = match options.monitor_bin {
-        Some(bin) => bin,
+        // Absolute: `monitor exec` is started in the generated workspace.
+        Some(bin) => {
+            fs::canonicalize(&bin).with_context(|| format!("--monitor-bin {}", bin.display()))?
+        }
         None => {
             exec(cargo().args(["build", "--release", "-p", "monitor"]))?;
             target_dir()?.join("release").join("monitor")
