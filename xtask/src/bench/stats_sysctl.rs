@@ -28,7 +28,7 @@ impl StatsSetting {
         let setting = Self::set("0")?;
         if setting.was_on() {
             println!(
-                "bench: kernel.bpf_stats_enabled was 1 (left on by an interrupted run?): \
+                "kernel.bpf_stats_enabled was 1 (left on by an interrupted run?): \
                  set to 0 while timing, written back at the end"
             );
         }
