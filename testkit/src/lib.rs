@@ -1,11 +1,12 @@
 //! Helpers written once for the monitor, xtask and the integration tests.
 //!
-//! [`cgroup`] is all the monitor itself uses (it needs only libc). The rest,
-//! behind the `harness` feature, drives a real monitor daemon from tests and
-//! tools: loopback HTTP, Prometheus text, free ports, child daemons and
-//! polling with a deadline.
+//! [`cgroup`] and [`wait`] (polling with a deadline) are what the monitor
+//! itself uses (they need only libc and std). The rest, behind the
+//! `harness` feature, drives a real monitor daemon from tests and tools:
+//! loopback HTTP, Prometheus text, free ports and child daemons.
 pub mod cgroup;
 pub mod tools;
+pub mod wait;
 
 #[cfg(feature = "harness")]
 pub mod daemon;
@@ -17,5 +18,3 @@ pub mod monitor;
 pub mod ports;
 #[cfg(feature = "harness")]
 pub mod prom;
-#[cfg(feature = "harness")]
-pub mod wait;

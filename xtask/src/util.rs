@@ -293,22 +293,13 @@ pub fn metric_sum(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
 /// declares 100,000 files; 60,000 took 0.16 s of CPU and as many syscalls,
 /// measured), which timed runs must not share the machine with.
 pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
-    const PERIOD: Duration = Duration::from_millis(100);
-    let deadline = Instant::now() + timeout;
-    let mut last = cpu_ticks(pid)?;
-    let mut quiet = 0;
-    while quiet < 3 {
-        if Instant::now() > deadline {
-            bail!("process {pid} still used CPU after {timeout:?}");
-        }
-        std::thread::sleep(PERIOD);
-        let now = cpu_ticks(pid)?;
-        quiet = if now.saturating_sub(last) <= 1 {
-            quiet + 1
-        } else {
-            0
-        };
-        last = now;
+    let steady = Steady {
+        period: Duration::from_millis(100),
+        periods: 3,
+        most: 1,
+    };
+    if !steady.wait(timeout, || cpu_ticks(pid))? {
+        bail!("process {pid} still used CPU after {timeout:?}");
     }
     Ok(())
 }
@@ -323,24 +314,44 @@ pub fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
 /// was still busy at `timeout` (the run then goes ahead; the bench counts
 /// it).
 pub fn wait_until_machine_quiet(timeout: Duration) -> Result<bool> {
-    const PERIOD: Duration = Duration::from_millis(200);
-    let deadline = Instant::now() + timeout;
-    let mut last = busy_ticks()?;
-    let mut quiet = 0;
-    while quiet < 2 {
-        if Instant::now() > deadline {
-            return Ok(false);
+    let steady = Steady {
+        period: Duration::from_millis(200),
+        periods: 2,
+        most: QUIET_TICKS,
+    };
+    steady.wait(timeout, busy_ticks)
+}
+
+/// A counter that grew by at most `most` in each of `periods` periods in a
+/// row.
+struct Steady {
+    period: Duration,
+    periods: u32,
+    most: u64,
+}
+
+impl Steady {
+    /// Reads `counter` every period until it has been steady; false when
+    /// it was not by `timeout`.
+    fn wait(&self, timeout: Duration, mut counter: impl FnMut() -> Result<u64>) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut last = counter()?;
+        let mut steady = 0;
+        while steady < self.periods {
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(self.period);
+            let now = counter()?;
+            steady = if now.saturating_sub(last) <= self.most {
+                steady + 1
+            } else {
+                0
+            };
+            last = now;
         }
-        std::thread::sleep(PERIOD);
-        let now = busy_ticks()?;
-        quiet = if now.saturating_sub(last) <= QUIET_TICKS {
-            quiet + 1
-        } else {
-            0
-        };
-        last = now;
+        Ok(true)
     }
-    Ok(true)
 }
 
 /// CPU a 200 ms period may use and still count as quiet: 4 % of two CPUs

@@ -9,7 +9,7 @@ use std::{
     io::Read as _,
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// A Bazel release's major and minor version.
@@ -34,19 +34,13 @@ pub fn release_of(program: &OsStr, cgroup: &Path) -> Option<Release> {
         .stderr(Stdio::null());
     testkit::cgroup::join_on_spawn(&mut cmd, cgroup).ok()?;
     let mut child = cmd.spawn().ok()?;
-    let deadline = Instant::now() + PATIENCE;
     // The answer is one line: it fits in the pipe, so waiting first
     // cannot block the child.
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
+    let exited = testkit::wait::poll_until(PATIENCE, || child.try_wait().ok().flatten());
+    if !exited.is_some_and(|status| status.success()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
     }
     let mut text = String::new();
     child.stdout.take()?.read_to_string(&mut text).ok()?;
