@@ -65,6 +65,8 @@ pub fn run(options: Options) -> Result<()> {
     let build = BuildOptions {
         build_pairs: None,
         build_minutes: 0,
+        side_by_side_pairs: None,
+        side_by_side_minutes: 0,
         build_compiles: options.build_compiles,
         build_sandboxes: options.build_sandboxes,
         build_inputs: options.build_inputs,

@@ -399,6 +399,25 @@ fn stat_cpu_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Runs `cmd` on CPU `cpu` only: the affinity is inherited by everything
+/// it starts (a Bazel client, its server, every spawn; `monitor exec`'s
+/// daemon threads), so two builds side by side each keep one CPU.
+pub fn pin_on_spawn(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure only builds a CPU set on its stack and calls
+    // sched_setaffinity (async-signal-safe), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{stat_busy_ticks, stat_cpu_ticks};

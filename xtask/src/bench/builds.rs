@@ -5,12 +5,14 @@
 //! time: the CPU time the build's cgroup used (`cpu.stat` usage_usec) and
 //! the monitor's own.
 
+pub(crate) mod side_by_side;
 pub(crate) mod workspace;
 
 use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -29,8 +31,17 @@ pub struct BuildOptions {
     #[arg(long)]
     pub build_pairs: Option<usize>,
     /// Time budget of the adaptive build series, in minutes.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 15)]
     pub build_minutes: u64,
+    /// Pairs of builds side by side, one CPU each (a log build beside a bare
+    /// one, `monitor exec` beside a log build, alternately) [default:
+    /// adaptive: at least 4 of each, then until each part's 95 % intervals
+    /// are within ±1 point, at most 30 or --side-by-side-minutes].
+    #[arg(long)]
+    pub side_by_side_pairs: Option<usize>,
+    /// Time budget of the side-by-side series, in minutes.
+    #[arg(long, default_value_t = 25)]
+    pub side_by_side_minutes: u64,
     /// Genrules compiling a C++ file with g++.
     #[arg(long, default_value_t = 100)]
     pub build_compiles: usize,
@@ -46,6 +57,7 @@ impl BuildOptions {
     /// `--quick`: a small workspace, two triples.
     pub fn quick(&mut self) {
         self.build_pairs.get_or_insert(2);
+        self.side_by_side_pairs.get_or_insert(2);
         self.build_compiles = self.build_compiles.min(10);
         self.build_sandboxes = self.build_sandboxes.min(10);
     }
@@ -59,7 +71,7 @@ pub struct PlainRun {
 }
 
 /// One build under `monitor exec`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MonitoredRun {
     pub wall_s: f64,
     /// CPU time of the build's cgroup (client, server, spawns).
@@ -127,6 +139,8 @@ pub struct BuildResults {
     pub actions: usize,
     /// Why the series stopped where it did.
     pub stop_reason: String,
+    /// Pairs built side by side, one CPU each (`side_by_side`).
+    pub side_by_side: Option<side_by_side::SideBySide>,
 }
 
 /// The median and its interval of one overhead series.
@@ -185,6 +199,8 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     };
     println!("bench: builds: one more monitored build, its kernel programs' run time counted");
     let accounted = runner.accounted().context("the build with bpf_stats on")?;
+    println!("bench: builds: pairs side by side, one CPU each");
+    let side_by_side = side_by_side::run(options, &runner).context("builds side by side")?;
     drop(cgroups);
     Ok(BuildResults {
         triples,
@@ -192,6 +208,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
         workspace: workspace::describe(options),
         actions,
         stop_reason,
+        side_by_side: Some(side_by_side),
     })
 }
 
@@ -219,7 +236,7 @@ pub(crate) struct Runner<'a> {
     dir: PathBuf,
     monitor_bin: PathBuf,
     cgroups: &'a CgroupGuard,
-    serial: std::cell::Cell<usize>,
+    serial: AtomicUsize,
     /// Record each monitored build's `monitor exec` with `perf`
     /// (`cargo xtask profile-build --perf`).
     pub(crate) perf: Option<crate::profile::perf::Recording>,
@@ -227,7 +244,29 @@ pub(crate) struct Runner<'a> {
     pub(crate) keep_reports: bool,
     /// Sum the monitor's kernel programs' run time during each monitored
     /// build (needs bpf_stats on, see `accounted`).
-    count_programs: std::cell::Cell<bool>,
+    count_programs: AtomicBool,
+}
+
+/// Where a build runs: anywhere, after the machine went quiet (one build
+/// at a time), or pinned to one CPU beside another build (`side_by_side`:
+/// the pair waits for quiet once, and cleans up after both).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Cpu {
+    Any,
+    Only(usize),
+}
+
+impl Cpu {
+    /// Pins `cmd` when asked; waits for a quiet machine when alone.
+    fn prepare(self, cmd: &mut Command) -> Result<()> {
+        match self {
+            Cpu::Any => wait_quiet_before_build(),
+            Cpu::Only(cpu) => {
+                crate::util::pin_on_spawn(cmd, cpu);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// `usage_usec` of a cgroup's `cpu.stat`, in seconds (0 when it is missing).
@@ -255,10 +294,10 @@ impl<'a> Runner<'a> {
             dir,
             monitor_bin: monitor_bin.to_path_buf(),
             cgroups,
-            serial: std::cell::Cell::new(0),
+            serial: AtomicUsize::new(0),
             perf: None,
             keep_reports: false,
-            count_programs: std::cell::Cell::new(false),
+            count_programs: AtomicBool::new(false),
         }
     }
 
@@ -266,15 +305,14 @@ impl<'a> Runner<'a> {
     /// counted.
     fn accounted(&self) -> Result<MonitoredRun> {
         let _stats = super::stats_sysctl::StatsSetting::on()?;
-        self.count_programs.set(true);
+        self.count_programs.store(true, Ordering::Relaxed);
         let run = self.monitored();
-        self.count_programs.set(false);
+        self.count_programs.store(false, Ordering::Relaxed);
         run
     }
 
     fn next(&self) -> usize {
-        self.serial.set(self.serial.get() + 1);
-        self.serial.get()
+        self.serial.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn startup_args(&self, n: usize) -> Vec<String> {
@@ -337,6 +375,11 @@ impl<'a> Runner<'a> {
     /// A build in a cgroup of its own, its server shut down after; CPU is
     /// the cgroup's whole usage (client, server, spawns).
     pub(crate) fn plain(&self, execution_log: bool) -> Result<PlainRun> {
+        self.plain_on(execution_log, Cpu::Any)
+    }
+
+    /// [`Runner::plain`] on `cpu`.
+    pub(crate) fn plain_on(&self, execution_log: bool, cpu: Cpu) -> Result<PlainRun> {
         let n = self.next();
         let cgroup = self.cgroups.create_child(&format!("b{n}"))?;
         let mut cmd = Command::new(BAZEL);
@@ -347,7 +390,7 @@ impl<'a> Runner<'a> {
             cmd.arg(format!("--execution_log_binary_file={}", log.display()));
         }
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
-        wait_quiet_before_build()?;
+        cpu.prepare(&mut cmd)?;
         let start = Instant::now();
         let out = cmd
             .stderr(Stdio::piped())
@@ -364,7 +407,7 @@ impl<'a> Runner<'a> {
         self.shutdown(n)?;
         wait_empty(&cgroup)?;
         let cpu_s = cpu_usage_s(&cgroup);
-        self.clean(n);
+        self.clean_after(n, cpu);
         Ok(PlainRun { wall_s, cpu_s })
     }
 
@@ -379,6 +422,22 @@ impl<'a> Runner<'a> {
             .with_context(|| format!("running `{}`", display(&cmd)))?;
         ensure!(status.success(), "`{}` failed: {status}", display(&cmd));
         Ok(())
+    }
+
+    /// Cleans up after build `n` now when it ran alone; a build side by
+    /// side leaves it to [`Runner::clean_all`] after both (removing an
+    /// output base writes to disk while the other build still runs).
+    fn clean_after(&self, n: usize, cpu: Cpu) {
+        if matches!(cpu, Cpu::Any) {
+            self.clean(n);
+        }
+    }
+
+    /// Removes every build's output base and execution log (untimed).
+    fn clean_all(&self) {
+        for n in 1..=self.serial.load(Ordering::Relaxed) {
+            self.clean(n);
+        }
     }
 
     /// Removes a build's output base and execution log (untimed).

@@ -27,6 +27,7 @@ use crate::util::output;
 
 mod builds_section;
 mod program_section;
+mod side_by_side_section;
 mod targets;
 
 pub struct ReportInput<'a> {
@@ -71,9 +72,18 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     write_kernel_profile(&mut md, input.kernel_profile)?;
     write_throughput(&mut md, input)?;
     write_flood(&mut md, input.flood)?;
-    builds_section::write(&mut md, input.builds)?;
+    builds_section::write(&mut md, input.builds, floor_ns_per_syscall(input.matrix))?;
     write_how_to_read(&mut md)?;
     Ok(md)
+}
+
+/// What the empty program adds to one syscall: the floor's open+close over
+/// the bare one, halved (two syscall exits each); `None` without the rows.
+pub fn floor_ns_per_syscall(matrix: &Matrix) -> Option<f64> {
+    let bare = matrix.median(Setup::Bare, Workload::Repeat);
+    let floor = matrix.median(Setup::Floor, Workload::Repeat);
+    let added = (floor - bare) / 2.0;
+    added.is_finite().then_some(added.max(0.0))
 }
 
 fn cpu_model() -> String {

@@ -6,7 +6,7 @@ use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Comman
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty};
+use super::{Cpu, MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty};
 use crate::bench::program_time::ProgramSampler;
 use crate::util::{display, join_cgroup_on_spawn};
 
@@ -78,7 +78,7 @@ impl Runner<'_> {
         };
         let sampler = self
             .count_programs
-            .get()
+            .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| ProgramSampler::start(pid));
         let (status, peak_rss) = wait_with_rusage(pid)?;
         if let Some(perf) = perf {
@@ -119,6 +119,11 @@ impl Runner<'_> {
     }
 
     pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
+        self.monitored_on(Cpu::Any)
+    }
+
+    /// [`Runner::monitored`] on `cpu`.
+    pub(crate) fn monitored_on(&self, cpu: Cpu) -> Result<MonitoredRun> {
         let n = self.next();
         let mut others = other_active_jobs()?;
         let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
@@ -127,7 +132,7 @@ impl Runner<'_> {
         join_cgroup_on_spawn(&mut cmd, &monitor_cgroup)?;
         let stderr_path = self.dir.join(format!("monitor-{n}.stderr"));
         cmd.stderr(fs::File::create(&stderr_path)?);
-        super::wait_quiet_before_build()?;
+        cpu.prepare(&mut cmd)?;
         let build_before = cpu_usage_s(&exec_parent()?);
         let start = Instant::now();
         let child = cmd
@@ -170,7 +175,7 @@ impl Runner<'_> {
             last_lines(&stderr)
         );
         print_alerts(&json);
-        self.clean(n);
+        self.clean_after(n, cpu);
         if !self.keep_reports {
             let _ = fs::remove_file(&report);
         }

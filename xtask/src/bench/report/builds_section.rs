@@ -11,7 +11,11 @@ use crate::bench::{
     stats,
 };
 
-pub fn write(md: &mut String, builds: Option<&BuildResults>) -> Result<()> {
+pub fn write(
+    md: &mut String,
+    builds: Option<&BuildResults>,
+    floor_ns_per_syscall: Option<f64>,
+) -> Result<()> {
     writeln!(md, "## Real Bazel builds\n")?;
     let Some(b) = builds else {
         writeln!(md, "Not run (`--skip-builds`).\n")?;
@@ -32,6 +36,9 @@ pub fn write(md: &mut String, builds: Option<&BuildResults>) -> Result<()> {
     write_parts(md, b)?;
     write_monitor_costs(md, b)?;
     write_accounted(md, b)?;
+    if let Some(side_by_side) = &b.side_by_side {
+        super::side_by_side_section::write(md, side_by_side, floor_ns_per_syscall)?;
+    }
     Ok(())
 }
 
@@ -288,6 +295,7 @@ mod tests {
             cpu_s,
         };
         BuildResults {
+            side_by_side: None,
             triples: vec![Triple {
                 bare: plain(100.0),
                 log: plain(101.0),
@@ -344,6 +352,7 @@ mod tests {
     #[test]
     fn no_accounted_build_writes_nothing() {
         let results = BuildResults {
+            side_by_side: None,
             triples: Vec::new(),
             accounted: None,
             workspace: "w".into(),

@@ -1,0 +1,415 @@
+//! Builds side by side: two builds at the same moment, one CPU each, so
+//! that both meet the VM's slow and fast phases together. Built one after
+//! the other, bare builds of this workspace swung from 47 to 79 s of CPU
+//! within one bench; two identical bare builds side by side differed by
+//! +2.8, +0.7 and -0.5 % while the rounds drifted from 36 to 54 s
+//! (measured, 2026-12-01).
+//!
+//! What a pair can compare is limited by the kernel programs being global:
+//! with a monitor attached, its neighbour is not bare but outside the
+//! monitor. So the overhead comes in three parts:
+//! * the execution log flag: a log build beside a bare build, no monitor;
+//! * the monitor: `monitor exec` beside a log build (outside it);
+//! * the outside cost the neighbour paid: counted, not timed ([`Outside`]).
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::{BuildOptions, Cpu, MonitoredRun, PlainRun, Runner, exec_parent};
+use crate::bench::{program_time, stats, stats_sysctl};
+use crate::util::{display, join_cgroup_on_spawn, poll_until};
+
+/// A log build beside a bare build (no monitor anywhere).
+pub struct LogPair {
+    pub bare: PlainRun,
+    pub log: PlainRun,
+}
+
+/// `monitor exec` beside a log build outside it.
+pub struct MonitorPair {
+    pub neighbour: PlainRun,
+    pub monitored: MonitoredRun,
+}
+
+impl LogPair {
+    /// (wall, CPU) of the log build over the bare one, in points.
+    pub fn overheads(&self) -> (f64, f64) {
+        (
+            points(self.log.wall_s, self.bare.wall_s),
+            points(self.log.cpu_s, self.bare.cpu_s),
+        )
+    }
+}
+
+impl MonitorPair {
+    /// (wall, CPU) of the monitored build (its daemon included) over its
+    /// neighbour, in points.
+    pub fn overheads(&self) -> (f64, f64) {
+        (
+            points(self.monitored.wall_s, self.neighbour.wall_s),
+            points(self.monitored.cpu_s(), self.neighbour.cpu_s),
+        )
+    }
+}
+
+fn points(value: f64, base: f64) -> f64 {
+    (value - base) / base * 100.0
+}
+
+/// A log build alone with a monitor attached that watches something else,
+/// bpf_stats on: what the monitor's programs cost a build outside it.
+pub struct Outside {
+    pub build: PlainRun,
+    /// The programs' run time during the build (s) and their runs (every
+    /// syscall exit on the machine, the build's nearly all).
+    pub programs_s: f64,
+    pub runs: u64,
+}
+
+pub struct SideBySide {
+    pub log_pairs: Vec<LogPair>,
+    pub monitor_pairs: Vec<MonitorPair>,
+    pub outside: Option<Outside>,
+    pub stop_reason: String,
+}
+
+impl Outside {
+    /// The programs' run time, in points of this build's CPU.
+    pub fn programs_points(&self) -> f64 {
+        self.programs_s / self.build.cpu_s * 100.0
+    }
+
+    /// The tracepoint's own cost on every syscall exit (what the empty
+    /// program adds, `floor_ns_per_run`), in points of this build's CPU.
+    pub fn floor_points(&self, floor_ns_per_run: f64) -> f64 {
+        self.runs as f64 * floor_ns_per_run / 1e9 / self.build.cpu_s * 100.0
+    }
+}
+
+/// One part of the overhead, in points: its median and 95 % interval (a
+/// counted part has no spread: all three equal).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Part {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Part {
+    /// The median of a paired series and its interval (the range with
+    /// fewer than 6 pairs; the median itself for one).
+    pub fn of(series: &[f64]) -> Part {
+        let median = stats::median(series);
+        match stats::median_interval(series) {
+            Some(ci) => Part {
+                median,
+                low: ci.low,
+                high: ci.high,
+            },
+            None => Part::counted(median),
+        }
+    }
+
+    /// `+x.x % [lo, hi]`.
+    pub fn text(&self) -> String {
+        format!(
+            "{:+.1} % [{:+.1}, {:+.1}]",
+            self.median, self.low, self.high
+        )
+    }
+
+    pub fn counted(points: f64) -> Part {
+        Part {
+            median: points,
+            low: points,
+            high: points,
+        }
+    }
+
+    /// Parts measured apart add up; so do their intervals' ends (wider
+    /// than the sum's own interval would be: no part's luck is assumed to
+    /// cancel another's).
+    pub fn plus(self, other: Part) -> Part {
+        Part {
+            median: self.median + other.median,
+            low: self.low + other.low,
+            high: self.high + other.high,
+        }
+    }
+}
+
+impl SideBySide {
+    /// (wall, CPU): the log part, the monitor part and the outside part
+    /// (programs and, when known, the tracepoint's floor), each in points
+    /// of its own base (bare, the log neighbour, the outside build: within
+    /// a point or two of each other). The outside part is counted in CPU
+    /// and added to wall time as well (the builds use their CPU all along).
+    pub fn totals(&self, floor_ns_per_run: Option<f64>) -> Option<(Part, Part)> {
+        let outside = self.outside.as_ref()?;
+        if self.log_pairs.is_empty() || self.monitor_pairs.is_empty() {
+            return None;
+        }
+        let counted =
+            outside.programs_points() + floor_ns_per_run.map_or(0.0, |ns| outside.floor_points(ns));
+        let (log_wall, log_cpu) = self.log_series();
+        let (mon_wall, mon_cpu) = self.monitor_series();
+        let total = |log: &[f64], monitor: &[f64]| {
+            Part::of(log)
+                .plus(Part::of(monitor))
+                .plus(Part::counted(counted))
+        };
+        Some((total(&log_wall, &mon_wall), total(&log_cpu, &mon_cpu)))
+    }
+
+    pub fn log_series(&self) -> (Vec<f64>, Vec<f64>) {
+        self.log_pairs.iter().map(LogPair::overheads).unzip()
+    }
+
+    pub fn monitor_series(&self) -> (Vec<f64>, Vec<f64>) {
+        self.monitor_pairs
+            .iter()
+            .map(MonitorPair::overheads)
+            .unzip()
+    }
+}
+
+const MIN_PAIRS: usize = 4;
+const MAX_PAIRS: usize = 30;
+/// Each paired part's interval half-width: two of them add up to ±2.
+const PART_HALF_WIDTH: f64 = 1.0;
+
+/// Alternates log pairs and monitor pairs (CPUs swapped every other pair
+/// of a kind) until both parts are within ±1 point, or the budget ends.
+pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
+    let started = Instant::now();
+    let budget = Duration::from_secs(options.side_by_side_minutes * 60);
+    let mut result = SideBySide {
+        log_pairs: Vec::new(),
+        monitor_pairs: Vec::new(),
+        outside: None,
+        stop_reason: String::new(),
+    };
+    result.stop_reason = loop {
+        let n = result.log_pairs.len() + result.monitor_pairs.len();
+        if let Some(reason) = stop(options, &result, started.elapsed(), budget) {
+            break reason;
+        }
+        stats_sysctl::ensure_off().with_context(|| format!("side-by-side pair {}", n + 1))?;
+        wait_quiet()?;
+        let swap = (n / 2) % 2 == 1;
+        let (first, second) = if swap { (1, 0) } else { (0, 1) };
+        if n.is_multiple_of(2) {
+            let (bare, log) = both(
+                || runner.plain_on(false, Cpu::Only(first)),
+                || runner.plain_on(true, Cpu::Only(second)),
+            )?;
+            let pair = LogPair { bare, log };
+            print_pair(n + 1, "bare | log", pair.overheads());
+            result.log_pairs.push(pair);
+        } else {
+            let (neighbour, monitored) = both(
+                || runner.plain_on(true, Cpu::Only(first)),
+                || runner.monitored_on(Cpu::Only(second)),
+            )?;
+            let pair = MonitorPair {
+                neighbour,
+                monitored,
+            };
+            print_pair(n + 1, "log | monitor exec", pair.overheads());
+            result.monitor_pairs.push(pair);
+        }
+        runner.clean_all();
+    };
+    println!("bench: builds: one log build with a monitor attached beside it, programs counted");
+    result.outside = Some(outside(runner).context("the log build beside an idle monitor")?);
+    Ok(result)
+}
+
+/// Why the series stops now, or `None` to go on.
+fn stop(
+    options: &BuildOptions,
+    result: &SideBySide,
+    elapsed: Duration,
+    budget: Duration,
+) -> Option<String> {
+    let n = result.log_pairs.len() + result.monitor_pairs.len();
+    if let Some(fixed) = options.side_by_side_pairs {
+        return (n >= fixed).then(|| format!("{fixed} pair(s), as asked (--side-by-side-pairs)"));
+    }
+    let enough = result.log_pairs.len() >= MIN_PAIRS && result.monitor_pairs.len() >= MIN_PAIRS;
+    if enough && precise_enough(result) {
+        return Some(format!(
+            "{n} pairs: each part's 95 % intervals within ±1 point"
+        ));
+    }
+    if n >= MAX_PAIRS {
+        return Some(format!("{n} pairs: the maximum"));
+    }
+    let per_pair = elapsed.checked_div(n as u32).unwrap_or_default();
+    (enough && elapsed + per_pair > budget).then(|| {
+        format!(
+            "{n} pairs: the {}-minute budget (--side-by-side-minutes) ran out before ±1 point per part",
+            options.side_by_side_minutes
+        )
+    })
+}
+
+fn precise_enough(result: &SideBySide) -> bool {
+    let (log_wall, log_cpu) = result.log_series();
+    let (mon_wall, mon_cpu) = result.monitor_series();
+    [log_wall, log_cpu, mon_wall, mon_cpu].iter().all(|series| {
+        stats::median_interval(series)
+            .is_some_and(|ci| ci.level >= 0.95 && ci.half_width() <= PART_HALF_WIDTH)
+    })
+}
+
+/// Runs both builds at once; both must succeed.
+fn both<A: Send, B: Send>(
+    a: impl FnOnce() -> Result<A> + Send,
+    b: impl FnOnce() -> Result<B> + Send,
+) -> Result<(A, B)> {
+    std::thread::scope(|scope| {
+        let a = scope.spawn(a);
+        let b = scope.spawn(b);
+        let a = a
+            .join()
+            .map_err(|_| anyhow::anyhow!("a build thread panicked"))?;
+        let b = b
+            .join()
+            .map_err(|_| anyhow::anyhow!("a build thread panicked"))?;
+        Ok((a?, b?))
+    })
+}
+
+fn wait_quiet() -> Result<()> {
+    if !crate::util::wait_until_machine_quiet(Duration::from_secs(10))? {
+        println!("bench: builds: the machine was still busy after 10 s; building anyway");
+    }
+    Ok(())
+}
+
+fn print_pair(n: usize, kind: &str, (wall, cpu): (f64, f64)) {
+    println!("bench: side-by-side pair {n} ({kind}): wall {wall:+.1} %, CPU {cpu:+.1} %");
+}
+
+/// A log build while `monitor exec` watches only a shell waiting on its
+/// stdin: the programs' run time over the build is the outside cost.
+fn outside(runner: &Runner<'_>) -> Result<Outside> {
+    let cgroups = runner.cgroups;
+    let cgroup = cgroups.create_child("outside-monitor")?;
+    let config = runner.dir.join("monitor.toml");
+    std::fs::write(&config, "[metrics]\nlisten = \"off\"\n")?;
+    let mut cmd = Command::new(&runner.monitor_bin);
+    cmd.arg("exec")
+        .arg("--config")
+        .arg(&config)
+        .args(["--", "/bin/sh", "-c", "read _"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    join_cgroup_on_spawn(&mut cmd, &cgroup)?;
+    let mut monitor = cmd
+        .spawn()
+        .with_context(|| format!("running `{}`", display(&cmd)))?;
+    let pid = monitor.id();
+    let attached = poll_until(Duration::from_secs(60), || job_running(pid).then_some(()));
+    ensure!(
+        attached.is_some(),
+        "`{}` did not attach within 60 s",
+        display(&cmd)
+    );
+    crate::util::wait_until_idle(pid, Duration::from_secs(30))?;
+    let _stats = stats_sysctl::StatsSetting::on()?;
+    let (ns_before, runs_before) = program_time::held_programs(pid)?;
+    let build = runner.plain(true)?;
+    let (ns_after, runs_after) = program_time::held_programs(pid)?;
+    drop(monitor.stdin.take().map(|mut stdin| stdin.write_all(b"\n")));
+    let status = monitor.wait()?;
+    ensure!(status.success(), "`{}` exited with {status}", display(&cmd));
+    Ok(Outside {
+        build,
+        programs_s: ns_after.saturating_sub(ns_before) as f64 / 1e9,
+        runs: runs_after.saturating_sub(runs_before),
+    })
+}
+
+/// `monitor exec` (process `pid`) runs its command: its programs are
+/// attached (it starts the command only then).
+fn job_running(pid: u32) -> bool {
+    exec_parent().is_ok_and(|parent| {
+        std::fs::read_to_string(parent.join(format!("exec-{pid}/cgroup.events")))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(wall_s: f64, cpu_s: f64) -> PlainRun {
+        PlainRun { wall_s, cpu_s }
+    }
+
+    fn log_pair(bare: f64, log: f64) -> LogPair {
+        LogPair {
+            bare: plain(bare, bare),
+            log: plain(log, log),
+        }
+    }
+
+    #[test]
+    fn parts_add_up_with_their_intervals() {
+        let a = Part::of(&[1.0, 2.0, 3.0]);
+        assert_eq!((a.median, a.low, a.high), (2.0, 1.0, 3.0));
+        let sum = a.plus(Part::counted(0.5));
+        assert_eq!((sum.median, sum.low, sum.high), (2.5, 1.5, 3.5));
+        assert_eq!(Part::of(&[4.0]), Part::counted(4.0));
+    }
+
+    #[test]
+    fn outside_points_are_of_the_outside_build() {
+        let outside = Outside {
+            build: plain(10.0, 50.0),
+            programs_s: 0.5,
+            runs: 10_000_000,
+        };
+        assert!((outside.programs_points() - 1.0).abs() < 1e-9);
+        // 10 M runs of 25 ns: 0.25 s of 50 s.
+        assert!((outside.floor_points(25.0) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn totals_need_every_part() {
+        let mut result = SideBySide {
+            log_pairs: vec![log_pair(100.0, 101.0), log_pair(100.0, 103.0)],
+            monitor_pairs: Vec::new(),
+            outside: None,
+            stop_reason: String::new(),
+        };
+        assert!(result.totals(None).is_none());
+        result.monitor_pairs.push(MonitorPair {
+            neighbour: plain(100.0, 100.0),
+            monitored: MonitoredRun {
+                wall_s: 104.0,
+                build_cpu_s: 102.0,
+                daemon_cpu_s: 2.0,
+                ..Default::default()
+            },
+        });
+        assert!(result.totals(None).is_none(), "no outside part yet");
+        result.outside = Some(Outside {
+            build: plain(100.0, 100.0),
+            programs_s: 0.5,
+            runs: 0,
+        });
+        let (wall, cpu) = result.totals(Some(20.0)).unwrap();
+        // Log 1..3 (median 2), monitor 4, outside 0.5.
+        assert_eq!((cpu.median, cpu.low, cpu.high), (6.5, 5.5, 7.5));
+        assert_eq!(wall, cpu);
+    }
+}

@@ -1,0 +1,133 @@
+//! The builds side by side (`builds::side_by_side`): each part of the
+//! overhead with its interval, the part the neighbour paid counted, and
+//! their sum, which the +3 % target is judged on.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use super::with_interval;
+use crate::bench::{builds::side_by_side::SideBySide, stats};
+
+pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> Result<()> {
+    writeln!(md, "### Side by side: two builds at once, one CPU each\n")?;
+    writeln!(
+        md,
+        "Built one after the other, builds of one kind swing with the VM's slow and fast phases \
+         by more than the overheads measured. Here two builds run at the same moment, each pinned \
+         to one of the two CPUs (the CPUs swapped every other pair), so both meet the same phase. \
+         The kernel programs are global: beside `monitor exec` the neighbour is not bare but \
+         outside the monitor, and pays the outside cost. So the overhead is measured in three \
+         parts: the execution log flag (a log build beside a bare one, no monitor running), the \
+         monitor (`monitor exec` beside a log build; its daemon shares its build's CPU), and what \
+         the neighbour paid (counted: a log build alone with `kernel.bpf_stats_enabled` on while \
+         an idle `monitor exec` was attached, the programs' run time over its CPU; plus the \
+         tracepoint's own cost on each syscall exit, estimated as the runs times the empty \
+         program's added cost per syscall in this run's open+close rows). Each part is in points \
+         of its own base (bare, the log neighbour, the outside build). The total's interval adds \
+         the parts' interval ends. Stopped after {}.\n",
+        s.stop_reason
+    )?;
+    let (log_wall, log_cpu) = s.log_series();
+    let (mon_wall, mon_cpu) = s.monitor_series();
+    let bare_cpu: Vec<f64> = s.log_pairs.iter().map(|p| p.bare.cpu_s).collect();
+    let bare_wall: Vec<f64> = s.log_pairs.iter().map(|p| p.bare.wall_s).collect();
+    writeln!(
+        md,
+        "Bare build on one CPU: wall {:.1} s ({:.1}–{:.1}), CPU {:.1} s ({:.1}–{:.1}).\n",
+        stats::median(&bare_wall),
+        stats::min(&bare_wall),
+        stats::max(&bare_wall),
+        stats::median(&bare_cpu),
+        stats::min(&bare_cpu),
+        stats::max(&bare_cpu)
+    )?;
+    writeln!(
+        md,
+        "| part (median [95 % interval]) | wall time | CPU time |"
+    )?;
+    writeln!(md, "| --- | --- | --- |")?;
+    writeln!(
+        md,
+        "| execution log flag alone ({} pairs) | {} | {} |",
+        s.log_pairs.len(),
+        with_interval(&log_wall),
+        with_interval(&log_cpu)
+    )?;
+    writeln!(
+        md,
+        "| the monitor: `monitor exec` over its neighbour ({} pairs) | {} | {} |",
+        s.monitor_pairs.len(),
+        with_interval(&mon_wall),
+        with_interval(&mon_cpu)
+    )?;
+    write_outside_rows(md, s, floor_ns_per_run)?;
+    if let Some((wall, cpu)) = s.totals(floor_ns_per_run) {
+        writeln!(
+            md,
+            "| **total: `monitor exec` vs bare** | **{}** | **{}** |",
+            wall.text(),
+            cpu.text()
+        )?;
+    }
+    writeln!(md)?;
+    write_monitored_runs(md, s)
+}
+
+fn write_outside_rows(
+    md: &mut String,
+    s: &SideBySide,
+    floor_ns_per_run: Option<f64>,
+) -> Result<()> {
+    let Some(outside) = &s.outside else {
+        writeln!(
+            md,
+            "| what the neighbour paid | not measured | not measured |"
+        )?;
+        return Ok(());
+    };
+    let programs = outside.programs_points();
+    writeln!(
+        md,
+        "| what the neighbour paid: the programs (counted: {:.2} s in {} runs over a {:.1} s CPU log build) | {programs:+.1} | {programs:+.1} |",
+        outside.programs_s, outside.runs, outside.build.cpu_s
+    )?;
+    match floor_ns_per_run {
+        Some(ns) => {
+            let floor = outside.floor_points(ns);
+            writeln!(
+                md,
+                "| … and the tracepoint on each syscall exit (estimated: {} runs × {ns:.0} ns) | {floor:+.1} | {floor:+.1} |",
+                outside.runs
+            )?;
+        }
+        None => writeln!(
+            md,
+            "| … and the tracepoint on each syscall exit | not measured (no open+close rows) | not measured |"
+        )?,
+    }
+    Ok(())
+}
+
+/// Losses, false alerts and the daemon of the monitored builds here.
+fn write_monitored_runs(md: &mut String, s: &SideBySide) -> Result<()> {
+    let lost: u64 = s.monitor_pairs.iter().map(|p| p.monitored.lost).sum();
+    let alerts: u64 = s.monitor_pairs.iter().map(|p| p.monitored.violations).sum();
+    let daemon: Vec<f64> = s
+        .monitor_pairs
+        .iter()
+        .map(|p| p.monitored.daemon_cpu_s)
+        .collect();
+    if daemon.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "Monitored builds here: daemon CPU {:.2} s per build ({:.2}–{:.2}), {lost} events lost, \
+         {alerts} alerts on the clean build.\n",
+        stats::median(&daemon),
+        stats::min(&daemon),
+        stats::max(&daemon)
+    )?;
+    Ok(())
+}
