@@ -102,7 +102,7 @@ pub struct Part {
 
 impl Part {
     /// The median of a paired series and its interval (the range with
-    /// fewer than 6 pairs; the median itself for one).
+    /// fewer than 6 pairs; unbounded for one pair: it shows nothing).
     pub fn of(series: &[f64]) -> Part {
         let median = stats::median(series);
         match stats::median_interval(series) {
@@ -111,12 +111,19 @@ impl Part {
                 low: ci.low,
                 high: ci.high,
             },
-            None => Part::counted(median),
+            None => Part {
+                median,
+                low: f64::NEG_INFINITY,
+                high: f64::INFINITY,
+            },
         }
     }
 
     /// `+x.x % [lo, hi]`.
     pub fn text(&self) -> String {
+        if self.high.is_infinite() {
+            return format!("{:+.1} % (too few pairs: no interval)", self.median);
+        }
         format!(
             "{:+.1} % [{:+.1}, {:+.1}]",
             self.median, self.low, self.high
