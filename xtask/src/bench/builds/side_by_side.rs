@@ -401,15 +401,17 @@ mod tests {
             stop_reason: String::new(),
         };
         assert!(result.totals(None).is_none());
-        result.monitor_pairs.push(MonitorPair {
-            neighbour: plain(100.0, 100.0),
-            monitored: MonitoredRun {
-                wall_s: 104.0,
-                build_cpu_s: 102.0,
-                daemon_cpu_s: 2.0,
-                ..Default::default()
-            },
-        });
+        for _ in 0..2 {
+            result.monitor_pairs.push(MonitorPair {
+                neighbour: plain(100.0, 100.0),
+                monitored: MonitoredRun {
+                    wall_s: 104.0,
+                    build_cpu_s: 102.0,
+                    daemon_cpu_s: 2.0,
+                    ..Default::default()
+                },
+            });
+        }
         assert!(result.totals(None).is_none(), "no outside part yet");
         result.outside = Some(Outside {
             build: plain(100.0, 100.0),
