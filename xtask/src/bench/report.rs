@@ -77,13 +77,21 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     Ok(md)
 }
 
-/// What the empty program adds to one syscall: the floor's open+close over
-/// the bare one, halved (two syscall exits each); `None` without the rows.
+/// What the empty program adds to one syscall exit: per workload, the
+/// floor's operation over the bare one divided by its syscalls
+/// (open+close 2, socket+connect+close 3), and the median of the three
+/// (one workload's rows can come out with the floor faster than bare: the
+/// 18:08 run's same-file rows did). `None` without the rows; never below 0.
 pub fn floor_ns_per_syscall(matrix: &Matrix) -> Option<f64> {
-    let bare = matrix.median(Setup::Bare, Workload::Repeat);
-    let floor = matrix.median(Setup::Floor, Workload::Repeat);
-    let added = (floor - bare) / 2.0;
-    added.is_finite().then_some(added.max(0.0))
+    let per_syscall: Vec<f64> = WORKLOADS
+        .iter()
+        .map(|&w| {
+            let calls = if w == Workload::Connect { 3.0 } else { 2.0 };
+            (matrix.median(Setup::Floor, w) - matrix.median(Setup::Bare, w)) / calls
+        })
+        .filter(|ns| ns.is_finite())
+        .collect();
+    (!per_syscall.is_empty()).then(|| stats::median(&per_syscall).max(0.0))
 }
 
 fn cpu_model() -> String {
@@ -407,5 +415,29 @@ pub fn with_interval(values: &[f64]) -> String {
             ci.level * 100.0
         ),
         None => format!("{median:+.1} % (one pair: no interval)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 18:08 run's medians: the floor came out faster than bare on the
+    /// same file, slower on distinct files and connects.
+    #[test]
+    fn the_floor_per_syscall_is_the_median_over_the_workloads() {
+        let mut matrix = Matrix::new();
+        let rows = [
+            (Workload::Repeat, 1014.4, 940.3),
+            (Workload::Distinct, 1410.1, 1598.9),
+            (Workload::Connect, 6116.3, 6307.5),
+        ];
+        for (workload, bare, floor) in rows {
+            matrix.get_mut(Setup::Bare, workload).ns_per_op.push(bare);
+            matrix.get_mut(Setup::Floor, workload).ns_per_op.push(floor);
+        }
+        let ns = floor_ns_per_syscall(&matrix).unwrap();
+        assert!((ns - 191.2 / 3.0).abs() < 1e-6, "{ns}");
+        assert_eq!(floor_ns_per_syscall(&Matrix::new()), None, "no rows");
     }
 }

@@ -22,8 +22,8 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
          monitor (`monitor exec` beside a log build; its daemon shares its build's CPU), and what \
          the neighbour paid (counted: a log build alone with `kernel.bpf_stats_enabled` on while \
          an idle `monitor exec` was attached, the programs' run time over its CPU; plus the \
-         tracepoint's own cost on each syscall exit, estimated as the runs times the empty \
-         program's added cost per syscall in this run's open+close rows). Each part is in points \
+         tracepoint's own cost on each syscall exit, estimated as the runs times what the empty \
+         program adds to one syscall in this run's rows, the median over its three workloads). Each part is in points \
          of its own base (bare, the log neighbour, the outside build). The total's interval adds \
          the parts' interval ends. Stopped after {}.\n",
         s.stop_reason
