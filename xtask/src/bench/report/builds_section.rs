@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::with_interval;
 use crate::bench::{
-    builds::{BuildResults, MonitoredRun},
+    builds::{BuildResults, MonitoredRun, PlainRun},
     stats,
 };
 
@@ -115,22 +115,29 @@ fn write_accounted(md: &mut String, b: &BuildResults) -> Result<()> {
     Ok(())
 }
 
+/// `<what>: wall … s (min–max), CPU … s (min–max).`
+pub(super) fn write_bare(md: &mut String, what: &str, runs: &[PlainRun]) -> Result<()> {
+    let wall: Vec<f64> = runs.iter().map(|r| r.wall_s).collect();
+    let cpu: Vec<f64> = runs.iter().map(|r| r.cpu_s).collect();
+    writeln!(
+        md,
+        "{what}: wall {:.1} s ({:.1}–{:.1}), CPU {:.1} s ({:.1}–{:.1}).\n",
+        stats::median(&wall),
+        stats::min(&wall),
+        stats::max(&wall),
+        stats::median(&cpu),
+        stats::min(&cpu),
+        stats::max(&cpu)
+    )?;
+    Ok(())
+}
+
 fn write_parts(md: &mut String, b: &BuildResults) -> Result<()> {
     let series = |f: &dyn Fn(&crate::bench::builds::Triple) -> f64| -> Vec<f64> {
         b.triples.iter().map(f).collect()
     };
-    let bare_wall = series(&|t| t.bare.wall_s);
-    let bare_cpu = series(&|t| t.bare.cpu_s);
-    writeln!(
-        md,
-        "Bare build: wall {:.1} s ({:.1}–{:.1}), CPU {:.1} s ({:.1}–{:.1}).\n",
-        stats::median(&bare_wall),
-        stats::min(&bare_wall),
-        stats::max(&bare_wall),
-        stats::median(&bare_cpu),
-        stats::min(&bare_cpu),
-        stats::max(&bare_cpu)
-    )?;
+    let bare: Vec<PlainRun> = b.triples.iter().map(|t| t.bare).collect();
+    write_bare(md, "Bare build", &bare)?;
     writeln!(
         md,
         "| overhead (median [95 % interval]) | wall time | CPU time |"
@@ -264,7 +271,7 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::builds::{PlainRun, Triple};
+    use crate::bench::builds::Triple;
 
     fn monitored(
         build_cpu_s: f64,

@@ -30,18 +30,8 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
     )?;
     let (log_wall, log_cpu) = s.log_series();
     let (mon_wall, mon_cpu) = s.monitor_series();
-    let bare_cpu: Vec<f64> = s.log_pairs.iter().map(|p| p.bare.cpu_s).collect();
-    let bare_wall: Vec<f64> = s.log_pairs.iter().map(|p| p.bare.wall_s).collect();
-    writeln!(
-        md,
-        "Bare build on one CPU: wall {:.1} s ({:.1}–{:.1}), CPU {:.1} s ({:.1}–{:.1}).\n",
-        stats::median(&bare_wall),
-        stats::min(&bare_wall),
-        stats::max(&bare_wall),
-        stats::median(&bare_cpu),
-        stats::min(&bare_cpu),
-        stats::max(&bare_cpu)
-    )?;
+    let bare: Vec<_> = s.log_pairs.iter().map(|p| p.bare).collect();
+    super::builds_section::write_bare(md, "Bare build on one CPU", &bare)?;
     writeln!(
         md,
         "| part (median [95 % interval]) | wall time | CPU time |"
