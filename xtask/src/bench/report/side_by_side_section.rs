@@ -121,3 +121,79 @@ fn write_monitored_runs(md: &mut String, s: &SideBySide) -> Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::builds::{
+        MonitoredRun, PlainRun,
+        side_by_side::{LogPair, MonitorPair, Outside},
+    };
+
+    fn plain(s: f64) -> PlainRun {
+        PlainRun {
+            wall_s: s,
+            cpu_s: s,
+        }
+    }
+
+    /// Log +1 and +3 %, the monitor +4 % twice, the neighbour 0.5 s of
+    /// programs and 10 M runs over a 100 s build.
+    fn series() -> SideBySide {
+        let monitored = MonitoredRun {
+            wall_s: 104.0,
+            build_cpu_s: 102.0,
+            daemon_cpu_s: 2.0,
+            ..Default::default()
+        };
+        SideBySide {
+            log_pairs: vec![
+                LogPair {
+                    bare: plain(100.0),
+                    log: plain(101.0),
+                },
+                LogPair {
+                    bare: plain(100.0),
+                    log: plain(103.0),
+                },
+            ],
+            monitor_pairs: vec![
+                MonitorPair {
+                    neighbour: plain(100.0),
+                    monitored: monitored.clone(),
+                },
+                MonitorPair {
+                    neighbour: plain(100.0),
+                    monitored,
+                },
+            ],
+            outside: Some(Outside {
+                build: plain(100.0),
+                programs_s: 0.5,
+                runs: 10_000_000,
+            }),
+            stop_reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_parts_and_their_total_are_written() {
+        let mut md = String::new();
+        write(&mut md, &series(), Some(50.0)).unwrap();
+        assert!(md.contains("Bare build on one CPU: wall 100.0 s"), "{md}");
+        assert!(
+            md.contains("| execution log flag alone (2 pairs) | +2.0 % [+1.0, +3.0]"),
+            "{md}"
+        );
+        assert!(
+            md.contains("10000000 runs × 50 ns) | +0.5 | +0.5 |"),
+            "{md}"
+        );
+        // 2 + 4 + 0.5 (programs) + 0.5 (10 M × 50 ns of 100 s).
+        assert!(
+            md.contains("| **+7.0 % [+6.0, +8.0]** | **+7.0 % [+6.0, +8.0]** |"),
+            "{md}"
+        );
+        assert!(md.contains("0 events lost, 0 alerts"), "{md}");
+    }
+}
