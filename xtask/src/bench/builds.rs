@@ -3,7 +3,9 @@
 //! execution-log flag `monitor exec` adds, and under `monitor exec`, a fresh
 //! server and output base each build, in interleaved triples. Beside wall
 //! time: the CPU time the build's cgroup used (`cpu.stat` usage_usec) and
-//! the monitor's own.
+//! the monitor's own. Then the same in pairs built side by side, one CPU
+//! each (`side_by_side`), which the VM's drift between builds cannot
+//! separate.
 
 pub(crate) mod side_by_side;
 pub(crate) mod workspace;
