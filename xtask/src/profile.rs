@@ -67,6 +67,7 @@ pub fn run(options: Options) -> Result<()> {
         build_minutes: 0,
         side_by_side_pairs: None,
         side_by_side_minutes: 0,
+        side_by_side_control: false,
         build_compiles: options.build_compiles,
         build_sandboxes: options.build_sandboxes,
         build_inputs: options.build_inputs,

@@ -41,6 +41,10 @@ pub struct BuildOptions {
     /// are within ±1 point, at most 30 or --side-by-side-minutes].
     #[arg(long)]
     pub side_by_side_pairs: Option<usize>,
+    /// Every third side-by-side pair two bare builds, one on each CPU: the
+    /// method's own noise (not part of the totals).
+    #[arg(long)]
+    pub side_by_side_control: bool,
     /// Time budget of the side-by-side series, in minutes.
     #[arg(long, default_value_t = 25)]
     pub side_by_side_minutes: u64,

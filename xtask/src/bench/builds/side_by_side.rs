@@ -30,6 +30,23 @@ pub struct LogPair {
     pub log: PlainRun,
 }
 
+/// Two bare builds, one on each CPU: the method's own noise (and any
+/// difference between the CPUs), not part of the totals.
+pub struct ControlPair {
+    pub cpu0: PlainRun,
+    pub cpu1: PlainRun,
+}
+
+impl ControlPair {
+    /// (wall, CPU) of the build on CPU 1 over the one on CPU 0, in points.
+    pub fn overheads(&self) -> (f64, f64) {
+        (
+            points(self.cpu1.wall_s, self.cpu0.wall_s),
+            points(self.cpu1.cpu_s, self.cpu0.cpu_s),
+        )
+    }
+}
+
 /// `monitor exec` beside a log build outside it.
 pub struct MonitorPair {
     pub neighbour: PlainRun,
@@ -74,6 +91,8 @@ pub struct Outside {
 pub struct SideBySide {
     pub log_pairs: Vec<LogPair>,
     pub monitor_pairs: Vec<MonitorPair>,
+    /// With `--side-by-side-control`.
+    pub control_pairs: Vec<ControlPair>,
     pub outside: Option<Outside>,
     pub stop_reason: String,
 }
@@ -173,6 +192,17 @@ impl SideBySide {
         Some((total(&log_wall, &mon_wall), total(&log_cpu, &mon_cpu)))
     }
 
+    pub fn pairs(&self) -> usize {
+        self.log_pairs.len() + self.monitor_pairs.len() + self.control_pairs.len()
+    }
+
+    pub fn control_series(&self) -> (Vec<f64>, Vec<f64>) {
+        self.control_pairs
+            .iter()
+            .map(ControlPair::overheads)
+            .unzip()
+    }
+
     pub fn log_series(&self) -> (Vec<f64>, Vec<f64>) {
         self.log_pairs.iter().map(LogPair::overheads).unzip()
     }
@@ -198,37 +228,52 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
     let mut result = SideBySide {
         log_pairs: Vec::new(),
         monitor_pairs: Vec::new(),
+        control_pairs: Vec::new(),
         outside: None,
         stop_reason: String::new(),
     };
+    let kinds = if options.side_by_side_control { 3 } else { 2 };
     result.stop_reason = loop {
-        let n = result.log_pairs.len() + result.monitor_pairs.len();
+        let n = result.pairs();
         if let Some(reason) = stop(options, &result, started.elapsed(), budget) {
             break reason;
         }
         stats_sysctl::ensure_off().with_context(|| format!("side-by-side pair {}", n + 1))?;
         wait_quiet()?;
-        let swap = (n / 2) % 2 == 1;
+        // Each kind swaps its CPUs every other pair of that kind.
+        let swap = (n / kinds) % 2 == 1;
         let (first, second) = if swap { (1, 0) } else { (0, 1) };
-        if n.is_multiple_of(2) {
-            let (bare, log) = both(
-                || runner.plain_on(false, Cpu::Only(first)),
-                || runner.plain_on(true, Cpu::Only(second)),
-            )?;
-            let pair = LogPair { bare, log };
-            print_pair(n + 1, "bare | log", pair.overheads());
-            result.log_pairs.push(pair);
-        } else {
-            let (neighbour, monitored) = both(
-                || runner.plain_on(true, Cpu::Only(first)),
-                || runner.monitored_on(Cpu::Only(second)),
-            )?;
-            let pair = MonitorPair {
-                neighbour,
-                monitored,
-            };
-            print_pair(n + 1, "log | monitor exec", pair.overheads());
-            result.monitor_pairs.push(pair);
+        match n % kinds {
+            0 => {
+                let (bare, log) = both(
+                    || runner.plain_on(false, Cpu::Only(first)),
+                    || runner.plain_on(true, Cpu::Only(second)),
+                )?;
+                let pair = LogPair { bare, log };
+                print_pair(n + 1, "bare | log", pair.overheads());
+                result.log_pairs.push(pair);
+            }
+            1 => {
+                let (neighbour, monitored) = both(
+                    || runner.plain_on(true, Cpu::Only(first)),
+                    || runner.monitored_on(Cpu::Only(second)),
+                )?;
+                let pair = MonitorPair {
+                    neighbour,
+                    monitored,
+                };
+                print_pair(n + 1, "log | monitor exec", pair.overheads());
+                result.monitor_pairs.push(pair);
+            }
+            _ => {
+                let (cpu0, cpu1) = both(
+                    || runner.plain_on(false, Cpu::Only(0)),
+                    || runner.plain_on(false, Cpu::Only(1)),
+                )?;
+                let pair = ControlPair { cpu0, cpu1 };
+                print_pair(n + 1, "control: bare | bare", pair.overheads());
+                result.control_pairs.push(pair);
+            }
         }
         runner.clean_all();
     };
@@ -244,7 +289,7 @@ fn stop(
     elapsed: Duration,
     budget: Duration,
 ) -> Option<String> {
-    let n = result.log_pairs.len() + result.monitor_pairs.len();
+    let n = result.pairs();
     if let Some(fixed) = options.side_by_side_pairs {
         return (n >= fixed).then(|| format!("{fixed} pair(s), as asked (--side-by-side-pairs)"));
     }
@@ -397,6 +442,7 @@ mod tests {
         let mut result = SideBySide {
             log_pairs: vec![log_pair(100.0, 101.0), log_pair(100.0, 103.0)],
             monitor_pairs: Vec::new(),
+            control_pairs: Vec::new(),
             outside: None,
             stop_reason: String::new(),
         };

@@ -52,6 +52,19 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
         with_interval(&mon_cpu)
     )?;
     write_outside_rows(md, s, floor_ns_per_run)?;
+    if !s.control_pairs.is_empty() {
+        let (wall, cpu) = s.control_series();
+        let range = |v: &[f64]| format!("{:+.1}…{:+.1}", stats::min(v), stats::max(v));
+        writeln!(
+            md,
+            "| control, not in the total: bare beside bare, CPU 1 over CPU 0 ({} pairs; min…max) | {} ({}) | {} ({}) |",
+            s.control_pairs.len(),
+            with_interval(&wall),
+            range(&wall),
+            with_interval(&cpu),
+            range(&cpu)
+        )?;
+    }
     if let Some((wall, cpu)) = s.totals(floor_ns_per_run) {
         writeln!(
             md,
@@ -127,7 +140,7 @@ mod tests {
     use super::*;
     use crate::bench::builds::{
         MonitoredRun, PlainRun,
-        side_by_side::{LogPair, MonitorPair, Outside},
+        side_by_side::{ControlPair, LogPair, MonitorPair, Outside},
     };
 
     fn plain(s: f64) -> PlainRun {
@@ -172,6 +185,7 @@ mod tests {
                 programs_s: 0.5,
                 runs: 10_000_000,
             }),
+            control_pairs: Vec::new(),
             stop_reason: "test".into(),
         }
     }
@@ -195,5 +209,31 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("0 events lost, 0 alerts"), "{md}");
+    }
+
+    #[test]
+    fn control_pairs_are_shown_apart_from_the_total() {
+        let mut s = series();
+        let mut md = String::new();
+        write(&mut md, &s, Some(50.0)).unwrap();
+        assert!(!md.contains("control"), "none asked for: {md}");
+        for cpu1 in [99.0, 102.0] {
+            s.control_pairs.push(ControlPair {
+                cpu0: plain(100.0),
+                cpu1: plain(cpu1),
+            });
+        }
+        let mut md = String::new();
+        write(&mut md, &s, Some(50.0)).unwrap();
+        assert!(
+            md.contains(
+                "CPU 1 over CPU 0 (2 pairs; min…max) | +0.5 % [-1.0, +2.0] (50 %) (-1.0…+2.0)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **+7.0 % [+6.0, +8.0]**"),
+            "the total is unchanged: {md}"
+        );
     }
 }
