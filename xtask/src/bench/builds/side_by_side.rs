@@ -3,7 +3,8 @@
 //! the other, bare builds of this workspace swung from 47 to 79 s of CPU
 //! within one bench; two identical bare builds side by side differed by
 //! +2.8, +0.7 and -0.5 % while the rounds drifted from 36 to 54 s
-//! (measured, 2026-12-01).
+//! (measured, 2026-12-01); nine control pairs of a later bench (two bare
+//! builds, `--side-by-side-control`) ranged from -3.7 to +0.7 %.
 //!
 //! What a pair can compare is limited by the kernel programs being global:
 //! with a monitor attached, its neighbour is not bare but outside the
@@ -220,8 +221,9 @@ const MAX_PAIRS: usize = 30;
 /// Each paired part's interval half-width: two of them add up to ±2.
 const PART_HALF_WIDTH: f64 = 1.0;
 
-/// Alternates log pairs and monitor pairs (CPUs swapped every other pair
-/// of a kind) until both parts are within ±1 point, or the budget ends.
+/// Alternates log pairs, monitor pairs and, when asked, control pairs
+/// (CPUs swapped every other pair of a kind) until both parts are within
+/// ±1 point, or the budget ends.
 pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
     let started = Instant::now();
     let budget = Duration::from_secs(options.side_by_side_minutes * 60);
