@@ -41,10 +41,7 @@ pub struct ControlPair {
 impl ControlPair {
     /// (wall, CPU) of the build on CPU 1 over the one on CPU 0, in points.
     pub fn overheads(&self) -> (f64, f64) {
-        (
-            points(self.cpu1.wall_s, self.cpu0.wall_s),
-            points(self.cpu1.cpu_s, self.cpu0.cpu_s),
-        )
+        over(&self.cpu1, &self.cpu0)
     }
 }
 
@@ -57,10 +54,7 @@ pub struct MonitorPair {
 impl LogPair {
     /// (wall, CPU) of the log build over the bare one, in points.
     pub fn overheads(&self) -> (f64, f64) {
-        (
-            points(self.log.wall_s, self.bare.wall_s),
-            points(self.log.cpu_s, self.bare.cpu_s),
-        )
+        over(&self.log, &self.bare)
     }
 }
 
@@ -77,6 +71,14 @@ impl MonitorPair {
 
 fn points(value: f64, base: f64) -> f64 {
     (value - base) / base * 100.0
+}
+
+/// (wall, CPU) of one unmonitored build over another, in points.
+fn over(run: &PlainRun, base: &PlainRun) -> (f64, f64) {
+    (
+        points(run.wall_s, base.wall_s),
+        points(run.cpu_s, base.cpu_s),
+    )
 }
 
 /// A log build alone with a monitor attached that watches something else,
