@@ -462,6 +462,12 @@ fn wait_quiet_before_build() -> Result<()> {
     Ok(())
 }
 
+/// Processes are in `cgroup` or below it (`cgroup.events`).
+fn is_populated(cgroup: &Path) -> bool {
+    fs::read_to_string(cgroup.join("cgroup.events"))
+        .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+}
+
 /// Waits until no process is left in `cgroup` (the server exiting).
 fn wait_empty(cgroup: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -19,10 +19,7 @@ fn other_active_jobs() -> Result<Vec<String>> {
     };
     Ok(entries
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            fs::read_to_string(e.path().join("cgroup.events"))
-                .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
-        })
+        .filter(|e| super::is_populated(&e.path()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect())
 }
@@ -100,10 +97,17 @@ impl Runner<'_> {
         })
     }
 
-    /// `monitor exec --report <report> -- bazel …` for build `n`.
-    fn monitor_exec_command(&self, n: usize, report: &Path) -> Result<Command> {
+    /// The config every bench `monitor exec` gets: no metrics listener
+    /// (two may run at once).
+    pub(super) fn exec_config(&self) -> Result<std::path::PathBuf> {
         let config = self.dir.join("monitor.toml");
         fs::write(&config, "[metrics]\nlisten = \"off\"\n")?;
+        Ok(config)
+    }
+
+    /// `monitor exec --report <report> -- bazel …` for build `n`.
+    fn monitor_exec_command(&self, n: usize, report: &Path) -> Result<Command> {
+        let config = self.exec_config()?;
         let mut cmd = Command::new(&self.monitor_bin);
         self.bazel_env(&mut cmd);
         cmd.arg("exec")

@@ -243,7 +243,7 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
             break reason;
         }
         stats_sysctl::ensure_off().with_context(|| format!("side-by-side pair {}", n + 1))?;
-        wait_quiet()?;
+        super::wait_quiet_before_build()?;
         // Each kind swaps its CPUs every other pair of that kind.
         let swap = (n / kinds) % 2 == 1;
         let (first, second) = if swap { (1, 0) } else { (0, 1) };
@@ -342,13 +342,6 @@ fn both<A: Send, B: Send>(
     })
 }
 
-fn wait_quiet() -> Result<()> {
-    if !crate::util::wait_until_machine_quiet(Duration::from_secs(10))? {
-        println!("bench: builds: the machine was still busy after 10 s; building anyway");
-    }
-    Ok(())
-}
-
 fn print_pair(n: usize, kind: &str, (wall, cpu): (f64, f64)) {
     println!("bench: side-by-side pair {n} ({kind}): wall {wall:+.1} %, CPU {cpu:+.1} %");
 }
@@ -358,8 +351,7 @@ fn print_pair(n: usize, kind: &str, (wall, cpu): (f64, f64)) {
 fn outside(runner: &Runner<'_>) -> Result<Outside> {
     let cgroups = runner.cgroups;
     let cgroup = cgroups.create_child("outside-monitor")?;
-    let config = runner.dir.join("monitor.toml");
-    std::fs::write(&config, "[metrics]\nlisten = \"off\"\n")?;
+    let config = runner.exec_config()?;
     let mut cmd = Command::new(&runner.monitor_bin);
     cmd.arg("exec")
         .arg("--config")
@@ -397,10 +389,7 @@ fn outside(runner: &Runner<'_>) -> Result<Outside> {
 /// `monitor exec` (process `pid`) runs its command: its programs are
 /// attached (it starts the command only then).
 fn job_running(pid: u32) -> bool {
-    exec_parent().is_ok_and(|parent| {
-        std::fs::read_to_string(parent.join(format!("exec-{pid}/cgroup.events")))
-            .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
-    })
+    exec_parent().is_ok_and(|parent| super::is_populated(&parent.join(format!("exec-{pid}"))))
 }
 
 #[cfg(test)]

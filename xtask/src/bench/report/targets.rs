@@ -83,18 +83,16 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let wall: Vec<f64> = builds.triples.iter().map(|t| t.wall_parts().2).collect();
     let cpu: Vec<f64> = builds.triples.iter().map(|t| t.cpu_parts().2).collect();
     let side = builds.side_by_side.as_ref();
-    let side_runs = side.map_or(&[][..], |s| &s.monitor_pairs[..]);
-    let lost: u64 = builds.triples.iter().map(|t| t.monitored.lost).sum::<u64>()
-        + side_runs.iter().map(|p| p.monitored.lost).sum::<u64>();
-    let alerts: u64 = builds
-        .triples
-        .iter()
-        .map(|t| t.monitored.violations)
-        .sum::<u64>()
-        + side_runs
+    let monitored = || {
+        let side_runs = side.map_or(&[][..], |s| &s.monitor_pairs[..]);
+        builds
+            .triples
             .iter()
-            .map(|p| p.monitored.violations)
-            .sum::<u64>();
+            .map(|t| &t.monitored)
+            .chain(side_runs.iter().map(|p| &p.monitored))
+    };
+    let lost: u64 = monitored().map(|m| m.lost).sum();
+    let alerts: u64 = monitored().map(|m| m.violations).sum();
     let accounted = accounted_points(builds);
     let floor = super::floor_ns_per_syscall(input.matrix);
     if let Some((side_wall, side_cpu)) = side.and_then(|s| s.totals(floor)) {
@@ -104,9 +102,9 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
              execution log, the monitor and what a neighbour pays added up; met only when the \
              total's whole interval lies under +3 %): wall {} : {}; CPU {} : {}.",
             side_wall.text(),
-            part_verdict(side_wall),
+            limit_verdict(side_wall, "total"),
             side_cpu.text(),
-            part_verdict(side_cpu)
+            limit_verdict(side_cpu, "total")
         )?;
     }
     writeln!(
@@ -129,18 +127,24 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     Ok(())
 }
 
-/// As [`build_verdict`], on a total of parts.
-fn part_verdict(p: Part) -> String {
-    const LIMIT: f64 = 3.0;
-    if p.high < LIMIT {
+/// The build target, in points.
+const BUILD_LIMIT: f64 = 3.0;
+
+/// "Met" only when `p`'s whole interval lies under the limit; `what` names
+/// `p` (a series' median, a total of parts) in the "not shown" case.
+fn limit_verdict(p: Part, what: &str) -> String {
+    if p.high < BUILD_LIMIT {
         verdict(true).to_string()
-    } else if p.median < LIMIT {
+    } else if p.median >= BUILD_LIMIT || p.median.is_nan() {
+        // At or over the limit, or no median at all (no builds).
+        verdict(false).to_string()
+    } else if p.high.is_infinite() {
+        "**not shown** (one pair: no interval)".to_string()
+    } else {
         format!(
-            "**not shown** (the total is under +3 % but its interval reaches {:+.1} %)",
+            "**not shown** (the {what} is under +3 % but its interval reaches {:+.1} %)",
             p.high
         )
-    } else {
-        verdict(false).to_string()
     }
 }
 
@@ -158,20 +162,10 @@ fn accounted_points(builds: &BuildResults) -> Option<f64> {
 /// directly counted cost, when there is one): a median under +3 whose
 /// interval reaches past it shows nothing either way.
 fn build_verdict(overheads: &[f64], counted: Option<f64>) -> String {
-    const LIMIT: f64 = 3.0;
-    if counted.is_some_and(|p| p >= LIMIT) {
+    if counted.is_some_and(|p| p >= BUILD_LIMIT) {
         return verdict(false).to_string();
     }
-    let median = stats::median(overheads);
-    match stats::median_interval(overheads) {
-        Some(ci) if ci.high < LIMIT => verdict(true).to_string(),
-        Some(ci) if median < LIMIT => format!(
-            "**not shown** (the median is under +3 % but its interval reaches {:+.1} %)",
-            ci.high
-        ),
-        None if median < LIMIT => "**not shown** (one pair: no interval)".to_string(),
-        _ => verdict(false).to_string(),
-    }
+    limit_verdict(Part::of(overheads), "median")
 }
 
 /// Every peer's inside row must be slower than the monitor's inside row,
@@ -316,9 +310,10 @@ mod tests {
     #[test]
     fn a_side_by_side_total_needs_its_whole_interval_under_the_limit() {
         let part = |median, low, high| Part { median, low, high };
-        assert_eq!(part_verdict(part(1.0, 0.0, 2.9)), "met");
-        assert!(part_verdict(part(2.0, 0.5, 3.5)).starts_with("**not shown**"));
-        assert_eq!(part_verdict(part(3.0, 2.0, 4.0)), "**NOT met**");
+        assert_eq!(limit_verdict(part(1.0, 0.0, 2.9), "total"), "met");
+        assert!(limit_verdict(part(2.0, 0.5, 3.5), "total").starts_with("**not shown**"));
+        assert_eq!(limit_verdict(part(3.0, 2.0, 4.0), "total"), "**NOT met**");
+        assert_eq!(build_verdict(&[], None), "**NOT met**", "no builds");
     }
 
     #[test]
