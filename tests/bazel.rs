@@ -333,6 +333,21 @@ fn linux_sandbox_spawns_are_judged_against_what_bazel_declared() {
     let b = build("linux-sandbox", &[]);
     check_common(&b);
     b.check_spawns("linux-sandbox", "sandbox_tree");
+    // Debian's Bazel names no release: asked, it takes the unsorted log
+    // (the server that answered, started inside the job, ran the spawns:
+    // none went unmonitored above).
+    let command: Vec<&str> = b.report["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        command
+            .iter()
+            .any(|a| a.starts_with("--experimental_execution_log_file=")),
+        "{command:?}"
+    );
     b.check_unread();
     assert_eq!(b.spawns_of("//:net_default")[0]["network_namespace"], true);
     assert_eq!(

@@ -754,51 +754,90 @@ fn the_exec_report_gives_the_monitors_own_cost() {
     );
 }
 
-/// `monitor exec` asks a Bazel command's release (`CMD --version`) to pick
-/// the unsorted execution log's flag. CMD may be a wrapper that does more
-/// than answer (a workspace's `tools/bazel`): that call runs inside the
-/// job, watched, and its connect alerts under the job's `@bazel` label.
-/// A release before 7 gets `--experimental_execution_log_file`; one the
-/// wrapper cannot name (`bazel no_version`) the sorted flag.
-#[test]
-fn the_bazel_release_is_asked_inside_the_watched_job() {
-    require_root();
-    let denied = listener();
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let (release, args) = (tmp.path().join("release"), tmp.path().join("args"));
-    let bazel = bin.join("bazel");
-    let connect =
-        format!("import socket; socket.create_connection(('127.0.0.1', {denied})).close()");
-    fs::write(
-        &bazel,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = --version ]; then\n  /usr/bin/python3 -S -c \"{connect}\"\n  cat {release}\n  exit 0\nfi\nprintf '%s\\n' \"$@\" > {args}\n",
-            release = release.display(),
-            args = args.display(),
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::set_permissions(&bazel, fs::Permissions::from_mode(0o755)).unwrap();
-    let build = |answer: &str| {
-        fs::write(&release, answer).unwrap();
-        let report = tmp.path().join("report.json");
+/// A stand-in `bazel` that answers `--version` with the file `release`
+/// (after a connect to `denied`), `canonicalize-flags` by whether the
+/// flag's name is a line of `takes` (noting its arguments and cgroup in
+/// `asked`), and notes any other command line in `args`.
+struct FakeBazel {
+    dir: tempfile::TempDir,
+    bazel: std::path::PathBuf,
+}
+
+impl FakeBazel {
+    fn new(denied: u16) -> FakeBazel {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let bazel = bin.join("bazel");
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let connect =
+            format!("import socket; socket.create_connection(('127.0.0.1', {denied})).close()");
+        fs::write(
+            &bazel,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = --version ]; then\n  /usr/bin/python3 -S -c \"{connect}\"\n  cat {release}\n  exit 0\nfi\n\
+                 if [ \"$2\" = canonicalize-flags ]; then\n  printf '%s ' \"$@\" >> {asked}\n  cat /proc/self/cgroup >> {asked}\n  \
+                 grep -qxF -- \"${{5%%=*}}\" {takes} && exit 0\n  exit 2\nfi\n\
+                 printf '%s\\n' \"$@\" > {args}\n",
+                release = file("release"),
+                args = file("args"),
+                takes = file("takes"),
+                asked = file("asked"),
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&bazel, fs::Permissions::from_mode(0o755)).unwrap();
+        FakeBazel { dir, bazel }
+    }
+
+    /// `monitor exec -- bazel --output_base=/ob build //...` with the
+    /// `--version` answer `release` and the flags `takes` names: the
+    /// report, the build's arguments, stderr and what was asked.
+    fn build(&self, release: &str, takes: &str) -> (serde_json::Value, String, String, String) {
+        let file = |name: &str| self.dir.path().join(name);
+        fs::write(file("release"), release).unwrap();
+        fs::write(file("takes"), takes).unwrap();
+        let _ = fs::remove_file(file("asked"));
+        let report = file("report.json");
         let out = Command::new(monitor_bin())
             .args(["exec", "--report"])
             .arg(&report)
             .arg("--")
-            .arg(&bazel)
-            .args(["build", "//..."])
+            .arg(&self.bazel)
+            .args(["--output_base=/ob", "build", "//..."])
             .output()
             .unwrap();
         let report: serde_json::Value =
             serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (report, fs::read_to_string(&args).unwrap(), stderr)
-    };
-    let (report, args_6, stderr) = build("bazel 6.5.0\n");
+        let asked = fs::read_to_string(file("asked")).unwrap_or_default();
+        (
+            report,
+            fs::read_to_string(file("args")).unwrap(),
+            stderr,
+            asked,
+        )
+    }
+}
+
+fn has_arg(args: &str, flag: &str) -> bool {
+    args.lines().any(|a| a.starts_with(flag))
+}
+
+/// `monitor exec` asks a Bazel command's release (`CMD --version`) to pick
+/// the unsorted execution log's flag. CMD may be a wrapper that does more
+/// than answer (a workspace's `tools/bazel`): that call runs inside the
+/// job, watched, and its connect alerts under the job's `@bazel` label.
+/// A release before 7 gets `--experimental_execution_log_file`, and no
+/// question about flags.
+#[test]
+fn the_bazel_release_is_asked_inside_the_watched_job() {
+    require_root();
+    let denied = listener();
+    let fake = FakeBazel::new(denied);
+    let both = "--experimental_execution_log_file\n--noexecution_log_sort\n";
+    let (report, args, stderr, asked) = fake.build("bazel 6.5.0\n", both);
     let alerts = report["alerts"].as_array().unwrap();
     let probe: Vec<_> = alerts
         .iter()
@@ -806,20 +845,48 @@ fn the_bazel_release_is_asked_inside_the_watched_job() {
         .collect();
     assert_eq!(probe.len(), 1, "{report:#}\n{stderr}");
     assert_eq!(probe[0]["action"]["label"], "@bazel", "{report:#}");
-    let has = |args: &str, flag: &str| args.lines().any(|a| a.starts_with(flag));
+    assert_eq!(asked, "", "a named release is not asked about flags");
     assert!(
-        has(&args_6, "--experimental_execution_log_file="),
-        "{args_6}"
+        has_arg(&args, "--experimental_execution_log_file="),
+        "{args}"
     );
-    assert!(!has(&args_6, "--execution_log_binary_file"), "{args_6}");
-    let (_, args_none, _) = build("bazel no_version\n");
+    assert!(!has_arg(&args, "--execution_log_binary_file"), "{args}");
+}
+
+/// A Bazel whose `--version` names no release (`bazel no_version`) is
+/// asked, inside the job and with the command's startup options, whether
+/// it takes each unsorted log flag (`canonicalize-flags`), and gets the
+/// sorted one when it takes neither.
+#[test]
+fn a_bazel_without_a_release_is_asked_which_log_flag_it_takes() {
+    require_root();
+    let fake = FakeBazel::new(listener());
+    let both = "--experimental_execution_log_file\n--noexecution_log_sort\n";
+    let (_, args, _, asked) = fake.build("bazel no_version\n", both);
     assert!(
-        has(&args_none, "--execution_log_binary_file="),
-        "{args_none}"
+        has_arg(&args, "--experimental_execution_log_file="),
+        "{args}"
     );
+    assert!(!has_arg(&args, "--execution_log_binary_file"), "{args}");
+    // Asked with the startup options, for the command, inside the job.
     assert!(
-        !has(&args_none, "--experimental_execution_log_file"),
-        "{args_none}"
+        asked.starts_with(
+            "--output_base=/ob canonicalize-flags --for_command=build -- --experimental_execution_log_file="
+        ),
+        "{asked}"
     );
-    assert!(!has(&args_none, "--noexecution_log_sort"), "{args_none}");
+    assert!(asked.contains("/build-monitor/"), "{asked}");
+
+    let (_, args, _, _) = fake.build("bazel no_version\n", "--noexecution_log_sort\n");
+    assert!(has_arg(&args, "--execution_log_binary_file="), "{args}");
+    assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
+
+    let (_, args, _, asked) = fake.build("bazel no_version\n", "");
+    assert_eq!(asked.matches("canonicalize-flags").count(), 2, "{asked}");
+    assert!(has_arg(&args, "--execution_log_binary_file="), "{args}");
+    assert!(
+        !has_arg(&args, "--experimental_execution_log_file"),
+        "{args}"
+    );
+    assert!(!has_arg(&args, "--noexecution_log_sort"), "{args}");
 }

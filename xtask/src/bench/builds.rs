@@ -24,6 +24,9 @@ use super::stats::{self, MedianInterval};
 use crate::util::{CgroupGuard, cgroup2_root, display, join_cgroup_on_spawn};
 
 pub const BAZEL: &str = "/usr/bin/bazel";
+/// The execution log flag `monitor exec` adds for [`BAZEL`] (Debian's
+/// 4.2.3, which names no release and, asked, takes the unsorted log).
+pub const EXECUTION_LOG_FLAG: &str = "--experimental_execution_log_file";
 
 #[derive(clap::Args, Clone)]
 pub struct BuildOptions {
@@ -393,7 +396,7 @@ impl<'a> Runner<'a> {
         cmd.args(self.startup_args(n)).args(self.build_args());
         if execution_log {
             let log = self.dir.join(format!("exec-{n}.bin"));
-            cmd.arg(format!("--execution_log_binary_file={}", log.display()));
+            cmd.arg(format!("{EXECUTION_LOG_FLAG}={}", log.display()));
         }
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
         cpu.prepare(&mut cmd)?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::with_interval;
 use crate::bench::{
-    builds::{BuildResults, MonitoredRun, PlainRun},
+    builds::{BuildResults, EXECUTION_LOG_FLAG, MonitoredRun, PlainRun},
     stats,
 };
 
@@ -24,14 +24,14 @@ pub fn write(
     writeln!(
         md,
         "A generated workspace of {} actions: {}. Each triple builds it bare, with only the \
-         `--execution_log_binary_file` flag `monitor exec` adds, and under `monitor exec` (order \
+         `{}` flag `monitor exec` adds, and under `monitor exec` (order \
          reversed every other triple), each with a fresh output base and Bazel server. Wall time is \
          the command's; CPU time is the build's cgroup `cpu.stat` `usage_usec` (client, server, \
          every spawn, the server's shutdown included) plus, monitored, the `monitor exec` \
          process's own cgroup. Overheads are in points of the bare build of the same triple; \
          intervals are distribution-free 95 % intervals of the median (order statistics; with \
          fewer than 6 pairs the full range and its actual coverage). Stopped after {}.\n",
-        b.actions, b.workspace, b.stop_reason
+        EXECUTION_LOG_FLAG, b.actions, b.workspace, b.stop_reason
     )?;
     write_parts(md, b)?;
     write_monitor_costs(md, b)?;
