@@ -26,14 +26,15 @@ pub struct Release {
 /// the build then needs anyway).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The release `program --version`, run in `cgroup`, names; `None` when
-/// it names none (a build from source, such as Debian's package, says
-/// `bazel no_version`), fails, or takes longer than [`PATIENCE`].
-pub fn release_of(program: &OsStr, cgroup: &Path) -> Option<Release> {
+/// What `program --version`, run in `cgroup`, printed; `None` when it
+/// fails or takes longer than [`PATIENCE`]. [`parse`] reads the release
+/// in it (a build from source, such as Debian's package, names none:
+/// `bazel no_version`).
+pub fn version_of(program: &OsStr, cgroup: &Path) -> Option<String> {
     let mut cmd = Command::new(program);
     cmd.arg("--version");
     let (status, text) = answer_in(cmd, cgroup)?;
-    parse(&text).filter(|_| status.success())
+    status.success().then_some(text)
 }
 
 /// Whether `program`, started with the `startup` options (those before its
@@ -128,9 +129,17 @@ mod tests {
     }
 
     #[test]
-    fn a_program_that_fails_or_is_missing_names_none() {
-        // No cgroup to join: the release is not asked at all.
+    fn a_program_that_cannot_be_asked_answers_nothing() {
+        // No cgroup to join: nothing is asked at all.
         let none = Path::new("/nonexistent/cgroup");
-        assert_eq!(release_of(OsStr::new("/bin/echo"), none), None);
+        assert_eq!(version_of(OsStr::new("/bin/echo"), none), None);
+        let flag = "--noexecution_log_sort";
+        assert!(!takes_flag(
+            OsStr::new("/bin/true"),
+            &[],
+            "build",
+            flag,
+            none
+        ));
     }
 }

@@ -388,19 +388,22 @@ enum LogFlags {
 
 /// The flags for the unsorted log this Bazel takes: by the release its
 /// `--version` names, else by asking it whether it takes each flag (see
-/// [`crate::bazel::version::takes_flag`]). `asked` is the command up to
-/// and including its verb (the startup options between them start the
-/// same server as the build).
+/// [`crate::bazel::version::takes_flag`]); the sorted log when `--version`
+/// fails (nothing more is asked of it). `asked` is the command up to and
+/// including its verb (the startup options between them start the same
+/// server as the build).
 fn unsorted_log_flags(asked: &[OsString], cgroup: &Path) -> LogFlags {
-    use crate::bazel::version::{release_of, takes_flag};
+    use crate::bazel::version::{parse, takes_flag, version_of};
     let (program, startup, verb) = (
         &asked[0],
         &asked[1..asked.len() - 1],
         &asked[asked.len() - 1],
     );
-    let release = release_of(program, cgroup);
+    let Some(version) = version_of(program, cgroup) else {
+        return LogFlags::Sorted;
+    };
     let verb = verb.to_string_lossy();
-    log_flags_for(release, |flag| {
+    log_flags_for(parse(&version), |flag| {
         takes_flag(program, startup, &verb, flag, cgroup)
     })
 }
@@ -839,6 +842,19 @@ mod tests {
         let no_sort_only = takes(&["--noexecution_log_sort"]);
         assert_eq!(log_flags_for(None, no_sort_only), LogFlags::BinaryUnsorted);
         assert_eq!(log_flags_for(None, takes(&[])), LogFlags::Sorted);
+        // One that cannot be asked (here: no cgroup to run it in) gets the
+        // sorted log.
+        let mut cmd = args(&["bazel", "build", "//..."]);
+        assert!(log_of(&mut cmd).is_some());
+        assert_eq!(
+            cmd,
+            args(&[
+                "bazel",
+                "build",
+                "--execution_log_binary_file=/s/execution_log.bin",
+                "//..."
+            ])
+        );
     }
 
     #[test]
