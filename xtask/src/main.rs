@@ -54,6 +54,10 @@ enum Command {
     /// both attached at once, the order swapped each round (see
     /// xtask/src/bench/ab.rs).
     BenchAb(bench::AbOptions),
+    /// What a set of Bazel flags costs the bench's build against another
+    /// set: builds side by side, one per CPU, no monitor (see
+    /// xtask/src/bench/builds/flags.rs).
+    BenchFlags(bench::builds::flags::FlagOptions),
     /// One bench build under `monitor exec`: the daemon's CPU time, peak
     /// RSS and events; with `--perf`, a flame graph of where its CPU goes.
     ProfileBuild(profile::Options),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Fuzz(options) => fuzz::run(options),
         Command::Lint(options) => lint::run(options),
         Command::BenchAb(options) => bench::run_ab(options),
+        Command::BenchFlags(options) => bench::builds::flags::run(options),
         Command::ProfileBuild(options) => profile::run(options),
         Command::BenchWorker(options) => bench::worker(options),
     };

@@ -7,6 +7,7 @@
 //! each (`side_by_side`), which the VM's drift between builds cannot
 //! separate.
 
+pub(crate) mod flags;
 pub(crate) mod side_by_side;
 pub(crate) mod workspace;
 
@@ -389,15 +390,25 @@ impl<'a> Runner<'a> {
 
     /// [`Runner::plain`] on `cpu`.
     pub(crate) fn plain_on(&self, execution_log: bool, cpu: Cpu) -> Result<PlainRun> {
+        let flags = match execution_log {
+            true => vec![format!("{EXECUTION_LOG_FLAG}={{log}}")],
+            false => Vec::new(),
+        };
+        self.plain_with(&flags, cpu)
+    }
+
+    /// An unmonitored build with these Bazel `flags` (after `build`; `{log}`
+    /// is replaced by a file of this build's own, removed with its output
+    /// base), on `cpu`.
+    pub(crate) fn plain_with(&self, flags: &[String], cpu: Cpu) -> Result<PlainRun> {
         let n = self.next();
         let cgroup = self.cgroups.create_child(&format!("b{n}"))?;
         let mut cmd = Command::new(BAZEL);
         self.bazel_env(&mut cmd);
         cmd.args(self.startup_args(n)).args(self.build_args());
-        if execution_log {
-            let log = self.dir.join(format!("exec-{n}.bin"));
-            cmd.arg(format!("{EXECUTION_LOG_FLAG}={}", log.display()));
-        }
+        let log = self.dir.join(format!("exec-{n}.bin"));
+        let log = log.display().to_string();
+        cmd.args(flags.iter().map(|f| f.replace("{log}", &log)));
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
         cpu.prepare(&mut cmd)?;
         let start = Instant::now();

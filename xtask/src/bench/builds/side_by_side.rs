@@ -74,7 +74,7 @@ fn points(value: f64, base: f64) -> f64 {
 }
 
 /// (wall, CPU) of one unmonitored build over another, in points.
-fn over(run: &PlainRun, base: &PlainRun) -> (f64, f64) {
+pub(super) fn over(run: &PlainRun, base: &PlainRun) -> (f64, f64) {
     (
         points(run.wall_s, base.wall_s),
         points(run.cpu_s, base.cpu_s),
@@ -325,7 +325,7 @@ fn precise_enough(result: &SideBySide) -> bool {
 }
 
 /// Runs both builds at once; both must succeed.
-fn both<A: Send, B: Send>(
+pub(super) fn both<A: Send, B: Send>(
     a: impl FnOnce() -> Result<A> + Send,
     b: impl FnOnce() -> Result<B> + Send,
 ) -> Result<(A, B)> {

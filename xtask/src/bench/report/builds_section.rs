@@ -23,15 +23,17 @@ pub fn write(
     };
     writeln!(
         md,
-        "A generated workspace of {} actions: {}. Each triple builds it bare, with only the \
-         `{}` flag `monitor exec` adds, and under `monitor exec` (order \
+        "A generated workspace of {actions} actions: {workspace}. Each triple builds it bare, \
+         with only the `{EXECUTION_LOG_FLAG}` flag `monitor exec` adds, and under `monitor exec` (order \
          reversed every other triple), each with a fresh output base and Bazel server. Wall time is \
          the command's; CPU time is the build's cgroup `cpu.stat` `usage_usec` (client, server, \
          every spawn, the server's shutdown included) plus, monitored, the `monitor exec` \
          process's own cgroup. Overheads are in points of the bare build of the same triple; \
          intervals are distribution-free 95 % intervals of the median (order statistics; with \
-         fewer than 6 pairs the full range and its actual coverage). Stopped after {}.\n",
-        EXECUTION_LOG_FLAG, b.actions, b.workspace, b.stop_reason
+         fewer than 6 pairs the full range and its actual coverage). Stopped after {stop}.\n",
+        actions = b.actions,
+        workspace = b.workspace,
+        stop = b.stop_reason
     )?;
     write_parts(md, b)?;
     write_monitor_costs(md, b)?;
@@ -354,6 +356,20 @@ mod tests {
             ),
             "{md}"
         );
+    }
+
+    #[test]
+    fn the_section_names_the_workspace_and_the_log_flag() {
+        let mut md = String::new();
+        write(&mut md, Some(&one_triple(None)), None).unwrap();
+        assert!(
+            md.contains(
+                "A generated workspace of 1 actions: w. Each triple builds it bare, with only \
+                 the `--experimental_execution_log_file` flag `monitor exec` adds"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Stopped after test.\n"), "{md}");
     }
 
     #[test]

@@ -1,0 +1,211 @@
+//! `cargo xtask bench-flags`: what a set of Bazel flags costs the bench's
+//! build, against another set, with builds side by side (one per CPU, the
+//! CPUs swapped every other pair; see `side_by_side.rs` for why built one
+//! after the other they show nothing). No monitor runs: this is for
+//! choosing what `monitor exec` asks of Bazel (the execution log's flag, a
+//! label source), whose cost is Bazel's own work.
+//!
+//! `{log}` in a flag is replaced by a file of that build's own, removed
+//! with its output base.
+
+use std::{fmt::Write as _, fs, path::PathBuf};
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::{
+    BuildOptions, Cpu, PlainRun, Runner,
+    side_by_side::{Part, both, over},
+    workspace,
+};
+use crate::{
+    setup,
+    util::{CgroupGuard, is_root, target_dir, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct FlagOptions {
+    /// Bazel flags of build A (after `build`, split at whitespace; `{log}`:
+    /// a file of the build's own) [default: none, the bench's bare build].
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    a: String,
+    /// Bazel flags of build B, as for `--a`.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    b: String,
+    /// Pairs of builds (B over A, CPUs swapped every other pair).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Also write the pairs and their medians here (Markdown).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Genrules compiling a C++ file with g++.
+    #[arg(long, default_value_t = 100)]
+    build_compiles: usize,
+    /// Genrules with a large sandbox (each gets every input file).
+    #[arg(long, default_value_t = 200)]
+    build_sandboxes: usize,
+    /// Input files of each large-sandbox genrule.
+    #[arg(long, default_value_t = 300)]
+    build_inputs: usize,
+}
+
+/// One pair: A and B at the same moment.
+struct FlagPair {
+    a: PlainRun,
+    b: PlainRun,
+    /// B ran on CPU 0.
+    swapped: bool,
+}
+
+pub fn run(options: FlagOptions) -> Result<()> {
+    ensure!(
+        is_root(),
+        "bench-flags needs root (it creates cgroups and pins builds to CPUs)"
+    );
+    ensure!(options.pairs > 0, "--pairs must be positive");
+    let build = BuildOptions {
+        build_pairs: None,
+        build_minutes: 0,
+        side_by_side_pairs: None,
+        side_by_side_minutes: 0,
+        side_by_side_control: false,
+        build_compiles: options.build_compiles,
+        build_sandboxes: options.build_sandboxes,
+        build_inputs: options.build_inputs,
+    };
+    setup::run()?;
+    let dir = target_dir()?.join("bench-flags");
+    let ws = dir.join("ws");
+    let _ = fs::remove_dir_all(&ws);
+    workspace::generate(&ws, &build)?;
+    println!("bench-flags: {}", workspace::describe(&build));
+    let cgroups = CgroupGuard::create_fresh("monitor-bench-flags")?;
+    // No monitor runs here: the path is never started.
+    let no_monitor = dir.join("no-monitor");
+    let runner = Runner::new(ws, dir.clone(), &no_monitor, &cgroups);
+    if !dir.join("root").is_dir() {
+        println!("bench-flags: warm-up build (untimed: extracts Bazel's install base)");
+        runner.plain(false).context("the warm-up build")?;
+    }
+    let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
+    let (a_flags, b_flags) = (split(&options.a), split(&options.b));
+    let mut pairs = Vec::new();
+    for n in 0..options.pairs {
+        super::wait_quiet_before_build()?;
+        let swapped = n % 2 == 1;
+        let (cpu_a, cpu_b) = if swapped { (1, 0) } else { (0, 1) };
+        let (a, b) = both(
+            || runner.plain_with(&a_flags, Cpu::Only(cpu_a)),
+            || runner.plain_with(&b_flags, Cpu::Only(cpu_b)),
+        )
+        .with_context(|| format!("pair {}", n + 1))?;
+        runner.clean_all();
+        let (wall, cpu) = over(&b, &a);
+        println!(
+            "bench-flags: pair {}: A {:.1} s CPU, B {:.1} s CPU: B over A wall {wall:+.1} %, CPU {cpu:+.1} %",
+            n + 1,
+            a.cpu_s,
+            b.cpu_s
+        );
+        pairs.push(FlagPair { a, b, swapped });
+    }
+    let md = render(&options, &pairs)?;
+    print!("{md}");
+    if let Some(path) = &options.output {
+        let path = workspace_root().join(path);
+        fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn split(flags: &str) -> Vec<String> {
+    flags.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The pairs and B's medians over A, with their 95 % intervals.
+fn render(options: &FlagOptions, pairs: &[FlagPair]) -> Result<String> {
+    let mut md = String::new();
+    let shown = |flags: &str| match flags.trim() {
+        "" => "(none)".to_owned(),
+        f => format!("`{f}`"),
+    };
+    writeln!(
+        md,
+        "A: {}\nB: {}\n\n| pair | A CPU (s) | B CPU (s) | B on | B over A, wall | B over A, CPU |\n| --- | --- | --- | --- | --- | --- |",
+        shown(&options.a),
+        shown(&options.b)
+    )?;
+    for (n, p) in pairs.iter().enumerate() {
+        let (wall, cpu) = over(&p.b, &p.a);
+        writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | CPU {} | {wall:+.1} % | {cpu:+.1} % |",
+            n + 1,
+            p.a.cpu_s,
+            p.b.cpu_s,
+            if p.swapped { 0 } else { 1 }
+        )?;
+    }
+    let (wall, cpu): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| over(&p.b, &p.a)).unzip();
+    writeln!(
+        md,
+        "\nB over A, median of {} pairs: wall {}, CPU {}\n",
+        pairs.len(),
+        Part::of(&wall).text(),
+        Part::of(&cpu).text()
+    )?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cpu_s: f64) -> PlainRun {
+        PlainRun {
+            wall_s: cpu_s,
+            cpu_s,
+        }
+    }
+
+    #[test]
+    fn the_report_gives_each_pair_and_the_medians() {
+        let options = FlagOptions {
+            a: String::new(),
+            b: "--x={log}".into(),
+            pairs: 2,
+            output: None,
+            build_compiles: 1,
+            build_inputs: 1,
+            build_sandboxes: 1,
+        };
+        let pairs = [
+            FlagPair {
+                a: run(50.0),
+                b: run(51.0),
+                swapped: false,
+            },
+            FlagPair {
+                a: run(40.0),
+                b: run(41.2),
+                swapped: true,
+            },
+        ];
+        let md = render(&options, &pairs).unwrap();
+        assert!(md.contains("A: (none)\nB: `--x={log}`"), "{md}");
+        assert!(
+            md.contains("| 1 | 50.0 | 51.0 | CPU 1 | +2.0 % | +2.0 % |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2 | 40.0 | 41.2 | CPU 0 | +3.0 % | +3.0 % |"),
+            "{md}"
+        );
+        assert!(md.contains("median of 2 pairs: wall +2.5 %"), "{md}");
+    }
+
+    #[test]
+    fn flags_split_at_whitespace() {
+        assert_eq!(split("  --a=1   --b "), ["--a=1", "--b"]);
+        assert!(split("").is_empty());
+    }
+}
