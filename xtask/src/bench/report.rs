@@ -56,7 +56,7 @@ pub struct ReportInput<'a> {
     pub busy_starts: u32,
 }
 
-fn first_line(cmd: &mut Command) -> String {
+pub(crate) fn first_line(cmd: &mut Command) -> String {
     output(cmd.stdin(Stdio::null()).stderr(Stdio::null()))
         .ok()
         .and_then(|text| text.lines().next().map(|line| line.trim().to_owned()))

@@ -77,7 +77,8 @@ pub fn run(options: FlagOptions) -> Result<()> {
     let ws = dir.join("ws");
     let _ = fs::remove_dir_all(&ws);
     workspace::generate(&ws, &build)?;
-    println!("bench-flags: {}", workspace::describe(&build));
+    let described = workspace::describe(&build);
+    println!("bench-flags: {described}");
     let cgroups = CgroupGuard::create_fresh("monitor-bench-flags")?;
     // No monitor runs here: the path is never started.
     let no_monitor = dir.join("no-monitor");
@@ -108,7 +109,17 @@ pub fn run(options: FlagOptions) -> Result<()> {
         );
         pairs.push(FlagPair { a, b, swapped });
     }
-    let md = render(&options, &pairs)?;
+    let date = crate::bench::report::first_line(
+        std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
+    );
+    let heading = format!(
+        "# Bazel flags side by side\n\nWritten by `cargo xtask bench-flags` ({date}): {described}. \
+         Each pair is two builds at the same moment, one pinned to each CPU (B's CPU alternates), \
+         each with a fresh output base and Bazel server, no monitor running; CPU is each build's \
+         cgroup `usage_usec`. The interval is the median's distribution-free 95 % interval (the \
+         range with fewer than 6 pairs).\n\n"
+    );
+    let md = heading + &render(&options, &pairs)?;
     print!("{md}");
     if let Some(path) = &options.output {
         let path = workspace_root().join(path);
