@@ -62,16 +62,11 @@ pub fn run(options: Options) -> Result<()> {
         "profile-build needs root (it loads eBPF programs and creates cgroups)"
     );
     ensure!(options.runs > 0, "--runs must be positive");
-    let build = BuildOptions {
-        build_pairs: None,
-        build_minutes: 0,
-        side_by_side_pairs: None,
-        side_by_side_minutes: 0,
-        side_by_side_control: false,
-        build_compiles: options.build_compiles,
-        build_sandboxes: options.build_sandboxes,
-        build_inputs: options.build_inputs,
-    };
+    let build = BuildOptions::workspace_only(
+        options.build_compiles,
+        options.build_sandboxes,
+        options.build_inputs,
+    );
     // Kept between runs: Bazel's install base (extracted once).
     let dir = target_dir()?.join("profile-build");
     let perf_data = dir.join("perf.data");
@@ -97,10 +92,7 @@ pub fn run(options: Options) -> Result<()> {
     println!("profile-build: {}", workspace::describe(&build));
     let cgroups = CgroupGuard::create_fresh("monitor-profile-build")?;
     let mut runner = Runner::new(ws, dir.clone(), &monitor_bin, &cgroups);
-    if !dir.join("root").is_dir() {
-        println!("profile-build: warm-up build (untimed: extracts Bazel's install base)");
-        runner.plain(false).context("the warm-up build")?;
-    }
+    runner.warm_up("profile-build", false)?;
     runner.perf = options.perf.then(|| perf::Recording {
         out: perf_data.clone(),
         event: options.perf_event,

@@ -64,6 +64,21 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// The workspace's size alone, for commands that build it without the
+    /// bench's series (`profile-build`, `bench-flags`).
+    pub fn workspace_only(compiles: usize, sandboxes: usize, inputs: usize) -> BuildOptions {
+        BuildOptions {
+            build_pairs: None,
+            build_minutes: 0,
+            side_by_side_pairs: None,
+            side_by_side_minutes: 0,
+            side_by_side_control: false,
+            build_compiles: compiles,
+            build_sandboxes: sandboxes,
+            build_inputs: inputs,
+        }
+    }
+
     /// `--quick`: a small workspace, two triples.
     pub fn quick(&mut self) {
         self.build_pairs.get_or_insert(2);
@@ -176,8 +191,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     let actions = workspace::generate(&ws, options)?;
     let cgroups = CgroupGuard::create_fresh("monitor-bench-builds")?;
     let runner = Runner::new(ws, dir.clone(), monitor_bin, &cgroups);
-    println!("bench: builds: warm-up build (untimed: extracts Bazel's install base)");
-    runner.plain(false).context("the warm-up build")?;
+    runner.warm_up("bench: builds", true)?;
     let started = Instant::now();
     let budget = Duration::from_secs(options.build_minutes * 60);
     let mut triples = Vec::new();
@@ -380,6 +394,17 @@ impl<'a> Runner<'a> {
                 monitored,
             })
         }
+    }
+
+    /// An untimed bare build when Bazel's install base is not extracted
+    /// under this runner's directory yet (`always`: whether or not), so
+    /// that no timed build pays for it; `who` names the command.
+    pub(crate) fn warm_up(&self, who: &str, always: bool) -> Result<()> {
+        if always || !self.dir.join("root").is_dir() {
+            println!("{who}: warm-up build (untimed: extracts Bazel's install base)");
+            self.plain(false).context("the warm-up build")?;
+        }
+        Ok(())
     }
 
     /// A build in a cgroup of its own, its server shut down after; CPU is

@@ -62,16 +62,11 @@ pub fn run(options: FlagOptions) -> Result<()> {
         "bench-flags needs root (it creates cgroups and pins builds to CPUs)"
     );
     ensure!(options.pairs > 0, "--pairs must be positive");
-    let build = BuildOptions {
-        build_pairs: None,
-        build_minutes: 0,
-        side_by_side_pairs: None,
-        side_by_side_minutes: 0,
-        side_by_side_control: false,
-        build_compiles: options.build_compiles,
-        build_sandboxes: options.build_sandboxes,
-        build_inputs: options.build_inputs,
-    };
+    let build = BuildOptions::workspace_only(
+        options.build_compiles,
+        options.build_sandboxes,
+        options.build_inputs,
+    );
     setup::run()?;
     let dir = target_dir()?.join("bench-flags");
     let ws = dir.join("ws");
@@ -83,10 +78,7 @@ pub fn run(options: FlagOptions) -> Result<()> {
     // No monitor runs here: the path is never started.
     let no_monitor = dir.join("no-monitor");
     let runner = Runner::new(ws, dir.clone(), &no_monitor, &cgroups);
-    if !dir.join("root").is_dir() {
-        println!("bench-flags: warm-up build (untimed: extracts Bazel's install base)");
-        runner.plain(false).context("the warm-up build")?;
-    }
+    runner.warm_up("bench-flags", false)?;
     let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
     let (a_flags, b_flags) = (split(&options.a), split(&options.b));
     let mut pairs = Vec::new();
