@@ -441,8 +441,9 @@ fn given_execution_log(command: &[OsString], verb: usize) -> Option<ExecLogFile>
 /// at the end of the build, which the user would wait for (see
 /// `bazel/execlog/binary.rs`). Unsorted where `flags` can ask for it: the
 /// sort at the end holds the whole log in Bazel's memory
-/// (bazelbuild/bazel#17111), took 0.65 % more of the bench build's CPU
-/// than the unsorted log (median of 8 pairs side by side, Bazel 4.2.3)
+/// (bazelbuild/bazel#17111), took 0.6 % more of the bench build's CPU
+/// than the unsorted log (two series of 8 pairs side by side, Bazel
+/// 4.2.3: `profiles/bazel-flags-sorted-vs-raw-log.md`)
 /// and, before Bazel 7, leaves a raw copy in the server's temporary
 /// directory; the join does not need the order.
 fn add_execution_log(
