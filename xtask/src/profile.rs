@@ -16,22 +16,18 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    bench::builds::{BuildOptions, MonitoredRun, Runner, workspace},
+    bench::builds::{
+        MonitoredRun, Runner,
+        workspace::{self, WorkspaceSize},
+    },
     setup,
     util::{CgroupGuard, cargo, exec, is_root, target_dir, workspace_root},
 };
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Genrules compiling a C++ file with g++.
-    #[arg(long, default_value_t = 100)]
-    build_compiles: usize,
-    /// Genrules with a large sandbox (each gets every input file).
-    #[arg(long, default_value_t = 200)]
-    build_sandboxes: usize,
-    /// Input files of each large-sandbox genrule.
-    #[arg(long, default_value_t = 300)]
-    build_inputs: usize,
+    #[command(flatten)]
+    workspace: WorkspaceSize,
     /// Monitored builds, one after the other (medians printed at the end).
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -62,17 +58,13 @@ pub fn run(options: Options) -> Result<()> {
         "profile-build needs root (it loads eBPF programs and creates cgroups)"
     );
     ensure!(options.runs > 0, "--runs must be positive");
-    let build = BuildOptions::workspace_only(
-        options.build_compiles,
-        options.build_sandboxes,
-        options.build_inputs,
-    );
+    let size = &options.workspace;
     // Kept between runs: Bazel's install base (extracted once).
     let dir = target_dir()?.join("profile-build");
     let perf_data = dir.join("perf.data");
     let svg = workspace_root().join(&options.svg);
     if options.report_only {
-        return write_profile(&perf_data, &svg, &build, options.perf_event);
+        return write_profile(&perf_data, &svg, size, options.perf_event);
     }
     // A fresh machine has neither the eBPF toolchain nor Bazel and perf.
     setup::run()?;
@@ -88,11 +80,11 @@ pub fn run(options: Options) -> Result<()> {
     };
     let ws = dir.join("ws");
     let _ = fs::remove_dir_all(&ws);
-    let actions = workspace::generate(&ws, &build)?;
-    println!("profile-build: {}", workspace::describe(&build));
+    let actions = workspace::generate(&ws, size)?;
+    println!("profile-build: {}", workspace::describe(size));
     let cgroups = CgroupGuard::create_fresh("monitor-profile-build")?;
     let mut runner = Runner::new(ws, dir.clone(), &monitor_bin, &cgroups);
-    runner.warm_up("profile-build", false)?;
+    runner.warm_up("profile-build")?;
     runner.perf = options.perf.then(|| perf::Recording {
         out: perf_data.clone(),
         event: options.perf_event,
@@ -119,7 +111,7 @@ pub fn run(options: Options) -> Result<()> {
         dir.join("report-<n>.json").display()
     );
     if options.perf {
-        write_profile(&perf_data, &svg, &build, options.perf_event)?;
+        write_profile(&perf_data, &svg, size, options.perf_event)?;
     }
     Ok(())
 }
@@ -161,7 +153,7 @@ fn print_medians(runs: &[MonitoredRun]) {
 fn write_profile(
     perf_data: &Path,
     svg: &Path,
-    build: &BuildOptions,
+    size: &WorkspaceSize,
     event: perf::Event,
 ) -> Result<()> {
     println!(
@@ -173,7 +165,7 @@ fn write_profile(
     fs::write(perf_data.with_extension("folded"), &folded)?;
     let title = format!(
         "monitor exec daemon, one build: {} compiles, {} sandboxes x {} inputs",
-        build.build_compiles, build.build_sandboxes, build.build_inputs
+        size.build_compiles, size.build_sandboxes, size.build_inputs
     );
     perf::flame_graph(&folded, &title, event, svg)?;
     let table = stacks::render(

@@ -52,39 +52,18 @@ pub struct BuildOptions {
     /// Time budget of the side-by-side series, in minutes.
     #[arg(long, default_value_t = 25)]
     pub side_by_side_minutes: u64,
-    /// Genrules compiling a C++ file with g++.
-    #[arg(long, default_value_t = 100)]
-    pub build_compiles: usize,
-    /// Genrules with a large sandbox (each gets every input file).
-    #[arg(long, default_value_t = 200)]
-    pub build_sandboxes: usize,
-    /// Input files of each large-sandbox genrule.
-    #[arg(long, default_value_t = 300)]
-    pub build_inputs: usize,
+    #[command(flatten)]
+    pub workspace: workspace::WorkspaceSize,
 }
 
 impl BuildOptions {
-    /// The workspace's size alone, for commands that build it without the
-    /// bench's series (`profile-build`, `bench-flags`).
-    pub fn workspace_only(compiles: usize, sandboxes: usize, inputs: usize) -> BuildOptions {
-        BuildOptions {
-            build_pairs: None,
-            build_minutes: 0,
-            side_by_side_pairs: None,
-            side_by_side_minutes: 0,
-            side_by_side_control: false,
-            build_compiles: compiles,
-            build_sandboxes: sandboxes,
-            build_inputs: inputs,
-        }
-    }
-
     /// `--quick`: a small workspace, two triples.
     pub fn quick(&mut self) {
         self.build_pairs.get_or_insert(2);
         self.side_by_side_pairs.get_or_insert(2);
-        self.build_compiles = self.build_compiles.min(10);
-        self.build_sandboxes = self.build_sandboxes.min(10);
+        let size = &mut self.workspace;
+        size.build_compiles = size.build_compiles.min(10);
+        size.build_sandboxes = size.build_sandboxes.min(10);
     }
 }
 
@@ -188,10 +167,10 @@ const MAX_ADAPTIVE: usize = 30;
 pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<BuildResults> {
     let dir = tmp.join("builds");
     let ws = dir.join("ws");
-    let actions = workspace::generate(&ws, options)?;
+    let actions = workspace::generate(&ws, &options.workspace)?;
     let cgroups = CgroupGuard::create_fresh("monitor-bench-builds")?;
     let runner = Runner::new(ws, dir.clone(), monitor_bin, &cgroups);
-    runner.warm_up("bench: builds", true)?;
+    runner.warm_up("bench: builds")?;
     let started = Instant::now();
     let budget = Duration::from_secs(options.build_minutes * 60);
     let mut triples = Vec::new();
@@ -229,7 +208,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     Ok(BuildResults {
         triples,
         accounted: Some(accounted),
-        workspace: workspace::describe(options),
+        workspace: workspace::describe(&options.workspace),
         actions,
         stop_reason,
         side_by_side: Some(side_by_side),
@@ -397,10 +376,11 @@ impl<'a> Runner<'a> {
     }
 
     /// An untimed bare build when Bazel's install base is not extracted
-    /// under this runner's directory yet (`always`: whether or not), so
-    /// that no timed build pays for it; `who` names the command.
-    pub(crate) fn warm_up(&self, who: &str, always: bool) -> Result<()> {
-        if always || !self.dir.join("root").is_dir() {
+    /// under this runner's directory yet (always, in the bench's fresh
+    /// directory), so that no timed build pays for it; `who` names the
+    /// command.
+    pub(crate) fn warm_up(&self, who: &str) -> Result<()> {
+        if !self.dir.join("root").is_dir() {
             println!("{who}: warm-up build (untimed: extracts Bazel's install base)");
             self.plain(false).context("the warm-up build")?;
         }

@@ -13,9 +13,9 @@ use std::{fmt::Write as _, fs, path::PathBuf};
 use anyhow::{Context as _, Result, ensure};
 
 use super::{
-    BuildOptions, Cpu, PlainRun, Runner,
+    Cpu, PlainRun, Runner,
     side_by_side::{Part, both, over},
-    workspace,
+    workspace::{self, WorkspaceSize},
 };
 use crate::{
     setup,
@@ -37,15 +37,8 @@ pub struct FlagOptions {
     /// Also write the pairs and their medians here (Markdown).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Genrules compiling a C++ file with g++.
-    #[arg(long, default_value_t = 100)]
-    build_compiles: usize,
-    /// Genrules with a large sandbox (each gets every input file).
-    #[arg(long, default_value_t = 200)]
-    build_sandboxes: usize,
-    /// Input files of each large-sandbox genrule.
-    #[arg(long, default_value_t = 300)]
-    build_inputs: usize,
+    #[command(flatten)]
+    workspace: WorkspaceSize,
 }
 
 /// One pair: A and B at the same moment.
@@ -62,23 +55,19 @@ pub fn run(options: FlagOptions) -> Result<()> {
         "bench-flags needs root (it creates cgroups and pins builds to CPUs)"
     );
     ensure!(options.pairs > 0, "--pairs must be positive");
-    let build = BuildOptions::workspace_only(
-        options.build_compiles,
-        options.build_sandboxes,
-        options.build_inputs,
-    );
+    let size = &options.workspace;
     setup::run()?;
     let dir = target_dir()?.join("bench-flags");
     let ws = dir.join("ws");
     let _ = fs::remove_dir_all(&ws);
-    workspace::generate(&ws, &build)?;
-    let described = workspace::describe(&build);
+    workspace::generate(&ws, size)?;
+    let described = workspace::describe(size);
     println!("bench-flags: {described}");
     let cgroups = CgroupGuard::create_fresh("monitor-bench-flags")?;
     // No monitor runs here: the path is never started.
     let no_monitor = dir.join("no-monitor");
     let runner = Runner::new(ws, dir.clone(), &no_monitor, &cgroups);
-    runner.warm_up("bench-flags", false)?;
+    runner.warm_up("bench-flags")?;
     let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
     let (a_flags, b_flags) = (split(&options.a), split(&options.b));
     let mut pairs = Vec::new();
@@ -177,9 +166,11 @@ mod tests {
             b: "--x={log}".into(),
             pairs: 2,
             output: None,
-            build_compiles: 1,
-            build_inputs: 1,
-            build_sandboxes: 1,
+            workspace: WorkspaceSize {
+                build_compiles: 1,
+                build_sandboxes: 1,
+                build_inputs: 1,
+            },
         };
         let pairs = [
             FlagPair {

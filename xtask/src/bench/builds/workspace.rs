@@ -7,13 +7,26 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::BuildOptions;
+/// How large the generated workspace is: the options `bench`,
+/// `profile-build` and `bench-flags` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkspaceSize {
+    /// Genrules compiling a C++ file with g++.
+    #[arg(long, default_value_t = 100)]
+    pub build_compiles: usize,
+    /// Genrules with a large sandbox (each gets every input file).
+    #[arg(long, default_value_t = 200)]
+    pub build_sandboxes: usize,
+    /// Input files of each large-sandbox genrule.
+    #[arg(long, default_value_t = 300)]
+    pub build_inputs: usize,
+}
 
 /// Include directories and headers of the compile actions.
 const INCLUDE_DIRS: usize = 16;
 const HEADERS: usize = 48;
 
-pub fn describe(options: &BuildOptions) -> String {
+pub fn describe(options: &WorkspaceSize) -> String {
     format!(
         "{} g++ compile genrules (each includes {HEADERS} headers spread over {INCLUDE_DIRS} `-I` \
          directories, plus <vector> and <string>) and {} genrules with {} input files each, \
@@ -30,7 +43,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Writes the workspace into `ws`; returns the number of actions.
-pub fn generate(ws: &Path, options: &BuildOptions) -> Result<usize> {
+pub fn generate(ws: &Path, options: &WorkspaceSize) -> Result<usize> {
     write(&ws.join("WORKSPACE"), "")?;
     for h in 0..HEADERS {
         let text = format!("#pragma once\ninline int h{h}(int x) {{ return x * {h} + 1; }}\n");
