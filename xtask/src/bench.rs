@@ -56,13 +56,18 @@ const RATES: &[u64] = &[25_000, 50_000, 100_000, 200_000];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Fewer, shorter runs: 2 rounds of 20 000 pairs, 5 000 distinct files,
-    /// 1 s per throughput rate, 2 build pairs.
+    /// Fewer, shorter runs: 2 rounds of one run per setup, 20 000 pairs,
+    /// 5 000 distinct files, 1 s per throughput rate, 2 build pairs.
     #[arg(long)]
     quick: bool,
-    /// Runs per setup [default: 5, or 2 with --quick].
+    /// Rounds: each runs every setup [default: 5, or 2 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
+    /// Runs in a row, per round and workload, of the setups the targets
+    /// compare (bare, floor, monitor outside and inside); the peers run
+    /// once per round [default: 3, or 1 with --quick].
+    #[arg(long)]
+    runs: Option<usize>,
     /// open+close pairs per run [default: 200000, or 20000 with --quick];
     /// connects per run are a fifth of this.
     #[arg(long)]
@@ -232,6 +237,8 @@ pub struct Bench {
     alerts: PathBuf,
     bpftrace_script: PathBuf,
     iterations: u64,
+    /// Runs in a row of the target setups per round (`Options::runs`).
+    runs: usize,
     distinct_files: u64,
     warmup: u64,
     /// Timed runs started before the machine was quiet (see
@@ -599,6 +606,8 @@ fn drained(addr: SocketAddr, kind: &str, target: u64) -> Result<(u64, u64)> {
 /// What one `cargo xtask bench` run does, from its options.
 struct RunSettings {
     rounds: usize,
+    /// See `Options::runs`.
+    runs: usize,
     iterations: u64,
     distinct_files: u64,
     rate_duration: Duration,
@@ -614,6 +623,7 @@ impl RunSettings {
     fn for_ab(ops: u64) -> Self {
         Self {
             rounds: 1,
+            runs: 1,
             iterations: ops,
             distinct_files: ops,
             rate_duration: Duration::from_secs(1),
@@ -628,6 +638,7 @@ impl RunSettings {
         let Options {
             quick,
             rounds,
+            runs,
             iterations,
             distinct_files,
             skip_builds,
@@ -637,12 +648,13 @@ impl RunSettings {
         } = options;
         let flood_paths = flood_paths.unwrap_or(if quick { 50_000 } else { 1_000_000 });
         let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
+        let runs = runs.unwrap_or(if quick { 1 } else { 3 });
         let iterations = iterations.unwrap_or(if quick { 20_000 } else { 200_000 });
         let distinct_files = distinct_files.unwrap_or(if quick { 5_000 } else { 100_000 });
         let rate_duration = Duration::from_secs(if quick { 1 } else { 2 });
         ensure!(
-            rounds > 0 && iterations > 0 && distinct_files > 0,
-            "--rounds, --iterations and --distinct-files must be positive"
+            rounds > 0 && runs > 0 && iterations > 0 && distinct_files > 0,
+            "--rounds, --runs, --iterations and --distinct-files must be positive"
         );
         if quick {
             builds.quick();
@@ -650,6 +662,7 @@ impl RunSettings {
         let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
         Ok(Self {
             rounds,
+            runs,
             iterations,
             distinct_files,
             rate_duration,
@@ -683,10 +696,11 @@ pub fn run(options: Options) -> Result<()> {
     let cgroups = CgroupGuard::create_fresh("monitor-bench")?;
     let bench = Bench::prepare(tmp_dir.path(), &cgroups, monitor_bin, worker_exe, &settings)?;
     println!(
-        "bench: {} round(s) of {} setups × {} workloads ({} pairs, {} distinct files, {} connects per run)",
+        "bench: {} round(s) of {} setups × {} workloads, {} run(s) in a row of the target setups ({} pairs, {} distinct files, {} connects per run)",
         settings.rounds,
         SETUPS.len(),
         WORKLOADS.len(),
+        settings.runs,
         settings.iterations,
         settings.distinct_files,
         bench.ops(Workload::Connect)
@@ -706,6 +720,7 @@ pub fn run(options: Options) -> Result<()> {
     let report = report::render(&report::ReportInput {
         command: &settings.command,
         rounds: settings.rounds,
+        runs: settings.runs,
         iterations: settings.iterations,
         distinct_files: settings.distinct_files,
         connects: bench.ops(Workload::Connect),
@@ -812,6 +827,7 @@ impl Bench {
             declarations,
             bpftrace_script,
             iterations: settings.iterations,
+            runs: settings.runs,
             distinct_files: settings.distinct_files,
             warmup: 10_000,
             busy_starts: std::cell::Cell::new(0),
@@ -880,12 +896,14 @@ fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
                 }
             };
         for workload in WORKLOADS {
-            record(
-                Setup::Bare,
-                workload,
-                bench.timed_run(workload, &Placement::default())?,
-                None,
-            );
+            for _ in 0..bench.runs {
+                record(
+                    Setup::Bare,
+                    workload,
+                    bench.timed_run(workload, &Placement::default())?,
+                    None,
+                );
+            }
         }
         bench
             .floor_round(&tag, &mut record)
@@ -918,12 +936,14 @@ impl Bench {
     fn floor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let floor = self.start_floor(tag)?;
         for workload in WORKLOADS {
-            record(
-                Setup::Floor,
-                workload,
-                self.timed_run(workload, &Placement::default())?,
-                None,
-            );
+            for _ in 0..self.runs {
+                record(
+                    Setup::Floor,
+                    workload,
+                    self.timed_run(workload, &Placement::default())?,
+                    None,
+                );
+            }
         }
         let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
         ensure!(status.success(), "monitor bench-floor exited with {status}");
@@ -935,28 +955,32 @@ impl Bench {
     fn monitor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let monitor = self.start_monitor(tag)?;
         for workload in WORKLOADS {
-            let kind = event_kind(workload);
-            let (before, _) = event_counters(monitor.addr, kind)?;
-            let outside = self.timed_run(workload, &Placement::default())?;
-            let (after, _) = event_counters(monitor.addr, kind)?;
-            record(
-                Setup::MonitorOutside,
-                workload,
-                outside,
-                Some(after - before.min(after)),
-            );
+            for _ in 0..self.runs {
+                let kind = event_kind(workload);
+                let (before, _) = event_counters(monitor.addr, kind)?;
+                let outside = self.timed_run(workload, &Placement::default())?;
+                let (after, _) = event_counters(monitor.addr, kind)?;
+                record(
+                    Setup::MonitorOutside,
+                    workload,
+                    outside,
+                    Some(after - before.min(after)),
+                );
+            }
         }
         for workload in WORKLOADS {
-            let kind = event_kind(workload);
-            let (before, _) = event_counters(monitor.addr, kind)?;
-            let inside = self.timed_run(workload, &self.inside())?;
-            let (after, _) = drained(monitor.addr, kind, before + inside.opens)?;
-            record(
-                Setup::MonitorInside,
-                workload,
-                inside,
-                Some(after - before.min(after)),
-            );
+            for _ in 0..self.runs {
+                let kind = event_kind(workload);
+                let (before, _) = event_counters(monitor.addr, kind)?;
+                let inside = self.timed_run(workload, &self.inside())?;
+                let (after, _) = drained(monitor.addr, kind, before + inside.opens)?;
+                record(
+                    Setup::MonitorInside,
+                    workload,
+                    inside,
+                    Some(after - before.min(after)),
+                );
+            }
         }
         Bench::stop_monitor(monitor)
     }

@@ -33,6 +33,8 @@ mod targets;
 pub struct ReportInput<'a> {
     pub command: &'a str,
     pub rounds: usize,
+    /// Runs in a row of the target setups per round.
+    pub runs: usize,
     pub iterations: u64,
     pub distinct_files: u64,
     pub connects: u64,
@@ -167,21 +169,25 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     writeln!(md, "## Cost per operation, by workload and tool\n")?;
     writeln!(
         md,
-        "{} run(s) per setup and workload, setups interleaved in rounds; median and range of the \
-         runs' ns per operation. Same file: {} timed `open(O_RDONLY)`+`close` pairs on one declared \
+        "{rounds} round(s), setups interleaved in each; in every round {runs} run(s) in a row per \
+         workload of the setups the targets compare (bare, floor, monitor outside and inside: \
+         {target_runs} each) and one of each peer ({rounds}); median and range of the runs' ns per \
+         operation. Same file: {} timed `open(O_RDONLY)`+`close` pairs on one declared \
          file after {} untimed. Distinct files: {} files opened once each (the first-access cost; \
          no warm-up). Connect: {} timed `socket`+`connect`+`close` to a closed 127.0.0.1 port \
          (refused; allowed by the monitor's policy) after {} untimed. Each run starts once the \
          machine has been quiet for two 200 ms periods (at most 2 clock ticks of CPU used in each, \
          all CPUs together; a monitor just started is also waited for until its own CPU time stops \
          growing); runs that started on a machine still busy after 10 s: {}.\n",
-        input.rounds,
         input.iterations,
         input.warmup,
         input.distinct_files,
         input.connects,
         input.warmup,
-        input.busy_starts
+        input.busy_starts,
+        rounds = input.rounds,
+        runs = input.runs,
+        target_runs = input.rounds * input.runs,
     )?;
     writeln!(
         md,

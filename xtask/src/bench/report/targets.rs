@@ -236,6 +236,7 @@ mod tests {
         let input = ReportInput {
             command: "cargo xtask bench",
             rounds: 1,
+            runs: 1,
             iterations: 10,
             distinct_files: 10,
             connects: 2,
