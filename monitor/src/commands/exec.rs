@@ -44,6 +44,11 @@ pub struct ExecOptions {
     pub exit: ExitPolicy,
 }
 
+/// How often the ring reader drains while a job runs. Its alerts are held
+/// until the command ends, and a sandbox launch wakes the reader at once,
+/// so draining less often than `monitor run` (10 ms) only saves wakeups.
+const EXEC_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Returns the process exit code.
 pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, StartError> {
     // The policy as given, before the sidecar's own alert settings.
@@ -61,24 +66,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let command_dir = make_job_cgroups(&job_dir)?;
     let _cleanup = CgroupGuard(job_dir.clone());
     let mut scopes = start::parent_scopes(&config, &root)?;
-    scopes.push(Scope {
-        path: job_dir.clone(),
-        id: cgroup::id_of(&job_dir).map_err(StartError::Kernel)?,
-        level: cgroup::level_of(&root, &job_dir).map_err(StartError::Kernel)?,
-        kind: if bazel {
-            ScopeKind::Job {
-                id: job_id,
-                label: Some("@bazel".into()),
-                mnemonic: Some("BazelServer".into()),
-            }
-        } else {
-            ScopeKind::Job {
-                id: job_id,
-                label: None,
-                mnemonic: Some("Command".into()),
-            }
-        },
-    });
+    scopes.push(job_scope(&root, &job_dir, job_id, bazel)?);
     let mut running = start::start(&config, scopes, true, false).await?;
     let started = crate::output::self_cost::Usage::now();
     // Watched from here: the release is asked inside the job.
@@ -93,6 +81,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .flatten();
     running.pipeline.set_exec_log(exec_log);
     running.pipeline.set_fetch_log(fetch_log);
+    running.pipeline.set_drain_interval(EXEC_DRAIN_INTERVAL);
 
     let mut child = spawn_in_cgroup(&opts.command, &command_dir)
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
@@ -122,7 +111,29 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
             serde_json::to_value(&running.pipeline.fetches).expect("fetches serialise");
         section
     });
-    report_run(&running, &opts, &given, code, bazel_section, started)
+    let outcome = report_run(&running, &opts, &given, code, bazel_section, started);
+    running.pipeline.handler.forget_actions();
+    outcome
+}
+
+/// The job's cgroup as a scope: its processes are a Bazel server's, or
+/// the command's.
+fn job_scope(root: &Path, job_dir: &Path, id: String, bazel: bool) -> Result<Scope, StartError> {
+    let (label, mnemonic) = if bazel {
+        (Some("@bazel".into()), "BazelServer")
+    } else {
+        (None, "Command")
+    };
+    Ok(Scope {
+        path: job_dir.to_path_buf(),
+        id: cgroup::id_of(job_dir).map_err(StartError::Kernel)?,
+        level: cgroup::level_of(root, job_dir).map_err(StartError::Kernel)?,
+        kind: ScopeKind::Job {
+            id,
+            label,
+            mnemonic: Some(mnemonic.into()),
+        },
+    })
 }
 
 /// Creates the job's cgroup and, one level down, the command's (so that

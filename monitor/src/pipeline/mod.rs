@@ -83,6 +83,9 @@ pub struct Pipeline {
     fetch_log: Option<FetchLog>,
     /// The repository fetches, judged at the end.
     pub fetches: Vec<crate::policy::fetches::Fetch>,
+    /// How often the ring reader drains while records come (it is also
+    /// woken by the kernel: a batch crossed the threshold, or a launch).
+    drain_interval: Duration,
 }
 
 /// Where the fetches come from and what judges them.
@@ -115,7 +118,13 @@ impl Pipeline {
             bazel_section: None,
             fetch_log: None,
             fetches: Vec::new(),
+            drain_interval: reader::DRAIN_INTERVAL,
         }
+    }
+
+    /// See [`Pipeline::drain_interval`].
+    pub fn set_drain_interval(&mut self, interval: Duration) {
+        self.drain_interval = interval;
     }
 
     /// Reloads arriving here are applied while running.
@@ -146,7 +155,7 @@ impl Pipeline {
         self.handler.repeats.counts = kernel.seen.take();
         let ring = EventRing::new(ring, u64::from(kernel.ring_bytes))?;
         let (batch_tx, mut batches) = mpsc::channel(BATCHES_IN_FLIGHT);
-        let mut reader = Reader::start(ring, batch_tx, self.metrics.clone());
+        let mut reader = Reader::start(ring, batch_tx, self.metrics.clone(), self.drain_interval);
         let (update_tx, mut updates) = mpsc::unbounded_channel();
         let mut reloads = self.reloads.take();
         let mut watcher = watch::start(

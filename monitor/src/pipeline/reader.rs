@@ -12,6 +12,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 use tokio::sync::mpsc::Sender;
@@ -22,9 +23,13 @@ use crate::{
     output::metrics::Metrics,
 };
 
-/// How long the reader sleeps without a wakeup: bounds alert latency while
-/// the kernel batches wakeups.
-const DRAIN_INTERVAL_MS: i32 = 10;
+/// How long the reader sleeps without a wakeup while records come: bounds
+/// alert latency while the kernel batches wakeups.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest sleep without a wakeup: after each drain that found nothing
+/// the sleep doubles up to this, so an idle node agent wakes 10 times a
+/// second instead of 100 (alerts are written on a 100 ms tick anyway).
+const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Records per hand-over batch.
 const BATCH: usize = 4096;
 
@@ -35,13 +40,19 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Starts reading `ring` into `batches`.
-    pub fn start(ring: EventRing, batches: Sender<Vec<Event>>, metrics: Arc<Metrics>) -> Reader {
+    /// Starts reading `ring` into `batches`, draining at least every
+    /// `interval` while records come.
+    pub fn start(
+        ring: EventRing,
+        batches: Sender<Vec<Event>>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+    ) -> Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
             .name("monitor-ring".into())
-            .spawn(move || read_loop(ring, &batches, &metrics, &flag))
+            .spawn(move || read_loop(ring, &batches, &metrics, &flag, interval))
             .expect("spawning the ring reader thread");
         Reader {
             stop,
@@ -69,14 +80,17 @@ fn read_loop(
     batches: &Sender<Vec<Event>>,
     metrics: &Metrics,
     stop: &AtomicBool,
+    interval: Duration,
 ) {
     let wakeups = Wakeups::new(&ring);
+    let mut sleep = interval;
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if !stopping {
-            wakeups.wait();
+            wakeups.wait(sleep);
         }
         metrics.fleet.ring_fill_ratio.set(ring.fill_ratio());
+        let mut drained = 0;
         loop {
             let mut batch = Vec::with_capacity(BATCH);
             let n = ring.drain(BATCH, |record| match decode::decode(record) {
@@ -89,6 +103,7 @@ fn read_loop(
                         .inc();
                 }
             });
+            drained += n;
             if !batch.is_empty() && batches.blocking_send(batch).is_err() {
                 return; // the event loop is gone
             }
@@ -99,6 +114,17 @@ fn read_loop(
         if stopping {
             return;
         }
+        sleep = next_sleep(sleep, drained, interval);
+    }
+}
+
+/// The sleep after a drain of `drained` records: `interval` while records
+/// come, doubling (up to `IDLE_INTERVAL`) while none do.
+fn next_sleep(last: Duration, drained: usize, interval: Duration) -> Duration {
+    if drained > 0 {
+        interval
+    } else {
+        (last * 2).min(IDLE_INTERVAL.max(interval))
     }
 }
 
@@ -148,13 +174,31 @@ impl Wakeups {
         Wakeups { epoll: Some(epoll) }
     }
 
-    fn wait(&self) {
+    /// Sleeps until the kernel's wakeup or for `most`.
+    fn wait(&self, most: Duration) {
         let Some(epoll) = &self.epoll else {
-            thread::sleep(std::time::Duration::from_millis(DRAIN_INTERVAL_MS as u64));
+            thread::sleep(most);
             return;
         };
         let mut event = libc::epoll_event { events: 0, u64: 0 };
+        let timeout = i32::try_from(most.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid event slot; EINTR just means drain now.
-        unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut event, 1, DRAIN_INTERVAL_MS) };
+        unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut event, 1, timeout) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sleep_doubles_while_idle_and_comes_back_with_records() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_sleep(ms(10), 0, ms(10)), ms(20));
+        assert_eq!(next_sleep(ms(80), 0, ms(10)), ms(100));
+        assert_eq!(next_sleep(ms(100), 0, ms(10)), ms(100));
+        assert_eq!(next_sleep(ms(100), 3, ms(10)), ms(10));
+        // An interval above the idle one stays as it is.
+        assert_eq!(next_sleep(ms(200), 0, ms(200)), ms(200));
     }
 }
