@@ -895,16 +895,7 @@ fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
                     sample.events.push(events);
                 }
             };
-        for workload in WORKLOADS {
-            for _ in 0..bench.runs {
-                record(
-                    Setup::Bare,
-                    workload,
-                    bench.timed_run(workload, &Placement::default())?,
-                    None,
-                );
-            }
-        }
+        bench.record_runs(Setup::Bare, &mut record)?;
         bench
             .floor_round(&tag, &mut record)
             .with_context(|| format!("floor, round {round}"))?;
@@ -932,19 +923,22 @@ fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
 pub type Record<'a> = dyn FnMut(Setup, Workload, WorkerReport, Option<u64>) + 'a;
 
 impl Bench {
+    /// `runs` timed runs in a row of each workload, the worker in no
+    /// traced cgroup, recorded as `setup` (no events to count).
+    fn record_runs(&self, setup: Setup, record: &mut Record<'_>) -> Result<()> {
+        for workload in WORKLOADS {
+            for _ in 0..self.runs {
+                let report = self.timed_run(workload, &Placement::default())?;
+                record(setup, workload, report, None);
+            }
+        }
+        Ok(())
+    }
+
     /// The worker with only the empty program on the monitor's hook.
     fn floor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
         let floor = self.start_floor(tag)?;
-        for workload in WORKLOADS {
-            for _ in 0..self.runs {
-                record(
-                    Setup::Floor,
-                    workload,
-                    self.timed_run(workload, &Placement::default())?,
-                    None,
-                );
-            }
-        }
+        self.record_runs(Setup::Floor, record)?;
         let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
         ensure!(status.success(), "monitor bench-floor exited with {status}");
         Ok(())
