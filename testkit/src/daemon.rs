@@ -47,26 +47,43 @@ impl Daemon {
 
     /// Sends `signal` and waits up to `timeout` for the exit; past it the
     /// process is killed and this is an error.
-    pub fn stop(mut self, signal: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
+    pub fn stop(self, signal: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
+        self.stop_nudging(signal, timeout, || {})
+    }
+
+    /// As [`Daemon::stop`], calling `nudge` while it waits: for a process
+    /// that looks at the signal only when something else wakes it.
+    pub fn stop_nudging(
+        mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+        nudge: impl FnMut(),
+    ) -> Result<ExitStatus> {
         let mut child = self
             .child
             .take()
             .expect("the child is present until stop/drop");
-        stop_child(&mut child, signal, timeout).with_context(|| format!("stopping {}", self.name))
+        stop_child(&mut child, signal, timeout, nudge)
+            .with_context(|| format!("stopping {}", self.name))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take()
-            && let Err(error) = stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5))
+            && let Err(error) = stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5), || {})
         {
             eprintln!("warning: stopping {}: {error:#}", self.name);
         }
     }
 }
 
-fn stop_child(child: &mut Child, signal: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
+fn stop_child(
+    child: &mut Child,
+    signal: libc::c_int,
+    timeout: Duration,
+    mut nudge: impl FnMut(),
+) -> Result<ExitStatus> {
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }
@@ -76,7 +93,14 @@ fn stop_child(child: &mut Child, signal: libc::c_int, timeout: Duration) -> Resu
     if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(std::io::Error::last_os_error()).context("kill");
     }
-    if let Some(status) = poll_until(timeout, || child.try_wait().ok().flatten()) {
+    let exited = poll_until(timeout, || {
+        let status = child.try_wait().ok().flatten();
+        if status.is_none() {
+            nudge();
+        }
+        status
+    });
+    if let Some(status) = exited {
         return Ok(status);
     }
     let _ = child.kill();

@@ -100,7 +100,13 @@ impl Bench {
             let report = self.timed_run(workload, &Placement::default())?;
             runs.push((workload, report, before));
         }
-        let status = stop_fatrace(&mut fatrace, &probe)?;
+        // It looks at the signal only between batches of events, and on a
+        // quiet mount the next batch may not come (a bench at 22:19 on
+        // 2026-12-01 had it killed after 10 s): opening the probe, on the
+        // mount it watches, brings one.
+        let status = fatrace.stop_nudging(libc::SIGINT, Duration::from_secs(30), || {
+            let _ = fs::read(&probe);
+        })?;
         ensure!(
             status.success(),
             "fatrace exited with {status} after SIGINT"
@@ -314,31 +320,5 @@ impl Drop for Audit {
         if let Err(error) = self.restore() {
             eprintln!("warning: restoring the audit state: {error:#}");
         }
-    }
-}
-
-/// Stops fatrace with SIGINT, opening `probe` (on the mount it watches)
-/// until it has exited: it checks for the signal only between batches of
-/// events, and on a quiet mount the next batch may not come (a bench at
-/// 22:19 on 2026-12-01 had it killed after 10 s without exiting).
-fn stop_fatrace(fatrace: &mut Daemon, probe: &Path) -> Result<std::process::ExitStatus> {
-    let pid = libc::pid_t::try_from(fatrace.id()).context("fatrace's pid")?;
-    // SAFETY: kill has no memory-safety preconditions; the child is not
-    // reaped yet, so the pid is still fatrace's.
-    if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("signalling fatrace");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = fatrace.try_wait()? {
-            return Ok(status);
-        }
-        // Dropping the daemon kills it.
-        ensure!(
-            Instant::now() < deadline,
-            "fatrace did not exit within 30 s of SIGINT"
-        );
-        let _ = fs::read(probe);
-        thread::sleep(Duration::from_millis(50));
     }
 }
