@@ -8,6 +8,9 @@
 //! Normalisation is lexical (no symlinks are followed): the kernel hands us
 //! the path a process *asked* for, and policy patterns are written against
 //! the same lexical form.
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 /// Lexically normalises an absolute path: collapses repeated `/`, drops `.`,
 /// resolves `..` (never above `/`) and removes any trailing `/` except for
@@ -45,15 +48,23 @@ fn normalize_parts(path: &[u8]) -> Vec<u8> {
 
 /// Already absolute and normal (the common case, checked without
 /// allocating): no empty, `.` or `..` component, no trailing `/`.
+///
+/// Two SIMD substring searches (`memchr`), not a walk of the components:
+/// an empty component is a `//`, a `.` or `..` one starts at a `/.`, which
+/// few paths hold. 23 against 65-85 ns for a sandbox link's path of 110
+/// bytes (measured); every event's path and every sandbox lookup asks.
 pub(crate) fn is_normal(path: &[u8]) -> bool {
+    static EMPTY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"//"));
+    static DOT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"/."));
     if path == b"/" {
         return true;
     }
     path.first() == Some(&b'/')
         && path.last() != Some(&b'/')
-        && path[1..]
-            .split(|&b| b == b'/')
-            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+        && EMPTY.find(path).is_none()
+        && DOT
+            .find_iter(path)
+            .all(|at| !matches!(&path[at + 2..], [] | [b'/', ..] | [b'.'] | [b'.', b'/', ..]))
 }
 
 /// A normal path (see [`is_normal`]) cut at its last `/`: its parent
@@ -239,6 +250,38 @@ mod tests {
         assert_eq!(norm, long);
         assert_eq!(resolve(b"/base", &long[1..]).len(), 5000 + 5);
         assert_eq!(escape_for_display(&long).len(), 5000);
+    }
+
+    /// Every path of up to 7 bytes of `/`, `.` and `a`: normal exactly
+    /// when absolute, with no trailing `/` and no empty, `.` or `..`
+    /// component (the definition, component by component).
+    #[test]
+    fn is_normal_is_its_definition() {
+        let by_components = |p: &[u8]| {
+            p == b"/"
+                || (p.first() == Some(&b'/')
+                    && p.last() != Some(&b'/')
+                    && p[1..]
+                        .split(|&b| b == b'/')
+                        .all(|c| !c.is_empty() && c != b"." && c != b".."))
+        };
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut normal = 0;
+        for _ in 0..7 {
+            let longer: Vec<Vec<u8>> = paths
+                .iter()
+                .filter(|p| p.len() == paths.last().unwrap().len())
+                .flat_map(|p| b"/.a".map(|b| [&p[..], &[b]].concat()))
+                .collect();
+            paths.extend(longer);
+        }
+        assert_eq!(paths.len(), (0..=7).map(|n| 3usize.pow(n)).sum::<usize>());
+        for p in &paths {
+            assert_eq!(is_normal(p), by_components(p), "{}", escape_for_display(p));
+            normal += usize::from(is_normal(p));
+        }
+        assert!(normal > 100, "positive control: {normal} normal paths");
+        assert!(is_normal(b"/a/.h/..x/.../b") && !is_normal(b"/a/b/../c"));
     }
 
     #[test]
