@@ -117,3 +117,41 @@ fn processes_that_leave_their_actions_cgroup_are_still_judged_as_the_action() {
         "{cloned:#?}"
     );
 }
+
+/// The syscall hook keeps a task's last verdict (`monitor-ebpf/src/
+/// verdicts.rs`). A process outside every action, pinned to one CPU, opens
+/// its destination's `cgroup.procs` (a watched open: "no action" is kept
+/// for it there), writes itself into an action's cgroup and reads a file
+/// the action does not declare at once, then again in a child: both reads
+/// are the action's. A verdict kept across the move would hide the first.
+#[test]
+fn a_process_moved_into_an_action_is_judged_from_its_next_syscall() {
+    require_root();
+    let parent = test_parent("moved-in");
+    let outside = TestCgroup::create(
+        cgroup2_root().join(format!("monitor-it-{}-moved-in-out", std::process::id())),
+    );
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("action");
+    let sc = scene();
+    let secret = sc.secrets.join("moved");
+    daemon.declare_read(&action.path, &[&sc.program]);
+    let mut pinned = Command::new("taskset");
+    pinned.args(["-c", "0"]).arg(&sc.program);
+    pinned.args([Path::new("move"), &action.path, &secret]);
+    run_ok_in(&outside.path, &mut pinned);
+    // Control: the same read made inside the action from the start.
+    run_ok_in(
+        &action.path,
+        Command::new("cat").arg(&sc.secrets.join("stayed")),
+    );
+
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let name = Value::from(action.path.display().to_string());
+    let stayed = alerts_on(&alerts, &sc.secrets.join("stayed"));
+    assert_eq!(count_sum(&stayed), 1, "control: {alerts:#?}");
+    let moved = alerts_on(&alerts, &secret);
+    assert_eq!(count_sum(&moved), 2, "the mover and its child: {alerts:#?}");
+    assert!(moved.iter().all(|(_, c)| **c == name), "{moved:#?}");
+}

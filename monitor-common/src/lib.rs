@@ -769,6 +769,11 @@ pub struct Settings {
     pub host_root_ino: u64,
     pub host_root_dev: u32,
     pub _pad_root: u32,
+    /// Raised by userspace with every change of what decides a task's
+    /// action (these settings, the scopes, the runners): the syscall
+    /// hook's remembered verdicts from before no longer hold
+    /// (`monitor-ebpf/src/verdicts.rs`).
+    pub filter_generation: u64,
 }
 
 /// How many sandbox launcher names the kernel matches.

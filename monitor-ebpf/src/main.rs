@@ -29,6 +29,7 @@ mod probes;
 mod sandbox;
 mod seen;
 mod task;
+mod verdicts;
 mod workers;
 
 /// Host builds (`cargo build --workspace`) compile the crate as a plain

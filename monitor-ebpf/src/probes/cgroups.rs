@@ -36,6 +36,8 @@ pub fn cgroup_attach(ctx: RawTracePointContext) -> i32 {
     if let Some(settings) = SETTINGS.get(0) {
         crate::escapes::on_attach(settings, bpf_get_current_pid_tgid(), ctx.arg(0), ctx.arg(2));
     }
+    // After the move and its escape entry: kept verdicts are stale.
+    crate::verdicts::changed();
     0
 }
 

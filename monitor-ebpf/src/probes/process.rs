@@ -28,12 +28,14 @@ use crate::{
     object::{self, Copied, Reader},
     probes::files::clear_identity,
     task::{current_task, parent_tgid, read},
-    workers,
+    verdicts, workers,
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn proc_exec(ctx: RawTracePointContext) -> i32 {
     let _ = try_proc_exec(&ctx);
+    // After the runner and lineage entries: kept verdicts are stale.
+    verdicts::changed();
     0
 }
 
@@ -63,6 +65,9 @@ pub fn proc_fork(ctx: RawTracePointContext) -> i32 {
         let pid_tgid = bpf_get_current_pid_tgid();
         on_fork(pid_tgid, ctx.arg(1), settings);
     }
+    // A new task (its pid perhaps reused), after its lineage and escape
+    // entries: kept verdicts are stale.
+    verdicts::changed();
     0
 }
 

@@ -20,6 +20,7 @@ use crate::{
     object::{Copied, Reader, Typed},
     probes::{compat, files, links, net, packet, process},
     task::read,
+    verdicts,
 };
 
 /// A finished syscall of a monitored task.
@@ -116,7 +117,7 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     if !native && !compat::in_compat_syscall() {
         return None;
     }
-    let m = filter::task_action(settings, bpf_get_current_pid_tgid())?;
+    let m = verdicts::task_action(settings, bpf_get_current_pid_tgid())?;
     // Every watched number means something else in the other ABI (native
     // openat is ia32 remap_file_pages): the ABI decides, for each call.
     let (nr, args) = if !native || compat::in_compat_syscall() {

@@ -241,7 +241,7 @@ impl Kernel {
             self.scopes_map.set(i as u32, scope, 0)?;
         }
         self.settings.scope_count = scopes.len() as u32;
-        self.settings_map.set(0, self.settings, 0)?;
+        self.write_settings()?;
         Ok(())
     }
 
@@ -269,7 +269,7 @@ impl Kernel {
             self.runner_paths.insert(key, 1, 0)?;
         }
         self.settings.runner_count = runners.len() as u32;
-        self.settings_map.set(0, self.settings, 0)?;
+        self.write_settings()?;
         Ok(())
     }
 
@@ -311,7 +311,7 @@ impl Kernel {
             self.allow_keys[i] = (any_keys, port_keys);
         }
         self.settings.enforce = u32::from(enforce);
-        self.settings_map.set(0, self.settings, 0)?;
+        self.write_settings()?;
         Ok(())
     }
 
@@ -372,6 +372,17 @@ impl Kernel {
     /// (its exec was not seen). Actions it forks from now on are followed.
     pub fn mark_runner(&mut self, tgid: u32) -> anyhow::Result<()> {
         self.runners.insert(tgid, 1, 0)?;
+        // A runner's own syscalls are no action's: verdicts kept from
+        // before are stale.
+        self.write_settings()
+    }
+
+    /// Writes the settings with a new `filter_generation`: the syscall
+    /// hook's kept verdicts were worked out from what came before (this
+    /// write, or the scopes or runners written just before it).
+    fn write_settings(&mut self) -> anyhow::Result<()> {
+        self.settings.filter_generation += 1;
+        self.settings_map.set(0, self.settings, 0)?;
         Ok(())
     }
 
