@@ -143,7 +143,7 @@ fn a_process_moved_into_an_action_is_judged_from_its_next_syscall() {
     // Control: the same read made inside the action from the start.
     run_ok_in(
         &action.path,
-        Command::new("cat").arg(&sc.secrets.join("stayed")),
+        Command::new("cat").arg(sc.secrets.join("stayed")),
     );
 
     let (status, alerts, stderr) = daemon.stop();
