@@ -106,7 +106,7 @@ impl DirFds {
     /// `fs::canonicalize(dir)` for a directory, from the kernel's name of
     /// the directory it opens (`/proc/self/fd/N`): one `readlinkat` where
     /// `realpath` takes one per component (35,600 of them on the bench
-    /// build, for about 4,000 directories), and the very object the
+    /// build, for about 2,700 directories), and the very object the
     /// lookups below it use. A directory deleted since it was opened, a
     /// name the kernel cannot give from this root, or no `/proc`: as
     /// `realpath` says.
@@ -139,9 +139,9 @@ impl DirFds {
 
     /// `dir` opened, or held from before; `None` when it cannot be opened.
     fn held(&mut self, dir: &[u8]) -> Option<BorrowedFd<'_>> {
-        // Both are normal paths: equal bytes are equal components, and
-        // comparing bytes skips `Path`'s component parsing (measured: a
-        // tenth of a sandbox read's user time).
+        // Equal bytes are the same path, and comparing bytes skips
+        // `Path`'s component parsing (measured: a tenth of a sandbox
+        // read's user time).
         let held = match self
             .open
             .iter()
