@@ -83,14 +83,17 @@ pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
     }
     let found = filter::task_action(settings, pid_tgid);
     (kept.pid_tgid, kept.epoch, kept.generation) = (pid_tgid, epoch, generation);
-    kept.state = match found {
-        Some(m) => {
-            kept.m = m;
-            ACTION
-        }
-        None => NO_ACTION,
+    let Some(m) = found else {
+        kept.state = NO_ACTION;
+        return None;
     };
-    found
+    kept.m = m;
+    kept.state = ACTION;
+    // Read back: the rest of the hook then meets the match as numbers
+    // from map memory whichever way it came. Returning `m` made the
+    // verifier walk the rest for both kinds: all programs verified
+    // 258,381 instructions, 241,903 so (210,205 without the cache).
+    Some(copy(&kept.m, pid_tgid))
 }
 
 /// The kept match, field by field: a copy of the whole struct from map
