@@ -2,7 +2,7 @@
 //! whose watched syscall just ended belongs to. A task makes its syscalls
 //! in runs on one CPU, and the filter behind a verdict (the scopes' cgroup
 //! ancestors, the escapes, the lineage and runner maps: helper calls and
-//! hash lookups) cost a repeated open about 24 ns of its ~108 over the
+//! hash lookups) cost a repeated open about 21 ns of its ~108 over the
 //! floor (`cargo xtask bench-ab`, 8 alternated rounds, every one lower).
 //!
 //! A verdict is kept for one task (`pid_tgid`) and is good only while
