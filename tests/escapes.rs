@@ -56,9 +56,7 @@ fn processes_that_leave_their_actions_cgroup_are_still_judged_as_the_action() {
     require_root();
     let parent = test_parent("escapes");
     // A cgroup outside every scope the daemon watches.
-    let outside = TestCgroup::create(
-        cgroup2_root().join(format!("monitor-it-{}-escapes-out", std::process::id())),
-    );
+    let outside = test_parent("escapes-out");
     let daemon = Daemon::start(&parent.path, "");
     let (mover, cloner, other) = (
         parent.child("mover"),
@@ -128,9 +126,7 @@ fn processes_that_leave_their_actions_cgroup_are_still_judged_as_the_action() {
 fn a_process_moved_into_an_action_is_judged_from_its_next_syscall() {
     require_root();
     let parent = test_parent("moved-in");
-    let outside = TestCgroup::create(
-        cgroup2_root().join(format!("monitor-it-{}-moved-in-out", std::process::id())),
-    );
+    let outside = test_parent("moved-in-out");
     let daemon = Daemon::start(&parent.path, "");
     let action = parent.child("action");
     let sc = scene();

@@ -16,6 +16,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod allowed;
+mod atomics;
 mod dpath;
 mod emit;
 mod escapes;

@@ -59,7 +59,11 @@ use monitor_common::{
     SeenEntry, SeenKey, seen_index, seen_slot,
 };
 
-use crate::{filter::Match, object::Identity};
+use crate::{
+    atomics::{add_one_u32, compare_exchange},
+    filter::Match,
+    object::Identity,
+};
 
 /// Repeats per key since it was reported, at the key's index. Mapped by
 /// userspace, which takes entries in place.
@@ -256,46 +260,4 @@ unsafe fn add_one_unless_taken(count: *mut u64) -> bool {
         core::ptr::write_volatile(count, now + 1);
     }
     true
-}
-
-/// `*word` from `current` to `new`, if it was `current`. Atomic: two CPUs
-/// may claim one free entry at once. The BPF target's core has no atomic
-/// types: this is the intrinsic (a BPF atomic).
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> bool {
-    use core::intrinsics::AtomicOrdering::SeqCst;
-    // SAFETY: the caller passes a valid map value word.
-    unsafe { core::intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(word, current, new).1 }
-}
-
-/// Adds one to a 32-bit cell, atomically (the add without fetch).
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn add_one_u32(cell: *mut u32) {
-    // SAFETY: the caller passes a valid map value word.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            cell, 1,
-        )
-    };
-}
-
-/// Host builds (never run) use the stable atomics.
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn compare_exchange(word: *mut u64, current: u64, new: u64) -> bool {
-    use core::sync::atomic::Ordering::SeqCst;
-    // SAFETY: the caller passes a valid, aligned pointer.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(word) }
-        .compare_exchange(current, new, SeqCst, SeqCst)
-        .is_ok()
-}
-
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn add_one_u32(cell: *mut u32) {
-    // SAFETY: the caller passes a valid, aligned pointer.
-    unsafe { core::sync::atomic::AtomicU32::from_ptr(cell) }
-        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }

@@ -30,7 +30,10 @@ use aya_ebpf::{
 };
 use monitor_common::Settings;
 
-use crate::filter::{self, Match};
+use crate::{
+    atomics::add_one_u64,
+    filter::{self, Match},
+};
 
 #[derive(Clone, Copy)]
 pub struct Verdict {
@@ -58,7 +61,7 @@ static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 pub fn changed() {
     if let Some(epoch) = EPOCH.get_ptr_mut(0) {
         // SAFETY: an aligned map value.
-        unsafe { add_one(epoch) };
+        unsafe { add_one_u64(epoch) };
     }
 }
 
@@ -119,24 +122,4 @@ fn copy(m: &Match, pid_tgid: u64) -> Match {
         launcher: read32(&m.launcher),
         pid_tgid,
     }
-}
-
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn add_one(word: *mut u64) {
-    // SAFETY: the caller passes a valid map value word.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
-            word, 1,
-        )
-    };
-}
-
-/// Host builds (never run) use the stable atomics.
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn add_one(word: *mut u64) {
-    // SAFETY: the caller passes a valid, aligned pointer.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(word) }
-        .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
 }
