@@ -261,7 +261,15 @@ impl SandboxWalk<'_> {
     /// above it that changed after the launch.
     fn link(&mut self, entry: &fs::DirEntry, changed_above: &[Vec<u8>]) {
         let path = entry.path();
+        // Its target before its time: a link the spawn replaced after its
+        // time was read would otherwise have the new target declared as
+        // Bazel's. Replaced before its target is read, its time is new
+        // (any new name, rename or link count changes it).
+        let Ok(target) = self.real_dirs.fds.read_link(&path) else {
+            return;
+        };
         let Ok(meta) = entry.metadata() else { return };
+        let first = Some(target);
         let (patterns, real_dirs) = (&mut self.patterns, &mut self.real_dirs);
         match made(&meta, self.spawn.launched_at) {
             Made::After => log::warn!(
@@ -271,14 +279,14 @@ impl SandboxWalk<'_> {
             // An old link in a directory that changed: the spawn may have
             // renamed a directory holding it into the tree.
             Made::Before if !changed_above.is_empty() => {
-                push_link_chain(&path, patterns, real_dirs, |t, meta| {
+                push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
                     if let Some(meta) = meta.filter(|m| !m.is_dir()) {
                         self.identities.insert(t, meta.dev, meta.ino);
                     }
                     self.moved.push((t.to_path_buf(), changed_above.to_vec()))
                 })
             }
-            Made::Before => push_link_chain(&path, patterns, real_dirs, |t, meta| {
+            Made::Before => push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
                 match meta {
                     Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
                     Some(meta) => self.identities.insert(t, meta.dev, meta.ino),
@@ -289,7 +297,7 @@ impl SandboxWalk<'_> {
             // Most of Bazel's own links are this recent. Their directories
             // are checked for new hard links too (a check only adds alerts);
             // their files' identities are not trusted.
-            Made::Ambiguous => push_link_chain(&path, patterns, real_dirs, |t, meta| {
+            Made::Ambiguous => push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
                 match meta {
                     Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
                     Some(meta) => self.identities.insert_linked(t, meta.dev, meta.ino),
@@ -496,9 +504,11 @@ fn split_parent(path: &Path) -> Option<(&[u8], &[u8])> {
 /// Every hop of the symlink chain starting at `link` (a few at most), and
 /// the path it finally resolves to (the execroot links whole source
 /// directories, so a hop's target may itself be reached through a link);
-/// each also handed to `declared`.
+/// each also handed to `declared`. `first`: `link`'s target, when the
+/// caller has read it already.
 pub(crate) fn push_link_chain(
     link: &Path,
+    mut first: Option<PathBuf>,
     patterns: &mut PatternSet,
     real_dirs: &mut RealDirs,
     mut declared: impl FnMut(&Path, Option<&Stat>),
@@ -512,7 +522,10 @@ pub(crate) fn push_link_chain(
     let mut end_meta = None;
     let mut ended = false;
     for hop in 0..8 {
-        let Ok(target) = real_dirs.fds.read_link(&current) else {
+        let Some(target) = first
+            .take()
+            .or_else(|| real_dirs.fds.read_link(&current).ok())
+        else {
             ended = true;
             break;
         };
@@ -533,8 +546,9 @@ pub(crate) fn push_link_chain(
     } else {
         fs::canonicalize(link).ok()
     };
+    // As bytes: comparing `Path`s parses their components.
     if let Some(real) = real
-        && real != current
+        && real.as_os_str().as_bytes() != current.as_os_str().as_bytes()
     {
         // The same file as the end (its directories resolved).
         let meta = end_meta.unwrap_or_else(|| real_dirs.look(&real).1);
@@ -928,9 +942,13 @@ mod tests {
         std::os::unix::fs::symlink(root.join("gone"), root.join("dangling")).unwrap();
         let chain = |link: &Path| {
             let (mut patterns, mut seen) = (PatternSet::default(), Vec::new());
-            push_link_chain(link, &mut patterns, &mut RealDirs::default(), |t, m| {
-                seen.push((t.to_path_buf(), m.map(|m| m.is_file())))
-            });
+            push_link_chain(
+                link,
+                None,
+                &mut patterns,
+                &mut RealDirs::default(),
+                |t, m| seen.push((t.to_path_buf(), m.map(|m| m.is_file()))),
+            );
             (patterns.raw_exact, seen)
         };
         let (patterns, seen) = chain(&root.join("l0"));

@@ -34,7 +34,7 @@ pub fn declared_patterns(entry: &SpawnEntry, execroot: &Path) -> PatternSet {
         let path = execroot.join(rel.trim_start_matches("./"));
         patterns.push_path(&path, false);
         patterns.push_path(&path, true);
-        push_link_chain(&path, &mut patterns, &mut real_dirs, |_, _| {});
+        push_link_chain(&path, None, &mut patterns, &mut real_dirs, |_, _| {});
     }
     patterns
 }

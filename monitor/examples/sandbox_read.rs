@@ -1,0 +1,99 @@
+//! What reading a Bazel sandbox costs the daemon, apart from any build:
+//! a tree laid out as Bazel 4 lays it (a source tree; a main execroot
+//! linking the source packages; sandboxes whose inputs link into the main
+//! execroot), each sandbox read with `declared_patterns` as the daemon
+//! reads one at its spawn's launch.
+//!
+//! `cargo run --release -p monitor --example sandbox_read -- [SANDBOXES] [INPUTS] [ROUNDS]`
+//! (default 200 sandboxes of 300 inputs, as the bench build; 5 rounds).
+//! Prints, per round, the user and system CPU time of the reads and the
+//! time per link; run it under `perf record` for where it goes.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use monitor::bazel::sandbox::{Spawn, declared_patterns, parse_launch};
+
+fn main() {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let sandboxes = args.next().and_then(Result::ok).unwrap_or(200);
+    let inputs = args.next().and_then(Result::ok).unwrap_or(300);
+    let rounds = args.next().and_then(Result::ok).unwrap_or(5);
+    let tmp = tempfile::tempdir().expect("a scratch directory");
+    // As deep as Bazel's output base: the links' targets are too long to
+    // be kept in their inodes, as on a real build.
+    let root = tmp
+        .path()
+        .join("bazel/_bazel_root/0123456789abcdef0123456789abcdef");
+    let spawns = lay_out(&root, sandboxes, inputs);
+    println!("{sandboxes} sandboxes x {inputs} inputs, {rounds} rounds");
+    for round in 0..rounds {
+        let (user0, sys0) = cpu_times();
+        let start = Instant::now();
+        for spawn in &spawns {
+            std::hint::black_box(declared_patterns(spawn));
+        }
+        let wall = start.elapsed();
+        let (user1, sys1) = cpu_times();
+        let links = (sandboxes * inputs) as f64;
+        println!(
+            "round {round}: wall {:.0} ms, user {:.0} ms, sys {:.0} ms, {:.2} us per link",
+            wall.as_secs_f64() * 1e3,
+            (user1 - user0).as_secs_f64() * 1e3,
+            (sys1 - sys0).as_secs_f64() * 1e3,
+            wall.as_secs_f64() * 1e6 / links,
+        );
+    }
+}
+
+/// The source tree, the main execroot and the sandboxes under `root`, as
+/// the bench build's `sb<i>` genrules have them (every sandbox links the
+/// same inputs, all in one source directory); the spawns that read them,
+/// each launched just after its links were made (as Bazel's are: their
+/// links are recent).
+fn lay_out(root: &Path, sandboxes: usize, inputs: usize) -> Vec<Spawn> {
+    let src = root.join("workspace");
+    let main = root.join("ob/execroot/ws");
+    fs::create_dir_all(src.join("in")).expect("the source directory");
+    fs::create_dir_all(&main).expect("the main execroot");
+    // Bazel 4's main execroot links each top-level source directory.
+    symlink(src.join("in"), main.join("in")).expect("the source link");
+    for i in 0..inputs {
+        fs::write(src.join(input_name(i)), b"x").expect("an input");
+    }
+    (0..sandboxes)
+        .map(|s| {
+            let execroot = root.join(format!("ob/sandbox/linux-sandbox/{s}/execroot/ws"));
+            fs::create_dir_all(execroot.join("in")).expect("a sandbox directory");
+            for i in 0..inputs {
+                let name = input_name(i);
+                symlink(main.join(&name), execroot.join(&name)).expect("an input link");
+            }
+            let argv = format!("linux-sandbox\0-W\0{}\0--\0true\0", execroot.display());
+            let mut spawn = parse_launch(argv.as_bytes(), Path::new("/"));
+            spawn.launched_at = Some(SystemTime::now() + Duration::from_millis(1));
+            spawn
+        })
+        .collect()
+}
+
+fn input_name(i: usize) -> String {
+    format!("in/input_file_{i}.txt")
+}
+
+/// This process's user and system CPU time.
+fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: `getrusage` fills the zeroed struct it is handed.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let d = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (d(usage.ru_utime), d(usage.ru_stime))
+}
