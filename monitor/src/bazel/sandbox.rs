@@ -7,6 +7,7 @@
 //! below its sandbox directory (its inputs, its outputs, its own scratch
 //! space), the targets those symlinks point to (tools that resolve links
 //! before opening), and the writable directories the launcher was given.
+mod kept_stats;
 mod lookup;
 
 use std::{

@@ -20,6 +20,7 @@ use nix::{
     sys::stat::{FileStat, Mode, SFlag},
 };
 
+use super::kept_stats::{self, DirState};
 use crate::events::paths;
 
 /// Directories held open at most, the oldest closed first: the links of
@@ -31,9 +32,11 @@ const MAX_OPEN: usize = 8;
 /// `PATH_MAX`); a longer one takes `nix`'s growing buffer.
 const LINK_BUF: usize = libc::PATH_MAX as usize;
 
-/// What `lstat`/`stat` said, reduced to what a declaration keeps.
+/// What `lstat`/`stat` said, reduced to what a declaration keeps: what
+/// the object is (its file type; its permissions may change), and which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Stat {
+    /// `st_mode`'s file type bits.
     mode: u32,
     pub dev: u64,
     pub ino: u64,
@@ -42,7 +45,7 @@ pub(crate) struct Stat {
 impl Stat {
     fn of(st: &FileStat) -> Stat {
         Stat {
-            mode: st.st_mode,
+            mode: st.st_mode & SFlag::S_IFMT.bits(),
             dev: st.st_dev,
             ino: st.st_ino,
         }
@@ -83,17 +86,50 @@ fn own_fds() -> Option<&'static OwnedFd> {
 /// (not normal: `.`, `..`, a trailing `/`) is looked up whole, as is one
 /// whose directory cannot be opened: the answer, or the error, is then the
 /// plain call's.
+/// `lstat` answers in a directory that has not changed are kept across
+/// walks ([`kept_stats`]).
 #[derive(Default)]
 pub(crate) struct DirFds {
     /// Newest last; few enough that a scan beats hashing.
-    open: Vec<(PathBuf, Option<OwnedFd>)>,
+    open: Vec<(PathBuf, Option<Held>)>,
+    /// Whether kept answers may be used this walk (asked once: the mount
+    /// table unchanged since the last walk).
+    keeping: Option<bool>,
+}
+
+struct Held {
+    fd: OwnedFd,
+    /// Its state when answers in it may be kept; asked at its first
+    /// `lstat` (outer `None`: not yet).
+    state: Option<Option<DirState>>,
 }
 
 impl DirFds {
     pub fn lstat(&mut self, path: &Path) -> io::Result<Stat> {
-        let (dir, name) = self.split(path);
-        let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        Ok(Stat::of(&st))
+        let Some((dir, name)) = split_at_dir(path) else {
+            return lstat_at(AT_FDCWD, path.as_os_str());
+        };
+        let keeping = *self
+            .keeping
+            .get_or_insert_with(kept_stats::mounts_unchanged);
+        let Some(held) = self.held_dir(dir) else {
+            return lstat_at(AT_FDCWD, path.as_os_str());
+        };
+        let fd = held.fd.as_fd();
+        let state = match keeping {
+            true => *held.state.get_or_insert_with(|| DirState::of(fd)),
+            false => None,
+        };
+        if let Some(state) = &state
+            && let Some(stat) = kept_stats::get(state, name)
+        {
+            return Ok(stat);
+        }
+        let stat = lstat_at(fd, OsStr::from_bytes(name))?;
+        if let Some(state) = &state {
+            kept_stats::put(state, name, stat);
+        }
+        Ok(stat)
     }
 
     /// Follows symlinks, as `stat` does.
@@ -152,10 +188,7 @@ impl DirFds {
 
     /// The directory to look `path` up in, and the name to look up.
     fn split<'a>(&'a mut self, path: &'a Path) -> (BorrowedFd<'a>, &'a OsStr) {
-        // A name at the root is looked up whole, as are paths not normal.
-        let Some((dir, name)) =
-            paths::split_normal(path.as_os_str().as_bytes()).filter(|(dir, _)| *dir != b"/")
-        else {
+        let Some((dir, name)) = split_at_dir(path) else {
             return (AT_FDCWD, path.as_os_str());
         };
         match self.held(dir) {
@@ -166,6 +199,10 @@ impl DirFds {
 
     /// `dir` opened, or held from before; `None` when it cannot be opened.
     fn held(&mut self, dir: &[u8]) -> Option<BorrowedFd<'_>> {
+        self.held_dir(dir).map(|held| held.fd.as_fd())
+    }
+
+    fn held_dir(&mut self, dir: &[u8]) -> Option<&mut Held> {
         // Equal bytes are the same path, and comparing bytes skips
         // `Path`'s component parsing (measured: a tenth of a sandbox
         // read's user time).
@@ -185,12 +222,25 @@ impl DirFds {
                     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 );
-                self.open.push((dir.to_path_buf(), fd.ok()));
+                let held = fd.ok().map(|fd| Held { fd, state: None });
+                self.open.push((dir.to_path_buf(), held));
                 self.open.len() - 1
             }
         };
-        self.open[held].1.as_ref().map(|fd| fd.as_fd())
+        self.open[held].1.as_mut()
     }
+}
+
+/// `path`'s directory and last name, when the kernel would look it up as
+/// "this directory, then this name": a name at the root, and paths not
+/// normal, are looked up whole.
+fn split_at_dir(path: &Path) -> Option<(&[u8], &[u8])> {
+    paths::split_normal(path.as_os_str().as_bytes()).filter(|(dir, _)| *dir != b"/")
+}
+
+fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(Stat::of(&st))
 }
 
 #[cfg(test)]
@@ -202,7 +252,8 @@ mod tests {
     fn same(stat: io::Result<Stat>, meta: io::Result<fs::Metadata>) {
         match (stat, meta) {
             (Ok(s), Ok(m)) => {
-                assert_eq!((s.dev, s.ino, s.mode), (m.dev(), m.ino(), m.mode()));
+                let kind = m.mode() & SFlag::S_IFMT.bits();
+                assert_eq!((s.dev, s.ino, s.mode), (m.dev(), m.ino(), kind));
             }
             (Err(a), Err(b)) => assert_eq!(a.raw_os_error(), b.raw_os_error()),
             (a, b) => panic!("{a:?} vs {b:?}"),
