@@ -6,8 +6,10 @@
 //!
 //! `cargo run --release -p monitor --example sandbox_read -- [SANDBOXES] [INPUTS] [ROUNDS]`
 //! (default 200 sandboxes of 300 inputs, as the bench build; 5 rounds).
-//! Prints, per round, the user and system CPU time of the reads and the
-//! time per link; run it under `perf record` for where it goes.
+//! Each round makes its sandboxes afresh (not timed) and reads each once,
+//! as the daemon reads a build's; it prints the reads' user and system
+//! CPU time and the wall time per link. Run it under `perf record` for
+//! where the time goes.
 use std::{
     fs,
     os::unix::fs::symlink,
@@ -28,9 +30,11 @@ fn main() {
     let root = tmp
         .path()
         .join("bazel/_bazel_root/0123456789abcdef0123456789abcdef");
-    let spawns = lay_out(&root, sandboxes, inputs);
+    lay_out_sources(&root, inputs);
     println!("{sandboxes} sandboxes x {inputs} inputs, {rounds} rounds");
     for round in 0..rounds {
+        // Fresh links each round, read once each, as a build's are.
+        let spawns = lay_out_sandboxes(&root, round, sandboxes, inputs);
         let (user0, sys0) = cpu_times();
         let start = Instant::now();
         for spawn in &spawns {
@@ -46,27 +50,33 @@ fn main() {
             (sys1 - sys0).as_secs_f64() * 1e3,
             wall.as_secs_f64() * 1e6 / links,
         );
+        fs::remove_dir_all(root.join(format!("ob/sandbox/{round}"))).expect("sandboxes removed");
     }
 }
 
-/// The source tree, the main execroot and the sandboxes under `root`, as
-/// the bench build's `sb<i>` genrules have them (every sandbox links the
-/// same inputs, all in one source directory); the spawns that read them,
-/// each launched just after its links were made (as Bazel's are: their
-/// links are recent).
-fn lay_out(root: &Path, sandboxes: usize, inputs: usize) -> Vec<Spawn> {
+/// The source tree and the main execroot under `root`, as the bench
+/// build's `sb<i>` genrules have them: every input in one source
+/// directory, which Bazel 4's main execroot links whole.
+fn lay_out_sources(root: &Path, inputs: usize) {
     let src = root.join("workspace");
     let main = root.join("ob/execroot/ws");
     fs::create_dir_all(src.join("in")).expect("the source directory");
     fs::create_dir_all(&main).expect("the main execroot");
-    // Bazel 4's main execroot links each top-level source directory.
     symlink(src.join("in"), main.join("in")).expect("the source link");
     for i in 0..inputs {
         fs::write(src.join(input_name(i)), b"x").expect("an input");
     }
+}
+
+/// Round `round`'s sandboxes, each linking every input into the main
+/// execroot; the spawns that read them, each launched just after its
+/// links were made (as Bazel's are: their links are recent).
+fn lay_out_sandboxes(root: &Path, round: usize, sandboxes: usize, inputs: usize) -> Vec<Spawn> {
+    let main = root.join("ob/execroot/ws");
     (0..sandboxes)
         .map(|s| {
-            let execroot = root.join(format!("ob/sandbox/linux-sandbox/{s}/execroot/ws"));
+            let dir = format!("ob/sandbox/{round}/linux-sandbox/{s}/execroot/ws");
+            let execroot = root.join(dir);
             fs::create_dir_all(execroot.join("in")).expect("a sandbox directory");
             for i in 0..inputs {
                 let name = input_name(i);
