@@ -86,6 +86,7 @@ fn own_fds() -> Option<&'static OwnedFd> {
 /// (not normal: `.`, `..`, a trailing `/`) is looked up whole, as is one
 /// whose directory cannot be opened: the answer, or the error, is then the
 /// plain call's.
+///
 /// `lstat` answers in a directory that has not changed are kept across
 /// walks ([`kept_stats`]).
 #[derive(Default)]
@@ -116,9 +117,10 @@ impl DirFds {
             return lstat_at(AT_FDCWD, path.as_os_str());
         };
         let fd = held.fd.as_fd();
-        let state = match keeping {
-            true => *held.state.get_or_insert_with(|| DirState::of(fd)),
-            false => None,
+        let state = if keeping {
+            *held.state.get_or_insert_with(|| DirState::of(fd))
+        } else {
+            None
         };
         if let Some(state) = &state
             && let Some(stat) = kept_stats::get(state, name)
