@@ -201,6 +201,22 @@ pub(super) mod tests {
         }
     }
 
+    /// A directory below `tmp` holding a file of each name (each file's
+    /// content differs), once it has settled; the directory and the files.
+    fn settled_files(
+        tmp: &Path,
+        names: [&str; 2],
+    ) -> (std::path::PathBuf, [std::path::PathBuf; 2]) {
+        let dir = fs::canonicalize(tmp).unwrap().join("dir");
+        fs::create_dir(&dir).unwrap();
+        let files = names.map(|name| dir.join(name));
+        for file in &files {
+            fs::write(file, file.as_os_str().as_encoded_bytes()).unwrap();
+        }
+        settle(&dir);
+        (dir, files)
+    }
+
     /// One walk's answer for `path`, as (device, inode) or the errno.
     fn walk_lstat(path: &Path) -> Result<(u64, u64), Option<i32>> {
         DirFds::default()
@@ -223,12 +239,7 @@ pub(super) mod tests {
     #[test]
     fn kept_answers_are_the_plain_calls_and_change_with_the_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = fs::canonicalize(tmp.path()).unwrap().join("settled");
-        fs::create_dir(&dir).unwrap();
-        let (a, b) = (dir.join("kept-test-a"), dir.join("kept-test-b"));
-        fs::write(&a, "a").unwrap();
-        fs::write(&b, "b").unwrap();
-        settle(&dir);
+        let (dir, [a, b]) = settled_files(tmp.path(), ["kept-test-a", "kept-test-b"]);
         assert_eq!(walk_lstat(&a), plain(&a));
         let before = given();
         assert_eq!(walk_lstat(&a), plain(&a));
@@ -286,12 +297,7 @@ pub(super) mod tests {
         let uid = unsafe { libc::geteuid() };
         assert_eq!(uid, 0, "this test bind-mounts a file: run it as root");
         let tmp = tempfile::tempdir().unwrap();
-        let dir = fs::canonicalize(tmp.path()).unwrap().join("mounts");
-        fs::create_dir(&dir).unwrap();
-        let (name, other) = (dir.join("kept-test-m"), dir.join("kept-test-other"));
-        fs::write(&name, "declared").unwrap();
-        fs::write(&other, "another").unwrap();
-        settle(&dir);
+        let (_, [name, other]) = settled_files(tmp.path(), ["kept-test-m", "kept-test-other"]);
         assert_eq!(walk_lstat(&name), plain(&name));
         let before = given();
         assert_eq!(walk_lstat(&name), plain(&name));
