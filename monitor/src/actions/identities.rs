@@ -257,7 +257,7 @@ impl Recorder {
                 continue;
             }
             if meta.file_type().is_symlink() {
-                self.link(&path);
+                self.link(&path, &meta);
             } else if meta.is_dir() {
                 if walk && let Ok(entries) = fs::read_dir(&path) {
                     stack.extend(entries.flatten().map(|e| e.path()));
@@ -268,11 +268,22 @@ impl Recorder {
         }
     }
 
-    /// A trusted symlink: its final target is declared, and recorded.
-    fn link(&mut self, link: &Path) {
+    /// A trusted symlink (`dated`: its metadata when it was found old
+    /// enough): its final target is declared, and recorded.
+    fn link(&mut self, link: &Path, dated: &fs::Metadata) {
         let Ok(target) = fs::canonicalize(link) else {
             return;
         };
+        // Dated again after its target was read: a link replaced or moved
+        // in between (a new inode, or a new ctime) was not the one dated.
+        let same = |m: fs::Metadata| {
+            (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+                == (dated.dev(), dated.ino(), dated.ctime(), dated.ctime_nsec())
+        };
+        if !fs::symlink_metadata(link).is_ok_and(same) {
+            log::debug!("{} changed while it was read", link.display());
+            return;
+        }
         let Ok(meta) = fs::metadata(&target) else {
             return;
         };
