@@ -35,8 +35,11 @@ use crate::hashing::HashMap;
 /// How old a directory's ctime must be for answers in it to be kept.
 const SETTLED: Duration = Duration::from_secs(1);
 
-/// Most names kept; past it, everything is dropped and kept afresh.
-const MAX_NAMES: usize = 1 << 17;
+/// Most names kept; past it, everything is dropped and kept afresh (a
+/// build with more distinct inputs asks the kernel for some again). Each
+/// costs its name's bytes and ~60 more: at most ~20 MiB with names of
+/// the longest (255 bytes), ~5 MiB with the bench build's.
+const MAX_NAMES: usize = 1 << 16;
 
 /// A directory as one walk found it: its answers are valid for this
 /// state only.
