@@ -124,17 +124,14 @@ pub fn mounts_unchanged() -> bool {
         Err(_) => true,
     };
     if changed {
-        kept.dirs.clear();
-        kept.names = 0;
+        kept.clear();
     }
     true
 }
 
 /// The answer kept for `name` in `dir`, if `dir` is as it was then.
 pub fn get(dir: &DirState, name: &[u8]) -> Option<Stat> {
-    let kept = kept();
-    let kept_dir = kept.dirs.get(&(dir.dev, dir.ino))?;
-    let stat = (kept_dir.ctime == dir.ctime).then(|| kept_dir.names.get(name).copied())??;
+    let stat = kept().get(dir, name)?;
     #[cfg(test)]
     tests::count_given(name);
     Some(stat)
@@ -142,24 +139,38 @@ pub fn get(dir: &DirState, name: &[u8]) -> Option<Stat> {
 
 /// Keeps `stat`, the answer for `name` in `dir` as it is.
 pub fn put(dir: &DirState, name: &[u8], stat: Stat) {
-    let mut kept = kept();
-    if kept.names >= MAX_NAMES {
-        kept.dirs.clear();
-        kept.names = 0;
+    kept().put(dir, name, stat);
+}
+
+impl Kept {
+    fn get(&self, dir: &DirState, name: &[u8]) -> Option<Stat> {
+        let kept_dir = self.dirs.get(&(dir.dev, dir.ino))?;
+        (kept_dir.ctime == dir.ctime).then(|| kept_dir.names.get(name).copied())?
     }
-    let fresh = || KeptDir {
-        ctime: dir.ctime,
-        names: HashMap::default(),
-    };
-    let entry = kept.dirs.entry((dir.dev, dir.ino)).or_insert_with(fresh);
-    let mut dropped = 0;
-    if entry.ctime != dir.ctime {
-        // Changed since: its old answers are void.
-        dropped = entry.names.len();
-        *entry = fresh();
+
+    fn put(&mut self, dir: &DirState, name: &[u8], stat: Stat) {
+        if self.names >= MAX_NAMES && self.get(dir, name).is_none() {
+            self.clear();
+        }
+        let fresh = || KeptDir {
+            ctime: dir.ctime,
+            names: HashMap::default(),
+        };
+        let entry = self.dirs.entry((dir.dev, dir.ino)).or_insert_with(fresh);
+        let mut dropped = 0;
+        if entry.ctime != dir.ctime {
+            // Changed since: its old answers are void.
+            dropped = entry.names.len();
+            *entry = fresh();
+        }
+        let added = entry.names.insert(name.into(), stat).is_none();
+        self.names = self.names - dropped + usize::from(added);
     }
-    let added = entry.names.insert(name.into(), stat).is_none();
-    kept.names = kept.names - dropped + usize::from(added);
+
+    fn clear(&mut self) {
+        self.dirs.clear();
+        self.names = 0;
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +290,40 @@ pub(super) mod tests {
         }
         let fresh_given = given() - before;
         assert_eq!(fresh_given, 0, "answers kept in an unsettled directory");
+    }
+
+    /// Past `MAX_NAMES` everything is dropped, and a directory's new
+    /// state drops its old answers: the count stays exact.
+    #[test]
+    fn kept_names_are_bounded_and_counted() {
+        let mut kept = Kept::default();
+        let stat = Stat::of(&nix::sys::stat::stat("/").unwrap());
+        let (old, new) = (
+            DirState {
+                dev: 1,
+                ino: 2,
+                ctime: (3, 0),
+            },
+            DirState {
+                dev: 1,
+                ino: 2,
+                ctime: (4, 0),
+            },
+        );
+        for i in 0..MAX_NAMES {
+            kept.put(&old, format!("n{i}").as_bytes(), stat);
+        }
+        kept.put(&old, b"n0", stat);
+        assert_eq!(kept.names, MAX_NAMES, "a name kept again counts once");
+        assert_eq!(kept.get(&old, b"n7"), Some(stat));
+        kept.put(&old, b"one more", stat);
+        assert_eq!(kept.names, 1, "all dropped past the bound");
+        assert_eq!(kept.get(&old, b"n7"), None);
+        assert_eq!(kept.get(&old, b"one more"), Some(stat));
+        kept.put(&new, b"n8", stat);
+        assert_eq!(kept.names, 1, "the old state's answer dropped");
+        assert_eq!(kept.get(&old, b"one more"), None);
+        assert_eq!(kept.get(&new, b"n8"), Some(stat));
     }
 
     /// Unmounts `0` when dropped (a failed test leaves no mount behind).

@@ -43,7 +43,7 @@ pub(crate) struct Stat {
 }
 
 impl Stat {
-    fn of(st: &FileStat) -> Stat {
+    pub(super) fn of(st: &FileStat) -> Stat {
         Stat {
             mode: st.st_mode & SFlag::S_IFMT.bits(),
             dev: st.st_dev,
