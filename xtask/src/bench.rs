@@ -18,6 +18,7 @@ mod peers;
 mod plot;
 mod program_time;
 mod report;
+pub(crate) mod sandbox_reads;
 pub(crate) mod stats;
 pub(crate) mod stats_sysctl;
 mod worker;
@@ -612,6 +613,8 @@ struct RunSettings {
     distinct_files: u64,
     rate_duration: Duration,
     flood_paths: u64,
+    /// `--quick`: also fewer sandbox reads.
+    quick: bool,
     builds: Option<builds::BuildOptions>,
     report_path: PathBuf,
     /// The command line, as the report's "Reproduce" section shows it.
@@ -628,6 +631,7 @@ impl RunSettings {
             distinct_files: ops,
             rate_duration: Duration::from_secs(1),
             flood_paths: 0,
+            quick: true,
             builds: None,
             report_path: PathBuf::new(),
             command: command_line(),
@@ -667,6 +671,7 @@ impl RunSettings {
             distinct_files,
             rate_duration,
             flood_paths,
+            quick,
             builds: (!skip_builds).then_some(builds),
             report_path,
             command: command_line(),
@@ -711,6 +716,7 @@ pub fn run(options: Options) -> Result<()> {
     let rows = throughput_test(&bench, settings.rate_duration)?;
     let alert_count = count_alerts(&bench.alerts);
     let flood = bench.flood(settings.flood_paths)?;
+    let sandbox_reads = sandbox_reads::run(settings.quick)?;
     let builds = match &settings.builds {
         Some(options) => Some(builds::run(options, &bench.monitor_bin, &bench.tmp)?),
         None => None,
@@ -731,6 +737,7 @@ pub fn run(options: Options) -> Result<()> {
         alert_count,
         builds: builds.as_ref(),
         flood: &flood,
+        sandbox_reads: &sandbox_reads,
         monitor_bin: &bench.monitor_bin,
         svg_name: "benchmarks.svg",
         kernel_profile: &kernel_profile,

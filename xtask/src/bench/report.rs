@@ -45,6 +45,7 @@ pub struct ReportInput<'a> {
     pub alert_count: usize,
     pub builds: Option<&'a BuildResults>,
     pub flood: &'a FloodResult,
+    pub sandbox_reads: &'a super::sandbox_reads::SandboxReads,
     pub monitor_bin: &'a Path,
     pub svg_name: &'a str,
     pub kernel_profile: &'a [ProfileRow],
@@ -74,6 +75,7 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     write_kernel_profile(&mut md, input.kernel_profile)?;
     write_throughput(&mut md, input)?;
     write_flood(&mut md, input.flood)?;
+    super::sandbox_reads::write(&mut md, input.sandbox_reads)?;
     builds_section::write(&mut md, input.builds, floor_ns_per_syscall(input.matrix))?;
     write_how_to_read(&mut md)?;
     Ok(md)

@@ -257,6 +257,11 @@ mod tests {
                 rss_before_kib: 1024,
                 rss_peak_kib: 2048,
             },
+            sandbox_reads: &crate::bench::sandbox_reads::SandboxReads {
+                sandboxes: 1,
+                inputs: 1,
+                rounds: vec![(1.0, 1.0)],
+            },
             monitor_bin: Path::new("/bin/true"),
             svg_name: "x.svg",
             kernel_profile: &[],
