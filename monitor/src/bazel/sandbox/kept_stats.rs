@@ -197,6 +197,16 @@ pub(super) mod tests {
         }
     }
 
+    /// Held by the tests that count kept answers or change the mount
+    /// table: a mount clears what was kept, and both count `GIVEN`.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn given() -> usize {
         GIVEN.load(Ordering::Relaxed)
     }
@@ -253,6 +263,7 @@ pub(super) mod tests {
     /// given from what was kept.
     #[test]
     fn kept_answers_are_the_plain_calls_and_change_with_the_directory() {
+        let _alone = one_at_a_time();
         let tmp = tempfile::tempdir().unwrap();
         let (dir, [a, b]) = settled_files(tmp.path(), ["kept-test-a", "kept-test-b"]);
         assert_eq!(walk_lstat(&a), plain(&a));
@@ -345,6 +356,7 @@ pub(super) mod tests {
         // SAFETY: plain geteuid(2).
         let uid = unsafe { libc::geteuid() };
         assert_eq!(uid, 0, "this test bind-mounts a file: run it as root");
+        let _alone = one_at_a_time();
         let tmp = tempfile::tempdir().unwrap();
         let (_, [name, other]) = settled_files(tmp.path(), ["kept-test-m", "kept-test-other"]);
         assert_eq!(walk_lstat(&name), plain(&name));
