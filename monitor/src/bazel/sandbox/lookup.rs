@@ -107,13 +107,10 @@ struct Held {
 
 impl DirFds {
     pub fn lstat(&mut self, path: &Path) -> io::Result<Stat> {
-        let Some((dir, name)) = split_at_dir(path) else {
-            return lstat_at(AT_FDCWD, path.as_os_str());
-        };
         let keeping = *self
             .keeping
             .get_or_insert_with(kept_stats::mounts_unchanged);
-        let Some(held) = self.held_dir(dir) else {
+        let Some((held, name)) = self.held_name(path) else {
             return lstat_at(AT_FDCWD, path.as_os_str());
         };
         let fd = held.fd.as_fd();
@@ -190,13 +187,18 @@ impl DirFds {
 
     /// The directory to look `path` up in, and the name to look up.
     fn split<'a>(&'a mut self, path: &'a Path) -> (BorrowedFd<'a>, &'a OsStr) {
-        let Some((dir, name)) = split_at_dir(path) else {
-            return (AT_FDCWD, path.as_os_str());
-        };
-        match self.held(dir) {
-            Some(fd) => (fd, OsStr::from_bytes(name)),
+        match self.held_name(path) {
+            Some((held, name)) => (held.fd.as_fd(), OsStr::from_bytes(name)),
             None => (AT_FDCWD, path.as_os_str()),
         }
+    }
+
+    /// `path`'s directory, held, and the name to look up in it; `None`
+    /// when the path is looked up whole ([`split_at_dir`], or its
+    /// directory cannot be opened).
+    fn held_name<'a>(&'a mut self, path: &'a Path) -> Option<(&'a mut Held, &'a [u8])> {
+        let (dir, name) = split_at_dir(path)?;
+        Some((self.held_dir(dir)?, name))
     }
 
     /// `dir` opened, or held from before; `None` when it cannot be opened.
