@@ -12,6 +12,7 @@
 
 mod ab;
 pub(crate) mod builds;
+mod entry;
 pub(crate) mod flood;
 pub(crate) mod kernel_profile;
 mod peers;
@@ -266,6 +267,7 @@ impl Bench {
             Workload::Repeat => self.iterations,
             Workload::Distinct | Workload::Missing => self.distinct_files,
             Workload::Connect => (self.iterations / 5).max(1),
+            Workload::Getppid => self.iterations * entry::CALLS_PER_PAIR,
         }
     }
 
@@ -711,6 +713,7 @@ pub fn run(options: Options) -> Result<()> {
         bench.ops(Workload::Connect)
     );
     let matrix = cost_rounds(&bench, settings.rounds)?;
+    let entry = entry::measure(&bench, settings.rounds * settings.runs)?;
     let program_time = bench.program_time()?;
     let kernel_profile = bench.kernel_profile()?;
     let rows = throughput_test(&bench, settings.rate_duration)?;
@@ -733,6 +736,7 @@ pub fn run(options: Options) -> Result<()> {
         warmup: bench.warmup,
         rate_duration: settings.rate_duration,
         matrix: &matrix,
+        entry: Some(&entry),
         rows: &rows,
         alert_count,
         builds: builds.as_ref(),

@@ -34,8 +34,8 @@ impl Bench {
         match workload {
             Workload::Repeat => line.contains(self.file.to_str().unwrap_or("\0")),
             Workload::Distinct => line.contains(&format!("{}/f", self.distinct_dir.display())),
-            // Not a peer workload (only the monitor's alert storm).
-            Workload::Missing => false,
+            // Not peer workloads (the monitor's alert storm, the entry).
+            Workload::Missing | Workload::Getppid => false,
             // strace prints `connect(`, bpftrace `<pid> connect <ret>`.
             Workload::Connect => line.contains("connect(") || line.contains(" connect "),
         }

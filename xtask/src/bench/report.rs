@@ -41,6 +41,8 @@ pub struct ReportInput<'a> {
     pub warmup: u64,
     pub rate_duration: Duration,
     pub matrix: &'a Matrix,
+    /// The tracepoint's own entry, measured apart (`entry.rs`).
+    pub entry: Option<&'a super::entry::EntryCost>,
     pub rows: &'a [RateRow],
     pub alert_count: usize,
     pub builds: Option<&'a BuildResults>,
@@ -76,17 +78,30 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     write_throughput(&mut md, input)?;
     write_flood(&mut md, input.flood)?;
     super::sandbox_reads::write(&mut md, input.sandbox_reads)?;
-    builds_section::write(&mut md, input.builds, floor_ns_per_syscall(input.matrix))?;
+    if let Some(entry) = input.entry {
+        super::entry::write(&mut md, entry)?;
+    }
+    builds_section::write(&mut md, input.builds, floor_ns_per_syscall(input))?;
     write_how_to_read(&mut md)?;
     Ok(md)
 }
 
-/// What the empty program adds to one syscall exit: per workload, the
-/// floor's operation over the bare one divided by its syscalls
-/// (open+close 2, socket+connect+close 3), and the median of the three
-/// (one workload's rows can come out with the floor faster than bare: the
-/// 18:08 run's same-file rows did). `None` without the rows; never below 0.
-pub fn floor_ns_per_syscall(matrix: &Matrix) -> Option<f64> {
+/// What the empty program adds to one syscall exit: measured apart
+/// (`entry.rs`), else from the open+close and connect rows.
+pub fn floor_ns_per_syscall(input: &ReportInput<'_>) -> Option<f64> {
+    input
+        .entry
+        .and_then(super::entry::EntryCost::ns_per_syscall)
+        .or_else(|| floor_from_rows(input.matrix))
+}
+
+/// What the empty program adds to one syscall exit, from the rows: per
+/// workload, the floor's operation over the bare one divided by its
+/// syscalls (open+close 2, socket+connect+close 3), and the median of the
+/// three (one workload's rows can come out with the floor faster than
+/// bare: the 18:08 run's same-file rows did). `None` without the rows;
+/// never below 0.
+pub fn floor_from_rows(matrix: &Matrix) -> Option<f64> {
     let per_syscall: Vec<f64> = WORKLOADS
         .iter()
         .map(|&w| {
@@ -444,8 +459,8 @@ mod tests {
             matrix.get_mut(Setup::Bare, workload).ns_per_op.push(bare);
             matrix.get_mut(Setup::Floor, workload).ns_per_op.push(floor);
         }
-        let ns = floor_ns_per_syscall(&matrix).unwrap();
+        let ns = floor_from_rows(&matrix).unwrap();
         assert!((ns - 191.2 / 3.0).abs() < 1e-6, "{ns}");
-        assert_eq!(floor_ns_per_syscall(&Matrix::new()), None, "no rows");
+        assert_eq!(floor_from_rows(&Matrix::new()), None, "no rows");
     }
 }

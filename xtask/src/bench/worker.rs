@@ -30,6 +30,9 @@ pub enum Workload {
     /// `open(O_RDONLY)` of `<path>/f<i>`, each once, in a directory that
     /// does not exist: every open fails with ENOENT (the alert storm).
     Missing,
+    /// `getppid`, a syscall no hook of the monitor watches: what any
+    /// program on `sys_exit` costs one syscall (`entry.rs`).
+    Getppid,
 }
 
 pub const WORKLOADS: [Workload; 3] = [Workload::Repeat, Workload::Distinct, Workload::Connect];
@@ -46,6 +49,7 @@ impl Workload {
             Self::Distinct => "distinct",
             Self::Connect => "connect",
             Self::Missing => "missing",
+            Self::Getppid => "getppid",
         }
     }
 
@@ -55,6 +59,7 @@ impl Workload {
             Self::Distinct => "open+close, distinct files (first access each)",
             Self::Connect => "connect to loopback (refused)",
             Self::Missing => "open of distinct missing paths",
+            Self::Getppid => "getppid (unwatched)",
         }
     }
 
@@ -64,6 +69,7 @@ impl Workload {
             Self::Distinct => "distinct files",
             Self::Connect => "connect",
             Self::Missing => "missing paths",
+            Self::Getppid => "getppid",
         }
     }
 }
@@ -198,6 +204,7 @@ enum Operation {
     /// Opens that must fail with ENOENT.
     Miss(Vec<CString>),
     Connect(SocketAddrV4),
+    Getppid,
 }
 
 impl Operation {
@@ -221,6 +228,7 @@ impl Operation {
             Workload::Connect => {
                 Self::Connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, options.port))
             }
+            Workload::Getppid => Self::Getppid,
         })
     }
 
@@ -231,6 +239,11 @@ impl Operation {
             Self::OpenEach(paths) => open_close(&paths[i as usize % paths.len()]),
             Self::Miss(paths) => open_missing(&paths[i as usize % paths.len()]),
             Self::Connect(addr) => connect_close(*addr),
+            Self::Getppid => {
+                // SAFETY: plain syscall, no arguments (glibc does not cache it).
+                unsafe { libc::getppid() };
+                Ok(())
+            }
         }
     }
 }

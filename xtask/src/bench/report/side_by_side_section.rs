@@ -23,7 +23,9 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
          the neighbour paid (counted: a log build alone with `kernel.bpf_stats_enabled` on while \
          an idle `monitor exec` was attached, the programs' run time over its CPU; plus the \
          tracepoint's own cost on each syscall exit, estimated as the runs times what the empty \
-         program adds to one syscall in this run's rows, the median over its three workloads). Each part is in points \
+         program adds to one syscall: measured apart with `getppid` (\"The tracepoint's own \
+         entry\" above), or, when that was not run, from this run's rows, the median over its \
+         three workloads). Each part is in points \
          of its own base (bare, the log neighbour, the outside build). The total's interval adds \
          the parts' interval ends. Stopped after {}.\n",
         s.stop_reason
@@ -106,7 +108,7 @@ fn write_outside_rows(
         }
         None => writeln!(
             md,
-            "| … and the tracepoint on each syscall exit | not measured (no open+close rows) | not measured |"
+            "| … and the tracepoint on each syscall exit | not measured (no entry pairs, no open+close rows) | not measured |"
         )?,
     }
     Ok(())

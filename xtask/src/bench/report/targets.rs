@@ -94,7 +94,7 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let lost: u64 = monitored().map(|m| m.lost).sum();
     let alerts: u64 = monitored().map(|m| m.violations).sum();
     let accounted = accounted_points(builds);
-    let floor = super::floor_ns_per_syscall(input.matrix);
+    let floor = super::floor_ns_per_syscall(input);
     if let Some((side_wall, side_cpu)) = side.and_then(|s| s.totals(floor)) {
         writeln!(
             md,
@@ -243,6 +243,7 @@ mod tests {
             warmup: 0,
             rate_duration: Duration::from_secs(1),
             matrix,
+            entry: None,
             rows: &[],
             alert_count: 0,
             builds: None,
