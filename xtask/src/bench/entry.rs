@@ -2,9 +2,10 @@
 //! `getppid` (no hook of the monitor watches it) timed bare and with the
 //! empty program attached, in pairs whose order alternates. The builds'
 //! side-by-side total charges the neighbour this for each of its syscalls;
-//! taken from the open+close rows instead, it moved with their noise (16 ns
-//! per syscall in one run, 160 in the next). A `getppid` is ~100 ns, so
-//! the entry is a fifth of it and stands out of the noise.
+//! taken from the open+close rows instead, it moved with their noise (0,
+//! 16 and 160 ns per syscall in three runs). A `getppid` in the worker's
+//! loop is 115–180 ns and the entry 25–35 more, so it stands out of the
+//! noise in a few pairs.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -13,7 +14,7 @@ use anyhow::{Result, ensure};
 use super::{Bench, Placement, stats, worker::Workload};
 
 /// `getppid` calls per run for each open+close pair of the other rows
-/// (200,000 pairs: 3,000,000 calls, ~0.3 s).
+/// (200,000 pairs: 3,000,000 calls, ~0.5 s).
 pub const CALLS_PER_PAIR: u64 = 15;
 
 /// ns per `getppid`, bare and with the empty program, per pair.
