@@ -398,6 +398,16 @@ fn tail(path: &Path) -> String {
 }
 
 impl Bench {
+    /// Runs `work` (given the floor's pid) while `monitor bench-floor` is
+    /// attached; the floor must then stop cleanly.
+    fn with_floor<T>(&self, tag: &str, work: impl FnOnce(u32) -> Result<T>) -> Result<T> {
+        let floor = self.start_floor(tag)?;
+        let done = work(floor.id())?;
+        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
+        ensure!(status.success(), "monitor bench-floor exited with {status}");
+        Ok(done)
+    }
+
     /// `monitor bench-floor`: the same hook with an empty program, the cost
     /// any syscall hook puts on every process.
     fn start_floor(&self, tag: &str) -> Result<Daemon> {
@@ -948,11 +958,7 @@ impl Bench {
 
     /// The worker with only the empty program on the monitor's hook.
     fn floor_round(&self, tag: &str, record: &mut Record<'_>) -> Result<()> {
-        let floor = self.start_floor(tag)?;
-        self.record_runs(Setup::Floor, record)?;
-        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
-        ensure!(status.success(), "monitor bench-floor exited with {status}");
-        Ok(())
+        self.with_floor(tag, |_| self.record_runs(Setup::Floor, record))
     }
 
     /// The worker outside, then inside, the monitored action cgroup; events

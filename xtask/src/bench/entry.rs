@@ -7,7 +7,7 @@
 //! loop is 115–180 ns and the entry 25–35 more, so it stands out of the
 //! noise in a few pairs.
 
-use std::{fmt::Write as _, time::Duration};
+use std::fmt::Write as _;
 
 use anyhow::{Result, ensure};
 
@@ -44,27 +44,23 @@ impl EntryCost {
 /// for each; even pairs time bare first.
 pub fn measure(bench: &Bench, pairs: usize) -> Result<EntryCost> {
     ensure!(pairs > 0, "the entry needs at least one pair");
+    let time = || bench.timed_run(Workload::Getppid, &Placement::default());
+    let with_floor = |pair: usize| bench.with_floor(&format!("entry{pair}"), |_| time());
     let mut timed = Vec::with_capacity(pairs);
     for pair in 0..pairs {
-        let bare_first = pair % 2 == 0;
-        let mut bare = None;
-        if bare_first {
-            bare = Some(bench.timed_run(Workload::Getppid, &Placement::default())?);
-        }
-        let floor = bench.start_floor(&format!("entry{pair}"))?;
-        let with_floor = bench.timed_run(Workload::Getppid, &Placement::default())?;
-        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
-        ensure!(status.success(), "monitor bench-floor exited with {status}");
-        if !bare_first {
-            bare = Some(bench.timed_run(Workload::Getppid, &Placement::default())?);
-        }
-        let bare = bare.expect("timed in one of the branches").ns_per_pair;
+        let (bare, floor) = if pair % 2 == 0 {
+            let bare = time()?;
+            (bare, with_floor(pair)?)
+        } else {
+            let floor = with_floor(pair)?;
+            (time()?, floor)
+        };
+        let (bare, floor) = (bare.ns_per_pair, floor.ns_per_pair);
         println!(
-            "bench: entry pair {}/{pairs}: getppid bare {bare:.1} ns, with the empty program {:.1} ns",
-            pair + 1,
-            with_floor.ns_per_pair
+            "bench: entry pair {}/{pairs}: getppid bare {bare:.1} ns, with the empty program {floor:.1} ns",
+            pair + 1
         );
-        timed.push((bare, with_floor.ns_per_pair));
+        timed.push((bare, floor));
     }
     Ok(EntryCost {
         pairs: timed,

@@ -133,14 +133,12 @@ impl Bench {
     /// monitor inside, with the programs' run time counted.
     pub(super) fn program_time(&self) -> Result<ProgramTime> {
         let _stats = StatsSetting::on()?;
-        let mut rows = Vec::new();
-        let floor = self.start_floor("stats")?;
-        for workload in WORKLOADS {
-            let placement = Placement::default();
-            rows.push(self.counted_run(floor.id(), Setup::Floor, workload, &placement)?);
-        }
-        let status = floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
-        ensure!(status.success(), "monitor bench-floor exited with {status}");
+        let mut rows = self.with_floor("stats", |pid| {
+            WORKLOADS
+                .iter()
+                .map(|&w| self.counted_run(pid, Setup::Floor, w, &Placement::default()))
+                .collect::<Result<Vec<_>>>()
+        })?;
         let monitor = self.start_monitor("stats")?;
         let pid = monitor.daemon.id();
         let verified_insns = verified_instructions(pid)?;

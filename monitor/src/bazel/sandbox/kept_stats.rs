@@ -66,13 +66,18 @@ impl DirState {
             return None;
         }
         let st = nix::sys::stat::fstat(dir).ok()?;
-        let ctime = UNIX_EPOCH + Duration::new(st.st_ctime.max(0) as u64, st.st_ctime_nsec as u32);
-        (ctime + SETTLED < SystemTime::now()).then_some(DirState {
+        settled(st.st_ctime, st.st_ctime_nsec).then_some(DirState {
             dev: st.st_dev,
             ino: st.st_ino,
             ctime: (st.st_ctime, st.st_ctime_nsec),
         })
     }
+}
+
+/// Whether a ctime of `sec` s and `nsec` ns is over [`SETTLED`] old.
+fn settled(sec: i64, nsec: i64) -> bool {
+    let ctime = UNIX_EPOCH + Duration::new(sec.max(0) as u64, nsec as u32);
+    ctime + SETTLED < SystemTime::now()
 }
 
 /// The answers kept in one directory, and the ctime they were kept at.
@@ -217,8 +222,7 @@ pub(super) mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let meta = fs::metadata(dir).unwrap();
-            let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
-            if ctime + SETTLED < SystemTime::now() {
+            if settled(meta.ctime(), meta.ctime_nsec()) {
                 return;
             }
             assert!(Instant::now() < deadline, "{} never settled", dir.display());
