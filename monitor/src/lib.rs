@@ -18,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod policy;
 pub mod reapi;
+mod seams;
 
 /// The kernel programs, built by build.rs for the BPF target.
 pub fn ebpf_object() -> &'static [u8] {

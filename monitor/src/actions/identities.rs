@@ -271,6 +271,7 @@ impl Recorder {
     /// A trusted symlink (`dated`: its metadata when it was found old
     /// enough): its final target is declared, and recorded.
     fn link(&mut self, link: &Path, dated: &fs::Metadata) {
+        crate::seams::reached(crate::seams::Seam::DeclaredLinkDated, link);
         let Ok(target) = fs::canonicalize(link) else {
             return;
         };
@@ -459,5 +460,41 @@ mod tests {
         let (ids, targets) = record(&[format!("{}/**", tmp.path().display())], early);
         assert_eq!(targets, PatternSet::default(), "planted link followed");
         assert!(ids.is_recorded());
+    }
+
+    /// A declared link, dated old enough, replaced by the action before its
+    /// target is read (the race forced at the seam): the new target is not
+    /// declared. Control: the same link left alone declares its target.
+    #[test]
+    fn a_declared_link_replaced_after_its_dating_declares_nothing() {
+        use crate::seams::{Seam, with_hook};
+        let tmp = tempfile::tempdir().unwrap();
+        let (input, secret) = (tmp.path().join("input"), tmp.path().join("secret"));
+        fs::write(&input, "in").unwrap();
+        fs::write(&secret, "secret").unwrap();
+        let link = tmp.path().join("link");
+        symlink(&input, &link).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(60);
+        let patterns = [link.display().to_string()];
+        let declares = |targets: &PatternSet, p: &Path| {
+            crate::bazel::sandbox::set_matcher(targets).matches(p.as_os_str().as_bytes())
+        };
+
+        let (_, targets) = record(&patterns, later);
+        assert!(declares(&targets, &input), "control: the link's target");
+
+        let (planted, at) = (secret.clone(), link.clone());
+        let (ids, targets) = with_hook(
+            Seam::DeclaredLinkDated,
+            move |_| {
+                fs::remove_file(&at).unwrap();
+                symlink(&planted, &at).unwrap();
+            },
+            || record(&patterns, later),
+        );
+        assert!(fs::read_link(&link).is_ok_and(|t| t == secret), "replaced");
+        assert!(!declares(&targets, &secret), "the planted target declared");
+        assert!(!declares(&targets, &input));
+        assert_eq!(ids.count(), 0);
     }
 }

@@ -269,6 +269,7 @@ impl SandboxWalk<'_> {
         let Ok(target) = self.real_dirs.fds.read_link(&path) else {
             return;
         };
+        crate::seams::reached(crate::seams::Seam::SandboxLinkRead, &path);
         let Ok(meta) = entry.metadata() else { return };
         let first = Some(target);
         let (patterns, real_dirs) = (&mut self.patterns, &mut self.real_dirs);
@@ -782,6 +783,52 @@ mod tests {
         assert!(
             !set_matcher(&declared_patterns(&spawn).0).matches(b"/etc/hostname"),
             "a link from after the launch was followed"
+        );
+    }
+
+    /// A sandbox link from before the launch, replaced by the action with
+    /// one to a secret after its target was read and before it was dated
+    /// (the race forced at the seam): neither target is declared, the
+    /// planted one above all. Control: the link left alone declares its
+    /// target.
+    #[test]
+    fn a_sandbox_link_replaced_between_its_read_and_its_time_declares_nothing() {
+        use crate::seams::{Seam, with_hook};
+        let tmp = tempfile::tempdir().unwrap();
+        let execroot = tmp.path().join("ob/sandbox/linux-sandbox/6/execroot/ws");
+        fs::create_dir_all(&execroot).unwrap();
+        let (input, secret) = (tmp.path().join("src/in"), tmp.path().join("home/secret"));
+        let link = execroot.join("in");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        // The link is from before the launch; a name made now is after it.
+        let launch = SystemTime::now() + PLANT_WINDOW + Duration::from_millis(20);
+        let mut spawn = sandbox_launch(&execroot);
+        spawn.launched_at = Some(launch);
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let declared = set_matcher(&declared_patterns(&spawn).0);
+        assert!(declared.matches(&b(&input)), "control: the link's target");
+        wait_past(launch, Duration::from_millis(50));
+
+        let (planted, at) = (secret.clone(), link.clone());
+        let (patterns, _, _) = with_hook(
+            Seam::SandboxLinkRead,
+            move |read: &Path| {
+                if read == at {
+                    fs::remove_file(&at).unwrap();
+                    std::os::unix::fs::symlink(&planted, &at).unwrap();
+                }
+            },
+            || declared_patterns(&spawn),
+        );
+        assert!(fs::read_link(&link).is_ok_and(|t| t == secret), "replaced");
+        let declared = set_matcher(&patterns);
+        assert!(
+            !declared.matches(&b(&secret)),
+            "the planted target declared"
+        );
+        assert!(
+            !declared.matches(&b(&input)),
+            "declared by the new link's time"
         );
     }
 

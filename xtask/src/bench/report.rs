@@ -242,7 +242,6 @@ fn write_cost_row(
     workload: Workload,
 ) -> Result<()> {
     let sample = matrix.get(setup, workload);
-    let med = stats::median(&sample.ns_per_op);
     let added = if setup == Setup::Bare {
         "—".to_owned()
     } else {
@@ -257,10 +256,9 @@ fn write_cost_row(
     };
     writeln!(
         md,
-        "| {} | {med:.0} ({:.0}–{:.0}) | {added} | {events} |",
+        "| {} | {} | {added} | {events} |",
         setup.label(),
-        stats::min(&sample.ns_per_op),
-        stats::max(&sample.ns_per_op)
+        stats::median_range(&sample.ns_per_op, 0, "")
     )?;
     Ok(())
 }

@@ -88,10 +88,8 @@ pub fn write(md: &mut String, reads: &SandboxReads) -> Result<()> {
     writeln!(md, "| | |\n| --- | --- |")?;
     writeln!(
         md,
-        "| CPU per round, median (min–max) | {:.0} ms ({:.0}–{:.0}), {} rounds |",
-        stats::median(&cpu),
-        stats::min(&cpu),
-        stats::max(&cpu),
+        "| CPU per round, median (min–max) | {}, {} rounds |",
+        stats::median_range(&cpu, 0, " ms"),
         cpu.len()
     )?;
     writeln!(

@@ -20,6 +20,18 @@ pub fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
+/// `median unit (min–max)` with `decimals` places (`unit`: `" s"`, or
+/// `""`): how the report gives a series of runs.
+pub fn median_range(values: &[f64], decimals: usize, unit: &str) -> String {
+    format!(
+        "{:.d$}{unit} ({:.d$}–{:.d$})",
+        median(values),
+        min(values),
+        max(values),
+        d = decimals
+    )
+}
+
 /// A confidence interval for the median: `[low, high]` holds the true
 /// median with probability `level`.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +83,12 @@ pub fn median_interval(values: &[f64]) -> Option<MedianInterval> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gives_a_series_as_median_and_range() {
+        assert_eq!(median_range(&[3.0, 1.04, 2.26], 1, " s"), "2.3 s (1.0–3.0)");
+        assert_eq!(median_range(&[406.4, 386.0, 447.0], 0, ""), "406 (386–447)");
+    }
 
     #[test]
     fn takes_the_median() {

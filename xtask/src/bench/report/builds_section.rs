@@ -123,13 +123,9 @@ pub(super) fn write_bare(md: &mut String, what: &str, runs: &[PlainRun]) -> Resu
     let cpu: Vec<f64> = runs.iter().map(|r| r.cpu_s).collect();
     writeln!(
         md,
-        "{what}: wall {:.1} s ({:.1}–{:.1}), CPU {:.1} s ({:.1}–{:.1}).\n",
-        stats::median(&wall),
-        stats::min(&wall),
-        stats::max(&wall),
-        stats::median(&cpu),
-        stats::min(&cpu),
-        stats::max(&cpu)
+        "{what}: wall {}, CPU {}.\n",
+        stats::median_range(&wall, 1, " s"),
+        stats::median_range(&cpu, 1, " s")
     )?;
     Ok(())
 }
@@ -184,10 +180,8 @@ fn write_start_and_probes(md: &mut String, b: &BuildResults) -> Result<()> {
     if !starts.is_empty() {
         writeln!(
             md,
-            "| of the daemon's CPU, its start: programs loaded and verified (median, min–max) | {:.2} s ({:.2}–{:.2}) |",
-            stats::median(&starts),
-            stats::min(&starts),
-            stats::max(&starts)
+            "| of the daemon's CPU, its start: programs loaded and verified (median, min–max) | {} |",
+            stats::median_range(&starts, 2, " s")
         )?;
     }
     for (what, counts) in [("failed probes", &folded), ("repeated opens", &repeats)] {
@@ -229,10 +223,8 @@ fn write_monitor_costs(md: &mut String, b: &BuildResults) -> Result<()> {
     writeln!(md, "| --- | --- |")?;
     writeln!(
         md,
-        "| daemon CPU time per build (median, min–max) | {:.2} s ({:.2}–{:.2}) |",
-        stats::median(&daemon_cpu),
-        stats::min(&daemon_cpu),
-        stats::max(&daemon_cpu)
+        "| daemon CPU time per build (median, min–max) | {} |",
+        stats::median_range(&daemon_cpu, 2, " s")
     )?;
     writeln!(
         md,

@@ -128,11 +128,9 @@ fn write_monitored_runs(md: &mut String, s: &SideBySide) -> Result<()> {
     }
     writeln!(
         md,
-        "Monitored builds here: daemon CPU {:.2} s per build ({:.2}–{:.2}), {lost} events lost, \
+        "Monitored builds here: daemon CPU {} per build, {lost} events lost, \
          {alerts} alerts on the clean build.\n",
-        stats::median(&daemon),
-        stats::min(&daemon),
-        stats::max(&daemon)
+        stats::median_range(&daemon, 2, " s")
     )?;
     Ok(())
 }
