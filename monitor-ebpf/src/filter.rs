@@ -11,6 +11,7 @@ use monitor_common::{MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES, Settin
 
 use crate::{lineage, maps::SCOPES, workers};
 
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Match {
     pub action_cgroup_id: u64,

@@ -53,6 +53,10 @@ pub struct Scratch {
     pub seen: SeenEntry,
     /// A name's lookup key in `ALLOWED_DIRS` (`allowed.rs`).
     pub allowed_key: crate::allowed::AllowedKey,
+    /// The arguments of `files::report`'s global function, which takes
+    /// plain numbers only.
+    pub report_match: crate::filter::Match,
+    pub report_args: crate::probes::files::OpenArgs,
 }
 
 #[map]

@@ -148,6 +148,8 @@ pub trait Reader: crate::dpath::WalkReads {
     /// (`sandbox::fold_probe`): only typed loads make its walk cheap (a
     /// walk of probe reads would cost more than the report it saves).
     const FOLDS_PROBES: bool;
+    /// `files::report` as the BPF global function for these reads.
+    fn report(ret: u64, file: u64);
 }
 
 /// Any program type: a probe read of the first `WINDOW` bytes of the file
@@ -211,6 +213,11 @@ impl Reader for Copied {
     }
 
     const FOLDS_PROBES: bool = false;
+
+    #[inline(always)]
+    fn report(ret: u64, file: u64) {
+        crate::probes::files::file_report(ret, file);
+    }
 }
 
 impl Reader for Typed {
@@ -262,6 +269,11 @@ impl Reader for Typed {
     }
 
     const FOLDS_PROBES: bool = true;
+
+    #[inline(always)]
+    fn report(ret: u64, file: u64) {
+        crate::probes::files::file_report_cast(ret, file);
+    }
 }
 
 /// `struct path` is { mnt, dentry } (the loader checks which comes first).

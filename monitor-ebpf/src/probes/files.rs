@@ -27,8 +27,8 @@ use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit},
     filter::Match,
-    maps::{HOST_ROOT_DENTRY, SCRATCH, Scratch},
-    object::{self, Identity, Reader},
+    maps::{HOST_ROOT_DENTRY, SCRATCH, SETTINGS, Scratch},
+    object::{self, Copied, Identity, Reader, Typed},
     probes::syscalls::Syscall,
     sandbox,
     seen::{self, Seen},
@@ -42,6 +42,8 @@ const O_CREAT_WRONLY_TRUNC: u64 = 0o1101;
 pub const O_WRONLY: u64 = 0o1;
 
 /// The arguments of an open-family call, whatever its syscall.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct OpenArgs {
     pub syscall: u32,
     pub dirfd: i32,
@@ -151,13 +153,58 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
         }
         args.flags = u64::from(read::<u32>(file, settings.offsets.file_f_flags));
     }
-    report::<R>(settings, &call.m, &args, call.ret, file)
+    report::<R>(&call.m, &args, call.ret, file)
 }
 
 /// Reports an open by `m`'s task that returned `ret`; `file` is the
 /// `struct file` opened (0 for a failed open). Repeats are only counted.
+/// The report is a BPF global function ([`file_report`]): the verifier
+/// checks it once per program instead of at each call site (the syscall
+/// hook has two, the open's and a rename's old name; the io_uring hook
+/// two). Its arguments travel in the scratch map: a global function takes
+/// plain numbers only.
 #[inline(always)]
-pub fn report<R: Reader>(
+pub fn report<R: Reader>(m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &mut *scratch };
+    scratch.report_match = *m;
+    scratch.report_args = *args;
+    R::report(ret as u64, file);
+    Some(())
+}
+
+/// [`report`] for programs of any type (probe reads, [`Copied`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn file_report(ret: u64, file: u64) -> u64 {
+    report_staged::<Copied>(ret as i64, file);
+    0
+}
+
+/// [`report`] for the BTF tracepoint ([`Typed`] loads).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn file_report_cast(ret: u64, file: u64) -> u64 {
+    report_staged::<Typed>(ret as i64, file);
+    0
+}
+
+/// The report, with the call's match and arguments taken from the scratch
+/// map where [`report`] left them.
+#[inline(always)]
+fn report_staged<R: Reader>(ret: i64, file: u64) -> Option<()> {
+    let settings = SETTINGS.get(0)?;
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &*scratch };
+    let (m, args) = (scratch.report_match, scratch.report_args);
+    report_body::<R>(settings, &m, &args, ret, file)
+}
+
+/// What [`report`] does, inlined into its global functions.
+#[inline(always)]
+fn report_body<R: Reader>(
     settings: &Settings,
     m: &Match,
     args: &OpenArgs,

@@ -582,7 +582,14 @@ impl<T> Registry<T> {
     /// Periodic work: release actions whose wait is over, forget actions
     /// that ended a while ago, update the active-actions gauge.
     pub fn tick(&mut self, now: Instant) -> Ready<T> {
-        let keys: Vec<u64> = self.actions.keys().copied().collect();
+        // Only actions with something to resolve or release: a node agent
+        // keeps every action of the last minute, most of them judged.
+        let keys: Vec<u64> = self
+            .actions
+            .iter()
+            .filter(|(_, s)| s.view.is_none() || !s.held.is_empty())
+            .map(|(key, _)| *key)
+            .collect();
         let mut out = Vec::new();
         let mut needs = Vec::new();
         for key in keys {
