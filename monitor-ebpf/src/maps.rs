@@ -53,14 +53,22 @@ pub struct Scratch {
     pub seen: SeenEntry,
     /// A name's lookup key in `ALLOWED_DIRS` (`allowed.rs`).
     pub allowed_key: crate::allowed::AllowedKey,
-    /// The arguments of `files::report`'s global function, which takes
-    /// plain numbers only.
-    pub report_match: crate::filter::Match,
-    pub report_args: crate::probes::files::OpenArgs,
 }
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The call a name report is for (`files::file_name_report`): a global
+/// function takes plain numbers only. Apart from `SCRATCH`, which the
+/// report writes while it reads these.
+#[repr(C)]
+pub struct NameCall {
+    pub m: crate::filter::Match,
+    pub args: crate::probes::files::OpenArgs,
+}
+
+#[map]
+pub static NAME_CALL: PerCpuArray<NameCall> = PerCpuArray::with_max_entries(1, 0);
 
 pub fn count_lost(reason: u32) {
     if let Some(slot) = LOST.get_ptr_mut(reason) {

@@ -114,22 +114,6 @@ pub struct Details {
     magic: u64,
 }
 
-impl Identity {
-    /// No object (a failed open, a name change).
-    pub const NONE: Identity = Identity {
-        file: 0,
-        ino: 0,
-        f_mode: 0,
-        generation: 0,
-        mnt: 0,
-        dentry: 0,
-        nlink: 0,
-        i_mode: 0,
-        sb: 0,
-        inode: 0,
-    };
-}
-
 /// How a program reads an open file's structures.
 pub trait Reader: crate::dpath::WalkReads {
     /// The `struct file *` behind the current task's descriptor `fd`, as a
@@ -148,8 +132,9 @@ pub trait Reader: crate::dpath::WalkReads {
     /// (`sandbox::fold_probe`): only typed loads make its walk cheap (a
     /// walk of probe reads would cost more than the report it saves).
     const FOLDS_PROBES: bool;
-    /// `files::report` as the BPF global function for these reads.
-    fn report(ret: u64, file: u64);
+    /// `files::report`'s name report, as the BPF global function for
+    /// these reads.
+    fn report_name(ret: u64);
 }
 
 /// Any program type: a probe read of the first `WINDOW` bytes of the file
@@ -215,8 +200,8 @@ impl Reader for Copied {
     const FOLDS_PROBES: bool = false;
 
     #[inline(always)]
-    fn report(ret: u64, file: u64) {
-        crate::probes::files::file_report(ret, file);
+    fn report_name(ret: u64) {
+        crate::probes::files::file_name_report(ret);
     }
 }
 
@@ -271,8 +256,8 @@ impl Reader for Typed {
     const FOLDS_PROBES: bool = true;
 
     #[inline(always)]
-    fn report(ret: u64, file: u64) {
-        crate::probes::files::file_report_cast(ret, file);
+    fn report_name(ret: u64) {
+        crate::probes::files::file_name_report_cast(ret);
     }
 }
 

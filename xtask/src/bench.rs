@@ -272,8 +272,14 @@ impl Bench {
     }
 
     fn worker_command(&self, workload: Workload, placement: &Placement<'_>) -> Command {
+        let missing;
         let path = match workload {
             Workload::Distinct => &self.distinct_dir,
+            // A directory that does not exist: every open fails with ENOENT.
+            Workload::Missing => {
+                missing = self.tmp.join("missing");
+                &missing
+            }
             _ => &self.file,
         };
         self.worker_command_at(workload, placement, path)

@@ -27,8 +27,8 @@ use crate::{
     dpath::walk_dir,
     emit::{fill_header, submit},
     filter::Match,
-    maps::{HOST_ROOT_DENTRY, SCRATCH, SETTINGS, Scratch},
-    object::{self, Copied, Identity, Reader, Typed},
+    maps::{HOST_ROOT_DENTRY, NAME_CALL, SCRATCH, SETTINGS, Scratch},
+    object::{self, Copied, Reader, Typed},
     probes::syscalls::Syscall,
     sandbox,
     seen::{self, Seen},
@@ -153,99 +153,41 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
         }
         args.flags = u64::from(read::<u32>(file, settings.offsets.file_f_flags));
     }
-    report::<R>(&call.m, &args, call.ret, file)
+    report::<R>(settings, &call.m, &args, call.ret, file)
 }
 
 /// Reports an open by `m`'s task that returned `ret`; `file` is the
-/// `struct file` opened (0 for a failed open). Repeats are only counted.
-/// The report is a BPF global function ([`file_report`]): the verifier
-/// checks it once per program instead of at each call site (the syscall
-/// hook has two, the open's and a rename's old name; the io_uring hook
-/// two). Its arguments travel in the scratch map: a global function takes
-/// plain numbers only.
+/// `struct file` opened (0 for a failed open or a name change). Repeats
+/// are only counted.
 #[inline(always)]
-pub fn report<R: Reader>(m: &Match, args: &OpenArgs, ret: i64, file: u64) -> Option<()> {
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, used by this program only while it runs.
-    let scratch = unsafe { &mut *scratch };
-    scratch.report_match = *m;
-    scratch.report_args = *args;
-    R::report(ret as u64, file);
-    Some(())
-}
-
-/// [`report`] for programs of any type (probe reads, [`Copied`]).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn file_report(ret: u64, file: u64) -> u64 {
-    report_staged::<Copied>(ret as i64, file);
-    0
-}
-
-/// [`report`] for the BTF tracepoint ([`Typed`] loads).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn file_report_cast(ret: u64, file: u64) -> u64 {
-    report_staged::<Typed>(ret as i64, file);
-    0
-}
-
-/// The report, with the call's match and arguments taken from the scratch
-/// map where [`report`] left them.
-#[inline(always)]
-fn report_staged<R: Reader>(ret: i64, file: u64) -> Option<()> {
-    let settings = SETTINGS.get(0)?;
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, used by this program only while it runs.
-    let scratch = unsafe { &*scratch };
-    let (m, args) = (scratch.report_match, scratch.report_args);
-    report_body::<R>(settings, &m, &args, ret, file)
-}
-
-/// What [`report`] does, inlined into its global functions.
-#[inline(always)]
-fn report_body<R: Reader>(
+pub fn report<R: Reader>(
     settings: &Settings,
     m: &Match,
     args: &OpenArgs,
     ret: i64,
     file: u64,
 ) -> Option<()> {
-    let o = &settings.offsets;
+    if file == 0 {
+        let call = NAME_CALL.get_ptr_mut(0)?;
+        // SAFETY: per-CPU, used by this program only while it runs.
+        unsafe { (*call).m = *m };
+        unsafe { (*call).args = *args };
+        R::report_name(ret as u64);
+        return Some(());
+    }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     let scratch = unsafe { &mut *scratch };
-    // Plain initialised values rather than Options: LLVM spills the
-    // uninitialised payload of a `None`, which the verifier refuses to read.
-    let has_object = file != 0;
-    let id = if has_object {
-        R::identity(file, &mut scratch.windows)
-    } else {
-        Identity::NONE
+    let id = R::identity(file, &mut scratch.windows);
+    seen::fill_key(&mut scratch.seen.key, &id, args.flags, m);
+    let tracked = match seen::check(&mut scratch.seen, || R::generation(&id)) {
+        Seen::Repeat => return Some(()),
+        Seen::First => true,
+        Seen::Once | Seen::Untracked => false,
     };
-    let mut tracked = false;
-    if has_object {
-        seen::fill_key(&mut scratch.seen.key, &id, args.flags, m);
-        match seen::check(&mut scratch.seen, || R::generation(&id)) {
-            Seen::Repeat => return Some(()),
-            Seen::First => tracked = true,
-            Seen::Once | Seen::Untracked => {}
-        }
-    }
-    // Read before the paths below part: the verifier checks the reads
-    // once, not on each path.
     let ppid = R::parent_tgid();
-    let mut hflags = 0;
+    let mut hflags = FLAG_OBJECT;
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
-    let name = if has_object || path_len == 0 {
-        NameBase::NONE
-    } else {
-        name_base::<R>(settings, m, args, ret, scratch.data[0] != b'/', path_len)
-    };
-    if name.folded {
-        return Some(());
-    }
-    let (relative, base) = (name.relative, name.base);
     fill_fields(&mut scratch.event, m, args, ret, ppid);
     if tracked {
         let (ev, key) = (&mut scratch.event, &scratch.seen.key);
@@ -255,21 +197,81 @@ fn report_body<R: Reader>(
         ev.dentry = key.dentry;
         ev.mnt = key.mnt;
     }
+    let o = &settings.offsets;
+    object::describe::<R>(o, &id, &mut scratch.windows, &mut scratch.event);
+    crate::escapes::on_open(m, scratch.event.fs_magic, args.flags);
+    let walk_from = Some(file + o.file_path as u64);
+    finish::<R>(settings, scratch, walk_from, path_len, hflags);
+    Some(())
+}
 
-    // One walk call site (the walk itself is a global function, verified
-    // once per program, see `dpath_walk`).
-    let walk_from = if has_object {
-        hflags |= FLAG_OBJECT;
-        object::describe::<R>(o, &id, &mut scratch.windows, &mut scratch.event);
-        crate::escapes::on_open(m, scratch.event.fs_magic, args.flags);
-        Some(file + o.file_path as u64)
-    } else if relative {
-        Some(base)
+/// The report of a name without an object (a failed open, a name change),
+/// as a BPF global function: the verifier checks it once per program
+/// instead of at each call site and in each of their states (the syscall
+/// hook has two, a rename's old name and the rest; with the report inlined
+/// it verified 111 k instructions). The match and arguments travel in the
+/// scratch map: a global function takes plain numbers only. Opens of an
+/// object stay inline: as a global function, their report cost a first
+/// access 65 ns more (`bench-ab`, 12 and 16 rounds).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn file_name_report(ret: u64) -> u64 {
+    report_name::<Copied>(ret as i64);
+    0
+}
+
+/// [`file_name_report`] for the BTF tracepoint ([`Typed`] loads).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn file_name_report_cast(ret: u64) -> u64 {
+    report_name::<Typed>(ret as i64);
+    0
+}
+
+#[inline(always)]
+fn report_name<R: Reader>(ret: i64) -> Option<()> {
+    let settings = SETTINGS.get(0)?;
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &mut *scratch };
+    let call = NAME_CALL.get_ptr(0)?;
+    // SAFETY: per-CPU, written by this program's caller of the report.
+    let (m, args) = unsafe { (&(*call).m, &(*call).args) };
+    // Read before the paths below part: the verifier checks the reads
+    // once, not on each path.
+    let ppid = R::parent_tgid();
+    let mut hflags = 0;
+    let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
+    let name = if path_len == 0 {
+        NameBase::NONE
+    } else {
+        name_base::<R>(settings, m, args, ret, scratch.data[0] != b'/', path_len)
+    };
+    if name.folded {
+        return Some(());
+    }
+    fill_fields(&mut scratch.event, m, args, ret, ppid);
+    let walk_from = if name.relative {
+        Some(name.base)
     } else if path_len > 0 {
         under_chroot(settings, &mut hflags)
     } else {
         None
     };
+    finish::<R>(settings, scratch, walk_from, path_len, hflags);
+    Some(())
+}
+
+/// Walks the directory (one walk call site per report; the walk itself is
+/// a global function, see `dpath_walk`) and sends the event.
+#[inline(always)]
+fn finish<R: Reader>(
+    settings: &Settings,
+    scratch: &mut Scratch,
+    walk_from: Option<u64>,
+    path_len: usize,
+    mut hflags: u32,
+) {
     let ev = &mut scratch.event;
     let dir_len = match walk_from {
         Some(path_ptr) => walk_dir::<R>(path_ptr, path_len, &mut hflags, &mut ev.bind_at),
@@ -280,7 +282,6 @@ fn report_body<R: Reader>(
     ev.path_len = path_len as u32;
     let total = core::mem::size_of::<FileEvent>() + dir_len + path_len;
     submit(settings, (scratch as *const Scratch).cast(), total);
-    Some(())
 }
 
 /// The header and the call's own fields, the identity cleared.

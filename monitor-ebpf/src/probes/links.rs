@@ -60,7 +60,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
             flags: O_WRONLY,
             mode: 0,
         };
-        let _ = files::report::<R>(&call.m, &args, call.ret, 0);
+        let _ = files::report::<R>(settings, &call.m, &args, call.ret, 0);
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.

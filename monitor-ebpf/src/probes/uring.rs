@@ -121,7 +121,7 @@ fn on_submit(ctx: &RawTracePointContext) -> Option<()> {
         let cmd = req + settings.offsets.io_kiocb_cmd as u64;
         let _ = stash_name(req, read(cmd, settings.offsets.io_rename_oldpath), settings);
     }
-    files::report::<Copied>(&m, &args, 0, 0);
+    files::report::<Copied>(settings, &m, &args, 0, 0);
     Some(())
 }
 
@@ -268,7 +268,7 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
             opened_file(settings, req, res),
         )
     };
-    files::report::<Copied>(&m, &args, res as i64, file);
+    files::report::<Copied>(settings, &m, &args, res as i64, file);
     if name != 0 {
         let _ = URING_NAMES.remove(&req);
     }

@@ -56,15 +56,11 @@ pub fn run(options: AbOptions) -> Result<()> {
         options.rounds >= 2,
         "--rounds must be at least 2 (one per order)"
     );
-    ensure!(
-        options.workload != Workload::Missing,
-        "--workload: repeat, distinct or connect"
-    );
     for bin in [&options.a, &options.b] {
         ensure!(bin.is_file(), "{} is no file", bin.display());
     }
     let ops = options.iterations.unwrap_or(match options.workload {
-        Workload::Distinct => 50_000,
+        Workload::Distinct | Workload::Missing => 50_000,
         _ => 200_000,
     });
     let settings = RunSettings::for_ab(ops);
