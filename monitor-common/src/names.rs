@@ -12,6 +12,16 @@ pub const fn zero_bytes(x: u64) -> u64 {
     !(((x & LOW7) + LOW7) | x | LOW7)
 }
 
+/// The bytes of a word that count: the first `valid` (more than 8: all).
+#[inline(always)]
+const fn valid_mask(valid: u64) -> u64 {
+    if valid >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (valid * 8)) - 1
+    }
+}
+
 /// One word of a name (its bytes in memory order, read little-endian), of
 /// which the first `valid` bytes count (more than 8: all). `carry` says
 /// whether the previous word ended with `/` (0x80 in its lowest byte, as
@@ -19,15 +29,19 @@ pub const fn zero_bytes(x: u64) -> u64 {
 /// that ended the previous word), and the carry for the next word.
 #[inline(always)]
 pub const fn slash_pairs(word: u64, valid: u64, carry: u64) -> (bool, u64) {
-    let mask = if valid >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (valid * 8)) - 1
-    };
+    let mask = valid_mask(valid);
     let slash = zero_bytes(word ^ (ONES * b'/' as u64)) & mask;
     let dot = zero_bytes(word ^ (ONES * b'.' as u64)) & mask;
     let after_slash = (slash << 8) | carry;
     (after_slash & (slash | dot) != 0, slash >> 56)
+}
+
+/// As [`slash_pairs`], for `..`: whether the word holds two dots in a row
+/// (counting a `.` that ended the previous word), and the carry.
+#[inline(always)]
+pub const fn dot_pairs(word: u64, valid: u64, carry: u64) -> (bool, u64) {
+    let dot = zero_bytes(word ^ (ONES * b'.' as u64)) & valid_mask(valid);
+    (((dot << 8) | carry) & dot != 0, dot >> 56)
 }
 
 #[cfg(test)]
@@ -37,21 +51,33 @@ mod tests {
 
     use super::*;
 
-    /// The name checked as the kernel does, word by word.
-    fn has_slash_pair(name: &[u8]) -> bool {
+    /// The name checked as the kernel does, word by word, with `pairs`.
+    fn word_by_word(name: &[u8], pairs: fn(u64, u64, u64) -> (bool, u64)) -> bool {
         let mut padded: Vec<u8> = name.to_vec();
         // What lies past the name is left from earlier ones: anything.
         padded.extend_from_slice(b"//..//..");
         let mut carry = 0;
         for start in (0..name.len()).step_by(8) {
             let word = u64::from_le_bytes(padded[start..start + 8].try_into().unwrap());
-            let (found, next) = slash_pairs(word, (name.len() - start) as u64, carry);
+            let (found, next) = pairs(word, (name.len() - start) as u64, carry);
             if found {
                 return true;
             }
             carry = next;
         }
         false
+    }
+
+    fn has_slash_pair(name: &[u8]) -> bool {
+        word_by_word(name, slash_pairs)
+    }
+
+    fn has_dot_pair(name: &[u8]) -> bool {
+        word_by_word(name, dot_pairs)
+    }
+
+    fn bytewise_dots(name: &[u8]) -> bool {
+        name.windows(2).any(|w| w == b"..")
     }
 
     fn bytewise(name: &[u8]) -> bool {
@@ -111,7 +137,30 @@ mod tests {
                     .map(|i| alphabet[(code / 3u32.pow(i) % 3) as usize])
                     .collect();
                 assert_eq!(has_slash_pair(&name), bytewise(&name), "{name:?}");
+                assert_eq!(has_dot_pair(&name), bytewise_dots(&name), "{name:?}");
             }
+        }
+    }
+
+    #[test]
+    fn dot_pairs_are_found_within_and_across_words_and_nowhere_else() {
+        for name in [
+            &b"a/../b"[..],
+            b"..",
+            b"abcdefg..",
+            b"abcdefgh..",
+            b"abcdefg..",
+        ] {
+            assert!(has_dot_pair(name), "{name:?}");
+        }
+        for name in [
+            &b"a/./b.h"[..],
+            b".",
+            b"abcdefg.",
+            b"a.b.c.d.e.f.g.h.i",
+            b"",
+        ] {
+            assert!(!has_dot_pair(name), "{name:?}");
         }
     }
 }
