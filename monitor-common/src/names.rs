@@ -149,7 +149,7 @@ mod tests {
             b"..",
             b"abcdefg..",
             b"abcdefgh..",
-            b"abcdefg..",
+            b"abcdefghijklmno..",
         ] {
             assert!(has_dot_pair(name), "{name:?}");
         }
