@@ -210,9 +210,10 @@ pub fn report<R: Reader>(
 /// instead of at each call site and in each of their states (the syscall
 /// hook has two, a rename's old name and the rest; with the report inlined
 /// it verified 111 k instructions). The match and arguments travel in the
-/// scratch map: a global function takes plain numbers only. Opens of an
-/// object stay inline: as a global function, their report cost a first
-/// access 65 ns more (`bench-ab`, 12 and 16 rounds).
+/// `NAME_CALL` map: a global function takes plain numbers only. The call
+/// and that trip cost a failed open about 24 ns (`bench-ab --workload
+/// missing`); opens of an object stay inline: as a global function, their
+/// report cost a first access 65 ns more (`bench-ab`, 12 and 16 rounds).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn file_name_report(ret: u64) -> u64 {
