@@ -73,9 +73,6 @@ pub fn fold_probe<R: Reader>(m: &Match, syscall: u32, ret: i64, base: u64, len: 
     if !R::FOLDS_PROBES || ret != -ENOENT || syscall > SYSCALL_OPEN_BY_HANDLE_AT || base == 0 {
         return false;
     }
-    if len == 0 || len >= MAX_FOLDED_NAME {
-        return false;
-    }
     fold_probe_cast(action_key(m), base, len as u64) != 0
 }
 
@@ -86,8 +83,8 @@ pub fn fold_probe<R: Reader>(m: &Match, syscall: u32, ret: i64, base: u64, len: 
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn fold_probe_cast(key: u64, base: u64, len: u64) -> u64 {
-    // Checked by the caller too: here for the verifier, which knows
-    // nothing of a global function's arguments.
+    // Here, not in the caller: the verifier knows nothing of a global
+    // function's arguments, and the word loop needs the bound.
     if len == 0 || len >= MAX_FOLDED_NAME as u64 {
         return 0;
     }

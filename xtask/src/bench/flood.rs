@@ -49,8 +49,7 @@ impl Bench {
         let pid = monitor.daemon.id();
         let rss_before_kib = status_kib(pid, "VmRSS:")?;
         let (before, lost_before) = super::event_counters(monitor.addr, "file")?;
-        let missing = self.tmp.join("flood-missing");
-        let mut cmd = self.worker_command_at(Workload::Missing, &self.inside(), &missing);
+        let mut cmd = self.worker_command(Workload::Missing, &self.inside());
         cmd.args(["--warmup", "0", "--iterations", &paths.to_string()]);
         let start = Instant::now();
         let child = cmd.spawn().context("starting the flood worker")?;
