@@ -204,6 +204,29 @@ impl Matrix {
         let bare = self.median(Setup::Bare, workload);
         (self.median(setup, workload) - bare) / bare * 100.0
     }
+
+    /// Points `setup` adds over `base`, paired within each round: the
+    /// round's median of `setup` less its median of `base`, in percent of
+    /// its median of bare. The setups of one round run within a minute of
+    /// each other, the rounds minutes apart: pairing inside a round takes
+    /// out the machine's drift between rounds. `runs` is the runs of each
+    /// setup per round; a round missing either setup's runs is left out.
+    pub fn paired_points(
+        &self,
+        setup: Setup,
+        base: Setup,
+        workload: Workload,
+        runs: usize,
+    ) -> Vec<f64> {
+        let rounds_of = |s: Setup| self.get(s, workload).ns_per_op.chunks_exact(runs.max(1));
+        rounds_of(Setup::Bare)
+            .zip(rounds_of(setup))
+            .zip(rounds_of(base))
+            .map(|((bare, setup), base)| {
+                (stats::median(setup) - stats::median(base)) / stats::median(bare) * 100.0
+            })
+            .collect()
+    }
 }
 
 /// One row of the throughput test.

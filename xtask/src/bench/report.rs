@@ -195,7 +195,11 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
          (refused; allowed by the monitor's policy) after {} untimed. Each run starts once the \
          machine has been quiet for two 200 ms periods (at most 2 clock ticks of CPU used in each, \
          all CPUs together; a monitor just started is also waited for until its own CPU time stops \
-         growing); runs that started on a machine still busy after 10 s: {}.\n",
+         growing); runs that started on a machine still busy after 10 s: {}. A round's bare, floor \
+         and monitor runs lie within a minute of each other, the rounds minutes apart, and the \
+         machine drifts between rounds by more than the targets: \"paired within each round\" \
+         is each round's median less its median of bare, in percent of the latter, over the \
+         rounds (the targets judge these; the peers run once per round, later: not paired).\n",
         input.iterations,
         input.warmup,
         input.distinct_files,
@@ -215,11 +219,12 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
         writeln!(md, "### {}\n", workload.title())?;
         writeln!(
             md,
-            "| setup | ns per op (median, min–max) | added vs bare | events recorded / ops issued |"
+            "| setup | ns per op (median, min–max) | added vs bare | paired within each round \
+             (median, min–max) | events recorded / ops issued |"
         )?;
-        writeln!(md, "| --- | --- | --- | --- |")?;
+        writeln!(md, "| --- | --- | --- | --- | --- |")?;
         for setup in SETUPS {
-            write_cost_row(md, input.matrix, setup, workload)?;
+            write_cost_row(md, input, setup, workload)?;
         }
         writeln!(md)?;
     }
@@ -237,15 +242,31 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
 
 fn write_cost_row(
     md: &mut String,
-    matrix: &Matrix,
+    input: &ReportInput<'_>,
     setup: Setup,
     workload: Workload,
 ) -> Result<()> {
+    let matrix = input.matrix;
     let sample = matrix.get(setup, workload);
     let added = if setup == Setup::Bare {
         "—".to_owned()
     } else {
         format!("{:+.1} %", matrix.added(setup, workload))
+    };
+    // The peers run once per round, minutes after bare: not paired.
+    let paired = if matches!(
+        setup,
+        Setup::Floor | Setup::MonitorOutside | Setup::MonitorInside
+    ) {
+        let points = matrix.paired_points(setup, Setup::Bare, workload, input.runs);
+        format!(
+            "{:+.1} % ({:+.1} to {:+.1})",
+            stats::median(&points),
+            stats::min(&points),
+            stats::max(&points)
+        )
+    } else {
+        "—".to_owned()
     };
     let events = if sample.events.is_empty() {
         "—".to_owned()
@@ -256,7 +277,7 @@ fn write_cost_row(
     };
     writeln!(
         md,
-        "| {} | {} | {added} | {events} |",
+        "| {} | {} | {added} | {paired} | {events} |",
         setup.label(),
         stats::median_range(&sample.ns_per_op, 0, "")
     )?;
