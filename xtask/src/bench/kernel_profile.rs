@@ -129,11 +129,68 @@ pub fn shares(samples: &[(f64, String)]) -> Vec<(Part, f64)> {
     parts
 }
 
+/// The name of a JIT-compiled program or of one of its BPF global
+/// functions (`bpf_prog_<tag>_<name>`, the kernel names each apart), or
+/// `None` for any other symbol.
+fn program_name(symbol: &str) -> Option<String> {
+    let rest = symbol.strip_prefix("bpf_prog_")?;
+    Some(unescape(
+        rest.split_once('_').map_or(rest, |(_, name)| name),
+    ))
+}
+
+/// BTF names keep only `[A-Za-z0-9_]`: the compiler writes any other
+/// byte as `_XX_` (hex), so `step<…::Typed>` comes out as
+/// `step_3C_…_3A__3A_Typed_3E_`.
+fn unescape(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = String::with_capacity(name.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes.get(i..i + 4).filter(|w| w[0] == b'_' && w[3] == b'_');
+        let byte = escaped
+            .and_then(|w| std::str::from_utf8(&w[1..3]).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_punctuation());
+        match byte {
+            Some(b) => {
+                out.push(b as char);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i] as char);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Each program's and global function's share (0..=1) of all the
+/// samples, largest first: which code the program instructions are.
+pub fn program_shares(samples: &[(f64, String)]) -> Vec<(String, f64)> {
+    let total: f64 = samples.iter().map(|(p, _)| p).sum();
+    let mut programs: Vec<(String, f64)> = Vec::new();
+    for (percent, symbol) in samples {
+        let Some(name) = program_name(symbol) else {
+            continue;
+        };
+        match programs.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, share)) => *share += percent / total,
+            None => programs.push((name, percent / total)),
+        }
+    }
+    programs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    programs
+}
+
 /// One workload's time per operation, split into parts.
 pub struct ProfileRow {
     pub workload: Workload,
     pub ns_per_op: f64,
     pub shares: Vec<(Part, f64)>,
+    /// The program instructions' share by JIT symbol (`program_shares`).
+    pub programs: Vec<(String, f64)>,
 }
 
 impl ProfileRow {
@@ -210,6 +267,7 @@ impl Bench {
             workload,
             ns_per_op: report.ns_per_pair,
             shares: shares(&samples),
+            programs: program_shares(&samples),
         })
     }
 }
@@ -255,9 +313,26 @@ mod tests {
             workload: Workload::Repeat,
             ns_per_op: 1000.0,
             shares,
+            programs: program_shares(&samples),
         };
         assert!((row.ns(Part::KernelReads) - 300.0).abs() < 1e-6);
         assert!((row.hook_ns() - 400.0).abs() < 1e-6);
         assert!((row.ns(Part::Rest) - 600.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn program_instructions_are_split_by_program_and_global_function() {
+        let text = "\x20   20.00%  [k] bpf_prog_0123456789abcdef_sys_exit_btf\n\
+                    \x20   10.00%  [k] bpf_prog_fedcba9876543210_dpath_walk_cast\n\
+                    \x20    5.00%  [k] bpf_prog_0011223344556677_sys_exit_btf\n\
+                    \x20    4.00%  [k] bpf_prog_8899aabbccddeeff_step_3C_a_3A__3A_Typed_3E_\n\
+                    \x20   61.00%  [k] do_sys_openat2\n";
+        let programs = program_shares(&parse_report(text));
+        assert_eq!(programs.len(), 3, "{programs:?}");
+        assert_eq!(programs[0].0, "sys_exit_btf");
+        assert!((programs[0].1 - 0.25).abs() < 1e-9);
+        assert_eq!(programs[1].0, "dpath_walk_cast");
+        assert!((programs[1].1 - 0.10).abs() < 1e-9);
+        assert_eq!(programs[2].0, "step<a::Typed>");
     }
 }

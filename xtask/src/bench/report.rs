@@ -357,6 +357,28 @@ fn write_kernel_profile(md: &mut String, rows: &[ProfileRow]) -> Result<()> {
         writeln!(md)?;
     }
     writeln!(md)?;
+    write_program_split(md, rows)?;
+    Ok(())
+}
+
+/// The program instructions by JIT symbol: a program, or a BPF global
+/// function of one (the kernel gives each its own).
+fn write_program_split(md: &mut String, rows: &[ProfileRow]) -> Result<()> {
+    writeln!(
+        md,
+        "The program instructions by JIT symbol (a program, or one of its BPF global functions: \
+         `dpath_walk*` the directory walk and `step<…>` its `bpf_loop` step, `file_name_report*` a \
+         name's report), ns per op:\n"
+    )?;
+    for row in rows {
+        let parts: Vec<String> = row
+            .programs
+            .iter()
+            .map(|(name, share)| format!("`{name}` {:.0}", share * row.ns_per_op))
+            .collect();
+        writeln!(md, "* {}: {}", row.workload.title(), parts.join(", "))?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 
