@@ -117,16 +117,25 @@ pub fn parse_report(text: &str) -> Vec<(f64, String)> {
 
 /// Each part's share (0..=1) of the samples.
 pub fn shares(samples: &[(f64, String)]) -> Vec<(Part, f64)> {
+    shares_by(samples, |symbol| Some(classify(symbol)))
+}
+
+/// The samples' shares (0..=1 of all of them) summed by `key` of their
+/// symbol, in the order keys first appear; symbols without a key left out.
+fn shares_by<K: PartialEq>(
+    samples: &[(f64, String)],
+    key: impl Fn(&str) -> Option<K>,
+) -> Vec<(K, f64)> {
     let total: f64 = samples.iter().map(|(p, _)| p).sum();
-    let mut parts: Vec<(Part, f64)> = Vec::new();
+    let mut sums: Vec<(K, f64)> = Vec::new();
     for (percent, symbol) in samples {
-        let part = classify(symbol);
-        match parts.iter_mut().find(|(p, _)| *p == part) {
+        let Some(k) = key(symbol) else { continue };
+        match sums.iter_mut().find(|(known, _)| *known == k) {
             Some((_, share)) => *share += percent / total,
-            None => parts.push((part, percent / total)),
+            None => sums.push((k, percent / total)),
         }
     }
-    parts
+    sums
 }
 
 /// The name of a JIT-compiled program or of one of its BPF global
@@ -169,17 +178,7 @@ fn unescape(name: &str) -> String {
 /// Each program's and global function's share (0..=1) of all the
 /// samples, largest first: which code the program instructions are.
 pub fn program_shares(samples: &[(f64, String)]) -> Vec<(String, f64)> {
-    let total: f64 = samples.iter().map(|(p, _)| p).sum();
-    let mut programs: Vec<(String, f64)> = Vec::new();
-    for (percent, symbol) in samples {
-        let Some(name) = program_name(symbol) else {
-            continue;
-        };
-        match programs.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, share)) => *share += percent / total,
-            None => programs.push((name, percent / total)),
-        }
-    }
+    let mut programs = shares_by(samples, program_name);
     programs.sort_by(|a, b| b.1.total_cmp(&a.1));
     programs
 }
