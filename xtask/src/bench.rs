@@ -208,9 +208,10 @@ impl Matrix {
     /// Points `setup` adds over `base`, paired within each round: the
     /// round's median of `setup` less its median of `base`, in percent of
     /// its median of bare. The setups of one round run within a minute of
-    /// each other, the rounds minutes apart: pairing inside a round takes
-    /// out the machine's drift between rounds. `runs` is the runs of each
-    /// setup per round; a round missing either setup's runs is left out.
+    /// each other, the rounds minutes apart: pairing inside a round leaves
+    /// out the machine's drift between rounds (not the noise within one).
+    /// `runs` is the runs of each setup per round; a round missing either
+    /// setup's runs is left out.
     pub fn paired_points(
         &self,
         setup: Setup,

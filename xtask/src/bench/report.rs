@@ -196,10 +196,11 @@ fn write_cost(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
          machine has been quiet for two 200 ms periods (at most 2 clock ticks of CPU used in each, \
          all CPUs together; a monitor just started is also waited for until its own CPU time stops \
          growing); runs that started on a machine still busy after 10 s: {}. A round's bare, floor \
-         and monitor runs lie within a minute of each other, the rounds minutes apart, and the \
-         machine drifts between rounds by more than the targets: \"paired within each round\" \
-         is each round's median less its median of bare, in percent of the latter, over the \
-         rounds (the targets judge these; the peers run once per round, later: not paired).\n",
+         and monitor runs lie within a minute of each other, the rounds minutes apart: \"paired \
+         within each round\" is each round's median less its median of bare, in percent of the \
+         latter, over the rounds, which leaves out the machine's drift between rounds but not \
+         the noise within one (the targets judge these; the peers run once per round, later: \
+         not paired).\n",
         input.iterations,
         input.warmup,
         input.distinct_files,

@@ -51,9 +51,10 @@ pub fn write(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
 }
 
 /// A same-file target in points over the floor. The verdict is on the
-/// rounds' paired differences (`Matrix::paired_points`): the rows' medians
-/// pool runs minutes apart, and the machine drifts between rounds by more
-/// than the targets (their difference is given too).
+/// rounds' paired differences (`Matrix::paired_points`), which leave out
+/// the drift between rounds the rows' pooled medians carry; the pooled
+/// difference is given too (in the 14:37 run of 2026-12-02 the rounds
+/// drifted less than one round's runs disagreed, and the two differed).
 fn write_floor_target(
     md: &mut String,
     input: &ReportInput<'_>,
