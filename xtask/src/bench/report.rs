@@ -368,8 +368,8 @@ fn write_program_split(md: &mut String, rows: &[ProfileRow]) -> Result<()> {
     writeln!(
         md,
         "The program instructions by JIT symbol (a program, or one of its BPF global functions: \
-         `dpath_walk*` the directory walk and `step<…>` its `bpf_loop` step, `file_name_report*` a \
-         name's report), ns per op:\n"
+         `dpath_walk*` the directory walk, `step<…>` a probe-read walk's `bpf_loop` step (the typed \
+         walk's steps are inline), `file_name_report*` a name's report), ns per op:\n"
     )?;
     for row in rows {
         let parts: Vec<String> = row
