@@ -103,9 +103,12 @@ fn walk_path<R: WalkReads>(o: &KernelOffsets, path_ptr: u64, base: usize) -> Opt
     };
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
+    // Volatile: two zero stores in a row compile to a call of the BPF
+    // target's byte-wise `memset` (a first access 33 ns less without it:
+    // `bench-ab --workload distinct`, 16 rounds).
     unsafe {
-        (*scratch).walk_pos = 0;
-        (*scratch).walk_bind_at = 0;
+        core::ptr::write_volatile(&mut (*scratch).walk_pos, 0);
+        core::ptr::write_volatile(&mut (*scratch).walk_bind_at, 0);
     }
     let ctx: *mut c_void = (&mut state as *mut WalkState).cast();
     if R::PLAIN_LOOP {
