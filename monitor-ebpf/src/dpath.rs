@@ -13,11 +13,11 @@
 //! RET here): a first access of a file four directories down cost 88, 100
 //! and 114 ns less (`bench-ab --workload distinct`, 16, 8 and 16 rounds),
 //! for 7,600 more verified instructions (the syscall hook's 55 k to 63 k;
-//! starts alternated 6 times: medians 376 and 362 ms). With probe reads
+//! starts alternated 6 times: medians 376 and 365 ms). With probe reads
 //! (`dpath_walk`, the exec hooks') the steps stay under `bpf_loop`, whose
 //! step the verifier checks once: both walks as plain loops verified
 //! 90 k instructions more than under `bpf_loop` and took 120 ms more per
-//! start, 82 k of them in the exec hooks.
+//! start, 80 k of them in the exec hooks.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
