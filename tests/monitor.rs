@@ -432,6 +432,77 @@ fn odd_paths_are_escaped_or_marked_never_dropped() {
     );
 }
 
+/// A file more directories down than the kernel's walk takes steps
+/// (`MAX_DIR_DEPTH`, 48): the walk stops, and the alert says its path is
+/// cut short instead of passing a partial path off as whole. A hostile
+/// action could nest its way past the walk; it gets a marked alert. The
+/// same action's file 40 levels down (under the limit) is the positive
+/// control: resolved whole, not marked.
+#[test]
+fn a_file_deeper_than_the_walk_is_marked_truncated() {
+    require_root();
+    let parent = test_parent("deep");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("deep-1");
+    daemon.declare(&action.path, "//pkg:deep", "Genrule", &[], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "import os, sys\n\
+        base = sys.argv[1]\n\
+        for levels, leaf in ((40, 'shallow.txt'), (60, 'deep.txt')):\n\
+        \x20   d = base + '/' + leaf[:-4] + '/d' * levels\n\
+        \x20   os.makedirs(d)\n\
+        \x20   os.chdir(d)\n\
+        \x20   open(leaf, 'wb').close()\n";
+    run_ok_in(
+        &action.path,
+        &mut python(script, &[tmp.path().to_str().unwrap()]),
+    );
+    let on_leaf = |alerts: &[serde_json::Value], leaf: &str| -> Vec<serde_json::Value> {
+        alerts
+            .iter()
+            .filter(|a| {
+                a["file"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("/{leaf}")))
+            })
+            .cloned()
+            .collect()
+    };
+    daemon.wait_for_alerts("both leaves' alerts", |a| {
+        !on_leaf(a, "shallow.txt").is_empty() && !on_leaf(a, "deep.txt").is_empty()
+    });
+    let (_, alerts, _) = daemon.stop();
+    let shallow = format!(
+        "{}/shallow{}/shallow.txt",
+        tmp.path().display(),
+        "/d".repeat(40)
+    );
+    let shallow_alerts = on_leaf(&alerts, "shallow.txt");
+    assert_eq!(shallow_alerts[0]["file"]["path"], shallow.as_str());
+    assert!(
+        !shallow_alerts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncated"),
+        "{}",
+        shallow_alerts[0]["message"]
+    );
+    let deep_alerts = on_leaf(&alerts, "deep.txt");
+    let deep_path = deep_alerts[0]["file"]["path"].as_str().unwrap();
+    assert!(
+        !deep_path.contains(&tmp.path().display().to_string()),
+        "a walk past its steps cannot reach the top: {deep_path}"
+    );
+    assert!(
+        deep_alerts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncated"),
+        "{}",
+        deep_alerts[0]["message"]
+    );
+}
+
 #[test]
 fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     require_root();
