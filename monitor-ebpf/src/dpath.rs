@@ -266,7 +266,7 @@ pub fn walk_dir<R: WalkReads>(
 }
 
 /// How the walk reads the structures it crosses. Every value is a plain
-/// number (the walk keeps them across `bpf_loop` steps).
+/// number (the walk keeps them from one step to the next).
 pub trait WalkReads {
     /// Whether the walk's steps run in a plain loop (else in `bpf_loop`).
     const PLAIN_LOOP: bool;
