@@ -698,6 +698,9 @@ pub struct KernelOffsets {
     /// v2 (`escapes.rs`: a child created straight into another cgroup).
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
+    /// `task_struct.comm`: read with two typed loads by the BTF
+    /// tracepoint (`bpf_get_current_comm` is a call and a copy loop).
+    pub task_comm: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit
@@ -815,11 +818,12 @@ pub const BTF_ID_WORD_SLOT: &str = "BTF_ID_WORD_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 30] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 31] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
         ("OFF_TASK_TGID", o.task_tgid),
+        ("OFF_TASK_COMM", o.task_comm),
         ("OFF_TASK_NSPROXY", o.task_nsproxy),
         ("OFF_NSPROXY_NET_NS", o.nsproxy_net_ns),
         ("OFF_NET_NS_INUM", o.net_ns_inum),

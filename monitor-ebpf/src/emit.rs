@@ -3,6 +3,8 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    macros::map,
+    maps::PerCpuArray,
 };
 use monitor_common::{COMM_LEN, EventHeader, LOST_RINGBUF_FULL, Settings};
 
@@ -15,6 +17,14 @@ use crate::{
 /// tracepoint).
 #[inline(always)]
 pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
+    fill_header_but_comm(h, kind, m, ppid);
+    helper_comm(&mut h.comm);
+}
+
+/// As `fill_header`, all but `comm`, which the caller fills (the BTF
+/// tracepoint's file report with typed loads: `object::Reader::comm`).
+#[inline(always)]
+pub fn fill_header_but_comm(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     let pid_tgid = m.pid_tgid;
 
     h.kind = kind;
@@ -29,11 +39,15 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
     h.tid = pid_tgid as u32;
     h.ppid = ppid;
     h.scope = m.scope;
-    // Straight into the header: the helper pads with NULs (and zeroes the
-    // buffer on failure), so no zeroed copy first (the BPF target's memset
-    // is a byte loop).
+}
+
+/// The current task's name with `bpf_get_current_comm`, straight into
+/// `comm`: the helper pads with NULs (and zeroes the buffer on failure),
+/// so no zeroed copy first (the BPF target's memset is a byte loop).
+#[inline(always)]
+pub fn helper_comm(comm: &mut [u8; COMM_LEN]) {
     // SAFETY: `comm` is COMM_LEN writable bytes.
-    unsafe { bpf_get_current_comm(h.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
 /// Zeroes each field named with a volatile store: runs of plain zero stores
@@ -76,9 +90,9 @@ fn zero_words<T>(p: *mut T) {
 }
 
 /// Copies `len` bytes at `data` into the ring buffer without waking the
-/// reader, except for the event that makes the waiting data cross
-/// `wakeup_threshold`; the reader also drains on its own short timer. A full
-/// ring is counted, never silent.
+/// reader, except when `reader_due` says the waiting data has reached
+/// `wakeup_threshold`; the reader also drains on its own short timer. A
+/// full ring is counted, never silent.
 #[inline(always)]
 pub fn submit(settings: &Settings, data: *const u8, len: usize) {
     submit_with(settings, data, len, false);
@@ -88,14 +102,7 @@ pub fn submit(settings: &Settings, data: *const u8, len: usize) {
 /// must act on while the process still exists).
 #[inline(always)]
 pub fn submit_with(settings: &Settings, data: *const u8, len: usize, urgent: bool) {
-    // Wake the reader once, when this event makes the waiting data cross the
-    // threshold: waking it for every event above the threshold costs more
-    // than the syscall itself while the reader catches up (measured: ~7 µs
-    // per open with the reader stopped), and it drains on its timer anyway.
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let threshold = settings.wakeup_threshold;
-    let crossing = waiting < threshold && waiting + len as u64 >= threshold;
-    let flags = if urgent || crossing {
+    let flags = if urgent || reader_due(settings, len as u64) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -105,4 +112,48 @@ pub fn submit_with(settings: &Settings, data: *const u8, len: usize, urgent: boo
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
+}
+
+/// Bytes a CPU submits between two questions to the ring: a 32nd of the
+/// default threshold (2 MiB), a few hundred file events.
+const ASK_EVERY_BYTES: u64 = 64 * 1024;
+
+/// Bytes this CPU submitted since it last asked the ring how much waits.
+#[map]
+static UNASKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether to wake the reader for an event of `len` bytes: once this CPU
+/// has submitted `ASK_EVERY_BYTES` since it last asked, it asks the ring
+/// how much data waits (`bpf_ringbuf_query`, a helper call: about 36 ns
+/// of every event in a perf profile), and wakes the reader when that
+/// reaches the threshold. So a reader that keeps up is never woken, and
+/// one that has fallen behind is woken about once per `ASK_EVERY_BYTES`
+/// per CPU (waking it for every event above the threshold costs more than
+/// the syscall itself while it catches up: ~7 µs per open with the reader
+/// stopped). Data below the threshold waits for the reader's timer either
+/// way.
+#[inline(always)]
+fn reader_due(settings: &Settings, len: u64) -> bool {
+    let Some(unasked) = UNASKED.get_ptr_mut(0) else {
+        return waiting_reaches(settings, len);
+    };
+    // SAFETY: this CPU's value; a program on this CPU runs to its end
+    // before another starts here (migration disabled), bar an interrupt's
+    // program, whose update may be lost: a question asked later, no more.
+    unsafe {
+        let since = *unasked + len;
+        if since < ASK_EVERY_BYTES {
+            *unasked = since;
+            return false;
+        }
+        *unasked = 0;
+    }
+    waiting_reaches(settings, len)
+}
+
+/// Whether the data waiting in the ring, with `len` more, reaches the
+/// wakeup threshold.
+#[inline(always)]
+fn waiting_reaches(settings: &Settings, len: u64) -> bool {
+    EVENTS.query(BPF_RB_AVAIL_DATA as u64) + len >= settings.wakeup_threshold
 }

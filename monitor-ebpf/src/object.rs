@@ -10,7 +10,7 @@
 //! reads instead of 7 on every monitored open, repeats included); the super
 //! block's, one more, only for a first access's description. A field the
 //! window does not hold on some kernel is read on its own.
-use monitor_common::{FileEvent, KernelOffsets, PROC_SUPER_MAGIC};
+use monitor_common::{COMM_LEN, FileEvent, KernelOffsets, PROC_SUPER_MAGIC};
 
 use crate::{
     offsets::{
@@ -135,6 +135,8 @@ pub trait Reader: crate::dpath::WalkReads {
     /// `files::report`'s name report, as the BPF global function for
     /// these reads.
     fn report_name(ret: u64);
+    /// The current task's name, NUL-padded, into `comm`.
+    fn comm(comm: &mut [u8; COMM_LEN]);
 }
 
 /// Any program type: a probe read of the first `WINDOW` bytes of the file
@@ -158,6 +160,11 @@ impl Reader for Copied {
     #[inline(always)]
     fn parent_tgid() -> u32 {
         crate::task::parent_tgid()
+    }
+
+    #[inline(always)]
+    fn comm(comm: &mut [u8; COMM_LEN]) {
+        crate::emit::helper_comm(comm);
     }
 
     #[inline(always)]
@@ -214,6 +221,11 @@ impl Reader for Typed {
     #[inline(always)]
     fn parent_tgid() -> u32 {
         crate::task::parent_tgid_cast()
+    }
+
+    #[inline(always)]
+    fn comm(comm: &mut [u8; COMM_LEN]) {
+        crate::task::comm_cast(comm);
     }
 
     #[inline(always)]

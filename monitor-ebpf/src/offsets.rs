@@ -20,6 +20,7 @@ load_time_offsets!(
     OFF_TASK_FILES,
     OFF_TASK_REAL_PARENT,
     OFF_TASK_TGID,
+    OFF_TASK_COMM,
     OFF_TASK_NSPROXY,
     OFF_NSPROXY_NET_NS,
     OFF_NET_NS_INUM,

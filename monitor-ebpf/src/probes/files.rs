@@ -25,7 +25,7 @@ use monitor_common::{
 use crate::{
     allowed,
     dpath::walk_dir,
-    emit::{fill_header, submit},
+    emit::{fill_header_but_comm, submit},
     filter::Match,
     maps::{HOST_ROOT_DENTRY, NAME_CALL, SCRATCH, SETTINGS, Scratch},
     object::{self, Copied, Reader, Typed},
@@ -188,7 +188,7 @@ pub fn report<R: Reader>(
     let ppid = R::parent_tgid();
     let mut hflags = FLAG_OBJECT;
     let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
-    fill_fields(&mut scratch.event, m, args, ret, ppid);
+    fill_fields::<R>(&mut scratch.event, m, args, ret, ppid);
     if tracked {
         let (ev, key) = (&mut scratch.event, &scratch.seen.key);
         hflags |= FLAG_TRACKED;
@@ -251,7 +251,7 @@ fn report_name<R: Reader>(ret: i64) -> Option<()> {
     if name.folded {
         return Some(());
     }
-    fill_fields(&mut scratch.event, m, args, ret, ppid);
+    fill_fields::<R>(&mut scratch.event, m, args, ret, ppid);
     let walk_from = if name.relative {
         Some(name.base)
     } else if path_len > 0 {
@@ -287,8 +287,9 @@ fn finish<R: Reader>(
 
 /// The header and the call's own fields, the identity cleared.
 #[inline(always)]
-fn fill_fields(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64, ppid: u32) {
-    fill_header(&mut ev.header, EventKind::FileOpen as u32, m, ppid);
+fn fill_fields<R: Reader>(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64, ppid: u32) {
+    fill_header_but_comm(&mut ev.header, EventKind::FileOpen as u32, m, ppid);
+    R::comm(&mut ev.header.comm);
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;
     ev.open_flags = args.flags;
