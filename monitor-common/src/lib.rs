@@ -701,6 +701,8 @@ pub struct KernelOffsets {
     /// `task_struct.comm`: read with two typed loads by the BTF
     /// tracepoint (`bpf_get_current_comm` is a call and a copy loop).
     pub task_comm: u32,
+    /// `task_struct.pid` (the thread id), for the same typed loads.
+    pub task_pid: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit
@@ -818,12 +820,19 @@ pub const BTF_ID_WORD_SLOT: &str = "BTF_ID_WORD_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 31] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 38] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
         ("OFF_TASK_TGID", o.task_tgid),
         ("OFF_TASK_COMM", o.task_comm),
+        ("OFF_TASK_PID", o.task_pid),
+        ("OFF_TASK_CGROUPS", o.task_cgroups),
+        ("OFF_CSS_SET_DFL_CGRP", o.css_set_dfl_cgrp),
+        ("OFF_CGROUP_LEVEL", o.cgroup_level),
+        ("OFF_CGROUP_ANCESTORS", o.cgroup_ancestors),
+        ("OFF_CGROUP_KN", o.cgroup_kn),
+        ("OFF_KERNFS_NODE_ID", o.kernfs_node_id),
         ("OFF_TASK_NSPROXY", o.task_nsproxy),
         ("OFF_NSPROXY_NET_NS", o.nsproxy_net_ns),
         ("OFF_NET_NS_INUM", o.net_ns_inum),

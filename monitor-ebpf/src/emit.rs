@@ -17,14 +17,22 @@ use crate::{
 /// tracepoint).
 #[inline(always)]
 pub fn fill_header(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
-    fill_header_but_comm(h, kind, m, ppid);
+    fill_header_but_comm(h, kind, m, ppid, crate::filter::grandchild(m));
     helper_comm(&mut h.comm);
 }
 
-/// As `fill_header`, all but `comm`, which the caller fills (the BTF
-/// tracepoint's file report with typed loads: `object::Reader::comm`).
+/// As `fill_header`, all but `comm`, which the caller fills, with the
+/// ancestor two levels below the scope it looked up (`filter::grandchild`'s
+/// answer): the BTF tracepoint's file report reads both with typed loads
+/// (`object::Reader::comm`, `Reader::ancestor_cgroup_id`).
 #[inline(always)]
-pub fn fill_header_but_comm(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32) {
+pub fn fill_header_but_comm(
+    h: &mut EventHeader,
+    kind: u32,
+    m: &Match,
+    ppid: u32,
+    grandchild_cgroup_id: u64,
+) {
     let pid_tgid = m.pid_tgid;
 
     h.kind = kind;
@@ -33,7 +41,7 @@ pub fn fill_header_but_comm(h: &mut EventHeader, kind: u32, m: &Match, ppid: u32
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.action_cgroup_id = m.action_cgroup_id;
     h.child_cgroup_id = m.child_cgroup_id;
-    h.grandchild_cgroup_id = crate::filter::grandchild(m);
+    h.grandchild_cgroup_id = grandchild_cgroup_id;
     h.launcher = m.launcher;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;

@@ -137,6 +137,10 @@ pub trait Reader: crate::dpath::WalkReads {
     fn report_name(ret: u64);
     /// The current task's name, NUL-padded, into `comm`.
     fn comm(comm: &mut [u8; COMM_LEN]);
+    /// `bpf_get_current_pid_tgid()`.
+    fn pid_tgid() -> u64;
+    /// `bpf_get_current_ancestor_cgroup_id(level)`.
+    fn ancestor_cgroup_id(level: u64) -> u64;
 }
 
 /// Any program type: a probe read of the first `WINDOW` bytes of the file
@@ -165,6 +169,17 @@ impl Reader for Copied {
     #[inline(always)]
     fn comm(comm: &mut [u8; COMM_LEN]) {
         crate::emit::helper_comm(comm);
+    }
+
+    #[inline(always)]
+    fn pid_tgid() -> u64 {
+        aya_ebpf::helpers::bpf_get_current_pid_tgid()
+    }
+
+    #[inline(always)]
+    fn ancestor_cgroup_id(level: u64) -> u64 {
+        // SAFETY: plain helper call; a level deeper than the task's gives 0.
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(level as i32) }
     }
 
     #[inline(always)]
@@ -226,6 +241,16 @@ impl Reader for Typed {
     #[inline(always)]
     fn comm(comm: &mut [u8; COMM_LEN]) {
         crate::task::comm_cast(comm);
+    }
+
+    #[inline(always)]
+    fn pid_tgid() -> u64 {
+        crate::task::pid_tgid_cast()
+    }
+
+    #[inline(always)]
+    fn ancestor_cgroup_id(level: u64) -> u64 {
+        crate::task::ancestor_cgroup_id_cast(level)
     }
 
     #[inline(always)]

@@ -4,7 +4,9 @@ use monitor_common::{COMM_LEN, KernelOffsets};
 
 use crate::offsets::{
     self, OFF_FDTABLE_FD, OFF_FDTABLE_MAX_FDS, OFF_FILES_FDT, OFF_NET_NS_INUM, OFF_NSPROXY_NET_NS,
-    OFF_TASK_COMM, OFF_TASK_FILES, OFF_TASK_NSPROXY, OFF_TASK_REAL_PARENT, OFF_TASK_TGID,
+    OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL, OFF_CSS_SET_DFL_CGRP, OFF_KERNFS_NODE_ID,
+    OFF_TASK_CGROUPS, OFF_TASK_COMM, OFF_TASK_FILES, OFF_TASK_NSPROXY, OFF_TASK_PID,
+    OFF_TASK_REAL_PARENT, OFF_TASK_TGID,
 };
 
 /// Reads a `T` at `base + offset` in kernel memory; 0-filled on failure.
@@ -63,6 +65,44 @@ pub fn comm_cast(comm: &mut [u8; COMM_LEN]) {
         core::ptr::write_volatile(to, words[0]);
         core::ptr::write_volatile(to.add(1), words[1] & !(0xff << 56));
     }
+}
+
+/// `bpf_get_current_pid_tgid()` as two typed loads from the cast task (the
+/// helper is a call the JIT does not inline). The BTF tracepoint's reads
+/// only.
+#[inline(always)]
+pub fn pid_tgid_cast() -> u64 {
+    let task = crate::kfunc::current_task();
+    let pid: u32 = load(task, offsets::get(&OFF_TASK_PID) as usize);
+    let tgid: u32 = load(task, offsets::get(&OFF_TASK_TGID) as usize);
+    (u64::from(tgid) << 32) | u64::from(pid)
+}
+
+/// `bpf_get_current_ancestor_cgroup_id(level)` with loads: the task's
+/// cgroup v2 (`cgroups->dfl_cgrp`) as typed loads, its ancestor at
+/// `level` and that one's id as words (`kfunc::word_at`: the index is
+/// known only at run time); 0 for a level deeper than the task's cgroup,
+/// as the helper. The BTF tracepoint's reads only.
+#[inline(always)]
+pub fn ancestor_cgroup_id_cast(level: u64) -> u64 {
+    use crate::kfunc::word_at;
+    let task = crate::kfunc::current_task();
+    let cset: *const u8 = load(task, offsets::get(&OFF_TASK_CGROUPS) as usize);
+    let cgrp: *const u8 = load(cset, offsets::get(&OFF_CSS_SET_DFL_CGRP) as usize);
+    let own_level: i32 = load(cgrp, offsets::get(&OFF_CGROUP_LEVEL) as usize);
+    if cgrp.is_null() || own_level < 0 || level > own_level as u64 {
+        return 0;
+    }
+    let slot = cgrp as u64 + u64::from(offsets::get(&OFF_CGROUP_ANCESTORS)) + 8 * level;
+    let ancestor = word_at(slot);
+    if ancestor == 0 {
+        return 0;
+    }
+    let kn = word_at(ancestor + u64::from(offsets::get(&OFF_CGROUP_KN)));
+    if kn == 0 {
+        return 0;
+    }
+    word_at(kn + u64::from(offsets::get(&OFF_KERNFS_NODE_ID)))
 }
 
 #[inline(always)]

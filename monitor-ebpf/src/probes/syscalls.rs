@@ -4,7 +4,6 @@
 //! io_uring set-ups go on to their family's module. A monitored task's 32-bit (compat) syscalls
 //! are translated to native ones first (`compat.rs`).
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -117,7 +116,7 @@ fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     if !native && !compat::in_compat_syscall() {
         return None;
     }
-    let m = verdicts::task_action(settings, bpf_get_current_pid_tgid())?;
+    let m = verdicts::task_action(settings, R::Objects::pid_tgid())?;
     // Every watched number means something else in the other ABI (native
     // openat is ia32 remap_file_pages): the ABI decides, for each call.
     let (nr, args) = if !native || compat::in_compat_syscall() {

@@ -754,6 +754,7 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         task_real_parent: off("task_struct", "real_parent")?,
         task_tgid: off("task_struct", "tgid")?,
         task_comm: off("task_struct", "comm")?,
+        task_pid: off("task_struct", "pid")?,
         task_fs: off("task_struct", "fs")?,
         task_files: off("task_struct", "files")?,
         task_mm: off("task_struct", "mm")?,
