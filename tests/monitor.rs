@@ -503,6 +503,62 @@ fn a_file_deeper_than_the_walk_is_marked_truncated() {
     );
 }
 
+/// The BTF walk copies a name kept inline in its dentry (under 40 bytes)
+/// with word loads, a longer one with the helper: names of every length
+/// around the words' and the inline buffer's edges, and non-UTF-8 bytes,
+/// come back whole and in order.
+#[test]
+fn names_of_every_length_are_walked_whole() {
+    require_root();
+    let parent = test_parent("names");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("names-1");
+    daemon.declare(&action.path, "//pkg:names", "Genrule", &[], "");
+    let tmp = tempfile::tempdir().unwrap();
+    let lengths = [1, 7, 8, 9, 31, 32, 33, 39, 40, 41, 47, 100, 255];
+    let script = "import os, sys\n\
+        d = os.fsencode(sys.argv[1])\n\
+        for n in (1, 7, 8, 9, 31, 32, 33, 39, 40, 41, 47, 100, 255):\n\
+        \x20   name = bytes((97 + (n + i) % 26) for i in range(n - 1)) + b'\\xff'\n\
+        \x20   d = d + b'/' + name\n\
+        \x20   os.mkdir(d)\n\
+        os.chdir(d)\n\
+        open(b'leaf-' + b'y' * 33, 'wb').close()\n";
+    run_ok_in(
+        &action.path,
+        &mut python(script, &[tmp.path().to_str().unwrap()]),
+    );
+    // As alerts print them: a byte that is not UTF-8 as `\xff`.
+    let mut want = tmp.path().display().to_string();
+    for n in lengths {
+        want.push('/');
+        want.extend((0..n - 1).map(|i| char::from(b'a' + ((n + i) % 26) as u8)));
+        want.push_str("\\xff");
+    }
+    want.push_str(&format!("/leaf-{}", "y".repeat(33)));
+    let leaf = format!("/leaf-{}", "y".repeat(33));
+    let on_leaf = |alerts: &[serde_json::Value]| {
+        alerts
+            .iter()
+            .find(|a| {
+                a["file"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&leaf))
+            })
+            .cloned()
+    };
+    daemon.wait_for_alerts("the leaf's alert", |a| on_leaf(a).is_some());
+    let (_, alerts, _) = daemon.stop();
+    let alert = on_leaf(&alerts).unwrap();
+    let path = alert["file"]["path"].as_str().unwrap();
+    assert_eq!(path, want);
+    assert!(
+        !alert["message"].as_str().unwrap().contains("truncated"),
+        "{}",
+        alert["message"]
+    );
+}
+
 #[test]
 fn monitor_exec_reports_egress_of_the_whole_command_and_exits_1() {
     require_root();

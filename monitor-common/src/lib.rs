@@ -703,6 +703,9 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     /// `task_struct.pid` (the thread id), for the same typed loads.
     pub task_pid: u32,
+    /// `dentry.d_shortname` (`d_iname` before 6.14): where a short name
+    /// is kept inline, which the BTF tracepoint's walk copies with loads.
+    pub dentry_inline_name: u32,
 }
 
 /// x86_64 `task_struct.thread_info.status` (`TS_COMPAT` while a 32-bit
@@ -820,7 +823,7 @@ pub const BTF_ID_WORD_SLOT: &str = "BTF_ID_WORD_SLOT";
 /// globals of these names, `monitor-ebpf/src/offsets.rs`), with their
 /// values on the kernel `o` describes.
 #[cfg(feature = "user")]
-pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 38] {
+pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 39] {
     [
         ("OFF_TASK_FILES", o.task_files),
         ("OFF_TASK_REAL_PARENT", o.task_real_parent),
@@ -854,6 +857,7 @@ pub fn load_time_offsets(o: &KernelOffsets) -> [(&'static str, u32); 38] {
         ("OFF_DENTRY_PARENT", o.dentry_parent),
         ("OFF_DENTRY_INODE", o.dentry_inode),
         ("OFF_DENTRY_NAME_NAME", o.dentry_name + o.qstr_name),
+        ("OFF_DENTRY_INLINE_NAME", o.dentry_inline_name),
         ("OFF_MOUNT_PARENT", o.mount_parent),
         ("OFF_MOUNT_MOUNTPOINT", o.mount_mountpoint),
         ("OFF_MOUNT_MNT_NS", o.mount_mnt_ns),

@@ -31,8 +31,8 @@ use crate::{
     maps::{SCRATCH, SETTINGS},
     object::{Copied, Typed},
     offsets::{
-        OFF_DENTRY_NAME_NAME, OFF_DENTRY_PARENT, OFF_MNT_NS_ID, OFF_MOUNT_MNT_NS,
-        OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_PATH_DENTRY, OFF_PATH_MNT,
+        OFF_DENTRY_INLINE_NAME, OFF_DENTRY_NAME_NAME, OFF_DENTRY_PARENT, OFF_MNT_NS_ID,
+        OFF_MOUNT_MNT_NS, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_PATH_DENTRY, OFF_PATH_MNT,
         OFF_VFSMOUNT_MNT_FLAGS, OFF_VFSMOUNT_ROOT, get,
     },
     task::read,
@@ -227,11 +227,7 @@ fn step_inline<R: WalkReads>(ctx: *mut c_void) -> i64 {
     // so at most NAME_CAPACITY bytes from there stay inside `data`.
     let n = unsafe {
         let data = (*scratch).data.as_mut_ptr();
-        bpf_probe_read_kernel_str(
-            data.add(base + (pos & (DIR_CAPACITY - 1))).cast(),
-            NAME_CAPACITY as u32,
-            name as *const _,
-        )
+        R::copy_name(s.dentry, name, data.add(base + (pos & (DIR_CAPACITY - 1))))
     };
     if n <= 0 {
         s.status = FAILED;
@@ -278,6 +274,18 @@ pub trait WalkReads {
     fn mount_up(o: &KernelOffsets, mount: u64) -> (u64, u64);
     /// `dentry.d_parent` and the address of the name, `d_name.name`.
     fn dentry_up(o: &KernelOffsets, dentry: u64) -> (u64, u64);
+    /// Copies `dentry`'s name, at `name`, NUL-terminated to `to` (room for
+    /// `NAME_CAPACITY` bytes); returns the bytes written with the NUL, or
+    /// a negative error.
+    ///
+    /// # Safety
+    /// `to` must have `NAME_CAPACITY` writable bytes.
+    #[inline(always)]
+    unsafe fn copy_name(dentry: u64, name: u64, to: *mut u8) -> i64 {
+        let _ = dentry;
+        // SAFETY: the caller's room; the helper checks the source.
+        unsafe { bpf_probe_read_kernel_str(to.cast(), NAME_CAPACITY as u32, name as *const _) }
+    }
     /// `mount.mnt_ns` and `vfsmount.mnt_flags`.
     fn top(o: &KernelOffsets, mount: u64, vfsmnt: u64) -> (u64, i32);
     /// A mount namespace's id (0: anonymous).
@@ -332,6 +340,11 @@ impl WalkReads for Copied {
     }
 }
 
+/// Words of a dentry's inline name copied (`DNAME_INLINE_LEN`, 40 bytes
+/// since 6.14 and 32 before: a name shorter than it is inline; on older
+/// kernels the last word read is the next field's, past the NUL).
+const INLINE_WORDS: usize = 5;
+
 /// Plain loads of each word at its address (`kfunc::word_at`): every
 /// pointer read is a plain number at once, with no helper call but the
 /// name's copy.
@@ -365,6 +378,38 @@ impl WalkReads for Typed {
             word_at(dentry + off(&OFF_DENTRY_PARENT)),
             word_at(dentry + off(&OFF_DENTRY_NAME_NAME)),
         )
+    }
+
+    /// A name kept inline in the dentry (short: most are) is copied as
+    /// `INLINE_WORDS` loads and stores, its length from `d_name`, instead
+    /// of by `bpf_probe_read_kernel_str`, a call and a byte loop: the names
+    /// of a walk four directories deep took about 100 ns of a first access
+    /// in a perf profile. Bytes past the NUL are left as the copy made
+    /// them: the walk's next name starts at the NUL's next byte, and the
+    /// event carries only the walk's length. A longer name, kept apart,
+    /// goes through the helper.
+    #[inline(always)]
+    unsafe fn copy_name(dentry: u64, name: u64, to: *mut u8) -> i64 {
+        let inline = dentry + off(&OFF_DENTRY_INLINE_NAME);
+        // `d_name.hash_len`, just before `d_name.name`: the length is its
+        // high half.
+        let len = word_at(dentry + off(&OFF_DENTRY_NAME_NAME) - 8) >> 32;
+        if name != inline || len == 0 || len >= INLINE_WORDS as u64 * 8 {
+            // SAFETY: the caller's room; the helper checks the source.
+            return unsafe {
+                bpf_probe_read_kernel_str(to.cast(), NAME_CAPACITY as u32, name as *const _)
+            };
+        }
+        let to_words = to.cast::<u64>();
+        for i in 0..INLINE_WORDS {
+            // SAFETY: INLINE_WORDS * 8 < NAME_CAPACITY bytes of the caller's
+            // room (map memory, where the verifier takes unaligned stores).
+            unsafe { core::ptr::write_volatile(to_words.add(i), word_at(inline + 8 * i as u64)) };
+        }
+        // A name renamed while it was copied may have no NUL of its own.
+        // SAFETY: len < INLINE_WORDS * 8, inside the caller's room.
+        unsafe { core::ptr::write_volatile(to.add(len as usize), 0) };
+        len as i64 + 1
     }
 
     #[inline(always)]

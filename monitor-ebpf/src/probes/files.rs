@@ -289,7 +289,13 @@ fn finish<R: Reader>(
 #[inline(always)]
 fn fill_fields<R: Reader>(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i64, ppid: u32) {
     let grandchild = R::ancestor_cgroup_id(m.grandchild_level);
-    fill_header_but_comm(&mut ev.header, EventKind::FileOpen as u32, m, ppid, grandchild);
+    fill_header_but_comm(
+        &mut ev.header,
+        EventKind::FileOpen as u32,
+        m,
+        ppid,
+        grandchild,
+    );
     R::comm(&mut ev.header.comm);
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;

@@ -766,6 +766,7 @@ fn offsets_from(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         path_dentry: off("path", "dentry")?,
         dentry_parent: off("dentry", "d_parent")?,
         dentry_name: off("dentry", "d_name")?,
+        dentry_inline_name: off("dentry", "d_shortname").or_else(|_| off("dentry", "d_iname"))?,
         qstr_len: off("qstr", "len")?,
         qstr_name: off("qstr", "name")?,
         mount_mnt: off("mount", "mnt")?,
