@@ -129,8 +129,9 @@ fn next_sleep(last: Duration, drained: usize, interval: Duration) -> Duration {
 }
 
 /// The kernel's wakeups of the ring, edge-triggered: the reader sleeps
-/// until the kernel wakes it (a batch crossed the threshold, or an urgent
-/// event) or the drain interval ends, even while records are waiting. A
+/// until the kernel wakes it (the waiting data reached the threshold,
+/// seen by a CPU once per 64 KiB it submits, or an urgent event) or the
+/// drain interval ends, even while records are waiting. A
 /// level-triggered poll would return at once whenever one record is there,
 /// turning the reader into a busy loop beside the actions it watches.
 struct Wakeups {
