@@ -4,6 +4,7 @@ use std::{
     fs,
     io::Write as _,
     process::{Command, Stdio},
+    time::{Duration, SystemTime},
 };
 
 use monitor_integration_tests::*;
@@ -21,10 +22,12 @@ fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() 
     write(&undeclared, "secret");
     daemon.declare(&action.path, "//pkg:hello", "Genrule", &[&declared], "");
 
+    let before = SystemTime::now();
     run_ok_in(
         &action.path,
         Command::new("/usr/bin/cat").arg(&declared).arg(&undeclared),
     );
+    let after = SystemTime::now();
     daemon.wait_for_file_alert(&undeclared);
     daemon.wait_for_metric("build_monitor_alerts_total", &[("sink", "file")], 1.0);
     let metrics = daemon.metrics_text();
@@ -52,6 +55,7 @@ fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() 
     assert_eq!(a["file"]["flags"], "O_RDONLY");
     assert!(a["file"]["result"].as_i64().unwrap() >= 0);
     assert_eq!(a["verdict"], "observed");
+    assert_time_within(a, before, after);
     // cat's other opens (loader, libc, locale) are all under files.allow.
     assert_eq!(alerts.len(), 1, "unexpected extra alerts: {alerts:#?}");
 
@@ -81,6 +85,22 @@ fn declared_file_is_quiet_and_undeclared_file_alerts_with_label_comm_and_path() 
     assert_eq!(
         metric(&metrics, "build_monitor_alerts_total", &[("sink", "file")]),
         1.0
+    );
+}
+
+/// The alert's `time` is when the kernel saw the open: between `before`
+/// and `after`, less the one kernel tick a file event's time may be early
+/// (`emit::file_time`; 10 ms at `CONFIG_HZ=100`) and the millisecond the
+/// format cuts off.
+fn assert_time_within(alert: &serde_json::Value, before: SystemTime, after: SystemTime) {
+    let text = alert["time"].as_str().expect("alert without a time");
+    let time = humantime::parse_rfc3339(text).expect("alert time not RFC 3339");
+    let earliest = before - Duration::from_millis(11);
+    assert!(
+        earliest <= time && time <= after,
+        "alert time {text} outside {} .. {}",
+        humantime::format_rfc3339_millis(earliest),
+        humantime::format_rfc3339_millis(after)
     );
 }
 

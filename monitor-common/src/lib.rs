@@ -134,7 +134,9 @@ pub const FLAG_SEEN_BY_SOCK_HOOK: u32 = 1 << 6;
 pub struct EventHeader {
     pub kind: u32,
     pub flags: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC). A file open's is the clock
+    /// read of the CPU's current kernel tick (up to one tick early) unless
+    /// the task is in a persistent worker's tree (`emit::file_time`).
     pub ktime_ns: u64,
     /// The cgroup id of the action the task belongs to (the leaf itself or an
     /// ancestor), as the kernel filter matched it.

@@ -7,7 +7,9 @@
 //! kernel derives the action id itself, so a cgroup created a moment ago is
 //! monitored before userspace has even seen it.
 use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
-use monitor_common::{MAX_SCOPES, SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES, Settings};
+use monitor_common::{
+    MAX_SCOPES, SCOPE_BAZEL_SERVER, SCOPE_CHILDREN_ARE_ACTIONS, SCOPE_FILES, Settings,
+};
 
 use crate::{lineage, maps::SCOPES, workers};
 
@@ -133,9 +135,22 @@ pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         Some(m) => m,
         None => workers::lineage_match(settings, pid_tgid)?,
     };
-    m.launcher = lineage::launcher_of(tgid);
+    let entry = lineage::entry_of(tgid);
+    m.launcher = entry & !lineage::TIMED;
+    if entry & lineage::TIMED != 0 {
+        m.flags |= MATCH_TIMED;
+    }
     Some(m)
 }
+
+/// `Match::flags` bit, the kernel's own (no scope has it): the task is in a
+/// persistent worker's tree, so its file events carry their times
+/// (`lineage::TIMED`).
+pub const MATCH_TIMED: u32 = 1 << 31;
+const _: () = assert!(
+    MATCH_TIMED & (SCOPE_CHILDREN_ARE_ACTIONS | SCOPE_FILES | SCOPE_BAZEL_SERVER) == 0,
+    "a scope flag took the kernel's bit"
+);
 
 /// Network-only jobs: their files matter only inside a sandbox launcher's
 /// tree or in nested cgroups (Bazel's per-spawn scopes).

@@ -13,7 +13,8 @@ use monitor_common::{LOST_LINEAGE_FULL, MAX_LINEAGE};
 
 use crate::maps::count_lost;
 
-/// tgid of every process descending from a launcher → the launcher's tgid.
+/// tgid of every process descending from a launcher → its lineage entry:
+/// the launcher's tgid, with `TIMED` set in a persistent worker's tree.
 #[map]
 static LINEAGE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LINEAGE, 0);
 
@@ -21,9 +22,16 @@ static LINEAGE: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LINEAGE, 0);
 #[map]
 static LINEAGE_USED: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The launcher whose tree `tgid` is in, or 0.
+/// Bit of a lineage entry (never of a tgid: `pid_max` is at most 2^22): the
+/// tree is a persistent worker's, whose file events need their times
+/// (userspace tells the worker's requests apart by them). Everywhere else a
+/// file event goes without the clock read.
+pub const TIMED: u32 = 1 << 31;
+
+/// The lineage entry of `tgid`: its launcher's tgid, perhaps with `TIMED`;
+/// 0 when it is in no tree.
 #[inline(always)]
-pub fn launcher_of(tgid: u32) -> u32 {
+pub fn entry_of(tgid: u32) -> u32 {
     if LINEAGE_USED.get(0).is_none_or(|used| *used == 0) {
         return 0;
     }
@@ -31,8 +39,14 @@ pub fn launcher_of(tgid: u32) -> u32 {
     unsafe { LINEAGE.get(&tgid) }.copied().unwrap_or(0)
 }
 
-/// Puts `tgid` in `launcher`'s tree (a launcher inside a tree starts a new,
-/// innermost one).
+/// The launcher whose tree `tgid` is in, or 0.
+#[inline(always)]
+pub fn launcher_of(tgid: u32) -> u32 {
+    entry_of(tgid) & !TIMED
+}
+
+/// Puts `tgid` in the tree of the lineage entry `launcher` (a launcher
+/// inside a tree starts a new, innermost one).
 #[inline(always)]
 pub fn join(tgid: u32, launcher: u32) {
     if let Some(used) = LINEAGE_USED.get_ptr_mut(0) {

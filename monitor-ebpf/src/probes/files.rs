@@ -25,7 +25,7 @@ use monitor_common::{
 use crate::{
     allowed,
     dpath::walk_dir,
-    emit::{fill_header_but_comm, submit},
+    emit::{file_time, fill_header_but_comm, submit},
     filter::Match,
     maps::{HOST_ROOT_DENTRY, NAME_CALL, SCRATCH, SETTINGS, Scratch},
     object::{self, Copied, Reader, Typed},
@@ -296,6 +296,7 @@ fn fill_fields<R: Reader>(ev: &mut FileEvent, m: &Match, args: &OpenArgs, ret: i
         ppid,
         grandchild,
     );
+    ev.header.ktime_ns = file_time(m);
     R::comm(&mut ev.header.comm);
     ev.syscall = args.syscall;
     ev.dirfd = args.dirfd;

@@ -117,13 +117,15 @@ pub fn on_exec(settings: &Settings, m: &mut Match, tgid: u32) -> Option<()> {
     let ppid = parent_tgid();
 
     let worker_launch = workers::enabled(settings) && workers::first_exec_of_root(tgid);
-    let launcher = is_launcher(
+    let by_comm = is_launcher(
         settings,
         &aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
-    ) || is_persistent_worker(settings, mm, tgid);
+    );
+    let worker = is_persistent_worker(settings, mm, tgid, by_comm);
+    let launcher = by_comm || worker;
     if launcher {
         // A launcher inside a lineage starts a new, innermost action.
-        lineage::join(tgid, tgid);
+        lineage::join(tgid, if worker { tgid | lineage::TIMED } else { tgid });
         m.launcher = tgid;
     } else {
         // SAFETY: the value is copied out at once.
@@ -218,12 +220,14 @@ fn is_launcher(settings: &Settings, comm: &[u8; COMM_LEN]) -> bool {
 const PERSISTENT_WORKER_ARG: &[u8; 20] = b"--persistent_worker\0";
 
 /// A Bazel persistent worker (argv ends with `--persistent_worker`) started
-/// outside every lineage: it is an action of its own, like a launcher, so
-/// its files are reported (userspace splits them among the requests it
-/// served). Costs one 20-byte read per exec in a monitored job, only when
-/// sandbox launchers are configured.
-fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32) -> bool {
-    if settings.launcher_count == 0 || mm == 0 || lineage::launcher_of(tgid) != 0 {
+/// outside every lineage, or a launcher (`by_comm`) starting one: it is an
+/// action of its own, like a launcher, so its files are reported
+/// (userspace splits them among the requests it served, by time: its tree
+/// is `lineage::TIMED`, as userspace's `is_worker_argv` sees any launch).
+/// Costs one 20-byte read per exec in a monitored job, only when sandbox
+/// launchers are configured.
+fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32, by_comm: bool) -> bool {
+    if settings.launcher_count == 0 || mm == 0 || !by_comm && lineage::launcher_of(tgid) != 0 {
         return false;
     }
     let end: u64 = read(mm, settings.offsets.mm_arg_end);
@@ -251,9 +255,10 @@ pub fn on_fork(pid_tgid: u64, child_task: u64, settings: &Settings) {
         return;
     }
     escapes::on_fork(settings, pid_tgid, child_task, child_tgid);
-    let launcher = lineage::launcher_of(parent_tgid);
-    if launcher != 0 {
-        lineage::join(child_tgid, launcher);
+    // The entry, not just the launcher: a worker's children stay timed.
+    let entry = lineage::entry_of(parent_tgid);
+    if entry != 0 {
+        lineage::join(child_tgid, entry);
     }
 }
 
