@@ -224,8 +224,9 @@ const PERSISTENT_WORKER_ARG: &[u8; 20] = b"--persistent_worker\0";
 /// action of its own, like a launcher, so its files are reported
 /// (userspace splits them among the requests it served, by time: its tree
 /// is `lineage::TIMED`, as userspace's `is_worker_argv` sees any launch).
-/// Costs one 20-byte read per exec in a monitored job, only when sandbox
-/// launchers are configured.
+/// Costs one 20-byte read per exec in a monitored job outside every
+/// lineage and per launcher's exec, only when sandbox launchers are
+/// configured.
 fn is_persistent_worker(settings: &Settings, mm: u64, tgid: u32, by_comm: bool) -> bool {
     if settings.launcher_count == 0 || mm == 0 || !by_comm && lineage::launcher_of(tgid) != 0 {
         return false;
