@@ -136,7 +136,7 @@ pub fn task_action(settings: &Settings, pid_tgid: u64) -> Option<Match> {
         None => workers::lineage_match(settings, pid_tgid)?,
     };
     let entry = lineage::entry_of(tgid);
-    m.launcher = entry & !lineage::TIMED;
+    m.launcher = lineage::launcher(entry);
     if entry & lineage::TIMED != 0 {
         m.flags |= MATCH_TIMED;
     }

@@ -42,7 +42,13 @@ pub fn entry_of(tgid: u32) -> u32 {
 /// The launcher whose tree `tgid` is in, or 0.
 #[inline(always)]
 pub fn launcher_of(tgid: u32) -> u32 {
-    entry_of(tgid) & !TIMED
+    launcher(entry_of(tgid))
+}
+
+/// The launcher's tgid a lineage entry names (0 for none).
+#[inline(always)]
+pub fn launcher(entry: u32) -> u32 {
+    entry & !TIMED
 }
 
 /// Puts `tgid` in the tree of the lineage entry `launcher` (a launcher

@@ -9,7 +9,7 @@
 //! unix socket. IPv6 packets with extension headers before UDP are skipped.
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id, bpf_skb_load_bytes},
+    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
     maps::PerCpuArray,
     programs::SkBuffContext,
@@ -20,7 +20,7 @@ use monitor_common::{
 };
 
 use crate::{
-    emit::submit,
+    emit::{self, submit},
     maps::{SCOPES, SETTINGS},
 };
 
@@ -155,8 +155,7 @@ fn skb_action(ctx: &SkBuffContext, settings: &Settings, ev: &mut DnsEvent) -> Op
     let h = &mut ev.header;
     h.kind = EventKind::DnsAnswer as u32;
     h.flags = 0;
-    // SAFETY: plain helper call.
-    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.ktime_ns = emit::clock();
     h.action_cgroup_id = action;
     h.child_cgroup_id = ancestor(best_level + 1);
     h.grandchild_cgroup_id = ancestor(best_level + 2);
