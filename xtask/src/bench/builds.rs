@@ -39,10 +39,12 @@ pub struct BuildOptions {
     /// Time budget of the adaptive build series, in minutes.
     #[arg(long, default_value_t = 15)]
     pub build_minutes: u64,
-    /// Pairs of builds side by side, one CPU each (a log build beside a bare
-    /// one, `monitor exec` beside a log build, alternately) [default:
-    /// adaptive: at least 4 of each, then until each part's 95 % intervals
-    /// are within ±1 point, at most 30 or --side-by-side-minutes].
+    /// Pairs of builds side by side, one CPU each (`monitor exec` beside a
+    /// bare build every other pair; a log build beside a bare one and
+    /// `monitor exec` beside a log build in between) [default: adaptive:
+    /// at least 6 of the first kind and 2 of each other, then until the
+    /// first kind's 95 % intervals are within ±2 points, at most 40 or
+    /// --side-by-side-minutes].
     #[arg(long)]
     pub side_by_side_pairs: Option<usize>,
     /// Every third side-by-side pair two bare builds, one on each CPU: the
@@ -50,7 +52,7 @@ pub struct BuildOptions {
     #[arg(long)]
     pub side_by_side_control: bool,
     /// Time budget of the side-by-side series, in minutes.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 40)]
     pub side_by_side_minutes: u64,
     #[command(flatten)]
     pub workspace: workspace::WorkspaceSize,

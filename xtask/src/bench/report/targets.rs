@@ -121,12 +121,8 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let cpu: Vec<f64> = builds.triples.iter().map(|t| t.cpu_parts().2).collect();
     let side = builds.side_by_side.as_ref();
     let monitored = || {
-        let side_runs = side.map_or(&[][..], |s| &s.monitor_pairs[..]);
-        builds
-            .triples
-            .iter()
-            .map(|t| &t.monitored)
-            .chain(side_runs.iter().map(|p| &p.monitored))
+        let side_runs = side.into_iter().flat_map(|s| s.monitored_runs());
+        builds.triples.iter().map(|t| &t.monitored).chain(side_runs)
     };
     let lost: u64 = monitored().map(|m| m.lost).sum();
     let alerts: u64 = monitored().map(|m| m.violations).sum();
@@ -135,9 +131,10 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     if let Some((side_wall, side_cpu)) = side.and_then(|s| s.totals(floor)) {
         writeln!(
             md,
-            "* Real Bazel builds under +3 %, side by side (two builds at once, one CPU each; the \
-             execution log, the monitor and what a neighbour pays added up; met only when the \
-             total's whole interval lies under +3 %): wall {} : {}; CPU {} : {}.",
+            "* Real Bazel builds under +3 %, side by side (two builds at once, one CPU each: \
+             `monitor exec`, its execution log included, over the bare build beside it, plus what \
+             that neighbour paid, counted; met only when the total's whole interval lies under \
+             +3 %): wall {} : {}; CPU {} : {}.",
             side_wall.text(),
             limit_verdict(side_wall, "total"),
             side_cpu.text(),
