@@ -259,6 +259,9 @@ pub(crate) struct Runner<'a> {
 pub(crate) enum Cpu {
     Any,
     Only(usize),
+    /// Unpinned beside another build started at the same moment (no wait
+    /// for a quiet machine: the other build is the load).
+    Shared,
 }
 
 impl Cpu {
@@ -270,6 +273,7 @@ impl Cpu {
                 crate::util::pin_on_spawn(cmd, cpu);
                 Ok(())
             }
+            Cpu::Shared => Ok(()),
         }
     }
 }

@@ -18,6 +18,7 @@ use super::{
     workspace::{self, WorkspaceSize},
 };
 use crate::{
+    bench::stats,
     setup,
     util::{CgroupGuard, is_root, target_dir, workspace_root},
 };
@@ -34,6 +35,11 @@ pub struct FlagOptions {
     /// Pairs of builds (B over A, CPUs swapped every other pair).
     #[arg(long, default_value_t = 8)]
     pairs: usize,
+    /// Every other pair runs both builds unpinned, sharing both CPUs (the
+    /// scheduler moves them), to compare the method's noise with pinning:
+    /// use the same flags for A and B. Medians are given per placement.
+    #[arg(long)]
+    shared_every_other: bool,
     /// Also write the pairs and their medians here (Markdown).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -47,6 +53,8 @@ struct FlagPair {
     b: PlainRun,
     /// B ran on CPU 0.
     swapped: bool,
+    /// Both builds ran unpinned.
+    shared: bool,
 }
 
 pub fn run(options: FlagOptions) -> Result<()> {
@@ -73,11 +81,15 @@ pub fn run(options: FlagOptions) -> Result<()> {
     let mut pairs = Vec::new();
     for n in 0..options.pairs {
         super::wait_quiet_before_build()?;
-        let swapped = n % 2 == 1;
-        let (cpu_a, cpu_b) = if swapped { (1, 0) } else { (0, 1) };
+        let (swapped, shared) = placement(n, options.shared_every_other);
+        let (cpu_a, cpu_b) = match (shared, swapped) {
+            (true, _) => (Cpu::Shared, Cpu::Shared),
+            (false, true) => (Cpu::Only(1), Cpu::Only(0)),
+            (false, false) => (Cpu::Only(0), Cpu::Only(1)),
+        };
         let (a, b) = both(
-            || runner.plain_with(&a_flags, Cpu::Only(cpu_a)),
-            || runner.plain_with(&b_flags, Cpu::Only(cpu_b)),
+            || runner.plain_with(&a_flags, cpu_a),
+            || runner.plain_with(&b_flags, cpu_b),
         )
         .with_context(|| format!("pair {}", n + 1))?;
         runner.clean_all();
@@ -88,7 +100,12 @@ pub fn run(options: FlagOptions) -> Result<()> {
             a.cpu_s,
             b.cpu_s
         );
-        pairs.push(FlagPair { a, b, swapped });
+        pairs.push(FlagPair {
+            a,
+            b,
+            swapped,
+            shared,
+        });
     }
     let date = crate::bench::report::first_line(
         std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -100,13 +117,29 @@ pub fn run(options: FlagOptions) -> Result<()> {
          cgroup `usage_usec`. The interval is the median's distribution-free 95 % interval (the \
          range with fewer than 6 pairs).\n\n"
     );
-    let md = heading + &render(&options, &pairs)?;
+    let shared = match options.shared_every_other {
+        true => {
+            "Every other pair (`--shared-every-other`) runs both builds unpinned, sharing both \
+             CPUs.\n\n"
+        }
+        false => "",
+    };
+    let md = heading + shared + &render(&options, &pairs)?;
     print!("{md}");
     if let Some(path) = &options.output {
         let path = workspace_root().join(path);
         fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// (B on CPU 0, both unpinned) for pair `n`: pinned pairs swap CPUs every
+/// other pinned pair.
+fn placement(n: usize, shared_every_other: bool) -> (bool, bool) {
+    match shared_every_other {
+        true => (n % 4 == 2, n % 2 == 1),
+        false => (n % 2 == 1, false),
+    }
 }
 
 fn split(flags: &str) -> Vec<String> {
@@ -130,21 +163,40 @@ fn render(options: &FlagOptions, pairs: &[FlagPair]) -> Result<String> {
         let (wall, cpu) = over(&p.b, &p.a);
         writeln!(
             md,
-            "| {} | {:.1} | {:.1} | CPU {} | {wall:+.1} % | {cpu:+.1} % |",
+            "| {} | {:.1} | {:.1} | {} | {wall:+.1} % | {cpu:+.1} % |",
             n + 1,
             p.a.cpu_s,
             p.b.cpu_s,
-            if p.swapped { 0 } else { 1 }
+            match (p.shared, p.swapped) {
+                (true, _) => "both CPUs",
+                (false, true) => "CPU 0",
+                (false, false) => "CPU 1",
+            }
         )?;
     }
-    let (wall, cpu): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| over(&p.b, &p.a)).unzip();
-    writeln!(
-        md,
-        "\nB over A, median of {} pairs: wall {}, CPU {}\n",
-        pairs.len(),
-        Part::of(&wall).text(),
-        Part::of(&cpu).text()
-    )?;
+    writeln!(md)?;
+    // (name, shared): all pairs when none is shared, else each placement.
+    let groups: &[(&str, Option<bool>)] = match pairs.iter().any(|p| p.shared) {
+        true => &[(" pinned", Some(false)), (" unpinned", Some(true))],
+        false => &[("", None)],
+    };
+    for (which, shared) in groups {
+        let (wall, cpu): (Vec<f64>, Vec<f64>) = pairs
+            .iter()
+            .filter(|p| shared.is_none_or(|s| p.shared == s))
+            .map(|p| over(&p.b, &p.a))
+            .unzip();
+        let range = |v: &[f64]| format!("{:+.1} to {:+.1}", stats::min(v), stats::max(v));
+        writeln!(
+            md,
+            "B over A, median of {} pairs{which}: wall {} (pairs {}), CPU {} (pairs {})\n",
+            wall.len(),
+            Part::of(&wall).text(),
+            range(&wall),
+            Part::of(&cpu).text(),
+            range(&cpu)
+        )?;
+    }
     Ok(md)
 }
 
@@ -160,11 +212,23 @@ mod tests {
     }
 
     #[test]
+    fn shared_pairs_alternate_with_pinned_ones_that_swap() {
+        let placements: Vec<_> = (0..4).map(|n| placement(n, true)).collect();
+        assert_eq!(
+            placements,
+            [(false, false), (false, true), (true, false), (false, true)]
+        );
+        assert_eq!(placement(1, false), (true, false));
+        assert_eq!(placement(2, false), (false, false));
+    }
+
+    #[test]
     fn the_report_gives_each_pair_and_the_medians() {
         let options = FlagOptions {
             a: String::new(),
             b: "--x={log}".into(),
             pairs: 2,
+            shared_every_other: false,
             output: None,
             workspace: WorkspaceSize {
                 build_compiles: 1,
@@ -177,11 +241,13 @@ mod tests {
                 a: run(50.0),
                 b: run(51.0),
                 swapped: false,
+                shared: false,
             },
             FlagPair {
                 a: run(40.0),
                 b: run(41.2),
                 swapped: true,
+                shared: false,
             },
         ];
         let md = render(&options, &pairs).unwrap();
