@@ -51,6 +51,12 @@ pub struct BuildOptions {
     /// method's own noise (not part of the totals).
     #[arg(long)]
     pub side_by_side_control: bool,
+    /// Run both builds of each side-by-side pair unpinned, sharing both
+    /// CPUs (less noise between the builds, measured with `bench-flags
+    /// --shared-every-other`; a daemon then slows its neighbour too, so
+    /// judge its CPU time, not its wall time).
+    #[arg(long)]
+    pub side_by_side_unpinned: bool,
     /// Time budget of the side-by-side series, in minutes.
     #[arg(long, default_value_t = 40)]
     pub side_by_side_minutes: u64,

@@ -123,6 +123,8 @@ pub struct SideBySide {
     pub control_pairs: Vec<ControlPair>,
     pub outside: Option<Outside>,
     pub stop_reason: String,
+    /// `--side-by-side-unpinned`: both builds of a pair shared both CPUs.
+    pub unpinned: bool,
 }
 
 impl Outside {
@@ -330,6 +332,7 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
         control_pairs: Vec::new(),
         outside: None,
         stop_reason: String::new(),
+        unpinned: options.side_by_side_unpinned,
     };
     result.stop_reason = loop {
         let n = result.pairs();
@@ -339,7 +342,8 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
         stats_sysctl::ensure_off().with_context(|| format!("side-by-side pair {}", n + 1))?;
         super::wait_quiet_before_build()?;
         let kind = kind_of(n, options.side_by_side_control);
-        run_pair(runner, &mut result, kind)
+        let unpinned = result.unpinned;
+        run_pair(runner, &mut result, kind, unpinned)
             .with_context(|| format!("side-by-side pair {}", n + 1))?;
         runner.clean_all();
     };
@@ -348,13 +352,23 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
     Ok(result)
 }
 
-/// Builds one pair of `kind` and keeps it in `result`.
-fn run_pair(runner: &Runner<'_>, result: &mut SideBySide, kind: Kind) -> Result<()> {
+/// Builds one pair of `kind` and keeps it in `result`: pinned one per CPU,
+/// or both `unpinned`.
+fn run_pair(
+    runner: &Runner<'_>,
+    result: &mut SideBySide,
+    kind: Kind,
+    unpinned: bool,
+) -> Result<()> {
     let n = result.pairs() + 1;
     let swap = result.pairs_of(kind) % 2 == 1;
     let (first, second) = if swap { (1, 0) } else { (0, 1) };
-    let plain = |log: bool, cpu: usize| move || runner.plain_on(log, Cpu::Only(cpu));
-    let monitored = |cpu: usize| move || runner.monitored_on(Cpu::Only(cpu));
+    let place = move |cpu: usize| match unpinned {
+        true => Cpu::Shared,
+        false => Cpu::Only(cpu),
+    };
+    let plain = |log: bool, cpu: usize| move || runner.plain_on(log, place(cpu));
+    let monitored = |cpu: usize| move || runner.monitored_on(place(cpu));
     match kind {
         Kind::Total => {
             let (bare, monitored) = both(plain(false, first), monitored(second))?;
@@ -551,6 +565,7 @@ mod tests {
             control_pairs: Vec::new(),
             outside: None,
             stop_reason: String::new(),
+            unpinned: false,
         };
         assert!(result.totals(None).is_none());
         assert!(result.parts_total(None).is_none());

@@ -34,6 +34,14 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
          total with a wider interval. Stopped after {}.\n",
         s.stop_reason
     )?;
+    if s.unpinned {
+        writeln!(
+            md,
+            "In this run the pairs were not pinned (`--side-by-side-unpinned`): both builds of \
+             a pair shared both CPUs, and a daemon's CPU slowed its neighbour as well as its own \
+             build, so the CPU-time column is the one that holds the monitor's whole cost.\n"
+        )?;
+    }
     let bare: Vec<_> = (s.total_pairs.iter().map(|p| p.bare))
         .chain(s.log_pairs.iter().map(|p| p.bare))
         .collect();
@@ -242,6 +250,7 @@ mod tests {
             }),
             control_pairs: Vec::new(),
             stop_reason: "test".into(),
+            unpinned: false,
         }
     }
 
@@ -272,6 +281,12 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("0 events lost, 0 alerts"), "{md}");
+        assert!(!md.contains("not pinned"), "{md}");
+        let mut unpinned = series();
+        unpinned.unpinned = true;
+        let mut md = String::new();
+        write(&mut md, &unpinned, Some(50.0)).unwrap();
+        assert!(md.contains("the pairs were not pinned"), "{md}");
     }
 
     #[test]
