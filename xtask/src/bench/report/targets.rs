@@ -129,9 +129,13 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let accounted = accounted_points(builds);
     let floor = super::floor_ns_per_syscall(input);
     if let Some((side_wall, side_cpu)) = side.and_then(|s| s.totals(floor)) {
+        let placement = match side.is_some_and(|s| s.unpinned) {
+            true => "sharing both CPUs, unpinned",
+            false => "one CPU each",
+        };
         writeln!(
             md,
-            "* Real Bazel builds under +3 %, side by side (two builds at once, one CPU each: \
+            "* Real Bazel builds under +3 %, side by side (two builds at once, {placement}: \
              `monitor exec`, its execution log included, over the bare build beside it, plus what \
              that neighbour paid, counted; met only when the total's whole interval lies under \
              +3 %): wall {} : {}; CPU {} : {}.",
