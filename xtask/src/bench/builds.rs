@@ -271,6 +271,16 @@ pub(crate) enum Cpu {
 }
 
 impl Cpu {
+    /// Where the two builds of a side-by-side pair run: one per CPU (the
+    /// first on CPU 1 when `swapped`), or both unpinned when `shared`.
+    pub(crate) fn pair(swapped: bool, shared: bool) -> (Cpu, Cpu) {
+        match (shared, swapped) {
+            (true, _) => (Cpu::Shared, Cpu::Shared),
+            (false, true) => (Cpu::Only(1), Cpu::Only(0)),
+            (false, false) => (Cpu::Only(0), Cpu::Only(1)),
+        }
+    }
+
     /// Pins `cmd` when asked; waits for a quiet machine when alone.
     fn prepare(self, cmd: &mut Command) -> Result<()> {
         match self {

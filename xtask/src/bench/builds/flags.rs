@@ -82,11 +82,7 @@ pub fn run(options: FlagOptions) -> Result<()> {
     for n in 0..options.pairs {
         super::wait_quiet_before_build()?;
         let (swapped, shared) = placement(n, options.shared_every_other);
-        let (cpu_a, cpu_b) = match (shared, swapped) {
-            (true, _) => (Cpu::Shared, Cpu::Shared),
-            (false, true) => (Cpu::Only(1), Cpu::Only(0)),
-            (false, false) => (Cpu::Only(0), Cpu::Only(1)),
-        };
+        let (cpu_a, cpu_b) = Cpu::pair(swapped, shared);
         let (a, b) = both(
             || runner.plain_with(&a_flags, cpu_a),
             || runner.plain_with(&b_flags, cpu_b),

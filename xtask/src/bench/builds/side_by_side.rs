@@ -342,8 +342,7 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
         stats_sysctl::ensure_off().with_context(|| format!("side-by-side pair {}", n + 1))?;
         super::wait_quiet_before_build()?;
         let kind = kind_of(n, options.side_by_side_control);
-        let unpinned = result.unpinned;
-        run_pair(runner, &mut result, kind, unpinned)
+        run_pair(runner, &mut result, kind)
             .with_context(|| format!("side-by-side pair {}", n + 1))?;
         runner.clean_all();
     };
@@ -352,23 +351,15 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
     Ok(result)
 }
 
-/// Builds one pair of `kind` and keeps it in `result`: pinned one per CPU,
-/// or both `unpinned`.
-fn run_pair(
-    runner: &Runner<'_>,
-    result: &mut SideBySide,
-    kind: Kind,
-    unpinned: bool,
-) -> Result<()> {
+/// Builds one pair of `kind` and keeps it in `result`: pinned one per CPU
+/// (each kind swapping its CPUs every other pair of its own), or both
+/// unpinned (`result.unpinned`).
+fn run_pair(runner: &Runner<'_>, result: &mut SideBySide, kind: Kind) -> Result<()> {
     let n = result.pairs() + 1;
     let swap = result.pairs_of(kind) % 2 == 1;
-    let (first, second) = if swap { (1, 0) } else { (0, 1) };
-    let place = move |cpu: usize| match unpinned {
-        true => Cpu::Shared,
-        false => Cpu::Only(cpu),
-    };
-    let plain = |log: bool, cpu: usize| move || runner.plain_on(log, place(cpu));
-    let monitored = |cpu: usize| move || runner.monitored_on(place(cpu));
+    let (first, second) = Cpu::pair(swap, result.unpinned);
+    let plain = |log: bool, cpu: Cpu| move || runner.plain_on(log, cpu);
+    let monitored = |cpu: Cpu| move || runner.monitored_on(cpu);
     match kind {
         Kind::Total => {
             let (bare, monitored) = both(plain(false, first), monitored(second))?;
@@ -392,7 +383,9 @@ fn run_pair(
             result.monitor_pairs.push(pair);
         }
         Kind::Control => {
-            let (cpu0, cpu1) = both(plain(false, 0), plain(false, 1))?;
+            // Unpinned, "CPU 0" and "CPU 1" are only the two builds.
+            let (on0, on1) = Cpu::pair(false, result.unpinned);
+            let (cpu0, cpu1) = both(plain(false, on0), plain(false, on1))?;
             let pair = ControlPair { cpu0, cpu1 };
             print_pair(n, "control: bare | bare", pair.overheads());
             result.control_pairs.push(pair);

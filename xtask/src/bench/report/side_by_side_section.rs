@@ -45,7 +45,11 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
     let bare: Vec<_> = (s.total_pairs.iter().map(|p| p.bare))
         .chain(s.log_pairs.iter().map(|p| p.bare))
         .collect();
-    super::builds_section::write_bare(md, "Bare build on one CPU", &bare)?;
+    let bare_label = match s.unpinned {
+        true => "Bare build beside another, both unpinned",
+        false => "Bare build on one CPU",
+    };
+    super::builds_section::write_bare(md, bare_label, &bare)?;
     writeln!(md, "| (median [95 % interval]) | wall time | CPU time |")?;
     writeln!(md, "| --- | --- | --- |")?;
     let (total_wall, total_cpu) = s.total_series();
@@ -59,7 +63,8 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
     write_outside_rows(md, s, floor_ns_per_run)?;
     write_total_row(
         md,
-        "**total: `monitor exec` vs bare**",
+        "total: `monitor exec` vs bare",
+        true,
         s.totals(floor_ns_per_run),
     )?;
     write_parts(md, s, floor_ns_per_run)?;
@@ -88,6 +93,7 @@ fn write_parts(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -
     write_total_row(
         md,
         "the parts and the counted part added up (a check; the intervals' ends added)",
+        false,
         s.parts_total(floor_ns_per_run),
     )?;
     if !s.control_pairs.is_empty() {
@@ -113,16 +119,27 @@ fn pairs(n: usize) -> String {
     }
 }
 
-fn write_total_row(md: &mut String, name: &str, total: Option<(Part, Part)>) -> Result<()> {
+/// A total's row; `bold` for the one the target is judged on.
+fn write_total_row(
+    md: &mut String,
+    name: &str,
+    bold: bool,
+    total: Option<(Part, Part)>,
+) -> Result<()> {
     let Some((wall, cpu)) = total else {
         return Ok(());
     };
-    let bold = name.starts_with("**");
-    let cell = |p: Part| match bold {
-        true => format!("**{}**", p.text()),
-        false => p.text(),
+    let cell = |text: String| match bold {
+        true => format!("**{text}**"),
+        false => text,
     };
-    writeln!(md, "| {name} | {} | {} |", cell(wall), cell(cpu))?;
+    writeln!(
+        md,
+        "| {} | {} | {} |",
+        cell(name.to_string()),
+        cell(wall.text()),
+        cell(cpu.text())
+    )?;
     Ok(())
 }
 
