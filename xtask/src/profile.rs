@@ -83,8 +83,12 @@ pub fn run(options: Options) -> Result<()> {
     let actions = workspace::generate(&ws, size)?;
     println!("profile-build: {}", workspace::describe(size));
     let cgroups = CgroupGuard::create_fresh("monitor-profile-build")?;
-    let mut runner = Runner::new(ws, dir.clone(), &monitor_bin, &cgroups);
+    let mut runner = Runner::new(ws, dir.clone(), &monitor_bin, &cgroups)?;
     runner.warm_up("profile-build")?;
+    println!(
+        "profile-build: builds write to {}",
+        runner.describe_outputs()
+    );
     runner.perf = options.perf.then(|| perf::Recording {
         out: perf_data.clone(),
         event: options.perf_event,

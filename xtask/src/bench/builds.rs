@@ -7,6 +7,7 @@
 //! each (`side_by_side`), which the VM's drift between builds cannot
 //! separate.
 
+pub(crate) mod build_fs;
 pub(crate) mod flags;
 pub(crate) mod side_by_side;
 pub(crate) mod workspace;
@@ -148,6 +149,8 @@ pub struct BuildResults {
     /// (bpf_stats on: kept out of the timed triples).
     pub accounted: Option<MonitoredRun>,
     pub workspace: String,
+    /// What the builds wrote to ([`build_fs`]).
+    pub filesystem: String,
     pub actions: usize,
     /// Why the series stopped where it did.
     pub stop_reason: String,
@@ -177,7 +180,7 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     let ws = dir.join("ws");
     let actions = workspace::generate(&ws, &options.workspace)?;
     let cgroups = CgroupGuard::create_fresh("monitor-bench-builds")?;
-    let runner = Runner::new(ws, dir.clone(), monitor_bin, &cgroups);
+    let runner = Runner::new(ws, dir.clone(), monitor_bin, &cgroups)?;
     runner.warm_up("bench: builds")?;
     let started = Instant::now();
     let budget = Duration::from_secs(options.build_minutes * 60);
@@ -212,11 +215,14 @@ pub fn run(options: &BuildOptions, monitor_bin: &Path, tmp: &Path) -> Result<Bui
     let accounted = runner.accounted().context("the build with bpf_stats on")?;
     println!("bench: builds: pairs side by side, one CPU each");
     let side_by_side = side_by_side::run(options, &runner).context("builds side by side")?;
+    let filesystem = runner.describe_outputs();
+    drop(runner);
     drop(cgroups);
     Ok(BuildResults {
         triples,
         accounted: Some(accounted),
         workspace: workspace::describe(&options.workspace),
+        filesystem,
         actions,
         stop_reason,
         side_by_side: Some(side_by_side),
@@ -244,7 +250,10 @@ fn print_triple(n: usize, t: &Triple) {
 
 pub(crate) struct Runner<'a> {
     ws: PathBuf,
+    /// Reports, configs and logs of the runs.
     dir: PathBuf,
+    /// What the builds write (see [`build_fs`]).
+    build_fs: build_fs::BuildFs,
     monitor_bin: PathBuf,
     cgroups: &'a CgroupGuard,
     serial: AtomicUsize,
@@ -313,17 +322,29 @@ impl<'a> Runner<'a> {
         dir: PathBuf,
         monitor_bin: &Path,
         cgroups: &'a CgroupGuard,
-    ) -> Self {
-        Runner {
+    ) -> Result<Self> {
+        let build_fs = build_fs::BuildFs::create(&dir)?;
+        Ok(Runner {
             ws,
             dir,
+            build_fs,
             monitor_bin: monitor_bin.to_path_buf(),
             cgroups,
             serial: AtomicUsize::new(0),
             perf: None,
             keep_reports: false,
             count_programs: AtomicBool::new(false),
-        }
+        })
+    }
+
+    /// Where the builds write: output bases, install base, logs.
+    fn outputs(&self) -> &Path {
+        self.build_fs.path()
+    }
+
+    /// What the builds write to, for the report.
+    pub(crate) fn describe_outputs(&self) -> String {
+        self.build_fs.describe()
     }
 
     /// A monitored build with bpf_stats on and its programs' run time
@@ -342,14 +363,17 @@ impl<'a> Runner<'a> {
 
     fn startup_args(&self, n: usize) -> Vec<String> {
         vec![
-            format!("--output_user_root={}", self.dir.join("root").display()),
+            format!(
+                "--output_user_root={}",
+                self.outputs().join("root").display()
+            ),
             format!(
                 "--output_base={}",
-                self.dir.join(format!("ob-{n}")).display()
+                self.outputs().join(format!("ob-{n}")).display()
             ),
             format!(
                 "--host_jvm_args=-Djava.io.tmpdir={}",
-                self.dir.join("jtmp").display()
+                self.outputs().join("jtmp").display()
             ),
         ]
     }
@@ -402,7 +426,7 @@ impl<'a> Runner<'a> {
     /// directory), so that no timed build pays for it; `who` names the
     /// command.
     pub(crate) fn warm_up(&self, who: &str) -> Result<()> {
-        if !self.dir.join("root").is_dir() {
+        if !self.outputs().join("root").is_dir() {
             println!("{who}: warm-up build (untimed: extracts Bazel's install base)");
             self.plain(false).context("the warm-up build")?;
         }
@@ -433,7 +457,7 @@ impl<'a> Runner<'a> {
         let mut cmd = Command::new(BAZEL);
         self.bazel_env(&mut cmd);
         cmd.args(self.startup_args(n)).args(self.build_args());
-        let log = self.dir.join(format!("exec-{n}.bin"));
+        let log = self.outputs().join(format!("exec-{n}.bin"));
         let log = log.display().to_string();
         cmd.args(flags.iter().map(|f| f.replace("{log}", &log)));
         join_cgroup_on_spawn(&mut cmd, &cgroup)?;
@@ -489,8 +513,8 @@ impl<'a> Runner<'a> {
 
     /// Removes a build's output base and execution log (untimed).
     fn clean(&self, n: usize) {
-        let _ = fs::remove_dir_all(self.dir.join(format!("ob-{n}")));
-        let _ = fs::remove_file(self.dir.join(format!("exec-{n}.bin")));
+        let _ = fs::remove_dir_all(self.outputs().join(format!("ob-{n}")));
+        let _ = fs::remove_file(self.outputs().join(format!("exec-{n}.bin")));
     }
 }
 

@@ -74,8 +74,9 @@ pub fn run(options: FlagOptions) -> Result<()> {
     let cgroups = CgroupGuard::create_fresh("monitor-bench-flags")?;
     // No monitor runs here: the path is never started.
     let no_monitor = dir.join("no-monitor");
-    let runner = Runner::new(ws, dir.clone(), &no_monitor, &cgroups);
+    let runner = Runner::new(ws, dir.clone(), &no_monitor, &cgroups)?;
     runner.warm_up("bench-flags")?;
+    let described = format!("{described}, built on {}", runner.describe_outputs());
     let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
     let (a_flags, b_flags) = (split(&options.a), split(&options.b));
     let mut pairs = Vec::new();

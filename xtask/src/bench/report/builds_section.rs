@@ -23,7 +23,10 @@ pub fn write(
     };
     writeln!(
         md,
-        "A generated workspace of {actions} actions: {workspace}. Each triple builds it bare, \
+        "A generated workspace of {actions} actions: {workspace}. The builds write (output bases, \
+         sandboxes, Bazel's install base) to {filesystem}: this VM's root filesystem is ext4 \
+         without a journal, whose inode allocation walks past every inode freed in the last 30 s \
+         (40 % of a bare build's CPU in `perf`, system time 21 to 66 s between bare builds). Each triple builds it bare, \
          with only the `{EXECUTION_LOG_FLAG}` flag `monitor exec` adds, and under `monitor exec` (order \
          reversed every other triple), each with a fresh output base and Bazel server. Wall time is \
          the command's; CPU time is the build's cgroup `cpu.stat` `usage_usec` (client, server, \
@@ -33,6 +36,7 @@ pub fn write(
          fewer than 6 pairs the full range and its actual coverage). Stopped after {stop}.\n",
         actions = b.actions,
         workspace = b.workspace,
+        filesystem = b.filesystem,
         stop = b.stop_reason
     )?;
     write_parts(md, b)?;
@@ -304,6 +308,7 @@ mod tests {
             }],
             accounted,
             workspace: "w".into(),
+            filesystem: "f".into(),
             actions: 1,
             stop_reason: "test".into(),
         }
@@ -371,6 +376,7 @@ mod tests {
             triples: Vec::new(),
             accounted: None,
             workspace: "w".into(),
+            filesystem: "f".into(),
             actions: 1,
             stop_reason: "test".into(),
         };
