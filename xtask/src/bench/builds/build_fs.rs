@@ -102,10 +102,32 @@ fn release(mount: &Path, image: &Path) {
         return;
     }
     if let Ok(listing) = output(Command::new("losetup").arg("-j").arg(image)) {
-        // `/dev/loop0: []: (/path/build-fs.img)`, one line per device.
-        for device in listing.lines().filter_map(|l| l.split(':').next()) {
+        for device in devices_in(&listing) {
             quiet(Command::new("losetup").arg("-d").arg(device));
         }
     }
     let _ = fs::remove_file(image);
+}
+
+/// The devices `losetup -j IMAGE` lists: `/dev/loop0: []: (/path/img)`,
+/// one line per device.
+fn devices_in(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_once(": ").map(|(device, _)| device))
+        .filter(|device| device.starts_with("/dev/"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_device_backed_by_the_image_is_named() {
+        let listing = "/dev/loop0: []: (/t/build-fs.img)\n/dev/loop7: [2049]:12 (/t/build-fs.img)\n";
+        assert_eq!(devices_in(listing), ["/dev/loop0", "/dev/loop7"]);
+        assert!(devices_in("").is_empty());
+        assert!(devices_in("losetup: cannot read\n").is_empty());
+    }
 }
