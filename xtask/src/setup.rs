@@ -39,6 +39,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "auditd",
     "fatrace",
     "linux-perf", // perf: the bench's split of a monitored open's time
+    // The bench's builds write to a journaled ext4 on a loop device
+    // (xtask/src/bench/builds/build_fs.rs): mkfs.ext4, losetup.
+    "e2fsprogs",
+    "mount",
 ];
 
 /// The Python venv the project owns for BuildGrid (tests/reapi.rs finds it

@@ -125,7 +125,8 @@ mod tests {
 
     #[test]
     fn every_device_backed_by_the_image_is_named() {
-        let listing = "/dev/loop0: []: (/t/build-fs.img)\n/dev/loop7: [2049]:12 (/t/build-fs.img)\n";
+        let listing =
+            "/dev/loop0: []: (/t/build-fs.img)\n/dev/loop7: [2049]:12 (/t/build-fs.img)\n";
         assert_eq!(devices_in(listing), ["/dev/loop0", "/dev/loop7"]);
         assert!(devices_in("").is_empty());
         assert!(devices_in("losetup: cannot read\n").is_empty());

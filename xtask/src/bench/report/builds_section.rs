@@ -24,9 +24,10 @@ pub fn write(
     writeln!(
         md,
         "A generated workspace of {actions} actions: {workspace}. The builds write (output bases, \
-         sandboxes, Bazel's install base) to {filesystem}: this VM's root filesystem is ext4 \
-         without a journal, whose inode allocation walks past every inode freed in the last 30 s \
-         (40 % of a bare build's CPU in `perf`, system time 21 to 66 s between bare builds). Each triple builds it bare, \
+         sandboxes, Bazel's install base) to {filesystem}, not to the host's: an ext4 without a \
+         journal, as this project's VMs have, walks past every inode freed in the last 30 s at each \
+         allocation (there 40 % of a bare build's CPU in `perf`, system time 21 to 66 s between bare \
+         builds; profiles/builds-host-fs-vs-journaled.md). Each triple builds it bare, \
          with only the `{EXECUTION_LOG_FLAG}` flag `monitor exec` adds, and under `monitor exec` (order \
          reversed every other triple), each with a fresh output base and Bazel server. Wall time is \
          the command's; CPU time is the build's cgroup `cpu.stat` `usage_usec` (client, server, \
@@ -361,8 +362,15 @@ mod tests {
         write(&mut md, Some(&one_triple(None)), None).unwrap();
         assert!(
             md.contains(
-                "A generated workspace of 1 actions: w. Each triple builds it bare, with only \
-                 the `--experimental_execution_log_file` flag `monitor exec` adds"
+                "A generated workspace of 1 actions: w. The builds write (output bases, \
+                 sandboxes, Bazel's install base) to f, not to the host's"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Each triple builds it bare, with only the `--experimental_execution_log_file` \
+                 flag `monitor exec` adds"
             ),
             "{md}"
         );
