@@ -92,12 +92,19 @@ impl Drop for BuildFs {
 }
 
 /// Unmounts `mount`, detaches every loop device backed by `image` and
-/// removes it; quiet about what is not there.
+/// removes it; quiet about what is not there. A mount still in use (a
+/// Bazel server an interrupted run left) is detached lazily: the kernel
+/// frees the device when its last user closes it.
 fn release(mount: &Path, image: &Path) {
     let quiet = |cmd: &mut Command| {
-        let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     };
-    quiet(Command::new("umount").arg(mount));
+    if !quiet(Command::new("umount").arg(mount)) {
+        quiet(Command::new("umount").arg("--lazy").arg(mount));
+    }
     if !image.exists() {
         return;
     }
