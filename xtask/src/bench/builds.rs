@@ -290,6 +290,15 @@ impl Cpu {
         }
     }
 
+    /// Where the build ran, as a report names it.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Cpu::Any => "any CPU".to_owned(),
+            Cpu::Only(cpu) => format!("CPU {cpu}"),
+            Cpu::Shared => "both CPUs".to_owned(),
+        }
+    }
+
     /// Pins `cmd` when asked; waits for a quiet machine when alone.
     fn prepare(self, cmd: &mut Command) -> Result<()> {
         match self {

@@ -164,11 +164,7 @@ fn render(options: &FlagOptions, pairs: &[FlagPair]) -> Result<String> {
             n + 1,
             p.a.cpu_s,
             p.b.cpu_s,
-            match (p.shared, p.swapped) {
-                (true, _) => "both CPUs",
-                (false, true) => "CPU 0",
-                (false, false) => "CPU 1",
-            }
+            Cpu::pair(p.swapped, p.shared).1.describe()
         )?;
     }
     writeln!(md)?;
