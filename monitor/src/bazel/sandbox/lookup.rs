@@ -138,31 +138,9 @@ impl DirFds {
         Ok(Stat::of(&st))
     }
 
-    /// Read into a buffer on the stack and copied out at its length:
-    /// `nix`'s `readlinkat` allocates `PATH_MAX` bytes and shrinks them
-    /// for each link (a sandbox read reads 60,000 on the bench build).
     pub fn read_link(&mut self, path: &Path) -> io::Result<PathBuf> {
         let (dir, name) = self.split(path);
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); LINK_BUF];
-        let len = name.with_nix_path(|name| {
-            // SAFETY: `buf` is LINK_BUF writable bytes; `name` is a C string.
-            unsafe {
-                libc::readlinkat(
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    LINK_BUF,
-                )
-            }
-        })?;
-        let len = nix::errno::Errno::result(len)? as usize;
-        if len >= LINK_BUF {
-            // Perhaps cut short: `nix` grows its buffer until it is not.
-            return Ok(PathBuf::from(nix::fcntl::readlinkat(dir, name)?));
-        }
-        // SAFETY: the kernel wrote the first `len` bytes.
-        let target = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
-        Ok(PathBuf::from(OsString::from_vec(target.to_vec())))
+        read_link_at(dir, name)
     }
 
     /// `fs::canonicalize(dir)` for a directory, from the kernel's name of
@@ -240,6 +218,32 @@ impl DirFds {
 /// normal, are looked up whole.
 fn split_at_dir(path: &Path) -> Option<(&[u8], &[u8])> {
     paths::split_normal(path.as_os_str().as_bytes()).filter(|(dir, _)| *dir != b"/")
+}
+
+/// `readlinkat`, read into a buffer on the stack and copied out at its
+/// length: `nix`'s allocates `PATH_MAX` bytes and shrinks them for each
+/// link (a sandbox read reads 60,000 on the bench build).
+pub(crate) fn read_link_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<PathBuf> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); LINK_BUF];
+    let len = name.with_nix_path(|name| {
+        // SAFETY: `buf` is LINK_BUF writable bytes; `name` is a C string.
+        unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                LINK_BUF,
+            )
+        }
+    })?;
+    let len = nix::errno::Errno::result(len)? as usize;
+    if len >= LINK_BUF {
+        // Perhaps cut short: `nix` grows its buffer until it is not.
+        return Ok(PathBuf::from(nix::fcntl::readlinkat(dir, name)?));
+    }
+    // SAFETY: the kernel wrote the first `len` bytes.
+    let target = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
+    Ok(PathBuf::from(OsString::from_vec(target.to_vec())))
 }
 
 fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
