@@ -948,16 +948,22 @@ mod tests {
     /// A sandbox directory swapped, after it was listed and before it was
     /// read, for an old directory of links to a secret (made by an earlier
     /// action where it could write; the race forced at the seam): through
-    /// a symlink put in its place, or renamed into its place. The
-    /// swapped-in links declare nothing, though their own times are old.
-    /// Control: the same sandbox left alone declares its input.
+    /// a symlink put in its place, or renamed into its place; each with
+    /// `openat2`, and by path as on a kernel without it. The swapped-in
+    /// links declare nothing, though their own times are old. Control:
+    /// the same sandbox left alone declares its input.
     #[test]
     fn a_directory_swapped_after_its_listing_declares_nothing() {
-        for by_rename in [false, true] {
-            let (control, secret) = swap_a_listed_directory(by_rename);
-            assert!(control, "control: the input declared (rename: {by_rename})");
-            assert!(!secret, "the stash's target declared (rename: {by_rename})");
+        for no_openat2 in [false, true] {
+            tree::NO_OPENAT2.with(|no| no.set(no_openat2));
+            for by_rename in [false, true] {
+                let case = format!("rename: {by_rename}, no openat2: {no_openat2}");
+                let (control, secret) = swap_a_listed_directory(by_rename);
+                assert!(control, "control: the input declared ({case})");
+                assert!(!secret, "the stash's target declared ({case})");
+            }
         }
+        tree::NO_OPENAT2.with(|no| no.set(false));
     }
 
     /// Whether the sandbox's input was declared when left alone, and the

@@ -77,9 +77,17 @@ impl TreeDir {
     /// gone, or is no longer the directory listed (`ErrorKind::Other`).
     pub fn open(root: &TreeDir, dir: Pending) -> io::Result<TreeDir> {
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .flags(SUBDIR_FLAGS)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        let fd = nix::fcntl::openat2(root.fd.as_fd(), &dir.rel, how)?;
+        let fd = match openat2(root.fd.as_fd(), &dir.rel, how) {
+            // Before Linux 5.6, or a seccomp filter that refuses it: by
+            // path; the identity check below still refuses any other
+            // directory than the one listed.
+            Err(nix::errno::Errno::ENOSYS) => {
+                nix::fcntl::open(&dir.path, SUBDIR_FLAGS, Mode::empty())?
+            }
+            fd => fd?,
+        };
         let now = nix::sys::stat::fstat(fd.as_fd())?;
         if (now.st_dev, now.st_ino) != (dir.listed.st_dev, dir.listed.st_ino) {
             return Err(io::Error::other(
@@ -145,6 +153,27 @@ impl TreeDir {
     pub fn own_stat(&self) -> io::Result<FileStat> {
         Ok(nix::sys::stat::fstat(self.fd.as_fd())?)
     }
+}
+
+/// How a directory below the execroot is opened: for listing, and not if
+/// it is a symlink.
+const SUBDIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NOFOLLOW);
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: `openat2` answers `ENOSYS`, as on a kernel without it.
+    pub(super) static NO_OPENAT2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn openat2(root: BorrowedFd<'_>, rel: &Path, how: OpenHow) -> nix::Result<OwnedFd> {
+    #[cfg(test)]
+    if NO_OPENAT2.with(std::cell::Cell::get) {
+        return Err(nix::errno::Errno::ENOSYS);
+    }
+    nix::fcntl::openat2(root, rel, how)
 }
 
 fn kind_of(st: &FileStat) -> Option<Type> {
