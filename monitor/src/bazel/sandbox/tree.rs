@@ -3,9 +3,10 @@
 //! following any symlink (`openat2`, `RESOLVE_NO_SYMLINKS`), checked to be
 //! the directory its parent listed (device and inode), and its entries are
 //! listed, dated and read through that descriptor. Read by path instead,
-//! an action could swap a directory for a symlink to one of its own
-//! between the listing and the read, and have that directory's links read
-//! as the sandbox's.
+//! an action could swap a directory, between the listing and the read,
+//! for a symlink to an old directory of links or for that directory
+//! renamed into place (which only the identity check catches), and have
+//! those links read as the sandbox's.
 use std::{
     ffi::{OsStr, OsString},
     io,
