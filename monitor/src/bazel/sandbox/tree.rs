@@ -21,8 +21,10 @@ use std::{
 use nix::{
     dir::{Dir, Type},
     fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag},
-    sys::stat::{FileStat, Mode, SFlag},
+    sys::stat::{FileStat, Mode},
 };
+
+use super::lookup::Stat;
 
 /// A directory of the tree, open.
 pub(super) struct TreeDir {
@@ -120,21 +122,21 @@ impl TreeDir {
             if listing.count > room {
                 break;
             }
-            let kind = match entry.file_type() {
+            let is_link = match entry.file_type() {
                 // A directory's identity and time are needed; a file
                 // system that gives no type is asked.
                 Some(Type::Directory) | None => {
                     let Ok(st) = self.stat(name) else { continue };
-                    let kind = kind_of(&st);
-                    if kind == Some(Type::Directory) {
+                    let stat = Stat::of(&st);
+                    if stat.is_dir() {
                         listing.dirs.push((name.to_os_string(), st));
                         continue;
                     }
-                    kind
+                    stat.is_symlink()
                 }
-                other => other,
+                Some(kind) => kind == Type::Symlink,
             };
-            if kind == Some(Type::Symlink) {
+            if is_link {
                 listing.links.push(name.to_os_string());
             }
         }
@@ -175,14 +177,6 @@ fn openat2(root: BorrowedFd<'_>, rel: &Path, how: OpenHow) -> nix::Result<OwnedF
         return Err(nix::errno::Errno::ENOSYS);
     }
     nix::fcntl::openat2(root, rel, how)
-}
-
-fn kind_of(st: &FileStat) -> Option<Type> {
-    match st.st_mode & SFlag::S_IFMT.bits() {
-        m if m == SFlag::S_IFDIR.bits() => Some(Type::Directory),
-        m if m == SFlag::S_IFLNK.bits() => Some(Type::Symlink),
-        _ => None,
-    }
 }
 
 /// `st`'s ctime.
