@@ -904,7 +904,9 @@ fn the_exec_report_gives_the_monitors_own_cost() {
 /// A stand-in `bazel` that answers `--version` with the file `release`
 /// (after a connect to `denied`), `canonicalize-flags` by whether the
 /// flag's name is a line of `takes` (noting its arguments and cgroup in
-/// `asked`), and notes any other command line in `args`.
+/// `asked`), refuses a build given an unsorted log flag `takes` does not
+/// name (exit code 2, as Bazel refuses an unknown option), and notes each
+/// other command line in `args`.
 struct FakeBazel {
     dir: tempfile::TempDir,
     bazel: std::path::PathBuf,
@@ -925,11 +927,17 @@ impl FakeBazel {
                 "#!/bin/sh\nif [ \"$1\" = --version ]; then\n  /usr/bin/python3 -S -c \"{connect}\"\n  cat {release}\n  exit 0\nfi\n\
                  if [ \"$2\" = canonicalize-flags ]; then\n  printf '%s ' \"$@\" >> {asked}\n  cat /proc/self/cgroup >> {asked}\n  \
                  grep -qxF -- \"${{5%%=*}}\" {takes} && exit 0\n  exit 2\nfi\n\
-                 printf '%s\\n' \"$@\" > {args}\n",
+                 echo run >> {runs}\n\
+                 for a in \"$@\"; do case \"$a\" in --experimental_execution_log_file=*|--noexecution_log_sort)\n  \
+                 grep -qxF -- \"${{a%%=*}}\" {takes} || {{ echo \"ERROR: Unrecognized option: $a\" >&2; exit 2; }};; esac; done\n\
+                 printf '%s\\n' \"$@\" > {args}\n\
+                 if [ -e {fail} ]; then exit 2; fi\n",
                 release = file("release"),
                 args = file("args"),
                 takes = file("takes"),
                 asked = file("asked"),
+                runs = file("runs"),
+                fail = file("fail"),
             ),
         )
         .unwrap();
@@ -946,6 +954,8 @@ impl FakeBazel {
         fs::write(file("release"), release).unwrap();
         fs::write(file("takes"), takes).unwrap();
         let _ = fs::remove_file(file("asked"));
+        let _ = fs::remove_file(file("args"));
+        let _ = fs::remove_file(file("runs"));
         let report = file("report.json");
         let out = Command::new(monitor_bin())
             .args(["exec", "--report"])
@@ -961,10 +971,23 @@ impl FakeBazel {
         let asked = fs::read_to_string(file("asked")).unwrap_or_default();
         (
             report,
-            fs::read_to_string(file("args")).unwrap(),
+            fs::read_to_string(file("args")).unwrap_or_default(),
             stderr,
             asked,
         )
+    }
+}
+
+impl FakeBazel {
+    /// How many times the last `build` ran the build command.
+    fn runs(&self) -> usize {
+        let runs = fs::read_to_string(self.dir.path().join("runs")).unwrap_or_default();
+        runs.lines().count()
+    }
+
+    /// Makes each build fail (exit code 2) after noting its arguments.
+    fn fail_builds(&self) {
+        fs::write(self.dir.path().join("fail"), "").unwrap();
     }
 }
 
@@ -1024,10 +1047,13 @@ fn a_bazel_without_a_release_is_asked_which_log_flag_it_takes() {
     );
     assert!(asked.contains("/build-monitor/"), "{asked}");
 
+    // Other Bazels (each its own file: an answer is kept per file).
+    let fake = FakeBazel::new(listener());
     let (_, args, _, _) = fake.build("bazel no_version\n", "--noexecution_log_sort\n");
     assert!(has_arg(&args, "--execution_log_binary_file="), "{args}");
     assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
 
+    let fake = FakeBazel::new(listener());
     let (_, args, _, asked) = fake.build("bazel no_version\n", "");
     assert_eq!(asked.matches("canonicalize-flags").count(), 2, "{asked}");
     assert!(has_arg(&args, "--execution_log_binary_file="), "{args}");
@@ -1036,4 +1062,58 @@ fn a_bazel_without_a_release_is_asked_which_log_flag_it_takes() {
         "{args}"
     );
     assert!(!has_arg(&args, "--noexecution_log_sort"), "{args}");
+}
+
+/// The answer of a Bazel that names no release is kept for its file: the
+/// next build is not asked again. When the file's Bazel refuses the kept
+/// flag (a wrapper now running another Bazel: exit code 2, no log), it is
+/// asked again and the command runs once more with the flags it takes,
+/// which are kept; a build that fails with 2 for a reason of its own is
+/// asked but not run again.
+#[test]
+fn a_kept_log_flag_answer_is_used_until_the_bazel_refuses_it() {
+    require_root();
+    let fake = FakeBazel::new(listener());
+    let both = "--experimental_execution_log_file\n--noexecution_log_sort\n";
+    let (_, args, _, asked) = fake.build("bazel no_version\n", both);
+    assert_eq!(asked.matches("canonicalize-flags").count(), 1, "{asked}");
+    assert!(
+        has_arg(&args, "--experimental_execution_log_file="),
+        "{args}"
+    );
+
+    // Kept: not asked, the same flag.
+    let (_, args, _, asked) = fake.build("bazel no_version\n", both);
+    assert_eq!(asked, "", "a kept answer is not asked again");
+    assert!(
+        has_arg(&args, "--experimental_execution_log_file="),
+        "{args}"
+    );
+    assert_eq!(fake.runs(), 1);
+
+    // The Bazel behind the same file changed: the kept flag is refused.
+    let no_sort = "--noexecution_log_sort\n";
+    let (report, args, stderr, asked) = fake.build("bazel no_version\n", no_sort);
+    assert_eq!(asked.matches("canonicalize-flags").count(), 2, "{asked}");
+    assert_eq!(fake.runs(), 2, "{stderr}");
+    assert!(has_arg(&args, "--execution_log_binary_file="), "{args}");
+    assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
+    assert!(stderr.contains("running the command once more"), "{stderr}");
+    assert_eq!(report["command_exit_status"], 0, "{report:#}");
+
+    // The new answer is kept.
+    let (_, args, _, asked) = fake.build("bazel no_version\n", no_sort);
+    assert_eq!(asked, "", "{asked}");
+    assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
+    assert_eq!(fake.runs(), 1);
+
+    // A build failing with 2 for a reason of its own: asked, answered the
+    // same, not run again; its exit status is the command's.
+    fake.fail_builds();
+    let (report, args, stderr, asked) = fake.build("bazel no_version\n", no_sort);
+    assert_eq!(asked.matches("canonicalize-flags").count(), 2, "{asked}");
+    assert_eq!(fake.runs(), 1, "{stderr}");
+    assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
+    assert!(!stderr.contains("once more"), "{stderr}");
+    assert_eq!(report["command_exit_status"], 2, "{report:#}");
 }

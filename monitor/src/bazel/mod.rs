@@ -6,6 +6,7 @@ pub mod execlog;
 pub mod fetches;
 pub mod isolation;
 pub mod labels;
+pub mod log_flags;
 pub mod report;
 pub mod sandbox;
 pub mod spawns;

@@ -22,7 +22,7 @@ use crate::{
     actions::registry::{Scope, ScopeKind},
     bazel::{
         execlog::{ExecLogFile, LogFormat},
-        version::Release,
+        log_flags::{BINARY_LOG_FLAG, LogChoice, LogFlags, NO_SORT_FLAG, RAW_LOG_FLAG},
     },
     commands::{
         outcome::{self, ExitPolicy},
@@ -70,10 +70,10 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let mut running = start::start(&config, scopes, true, false).await?;
     let started = crate::output::self_cost::Usage::now();
     // Watched from here: the release is asked inside the job.
-    let exec_log = if bazel {
+    let (exec_log, added_log) = if bazel {
         execution_log_of(&mut opts.command, scratch.path(), &command_dir).await
     } else {
-        None
+        (None, None)
     };
     let fetch_log = exec_log
         .is_some()
@@ -87,7 +87,14 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
         .map_err(|e| StartError::Config(e.context(format!("cannot run {:?}", opts.command[0]))))?;
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let stop = async {
-        status = Some(child.wait().await);
+        let mut ended = child.wait().await;
+        if let Some(again) = command_again(added_log, &ended).await {
+            ended = match spawn_in_cgroup(&again, &command_dir) {
+                Ok(mut child) => child.wait().await,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+        }
+        status = Some(ended);
     };
     let start::Running {
         kernel, pipeline, ..
@@ -362,73 +369,73 @@ fn is_bazel(command: &[OsString]) -> bool {
 /// The execution log a Bazel command (`build`, `test`, `run`, `coverage`)
 /// writes: the one the user asked for, else one added, unsorted where this
 /// Bazel says it can be (asked in the command's `cgroup`, see
-/// [`unsorted_log_flags`]).
+/// [`LogChoice::choose`]); with how it was added, when it was.
 async fn execution_log_of(
     command: &mut Vec<OsString>,
     scratch: &Path,
     cgroup: &Path,
-) -> Option<ExecLogFile> {
-    let verb = bazel_verb(command)?;
+) -> (Option<ExecLogFile>, Option<AddedLog>) {
+    let Some(verb) = bazel_verb(command) else {
+        return (None, None);
+    };
     if let Some(given) = given_execution_log(command, verb) {
-        return Some(given);
+        return (Some(given), None);
     }
     let (asked, cgroup) = (command[..=verb].to_vec(), cgroup.to_path_buf());
-    let flags = tokio::task::spawn_blocking(move || unsorted_log_flags(&asked, &cgroup))
+    let Ok(choice) = tokio::task::spawn_blocking(move || LogChoice::choose(&asked, &cgroup)).await
+    else {
+        return (
+            Some(add_execution_log(command, verb, scratch, LogFlags::Sorted)),
+            None,
+        );
+    };
+    let given = command.clone();
+    let log = add_execution_log(command, verb, scratch, choice.flags);
+    let added = AddedLog {
+        choice,
+        given,
+        verb,
+        scratch: scratch.to_path_buf(),
+        log: log.path.clone(),
+    };
+    (Some(log), Some(added))
+}
+
+/// An execution log `monitor exec` added to a Bazel command.
+struct AddedLog {
+    choice: LogChoice,
+    /// The command as given, before the flags were added.
+    given: Vec<OsString>,
+    verb: usize,
+    scratch: PathBuf,
+    log: PathBuf,
+}
+
+/// The command to run once more when it ended as a Bazel refusing the
+/// log flags kept for it does (exit code 2, no log written) and, asked
+/// again, it takes others (see [`crate::bazel::log_flags`]).
+async fn command_again(
+    added: Option<AddedLog>,
+    status: &std::io::Result<ExitStatus>,
+) -> Option<Vec<OsString>> {
+    let added = added?;
+    let refused = matches!(status, Ok(s) if s.code() == Some(2)) && !added.log.exists();
+    if !refused {
+        return None;
+    }
+    let (flags, added) = tokio::task::spawn_blocking(move || (added.choice.recheck(), added))
         .await
-        .unwrap_or(LogFlags::Sorted);
-    Some(add_execution_log(command, verb, scratch, flags))
+        .ok()?;
+    let flags = flags?;
+    eprintln!(
+        "monitor: Bazel refused the execution log flags kept for it; asked again, it takes {flags:?}: running the command once more"
+    );
+    let mut command = added.given;
+    add_execution_log(&mut command, added.verb, &added.scratch, flags);
+    Some(command)
 }
 
 const JSON_LOG_FLAG: &str = "--execution_log_json_file";
-const BINARY_LOG_FLAG: &str = "--execution_log_binary_file";
-/// The same binary log, unsorted (Bazel before 7).
-const RAW_LOG_FLAG: &str = "--experimental_execution_log_file";
-/// Bazel 6.1+: `--execution_log_binary_file` written unsorted.
-const NO_SORT_FLAG: &str = "--noexecution_log_sort";
-
-/// The flags that ask a Bazel for its binary execution log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFlags {
-    /// `--experimental_execution_log_file` (before Bazel 7).
-    Raw,
-    /// `--execution_log_binary_file` with `--noexecution_log_sort` (6.1+).
-    BinaryUnsorted,
-    /// `--execution_log_binary_file`, which every release takes.
-    Sorted,
-}
-
-/// The flags for the unsorted log this Bazel takes: by the release its
-/// `--version` names, else by asking it whether it takes each flag (see
-/// [`crate::bazel::version::takes_flag`]); the sorted log when `--version`
-/// fails (nothing more is asked of it). `asked` is the command up to and
-/// including its verb (the startup options between them start the same
-/// server as the build).
-fn unsorted_log_flags(asked: &[OsString], cgroup: &Path) -> LogFlags {
-    use crate::bazel::version::{parse, takes_flag, version_of};
-    let (program, startup, verb) = (
-        &asked[0],
-        &asked[1..asked.len() - 1],
-        &asked[asked.len() - 1],
-    );
-    let Some(version) = version_of(program, cgroup) else {
-        return LogFlags::Sorted;
-    };
-    let verb = verb.to_string_lossy();
-    log_flags_for(parse(&version), |flag| {
-        takes_flag(program, startup, &verb, flag, cgroup)
-    })
-}
-
-/// [`LogFlags`] for `release`; without one, by what `takes` says of a flag.
-fn log_flags_for(release: Option<Release>, takes: impl Fn(&str) -> bool) -> LogFlags {
-    match release {
-        Some(r) if r.major < 7 => LogFlags::Raw,
-        Some(_) => LogFlags::BinaryUnsorted,
-        None if takes(&format!("{RAW_LOG_FLAG}=/dev/null")) => LogFlags::Raw,
-        None if takes(NO_SORT_FLAG) => LogFlags::BinaryUnsorted,
-        None => LogFlags::Sorted,
-    }
-}
 
 /// The execution log the user asked for after the Bazel command at
 /// `verb`, in any format (that one is read).
@@ -761,11 +768,13 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(execution_log_of(
-            cmd,
-            Path::new("/s"),
-            Path::new("/nonexistent/cgroup"),
-        ))
+        runtime
+            .block_on(execution_log_of(
+                cmd,
+                Path::new("/s"),
+                Path::new("/nonexistent/cgroup"),
+            ))
+            .0
     }
 
     #[test]
@@ -823,39 +832,8 @@ mod tests {
     }
 
     #[test]
-    fn the_log_is_unsorted_where_the_release_names_the_flag() {
-        let release = |major, minor| Some(Release { major, minor });
-        // A named release is not asked about flags.
-        let never = |flag: &str| panic!("asked about {flag}");
-        assert_eq!(log_flags_for(release(4, 2), never), LogFlags::Raw);
-        assert_eq!(log_flags_for(release(6, 5), never), LogFlags::Raw);
-        assert_eq!(
-            log_flags_for(release(7, 0), never),
-            LogFlags::BinaryUnsorted
-        );
-        assert_eq!(
-            log_flags_for(release(8, 1), never),
-            LogFlags::BinaryUnsorted
-        );
-    }
-
-    #[test]
-    fn a_bazel_without_a_release_is_asked_which_flag_it_takes() {
-        let takes = |known: &'static [&'static str]| {
-            move |flag: &str| known.iter().any(|k| flag.split('=').next() == Some(*k))
-        };
-        let raw_only = takes(&["--experimental_execution_log_file"]);
-        assert_eq!(log_flags_for(None, raw_only), LogFlags::Raw);
-        let both = takes(&[
-            "--experimental_execution_log_file",
-            "--noexecution_log_sort",
-        ]);
-        assert_eq!(log_flags_for(None, both), LogFlags::Raw);
-        let no_sort_only = takes(&["--noexecution_log_sort"]);
-        assert_eq!(log_flags_for(None, no_sort_only), LogFlags::BinaryUnsorted);
-        assert_eq!(log_flags_for(None, takes(&[])), LogFlags::Sorted);
-        // One that cannot be asked (here: no cgroup to run it in) gets the
-        // sorted log.
+    fn a_bazel_that_cannot_be_asked_gets_the_sorted_log() {
+        // Here: no cgroup to run it in.
         let mut cmd = args(&["bazel", "build", "//..."]);
         assert!(log_of(&mut cmd).is_some());
         assert_eq!(
