@@ -20,7 +20,7 @@ use std::{
     ffi::{OsStr, OsString},
     fs,
     io::Write as _,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -160,6 +160,9 @@ impl KeptAnswer {
 
     /// The answer kept for this `--version` text, if any.
     fn read(&self) -> Option<LogFlags> {
+        if !self.dir_is_trusted() {
+            return None;
+        }
         let text = fs::read_to_string(&self.path).ok()?;
         let (word, version) = text.split_once('\n')?;
         (version == self.version)
@@ -172,7 +175,16 @@ impl KeptAnswer {
     fn write(&self, flags: LogFlags) {
         let written = (|| -> std::io::Result<()> {
             let dir = self.path.parent().unwrap_or(Path::new(CACHE_DIR));
-            fs::create_dir_all(dir)?;
+            // Not writable by others whatever the umask.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+            if !self.dir_is_trusted() {
+                return Err(std::io::Error::other(
+                    "a directory on the way is a symlink or writable by others",
+                ));
+            }
             let mut file = tempfile::NamedTempFile::new_in(dir)?;
             write!(file, "{}\n{}", flags.word(), self.version)?;
             file.persist(&self.path)?;
@@ -184,6 +196,25 @@ impl KeptAnswer {
                 self.path.display()
             );
         }
+    }
+}
+
+impl KeptAnswer {
+    /// Whether the answer's directory and its parent are real directories
+    /// of this user that nobody else may write: a build action cannot then
+    /// plant answers, nor turn the write into one elsewhere. (A wrong answer
+    /// only costs a refused flag and a second ask; writing elsewhere as
+    /// root would be worse.)
+    fn dir_is_trusted(&self) -> bool {
+        // SAFETY: plain geteuid(2).
+        let euid = unsafe { libc::geteuid() };
+        let Some(dir) = self.path.parent() else {
+            return false;
+        };
+        [Some(dir), dir.parent()].into_iter().flatten().all(|d| {
+            fs::symlink_metadata(d)
+                .is_ok_and(|m| m.file_type().is_dir() && m.uid() == euid && m.mode() & 0o022 == 0)
+        })
     }
 }
 
@@ -258,6 +289,14 @@ mod tests {
         assert_eq!(kept("bazel development version\n").read(), None);
         kept("bazel no_version\n").write(LogFlags::Raw);
         assert_eq!(kept("bazel no_version\n").read(), Some(LogFlags::Raw));
+        // Nor one in a directory others may write.
+        use std::os::unix::fs::PermissionsExt as _;
+        let sub = dir.path().join("sub");
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(kept("bazel no_version\n").read(), None);
+        kept("bazel no_version\n").write(LogFlags::Sorted);
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(kept("bazel no_version\n").read(), Some(LogFlags::Raw));
         // Garbage in the cache is no answer.
         fs::write(dir.path().join("sub/answer"), "maybe\nbazel no_version\n").unwrap();
         assert_eq!(kept("bazel no_version\n").read(), None);
@@ -268,6 +307,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let program = dir.path().join("bazel");
         fs::write(&program, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
         let name = identity_name(program.as_os_str()).unwrap();
         assert_eq!(identity_name(program.as_os_str()).unwrap(), name);
         // Changed in place: another name.
