@@ -275,7 +275,7 @@ impl<'a> UnreadByTarget<'a> {
             })
             .filter(|(_, t, unread)| !unread.is_empty() && !t.incomplete)
             .collect();
-        rows.sort_by(|a, b| b.2.len().cmp(&a.2.len()).then_with(|| a.0.cmp(&b.0)));
+        rows.sort_by(|a, b| b.2.len().cmp(&a.2.len()).then_with(|| a.0.cmp(b.0)));
         rows.into_iter()
             .map(|(label, t, unread)| {
                 json!({
