@@ -10,7 +10,17 @@ pub const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `condition` until it yields a value or `timeout` has passed (it is
 /// always tried at least once, and once more at the deadline).
-pub fn poll_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, condition: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL, timeout, condition)
+}
+
+/// [`poll_until`], trying every `every`: for a wait someone is waiting on
+/// (a command's exit), where 20 ms steps would add their half on average.
+pub fn poll_every<T>(
+    every: Duration,
+    timeout: Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = condition() {
@@ -20,7 +30,7 @@ pub fn poll_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>
         if now >= deadline {
             return None;
         }
-        thread::sleep(POLL.min(deadline - now));
+        thread::sleep(every.min(deadline - now));
     }
 }
 

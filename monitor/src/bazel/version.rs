@@ -79,7 +79,10 @@ fn answer_in(mut cmd: Command, cgroup: &Path) -> Option<(ExitStatus, String)> {
         let _ = text_tx.send(text);
     });
     let deadline = std::time::Instant::now() + PATIENCE;
-    let exited = testkit::wait::poll_until(PATIENCE, || child.try_wait().ok().flatten());
+    // Polled finely: the build waits for the answer.
+    let exited = testkit::wait::poll_every(Duration::from_millis(2), PATIENCE, || {
+        child.try_wait().ok().flatten()
+    });
     let Some(status) = exited else {
         let _ = child.kill();
         let _ = child.wait();

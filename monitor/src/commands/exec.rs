@@ -622,12 +622,13 @@ fn stop_leftovers(job: &Path) {
         );
         return;
     }
-    for _ in 0..100 {
-        if procs().trim().is_empty() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // Polled finely: the build's wall time waits for this (a killed Bazel
+    // server is gone in a few ms; 20 ms steps added 20-40 ms).
+    testkit::wait::poll_every(
+        std::time::Duration::from_millis(2),
+        std::time::Duration::from_secs(2),
+        || procs().trim().is_empty().then_some(()),
+    );
 }
 
 fn spawn_in_cgroup(command: &[OsString], cgroup: &Path) -> anyhow::Result<tokio::process::Child> {

@@ -6,7 +6,7 @@
 //! kernel counts what it cannot deliver (`events_lost_total{reason=
 //! "ringbuf_full"}`): losses are counted, never silent.
 use std::{
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -36,6 +36,10 @@ const BATCH: usize = 4096;
 /// The running reader; [`Reader::finish`] drains what is left and joins.
 pub struct Reader {
     stop: Arc<AtomicBool>,
+    /// Written by [`Reader::finish`] to wake the reader at once: its timer
+    /// runs up to `IDLE_INTERVAL`, which every `monitor exec` waited for
+    /// after its command had ended (0.05–0.08 s, measured with strace).
+    wake: Option<Arc<OwnedFd>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -50,12 +54,18 @@ impl Reader {
     ) -> Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let wake = wake_fd().map(Arc::new);
+        let wakes = wake.clone();
         let thread = thread::Builder::new()
             .name("monitor-ring".into())
-            .spawn(move || read_loop(ring, &batches, &metrics, &flag, interval))
+            .spawn(move || {
+                let wakeups = Wakeups::new(ring.as_raw_fd(), wakes.as_deref());
+                read_loop(ring, &batches, &metrics, &flag, interval, &wakeups)
+            })
             .expect("spawning the ring reader thread");
         Reader {
             stop,
+            wake,
             thread: Some(thread),
         }
     }
@@ -65,6 +75,12 @@ impl Reader {
     /// keep receiving until then.
     pub fn finish(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(wake) = &self.wake {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an eventfd takes one 8-byte count; a failed write
+            // leaves the reader to its timer.
+            unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
     }
 
     /// Waits for the reader thread (after the channel closed).
@@ -81,8 +97,8 @@ fn read_loop(
     metrics: &Metrics,
     stop: &AtomicBool,
     interval: Duration,
+    wakeups: &Wakeups,
 ) {
-    let wakeups = Wakeups::new(&ring);
     let mut sleep = interval;
     loop {
         let stopping = stop.load(Ordering::Acquire);
@@ -138,9 +154,26 @@ struct Wakeups {
     epoll: Option<std::os::fd::OwnedFd>,
 }
 
+/// An eventfd for [`Reader::finish`]; `None` (the reader then stops on its
+/// timer) when the kernel refuses one.
+fn wake_fd() -> Option<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        log::warn!(
+            "cannot create an eventfd ({}); the reader stops on its timer",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: a fresh fd, owned from here on.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Wakeups {
-    fn new(ring: &EventRing) -> Wakeups {
-        use std::os::fd::FromRawFd as _;
+    /// Waits on the ring (edge-triggered) and on `wake` (level-triggered:
+    /// once written, every wait returns at once).
+    fn new(ring: std::os::fd::RawFd, wake: Option<&OwnedFd>) -> Wakeups {
         // SAFETY: plain syscall.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -158,19 +191,29 @@ impl Wakeups {
         };
         // SAFETY: valid fds and event; a failure leaves the timer alone to
         // drive draining (still correct, only later).
-        let rc = unsafe {
-            libc::epoll_ctl(
-                epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                ring.as_raw_fd(),
-                &mut event,
-            )
-        };
+        let rc =
+            unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, ring, &mut event) };
         if rc != 0 {
             log::warn!(
                 "cannot wait for ring wakeups ({}); draining on a timer",
                 std::io::Error::last_os_error()
             );
+        }
+        if let Some(wake) = wake {
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 1,
+            };
+            // SAFETY: valid fds and event; a failure leaves the reader to
+            // stop on its timer.
+            unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    wake.as_raw_fd(),
+                    &mut event,
+                )
+            };
         }
         Wakeups { epoll: Some(epoll) }
     }
@@ -191,6 +234,28 @@ impl Wakeups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `finish` wakes a reader asleep on its timer at once (else a command's
+    /// end waited up to the idle interval for it).
+    #[test]
+    fn a_wake_ends_the_wait_at_once() {
+        let ring = wake_fd().unwrap(); // a pollable fd that never fires
+        let wake = Arc::new(wake_fd().unwrap());
+        let wakeups = Wakeups::new(ring.as_raw_fd(), Some(&wake));
+        // Control: without a wake, the wait lasts its time.
+        let started = std::time::Instant::now();
+        wakeups.wait(Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(45));
+        let mut reader = Reader {
+            stop: Arc::new(AtomicBool::new(false)),
+            wake: Some(wake),
+            thread: None,
+        };
+        reader.finish();
+        let started = std::time::Instant::now();
+        wakeups.wait(Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn the_sleep_doubles_while_idle_and_comes_back_with_records() {
