@@ -1100,6 +1100,17 @@ fn a_kept_log_flag_answer_is_used_until_the_bazel_refuses_it() {
     assert!(has_arg(&args, "--noexecution_log_sort"), "{args}");
     assert!(stderr.contains("running the command once more"), "{stderr}");
     assert_eq!(report["command_exit_status"], 0, "{report:#}");
+    // The rest of the command as it ran: the other flag monitor exec adds
+    // is still there, the refused one gone.
+    assert!(
+        has_arg(&args, "--experimental_workspace_rules_log_file="),
+        "{args}"
+    );
+    assert!(
+        !has_arg(&args, "--experimental_execution_log_file"),
+        "{args}"
+    );
+    assert!(args.lines().any(|a| a == "//..."), "{args}");
 
     // The new answer is kept.
     let (_, args, _, asked) = fake.build("bazel no_version\n", no_sort);

@@ -235,7 +235,8 @@ impl<'a> UnreadByTarget<'a> {
         t.incomplete |= r.opened_incomplete;
         let opened = Opened::of(&r.opened);
         let main = main_execroot(&r.spawn);
-        if self.reals_for != main {
+        // A spawn without a main execroot (not sandboxed) keeps the cache.
+        if main.is_some() && self.reals_for != main {
             self.main_reals.clear();
             self.reals_for.clone_from(&main);
         }

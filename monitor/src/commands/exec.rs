@@ -88,7 +88,7 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let stop = async {
         let mut ended = child.wait().await;
-        if let Some(again) = command_again(added_log, &ended).await {
+        if let Some(again) = command_again(added_log, &ended, &opts.command).await {
             ended = match spawn_in_cgroup(&again, &command_dir) {
                 Ok(mut child) => child.wait().await,
                 Err(e) => Err(std::io::Error::other(e)),
@@ -389,11 +389,10 @@ async fn execution_log_of(
             None,
         );
     };
-    let given = command.clone();
     let log = add_execution_log(command, verb, scratch, choice.flags);
     let added = AddedLog {
+        flags: log_flag_args(&log.path, choice.flags),
         choice,
-        given,
         verb,
         scratch: scratch.to_path_buf(),
         log: log.path.clone(),
@@ -404,19 +403,22 @@ async fn execution_log_of(
 /// An execution log `monitor exec` added to a Bazel command.
 struct AddedLog {
     choice: LogChoice,
-    /// The command as given, before the flags were added.
-    given: Vec<OsString>,
+    /// The arguments added (first after the verb, or after other flags
+    /// `monitor exec` added there).
+    flags: Vec<OsString>,
     verb: usize,
     scratch: PathBuf,
     log: PathBuf,
 }
 
-/// The command to run once more when it ended as a Bazel refusing the
+/// The command to run once more when `ran` ended as a Bazel refusing the
 /// log flags kept for it does (exit code 2, no log written) and, asked
-/// again, it takes others (see [`crate::bazel::log_flags`]).
+/// again, it takes others (see [`crate::bazel::log_flags`]): `ran` with
+/// those flags in place of the refused ones, everything else as it was.
 async fn command_again(
     added: Option<AddedLog>,
     status: &std::io::Result<ExitStatus>,
+    ran: &[OsString],
 ) -> Option<Vec<OsString>> {
     let added = added?;
     let refused = matches!(status, Ok(s) if s.code() == Some(2)) && !added.log.exists();
@@ -430,7 +432,12 @@ async fn command_again(
     eprintln!(
         "monitor: Bazel refused the execution log flags kept for it; asked again, it takes {flags:?}: running the command once more"
     );
-    let mut command = added.given;
+    let mut command = ran.to_vec();
+    for refused in &added.flags {
+        if let Some(i) = command.iter().skip(added.verb).position(|a| a == refused) {
+            command.remove(added.verb + i);
+        }
+    }
     add_execution_log(&mut command, added.verb, &added.scratch, flags);
     Some(command)
 }
@@ -471,16 +478,20 @@ fn add_execution_log(
     flags: LogFlags,
 ) -> ExecLogFile {
     let path = scratch.join("execution_log.bin");
-    let with_path = |flag: &str| OsString::from(format!("{flag}={}", path.display()));
-    let flags = match flags {
-        LogFlags::Raw => vec![with_path(RAW_LOG_FLAG)],
-        LogFlags::BinaryUnsorted => vec![with_path(BINARY_LOG_FLAG), NO_SORT_FLAG.into()],
-        LogFlags::Sorted => vec![with_path(BINARY_LOG_FLAG)],
-    };
-    command.splice(verb + 1..verb + 1, flags);
+    command.splice(verb + 1..verb + 1, log_flag_args(&path, flags));
     ExecLogFile {
         path,
         format: LogFormat::Binary,
+    }
+}
+
+/// The arguments that ask for the log at `path` with `flags`.
+fn log_flag_args(path: &Path, flags: LogFlags) -> Vec<OsString> {
+    let with_path = |flag: &str| OsString::from(format!("{flag}={}", path.display()));
+    match flags {
+        LogFlags::Raw => vec![with_path(RAW_LOG_FLAG)],
+        LogFlags::BinaryUnsorted => vec![with_path(BINARY_LOG_FLAG), NO_SORT_FLAG.into()],
+        LogFlags::Sorted => vec![with_path(BINARY_LOG_FLAG)],
     }
 }
 
