@@ -197,9 +197,7 @@ impl KeptAnswer {
             );
         }
     }
-}
 
-impl KeptAnswer {
     /// Whether the answer's directory and its parent are real directories
     /// of this user that nobody else may write: a build action cannot then
     /// plant answers, nor turn the write into one elsewhere. (A wrong answer
