@@ -181,8 +181,8 @@ struct UnreadByTarget<'a> {
     real_dirs: RealDirs,
     /// Each input's real path through the main execroot, by its name, for
     /// the main execroot `reals_for` (a build's spawns share one): one
-    /// hash of the name per input where [`was_read`] joins two paths and
-    /// hashes one (measured: the report of the bench build took 92 ms,
+    /// hash of the name per input, where resolving it joined two paths and
+    /// hashed one (measured: the report of the bench build took 92 ms,
     /// most of it there).
     main_reals: HashMap<&'a str, Option<PathBuf>>,
     reals_for: Option<PathBuf>,
@@ -241,22 +241,21 @@ impl<'a> UnreadByTarget<'a> {
             self.reals_for.clone_from(&main);
         }
         for input in inputs {
-            let through_main = main.as_deref().is_some_and(|main| {
-                let real = self.main_reals.entry(input).or_insert_with(|| {
-                    let rel = input.trim_start_matches("./");
-                    self.real_dirs.canonicalize_shared(&main.join(rel))
-                });
+            let main_real = main.as_deref().and_then(|main| {
+                let rel = input.trim_start_matches("./");
+                let real = self
+                    .main_reals
+                    .entry(input)
+                    .or_insert_with(|| self.real_dirs.canonicalize_shared(&main.join(rel)));
                 real.as_deref()
-                    .is_some_and(|p| opened.paths.contains(path_slice(p)))
             });
-            let read = through_main
-                || was_read(
-                    input,
-                    &r.spawn,
-                    main.as_deref(),
-                    &opened,
-                    &mut self.real_dirs,
-                );
+            let read = was_read(
+                input,
+                &r.spawn,
+                (main.as_deref(), main_real),
+                &opened,
+                &mut self.real_dirs,
+            );
             *t.declared.entry(input).or_default() |= read;
         }
     }
@@ -293,41 +292,36 @@ impl<'a> UnreadByTarget<'a> {
 /// Did the spawn open the input at `rel` (relative to the execroot)? It may
 /// have opened it through its own execroot, the main execroot the sandbox
 /// links into, or the file the links end at; a directory input counts when
-/// anything below it was opened.
-/// `main`: the spawn's [`main_execroot`].
+/// anything below it was opened. `main`: the spawn's [`main_execroot`] and
+/// the input's real path through it (the caller remembers those: every
+/// spawn of a build asks for the same ones).
 fn was_read(
     rel: &str,
     spawn: &Spawn,
-    main: Option<&Path>,
+    (main, main_real): (Option<&Path>, Option<&Path>),
     opened: &Opened,
     real_dirs: &mut RealDirs,
 ) -> bool {
+    let contains = |p: &Path| opened.paths.contains(path_slice(p));
+    // The real path through the main execroot first: the sandbox link most
+    // often resolves to the same file, and it is already resolved.
+    if main_real.is_some_and(contains) {
+        return true;
+    }
     let rel = rel.trim_start_matches("./");
     let mut candidates: Vec<PathBuf> = vec![spawn.execroot.join(rel)];
     if let Some(main) = main {
         candidates.push(main.join(rel));
     }
-    if candidates
-        .iter()
-        .any(|c| opened.paths.contains(path_slice(c)))
-    {
+    if candidates.iter().any(|c| contains(c)) {
         return true;
     }
-    // The main execroot's first: its resolution is shared by every spawn
-    // (remembered whole), and the sandbox link most often resolves to the
-    // same file.
-    let mut reals = Vec::with_capacity(candidates.len());
-    for (i, c) in candidates.iter().enumerate().rev() {
-        let real = match i {
-            1 => real_dirs.canonicalize_shared(c),
-            _ => real_dirs.canonicalize(c),
-        };
-        if let Some(real) = real {
-            if opened.paths.contains(path_slice(&real)) {
-                return true;
-            }
-            reals.push(real);
+    let mut reals: Vec<PathBuf> = main_real.map(Path::to_path_buf).into_iter().collect();
+    if let Some(real) = real_dirs.canonicalize(&candidates[0]) {
+        if contains(&real) {
+            return true;
         }
+        reals.push(real);
     }
     // Not opened by any of its names: a directory input read below.
     candidates

@@ -391,23 +391,19 @@ async fn execution_log_of(
     };
     let log = add_execution_log(command, verb, scratch, choice.flags);
     let added = AddedLog {
-        flags: log_flag_args(&log.path, choice.flags),
         choice,
         verb,
-        scratch: scratch.to_path_buf(),
         log: log.path.clone(),
     };
     (Some(log), Some(added))
 }
 
 /// An execution log `monitor exec` added to a Bazel command.
+/// Its arguments are `log_flag_args(log, choice.flags)`, first after the
+/// verb (or after other flags `monitor exec` added there).
 struct AddedLog {
     choice: LogChoice,
-    /// The arguments added (first after the verb, or after other flags
-    /// `monitor exec` added there).
-    flags: Vec<OsString>,
     verb: usize,
-    scratch: PathBuf,
     log: PathBuf,
 }
 
@@ -433,12 +429,13 @@ async fn command_again(
         "monitor: Bazel refused the execution log flags kept for it; asked again, it takes {flags:?}: running the command once more"
     );
     let mut command = ran.to_vec();
-    for refused in &added.flags {
-        if let Some(i) = command.iter().skip(added.verb).position(|a| a == refused) {
+    for refused in log_flag_args(&added.log, added.choice.flags) {
+        if let Some(i) = command.iter().skip(added.verb).position(|a| *a == refused) {
             command.remove(added.verb + i);
         }
     }
-    add_execution_log(&mut command, added.verb, &added.scratch, flags);
+    let verb = added.verb;
+    command.splice(verb + 1..verb + 1, log_flag_args(&added.log, flags));
     Some(command)
 }
 
