@@ -1376,3 +1376,50 @@ fn opens_in_a_mount_tree_no_namespace_holds_alert_on_the_object() {
         "{alerts:#?}"
     );
 }
+
+/// In `monitor exec`, a link the job made outside every action (as the
+/// Bazel server populates a sandbox) declares the target its `symlink`
+/// call gave, as the kernel saw the call; the link is not read back. A
+/// link swapped in by a rename before the launch (no `symlink` call at
+/// that name) declares nothing of its own: the secret it leads to alerts.
+/// Read back, it would have declared the secret. Control: the link made
+/// in place, whose source the action reads too, raises nothing.
+#[test]
+fn a_sandbox_link_declares_the_target_its_symlink_call_gave() {
+    require_root();
+    let sb = FakeSandbox::new();
+    let other = sb.source.with_file_name("other.txt");
+    write(&other, "other");
+    fs::remove_file(sb.execroot.join("pkg/in.txt")).unwrap();
+    // The launcher inside the sandbox directory, where its shell may read it.
+    let launcher = sb.execroot.join("../process-wrapper");
+    fs::copy(&sb.launcher, &launcher).unwrap();
+    // One long-lived process makes the links and starts the spawn, as the
+    // Bazel server does (what a process made goes when it ends).
+    let server = "import os, subprocess, sys\n\
+        e, source, other, secret, launcher = sys.argv[1:]\n\
+        os.symlink(source, e + '/pkg/in.txt')\n\
+        os.symlink(other, e + '/pkg/swapped.txt')\n\
+        os.symlink(secret, e + '/pkg/tmp')\n\
+        os.rename(e + '/pkg/tmp', e + '/pkg/swapped.txt')\n\
+        subprocess.run([launcher, '--timeout=0', '--', '/bin/sh', '-c', \
+            'cat pkg/in.txt pkg/swapped.txt > /dev/null'], cwd=e, check=True)\n";
+    let report = sb._tmp.path().join("report.json");
+    let out = Command::new(monitor_bin())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["exec", "--report"])
+        .arg(&report)
+        .args(["--", "/usr/bin/python3", "-S", "-c", server])
+        .args([&sb.execroot, &sb.source, &other, &sb.secret, &launcher])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_slice(&fs::read(&report).unwrap())
+        .unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+    let alerts = report["alerts"].as_array().unwrap();
+    let swapped = one_read_alert(alerts, &sb.secret);
+    assert_eq!(swapped["file"]["requested_path"], "pkg/swapped.txt");
+    assert_eq!(alerts.len(), 1, "{alerts:#?}\n{stderr}");
+    assert!(on(alerts, &sb.source).is_empty(), "{alerts:#?}");
+}

@@ -41,6 +41,11 @@ pub enum EventKind {
     /// rename (any of their syscalls). File-event layout: `syscall` holds
     /// the syscall number, `path` the new name as passed; no `dir`.
     LinkMade = 3,
+    /// A process outside every action (the Bazel server populating a
+    /// sandbox) made a symlink by an absolute name. File-event layout:
+    /// `syscall` holds the syscall number, `path` the link's name as passed,
+    /// `dir` its target as passed (raw bytes, not components).
+    SymlinkMade = 4,
     Connect = 100,
     /// A connect or datagram send seen by a cgroup socket-address hook
     /// ([`SockEvent`]): every route (syscall, io_uring, TCP fast open) and
@@ -79,6 +84,7 @@ impl EventKind {
             1 => Some(Self::FileOpen),
             2 => Some(Self::IoUring),
             3 => Some(Self::LinkMade),
+            4 => Some(Self::SymlinkMade),
             100 => Some(Self::Connect),
             101 => Some(Self::SockAddr),
             102 => Some(Self::UnixConnect),

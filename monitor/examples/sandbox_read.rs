@@ -38,7 +38,7 @@ fn main() {
         let (user0, sys0) = cpu_times();
         let start = Instant::now();
         for spawn in &spawns {
-            std::hint::black_box(declared_patterns(spawn));
+            std::hint::black_box(declared_patterns(spawn, &Default::default()));
         }
         let wall = start.elapsed();
         let (user1, sys1) = cpu_times();

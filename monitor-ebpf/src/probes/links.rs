@@ -86,3 +86,63 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
     submit(settings, (scratch as *const Scratch).cast(), total);
     Some(())
 }
+
+/// A symlink made by a process outside every action: in `monitor exec`,
+/// the Bazel server populating a sandbox before it launches the spawn.
+/// Its name and its target, as passed, let the sandbox read take the
+/// target from here instead of reading each link back (`readlinkat`, the
+/// largest part of the daemon's sandbox reads). Only absolute names are
+/// sent: a relative one needs its base directory, and Bazel passes none.
+pub fn on_outside_symlink(settings: &Settings, call: &Syscall) -> Option<()> {
+    if call.ret != 0 || !matches!(call.nr, NR_SYMLINK | NR_SYMLINKAT) {
+        return None;
+    }
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs.
+    let scratch = unsafe { &mut *scratch };
+    let mut hflags = 0;
+    let path_len = read_name(scratch, new_name(call), 0, &mut hflags);
+    if path_len == 0 || scratch.data[0] != b'/' || hflags != 0 {
+        return None;
+    }
+    let target_len = read_name_at(scratch, call.args[0], path_len)?;
+    let ev = &mut scratch.event;
+    fill_header(
+        &mut ev.header,
+        EventKind::SymlinkMade as u32,
+        &call.m,
+        parent_tgid(),
+    );
+    ev.syscall = call.nr as u32;
+    ev.dirfd = 0;
+    ev.open_flags = 0;
+    ev.mode = 0;
+    ev.result = 0;
+    clear_identity(ev);
+    ev.path_len = path_len as u32;
+    ev.dir_len = target_len as u32;
+    let total = core::mem::size_of::<monitor_common::FileEvent>() + path_len + target_len;
+    submit(settings, (scratch as *const Scratch).cast(), total);
+    Some(())
+}
+
+/// Copies the user string at `src` into `data` right after the first
+/// `at` bytes; its length without the NUL, or `None` when it is unreadable
+/// or does not fit whole.
+#[inline(always)]
+fn read_name_at(scratch: &mut Scratch, src: u64, at: usize) -> Option<usize> {
+    let cap = monitor_common::PATH_CAPACITY;
+    // SAFETY: `at` is below PATH_CAPACITY and `data` holds twice that, so
+    // PATH_CAPACITY bytes fit from there; the helper checks the source.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            scratch.data.as_mut_ptr().add(at & (cap - 1)).cast(),
+            cap as u32,
+            src as *const _,
+        )
+    };
+    if n <= 1 || n as usize >= cap {
+        return None;
+    }
+    Some((n as usize - 1) & (cap - 1))
+}

@@ -140,6 +140,9 @@ fn dispatch<O: Reader>(settings: &Settings, call: Syscall) -> Option<()> {
     let is_file = is_file_syscall(call.nr);
     let is_link = links::is_link_syscall(call.nr);
     if (is_file || is_link) && !filter::files_matter(&call.m) {
+        if is_link {
+            let _ = links::on_outside_symlink(settings, &call);
+        }
         return None;
     }
     if is_link {

@@ -22,7 +22,10 @@ use crate::{
         registry::{Need, Scope, WorkerIdentity},
     },
     bazel::{
-        sandbox::Spawn,
+        sandbox::{
+            Spawn,
+            made_links::{MadeLinks, Targets},
+        },
         spawns::{is_spawn_slice_name, spawn_declaration, spawn_of_launch, spawn_of_scope},
     },
     output::metrics::Metrics,
@@ -216,8 +219,9 @@ fn scan_below(dir: &Path, found: &mut Vec<(u64, PathBuf)>) {
 }
 
 /// Does the slow read a [`Need`] asks for, on the blocking pool, and sends
-/// the answer back.
-pub fn serve(need: Need, updates: UnboundedSender<Update>) {
+/// the answer back. `made`: the links Bazel made in its sandboxes, as the
+/// kernel saw them (events before the need's are in).
+pub fn serve(need: Need, updates: UnboundedSender<Update>, made: Arc<MadeLinks>) {
     tokio::task::spawn_blocking(move || {
         let update = match need {
             Need::LaunchSpawn {
@@ -226,12 +230,12 @@ pub fn serve(need: Need, updates: UnboundedSender<Update>) {
                 launch,
             } => {
                 let spawn = spawn_of_launch(&launch);
-                let declaration = spawn_declaration(&cgroup, &spawn);
+                let declaration = spawn_declaration(&cgroup, &spawn, &made_in(&made, &spawn));
                 spawn_read(key, Some((spawn, declaration)))
             }
             Need::ScopeSpawn { key, cgroup, pid } => {
                 let found = spawn_of_scope(&cgroup, pid).map(|spawn| {
-                    let declaration = spawn_declaration(&cgroup, &spawn);
+                    let declaration = spawn_declaration(&cgroup, &spawn, &made_in(&made, &spawn));
                     (spawn, declaration)
                 });
                 spawn_read(key, found)
@@ -251,6 +255,15 @@ pub fn serve(need: Need, updates: UnboundedSender<Update>) {
         };
         let _ = updates.send(update);
     });
+}
+
+/// The links Bazel made in the spawn's sandbox, taken from `made`.
+fn made_in(made: &MadeLinks, spawn: &Spawn) -> Targets {
+    spawn
+        .sandbox_dir
+        .as_deref()
+        .map(|dir| made.take(dir))
+        .unwrap_or_default()
 }
 
 fn spawn_read(key: u64, found: Option<(Spawn, Declaration)>) -> Update {

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     actions::declarations::Declaration,
-    bazel::sandbox::{self, Spawn},
+    bazel::sandbox::{self, Spawn, made_links::Targets},
     events::decode::Launch,
     policy::matchers::NetMatcher,
 };
@@ -40,9 +40,10 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
     spawn
 }
 
-/// What a sandboxed spawn declared: its sandbox, read now.
-pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn) -> Declaration {
-    let (declared, links, identities) = sandbox::declared_patterns(spawn);
+/// What a sandboxed spawn declared: its sandbox, read now; `made`: the
+/// links Bazel made in it, as the kernel saw the calls (the rest are read).
+pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn, made: &Targets) -> Declaration {
+    let (declared, links, identities) = sandbox::declared_patterns(spawn, made);
     Declaration {
         cgroup: cgroup.to_path_buf(),
         label: None,

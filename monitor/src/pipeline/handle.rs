@@ -25,7 +25,7 @@ use crate::{
     bazel::{
         isolation::Isolation,
         report::{DeclaredBy, SpawnBook},
-        sandbox::Spawn,
+        sandbox::{Spawn, made_links::MadeLinks},
     },
     events::{
         decode::{CgroupChange, Event, Origin},
@@ -104,6 +104,8 @@ pub struct Handler {
     pub grants: grants::KernelGrants,
     /// Sandboxes whose failed probes the kernel counts.
     pub sandboxes: sandboxes::KernelSandboxes,
+    /// The links Bazel made in its sandboxes, for their reads.
+    pub made_links: Arc<MadeLinks>,
 }
 
 impl Handler {
@@ -138,6 +140,7 @@ impl Handler {
             held_overflowed: false,
             grants: Default::default(),
             sandboxes: Default::default(),
+            made_links: Default::default(),
         }
     }
 
@@ -187,6 +190,7 @@ impl Handler {
                     self.dispatch(Event::Repeats(repeats), now);
                 }
                 self.processes.exit(pid);
+                self.made_links.forget_maker(pid);
                 self.registry.exit(&origin, now);
             }
             Event::IoUring(o) => {
@@ -202,6 +206,10 @@ impl Handler {
             Event::Launch(launch) => {
                 let need = self.registry.launch(launch);
                 self.needs.push(need);
+            }
+            Event::SymlinkMade(link) => {
+                self.made_links
+                    .note(link.origin.pid, link.name, link.target)
             }
             Event::Cgroup(change) => self.cgroup(change, now),
             // Names for the egress inventory; nothing to judge.

@@ -253,7 +253,7 @@ impl Pipeline {
     fn serve_needs(&mut self, updates: &mpsc::UnboundedSender<Update>) {
         for need in self.handler.needs.drain(..) {
             self.outstanding += 1;
-            watch::serve(need, updates.clone());
+            watch::serve(need, updates.clone(), self.handler.made_links.clone());
         }
     }
 

@@ -124,7 +124,7 @@ pub fn worker_action(
         launch_ktime_ns: launch.origin.ktime_ns,
         persistent_worker: false,
     };
-    let mut declaration = spawn_declaration(Path::new(""), &spawn);
+    let mut declaration = spawn_declaration(Path::new(""), &spawn, &Default::default());
     let identity = record.map(|r| {
         declaration.label = r.target_id.clone().filter(|s| !s.is_empty());
         declaration.mnemonic = r.action_mnemonic.clone().filter(|s| !s.is_empty());
