@@ -11,14 +11,17 @@
 //! sandbox filled by renames: Bazel's reuse of sandbox directories) is
 //! read as before. Entries of a sandbox are taken by its read; those of a
 //! process that ended go with it, so a later server reusing a sandbox's
-//! name (sandbox ids restart with each server) never finds them.
+//! name (sandbox ids restart with each server) never finds them. At most
+//! 32 MiB of names and targets are kept at once.
 use std::{os::unix::ffi::OsStrExt as _, path::Path, sync::Mutex};
 
 use crate::{bazel::sandbox::sandbox_dir_in, events::paths, hashing::HashMap};
 
-/// Most links kept at once; more are not kept (each costs its sandbox
-/// read one `readlinkat`), and counted.
-const MAX_LINKS: usize = 1_000_000;
+/// Most bytes of names and targets kept at once (only the sandboxes not
+/// yet launched hold any); more are not kept, each costing its sandbox
+/// read one `readlinkat`, and counted. A process outside the actions that
+/// makes links without end cannot grow the daemon past this.
+const MAX_BYTES: usize = 32 << 20;
 
 /// A sandbox's links: absolute name → target, both as passed.
 pub type Targets = HashMap<Vec<u8>, Vec<u8>>;
@@ -31,7 +34,7 @@ pub struct MadeLinks {
 #[derive(Default)]
 struct Inner {
     by_sandbox: HashMap<Vec<u8>, Made>,
-    links: usize,
+    bytes: usize,
     not_kept: u64,
 }
 
@@ -55,7 +58,13 @@ impl MadeLinks {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.links >= MAX_LINKS {
+        if inner.bytes + name.len() + target.len() > MAX_BYTES {
+            if inner.not_kept == 0 {
+                log::warn!(
+                    "links made in sandboxes not yet launched exceed {} MiB: the rest are read back from the sandboxes",
+                    MAX_BYTES >> 20
+                );
+            }
             inner.not_kept += 1;
             return;
         }
@@ -68,8 +77,11 @@ impl MadeLinks {
             }),
         };
         made.maker = maker;
-        let added = made.targets.insert(name, target).is_none();
-        inner.links += usize::from(added);
+        let (name_len, size) = (name.len(), name.len() + target.len());
+        if let Some(old) = made.targets.insert(name, target) {
+            inner.bytes -= name_len + old.len();
+        }
+        inner.bytes += size;
     }
 
     /// The links made in `sandbox`, taken: a sandbox is read once.
@@ -86,7 +98,7 @@ impl MadeLinks {
             sandbox.display(),
             made.targets.len()
         );
-        inner.links -= made.targets.len();
+        inner.bytes -= bytes_of(&made.targets);
         made.targets
     }
 
@@ -102,17 +114,25 @@ impl MadeLinks {
         inner.by_sandbox.retain(|_, made| {
             let keep = made.maker != tgid;
             if !keep {
-                gone += made.targets.len();
+                gone += bytes_of(&made.targets);
             }
             keep
         });
-        inner.links -= gone;
+        inner.bytes -= gone;
     }
 
     /// Links not kept because the store was full.
     pub fn not_kept(&self) -> u64 {
         self.inner.lock().map_or(0, |inner| inner.not_kept)
     }
+}
+
+/// The bytes of names and targets in `targets`.
+fn bytes_of(targets: &Targets) -> usize {
+    targets
+        .iter()
+        .map(|(name, target)| name.len() + target.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -176,6 +196,26 @@ mod tests {
         assert_eq!(made.take(Path::new("/ob/sandbox/linux-sandbox/7")).len(), 1);
     }
 
+    /// Past the cap a link is not kept (its read reads it) and counted;
+    /// what a read takes makes room again.
+    #[test]
+    fn links_past_the_cap_are_counted_not_kept() {
+        let made = MadeLinks::default();
+        let target = vec![b'/'; 1 << 20];
+        let name = |i: usize| format!("/ob/sandbox/s/{i}/execroot/ws/a").into_bytes();
+        let mut kept = 0;
+        for i in 0..40 {
+            made.note(10, name(i), target.clone());
+            kept += usize::from(made.not_kept() == 0);
+        }
+        assert_eq!(kept, 31, "32 MiB hold 31 links of 1 MiB and their names");
+        assert_eq!(made.not_kept(), 9);
+        assert_eq!(made.take(Path::new("/ob/sandbox/s/0")).len(), 1);
+        made.note(10, name(39), target.clone());
+        assert_eq!(made.not_kept(), 9, "room again after a take");
+        assert_eq!(made.take(Path::new("/ob/sandbox/s/39")).len(), 1);
+    }
+
     #[test]
     fn links_of_an_ended_process_go_with_it() {
         let made = MadeLinks::default();
@@ -191,6 +231,6 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(made.take(Path::new("/ob/sandbox/linux-sandbox/8")).len(), 1);
-        assert_eq!(made.inner.lock().unwrap().links, 0);
+        assert_eq!(made.inner.lock().unwrap().bytes, 0);
     }
 }
