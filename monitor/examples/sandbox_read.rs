@@ -4,8 +4,11 @@
 //! execroot), each sandbox read with `declared_patterns` as the daemon
 //! reads one at its spawn's launch.
 //!
-//! `cargo run --release -p monitor --example sandbox_read -- [SANDBOXES] [INPUTS] [ROUNDS]`
+//! `cargo run --release -p monitor --example sandbox_read -- [SANDBOXES] [INPUTS] [ROUNDS] [made]`
 //! (default 200 sandboxes of 300 inputs, as the bench build; 5 rounds).
+//! With `made`, each read is given its links' targets as the kernel
+//! reports Bazel's `symlink` calls in `monitor exec` (`made_links`), so
+//! no link is read back.
 //! Each round makes its sandboxes afresh (not timed) and reads each once,
 //! as the daemon reads a build's; it prints the reads' user and system
 //! CPU time and the wall time per link. Run it under `perf record` for
@@ -17,13 +20,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use monitor::bazel::sandbox::{Spawn, declared_patterns, parse_launch};
+use monitor::bazel::sandbox::{Spawn, declared_patterns, made_links::Targets, parse_launch};
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let sandboxes = args.next().and_then(Result::ok).unwrap_or(200);
-    let inputs = args.next().and_then(Result::ok).unwrap_or(300);
-    let rounds = args.next().and_then(Result::ok).unwrap_or(5);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (sandboxes, inputs, rounds) = (number(0, 200), number(1, 300), number(2, 5));
+    let made = args.get(3).is_some_and(|a| a == "made");
     let tmp = tempfile::tempdir().expect("a scratch directory");
     // As deep as Bazel's output base: the links' targets are too long to
     // be kept in their inodes, as on a real build.
@@ -31,14 +34,19 @@ fn main() {
         .path()
         .join("bazel/_bazel_root/0123456789abcdef0123456789abcdef");
     lay_out_sources(&root, inputs);
-    println!("{sandboxes} sandboxes x {inputs} inputs, {rounds} rounds");
+    let how = if made {
+        "targets as made"
+    } else {
+        "links read back"
+    };
+    println!("{sandboxes} sandboxes x {inputs} inputs, {rounds} rounds, {how}");
     for round in 0..rounds {
         // Fresh links each round, read once each, as a build's are.
-        let spawns = lay_out_sandboxes(&root, round, sandboxes, inputs);
+        let spawns = lay_out_sandboxes(&root, round, sandboxes, inputs, made);
         let (user0, sys0) = cpu_times();
         let start = Instant::now();
-        for spawn in &spawns {
-            std::hint::black_box(declared_patterns(spawn, &Default::default()));
+        for (spawn, targets) in &spawns {
+            std::hint::black_box(declared_patterns(spawn, targets));
         }
         let wall = start.elapsed();
         let (user1, sys1) = cpu_times();
@@ -70,22 +78,35 @@ fn lay_out_sources(root: &Path, inputs: usize) {
 
 /// Round `round`'s sandboxes, each linking every input into the main
 /// execroot; the spawns that read them, each launched just after its
-/// links were made (as Bazel's are: their links are recent).
-fn lay_out_sandboxes(root: &Path, round: usize, sandboxes: usize, inputs: usize) -> Vec<Spawn> {
+/// links were made (as Bazel's are: their links are recent), with the
+/// links' targets when `made`.
+fn lay_out_sandboxes(
+    root: &Path,
+    round: usize,
+    sandboxes: usize,
+    inputs: usize,
+    made: bool,
+) -> Vec<(Spawn, Targets)> {
     let main = root.join("ob/execroot/ws");
     (0..sandboxes)
         .map(|s| {
             let dir = format!("ob/sandbox/{round}/linux-sandbox/{s}/execroot/ws");
             let execroot = root.join(dir);
             fs::create_dir_all(execroot.join("in")).expect("a sandbox directory");
+            let mut targets = Targets::default();
             for i in 0..inputs {
                 let name = input_name(i);
-                symlink(main.join(&name), execroot.join(&name)).expect("an input link");
+                let (link, target) = (execroot.join(&name), main.join(&name));
+                symlink(&target, &link).expect("an input link");
+                if made {
+                    let bytes = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
+                    targets.insert(bytes(&link), bytes(&target));
+                }
             }
             let argv = format!("linux-sandbox\0-W\0{}\0--\0true\0", execroot.display());
             let mut spawn = parse_launch(argv.as_bytes(), Path::new("/"));
             spawn.launched_at = Some(SystemTime::now() + Duration::from_millis(1));
-            spawn
+            (spawn, targets)
         })
         .collect()
 }

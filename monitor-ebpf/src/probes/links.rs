@@ -10,7 +10,7 @@ use monitor_common::{
 };
 
 use crate::{
-    emit::{fill_header, submit},
+    emit::{clock, fill_header, fill_header_but_comm, submit},
     maps::{SCRATCH, Scratch},
     object::Reader,
     probes::{
@@ -107,12 +107,11 @@ pub fn on_outside_symlink(settings: &Settings, call: &Syscall) -> Option<()> {
     }
     let target_len = read_name_at(scratch, call.args[0], path_len)?;
     let ev = &mut scratch.event;
-    fill_header(
-        &mut ev.header,
-        EventKind::SymlinkMade as u32,
-        &call.m,
-        parent_tgid(),
-    );
+    // Only the maker's tgid and the time are read: no parent, command name
+    // or cgroup ancestor is looked up (60,000 of these on the bench build).
+    fill_header_but_comm(&mut ev.header, EventKind::SymlinkMade as u32, &call.m, 0, 0);
+    ev.header.ktime_ns = clock();
+    ev.header.comm = [0; monitor_common::COMM_LEN];
     ev.syscall = call.nr as u32;
     ev.dirfd = 0;
     ev.open_flags = 0;
