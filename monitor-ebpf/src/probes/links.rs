@@ -72,12 +72,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
         &call.m,
         parent_tgid(),
     );
-    ev.syscall = call.nr as u32;
-    ev.dirfd = 0;
-    ev.open_flags = 0;
-    ev.mode = 0;
-    ev.result = 0;
-    clear_identity(ev);
+    name_fields(ev, call.nr);
     let mut hflags = 0;
     let path_len = read_name(scratch, new_name(call), 0, &mut hflags);
     scratch.event.header.flags = hflags;
@@ -85,6 +80,17 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
     let total = core::mem::size_of::<monitor_common::FileEvent>() + path_len;
     submit(settings, (scratch as *const Scratch).cast(), total);
     Some(())
+}
+
+/// A name event's own fields: the syscall, no open's, no identity.
+#[inline(always)]
+fn name_fields(ev: &mut monitor_common::FileEvent, nr: u64) {
+    ev.syscall = nr as u32;
+    ev.dirfd = 0;
+    ev.open_flags = 0;
+    ev.mode = 0;
+    ev.result = 0;
+    clear_identity(ev);
 }
 
 /// A symlink made by a process outside every action: in `monitor exec`,
@@ -112,12 +118,7 @@ pub fn on_outside_symlink(settings: &Settings, call: &Syscall) -> Option<()> {
     fill_header_but_comm(&mut ev.header, EventKind::SymlinkMade as u32, &call.m, 0, 0);
     ev.header.ktime_ns = clock();
     ev.header.comm = [0; monitor_common::COMM_LEN];
-    ev.syscall = call.nr as u32;
-    ev.dirfd = 0;
-    ev.open_flags = 0;
-    ev.mode = 0;
-    ev.result = 0;
-    clear_identity(ev);
+    name_fields(ev, call.nr);
     ev.path_len = path_len as u32;
     ev.dir_len = target_len as u32;
     let total = core::mem::size_of::<monitor_common::FileEvent>() + path_len + target_len;
