@@ -206,7 +206,9 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// symlink target found in it, each hop of a chain included (Bazel links
 /// sandbox inputs to the main execroot, which links to the source tree).
 /// Links made after the launch declare nothing; the targets of those that
-/// may have been ([`LinkSources`]) are returned apart as well.
+/// may have been ([`LinkSources`]) are returned apart as well. `made`: the
+/// targets of the links Bazel was seen making (`made_links`), taken
+/// instead of reading those links back.
 pub fn declared_patterns(spawn: &Spawn, made: &Targets) -> (PatternSet, LinkSources, Identities) {
     let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
     let mut patterns = PatternSet::default();
