@@ -121,8 +121,10 @@ impl MadeLinks {
         inner.bytes -= gone;
     }
 
-    /// Links not kept because the store was full.
-    pub fn not_kept(&self) -> u64 {
+    /// Links not kept because the store was full (the daemon only warns
+    /// once: a link not kept is read back, nothing is lost).
+    #[cfg(test)]
+    fn not_kept(&self) -> u64 {
         self.inner.lock().map_or(0, |inner| inner.not_kept)
     }
 }
