@@ -340,6 +340,10 @@ impl SandboxWalk<'_> {
             .ok()
             .map(|st| made(tree::ctime(&st), launched_at))
             .filter(|made| !matches!(made, Made::After));
+        // A link's chain records two files or three (the execroot's link,
+        // the source file, its real path).
+        let linked = matches!(dir_made, Some(Made::Ambiguous));
+        self.identities.reserve(2 * read.len(), linked);
         for (name, path, target) in read {
             let made = match dir_made {
                 Some(Made::Before) => Made::Before,
