@@ -35,8 +35,9 @@ pub struct Match {
 }
 
 /// Returns the deepest matching scope, or `None` for a task outside every
-/// monitored action. Costs one helper call per scope tried, and one more
-/// (the ancestor below the scope) for a task inside one.
+/// monitored action. Costs a call of [`scope_action`] per scope tried
+/// (one helper call in it, two for a parent scope holding the task), and
+/// one more helper call for the ancestor below a plain scope.
 ///
 /// Userspace writes the scopes deepest first, so the first match is the
 /// answer and nothing is carried from one scope to the next. Each scope is

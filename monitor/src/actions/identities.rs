@@ -78,14 +78,14 @@ impl Identities {
     /// by doubling rehashed them about nine times per sandbox (28 ms of a
     /// bench build's daemon CPU sampled).
     pub fn reserve(&mut self, files: usize, linked: bool) {
-        let room = files.min(MAX_ENTRIES.saturating_sub(self.by_path.len()));
-        if linked {
-            self.linked_by_path.reserve(room);
-            self.linked.reserve(room);
+        let (by_path, keys) = if linked {
+            (&mut self.linked_by_path, &mut self.linked)
         } else {
-            self.by_path.reserve(room);
-            self.all.reserve(room);
-        }
+            (&mut self.by_path, &mut self.all)
+        };
+        let room = files.min(MAX_ENTRIES.saturating_sub(by_path.len()));
+        by_path.reserve(room);
+        keys.reserve(room);
     }
 
     /// Records `path` (not a directory) as declared: the file `(dev, ino)`.
