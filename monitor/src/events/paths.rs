@@ -185,6 +185,22 @@ mod tests {
         assert_eq!(n("/a/.."), "/");
     }
 
+    /// Every path of up to 7 bytes made of `/`, `.` and `a`, shortest
+    /// first: each way a component can be empty, `.`, `..` or a name.
+    fn short_paths() -> Vec<Vec<u8>> {
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..7 {
+            let longest = paths.last().unwrap().len();
+            let longer: Vec<Vec<u8>> = paths
+                .iter()
+                .filter(|p| p.len() == longest)
+                .flat_map(|p| b"/.a".map(|b| [&p[..], &[b]].concat()))
+                .collect();
+            paths.extend(longer);
+        }
+        paths
+    }
+
     /// Every path of up to 7 bytes from `/`, `.`, `a`, against the
     /// normal form by its components (a `..` drops the one before).
     #[test]
@@ -207,18 +223,8 @@ mod tests {
                 joined
             }
         };
-        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..7 {
-            let longest = paths.last().unwrap().len();
-            let longer: Vec<Vec<u8>> = paths
-                .iter()
-                .filter(|p| p.len() == longest)
-                .flat_map(|p| b"/.a".map(|b| [&p[..], &[b]].concat()))
-                .collect();
-            paths.extend(longer);
-        }
         let mut climbing = 0;
-        for p in &paths {
+        for p in &short_paths() {
             assert_eq!(normalize(p), by_components(p), "{}", escape_for_display(p));
             climbing += usize::from(p.windows(3).any(|w| w == b"/.."));
         }
@@ -318,16 +324,8 @@ mod tests {
                         .split(|&b| b == b'/')
                         .all(|c| !c.is_empty() && c != b"." && c != b".."))
         };
-        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        let paths = short_paths();
         let mut normal = 0;
-        for _ in 0..7 {
-            let longer: Vec<Vec<u8>> = paths
-                .iter()
-                .filter(|p| p.len() == paths.last().unwrap().len())
-                .flat_map(|p| b"/.a".map(|b| [&p[..], &[b]].concat()))
-                .collect();
-            paths.extend(longer);
-        }
         assert_eq!(paths.len(), (0..=7).map(|n| 3usize.pow(n)).sum::<usize>());
         for p in &paths {
             assert_eq!(is_normal(p), by_components(p), "{}", escape_for_display(p));
