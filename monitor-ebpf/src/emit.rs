@@ -130,6 +130,28 @@ pub fn zeroed_in<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
     unsafe { slot.assume_init_mut() }
 }
 
+/// A zeroed `T` in the per-CPU scratch map's data area, for an event
+/// built beside the syscall hook's dispatch: its frame and a callee's
+/// together may hold at most 512 bytes, and the hook's own frame takes
+/// most of them (a connect event on the callee's stack made the pair 576
+/// bytes, refused by the verifier). `None` only if the map has no slot.
+#[inline(always)]
+pub fn zeroed_in_scratch<T>() -> Option<&'static mut T> {
+    const {
+        assert!(
+            core::mem::size_of::<T>() <= monitor_common::PATH_CAPACITY
+                && core::mem::align_of::<T>() <= 8
+        );
+    }
+    let scratch = crate::maps::SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by this program only while it runs; its
+    // data area is 8-byte aligned and larger than T.
+    let p = unsafe { (*scratch).data.as_mut_ptr().cast::<T>() };
+    zero_words(p);
+    // SAFETY: every byte is zero, a valid value of the event structs.
+    Some(unsafe { &mut *p })
+}
+
 /// Zeroes `*p` with 8-byte stores. `core::mem::zeroed` and runs of zero
 /// stores compile to a call of the BPF target's `memset`, a loop writing
 /// one byte at a time; volatile stores are kept as they are.

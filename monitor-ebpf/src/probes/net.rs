@@ -45,8 +45,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     let socket: u64 = read(file_of_fd_read(fd), o.file_private_data);
     let sock_type: i16 = read(socket, o.socket_type);
 
-    let mut slot = core::mem::MaybeUninit::<ConnectEvent>::uninit();
-    let ev = crate::emit::zeroed_in(&mut slot);
+    let ev = crate::emit::zeroed_in_scratch::<ConnectEvent>()?;
     fill_header(
         &mut ev.header,
         EventKind::Connect as u32,

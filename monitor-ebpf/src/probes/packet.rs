@@ -39,8 +39,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
     } else {
         0
     };
-    let mut slot = core::mem::MaybeUninit::<SockEvent>::uninit();
-    let ev = crate::emit::zeroed_in(&mut slot);
+    let ev = crate::emit::zeroed_in_scratch::<SockEvent>()?;
     fill_header(
         &mut ev.header,
         EventKind::SockAddr as u32,
