@@ -385,6 +385,57 @@ fn linux_sandbox_spawns_are_judged_against_what_bazel_declared() {
     );
 }
 
+/// `[bazel] label_source = "trace_profile"`: Bazel writes its JSON trace
+/// profile instead of the execution log, and each spawn is labelled by the
+/// primary output it wrote. The same alerts as with the log, labelled the
+/// same (without mnemonics: the profile names none).
+#[test]
+fn trace_profile_labels_each_spawn_by_the_output_it_wrote() {
+    let b = build_opts(Opts {
+        strategy: Some("linux-sandbox"),
+        config: Some("[bazel]\nlabel_source = \"trace_profile\"\n[metrics]\nlisten = \"off\"\n"),
+        ..Opts::default()
+    });
+    assert_eq!(b.code, Some(1), "violations must exit 1:\n{}", b.stderr);
+    let command = b.command();
+    assert!(
+        command.iter().any(|a| a.starts_with("--profile=")),
+        "{command:?}"
+    );
+    assert!(
+        !command.iter().any(|a| a.contains("execution_log")),
+        "no execution log asked for: {command:?}"
+    );
+    let bazel = &b.report["bazel"];
+    assert_eq!(bazel["label_source"], "trace_profile", "{bazel:#}");
+    assert_eq!(bazel["spawns_label_ambiguous"], 0, "{bazel:#}");
+    assert_eq!(bazel["unseen_spawns"], serde_json::json!({"subprocess": 0}));
+    assert_eq!(b.report["unmonitored_spawns"], 0, "every spawn was seen");
+    for label in TARGETS {
+        let rows = b.spawns_of(label);
+        assert_eq!(rows.len(), 1, "{label}: {bazel:#}");
+        assert_eq!(rows[0]["declared_by"], "sandbox_tree", "{label}");
+    }
+    assert!(b.alerts_of("//:clean").is_empty(), "{:#?}", b.alerts);
+    let kinds = [
+        ("//:abs_workspace", "undeclared_file"),
+        ("//:host_file", "undeclared_file"),
+        ("//:net_default", "network_egress"),
+        ("//:net_requires", "network_egress"),
+    ];
+    for (label, kind) in kinds {
+        let alerts = b.alerts_of(label);
+        assert_eq!(alerts.len(), 1, "{label}: {:#?}", b.alerts);
+        assert_eq!(alerts[0]["kind"], kind, "{label}");
+    }
+    assert_eq!(
+        b.alerts.len(),
+        kinds.len(),
+        "no unlabelled alert: {:#?}",
+        b.alerts
+    );
+}
+
 #[test]
 fn processwrapper_sandbox_spawns_are_judged_against_what_bazel_declared() {
     // Upstream's default (Debian's bazelrc keeps sandboxes): each sandbox is

@@ -48,9 +48,24 @@ pub struct Bazel {
     /// less is a `weak_isolation` violation. `"none"` (the default) requires
     /// nothing.
     pub require_isolation: crate::bazel::isolation::Isolation,
+    /// What `monitor exec` asks Bazel for to name each spawn's target:
+    /// its execution log (the default: it also declares the spawns that
+    /// run without a sandbox tree and splits a persistent worker's
+    /// requests) or its JSON trace profile (labels alone, at a small part
+    /// of the log's cost to the build; docs/config.md).
+    pub label_source: LabelSource,
     /// Bazel's downloader rules, judged per repository fetch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downloader: Option<crate::policy::downloader::DownloaderConfig>,
+}
+
+/// `[bazel] label_source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSource {
+    #[default]
+    ExecutionLog,
+    TraceProfile,
 }
 
 /// How kernel events are tied to build actions.
@@ -856,6 +871,20 @@ listen = "127.0.0.1:9464"                         # /metrics and /healthz
                 .contains("metrics.listen: invalid listen address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn label_source_takes_its_two_words_and_names_a_wrong_one() {
+        assert_eq!(
+            parse("").unwrap().bazel.label_source,
+            LabelSource::ExecutionLog
+        );
+        let c = parse("[bazel]\nlabel_source = \"trace_profile\"\n").unwrap();
+        assert_eq!(c.bazel.label_source, LabelSource::TraceProfile);
+        assert!(c.to_toml().contains("label_source = \"trace_profile\""));
+        let e = err("[bazel]\n\nlabel_source = \"profile\"\n");
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert!(e.to_string().contains("bazel.label_source"), "{e}");
     }
 
     #[test]

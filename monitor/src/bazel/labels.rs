@@ -1,9 +1,14 @@
-//! Labels for spawns from Bazel's execution log, read when the build
-//! ended: joined on the spawn's command line (no log records a pid or
-//! sandbox id).
+//! Labels for spawns, read when the build ended: from Bazel's execution
+//! log, joined on the spawn's command line (no log records a pid or
+//! sandbox id), or from its trace profile, joined on the primary output
+//! the spawn wrote.
 use std::collections::HashMap;
 
-use crate::bazel::execlog::{ExecLog, ExecLogFile};
+use crate::bazel::{
+    execlog::{ExecLog, ExecLogFile},
+    report::SpawnBook,
+    trace_profile::TraceProfile,
+};
 
 /// What the execution log says about the spawns that raised alerts.
 #[derive(Debug, Default)]
@@ -59,5 +64,194 @@ pub fn labels_from_log(
     SpawnLabels {
         by_action,
         sandboxed_in_log: log.entries.iter().filter(|e| e.ran_sandboxed()).count(),
+    }
+}
+
+/// Labels joined from a trace profile ([`labels_from_trace`]).
+#[derive(Debug, Default)]
+pub struct TraceLabels {
+    /// Action id → its target's label (the profile names no mnemonic).
+    pub by_action: HashMap<String, Option<String>>,
+    /// Spawns left unlabelled because what they wrote named the primary
+    /// outputs of more than one action, or an output another spawn also
+    /// wrote.
+    pub ambiguous: usize,
+    /// The profile's local subprocess runs (`subprocess.run`).
+    pub local_runs: usize,
+}
+
+impl TraceLabels {
+    pub fn label_of(&self, id: &str) -> Option<&str> {
+        self.by_action.get(id)?.as_deref()
+    }
+
+    /// Local runs in the profile beyond the `seen` spawns (launchers the
+    /// monitor saw start): they ran outside the job or without a launcher.
+    pub fn unseen(&self, seen: usize) -> std::collections::BTreeMap<String, u64> {
+        let beyond = self.local_runs.saturating_sub(seen) as u64;
+        std::collections::BTreeMap::from([("subprocess".to_owned(), beyond)])
+    }
+
+    /// The labels as the execution log's join gives them (no mnemonic).
+    pub fn as_spawn_labels(&self) -> HashMap<String, (Option<String>, Option<String>)> {
+        self.by_action
+            .iter()
+            .map(|(id, label)| (id.clone(), (label.clone(), None)))
+            .collect()
+    }
+}
+
+/// Joins each spawn of `book` to the action of `profile` whose primary
+/// output it wrote below its execroot (a tree artifact's: a path below
+/// it). Outputs are unique per action, so a spawn is labelled only when
+/// all it wrote names one action and no other spawn wrote that output: a
+/// hostile spawn that also writes another target's output path in its
+/// own sandbox gets no label rather than that target's.
+pub fn labels_from_trace(profile: &TraceProfile, book: &SpawnBook) -> TraceLabels {
+    let mut claims: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut wrote: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in book.records() {
+        let mut outputs: Vec<&str> = r
+            .written
+            .iter()
+            .filter_map(|w| primary_output_of(profile, w))
+            .collect();
+        outputs.sort_unstable();
+        outputs.dedup();
+        for out in &outputs {
+            claims.entry(out).or_default().push(&r.id);
+        }
+        wrote.insert(&r.id, outputs);
+    }
+    let mut labels = TraceLabels {
+        local_runs: profile.local_runs,
+        ..TraceLabels::default()
+    };
+    for (id, outputs) in wrote {
+        match outputs.as_slice() {
+            [] => {}
+            [out] if claims[out].len() == 1 => {
+                let label = profile.action_writing(out).and_then(|a| a.label.clone());
+                labels.by_action.insert(id.to_owned(), label);
+            }
+            _ => labels.ambiguous += 1,
+        }
+    }
+    labels
+}
+
+/// The primary output in `profile` that the written path `written` is, or
+/// lies below (a tree artifact).
+fn primary_output_of<'p>(profile: &'p TraceProfile, written: &str) -> Option<&'p str> {
+    let mut path = written;
+    loop {
+        if let Some((out, _)) = profile.by_output.get_key_value(path) {
+            return Some(out.as_str());
+        }
+        path = &path[..path.rfind('/')?];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::bazel::sandbox::parse_launch;
+
+    const PROFILE: &str = r#"{"traceEvents":[
+      {"cat":"action processing","name":"Executing genrule //:a","out":"bazel-out/bin/a.out","args":{"target":"//:a"}},
+      {"cat":"action processing","name":"Executing genrule //:b","out":"bazel-out/bin/b.out","args":{"target":"//:b"}},
+      {"cat":"action processing","name":"Executing genrule //:c","out":"bazel-out/bin/c.out","args":{"target":"//:c"}},
+      {"cat":"action processing","name":"Generating tree //:t","out":"bazel-out/bin/tree","args":{"target":"//:t"}},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"},
+      {"cat":"general information","name":"subprocess.run"}
+    ]}"#;
+
+    /// A spawn `n` in sandbox `n` that wrote `written` (relative to its
+    /// execroot) and read `read`.
+    fn spawn(book: &mut SpawnBook, n: u64, written: &[&str], read: &[&str]) -> String {
+        let execroot = format!("/ob/sandbox/linux-sandbox/{n}/execroot/ws");
+        let launch = parse_launch(
+            format!("linux-sandbox\0--\0cmd-{n}").as_bytes(),
+            Path::new(&execroot),
+        );
+        let id = format!("linux-sandbox-{n}");
+        book.launched(n, id.clone(), launch);
+        for w in written {
+            book.opened(&id, format!("{execroot}/{w}").as_bytes());
+            book.wrote(&id, format!("{execroot}/{w}").as_bytes());
+        }
+        for r in read {
+            book.opened(&id, format!("{execroot}/{r}").as_bytes());
+        }
+        id
+    }
+
+    #[test]
+    fn a_spawn_is_labelled_by_the_primary_output_it_wrote() {
+        let (profile, cut) = TraceProfile::read(PROFILE.as_bytes());
+        assert!(cut.is_none());
+        let mut book = SpawnBook::default();
+        // Reads another action's output (its input): no claim on it.
+        let a = spawn(
+            &mut book,
+            1,
+            &["bazel-out/bin/a.out", "bazel-out/bin/a.d"],
+            &["bazel-out/bin/c.out"],
+        );
+        // A tree artifact: written below the output directory.
+        let t = spawn(&mut book, 2, &["bazel-out/bin/tree/x/y.txt"], &[]);
+        // Wrote no primary output (a failed action): no label.
+        let none = spawn(&mut book, 3, &["tmp/scratch"], &[]);
+        // A written path outside its execroot is not kept.
+        book.wrote(
+            &a,
+            b"/ob/sandbox/linux-sandbox/9/execroot/ws/bazel-out/bin/b.out",
+        );
+        let labels = labels_from_trace(&profile, &book);
+        assert_eq!(labels.label_of(&a), Some("//:a"));
+        assert_eq!(labels.label_of(&t), Some("//:t"));
+        assert_eq!(labels.label_of(&none), None);
+        assert!(!labels.by_action.contains_key(&none));
+        assert_eq!(labels.ambiguous, 0);
+        assert_eq!(labels.local_runs, 7);
+        assert_eq!(
+            labels.unseen(book.records().count()),
+            [("subprocess".to_owned(), 4)].into()
+        );
+        assert_eq!(
+            labels.as_spawn_labels()[&a],
+            (Some("//:a".to_owned()), None)
+        );
+    }
+
+    /// How a hostile spawn would borrow an innocent target's name: write
+    /// that target's output path in its own sandbox, beside its own, or
+    /// where the innocent spawn also wrote it. Neither gets a label from
+    /// the other.
+    #[test]
+    fn a_spawn_writing_another_targets_output_is_not_given_its_label() {
+        let (profile, _) = TraceProfile::read(PROFILE.as_bytes());
+        let mut book = SpawnBook::default();
+        let evil = spawn(
+            &mut book,
+            1,
+            &["bazel-out/bin/a.out", "bazel-out/bin/b.out"],
+            &[],
+        );
+        let b = spawn(&mut book, 2, &["bazel-out/bin/b.out"], &[]);
+        let c_evil = spawn(&mut book, 3, &["bazel-out/bin/c.out"], &[]);
+        let c = spawn(&mut book, 4, &["bazel-out/bin/c.out"], &[]);
+        let labels = labels_from_trace(&profile, &book);
+        for id in [&evil, &b, &c_evil, &c] {
+            assert_eq!(labels.label_of(id), None, "{id}");
+        }
+        assert_eq!(labels.ambiguous, 4);
     }
 }

@@ -1,5 +1,5 @@
 //! Bazel-specific attribution: sandbox trees and launcher command lines, the
-//! JSON execution log (labels and mnemonics).
+//! execution log (labels and mnemonics) or the trace profile (labels).
 //! Must not judge events or write output; generic attribution lives in `actions`.
 pub mod execlog;
 /// Repository fetches from Bazel's workspace rules log, joined with connects.
@@ -10,6 +10,7 @@ pub mod log_flags;
 pub mod report;
 pub mod sandbox;
 pub mod spawns;
+pub mod trace_profile;
 pub mod unsandboxed;
 /// The Bazel release `monitor exec` runs (`CMD --version`).
 pub mod version;

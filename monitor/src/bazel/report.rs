@@ -24,6 +24,11 @@ use crate::{
 /// that opens more is marked incomplete (its unread list is not given).
 pub const MAX_OPENED_PER_SPAWN: usize = 65_536;
 
+/// Distinct paths remembered per spawn that it wrote below its execroot
+/// (what joins it to its action in a trace profile); past this, more are
+/// not kept.
+pub const MAX_WRITTEN_PER_SPAWN: usize = 1024;
+
 /// Where a spawn's declaration came from (the report's `declared_by`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeclaredBy {
@@ -57,6 +62,9 @@ pub struct SpawnRecord {
     pub declared_by: Option<DeclaredBy>,
     pub opened: HashSet<Vec<u8>>,
     pub opened_incomplete: bool,
+    /// Paths written below its execroot, relative to it (at most
+    /// [`MAX_WRITTEN_PER_SPAWN`]).
+    pub written: HashSet<String>,
     pub events_dropped: u64,
 }
 
@@ -79,6 +87,7 @@ impl SpawnBook {
                 declared_by: None,
                 opened: HashSet::default(),
                 opened_incomplete: false,
+                written: HashSet::default(),
                 events_dropped: 0,
             },
         );
@@ -103,14 +112,37 @@ impl SpawnBook {
         }
     }
 
+    /// A name the spawn (action `id`) wrote: kept when it lies below the
+    /// spawn's execroot.
+    pub fn wrote(&mut self, id: &str, path: &[u8]) {
+        let Some(r) = self.by_id.get(id).and_then(|k| self.records.get_mut(k)) else {
+            return;
+        };
+        let Some(rel) = path
+            .strip_prefix(r.spawn.execroot.as_os_str().as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"/"))
+        else {
+            return;
+        };
+        if r.written.len() < MAX_WRITTEN_PER_SPAWN && !rel.is_empty() {
+            r.written.insert(String::from_utf8_lossy(rel).into_owned());
+        }
+    }
+
+    /// Every spawn seen starting.
+    pub fn records(&self) -> impl Iterator<Item = &SpawnRecord> {
+        self.records.values()
+    }
+
     pub fn get(&self, key: u64) -> Option<&SpawnRecord> {
         self.records.get(&key)
     }
 
     /// The report's `bazel` section: every spawn with its target, isolation
     /// and declaration source; counts by isolation and by source; per
-    /// target, the declared inputs never opened, largest count first.
-    pub fn section(&self, log: Option<&ExecLog>) -> Value {
+    /// target, the declared inputs never opened, largest count first (only
+    /// the execution log lists a spawn's inputs).
+    pub fn section(&self, record: BazelRecord<'_>) -> Value {
         let mut records: Vec<&SpawnRecord> = self.records.values().collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
         let mut spawns = Vec::new();
@@ -118,35 +150,84 @@ impl SpawnBook {
         let mut declared_by: BTreeMap<&str, u64> = BTreeMap::new();
         let mut unread = UnreadByTarget::default();
         for r in records {
-            let entry = log.and_then(|l| l.find_by_command(&r.spawn.command, None));
+            let facts = record.facts(r);
             let iso = Isolation::of(&r.spawn);
             let by = r.declared_by.unwrap_or(DeclaredBy::None).as_str();
             *isolation.entry(iso.as_str()).or_default() += 1;
             *declared_by.entry(by).or_default() += 1;
             spawns.push(json!({
                 "id": r.id,
-                "label": entry.and_then(|e| e.label.clone()),
-                "mnemonic": entry.and_then(|e| e.mnemonic.clone()),
-                "runner": entry.and_then(|e| e.runner.clone()),
+                "label": facts.label,
+                "mnemonic": facts.mnemonic,
+                "runner": facts.runner,
                 "launcher": r.spawn.launcher,
                 "isolation": iso.as_str(),
                 "network_namespace": r.spawn.own_network,
                 "declared_by": by,
                 "events_dropped": r.events_dropped,
             }));
-            if let Some(entry) = entry
-                && let Some(label) = &entry.label
-            {
-                unread.add(label, &entry.inputs, r);
+            if let (Some(label), Some(inputs)) = (facts.label, facts.inputs) {
+                unread.add(label, inputs, r);
             }
         }
+        let unseen = match record {
+            BazelRecord::Log(log) => self.unseen(log),
+            BazelRecord::Trace(t) => t.unseen(self.records.len()),
+        };
         json!({
-            "unseen_spawns": self.unseen(log),
+            "label_source": record.name(),
+            "unseen_spawns": unseen,
             "spawns": spawns,
             "isolation": isolation,
             "declared_by": declared_by,
             "unread_inputs": unread.into_json(),
         })
+    }
+}
+
+/// The record of Bazel's that names the spawns' targets.
+#[derive(Clone, Copy)]
+pub enum BazelRecord<'a> {
+    /// The execution log (when it could be read).
+    Log(Option<&'a ExecLog>),
+    /// Labels joined from the trace profile.
+    Trace(&'a crate::bazel::labels::TraceLabels),
+}
+
+/// What a record says of one spawn.
+struct Facts<'a> {
+    label: Option<&'a str>,
+    mnemonic: Option<&'a str>,
+    runner: Option<&'a str>,
+    inputs: Option<&'a [String]>,
+}
+
+impl<'a> BazelRecord<'a> {
+    fn name(self) -> &'static str {
+        match self {
+            BazelRecord::Log(_) => "execution_log",
+            BazelRecord::Trace(_) => "trace_profile",
+        }
+    }
+
+    fn facts(self, r: &SpawnRecord) -> Facts<'a> {
+        match self {
+            BazelRecord::Log(log) => {
+                let entry = log.and_then(|l| l.find_by_command(&r.spawn.command, None));
+                Facts {
+                    label: entry.and_then(|e| e.label.as_deref()),
+                    mnemonic: entry.and_then(|e| e.mnemonic.as_deref()),
+                    runner: entry.and_then(|e| e.runner.as_deref()),
+                    inputs: entry.map(|e| e.inputs.as_slice()),
+                }
+            }
+            BazelRecord::Trace(t) => Facts {
+                label: t.label_of(&r.id),
+                mnemonic: None,
+                runner: None,
+                inputs: None,
+            },
+        }
     }
 }
 
@@ -454,7 +535,7 @@ mod tests {
         book.opened("linux-sandbox-1", &path_bytes(&sb.join("dir/sub/f")));
         book.opened("process-wrapper-2", b"/ob/execroot/ws/x");
         book.opened("nobody", b"/ob/execroot/ws/y");
-        let s = book.section(Some(&log));
+        let s = book.section(BazelRecord::Log(Some(&log)));
         let unread = s["unread_inputs"].as_array().unwrap();
         assert_eq!(unread.len(), 2);
         assert_eq!(unread[0]["label"], "//:a");
@@ -484,7 +565,7 @@ mod tests {
             cache_hit: true,
             ..Default::default()
         });
-        let s = book.section(Some(&ExecLog::new(more)));
+        let s = book.section(BazelRecord::Log(Some(&ExecLog::new(more))));
         assert_eq!(s["unseen_spawns"], json!({"local": 1}));
         assert_eq!(s["declared_by"]["sandbox_tree"], 1);
     }
@@ -554,6 +635,9 @@ mod tests {
             ..Default::default()
         }]);
         assert!(book.get(1).unwrap().opened_incomplete);
-        assert_eq!(book.section(Some(&log))["unread_inputs"], json!([]));
+        assert_eq!(
+            book.section(BazelRecord::Log(Some(&log)))["unread_inputs"],
+            json!([])
+        );
     }
 }

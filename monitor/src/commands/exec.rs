@@ -3,8 +3,9 @@
 //! inside it against what they declared; configured parents as usual),
 //! prints a readable summary and exits 1 on violations.
 //!
-//! For `bazel build|test|run|coverage` it also asks Bazel for its JSON
+//! For `bazel build|test|run|coverage` it also asks Bazel for its
 //! execution log (unless one is given) to label spawns with their targets,
+//! or for its JSON trace profile (`[bazel] label_source = "trace_profile"`),
 //! and stops the Bazel server the build started when the command ends, so
 //! that no unmonitored server serves the next build.
 use std::{
@@ -23,12 +24,13 @@ use crate::{
     bazel::{
         execlog::{ExecLogFile, LogFormat},
         log_flags::{BINARY_LOG_FLAG, LogChoice, LogFlags, NO_SORT_FLAG, RAW_LOG_FLAG},
+        trace_profile::PROFILE_FLAGS,
     },
     commands::{
         outcome::{self, ExitPolicy},
         start::{self, StartError},
     },
-    config::Config,
+    config::{Config, LabelSource},
     output::{alert::Alert, completeness::Completeness},
 };
 
@@ -70,16 +72,21 @@ pub async fn exec(mut config: Config, mut opts: ExecOptions) -> Result<u8, Start
     let mut running = start::start(&config, scopes, true, false).await?;
     let started = crate::output::self_cost::Usage::now();
     // Watched from here: the release is asked inside the job.
-    let (exec_log, added_log) = if bazel {
+    let trace = bazel
+        .then(|| trace_profile_of(&config, &mut opts.command, scratch.path()))
+        .flatten();
+    let (exec_log, added_log) = if bazel && trace.is_none() {
         execution_log_of(&mut opts.command, scratch.path(), &command_dir).await
     } else {
         (None, None)
     };
-    let fetch_log = exec_log
-        .is_some()
+    let fetch_log = (exec_log.is_some() || trace.is_some())
         .then(|| fetch_log(&config, &mut opts.command, scratch.path()))
         .flatten();
     running.pipeline.set_exec_log(exec_log);
+    if let Some(trace) = trace {
+        running.pipeline.set_trace_profile(trace);
+    }
     running.pipeline.set_fetch_log(fetch_log);
     running.pipeline.set_drain_interval(EXEC_DRAIN_INTERVAL);
 
@@ -396,6 +403,43 @@ async fn execution_log_of(
         log: log.path.clone(),
     };
     (Some(log), Some(added))
+}
+
+/// The trace profile a Bazel command will write for its labels, added
+/// to it, when `[bazel] label_source = "trace_profile"` and nothing needs
+/// the execution log instead (each says so on stderr): the user asked for
+/// an execution log (read, as Bazel writes it anyway) or a profile of
+/// their own (kept as asked), or a network rule is scoped by mnemonic
+/// (the profile names none).
+fn trace_profile_of(
+    config: &Config,
+    command: &mut Vec<OsString>,
+    scratch: &Path,
+) -> Option<PathBuf> {
+    if config.bazel.label_source != LabelSource::TraceProfile {
+        return None;
+    }
+    let verb = bazel_verb(command)?;
+    let instead = if given_execution_log(command, verb).is_some() {
+        Some("the command asks for an execution log: its labels are read from it")
+    } else if flag_value(command, verb, "--profile").is_some() {
+        Some("the command asks for a profile of its own: labels come from an execution log")
+    } else if config.network.rule.iter().any(|r| !r.mnemonics.is_empty()) {
+        Some(
+            "a [[network.rule]] is scoped by mnemonic, which the trace profile does not name: labels come from an execution log",
+        )
+    } else {
+        None
+    };
+    if let Some(why) = instead {
+        eprintln!("monitor: label_source = \"trace_profile\": {why}");
+        return None;
+    }
+    let path = scratch.join("trace_profile.json");
+    let mut flags = vec![OsString::from(format!("--profile={}", path.display()))];
+    flags.extend(PROFILE_FLAGS.map(OsString::from));
+    command.splice(verb + 1..verb + 1, flags);
+    Some(path)
 }
 
 /// An execution log `monitor exec` added to a Bazel command.
@@ -769,6 +813,61 @@ mod tests {
                 "//..."
             ])
         );
+    }
+
+    #[test]
+    fn trace_profile_flags_go_after_the_bazel_command_unless_something_needs_the_log() {
+        let parse = |text: &str| Config::parse(text, Path::new("monitor.toml")).unwrap();
+        let trace = parse("[bazel]\nlabel_source = \"trace_profile\"\n");
+        let mut cmd = args(&["bazel", "--output_base=/ob", "build", "//..."]);
+        let path = trace_profile_of(&trace, &mut cmd, Path::new("/s"));
+        assert_eq!(path.as_deref(), Some(Path::new("/s/trace_profile.json")));
+        let mut expected = args(&[
+            "bazel",
+            "--output_base=/ob",
+            "build",
+            "--profile=/s/trace_profile.json",
+        ]);
+        expected.extend(PROFILE_FLAGS.map(OsString::from));
+        expected.push("//...".into());
+        assert_eq!(cmd, expected);
+        // The default asks for none; nor does a command that is no build.
+        let mut cmd = args(&["bazel", "build", "//..."]);
+        assert_eq!(
+            trace_profile_of(&Config::default(), &mut cmd, Path::new("/s")),
+            None
+        );
+        let mut cmd = args(&["bazel", "query", "//..."]);
+        assert_eq!(trace_profile_of(&trace, &mut cmd, Path::new("/s")), None);
+        assert_eq!(cmd, args(&["bazel", "query", "//..."]));
+        // What needs the execution log instead: left as it was.
+        let mnemonic_rule = parse(
+            "[bazel]\nlabel_source = \"trace_profile\"\n[[network.rule]]\nmnemonics = [\"Genrule\"]\nallow = [{ cidr = \"127.0.0.1/32\" }]\n",
+        );
+        for (config, given) in [
+            (
+                &trace,
+                &["bazel", "build", "--profile=/mine.gz", "//..."][..],
+            ),
+            (
+                &trace,
+                &[
+                    "bazel",
+                    "build",
+                    "--execution_log_json_file=/l.json",
+                    "//...",
+                ][..],
+            ),
+            (&mnemonic_rule, &["bazel", "build", "//..."][..]),
+        ] {
+            let mut cmd = args(given);
+            assert_eq!(
+                trace_profile_of(config, &mut cmd, Path::new("/s")),
+                None,
+                "{given:?}"
+            );
+            assert_eq!(cmd, args(given));
+        }
     }
 
     /// The log `monitor exec` takes for `cmd`, with no cgroup to ask a

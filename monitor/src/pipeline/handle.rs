@@ -475,6 +475,9 @@ impl Handler {
                 && let Event::File(f) = &observed.event
             {
                 self.spawns.opened(&action.info.id, &f.path);
+                if wrote_name(f) {
+                    self.spawns.wrote(&action.info.id, &f.path);
+                }
             }
             let Some(v) = violation else { continue };
             if hold {
@@ -503,6 +506,18 @@ impl Handler {
             .inc_by(v.alert.count);
         self.folder.add(v.target, v.alert);
     }
+}
+
+/// A successful open that wrote its file, or a name the event made
+/// (`rename`'s new name, `link`, `symlink`, `mkdir`): what joins a spawn
+/// to the output it produced.
+fn wrote_name(f: &crate::events::decode::FileOpen) -> bool {
+    f.result >= 0
+        && match f.op {
+            "open" => crate::policy::access::classify(f).writes,
+            "rename" | "link" | "symlink" | "mkdir" => true,
+            _ => false,
+        }
 }
 
 /// What a violation touched, as a `cache_risk` alert lists it.

@@ -33,8 +33,10 @@ use crate::{
     actions::watch::{self, Update},
     bazel::{
         execlog::{ExecLog, ExecLogFile},
-        labels::{labels_from_log, load_log},
+        labels::{TraceLabels, labels_from_log, labels_from_trace, load_log},
+        report::BazelRecord,
         report::DeclaredBy,
+        trace_profile::TraceProfile,
         unsandboxed::declaration_from_log,
     },
     events::decode::Event,
@@ -68,6 +70,9 @@ pub struct Pipeline {
     /// Bazel's JSON execution log, read at the end to label spawns whose
     /// alerts are still pending (`monitor exec` holds them until then).
     exec_log: Option<ExecLogFile>,
+    /// Bazel's JSON trace profile, read at the end instead of an execution
+    /// log for the labels alone (`[bazel] label_source = "trace_profile"`).
+    trace_profile: Option<PathBuf>,
     lost_seen: [u64; LOST_REASONS as usize],
     /// The kernel's count of failed probes it did not report, as last added.
     folded_seen: u64,
@@ -111,6 +116,7 @@ impl Pipeline {
             fold_window,
             declarations_dir,
             exec_log: None,
+            trace_profile: None,
             lost_seen: [0; LOST_REASONS as usize],
             folded_seen: 0,
             outstanding: 0,
@@ -137,6 +143,16 @@ impl Pipeline {
         self.handler.keep_spawn_commands = log.is_some();
         self.handler.registry.defer_unsandboxed = log.is_some();
         self.exec_log = log;
+    }
+
+    /// Alerts will be labelled from this trace profile when the run ends.
+    /// No spawn waits for it: one that runs without a sandbox tree is
+    /// declared by the tree it works in, as without any record.
+    pub fn set_trace_profile(&mut self, profile: PathBuf) {
+        self.handler.keep_spawn_commands = true;
+        self.handler.registry.defer_unsandboxed = false;
+        self.exec_log = None;
+        self.trace_profile = Some(profile);
     }
 
     /// Repository fetches will be read from this log and judged at the end.
@@ -290,19 +306,68 @@ impl Pipeline {
             self.declare_unsandboxed(log.as_ref(), &path);
         }
         self.handler.release_all();
-        let labels = log.as_ref().map(|log| self.label_pending(log));
+        let traced = self
+            .trace_profile
+            .clone()
+            .map(|p| self.label_from_trace(&p));
+        let labels = match (&log, &traced) {
+            (Some(log), _) => Some(self.label_pending(log)),
+            (None, Some(traced)) => Some(traced.as_spawn_labels()),
+            (None, None) => None,
+        };
         self.handler.resolve_held(labels.as_ref());
         self.judge_fetches();
         if self.exec_log.is_some() {
-            let mut section = self.handler.spawns.section(log.as_ref());
+            let mut section = self.handler.spawns.section(BazelRecord::Log(log.as_ref()));
             let outcome = worker_outcome.unwrap_or_default();
             self.handler.summary.worker_spawns_unattributable = outcome.unattributable;
             section["workers"] = serde_json::Value::from(outcome.workers);
             section["worker_spawns_unattributable"] = outcome.unattributable.into();
             self.bazel_section = Some(section);
+        } else if let Some(traced) = &traced {
+            let mut section = self.handler.spawns.section(BazelRecord::Trace(traced));
+            section["spawns_label_ambiguous"] = traced.ambiguous.into();
+            self.bazel_section = Some(section);
         }
         self.flush_alerts();
         self.sinks.finish();
+    }
+
+    /// Labels the spawns' pending alerts from Bazel's trace profile at
+    /// `path` (see [`labels_from_trace`]), and counts the profile's local
+    /// runs that no launcher seen accounts for. A profile cut short labels
+    /// what it holds (warned); one that cannot be read labels nothing.
+    fn label_from_trace(&mut self, path: &std::path::Path) -> TraceLabels {
+        let profile = match TraceProfile::load(path) {
+            Ok((profile, cut)) => {
+                if let Some(cut) = cut {
+                    log::warn!(
+                        "trace profile {}: {cut}; using the actions before it",
+                        path.display()
+                    );
+                }
+                profile
+            }
+            Err(e) => {
+                log::warn!(
+                    "no labels for spawns: trace profile {}: {e}",
+                    path.display()
+                );
+                TraceProfile::default()
+            }
+        };
+        let traced = labels_from_trace(&profile, &self.handler.spawns);
+        let summary = &mut self.handler.summary;
+        let launched = self.handler.spawns.records().count();
+        summary.unmonitored_spawns = traced.local_runs.saturating_sub(launched);
+        let by_action = traced.as_spawn_labels();
+        summary.inventory.relabel(&by_action);
+        for alert in self.handler.folder.pending_mut() {
+            if let Some(Some(label)) = traced.by_action.get(&alert.action.id) {
+                alert.action.label = Some(label.clone());
+            }
+        }
+        traced
     }
 
     /// Joins the workspace rules log with the job's connects, judges each
