@@ -76,6 +76,24 @@ impl BuildOptions {
     }
 }
 
+/// Where `monitor exec` takes its labels from (`[bazel] label_source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The default: Bazel's execution log.
+    ExecutionLog,
+    /// Bazel's JSON trace profile.
+    TraceProfile,
+}
+
+impl LabelSource {
+    pub fn word(self) -> &'static str {
+        match self {
+            LabelSource::ExecutionLog => "execution_log",
+            LabelSource::TraceProfile => "trace_profile",
+        }
+    }
+}
+
 /// One unmonitored build.
 #[derive(Debug, Clone, Copy)]
 pub struct PlainRun {

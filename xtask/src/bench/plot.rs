@@ -67,15 +67,33 @@ fn groups(matrix: &Matrix, builds: Option<&BuildResults>) -> Vec<Group> {
         groups.push((
             "Bazel build".to_owned(),
             vec![
-                ("monitor exec: wall", stats::median(&wall)),
-                ("monitor exec: CPU", stats::median(&cpu)),
+                (BUILD_BARS[0], stats::median(&wall)),
+                (BUILD_BARS[1], stats::median(&cpu)),
+            ],
+        ));
+    }
+    if let Some(side) = builds.and_then(|b| b.side_by_side.as_ref()) {
+        let ratio = |series: Vec<f64>| 1.0 + stats::median(&series) / 100.0;
+        groups.push((
+            "Bazel, side by side".to_owned(),
+            vec![
+                (BUILD_BARS[1], ratio(side.total_series().1)),
+                (BUILD_BARS[2], ratio(side.trace_total_series().1)),
             ],
         ));
     }
     groups
 }
 
-const COLOURS: [RGBColor; 9] = [
+/// The build groups' bars, each with a colour of its own after the
+/// workloads' (the same name, the same colour in every group).
+const BUILD_BARS: [&str; 3] = [
+    "monitor exec: wall",
+    "monitor exec: CPU",
+    "monitor exec, trace profile: CPU",
+];
+
+const COLOURS: [RGBColor; 10] = [
     RGBColor(150, 150, 150),
     RGBColor(120, 170, 230),
     RGBColor(20, 90, 200),
@@ -85,6 +103,7 @@ const COLOURS: [RGBColor; 9] = [
     RGBColor(60, 160, 90),
     RGBColor(20, 60, 140),
     RGBColor(90, 130, 200),
+    RGBColor(60, 170, 170),
 ];
 
 /// Writes the plot to `path`.
@@ -152,8 +171,10 @@ fn draw_bars(chart: &mut Chart<'_, '_>, groups: &[Group]) -> Result<()> {
     for (g, (_, bars)) in groups.iter().enumerate() {
         let width = 0.8 / bars.len() as f64;
         for (i, (name, ratio)) in bars.iter().enumerate() {
-            let colour_index =
-                BARS.len().min(COLOURS.len() - 2) * usize::from(g == 3 && groups.len() == 4) + i;
+            let colour_index = match BUILD_BARS.iter().position(|b| b == name) {
+                Some(b) if g >= WORKLOADS.len() => BARS.len() + b,
+                _ => i,
+            };
             let colour = COLOURS[colour_index % COLOURS.len()];
             let x0 = g as f64 + 0.1 + i as f64 * width;
             let value = if ratio.is_finite() {

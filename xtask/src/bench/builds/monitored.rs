@@ -6,7 +6,9 @@ use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Comman
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{Cpu, MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty};
+use super::{
+    Cpu, LabelSource, MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty,
+};
 use crate::bench::program_time::ProgramSampler;
 use crate::util::{display, join_cgroup_on_spawn};
 
@@ -36,6 +38,19 @@ fn print_alerts(report: &serde_json::Value) {
     if alerts.len() > 5 {
         println!("bench: … and {} more alert(s)", alerts.len() - 5);
     }
+}
+
+/// The build's labels came from `source`: `monitor exec` falls back to
+/// the execution log, saying why, when something needs it.
+fn check_label_source(report: &serde_json::Value, source: LabelSource, stderr: &str) -> Result<()> {
+    let used = report["bazel"]["label_source"].as_str().unwrap_or("none");
+    ensure!(
+        used == source.word(),
+        "the build asked for labels from {} and took them from {used}: {}",
+        source.word(),
+        last_lines(stderr)
+    );
+    Ok(())
 }
 
 /// Waits for `pid` with `wait4`: its exit status and peak RSS (KiB).
@@ -98,16 +113,30 @@ impl Runner<'_> {
     }
 
     /// The config every bench `monitor exec` gets: no metrics listener
-    /// (two may run at once).
+    /// (two may run at once); the default label source.
     pub(super) fn exec_config(&self) -> Result<std::path::PathBuf> {
-        let config = self.dir.join("monitor.toml");
-        fs::write(&config, "[metrics]\nlisten = \"off\"\n")?;
+        self.exec_config_for(LabelSource::ExecutionLog)
+    }
+
+    /// [`Runner::exec_config`] with `[bazel] label_source` = `source`.
+    fn exec_config_for(&self, source: LabelSource) -> Result<std::path::PathBuf> {
+        let config = self.dir.join(format!("monitor-{}.toml", source.word()));
+        let text = format!(
+            "[metrics]\nlisten = \"off\"\n[bazel]\nlabel_source = \"{}\"\n",
+            source.word()
+        );
+        fs::write(&config, text)?;
         Ok(config)
     }
 
     /// `monitor exec --report <report> -- bazel …` for build `n`.
-    fn monitor_exec_command(&self, n: usize, report: &Path) -> Result<Command> {
-        let config = self.exec_config()?;
+    fn monitor_exec_command(
+        &self,
+        n: usize,
+        report: &Path,
+        source: LabelSource,
+    ) -> Result<Command> {
+        let config = self.exec_config_for(source)?;
         let mut cmd = Command::new(&self.monitor_bin);
         self.bazel_env(&mut cmd);
         cmd.arg("exec")
@@ -123,16 +152,16 @@ impl Runner<'_> {
     }
 
     pub(crate) fn monitored(&self) -> Result<MonitoredRun> {
-        self.monitored_on(Cpu::Any)
+        self.monitored_on(Cpu::Any, LabelSource::ExecutionLog)
     }
 
-    /// [`Runner::monitored`] on `cpu`.
-    pub(crate) fn monitored_on(&self, cpu: Cpu) -> Result<MonitoredRun> {
+    /// [`Runner::monitored`] on `cpu`, its labels from `source`.
+    pub(crate) fn monitored_on(&self, cpu: Cpu, source: LabelSource) -> Result<MonitoredRun> {
         let n = self.next();
         let mut others = other_active_jobs()?;
         let monitor_cgroup = self.cgroups.create_child(&format!("m{n}"))?;
         let report = self.dir.join(format!("report-{n}.json"));
-        let mut cmd = self.monitor_exec_command(n, &report)?;
+        let mut cmd = self.monitor_exec_command(n, &report, source)?;
         join_cgroup_on_spawn(&mut cmd, &monitor_cgroup)?;
         let stderr_path = self.dir.join(format!("monitor-{n}.stderr"));
         cmd.stderr(fs::File::create(&stderr_path)?);
@@ -178,6 +207,7 @@ impl Runner<'_> {
             display(&cmd),
             last_lines(&stderr)
         );
+        check_label_source(&json, source, &stderr)?;
         print_alerts(&json);
         self.clean_after(n, cpu);
         if !self.keep_reports {

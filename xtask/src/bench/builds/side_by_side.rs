@@ -15,6 +15,10 @@
 //! * the execution log flag: a log build beside a bare build, no monitor;
 //! * the monitor: `monitor exec` beside a log build (outside it).
 //!
+//! A third of the pairs measure the other configuration's total directly:
+//! `monitor exec` with `[bazel] label_source = "trace_profile"` (no
+//! execution log; labels from Bazel's trace profile) beside a bare build.
+//!
 //! Adding the parts' intervals gives a wider interval than the direct
 //! total's (no part's luck may cancel another's): the 2026-12-03 05:24
 //! bench's parts, 8 and 7 pairs, added up to [-1.1, +10.4].
@@ -27,7 +31,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{BuildOptions, Cpu, MonitoredRun, PlainRun, Runner, exec_parent};
+use super::{BuildOptions, Cpu, LabelSource, MonitoredRun, PlainRun, Runner, exec_parent};
 use crate::bench::{program_time, stats, stats_sysctl};
 use crate::util::{display, join_cgroup_on_spawn, poll_until};
 
@@ -117,6 +121,8 @@ pub struct Outside {
 
 pub struct SideBySide {
     pub total_pairs: Vec<TotalPair>,
+    /// `monitor exec` with labels from the trace profile beside a bare build.
+    pub trace_total_pairs: Vec<TotalPair>,
     pub log_pairs: Vec<LogPair>,
     pub monitor_pairs: Vec<MonitorPair>,
     /// With `--side-by-side-control`.
@@ -222,6 +228,17 @@ impl SideBySide {
         Some((Part::of(&wall).plus(counted), Part::of(&cpu).plus(counted)))
     }
 
+    /// [`SideBySide::totals`] of `monitor exec` with labels from the trace
+    /// profile.
+    pub fn trace_totals(&self, floor_ns_per_run: Option<f64>) -> Option<(Part, Part)> {
+        let counted = self.counted(floor_ns_per_run)?;
+        if self.trace_total_pairs.is_empty() {
+            return None;
+        }
+        let (wall, cpu) = self.trace_total_series();
+        Some((Part::of(&wall).plus(counted), Part::of(&cpu).plus(counted)))
+    }
+
     /// (wall, CPU): the log part, the monitor part and the counted part
     /// added up, each in points of its own base (bare, the log neighbour,
     /// the outside build: within a point or two of each other). A check
@@ -240,6 +257,7 @@ impl SideBySide {
 
     pub fn pairs(&self) -> usize {
         self.total_pairs.len()
+            + self.trace_total_pairs.len()
             + self.log_pairs.len()
             + self.monitor_pairs.len()
             + self.control_pairs.len()
@@ -248,20 +266,34 @@ impl SideBySide {
     fn pairs_of(&self, kind: Kind) -> usize {
         match kind {
             Kind::Total => self.total_pairs.len(),
+            Kind::TraceTotal => self.trace_total_pairs.len(),
             Kind::Log => self.log_pairs.len(),
             Kind::Monitor => self.monitor_pairs.len(),
             Kind::Control => self.control_pairs.len(),
         }
     }
 
-    /// Every `monitor exec` build of the series.
+    /// Every `monitor exec` build of the series with the default label
+    /// source (the execution log).
     pub fn monitored_runs(&self) -> impl Iterator<Item = &MonitoredRun> {
         let total = self.total_pairs.iter().map(|p| &p.monitored);
         total.chain(self.monitor_pairs.iter().map(|p| &p.monitored))
     }
 
+    /// Every `monitor exec` build with labels from the trace profile.
+    pub fn trace_runs(&self) -> impl Iterator<Item = &MonitoredRun> {
+        self.trace_total_pairs.iter().map(|p| &p.monitored)
+    }
+
     pub fn total_series(&self) -> (Vec<f64>, Vec<f64>) {
         self.total_pairs.iter().map(TotalPair::overheads).unzip()
+    }
+
+    pub fn trace_total_series(&self) -> (Vec<f64>, Vec<f64>) {
+        self.trace_total_pairs
+            .iter()
+            .map(TotalPair::overheads)
+            .unzip()
     }
 
     pub fn control_series(&self) -> (Vec<f64>, Vec<f64>) {
@@ -288,6 +320,8 @@ impl SideBySide {
 enum Kind {
     /// `monitor exec` beside a bare build.
     Total,
+    /// `monitor exec`, labels from the trace profile, beside a bare build.
+    TraceTotal,
     /// A log build beside a bare build.
     Log,
     /// `monitor exec` beside a log build.
@@ -296,17 +330,20 @@ enum Kind {
     Control,
 }
 
-/// The kinds in turn: half the pairs (without controls) measure the total
-/// the target is judged on, the others its two timed parts.
+/// The kinds in turn: a third of the pairs (without controls) measure the
+/// default's total, a third the trace profile's, the others the default's
+/// two timed parts.
 fn kind_of(n: usize, control: bool) -> Kind {
-    const CYCLE: [Kind; 5] = [
+    const CYCLE: [Kind; 7] = [
         Kind::Total,
+        Kind::TraceTotal,
         Kind::Log,
         Kind::Total,
+        Kind::TraceTotal,
         Kind::Monitor,
         Kind::Control,
     ];
-    let len = if control { 5 } else { 4 };
+    let len = if control { 7 } else { 6 };
     CYCLE[n % len]
 }
 
@@ -327,6 +364,7 @@ pub fn run(options: &BuildOptions, runner: &Runner<'_>) -> Result<SideBySide> {
     let budget = Duration::from_secs(options.side_by_side_minutes * 60);
     let mut result = SideBySide {
         total_pairs: Vec::new(),
+        trace_total_pairs: Vec::new(),
         log_pairs: Vec::new(),
         monitor_pairs: Vec::new(),
         control_pairs: Vec::new(),
@@ -359,13 +397,20 @@ fn run_pair(runner: &Runner<'_>, result: &mut SideBySide, kind: Kind) -> Result<
     let swap = result.pairs_of(kind) % 2 == 1;
     let (first, second) = Cpu::pair(swap, result.unpinned);
     let plain = |log: bool, cpu: Cpu| move || runner.plain_on(log, cpu);
-    let monitored = |cpu: Cpu| move || runner.monitored_on(cpu);
+    let monitored = |cpu: Cpu| move || runner.monitored_on(cpu, LabelSource::ExecutionLog);
+    let traced = |cpu: Cpu| move || runner.monitored_on(cpu, LabelSource::TraceProfile);
     match kind {
         Kind::Total => {
             let (bare, monitored) = both(plain(false, first), monitored(second))?;
             let pair = TotalPair { bare, monitored };
             print_pair(n, "bare | monitor exec", pair.overheads());
             result.total_pairs.push(pair);
+        }
+        Kind::TraceTotal => {
+            let (bare, monitored) = both(plain(false, first), traced(second))?;
+            let pair = TotalPair { bare, monitored };
+            print_pair(n, "bare | monitor exec, trace profile", pair.overheads());
+            result.trace_total_pairs.push(pair);
         }
         Kind::Log => {
             let (bare, log) = both(plain(false, first), plain(true, second))?;
@@ -406,11 +451,12 @@ fn stop(
         return (n >= fixed).then(|| format!("{fixed} pair(s), as asked (--side-by-side-pairs)"));
     }
     let enough = result.total_pairs.len() >= MIN_TOTAL_PAIRS
+        && result.trace_total_pairs.len() >= MIN_TOTAL_PAIRS
         && result.log_pairs.len() >= MIN_PART_PAIRS
         && result.monitor_pairs.len() >= MIN_PART_PAIRS;
     if enough && precise_enough(result) {
         return Some(format!(
-            "{n} pairs: the direct total's 95 % intervals within ±{TOTAL_HALF_WIDTH} points"
+            "{n} pairs: both direct totals' 95 % intervals within ±{TOTAL_HALF_WIDTH} points"
         ));
     }
     if n >= MAX_PAIRS {
@@ -428,7 +474,8 @@ fn stop(
 
 fn precise_enough(result: &SideBySide) -> bool {
     let (wall, cpu) = result.total_series();
-    [wall, cpu].iter().all(|series| {
+    let (trace_wall, trace_cpu) = result.trace_total_series();
+    [wall, cpu, trace_wall, trace_cpu].iter().all(|series| {
         stats::median_interval(series)
             .is_some_and(|ci| ci.level >= 0.95 && ci.half_width() < TOTAL_HALF_WIDTH)
     })
@@ -553,6 +600,7 @@ mod tests {
     fn totals_need_their_pairs_and_the_counted_part() {
         let mut result = SideBySide {
             total_pairs: Vec::new(),
+            trace_total_pairs: Vec::new(),
             log_pairs: vec![log_pair(100.0, 101.0), log_pair(100.0, 103.0)],
             monitor_pairs: Vec::new(),
             control_pairs: Vec::new(),
@@ -595,16 +643,34 @@ mod tests {
         );
         assert_eq!((wall.median, wall.low, wall.high), (4.5, 4.5, 4.5));
         assert_eq!(result.monitored_runs().count(), 5);
+        // The trace profile's total: its own pairs, the same counted part.
+        assert!(result.trace_totals(Some(20.0)).is_none());
+        result.trace_total_pairs.push(TotalPair {
+            bare: plain(100.0, 100.0),
+            monitored: monitored(101.0, 99.0),
+        });
+        let (wall, cpu) = result.trace_totals(Some(20.0)).unwrap();
+        assert!(
+            close(cpu.median, 1.5) && close(wall.median, 1.5),
+            "{cpu:?} {wall:?}"
+        );
+        assert_eq!(result.trace_runs().count(), 1);
+        assert_eq!(
+            result.monitored_runs().count(),
+            5,
+            "not among the default's"
+        );
     }
 
     #[test]
-    fn half_the_pairs_measure_the_total() {
-        let kinds: Vec<Kind> = (0..8).map(|n| kind_of(n, false)).collect();
-        let totals = kinds.iter().filter(|k| **k == Kind::Total).count();
-        assert_eq!(totals, 4, "{kinds:?}");
+    fn a_third_of_the_pairs_measure_each_total() {
+        let kinds: Vec<Kind> = (0..12).map(|n| kind_of(n, false)).collect();
+        let count = |kind: Kind| kinds.iter().filter(|k| **k == kind).count();
+        assert_eq!(count(Kind::Total), 4, "{kinds:?}");
+        assert_eq!(count(Kind::TraceTotal), 4, "{kinds:?}");
         assert!(kinds.contains(&Kind::Log) && kinds.contains(&Kind::Monitor));
         assert!(!kinds.contains(&Kind::Control), "none asked for");
-        let with_control: Vec<Kind> = (0..5).map(|n| kind_of(n, true)).collect();
+        let with_control: Vec<Kind> = (0..7).map(|n| kind_of(n, true)).collect();
         assert!(with_control.contains(&Kind::Control), "{with_control:?}");
     }
 }

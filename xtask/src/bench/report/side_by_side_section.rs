@@ -8,7 +8,10 @@ use anyhow::Result;
 
 use super::with_interval;
 use crate::bench::{
-    builds::side_by_side::{Part, SideBySide},
+    builds::{
+        MonitoredRun,
+        side_by_side::{Part, SideBySide},
+    },
     stats,
 };
 
@@ -27,8 +30,11 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
          run time over its CPU; plus the tracepoint's own cost on each syscall exit, estimated \
          as the runs times what the empty program adds to one syscall: measured apart with \
          `getppid` (\"The tracepoint's own entry\" above), or, when that was not run, from this \
-         run's rows, the median over its three workloads. Half the pairs measure the total; the \
-         others split it into its parts: the execution log flag (a log build beside a bare one, \
+         run's rows, the median over its three workloads. A third of the pairs measure that \
+         total; a third the total of `monitor exec` with `[bazel] label_source = \"trace_profile\"` \
+         (labels from Bazel's JSON trace profile, no execution log: [docs/config.md](docs/config.md)) \
+         beside a bare build, with the same counted part added; the others split the default's \
+         total into its parts: the execution log flag (a log build beside a bare one, \
          no monitor running) and the monitor (`monitor exec` beside a log build). Each is in \
          points of its own base. The parts added up, their intervals' ends added, check the \
          total with a wider interval. Stopped after {}.\n",
@@ -43,6 +49,7 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
         )?;
     }
     let bare: Vec<_> = (s.total_pairs.iter().map(|p| p.bare))
+        .chain(s.trace_total_pairs.iter().map(|p| p.bare))
         .chain(s.log_pairs.iter().map(|p| p.bare))
         .collect();
     let bare_label = match s.unpinned {
@@ -68,6 +75,20 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
         s.totals(floor_ns_per_run),
     )?;
     write_parts(md, s, floor_ns_per_run)?;
+    let (trace_wall, trace_cpu) = s.trace_total_series();
+    writeln!(
+        md,
+        "| `monitor exec`, labels from the trace profile, over the bare build beside it ({}) | {} | {} |",
+        pairs(s.trace_total_pairs.len()),
+        with_interval(&trace_wall),
+        with_interval(&trace_cpu)
+    )?;
+    write_total_row(
+        md,
+        "total, labels from the trace profile: `monitor exec` vs bare (the counted part added)",
+        true,
+        s.trace_totals(floor_ns_per_run),
+    )?;
     writeln!(md)?;
     write_monitored_runs(md, s)
 }
@@ -178,20 +199,25 @@ fn write_outside_rows(
     Ok(())
 }
 
-/// Losses, false alerts and the daemon of the monitored builds here.
+/// Losses, false alerts and the daemon of the monitored builds here, of
+/// each label source.
 fn write_monitored_runs(md: &mut String, s: &SideBySide) -> Result<()> {
-    let lost: u64 = s.monitored_runs().map(|m| m.lost).sum();
-    let alerts: u64 = s.monitored_runs().map(|m| m.violations).sum();
-    let daemon: Vec<f64> = s.monitored_runs().map(|m| m.daemon_cpu_s).collect();
-    if daemon.is_empty() {
-        return Ok(());
+    let default: Vec<&MonitoredRun> = s.monitored_runs().collect();
+    let traced: Vec<&MonitoredRun> = s.trace_runs().collect();
+    for (runs, which) in [(default, "execution log"), (traced, "trace profile")] {
+        let lost: u64 = runs.iter().map(|m| m.lost).sum();
+        let alerts: u64 = runs.iter().map(|m| m.violations).sum();
+        let daemon: Vec<f64> = runs.iter().map(|m| m.daemon_cpu_s).collect();
+        if daemon.is_empty() {
+            continue;
+        }
+        writeln!(
+            md,
+            "Monitored builds here, labels from the {which}: daemon CPU {} per build, \
+             {lost} events lost, {alerts} alerts on the clean build.\n",
+            stats::median_range(&daemon, 2, " s")
+        )?;
     }
-    writeln!(
-        md,
-        "Monitored builds here: daemon CPU {} per build, {lost} events lost, \
-         {alerts} alerts on the clean build.\n",
-        stats::median_range(&daemon, 2, " s")
-    )?;
     Ok(())
 }
 
@@ -240,6 +266,15 @@ mod tests {
                     },
                 },
             ],
+            trace_total_pairs: vec![TotalPair {
+                bare: plain(100.0),
+                monitored: MonitoredRun {
+                    wall_s: 101.0,
+                    build_cpu_s: 99.0,
+                    daemon_cpu_s: 2.0,
+                    ..Default::default()
+                },
+            }],
             log_pairs: vec![
                 LogPair {
                     bare: plain(100.0),
@@ -295,6 +330,21 @@ mod tests {
         // Parts: 2 + 4 + 0.5 + 0.5, their intervals' ends added.
         assert!(
             md.contains("ends added) | +7.0 % [+6.0, +8.0] | +7.0 % [+6.0, +8.0] |"),
+            "{md}"
+        );
+        // Trace profile: directly +1 % (wall and CPU), + 1 counted.
+        assert!(
+            md.contains(
+                "| **total, labels from the trace profile: `monitor exec` vs bare (the counted part added)** | **+2.0 % (too few pairs"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("labels from the execution log: daemon CPU"),
+            "{md}"
+        );
+        assert!(
+            md.contains("labels from the trace profile: daemon CPU"),
             "{md}"
         );
         assert!(md.contains("0 events lost, 0 alerts"), "{md}");

@@ -121,7 +121,9 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     let cpu: Vec<f64> = builds.triples.iter().map(|t| t.cpu_parts().2).collect();
     let side = builds.side_by_side.as_ref();
     let monitored = || {
-        let side_runs = side.into_iter().flat_map(|s| s.monitored_runs());
+        let side_runs = side
+            .into_iter()
+            .flat_map(|s| s.monitored_runs().chain(s.trace_runs()));
         builds.triples.iter().map(|t| &t.monitored).chain(side_runs)
     };
     let lost: u64 = monitored().map(|m| m.lost).sum();
@@ -143,6 +145,19 @@ fn write_builds_target(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
             limit_verdict(side_wall, "total"),
             side_cpu.text(),
             limit_verdict(side_cpu, "total")
+        )?;
+    }
+    if let Some((wall, cpu)) = side.and_then(|s| s.trace_totals(floor)) {
+        writeln!(
+            md,
+            "* The same, side by side, with `[bazel] label_source = \"trace_profile\"` (labels \
+             from Bazel's trace profile instead of the execution log; spawns without a sandbox \
+             tree and persistent workers are then judged against their working tree): wall {} : \
+             {}; CPU {} : {}.",
+            wall.text(),
+            limit_verdict(wall, "total"),
+            cpu.text(),
+            limit_verdict(cpu, "total")
         )?;
     }
     writeln!(
