@@ -71,9 +71,13 @@ const MAX_ERRNO: u64 = 4095;
 /// sockets, memfds, namespace files).
 const MNT_INTERNAL: i32 = 0x4000;
 
-/// Loop state shared with the `bpf_loop` callback (lives on the stack).
+/// Loop state shared with the `bpf_loop` callback. In the per-CPU scratch
+/// (`Scratch::walk_state`), not on the walk's stack: the syscall hook's
+/// frame, the name report's, the walk's and the callback's must fit 512
+/// bytes together, and with this state on it they made 528 (the raw
+/// tracepoint refused by the verifier; LLVM 22.1.8).
 #[repr(C)]
-struct WalkState {
+pub struct WalkState {
     dentry: u64,
     vfsmnt: u64,
     mount: u64,
@@ -93,14 +97,6 @@ fn walk_path<R: WalkReads>(o: &KernelOffsets, path_ptr: u64, base: usize) -> Opt
     if dentry == 0 || vfsmnt == 0 {
         return None;
     }
-    let mut state = WalkState {
-        dentry,
-        vfsmnt,
-        mount: vfsmnt - o.mount_mnt as u64,
-        mnt_root: R::mnt_root(o, vfsmnt),
-        base: base as u64,
-        status: RUNNING,
-    };
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this program only while it runs.
     // Volatile: two zero stores in a row compile to a call of the BPF
@@ -109,23 +105,39 @@ fn walk_path<R: WalkReads>(o: &KernelOffsets, path_ptr: u64, base: usize) -> Opt
     unsafe {
         core::ptr::write_volatile(&mut (*scratch).walk_pos, 0);
         core::ptr::write_volatile(&mut (*scratch).walk_bind_at, 0);
+        (*scratch).walk_state = WalkState {
+            dentry,
+            vfsmnt,
+            mount: vfsmnt - o.mount_mnt as u64,
+            mnt_root: R::mnt_root(o, vfsmnt),
+            base: base as u64,
+            status: RUNNING,
+        };
     }
-    let ctx: *mut c_void = (&mut state as *mut WalkState).cast();
     if R::PLAIN_LOOP {
         for _ in 0..MAX_DIR_DEPTH {
-            if step_inline::<R>(ctx) != 0 {
+            if step_inline::<R>() != 0 {
                 break;
             }
         }
     } else {
-        // SAFETY: `step` has the callback signature bpf_loop expects and
-        // only touches `state` through the pointer given here.
-        unsafe { bpf_loop(MAX_DIR_DEPTH, step::<R> as *mut c_void, ctx, 0) };
+        // SAFETY: `step` has the callback signature bpf_loop expects; it
+        // takes no context (its state is in the scratch).
+        unsafe {
+            bpf_loop(
+                MAX_DIR_DEPTH,
+                step::<R> as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
     }
+    // SAFETY: as above.
+    let state = unsafe { &mut (*scratch).walk_state };
     // Once, here: in the step, the verifier would check these reads on
     // every path through the loop (measured: +100,000 instructions).
     if state.status == DONE {
-        state.status = top_status::<R>(o, &state);
+        state.status = top_status::<R>(o, state);
     }
     // SAFETY: as above.
     let (pos, bind_at) = unsafe { ((*scratch).walk_pos as u32, (*scratch).walk_bind_at as u32) };
@@ -166,8 +178,8 @@ fn top_status<R: WalkReads>(o: &KernelOffsets, s: &WalkState) -> u64 {
 }
 
 /// One step up the tree, as `bpf_loop`'s callback. Returns 1 to stop.
-extern "C" fn step<R: WalkReads>(_index: u64, ctx: *mut c_void) -> i64 {
-    step_inline::<R>(ctx)
+extern "C" fn step<R: WalkReads>(_index: u64, _ctx: *mut c_void) -> i64 {
+    step_inline::<R>()
 }
 
 /// One step up the tree. Returns 1 to stop the walk. Looks the maps up
@@ -175,14 +187,14 @@ extern "C" fn step<R: WalkReads>(_index: u64, ctx: *mut c_void) -> i64 {
 /// held in registers from one step to the next, the verifier tracks the
 /// position's value and the syscall hook exceeds its million instructions.
 #[inline(always)]
-fn step_inline<R: WalkReads>(ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the `WalkState` of `walk_path`.
-    let s = unsafe { &mut *(ctx as *mut WalkState) };
-    let Some(settings) = SETTINGS.get(0) else {
-        s.status = FAILED;
+fn step_inline<R: WalkReads>() -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    // SAFETY: per-CPU scratch, used by this program only while it runs;
+    // `walk_path` set the state before the first step.
+    let s = unsafe { &mut (*scratch).walk_state };
+    let Some(settings) = SETTINGS.get(0) else {
         s.status = FAILED;
         return 1;
     };

@@ -46,6 +46,8 @@ pub struct Scratch {
     /// on the walk's stack it tripled the programs' verified
     /// instructions (the step checked once with it unset, once set).
     pub walk_bind_at: u64,
+    /// The walk's loop state (`dpath::WalkState`).
+    pub walk_state: crate::dpath::WalkState,
     /// Copies an open file's identity is read from (`object`).
     pub windows: Windows,
     /// An open's repeat key, and the entry `seen::check` inserts for it:

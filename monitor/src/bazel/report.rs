@@ -474,8 +474,16 @@ pub fn summary_lines(section: &Value) -> String {
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     if unseen > 0 {
         out.push_str(&format!(
-            "monitor: WARNING: {unseen} spawn(s) in Bazel's execution log were never seen starting ({}): not monitored\n",
+            "monitor: WARNING: {unseen} spawn(s) Bazel ran ({}) were never seen starting ({}): not monitored\n",
+            section["label_source"].as_str().unwrap_or("its record"),
             counts("unseen_spawns")
+        ));
+    }
+    let working_tree = section["declared_by"]["working_tree"].as_u64().unwrap_or(0);
+    if section["label_source"] == "trace_profile" && working_tree > 0 {
+        out.push_str(&format!(
+            "monitor: {working_tree} spawn(s) ran without a sandbox tree and were judged against the tree \
+             they worked in: with label_source = \"trace_profile\" no execution log declares their inputs\n"
         ));
     }
     let unread = section["unread_inputs"]

@@ -32,11 +32,14 @@ use crate::bazel::execlog::label_from_progress;
 
 /// The flags that make Bazel write the profile at a path (the path goes
 /// in `--profile=`). The first is spelled so by Bazel 4.x; see
-/// docs/bazel-4.2.3.md.
-pub const PROFILE_FLAGS: [&str; 3] = [
+/// docs/bazel-4.2.3.md. `--noslim_profile`: the slim profile (Bazel's
+/// default) merges short events and drops the merged actions' `out`, which
+/// would leave their spawns without a label.
+pub const PROFILE_FLAGS: [&str; 4] = [
     "--experimental_generate_json_trace_profile",
     "--experimental_profile_include_target_label",
     "--experimental_profile_include_primary_output",
+    "--noslim_profile",
 ];
 
 /// One action of the profile.

@@ -265,7 +265,7 @@ fn coverage_warnings(run: &crate::output::summary::RunSummary) {
     let unmonitored = run.unmonitored_spawns;
     if unmonitored > 0 {
         eprintln!(
-            "monitor: WARNING: {unmonitored} sandboxed spawn(s) in Bazel's execution log were NOT monitored: \
+            "monitor: WARNING: {unmonitored} spawn(s) Bazel ran (its execution log or trace profile says) were NOT monitored: \
              they ran outside this job, in a Bazel server started before it. Use a dedicated \
              --output_base or run `bazel shutdown` first."
         );
