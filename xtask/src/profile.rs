@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::{
     bench::builds::{
-        MonitoredRun, Runner,
+        Cpu, LabelSource, MonitoredRun, Runner,
         workspace::{self, WorkspaceSize},
     },
     setup,
@@ -43,6 +43,10 @@ pub struct Options {
     /// `--perf` run's recording.
     #[arg(long)]
     report_only: bool,
+    /// Where `monitor exec` takes the spawns' labels from (`[bazel]
+    /// label_source`).
+    #[arg(long, value_enum, default_value = "execution-log")]
+    label_source: LabelSource,
     /// Run this monitor binary instead of building the release one (to
     /// compare two versions on the same machine, alternately).
     #[arg(long)]
@@ -100,7 +104,7 @@ pub fn run(options: Options) -> Result<()> {
     let mut runs = Vec::new();
     for n in 1..=options.runs {
         let sampler = rss::start(cgroups.path().to_path_buf());
-        let run = runner.monitored();
+        let run = runner.monitored_on(Cpu::Any, options.label_source);
         let timeline = sampler.finish();
         let run = run.with_context(|| format!("monitored build {n}"))?;
         print_run(&format!("build {n} ({actions} actions)"), &run);

@@ -69,10 +69,23 @@ pub struct SpawnRecord {
 }
 
 /// Every spawn seen starting, by registry key (and action id).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpawnBook {
     records: HashMap<u64, SpawnRecord>,
     by_id: HashMap<String, u64>,
+    /// Keep what each spawn opened: only the unread-input check needs it,
+    /// and only the execution log lists a spawn's inputs.
+    keeps_opened: bool,
+}
+
+impl Default for SpawnBook {
+    fn default() -> Self {
+        SpawnBook {
+            records: HashMap::default(),
+            by_id: HashMap::default(),
+            keeps_opened: true,
+        }
+    }
 }
 
 impl SpawnBook {
@@ -100,8 +113,16 @@ impl SpawnBook {
         }
     }
 
+    /// Whether [`SpawnBook::opened`] keeps paths (it does by default).
+    pub fn keep_opened(&mut self, keep: bool) {
+        self.keeps_opened = keep;
+    }
+
     /// A file the spawn (action `id`) opened.
     pub fn opened(&mut self, id: &str, path: &[u8]) {
+        if !self.keeps_opened {
+            return;
+        }
         let Some(r) = self.by_id.get(id).and_then(|k| self.records.get_mut(k)) else {
             return;
         };
@@ -646,6 +667,34 @@ mod tests {
         assert_eq!(
             book.section(BazelRecord::Log(Some(&log)))["unread_inputs"],
             json!([])
+        );
+    }
+
+    /// With the trace profile no inputs are listed: opened paths are not
+    /// kept, written ones (the label join) still are; with the default
+    /// (the execution log) both are.
+    #[test]
+    fn opened_paths_are_kept_only_for_the_unread_check() {
+        let spawn = || parse_launch(b"process-wrapper\0c", Path::new("/ob/execroot/ws"));
+        let mut book = SpawnBook::default();
+        book.keep_opened(false);
+        book.launched(1, "p-1".into(), spawn());
+        book.opened("p-1", b"/ob/execroot/ws/in");
+        book.wrote("p-1", b"/ob/execroot/ws/bazel-out/out");
+        let r = book.get(1).unwrap();
+        assert!(r.opened.is_empty());
+        assert_eq!(
+            r.written,
+            ["bazel-out/out".to_owned()].into_iter().collect()
+        );
+        let mut book = SpawnBook::default();
+        book.launched(1, "p-1".into(), spawn());
+        book.opened("p-1", b"/ob/execroot/ws/in");
+        assert!(
+            book.get(1)
+                .unwrap()
+                .opened
+                .contains(&b"/ob/execroot/ws/in"[..])
         );
     }
 }

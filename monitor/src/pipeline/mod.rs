@@ -141,6 +141,7 @@ impl Pipeline {
     /// Alerts will be labelled from this execution log when the run ends.
     pub fn set_exec_log(&mut self, log: Option<ExecLogFile>) {
         self.handler.keep_spawn_commands = log.is_some();
+        self.handler.spawns.keep_opened(true);
         self.handler.registry.defer_unsandboxed = log.is_some();
         self.exec_log = log;
     }
@@ -150,6 +151,8 @@ impl Pipeline {
     /// declared by the tree it works in, as without any record.
     pub fn set_trace_profile(&mut self, profile: PathBuf) {
         self.handler.keep_spawn_commands = true;
+        // The profile lists no inputs: no unread-input check to keep for.
+        self.handler.spawns.keep_opened(false);
         self.handler.registry.defer_unsandboxed = false;
         self.exec_log = None;
         self.trace_profile = Some(profile);

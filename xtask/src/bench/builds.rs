@@ -77,7 +77,7 @@ impl BuildOptions {
 }
 
 /// Where `monitor exec` takes its labels from (`[bazel] label_source`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabelSource {
     /// The default: Bazel's execution log.
     ExecutionLog,
