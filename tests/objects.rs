@@ -604,8 +604,10 @@ fn what_is_read_back_must_be_the_file_the_action_created() {
 }
 
 /// Name changes are writes too: `unlink`, `rmdir`, `mkdir`, `truncate`,
-/// and the names `link`, `symlink` and `rename` write (a rename's old name
-/// as well), by relative and absolute names. Outside the outputs each is an
+/// `mknod` (a regular file or a FIFO made without an open; `mknodat` from
+/// glibc, the old `mknod` by number), and the names `link`, `symlink` and
+/// `rename` write (a rename's old name as well), by relative and absolute
+/// names. Outside the outputs each is an
 /// `undeclared_write` with its `op`, declared inputs included (changing the
 /// sources is how caches get poisoned); in the outputs none alerts (the
 /// positive control is that each route alerts outside them).
@@ -626,7 +628,12 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
         os.rename('three', 'moved'); os.rename(x + '/four', w + '/four')\n\
         os.unlink(d + '/inner/ok2.txt')\n\
         os.mkdir(w + '/dir'); os.rename(w + '/dir', w + '/dir2'); os.rmdir(w + '/dir2')\n\
-        os.symlink('x', w + '/sl'); os.unlink(w + '/sl'); os.unlink(w + '/four')\n";
+        os.symlink('x', w + '/sl'); os.unlink(w + '/sl'); os.unlink(w + '/four')\n\
+        import ctypes, stat\n\
+        os.mknod('nod', 0o600 | stat.S_IFREG); os.mkfifo(x + '/fifo')\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        assert libc.syscall(133, (x + '/old').encode(), 0o100600, 0) == 0, ctypes.get_errno()\n\
+        os.mknod(w + '/nod', 0o600 | stat.S_IFREG); os.unlink(w + '/nod')\n";
     run_ok(
         &action.path,
         &mut python(script, &[&s(d), &s(w), &s(secret)]),
@@ -650,6 +657,9 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
         ("three", "rename_from"),
         ("moved", "rename"),
         ("four", "rename_from"),
+        ("nod", "mknod"),
+        ("fifo", "mknod"),
+        ("old", "mknod"),
     ] {
         assert_eq!(op_on(secret.join(name)), [op], "{name}: {alerts:#?}");
     }
@@ -977,6 +987,9 @@ fn ia32_syscalls_are_judged_like_native_ones() {
             op("high", secret.join("four")),
             op("creat", secret.join("made")),
             op("high", secret.join("missing")),
+            op("mknod", secret.join("nod")),
+            op("mknodat", secret.join("nodat")),
+            op("mknod", sc.w.join("nod")),
         ]),
     );
     let (status, alerts, stderr) = daemon.stop();
@@ -995,7 +1008,16 @@ fn ia32_syscalls_are_judged_like_native_ones() {
         probe.iter().any(|a| a["file"]["result"] == -2),
         "the failed probe by its name: {alerts:#?}"
     );
+    for name in ["nod", "nodat"] {
+        let made = on(&alerts, &secret.join(name));
+        assert!(
+            made.iter()
+                .any(|a| a["kind"] == "undeclared_write" && a["file"]["op"] == "mknod"),
+            "{name}: {alerts:#?}"
+        );
+    }
     assert!(under(&alerts, d).is_empty(), "{alerts:#?}");
+    assert!(under(&alerts, &sc.w).is_empty(), "{alerts:#?}");
 }
 
 /// A processwrapper-style sandbox as Bazel leaves it before a launch: its

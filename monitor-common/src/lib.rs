@@ -194,6 +194,9 @@ pub const SYSCALL_SYMLINK: u32 = 21;
 pub const SYSCALL_RENAME: u32 = 22;
 /// The old name of a `rename` family call.
 pub const SYSCALL_RENAME_FROM: u32 = 23;
+/// The name a `mknod`/`mknodat` made (a regular file, a FIFO, a device
+/// node or a socket file: a file made without an open).
+pub const SYSCALL_MKNOD: u32 = 24;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -754,6 +757,8 @@ pub const NR_MKDIR: u64 = 83;
 pub const NR_RMDIR: u64 = 84;
 pub const NR_UNLINK: u64 = 87;
 pub const NR_MKDIRAT: u64 = 258;
+pub const NR_MKNOD: u64 = 133;
+pub const NR_MKNODAT: u64 = 259;
 pub const NR_UNLINKAT: u64 = 263;
 pub const NR_IO_URING_SETUP: u64 = 425;
 

@@ -8,9 +8,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_MKDIR, NR_MKDIRAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT,
-    NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RMDIR, NR_SOCKET, NR_TRUNCATE, NR_UNLINK,
-    NR_UNLINKAT, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI, Settings,
+    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_MKDIR, NR_MKDIRAT, NR_MKNOD, NR_MKNODAT, NR_OPEN,
+    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RMDIR, NR_SOCKET, NR_TRUNCATE,
+    NR_UNLINK, NR_UNLINKAT, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
+    Settings,
 };
 
 use crate::{
@@ -41,7 +42,14 @@ fn is_file_syscall(nr: u64) -> bool {
         || nr == NR_PIDFD_GETFD
         || matches!(
             nr,
-            NR_UNLINK | NR_UNLINKAT | NR_RMDIR | NR_MKDIR | NR_MKDIRAT | NR_TRUNCATE
+            NR_UNLINK
+                | NR_UNLINKAT
+                | NR_RMDIR
+                | NR_MKDIR
+                | NR_MKDIRAT
+                | NR_MKNOD
+                | NR_MKNODAT
+                | NR_TRUNCATE
         )
 }
 
@@ -107,15 +115,13 @@ fn is_watched(nr: u64) -> bool {
 fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     let nr = regs.get(PT_REGS_ORIG_AX);
     let native = is_watched(nr);
-    if !native && !compat::is_candidate(nr) {
+    // fstat, lseek, mmap and rt_sigprocmask share numbers with ia32 opens
+    // and mknod: for them the ABI check (one kernel read) comes first,
+    // before any map lookup.
+    if !native && (!compat::is_candidate(nr) || !compat::in_compat_syscall()) {
         return None;
     }
     let settings = SETTINGS.get(0)?;
-    // fstat, lseek and mmap share numbers with ia32 opens: for them the ABI
-    // check (one kernel read) comes first, cheaper than the action filter.
-    if !native && !compat::in_compat_syscall() {
-        return None;
-    }
     let m = verdicts::task_action(settings, R::Objects::pid_tgid())?;
     // Every watched number means something else in the other ABI (native
     // openat is ia32 remap_file_pages): the ABI decides, for each call.

@@ -509,13 +509,13 @@ impl Handler {
 }
 
 /// A successful open that wrote its file, or a name the event made
-/// (`rename`'s new name, `link`, `symlink`, `mkdir`): what joins a spawn
+/// (`rename`'s new name, `link`, `symlink`, `mkdir`, `mknod`): what joins a spawn
 /// to the output it produced.
 fn wrote_name(f: &crate::events::decode::FileOpen) -> bool {
     f.result >= 0
         && match f.op {
             "open" => crate::policy::access::classify(f).writes,
-            "rename" | "link" | "symlink" | "mkdir" => true,
+            "rename" | "link" | "symlink" | "mkdir" | "mknod" => true,
             _ => false,
         }
 }
@@ -626,3 +626,34 @@ fn inventory_target(info: &crate::actions::registry::ActionInfo) -> String {
 /// How often the loop does its periodic work (held-event deadlines, loss
 /// counters).
 pub const TICK: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::decode::FileOpen;
+
+    /// What joins a spawn to the output it produced: every way to make a
+    /// file at a name, `mknod` included (an empty output made without an
+    /// open would otherwise leave only another target's output written,
+    /// and that target's label to borrow); reads and failures are none.
+    #[test]
+    fn names_written_are_opens_for_writing_and_names_made() {
+        let op = |op: &'static str, flags: u64, result: i64| {
+            let mut ev = FileOpen::sample("/ws/bazel-out/bin/a.out", flags, result);
+            ev.op = op;
+            ev
+        };
+        for made in ["rename", "link", "symlink", "mkdir", "mknod"] {
+            assert!(wrote_name(&op(made, libc::O_WRONLY as u64, 0)), "{made}");
+            assert!(
+                !wrote_name(&op(made, libc::O_WRONLY as u64, -13)),
+                "{made} failed"
+            );
+        }
+        assert!(wrote_name(&op("open", libc::O_WRONLY as u64, 3)));
+        assert!(!wrote_name(&op("open", libc::O_RDONLY as u64, 3)));
+        for other in ["unlink", "rmdir", "rename_from", "truncate", "exec"] {
+            assert!(!wrote_name(&op(other, libc::O_WRONLY as u64, 0)), "{other}");
+        }
+    }
+}

@@ -442,14 +442,10 @@ const DETACHED_NOTE: &str = "opened in a mount tree no namespace holds (cloned w
 
 #[cfg(test)]
 mod tests {
-    use std::{path::PathBuf, time::SystemTime};
+    use std::path::PathBuf;
 
     use super::*;
-    use crate::{
-        actions::declarations::Declaration,
-        events::decode::{Identity, Origin},
-        output::alert::ActionInfo,
-    };
+    use crate::{actions::declarations::Declaration, output::alert::ActionInfo};
 
     const O_WRONLY: u64 = 0o1;
     const O_RDWR: u64 = 0o2;
@@ -500,42 +496,7 @@ mod tests {
     }
 
     fn open(path: &str, flags: u64, result: i64) -> FileOpen {
-        FileOpen {
-            op: "open",
-            origin: Origin {
-                time: SystemTime::now(),
-                ktime_ns: 0,
-                action_cgroup_id: 1,
-                child_cgroup_id: 0,
-                grandchild_cgroup_id: 0,
-                launcher: 1,
-                pid: 2,
-                tid: 2,
-                ppid: 1,
-                scope: 0,
-                comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
-            },
-            path: path.as_bytes().to_vec(),
-            requested: None,
-            object: (result >= 0).then_some(Identity {
-                dev: 1,
-                ino: 1,
-                nlink: 1,
-                f_mode: 0,
-                fs_magic: 0,
-                proc_tgid: 0,
-                mode: libc::S_IFREG,
-                internal: false,
-                detached: false,
-            }),
-            open_flags: flags,
-            result,
-            truncated: false,
-            unresolved: false,
-            unreadable: false,
-            tracked: None,
-            mounted_at: None,
-        }
+        FileOpen::sample(path, flags, result)
     }
 
     /// An open in which the kernel created the file.

@@ -33,6 +33,10 @@ pub enum Workload {
     /// `getppid`, a syscall no hook of the monitor watches: what any
     /// program on `sys_exit` costs one syscall (`entry.rs`).
     Getppid,
+    /// `fstat` of an open file + `rt_sigprocmask`: unwatched native
+    /// syscalls whose numbers are watched ia32 ones (`open`, `mknod`), so
+    /// the hook checks their ABI.
+    Shared,
 }
 
 pub const WORKLOADS: [Workload; 3] = [Workload::Repeat, Workload::Distinct, Workload::Connect];
@@ -50,6 +54,7 @@ impl Workload {
             Self::Connect => "connect",
             Self::Missing => "missing",
             Self::Getppid => "getppid",
+            Self::Shared => "shared",
         }
     }
 
@@ -60,6 +65,7 @@ impl Workload {
             Self::Connect => "connect to loopback (refused)",
             Self::Missing => "open of distinct missing paths",
             Self::Getppid => "getppid (unwatched)",
+            Self::Shared => "fstat+rt_sigprocmask (numbers of watched ia32 calls)",
         }
     }
 
@@ -70,6 +76,7 @@ impl Workload {
             Self::Connect => "connect",
             Self::Missing => "missing paths",
             Self::Getppid => "getppid",
+            Self::Shared => "fstat+sigprocmask",
         }
     }
 }
@@ -148,6 +155,23 @@ pub fn open_close(path: &CStr) -> Result<()> {
     Ok(())
 }
 
+/// `fstat` of `file`, then an `rt_sigprocmask` that changes nothing.
+fn fstat_sigprocmask(file: &std::fs::File) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid descriptor and room for the answer.
+    if unsafe { libc::fstat(file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error()).context("fstat");
+    }
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; blocking no signal changes nothing.
+    unsafe {
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_BLOCK, empty.as_ptr(), std::ptr::null_mut());
+    }
+    Ok(())
+}
+
 /// One open of a path that must not exist (ENOENT expected).
 pub fn open_missing(path: &CStr) -> Result<()> {
     match open_close(path) {
@@ -205,6 +229,8 @@ enum Operation {
     Miss(Vec<CString>),
     Connect(SocketAddrV4),
     Getppid,
+    /// `fstat` of this descriptor, then `rt_sigprocmask`.
+    Shared(std::fs::File),
 }
 
 impl Operation {
@@ -229,6 +255,10 @@ impl Operation {
                 Self::Connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, options.port))
             }
             Workload::Getppid => Self::Getppid,
+            Workload::Shared => Self::Shared(
+                std::fs::File::open(&options.path)
+                    .with_context(|| format!("opening {}", options.path.display()))?,
+            ),
         })
     }
 
@@ -244,6 +274,7 @@ impl Operation {
                 unsafe { libc::getppid() };
                 Ok(())
             }
+            Self::Shared(file) => fstat_sigprocmask(file),
         }
     }
 }
