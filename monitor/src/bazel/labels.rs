@@ -141,12 +141,13 @@ pub fn labels_from_trace(profile: &TraceProfile, book: &SpawnBook) -> TraceLabel
 }
 
 /// The primary output in `profile` that the written path `written` is, or
-/// lies below (a tree artifact).
+/// lies below (a tree artifact), when its action ran a subprocess (no
+/// spawn makes the output of an action Bazel ran in its own process).
 fn primary_output_of<'p>(profile: &'p TraceProfile, written: &str) -> Option<&'p str> {
     let mut path = written;
     loop {
-        if let Some((out, _)) = profile.by_output.get_key_value(path) {
-            return Some(out.as_str());
+        if let Some((out, action)) = profile.by_output.get_key_value(path) {
+            return action.spawned.then_some(out.as_str());
         }
         path = &path[..path.rfind('/')?];
     }
@@ -159,18 +160,22 @@ mod tests {
     use super::*;
     use crate::bazel::sandbox::parse_launch;
 
+    /// Four actions that ran a subprocess each (its `subprocess.run` on the
+    /// action's thread, within its span), three more runs elsewhere, and a
+    /// file Bazel wrote itself (no run in its span).
     const PROFILE: &str = r#"{"traceEvents":[
-      {"cat":"action processing","name":"Executing genrule //:a","out":"bazel-out/bin/a.out","args":{"target":"//:a"}},
-      {"cat":"action processing","name":"Executing genrule //:b","out":"bazel-out/bin/b.out","args":{"target":"//:b"}},
-      {"cat":"action processing","name":"Executing genrule //:c","out":"bazel-out/bin/c.out","args":{"target":"//:c"}},
-      {"cat":"action processing","name":"Generating tree //:t","out":"bazel-out/bin/tree","args":{"target":"//:t"}},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"},
-      {"cat":"general information","name":"subprocess.run"}
+      {"cat":"action processing","name":"Executing genrule //:a","out":"bazel-out/bin/a.out","args":{"target":"//:a"},"tid":1,"ts":10,"dur":10},
+      {"cat":"general information","name":"subprocess.run","tid":1,"ts":12,"dur":2},
+      {"cat":"action processing","name":"Executing genrule //:b","out":"bazel-out/bin/b.out","args":{"target":"//:b"},"tid":2,"ts":10,"dur":10},
+      {"cat":"general information","name":"subprocess.run","tid":2,"ts":20,"dur":0},
+      {"cat":"action processing","name":"Executing genrule //:c","out":"bazel-out/bin/c.out","args":{"target":"//:c"},"tid":1,"ts":30,"dur":10},
+      {"cat":"general information","name":"subprocess.run","tid":1,"ts":31,"dur":2},
+      {"cat":"action processing","name":"Generating tree //:t","out":"bazel-out/bin/tree","args":{"target":"//:t"},"tid":3,"ts":10,"dur":10},
+      {"cat":"general information","name":"subprocess.run","tid":3,"ts":15,"dur":2},
+      {"cat":"action processing","name":"Writing file w.txt","out":"bazel-out/bin/w.txt","args":{"target":"//:w"},"tid":2,"ts":40,"dur":10},
+      {"cat":"general information","name":"subprocess.run","tid":1,"ts":45,"dur":1},
+      {"cat":"general information","name":"subprocess.run","tid":2,"ts":51,"dur":1},
+      {"cat":"general information","name":"subprocess.run","tid":4,"ts":41,"dur":1}
     ]}"#;
 
     /// A spawn `n` in sandbox `n` that wrote `written` (relative to its
@@ -253,5 +258,26 @@ mod tests {
             assert_eq!(labels.label_of(id), None, "{id}");
         }
         assert_eq!(labels.ambiguous, 4);
+    }
+
+    /// An action Bazel ran in its own process (a file write) has no spawn:
+    /// a spawn that made its output in its own sandbox, alone (an empty
+    /// tree artifact of its own leaves nothing else written) or beside its
+    /// own output, is not given that target's label.
+    #[test]
+    fn an_output_no_spawn_makes_lends_no_label() {
+        let (profile, _) = TraceProfile::read(PROFILE.as_bytes());
+        let mut book = SpawnBook::default();
+        let borrower = spawn(&mut book, 1, &["bazel-out/bin/w.txt"], &[]);
+        let a = spawn(
+            &mut book,
+            2,
+            &["bazel-out/bin/a.out", "bazel-out/bin/w.txt"],
+            &[],
+        );
+        let labels = labels_from_trace(&profile, &book);
+        assert_eq!(labels.label_of(&borrower), None);
+        assert_eq!(labels.label_of(&a), Some("//:a"));
+        assert_eq!(labels.ambiguous, 0);
     }
 }

@@ -6,11 +6,18 @@
 //! With `--experimental_profile_include_target_label` and
 //! `--experimental_profile_include_primary_output`, each `action
 //! processing` event names its target (`args.target`) and its primary
-//! output (`out`, relative to the execroot); `subprocess.run` events count
-//! the spawns Bazel ran as local subprocesses. Nothing in the profile
+//! output (`out`, relative to the execroot); `subprocess.run` events (a
+//! sandboxed spawn) and `local action execution` ones (a spawn of the
+//! `local` and `standalone` strategies) count the spawns Bazel ran as
+//! local subprocesses. Nothing in the profile
 //! names a pid, a sandbox or a command line, so a spawn is joined to its
 //! action by that primary output: outputs are unique per action, and the
 //! spawn wrote it inside its own execroot (the kernel reported the write).
+//! Only actions that ran a subprocess (one of those events on the
+//! action's thread within its span) can be a spawn's: the outputs of
+//! actions Bazel ran in its own process (a file write, a template
+//! expansion) no spawn makes, so a spawn that wrote one there does not
+//! get that target's label.
 //!
 //! The file is read with serde_json as a stream: only action events are
 //! kept, so a long build's profile (hundreds of MB) is never held whole,
@@ -43,13 +50,18 @@ pub const PROFILE_FLAGS: [&str; 4] = [
 ];
 
 /// One action of the profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TracedAction {
     /// `args.target`, else a label in the event's name (its progress
     /// message).
     pub label: Option<String>,
     /// The event's name: the action's progress message.
     pub description: String,
+    /// It ran a subprocess: a `subprocess.run` event on its thread within
+    /// its span (set once the whole profile is read).
+    pub spawned: bool,
+    /// Its thread and span (start, end; microseconds).
+    span: Option<(u64, f64, f64)>,
 }
 
 /// What a trace profile says about the build's actions.
@@ -57,9 +69,11 @@ pub struct TracedAction {
 pub struct TraceProfile {
     /// Primary output (relative to the execroot) → its action.
     pub by_output: HashMap<String, TracedAction>,
-    /// `subprocess.run` events: spawns run as local subprocesses (sandboxed
-    /// or not; not workers, not cache hits).
+    /// `subprocess.run` and `local action execution` events: spawns run as
+    /// local subprocesses (sandboxed or not; not workers, not cache hits).
     pub local_runs: usize,
+    /// Each run's thread and start.
+    runs: Vec<(u64, f64)>,
 }
 
 /// A profile that could not be read to its end.
@@ -94,6 +108,7 @@ impl TraceProfile {
             .map(|e| Cut {
                 error: e.to_string(),
             });
+        profile.mark_spawning();
         (profile, cut)
     }
 
@@ -101,6 +116,28 @@ impl TraceProfile {
     /// the execroot of the spawn that wrote it.
     pub fn action_writing(&self, written: &str) -> Option<&TracedAction> {
         self.by_output.get(written)
+    }
+
+    /// Marks the actions a `subprocess.run` event falls in (same thread,
+    /// start within the action's span).
+    fn mark_spawning(&mut self) {
+        let mut by_thread: HashMap<u64, Vec<f64>> = HashMap::new();
+        for (tid, ts) in self.runs.drain(..) {
+            by_thread.entry(tid).or_default().push(ts);
+        }
+        for starts in by_thread.values_mut() {
+            starts.sort_by(f64::total_cmp);
+        }
+        for action in self.by_output.values_mut() {
+            let Some((tid, start, end)) = action.span else {
+                continue;
+            };
+            let Some(starts) = by_thread.get(&tid) else {
+                continue;
+            };
+            let first = starts.partition_point(|&ts| ts < start);
+            action.spawned = starts.get(first).is_some_and(|&ts| ts <= end);
+        }
     }
 
     fn add(&mut self, event: TraceEvent) {
@@ -114,14 +151,30 @@ impl TraceProfile {
                     .and_then(|a| a.target)
                     .filter(|t| !t.is_empty())
                     .or_else(|| label_from_progress(&event.name));
+                let span = match (event.tid, event.ts) {
+                    (Some(tid), Some(ts)) => Some((tid, ts, ts + event.dur.unwrap_or(0.0))),
+                    _ => None,
+                };
                 let action = TracedAction {
                     label,
                     description: event.name,
+                    spawned: false,
+                    span,
                 };
                 self.by_output.insert(out, action);
             }
-            Category::Other if event.name == "subprocess.run" => self.local_runs += 1,
+            Category::LocalExecution => self.add_run(&event),
+            Category::Other if event.name == "subprocess.run" => self.add_run(&event),
             Category::Other => {}
+        }
+    }
+
+    /// A spawn run as a local subprocess, counted and kept by its thread
+    /// and start.
+    fn add_run(&mut self, event: &TraceEvent) {
+        self.local_runs += 1;
+        if let (Some(tid), Some(ts)) = (event.tid, event.ts) {
+            self.runs.push((tid, ts));
         }
     }
 }
@@ -135,12 +188,20 @@ struct TraceEvent {
     name: String,
     out: Option<String>,
     args: Option<EventArgs>,
+    tid: Option<u64>,
+    /// Microseconds (Bazel writes integers).
+    ts: Option<f64>,
+    dur: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
 enum Category {
     #[serde(rename = "action processing")]
     Action,
+    /// A spawn of the `local`/`standalone` strategies (named by its
+    /// mnemonic; no `subprocess.run` inside it).
+    #[serde(rename = "local action execution")]
+    LocalExecution,
     #[default]
     #[serde(other)]
     Other,
@@ -237,6 +298,52 @@ mod tests {
             p.action_writing("bazel-out/k8-fastbuild/bin/c.out")
                 .is_none()
         );
+    }
+
+    /// An action ran a subprocess when a `subprocess.run` starts on its
+    /// thread within its span: not on another thread, not before or after.
+    #[test]
+    fn actions_that_ran_a_subprocess_are_marked() {
+        let (p, _) = TraceProfile::read(PROFILE.as_bytes());
+        let spawned = |out: &str| p.action_writing(out).unwrap().spawned;
+        assert!(spawned("bazel-out/k8-fastbuild/bin/a.out"));
+        assert!(spawned("bazel-out/k8-fastbuild/bin/pkg/b.out"));
+        // Its span (tid 63, 1 to 9) holds b's run (tid 63, at 5).
+        assert!(spawned("bazel-out/stable-status.txt"));
+        let event = |tid: u64, ts: u64, dur: u64, extra: &str| {
+            format!(
+                r#"{{"cat":"{extra}","name":"n","out":"o{tid}-{ts}","tid":{tid},"ts":{ts},"dur":{dur}}}"#
+            )
+        };
+        let run = |tid: u64, ts: u64| {
+            format!(
+                r#"{{"cat":"general information","name":"subprocess.run","tid":{tid},"ts":{ts}}}"#
+            )
+        };
+        let events = [
+            event(1, 10, 10, "action processing"),
+            run(2, 15),
+            run(1, 9),
+            run(1, 21),
+            event(3, 10, 10, "action processing"),
+            run(3, 20),
+            event(4, 10, 10, "action processing"),
+            event(4, 12, 2, "local action execution"),
+        ];
+        let text = format!(r#"{{"traceEvents":[{}]}}"#, events.join(","));
+        let (p, cut) = TraceProfile::read(text.as_bytes());
+        assert!(cut.is_none(), "{cut:?}");
+        assert!(
+            !p.action_writing("o1-10").unwrap().spawned,
+            "runs elsewhere or outside"
+        );
+        assert!(
+            p.action_writing("o3-10").unwrap().spawned,
+            "a run at its end"
+        );
+        let local = p.action_writing("o4-10").unwrap();
+        assert!(local.spawned, "a local strategy's run");
+        assert_eq!(p.local_runs, 5);
     }
 
     #[test]
