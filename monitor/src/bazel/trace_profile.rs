@@ -57,8 +57,9 @@ pub struct TracedAction {
     pub label: Option<String>,
     /// The event's name: the action's progress message.
     pub description: String,
-    /// It ran a subprocess: a `subprocess.run` event on its thread within
-    /// its span (set once the whole profile is read).
+    /// It ran a subprocess: a run (`subprocess.run`, `local action
+    /// execution`) on its thread within its span (set once the whole
+    /// profile is read).
     pub spawned: bool,
     /// Its thread and span (start, end; microseconds).
     span: Option<(u64, f64, f64)>,
@@ -118,8 +119,8 @@ impl TraceProfile {
         self.by_output.get(written)
     }
 
-    /// Marks the actions a `subprocess.run` event falls in (same thread,
-    /// start within the action's span).
+    /// Marks the actions a run falls in (same thread, start within the
+    /// action's span).
     fn mark_spawning(&mut self) {
         let mut by_thread: HashMap<u64, Vec<f64>> = HashMap::new();
         for (tid, ts) in self.runs.drain(..) {
