@@ -115,9 +115,9 @@ fn is_watched(nr: u64) -> bool {
 fn on_sys_exit<R: Regs>(regs: &R, ret: i64) -> Option<()> {
     let nr = regs.get(PT_REGS_ORIG_AX);
     let native = is_watched(nr);
-    // fstat, lseek, mmap and rt_sigprocmask share numbers with ia32 opens
-    // and mknod: for them the ABI check (one kernel read) comes first,
-    // before any map lookup.
+    // fstat, lseek, mmap and rt_sigprocmask share numbers with watched
+    // ia32 calls (open, creat, link, mknod): for them the ABI check (one
+    // kernel read) comes first, before any map lookup.
     if !native && (!compat::is_candidate(nr) || !compat::in_compat_syscall()) {
         return None;
     }
