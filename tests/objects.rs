@@ -605,8 +605,9 @@ fn what_is_read_back_must_be_the_file_the_action_created() {
 
 /// Name changes are writes too: `unlink`, `rmdir`, `mkdir`, `truncate`,
 /// `mknod` (a regular file or a FIFO made without an open; `mknodat` from
-/// glibc, the old `mknod` by number), and the names `link`, `symlink` and
-/// `rename` write (a rename's old name as well), by relative and absolute
+/// glibc, the old `mknod` by number), a unix socket's `bind` (by the bytes
+/// its address length gives, not read on to a later NUL; an abstract name
+/// makes no file), and the names `link`, `symlink` and `rename` write (a rename's old name as well), by relative and absolute
 /// names. Outside the outputs each is an
 /// `undeclared_write` with its `op`, declared inputs included (changing the
 /// sources is how caches get poisoned); in the outputs none alerts (the
@@ -633,7 +634,16 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
         os.mknod('nod', 0o600 | stat.S_IFREG); os.mkfifo(x + '/fifo')\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         assert libc.syscall(133, (x + '/old').encode(), 0o100600, 0) == 0, ctypes.get_errno()\n\
-        os.mknod(w + '/nod', 0o600 | stat.S_IFREG); os.unlink(w + '/nod')\n";
+        os.mknod(w + '/nod', 0o600 | stat.S_IFREG); os.unlink(w + '/nod')\n\
+        import socket\n\
+        socket.socket(socket.AF_UNIX).bind('sock')\n\
+        socket.socket(socket.AF_UNIX).bind('\\0monitor-test-abstract-%d' % os.getpid())\n\
+        socket.socket(socket.AF_UNIX).bind(w + '/sock')\n\
+        # Made: `short`; the bytes after it (no NUL) name a path in the outputs.\n\
+        tail = ('/' + '../' * 40 + w.lstrip('/') + '/y').encode()\n\
+        raw = ctypes.create_string_buffer(b'\\x01\\x00short' + tail)\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        assert libc.bind(s.fileno(), raw, 2 + len('short')) == 0, ctypes.get_errno()\n";
     run_ok(
         &action.path,
         &mut python(script, &[&s(d), &s(w), &s(secret)]),
@@ -660,10 +670,15 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
         ("nod", "mknod"),
         ("fifo", "mknod"),
         ("old", "mknod"),
+        ("sock", "bind"),
+        ("short", "bind"),
     ] {
         assert_eq!(op_on(secret.join(name)), [op], "{name}: {alerts:#?}");
     }
     assert_eq!(op_on(d.join("inner/ok2.txt")), ["unlink"]);
+    // The abstract name made no file; the outputs' socket is no alert.
+    let binds = alerts.iter().filter(|a| a["file"]["op"] == "bind").count();
+    assert_eq!(binds, 2, "{alerts:#?}");
     assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
     // Not in a chroot: an absolute name is the path, with no other name.
     let made = on(&alerts, &secret.join("made"));
@@ -990,6 +1005,8 @@ fn ia32_syscalls_are_judged_like_native_ones() {
             op("mknod", secret.join("nod")),
             op("mknodat", secret.join("nodat")),
             op("mknod", sc.w.join("nod")),
+            op("bind-unix", secret.join("sock")),
+            op("bind-socketcall", secret.join("sock2")),
         ]),
     );
     let (status, alerts, stderr) = daemon.stop();
@@ -1008,11 +1025,16 @@ fn ia32_syscalls_are_judged_like_native_ones() {
         probe.iter().any(|a| a["file"]["result"] == -2),
         "the failed probe by its name: {alerts:#?}"
     );
-    for name in ["nod", "nodat"] {
+    for (name, op) in [
+        ("nod", "mknod"),
+        ("nodat", "mknod"),
+        ("sock", "bind"),
+        ("sock2", "bind"),
+    ] {
         let made = on(&alerts, &secret.join(name));
         assert!(
             made.iter()
-                .any(|a| a["kind"] == "undeclared_write" && a["file"]["op"] == "mknod"),
+                .any(|a| a["kind"] == "undeclared_write" && a["file"]["op"] == op),
             "{name}: {alerts:#?}"
         );
     }

@@ -197,6 +197,9 @@ pub const SYSCALL_RENAME_FROM: u32 = 23;
 /// The name a `mknod`/`mknodat` made (a regular file, a FIFO, a device
 /// node or a socket file: a file made without an open).
 pub const SYSCALL_MKNOD: u32 = 24;
+/// The name a unix socket's `bind` made in the file system (a socket
+/// file; abstract names make none).
+pub const SYSCALL_BIND: u32 = 25;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -737,6 +740,7 @@ pub const PT_REGS_ORIG_AX: u32 = 120;
 /// x86_64 syscall numbers the kernel side dispatches on.
 pub const NR_OPEN: u64 = 2;
 pub const NR_CONNECT: u64 = 42;
+pub const NR_BIND: u64 = 49;
 /// `socket(2)`: watched for packet sockets (`AF_PACKET`) only.
 pub const NR_SOCKET: u64 = 41;
 pub const NR_CREAT: u64 = 85;

@@ -10,10 +10,10 @@
 //! mode, after `sys_exit`.
 use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT, NR_MKNOD,
-    NR_MKNODAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RENAME,
-    NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SOCKET, NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE,
-    NR_UNLINK, NR_UNLINKAT, PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI,
+    NR_BIND, NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT,
+    NR_MKNOD, NR_MKNODAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD,
+    NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SOCKET, NR_SYMLINK, NR_SYMLINKAT,
+    NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI,
     TASK_THREAD_INFO_STATUS,
 };
 
@@ -46,12 +46,14 @@ const IA32_MKNODAT: u64 = 297;
 const IA32_UNLINKAT: u64 = 301;
 const IA32_RENAMEAT2: u64 = 353;
 const IA32_SOCKET: u64 = 359;
+const IA32_BIND: u64 = 361;
 const IA32_CONNECT: u64 = 362;
 const IA32_IO_URING_SETUP: u64 = 425;
 const IA32_OPENAT2: u64 = 437;
 const IA32_PIDFD_GETFD: u64 = 438;
-/// `socketcall`'s call numbers for `socket` and `connect`.
+/// `socketcall`'s call numbers for `socket`, `bind` and `connect`.
 const SYS_SOCKET: u64 = 1;
+const SYS_BIND: u64 = 2;
 const SYS_CONNECT: u64 = 3;
 
 /// The native number of a watched ia32 syscall, or 0.
@@ -79,6 +81,7 @@ fn native_nr(nr: u64) -> u64 {
         IA32_UNLINKAT => NR_UNLINKAT,
         IA32_RENAMEAT2 => NR_RENAMEAT2,
         IA32_SOCKET => NR_SOCKET,
+        IA32_BIND => NR_BIND,
         IA32_CONNECT => NR_CONNECT,
         IA32_IO_URING_SETUP => NR_IO_URING_SETUP,
         IA32_OPENAT2 => NR_OPENAT2,
@@ -127,9 +130,10 @@ pub fn translate<R: Regs>(regs: &R, nr: u64) -> Option<(u64, [u64; 4])> {
     ];
     if nr == IA32_SOCKETCALL {
         // socketcall(call, u32 args[]): socket's family, type and protocol,
-        // or connect's fd, address and length.
+        // or bind's and connect's fd, address and length.
         native = match args[0] {
             SYS_SOCKET => NR_SOCKET,
+            SYS_BIND => NR_BIND,
             SYS_CONNECT => NR_CONNECT,
             _ => return None,
         };

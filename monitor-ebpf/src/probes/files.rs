@@ -13,13 +13,14 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
 };
 use monitor_common::{
-    EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED, FLAG_PATH_UNREADABLE,
-    FLAG_TRACKED, FileEvent, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT, NR_MKNOD,
-    NR_MKNODAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RENAME,
-    NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK,
-    NR_UNLINKAT, PATH_CAPACITY, SYSCALL_CREAT, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_MKNOD,
-    SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT, SYSCALL_OPENAT2, SYSCALL_PIDFD_GETFD,
-    SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK, SYSCALL_TRUNCATE, SYSCALL_UNLINK, Settings,
+    AF_UNIX, EventKind, FLAG_NAME_UNDER_ROOT, FLAG_OBJECT, FLAG_PATH_TRUNCATED,
+    FLAG_PATH_UNREADABLE, FLAG_TRACKED, FileEvent, NR_BIND, NR_CREAT, NR_LINK, NR_LINKAT, NR_MKDIR,
+    NR_MKDIRAT, NR_MKNOD, NR_MKNODAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2,
+    NR_PIDFD_GETFD, NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT,
+    NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PATH_CAPACITY, SYSCALL_BIND, SYSCALL_CREAT, SYSCALL_LINK,
+    SYSCALL_MKDIR, SYSCALL_MKNOD, SYSCALL_OPEN, SYSCALL_OPEN_BY_HANDLE_AT, SYSCALL_OPENAT,
+    SYSCALL_OPENAT2, SYSCALL_PIDFD_GETFD, SYSCALL_RENAME, SYSCALL_RMDIR, SYSCALL_SYMLINK,
+    SYSCALL_TRUNCATE, SYSCALL_UNLINK, Settings, UNIX_PATH_CAPACITY,
 };
 
 use crate::{
@@ -53,6 +54,10 @@ pub struct OpenArgs {
     pub name_in_kernel: bool,
     pub flags: u64,
     pub mode: u32,
+    /// The most bytes of the name the kernel takes, NUL or not (a unix
+    /// socket's `sun_path`, bounded by the address length); 0: up to its
+    /// NUL.
+    pub name_max: u32,
 }
 
 #[inline(always)]
@@ -80,6 +85,7 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
         | NR_RENAMEAT | NR_RENAMEAT2 => {
             return name_args(call);
         }
+        NR_BIND => return bind_args(call),
         NR_OPENAT2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
             // SAFETY: bpf_probe_read_user checks the address.
@@ -102,6 +108,35 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
         name_in_kernel: false,
         flags,
         mode,
+        name_max: 0,
+    })
+}
+
+/// A unix socket's `bind(fd, addr, len)`: the name it made in the file
+/// system, as a write of that name. Other families, abstract names (a NUL
+/// first) and an autobind (no name) make none. The kernel takes at most
+/// `len - 2` bytes of `sun_path`, NUL or not, and so does the report: a
+/// name read on to a later NUL would be another path than the one made.
+#[inline(always)]
+fn bind_args(call: &Syscall) -> Option<OpenArgs> {
+    let (addr, len) = (call.args[1], call.args[2]);
+    if len <= 2 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user checks the address.
+    let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
+    let first = unsafe { bpf_probe_read_user((addr + 2) as *const u8) }.ok()?;
+    if family != AF_UNIX || first == 0 {
+        return None;
+    }
+    Some(OpenArgs {
+        syscall: SYSCALL_BIND,
+        dirfd: AT_FDCWD,
+        path: addr + 2,
+        name_in_kernel: false,
+        flags: O_WRONLY,
+        mode: 0,
+        name_max: (len - 2).min(UNIX_PATH_CAPACITY as u64) as u32,
     })
 }
 
@@ -136,6 +171,7 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
         name_in_kernel: false,
         flags: O_WRONLY,
         mode: 0,
+        name_max: 0,
     })
 }
 
@@ -245,7 +281,10 @@ fn report_name<R: Reader>(ret: i64) -> Option<()> {
     // once, not on each path.
     let ppid = R::parent_tgid();
     let mut hflags = 0;
-    let path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
+    let mut path_len = copy_name(scratch, args.path, args.name_in_kernel, ret, &mut hflags);
+    if args.name_max != 0 && path_len > args.name_max as usize {
+        path_len = args.name_max as usize;
+    }
     let name = if path_len == 0 {
         NameBase::NONE
     } else {

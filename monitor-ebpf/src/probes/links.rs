@@ -59,6 +59,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
             name_in_kernel: false,
             flags: O_WRONLY,
             mode: 0,
+            name_max: 0,
         };
         let _ = files::report::<R>(settings, &call.m, &args, call.ret, 0);
     }

@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_MKDIR, NR_MKDIRAT, NR_MKNOD, NR_MKNODAT, NR_OPEN,
-    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RMDIR, NR_SOCKET, NR_TRUNCATE,
-    NR_UNLINK, NR_UNLINKAT, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10, PT_REGS_SI,
-    Settings,
+    NR_BIND, NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_MKDIR, NR_MKDIRAT, NR_MKNOD, NR_MKNODAT,
+    NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_RMDIR, NR_SOCKET,
+    NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PT_REGS_DI, PT_REGS_DX, PT_REGS_ORIG_AX, PT_REGS_R10,
+    PT_REGS_SI, Settings,
 };
 
 use crate::{
@@ -40,6 +40,7 @@ fn is_file_syscall(nr: u64) -> bool {
         || nr == NR_CREAT
         || nr == NR_OPEN_BY_HANDLE_AT
         || nr == NR_PIDFD_GETFD
+        || nr == NR_BIND
         || matches!(
             nr,
             NR_UNLINK

@@ -137,6 +137,7 @@ fn rename_from_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
         name_in_kernel: true,
         flags: O_WRONLY,
         mode: 0,
+        name_max: 0,
     }
 }
 
@@ -175,6 +176,7 @@ fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> 
         name_in_kernel: true,
         flags: O_WRONLY,
         mode: 0,
+        name_max: 0,
     })
 }
 
@@ -231,6 +233,7 @@ fn open_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
         name_in_kernel: true,
         flags: read(open, o.io_open_how_flags),
         mode: read::<u64>(open, o.io_open_how_mode) as u32,
+        name_max: 0,
     }
 }
 

@@ -95,7 +95,7 @@ pub struct FileInfo {
     /// Raw path bytes as the kernel saw them; may be non-UTF-8.
     pub path: Vec<u8>,
     /// The operation: `"open"`, `"exec"`, `"pidfd_getfd"`, or a name change (`"unlink"`,
-    /// `"rmdir"`, `"mkdir"`, `"mknod"`, `"truncate"`, `"link"`, `"symlink"`,
+    /// `"rmdir"`, `"mkdir"`, `"mknod"`, `"bind"`, `"truncate"`, `"link"`, `"symlink"`,
     /// `"rename"`, `"rename_from"`).
     pub op: &'static str,
     /// Raw open(2) flags.
@@ -628,6 +628,7 @@ fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
         (false, "rmdir") => " removed the directory ",
         (false, "mkdir") => " made the directory ",
         (false, "mknod") => " made (mknod) ",
+        (false, "bind") => " bound a unix socket at ",
         (false, "truncate") => " truncated ",
         (false, "link") => " made a hard link at ",
         (false, "symlink") => " made a symlink at ",

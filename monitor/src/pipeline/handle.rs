@@ -509,13 +509,13 @@ impl Handler {
 }
 
 /// A successful open that wrote its file, or a name the event made
-/// (`rename`'s new name, `link`, `symlink`, `mkdir`, `mknod`): what joins a spawn
+/// (`rename`'s new name, `link`, `symlink`, `mkdir`, `mknod`, `bind`): what joins a spawn
 /// to the output it produced.
 fn wrote_name(f: &crate::events::decode::FileOpen) -> bool {
     f.result >= 0
         && match f.op {
             "open" => crate::policy::access::classify(f).writes,
-            "rename" | "link" | "symlink" | "mkdir" | "mknod" => true,
+            "rename" | "link" | "symlink" | "mkdir" | "mknod" | "bind" => true,
             _ => false,
         }
 }
@@ -643,7 +643,7 @@ mod tests {
             ev.op = op;
             ev
         };
-        for made in ["rename", "link", "symlink", "mkdir", "mknod"] {
+        for made in ["rename", "link", "symlink", "mkdir", "mknod", "bind"] {
             assert!(wrote_name(&op(made, libc::O_WRONLY as u64, 0)), "{made}");
             assert!(
                 !wrote_name(&op(made, libc::O_WRONLY as u64, -13)),
