@@ -687,8 +687,12 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
 
 /// The same name changes submitted through io_uring (`UNLINKAT`,
 /// `MKDIRAT`, `RENAMEAT`, `LINKAT`, `SYMLINKAT`) never pass the syscall
-/// hook: they are judged at submission on the name they write. Outside the
-/// outputs each alerts with its op; in the outputs none does.
+/// hook: they are judged at submission on the name they write; a unix
+/// socket's `BIND` at its completion, on the name the socket got (the
+/// address length's bytes of the one passed; a relative one against the
+/// binder's working directory). Outside the outputs each
+/// alerts with its op; in the outputs none does, nor does an abstract
+/// socket name.
 #[test]
 fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
     require_root();
@@ -707,7 +711,7 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
     write(&w.join("mine"), "mine");
     run_ok(
         &action.path,
-        Command::new(&program).args([
+        Command::new(&program).current_dir(secret).args([
             op("unlink", &[secret.join("one")]),
             op("mkdir", &[secret.join("made")]),
             op("rename", &[secret.join("two"), secret.join("moved")]),
@@ -718,6 +722,15 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
             op("link", &[w.join("mine2"), w.join("mine3")]),
             op("symlink", &[d.join("ok.txt"), w.join("sl")]),
             op("unlink", &[w.join("mine3")]),
+            op("bind", &[secret.join("sock")]),
+            "bind:relative-sock".to_string(),
+            op("bind", &[w.join("sock")]),
+            format!("bindabstract:monitor-test-uring-{}", std::process::id()),
+            format!(
+                "bindcut:{}:{}",
+                s(&secret.join("short")).len(),
+                s(&secret.join("short-and-more"))
+            ),
         ]),
     );
     let (status, alerts, stderr) = daemon.stop();
@@ -729,12 +742,19 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
         ("two", "rename_from"),
         ("hl", "link"),
         ("sl", "symlink"),
+        ("sock", "bind"),
+        ("relative-sock", "bind"),
+        ("short", "bind"),
     ] {
         let hits = on(&alerts, &secret.join(name));
         assert_eq!(hits.len(), 1, "{name}: {alerts:#?}");
         assert_eq!(hits[0]["kind"], "undeclared_write");
         assert_eq!(hits[0]["file"]["op"], op, "{name}");
+        assert_eq!(hits[0]["count"], 1, "{name}");
     }
+    assert!(secret.join("short").exists(), "the cut bind made 'short'");
+    let binds = alerts.iter().filter(|a| a["file"]["op"] == "bind").count();
+    assert_eq!(binds, 3, "no file for the abstract name: {alerts:#?}");
     assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
 }
 

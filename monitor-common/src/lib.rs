@@ -708,6 +708,14 @@ pub struct KernelOffsets {
     pub io_rename_oldpath: u32,
     pub io_link_new_dfd: u32,
     pub io_link_newpath: u32,
+    /// A completed `IORING_OP_BIND`'s socket and the name the kernel gave
+    /// it: `io_kiocb.file`, `sock.__sk_common.skc_family`, `unix_sock.addr`
+    /// and `unix_address.{len,name}` (`unix_sock_addr` 0: not read).
+    pub io_kiocb_file: u32,
+    pub sock_family: u32,
+    pub unix_sock_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     /// `task_struct.cgroups` and `css_set.dfl_cgrp`: a new child's cgroup
     /// v2 (`escapes.rs`: a child created straight into another cgroup).
     pub task_cgroups: u32,

@@ -24,6 +24,11 @@
 //!   `SYMLINKAT`) are judged at submission on the name they write (the new
 //!   name of a rename or link), as writes, like their syscalls; the result
 //!   is not known yet. A rename's old name is judged too.
+//! * A unix socket bound to a name (`BIND`, 6.11+) is judged at its
+//!   completion on the name the socket now has, as the kernel keeps it:
+//!   where the request held the address it copied changed within 6.18
+//!   (a message header, then the bare address), and the socket's own
+//!   name is where the kernel put the file. A failed bind made no file.
 //!
 //! An fd or slot closed and
 //! reused by another thread before the completion names another object, as
@@ -37,15 +42,16 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use monitor_common::{
-    PATH_CAPACITY, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR, SYSCALL_RENAME,
-    SYSCALL_RENAME_FROM, SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
+    AF_UNIX, PATH_CAPACITY, SYSCALL_BIND, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR,
+    SYSCALL_RENAME, SYSCALL_RENAME_FROM, SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
+    UNIX_PATH_CAPACITY,
 };
 
 use crate::{
     filter::{self, Match},
     maps::SETTINGS,
     object::Copied,
-    probes::files::{self, O_WRONLY, OpenArgs},
+    probes::files::{self, AT_FDCWD, O_WRONLY, OpenArgs},
     task::{file_of_fd_read, read},
 };
 
@@ -57,6 +63,7 @@ const IORING_OP_UNLINKAT: u8 = 36;
 const IORING_OP_MKDIRAT: u8 = 37;
 const IORING_OP_SYMLINKAT: u8 = 38;
 const IORING_OP_LINKAT: u8 = 39;
+const IORING_OP_BIND: u8 = 56;
 /// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
 /// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
 const REQ_F_CQE_SKIP: u64 = 1 << 6;
@@ -249,8 +256,8 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let req: u64 = ctx.arg(1);
     let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
-    let rename = opcode == IORING_OP_RENAMEAT;
-    if !rename && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+    let (rename, bind) = (opcode == IORING_OP_RENAMEAT, opcode == IORING_OP_BIND);
+    if !rename && !bind && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return None;
     }
     let m = monitored(settings)?;
@@ -265,6 +272,8 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
             return None;
         }
         (rename_from_args(settings, req, name), 0)
+    } else if bind {
+        (bound_args(settings, req, res)?, 0)
     } else {
         (
             open_args(settings, req, name),
@@ -276,6 +285,38 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
         let _ = URING_NAMES.remove(&req);
     }
     Some(())
+}
+
+/// The name a completed bind request gave its unix socket in the file
+/// system, as a write of that name (`files::bind_args` for the syscall):
+/// `unix_sock.addr`, a `struct unix_address` whose `len` bytes of `name`
+/// the kernel bound. Other families, abstract names and failures: none.
+#[inline(always)]
+fn bound_args(settings: &Settings, req: u64, res: i32) -> Option<OpenArgs> {
+    let o = &settings.offsets;
+    if res != 0 || o.unix_sock_addr == 0 {
+        return None;
+    }
+    let sock: u64 = read(read::<u64>(req, o.io_kiocb_file), o.file_private_data);
+    let sk: u64 = read(sock, o.socket_sk);
+    if read::<u16>(sk, o.sock_family) != AF_UNIX {
+        return None;
+    }
+    let address: u64 = read(sk, o.unix_sock_addr);
+    let len: i32 = read(address, o.unix_address_len);
+    let name = address + o.unix_address_name as u64;
+    if address == 0 || len <= 2 || read::<u8>(name, 2) == 0 {
+        return None;
+    }
+    Some(OpenArgs {
+        syscall: SYSCALL_BIND,
+        dirfd: AT_FDCWD,
+        path: name + 2,
+        name_in_kernel: true,
+        flags: O_WRONLY,
+        mode: 0,
+        name_max: (len as u32 - 2).min(UNIX_PATH_CAPACITY as u32),
+    })
 }
 
 /// The `struct file *` a completed open request opened (0 if it failed).

@@ -853,6 +853,25 @@ fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
     o.io_rename_oldpath = off("io_rename", "oldpath")?;
     o.io_link_new_dfd = off("io_link", "new_dfd")?;
     o.io_link_newpath = off("io_link", "newpath")?;
+    // A bound unix socket's name (for IORING_OP_BIND, 6.11+); without
+    // these, io_uring binds are not judged (every kernel here has them).
+    let bound = (
+        off("io_kiocb", "file"),
+        off("sock", "__sk_common.skc_family"),
+        off("unix_sock", "addr"),
+        off("unix_address", "len"),
+        off("unix_address", "name"),
+    );
+    match bound {
+        (Ok(file), Ok(family), Ok(addr), Ok(len), Ok(name)) => {
+            o.io_kiocb_file = file;
+            o.sock_family = family;
+            o.unix_sock_addr = addr;
+            o.unix_address_len = len;
+            o.unix_address_name = name;
+        }
+        other => log::warn!("io_uring binds are not judged: {other:?}"),
+    }
     Ok(())
 }
 
