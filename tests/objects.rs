@@ -685,6 +685,93 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
     assert!(made[0]["file"]["requested_path"].is_null(), "{made:#?}");
 }
 
+/// Changes of a file's metadata alone are writes too: its mode, owner,
+/// timestamps and extended attributes (a digest kept in one is what Bazel
+/// trusts with `--unix_digest_hash_attribute_name`). By name (`chmod`,
+/// `chown`, `lchown` of a link, `utime`, `setxattr`, `removexattr`) they
+/// are judged on the name; through a descriptor (`fchmod`, `fsetxattr`,
+/// `futimens`, `fchmodat2` on an empty name with `AT_EMPTY_PATH`) on its
+/// object, a declared input opened read-only included (the read is no
+/// alert, the change is). In the outputs none alerts (the positive control
+/// is that each route alerts outside them).
+#[test]
+fn metadata_changes_outside_the_outputs_are_undeclared_writes() {
+    require_root();
+    let parent = test_parent("metadata");
+    let daemon = Daemon::start(&parent.path, "");
+    let action = parent.child("metadata");
+    let sc = scene();
+    let (d, w, secret) = (&sc.d, &sc.w, &sc.secret);
+    for name in ["m1", "m2", "m3", "m4"] {
+        write(&d.join(name), "declared input");
+    }
+    write(&w.join("out"), "output");
+    std::os::unix::fs::symlink(secret.join("six"), secret.join("link")).unwrap();
+    let seven = std::ffi::CString::new(s(&secret.join("seven"))).unwrap();
+    // SAFETY: valid C strings and a 3-byte value.
+    let set = unsafe {
+        libc::setxattr(
+            seven.as_ptr(),
+            c"user.checksum".as_ptr(),
+            b"old".as_ptr().cast(),
+            3,
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr on the secret, before the action");
+    declare_scene(&daemon, &action.path, &sc, &[]);
+    let script = "import ctypes, os, sys\n\
+        d, w, x = sys.argv[1:4]\n\
+        uid, gid = os.getuid(), os.getgid()\n\
+        os.chmod(x + '/one', 0o600); os.chown(x + '/two', uid, gid)\n\
+        os.lchown(x + '/link', uid, gid)\n\
+        os.utime(x + '/three'); os.setxattr(x + '/four', 'user.checksum', b'forged')\n\
+        os.removexattr(x + '/seven', 'user.checksum')\n\
+        def fd(p): return os.open(p, os.O_RDONLY)\n\
+        os.fchmod(fd(d + '/m1'), 0o644); os.setxattr(fd(d + '/m2'), 'user.checksum', b'forged')\n\
+        os.utime(fd(d + '/m3'))\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        # fchmodat2(fd, \"\", mode, AT_EMPTY_PATH)\n\
+        assert libc.syscall(452, fd(d + '/m4'), b'', 0o644, 0x1000) == 0, ctypes.get_errno()\n\
+        os.chmod(w + '/out', 0o600); os.setxattr(w + '/out', 'user.checksum', b'mine')\n\
+        os.fchmod(fd(w + '/out'), 0o644); os.utime(w + '/out')\n";
+    run_ok(
+        &action.path,
+        &mut python(script, &[&s(d), &s(w), &s(secret)]),
+    );
+    let (status, alerts, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr}");
+    let ops_on = |p: PathBuf| -> Vec<String> {
+        let mut ops: Vec<String> = on(&alerts, &p)
+            .iter()
+            .inspect(|a| assert_eq!(a["kind"], "undeclared_write", "{a}"))
+            .map(|a| a["file"]["op"].as_str().unwrap().to_string())
+            .collect();
+        ops.sort();
+        ops
+    };
+    for (path, ops) in [
+        (secret.join("one"), &["chmod"][..]),
+        (secret.join("two"), &["chown"]),
+        (secret.join("three"), &["utimes"]),
+        (secret.join("four"), &["setxattr"]),
+        (secret.join("seven"), &["removexattr"]),
+        (d.join("m1"), &["chmod"]),
+        (d.join("m2"), &["setxattr"]),
+        (d.join("m3"), &["utimes"]),
+        (d.join("m4"), &["chmod"]),
+    ] {
+        assert_eq!(ops_on(path.clone()), ops, "{path:?}: {alerts:#?}");
+    }
+    // lchown changed the link, not the file it leads to.
+    assert_eq!(ops_on(secret.join("link")), ["chown"]);
+    assert!(on(&alerts, &secret.join("six")).is_empty(), "{alerts:#?}");
+    // An object changed through a descriptor is named by the kernel.
+    let by_fd = on(&alerts, &d.join("m2"));
+    assert!(by_fd[0]["file"]["ino"].is_number(), "{by_fd:#?}");
+    assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
+}
+
 /// The same name changes submitted through io_uring (`UNLINKAT`,
 /// `MKDIRAT`, `RENAMEAT`, `LINKAT`, `SYMLINKAT`) never pass the syscall
 /// hook: they are judged at submission on the name they write; a unix
@@ -997,8 +1084,10 @@ fn chrooted_spawns_are_reported_with_host_paths() {
 
 /// `int $0x80` from a 64-bit action: ia32 `open` is number 5 (native
 /// `fstat`), its arguments are in ebx/ecx/edx. Each route alerts on the
-/// secret; a failed probe keeps the name passed, also when the caller puts
-/// garbage in rbx's upper half (the kernel reads only ebx).
+/// secret (metadata changes too: `chmod` is native `rt_sigreturn`'s
+/// number, `fsetxattr` on a descriptor `clock_gettime`'s); a failed probe
+/// keeps the name passed, also when the caller puts garbage in rbx's upper
+/// half (the kernel reads only ebx).
 #[test]
 fn ia32_syscalls_are_judged_like_native_ones() {
     require_root();
@@ -1027,6 +1116,10 @@ fn ia32_syscalls_are_judged_like_native_ones() {
             op("mknod", sc.w.join("nod")),
             op("bind-unix", secret.join("sock")),
             op("bind-socketcall", secret.join("sock2")),
+            op("meta-chmod", secret.join("seven")),
+            op("meta-lchown32", secret.join("a")),
+            op("meta-fsetxattr", secret.join("six")),
+            op("meta-chmod", sc.w.join("nod")),
         ]),
     );
     let (status, alerts, stderr) = daemon.stop();
@@ -1050,6 +1143,9 @@ fn ia32_syscalls_are_judged_like_native_ones() {
         ("nodat", "mknod"),
         ("sock", "bind"),
         ("sock2", "bind"),
+        ("seven", "chmod"),
+        ("a", "chown"),
+        ("six", "setxattr"),
     ] {
         let made = on(&alerts, &secret.join(name));
         assert!(

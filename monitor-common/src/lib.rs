@@ -200,6 +200,17 @@ pub const SYSCALL_MKNOD: u32 = 24;
 /// The name a unix socket's `bind` made in the file system (a socket
 /// file; abstract names make none).
 pub const SYSCALL_BIND: u32 = 25;
+/// Changes of a file's metadata alone, judged as writes of the file: by
+/// name (the name passed, as for the calls above) or, for the calls that
+/// take a descriptor (`fchmod`, an `*at` call on an empty or NULL name),
+/// on its object. Mode (`chmod` family), owner (`chown` family),
+/// timestamps (`utime`, `utimes`, `futimesat`, `utimensat`), extended
+/// attributes set or removed (`setxattr`, `removexattr` families).
+pub const SYSCALL_CHMOD: u32 = 26;
+pub const SYSCALL_CHOWN: u32 = 27;
+pub const SYSCALL_UTIMES: u32 = 28;
+pub const SYSCALL_SETXATTR: u32 = 29;
+pub const SYSCALL_REMOVEXATTR: u32 = 30;
 
 /// A file open, reported at syscall exit with its result. A successful exec
 /// uses the same layout (kind `Exec`): `dir` holds the executable's path
@@ -773,6 +784,28 @@ pub const NR_MKNOD: u64 = 133;
 pub const NR_MKNODAT: u64 = 259;
 pub const NR_UNLINKAT: u64 = 263;
 pub const NR_IO_URING_SETUP: u64 = 425;
+pub const NR_CHMOD: u64 = 90;
+pub const NR_FCHMOD: u64 = 91;
+pub const NR_CHOWN: u64 = 92;
+pub const NR_FCHOWN: u64 = 93;
+pub const NR_LCHOWN: u64 = 94;
+pub const NR_UTIME: u64 = 132;
+pub const NR_SETXATTR: u64 = 188;
+pub const NR_LSETXATTR: u64 = 189;
+pub const NR_FSETXATTR: u64 = 190;
+pub const NR_REMOVEXATTR: u64 = 197;
+pub const NR_LREMOVEXATTR: u64 = 198;
+pub const NR_FREMOVEXATTR: u64 = 199;
+pub const NR_UTIMES: u64 = 235;
+pub const NR_FCHOWNAT: u64 = 260;
+pub const NR_FUTIMESAT: u64 = 261;
+pub const NR_FCHMODAT: u64 = 268;
+pub const NR_UTIMENSAT: u64 = 280;
+/// 6.6+ (`fchmodat` with flags); the same number on every architecture.
+pub const NR_FCHMODAT2: u64 = 452;
+/// 6.13+.
+pub const NR_SETXATTRAT: u64 = 463;
+pub const NR_REMOVEXATTRAT: u64 = 466;
 
 /// Runtime settings written by userspace into a one-entry map before attach.
 #[repr(C)]

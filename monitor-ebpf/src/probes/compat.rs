@@ -2,19 +2,21 @@
 //! process, or a 32-bit program): other syscall numbers, arguments in
 //! ebx/ecx/edx/esi. A monitored task's compat syscall is translated to the
 //! native number and arguments, so an action cannot hide an open, a link, a
-//! connect or a packet socket behind `int $0x80` (ia32's `open` is number
-//! 5, native `fstat`).
+//! metadata change, a connect or a packet socket behind `int $0x80` (ia32's
+//! `open` is number 5, native `fstat`).
 //!
 //! Whether a syscall is compat is the task's `TS_COMPAT` status bit, set on
 //! entry of every 32-bit syscall and cleared only on the return to user
 //! mode, after `sys_exit`.
 use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use monitor_common::{
-    NR_BIND, NR_CONNECT, NR_CREAT, NR_IO_URING_SETUP, NR_LINK, NR_LINKAT, NR_MKDIR, NR_MKDIRAT,
-    NR_MKNOD, NR_MKNODAT, NR_OPEN, NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD,
-    NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SOCKET, NR_SYMLINK, NR_SYMLINKAT,
-    NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI,
-    TASK_THREAD_INFO_STATUS,
+    NR_BIND, NR_CHMOD, NR_CHOWN, NR_CONNECT, NR_CREAT, NR_FCHMOD, NR_FCHMODAT, NR_FCHMODAT2,
+    NR_FCHOWN, NR_FCHOWNAT, NR_FREMOVEXATTR, NR_FSETXATTR, NR_IO_URING_SETUP, NR_LCHOWN, NR_LINK,
+    NR_LINKAT, NR_LREMOVEXATTR, NR_LSETXATTR, NR_MKDIR, NR_MKDIRAT, NR_MKNOD, NR_MKNODAT, NR_OPEN,
+    NR_OPEN_BY_HANDLE_AT, NR_OPENAT, NR_OPENAT2, NR_PIDFD_GETFD, NR_REMOVEXATTR, NR_REMOVEXATTRAT,
+    NR_RENAME, NR_RENAMEAT, NR_RENAMEAT2, NR_RMDIR, NR_SETXATTR, NR_SETXATTRAT, NR_SOCKET,
+    NR_SYMLINK, NR_SYMLINKAT, NR_TRUNCATE, NR_UNLINK, NR_UNLINKAT, NR_UTIME, NR_UTIMENSAT,
+    PT_REGS_BX, PT_REGS_CX, PT_REGS_DX, PT_REGS_SI, TASK_THREAD_INFO_STATUS,
 };
 
 use crate::probes::syscalls::Regs;
@@ -51,6 +53,31 @@ const IA32_CONNECT: u64 = 362;
 const IA32_IO_URING_SETUP: u64 = 425;
 const IA32_OPENAT2: u64 = 437;
 const IA32_PIDFD_GETFD: u64 = 438;
+/// Metadata changes (`metadata.rs`). Not translated, as their numbers are
+/// native calls every process makes often, each of which would pay the ABI
+/// check: the 16-bit `lchown` (16, native `ioctl`), `utimes` (271,
+/// `ppoll`) and `futimesat` (299, `recvmmsg`). The others' native twins
+/// are rare: `rt_sigreturn` (15), `shmat` (30), `umask` (95),
+/// `clock_gettime` (228, answered in the vDSO where the clock source
+/// allows), `io_destroy`, `perf_event_open`, `syncfs`, `mbind`.
+const IA32_CHMOD: u64 = 15;
+const IA32_UTIME: u64 = 30;
+const IA32_FCHMOD: u64 = 94;
+const IA32_FCHOWN16: u64 = 95;
+const IA32_CHOWN16: u64 = 182;
+const IA32_LCHOWN32: u64 = 198;
+const IA32_FCHOWN32: u64 = 207;
+const IA32_CHOWN32: u64 = 212;
+const IA32_SETXATTR: u64 = 226;
+const IA32_LSETXATTR: u64 = 227;
+const IA32_FSETXATTR: u64 = 228;
+const IA32_REMOVEXATTR: u64 = 235;
+const IA32_LREMOVEXATTR: u64 = 236;
+const IA32_FREMOVEXATTR: u64 = 237;
+const IA32_FCHOWNAT: u64 = 298;
+const IA32_FCHMODAT: u64 = 306;
+const IA32_UTIMENSAT: u64 = 320;
+const IA32_UTIMENSAT_TIME64: u64 = 412;
 /// `socketcall`'s call numbers for `socket`, `bind` and `connect`.
 const SYS_SOCKET: u64 = 1;
 const SYS_BIND: u64 = 2;
@@ -86,6 +113,25 @@ fn native_nr(nr: u64) -> u64 {
         IA32_IO_URING_SETUP => NR_IO_URING_SETUP,
         IA32_OPENAT2 => NR_OPENAT2,
         IA32_PIDFD_GETFD => NR_PIDFD_GETFD,
+        IA32_CHMOD => NR_CHMOD,
+        IA32_UTIME => NR_UTIME,
+        IA32_FCHMOD => NR_FCHMOD,
+        IA32_FCHOWN16 | IA32_FCHOWN32 => NR_FCHOWN,
+        IA32_CHOWN16 | IA32_CHOWN32 => NR_CHOWN,
+        IA32_LCHOWN32 => NR_LCHOWN,
+        IA32_SETXATTR => NR_SETXATTR,
+        IA32_LSETXATTR => NR_LSETXATTR,
+        IA32_FSETXATTR => NR_FSETXATTR,
+        IA32_REMOVEXATTR => NR_REMOVEXATTR,
+        IA32_LREMOVEXATTR => NR_LREMOVEXATTR,
+        IA32_FREMOVEXATTR => NR_FREMOVEXATTR,
+        IA32_FCHOWNAT => NR_FCHOWNAT,
+        IA32_FCHMODAT => NR_FCHMODAT,
+        IA32_UTIMENSAT | IA32_UTIMENSAT_TIME64 => NR_UTIMENSAT,
+        // The same numbers in both ABIs.
+        NR_FCHMODAT2 => NR_FCHMODAT2,
+        NR_SETXATTRAT => NR_SETXATTRAT,
+        NR_REMOVEXATTRAT => NR_REMOVEXATTRAT,
         _ => 0,
     }
 }

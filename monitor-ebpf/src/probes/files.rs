@@ -30,7 +30,7 @@ use crate::{
     filter::Match,
     maps::{HOST_ROOT_DENTRY, NAME_CALL, SCRATCH, SETTINGS, Scratch},
     object::{self, Copied, Reader, Typed},
-    probes::syscalls::Syscall,
+    probes::{metadata, syscalls::Syscall},
     sandbox,
     seen::{self, Seen},
     task::{current_task, read},
@@ -176,15 +176,25 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
 }
 
 pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
-    let mut args = open_args(call)?;
-    // The object the kernel opened, when there is one; else the name's base.
-    // Only the open family (and `pidfd_getfd`) returns a descriptor.
-    let opens = args.syscall <= SYSCALL_PIDFD_GETFD;
-    let file = if call.ret >= 0 && opens {
-        R::file_of_fd(call.ret as i32)
-    } else {
-        0
+    let (mut args, changed_fd) = match metadata::args(call) {
+        Some(meta) => meta,
+        None => (open_args(call)?, None),
     };
+    // The object the kernel opened, when there is one; else the name's base.
+    // Only the open family (and `pidfd_getfd`) returns a descriptor; a
+    // metadata call on a descriptor changed its object. One lookup site:
+    // the verifier checks it once.
+    let opens = args.syscall <= SYSCALL_PIDFD_GETFD;
+    let fd = match changed_fd {
+        Some(_) if call.ret != 0 => return None,
+        Some(fd) => fd,
+        None if call.ret >= 0 && opens => call.ret as i32,
+        None => -1,
+    };
+    let file = if fd >= 0 { R::file_of_fd(fd) } else { 0 };
+    if changed_fd.is_some() && file == 0 {
+        return None;
+    }
     if args.syscall == SYSCALL_PIDFD_GETFD {
         // A failed one took nothing: no name to judge.
         if file == 0 {

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod files;
 pub mod links;
 pub mod listeners;
+pub mod metadata;
 pub mod net;
 pub mod packet;
 pub mod process;

@@ -1,7 +1,8 @@
 //! The one syscall hook: `sys_exit` (BTF tracepoint, raw tracepoint as the
 //! fallback). The first check on every syscall of every process is the
-//! syscall number; monitored opens, links, connects, packet sockets and
-//! io_uring set-ups go on to their family's module. A monitored task's 32-bit (compat) syscalls
+//! syscall number; monitored opens, name and metadata changes, links,
+//! connects, packet sockets and io_uring set-ups go on to their family's
+//! module. A monitored task's 32-bit (compat) syscalls
 //! are translated to native ones first (`compat.rs`).
 use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
@@ -18,7 +19,7 @@ use crate::{
     filter,
     maps::SETTINGS,
     object::{Copied, Reader, Typed},
-    probes::{compat, files, links, net, packet, process},
+    probes::{compat, files, links, metadata, net, packet, process},
     task::read,
     verdicts,
 };
@@ -41,6 +42,7 @@ fn is_file_syscall(nr: u64) -> bool {
         || nr == NR_OPEN_BY_HANDLE_AT
         || nr == NR_PIDFD_GETFD
         || nr == NR_BIND
+        || metadata::is_metadata_syscall(nr)
         || matches!(
             nr,
             NR_UNLINK

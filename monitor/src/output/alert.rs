@@ -95,7 +95,8 @@ pub struct FileInfo {
     /// Raw path bytes as the kernel saw them; may be non-UTF-8.
     pub path: Vec<u8>,
     /// The operation: `"open"`, `"exec"`, `"pidfd_getfd"`, or a name change (`"unlink"`,
-    /// `"rmdir"`, `"mkdir"`, `"mknod"`, `"bind"`, `"truncate"`, `"link"`, `"symlink"`,
+    /// `"rmdir"`, `"mkdir"`, `"mknod"`, `"bind"`, `"truncate"`, `"chmod"`, `"chown"`,
+    /// `"utimes"`, `"setxattr"`, `"removexattr"`, `"link"`, `"symlink"`,
     /// `"rename"`, `"rename_from"`).
     pub op: &'static str,
     /// Raw open(2) flags.
@@ -630,6 +631,11 @@ fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
         (false, "mknod") => " made (mknod) ",
         (false, "bind") => " bound a unix socket at ",
         (false, "truncate") => " truncated ",
+        (false, "chmod") => " changed the mode of ",
+        (false, "chown") => " changed the owner of ",
+        (false, "utimes") => " changed the timestamps of ",
+        (false, "setxattr") => " set an extended attribute of ",
+        (false, "removexattr") => " removed an extended attribute of ",
         (false, "link") => " made a hard link at ",
         (false, "symlink") => " made a symlink at ",
         (false, "rename") => " renamed a file to ",

@@ -652,7 +652,18 @@ mod tests {
         }
         assert!(wrote_name(&op("open", libc::O_WRONLY as u64, 3)));
         assert!(!wrote_name(&op("open", libc::O_RDONLY as u64, 3)));
-        for other in ["unlink", "rmdir", "rename_from", "truncate", "exec"] {
+        for other in [
+            "unlink",
+            "rmdir",
+            "rename_from",
+            "truncate",
+            "chmod",
+            "chown",
+            "utimes",
+            "setxattr",
+            "removexattr",
+            "exec",
+        ] {
             assert!(!wrote_name(&op(other, libc::O_WRONLY as u64, 0)), "{other}");
         }
     }
