@@ -774,7 +774,8 @@ fn metadata_changes_outside_the_outputs_are_undeclared_writes() {
 
 /// The same name changes submitted through io_uring (`UNLINKAT`,
 /// `MKDIRAT`, `RENAMEAT`, `LINKAT`, `SYMLINKAT`) never pass the syscall
-/// hook: they are judged at submission on the name they write; a unix
+/// hook: they are judged at submission on the name they write (so is
+/// `SETXATTR`'s file; `FSETXATTR` at its completion, on its object); a unix
 /// socket's `BIND` at its completion, on the name the socket got (the
 /// address length's bytes of the one passed; a relative one against the
 /// binder's working directory). Outside the outputs each
@@ -811,6 +812,9 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
             op("unlink", &[w.join("mine3")]),
             op("bind", &[secret.join("sock")]),
             "bind:relative-sock".to_string(),
+            op("setxattr", &[secret.join("six")]),
+            op("fsetxattr", &[d.join("ok.txt")]),
+            op("setxattr", &[w.join("mine2")]),
             op("bind", &[w.join("sock")]),
             format!("bindabstract:monitor-test-uring-{}", std::process::id()),
             format!(
@@ -832,6 +836,7 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
         ("sock", "bind"),
         ("relative-sock", "bind"),
         ("short", "bind"),
+        ("six", "setxattr"),
     ] {
         let hits = on(&alerts, &secret.join(name));
         assert_eq!(hits.len(), 1, "{name}: {alerts:#?}");
@@ -840,6 +845,12 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
         assert_eq!(hits[0]["count"], 1, "{name}");
     }
     assert!(secret.join("short").exists(), "the cut bind made 'short'");
+    // Through a descriptor: the declared input it changed, on the object.
+    let changed = on(&alerts, &d.join("ok.txt"));
+    assert_eq!(changed.len(), 1, "{alerts:#?}");
+    assert_eq!(changed[0]["kind"], "undeclared_write");
+    assert_eq!(changed[0]["file"]["op"], "setxattr");
+    assert!(changed[0]["file"]["ino"].is_number(), "{changed:#?}");
     let binds = alerts.iter().filter(|a| a["file"]["op"] == "bind").count();
     assert_eq!(binds, 3, "no file for the abstract name: {alerts:#?}");
     assert!(under(&alerts, w).is_empty(), "{alerts:#?}");

@@ -719,10 +719,14 @@ pub struct KernelOffsets {
     pub io_rename_oldpath: u32,
     pub io_link_new_dfd: u32,
     pub io_link_newpath: u32,
-    /// A completed `IORING_OP_BIND`'s socket and the name the kernel gave
-    /// it: `io_kiocb.file`, `sock.__sk_common.skc_family`, `unix_sock.addr`
-    /// and `unix_address.{len,name}` (`unix_sock_addr` 0: not read).
+    /// `io_xattr.filename`: the name a `SETXATTR` request changes (0: not
+    /// read).
+    pub io_xattr_filename: u32,
+    /// The file a request works on (`io_kiocb.file`): an `FSETXATTR`'s.
     pub io_kiocb_file: u32,
+    /// A completed `IORING_OP_BIND`'s socket and the name the kernel gave
+    /// it: `sock.__sk_common.skc_family`, `unix_sock.addr` and
+    /// `unix_address.{len,name}` (`unix_sock_addr` 0: not read).
     pub sock_family: u32,
     pub unix_sock_addr: u32,
     pub unix_address_len: u32,

@@ -24,6 +24,9 @@
 //!   `SYMLINKAT`) are judged at submission on the name they write (the new
 //!   name of a rename or link), as writes, like their syscalls; the result
 //!   is not known yet. A rename's old name is judged too.
+//! * An extended attribute set by name (`SETXATTR`) is judged at
+//!   submission like a name change; one set through a descriptor
+//!   (`FSETXATTR`) at its completion, on the file it changed.
 //! * A unix socket bound to a name (`BIND`, 6.11+) is judged at its
 //!   completion on the name the socket now has, as the kernel keeps it:
 //!   where the request held the address it copied changed within 6.18
@@ -43,8 +46,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     AF_UNIX, PATH_CAPACITY, SYSCALL_BIND, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR,
-    SYSCALL_RENAME, SYSCALL_RENAME_FROM, SYSCALL_SYMLINK, SYSCALL_UNLINK, Settings,
-    UNIX_PATH_CAPACITY,
+    SYSCALL_RENAME, SYSCALL_RENAME_FROM, SYSCALL_SETXATTR, SYSCALL_SYMLINK, SYSCALL_UNLINK,
+    Settings, UNIX_PATH_CAPACITY,
 };
 
 use crate::{
@@ -63,6 +66,8 @@ const IORING_OP_UNLINKAT: u8 = 36;
 const IORING_OP_MKDIRAT: u8 = 37;
 const IORING_OP_SYMLINKAT: u8 = 38;
 const IORING_OP_LINKAT: u8 = 39;
+const IORING_OP_FSETXATTR: u8 = 41;
+const IORING_OP_SETXATTR: u8 = 42;
 const IORING_OP_BIND: u8 = 56;
 /// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
 /// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
@@ -111,7 +116,7 @@ fn on_submit(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let req: u64 = ctx.arg(0);
     let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
-    let change = name_change(opcode);
+    let change = name_change(settings, opcode);
     if change == 0 && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return None;
     }
@@ -150,20 +155,28 @@ fn rename_from_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
 
 /// The `SYSCALL_*` id of a name-changing opcode, or 0.
 #[inline(always)]
-fn name_change(opcode: u8) -> u32 {
+fn name_change(settings: &Settings, opcode: u8) -> u32 {
     match opcode {
         IORING_OP_RENAMEAT => SYSCALL_RENAME,
         IORING_OP_UNLINKAT => SYSCALL_UNLINK,
         IORING_OP_MKDIRAT => SYSCALL_MKDIR,
         IORING_OP_SYMLINKAT => SYSCALL_SYMLINK,
         IORING_OP_LINKAT => SYSCALL_LINK,
+        IORING_OP_SETXATTR if o_xattr_known(settings) => SYSCALL_SETXATTR,
         _ => 0,
     }
 }
 
+/// Whether `io_xattr.filename` was found (kernels since 5.19 have it).
+#[inline(always)]
+fn o_xattr_known(settings: &Settings) -> bool {
+    settings.offsets.io_xattr_filename != 0
+}
+
 /// The name a name-changing request writes (the new name of a rename or
-/// link), as the kernel copied it, as a write of that name. Judged at
-/// submission: the result is not known yet.
+/// link; the file a `SETXATTR` changes, relative to the cwd), as the
+/// kernel copied it, as a write of that name. Judged at submission: the
+/// result is not known yet.
 #[inline(always)]
 fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> Option<OpenArgs> {
     let o = &settings.offsets;
@@ -172,13 +185,19 @@ fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> 
         IORING_OP_UNLINKAT => (o.io_unlink_dfd, o.io_unlink_filename),
         IORING_OP_MKDIRAT => (o.io_mkdir_dfd, o.io_mkdir_filename),
         IORING_OP_RENAMEAT => (o.io_rename_new_dfd, o.io_rename_newpath),
+        IORING_OP_SETXATTR => (0, o.io_xattr_filename),
         _ => (o.io_link_new_dfd, o.io_link_newpath),
     };
     let filename: u64 = read(cmd, name_at);
     let name: u64 = read(filename, o.filename_name);
+    let dirfd = if opcode == IORING_OP_SETXATTR {
+        AT_FDCWD
+    } else {
+        read(cmd, dfd_at)
+    };
     (name != 0).then(|| OpenArgs {
         syscall,
-        dirfd: read(cmd, dfd_at),
+        dirfd,
         path: name,
         name_in_kernel: true,
         flags: O_WRONLY,
@@ -257,7 +276,8 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
     let req: u64 = ctx.arg(1);
     let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
     let (rename, bind) = (opcode == IORING_OP_RENAMEAT, opcode == IORING_OP_BIND);
-    if !rename && !bind && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+    let fsetxattr = opcode == IORING_OP_FSETXATTR;
+    if !rename && !bind && !fsetxattr && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return None;
     }
     let m = monitored(settings)?;
@@ -274,6 +294,8 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
         (rename_from_args(settings, req, name), 0)
     } else if bind {
         (bound_args(settings, req, res)?, 0)
+    } else if fsetxattr {
+        changed_file(settings, req, res)?
     } else {
         (
             open_args(settings, req, name),
@@ -285,6 +307,26 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
         let _ = URING_NAMES.remove(&req);
     }
     Some(())
+}
+
+/// A completed `FSETXATTR`: the file it changed (`io_kiocb.file`), as a
+/// write of that object; a failed one changed nothing.
+#[inline(always)]
+fn changed_file(settings: &Settings, req: u64, res: i32) -> Option<(OpenArgs, u64)> {
+    let file: u64 = read(req, settings.offsets.io_kiocb_file);
+    if res != 0 || file == 0 {
+        return None;
+    }
+    let args = OpenArgs {
+        syscall: SYSCALL_SETXATTR,
+        dirfd: AT_FDCWD,
+        path: 0,
+        name_in_kernel: true,
+        flags: O_WRONLY,
+        mode: 0,
+        name_max: 0,
+    };
+    Some((args, file))
 }
 
 /// The name a completed bind request gave its unix socket in the file

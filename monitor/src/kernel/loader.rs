@@ -853,18 +853,19 @@ fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
     o.io_rename_oldpath = off("io_rename", "oldpath")?;
     o.io_link_new_dfd = off("io_link", "new_dfd")?;
     o.io_link_newpath = off("io_link", "newpath")?;
+    o.io_kiocb_file = off("io_kiocb", "file")?;
+    // io_uring's xattr requests came with 5.19.
+    o.io_xattr_filename = btf.member_offset("io_xattr", "filename").unwrap_or(0);
     // A bound unix socket's name (for IORING_OP_BIND, 6.11+); without
     // these, io_uring binds are not judged (every kernel here has them).
     let bound = (
-        off("io_kiocb", "file"),
         off("sock", "__sk_common.skc_family"),
         off("unix_sock", "addr"),
         off("unix_address", "len"),
         off("unix_address", "name"),
     );
     match bound {
-        (Ok(file), Ok(family), Ok(addr), Ok(len), Ok(name)) => {
-            o.io_kiocb_file = file;
+        (Ok(family), Ok(addr), Ok(len), Ok(name)) => {
             o.sock_family = family;
             o.unix_sock_addr = addr;
             o.unix_address_len = len;
