@@ -176,9 +176,11 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
 }
 
 pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
-    let (mut args, changed_fd) = match metadata::args(call) {
-        Some(meta) => meta,
-        None => (open_args(call)?, None),
+    // Opens first: the metadata calls' numbers are checked only after
+    // every open family's.
+    let (mut args, changed_fd) = match open_args(call) {
+        Some(args) => (args, None),
+        None => metadata::args(call)?,
     };
     // The object the kernel opened, when there is one; else the name's base.
     // Only the open family (and `pidfd_getfd`) returns a descriptor; a
