@@ -962,9 +962,10 @@ fn ping_socket_packets_are_seen_and_dropped_under_enforce() {
 }
 
 /// Packet sockets (`AF_PACKET`) send raw frames below every socket hook:
-/// they are seen when made, natively and through the 32-bit ABI (`socket`
-/// and `socketcall`), and under `--enforce` the process that made one is
-/// killed before it can send. The job runs in a network namespace of its
+/// they are seen when made, natively, through the 32-bit ABI (`socket`
+/// and `socketcall`) and through io_uring (`IORING_OP_SOCKET`), and under
+/// `--enforce` the process that made one is killed (before it can send,
+/// but for io_uring, where the socket exists when it is seen). The job runs in a network namespace of its
 /// own, so its frame goes nowhere but its own loopback; the shell around the
 /// three processes runs on (the positive control).
 #[test]
@@ -973,6 +974,8 @@ fn packet_sockets_are_seen_and_their_maker_killed_under_enforce() {
     let tmp = tempfile::tempdir().unwrap();
     let ia32 = tmp.path().join("ia32");
     compile_c("fixtures/ia32.c", &ia32, &["-static"]);
+    let uring = tmp.path().join("uring_open");
+    compile_c("fixtures/uring_open.c", &uring, &[]);
     let script = "import socket\n\
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
         s.bind(('lo', 0))\n\
@@ -980,8 +983,10 @@ fn packet_sockets_are_seen_and_their_maker_killed_under_enforce() {
         print('sent', flush=True)\n";
     let shell = format!(
         "ip link set lo up; /usr/bin/python3 -S -c \"{script}\"; echo native $?; \
-         {ia32} packet-socket:-; echo ia32 $?; {ia32} packet-socketcall:-; echo socketcall $?",
-        ia32 = ia32.display()
+         {ia32} packet-socket:-; echo ia32 $?; {ia32} packet-socketcall:-; echo socketcall $?; \
+         {uring} packet:-; echo uring $?",
+        ia32 = ia32.display(),
+        uring = uring.display()
     );
     for (enforce, outcome, verdict) in [(false, 0, "observed"), (true, 137, "blocked")] {
         let report = tmp.path().join("report.json");
@@ -996,7 +1001,7 @@ fn packet_sockets_are_seen_and_their_maker_killed_under_enforce() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        for route in ["native", "ia32", "socketcall"] {
+        for route in ["native", "ia32", "socketcall", "uring"] {
             assert!(
                 stdout.contains(&format!("{route} {outcome}\n")),
                 "{route}: {stdout} {stderr}"
@@ -1010,7 +1015,7 @@ fn packet_sockets_are_seen_and_their_maker_killed_under_enforce() {
             .filter(|a| a["net"]["proto"] == "packet")
             .collect();
         assert_eq!(packet.len(), 1, "folded into one alert: {alerts:#?}");
-        assert_eq!(packet[0]["count"], 3, "{alerts:#?}");
+        assert_eq!(packet[0]["count"], 4, "{alerts:#?}");
         assert_eq!(packet[0]["verdict"], verdict);
         assert_eq!(packet[0]["net"]["op"], "socket");
     }

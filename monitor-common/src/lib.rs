@@ -724,6 +724,9 @@ pub struct KernelOffsets {
     pub io_xattr_filename: u32,
     /// The file a request works on (`io_kiocb.file`): an `FSETXATTR`'s.
     pub io_kiocb_file: u32,
+    /// `io_socket.domain`, followed by `type` and `protocol` (ints; the
+    /// loader checks they follow): a `SOCKET` request's (0: not read).
+    pub io_socket_domain: u32,
     /// A completed `IORING_OP_BIND`'s socket and the name the kernel gave
     /// it: `sock.__sk_common.skc_family`, `unix_sock.addr` and
     /// `unix_address.{len,name}` (`unix_sock_addr` 0: not read).

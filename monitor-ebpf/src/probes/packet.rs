@@ -6,7 +6,10 @@
 //! LSM's `socket_create` needs BPF trampolines, which kernels like this
 //! project's CI refuse), so under enforcement the process is killed
 //! (`SIGKILL`, delivered before the call returns to it): it never gets to
-//! send from the socket. Sockets made through io_uring are not seen.
+//! send from the socket. Sockets made through io_uring
+//! (`IORING_OP_SOCKET`) are judged at the request's completion the same
+//! way (`uring.rs`); there the kill comes after the socket exists, and a
+//! request linked to it in the same submission may run first.
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use monitor_common::{
     AF_INET, AF_PACKET, EventKind, SOCK_BLOCKED, SOCK_OP_PACKET_SOCKET, Settings, SockEvent,
@@ -14,6 +17,7 @@ use monitor_common::{
 
 use crate::{
     emit::{fill_header, submit},
+    filter::Match,
     probes::syscalls::Syscall,
     task::{netns_inum, parent_tgid},
 };
@@ -26,10 +30,27 @@ const SIGKILL: u32 = 9;
 
 /// `socket(family, type, protocol)` returned `call.ret`.
 pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
+    if call.ret < 0 {
+        return None;
+    }
     let (family, sock_type, protocol) = (call.args[0], call.args[1], call.args[2]);
+    on_made(settings, &call.m, family, sock_type, protocol)
+}
+
+/// A socket of `family`, `sock_type` and `protocol` was made by the
+/// current task (matched as `m`): a packet socket is reported, and under
+/// enforcement its process killed.
+#[inline(always)]
+pub fn on_made(
+    settings: &Settings,
+    m: &Match,
+    family: u64,
+    sock_type: u64,
+    protocol: u64,
+) -> Option<()> {
     let packet = family == AF_PACKET as u64
         || family == AF_INET as u64 && sock_type & SOCK_TYPE_MASK == SOCK_PACKET;
-    if !packet || call.ret < 0 {
+    if !packet {
         return None;
     }
     let verdict = if settings.enforce != 0 {
@@ -40,12 +61,7 @@ pub fn on_exit(settings: &Settings, call: &Syscall) -> Option<()> {
         0
     };
     let ev = crate::emit::zeroed_in_scratch::<SockEvent>()?;
-    fill_header(
-        &mut ev.header,
-        EventKind::SockAddr as u32,
-        &call.m,
-        parent_tgid(),
-    );
+    fill_header(&mut ev.header, EventKind::SockAddr as u32, m, parent_tgid());
     ev.op = SOCK_OP_PACKET_SOCKET;
     ev.family = AF_PACKET;
     ev.sock_type = (sock_type & SOCK_TYPE_MASK) as u16;

@@ -27,6 +27,8 @@
 //! * An extended attribute set by name (`SETXATTR`) is judged at
 //!   submission like a name change; one set through a descriptor
 //!   (`FSETXATTR`) at its completion, on the file it changed.
+//! * A packet socket made by a `SOCKET` request is judged at its
+//!   completion as `socket(2)` is (`packet.rs`).
 //! * A unix socket bound to a name (`BIND`, 6.11+) is judged at its
 //!   completion on the name the socket now has, as the kernel keeps it:
 //!   where the request held the address it copied changed within 6.18
@@ -54,7 +56,10 @@ use crate::{
     filter::{self, Match},
     maps::SETTINGS,
     object::Copied,
-    probes::files::{self, AT_FDCWD, O_WRONLY, OpenArgs},
+    probes::{
+        files::{self, AT_FDCWD, O_WRONLY, OpenArgs},
+        packet,
+    },
     task::{file_of_fd_read, read},
 };
 
@@ -68,6 +73,7 @@ const IORING_OP_SYMLINKAT: u8 = 38;
 const IORING_OP_LINKAT: u8 = 39;
 const IORING_OP_FSETXATTR: u8 = 41;
 const IORING_OP_SETXATTR: u8 = 42;
+const IORING_OP_SOCKET: u8 = 45;
 const IORING_OP_BIND: u8 = 56;
 /// `REQ_F_CQE_SKIP`: no completion is posted if the request succeeds (the
 /// kernel's bit is the uapi `IOSQE_CQE_SKIP_SUCCESS_BIT`, 6).
@@ -275,6 +281,9 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
     let settings = SETTINGS.get(0)?;
     let req: u64 = ctx.arg(1);
     let opcode: u8 = read(req, settings.offsets.io_kiocb_opcode);
+    if opcode == IORING_OP_SOCKET {
+        return socket_made(ctx, settings, req);
+    }
     let (rename, bind) = (opcode == IORING_OP_RENAMEAT, opcode == IORING_OP_BIND);
     let fsetxattr = opcode == IORING_OP_FSETXATTR;
     if !rename && !bind && !fsetxattr && opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
@@ -307,6 +316,34 @@ fn judge(ctx: &RawTracePointContext) -> Option<()> {
         let _ = URING_NAMES.remove(&req);
     }
     Some(())
+}
+
+/// A completed `SOCKET` request of a monitored task: judged as
+/// `socket(2)` is (`packet::on_made`). A failed one made nothing.
+#[inline(always)]
+fn socket_made(ctx: &RawTracePointContext, settings: &Settings, req: u64) -> Option<()> {
+    let o = &settings.offsets;
+    if o.io_socket_domain == 0 {
+        return None;
+    }
+    let m = filter::task_action(settings, bpf_get_current_pid_tgid())?;
+    let cqe: u64 = ctx.arg(2);
+    if read::<i32>(cqe, 8) < 0 {
+        return None;
+    }
+    let cmd = req + o.io_kiocb_cmd as u64;
+    let (family, sock_type, protocol): (i32, i32, i32) = (
+        read(cmd, o.io_socket_domain),
+        read(cmd, o.io_socket_domain + 4),
+        read(cmd, o.io_socket_domain + 8),
+    );
+    packet::on_made(
+        settings,
+        &m,
+        family as u64,
+        sock_type as u64,
+        protocol as u64,
+    )
 }
 
 /// A completed `FSETXATTR`: the file it changed (`io_kiocb.file`), as a

@@ -854,6 +854,19 @@ fn uring_offsets(btf: &Btf, o: &mut KernelOffsets) -> anyhow::Result<()> {
     o.io_link_new_dfd = off("io_link", "new_dfd")?;
     o.io_link_newpath = off("io_link", "newpath")?;
     o.io_kiocb_file = off("io_kiocb", "file")?;
+    // IORING_OP_SOCKET came with 5.19; its domain, type and protocol are
+    // read as three ints in a row.
+    let socket = (
+        btf.member_offset("io_socket", "domain"),
+        btf.member_offset("io_socket", "type"),
+        btf.member_offset("io_socket", "protocol"),
+    );
+    if let (Ok(domain), Ok(ty), Ok(protocol)) = socket
+        && ty == domain + 4
+        && protocol == domain + 8
+    {
+        o.io_socket_domain = domain;
+    }
     // io_uring's xattr requests came with 5.19.
     o.io_xattr_filename = btf.member_offset("io_xattr", "filename").unwrap_or(0);
     // A bound unix socket's name (for IORING_OP_BIND, 6.11+); without
