@@ -780,6 +780,42 @@ fn trace_profile_judges_local_spawns_against_their_working_tree() {
     );
 }
 
+/// A genrule sets an extended attribute on a workspace source it did not
+/// declare (`//:xattr_source`): the digest Bazel trusts instead of the
+/// bytes with `--unix_digest_hash_attribute_name`, changed without a
+/// write. Outside linux-sandbox (whose read-only sources refuse it) the
+/// change happens (the positive control: the attribute is there) and is
+/// an `undeclared_write` of that source, labelled.
+#[test]
+fn a_source_changed_by_its_metadata_alone_is_an_undeclared_write() {
+    for strategy in ["processwrapper-sandbox", "local"] {
+        let b = build_opts(Opts {
+            strategy: Some(strategy),
+            targets: &["//:xattr_source"],
+            ..Opts::default()
+        });
+        assert_eq!(b.code, Some(1), "{strategy}: {}", b.stderr);
+        let source = b.ws.join("undeclared.txt");
+        let name = std::ffi::CString::new(source.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings; a NULL buffer of size 0 asks the size.
+        let size = unsafe {
+            libc::getxattr(
+                name.as_ptr(),
+                c"user.checksum".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(size, 6, "{strategy}: the genrule set the attribute");
+        let alerts = b.alerts_of("//:xattr_source");
+        assert_eq!(alerts.len(), 1, "{strategy}: {:#?}", b.alerts);
+        assert_eq!(alerts[0]["kind"], "undeclared_write");
+        assert_eq!(alerts[0]["file"]["op"], "setxattr");
+        assert_eq!(alerts[0]["file"]["path"], source.display().to_string());
+        assert_eq!(b.alerts.len(), 1, "{strategy}: {:#?}", b.alerts);
+    }
+}
+
 #[test]
 fn local_spawns_are_judged_against_their_execution_log_entry() {
     check_unsandboxed("local");
