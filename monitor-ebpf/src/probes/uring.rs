@@ -168,14 +168,14 @@ fn name_change(settings: &Settings, opcode: u8) -> u32 {
         IORING_OP_MKDIRAT => SYSCALL_MKDIR,
         IORING_OP_SYMLINKAT => SYSCALL_SYMLINK,
         IORING_OP_LINKAT => SYSCALL_LINK,
-        IORING_OP_SETXATTR if o_xattr_known(settings) => SYSCALL_SETXATTR,
+        IORING_OP_SETXATTR if xattr_name_known(settings) => SYSCALL_SETXATTR,
         _ => 0,
     }
 }
 
 /// Whether `io_xattr.filename` was found (kernels since 5.19 have it).
 #[inline(always)]
-fn o_xattr_known(settings: &Settings) -> bool {
+fn xattr_name_known(settings: &Settings) -> bool {
     settings.offsets.io_xattr_filename != 0
 }
 
