@@ -288,7 +288,7 @@ impl Bench {
     /// Operations per timed run of `workload`.
     fn ops(&self, workload: Workload) -> u64 {
         match workload {
-            Workload::Repeat | Workload::Shared => self.iterations,
+            Workload::Repeat | Workload::Shared | Workload::Signal => self.iterations,
             Workload::Distinct | Workload::Missing => self.distinct_files,
             Workload::Connect => (self.iterations / 5).max(1),
             Workload::Getppid => self.iterations * entry::CALLS_PER_PAIR,

@@ -35,7 +35,7 @@ impl Bench {
             Workload::Repeat => line.contains(self.file.to_str().unwrap_or("\0")),
             Workload::Distinct => line.contains(&format!("{}/f", self.distinct_dir.display())),
             // Not peer workloads (the monitor's alert storm, the entry).
-            Workload::Missing | Workload::Getppid | Workload::Shared => false,
+            Workload::Missing | Workload::Getppid | Workload::Shared | Workload::Signal => false,
             // strace prints `connect(`, bpftrace `<pid> connect <ret>`.
             Workload::Connect => line.contains("connect(") || line.contains(" connect "),
         }

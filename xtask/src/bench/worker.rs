@@ -37,6 +37,10 @@ pub enum Workload {
     /// syscalls whose numbers are watched ia32 ones (`open`, `mknod`), so
     /// the hook checks their ABI.
     Shared,
+    /// A signal sent to the worker's own thread (`tgkill`) and its empty
+    /// handler's return (`rt_sigreturn`, the number of ia32 `chmod`, so
+    /// the hook checks its ABI).
+    Signal,
 }
 
 pub const WORKLOADS: [Workload; 3] = [Workload::Repeat, Workload::Distinct, Workload::Connect];
@@ -55,6 +59,7 @@ impl Workload {
             Self::Missing => "missing",
             Self::Getppid => "getppid",
             Self::Shared => "shared",
+            Self::Signal => "signal",
         }
     }
 
@@ -66,6 +71,7 @@ impl Workload {
             Self::Missing => "open of distinct missing paths",
             Self::Getppid => "getppid (unwatched)",
             Self::Shared => "fstat+rt_sigprocmask (numbers of watched ia32 calls)",
+            Self::Signal => "tgkill+rt_sigreturn (a signal handled; ia32 chmod's number)",
         }
     }
 
@@ -77,6 +83,7 @@ impl Workload {
             Self::Missing => "missing paths",
             Self::Getppid => "getppid",
             Self::Shared => "fstat+sigprocmask",
+            Self::Signal => "signal",
         }
     }
 }
@@ -172,6 +179,25 @@ fn fstat_sigprocmask(file: &std::fs::File) -> Result<()> {
     Ok(())
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// `SIGUSR1` handled by a function that does nothing: each one sent costs
+/// its delivery and the handler's `rt_sigreturn`.
+fn install_empty_handler() -> Result<()> {
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+    let installed = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+    };
+    if installed != 0 {
+        return Err(io::Error::last_os_error()).context("sigaction(SIGUSR1)");
+    }
+    Ok(())
+}
+
 /// One open of a path that must not exist (ENOENT expected).
 pub fn open_missing(path: &CStr) -> Result<()> {
     match open_close(path) {
@@ -231,6 +257,8 @@ enum Operation {
     Getppid,
     /// `fstat` of this descriptor, then `rt_sigprocmask`.
     Shared(std::fs::File),
+    /// `SIGUSR1` to (this process, this thread), its handler installed.
+    Signal(libc::pid_t, libc::pid_t),
 }
 
 impl Operation {
@@ -259,6 +287,11 @@ impl Operation {
                 std::fs::File::open(&options.path)
                     .with_context(|| format!("opening {}", options.path.display()))?,
             ),
+            Workload::Signal => {
+                install_empty_handler()?;
+                // SAFETY: plain syscalls without arguments.
+                unsafe { Self::Signal(libc::getpid(), libc::gettid()) }
+            }
         })
     }
 
@@ -275,6 +308,14 @@ impl Operation {
                 Ok(())
             }
             Self::Shared(file) => fstat_sigprocmask(file),
+            Self::Signal(pid, tid) => {
+                // SAFETY: a signal to this thread, whose handler does nothing.
+                let sent = unsafe { libc::syscall(libc::SYS_tgkill, *pid, *tid, libc::SIGUSR1) };
+                if sent != 0 {
+                    return Err(io::Error::last_os_error()).context("tgkill");
+                }
+                Ok(())
+            }
         }
     }
 }
