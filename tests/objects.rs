@@ -778,7 +778,8 @@ fn metadata_changes_outside_the_outputs_are_undeclared_writes() {
 /// `SETXATTR`'s file; `FSETXATTR` at its completion, on its object); a unix
 /// socket's `BIND` at its completion, on the name the socket got (the
 /// address length's bytes of the one passed; a relative one against the
-/// binder's working directory). Outside the outputs each
+/// binder's working directory); a `BIND` or `FSETXATTR` whose success
+/// posts no completion at submission, unnamed. Outside the outputs each
 /// alerts with its op; in the outputs none does, nor does an abstract
 /// socket name.
 #[test]
@@ -815,6 +816,8 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
             op("setxattr", &[secret.join("six")]),
             op("fsetxattr", &[d.join("ok.txt")]),
             op("setxattr", &[w.join("mine2")]),
+            op("bindskip", &[secret.join("skipped-sock")]),
+            op("fsetxattrskip", &[d.join("inner/ok2.txt")]),
             op("bind", &[w.join("sock")]),
             format!("bindabstract:monitor-test-uring-{}", std::process::id()),
             format!(
@@ -845,6 +848,22 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
         assert_eq!(hits[0]["count"], 1, "{name}");
     }
     assert!(secret.join("short").exists(), "the cut bind made 'short'");
+    // A bind and an fsetxattr whose success posts no completion: judged at
+    // submission, before any name is there to read: one unnamed write (the
+    // two fold into it).
+    assert!(secret.join("skipped-sock").exists(), "the skipped bind ran");
+    let unnamed: Vec<&Value> = alerts.iter().filter(|a| a["file"]["path"] == "").collect();
+    assert_eq!(unnamed.len(), 1, "{alerts:#?}");
+    assert_eq!(unnamed[0]["kind"], "undeclared_write");
+    assert_eq!(unnamed[0]["file"]["op"], "bind");
+    assert_eq!(unnamed[0]["count"], 2, "{unnamed:#?}");
+    assert!(
+        unnamed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a file whose name was not seen"),
+        "{unnamed:#?}"
+    );
     // Through a descriptor: the declared input it changed, on the object.
     let changed = on(&alerts, &d.join("ok.txt"));
     assert_eq!(changed.len(), 1, "{alerts:#?}");
@@ -852,7 +871,7 @@ fn io_uring_name_changes_outside_the_outputs_are_undeclared_writes() {
     assert_eq!(changed[0]["file"]["op"], "setxattr");
     assert!(changed[0]["file"]["ino"].is_number(), "{changed:#?}");
     let binds = alerts.iter().filter(|a| a["file"]["op"] == "bind").count();
-    assert_eq!(binds, 3, "no file for the abstract name: {alerts:#?}");
+    assert_eq!(binds, 4, "no file for the abstract name: {alerts:#?}");
     assert!(under(&alerts, w).is_empty(), "{alerts:#?}");
 }
 

@@ -643,7 +643,11 @@ fn file_sentence(m: &mut String, kind: AlertKind, f: &FileInfo, blocked: bool) {
         (false, "pidfd_getfd") => " took from another process (pidfd_getfd) ",
         (false, _) => " opened ",
     };
-    let _ = write!(m, "{verb}{}", escape_for_display(&f.path));
+    if f.path.is_empty() {
+        let _ = write!(m, "{verb}a file whose name was not seen");
+    } else {
+        let _ = write!(m, "{verb}{}", escape_for_display(&f.path));
+    }
     if matches!(f.op, "open" | "exec" | "pidfd_getfd") {
         let _ = write!(m, " ({})", open_flags_to_string(f.flags));
     }
