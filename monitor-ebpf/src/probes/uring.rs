@@ -167,12 +167,13 @@ fn posts_no_success(settings: &Settings, req: u64) -> bool {
     read::<u64>(req, settings.offsets.io_kiocb_flags) & REQ_F_CQE_SKIP != 0
 }
 
-/// A `BIND` or `FSETXATTR` whose success posts no completion, judged at
-/// submission instead: before the bind there is no socket name to read
-/// (and where the request keeps the address it copied changed within
-/// 6.18), and the descriptor's file is assigned at issue. Reported
-/// without a name: a write no declaration covers (such requests are no
-/// build's habit; a hostile one cannot use them to pass unseen).
+/// A `BIND` or `FSETXATTR` as a write with no name. So is one whose
+/// success posts no completion judged, at submission: before the bind
+/// there is no socket name to read (and where the request keeps the
+/// address it copied changed within 6.18), and the descriptor's file is
+/// assigned at issue: a write no declaration covers (such requests are no
+/// build's habit; a hostile one cannot use them to pass unseen). A
+/// completed `FSETXATTR` carries its file beside it.
 #[inline(always)]
 fn unnamed_change(opcode: u8) -> OpenArgs {
     OpenArgs {
@@ -408,16 +409,7 @@ fn changed_file(settings: &Settings, req: u64, res: i32) -> Option<(OpenArgs, u6
     if res != 0 || file == 0 {
         return None;
     }
-    let args = OpenArgs {
-        syscall: SYSCALL_SETXATTR,
-        dirfd: AT_FDCWD,
-        path: 0,
-        name_in_kernel: true,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    };
-    Some((args, file))
+    Some((unnamed_change(IORING_OP_FSETXATTR), file))
 }
 
 /// The name a completed bind request gave its unix socket in the file
