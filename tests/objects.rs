@@ -76,6 +76,18 @@ fn on<'a>(alerts: &'a [Value], path: &Path) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The ops of the alerts on `path`, sorted; each must be an undeclared
+/// write.
+fn write_ops_on(alerts: &[Value], path: &Path) -> Vec<String> {
+    let mut ops: Vec<String> = on(alerts, path)
+        .iter()
+        .inspect(|a| assert_eq!(a["kind"], "undeclared_write", "{a}"))
+        .map(|a| a["file"]["op"].as_str().unwrap().to_string())
+        .collect();
+    ops.sort();
+    ops
+}
+
 fn one_read_alert<'a>(alerts: &'a [Value], path: &Path) -> &'a Value {
     let hits: Vec<_> = on(alerts, path)
         .into_iter()
@@ -650,13 +662,6 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
-    let op_on = |p: PathBuf| -> Vec<String> {
-        on(&alerts, &p)
-            .iter()
-            .inspect(|a| assert_eq!(a["kind"], "undeclared_write", "{a}"))
-            .map(|a| a["file"]["op"].as_str().unwrap().to_string())
-            .collect()
-    };
     for (name, op) in [
         ("one", "unlink"),
         ("made", "mkdir"),
@@ -673,9 +678,13 @@ fn name_changes_outside_the_outputs_are_undeclared_writes() {
         ("sock", "bind"),
         ("short", "bind"),
     ] {
-        assert_eq!(op_on(secret.join(name)), [op], "{name}: {alerts:#?}");
+        assert_eq!(
+            write_ops_on(&alerts, &secret.join(name)),
+            [op],
+            "{name}: {alerts:#?}"
+        );
     }
-    assert_eq!(op_on(d.join("inner/ok2.txt")), ["unlink"]);
+    assert_eq!(write_ops_on(&alerts, &d.join("inner/ok2.txt")), ["unlink"]);
     // The abstract name made no file; the outputs' socket is no alert.
     let binds = alerts.iter().filter(|a| a["file"]["op"] == "bind").count();
     assert_eq!(binds, 2, "{alerts:#?}");
@@ -741,15 +750,6 @@ fn metadata_changes_outside_the_outputs_are_undeclared_writes() {
     );
     let (status, alerts, stderr) = daemon.stop();
     assert!(status.success(), "{stderr}");
-    let ops_on = |p: PathBuf| -> Vec<String> {
-        let mut ops: Vec<String> = on(&alerts, &p)
-            .iter()
-            .inspect(|a| assert_eq!(a["kind"], "undeclared_write", "{a}"))
-            .map(|a| a["file"]["op"].as_str().unwrap().to_string())
-            .collect();
-        ops.sort();
-        ops
-    };
     for (path, ops) in [
         (secret.join("one"), &["chmod"][..]),
         (secret.join("two"), &["chown"]),
@@ -761,10 +761,10 @@ fn metadata_changes_outside_the_outputs_are_undeclared_writes() {
         (d.join("m3"), &["utimes"]),
         (d.join("m4"), &["chmod"]),
     ] {
-        assert_eq!(ops_on(path.clone()), ops, "{path:?}: {alerts:#?}");
+        assert_eq!(write_ops_on(&alerts, &path), ops, "{path:?}: {alerts:#?}");
     }
     // lchown changed the link, not the file it leads to.
-    assert_eq!(ops_on(secret.join("link")), ["chown"]);
+    assert_eq!(write_ops_on(&alerts, &secret.join("link")), ["chown"]);
     assert!(on(&alerts, &secret.join("six")).is_empty(), "{alerts:#?}");
     // An object changed through a descriptor is named by the kernel.
     let by_fd = on(&alerts, &d.join("m2"));

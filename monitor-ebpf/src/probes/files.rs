@@ -60,6 +60,36 @@ pub struct OpenArgs {
     pub name_max: u32,
 }
 
+impl OpenArgs {
+    /// A name changed or made by `syscall`: a write (`O_WRONLY`) of the
+    /// name at `path` (in kernel memory when `name_in_kernel`), resolved
+    /// against `dirfd`.
+    #[inline(always)]
+    pub fn name_write(syscall: u32, dirfd: i32, path: u64, name_in_kernel: bool) -> OpenArgs {
+        OpenArgs {
+            syscall,
+            dirfd,
+            path,
+            name_in_kernel,
+            flags: O_WRONLY,
+            mode: 0,
+            name_max: 0,
+        }
+    }
+
+    /// The name a unix socket was bound to, `sun_path` at `path` of an
+    /// address `len` bytes long: the kernel takes `len - 2` bytes of it,
+    /// NUL or not, and so does the report (read on to a later NUL, it
+    /// would be another path than the one made).
+    #[inline(always)]
+    pub fn unix_bind(path: u64, len: u64, name_in_kernel: bool) -> OpenArgs {
+        OpenArgs {
+            name_max: (len - 2).min(UNIX_PATH_CAPACITY as u64) as u32,
+            ..OpenArgs::name_write(SYSCALL_BIND, AT_FDCWD, path, name_in_kernel)
+        }
+    }
+}
+
 #[inline(always)]
 fn open_args(call: &Syscall) -> Option<OpenArgs> {
     let a = &call.args;
@@ -113,10 +143,9 @@ fn open_args(call: &Syscall) -> Option<OpenArgs> {
 }
 
 /// A unix socket's `bind(fd, addr, len)`: the name it made in the file
-/// system, as a write of that name. Other families, abstract names (a NUL
-/// first) and an autobind (no name) make none. The kernel takes at most
-/// `len - 2` bytes of `sun_path`, NUL or not, and so does the report: a
-/// name read on to a later NUL would be another path than the one made.
+/// system, as a write of that name ([`OpenArgs::unix_bind`]). Other
+/// families, abstract names (a NUL first) and an autobind (no name) make
+/// none.
 #[inline(always)]
 fn bind_args(call: &Syscall) -> Option<OpenArgs> {
     let (addr, len) = (call.args[1], call.args[2]);
@@ -129,15 +158,7 @@ fn bind_args(call: &Syscall) -> Option<OpenArgs> {
     if family != AF_UNIX || first == 0 {
         return None;
     }
-    Some(OpenArgs {
-        syscall: SYSCALL_BIND,
-        dirfd: AT_FDCWD,
-        path: addr + 2,
-        name_in_kernel: false,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: (len - 2).min(UNIX_PATH_CAPACITY as u64) as u32,
-    })
+    Some(OpenArgs::unix_bind(addr + 2, len, false))
 }
 
 /// A name-changing call: its syscall id, and the (new) name it wrote, as a
@@ -164,15 +185,7 @@ fn name_args(call: &Syscall) -> Option<OpenArgs> {
         NR_LINKAT => (SYSCALL_LINK, a[2] as i32, a[3]),
         _ => (SYSCALL_RENAME, a[2] as i32, a[3]),
     };
-    Some(OpenArgs {
-        syscall,
-        dirfd,
-        path,
-        name_in_kernel: false,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    })
+    Some(OpenArgs::name_write(syscall, dirfd, path, false))
 }
 
 pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {

@@ -14,7 +14,7 @@ use crate::{
     maps::{SCRATCH, Scratch},
     object::Reader,
     probes::{
-        files::{self, AT_FDCWD, O_WRONLY, OpenArgs, clear_identity, read_name},
+        files::{self, AT_FDCWD, OpenArgs, clear_identity, read_name},
         syscalls::Syscall,
     },
     task::parent_tgid,
@@ -52,15 +52,7 @@ pub fn on_exit<R: Reader>(settings: &Settings, call: &Syscall) -> Option<()> {
         } else {
             (call.args[0] as i32, call.args[1])
         };
-        let args = OpenArgs {
-            syscall: SYSCALL_RENAME_FROM,
-            dirfd,
-            path,
-            name_in_kernel: false,
-            flags: O_WRONLY,
-            mode: 0,
-            name_max: 0,
-        };
+        let args = OpenArgs::name_write(SYSCALL_RENAME_FROM, dirfd, path, false);
         let _ = files::report::<R>(settings, &call.m, &args, call.ret, 0);
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;

@@ -16,7 +16,7 @@ use monitor_common::{
 };
 
 use super::{
-    files::{AT_FDCWD, O_WRONLY, OpenArgs},
+    files::{AT_FDCWD, OpenArgs},
     syscalls::Syscall,
 };
 
@@ -73,15 +73,7 @@ pub fn args(call: &Syscall) -> Option<(OpenArgs, Option<i32>)> {
         _ => return None,
     };
     let on_fd = path == 0 || names_nothing(path);
-    let args = OpenArgs {
-        syscall,
-        dirfd: fd,
-        path: if on_fd { 0 } else { path },
-        name_in_kernel: false,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    };
+    let args = OpenArgs::name_write(syscall, fd, if on_fd { 0 } else { path }, false);
     Some((args, on_fd.then_some(fd)))
 }
 

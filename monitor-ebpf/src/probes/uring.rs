@@ -51,7 +51,7 @@ use aya_ebpf::{
 use monitor_common::{
     AF_UNIX, PATH_CAPACITY, SYSCALL_BIND, SYSCALL_IO_URING_OPEN, SYSCALL_LINK, SYSCALL_MKDIR,
     SYSCALL_RENAME, SYSCALL_RENAME_FROM, SYSCALL_SETXATTR, SYSCALL_SYMLINK, SYSCALL_UNLINK,
-    Settings, UNIX_PATH_CAPACITY,
+    Settings,
 };
 
 use crate::{
@@ -59,7 +59,7 @@ use crate::{
     maps::SETTINGS,
     object::Copied,
     probes::{
-        files::{self, AT_FDCWD, O_WRONLY, OpenArgs},
+        files::{self, AT_FDCWD, OpenArgs},
         packet,
     },
     task::{file_of_fd_read, read},
@@ -176,19 +176,12 @@ fn posts_no_success(settings: &Settings, req: u64) -> bool {
 /// completed `FSETXATTR` carries its file beside it.
 #[inline(always)]
 fn unnamed_change(opcode: u8) -> OpenArgs {
-    OpenArgs {
-        syscall: if opcode == IORING_OP_BIND {
-            SYSCALL_BIND
-        } else {
-            SYSCALL_SETXATTR
-        },
-        dirfd: AT_FDCWD,
-        path: 0,
-        name_in_kernel: true,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    }
+    let syscall = if opcode == IORING_OP_BIND {
+        SYSCALL_BIND
+    } else {
+        SYSCALL_SETXATTR
+    };
+    OpenArgs::name_write(syscall, AT_FDCWD, 0, true)
 }
 
 /// A rename request's old name (`name`: the copy kept at submission), as a
@@ -196,15 +189,8 @@ fn unnamed_change(opcode: u8) -> OpenArgs {
 #[inline(always)]
 fn rename_from_args(settings: &Settings, req: u64, name: u64) -> OpenArgs {
     let o = &settings.offsets;
-    OpenArgs {
-        syscall: SYSCALL_RENAME_FROM,
-        dirfd: read(req + o.io_kiocb_cmd as u64, o.io_rename_old_dfd),
-        path: name,
-        name_in_kernel: true,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    }
+    let dirfd = read(req + o.io_kiocb_cmd as u64, o.io_rename_old_dfd);
+    OpenArgs::name_write(SYSCALL_RENAME_FROM, dirfd, name, true)
 }
 
 /// The `SYSCALL_*` id of a name-changing opcode, or 0.
@@ -249,15 +235,7 @@ fn name_change_args(settings: &Settings, req: u64, opcode: u8, syscall: u32) -> 
     } else {
         read(cmd, dfd_at)
     };
-    (name != 0).then(|| OpenArgs {
-        syscall,
-        dirfd,
-        path: name,
-        name_in_kernel: true,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: 0,
-    })
+    (name != 0).then(|| OpenArgs::name_write(syscall, dirfd, name, true))
 }
 
 /// Keeps an open request's name for its completion. Returns what to judge
@@ -433,15 +411,7 @@ fn bound_args(settings: &Settings, req: u64, res: i32) -> Option<OpenArgs> {
     if address == 0 || len <= 2 || read::<u8>(name, 2) == 0 {
         return None;
     }
-    Some(OpenArgs {
-        syscall: SYSCALL_BIND,
-        dirfd: AT_FDCWD,
-        path: name + 2,
-        name_in_kernel: true,
-        flags: O_WRONLY,
-        mode: 0,
-        name_max: (len as u32 - 2).min(UNIX_PATH_CAPACITY as u32),
-    })
+    Some(OpenArgs::unix_bind(name + 2, len as u64, true))
 }
 
 /// The `struct file *` a completed open request opened (0 if it failed).
