@@ -427,6 +427,37 @@ fn tail(path: &Path) -> String {
     }
 }
 
+/// `monitor bench-floor` of `monitor_bin`, its stderr to `stderr_path`,
+/// once its empty program is attached.
+pub(crate) fn start_floor_program(monitor_bin: &Path, stderr_path: &Path) -> Result<Daemon> {
+    let stderr =
+        File::create(stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
+    let mut daemon = Daemon::spawn(
+        "monitor bench-floor",
+        Command::new(monitor_bin)
+            .arg("bench-floor")
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if fs::read_to_string(stderr_path).is_ok_and(|t| t.contains("floor program attached")) {
+            return Ok(daemon);
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!(
+                "monitor bench-floor exited early ({status}): {}",
+                tail(stderr_path)
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "monitor bench-floor did not attach within 20 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Bench {
     /// Runs `work` (given the floor's pid) while `monitor bench-floor` is
     /// attached; the floor must then stop cleanly.
@@ -441,34 +472,10 @@ impl Bench {
     /// `monitor bench-floor`: the same hook with an empty program, the cost
     /// any syscall hook puts on every process.
     fn start_floor(&self, tag: &str) -> Result<Daemon> {
-        let stderr_path = self.tmp.join(format!("floor-{tag}.stderr"));
-        let stderr = File::create(&stderr_path)
-            .with_context(|| format!("creating {}", stderr_path.display()))?;
-        let mut daemon = Daemon::spawn(
-            "monitor bench-floor",
-            Command::new(&self.monitor_bin)
-                .arg("bench-floor")
-                .stdout(Stdio::null())
-                .stderr(stderr),
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if fs::read_to_string(&stderr_path).is_ok_and(|t| t.contains("floor program attached"))
-            {
-                return Ok(daemon);
-            }
-            if let Some(status) = daemon.try_wait()? {
-                bail!(
-                    "monitor bench-floor exited early ({status}): {}",
-                    tail(&stderr_path)
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "monitor bench-floor did not attach within 20 s"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        start_floor_program(
+            &self.monitor_bin,
+            &self.tmp.join(format!("floor-{tag}.stderr")),
+        )
     }
 
     fn start_monitor(&self, tag: &str) -> Result<RunningMonitor> {

@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use super::program_time::{CountedPrograms, StatsBias};
 use super::stats::{self, MedianInterval};
 use crate::util::{CgroupGuard, cgroup2_root, display, join_cgroup_on_spawn};
 
@@ -128,8 +129,8 @@ pub struct MonitoredRun {
     /// includes their CPU time.
     pub cpu_shared: bool,
     /// With `Runner::count_programs`: the monitor's kernel programs'
-    /// summed run time (s) and runs during the build (bpf_stats).
-    pub programs: Option<(f64, u64)>,
+    /// summed run time and runs during the build (bpf_stats).
+    pub programs: Option<CountedPrograms>,
 }
 
 impl MonitoredRun {
@@ -375,13 +376,20 @@ impl<'a> Runner<'a> {
     }
 
     /// A monitored build with bpf_stats on and its programs' run time
-    /// counted.
+    /// counted, less what the accounting adds to each run (an empty
+    /// program beside them, [`StatsBias`]).
     fn accounted(&self) -> Result<MonitoredRun> {
         let _stats = super::stats_sysctl::StatsSetting::on()?;
+        let bias = StatsBias::start(&self.monitor_bin, &self.dir.join("floor-accounted.stderr"))?;
         self.count_programs.store(true, Ordering::Relaxed);
         let run = self.monitored();
         self.count_programs.store(false, Ordering::Relaxed);
-        run
+        let mut run = run?;
+        let bias_ns_per_run = bias.finish()?;
+        if let Some(programs) = &mut run.programs {
+            programs.bias_ns_per_run = Some(bias_ns_per_run);
+        }
+        Ok(run)
     }
 
     fn next(&self) -> usize {

@@ -86,6 +86,57 @@ pub(crate) fn held_programs(pid: u32) -> Result<(u64, u64)> {
         .fold((0, 0), |(t, r), p| (t + p.run_time_ns, r + p.run_cnt)))
 }
 
+/// An empty program on the monitor's hook, run beside the monitor's own
+/// while bpf_stats is on: its time per run is what the accounting itself
+/// adds to every run (the clock reads around it; the empty body is
+/// nothing), to be taken out of the monitor's programs' time. Measured in
+/// the same build, so it meets the same phase of the machine.
+pub(crate) struct StatsBias {
+    floor: testkit::daemon::Daemon,
+    before: (u64, u64),
+}
+
+impl StatsBias {
+    /// Starts `monitor bench-floor` (its stderr to `stderr_path`) and takes
+    /// its first reading once it is attached.
+    pub(crate) fn start(
+        monitor_bin: &std::path::Path,
+        stderr_path: &std::path::Path,
+    ) -> Result<Self> {
+        let floor = super::start_floor_program(monitor_bin, stderr_path)?;
+        let before = held_programs(floor.id())?;
+        Ok(Self { floor, before })
+    }
+
+    /// ns per run of the empty program since `start`; it is stopped.
+    pub(crate) fn finish(self) -> Result<f64> {
+        let (ns, runs) = held_programs(self.floor.id())?;
+        let status = self.floor.stop(libc::SIGTERM, Duration::from_secs(10))?;
+        ensure!(status.success(), "monitor bench-floor exited with {status}");
+        let runs = runs.saturating_sub(self.before.1);
+        ensure!(runs > 0, "the empty program never ran");
+        Ok(ns.saturating_sub(self.before.0) as f64 / runs as f64)
+    }
+}
+
+/// Programs' counted time: `runs` runs in `seconds`, and the accounting's
+/// own time per run (`bias_ns_per_run`, [`StatsBias`]) when it was measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CountedPrograms {
+    pub seconds: f64,
+    pub runs: u64,
+    pub bias_ns_per_run: Option<f64>,
+}
+
+impl CountedPrograms {
+    /// The programs' own time: the counted time less the accounting's
+    /// (all of it when the bias was not measured).
+    pub fn own_s(&self) -> f64 {
+        let bias = self.bias_ns_per_run.unwrap_or(0.0) * self.runs as f64 / 1e9;
+        (self.seconds - bias).max(0.0)
+    }
+}
+
 /// Instructions the verifier processed for every program `pid` holds: its
 /// start's verification work, the same on every run of one kernel.
 pub(crate) fn verified_instructions(pid: u32) -> Result<u64> {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, ensure};
 use super::{
     Cpu, LabelSource, MonitoredRun, Runner, cpu_usage_s, exec_parent, last_lines, wait_empty,
 };
-use crate::bench::program_time::ProgramSampler;
+use crate::bench::program_time::{CountedPrograms, ProgramSampler};
 use crate::util::{display, join_cgroup_on_spawn};
 
 /// Other `monitor exec` jobs with processes in them now: their CPU would be
@@ -76,7 +76,7 @@ struct Waited {
     status: std::process::ExitStatus,
     /// KiB.
     peak_rss: u64,
-    programs: Option<(f64, u64)>,
+    programs: Option<CountedPrograms>,
 }
 
 impl Runner<'_> {
@@ -101,7 +101,11 @@ impl Runner<'_> {
                 let (ns, runs) = sampler
                     .finish()
                     .context("the monitor never held a kernel program")?;
-                Some((ns as f64 / 1e9, runs))
+                Some(CountedPrograms {
+                    seconds: ns as f64 / 1e9,
+                    runs,
+                    bias_ns_per_run: None,
+                })
             }
             None => None,
         };

@@ -117,6 +117,9 @@ pub struct Outside {
     /// syscall exit on the machine, the build's nearly all).
     pub programs_s: f64,
     pub runs: u64,
+    /// What the accounting adds to each run (an empty program's time per
+    /// run beside them, [`program_time::StatsBias`]), when measured.
+    pub bias_ns_per_run: Option<f64>,
 }
 
 pub struct SideBySide {
@@ -134,9 +137,18 @@ pub struct SideBySide {
 }
 
 impl Outside {
-    /// The programs' run time, in points of this build's CPU.
+    /// The programs' own run time (the accounting's taken out), in points
+    /// of this build's CPU.
     pub fn programs_points(&self) -> f64 {
-        self.programs_s / self.build.cpu_s * 100.0
+        self.counted().own_s() / self.build.cpu_s * 100.0
+    }
+
+    pub fn counted(&self) -> program_time::CountedPrograms {
+        program_time::CountedPrograms {
+            seconds: self.programs_s,
+            runs: self.runs,
+            bias_ns_per_run: self.bias_ns_per_run,
+        }
     }
 
     /// The tracepoint's own cost on every syscall exit (what the empty
@@ -530,9 +542,14 @@ fn outside(runner: &Runner<'_>) -> Result<Outside> {
     );
     crate::util::wait_until_idle(pid, Duration::from_secs(30))?;
     let _stats = stats_sysctl::StatsSetting::on()?;
+    let bias = program_time::StatsBias::start(
+        &runner.monitor_bin,
+        &runner.dir.join("floor-outside.stderr"),
+    )?;
     let (ns_before, runs_before) = program_time::held_programs(pid)?;
     let build = runner.plain(true)?;
     let (ns_after, runs_after) = program_time::held_programs(pid)?;
+    let bias_ns_per_run = bias.finish()?;
     drop(monitor.stdin.take().map(|mut stdin| stdin.write_all(b"\n")));
     let status = monitor.wait()?;
     ensure!(status.success(), "`{}` exited with {status}", display(&cmd));
@@ -540,6 +557,7 @@ fn outside(runner: &Runner<'_>) -> Result<Outside> {
         build,
         programs_s: ns_after.saturating_sub(ns_before) as f64 / 1e9,
         runs: runs_after.saturating_sub(runs_before),
+        bias_ns_per_run: Some(bias_ns_per_run),
     })
 }
 
@@ -581,10 +599,17 @@ mod tests {
             build: plain(10.0, 50.0),
             programs_s: 0.5,
             runs: 10_000_000,
+            bias_ns_per_run: None,
         };
         assert!((outside.programs_points() - 1.0).abs() < 1e-9);
         // 10 M runs of 25 ns: 0.25 s of 50 s.
         assert!((outside.floor_points(25.0) - 0.5).abs() < 1e-9);
+        // The accounting's 20 ns a run out of the programs' 50: 0.3 s.
+        let outside = Outside {
+            bias_ns_per_run: Some(20.0),
+            ..outside
+        };
+        assert!((outside.programs_points() - 0.6).abs() < 1e-9);
     }
 
     fn monitored(wall_s: f64, build_cpu_s: f64) -> MonitoredRun {
@@ -628,6 +653,7 @@ mod tests {
             build: plain(100.0, 100.0),
             programs_s: 0.5,
             runs: 0,
+            bias_ns_per_run: None,
         });
         let (wall, cpu) = result.parts_total(Some(20.0)).unwrap();
         // Log 1..3 (median 2), monitor 4, outside 0.5.

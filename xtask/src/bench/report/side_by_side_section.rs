@@ -27,7 +27,9 @@ pub fn write(md: &mut String, s: &SideBySide, floor_ns_per_run: Option<f64>) -> 
          programs are global, so that neighbour is not bare but outside the monitor, and pays \
          the outside cost; it is counted and added: a log build alone with \
          `kernel.bpf_stats_enabled` on while an idle `monitor exec` was attached, the programs' \
-         run time over its CPU; plus the tracepoint's own cost on each syscall exit, estimated \
+         run time over its CPU, less what the accounting itself adds to each run (its clock \
+         reads: the time per run of an empty program attached beside them in the same build); \
+         plus the tracepoint's own cost on each syscall exit, estimated \
          as the runs times what the empty program adds to one syscall: measured apart with \
          `getppid` (\"The tracepoint's own entry\" above), or, when that was not run, from this \
          run's rows, the median over its three workloads. A third of the pairs measure that \
@@ -179,8 +181,9 @@ fn write_outside_rows(
     let programs = outside.programs_points();
     writeln!(
         md,
-        "| what the neighbour paid: the programs (counted: {:.2} s in {} runs over a {:.1} s CPU log build) | {programs:+.1} | {programs:+.1} |",
-        outside.programs_s, outside.runs, outside.build.cpu_s
+        "| what the neighbour paid: the programs (counted: {} over a {:.1} s CPU log build) | {programs:+.1} | {programs:+.1} |",
+        super::builds_section::programs_counted(&outside.counted()),
+        outside.build.cpu_s
     )?;
     match floor_ns_per_run {
         Some(ns) => {
@@ -299,6 +302,7 @@ mod tests {
                 build: plain(100.0),
                 programs_s: 0.5,
                 runs: 10_000_000,
+                bias_ns_per_run: None,
             }),
             control_pairs: Vec::new(),
             stop_reason: "test".into(),

@@ -214,7 +214,7 @@ fn limit_verdict(p: Part, what: &str) -> String {
 /// build, in points of the bare builds' median CPU.
 fn accounted_points(builds: &BuildResults) -> Option<f64> {
     let run = builds.accounted.as_ref()?;
-    let (programs_s, _) = run.programs?;
+    let programs_s = run.programs?.own_s();
     let bare: Vec<f64> = builds.triples.iter().map(|t| t.bare.cpu_s).collect();
     let bare = stats::median(&bare);
     (bare > 0.0).then(|| (programs_s + run.daemon_cpu_s) / bare * 100.0)
