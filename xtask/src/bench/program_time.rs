@@ -10,7 +10,7 @@
 //! running the same hook meanwhile (the runs-per-operation column shows
 //! how many there were).
 
-use std::{collections::BTreeMap, fs, time::Duration};
+use std::{collections::BTreeMap, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -99,10 +99,7 @@ pub(crate) struct StatsBias {
 impl StatsBias {
     /// Starts `monitor bench-floor` (its stderr to `stderr_path`) and takes
     /// its first reading once it is attached.
-    pub(crate) fn start(
-        monitor_bin: &std::path::Path,
-        stderr_path: &std::path::Path,
-    ) -> Result<Self> {
+    pub(crate) fn start(monitor_bin: &Path, stderr_path: &Path) -> Result<Self> {
         let floor = super::start_floor_program(monitor_bin, stderr_path)?;
         let before = held_programs(floor.id())?;
         Ok(Self { floor, before })
@@ -161,7 +158,7 @@ impl ProgramSampler {
             // reading taken after the monitor closed them (it writes its
             // report after) sums to less, and is not the answer (the
             // 16:25 bench counted 0 runs that way).
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            while Path::new(&format!("/proc/{pid}")).exists() {
                 if let Ok(reading) = held_programs(pid) {
                     last = Some(with_more_runs(last, reading));
                 }

@@ -113,13 +113,10 @@ pub(super) fn over(run: &PlainRun, base: &PlainRun) -> (f64, f64) {
 /// bpf_stats on: what the monitor's programs cost a build outside it.
 pub struct Outside {
     pub build: PlainRun,
-    /// The programs' run time during the build (s) and their runs (every
-    /// syscall exit on the machine, the build's nearly all).
-    pub programs_s: f64,
-    pub runs: u64,
-    /// What the accounting adds to each run (an empty program's time per
-    /// run beside them, [`program_time::StatsBias`]), when measured.
-    pub bias_ns_per_run: Option<f64>,
+    /// The programs' run time and runs during the build (every syscall
+    /// exit on the machine, the build's nearly all), and what the
+    /// accounting adds to each run ([`program_time::StatsBias`]).
+    pub programs: program_time::CountedPrograms,
 }
 
 pub struct SideBySide {
@@ -140,21 +137,13 @@ impl Outside {
     /// The programs' own run time (the accounting's taken out), in points
     /// of this build's CPU.
     pub fn programs_points(&self) -> f64 {
-        self.counted().own_s() / self.build.cpu_s * 100.0
-    }
-
-    pub fn counted(&self) -> program_time::CountedPrograms {
-        program_time::CountedPrograms {
-            seconds: self.programs_s,
-            runs: self.runs,
-            bias_ns_per_run: self.bias_ns_per_run,
-        }
+        self.programs.own_s() / self.build.cpu_s * 100.0
     }
 
     /// The tracepoint's own cost on every syscall exit (what the empty
     /// program adds, `floor_ns_per_run`), in points of this build's CPU.
     pub fn floor_points(&self, floor_ns_per_run: f64) -> f64 {
-        self.runs as f64 * floor_ns_per_run / 1e9 / self.build.cpu_s * 100.0
+        self.programs.runs as f64 * floor_ns_per_run / 1e9 / self.build.cpu_s * 100.0
     }
 }
 
@@ -555,9 +544,11 @@ fn outside(runner: &Runner<'_>) -> Result<Outside> {
     ensure!(status.success(), "`{}` exited with {status}", display(&cmd));
     Ok(Outside {
         build,
-        programs_s: ns_after.saturating_sub(ns_before) as f64 / 1e9,
-        runs: runs_after.saturating_sub(runs_before),
-        bias_ns_per_run: Some(bias_ns_per_run),
+        programs: program_time::CountedPrograms {
+            seconds: ns_after.saturating_sub(ns_before) as f64 / 1e9,
+            runs: runs_after.saturating_sub(runs_before),
+            bias_ns_per_run: Some(bias_ns_per_run),
+        },
     })
 }
 
@@ -597,16 +588,21 @@ mod tests {
     fn outside_points_are_of_the_outside_build() {
         let outside = Outside {
             build: plain(10.0, 50.0),
-            programs_s: 0.5,
-            runs: 10_000_000,
-            bias_ns_per_run: None,
+            programs: program_time::CountedPrograms {
+                seconds: 0.5,
+                runs: 10_000_000,
+                bias_ns_per_run: None,
+            },
         };
         assert!((outside.programs_points() - 1.0).abs() < 1e-9);
         // 10 M runs of 25 ns: 0.25 s of 50 s.
         assert!((outside.floor_points(25.0) - 0.5).abs() < 1e-9);
         // The accounting's 20 ns a run out of the programs' 50: 0.3 s.
         let outside = Outside {
-            bias_ns_per_run: Some(20.0),
+            programs: program_time::CountedPrograms {
+                bias_ns_per_run: Some(20.0),
+                ..outside.programs
+            },
             ..outside
         };
         assert!((outside.programs_points() - 0.6).abs() < 1e-9);
@@ -651,9 +647,11 @@ mod tests {
         assert!(result.parts_total(None).is_none(), "no outside part yet");
         result.outside = Some(Outside {
             build: plain(100.0, 100.0),
-            programs_s: 0.5,
-            runs: 0,
-            bias_ns_per_run: None,
+            programs: program_time::CountedPrograms {
+                seconds: 0.5,
+                runs: 0,
+                bias_ns_per_run: None,
+            },
         });
         let (wall, cpu) = result.parts_total(Some(20.0)).unwrap();
         // Log 1..3 (median 2), monitor 4, outside 0.5.

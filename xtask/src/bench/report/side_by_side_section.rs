@@ -182,7 +182,7 @@ fn write_outside_rows(
     writeln!(
         md,
         "| what the neighbour paid: the programs (counted: {} over a {:.1} s CPU log build) | {programs:+.1} | {programs:+.1} |",
-        super::builds_section::programs_counted(&outside.counted()),
+        super::builds_section::programs_counted(&outside.programs),
         outside.build.cpu_s
     )?;
     match floor_ns_per_run {
@@ -191,7 +191,7 @@ fn write_outside_rows(
             writeln!(
                 md,
                 "| … and the tracepoint on each syscall exit (estimated: {} runs × {ns:.0} ns) | {floor:+.1} | {floor:+.1} |",
-                outside.runs
+                outside.programs.runs
             )?;
         }
         None => writeln!(
@@ -231,6 +231,7 @@ mod tests {
         MonitoredRun, PlainRun,
         side_by_side::{ControlPair, LogPair, MonitorPair, Outside, TotalPair},
     };
+    use crate::bench::program_time::CountedPrograms;
 
     fn plain(s: f64) -> PlainRun {
         PlainRun {
@@ -300,9 +301,11 @@ mod tests {
             ],
             outside: Some(Outside {
                 build: plain(100.0),
-                programs_s: 0.5,
-                runs: 10_000_000,
-                bias_ns_per_run: None,
+                programs: CountedPrograms {
+                    seconds: 0.5,
+                    runs: 10_000_000,
+                    bias_ns_per_run: None,
+                },
             }),
             control_pairs: Vec::new(),
             stop_reason: "test".into(),
