@@ -713,6 +713,17 @@ impl RunSettings {
             builds.quick();
         }
         let report_path = report_path.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
+        // Checked before the hour of runs, not when the report is written.
+        let report_dir = match report_path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        ensure!(
+            report_dir.is_dir(),
+            "--output {}: the directory {} does not exist",
+            report_path.display(),
+            report_dir.display()
+        );
         Ok(Self {
             rounds,
             runs,
@@ -1118,4 +1129,36 @@ fn count_alerts(alerts: &Path) -> usize {
         .lines()
         .filter(|line| !line.trim().is_empty())
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    fn settings(args: &[&str]) -> Result<RunSettings> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        RunSettings::from_options(cli.options)
+    }
+
+    #[test]
+    fn a_report_into_a_missing_directory_is_refused_before_any_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing/BENCHMARKS.md");
+        let error = settings(&["--output", missing.to_str().unwrap()])
+            .err()
+            .expect("refused");
+        assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+        // Positive control: the same name in a directory that exists.
+        let present = dir.path().join("BENCHMARKS.md");
+        let ok = settings(&["--output", present.to_str().unwrap()]).unwrap();
+        assert_eq!(ok.report_path, present);
+    }
 }
