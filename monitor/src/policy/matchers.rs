@@ -82,8 +82,10 @@ impl PatternSet {
     /// a sandbox read's user time.
     pub fn push_path(&mut self, path: &Path, below: bool) {
         let bytes = path.as_os_str().as_bytes();
-        let text = path.to_str();
-        if text.is_none() || (bytes.starts_with(b"/") && paths::is_normal(bytes)) {
+        // The common case first: a normal path needs no UTF-8 check.
+        let raw = bytes.starts_with(b"/") && paths::is_normal(bytes);
+        let text = if raw { None } else { path.to_str() };
+        if raw || text.is_none() {
             let to = if below {
                 &mut self.raw_below
             } else {
