@@ -455,6 +455,11 @@ fn link_sources(
             .or_default();
         names.push(link_name);
     }
+    // Kept as long as the spawn lives: no room held for the targets the
+    // filter left out (links inside the sandbox, targets declared surely).
+    if only_ambiguous.capacity() > 2 * only_ambiguous.len() {
+        only_ambiguous.shrink_to_fit();
+    }
     let mut only_moved: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::default();
     for (target, dir_names) in moved.into_iter().filter(|(t, _)| only(t)) {
         let names = only_moved
