@@ -82,22 +82,23 @@ impl PatternSet {
     /// a sandbox read's user time.
     pub fn push_path(&mut self, path: &Path, below: bool) {
         let bytes = path.as_os_str().as_bytes();
-        // The common case first: a normal path needs no UTF-8 check.
-        let raw = bytes.starts_with(b"/") && paths::is_normal(bytes);
-        let text = if raw { None } else { path.to_str() };
-        if raw || text.is_none() {
-            let to = if below {
-                &mut self.raw_below
-            } else {
-                &mut self.raw_exact
-            };
-            to.push(bytes.to_vec());
-        } else if let Some(text) = text {
-            let mut glob = escape_glob(text);
-            if below {
-                glob.push_str("/**");
+        // `None`: kept as bytes. The common case first: a normal path
+        // needs no UTF-8 check.
+        let text = if bytes.starts_with(b"/") && paths::is_normal(bytes) {
+            None
+        } else {
+            path.to_str()
+        };
+        match text {
+            None if below => self.raw_below.push(bytes.to_vec()),
+            None => self.raw_exact.push(bytes.to_vec()),
+            Some(text) => {
+                let mut glob = escape_glob(text);
+                if below {
+                    glob.push_str("/**");
+                }
+                self.globs.push(glob);
             }
-            self.globs.push(glob);
         }
     }
 
