@@ -1,8 +1,8 @@
 //! What reading a Bazel sandbox costs the daemon, apart from any build:
 //! a tree laid out as Bazel 4 lays it (a source tree; a main execroot
 //! linking the source packages; sandboxes whose inputs link into the main
-//! execroot), each sandbox read with `declared_patterns` as the daemon
-//! reads one at its spawn's launch.
+//! execroot), each sandbox read into its declaration (`spawn_declaration`)
+//! as the daemon reads one at its spawn's launch.
 //!
 //! `cargo run --release -p monitor --example sandbox_read -- [SANDBOXES] [INPUTS] [ROUNDS] [made]`
 //! (default 200 sandboxes of 300 inputs, as the bench build; 5 rounds).
@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use monitor::bazel::sandbox::{Spawn, declared_patterns, made_links::Targets, parse_launch};
+use monitor::bazel::{
+    sandbox::{Spawn, made_links::Targets, parse_launch},
+    spawns::spawn_declaration,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +49,7 @@ fn main() {
         let (user0, sys0) = cpu_times();
         let start = Instant::now();
         for (spawn, targets) in &spawns {
-            std::hint::black_box(declared_patterns(spawn, targets));
+            std::hint::black_box(spawn_declaration(Path::new("/"), spawn, targets));
         }
         let wall = start.elapsed();
         let (user1, sys1) = cpu_times();

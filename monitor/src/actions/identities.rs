@@ -11,6 +11,7 @@ use std::{
     fs,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -28,9 +29,9 @@ type Key = (u64, u64);
 
 #[derive(Debug, Default)]
 pub struct Identities {
-    /// Paths shared with other declarations ([`super::shared_paths`]).
-    by_path: HashMap<std::sync::Arc<[u8]>, Key>,
-    all: HashSet<Key>,
+    /// Shared by the sandboxes whose trees are the same
+    /// (`bazel::sandbox::shared_trees`): copied on write.
+    files: Arc<Records>,
     recorded: bool,
     /// Where a hard link to an undeclared file is looked for: everywhere
     /// (`None`: a declaration's directories are recorded entry by entry),
@@ -38,6 +39,14 @@ pub struct Identities {
     /// directories are not walked, so their own multi-link files are not
     /// known there).
     hard_links_below: Option<Vec<u8>>,
+}
+
+/// The files and directories a declaration's names stood for.
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    /// Paths shared with other declarations ([`super::shared_paths`]).
+    by_path: HashMap<Arc<[u8]>, Key>,
+    all: HashSet<Key>,
     /// Directories a sandbox links whole (not walked: their files are not
     /// recorded), each with a trailing `/`: a file there with several
     /// names, named as a hard link the action made, is one it planted.
@@ -46,7 +55,7 @@ pub struct Identities {
     /// link is too recent to rule out the spawn): only for telling a file
     /// reached through a mount the spawn may have made apart from the
     /// linked one ([`Identities::mounted_over`]).
-    linked_by_path: HashMap<std::sync::Arc<[u8]>, Key>,
+    linked_by_path: HashMap<Arc<[u8]>, Key>,
     linked: HashSet<Key>,
 }
 
@@ -68,8 +77,9 @@ impl Identities {
     pub fn check_linked_dir(&mut self, dir: &Path) {
         let mut dir = dir.as_os_str().as_bytes().to_vec();
         dir.push(b'/');
-        if !self.linked_dirs.contains(&dir) {
-            self.linked_dirs.push(dir);
+        let files = Arc::make_mut(&mut self.files);
+        if !files.linked_dirs.contains(&dir) {
+            files.linked_dirs.push(dir);
         }
     }
 
@@ -78,10 +88,11 @@ impl Identities {
     /// by doubling rehashed them about nine times per sandbox (28 ms of a
     /// bench build's daemon CPU sampled).
     pub fn reserve(&mut self, files: usize, linked: bool) {
+        let records = Arc::make_mut(&mut self.files);
         let (by_path, keys) = if linked {
-            (&mut self.linked_by_path, &mut self.linked)
+            (&mut records.linked_by_path, &mut records.linked)
         } else {
-            (&mut self.by_path, &mut self.all)
+            (&mut records.by_path, &mut records.all)
         };
         let room = files.min(MAX_ENTRIES.saturating_sub(by_path.len()));
         by_path.reserve(room);
@@ -90,13 +101,31 @@ impl Identities {
 
     /// Records `path` (not a directory) as declared: the file `(dev, ino)`.
     pub fn insert(&mut self, path: &Path, dev: u64, ino: u64) {
-        record_file(&mut self.by_path, &mut self.all, path, (dev, ino));
+        let files = Arc::make_mut(&mut self.files);
+        record_file(&mut files.by_path, &mut files.all, path, (dev, ino));
     }
 
     /// Records `path` (not a directory) as a file an untrusted sandbox
     /// link led to: see [`Identities::linked_by_path`].
     pub fn insert_linked(&mut self, path: &Path, dev: u64, ino: u64) {
-        record_file(&mut self.linked_by_path, &mut self.linked, path, (dev, ino));
+        let files = Arc::make_mut(&mut self.files);
+        record_file(
+            &mut files.linked_by_path,
+            &mut files.linked,
+            path,
+            (dev, ino),
+        );
+    }
+
+    /// What was recorded, to be held in common with other declarations.
+    pub fn records(&self) -> Arc<Records> {
+        self.files.clone()
+    }
+
+    /// With `files` as what was recorded (see [`Identities::records`]).
+    pub fn with_records(mut self, files: Arc<Records>) -> Identities {
+        self.files = files;
+        self
     }
 
     pub fn is_recorded(&self) -> bool {
@@ -105,7 +134,7 @@ impl Identities {
 
     /// How many declared files were recorded.
     pub fn count(&self) -> usize {
-        self.by_path.len()
+        self.files.by_path.len()
     }
 
     /// Why the object `id` found at the declared name `path` is not what was
@@ -121,10 +150,10 @@ impl Identities {
             return None;
         }
         let key = (id.dev, id.ino);
-        if let Some(&declared) = self.by_path.get(path) {
+        if let Some(&declared) = self.files.by_path.get(path) {
             // Another declared file mounted over a declared name is still
             // a declared file.
-            return (declared != key && !self.all.contains(&key)).then_some(
+            return (declared != key && !self.files.all.contains(&key)).then_some(
                 "not the file declared under this name: something is mounted over it or it was replaced",
             );
         }
@@ -132,7 +161,7 @@ impl Identities {
             .hard_links_below
             .as_ref()
             .is_none_or(|below| path.starts_with(below));
-        if checked && id.nlink > 1 && !id.is_dir() && !self.all.contains(&key) && !created() {
+        if checked && id.nlink > 1 && !id.is_dir() && !self.files.all.contains(&key) && !created() {
             return Some("a hard link to a file that was not declared");
         }
         None
@@ -161,15 +190,15 @@ impl Identities {
             return None;
         }
         let key = (id.dev, id.ino);
-        if self.all.contains(&key) || self.linked.contains(&key) {
+        if self.files.all.contains(&key) || self.files.linked.contains(&key) {
             return None;
         }
         let in_sandbox = self.hard_links_below.as_ref().is_some_and(|below| {
             mount_point.starts_with(below) || mount_point == &below[..below.len() - 1]
         });
-        let on_declared_file =
-            self.by_path.contains_key(mount_point) || self.linked_by_path.contains_key(mount_point);
-        let at_linked_path = self.linked_by_path.contains_key(path);
+        let on_declared_file = self.files.by_path.contains_key(mount_point)
+            || self.files.linked_by_path.contains_key(mount_point);
+        let at_linked_path = self.files.linked_by_path.contains_key(path);
         ((in_sandbox || on_declared_file || at_linked_path) && !created()).then_some(
             "reached through something mounted over a declared name; not a file that name stood for",
         )
@@ -187,11 +216,11 @@ impl Identities {
         id: &Identity,
         hard_linked: impl FnOnce(&[u8]) -> bool,
     ) -> Option<&'static str> {
-        let linked = self.linked_dirs.iter().any(|d| path.starts_with(d));
+        let linked = self.files.linked_dirs.iter().any(|d| path.starts_with(d));
         (linked
             && id.nlink > 1
             && !id.is_dir()
-            && !self.all.contains(&(id.dev, id.ino))
+            && !self.files.all.contains(&(id.dev, id.ino))
             && hard_linked(crate::actions::links::file_name(path)))
         .then_some("a hard link the spawn made, in a directory its sandbox links")
     }
@@ -200,7 +229,7 @@ impl Identities {
 /// `path` is the file `key`, in `by_path` and `keys` (up to
 /// [`MAX_ENTRIES`] paths).
 fn record_file(
-    by_path: &mut HashMap<std::sync::Arc<[u8]>, Key>,
+    by_path: &mut HashMap<Arc<[u8]>, Key>,
     keys: &mut HashSet<Key>,
     path: &Path,
     key: Key,

@@ -16,6 +16,8 @@
 //! below a directory changed after the launch stay declared unless the
 //! action renamed something to that directory's name. (Output writes change
 //! directories too; they rename nothing to a directory's name.)
+use std::sync::Arc;
+
 use crate::hashing::HashMap;
 
 /// Most names remembered per action: only the first ones can matter (they
@@ -28,31 +30,45 @@ pub const MAX_NAMES_PER_ACTION: usize = 16384;
 /// component (empty when the kernel could not read it: it may be any).
 pub type NameMade = (u64, Vec<u8>);
 
-#[derive(Debug, Default)]
+/// Declared path → the file names of the links (or the names of the
+/// changed directories) it came from; held in common by the sandboxes
+/// whose trees are the same (`bazel::sandbox::shared_trees`).
+pub type SourceNames = Arc<HashMap<Vec<u8>, Vec<Vec<u8>>>>;
+
+#[derive(Debug, Default, Clone)]
 pub struct LinkSources {
     /// Declared path that only ambiguous links lead to → their file names.
-    ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    ambiguous: SourceNames,
     /// A name the action made until this time (`CLOCK_MONOTONIC` ns) may
     /// be one of the ambiguous links.
     suspect_until_ns: u64,
     /// Declared path that only old links below changed directories lead
     /// to → those directories' names.
-    moved: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    moved: SourceNames,
 }
 
 impl LinkSources {
     pub fn new(ambiguous: HashMap<Vec<u8>, Vec<Vec<u8>>>, suspect_until_ns: u64) -> Self {
         LinkSources {
-            ambiguous,
+            ambiguous: Arc::new(ambiguous),
             suspect_until_ns,
-            moved: HashMap::default(),
+            moved: SourceNames::default(),
         }
     }
 
     /// With the targets of links that may have been moved in.
     pub fn with_moved(mut self, moved: HashMap<Vec<u8>, Vec<Vec<u8>>>) -> Self {
-        self.moved = moved;
+        self.moved = Arc::new(moved);
         self
+    }
+
+    /// The same sources for a spawn launched at another time: names it
+    /// made until `suspect_until_ns` may be the ambiguous links.
+    pub fn until(&self, suspect_until_ns: u64) -> Self {
+        LinkSources {
+            suspect_until_ns,
+            ..self.clone()
+        }
     }
 
     /// Whether `path` is declared only through old links below directories

@@ -10,6 +10,7 @@
 mod kept_stats;
 mod lookup;
 pub mod made_links;
+pub mod shared_trees;
 mod tree;
 
 use std::{
@@ -210,30 +211,42 @@ pub fn output_patterns(spawn: &Spawn) -> Vec<String> {
 /// targets of the links Bazel was seen making (`made_links`), taken
 /// instead of reading those links back.
 pub fn declared_patterns(spawn: &Spawn, made: &Targets) -> (PatternSet, LinkSources, Identities) {
-    let root = spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot);
+    let mut walk = SandboxWalk::new(spawn, made);
+    walk.tree();
+    walk.follow();
+    let (targets, links, identities) = walk.finish();
+    let mut patterns = own_patterns(walk_root(spawn));
+    patterns.extend(targets);
+    (patterns, links, identities)
+}
+
+/// The spawn's whole tree: its sandbox directory, or its execroot.
+fn walk_root(spawn: &Spawn) -> &Path {
+    spawn.sandbox_dir.as_deref().unwrap_or(&spawn.execroot)
+}
+
+/// What a spawn's own tree declares: itself and everything below it.
+fn own_patterns(root: &Path) -> PatternSet {
     let mut patterns = PatternSet::default();
     patterns.push_path(root, true);
     patterns.push_path(root, false);
-    let mut walk = SandboxWalk {
-        spawn,
-        made,
-        patterns,
-        identities: Identities::hard_links_checked_below(root),
-        sure: HashSet::default(),
-        ambiguous: Vec::new(),
-        moved: Vec::new(),
-        real_dirs: RealDirs::default(),
-    };
-    walk.tree(root);
-    let links = link_sources(spawn, root, &walk.sure, walk.ambiguous, walk.moved);
-    (walk.patterns, links, walk.identities)
+    patterns
 }
 
 /// What one sandbox read found so far.
 struct SandboxWalk<'a> {
     spawn: &'a Spawn,
+    /// [`walk_root`].
+    root: &'a Path,
     /// The links Bazel made in this sandbox, as the kernel saw the calls.
     made: &'a Targets,
+    /// The tree's symlinks, read and dated, not yet followed.
+    surveyed: Vec<Surveyed>,
+    /// Every directory of the tree was read.
+    complete: bool,
+    /// Some link led into the tree itself.
+    inside_root: bool,
+    /// The link targets' patterns.
     patterns: PatternSet,
     identities: Identities,
     /// Targets of links made before the launch, in place since.
@@ -246,15 +259,48 @@ struct SandboxWalk<'a> {
     real_dirs: RealDirs,
 }
 
-impl SandboxWalk<'_> {
+/// A symlink of the tree, its target and when it was made.
+struct Surveyed {
+    name: OsString,
+    path: PathBuf,
+    target: PathBuf,
+    made: Made,
+    /// The names of the directories above it changed after the launch.
+    changed_above: Vec<Vec<u8>>,
+}
+
+impl<'a> SandboxWalk<'a> {
+    fn new(spawn: &'a Spawn, made: &'a Targets) -> Self {
+        let root = walk_root(spawn);
+        SandboxWalk {
+            spawn,
+            root,
+            made,
+            surveyed: Vec::new(),
+            complete: true,
+            inside_root: false,
+            patterns: PatternSet::default(),
+            identities: Identities::hard_links_checked_below(root),
+            sure: HashSet::default(),
+            ambiguous: Vec::new(),
+            moved: Vec::new(),
+            real_dirs: RealDirs::default(),
+        }
+    }
+
+    /// A directory of the tree that could not be read ([`unread`]).
+    fn unread(&mut self, dir: &Path, e: &std::io::Error) {
+        self.complete = false;
+        unread(self.root, dir, e);
+    }
+
     /// Reads the tree below the spawn's execroot, each directory with the
     /// names of the directories above it (within the tree) that changed
     /// after the launch: a link below one may have been moved in with it.
-    /// `root`: the sandbox directory, for warnings.
-    fn tree(&mut self, root: &Path) {
+    fn tree(&mut self) {
         let execroot = match TreeDir::root(&self.spawn.execroot) {
             Ok(dir) => dir,
-            Err(e) => return unread(root, &self.spawn.execroot, &e),
+            Err(e) => return self.unread(&self.spawn.execroot.clone(), &e),
         };
         let mut room = MAX_ENTRIES;
         let mut stack: Vec<(Option<Pending>, Vec<Vec<u8>>)> = vec![(None, Vec::new())];
@@ -266,7 +312,7 @@ impl SandboxWalk<'_> {
                     match TreeDir::open(&execroot, pending) {
                         Ok(dir) => Some(dir),
                         Err(e) => {
-                            unread(root, &path, &e);
+                            self.unread(&path, &e);
                             continue;
                         }
                     }
@@ -276,15 +322,16 @@ impl SandboxWalk<'_> {
             let listing = match dir.list(room) {
                 Ok(listing) => listing,
                 Err(e) => {
-                    unread(root, &dir.path, &e);
+                    self.unread(&dir.path.clone(), &e);
                     continue;
                 }
             };
             if listing.count > room {
                 log::warn!(
                     "sandbox {} has more than {MAX_ENTRIES} entries; reading stopped",
-                    root.display()
+                    self.root.display()
                 );
+                self.complete = false;
                 break;
             }
             room -= listing.count;
@@ -340,14 +387,7 @@ impl SandboxWalk<'_> {
             .ok()
             .map(|st| made(tree::ctime(&st), launched_at))
             .filter(|made| !matches!(made, Made::After));
-        // A link's chain records two files or three (the execroot's link,
-        // the source file, its real path).
-        let linked = matches!(dir_made, Some(Made::Ambiguous));
-        self.identities.reserve(2 * read.len(), linked);
-        self.patterns.raw_exact.reserve(2 * read.len());
-        if linked {
-            self.ambiguous.reserve(2 * read.len());
-        }
+        self.surveyed.reserve(read.len());
         for (name, path, target) in read {
             let made = match dir_made {
                 Some(Made::Before) => Made::Before,
@@ -357,20 +397,64 @@ impl SandboxWalk<'_> {
                     Err(_) => continue,
                 },
             };
-            self.link(name, path, target, made, changed_above);
+            self.surveyed.push(Surveyed {
+                name,
+                path,
+                target,
+                made,
+                changed_above: changed_above.to_vec(),
+            });
         }
     }
 
+    /// Follows every surveyed link.
+    fn follow(&mut self) {
+        let surveyed = std::mem::take(&mut self.surveyed);
+        // A link's chain records two files or three (the execroot's link,
+        // the source file, its real path).
+        let recent = surveyed
+            .iter()
+            .filter(|s| matches!(s.made, Made::Ambiguous))
+            .count();
+        self.identities.reserve(2 * recent, true);
+        self.identities
+            .reserve(2 * (surveyed.len() - recent), false);
+        self.patterns.raw_exact.reserve(2 * surveyed.len());
+        self.ambiguous.reserve(2 * recent);
+        for link in surveyed {
+            self.link(link);
+        }
+    }
+
+    /// What the links declared: the patterns of their targets, which
+    /// names may have been planted, the targets' identities.
+    fn finish(self) -> (PatternSet, LinkSources, Identities) {
+        let links = link_sources(
+            self.spawn,
+            self.root,
+            &self.sure,
+            self.ambiguous,
+            self.moved,
+        );
+        (self.patterns, links, self.identities)
+    }
+
     /// A symlink in the tree, its target and when it was made.
-    fn link(
-        &mut self,
-        name: OsString,
-        path: PathBuf,
-        target: PathBuf,
-        made: Made,
-        changed_above: &[Vec<u8>],
-    ) {
+    fn link(&mut self, link: Surveyed) {
+        let Surveyed {
+            name,
+            path,
+            target,
+            made,
+            changed_above,
+        } = link;
+        let changed_above = &changed_above[..];
         let first = Some(target);
+        let root = self.root.as_os_str().as_bytes();
+        let inside_root = &mut self.inside_root;
+        let mut inside = |t: &Path| {
+            *inside_root |= is_at_or_below(t.as_os_str().as_bytes(), root);
+        };
         let (patterns, real_dirs) = (&mut self.patterns, &mut self.real_dirs);
         match made {
             Made::After => log::warn!(
@@ -381,6 +465,7 @@ impl SandboxWalk<'_> {
             // renamed a directory holding it into the tree.
             Made::Before if !changed_above.is_empty() => {
                 push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
+                    inside(t);
                     if let Some(meta) = meta.filter(|m| !m.is_dir()) {
                         self.identities.insert(t, meta.dev, meta.ino);
                     }
@@ -388,6 +473,7 @@ impl SandboxWalk<'_> {
                 })
             }
             Made::Before => push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
+                inside(t);
                 match meta {
                     Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
                     Some(meta) => self.identities.insert(t, meta.dev, meta.ino),
@@ -399,6 +485,7 @@ impl SandboxWalk<'_> {
             // are checked for new hard links too (a check only adds alerts);
             // their files' identities are not trusted.
             Made::Ambiguous => push_link_chain(&path, first, patterns, real_dirs, |t, meta| {
+                inside(t);
                 match meta {
                     Some(meta) if meta.is_dir() => self.identities.check_linked_dir(t),
                     Some(meta) => self.identities.insert_linked(t, meta.dev, meta.ino),
@@ -467,9 +554,13 @@ fn link_sources(
             .or_default();
         names.extend(dir_names);
     }
-    // A name made later than this has a file time after the launch.
-    let window = PLANT_WINDOW.as_nanos() as u64;
-    LinkSources::new(only_ambiguous, spawn.launch_ktime_ns + window).with_moved(only_moved)
+    LinkSources::new(only_ambiguous, suspect_until(spawn)).with_moved(only_moved)
+}
+
+/// Until when a name the action made may be one of its ambiguous links: a
+/// name made later has a file time after the launch.
+fn suspect_until(spawn: &Spawn) -> u64 {
+    spawn.launch_ktime_ns + PLANT_WINDOW.as_nanos() as u64
 }
 
 /// `path` is `dir` or below it (both normal: `Path::starts_with`, without
@@ -489,6 +580,7 @@ fn is_at_or_below(path: &[u8], dir: &[u8]) -> bool {
 const PLANT_WINDOW: Duration = Duration::from_secs(1);
 
 /// When a sandbox link was made, by its inode's ctime against the launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Made {
     Before,
     /// Its time is within [`PLANT_WINDOW`] before the launch: it may be
@@ -665,6 +757,7 @@ pub(crate) fn push_link_chain(
     let real = if ended {
         real_dirs.resolve(&current)
     } else {
+        real_dirs.fds.uncovered();
         fs::canonicalize(link).ok()
     };
     // As bytes: comparing `Path`s parses their components.

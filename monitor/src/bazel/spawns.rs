@@ -43,16 +43,22 @@ pub fn spawn_of_launch(launch: &Launch) -> Spawn {
 /// What a sandboxed spawn declared: its sandbox, read now; `made`: the
 /// links Bazel made in it, as the kernel saw the calls (the rest are read).
 pub fn spawn_declaration(cgroup: &Path, spawn: &Spawn, made: &Targets) -> Declaration {
-    let (declared, links, identities) = sandbox::declared_patterns(spawn, made);
+    let declared = sandbox::shared_trees::sandbox_declared(spawn, made);
+    if declared.reused {
+        log::debug!(
+            "sandbox {}: the links' part of a sandbox the same given again",
+            spawn.execroot.display()
+        );
+    }
     Declaration {
         cgroup: cgroup.to_path_buf(),
         label: None,
         mnemonic: None,
-        inputs: sandbox::set_matcher(&declared),
+        inputs: declared.inputs,
         outputs: sandbox::matcher(&sandbox::output_patterns(spawn)),
         writable: sandbox::matcher(&sandbox::writable_patterns(spawn)),
-        identities,
-        links,
+        identities: declared.identities,
+        links: declared.links,
         network: NetMatcher::default(),
         source: spawn
             .sandbox_dir

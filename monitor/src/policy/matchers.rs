@@ -53,6 +53,9 @@ pub struct PathMatcher {
     /// of only these lengths are looked up.
     below_lens: Vec<usize>,
     set: GlobSet,
+    /// Patterns held in common with other matchers: the link targets of
+    /// sandboxes whose trees are the same (`bazel::sandbox::shared_trees`).
+    shared: Option<std::sync::Arc<PathMatcher>>,
 }
 
 /// Shared with other matchers ([`crate::actions::shared_paths`]).
@@ -229,7 +232,15 @@ impl PathMatcher {
             below,
             below_lens,
             set,
+            shared: None,
         })
+    }
+
+    /// This matcher's patterns and `shared`'s: a path matches when it
+    /// matches either.
+    pub fn with_shared(mut self, shared: std::sync::Arc<PathMatcher>) -> PathMatcher {
+        self.shared = Some(shared);
+        self
     }
 
     /// Adds paths given as bytes (`PatternSet::raw_exact`, `raw_below`).
@@ -260,16 +271,24 @@ impl PathMatcher {
                 && self
                     .set
                     .is_match(Path::new(std::ffi::OsStr::from_bytes(path))))
+            || self.shared.as_ref().is_some_and(|s| s.matches(path))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.below.is_empty() && self.set.is_empty()
+        self.exact.is_empty()
+            && self.below.is_empty()
+            && self.set.is_empty()
+            && self.shared.as_ref().is_none_or(|s| s.is_empty())
     }
 
     /// The directories of its plain `dir/**` patterns, each as `dir/`:
     /// every normalised path starting with one matches.
-    pub fn below_dirs(&self) -> impl Iterator<Item = &[u8]> {
-        self.below.iter().map(|dir| &dir[..])
+    pub fn below_dirs(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+        let own = self.below.iter().map(|dir| &dir[..]);
+        match &self.shared {
+            Some(shared) => Box::new(own.chain(shared.below_dirs())),
+            None => Box::new(own),
+        }
     }
 }
 

@@ -96,6 +96,8 @@ struct Kept {
     mounts: Option<File>,
     /// Set once `mounts` was opened (or could not be).
     watching: bool,
+    /// How many changes of the mount table were seen.
+    mount_changes: u64,
 }
 
 static KEPT: LazyLock<Mutex<Kept>> = LazyLock::new(Mutex::default);
@@ -131,8 +133,16 @@ pub fn mounts_unchanged() -> bool {
     };
     if changed {
         kept.clear();
+        kept.mount_changes += 1;
     }
     true
+}
+
+/// How many changes of the mount table were seen so far, polled now;
+/// `None` when it cannot be watched. Answers taken between two equal
+/// counts were taken under one mount table.
+pub fn mount_epoch() -> Option<u64> {
+    mounts_unchanged().then(|| kept().mount_changes)
 }
 
 /// The answer kept for `name` in `dir`, if `dir` is as it was then.
@@ -206,7 +216,7 @@ pub(super) mod tests {
     /// table: a mount clears what was kept, and both count `GIVEN`.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    pub(in crate::bazel::sandbox) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -218,7 +228,7 @@ pub(super) mod tests {
 
     /// Waits (deadline 10 s) until `dir`'s ctime is old enough for its
     /// answers to be kept.
-    fn settle(dir: &Path) {
+    pub(in crate::bazel::sandbox) fn settle(dir: &Path) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let meta = fs::metadata(dir).unwrap();

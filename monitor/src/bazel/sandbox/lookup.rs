@@ -96,6 +96,52 @@ pub(crate) struct DirFds {
     /// Whether kept answers may be used this walk (asked once: the mount
     /// table unchanged since the last walk).
     keeping: Option<bool>,
+    /// What the answers depended on, when asked to record it.
+    consulted: Option<Consulted>,
+}
+
+/// What a walk's answers depended on: the same questions asked again get
+/// the same answers while each of these is as recorded (the rules of
+/// [`kept_stats`]), so a walk's result can be given again
+/// (`shared_trees`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Consulted {
+    /// Directories names were looked up or read in, each with its state
+    /// when opened (`None`: one whose answers cannot be relied on).
+    pub dirs: Vec<(Vec<u8>, Option<DirState>)>,
+    /// Directories named ([`DirFds::real_dir`]) and the names given.
+    pub named: Vec<(Vec<u8>, Option<PathBuf>)>,
+    /// `stat` answers (they follow links: more than one directory).
+    pub followed: Vec<(PathBuf, Option<Stat>)>,
+    /// A path was looked up whole, or by `realpath`: nothing above
+    /// covers its answer.
+    pub uncovered: bool,
+}
+
+impl Consulted {
+    /// Whether every answer recorded can be asked again.
+    pub fn covered(&self) -> bool {
+        !self.uncovered && self.dirs.iter().all(|(_, state)| state.is_some())
+    }
+
+    /// Whether the answers are still what they were: each directory is
+    /// as it was (opened afresh), names and followed paths give the same.
+    pub fn unchanged(&self) -> bool {
+        let mut fds = DirFds::default();
+        self.covered()
+            && self.dirs.iter().all(|(dir, state)| {
+                fds.held_dir(dir)
+                    .is_some_and(|held| DirState::of(held.fd.as_fd()) == *state)
+            })
+            && self
+                .named
+                .iter()
+                .all(|(dir, real)| fds.real_dir(dir) == *real)
+            && self
+                .followed
+                .iter()
+                .all(|(path, stat)| fds.stat(path).ok() == *stat)
+    }
 }
 
 struct Held {
@@ -131,11 +177,33 @@ impl DirFds {
         Ok(stat)
     }
 
+    /// Records from now on what the answers depend on ([`Consulted`]).
+    pub fn record(&mut self) {
+        self.consulted = Some(Consulted::default());
+    }
+
+    /// What the answers since [`DirFds::record`] depended on.
+    pub fn consulted(&mut self) -> Option<Consulted> {
+        self.consulted.take()
+    }
+
+    /// An answer nothing recorded covers was given (`realpath`).
+    pub fn uncovered(&mut self) {
+        if let Some(consulted) = &mut self.consulted {
+            consulted.uncovered = true;
+        }
+    }
+
     /// Follows symlinks, as `stat` does.
     pub fn stat(&mut self, path: &Path) -> io::Result<Stat> {
         let (dir, name) = self.split(path);
-        let st = nix::sys::stat::fstatat(dir, name, AtFlags::empty())?;
-        Ok(Stat::of(&st))
+        let stat = nix::sys::stat::fstatat(dir, name, AtFlags::empty()).map(|st| Stat::of(&st));
+        if let Some(consulted) = &mut self.consulted {
+            consulted
+                .followed
+                .push((path.to_path_buf(), stat.as_ref().ok().copied()));
+        }
+        Ok(stat?)
     }
 
     pub fn read_link(&mut self, path: &Path) -> io::Result<PathBuf> {
@@ -155,12 +223,16 @@ impl DirFds {
             let fds = own_fds()?;
             nix::fcntl::readlinkat(fds.as_fd(), fd.as_raw_fd().to_string().as_str()).ok()
         });
-        match named.map(|n| n.into_vec()) {
+        let real = match named.map(|n| n.into_vec()) {
             Some(real) if real.starts_with(b"/") && !real.ends_with(b" (deleted)") => {
                 Some(PathBuf::from(OsString::from_vec(real)))
             }
             _ => fs::canonicalize(OsStr::from_bytes(dir)).ok(),
+        };
+        if let Some(consulted) = &mut self.consulted {
+            consulted.named.push((dir.to_vec(), real.clone()));
         }
+        real
     }
 
     /// The directory to look `path` up in, and the name to look up.
@@ -175,7 +247,12 @@ impl DirFds {
     /// when the path is looked up whole ([`split_at_dir`], or its
     /// directory cannot be opened).
     fn held_name<'a>(&'a mut self, path: &'a Path) -> Option<(&'a mut Held, &'a [u8])> {
-        let (dir, name) = split_at_dir(path)?;
+        // Looked up whole (the caller's fallback): no directory recorded
+        // covers the answer.
+        let Some((dir, name)) = split_at_dir(path) else {
+            self.uncovered();
+            return None;
+        };
         Some((self.held_dir(dir)?, name))
     }
 
@@ -204,11 +281,25 @@ impl DirFds {
                     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 );
-                let held = fd.ok().map(|fd| Held { fd, state: None });
+                let mut held = fd.ok().map(|fd| Held { fd, state: None });
+                if let Some(consulted) = &mut self.consulted {
+                    // Its state when opened: answers taken in it hold
+                    // while it is the same.
+                    let state = held.as_ref().and_then(|h| DirState::of(h.fd.as_fd()));
+                    if let Some(held) = &mut held {
+                        held.state = Some(state);
+                    }
+                    consulted
+                        .dirs
+                        .push((dir.as_os_str().as_bytes().to_vec(), state));
+                }
                 self.open.push((dir.to_path_buf(), held));
                 self.open.len() - 1
             }
         };
+        if self.open[held].1.is_none() {
+            self.uncovered();
+        }
         self.open[held].1.as_mut()
     }
 }
