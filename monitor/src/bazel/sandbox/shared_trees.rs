@@ -224,13 +224,7 @@ fn given_again(hash: u64, root: &Path, links: &[Surveyed]) -> Option<Followed> {
 
 /// Keeps a tree just followed, when what it depended on can be asked
 /// again and was the same from before the walk's first answer to now.
-fn keep_tree(
-    hash: u64,
-    links: TreeLinks,
-    consulted: Consulted,
-    epoch: u64,
-    followed: &Followed,
-) {
+fn keep_tree(hash: u64, links: TreeLinks, consulted: Consulted, epoch: u64, followed: &Followed) {
     if !consulted.covered() || kept_stats::mount_epoch() != Some(epoch) || !consulted.unchanged() {
         return;
     }

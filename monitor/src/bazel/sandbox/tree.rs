@@ -15,6 +15,7 @@ use std::{
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -68,7 +69,9 @@ impl TreeDir {
     /// The execroot, opened by its path.
     pub fn root(execroot: &Path) -> io::Result<TreeDir> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::open(execroot, flags, Mode::empty())?;
+        let fd = without_atime(flags, |flags| {
+            nix::fcntl::open(execroot, flags, Mode::empty())
+        })?;
         Ok(TreeDir {
             fd,
             path: execroot.to_path_buf(),
@@ -90,16 +93,19 @@ impl TreeDir {
     /// `dir` opened beneath `root` through no symlink; an error when it is
     /// gone, or is no longer the directory listed (`ErrorKind::Other`).
     pub fn open(root: &TreeDir, dir: Pending) -> io::Result<TreeDir> {
-        let how = OpenHow::new()
-            .flags(SUBDIR_FLAGS)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        let fd = match openat2(root.fd.as_fd(), &dir.rel, how) {
+        let beneath = |flags| {
+            let how = OpenHow::new()
+                .flags(flags)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            openat2(root.fd.as_fd(), &dir.rel, how)
+        };
+        let fd = match without_atime(SUBDIR_FLAGS, beneath) {
             // Before Linux 5.6, or a seccomp filter that refuses it: by
             // path; the identity check below still refuses any other
             // directory than the one listed.
-            Err(nix::errno::Errno::ENOSYS) => {
-                nix::fcntl::open(&dir.path, SUBDIR_FLAGS, Mode::empty())?
-            }
+            Err(nix::errno::Errno::ENOSYS) => without_atime(SUBDIR_FLAGS, |flags| {
+                nix::fcntl::open(&dir.path, flags, Mode::empty())
+            })?,
             fd => fd?,
         };
         let now = nix::sys::stat::fstat(fd.as_fd())?;
@@ -190,6 +196,30 @@ const SUBDIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC)
     .union(OFlag::O_NOFOLLOW);
 
+/// Set once the kernel refused `O_NOATIME` (the daemon neither owns the
+/// tree nor has `CAP_FOWNER`).
+static ATIME_KEPT: AtomicBool = AtomicBool::new(false);
+
+/// `open` with `flags` and `O_NOATIME`: listing a directory would otherwise
+/// stamp its access time, a journaled inode write for each directory of
+/// every sandbox (ext4's `touch_atime`, about a tenth of a bench build's
+/// sandbox reads sampled). Without it when refused.
+fn without_atime(
+    flags: OFlag,
+    open: impl Fn(OFlag) -> nix::Result<OwnedFd>,
+) -> nix::Result<OwnedFd> {
+    if ATIME_KEPT.load(Ordering::Relaxed) {
+        return open(flags);
+    }
+    match open(flags | OFlag::O_NOATIME) {
+        Err(nix::errno::Errno::EPERM) => {
+            ATIME_KEPT.store(true, Ordering::Relaxed);
+            open(flags)
+        }
+        fd => fd,
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// Tests: `openat2` answers `ENOSYS`, as on a kernel without it.
@@ -237,5 +267,31 @@ mod tests {
         let bounded = dir.list(10).unwrap();
         assert_eq!(bounded.count, 11, "one past the room, then it stops");
         assert!(bounded.links.len() + bounded.dirs.len() <= 10);
+    }
+
+    /// Where `O_NOATIME` is refused (`EPERM`: not the owner, no
+    /// `CAP_FOWNER`), the directory is opened without it, and later opens
+    /// do not ask again.
+    #[test]
+    fn a_refused_noatime_opens_without_it() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let open = |flags: OFlag| {
+            asked.borrow_mut().push(flags.contains(OFlag::O_NOATIME));
+            if flags.contains(OFlag::O_NOATIME) {
+                Err(nix::errno::Errno::EPERM)
+            } else {
+                nix::fcntl::open("/", flags, Mode::empty())
+            }
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        assert!(without_atime(flags, open).is_ok());
+        assert!(without_atime(flags, open).is_ok());
+        let asked = asked.into_inner();
+        // Another test may have been refused first: then none asked.
+        assert!(
+            asked == [true, false, false] || asked == [false, false],
+            "{asked:?}"
+        );
+        assert!(ATIME_KEPT.load(Ordering::Relaxed));
     }
 }
