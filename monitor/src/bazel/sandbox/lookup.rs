@@ -119,6 +119,17 @@ pub(crate) struct Consulted {
 }
 
 impl Consulted {
+    /// Each question once: a directory is opened again when it was
+    /// closed for others ([`MAX_OPEN`]), a name asked again.
+    pub fn dedup(&mut self) {
+        self.dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        self.dirs.dedup();
+        self.named.sort();
+        self.named.dedup();
+        self.followed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.followed.dedup();
+    }
+
     /// Whether every answer recorded can be asked again.
     pub fn covered(&self) -> bool {
         !self.uncovered && self.dirs.iter().all(|(_, state)| state.is_some())

@@ -44,7 +44,9 @@ use crate::{
 
 /// Most bytes of link names and targets kept for comparing trees; past
 /// it, every shared tree is dropped (and kept afresh as trees come again).
-const MAX_KEPT_BYTES: usize = 16 << 20;
+/// What following them made (matchers, identities) is about as large,
+/// and held as long as a spawn or a kept tree holds it.
+const MAX_KEPT_BYTES: usize = 8 << 20;
 
 /// Most trees remembered as met once; past it, that memory starts over.
 const MAX_SEEN: usize = 1 << 16;
@@ -216,19 +218,34 @@ fn given_again(hash: u64, root: &Path, links: &[Surveyed]) -> Option<Followed> {
         return Some(tree.followed.clone());
     }
     let mut trees = trees();
-    if let Some(kept) = trees.by_hash.get_mut(&hash) {
-        kept.retain(|t| !Arc::ptr_eq(t, &tree));
+    let kept = trees.by_hash.get_mut(&hash)?;
+    let before = kept.len();
+    kept.retain(|t| !Arc::ptr_eq(t, &tree));
+    if kept.len() < before {
+        trees.bytes = trees.bytes.saturating_sub(tree_bytes(&tree.links));
     }
     None
 }
 
+/// The bytes of a tree's link names and targets.
+fn tree_bytes(links: &TreeLinks) -> usize {
+    links.iter().map(|(k, (t, _))| k.len() + t.len()).sum()
+}
+
 /// Keeps a tree just followed, when what it depended on can be asked
 /// again and was the same from before the walk's first answer to now.
-fn keep_tree(hash: u64, links: TreeLinks, consulted: Consulted, epoch: u64, followed: &Followed) {
+fn keep_tree(
+    hash: u64,
+    links: TreeLinks,
+    mut consulted: Consulted,
+    epoch: u64,
+    followed: &Followed,
+) {
+    consulted.dedup();
     if !consulted.covered() || kept_stats::mount_epoch() != Some(epoch) || !consulted.unchanged() {
         return;
     }
-    let bytes: usize = links.iter().map(|(k, (t, _))| k.len() + t.len()).sum();
+    let bytes = tree_bytes(&links);
     let tree = Arc::new(SharedTree {
         links,
         consulted,
