@@ -357,12 +357,13 @@ fn has_glob(pattern: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
 
-    fn id_of(path: &Path) -> Identity {
+    /// What the kernel would say `path` (followed) is.
+    pub(crate) fn id_of(path: &Path) -> Identity {
         let m = fs::metadata(path).unwrap();
         Identity {
             dev: m.dev(),

@@ -353,7 +353,21 @@ pub(super) mod tests {
     }
 
     /// Unmounts `0` when dropped (a failed test leaves no mount behind).
-    struct Mounted<'a>(&'a Path);
+    pub(in crate::bazel::sandbox) struct Mounted<'a>(&'a Path);
+
+    /// `file` bind-mounted onto `onto` (as root), until dropped.
+    pub(in crate::bazel::sandbox) fn bind<'a>(file: &Path, onto: &'a Path) -> Mounted<'a> {
+        // SAFETY: plain geteuid(2).
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(uid, 0, "this test bind-mounts a file: run it as root");
+        let status = std::process::Command::new("mount")
+            .arg("--bind")
+            .args([file, onto])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount --bind: {status}");
+        Mounted(onto)
+    }
 
     impl Drop for Mounted<'_> {
         fn drop(&mut self) {
@@ -378,13 +392,7 @@ pub(super) mod tests {
         assert_eq!(walk_lstat(&name), plain(&name));
         assert_eq!(given() - before, 1, "positive control: the answer was kept");
 
-        let status = std::process::Command::new("mount")
-            .arg("--bind")
-            .args([&other, &name])
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount --bind: {status}");
-        let _mounted = Mounted(&name);
+        let _mounted = bind(&other, &name);
         assert_eq!(plain(&name), plain(&other));
         assert_eq!(walk_lstat(&name), plain(&other));
     }

@@ -265,15 +265,15 @@ fn keep_tree(
 mod tests {
     use std::{
         fs,
-        os::unix::fs::{MetadataExt as _, symlink},
+        os::unix::fs::symlink,
         path::PathBuf,
         time::{Duration, SystemTime},
     };
 
     use super::*;
     use crate::{
+        actions::identities::tests::id_of,
         bazel::sandbox::{declared_patterns, kept_stats::tests as kept, parse_launch},
-        events::decode::Identity,
     };
 
     /// A source directory of files, the main execroot linking it whole
@@ -339,21 +339,6 @@ mod tests {
 
     fn b(p: &Path) -> Vec<u8> {
         p.as_os_str().as_bytes().to_vec()
-    }
-
-    fn id_of(path: &Path) -> Identity {
-        let m = fs::metadata(path).unwrap();
-        Identity {
-            dev: m.dev(),
-            ino: m.ino(),
-            nlink: m.nlink() as u32,
-            f_mode: 0,
-            fs_magic: 0,
-            proc_tgid: 0,
-            mode: m.mode(),
-            internal: false,
-            detached: false,
-        }
     }
 
     /// The paths a test asks each declaration about.
@@ -490,15 +475,6 @@ mod tests {
         assert!(!plain[0].links.only_planted(&b(&a), &planted));
     }
 
-    /// Unmounts `0` when dropped (a failed test leaves no mount behind).
-    struct Mounted<'a>(&'a Path);
-
-    impl Drop for Mounted<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-
     /// A file bind-mounted over a target leaves its directory as it was:
     /// the mount table's change stops the tree being given again, and the
     /// next read records the mounted file. Mounts in this process's
@@ -515,13 +491,7 @@ mod tests {
         assert!(read(3).reused, "control: shared before the mount");
         let (a, other) = (l.src.join("a.txt"), l.root.join("other"));
         fs::write(&other, "mounted").unwrap();
-        let status = std::process::Command::new("mount")
-            .arg("--bind")
-            .args([&other, &a])
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount --bind: {status}");
-        let _mounted = Mounted(&a);
+        let _mounted = kept::bind(&other, &a);
         let after = read(4);
         assert!(!after.reused, "given again over a mount");
         let mounted = id_of(&a);
