@@ -11,13 +11,16 @@ use anyhow::{Context as _, Result, ensure};
 use super::{builds::build_fs::BuildFs, stats};
 use crate::util::{cargo, exec, output, target_dir};
 
-/// One `sandbox_read` run's rounds.
+/// Two `sandbox_read` runs' rounds: links read back, and their targets
+/// given as the kernel reports Bazel's calls (`made`).
 pub struct SandboxReads {
     pub sandboxes: usize,
     pub inputs: usize,
     /// Per round after the first (which also warms the page cache):
     /// (user, system) ms of CPU.
     pub rounds: Vec<(f64, f64)>,
+    /// The same, targets as made (as `monitor exec` reads a build's).
+    pub made_rounds: Vec<(f64, f64)>,
 }
 
 /// Builds the example and runs it: 200 sandboxes of 300 inputs (the
@@ -40,26 +43,30 @@ pub fn run(quick: bool) -> Result<SandboxReads> {
     let fs = BuildFs::create(&target_dir()?.join("bench-sandbox-reads"))?;
     let tmp = fs.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    let text = output(
-        Command::new(&example)
-            .args([
-                sandboxes.to_string(),
-                inputs.to_string(),
-                rounds.to_string(),
-            ])
-            .env("TMPDIR", &tmp),
-    )
-    .with_context(|| format!("running {}", example.display()))?;
-    let rounds = parse_rounds(&text);
-    ensure!(
-        !rounds.is_empty(),
-        "{} printed no round after the first:\n{text}",
-        example.display()
-    );
+    let run = |made: bool| -> Result<Vec<(f64, f64)>> {
+        let mut args = vec![
+            sandboxes.to_string(),
+            inputs.to_string(),
+            rounds.to_string(),
+        ];
+        if made {
+            args.push("made".into());
+        }
+        let text = output(Command::new(&example).args(&args).env("TMPDIR", &tmp))
+            .with_context(|| format!("running {}", example.display()))?;
+        let rounds = parse_rounds(&text);
+        ensure!(
+            !rounds.is_empty(),
+            "{} printed no round after the first:\n{text}",
+            example.display()
+        );
+        Ok(rounds)
+    };
     Ok(SandboxReads {
         sandboxes,
         inputs,
-        rounds,
+        rounds: run(false)?,
+        made_rounds: run(true)?,
     })
 }
 
@@ -90,31 +97,47 @@ pub fn write(md: &mut String, reads: &SandboxReads) -> Result<()> {
          each read once into its declaration as the daemon reads a sandbox at its spawn's launch \
          (its links' targets, their times, the targets' identities, the compiled matcher; a tree \
          the same as one read before shares that one's links' part, since 2026-12-04 evening, as \
-         on a build). CPU time of the reads, rounds after the first; see \
+         on a build). Once with each link read back, once with the targets given as the kernel \
+         reports Bazel's `symlink` calls (as `monitor exec` reads a build's sandboxes; since \
+         2026-12-04 evening). CPU time of the reads, rounds after the first; see \
          [profiles/sandbox-reads.md](profiles/sandbox-reads.md).\n",
         reads.sandboxes, reads.inputs
     )?;
-    let cpu: Vec<f64> = reads.rounds.iter().map(|(u, s)| u + s).collect();
-    let user: Vec<f64> = reads.rounds.iter().map(|r| r.0).collect();
-    let sys: Vec<f64> = reads.rounds.iter().map(|r| r.1).collect();
+    writeln!(
+        md,
+        "| | links read back | targets as made (`monitor exec`) |\n| --- | --- | --- |"
+    )?;
     let links = (reads.sandboxes * reads.inputs) as f64;
-    writeln!(md, "| | |\n| --- | --- |")?;
+    let cpu = |rounds: &[(f64, f64)]| -> Vec<f64> { rounds.iter().map(|(u, s)| u + s).collect() };
+    let (back, made) = (cpu(&reads.rounds), cpu(&reads.made_rounds));
     writeln!(
         md,
-        "| CPU per round, median (min–max) | {}, {} rounds |",
-        stats::median_range(&cpu, 0, " ms"),
-        cpu.len()
+        "| CPU per round, median (min–max) | {}, {} rounds | {}, {} rounds |",
+        stats::median_range(&back, 0, " ms"),
+        back.len(),
+        stats::median_range(&made, 0, " ms"),
+        made.len()
+    )?;
+    let split = |rounds: &[(f64, f64)]| {
+        let user: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+        let sys: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+        format!(
+            "{:.0} / {:.0} ms",
+            stats::median(&user),
+            stats::median(&sys)
+        )
+    };
+    writeln!(
+        md,
+        "| of it user / system | {} | {} |",
+        split(&reads.rounds),
+        split(&reads.made_rounds)
     )?;
     writeln!(
         md,
-        "| of it user / system | {:.0} / {:.0} ms |",
-        stats::median(&user),
-        stats::median(&sys)
-    )?;
-    writeln!(
-        md,
-        "| CPU per link | {:.2} µs |\n",
-        stats::median(&cpu) * 1000.0 / links
+        "| CPU per link | {:.2} µs | {:.2} µs |\n",
+        stats::median(&back) * 1000.0 / links,
+        stats::median(&made) * 1000.0 / links
     )?;
     Ok(())
 }

@@ -332,6 +332,7 @@ mod tests {
                 sandboxes: 1,
                 inputs: 1,
                 rounds: vec![(1.0, 1.0)],
+                made_rounds: vec![(0.5, 0.5)],
             },
             monitor_bin: Path::new("/bin/true"),
             svg_name: "x.svg",
