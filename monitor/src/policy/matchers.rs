@@ -453,6 +453,28 @@ mod tests {
         PathMatcher::new(&patterns).unwrap()
     }
 
+    /// A matcher with a shared layer matches what either matches, and
+    /// lists both layers' `dir/**` directories.
+    #[test]
+    fn a_shared_layer_adds_its_patterns() {
+        let shared = std::sync::Arc::new(matcher(&["/src/in.txt", "/src/lib/**"]));
+        let own = matcher(&["/sb/1/**"]).with_shared(shared.clone());
+        assert!(own.matches(b"/sb/1/x") && own.matches(b"/src/in.txt"));
+        assert!(own.matches(b"/src/lib/a.h"));
+        assert!(!own.matches(b"/src/other.txt") && !own.matches(b"/sb/2/x"));
+        let mut dirs: Vec<&[u8]> = own.below_dirs().collect();
+        dirs.sort();
+        assert_eq!(dirs, [&b"/sb/1/"[..], b"/src/lib/"]);
+        assert!(!own.is_empty());
+        assert!(
+            matcher(&[])
+                .with_shared(std::sync::Arc::new(matcher(&[])))
+                .is_empty()
+        );
+        // The shared layer itself is unchanged: other spawns' roots are theirs.
+        assert!(!shared.matches(b"/sb/1/x"));
+    }
+
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
     }
