@@ -440,6 +440,35 @@ mod tests {
         assert!(again.identities.mismatch(&b(&a), &old, || false).is_some());
     }
 
+    /// The main execroot's link to the sources pointed elsewhere (an
+    /// action outside the sandbox rewriting it): the same links below it
+    /// now lead to other files, and the tree is followed again.
+    #[test]
+    fn a_retargeted_directory_link_is_followed_again() {
+        let _alone = kept::one_at_a_time();
+        let l = layout();
+        let other = l.root.join("other-src");
+        fs::create_dir(&other).unwrap();
+        for name in INPUTS {
+            fs::write(other.join(name), "other").unwrap();
+        }
+        kept::settle(&other);
+        let read = |id| sandbox_declared(&l.older(id), &Targets::default());
+        assert!(!read(1).reused && !read(2).reused);
+        assert!(read(3).reused, "control: shared before the change");
+        let link = l.root.join("ob/execroot/ws/in");
+        symlink(&other, l.root.join("ob/execroot/ws/in.new")).unwrap();
+        fs::rename(l.root.join("ob/execroot/ws/in.new"), &link).unwrap();
+
+        let after = read(4);
+        assert!(
+            !after.reused,
+            "given again after the link was pointed elsewhere"
+        );
+        assert!(after.inputs.matches(&b(&other.join("a.txt"))));
+        assert!(!after.inputs.matches(&b(&l.src.join("a.txt"))));
+    }
+
     /// Trees with a link of their own kind are followed each time: a
     /// relative link (it leads into its own sandbox), a link made after
     /// the launch (planted: read with its warning, declaring nothing).
