@@ -22,6 +22,7 @@ mod report;
 pub(crate) mod sandbox_reads;
 pub(crate) mod stats;
 pub(crate) mod stats_sysctl;
+mod task_audit;
 mod worker;
 
 use std::{
@@ -752,6 +753,8 @@ pub fn run(options: Options) -> Result<()> {
     let monitor_bin = prepare_tools(&settings.command)?;
     // Held off for the whole run: only the counted runs turn it on.
     let stats_setting = stats_sysctl::StatsSetting::off()?;
+    // Held for the whole run too: no audit context in what is measured.
+    let task_audit = task_audit::NoTaskAudit::hold()?;
     let worker_exe = env::current_exe().context("locating the xtask binary (current_exe)")?;
     let tmp_dir = tempfile::Builder::new()
         .prefix("monitor-bench-")
@@ -770,7 +773,7 @@ pub fn run(options: Options) -> Result<()> {
         settings.distinct_files,
         bench.ops(Workload::Connect)
     );
-    let matrix = cost_rounds(&bench, settings.rounds)?;
+    let matrix = cost_rounds(&bench, settings.rounds, &task_audit)?;
     let entry = entry::measure(&bench, settings.rounds * settings.runs)?;
     let program_time = bench.program_time()?;
     let kernel_profile = bench.kernel_profile()?;
@@ -806,6 +809,7 @@ pub fn run(options: Options) -> Result<()> {
         program_time: &program_time.rows,
         verified_insns: Some(program_time.verified_insns),
         stats_found_on: stats_setting.was_on(),
+        task_audit_found: task_audit.found_loaded(),
         busy_starts: bench.busy_starts.get(),
     })?;
     let report_path = &settings.report_path;
@@ -819,6 +823,7 @@ pub fn run(options: Options) -> Result<()> {
     );
     drop(bench);
     drop(cgroups);
+    drop(task_audit);
     Ok(())
 }
 
@@ -941,7 +946,11 @@ fn write_bpftrace_script(script: &Path, action_cgroup: &Path) -> Result<()> {
 }
 
 /// The cost test: every setup once per round, setups interleaved.
-fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
+fn cost_rounds(
+    bench: &Bench,
+    rounds: usize,
+    task_audit: &task_audit::NoTaskAudit,
+) -> Result<Matrix> {
     let mut matrix = Matrix::new();
     for round in 1..=rounds {
         stats_sysctl::ensure_off().with_context(|| format!("round {round}"))?;
@@ -977,8 +986,8 @@ fn cost_rounds(bench: &Bench, rounds: usize) -> Result<Matrix> {
         bench
             .strace_round(&tag, &mut record)
             .with_context(|| format!("strace, round {round}"))?;
-        bench
-            .audit_round(&tag, &mut record)
+        task_audit
+            .suspended(|| bench.audit_round(&tag, &mut record))
             .with_context(|| format!("audit, round {round}"))?;
         bench
             .fatrace_round(&tag, &mut record)

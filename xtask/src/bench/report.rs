@@ -57,6 +57,8 @@ pub struct ReportInput<'a> {
     /// `kernel.bpf_stats_enabled` was on when the bench started (it turned
     /// it off for the timed rows).
     pub stats_found_on: bool,
+    /// The host had `auditctl -a never,task` loaded before the bench.
+    pub task_audit_found: bool,
     /// Timed runs started before the machine was quiet.
     pub busy_starts: u32,
 }
@@ -175,6 +177,15 @@ fn write_machine(md: &mut String, input: &ReportInput<'_>) -> Result<()> {
     writeln!(
         md,
         "| `kernel.bpf_stats_enabled` | 0 in every timed row and build, 1 only for the counted runs{found} |"
+    )?;
+    let loaded_by = if input.task_audit_found {
+        "found loaded on the host"
+    } else {
+        "loaded by the bench, removed at its end"
+    };
+    writeln!(
+        md,
+        "| syscall audit of new processes | none in every timed row and build: `auditctl -a never,task` ({loaded_by}), taken out only for the audit peer's rounds (once any audit daemon ran since boot, every process forked later takes the audit code's slow syscall path otherwise) |"
     )?;
     writeln!(md, "\nReproduce (as root, from the workspace root):\n")?;
     writeln!(md, "```\n{}\n```\n", input.command)?;

@@ -340,6 +340,7 @@ mod tests {
             program_time,
             verified_insns: None,
             stats_found_on: false,
+            task_audit_found: false,
             busy_starts: 0,
         };
         let mut md = String::new();
