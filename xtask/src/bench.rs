@@ -22,7 +22,7 @@ mod report;
 pub(crate) mod sandbox_reads;
 pub(crate) mod stats;
 pub(crate) mod stats_sysctl;
-mod task_audit;
+pub(crate) mod task_audit;
 mod worker;
 
 use std::{

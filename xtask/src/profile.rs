@@ -101,6 +101,8 @@ pub fn run(options: Options) -> Result<()> {
     runner.keep_reports = true;
     // Timed: every program run would also read the clock.
     let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
+    // Measured like the bench's builds: no audit context in the build.
+    let _task_audit = crate::bench::task_audit::NoTaskAudit::hold()?;
     let mut runs = Vec::new();
     for n in 1..=options.runs {
         let sampler = rss::start(cgroups.path().to_path_buf());

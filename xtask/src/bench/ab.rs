@@ -71,6 +71,8 @@ pub fn run(options: AbOptions) -> Result<()> {
     let cgroups = CgroupGuard::create_fresh("monitor-ab")?;
     let bench = Bench::prepare(tmp_dir.path(), &cgroups, monitor_bin, worker_exe, &settings)?;
     let _stats = StatsSetting::on()?;
+    // As in the bench's rows: no audit context in the workers.
+    let _task_audit = super::task_audit::NoTaskAudit::hold()?;
     let mut rounds = Vec::new();
     for i in 0..options.rounds {
         let round = bench.ab_round(&options, i % 2 == 0)?;
