@@ -7,8 +7,8 @@
 //! 0.17 s in `audit_reset_context`. That slow path is also what attaching a
 //! syscall tracepoint costs, so with it already paid the floor and the
 //! monitor looked cheaper (measured once: the empty program added 55 ns
-//! to a `getppid` instead of 83), and rows measured before the first audit round of a
-//! fresh boot were not measured like those after it. The task rule
+//! to a `getppid` instead of 83), and rows measured before the first audit
+//! round of a fresh boot were not measured like those after it. The task rule
 //! `-a never,task` gives processes forked while it is loaded no audit
 //! context (as on a host where audit never ran); it is taken out around the
 //! audit peer's rounds, which need it absent, and removed at the end unless
@@ -21,8 +21,9 @@ use anyhow::{Context as _, Result};
 use super::peers::AUDITCTL;
 use crate::util::{exec, output};
 
-/// The task rule, as `auditctl` takes it and as `auditctl -l` lists it.
-const NEVER_TASK: [&str; 2] = ["never", "task"];
+/// The task rule, as `auditctl -a` and `-d` take it.
+const RULE: &str = "never,task";
+/// The rule as `auditctl -l` lists it.
 const LISTED: &str = "-a never,task";
 
 /// The rule loaded while this lives (if the bench added it).
@@ -79,9 +80,9 @@ fn change(op: &str) -> Result<()> {
     exec(
         Command::new(AUDITCTL)
             .arg(op)
-            .arg(NEVER_TASK.join(","))
+            .arg(RULE)
             .stdin(Stdio::null())
             .stdout(Stdio::null()),
     )
-    .with_context(|| format!("auditctl {op} {}", NEVER_TASK.join(",")))
+    .with_context(|| format!("auditctl {op} {RULE}"))
 }
