@@ -72,7 +72,13 @@ impl Drop for NoTaskAudit {
 fn rule_loaded() -> Result<bool> {
     let listed = output(Command::new(AUDITCTL).arg("-l").stdin(Stdio::null()))
         .context("listing the audit rules (auditctl -l)")?;
-    Ok(listed.lines().any(|line| line.trim() == LISTED))
+    Ok(lists_rule(&listed))
+}
+
+/// Whether an `auditctl -l` listing holds the task rule as a rule of its
+/// own (not a key or a field of another rule).
+fn lists_rule(listed: &str) -> bool {
+    listed.lines().any(|line| line.trim() == LISTED)
 }
 
 /// `auditctl -a never,task` (`op` "-a") or `-d` (removes it).
@@ -85,4 +91,22 @@ fn change(op: &str) -> Result<()> {
             .stdout(Stdio::null()),
     )
     .with_context(|| format!("auditctl {op} {RULE}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_task_rule_only_as_a_rule_of_its_own() {
+        assert!(!lists_rule("No rules\n"));
+        assert!(lists_rule("-a never,task\n"));
+        assert!(lists_rule(
+            "-a always,exit -F arch=b64 -S openat -F auid=4242 -F key=bench\n-a never,task\n"
+        ));
+        assert!(!lists_rule(
+            "-a always,exit -F arch=b64 -S openat -F key=-a never,task\n"
+        ));
+        assert!(!lists_rule("-a always,task\n"));
+    }
 }
