@@ -338,6 +338,19 @@ mod tests {
             spawn.launched_at = Some(SystemTime::now() + Duration::from_secs(2));
             spawn
         }
+
+        /// [`Layout::older`] `id` read into its declaration.
+        fn read(&self, id: u64) -> SandboxDeclared {
+            sandbox_declared(&self.older(id), &Targets::default())
+        }
+
+        /// The control of the tests that change something under the
+        /// targets: sandboxes 1 and 2 are followed, the third shares their
+        /// tree (`before`: what is about to change).
+        fn shared_from_the_third(&self, before: &str) {
+            assert!(!self.read(1).reused && !self.read(2).reused);
+            assert!(self.read(3).reused, "control: shared before {before}");
+        }
     }
 
     fn b(p: &Path) -> Vec<u8> {
@@ -419,9 +432,7 @@ mod tests {
     fn a_changed_target_directory_is_followed_again() {
         let _alone = kept::one_at_a_time();
         let l = layout();
-        let read = |id| sandbox_declared(&l.older(id), &Targets::default());
-        assert!(!read(1).reused && !read(2).reused);
-        assert!(read(3).reused, "control: shared before the change");
+        l.shared_from_the_third("the change");
         let a = l.src.join("a.txt");
         let old = id_of(&a);
         fs::write(l.src.join("new"), "replaced").unwrap();
@@ -429,13 +440,13 @@ mod tests {
         let new = id_of(&a);
         assert_ne!(old.ino, new.ino);
 
-        let after = read(4);
+        let after = l.read(4);
         assert!(!after.reused, "given again after its directory changed");
         assert_eq!(after.identities.mismatch(&b(&a), &new, || false), None);
         assert!(after.identities.mismatch(&b(&a), &old, || false).is_some());
         kept::settle(&l.src);
-        assert!(!read(5).reused, "the changed tree is kept afresh");
-        let again = read(6);
+        assert!(!l.read(5).reused, "the changed tree is kept afresh");
+        let again = l.read(6);
         assert!(again.reused, "shared again once settled");
         assert!(again.identities.mismatch(&b(&a), &old, || false).is_some());
     }
@@ -453,14 +464,12 @@ mod tests {
             fs::write(other.join(name), "other").unwrap();
         }
         kept::settle(&other);
-        let read = |id| sandbox_declared(&l.older(id), &Targets::default());
-        assert!(!read(1).reused && !read(2).reused);
-        assert!(read(3).reused, "control: shared before the change");
+        l.shared_from_the_third("the change");
         let link = l.root.join("ob/execroot/ws/in");
         symlink(&other, l.root.join("ob/execroot/ws/in.new")).unwrap();
         fs::rename(l.root.join("ob/execroot/ws/in.new"), &link).unwrap();
 
-        let after = read(4);
+        let after = l.read(4);
         assert!(
             !after.reused,
             "given again after the link was pointed elsewhere"
@@ -515,13 +524,11 @@ mod tests {
     fn a_mount_over_a_target_stops_the_sharing() {
         let _alone = kept::one_at_a_time();
         let l = layout();
-        let read = |id| sandbox_declared(&l.older(id), &Targets::default());
-        assert!(!read(1).reused && !read(2).reused);
-        assert!(read(3).reused, "control: shared before the mount");
+        l.shared_from_the_third("the mount");
         let (a, other) = (l.src.join("a.txt"), l.root.join("other"));
         fs::write(&other, "mounted").unwrap();
         let _mounted = kept::bind(&other, &a);
-        let after = read(4);
+        let after = l.read(4);
         assert!(!after.reused, "given again over a mount");
         let mounted = id_of(&a);
         assert_eq!(mounted.ino, id_of(&other).ino);
