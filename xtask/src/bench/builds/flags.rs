@@ -78,6 +78,8 @@ pub fn run(options: FlagOptions) -> Result<()> {
     runner.warm_up("bench-flags")?;
     let described = format!("{described}, built on {}", runner.describe_outputs());
     let _stats = crate::bench::stats_sysctl::StatsSetting::off()?;
+    // As in the bench's builds: no audit context in the builds.
+    let _task_audit = crate::bench::task_audit::NoTaskAudit::hold()?;
     let (a_flags, b_flags) = (split(&options.a), split(&options.b));
     let mut pairs = Vec::new();
     for n in 0..options.pairs {
@@ -111,8 +113,9 @@ pub fn run(options: FlagOptions) -> Result<()> {
         "# Bazel flags side by side\n\nWritten by `cargo xtask bench-flags` ({date}): {described}. \
          Each pair is two builds at the same moment, one pinned to each CPU (B's CPU alternates), \
          each with a fresh output base and Bazel server, no monitor running; CPU is each build's \
-         cgroup `usage_usec`. The interval is the median's distribution-free 95 % interval (the \
-         range with fewer than 6 pairs).\n\n"
+         cgroup `usage_usec`; `auditctl -a never,task` held (no audit context in the builds). The \
+         interval is the median's distribution-free 95 % interval (the range with fewer than 6 \
+         pairs).\n\n"
     );
     let shared = match options.shared_every_other {
         true => {
