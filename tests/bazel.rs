@@ -394,7 +394,8 @@ fn linux_sandbox_spawns_are_judged_against_what_bazel_declared() {
 /// `[bazel] label_source = "trace_profile"`: Bazel writes its JSON trace
 /// profile instead of the execution log, and each spawn is labelled by the
 /// primary output it wrote. The same alerts as with the log, labelled the
-/// same (without mnemonics: the profile names none).
+/// same (without mnemonics: Bazel 4.2.3's profile names none; newer
+/// Bazels' `args.mnemonic` is read, `bazel::labels` tests).
 #[test]
 fn trace_profile_labels_each_spawn_by_the_output_it_wrote() {
     let b = build_opts(Opts {

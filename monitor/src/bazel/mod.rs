@@ -1,5 +1,6 @@
 //! Bazel-specific attribution: sandbox trees and launcher command lines, the
-//! execution log (labels and mnemonics) or the trace profile (labels).
+//! execution log (labels and mnemonics) or the trace profile (labels, and
+//! mnemonics where the Bazel writes them there).
 //! Must not judge events or write output; generic attribution lives in `actions`.
 pub mod execlog;
 /// Repository fetches from Bazel's workspace rules log, joined with connects.

@@ -244,7 +244,7 @@ impl<'a> BazelRecord<'a> {
             }
             BazelRecord::Trace(t) => Facts {
                 label: t.label_of(&r.id),
-                mnemonic: None,
+                mnemonic: t.mnemonic_of(&r.id),
                 runner: None,
                 inputs: None,
             },

@@ -6,7 +6,11 @@
 //! With `--experimental_profile_include_target_label` and
 //! `--experimental_profile_include_primary_output`, each `action
 //! processing` event names its target (`args.target`) and its primary
-//! output (`out`, relative to the execroot); `subprocess.run` events (a
+//! output (`out`, relative to the execroot). Bazel's current sources also
+//! write its mnemonic there (`args.mnemonic`, on every action event, no
+//! flag needed), which is read when present; Bazel 4.2.3, the only one
+//! these machines have, writes none (which release first did was not
+//! checked). `subprocess.run` events (a
 //! sandboxed spawn) and `local action execution` ones (a spawn of the
 //! `local` and `standalone` strategies) count the spawns Bazel ran as
 //! local subprocesses. Nothing in the profile
@@ -55,6 +59,8 @@ pub struct TracedAction {
     /// `args.target`, else a label in the event's name (its progress
     /// message).
     pub label: Option<String>,
+    /// `args.mnemonic`, when the profile names it.
+    pub mnemonic: Option<String>,
     /// The event's name: the action's progress message.
     pub description: String,
     /// It ran a subprocess: a run (`subprocess.run`, `local action
@@ -147,17 +153,19 @@ impl TraceProfile {
                 let Some(out) = event.out.filter(|o| !o.is_empty()) else {
                     return;
                 };
-                let label = event
-                    .args
-                    .and_then(|a| a.target)
+                let args = event.args.unwrap_or_default();
+                let label = args
+                    .target
                     .filter(|t| !t.is_empty())
                     .or_else(|| label_from_progress(&event.name));
+                let mnemonic = args.mnemonic.filter(|m| !m.is_empty());
                 let span = match (event.tid, event.ts) {
                     (Some(tid), Some(ts)) => Some((tid, ts, ts + event.dur.unwrap_or(0.0))),
                     _ => None,
                 };
                 let action = TracedAction {
                     label,
+                    mnemonic,
                     description: event.name,
                     spawned: false,
                     span,
@@ -195,22 +203,54 @@ struct TraceEvent {
     dur: Option<f64>,
 }
 
-#[derive(Deserialize, Default)]
+/// An event's `cat`: one category, or several separated by commas (the
+/// trace format allows it, and a proposed Bazel change put the mnemonic
+/// there beside `action processing`).
+#[derive(Default, PartialEq, Debug)]
 enum Category {
-    #[serde(rename = "action processing")]
     Action,
     /// A spawn of the `local`/`standalone` strategies (named by its
     /// mnemonic; no `subprocess.run` inside it).
-    #[serde(rename = "local action execution")]
     LocalExecution,
     #[default]
-    #[serde(other)]
     Other,
 }
 
-#[derive(Deserialize)]
+impl Category {
+    fn of(cat: &str) -> Category {
+        let has = |name: &str| cat.split(',').any(|c| c.trim() == name);
+        if has("action processing") {
+            Category::Action
+        } else if has("local action execution") {
+            Category::LocalExecution
+        } else {
+            Category::Other
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Category {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Category, D::Error> {
+        struct Cat;
+        impl Visitor<'_> for Cat {
+            type Value = Category;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event category")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, cat: &str) -> Result<Category, E> {
+                Ok(Category::of(cat))
+            }
+        }
+        de.deserialize_str(Cat)
+    }
+}
+
+#[derive(Deserialize, Default)]
 struct EventArgs {
     target: Option<String>,
+    mnemonic: Option<String>,
 }
 
 /// The top-level object: `traceEvents` streamed into the profile, every
@@ -345,6 +385,40 @@ mod tests {
         let local = p.action_writing("o4-10").unwrap();
         assert!(local.spawned, "a local strategy's run");
         assert_eq!(p.local_runs, 5);
+    }
+
+    /// Bazel's current sources write the mnemonic beside the label
+    /// (`args.mnemonic`); a `cat` listing several categories is read for
+    /// each of them; an empty mnemonic is none.
+    #[test]
+    fn the_mnemonic_is_read_where_the_profile_names_it() {
+        let text = r#"{"traceEvents":[
+          {"cat":"action processing","name":"Executing genrule //:g","ph":"X","ts":1,"dur":5,"pid":1,"out":"bazel-out/bin/g.out","args":{"target":"//:g","mnemonic":"Genrule"},"tid":7},
+          {"cat":"action processing, CppCompile","name":"Compiling x.cc","ph":"X","ts":2,"dur":5,"pid":1,"out":"bazel-out/bin/x.o","args":{"mnemonic":"CppCompile"},"tid":8},
+          {"cat":"local action execution,Javac","name":"Javac","ph":"X","ts":3,"dur":1,"pid":1,"tid":8},
+          {"cat":"action processing","name":"Writing file w","ph":"X","ts":4,"dur":1,"pid":1,"out":"bazel-out/bin/w","args":{"target":"//:w","mnemonic":""},"tid":9},
+          {"cat":"action processing queue","name":"q","ph":"X","ts":4,"dur":1,"pid":1,"out":"bazel-out/bin/q","tid":9}
+        ]}"#;
+        let (p, cut) = TraceProfile::read(text.as_bytes());
+        assert!(cut.is_none(), "{cut:?}");
+        let g = p.action_writing("bazel-out/bin/g.out").unwrap();
+        assert_eq!(
+            (g.label.as_deref(), g.mnemonic.as_deref()),
+            (Some("//:g"), Some("Genrule"))
+        );
+        let x = p.action_writing("bazel-out/bin/x.o").unwrap();
+        assert_eq!(x.mnemonic.as_deref(), Some("CppCompile"));
+        assert!(x.spawned, "its local run, on its thread in its span");
+        assert_eq!(p.local_runs, 1);
+        let w = p.action_writing("bazel-out/bin/w").unwrap();
+        assert_eq!(w.mnemonic, None);
+        assert!(
+            p.action_writing("bazel-out/bin/q").is_none(),
+            "another category"
+        );
+        // Bazel 4.2.3's profile: no mnemonic anywhere.
+        let (old, _) = TraceProfile::read(PROFILE.as_bytes());
+        assert!(old.by_output.values().all(|a| a.mnemonic.is_none()));
     }
 
     #[test]

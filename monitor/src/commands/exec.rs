@@ -426,7 +426,7 @@ fn trace_profile_of(
         Some("the command asks for a profile of its own: labels come from an execution log")
     } else if config.network.rule.iter().any(|r| !r.mnemonics.is_empty()) {
         Some(
-            "a [[network.rule]] is scoped by mnemonic, which the trace profile does not name: labels come from an execution log",
+            "a [[network.rule]] is scoped by mnemonic, which not every Bazel's trace profile names (4.2.3's does not): labels come from an execution log",
         )
     } else {
         None

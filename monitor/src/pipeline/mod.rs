@@ -365,11 +365,7 @@ impl Pipeline {
         summary.unmonitored_spawns = traced.local_runs.saturating_sub(launched);
         let by_action = traced.as_spawn_labels();
         summary.inventory.relabel(&by_action);
-        for alert in self.handler.folder.pending_mut() {
-            if let Some(Some(label)) = traced.by_action.get(&alert.action.id) {
-                alert.action.label = Some(label.clone());
-            }
-        }
+        label_alerts(self.handler.folder.pending_mut(), &by_action);
         traced
     }
 
@@ -452,12 +448,7 @@ impl Pipeline {
                 .sandboxed_in_log
                 .saturating_sub(summary.sandboxed_launches);
             summary.inventory.relabel(&labels.by_action);
-            for alert in self.handler.folder.pending_mut() {
-                if let Some((label, mnemonic)) = labels.by_action.get(&alert.action.id) {
-                    alert.action.label = label.clone().or(alert.action.label.take());
-                    alert.action.mnemonic = mnemonic.clone().or(alert.action.mnemonic.take());
-                }
-            }
+            label_alerts(self.handler.folder.pending_mut(), &labels.by_action);
         }
         labels.by_action
     }
@@ -502,6 +493,21 @@ impl Pipeline {
                 .events_lost_total
                 .with_label_values(&["repeat_after_take"])
                 .inc_by(strays);
+        }
+    }
+}
+
+/// Puts each spawn's label and mnemonic (by action id, as the execution
+/// log or the trace profile gives them) on its pending alerts; what a
+/// record does not name keeps what the alert had.
+fn label_alerts<'a>(
+    alerts: impl Iterator<Item = &'a mut crate::output::alert::Alert>,
+    by_action: &std::collections::HashMap<String, (Option<String>, Option<String>)>,
+) {
+    for alert in alerts {
+        if let Some((label, mnemonic)) = by_action.get(&alert.action.id) {
+            alert.action.label = label.clone().or(alert.action.label.take());
+            alert.action.mnemonic = mnemonic.clone().or(alert.action.mnemonic.take());
         }
     }
 }
