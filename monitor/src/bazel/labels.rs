@@ -71,7 +71,8 @@ pub fn labels_from_log(
 #[derive(Debug, Default)]
 pub struct TraceLabels {
     /// Action id → its target's label and mnemonic (`None` where the
-    /// profile names none: Bazel 4.2.3's never does).
+    /// profile names none: Bazel 4.2.3's never does), as the execution
+    /// log's join gives them.
     pub by_action: HashMap<String, (Option<String>, Option<String>)>,
     /// Spawns left unlabelled because what they wrote named the primary
     /// outputs of more than one action, or an output another spawn also
@@ -95,11 +96,6 @@ impl TraceLabels {
     pub fn unseen(&self, seen: usize) -> std::collections::BTreeMap<String, u64> {
         let beyond = self.local_runs.saturating_sub(seen) as u64;
         std::collections::BTreeMap::from([("subprocess".to_owned(), beyond)])
-    }
-
-    /// The labels as the execution log's join gives them.
-    pub fn as_spawn_labels(&self) -> HashMap<String, (Option<String>, Option<String>)> {
-        self.by_action.clone()
     }
 }
 
@@ -233,10 +229,7 @@ mod tests {
             labels.unseen(book.records().count()),
             [("subprocess".to_owned(), 4)].into()
         );
-        assert_eq!(
-            labels.as_spawn_labels()[&a],
-            (Some("//:a".to_owned()), None)
-        );
+        assert_eq!(labels.by_action[&a], (Some("//:a".to_owned()), None));
     }
 
     /// How a hostile spawn would borrow an innocent target's name: write
@@ -303,7 +296,7 @@ mod tests {
         let x = spawn(&mut book, 2, &["bazel-out/bin/x.o"], &[]);
         let labels = labels_from_trace(&profile, &book);
         assert_eq!(
-            labels.as_spawn_labels()[&g],
+            labels.by_action[&g],
             (Some("//:g".to_owned()), Some("Genrule".to_owned()))
         );
         // No target label asked for: the mnemonic alone.

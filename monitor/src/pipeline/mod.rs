@@ -315,7 +315,7 @@ impl Pipeline {
             .map(|p| self.label_from_trace(&p));
         let labels = match (&log, &traced) {
             (Some(log), _) => Some(self.label_pending(log)),
-            (None, Some(traced)) => Some(traced.as_spawn_labels()),
+            (None, Some(traced)) => Some(traced.by_action.clone()),
             (None, None) => None,
         };
         self.handler.resolve_held(labels.as_ref());
@@ -363,9 +363,8 @@ impl Pipeline {
         let summary = &mut self.handler.summary;
         let launched = self.handler.spawns.records().count();
         summary.unmonitored_spawns = traced.local_runs.saturating_sub(launched);
-        let by_action = traced.as_spawn_labels();
-        summary.inventory.relabel(&by_action);
-        label_alerts(self.handler.folder.pending_mut(), &by_action);
+        summary.inventory.relabel(&traced.by_action);
+        label_alerts(self.handler.folder.pending_mut(), &traced.by_action);
         traced
     }
 
